@@ -1,0 +1,731 @@
+//! One client connection: the hello exchange, the connection actor, and the
+//! reader and writer tasks it owns.
+//!
+//! Data never crosses the actor's mailbox: the reader routes each publish by
+//! reading the registry directly and pushing into subscribers' outboxes; the
+//! writer drains this connection's outbox. The actor owns the lifecycle: it
+//! starts both tasks, hears when either ends, and cleans up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use metrics::counter;
+use quinn::{RecvStream, SendStream, VarInt};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use slim_wire::{
+    Accept, ErrorCode, ErrorFrame, FLAG_NO_ROUTE_SILENT, Frame, Hello, Mode, Name,
+    PROTOCOL_VERSION, Pong, Publish, Reject, SubAck, SubError, WireError, codec,
+};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::metrics as m;
+use crate::node::NodeCtx;
+use crate::outbox::{Outbox, Push};
+use crate::registry::ConnId;
+use crate::table::TableMsg;
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("wire: {0}")]
+    Wire(#[from] WireError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("connection lost: {0}")]
+    Lost(String),
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+impl ConnError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ConnError::Wire(e) => e.code(),
+            ConnError::Protocol(_) => ErrorCode::PROTOCOL,
+            ConnError::Refused(_) => ErrorCode::UNAUTHORIZED,
+            _ => ErrorCode::INTERNAL,
+        }
+    }
+}
+
+/// What the reader and writer of one connection share.
+pub struct ConnShared {
+    pub id: ConnId,
+    pub name: Name,
+    pub identity: Option<Arc<str>>,
+    pub outbox: Arc<Outbox>,
+    pub conn: quinn::Connection,
+    pub actor: std::sync::OnceLock<ActorRef<ConnMsg>>,
+}
+
+fn encode(frame: &Frame, ctx: &NodeCtx) -> Bytes {
+    let mut b = BytesMut::new();
+    // Control frames are small and built by us; failing to encode one is a bug.
+    if let Err(e) = codec::encode(frame, &ctx.cfg.limits, &mut b) {
+        warn!(error = %e, "cannot encode control frame");
+    }
+    b.freeze()
+}
+
+/// Reads exactly one frame with a deadline; used for the hello.
+async fn read_one(
+    recv: &mut RecvStream,
+    buf: &mut BytesMut,
+    ctx: &NodeCtx,
+) -> Result<Frame, ConnError> {
+    loop {
+        if let Some(total) = codec::check(buf, &ctx.cfg.limits)? {
+            let f = buf.split_to(total);
+            return Ok(codec::decode_body(&f[4..])?);
+        }
+        buf.reserve(4096);
+        match recv.read_buf(buf).await {
+            Ok(0) => return Err(ConnError::Lost("stream closed before hello".into())),
+            Ok(_) => {}
+            Err(e) => return Err(ConnError::Lost(e.to_string())),
+        }
+    }
+}
+
+/// Runs the TLS handshake and hello for one incoming connection and, on
+/// success, starts its actor under `listener`.
+pub(crate) async fn accept(
+    ctx: Arc<NodeCtx>,
+    incoming: quinn::Incoming,
+    listener: ractor::ActorCell,
+) -> Result<(), ConnError> {
+    let deadline = ctx.cfg.handshake_timeout;
+    let conn = match tokio::time::timeout(deadline, incoming).await {
+        Err(_) => {
+            m::handshake("timeout");
+            return Err(ConnError::Timeout);
+        }
+        Ok(Err(e)) => {
+            m::handshake("refused");
+            info!(error = %e, "handshake refused");
+            return Err(ConnError::Refused(e.to_string()));
+        }
+        Ok(Ok(c)) => c,
+    };
+    let identity = peer_identity(&conn);
+    let setup = async {
+        let (send, mut recv) = conn
+            .accept_bi()
+            .await
+            .map_err(|e| ConnError::Lost(e.to_string()))?;
+        let mut buf = BytesMut::with_capacity(4096);
+        let hello = match read_one(&mut recv, &mut buf, &ctx).await? {
+            Frame::Hello(h) => h,
+            other => {
+                return Err(ConnError::Protocol(format!(
+                    "expected hello, got {}",
+                    other.kind().as_str()
+                )));
+            }
+        };
+        Ok::<_, ConnError>((send, recv, buf, hello))
+    };
+    let (mut send, recv, buf, hello) = match tokio::time::timeout(deadline, setup).await {
+        Err(_) => {
+            m::handshake("timeout");
+            conn.close(
+                VarInt::from_u32(ErrorCode::PROTOCOL.0 as u32),
+                b"hello timeout",
+            );
+            return Err(ConnError::Timeout);
+        }
+        Ok(Err(e)) => {
+            m::handshake("bad_hello");
+            m::protocol_error("bad_hello");
+            conn.close(
+                VarInt::from_u32(e.code().0 as u32),
+                e.to_string().as_bytes(),
+            );
+            return Err(e);
+        }
+        Ok(Ok(v)) => v,
+    };
+    if let Err(reject) = check_hello(&hello) {
+        m::handshake("rejected");
+        info!(name = %hello.name, reason = %reject.reason, "hello rejected");
+        let _ = send
+            .write_all(&encode(&Frame::Reject(reject.clone()), &ctx))
+            .await;
+        let _ = send.finish();
+        // Give the reject a moment to reach the client before the close.
+        let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+        conn.close(
+            VarInt::from_u32(reject.code.0 as u32),
+            reject.reason.as_bytes(),
+        );
+        return Err(ConnError::Refused(reject.reason));
+    }
+
+    let id = ctx.next_conn_id();
+    let q = &ctx.cfg.queue;
+    let (outbox, rx) = Outbox::new(q.max_frames, q.max_bytes, q.policy);
+    let outbox = Arc::new(outbox);
+    let shared = Arc::new(ConnShared {
+        id,
+        name: hello.name.clone(),
+        identity: identity.clone(),
+        outbox: Arc::clone(&outbox),
+        conn: conn.clone(),
+        actor: std::sync::OnceLock::new(),
+    });
+    ctx.conns.insert(id, Arc::clone(&shared));
+    let displaced = ractor::call!(ctx.table(), |reply| TableMsg::Register {
+        conn: id,
+        outbox: Arc::clone(&outbox),
+        full: hello.name.as_str().to_owned(),
+        service: hello.name.service_str().to_owned(),
+        reply,
+    })
+    .map_err(|e| ConnError::Lost(format!("subscription table unavailable: {e}")))?;
+    if let Some(old) = displaced.and_then(|old| ctx.conns.get(&old).map(|c| Arc::clone(c.value())))
+    {
+        info!(name = %hello.name, "name taken over by a new connection; closing the old one");
+        old.conn.close(
+            VarInt::from_u32(ErrorCode::NAME_TAKEN.0 as u32),
+            b"replaced by a newer connection with the same name",
+        );
+    }
+    let accept = Frame::Accept(Accept {
+        node_id: ctx.cfg.node_id.clone(),
+        identity: identity.as_deref().map(str::to_owned),
+        max_frame: ctx.cfg.limits.max_frame,
+    });
+    send.write_all(&encode(&accept, &ctx))
+        .await
+        .map_err(|e| ConnError::Lost(e.to_string()))?;
+    m::handshake("ok");
+    info!(conn = id, name = %hello.name, identity = identity.as_deref().unwrap_or("-"), remote = %conn.remote_address(), "client connected");
+
+    let args = ConnArgs {
+        ctx: Arc::clone(&ctx),
+        shared: Arc::clone(&shared),
+        send,
+        recv,
+        buf,
+        rx,
+    };
+    let (actor, _) = Actor::spawn_linked(None, ConnectionActor, args, listener.clone())
+        .await
+        .map_err(|e| ConnError::Lost(format!("cannot spawn connection actor: {e}")))?;
+    let _ = shared.actor.set(actor.clone());
+    let _ = listener.send_message(crate::listener::ListenerMsg::Child {
+        actor: actor.get_id(),
+        conn: id,
+    });
+    Ok(())
+}
+
+fn check_hello(h: &Hello) -> Result<(), Reject> {
+    if h.version != PROTOCOL_VERSION {
+        return Err(Reject {
+            code: ErrorCode::VERSION,
+            reason: format!(
+                "protocol version {} not supported (node speaks {PROTOCOL_VERSION})",
+                h.version
+            ),
+        });
+    }
+    if !h.name.has_instance() {
+        return Err(Reject {
+            code: ErrorCode::BAD_NAME,
+            reason: "a client registers its full name, org/namespace/service/instance".into(),
+        });
+    }
+    if h.token.is_some() {
+        return Err(Reject {
+            code: ErrorCode::UNAUTHORIZED,
+            reason: "token authentication (JWT-SVID) is not implemented by this node; use mTLS"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+fn peer_identity(conn: &quinn::Connection) -> Option<Arc<str>> {
+    let any = conn.peer_identity()?;
+    let certs = any
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    slim_auth::peer_spiffe_id(&certs)
+        .ok()
+        .map(|id| Arc::from(id.as_str()))
+}
+
+pub struct ConnArgs {
+    ctx: Arc<NodeCtx>,
+    shared: Arc<ConnShared>,
+    send: SendStream,
+    recv: RecvStream,
+    buf: BytesMut,
+    rx: mpsc::Receiver<Bytes>,
+}
+
+pub enum ConnMsg {
+    ReaderEnded(Result<(), String>),
+    WriterEnded(Result<(), String>),
+    /// Fault injection for supervision tests: makes the actor's handler panic.
+    InjectPanic,
+}
+
+/// Aborts the task when dropped, so a dead actor leaves no task behind.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub struct ConnState {
+    ctx: Arc<NodeCtx>,
+    shared: Arc<ConnShared>,
+    reader: Option<AbortOnDrop>,
+    writer: Option<AbortOnDrop>,
+    reader_done: bool,
+}
+
+pub struct ConnectionActor;
+
+impl Actor for ConnectionActor {
+    type Msg = ConnMsg;
+    type State = ConnState;
+    type Arguments = ConnArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ConnMsg>,
+        a: ConnArgs,
+    ) -> Result<ConnState, ActorProcessingErr> {
+        metrics::gauge!(m::CONNECTIONS, "kind" => "client").increment(1.0);
+        counter!(m::CONNECTIONS_TOTAL, "kind" => "client").increment(1);
+        let me = myself.clone();
+        let reader = tokio::spawn(read_loop(
+            Arc::clone(&a.ctx),
+            Arc::clone(&a.shared),
+            a.recv,
+            a.buf,
+        ));
+        let reader = tokio::spawn(async move {
+            let r = match reader.await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(e) => Err(format!("reader task failed: {e}")),
+            };
+            let _ = me.send_message(ConnMsg::ReaderEnded(r));
+        });
+        let me = myself.clone();
+        let writer = tokio::spawn(write_loop(
+            Arc::clone(&a.ctx),
+            Arc::clone(&a.shared),
+            a.send,
+            a.rx,
+        ));
+        let writer = tokio::spawn(async move {
+            let r = match writer.await {
+                Ok(r) => r,
+                Err(e) => Err(format!("writer task failed: {e}")),
+            };
+            let _ = me.send_message(ConnMsg::WriterEnded(r));
+        });
+        Ok(ConnState {
+            ctx: a.ctx,
+            shared: a.shared,
+            reader: Some(AbortOnDrop(reader)),
+            writer: Some(AbortOnDrop(writer)),
+            reader_done: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ConnMsg>,
+        msg: ConnMsg,
+        st: &mut ConnState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ConnMsg::ReaderEnded(r) => {
+                st.reader_done = true;
+                st.reader = None;
+                if st.ctx.is_shutting_down() {
+                    // The writer is draining the outbox; it ends the actor.
+                    return Ok(());
+                }
+                if let Err(e) = &r {
+                    debug!(conn = st.shared.id, error = %e, "reader ended");
+                }
+                myself.stop(Some(r.err().unwrap_or_else(|| "closed by peer".into())));
+            }
+            ConnMsg::WriterEnded(r) => {
+                st.writer = None;
+                myself.stop(r.err());
+            }
+            ConnMsg::InjectPanic => panic!("injected connection actor fault"),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<ConnMsg>,
+        st: &mut ConnState,
+    ) -> Result<(), ActorProcessingErr> {
+        cleanup(&st.ctx, st.shared.id);
+        Ok(())
+    }
+}
+
+/// Removes every trace of a connection. Idempotent: called from the actor's
+/// `post_stop` and, should the actor have died in a panic, by its supervisor.
+pub(crate) fn cleanup(ctx: &NodeCtx, id: ConnId) {
+    if let Some((_, shared)) = ctx.conns.remove(&id) {
+        shared.outbox.close();
+        if shared.conn.close_reason().is_none() {
+            shared.conn.close(VarInt::from_u32(0), b"closed");
+        }
+        metrics::gauge!(m::CONNECTIONS, "kind" => "client").decrement(1.0);
+        info!(conn = id, name = %shared.name, "client disconnected");
+    }
+    let _ = ctx.table().send_message(TableMsg::RemoveConn { conn: id });
+}
+
+async fn read_loop(
+    ctx: Arc<NodeCtx>,
+    sh: Arc<ConnShared>,
+    mut recv: RecvStream,
+    mut buf: BytesMut,
+) -> Result<(), ConnError> {
+    let mut shutdown = ctx.shutdown_rx();
+    let mut router = Router::new(&ctx, &sh);
+    let result = loop {
+        // Frames that arrived with the hello are already in `buf`.
+        let res = router.drain(&mut buf).await;
+        router.flush_metrics();
+        if let Err(e) = res {
+            break Err(e);
+        }
+        if buf.capacity() - buf.len() < 8192 {
+            buf.reserve(32 * 1024);
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Ok(()),
+            r = recv.read_buf(&mut buf) => match r {
+                Ok(0) => return Ok(()),
+                Ok(n) => counter!(m::BYTES_IN_TOTAL, "kind" => "client").increment(n as u64),
+                Err(e) => return Err(ConnError::Lost(e.to_string())),
+            },
+        }
+    };
+    if let Err(e) = &result {
+        let label = match e {
+            ConnError::Wire(w) => w.reason_label(),
+            _ => "protocol",
+        };
+        m::protocol_error(label);
+        if let ConnError::Wire(WireError::FrameTooLarge { .. }) = e {
+            m::dropped("too_large", 1);
+        } else {
+            m::dropped("malformed", 1);
+        }
+        info!(conn = sh.id, name = %sh.name, error = %e, "closing connection on bad input");
+        sh.conn.close(
+            VarInt::from_u32(e.code().0 as u32),
+            e.to_string().as_bytes(),
+        );
+    }
+    result
+}
+
+/// Per-connection routing state: scratch buffers and batched metric counts,
+/// so the per-message path does no allocation beyond the outgoing frame and
+/// no metric registry lookups.
+struct Router<'a> {
+    ctx: &'a NodeCtx,
+    sh: &'a ConnShared,
+    scratch: BytesMut,
+    frames_in: u64,
+    routed: [u64; 3],
+    deliveries: u64,
+    no_route: u64,
+    slow: u64,
+}
+
+impl<'a> Router<'a> {
+    fn new(ctx: &'a NodeCtx, sh: &'a ConnShared) -> Self {
+        Router {
+            ctx,
+            sh,
+            scratch: BytesMut::new(),
+            frames_in: 0,
+            routed: [0; 3],
+            deliveries: 0,
+            no_route: 0,
+            slow: 0,
+        }
+    }
+
+    /// Handles every whole frame at the front of `buf`.
+    async fn drain(&mut self, buf: &mut BytesMut) -> Result<(), ConnError> {
+        while let Some(total) = codec::check(buf, &self.ctx.cfg.limits)? {
+            let f = buf.split_to(total);
+            self.frames_in += 1;
+            let frame = codec::decode_body(&f[4..])?;
+            self.handle_frame(frame).await?;
+        }
+        Ok(())
+    }
+
+    fn flush_metrics(&mut self) {
+        let hm = &self.ctx.hot;
+        if self.frames_in > 0 {
+            hm.frames_in.increment(std::mem::take(&mut self.frames_in));
+        }
+        for (i, n) in self.routed.iter_mut().enumerate() {
+            if *n > 0 {
+                hm.routed[i].increment(std::mem::take(n));
+            }
+        }
+        if self.deliveries > 0 {
+            hm.deliveries
+                .increment(std::mem::take(&mut self.deliveries));
+        }
+        if self.no_route > 0 {
+            hm.no_route.increment(std::mem::take(&mut self.no_route));
+        }
+        if self.slow > 0 {
+            hm.slow_consumer.increment(std::mem::take(&mut self.slow));
+        }
+    }
+
+    async fn control(&self, f: Frame) -> Result<(), ConnError> {
+        let b = encode(&f, self.ctx);
+        match self.sh.outbox.push_control(b).await {
+            Push::Closed => Err(ConnError::Lost("outbox closed".into())),
+            _ => Ok(()),
+        }
+    }
+
+    async fn handle_frame(&mut self, frame: Frame) -> Result<(), ConnError> {
+        match frame {
+            Frame::Publish(p) => self.publish(p).await,
+            Frame::Subscribe(s) => {
+                let ok = ractor::call!(self.ctx.table(), |reply| TableMsg::Subscribe {
+                    conn: self.sh.id,
+                    outbox: Arc::clone(&self.sh.outbox),
+                    key: s.name.as_str().to_owned(),
+                    reply,
+                });
+                match ok {
+                    Ok(_) => self.control(Frame::SubAck(SubAck { id: s.id })).await,
+                    Err(e) => {
+                        self.control(Frame::SubError(SubError {
+                            id: s.id,
+                            code: ErrorCode::INTERNAL,
+                            reason: format!("subscription table unavailable: {e}"),
+                        }))
+                        .await
+                    }
+                }
+            }
+            Frame::Unsubscribe(s) => {
+                let ok = ractor::call!(self.ctx.table(), |reply| TableMsg::Unsubscribe {
+                    conn: self.sh.id,
+                    key: s.name.as_str().to_owned(),
+                    reply,
+                });
+                match ok {
+                    Ok(true) => self.control(Frame::SubAck(SubAck { id: s.id })).await,
+                    Ok(false) => {
+                        self.control(Frame::SubError(SubError {
+                            id: s.id,
+                            code: ErrorCode::NO_ROUTE,
+                            reason: format!("not subscribed to {}", s.name),
+                        }))
+                        .await
+                    }
+                    Err(e) => {
+                        self.control(Frame::SubError(SubError {
+                            id: s.id,
+                            code: ErrorCode::INTERNAL,
+                            reason: format!("subscription table unavailable: {e}"),
+                        }))
+                        .await
+                    }
+                }
+            }
+            Frame::Ping(p) => self.control(Frame::Pong(Pong { nonce: p.nonce })).await,
+            Frame::Pong(_) => Ok(()),
+            Frame::Error(e) => {
+                debug!(conn = self.sh.id, code = e.code.0, reason = %e.reason, "client reported an error");
+                Ok(())
+            }
+            other => Err(ConnError::Protocol(format!(
+                "unexpected {} frame from a client",
+                other.kind().as_str()
+            ))),
+        }
+    }
+
+    async fn publish(&mut self, p: Publish) -> Result<(), ConnError> {
+        let reg = &self.ctx.registry;
+        if p.mode == Mode::Unicast && !p.name.has_instance() {
+            return self
+                .control(Frame::Error(ErrorFrame {
+                    code: ErrorCode::BAD_NAME,
+                    msg_id: Some(p.msg_id),
+                    name: Some(p.name),
+                    reason: "unicast needs a full name with an instance".into(),
+                }))
+                .await;
+        }
+        let route = reg.lookup(p.name.as_str()).filter(|r| !r.subs.is_empty());
+        let Some(route) = route else {
+            self.no_route += 1;
+            if p.flags & FLAG_NO_ROUTE_SILENT != 0 {
+                return Ok(());
+            }
+            let reason = format!("no subscriber for {}", p.name);
+            return self
+                .control(Frame::Error(ErrorFrame {
+                    code: ErrorCode::NO_ROUTE,
+                    msg_id: Some(p.msg_id),
+                    name: Some(p.name),
+                    reason,
+                }))
+                .await;
+        };
+        self.routed[p.mode as usize] += 1;
+        if self.scratch.capacity() - self.scratch.len() < p.payload.len() + 256 {
+            self.scratch.reserve(64 * 1024 + p.payload.len());
+        }
+        codec::encode_deliver(
+            &p.name,
+            p.mode,
+            &self.sh.name,
+            self.sh.identity.as_deref(),
+            p.msg_id,
+            &p.payload,
+            &self.ctx.cfg.limits,
+            &mut self.scratch,
+        )?;
+        let frame = self.scratch.split().freeze();
+        match p.mode {
+            Mode::Multicast => {
+                for sub in &route.subs {
+                    self.push(&sub.outbox, frame.clone());
+                }
+            }
+            Mode::Anycast | Mode::Unicast => {
+                // Skip queues that are closed so an anycast still finds a live instance.
+                let n = route.subs.len();
+                for _ in 0..n {
+                    if let Some(sub) = route.pick()
+                        && !sub.outbox.is_closed()
+                    {
+                        self.push(&sub.outbox, frame);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, outbox: &Outbox, frame: Bytes) {
+        match outbox.push(frame) {
+            Push::Queued => self.deliveries += 1,
+            Push::Dropped => self.slow += 1,
+            Push::Closed => {}
+            Push::Disconnect => {
+                self.slow += 1;
+                self.ctx.disconnect_slow(outbox);
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    ctx: Arc<NodeCtx>,
+    sh: Arc<ConnShared>,
+    mut send: SendStream,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> Result<(), String> {
+    const BATCH: usize = 512;
+    const COALESCE: usize = 64 * 1024;
+    let mut shutdown = ctx.shutdown_rx();
+    let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH);
+    let mut buf = BytesMut::with_capacity(COALESCE);
+    let bytes_out = counter!(m::BYTES_OUT_TOTAL, "kind" => "client");
+    let mut draining = false;
+    loop {
+        if !draining {
+            tokio::select! {
+                biased;
+                n = rx.recv_many(&mut batch, BATCH) => if n == 0 { break },
+                _ = shutdown.changed() => {
+                    draining = true;
+                    sh.outbox.close();
+                    continue;
+                }
+            }
+        } else {
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(b) => batch.push(b),
+                    Err(_) => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+        }
+        let mut total = 0;
+        for b in batch.drain(..) {
+            total += b.len();
+            if b.len() >= COALESCE / 4 {
+                if !buf.is_empty() {
+                    send.write_chunk(buf.split().freeze())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                send.write_chunk(b).await.map_err(|e| e.to_string())?;
+            } else {
+                buf.extend_from_slice(&b);
+                if buf.len() >= COALESCE {
+                    send.write_chunk(buf.split().freeze())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        if !buf.is_empty() {
+            send.write_chunk(buf.split().freeze())
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if buf.capacity() < COALESCE / 2 {
+            buf = BytesMut::with_capacity(COALESCE);
+        }
+        sh.outbox.written(total);
+        bytes_out.increment(total as u64);
+    }
+    if draining {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(ctx.drain_deadline(), send.stopped()).await;
+        sh.conn.close(
+            VarInt::from_u32(ErrorCode::SHUTTING_DOWN.0 as u32),
+            b"node shutting down",
+        );
+    }
+    Ok(())
+}

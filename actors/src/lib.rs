@@ -1,0 +1,20 @@
+//! The node's actor tree (ractor): a node supervisor over the subscription
+//! table actor and the QUIC listener actor, which supervises one actor per
+//! client connection. Actors own lifecycle and control; messages flow through
+//! bounded per-connection queues ([`outbox`]) and lock-free registry reads
+//! ([`registry`]), never through a mailbox per message.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod conn;
+pub mod listener;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod registry;
+pub mod table;
+
+pub use config::{NodeConfig, QueueConfig};
+pub use node::{ConnStats, NodeError, NodeHandle, start};
+pub use outbox::{Outbox, Push, SlowConsumerPolicy};
+pub use registry::{ConnId, Registry};

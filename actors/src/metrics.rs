@@ -1,0 +1,38 @@
+//! Metric names and small recording helpers. Labels are bounded enums
+//! (kind, reason, mode), never names, identities or sessions.
+
+use metrics::{counter, gauge};
+
+use crate::registry::Registry;
+
+pub const CONNECTIONS: &str = "slim_connections";
+pub const CONNECTIONS_TOTAL: &str = "slim_connections_total";
+pub const HANDSHAKES_TOTAL: &str = "slim_handshakes_total";
+pub const FRAMES_IN_TOTAL: &str = "slim_frames_in_total";
+pub const BYTES_IN_TOTAL: &str = "slim_bytes_in_total";
+pub const BYTES_OUT_TOTAL: &str = "slim_bytes_out_total";
+pub const MESSAGES_ROUTED_TOTAL: &str = "slim_messages_routed_total";
+pub const DELIVERIES_TOTAL: &str = "slim_deliveries_total";
+pub const MESSAGES_DROPPED_TOTAL: &str = "slim_messages_dropped_total";
+pub const SLOW_CONSUMER_EVENTS_TOTAL: &str = "slim_slow_consumer_events_total";
+pub const PROTOCOL_ERRORS_TOTAL: &str = "slim_protocol_errors_total";
+pub const SUBSCRIPTIONS: &str = "slim_subscriptions";
+pub const REGISTRY_NAMES: &str = "slim_registry_names";
+pub const ACTOR_RESTARTS_TOTAL: &str = "slim_actor_restarts_total";
+
+pub fn registry_gauges(reg: &Registry) {
+    gauge!(SUBSCRIPTIONS).set(reg.subscription_count() as f64);
+    gauge!(REGISTRY_NAMES).set(reg.name_count() as f64);
+}
+
+pub fn dropped(reason: &'static str, n: u64) {
+    counter!(MESSAGES_DROPPED_TOTAL, "reason" => reason).increment(n);
+}
+
+pub fn protocol_error(reason: &'static str) {
+    counter!(PROTOCOL_ERRORS_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn handshake(result: &'static str) {
+    counter!(HANDSHAKES_TOTAL, "result" => result).increment(1);
+}

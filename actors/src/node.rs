@@ -1,0 +1,365 @@
+//! The node supervisor and the handle used to start and stop a node, from the
+//! `slim-node` binary or inside a test.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use metrics::{Counter, counter};
+use quinn::crypto::rustls::QuicServerConfig;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use slim_auth::Identity;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::NodeConfig;
+use crate::conn::ConnShared;
+use crate::listener::ListenerActor;
+use crate::metrics as m;
+use crate::outbox::Outbox;
+use crate::registry::{ConnId, Registry};
+use crate::table::{TableActor, TableMsg};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start actor: {0}")]
+    Spawn(String),
+}
+
+/// Counter handles resolved once, so the per-message path never looks up a
+/// metric by name.
+pub(crate) struct HotMetrics {
+    pub frames_in: Counter,
+    pub routed: [Counter; 3],
+    pub deliveries: Counter,
+    pub no_route: Counter,
+    pub slow_consumer: Counter,
+}
+
+impl HotMetrics {
+    fn new() -> Self {
+        HotMetrics {
+            frames_in: counter!(m::FRAMES_IN_TOTAL, "kind" => "client"),
+            routed: [
+                counter!(m::MESSAGES_ROUTED_TOTAL, "mode" => "anycast"),
+                counter!(m::MESSAGES_ROUTED_TOTAL, "mode" => "multicast"),
+                counter!(m::MESSAGES_ROUTED_TOTAL, "mode" => "unicast"),
+            ],
+            deliveries: counter!(m::DELIVERIES_TOTAL),
+            no_route: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "no_route"),
+            slow_consumer: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "slow_consumer"),
+        }
+    }
+}
+
+/// What every actor and task of one node shares.
+pub struct NodeCtx {
+    pub cfg: NodeConfig,
+    /// Unique per node instance in this process: ractor actor names are
+    /// process-global, and tests run several nodes in one process.
+    tag: String,
+    pub registry: Arc<Registry>,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) conns: DashMap<ConnId, Arc<ConnShared>>,
+    pub(crate) hot: HotMetrics,
+    table: RwLock<Option<ActorRef<TableMsg>>>,
+    next_id: AtomicU64,
+    shutdown: watch::Receiver<bool>,
+    drain: RwLock<Duration>,
+    slow_disconnects: AtomicU64,
+}
+
+impl NodeCtx {
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn table(&self) -> ActorRef<TableMsg> {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .expect("table actor is set before the listener starts")
+    }
+
+    pub(crate) fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub(crate) fn drain_deadline(&self) -> Duration {
+        *self.drain.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the connection that owns `outbox` (slow-consumer policy).
+    pub(crate) fn disconnect_slow(&self, outbox: &Outbox) {
+        let victim = self
+            .conns
+            .iter()
+            .find(|c| std::ptr::eq(Arc::as_ptr(&c.outbox), outbox))
+            .map(|c| Arc::clone(c.value()));
+        if let Some(c) = victim {
+            self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+            counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "disconnect").increment(1);
+            warn!(conn = c.id, name = %c.name, "slow consumer disconnected");
+            c.conn.close(
+                quinn::VarInt::from_u32(slim_wire::ErrorCode::SLOW_CONSUMER.0 as u32),
+                b"slow consumer: outbound queue stayed full",
+            );
+        }
+    }
+}
+
+/// A snapshot of one client connection, for admin views and tests.
+#[derive(Debug, Clone)]
+pub struct ConnStats {
+    pub id: ConnId,
+    pub name: String,
+    pub identity: Option<String>,
+    pub queued_bytes: usize,
+    pub max_queued_bytes: usize,
+    pub dropped: u64,
+}
+
+enum SupMsg {}
+
+struct NodeSupervisor;
+
+struct SupState {
+    ctx: Arc<NodeCtx>,
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = SupMsg;
+    type State = SupState;
+    type Arguments = Arc<NodeCtx>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupMsg>,
+        ctx: Arc<NodeCtx>,
+    ) -> Result<SupState, ActorProcessingErr> {
+        spawn_table(&ctx, &myself).await?;
+        Actor::spawn_linked(
+            Some(format!("{}-listener", ctx.tag)),
+            ListenerActor,
+            Arc::clone(&ctx),
+            myself.get_cell(),
+        )
+        .await?;
+        Ok(SupState { ctx })
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupMsg>,
+        evt: SupervisionEvent,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            let name = cell.get_name().unwrap_or_default();
+            error!(actor = %name, error = %err, "child actor failed; restarting");
+            if name.ends_with("-table") {
+                counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "table").increment(1);
+                spawn_table(&st.ctx, &myself).await?;
+            } else if name.ends_with("-listener") && !st.ctx.is_shutting_down() {
+                counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "listener").increment(1);
+                Actor::spawn_linked(
+                    Some(name),
+                    ListenerActor,
+                    Arc::clone(&st.ctx),
+                    myself.get_cell(),
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn spawn_table(ctx: &Arc<NodeCtx>, sup: &ActorRef<SupMsg>) -> Result<(), ActorProcessingErr> {
+    let (table, _) = Actor::spawn_linked(
+        Some(format!("{}-table", ctx.tag)),
+        TableActor,
+        Arc::clone(&ctx.registry),
+        sup.get_cell(),
+    )
+    .await?;
+    *ctx.table.write().unwrap_or_else(|e| e.into_inner()) = Some(table);
+    Ok(())
+}
+
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
+
+/// A running node.
+pub struct NodeHandle {
+    ctx: Arc<NodeCtx>,
+    supervisor: ActorRef<SupMsg>,
+    shutdown_tx: watch::Sender<bool>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("node_id", &self.ctx.cfg.node_id)
+            .finish()
+    }
+}
+
+/// QUIC transport settings shared by the node's endpoint.
+pub fn transport_config(cfg: &NodeConfig) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(4u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .keep_alive_interval(Some(cfg.keep_alive))
+        .stream_receive_window((2u32 << 20).into())
+        .receive_window((4u32 << 20).into())
+        .send_window(4 << 20);
+    if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+/// Starts a node: binds its QUIC endpoint and its actor tree.
+pub async fn start(cfg: NodeConfig, identity: &Identity) -> Result<NodeHandle, NodeError> {
+    let tls = slim_auth::server_config(identity, &[slim_auth::ALPN_SLIM])
+        .map_err(|e| NodeError::Tls(e.to_string()))?;
+    let quic =
+        QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| NodeError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    server.transport_config(Arc::new(transport_config(&cfg)));
+    let endpoint =
+        quinn::Endpoint::server(server, cfg.listen).map_err(|source| NodeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let ctx = Arc::new(NodeCtx {
+        registry: Arc::new(Registry::new()),
+        endpoint,
+        conns: DashMap::new(),
+        hot: HotMetrics::new(),
+        table: RwLock::new(None),
+        next_id: AtomicU64::new(1),
+        shutdown,
+        drain: RwLock::new(Duration::from_secs(5)),
+        slow_disconnects: AtomicU64::new(0),
+        tag: format!(
+            "{}#{}",
+            cfg.node_id,
+            INSTANCES.fetch_add(1, Ordering::Relaxed)
+        ),
+        cfg,
+    });
+    let (supervisor, join) = Actor::spawn(
+        Some(format!("{}-supervisor", ctx.tag)),
+        NodeSupervisor,
+        Arc::clone(&ctx),
+    )
+    .await
+    .map_err(|e| NodeError::Spawn(e.to_string()))?;
+    info!(node = %ctx.cfg.node_id, addr = %ctx.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "node listening");
+    Ok(NodeHandle {
+        ctx,
+        supervisor,
+        shutdown_tx,
+        join,
+    })
+}
+
+impl NodeHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.ctx
+            .endpoint
+            .local_addr()
+            .expect("a bound endpoint has an address")
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.ctx.cfg.node_id
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.ctx.registry
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.ctx.conns.len()
+    }
+
+    /// Connections closed by the disconnect slow-consumer policy.
+    pub fn slow_consumer_disconnects(&self) -> u64 {
+        self.ctx.slow_disconnects.load(Ordering::Relaxed)
+    }
+
+    pub fn connections(&self) -> Vec<ConnStats> {
+        self.ctx
+            .conns
+            .iter()
+            .map(|c| ConnStats {
+                id: c.id,
+                name: c.name.to_string(),
+                identity: c.identity.as_deref().map(str::to_owned),
+                queued_bytes: c.outbox.queued_bytes(),
+                max_queued_bytes: c.outbox.max_bytes(),
+                dropped: c.outbox.dropped(),
+            })
+            .collect()
+    }
+
+    /// Fault injection for supervision tests: makes the actor of the
+    /// connection registered as `name` panic. Returns false if none is found.
+    pub fn inject_connection_panic(&self, name: &str) -> bool {
+        let actor = self
+            .ctx
+            .conns
+            .iter()
+            .find(|c| c.name.as_str() == name)
+            .and_then(|c| c.actor.get().cloned());
+        match actor {
+            Some(a) => a.send_message(crate::conn::ConnMsg::InjectPanic).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Stops accepting, lets every connection's writer drain its queue for up
+    /// to `deadline`, then closes everything.
+    pub async fn shutdown(self, deadline: Duration) {
+        *self.ctx.drain.write().unwrap_or_else(|e| e.into_inner()) = deadline;
+        let _ = self.shutdown_tx.send(true);
+        self.ctx.endpoint.set_server_config(None);
+        let wait = async {
+            while !self.ctx.conns.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        if tokio::time::timeout(deadline, wait).await.is_err() {
+            warn!(
+                remaining = self.ctx.conns.len(),
+                "shutdown deadline reached with connections still draining"
+            );
+        }
+        self.ctx.endpoint.close(
+            quinn::VarInt::from_u32(slim_wire::ErrorCode::SHUTTING_DOWN.0 as u32),
+            b"node shutting down",
+        );
+        self.supervisor.stop(Some("shutdown".into()));
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.join).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.ctx.endpoint.wait_idle()).await;
+        info!(node = %self.ctx.cfg.node_id, "node stopped");
+    }
+}

@@ -1,0 +1,363 @@
+//! The connection driver: dial, hello, and the read/write loops of one live
+//! connection; reconnection with backoff when it drops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::crypto::rustls::QuicClientConfig;
+use quinn::{RecvStream, SendStream};
+use slim_wire::{Frame, Hello, PROTOCOL_VERSION, Subscribe, codec};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::{ClientConfig, ClientError, ConnState, Delivery, Event, Shared, encode_frame};
+
+pub(crate) struct Live {
+    conn: quinn::Connection,
+    send: SendStream,
+    recv: RecvStream,
+    buf: BytesMut,
+}
+
+/// A client-only endpoint: it has no server configuration, so it never
+/// accepts a connection.
+pub(crate) fn endpoint(cfg: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
+    let bind: SocketAddr = if cfg.node.is_ipv6() {
+        "[::]:0".parse().expect("static")
+    } else {
+        "0.0.0.0:0".parse().expect("static")
+    };
+    let mut ep = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect {
+        addr: cfg.node,
+        reason: format!("cannot open UDP socket: {e}"),
+    })?;
+    let tls = slim_auth::client_config(&cfg.identity, &[slim_auth::ALPN_SLIM], cfg.server.clone())
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    let quic =
+        QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(quic));
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(cfg.keep_alive))
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window((4u32 << 20).into())
+        .receive_window((8u32 << 20).into())
+        .send_window(8 << 20);
+    if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
+        t.max_idle_timeout(Some(idle));
+    }
+    client.transport_config(Arc::new(t));
+    ep.set_default_client_config(client);
+    Ok(ep)
+}
+
+async fn read_frame(
+    recv: &mut RecvStream,
+    buf: &mut BytesMut,
+    cfg: &ClientConfig,
+) -> Result<Option<Frame>, ClientError> {
+    loop {
+        if let Some(f) = codec::decode(buf, &cfg.limits)? {
+            return Ok(Some(f));
+        }
+        buf.reserve(4096);
+        match recv.read_buf(buf).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        }
+    }
+}
+
+fn close_reason(conn: &quinn::Connection) -> Option<ClientError> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(c) => Some(ClientError::Rejected {
+            code: slim_wire::ErrorCode(c.error_code.into_inner().min(u16::MAX as u64) as u16),
+            reason: String::from_utf8_lossy(&c.reason).into_owned(),
+        }),
+        quinn::ConnectionError::TransportError(t) => Some(ClientError::Tls(t.to_string())),
+        quinn::ConnectionError::ConnectionClosed(c) => Some(ClientError::Tls(c.to_string())),
+        other => Some(ClientError::Protocol(other.to_string())),
+    }
+}
+
+/// One attempt: QUIC+TLS handshake, hello, accept.
+pub(crate) async fn connect_once(
+    shared: &Arc<Shared>,
+    ep: &quinn::Endpoint,
+) -> Result<Live, ClientError> {
+    let cfg = &shared.cfg;
+    let attempt = async {
+        let connecting =
+            ep.connect(cfg.node, &cfg.server_name)
+                .map_err(|e| ClientError::Connect {
+                    addr: cfg.node,
+                    reason: e.to_string(),
+                })?;
+        let conn = connecting.await.map_err(|e| match e {
+            quinn::ConnectionError::TransportError(t) => ClientError::Tls(t.to_string()),
+            quinn::ConnectionError::ConnectionClosed(c) => ClientError::Tls(c.to_string()),
+            other => ClientError::Connect {
+                addr: cfg.node,
+                reason: other.to_string(),
+            },
+        })?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| close_reason(&conn).unwrap_or(ClientError::Protocol(e.to_string())))?;
+        let hello = Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            name: cfg.name.clone(),
+            token: None,
+        });
+        send.write_all(&encode_frame(&hello, &cfg.limits)?)
+            .await
+            .map_err(|e| close_reason(&conn).unwrap_or(ClientError::Protocol(e.to_string())))?;
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        match read_frame(&mut recv, &mut buf, cfg).await {
+            Ok(Some(Frame::Accept(a))) => {
+                *shared
+                    .identity_seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = a.identity.clone();
+                let _ = shared.state.send(ConnState::Connected {
+                    node_id: a.node_id.clone(),
+                });
+                info!(node = %a.node_id, name = %cfg.name, "connected");
+                Ok(Live {
+                    conn,
+                    send,
+                    recv,
+                    buf,
+                })
+            }
+            Ok(Some(Frame::Reject(r))) => Err(ClientError::Rejected {
+                code: r.code,
+                reason: r.reason,
+            }),
+            Ok(Some(other)) => Err(ClientError::Protocol(format!(
+                "expected accept, got {}",
+                other.kind().as_str()
+            ))),
+            Ok(None) => Err(close_reason(&conn)
+                .unwrap_or(ClientError::Protocol("node closed before accepting".into()))),
+            Err(e) => Err(close_reason(&conn).unwrap_or(e)),
+        }
+    };
+    match tokio::time::timeout(cfg.connect_timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::Timeout(cfg.connect_timeout)),
+    }
+}
+
+/// Owns the connection for the client's lifetime.
+pub(crate) async fn drive(
+    shared: Arc<Shared>,
+    ep: quinn::Endpoint,
+    first: Live,
+    mut out: mpsc::Receiver<Bytes>,
+    events: mpsc::Sender<Event>,
+    mut close: oneshot::Receiver<()>,
+) {
+    let mut live = Some(first);
+    let mut attempt: u32 = 0;
+    loop {
+        if let Some(l) = live.take() {
+            attempt = 0;
+            let conn = l.conn.clone();
+            tokio::select! {
+                r = run(&shared, l, &mut out, &events) => {
+                    let reason = r.err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
+                    warn!(name = %shared.cfg.name, reason = %reason, "connection lost; reconnecting");
+                    let _ = shared.state.send(ConnState::Reconnecting { attempt: 0, last_error: reason });
+                }
+                _ = &mut close => {
+                    conn.close(0u32.into(), b"client closed");
+                    break;
+                }
+            }
+        }
+        let wait = shared.cfg.backoff.delay(attempt);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut close => break,
+        }
+        attempt = attempt.saturating_add(1);
+        match connect_once(&shared, &ep).await {
+            Ok(mut l) => {
+                if let Err(e) = restore(&shared, &mut l).await {
+                    warn!(error = %e, "restoring subscriptions failed");
+                    continue;
+                }
+                live = Some(l);
+            }
+            Err(e) => {
+                debug!(attempt, error = %e, "reconnect failed");
+                let _ = shared.state.send(ConnState::Reconnecting {
+                    attempt,
+                    last_error: e.to_string(),
+                });
+            }
+        }
+    }
+    // Fail outstanding requests rather than let them wait for their timeout.
+    shared
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    let _ = shared.state.send(ConnState::Closed);
+    ep.close(0u32.into(), b"client closed");
+    let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+}
+
+/// Re-sends every subscription on a fresh connection before any queued publish.
+async fn restore(shared: &Arc<Shared>, live: &mut Live) -> Result<(), ClientError> {
+    let names: Vec<_> = shared
+        .subs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect();
+    let mut b = BytesMut::new();
+    for name in names {
+        let id = shared.next_id();
+        codec::encode(
+            &Frame::Subscribe(Subscribe { id, name }),
+            &shared.cfg.limits,
+            &mut b,
+        )?;
+    }
+    if !b.is_empty() {
+        live.send
+            .write_all(&b)
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    }
+    Ok(())
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    live: Live,
+    out: &mut mpsc::Receiver<Bytes>,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), ClientError> {
+    let Live {
+        conn,
+        mut send,
+        recv,
+        buf,
+    } = live;
+    let mut reader = tokio::spawn(read_loop(Arc::clone(shared), recv, buf, events.clone()));
+    let mut batch: Vec<Bytes> = Vec::with_capacity(512);
+    let mut wbuf = BytesMut::with_capacity(64 * 1024);
+    let res = loop {
+        tokio::select! {
+            r = &mut reader => {
+                break match r {
+                    Ok(r) => r,
+                    Err(e) => Err(ClientError::Protocol(format!("reader task failed: {e}"))),
+                };
+            }
+            n = out.recv_many(&mut batch, 512) => {
+                if n == 0 {
+                    break Ok(());
+                }
+                for b in batch.drain(..) {
+                    if b.len() >= 16 * 1024 {
+                        if !wbuf.is_empty() {
+                            send.write_chunk(wbuf.split().freeze()).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+                        }
+                        send.write_chunk(b).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    } else {
+                        wbuf.extend_from_slice(&b);
+                    }
+                }
+                if !wbuf.is_empty() {
+                    send.write_chunk(wbuf.split().freeze()).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
+                }
+                if wbuf.capacity() < 16 * 1024 {
+                    wbuf = BytesMut::with_capacity(64 * 1024);
+                }
+            }
+        }
+    };
+    reader.abort();
+    if let Some(r) = close_reason(&conn) {
+        return Err(r);
+    }
+    res
+}
+
+async fn read_loop(
+    shared: Arc<Shared>,
+    mut recv: RecvStream,
+    mut buf: BytesMut,
+    events: mpsc::Sender<Event>,
+) -> Result<(), ClientError> {
+    let limits = shared.cfg.limits;
+    loop {
+        while let Some(frame) = codec::decode(&mut buf, &limits)? {
+            match frame {
+                Frame::Deliver(d) => {
+                    let ev = Event::Message(Delivery {
+                        name: d.name,
+                        mode: d.mode,
+                        from: d.from,
+                        from_identity: d.from_identity,
+                        msg_id: d.msg_id,
+                        payload: Bytes::from(d.payload),
+                    });
+                    if events.send(ev).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Frame::SubAck(a) => {
+                    if let Some(tx) = shared
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&a.id)
+                    {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Frame::SubError(e) => {
+                    if let Some(tx) = shared
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&e.id)
+                    {
+                        let _ = tx.send(Err((e.code, e.reason)));
+                    }
+                }
+                Frame::Error(e) => {
+                    if events.send(Event::Error(e)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Frame::Ping(_) | Frame::Pong(_) => {}
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected {} frame from the node",
+                        other.kind().as_str()
+                    )));
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 8192 {
+            buf.reserve(64 * 1024);
+        }
+        match recv.read_buf(&mut buf).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! `slimctl`: the operator and admin CLI. Talks to nodes through the SDK
+//! (`slim-client`), like any agent; never links the node.
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use slim_auth::{DevCa, Identity, SpiffeId};
+use slim_client::{Client, ClientConfig, Delivery, Event};
+use slim_wire::{Mode, Name};
+
+#[derive(Parser, Debug)]
+#[command(name = "slimctl", version, about = "Operate a SLIM fabric")]
+struct Cli {
+    /// Output format for commands that print data.
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Development certificate authority (NOT for production: use SPIRE).
+    #[command(subcommand, name = "dev-ca")]
+    DevCa(DevCaCmd),
+    /// Publish to and read from channels.
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum DevCaCmd {
+    /// Create a CA for a trust domain (writes ca.crt and ca.key).
+    Init {
+        #[arg(long)]
+        trust_domain: String,
+        /// Where to write the CA.
+        #[arg(long, default_value = "dev-ca")]
+        dir: PathBuf,
+    },
+    /// Issue an X.509-SVID into the spiffe-helper layout (tls.crt, tls.key, svid_bundle.pem).
+    Issue {
+        /// e.g. spiffe://example.org/agent/monitor
+        spiffe_id: String,
+        #[arg(long, default_value = "dev-ca")]
+        ca: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime, e.g. 30m, 1h, 24h.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ConnectArgs {
+    /// The node to connect to.
+    #[arg(long, env = "SLIMCTL_NODE", default_value = "127.0.0.1:4500")]
+    node: SocketAddr,
+    /// This client's SVID directory (spiffe-helper layout).
+    #[arg(long, env = "SLIMCTL_IDENTITY")]
+    identity: PathBuf,
+    /// The name this client registers as (an instance id is added).
+    #[arg(long = "as", env = "SLIMCTL_NAME", default_value = "ops/slimctl/cli")]
+    as_name: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum ChannelCmd {
+    /// Print each message published to NAME as it arrives.
+    Subscribe {
+        name: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+        /// Exit after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit after this long without output.
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Publish PAYLOAD (or stdin with "-") to NAME.
+    Publish {
+        name: String,
+        payload: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+        #[arg(long, value_enum, default_value_t = CliMode::Multicast)]
+        mode: CliMode,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CliMode {
+    Anycast,
+    Multicast,
+    Unicast,
+}
+
+impl From<CliMode> for Mode {
+    fn from(m: CliMode) -> Mode {
+        match m {
+            CliMode::Anycast => Mode::Anycast,
+            CliMode::Multicast => Mode::Multicast,
+            CliMode::Unicast => Mode::Unicast,
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?} (use ms, s, m, h, d)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.cmd {
+        Cmd::DevCa(c) => dev_ca(c, cli.output),
+        Cmd::Channel(c) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(channel(c, cli.output))
+        }
+    }
+}
+
+fn print_json(v: &impl Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string(v)?);
+    Ok(())
+}
+
+fn dev_ca(cmd: DevCaCmd, out: Output) -> Result<()> {
+    match cmd {
+        DevCaCmd::Init { trust_domain, dir } => {
+            let ca = DevCa::init(&dir, &trust_domain)
+                .with_context(|| format!("cannot create a CA in {}", dir.display()))?;
+            if out == Output::Json {
+                print_json(&serde_json::json!({
+                    "trust_domain": ca.trust_domain(),
+                    "dir": dir,
+                }))?;
+            } else {
+                println!(
+                    "development CA for spiffe://{} written to {} (not for production)",
+                    ca.trust_domain(),
+                    dir.display()
+                );
+            }
+        }
+        DevCaCmd::Issue {
+            spiffe_id,
+            ca,
+            out: out_dir,
+            ttl,
+        } => {
+            let id = SpiffeId::parse(&spiffe_id)
+                .with_context(|| format!("invalid SPIFFE ID {spiffe_id:?}"))?;
+            let ca = DevCa::load(&ca)
+                .with_context(|| format!("cannot load the CA in {}", ca.display()))?;
+            let identity = ca.issue_to_dir(&id, ttl, &out_dir)?;
+            let expires = time::OffsetDateTime::from(identity.not_after)
+                .format(&time::format_description::well_known::Rfc3339)?;
+            if out == Output::Json {
+                print_json(&serde_json::json!({
+                    "spiffe_id": identity.spiffe_id.to_string(),
+                    "dir": out_dir,
+                    "not_after": expires,
+                }))?;
+            } else {
+                println!(
+                    "issued {} to {} (expires {expires})",
+                    identity.spiffe_id,
+                    out_dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn connect(c: &ConnectArgs) -> Result<Client> {
+    let identity = Identity::from_files(&c.identity)
+        .with_context(|| format!("cannot load the identity in {}", c.identity.display()))?;
+    let name = Name::parse(&c.as_name).context("invalid --as name")?;
+    let client = Client::connect(ClientConfig::new(c.node, name, identity))
+        .await
+        .with_context(|| format!("cannot connect to {}", c.node))?;
+    Ok(client)
+}
+
+#[derive(Serialize)]
+struct MessageOut<'a> {
+    time: String,
+    channel: &'a str,
+    from: &'a str,
+    from_identity: Option<&'a str>,
+    mode: &'a str,
+    payload: String,
+    payload_encoding: &'a str,
+}
+
+fn print_delivery(d: &Delivery, out: Output) -> Result<()> {
+    let now = time::OffsetDateTime::from(SystemTime::now())
+        .format(&time::format_description::well_known::Rfc3339)?;
+    let (payload, encoding) = match std::str::from_utf8(&d.payload) {
+        Ok(s) if !s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => {
+            (s.to_owned(), "text")
+        }
+        _ => (
+            d.payload
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+            "hex",
+        ),
+    };
+    if out == Output::Json {
+        print_json(&MessageOut {
+            time: now,
+            channel: d.name.as_str(),
+            from: d.from.as_str(),
+            from_identity: d.from_identity.as_deref(),
+            mode: d.mode.as_str(),
+            payload,
+            payload_encoding: encoding,
+        })?;
+    } else {
+        println!(
+            "{now} {} from {} [{}]: {}{payload}",
+            d.name,
+            d.from,
+            d.from_identity.as_deref().unwrap_or("unauthenticated"),
+            if encoding == "hex" { "0x" } else { "" }
+        );
+    }
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+async fn channel(cmd: ChannelCmd, out: Output) -> Result<()> {
+    match cmd {
+        ChannelCmd::Subscribe {
+            name,
+            conn,
+            count,
+            timeout,
+        } => {
+            let name = Name::parse(&name).context("invalid channel name")?;
+            let client = connect(&conn).await?;
+            client.subscribe(&name).await?;
+            eprintln!("subscribed to {name} as {}", client.name());
+            let mut seen = 0u64;
+            while count.is_none_or(|c| seen < c) {
+                let ev = match timeout {
+                    Some(t) => match tokio::time::timeout(t, client.recv()).await {
+                        Ok(ev) => ev,
+                        Err(_) => bail!("no message within {t:?} ({seen} received)"),
+                    },
+                    None => client.recv().await,
+                };
+                match ev {
+                    Some(Event::Message(d)) => {
+                        print_delivery(&d, out)?;
+                        seen += 1;
+                    }
+                    Some(Event::Error(e)) => {
+                        eprintln!("node error ({}): {}", e.code.as_str(), e.reason)
+                    }
+                    None => bail!("connection closed"),
+                }
+            }
+            client.close().await;
+        }
+        ChannelCmd::Publish {
+            name,
+            payload,
+            conn,
+            mode,
+        } => {
+            let name = Name::parse(&name).context("invalid channel name")?;
+            let payload = if payload == "-" {
+                let mut b = Vec::new();
+                std::io::stdin().read_to_end(&mut b)?;
+                b
+            } else {
+                payload.into_bytes()
+            };
+            let client = connect(&conn).await?;
+            let msg_id = client.publish(&name, mode.into(), &payload).await?;
+            client.flush().await;
+            // A "no route" answer comes back quickly; wait briefly so the
+            // operator learns that nobody received the message.
+            let answer = tokio::time::timeout(Duration::from_millis(300), client.recv()).await;
+            let err = match answer {
+                Ok(Some(Event::Error(e))) if e.msg_id == Some(msg_id) => Some(e),
+                _ => None,
+            };
+            client.close().await;
+            if let Some(e) = err {
+                bail!("not delivered ({}): {}", e.code.as_str(), e.reason);
+            }
+            if out == Output::Json {
+                print_json(
+                    &serde_json::json!({"published": name.as_str(), "bytes": payload.len(), "msg_id": msg_id}),
+                )?;
+            } else {
+                println!("published {} bytes to {name}", payload.len());
+            }
+        }
+    }
+    Ok(())
+}

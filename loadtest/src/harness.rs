@@ -1,0 +1,495 @@
+//! System-independent orchestration of one throughput run: start signal,
+//! warm-up, measured window, stop, drain, and the report.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::payload::SeqTracker;
+use crate::procfs::{self, CpuProbe};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Every subscriber gets every message.
+    Multicast,
+    /// Each message goes to one subscriber (NATS: a queue group).
+    Anycast,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub pubs: usize,
+    pub pub_tasks: usize,
+    pub subs: usize,
+    pub size: usize,
+    pub mode: Mode,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Drain ends when nothing new arrived for this long...
+    pub drain_idle: Duration,
+    /// ...or after this long in any case.
+    pub drain_max: Duration,
+}
+
+impl Plan {
+    pub fn streams(&self) -> usize {
+        self.pubs * self.pub_tasks
+    }
+
+    pub fn scenario(&self) -> String {
+        format!(
+            "{}->{} {}B {}",
+            self.pubs,
+            self.subs,
+            self.size,
+            match self.mode {
+                Mode::Multicast => "multicast",
+                Mode::Anycast => "anycast",
+            }
+        )
+    }
+
+    /// Deliveries owed for `sent` messages.
+    pub fn expected(&self, sent: u64) -> u64 {
+        match self.mode {
+            Mode::Multicast => sent * self.subs as u64,
+            Mode::Anycast => sent,
+        }
+    }
+}
+
+/// A counter on its own cache line: every stream and subscriber writes its own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct Padded(pub AtomicU64);
+
+fn counters(n: usize) -> Arc<[Padded]> {
+    (0..n).map(|_| Padded::default()).collect()
+}
+
+fn sum(c: &[Padded]) -> u64 {
+    c.iter().map(|p| p.0.load(Ordering::Relaxed)).sum()
+}
+
+/// What the system-specific tasks observe and update.
+#[derive(Clone)]
+pub struct Ctl {
+    pub start: watch::Receiver<bool>,
+    pub stop_pubs: Arc<AtomicBool>,
+    pub stop_subs: watch::Receiver<bool>,
+    /// Messages published, per stream (`pub index * pub_tasks + task`).
+    pub sent: Arc<[Padded]>,
+    /// Messages received, per subscriber.
+    pub delivered: Arc<[Padded]>,
+}
+
+impl Ctl {
+    /// Waits for the start signal.
+    pub async fn started(&mut self) {
+        let _ = self.start.wait_for(|v| *v).await;
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop_pubs.load(Ordering::Relaxed)
+    }
+}
+
+/// The orchestrator's side of [`Ctl`].
+pub struct Control {
+    start: watch::Sender<bool>,
+    stop_pubs: Arc<AtomicBool>,
+    stop_subs: watch::Sender<bool>,
+    ctl: Ctl,
+}
+
+impl Control {
+    pub fn new(plan: &Plan) -> Self {
+        let (start, start_rx) = watch::channel(false);
+        let (stop_subs, stop_rx) = watch::channel(false);
+        let stop_pubs = Arc::new(AtomicBool::new(false));
+        let ctl = Ctl {
+            start: start_rx,
+            stop_pubs: Arc::clone(&stop_pubs),
+            stop_subs: stop_rx,
+            sent: counters(plan.streams()),
+            delivered: counters(plan.subs),
+        };
+        Control {
+            start,
+            stop_pubs,
+            stop_subs,
+            ctl,
+        }
+    }
+
+    pub fn ctl(&self) -> Ctl {
+        self.ctl.clone()
+    }
+}
+
+/// Something to keep alive until the run is over (a publisher's connection,
+/// so that closing it does not discard what is still in flight).
+pub type KeepAlive = Box<dyn Any + Send>;
+
+/// Backend-specific counters read at the end of the run.
+pub type ExtraCounters = Box<dyn Fn() -> BTreeMap<String, u64> + Send + Sync>;
+
+/// The tasks a backend set up; publishers wait for the start signal.
+pub struct Running {
+    /// One per publisher connection; returns once its tasks stopped and it flushed.
+    pub publishers: Vec<JoinHandle<Result<KeepAlive>>>,
+    /// One per subscriber; returns its accounting (and its connection, closed
+    /// only after the backend counters are read) once told to stop.
+    pub subscribers: Vec<JoinHandle<Result<(SeqTracker, KeepAlive)>>>,
+    pub extra: Option<ExtraCounters>,
+}
+
+/// Where the CPU figure comes from.
+#[derive(Debug, Clone)]
+pub struct CpuSetup {
+    pub probe: Option<CpuProbe>,
+    /// In-process node: also sum the CPU of threads with this name prefix.
+    pub node_threads: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Snap {
+    at: Instant,
+    sent: u64,
+    delivered: u64,
+    cpu: Option<f64>,
+    node_threads_cpu: Option<f64>,
+}
+
+fn snap(ctl: &Ctl, cpu: &CpuSetup) -> Snap {
+    Snap {
+        at: Instant::now(),
+        sent: sum(&ctl.sent),
+        delivered: sum(&ctl.delivered),
+        cpu: cpu.probe.as_ref().and_then(|p| p.cpu_seconds().ok()),
+        node_threads_cpu: cpu
+            .node_threads
+            .as_deref()
+            .and_then(|p| procfs::self_threads_cpu_seconds(p).ok()),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuReport {
+    pub scope: String,
+    pub pid: Option<u32>,
+    /// CPU seconds (user + system) spent in the measured window.
+    pub seconds: f64,
+    /// `seconds` per million deliveries in the window.
+    pub seconds_per_million_deliveries: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub system: String,
+    pub target: String,
+    pub scenario: String,
+    pub mode: Mode,
+    pub pubs: usize,
+    pub pub_tasks: usize,
+    pub subs: usize,
+    pub size_bytes: usize,
+    pub warmup_s: f64,
+    /// Length of the measured window (measured, not requested).
+    pub window_s: f64,
+    pub window_sent: u64,
+    pub window_deliveries: u64,
+    pub sent_per_s: f64,
+    pub deliveries_per_s: f64,
+    /// Payload bytes delivered per second, in 10^6 bytes.
+    pub payload_mb_per_s: f64,
+    /// Whole run, warm-up and drain included.
+    pub total_sent: u64,
+    pub total_delivered: u64,
+    pub expected_deliveries: u64,
+    pub lost: u64,
+    pub loss_pct: f64,
+    /// Deliveries beyond the expected count (duplicates), if any.
+    pub excess: u64,
+    /// Mid-stream sequence gaps summed over subscribers (multicast only).
+    pub seq_gaps: Option<u64>,
+    pub out_of_order_or_dup: u64,
+    pub malformed: u64,
+    pub node_errors: u64,
+    pub drain_s: f64,
+    pub cpu: Option<CpuReport>,
+    /// In-process node only: CPU of the node runtime's threads alone.
+    pub node_threads_cpu: Option<CpuReport>,
+    /// VmHWM of the measured process, KiB (its lifetime peak, not this run's).
+    pub peak_rss_kib: Option<u64>,
+    pub counters: BTreeMap<String, u64>,
+    pub notes: Vec<String>,
+}
+
+fn per_million(cpu: f64, deliveries: u64) -> Option<f64> {
+    (deliveries > 0).then(|| cpu / (deliveries as f64 / 1e6))
+}
+
+/// Runs the measurement over tasks a backend has set up.
+pub async fn run(
+    system: &str,
+    target: &str,
+    plan: &Plan,
+    control: Control,
+    running: Running,
+    cpu: &CpuSetup,
+) -> Result<Report> {
+    let Control {
+        start,
+        stop_pubs,
+        stop_subs,
+        ctl,
+    } = control;
+    let Running {
+        publishers,
+        subscribers,
+        extra,
+    } = running;
+
+    let _ = start.send(true);
+    tokio::time::sleep(plan.warmup).await;
+    let a = snap(&ctl, cpu);
+    tokio::time::sleep(plan.duration).await;
+    let b = snap(&ctl, cpu);
+    stop_pubs.store(true, Ordering::Relaxed);
+
+    // Publishers stop, flush, and hand back their connections.
+    let mut keep = Vec::with_capacity(publishers.len());
+    for (i, p) in publishers.into_iter().enumerate() {
+        let k = tokio::time::timeout(Duration::from_secs(60), p)
+            .await
+            .map_err(|_| anyhow!("publisher {i} did not stop within 60 s"))?
+            .with_context(|| format!("publisher {i} panicked"))?
+            .with_context(|| format!("publisher {i}"))?;
+        keep.push(k);
+    }
+    let total_sent = sum(&ctl.sent);
+    let expected = plan.expected(total_sent);
+
+    // Drain: wait for what is in flight, until everything arrived, nothing
+    // new arrived for `drain_idle`, or `drain_max` passed.
+    let drain_start = Instant::now();
+    let mut last = sum(&ctl.delivered);
+    let mut last_change = Instant::now();
+    while last < expected {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = Instant::now();
+        let d = sum(&ctl.delivered);
+        if d != last {
+            last = d;
+            last_change = now;
+        } else if now - last_change >= plan.drain_idle {
+            break;
+        }
+        if now - drain_start >= plan.drain_max {
+            break;
+        }
+    }
+    let drain_s = drain_start.elapsed().as_secs_f64();
+    let _ = stop_subs.send(true);
+
+    let mut seq = SeqTracker::default();
+    for (i, s) in subscribers.into_iter().enumerate() {
+        let t = tokio::time::timeout(Duration::from_secs(30), s)
+            .await
+            .map_err(|_| anyhow!("subscriber {i} did not stop within 30 s"))?
+            .with_context(|| format!("subscriber {i} panicked"))?
+            .with_context(|| format!("subscriber {i}"))?;
+        seq.merge(&t.0);
+        keep.push(t.1);
+    }
+    let counters = extra.map(|f| f()).unwrap_or_default();
+    let peak_rss_kib = cpu.probe.as_ref().and_then(|p| p.peak_rss_kib().ok());
+    drop(keep);
+
+    let window_s = (b.at - a.at).as_secs_f64();
+    let window_deliveries = b.delivered - a.delivered;
+    let window_sent = b.sent - a.sent;
+    let deliveries_per_s = window_deliveries as f64 / window_s;
+    let mut notes = Vec::new();
+    let cpu_report = match (&cpu.probe, a.cpu, b.cpu) {
+        (Some(p), Some(x), Some(y)) => Some(CpuReport {
+            scope: p.scope(),
+            pid: p.pid(),
+            seconds: y - x,
+            seconds_per_million_deliveries: per_million(y - x, window_deliveries),
+        }),
+        (Some(p), _, _) => {
+            notes.push(format!("could not read CPU time of {}", p.scope()));
+            None
+        }
+        (None, _, _) => {
+            notes.push("no --node-pid: node CPU not measured".into());
+            None
+        }
+    };
+    let node_threads_cpu = match (&cpu.node_threads, a.node_threads_cpu, b.node_threads_cpu) {
+        (Some(prefix), Some(x), Some(y)) => Some(CpuReport {
+            scope: format!("threads named {prefix}* in this process (the in-process node runtime)"),
+            pid: Some(std::process::id()),
+            seconds: y - x,
+            seconds_per_million_deliveries: per_million(y - x, window_deliveries),
+        }),
+        _ => None,
+    };
+    if seq.received != last {
+        notes.push(format!(
+            "subscribers counted {} messages at the end but {} when the drain ended",
+            seq.received, last
+        ));
+    }
+    let total_delivered = seq.received;
+    let lost = expected.saturating_sub(total_delivered);
+    Ok(Report {
+        system: system.into(),
+        target: target.into(),
+        scenario: plan.scenario(),
+        mode: plan.mode,
+        pubs: plan.pubs,
+        pub_tasks: plan.pub_tasks,
+        subs: plan.subs,
+        size_bytes: plan.size,
+        warmup_s: plan.warmup.as_secs_f64(),
+        window_s,
+        window_sent,
+        window_deliveries,
+        sent_per_s: window_sent as f64 / window_s,
+        deliveries_per_s,
+        payload_mb_per_s: deliveries_per_s * plan.size as f64 / 1e6,
+        total_sent,
+        total_delivered,
+        expected_deliveries: expected,
+        lost,
+        loss_pct: if expected > 0 {
+            100.0 * lost as f64 / expected as f64
+        } else {
+            0.0
+        },
+        excess: total_delivered.saturating_sub(expected),
+        seq_gaps: (plan.mode == Mode::Multicast).then_some(seq.gaps),
+        out_of_order_or_dup: if plan.mode == Mode::Multicast {
+            seq.out_of_order
+        } else {
+            0
+        },
+        malformed: seq.malformed,
+        node_errors: seq.errors,
+        drain_s,
+        cpu: cpu_report,
+        node_threads_cpu,
+        peak_rss_kib,
+        counters,
+        notes,
+    })
+}
+
+fn fmt_num(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.3} M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} k", x / 1e3)
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+impl Report {
+    /// A human-readable table.
+    pub fn table(&self) -> String {
+        let mut rows: Vec<(String, String)> = vec![
+            (
+                "system".into(),
+                format!("{} ({})", self.system, self.target),
+            ),
+            ("scenario".into(), self.scenario.clone()),
+            (
+                "publishers".into(),
+                format!("{} x {} task(s)", self.pubs, self.pub_tasks),
+            ),
+            (
+                "window".into(),
+                format!(
+                    "{:.2} s after {:.2} s warm-up",
+                    self.window_s, self.warmup_s
+                ),
+            ),
+            ("sent/s".into(), fmt_num(self.sent_per_s)),
+            ("deliveries/s".into(), fmt_num(self.deliveries_per_s)),
+            (
+                "payload MB/s".into(),
+                format!("{:.2}", self.payload_mb_per_s),
+            ),
+            ("sent (total)".into(), format!("{}", self.total_sent)),
+            (
+                "delivered (total)".into(),
+                format!(
+                    "{} of {} expected",
+                    self.total_delivered, self.expected_deliveries
+                ),
+            ),
+            (
+                "lost".into(),
+                format!("{} ({:.3}%)", self.lost, self.loss_pct),
+            ),
+        ];
+        if let Some(g) = self.seq_gaps {
+            rows.push(("seq gaps".into(), g.to_string()));
+        }
+        rows.push((
+            "out-of-order/dup".into(),
+            self.out_of_order_or_dup.to_string(),
+        ));
+        if self.excess > 0 {
+            rows.push(("excess deliveries".into(), self.excess.to_string()));
+        }
+        rows.push(("drain".into(), format!("{:.2} s", self.drain_s)));
+        for (label, c) in [
+            ("cpu", &self.cpu),
+            ("node threads cpu", &self.node_threads_cpu),
+        ] {
+            if let Some(c) = c {
+                rows.push((
+                    label.into(),
+                    format!(
+                        "{:.2} s; {} s per 1M deliveries [{}]",
+                        c.seconds,
+                        c.seconds_per_million_deliveries
+                            .map(|v| format!("{v:.3}"))
+                            .unwrap_or_else(|| "-".into()),
+                        c.scope
+                    ),
+                ));
+            }
+        }
+        if let Some(r) = self.peak_rss_kib {
+            rows.push((
+                "peak RSS (VmHWM)".into(),
+                format!("{:.1} MiB", r as f64 / 1024.0),
+            ));
+        }
+        for (k, v) in &self.counters {
+            rows.push((k.clone(), v.to_string()));
+        }
+        for n in &self.notes {
+            rows.push(("note".into(), n.clone()));
+        }
+        let w = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        rows.iter()
+            .map(|(k, v)| format!("{k:<w$}  {v}\n"))
+            .collect()
+    }
+}

@@ -1,0 +1,256 @@
+//! The NATS side, through `async-nats`: one connection per publisher and per
+//! subscriber, as on the SLIM side.
+//!
+//! TLS: the client verifies nats-server's certificate the ordinary way
+//! (webpki chain check *and* hostname/IP check against the URL's host), so the
+//! server needs a certificate with a DNS/IP SAN; `compare.sh` issues one with
+//! `openssl`, signed by the dev CA key. The client presents a certificate for
+//! nats-server's `verify: true`: from `--nats-cert`/`--nats-key`, or an
+//! X.509-SVID issued by the dev CA in `--ca-dir`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use async_nats::{ConnectOptions, Event, Subject};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::try_join_all;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use slim_auth::{DevCa, SpiffeId};
+
+use crate::harness::{Ctl, ExtraCounters, KeepAlive, Mode, Plan, Running};
+use crate::payload::{PayloadWriter, SeqTracker};
+
+/// TLS material for the NATS client.
+#[derive(Debug, Default, Clone)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Dev CA directory: `ca.crt` as the root if `ca` is unset, and an SVID
+    /// issued from it as the client certificate if `cert` is unset.
+    pub ca_dir: Option<PathBuf>,
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    if certs.is_empty() {
+        bail!("{}: no certificate found", path.display());
+    }
+    Ok(certs)
+}
+
+/// A rustls client configuration (ring provider) for nats-server with TLS.
+pub fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig> {
+    let ca = match (&files.ca, &files.ca_dir) {
+        (Some(ca), _) => ca.clone(),
+        (None, Some(dir)) => dir.join(slim_auth::devca::CA_CERT_FILE),
+        (None, None) => bail!("a tls:// target needs --nats-ca FILE or --ca-dir DIR"),
+    };
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(&ca)? {
+        roots
+            .add(c)
+            .with_context(|| format!("{}: unusable CA certificate", ca.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("TLS protocol versions")?
+    .with_root_certificates(roots);
+    let config = match (&files.cert, &files.key, &files.ca_dir) {
+        (Some(cert), Some(key), _) => {
+            let chain = read_certs(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("reading private key {}", key.display()))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        (Some(_), None, _) | (None, Some(_), _) => {
+            bail!("--nats-cert and --nats-key go together")
+        }
+        (None, None, Some(dir)) => {
+            let ca =
+                DevCa::load(dir).with_context(|| format!("loading dev CA {}", dir.display()))?;
+            let id = SpiffeId::parse(&format!(
+                "spiffe://{}/loadtest/nats-client",
+                ca.trust_domain()
+            ))?;
+            let svid = ca.issue(&id, Duration::from_secs(3600))?;
+            builder.with_client_auth_cert(svid.cert_chain.clone(), svid.key.clone_key())?
+        }
+        (None, None, None) => builder.with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+/// Connection-level events worth reporting (client-side slow-consumer drops
+/// in particular: async-nats drops messages when a subscriber's channel is full).
+#[derive(Default)]
+struct Events {
+    slow_consumer: AtomicU64,
+    disconnected: AtomicU64,
+    server_errors: AtomicU64,
+}
+
+async fn connect(
+    url: &str,
+    tls: Option<&rustls::ClientConfig>,
+    events: &Arc<Events>,
+    name: String,
+) -> Result<async_nats::Client> {
+    let ev = Arc::clone(events);
+    let mut opts = ConnectOptions::new()
+        .name(name)
+        .ignore_discovered_servers()
+        .event_callback(move |e| {
+            let ev = Arc::clone(&ev);
+            async move {
+                let c = match e {
+                    Event::SlowConsumer(_) => &ev.slow_consumer,
+                    Event::Disconnected => &ev.disconnected,
+                    Event::ServerError(_) | Event::ClientError(_) => &ev.server_errors,
+                    _ => return,
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    if let Some(tls) = tls {
+        opts = opts.require_tls(true).tls_client_config(tls.clone());
+    }
+    opts.connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// Batch size when draining a subscriber's channel.
+const RECV_BATCH: usize = 1024;
+
+pub async fn setup(
+    url: &str,
+    tls: Option<rustls::ClientConfig>,
+    subject: &str,
+    plan: &Plan,
+    ctl: &Ctl,
+) -> Result<Running> {
+    let events = Arc::new(Events::default());
+    let subject = Subject::from(subject);
+    let tls = tls.as_ref();
+
+    let subs = try_join_all((0..plan.subs).map(|i| {
+        let events = &events;
+        let subject = subject.clone();
+        async move {
+            let c = connect(url, tls, events, format!("loadtest-sub-{i}")).await?;
+            let s = match plan.mode {
+                Mode::Multicast => c.subscribe(subject).await,
+                Mode::Anycast => c.queue_subscribe(subject, "loadtest".into()).await,
+            }
+            .with_context(|| format!("subscriber {i}: subscribing"))?;
+            // The server has processed SUB once the PING after it is answered.
+            c.flush()
+                .await
+                .with_context(|| format!("subscriber {i}: flush"))?;
+            anyhow::Ok((c, s))
+        }
+    }))
+    .await?;
+
+    let streams = plan.streams();
+    let mut subscribers = Vec::with_capacity(subs.len());
+    for (i, (client, sub)) in subs.into_iter().enumerate() {
+        let ctl = ctl.clone();
+        subscribers.push(tokio::spawn(async move {
+            let mut stop = ctl.stop_subs.clone();
+            let mut tr = SeqTracker::new(streams);
+            let mut batches = sub.ready_chunks(RECV_BATCH);
+            loop {
+                let batch = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|v| *v) => break,
+                    b = batches.next() => b,
+                };
+                let Some(batch) = batch else { break };
+                for m in batch {
+                    tr.observe(&m.payload);
+                }
+                ctl.delivered[i].0.store(tr.received, Ordering::Relaxed);
+            }
+            Ok((tr, Box::new(client) as KeepAlive))
+        }));
+    }
+
+    let pubs = try_join_all(
+        (0..plan.pubs).map(|p| connect(url, tls, &events, format!("loadtest-pub-{p}"))),
+    )
+    .await?;
+
+    let mut publishers = Vec::with_capacity(pubs.len());
+    for (p, client) in pubs.into_iter().enumerate() {
+        let mut tasks = Vec::with_capacity(plan.pub_tasks);
+        for t in 0..plan.pub_tasks {
+            let stream = p * plan.pub_tasks + t;
+            let mut w = PayloadWriter::new(stream as u32, plan.size)?;
+            let client = client.clone();
+            let subject = subject.clone();
+            let mut ctl = ctl.clone();
+            tasks.push(tokio::spawn(async move {
+                ctl.started().await;
+                let counter = &ctl.sent[stream].0;
+                let mut seq = 0u64;
+                while !ctl.stopping() {
+                    for _ in 0..64 {
+                        // Queues into the client's bounded write channel; no
+                        // flush per message.
+                        client
+                            .publish(subject.clone(), Bytes::copy_from_slice(w.with_seq(seq)))
+                            .await
+                            .context("publish")?;
+                        seq += 1;
+                        counter.store(seq, Ordering::Relaxed);
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+        publishers.push(tokio::spawn(async move {
+            for t in tasks {
+                t.await.context("publisher task panicked")??;
+            }
+            client.flush().await.context("flush")?;
+            Ok(Box::new(client) as KeepAlive)
+        }));
+    }
+
+    let ev = Arc::clone(&events);
+    let extra: ExtraCounters = Box::new(move || {
+        BTreeMap::from([
+            (
+                "nats_client_slow_consumer_events".to_owned(),
+                ev.slow_consumer.load(Ordering::Relaxed),
+            ),
+            (
+                "nats_disconnects".to_owned(),
+                ev.disconnected.load(Ordering::Relaxed),
+            ),
+            (
+                "nats_errors".to_owned(),
+                ev.server_errors.load(Ordering::Relaxed),
+            ),
+        ])
+    });
+    Ok(Running {
+        publishers,
+        subscribers,
+        extra: Some(extra),
+    })
+}

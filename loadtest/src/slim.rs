@@ -1,0 +1,167 @@
+//! The SLIM side: subscribers and publishers are `slim_client::Client`s, each
+//! its own QUIC connection with mutual TLS.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::future::try_join_all;
+use slim_auth::{DevCa, Identity, SpiffeId};
+use slim_client::{Client, ClientConfig, Event, FLAG_NO_ROUTE_SILENT};
+use slim_wire::Name;
+
+use crate::harness::{Ctl, KeepAlive, Mode, Plan, Running};
+use crate::payload::{PayloadWriter, SeqTracker};
+
+/// Where client identities come from.
+pub enum Identities {
+    /// One SVID shared by every client (`--identity-dir`).
+    Shared(Identity),
+    /// A dev CA issuing one SVID per client (`--ca-dir`, or generated).
+    Ca(Arc<DevCa>),
+}
+
+impl Identities {
+    pub fn get(&self, path: &str) -> Result<Identity> {
+        match self {
+            Identities::Shared(i) => Ok(i.clone()),
+            Identities::Ca(ca) => {
+                let id = SpiffeId::parse(&format!("spiffe://{}/{path}", ca.trust_domain()))
+                    .with_context(|| format!("SPIFFE ID for {path}"))?;
+                ca.issue(&id, Duration::from_secs(3600))
+                    .with_context(|| format!("issuing an SVID for {id}"))
+            }
+        }
+    }
+}
+
+/// Batch size for `recv_many`.
+const RECV_BATCH: usize = 1024;
+
+pub async fn setup(
+    node: SocketAddr,
+    topic: &Name,
+    ids: &Identities,
+    plan: &Plan,
+    ctl: &Ctl,
+    run_id: &str,
+) -> Result<Running> {
+    let mode = match plan.mode {
+        Mode::Multicast => slim_wire::Mode::Multicast,
+        Mode::Anycast => slim_wire::Mode::Anycast,
+    };
+    let ns = topic.namespace().to_owned();
+    let org = topic.org().to_owned();
+
+    // Subscribers first, all connected and acknowledged before anyone publishes.
+    let mut sub_cfgs = Vec::with_capacity(plan.subs);
+    for i in 0..plan.subs {
+        let name = Name::new(&org, &ns, "sub", Some(&format!("s{i}-{run_id}")))?;
+        sub_cfgs.push(ClientConfig::new(
+            node,
+            name,
+            ids.get(&format!("loadtest/sub-{i}"))?,
+        ));
+    }
+    let subs = try_join_all(sub_cfgs.into_iter().enumerate().map(|(i, cfg)| async move {
+        let c = Client::connect(cfg)
+            .await
+            .with_context(|| format!("subscriber {i}: connecting to {node}"))?;
+        c.subscribe(topic)
+            .await
+            .with_context(|| format!("subscriber {i}: subscribing to {topic}"))?;
+        anyhow::Ok(c)
+    }))
+    .await?;
+
+    let streams = plan.streams();
+    let mut subscribers = Vec::with_capacity(subs.len());
+    for (i, client) in subs.into_iter().enumerate() {
+        let ctl = ctl.clone();
+        subscribers.push(tokio::spawn(async move {
+            let mut stop = ctl.stop_subs.clone();
+            let mut tr = SeqTracker::new(streams);
+            let mut buf = Vec::with_capacity(RECV_BATCH);
+            loop {
+                buf.clear();
+                let n = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|v| *v) => break,
+                    n = client.recv_many(&mut buf, RECV_BATCH) => n,
+                };
+                if n == 0 {
+                    break;
+                }
+                for ev in buf.drain(..) {
+                    match ev {
+                        Event::Message(d) => tr.observe(&d.payload),
+                        Event::Error(_) => tr.errors += 1,
+                    }
+                }
+                ctl.delivered[i].0.store(tr.received, Ordering::Relaxed);
+            }
+            Ok((tr, Box::new(client) as KeepAlive))
+        }));
+    }
+
+    let mut pub_cfgs = Vec::with_capacity(plan.pubs);
+    for p in 0..plan.pubs {
+        let name = Name::new(&org, &ns, "pub", Some(&format!("p{p}-{run_id}")))?;
+        pub_cfgs.push(ClientConfig::new(
+            node,
+            name,
+            ids.get(&format!("loadtest/pub-{p}"))?,
+        ));
+    }
+    let pubs = try_join_all(pub_cfgs.into_iter().enumerate().map(|(p, cfg)| async move {
+        Client::connect(cfg)
+            .await
+            .with_context(|| format!("publisher {p}: connecting to {node}"))
+    }))
+    .await?;
+
+    let mut publishers = Vec::with_capacity(pubs.len());
+    for (p, client) in pubs.into_iter().enumerate() {
+        let client = Arc::new(client);
+        let mut tasks = Vec::with_capacity(plan.pub_tasks);
+        for t in 0..plan.pub_tasks {
+            let stream = p * plan.pub_tasks + t;
+            let mut w = PayloadWriter::new(stream as u32, plan.size)?;
+            let client = Arc::clone(&client);
+            let topic = topic.clone();
+            let mut ctl = ctl.clone();
+            tasks.push(tokio::spawn(async move {
+                ctl.started().await;
+                let counter = &ctl.sent[stream].0;
+                let mut seq = 0u64;
+                while !ctl.stopping() {
+                    // Check the stop flag every few messages only.
+                    for _ in 0..64 {
+                        client
+                            .publish_with(&topic, mode, FLAG_NO_ROUTE_SILENT, w.with_seq(seq))
+                            .await
+                            .context("publish")?;
+                        seq += 1;
+                        counter.store(seq, Ordering::Relaxed);
+                    }
+                }
+                anyhow::Ok(())
+            }));
+        }
+        publishers.push(tokio::spawn(async move {
+            for t in tasks {
+                t.await.context("publisher task panicked")??;
+            }
+            client.flush().await;
+            Ok(Box::new(client) as KeepAlive)
+        }));
+    }
+
+    Ok(Running {
+        publishers,
+        subscribers,
+        extra: None,
+    })
+}

@@ -1,0 +1,96 @@
+//! `slim-node`: one SLIM router node.
+#![forbid(unsafe_code)]
+
+mod config;
+mod http;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use config::{FileConfig, LogFormat};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use slim_auth::Identity;
+use tracing::info;
+
+/// A SLIM node: routes messages between agents over QUIC with SPIFFE mTLS.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML); see deploy/config/node.toml.
+    #[arg(long, short, env = "SLIM_CONFIG")]
+    config: PathBuf,
+    /// Log output format (overrides the config file).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut cfg = FileConfig::load(&args.config)?;
+    cfg.apply_env(|k| std::env::var(k).ok())?;
+    cfg.validate()?;
+    let format = args.log_format.unwrap_or(cfg.log.format);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let sub = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => sub.json().init(),
+        LogFormat::Text => sub.init(),
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run(cfg))
+}
+
+async fn run(cfg: FileConfig) -> Result<()> {
+    let identity = match &cfg.identity.dir {
+        Some(dir) => Identity::from_files(dir),
+        None => Identity::from_paths(
+            cfg.identity.cert.as_deref().expect("validated"),
+            cfg.identity.key.as_deref().expect("validated"),
+            cfg.identity.bundle.as_deref().expect("validated"),
+        ),
+    }
+    .context("cannot load the node identity")?;
+    info!(spiffe_id = %identity.spiffe_id, "identity loaded");
+
+    let ready = Arc::new(AtomicBool::new(false));
+    if !cfg.metrics.listen.is_empty() {
+        let prom = PrometheusBuilder::new()
+            .install_recorder()
+            .context("cannot install the metrics recorder")?;
+        let addr = cfg.metrics.listen.parse().expect("validated");
+        http::serve(addr, prom, Arc::clone(&ready))
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    }
+    let drain = Duration::from_millis(cfg.node.shutdown_drain_ms);
+    let node = slim_actors::start(cfg.node_config(), &identity).await?;
+    ready.store(true, Ordering::Relaxed);
+    println!(
+        "slim-node {} listening on {}",
+        node.node_id(),
+        node.local_addr()
+    );
+
+    wait_for_signal().await;
+    ready.store(false, Ordering::Relaxed);
+    info!("shutting down; draining queues for up to {drain:?}");
+    node.shutdown(drain).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, lints, and the whole test suite.
+# Works on a fresh Debian machine with a Rust toolchain; installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slim-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+./scripts/install-deps.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "${CARGO_TARGET_DIR}/last-test.log"
+echo "== demo (smoke)"
+./deploy/local/demo.sh --quick

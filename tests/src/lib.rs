@@ -1,0 +1,200 @@
+//! Harness for cross-crate scenario tests: a throwaway PKI, in-process nodes
+//! on loopback, SDK clients, polling helpers instead of sleeps, and a bitset to
+//! prove that sequence-numbered messages arrived exactly once.
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use slim_actors::{NodeConfig, NodeHandle};
+use slim_auth::{DevCa, Identity, SpiffeId};
+use slim_client::{Client, ClientConfig, Delivery, Event};
+use slim_wire::Name;
+
+pub use slim_actors;
+pub use slim_auth;
+pub use slim_client;
+pub use slim_wire;
+
+/// Logs to the test's output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A development trust domain for one test.
+pub struct Pki {
+    pub ca: DevCa,
+}
+
+impl Pki {
+    pub fn new(trust_domain: &str) -> Pki {
+        Pki {
+            ca: DevCa::generate(trust_domain).expect("generate dev CA"),
+        }
+    }
+
+    /// An SVID for `spiffe://<td>/<path>`.
+    pub fn identity(&self, path: &str) -> Identity {
+        let id = SpiffeId::parse(&format!("spiffe://{}/{}", self.ca.trust_domain(), path))
+            .expect("valid SPIFFE ID");
+        self.ca
+            .issue(&id, Duration::from_secs(3600))
+            .expect("issue SVID")
+    }
+}
+
+/// A node on an ephemeral loopback port.
+pub async fn start_node(pki: &Pki, tweak: impl FnOnce(&mut NodeConfig)) -> NodeHandle {
+    let mut cfg = NodeConfig {
+        listen: "127.0.0.1:0".parse().expect("static"),
+        ..NodeConfig::default()
+    };
+    tweak(&mut cfg);
+    slim_actors::start(cfg, &pki.identity("node"))
+        .await
+        .expect("start node")
+}
+
+pub fn name(s: &str) -> Name {
+    Name::parse(s).expect("valid name")
+}
+
+pub fn client_config(pki: &Pki, node: SocketAddr, n: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new(
+        node,
+        name(n),
+        pki.identity(&format!("agent/{}", n.replace('/', "-"))),
+    );
+    cfg.backoff.initial = Duration::from_millis(50);
+    cfg.backoff.max = Duration::from_millis(500);
+    cfg
+}
+
+pub async fn client(pki: &Pki, node: SocketAddr, n: &str) -> Client {
+    Client::connect(client_config(pki, node, n))
+        .await
+        .expect("client connects")
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub async fn assert_eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("condition not met within {timeout:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The next delivered message within `timeout`, or a panic saying what was awaited.
+pub async fn next_message(c: &Client, timeout: Duration) -> Delivery {
+    match tokio::time::timeout(timeout, c.next_message()).await {
+        Ok(Some(d)) => d,
+        Ok(None) => panic!("{}: client closed while waiting for a message", c.name()),
+        Err(_) => panic!("{}: no message within {timeout:?}", c.name()),
+    }
+}
+
+/// The next event within `timeout`, or `None` if nothing came.
+pub async fn next_event(c: &Client, timeout: Duration) -> Option<Event> {
+    tokio::time::timeout(timeout, c.recv()).await.ok().flatten()
+}
+
+/// Asserts that nothing arrives for `quiet`.
+pub async fn assert_no_message(c: &Client, quiet: Duration) {
+    if let Ok(Some(d)) = tokio::time::timeout(quiet, c.next_message()).await {
+        panic!("{}: unexpected message {:?}", c.name(), d);
+    }
+}
+
+/// Records sequence numbers; reports duplicates as they happen.
+#[derive(Debug, Clone)]
+pub struct SeqSet {
+    bits: Vec<u64>,
+    count: u64,
+    dups: u64,
+}
+
+impl SeqSet {
+    pub fn new(n: u64) -> Self {
+        SeqSet {
+            bits: vec![0; n.div_ceil(64) as usize],
+            count: 0,
+            dups: 0,
+        }
+    }
+
+    /// Returns false for a duplicate or out-of-range number.
+    pub fn insert(&mut self, seq: u64) -> bool {
+        let (w, b) = ((seq / 64) as usize, seq % 64);
+        let Some(word) = self.bits.get_mut(w) else {
+            self.dups += 1;
+            return false;
+        };
+        if *word & (1 << b) != 0 {
+            self.dups += 1;
+            return false;
+        }
+        *word |= 1 << b;
+        self.count += 1;
+        true
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn duplicates(&self) -> u64 {
+        self.dups
+    }
+
+    /// The numbers below `n` not seen.
+    pub fn missing(&self, n: u64) -> Vec<u64> {
+        (0..n)
+            .filter(|s| self.bits[(s / 64) as usize] & (1 << (s % 64)) == 0)
+            .collect()
+    }
+}
+
+/// Payload carrying a sequence number (and optional padding).
+pub fn seq_payload(seq: u64, size: usize) -> Vec<u8> {
+    let mut v = seq.to_be_bytes().to_vec();
+    v.resize(size.max(8), 0xab);
+    v
+}
+
+pub fn payload_seq(p: &[u8]) -> u64 {
+    u64::from_be_bytes(p[..8].try_into().expect("8-byte sequence prefix"))
+}
+
+/// A loopback UDP port that was free a moment ago.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral UDP port")
+}
+
+/// Resident set size of this process in KiB.
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,230 @@
+//! Length-prefixed MessagePack codec. Sans-IO: bytes in, frames out.
+//!
+//! Decoding is two steps, as in mini-redis: [`check`] looks at the header and
+//! says whether a whole frame is buffered (or that the declared length is over
+//! the limit, before anything is allocated for it), then [`decode_body`] parses
+//! exactly that frame. "Incomplete" is `Ok(None)`, never an error.
+
+use bytes::{Buf, BufMut, BytesMut};
+use serde::Serialize;
+
+use crate::frame::*;
+use crate::{Name, WireError};
+
+/// Bytes before the body: `len: u32` and `kind: u8`.
+pub const HEADER_LEN: usize = 5;
+/// Default maximum frame length (kind + body), 1 MiB.
+pub const DEFAULT_MAX_FRAME: u32 = 1 << 20;
+
+/// Codec limits; configuration, not constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted `len` (kind byte + body).
+    pub max_frame: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+/// If `buf` starts with a whole frame, its total length (header included).
+/// `Ok(None)` means "need more bytes". An over-limit or zero declared length is
+/// an error as soon as the 4 length bytes are present.
+pub fn check(buf: &[u8], limits: &Limits) -> Result<Option<usize>, WireError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if len == 0 {
+        return Err(WireError::EmptyFrame);
+    }
+    if len > limits.max_frame {
+        return Err(WireError::FrameTooLarge {
+            declared: len as u64,
+            max: limits.max_frame,
+        });
+    }
+    let total = 4 + len as usize;
+    if buf.len() < total {
+        return Ok(None);
+    }
+    Ok(Some(total))
+}
+
+/// Decodes one frame from the front of `buf`, consuming it. `Ok(None)`: need more.
+pub fn decode(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Frame>, WireError> {
+    match check(buf, limits)? {
+        None => Ok(None),
+        Some(total) => {
+            let frame = decode_body(&buf[4..total]);
+            buf.advance(total);
+            frame.map(Some)
+        }
+    }
+}
+
+fn parse<'a, T: serde::Deserialize<'a>>(kind: FrameKind, body: &'a [u8]) -> Result<T, WireError> {
+    // Read through a `&mut &[u8]` so that what is left unread is observable
+    // afterwards. (`Deserializer::from_read_ref(..).get_ref()` returns the
+    // *whole* input, not the unread rest, which made every non-empty body look
+    // like trailing bytes.)
+    let mut unread: &'a [u8] = body;
+    let mut de = rmp_serde::Deserializer::new(&mut unread);
+    let v = T::deserialize(&mut de).map_err(|e| WireError::Malformed {
+        kind: kind.as_str(),
+        reason: e.to_string(),
+    })?;
+    drop(de);
+    let rest = unread.len();
+    if rest != 0 {
+        return Err(WireError::TrailingBytes {
+            kind: kind.as_str(),
+            extra: rest,
+        });
+    }
+    Ok(v)
+}
+
+/// Parses `kind | body` (the bytes after the length prefix).
+pub fn decode_body(frame: &[u8]) -> Result<Frame, WireError> {
+    let (&k, body) = frame.split_first().ok_or(WireError::EmptyFrame)?;
+    let kind = FrameKind::from_u8(k).ok_or(WireError::UnknownFrameKind(k))?;
+    Ok(match kind {
+        FrameKind::Hello => Frame::Hello(parse(kind, body)?),
+        FrameKind::Accept => Frame::Accept(parse(kind, body)?),
+        FrameKind::Reject => Frame::Reject(parse(kind, body)?),
+        FrameKind::Subscribe => Frame::Subscribe(parse(kind, body)?),
+        FrameKind::Unsubscribe => Frame::Unsubscribe(parse(kind, body)?),
+        FrameKind::SubAck => Frame::SubAck(parse(kind, body)?),
+        FrameKind::SubError => Frame::SubError(parse(kind, body)?),
+        FrameKind::Publish => Frame::Publish(parse(kind, body)?),
+        FrameKind::Deliver => Frame::Deliver(parse(kind, body)?),
+        FrameKind::Ping => Frame::Ping(parse(kind, body)?),
+        FrameKind::Pong => Frame::Pong(parse(kind, body)?),
+        FrameKind::Error => Frame::Error(parse(kind, body)?),
+    })
+}
+
+/// Writes `len | kind | body` for any serializable body, checking the limit.
+fn encode_with<T: Serialize + ?Sized>(
+    kind: FrameKind,
+    body: &T,
+    limits: &Limits,
+    out: &mut BytesMut,
+) -> Result<(), WireError> {
+    let start = out.len();
+    out.put_u32(0);
+    out.put_u8(kind as u8);
+    let mut w = out.writer();
+    let res = rmp_serde::encode::write(&mut w, body);
+    let out = w.into_inner();
+    if let Err(e) = res {
+        out.truncate(start);
+        return Err(WireError::Encode(e.to_string()));
+    }
+    let len = out.len() - start - 4;
+    if len > limits.max_frame as usize {
+        out.truncate(start);
+        return Err(WireError::FrameTooLarge {
+            declared: len as u64,
+            max: limits.max_frame,
+        });
+    }
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Appends the encoding of `frame` to `out`. On error `out` is left as it was.
+pub fn encode(frame: &Frame, limits: &Limits, out: &mut BytesMut) -> Result<(), WireError> {
+    let kind = frame.kind();
+    match frame {
+        Frame::Hello(f) => encode_with(kind, f, limits, out),
+        Frame::Accept(f) => encode_with(kind, f, limits, out),
+        Frame::Reject(f) => encode_with(kind, f, limits, out),
+        Frame::Subscribe(f) => encode_with(kind, f, limits, out),
+        Frame::Unsubscribe(f) => encode_with(kind, f, limits, out),
+        Frame::SubAck(f) => encode_with(kind, f, limits, out),
+        Frame::SubError(f) => encode_with(kind, f, limits, out),
+        Frame::Publish(f) => encode_with(kind, f, limits, out),
+        Frame::Deliver(f) => encode_with(kind, f, limits, out),
+        Frame::Ping(f) => encode_with(kind, f, limits, out),
+        Frame::Pong(f) => encode_with(kind, f, limits, out),
+        Frame::Error(f) => encode_with(kind, f, limits, out),
+    }
+}
+
+/// Convenience: the encoding of one frame as its own buffer.
+pub fn encode_to_vec(frame: &Frame, limits: &Limits) -> Result<Vec<u8>, WireError> {
+    let mut b = BytesMut::new();
+    encode(frame, limits, &mut b)?;
+    Ok(b.to_vec())
+}
+
+#[derive(Serialize)]
+struct DeliverRef<'a> {
+    name: &'a Name,
+    mode: Mode,
+    from: &'a Name,
+    from_identity: Option<&'a str>,
+    msg_id: u64,
+    #[serde(with = "serde_bytes")]
+    payload: &'a [u8],
+}
+
+#[derive(Serialize)]
+struct PublishRef<'a> {
+    name: &'a Name,
+    mode: Mode,
+    flags: u8,
+    msg_id: u64,
+    #[serde(with = "serde_bytes")]
+    payload: &'a [u8],
+}
+
+/// Encodes a [`Deliver`] from borrowed parts; the router's hot path uses this
+/// so that a publish's payload is copied once, into the outgoing frame.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_deliver(
+    name: &Name,
+    mode: Mode,
+    from: &Name,
+    from_identity: Option<&str>,
+    msg_id: u64,
+    payload: &[u8],
+    limits: &Limits,
+    out: &mut BytesMut,
+) -> Result<(), WireError> {
+    let body = DeliverRef {
+        name,
+        mode,
+        from,
+        from_identity,
+        msg_id,
+        payload,
+    };
+    encode_with(FrameKind::Deliver, &body, limits, out)
+}
+
+/// Encodes a [`Publish`] from borrowed parts (the SDK's publish path).
+pub fn encode_publish(
+    name: &Name,
+    mode: Mode,
+    flags: u8,
+    msg_id: u64,
+    payload: &[u8],
+    limits: &Limits,
+    out: &mut BytesMut,
+) -> Result<(), WireError> {
+    let body = PublishRef {
+        name,
+        mode,
+        flags,
+        msg_id,
+        payload,
+    };
+    encode_with(FrameKind::Publish, &body, limits, out)
+}

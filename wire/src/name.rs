@@ -1,0 +1,244 @@
+//! Names: `org/namespace/service` plus an optional instance id.
+//!
+//! A name is stored as its canonical string so that the registry can hash and
+//! compare it without re-assembling components on the publish path, and so that
+//! its wire form is a single MessagePack string.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Longest accepted component (org, namespace, service or instance), in bytes.
+pub const MAX_COMPONENT_LEN: usize = 128;
+
+/// Why a string is not a valid [`Name`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidName {
+    #[error("name has {0} components; expected org/namespace/service[/instance]")]
+    ComponentCount(usize),
+    #[error("name component {index} is empty")]
+    EmptyComponent { index: usize },
+    #[error("name component {index} is {len} bytes; the limit is {MAX_COMPONENT_LEN}")]
+    ComponentTooLong { index: usize, len: usize },
+    #[error("name component {index} contains a control character")]
+    ControlCharacter { index: usize },
+    #[error("name component {index} contains '/'")]
+    SlashInComponent { index: usize },
+}
+
+/// A routable name. `Ord`/`Hash` follow the canonical string.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name {
+    full: String,
+    /// Byte length of `org/namespace/service` within `full`.
+    service_len: usize,
+}
+
+fn check_component(index: usize, c: &str) -> Result<(), InvalidName> {
+    if c.is_empty() {
+        return Err(InvalidName::EmptyComponent { index });
+    }
+    if c.len() > MAX_COMPONENT_LEN {
+        return Err(InvalidName::ComponentTooLong {
+            index,
+            len: c.len(),
+        });
+    }
+    if c.chars().any(char::is_control) {
+        return Err(InvalidName::ControlCharacter { index });
+    }
+    if c.contains('/') {
+        return Err(InvalidName::SlashInComponent { index });
+    }
+    Ok(())
+}
+
+impl Name {
+    /// Builds a name from its parts, validating each.
+    pub fn new(
+        org: &str,
+        namespace: &str,
+        service: &str,
+        instance: Option<&str>,
+    ) -> Result<Self, InvalidName> {
+        check_component(0, org)?;
+        check_component(1, namespace)?;
+        check_component(2, service)?;
+        let mut full = format!("{org}/{namespace}/{service}");
+        let service_len = full.len();
+        if let Some(i) = instance {
+            check_component(3, i)?;
+            full.push('/');
+            full.push_str(i);
+        }
+        Ok(Self { full, service_len })
+    }
+
+    /// Parses `org/namespace/service[/instance]`.
+    pub fn parse(s: &str) -> Result<Self, InvalidName> {
+        let mut count = 0;
+        let mut service_len = 0;
+        for (index, c) in s.split('/').enumerate() {
+            count += 1;
+            if count > 4 {
+                return Err(InvalidName::ComponentCount(s.split('/').count()));
+            }
+            check_component(index, c)?;
+            if index == 2 {
+                service_len = c.as_ptr() as usize - s.as_ptr() as usize + c.len();
+            }
+        }
+        if count < 3 {
+            return Err(InvalidName::ComponentCount(count));
+        }
+        Ok(Self {
+            full: s.to_owned(),
+            service_len,
+        })
+    }
+
+    /// The canonical string, `org/namespace/service[/instance]`.
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+
+    /// `org/namespace/service` without the instance.
+    pub fn service_str(&self) -> &str {
+        &self.full[..self.service_len]
+    }
+
+    fn component(&self, i: usize) -> &str {
+        self.full.split('/').nth(i).unwrap_or("")
+    }
+
+    pub fn org(&self) -> &str {
+        self.component(0)
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.component(1)
+    }
+
+    pub fn service(&self) -> &str {
+        self.component(2)
+    }
+
+    pub fn instance(&self) -> Option<&str> {
+        (self.full.len() > self.service_len).then(|| &self.full[self.service_len + 1..])
+    }
+
+    pub fn has_instance(&self) -> bool {
+        self.full.len() > self.service_len
+    }
+
+    /// The same name without its instance.
+    pub fn without_instance(&self) -> Name {
+        Name {
+            full: self.service_str().to_owned(),
+            service_len: self.service_len,
+        }
+    }
+
+    /// The same service with the given instance.
+    pub fn with_instance(&self, instance: &str) -> Result<Name, InvalidName> {
+        check_component(3, instance)?;
+        let mut full = String::with_capacity(self.service_len + 1 + instance.len());
+        full.push_str(self.service_str());
+        full.push('/');
+        full.push_str(instance);
+        Ok(Name {
+            full,
+            service_len: self.service_len,
+        })
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.full)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Name({})", self.full)
+    }
+}
+
+impl FromStr for Name {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Name::parse(s)
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.full)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Name;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a name string org/namespace/service[/instance]")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Name, E> {
+                Name::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts() {
+        let n = Name::parse("acme/eu-west/monitor/7").unwrap();
+        assert_eq!(n.org(), "acme");
+        assert_eq!(n.namespace(), "eu-west");
+        assert_eq!(n.service(), "monitor");
+        assert_eq!(n.instance(), Some("7"));
+        assert_eq!(n.service_str(), "acme/eu-west/monitor");
+        let s = Name::parse("acme/eu-west/monitor").unwrap();
+        assert_eq!(s.instance(), None);
+        assert_eq!(n.without_instance(), s);
+        assert_eq!(s.with_instance("7").unwrap(), n);
+    }
+
+    #[test]
+    fn invalid() {
+        assert_eq!(Name::parse("a/b"), Err(InvalidName::ComponentCount(2)));
+        assert_eq!(
+            Name::parse("a/b/c/d/e"),
+            Err(InvalidName::ComponentCount(5))
+        );
+        assert_eq!(
+            Name::parse("a//c"),
+            Err(InvalidName::EmptyComponent { index: 1 })
+        );
+        assert_eq!(
+            Name::parse("a/b/c\n"),
+            Err(InvalidName::ControlCharacter { index: 2 })
+        );
+        assert!(matches!(
+            Name::parse(&format!("a/b/{}", "x".repeat(200))),
+            Err(InvalidName::ComponentTooLong { index: 2, len: 200 })
+        ));
+        assert_eq!(
+            Name::new("a", "b/x", "c", None),
+            Err(InvalidName::SlashInComponent { index: 1 })
+        );
+        assert_eq!(
+            Name::parse(""),
+            Err(InvalidName::EmptyComponent { index: 0 })
+        );
+    }
+}
