@@ -420,7 +420,8 @@ async fn read_loop(
             biased;
             _ = shutdown.changed() => return Ok(()),
             r = recv.read_buf(&mut buf) => match r {
-                Ok(0) => return Ok(()),
+                Ok(0) if buf.is_empty() => return Ok(()),
+                Ok(0) => break Err(WireError::Truncated { buffered: buf.len() }.into()),
                 Ok(n) => counter!(m::BYTES_IN_TOTAL, "kind" => "client").increment(n as u64),
                 Err(e) => return Err(ConnError::Lost(e.to_string())),
             },

@@ -357,6 +357,16 @@ impl NodeHandle {
             quinn::VarInt::from_u32(slim_wire::ErrorCode::SHUTTING_DOWN.0 as u32),
             b"node shutting down",
         );
+        // Children first (listener, table, and the listener's connections),
+        // so nothing is left holding the endpoint.
+        for child in self.supervisor.get_children() {
+            child
+                .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(2)))
+                .await;
+        }
+        self.supervisor
+            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(2)))
+            .await;
         self.supervisor.stop(Some("shutdown".into()));
         let _ = tokio::time::timeout(Duration::from_secs(2), self.join).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.ctx.endpoint.wait_idle()).await;

@@ -42,8 +42,8 @@ pub(crate) fn endpoint(cfg: &ClientConfig) -> Result<quinn::Endpoint, ClientErro
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(cfg.keep_alive))
         .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window((4u32 << 20).into())
-        .receive_window((8u32 << 20).into())
+        .stream_receive_window(cfg.stream_window.into())
+        .receive_window((cfg.stream_window.saturating_mul(2)).into())
         .send_window(8 << 20);
     if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
         t.max_idle_timeout(Some(idle));

@@ -103,6 +103,9 @@ pub struct ClientConfig {
     pub outbound_capacity: usize,
     /// How long `subscribe`/`unsubscribe` wait for the node's answer.
     pub request_timeout: Duration,
+    /// QUIC flow-control window for the frame stream: how many bytes the node
+    /// may send ahead of what this client has read.
+    pub stream_window: u32,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -131,6 +134,7 @@ impl ClientConfig {
             inbound_capacity: 65_536,
             outbound_capacity: 65_536,
             request_timeout: Duration::from_secs(10),
+            stream_window: 4 << 20,
         }
     }
 }

@@ -54,9 +54,19 @@ pub async fn start_node(pki: &Pki, tweak: impl FnOnce(&mut NodeConfig)) -> NodeH
         ..NodeConfig::default()
     };
     tweak(&mut cfg);
-    slim_actors::start(cfg, &pki.identity("node"))
-        .await
-        .expect("start node")
+    let identity = pki.identity("node");
+    // A just-stopped node on the same port may hold its socket for a moment
+    // while its endpoint driver winds down.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match slim_actors::start(cfg.clone(), &identity).await {
+            Ok(n) => return n,
+            Err(slim_actors::NodeError::Bind { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("start node: {e}"),
+        }
+    }
 }
 
 pub fn name(s: &str) -> Name {
@@ -197,4 +207,83 @@ pub fn rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// A hand-driven QUIC connection to a node, for feeding it raw bytes.
+pub struct RawConn {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+}
+
+impl RawConn {
+    /// Handshake with `identity` and open the frame stream; sends nothing.
+    pub async fn connect(node: SocketAddr, identity: &Identity) -> RawConn {
+        let tls = slim_auth::client_config(
+            identity,
+            &[slim_auth::ALPN_SLIM],
+            slim_auth::ServerMatch::Any,
+        )
+        .expect("client TLS config");
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(std::sync::Arc::new(tls))
+            .expect("QUIC client config");
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("static"))
+            .expect("client endpoint");
+        ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+        let conn = ep
+            .connect(node, "slim-node")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (send, recv) = conn.open_bi().await.expect("open stream");
+        RawConn {
+            endpoint: ep,
+            conn,
+            send,
+            recv,
+        }
+    }
+
+    /// Sends a valid hello and waits for the node's accept.
+    pub async fn hello(&mut self, name: &str) {
+        use slim_wire::{Frame, Hello, PROTOCOL_VERSION};
+        let f = Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            name: Name::parse(name).expect("valid name"),
+            token: None,
+        });
+        let bytes = slim_wire::codec::encode_to_vec(&f, &slim_wire::Limits::default())
+            .expect("encode hello");
+        self.send.write_all(&bytes).await.expect("send hello");
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            if let Some(f) = slim_wire::decode(&mut buf, &slim_wire::Limits::default())
+                .expect("node sends valid frames")
+            {
+                assert!(matches!(f, Frame::Accept(_)), "expected accept, got {f:?}");
+                return;
+            }
+            let chunk = self
+                .recv
+                .read_chunk(65536, true)
+                .await
+                .expect("read")
+                .expect("stream open");
+            buf.extend_from_slice(&chunk.bytes);
+        }
+    }
+
+    /// Waits for the node to close the connection; returns its application
+    /// error code and reason.
+    pub async fn closed_by_node(&self, timeout: Duration) -> (u64, String) {
+        match tokio::time::timeout(timeout, self.conn.closed()).await {
+            Ok(quinn::ConnectionError::ApplicationClosed(c)) => (
+                c.error_code.into_inner(),
+                String::from_utf8_lossy(&c.reason).into_owned(),
+            ),
+            Ok(other) => panic!("connection ended otherwise: {other}"),
+            Err(_) => panic!("node did not close the connection within {timeout:?}"),
+        }
+    }
 }

@@ -30,6 +30,8 @@ pub enum WireError {
     TrailingBytes { kind: &'static str, extra: usize },
     #[error("cannot encode frame: {0}")]
     Encode(String),
+    #[error("stream ended inside a frame ({buffered} bytes of it received)")]
+    Truncated { buffered: usize },
 }
 
 impl WireError {
@@ -52,6 +54,7 @@ impl WireError {
             WireError::Malformed { .. } => "malformed",
             WireError::TrailingBytes { .. } => "trailing_bytes",
             WireError::Encode(_) => "encode",
+            WireError::Truncated { .. } => "truncated",
         }
     }
 }

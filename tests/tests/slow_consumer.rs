@@ -1,0 +1,100 @@
+//! A subscriber that stops reading is isolated by policy; the others keep receiving.
+
+use std::time::Duration;
+
+use slim_actors::SlowConsumerPolicy;
+use slim_tests::*;
+use slim_wire::Mode;
+
+const N: u64 = 3000;
+const SIZE: usize = 2048;
+const CAP: usize = 256 * 1024;
+
+async fn run(policy: SlowConsumerPolicy) -> (slim_actors::NodeHandle, Vec<slim_actors::ConnStats>, u64) {
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |c| {
+        c.queue.max_bytes = CAP;
+        c.queue.policy = policy;
+    })
+    .await;
+    let addr = node.local_addr();
+    let chan = name("acme/slow/chan");
+
+    // The stalled subscriber never calls recv; its SDK buffer is tiny so the
+    // back-pressure reaches the node quickly.
+    let mut cfg = client_config(&pki, addr, "acme/slow/stalled");
+    cfg.inbound_capacity = 8;
+    cfg.stream_window = 256 * 1024;
+    let stalled = slim_client::Client::connect(cfg).await.unwrap();
+    stalled.subscribe(&chan).await.unwrap();
+
+    let mut readers = Vec::new();
+    for i in 0..9 {
+        let c = client(&pki, addr, &format!("acme/slow/ok{i}")).await;
+        c.subscribe(&chan).await.unwrap();
+        readers.push(tokio::spawn(async move {
+            let mut seen = SeqSet::new(N);
+            while seen.count() < N {
+                let d = next_message(&c, Duration::from_secs(20)).await;
+                assert!(seen.insert(payload_seq(&d.payload)), "duplicate");
+            }
+            assert_no_message(&c, Duration::from_millis(50)).await;
+            seen.count()
+        }));
+    }
+    let publ = client(&pki, addr, "acme/slow/pub").await;
+    let mut max_queued = 0;
+    for i in 0..N {
+        publ.publish(&chan, Mode::Multicast, &seq_payload(i, SIZE)).await.unwrap();
+        if i % 10 == 9 {
+            // Pace the publisher so healthy readers never fall behind the cap.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if let Some(s) = node.connections().iter().find(|c| c.name == stalled.name().as_str()) {
+                max_queued = max_queued.max(s.queued_bytes);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for c in node.connections() {
+        if !c.name.starts_with("acme/slow/stalled") {
+            assert_eq!(c.dropped, 0, "healthy subscriber had drops: {c:?}");
+        }
+    }
+    for r in readers {
+        assert_eq!(r.await.unwrap(), N, "a healthy subscriber lost messages");
+    }
+    let stats = node.connections();
+    assert!(max_queued <= CAP, "stalled queue {max_queued} over cap {CAP}");
+    drop(stalled);
+    (node, stats, max_queued as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_policy_counts_and_spares_the_others() {
+    init_tracing();
+    let (node, stats, max_queued) = run(SlowConsumerPolicy::DropNewest).await;
+    let stalled = stats
+        .iter()
+        .find(|c| c.name.starts_with("acme/slow/stalled"))
+        .expect("stalled client still connected under the drop policy");
+    assert!(stalled.dropped > 0, "drops counted: {stalled:?}");
+    assert!(stalled.queued_bytes <= CAP);
+    assert_eq!(node.slow_consumer_disconnects(), 0);
+    eprintln!("stalled: dropped {} frames, peak queue {max_queued} B (cap {CAP})", stalled.dropped);
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_policy_closes_the_stalled_connection() {
+    init_tracing();
+    let (node, stats, _) = run(SlowConsumerPolicy::Disconnect {
+        grace: Duration::from_millis(100),
+    })
+    .await;
+    assert!(node.slow_consumer_disconnects() >= 1);
+    assert!(
+        !stats.iter().any(|c| c.name.starts_with("acme/slow/stalled")),
+        "stalled connection was closed: {stats:?}"
+    );
+    node.shutdown(Duration::from_secs(1)).await;
+}
