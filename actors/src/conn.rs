@@ -9,13 +9,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Buf;
 use bytes::{Bytes, BytesMut};
 use metrics::counter;
 use quinn::{RecvStream, SendStream, VarInt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use slim_wire::{
-    Accept, ErrorCode, ErrorFrame, FLAG_NO_ROUTE_SILENT, Frame, Hello, Mode, Name,
-    PROTOCOL_VERSION, Pong, Publish, Reject, SubAck, SubError, WireError, codec,
+    Accept, ErrorCode, ErrorFrame, FLAG_NO_ROUTE_SILENT, Frame, FrameKind, Hello, Mode, Name,
+    PROTOCOL_VERSION, Pong, PublishView, Reject, SubAck, SubError, WireError, codec,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -478,10 +479,18 @@ impl<'a> Router<'a> {
     /// Handles every whole frame at the front of `buf`.
     async fn drain(&mut self, buf: &mut BytesMut) -> Result<(), ConnError> {
         while let Some(total) = codec::check(buf, &self.ctx.cfg.limits)? {
-            let f = buf.split_to(total);
             self.frames_in += 1;
-            let frame = codec::decode_body(&f[4..])?;
-            self.handle_frame(frame).await?;
+            let f = &buf[4..total];
+            if f[0] == FrameKind::Publish as u8 {
+                match slim_wire::publish_view(&f[1..])? {
+                    Ok(v) => self.publish(v).await?,
+                    Err(frame) => self.handle_frame(frame).await?,
+                }
+            } else {
+                let frame = codec::decode_body(f)?;
+                self.handle_frame(frame).await?;
+            }
+            buf.advance(total);
         }
         Ok(())
     }
@@ -518,7 +527,16 @@ impl<'a> Router<'a> {
 
     async fn handle_frame(&mut self, frame: Frame) -> Result<(), ConnError> {
         match frame {
-            Frame::Publish(p) => self.publish(p).await,
+            Frame::Publish(p) => {
+                self.publish(PublishView {
+                    name: p.name.as_str(),
+                    mode: p.mode,
+                    flags: p.flags,
+                    msg_id: p.msg_id,
+                    payload: &p.payload,
+                })
+                .await
+            }
             Frame::Subscribe(s) => {
                 let ok = ractor::call!(self.ctx.table(), |reply| TableMsg::Subscribe {
                     conn: self.sh.id,
@@ -577,19 +595,21 @@ impl<'a> Router<'a> {
         }
     }
 
-    async fn publish(&mut self, p: Publish) -> Result<(), ConnError> {
+    async fn publish(&mut self, p: PublishView<'_>) -> Result<(), ConnError> {
         let reg = &self.ctx.registry;
-        if p.mode == Mode::Unicast && !p.name.has_instance() {
+        if p.mode == Mode::Unicast
+            && Name::validate(p.name).is_ok_and(|service_len| service_len == p.name.len())
+        {
             return self
                 .control(Frame::Error(ErrorFrame {
                     code: ErrorCode::BAD_NAME,
                     msg_id: Some(p.msg_id),
-                    name: Some(p.name),
+                    name: Name::parse(p.name).ok(),
                     reason: "unicast needs a full name with an instance".into(),
                 }))
                 .await;
         }
-        let route = reg.lookup(p.name.as_str()).filter(|r| !r.subs.is_empty());
+        let route = reg.lookup(p.name).filter(|r| !r.subs.is_empty());
         let Some(route) = route else {
             self.no_route += 1;
             if p.flags & FLAG_NO_ROUTE_SILENT != 0 {
@@ -600,7 +620,7 @@ impl<'a> Router<'a> {
                 .control(Frame::Error(ErrorFrame {
                     code: ErrorCode::NO_ROUTE,
                     msg_id: Some(p.msg_id),
-                    name: Some(p.name),
+                    name: Name::parse(p.name).ok(),
                     reason,
                 }))
                 .await;
@@ -609,13 +629,13 @@ impl<'a> Router<'a> {
         if self.scratch.capacity() - self.scratch.len() < p.payload.len() + 256 {
             self.scratch.reserve(64 * 1024 + p.payload.len());
         }
-        codec::encode_deliver(
-            &p.name,
+        codec::encode_deliver_raw(
+            p.name,
             p.mode,
-            &self.sh.name,
+            self.sh.name.as_str(),
             self.sh.identity.as_deref(),
             p.msg_id,
-            &p.payload,
+            p.payload,
             &self.ctx.cfg.limits,
             &mut self.scratch,
         )?;

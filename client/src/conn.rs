@@ -5,10 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Buf;
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{RecvStream, SendStream};
-use slim_wire::{Frame, Hello, PROTOCOL_VERSION, Subscribe, codec};
+use slim_wire::{
+    DeliverView, Frame, FrameKind, Hello, Name, PROTOCOL_VERSION, Subscribe, codec, deliver_view,
+};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -294,6 +297,58 @@ async fn run(
     res
 }
 
+/// Decoded-name cache: consecutive deliveries usually share channel, sender
+/// and identity, so the reader reuses the previous `Name`/`Arc<str>` instead of
+/// allocating new ones per message.
+#[derive(Default)]
+struct Interned {
+    name: Option<Name>,
+    from: Option<Name>,
+    identity: Option<Arc<str>>,
+}
+
+fn intern_name(slot: &mut Option<Name>, s: &str) -> Result<Name, ClientError> {
+    if let Some(n) = slot.as_ref().filter(|n| n.as_str() == s) {
+        return Ok(n.clone());
+    }
+    let n = Name::parse(s)?;
+    *slot = Some(n.clone());
+    Ok(n)
+}
+
+impl Interned {
+    fn delivery(&mut self, v: &DeliverView<'_>, frame: &Bytes) -> Result<Delivery, ClientError> {
+        let from_identity = match v.from_identity {
+            None => None,
+            Some(id) => {
+                if self.identity.as_deref() != Some(id) {
+                    self.identity = Some(Arc::from(id));
+                }
+                self.identity.clone()
+            }
+        };
+        Ok(Delivery {
+            name: intern_name(&mut self.name, v.name)?,
+            mode: v.mode,
+            from: intern_name(&mut self.from, v.from)?,
+            from_identity,
+            msg_id: v.msg_id,
+            payload: frame.slice_ref(v.payload),
+        })
+    }
+}
+
+fn owned_delivery(d: slim_wire::Deliver) -> Delivery {
+    Delivery {
+        name: d.name,
+        mode: d.mode,
+        from: d.from,
+        from_identity: d.from_identity.map(Arc::from),
+        msg_id: d.msg_id,
+        payload: Bytes::from(d.payload),
+    }
+}
+
 async fn read_loop(
     shared: Arc<Shared>,
     mut recv: RecvStream,
@@ -301,19 +356,36 @@ async fn read_loop(
     events: mpsc::Sender<Event>,
 ) -> Result<(), ClientError> {
     let limits = shared.cfg.limits;
+    let mut interned = Interned::default();
     loop {
-        while let Some(frame) = codec::decode(&mut buf, &limits)? {
+        while let Some(total) = codec::check(&buf, &limits)? {
+            if buf[4] == FrameKind::Deliver as u8 {
+                // Payloads are handed out as slices of the receive buffer.
+                let frame = buf.split_to(total).freeze();
+                let d = match deliver_view(&frame[5..])? {
+                    Ok(v) => interned.delivery(&v, &frame)?,
+                    Err(Frame::Deliver(d)) => owned_delivery(d),
+                    Err(other) => {
+                        return Err(ClientError::Protocol(format!(
+                            "unexpected {} frame",
+                            other.kind().as_str()
+                        )));
+                    }
+                };
+                if events.send(Event::Message(d)).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            let frame = codec::decode_body(&buf[4..total])?;
+            buf.advance(total);
             match frame {
                 Frame::Deliver(d) => {
-                    let ev = Event::Message(Delivery {
-                        name: d.name,
-                        mode: d.mode,
-                        from: d.from,
-                        from_identity: d.from_identity,
-                        msg_id: d.msg_id,
-                        payload: Bytes::from(d.payload),
-                    });
-                    if events.send(ev).await.is_err() {
+                    if events
+                        .send(Event::Message(owned_delivery(d)))
+                        .await
+                        .is_err()
+                    {
                         return Ok(());
                     }
                 }

@@ -148,7 +148,7 @@ pub struct Delivery {
     /// The publisher's full name.
     pub from: Name,
     /// The publisher's SPIFFE ID as authenticated by its node.
-    pub from_identity: Option<String>,
+    pub from_identity: Option<Arc<str>>,
     pub msg_id: u64,
     pub payload: Bytes,
 }

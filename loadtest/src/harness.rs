@@ -1,19 +1,20 @@
 //! System-independent orchestration of one throughput run: start signal,
 //! warm-up, measured window, stop, drain, and the report.
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
+use futures::future::BoxFuture;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::payload::SeqTracker;
 use crate::procfs::{self, CpuProbe};
+use crate::serverstats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -136,9 +137,12 @@ impl Control {
     }
 }
 
-/// Something to keep alive until the run is over (a publisher's connection,
-/// so that closing it does not discard what is still in flight).
-pub type KeepAlive = Box<dyn Any + Send>;
+/// Closes a connection once the run is over. Publishers' connections stay
+/// open until then so that closing them does not discard what is in flight;
+/// every connection is closed gracefully so that the server forgets it (and
+/// its subscription) at once rather than at its idle timeout, when it would
+/// still be routed to during the next run.
+pub type Closer = BoxFuture<'static, ()>;
 
 /// Backend-specific counters read at the end of the run.
 pub type ExtraCounters = Box<dyn Fn() -> BTreeMap<String, u64> + Send + Sync>;
@@ -146,11 +150,30 @@ pub type ExtraCounters = Box<dyn Fn() -> BTreeMap<String, u64> + Send + Sync>;
 /// The tasks a backend set up; publishers wait for the start signal.
 pub struct Running {
     /// One per publisher connection; returns once its tasks stopped and it flushed.
-    pub publishers: Vec<JoinHandle<Result<KeepAlive>>>,
+    pub publishers: Vec<JoinHandle<Result<Closer>>>,
     /// One per subscriber; returns its accounting (and its connection, closed
     /// only after the backend counters are read) once told to stop.
-    pub subscribers: Vec<JoinHandle<Result<(SeqTracker, KeepAlive)>>>,
+    pub subscribers: Vec<JoinHandle<Result<(SeqTracker, Closer)>>>,
     pub extra: Option<ExtraCounters>,
+}
+
+/// A server statistics endpoint and what it said before the run.
+#[derive(Debug, Clone)]
+pub struct ServerStats {
+    pub kind: serverstats::Kind,
+    pub addr: std::net::SocketAddr,
+    pub before: BTreeMap<&'static str, f64>,
+}
+
+impl ServerStats {
+    /// Reads the "before" values; call before any client connects.
+    pub async fn read(kind: serverstats::Kind, addr: std::net::SocketAddr) -> Result<Self> {
+        Ok(ServerStats {
+            kind,
+            addr,
+            before: serverstats::read(kind, addr).await?,
+        })
+    }
 }
 
 /// Where the CPU figure comes from.
@@ -247,6 +270,7 @@ pub async fn run(
     control: Control,
     running: Running,
     cpu: &CpuSetup,
+    server: Option<ServerStats>,
 ) -> Result<Report> {
     let Control {
         start,
@@ -312,15 +336,37 @@ pub async fn run(
         seq.merge(&t.0);
         keep.push(t.1);
     }
-    let counters = extra.map(|f| f()).unwrap_or_default();
+    let mut counters = extra.map(|f| f()).unwrap_or_default();
+    let mut notes = Vec::new();
+    if let Some(st) = server {
+        match serverstats::read(st.kind, st.addr).await {
+            Ok(after) => {
+                counters.extend(serverstats::diff(&st.before, &after));
+                let open = counters
+                    .get("server_client_connections_at_start")
+                    .copied()
+                    .unwrap_or(0);
+                if open > 0 {
+                    notes.push(format!(
+                        "{open} client connection(s) were already open on the server before this run"
+                    ));
+                }
+            }
+            Err(e) => notes.push(format!("server statistics: {e:#}")),
+        }
+    }
     let peak_rss_kib = cpu.probe.as_ref().and_then(|p| p.peak_rss_kib().ok());
-    drop(keep);
+    if tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(keep))
+        .await
+        .is_err()
+    {
+        notes.push("closing the connections took more than 10 s".into());
+    }
 
     let window_s = (b.at - a.at).as_secs_f64();
     let window_deliveries = b.delivered - a.delivered;
     let window_sent = b.sent - a.sent;
     let deliveries_per_s = window_deliveries as f64 / window_s;
-    let mut notes = Vec::new();
     let cpu_report = match (&cpu.probe, a.cpu, b.cpu) {
         (Some(p), Some(x), Some(y)) => Some(CpuReport {
             scope: p.scope(),
@@ -408,6 +454,28 @@ fn fmt_num(x: f64) -> String {
 }
 
 impl Report {
+    /// A one-line summary (printed to stderr next to `--json`).
+    pub fn one_line(&self) -> String {
+        let cpu = |c: &Option<CpuReport>| {
+            c.as_ref()
+                .and_then(|c| c.seconds_per_million_deliveries)
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        let mut s = format!(
+            "{} {}: {} deliveries/s, loss {:.3}%, cpu {} s/1M deliveries",
+            self.system,
+            self.scenario,
+            fmt_num(self.deliveries_per_s),
+            self.loss_pct,
+            cpu(&self.cpu)
+        );
+        if self.node_threads_cpu.is_some() {
+            s.push_str(&format!(" (node threads {})", cpu(&self.node_threads_cpu)));
+        }
+        s
+    }
+
     /// A human-readable table.
     pub fn table(&self) -> String {
         let mut rows: Vec<(String, String)> = vec![

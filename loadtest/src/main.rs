@@ -13,6 +13,7 @@ mod harness;
 mod nats;
 mod payload;
 mod procfs;
+mod serverstats;
 mod slim;
 mod summary;
 
@@ -24,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use harness::{Control, CpuSetup, Mode, Plan};
+use harness::{Control, CpuSetup, Mode, Plan, ServerStats};
 use procfs::CpuProbe;
 
 #[derive(Debug, Parser)]
@@ -102,6 +103,11 @@ struct ThroughputArgs {
     /// ...or at most this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     drain_max: Duration,
+    /// Server statistics endpoint HOST:PORT, read before and after the run:
+    /// slim-node's metrics listener (/metrics), or nats-server's monitoring
+    /// port (/varz, `nats-server -m PORT`).
+    #[arg(long)]
+    stats_addr: Option<SocketAddr>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -271,6 +277,10 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
             let rt = runtime("loadgen", a.client_threads)?;
             let node2 = node.clone();
             let r = rt.block_on(async {
+                let server = match a.stats_addr {
+                    Some(sa) => Some(ServerStats::read(serverstats::Kind::Slim, sa).await?),
+                    None => None,
+                };
                 let control = Control::new(&plan);
                 let mut running =
                     slim::setup(addr, &topic, &ids, &plan, &control.ctl(), &run_id()).await?;
@@ -280,7 +290,7 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
                         [("node_slow_consumer_drops".to_owned(), dropped)].into()
                     }));
                 }
-                harness::run("slim", &target_s, &plan, control, running, &cpu).await
+                harness::run("slim", &target_s, &plan, control, running, &cpu, server).await
             });
             drop(rt);
             r?
@@ -303,9 +313,13 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
             };
             let rt = runtime("loadgen", a.client_threads)?;
             let r = rt.block_on(async {
+                let server = match a.stats_addr {
+                    Some(sa) => Some(ServerStats::read(serverstats::Kind::Nats, sa).await?),
+                    None => None,
+                };
                 let control = Control::new(&plan);
                 let running = nats::setup(&url, tls_cfg, &subject, &plan, &control.ctl()).await?;
-                harness::run("nats", &url, &plan, control, running, &cpu).await
+                harness::run("nats", &url, &plan, control, running, &cpu, server).await
             });
             drop(rt);
             r?
@@ -317,6 +331,7 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
     }
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
+        eprintln!("{}", report.one_line());
     } else {
         print!("{}", report.table());
     }

@@ -24,7 +24,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use slim_auth::{DevCa, SpiffeId};
 
-use crate::harness::{Ctl, ExtraCounters, KeepAlive, Mode, Plan, Running};
+use crate::harness::{Closer, Ctl, ExtraCounters, Mode, Plan, Running};
 use crate::payload::{PayloadWriter, SeqTracker};
 
 /// TLS material for the NATS client.
@@ -132,6 +132,14 @@ async fn connect(
         .with_context(|| format!("connecting to {url}"))
 }
 
+/// Drains the connection (flushes, unsubscribes, closes) so the server
+/// forgets it at once.
+fn close(client: async_nats::Client) -> Closer {
+    Box::pin(async move {
+        let _ = client.drain().await;
+    })
+}
+
 /// Batch size when draining a subscriber's channel.
 const RECV_BATCH: usize = 1024;
 
@@ -185,7 +193,7 @@ pub async fn setup(
                 }
                 ctl.delivered[i].0.store(tr.received, Ordering::Relaxed);
             }
-            Ok((tr, Box::new(client) as KeepAlive))
+            Ok((tr, close(client)))
         }));
     }
 
@@ -227,7 +235,7 @@ pub async fn setup(
                 t.await.context("publisher task panicked")??;
             }
             client.flush().await.context("flush")?;
-            Ok(Box::new(client) as KeepAlive)
+            Ok(close(client))
         }));
     }
 

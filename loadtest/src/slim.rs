@@ -12,7 +12,7 @@ use slim_auth::{DevCa, Identity, SpiffeId};
 use slim_client::{Client, ClientConfig, Event, FLAG_NO_ROUTE_SILENT};
 use slim_wire::Name;
 
-use crate::harness::{Ctl, KeepAlive, Mode, Plan, Running};
+use crate::harness::{Closer, Ctl, Mode, Plan, Running};
 use crate::payload::{PayloadWriter, SeqTracker};
 
 /// Where client identities come from.
@@ -102,7 +102,7 @@ pub async fn setup(
                 }
                 ctl.delivered[i].0.store(tr.received, Ordering::Relaxed);
             }
-            Ok((tr, Box::new(client) as KeepAlive))
+            Ok((tr, Box::pin(client.close()) as Closer))
         }));
     }
 
@@ -155,7 +155,12 @@ pub async fn setup(
                 t.await.context("publisher task panicked")??;
             }
             client.flush().await;
-            Ok(Box::new(client) as KeepAlive)
+            let close: Closer = match Arc::try_unwrap(client) {
+                Ok(c) => Box::pin(c.close()),
+                // Unreachable: every task holding a clone has ended.
+                Err(c) => Box::pin(async move { drop(c) }),
+            };
+            Ok(close)
         }));
     }
 

@@ -28,7 +28,9 @@ async fn bad_input_closes_only_the_offending_connection() {
         tokio::spawn(async move {
             let mut seq = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                publ.publish(&chan, Mode::Multicast, &seq_payload(seq, 32)).await.unwrap();
+                publ.publish(&chan, Mode::Multicast, &seq_payload(seq, 32))
+                    .await
+                    .unwrap();
                 seq += 1;
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -41,7 +43,10 @@ async fn bad_input_closes_only_the_offending_connection() {
     // (a) a length prefix over the limit: closed at once, nothing allocated for it.
     let mut c = RawConn::connect(addr, &id).await;
     c.hello("acme/bad/a/1").await;
-    c.send.write_all(&0xFFFF_FFF0u32.to_be_bytes()).await.unwrap();
+    c.send
+        .write_all(&0xFFFF_FFF0u32.to_be_bytes())
+        .await
+        .unwrap();
     let (code, reason) = c.closed_by_node(CLOSE).await;
     assert_eq!(code, ErrorCode::TOO_LARGE.0 as u64, "{reason}");
     assert!(reason.contains("exceeds the limit"), "{reason}");
@@ -66,9 +71,13 @@ async fn bad_input_closes_only_the_offending_connection() {
         let _ = c.send.write_all(&junk).await;
         let (code, reason) = c.closed_by_node(CLOSE).await;
         assert!(
-            [ErrorCode::MALFORMED, ErrorCode::TOO_LARGE, ErrorCode::UNKNOWN_FRAME]
-                .iter()
-                .any(|e| e.0 as u64 == code),
+            [
+                ErrorCode::MALFORMED,
+                ErrorCode::TOO_LARGE,
+                ErrorCode::UNKNOWN_FRAME
+            ]
+            .iter()
+            .any(|e| e.0 as u64 == code),
             "code {code}: {reason}"
         );
     }

@@ -19,10 +19,14 @@ async fn client_reconnects_to_a_restarted_node_and_restores_subscriptions() {
     let mut state = sub.state();
 
     node.shutdown(Duration::from_secs(1)).await;
-    assert_eventually(Duration::from_secs(5), "client notices the node is gone", || {
-        let s = state.borrow_and_update().clone();
-        async move { matches!(s, ConnState::Reconnecting { .. }) }
-    })
+    assert_eventually(
+        Duration::from_secs(5),
+        "client notices the node is gone",
+        || {
+            let s = state.borrow_and_update().clone();
+            async move { matches!(s, ConnState::Reconnecting { .. }) }
+        },
+    )
     .await;
 
     let node = start_node(&pki, |c| c.listen = listen).await;
@@ -37,7 +41,9 @@ async fn client_reconnects_to_a_restarted_node_and_restores_subscriptions() {
         node.registry().lookup(chan.as_str()).is_some()
     })
     .await;
-    publ.publish(&chan, Mode::Multicast, b"after restart").await.unwrap();
+    publ.publish(&chan, Mode::Multicast, b"after restart")
+        .await
+        .unwrap();
     let d = next_message(&sub, Duration::from_secs(5)).await;
     assert_eq!(&d.payload[..], b"after restart");
     node.shutdown(Duration::from_secs(1)).await;
@@ -65,24 +71,50 @@ async fn a_crashed_connection_actor_is_cleaned_up_and_the_node_keeps_serving() {
 
     assert!(node.inject_connection_panic(&victim_name));
     // Its subscriptions disappear with it…
-    assert_eventually(Duration::from_secs(5), "crashed connection removed", || async {
-        node.registry().names_of(first_conn).is_empty()
-            && !node.connections().iter().any(|c| c.id == first_conn)
-    })
+    assert_eventually(
+        Duration::from_secs(5),
+        "crashed connection removed",
+        || async {
+            node.registry().names_of(first_conn).is_empty()
+                && !node.connections().iter().any(|c| c.id == first_conn)
+        },
+    )
     .await;
     // …the rest of the node is untouched…
-    publ.publish(&chan, Mode::Multicast, b"still here").await.unwrap();
-    assert_eq!(&next_message(&other, Duration::from_secs(5)).await.payload[..], b"still here");
+    publ.publish(&chan, Mode::Multicast, b"still here")
+        .await
+        .unwrap();
+    assert_eq!(
+        &next_message(&other, Duration::from_secs(5)).await.payload[..],
+        b"still here"
+    );
     // …and the crashed client's SDK reconnects and gets its subscription back.
-    assert_eventually(Duration::from_secs(10), "victim back with its subscription", || async {
-        node.connections().iter().any(|c| c.name == victim_name && c.id != first_conn)
-            && node.registry().lookup(chan.as_str()).is_some_and(|r| r.subs.len() == 2)
-    })
+    assert_eventually(
+        Duration::from_secs(10),
+        "victim back with its subscription",
+        || async {
+            node.connections()
+                .iter()
+                .any(|c| c.name == victim_name && c.id != first_conn)
+                && node
+                    .registry()
+                    .lookup(chan.as_str())
+                    .is_some_and(|r| r.subs.len() == 2)
+        },
+    )
     .await;
     // Drain whatever the victim may have received before the crash.
-    while next_event(&victim, Duration::from_millis(50)).await.is_some() {}
-    publ.publish(&chan, Mode::Multicast, b"welcome back").await.unwrap();
-    assert_eq!(&next_message(&victim, Duration::from_secs(5)).await.payload[..], b"welcome back");
+    while next_event(&victim, Duration::from_millis(50))
+        .await
+        .is_some()
+    {}
+    publ.publish(&chan, Mode::Multicast, b"welcome back")
+        .await
+        .unwrap();
+    assert_eq!(
+        &next_message(&victim, Duration::from_secs(5)).await.payload[..],
+        b"welcome back"
+    );
     node.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -98,22 +130,35 @@ async fn shutdown_drains_queued_messages() {
     sub.subscribe(&chan).await.unwrap();
     const N: u64 = 2000;
     for i in 0..N {
-        publ.publish_with(&chan, Mode::Multicast, FLAG_NO_ROUTE_SILENT, &seq_payload(i, 64))
-            .await
-            .unwrap();
+        publ.publish_with(
+            &chan,
+            Mode::Multicast,
+            FLAG_NO_ROUTE_SILENT,
+            &seq_payload(i, 64),
+        )
+        .await
+        .unwrap();
     }
     publ.flush().await;
     // Let the node read everything the publisher sent before shutting down.
-    assert_eventually(Duration::from_secs(5), "node received every publish", || async {
-        node.registry().lookup(chan.as_str()).is_some()
-    })
+    assert_eventually(
+        Duration::from_secs(5),
+        "node received every publish",
+        || async { node.registry().lookup(chan.as_str()).is_some() },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     node.shutdown(Duration::from_secs(5)).await;
     let mut seen = SeqSet::new(N);
-    while let Some(slim_client::Event::Message(d)) = next_event(&sub, Duration::from_millis(500)).await {
+    while let Some(slim_client::Event::Message(d)) =
+        next_event(&sub, Duration::from_millis(500)).await
+    {
         seen.insert(payload_seq(&d.payload));
     }
-    assert_eq!(seen.missing(N), Vec::<u64>::new(), "messages lost in shutdown");
+    assert_eq!(
+        seen.missing(N),
+        Vec::<u64>::new(),
+        "messages lost in shutdown"
+    );
     assert_eq!(seen.duplicates(), 0);
 }

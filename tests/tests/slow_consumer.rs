@@ -10,7 +10,9 @@ const N: u64 = 3000;
 const SIZE: usize = 2048;
 const CAP: usize = 256 * 1024;
 
-async fn run(policy: SlowConsumerPolicy) -> (slim_actors::NodeHandle, Vec<slim_actors::ConnStats>, u64) {
+async fn run(
+    policy: SlowConsumerPolicy,
+) -> (slim_actors::NodeHandle, Vec<slim_actors::ConnStats>, u64) {
     let pki = Pki::new("example.org");
     let node = start_node(&pki, |c| {
         c.queue.max_bytes = CAP;
@@ -45,11 +47,17 @@ async fn run(policy: SlowConsumerPolicy) -> (slim_actors::NodeHandle, Vec<slim_a
     let publ = client(&pki, addr, "acme/slow/pub").await;
     let mut max_queued = 0;
     for i in 0..N {
-        publ.publish(&chan, Mode::Multicast, &seq_payload(i, SIZE)).await.unwrap();
+        publ.publish(&chan, Mode::Multicast, &seq_payload(i, SIZE))
+            .await
+            .unwrap();
         if i % 10 == 9 {
             // Pace the publisher so healthy readers never fall behind the cap.
             tokio::time::sleep(Duration::from_millis(5)).await;
-            if let Some(s) = node.connections().iter().find(|c| c.name == stalled.name().as_str()) {
+            if let Some(s) = node
+                .connections()
+                .iter()
+                .find(|c| c.name == stalled.name().as_str())
+            {
                 max_queued = max_queued.max(s.queued_bytes);
             }
         }
@@ -64,7 +72,10 @@ async fn run(policy: SlowConsumerPolicy) -> (slim_actors::NodeHandle, Vec<slim_a
         assert_eq!(r.await.unwrap(), N, "a healthy subscriber lost messages");
     }
     let stats = node.connections();
-    assert!(max_queued <= CAP, "stalled queue {max_queued} over cap {CAP}");
+    assert!(
+        max_queued <= CAP,
+        "stalled queue {max_queued} over cap {CAP}"
+    );
     drop(stalled);
     (node, stats, max_queued as u64)
 }
@@ -80,7 +91,10 @@ async fn drop_policy_counts_and_spares_the_others() {
     assert!(stalled.dropped > 0, "drops counted: {stalled:?}");
     assert!(stalled.queued_bytes <= CAP);
     assert_eq!(node.slow_consumer_disconnects(), 0);
-    eprintln!("stalled: dropped {} frames, peak queue {max_queued} B (cap {CAP})", stalled.dropped);
+    eprintln!(
+        "stalled: dropped {} frames, peak queue {max_queued} B (cap {CAP})",
+        stalled.dropped
+    );
     node.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -93,7 +107,9 @@ async fn disconnect_policy_closes_the_stalled_connection() {
     .await;
     assert!(node.slow_consumer_disconnects() >= 1);
     assert!(
-        !stats.iter().any(|c| c.name.starts_with("acme/slow/stalled")),
+        !stats
+            .iter()
+            .any(|c| c.name.starts_with("acme/slow/stalled")),
         "stalled connection was closed: {stats:?}"
     );
     node.shutdown(Duration::from_secs(1)).await;

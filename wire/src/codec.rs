@@ -166,9 +166,9 @@ pub fn encode_to_vec(frame: &Frame, limits: &Limits) -> Result<Vec<u8>, WireErro
 
 #[derive(Serialize)]
 struct DeliverRef<'a> {
-    name: &'a Name,
+    name: &'a str,
     mode: Mode,
-    from: &'a Name,
+    from: &'a str,
     from_identity: Option<&'a str>,
     msg_id: u64,
     #[serde(with = "serde_bytes")]
@@ -192,6 +192,31 @@ pub fn encode_deliver(
     name: &Name,
     mode: Mode,
     from: &Name,
+    from_identity: Option<&str>,
+    msg_id: u64,
+    payload: &[u8],
+    limits: &Limits,
+    out: &mut BytesMut,
+) -> Result<(), WireError> {
+    encode_deliver_raw(
+        name.as_str(),
+        mode,
+        from.as_str(),
+        from_identity,
+        msg_id,
+        payload,
+        limits,
+        out,
+    )
+}
+
+/// [`encode_deliver`] from name strings the caller has already validated
+/// (e.g. from a [`crate::PublishView`]).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_deliver_raw(
+    name: &str,
+    mode: Mode,
+    from: &str,
     from_identity: Option<&str>,
     msg_id: u64,
     payload: &[u8],

@@ -10,10 +10,12 @@
 pub mod codec;
 pub mod frame;
 pub mod name;
+pub mod view;
 
 pub use codec::{DEFAULT_MAX_FRAME, HEADER_LEN, Limits, check, decode, decode_body, encode};
 pub use frame::*;
 pub use name::{InvalidName, MAX_COMPONENT_LEN, Name};
+pub use view::{DeliverView, PublishView, deliver_view, publish_view};
 
 /// Everything that can go wrong turning bytes into frames or back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

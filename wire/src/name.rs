@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -30,7 +31,9 @@ pub enum InvalidName {
 /// A routable name. `Ord`/`Hash` follow the canonical string.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Name {
-    full: String,
+    /// Shared so that cloning a name (once per delivery on hot paths) is a
+    /// reference-count increment, not an allocation.
+    full: Arc<str>,
     /// Byte length of `org/namespace/service` within `full`.
     service_len: usize,
 }
@@ -72,11 +75,24 @@ impl Name {
             full.push('/');
             full.push_str(i);
         }
-        Ok(Self { full, service_len })
+        Ok(Self {
+            full: full.into(),
+            service_len,
+        })
     }
 
     /// Parses `org/namespace/service[/instance]`.
     pub fn parse(s: &str) -> Result<Self, InvalidName> {
+        let service_len = Self::validate(s)?;
+        Ok(Self {
+            full: s.into(),
+            service_len,
+        })
+    }
+
+    /// Checks that `s` is a valid name without building one; returns the
+    /// byte length of its `org/namespace/service` part.
+    pub fn validate(s: &str) -> Result<usize, InvalidName> {
         let mut count = 0;
         let mut service_len = 0;
         for (index, c) in s.split('/').enumerate() {
@@ -92,10 +108,7 @@ impl Name {
         if count < 3 {
             return Err(InvalidName::ComponentCount(count));
         }
-        Ok(Self {
-            full: s.to_owned(),
-            service_len,
-        })
+        Ok(service_len)
     }
 
     /// The canonical string, `org/namespace/service[/instance]`.
@@ -135,7 +148,7 @@ impl Name {
     /// The same name without its instance.
     pub fn without_instance(&self) -> Name {
         Name {
-            full: self.service_str().to_owned(),
+            full: self.service_str().into(),
             service_len: self.service_len,
         }
     }
@@ -148,7 +161,7 @@ impl Name {
         full.push('/');
         full.push_str(instance);
         Ok(Name {
-            full,
+            full: full.into(),
             service_len: self.service_len,
         })
     }

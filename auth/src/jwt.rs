@@ -1,0 +1,775 @@
+//! JWT-SVIDs (SPIFFE JWT-SVID spec): validation against JWT bundles, and a
+//! development signer.
+//!
+//! X.509-SVIDs authenticate the hop (the TLS connection); a JWT-SVID authenticates
+//! a workload to a party further away, through relays that terminate TLS. The
+//! receiver validates the token with [`validate_jwt_svid`] against the JWT
+//! bundles (trust domain → JWKS public keys) it got from the Workload API
+//! (`FetchJWTBundles`), from a JWKS file, or from a [`JwtSigner`].
+//!
+//! Signatures are verified with `ring`. Supported algorithms: ES256, ES384,
+//! RS256, RS384, RS512, PS256, PS384, PS512. `none`, every `HS*` (a shared secret
+//! is not a SPIFFE trust model) and ES512 (P-521 is not in `ring`) are refused
+//! with [`JwtError::UnsupportedAlg`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ring::rand::SystemRandom;
+use ring::signature::{self, EcdsaKeyPair, KeyPair as _};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
+use serde_json::{Value, json};
+
+use crate::id::{SpiffeId, TrustDomain};
+use crate::{AuthError, files, pem};
+
+/// Clock-skew tolerance applied to `exp` and `nbf`.
+pub const JWT_LEEWAY: Duration = Duration::from_secs(30);
+
+/// JWT signing key file written by [`JwtSigner::load_or_init`] (PKCS#8 PEM, mode 0600).
+pub const JWT_KEY_FILE: &str = "jwt.key";
+/// JWKS file written next to [`JWT_KEY_FILE`], and read by the files identity source.
+pub const JWT_BUNDLE_FILE: &str = "jwt_bundle.json";
+
+/// Why a JWT-SVID was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JwtError {
+    /// Not a well-formed JWS compact token, or a required header/claim is missing
+    /// or has the wrong type.
+    #[error("malformed JWT-SVID: {0}")]
+    Malformed(String),
+    /// The `alg` header names an algorithm this crate refuses or does not implement.
+    #[error("unsupported JWT algorithm {0:?}")]
+    UnsupportedAlg(String),
+    /// `sub` is not a valid SPIFFE ID.
+    #[error("JWT-SVID subject {sub:?} is not a valid SPIFFE ID: {reason}")]
+    BadSubject {
+        /// The `sub` claim as found.
+        sub: String,
+        /// Why it is not a SPIFFE ID.
+        reason: String,
+    },
+    /// No JWT bundle for the subject's trust domain.
+    #[error("no JWT bundle for trust domain {td:?}")]
+    UnknownTrustDomain {
+        /// The trust domain of `sub`.
+        td: String,
+    },
+    /// The subject's trust domain bundle has no key with this `kid`.
+    #[error("no key with kid {kid:?} in the JWT bundle of the subject's trust domain")]
+    UnknownKey {
+        /// The `kid` header.
+        kid: String,
+    },
+    /// The key found for `kid` cannot verify this `alg` (e.g. an RSA key for ES256).
+    #[error("key {kid:?} cannot verify {alg} signatures")]
+    KeyMismatch {
+        /// The `kid` header.
+        kid: String,
+        /// The `alg` header.
+        alg: String,
+    },
+    /// The signature does not verify under the key named by `kid`.
+    #[error("JWT-SVID signature does not verify")]
+    BadSignature,
+    /// `exp` has passed (beyond [`JWT_LEEWAY`]).
+    #[error("JWT-SVID expired: exp is unix time {exp}, now is {now}")]
+    Expired {
+        /// The `exp` claim.
+        exp: u64,
+        /// Validation time.
+        now: u64,
+    },
+    /// `nbf` is in the future (beyond [`JWT_LEEWAY`]).
+    #[error("JWT-SVID not yet valid: nbf is unix time {nbf}, now is {now}")]
+    NotYetValid {
+        /// The `nbf` claim.
+        nbf: u64,
+        /// Validation time.
+        now: u64,
+    },
+    /// `aud` does not contain the expected audience.
+    #[error("JWT-SVID audience {got:?} does not contain {expected:?}")]
+    WrongAudience {
+        /// The audience the validator required.
+        expected: String,
+        /// The `aud` claim.
+        got: Vec<String>,
+    },
+}
+
+impl JwtError {
+    /// A short, stable snake_case label for metrics and logs.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            JwtError::Malformed(_) => "malformed",
+            JwtError::UnsupportedAlg(_) => "unsupported_alg",
+            JwtError::BadSubject { .. } => "bad_subject",
+            JwtError::UnknownTrustDomain { .. } => "unknown_trust_domain",
+            JwtError::UnknownKey { .. } => "unknown_key",
+            JwtError::KeyMismatch { .. } => "key_mismatch",
+            JwtError::BadSignature => "bad_signature",
+            JwtError::Expired { .. } => "expired",
+            JwtError::NotYetValid { .. } => "not_yet_valid",
+            JwtError::WrongAudience { .. } => "wrong_audience",
+        }
+    }
+}
+
+fn b64(data: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(data)
+}
+
+fn unb64(what: &str, s: &str) -> Result<Vec<u8>, String> {
+    URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|e| format!("{what} is not unpadded base64url: {e}"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EcCurve {
+    P256,
+    P384,
+}
+
+impl EcCurve {
+    fn coord_len(self) -> usize {
+        match self {
+            EcCurve::P256 => 32,
+            EcCurve::P384 => 48,
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum KeyMaterial {
+    /// Uncompressed point `04 || x || y`.
+    Ec { curve: EcCurve, point: Vec<u8> },
+    /// Big-endian modulus (no leading zeros) and exponent.
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+}
+
+/// One public key of a JWT bundle.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JwtKey {
+    kid: String,
+    alg: Option<String>,
+    material: KeyMaterial,
+    jwk: Value,
+}
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kty = match &self.material {
+            KeyMaterial::Ec { curve, .. } => format!("EC {curve:?}"),
+            KeyMaterial::Rsa { n, .. } => format!("RSA {} bits", n.len() * 8),
+        };
+        f.debug_struct("JwtKey")
+            .field("kid", &self.kid)
+            .field("kty", &kty)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+impl JwtKey {
+    /// Parses one JWK (RFC 7517) public key: `kty` EC (P-256, P-384) or RSA.
+    pub fn from_jwk(jwk: &Value) -> Result<JwtKey, String> {
+        let field = |name: &str| -> Result<&str, String> {
+            jwk.get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| format!("JWK has no string {name:?}"))
+        };
+        let kid = field("kid")?.to_string();
+        if kid.is_empty() {
+            return Err("JWK has an empty \"kid\"".into());
+        }
+        let alg = jwk.get("alg").and_then(Value::as_str).map(str::to_string);
+        let material = match field("kty")? {
+            "EC" => {
+                let curve = match field("crv")? {
+                    "P-256" => EcCurve::P256,
+                    "P-384" => EcCurve::P384,
+                    other => return Err(format!("unsupported EC curve {other:?}")),
+                };
+                let x = unb64("x", field("x")?)?;
+                let y = unb64("y", field("y")?)?;
+                if x.len() != curve.coord_len() || y.len() != curve.coord_len() {
+                    return Err(format!("EC coordinates have the wrong length for {curve:?}"));
+                }
+                let mut point = Vec::with_capacity(1 + 2 * x.len());
+                point.push(4);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                KeyMaterial::Ec { curve, point }
+            }
+            "RSA" => {
+                let strip = |v: Vec<u8>| -> Vec<u8> {
+                    let start = v.iter().position(|b| *b != 0).unwrap_or(v.len());
+                    v[start..].to_vec()
+                };
+                let n = strip(unb64("n", field("n")?)?);
+                let e = strip(unb64("e", field("e")?)?);
+                if n.len() < 256 {
+                    return Err(format!(
+                        "RSA modulus of {} bits is below the 2048-bit minimum",
+                        n.len() * 8
+                    ));
+                }
+                KeyMaterial::Rsa { n, e }
+            }
+            other => return Err(format!("unsupported key type {other:?}")),
+        };
+        Ok(JwtKey {
+            kid,
+            alg,
+            material,
+            jwk: jwk.clone(),
+        })
+    }
+
+    /// The key ID.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The JWK as parsed.
+    pub fn jwk(&self) -> &Value {
+        &self.jwk
+    }
+
+    fn verify(&self, alg: &str, message: &[u8], sig: &[u8]) -> Result<(), JwtError> {
+        if self.alg.as_deref().is_some_and(|a| a != alg) {
+            return Err(self.mismatch(alg));
+        }
+        let ok = match (&self.material, alg) {
+            (
+                KeyMaterial::Ec {
+                    curve: EcCurve::P256,
+                    point,
+                },
+                "ES256",
+            ) => signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                .verify(message, sig)
+                .is_ok(),
+            (
+                KeyMaterial::Ec {
+                    curve: EcCurve::P384,
+                    point,
+                },
+                "ES384",
+            ) => signature::UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point)
+                .verify(message, sig)
+                .is_ok(),
+            (KeyMaterial::Rsa { n, e }, _) => {
+                let params: &signature::RsaParameters = match alg {
+                    "RS256" => &signature::RSA_PKCS1_2048_8192_SHA256,
+                    "RS384" => &signature::RSA_PKCS1_2048_8192_SHA384,
+                    "RS512" => &signature::RSA_PKCS1_2048_8192_SHA512,
+                    "PS256" => &signature::RSA_PSS_2048_8192_SHA256,
+                    "PS384" => &signature::RSA_PSS_2048_8192_SHA384,
+                    "PS512" => &signature::RSA_PSS_2048_8192_SHA512,
+                    _ => return Err(self.mismatch(alg)),
+                };
+                signature::RsaPublicKeyComponents { n, e }
+                    .verify(params, message, sig)
+                    .is_ok()
+            }
+            _ => return Err(self.mismatch(alg)),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(JwtError::BadSignature)
+        }
+    }
+
+    fn mismatch(&self, alg: &str) -> JwtError {
+        JwtError::KeyMismatch {
+            kid: self.kid.clone(),
+            alg: alg.to_string(),
+        }
+    }
+}
+
+/// JWT bundles: per trust domain, the public keys (by `kid`) that sign its JWT-SVIDs.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct JwtBundles {
+    map: BTreeMap<String, BTreeMap<String, JwtKey>>,
+}
+
+impl fmt::Debug for JwtBundles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(
+                self.map
+                    .iter()
+                    .map(|(td, keys)| (td, keys.keys().collect::<Vec<_>>())),
+            )
+            .finish()
+    }
+}
+
+impl JwtBundles {
+    /// No bundles: no JWT-SVID validates.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A bundle set holding `jwks` (an RFC 7517 JWK Set) for trust domain `td`.
+    pub fn from_jwks(td: &str, jwks: &[u8]) -> Result<Self, AuthError> {
+        let mut b = Self::new();
+        b.set_jwks(td, jwks)?;
+        Ok(b)
+    }
+
+    /// Replaces the keys of `td` with those of `jwks`; returns how many were taken.
+    ///
+    /// Keys marked `"use": "x509-svid"` (X.509 authorities in a SPIFFE bundle
+    /// document) and keys of unsupported types are skipped with a log line; a key
+    /// without `kid` is an error, since JWT-SVIDs select their key by `kid`.
+    pub fn set_jwks(&mut self, td: &str, jwks: &[u8]) -> Result<usize, AuthError> {
+        let td = TrustDomain::parse(td)?;
+        let doc: Value = serde_json::from_slice(jwks)
+            .map_err(|e| AuthError::Bundle(format!("JWKS for {td}: not JSON: {e}")))?;
+        let keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| AuthError::Bundle(format!("JWKS for {td}: no \"keys\" array")))?;
+        let mut parsed = BTreeMap::new();
+        for (i, jwk) in keys.iter().enumerate() {
+            match jwk.get("use").and_then(Value::as_str) {
+                None | Some("jwt-svid") | Some("sig") => {}
+                Some(other) => {
+                    tracing::debug!(trust_domain = %td, index = i, r#use = other, "skipping non-JWT key in JWKS");
+                    continue;
+                }
+            }
+            if jwk.get("kid").is_none() {
+                return Err(AuthError::Bundle(format!(
+                    "JWKS for {td}: key #{} has no \"kid\"",
+                    i + 1
+                )));
+            }
+            match JwtKey::from_jwk(jwk) {
+                Ok(key) => {
+                    parsed.insert(key.kid.clone(), key);
+                }
+                Err(reason) => {
+                    tracing::warn!(trust_domain = %td, index = i, %reason, "skipping unusable JWT key");
+                }
+            }
+        }
+        let n = parsed.len();
+        self.map.insert(td.as_str().to_string(), parsed);
+        Ok(n)
+    }
+
+    /// Adds one key to `td`'s bundle (replacing a key with the same `kid`).
+    pub fn add_key(&mut self, td: &str, key: JwtKey) -> Result<(), AuthError> {
+        let td = TrustDomain::parse(td)?;
+        self.map
+            .entry(td.as_str().to_string())
+            .or_default()
+            .insert(key.kid.clone(), key);
+        Ok(())
+    }
+
+    /// Reads a JSON file that is either one JWKS (`{"keys": [...]}`, filed under
+    /// `default_td`) or an object mapping trust domains (names or `spiffe://` IDs)
+    /// to JWKS documents.
+    pub fn from_json_file(path: &Path, default_td: &str) -> Result<Self, AuthError> {
+        let data = files::read(path, "JWT bundle (JWKS JSON)")?;
+        Self::from_json(&data, default_td).map_err(|e| AuthError::BadFile {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// [`from_json_file`](Self::from_json_file) on bytes.
+    pub fn from_json(data: &[u8], default_td: &str) -> Result<Self, AuthError> {
+        let doc: Value = serde_json::from_slice(data)
+            .map_err(|e| AuthError::Bundle(format!("JWT bundle is not JSON: {e}")))?;
+        let mut bundles = Self::new();
+        if doc.get("keys").is_some() {
+            bundles.set_jwks(default_td, data)?;
+            return Ok(bundles);
+        }
+        let obj = doc.as_object().ok_or_else(|| {
+            AuthError::Bundle("JWT bundle must be a JWKS or an object of JWKS".into())
+        })?;
+        for (td, jwks) in obj {
+            let bytes = serde_json::to_vec(jwks).map_err(|e| AuthError::Bundle(e.to_string()))?;
+            bundles.set_jwks(td, &bytes)?;
+        }
+        Ok(bundles)
+    }
+
+    /// The key `kid` of trust domain `td`.
+    pub fn get(&self, td: &str, kid: &str) -> Option<&JwtKey> {
+        self.map.get(td)?.get(kid)
+    }
+
+    /// True when `td` has a bundle (possibly empty).
+    pub fn has_trust_domain(&self, td: &str) -> bool {
+        self.map.contains_key(td)
+    }
+
+    /// Trust domains that have a bundle, sorted.
+    pub fn trust_domains(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+
+    /// True when no key is held at all.
+    pub fn is_empty(&self) -> bool {
+        self.map.values().all(BTreeMap::is_empty)
+    }
+
+    /// Adds every key of `other`.
+    pub fn merge(&mut self, other: &JwtBundles) {
+        for (td, keys) in &other.map {
+            let mine = self.map.entry(td.clone()).or_default();
+            for (kid, key) in keys {
+                mine.insert(kid.clone(), key.clone());
+            }
+        }
+    }
+
+    /// The JWKS document of `td`, as served by `FetchJWTBundles`.
+    pub fn jwks_json(&self, td: &str) -> Option<String> {
+        let keys = self.map.get(td)?;
+        let doc = json!({ "keys": keys.values().map(|k| k.jwk.clone()).collect::<Vec<_>>() });
+        Some(doc.to_string())
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn numeric_claim(claims: &Value, name: &str) -> Result<Option<u64>, JwtError> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            // NumericDate may be fractional; whole seconds are enough here.
+            let secs = v
+                .as_u64()
+                .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                .ok_or_else(|| JwtError::Malformed(format!("{name:?} is not a NumericDate")))?;
+            Ok(Some(secs))
+        }
+    }
+}
+
+/// Validates a JWT-SVID (JWS compact serialization) for `audience` at time `now`
+/// and returns its SPIFFE ID.
+///
+/// Checks, in order: structure and header (`alg` supported, `typ` absent or
+/// `JWT`/`JOSE`, `kid` present); `sub` is a SPIFFE ID; the bundle of `sub`'s trust
+/// domain holds `kid`; the signature; `exp` (required) and `nbf` (if present),
+/// each with [`JWT_LEEWAY`]; `aud` (string or array) contains `audience`.
+pub fn validate_jwt_svid(
+    token: &str,
+    audience: &str,
+    bundles: &JwtBundles,
+    now: SystemTime,
+) -> Result<SpiffeId, JwtError> {
+    let malformed = |s: String| JwtError::Malformed(s);
+    let mut parts = token.split('.');
+    let (Some(h64), Some(p64), Some(s64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed(
+            "not a JWS compact token (header.payload.signature)".into(),
+        ));
+    };
+    let header: Value = serde_json::from_slice(&unb64("header", h64).map_err(malformed)?)
+        .map_err(|e| malformed(format!("header is not JSON: {e}")))?;
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .ok_or_else(|| malformed("header has no \"alg\"".into()))?;
+    match alg {
+        "ES256" | "ES384" | "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => {}
+        other => return Err(JwtError::UnsupportedAlg(other.to_string())),
+    }
+    match header.get("typ") {
+        None => {}
+        Some(Value::String(t)) if t == "JWT" || t == "JOSE" => {}
+        Some(other) => return Err(malformed(format!("header \"typ\" is {other}"))),
+    }
+    let kid = header
+        .get("kid")
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| malformed("header has no \"kid\"".into()))?;
+
+    let claims: Value = serde_json::from_slice(&unb64("payload", p64).map_err(malformed)?)
+        .map_err(|e| malformed(format!("payload is not JSON: {e}")))?;
+    if !claims.is_object() {
+        return Err(malformed("payload is not a JSON object".into()));
+    }
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .ok_or_else(|| malformed("no \"sub\" claim".into()))?;
+    let id = SpiffeId::parse(sub).map_err(|e| JwtError::BadSubject {
+        sub: sub.to_string(),
+        reason: e.to_string(),
+    })?;
+    let td = id.trust_domain();
+    if !bundles.has_trust_domain(td) {
+        return Err(JwtError::UnknownTrustDomain { td: td.to_string() });
+    }
+    let key = bundles.get(td, kid).ok_or_else(|| JwtError::UnknownKey {
+        kid: kid.to_string(),
+    })?;
+    let sig = unb64("signature", s64).map_err(malformed)?;
+    let signed = &token[..h64.len() + 1 + p64.len()];
+    key.verify(alg, signed.as_bytes(), &sig)?;
+
+    // Claims are trustworthy from here on.
+    let now_s = unix_secs(now);
+    let leeway = JWT_LEEWAY.as_secs();
+    let exp = numeric_claim(&claims, "exp")?.ok_or_else(|| malformed("no \"exp\" claim".into()))?;
+    if now_s >= exp.saturating_add(leeway) {
+        return Err(JwtError::Expired { exp, now: now_s });
+    }
+    if let Some(nbf) = numeric_claim(&claims, "nbf")?
+        && nbf > now_s.saturating_add(leeway)
+    {
+        return Err(JwtError::NotYetValid { nbf, now: now_s });
+    }
+    let aud: Vec<String> = match claims.get("aud") {
+        Some(Value::String(a)) => vec![a.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| malformed("\"aud\" has a non-string member".into()))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(malformed("no \"aud\" claim".into())),
+    };
+    if !aud.iter().any(|a| a == audience) {
+        return Err(JwtError::WrongAudience {
+            expected: audience.to_string(),
+            got: aud,
+        });
+    }
+    Ok(id)
+}
+
+/// An ES256 JWT-SVID signing key for one trust domain (development and tests;
+/// in production SPIRE signs).
+///
+/// Its `kid` is the RFC 7638 JWK thumbprint of the public key.
+pub struct JwtSigner {
+    trust_domain: TrustDomain,
+    kid: String,
+    pkcs8: Vec<u8>,
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for JwtSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtSigner")
+            .field("trust_domain", &self.trust_domain)
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtSigner {
+    /// A fresh P-256 key for `trust_domain`.
+    pub fn generate(trust_domain: &str) -> Result<JwtSigner, AuthError> {
+        let rng = SystemRandom::new();
+        let doc =
+            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                .map_err(|_| AuthError::CertGen("JWT key generation failed".into()))?;
+        Self::from_pkcs8(trust_domain, doc.as_ref())
+    }
+
+    /// A signer from a PKCS#8 (DER) P-256 private key.
+    pub fn from_pkcs8(trust_domain: &str, pkcs8: &[u8]) -> Result<JwtSigner, AuthError> {
+        let trust_domain = TrustDomain::parse(trust_domain)?;
+        let rng = SystemRandom::new();
+        let key =
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
+                .map_err(|e| AuthError::CertGen(format!("unusable JWT signing key: {e}")))?;
+        let point = key.public_key().as_ref();
+        let (x, y) = point[1..].split_at(32);
+        // RFC 7638: members in lexicographic order, no whitespace.
+        let canonical = format!(
+            r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+            b64(x),
+            b64(y)
+        );
+        let kid = b64(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()).as_ref());
+        Ok(JwtSigner {
+            trust_domain,
+            kid,
+            pkcs8: pkcs8.to_vec(),
+            key,
+            rng,
+        })
+    }
+
+    /// Loads `dir/jwt.key`, or creates it (mode 0600) if absent; either way
+    /// (re)writes `dir/jwt_bundle.json` with the public JWKS so that other local
+    /// processes can validate the tokens.
+    pub fn load_or_init(dir: &Path, trust_domain: &str) -> Result<JwtSigner, AuthError> {
+        let key_path = dir.join(JWT_KEY_FILE);
+        let signer = if key_path.exists() {
+            let pem_bytes = files::read(&key_path, "JWT signing key (PEM)")?;
+            files::warn_if_key_exposed(&key_path);
+            let der = PrivateKeyDer::from_pem_slice(&pem_bytes).map_err(|e| AuthError::BadFile {
+                path: key_path.clone(),
+                reason: format!("no usable private key: {e}"),
+            })?;
+            Self::from_pkcs8(trust_domain, der.secret_der()).map_err(|e| AuthError::BadFile {
+                path: key_path.clone(),
+                reason: e.to_string(),
+            })?
+        } else {
+            std::fs::create_dir_all(dir).map_err(files::io_err(dir))?;
+            let signer = Self::generate(trust_domain)?;
+            files::write_new(
+                &key_path,
+                pem::encode("PRIVATE KEY", &signer.pkcs8).as_bytes(),
+                0o600,
+            )?;
+            signer
+        };
+        files::write_replace(
+            &dir.join(JWT_BUNDLE_FILE),
+            signer.jwks_json().as_bytes(),
+            0o644,
+        )?;
+        Ok(signer)
+    }
+
+    /// The trust domain whose JWT-SVIDs this key signs.
+    pub fn trust_domain(&self) -> &str {
+        self.trust_domain.as_str()
+    }
+
+    /// The key ID put in every token header and in the JWK.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public key as a JWK.
+    pub fn jwk(&self) -> Value {
+        let point = self.key.public_key().as_ref();
+        let (x, y) = point[1..].split_at(32);
+        json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "x": b64(x),
+            "y": b64(y),
+            "kid": self.kid,
+            "use": "jwt-svid",
+            "alg": "ES256",
+        })
+    }
+
+    /// `{"keys": [jwk]}`.
+    pub fn jwks_json(&self) -> String {
+        json!({ "keys": [self.jwk()] }).to_string()
+    }
+
+    /// JWT bundles holding this key for its trust domain.
+    pub fn bundles(&self) -> JwtBundles {
+        let mut b = JwtBundles::new();
+        // The JWK is built here, so it always parses.
+        if let Ok(key) = JwtKey::from_jwk(&self.jwk()) {
+            let _ = b.add_key(self.trust_domain(), key);
+        }
+        b
+    }
+
+    /// Signs a JWT-SVID for `sub` valid for `ttl` (`iat` now, `exp` now + ttl).
+    pub fn sign(
+        &self,
+        sub: &SpiffeId,
+        audience: &[&str],
+        ttl: Duration,
+    ) -> Result<String, AuthError> {
+        if !sub.is_member_of(self.trust_domain()) {
+            return Err(AuthError::TrustDomainMismatch {
+                id: sub.clone(),
+                ca_trust_domain: self.trust_domain().to_string(),
+            });
+        }
+        if audience.is_empty() {
+            return Err(AuthError::Bundle(
+                "a JWT-SVID needs at least one audience".into(),
+            ));
+        }
+        let now = unix_secs(SystemTime::now());
+        let aud: Value = match audience {
+            [one] => json!(one),
+            many => json!(many),
+        };
+        let claims = json!({
+            "sub": sub.as_str(),
+            "aud": aud,
+            "iat": now,
+            "exp": now + ttl.as_secs().max(1),
+        });
+        self.sign_claims(&claims)
+    }
+
+    /// Signs arbitrary claims as-is (tests: expired or odd tokens).
+    pub fn sign_claims(&self, claims: &Value) -> Result<String, AuthError> {
+        let header = json!({ "alg": "ES256", "kid": self.kid, "typ": "JWT" });
+        let signing_input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = self
+            .key
+            .sign(&self.rng, signing_input.as_bytes())
+            .map_err(|_| AuthError::CertGen("JWT signing failed".into()))?;
+        Ok(format!("{signing_input}.{}", b64(sig.as_ref())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kid_is_stable_for_a_key() {
+        let a = JwtSigner::generate("example.org").unwrap();
+        let b = JwtSigner::from_pkcs8("example.org", &a.pkcs8).unwrap();
+        assert_eq!(a.kid(), b.kid());
+        assert_ne!(a.kid(), JwtSigner::generate("example.org").unwrap().kid());
+    }
+
+    #[test]
+    fn jwks_round_trips() {
+        let s = JwtSigner::generate("example.org").unwrap();
+        let b = JwtBundles::from_jwks("example.org", s.jwks_json().as_bytes()).unwrap();
+        assert_eq!(b, s.bundles());
+        assert!(b.get("example.org", s.kid()).is_some());
+    }
+
+    #[test]
+    fn x509_keys_are_skipped() {
+        let doc = r#"{"keys":[{"use":"x509-svid","kty":"EC","crv":"P-256","x5c":["AA"]}]}"#;
+        let b = JwtBundles::from_jwks("example.org", doc.as_bytes()).unwrap();
+        assert!(b.is_empty());
+        assert!(b.has_trust_domain("example.org"));
+    }
+}

@@ -1,0 +1,219 @@
+//! Zero-copy views of the two per-message frames, for the hot paths: the
+//! node reads `Publish` bodies and the SDK reads `Deliver` bodies without
+//! allocating. Only the canonical encoding (what this crate's encoder writes)
+//! is parsed here; anything else falls back to the full serde decoder, so a
+//! view never accepts or rejects differently from [`crate::decode_body`].
+
+use crate::codec::decode_body;
+use crate::frame::{Frame, Mode};
+use crate::{Name, WireError};
+
+/// A `Publish` body borrowed from the receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishView<'a> {
+    /// A validated name string.
+    pub name: &'a str,
+    pub mode: Mode,
+    pub flags: u8,
+    pub msg_id: u64,
+    pub payload: &'a [u8],
+}
+
+/// A `Deliver` body borrowed from the receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliverView<'a> {
+    pub name: &'a str,
+    pub mode: Mode,
+    pub from: &'a str,
+    pub from_identity: Option<&'a str>,
+    pub msg_id: u64,
+    pub payload: &'a [u8],
+}
+
+fn mode(b: u8) -> Option<Mode> {
+    match b {
+        0 => Some(Mode::Anycast),
+        1 => Some(Mode::Multicast),
+        2 => Some(Mode::Unicast),
+        _ => None,
+    }
+}
+
+fn str_of<'a>(rd: &mut &'a [u8]) -> Option<&'a str> {
+    let (s, rest) = rmp::decode::read_str_from_slice(*rd).ok()?;
+    *rd = rest;
+    Some(s)
+}
+
+fn name_of<'a>(rd: &mut &'a [u8]) -> Option<&'a str> {
+    let s = str_of(rd)?;
+    Name::validate(s).ok()?;
+    Some(s)
+}
+
+fn int<T: rmp::decode::RmpRead>(rd: &mut T) -> Option<u64> {
+    rmp::decode::read_int::<u64, _>(rd).ok()
+}
+
+fn bin<'a>(rd: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = rmp::decode::read_bin_len(rd).ok()? as usize;
+    if rd.len() < len {
+        return None;
+    }
+    let (b, rest) = rd.split_at(len);
+    *rd = rest;
+    Some(b)
+}
+
+fn fast_publish(body: &[u8]) -> Option<PublishView<'_>> {
+    let mut rd = body;
+    if rmp::decode::read_array_len(&mut rd).ok()? != 5 {
+        return None;
+    }
+    let name = name_of(&mut rd)?;
+    let mode = mode(u8::try_from(int(&mut rd)?).ok()?)?;
+    let flags = u8::try_from(int(&mut rd)?).ok()?;
+    let msg_id = int(&mut rd)?;
+    let payload = bin(&mut rd)?;
+    rd.is_empty().then_some(PublishView {
+        name,
+        mode,
+        flags,
+        msg_id,
+        payload,
+    })
+}
+
+fn fast_deliver(body: &[u8]) -> Option<DeliverView<'_>> {
+    let mut rd = body;
+    if rmp::decode::read_array_len(&mut rd).ok()? != 6 {
+        return None;
+    }
+    let name = name_of(&mut rd)?;
+    let mode = mode(u8::try_from(int(&mut rd)?).ok()?)?;
+    let from = name_of(&mut rd)?;
+    let from_identity = if rd.first() == Some(&0xc0) {
+        rd = &rd[1..];
+        None
+    } else {
+        Some(str_of(&mut rd)?)
+    };
+    let msg_id = int(&mut rd)?;
+    let payload = bin(&mut rd)?;
+    rd.is_empty().then_some(DeliverView {
+        name,
+        mode,
+        from,
+        from_identity,
+        msg_id,
+        payload,
+    })
+}
+
+/// Parses a `Publish` body (the bytes after the kind byte). On anything but
+/// the canonical encoding it defers to the serde decoder for the verdict.
+pub fn publish_view(body: &[u8]) -> Result<Result<PublishView<'_>, Frame>, WireError> {
+    match fast_publish(body) {
+        Some(v) => Ok(Ok(v)),
+        None => slow(crate::FrameKind::Publish, body).map(Err),
+    }
+}
+
+/// Parses a `Deliver` body like [`publish_view`].
+pub fn deliver_view(body: &[u8]) -> Result<Result<DeliverView<'_>, Frame>, WireError> {
+    match fast_deliver(body) {
+        Some(v) => Ok(Ok(v)),
+        None => slow(crate::FrameKind::Deliver, body).map(Err),
+    }
+}
+
+fn slow(kind: crate::FrameKind, body: &[u8]) -> Result<Frame, WireError> {
+    let mut frame = Vec::with_capacity(body.len() + 1);
+    frame.push(kind as u8);
+    frame.extend_from_slice(body);
+    decode_body(&frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Deliver, Limits, Publish, codec};
+
+    #[test]
+    fn views_agree_with_the_serde_decoder() {
+        let p = Publish {
+            name: Name::parse("a/b/c").unwrap(),
+            mode: Mode::Anycast,
+            flags: 1,
+            msg_id: u64::MAX,
+            payload: vec![1, 2, 3],
+        };
+        let bytes = codec::encode_to_vec(&Frame::Publish(p.clone()), &Limits::default()).unwrap();
+        let v = publish_view(&bytes[5..]).unwrap().unwrap();
+        assert_eq!(
+            (v.name, v.mode, v.flags, v.msg_id, v.payload),
+            (p.name.as_str(), p.mode, p.flags, p.msg_id, &p.payload[..])
+        );
+        for ident in [None, Some("spiffe://x/y".to_string())] {
+            let d = Deliver {
+                name: Name::parse("a/b/c").unwrap(),
+                mode: Mode::Multicast,
+                from: Name::parse("a/b/d/1").unwrap(),
+                from_identity: ident.clone(),
+                msg_id: 7,
+                payload: vec![9; 300],
+            };
+            let bytes =
+                codec::encode_to_vec(&Frame::Deliver(d.clone()), &Limits::default()).unwrap();
+            let v = deliver_view(&bytes[5..]).unwrap().unwrap();
+            assert_eq!(v.from_identity, ident.as_deref());
+            assert_eq!(
+                (v.name, v.from, v.msg_id, v.payload),
+                ("a/b/c", "a/b/d/1", 7, &d.payload[..])
+            );
+        }
+    }
+
+    #[test]
+    fn non_canonical_input_gets_the_serde_verdict() {
+        // A bad name inside a canonical layout: the serde path reports it.
+        let mut body = vec![0x95, 0xa3];
+        body.extend_from_slice(b"a/b");
+        body.extend_from_slice(&[0, 0, 0, 0xc4, 0]);
+        assert!(matches!(
+            publish_view(&body),
+            Err(WireError::Malformed { .. })
+        ));
+        // Trailing bytes after a canonical body.
+        let p = Frame::Publish(Publish {
+            name: Name::parse("a/b/c").unwrap(),
+            mode: Mode::Anycast,
+            flags: 0,
+            msg_id: 1,
+            payload: vec![],
+        });
+        let mut bytes = codec::encode_to_vec(&p, &Limits::default()).unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            publish_view(&bytes[5..]),
+            Err(WireError::TrailingBytes { .. })
+        ));
+        // A map-encoded body is valid for serde: the view hands back the frame.
+        let mut map = vec![0x85];
+        for (k, v) in [
+            ("name", &b"\xa5a/b/c"[..]),
+            ("mode", &[1u8][..]),
+            ("flags", &[0u8][..]),
+            ("msg_id", &[5u8][..]),
+            ("payload", &[0xc4, 1, 42][..]),
+        ] {
+            map.push(0xa0 | k.len() as u8);
+            map.extend_from_slice(k.as_bytes());
+            map.extend_from_slice(v);
+        }
+        match publish_view(&map).unwrap() {
+            Err(Frame::Publish(p)) => assert_eq!(p.payload, vec![42]),
+            other => panic!("{other:?}"),
+        }
+    }
+}
