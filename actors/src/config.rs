@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use slim_auth::policy::Policy;
 use slim_wire::Limits;
 
 use crate::outbox::SlowConsumerPolicy;
@@ -41,6 +42,9 @@ pub struct NodeConfig {
     pub keep_alive: Duration,
     /// Upper bound on concurrent client connections.
     pub max_connections: usize,
+    /// Who may register, publish and subscribe to what. Replaceable at run
+    /// time with `NodeHandle::set_policy`.
+    pub policy: Policy,
 }
 
 impl Default for NodeConfig {
@@ -54,6 +58,7 @@ impl Default for NodeConfig {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
             max_connections: 100_000,
+            policy: Policy::allow_all(),
         }
     }
 }

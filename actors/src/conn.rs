@@ -18,6 +18,9 @@ use slim_wire::{
     Accept, ErrorCode, ErrorFrame, FLAG_NO_ROUTE_SILENT, Frame, FrameKind, Hello, Mode, Name,
     PROTOCOL_VERSION, Pong, PublishView, Reject, SubAck, SubError, WireError, codec,
 };
+use std::collections::HashMap;
+
+use slim_auth::policy::{Action, Denied, Grants};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -60,6 +63,7 @@ pub struct ConnShared {
     pub id: ConnId,
     pub name: Name,
     pub identity: Option<Arc<str>>,
+    pub spiffe_id: Option<slim_auth::SpiffeId>,
     pub outbox: Arc<Outbox>,
     pub conn: quinn::Connection,
     pub actor: std::sync::OnceLock<ActorRef<ConnMsg>>,
@@ -114,7 +118,23 @@ pub(crate) async fn accept(
         }
         Ok(Ok(c)) => c,
     };
-    let identity = peer_identity(&conn);
+    let spiffe_id = peer_spiffe_id(&conn);
+    let identity: Option<Arc<str>> = spiffe_id.as_ref().map(|i| Arc::from(i.as_str()));
+    // An identity the policy does not know is refused before any frame.
+    let (policy, _) = ctx.policy();
+    let grants = match policy.grants(spiffe_id.as_ref()) {
+        Ok(g) => g,
+        Err(denied) => {
+            m::handshake("unauthorized");
+            m::denied("connect");
+            info!(identity = identity.as_deref().unwrap_or("-"), reason = %denied, "connection refused by policy");
+            conn.close(
+                VarInt::from_u32(ErrorCode::UNAUTHORIZED.0 as u32),
+                denied.to_string().as_bytes(),
+            );
+            return Err(ConnError::Refused(denied.to_string()));
+        }
+    };
     let setup = async {
         let (send, mut recv) = conn
             .accept_bi()
@@ -152,7 +172,18 @@ pub(crate) async fn accept(
         }
         Ok(Ok(v)) => v,
     };
-    if let Err(reject) = check_hello(&hello) {
+    let checked = check_hello(&hello).and_then(|()| {
+        grants
+            .check(Action::Register, hello.name.as_str())
+            .map_err(|d| {
+                m::denied("register");
+                Reject {
+                    code: ErrorCode::UNAUTHORIZED,
+                    reason: d.to_string(),
+                }
+            })
+    });
+    if let Err(reject) = checked {
         m::handshake("rejected");
         info!(name = %hello.name, reason = %reject.reason, "hello rejected");
         let _ = send
@@ -176,6 +207,7 @@ pub(crate) async fn accept(
         id,
         name: hello.name.clone(),
         identity: identity.clone(),
+        spiffe_id: spiffe_id.clone(),
         outbox: Arc::clone(&outbox),
         conn: conn.clone(),
         actor: std::sync::OnceLock::new(),
@@ -253,14 +285,12 @@ fn check_hello(h: &Hello) -> Result<(), Reject> {
     Ok(())
 }
 
-fn peer_identity(conn: &quinn::Connection) -> Option<Arc<str>> {
+fn peer_spiffe_id(conn: &quinn::Connection) -> Option<slim_auth::SpiffeId> {
     let any = conn.peer_identity()?;
     let certs = any
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    slim_auth::peer_spiffe_id(&certs)
-        .ok()
-        .map(|id| Arc::from(id.as_str()))
+    slim_auth::peer_spiffe_id(&certs).ok()
 }
 
 pub struct ConnArgs {
@@ -460,7 +490,13 @@ struct Router<'a> {
     deliveries: u64,
     no_route: u64,
     slow: u64,
+    unauthorized: u64,
+    grants: Option<(u64, Arc<Grants>)>,
+    /// Publish decisions by name for the current grants; bounded.
+    publish_ok: HashMap<Box<str>, bool>,
 }
+
+const PUBLISH_CACHE_MAX: usize = 4096;
 
 impl<'a> Router<'a> {
     fn new(ctx: &'a NodeCtx, sh: &'a ConnShared) -> Self {
@@ -473,7 +509,47 @@ impl<'a> Router<'a> {
             deliveries: 0,
             no_route: 0,
             slow: 0,
+            unauthorized: 0,
+            grants: None,
+            publish_ok: HashMap::new(),
         }
+    }
+
+    /// This connection's grants under the current policy.
+    fn grants(&mut self) -> Arc<Grants> {
+        let generation = self.ctx.policy_gen();
+        if let Some((g, grants)) = &self.grants
+            && *g == generation
+        {
+            return Arc::clone(grants);
+        }
+        let (policy, generation) = self.ctx.policy();
+        let grants = Arc::new(
+            policy
+                .grants(self.sh.spiffe_id.as_ref())
+                .unwrap_or_else(|_| Grants::none(self.sh.identity.as_deref().unwrap_or("-"))),
+        );
+        self.publish_ok.clear();
+        self.grants = Some((generation, Arc::clone(&grants)));
+        grants
+    }
+
+    fn may_publish(&mut self, name: &str) -> Result<(), Denied> {
+        let grants = self.grants();
+        if grants.is_unrestricted() {
+            return Ok(());
+        }
+        if let Some(&ok) = self.publish_ok.get(name) {
+            if ok {
+                return Ok(());
+            }
+        }
+        let res = grants.check(Action::Publish, name);
+        if self.publish_ok.len() >= PUBLISH_CACHE_MAX {
+            self.publish_ok.clear();
+        }
+        self.publish_ok.insert(name.into(), res.is_ok());
+        res
     }
 
     /// Handles every whole frame at the front of `buf`.
@@ -515,6 +591,10 @@ impl<'a> Router<'a> {
         if self.slow > 0 {
             hm.slow_consumer.increment(std::mem::take(&mut self.slow));
         }
+        if self.unauthorized > 0 {
+            hm.unauthorized
+                .increment(std::mem::take(&mut self.unauthorized));
+        }
     }
 
     async fn control(&self, f: Frame) -> Result<(), ConnError> {
@@ -538,6 +618,16 @@ impl<'a> Router<'a> {
                 .await
             }
             Frame::Subscribe(s) => {
+                if let Err(d) = self.grants().check(Action::Subscribe, s.name.as_str()) {
+                    m::denied("subscribe");
+                    return self
+                        .control(Frame::SubError(SubError {
+                            id: s.id,
+                            code: ErrorCode::UNAUTHORIZED,
+                            reason: d.to_string(),
+                        }))
+                        .await;
+                }
                 let ok = ractor::call!(self.ctx.table(), |reply| TableMsg::Subscribe {
                     conn: self.sh.id,
                     outbox: Arc::clone(&self.sh.outbox),
@@ -606,6 +696,18 @@ impl<'a> Router<'a> {
                     msg_id: Some(p.msg_id),
                     name: Name::parse(p.name).ok(),
                     reason: "unicast needs a full name with an instance".into(),
+                }))
+                .await;
+        }
+        if let Err(d) = self.may_publish(p.name) {
+            self.unauthorized += 1;
+            m::denied("publish");
+            return self
+                .control(Frame::Error(ErrorFrame {
+                    code: ErrorCode::UNAUTHORIZED,
+                    msg_id: Some(p.msg_id),
+                    name: Name::parse(p.name).ok(),
+                    reason: d.to_string(),
                 }))
                 .await;
         }

@@ -19,6 +19,11 @@ pub const PROTOCOL_ERRORS_TOTAL: &str = "slim_protocol_errors_total";
 pub const SUBSCRIPTIONS: &str = "slim_subscriptions";
 pub const REGISTRY_NAMES: &str = "slim_registry_names";
 pub const ACTOR_RESTARTS_TOTAL: &str = "slim_actor_restarts_total";
+pub const AUTHZ_DENIED_TOTAL: &str = "slim_authz_denied_total";
+
+pub fn denied(action: &'static str) {
+    counter!(AUTHZ_DENIED_TOTAL, "action" => action).increment(1);
+}
 
 pub fn registry_gauges(reg: &Registry) {
     gauge!(SUBSCRIPTIONS).set(reg.subscription_count() as f64);

@@ -11,6 +11,7 @@ use metrics::{Counter, counter};
 use quinn::crypto::rustls::QuicServerConfig;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use slim_auth::Identity;
+use slim_auth::policy::Policy;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -43,6 +44,7 @@ pub(crate) struct HotMetrics {
     pub deliveries: Counter,
     pub no_route: Counter,
     pub slow_consumer: Counter,
+    pub unauthorized: Counter,
 }
 
 impl HotMetrics {
@@ -57,6 +59,7 @@ impl HotMetrics {
             deliveries: counter!(m::DELIVERIES_TOTAL),
             no_route: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "no_route"),
             slow_consumer: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "slow_consumer"),
+            unauthorized: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "unauthorized"),
         }
     }
 }
@@ -76,6 +79,9 @@ pub struct NodeCtx {
     shutdown: watch::Receiver<bool>,
     drain: RwLock<Duration>,
     slow_disconnects: AtomicU64,
+    policy: RwLock<Arc<Policy>>,
+    /// Bumped on every policy change so connections refresh their grants.
+    policy_gen: AtomicU64,
 }
 
 impl NodeCtx {
@@ -97,6 +103,15 @@ impl NodeCtx {
 
     pub(crate) fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    pub(crate) fn policy(&self) -> (Arc<Policy>, u64) {
+        let p = Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()));
+        (p, self.policy_gen.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn policy_gen(&self) -> u64 {
+        self.policy_gen.load(Ordering::Acquire)
     }
 
     pub(crate) fn drain_deadline(&self) -> Duration {
@@ -258,6 +273,8 @@ pub async fn start(cfg: NodeConfig, identity: &Identity) -> Result<NodeHandle, N
         shutdown,
         drain: RwLock::new(Duration::from_secs(5)),
         slow_disconnects: AtomicU64::new(0),
+        policy: RwLock::new(Arc::new(cfg.policy.clone())),
+        policy_gen: AtomicU64::new(0),
         tag: format!(
             "{}#{}",
             cfg.node_id,
@@ -272,6 +289,9 @@ pub async fn start(cfg: NodeConfig, identity: &Identity) -> Result<NodeHandle, N
     )
     .await
     .map_err(|e| NodeError::Spawn(e.to_string()))?;
+    if ctx.cfg.policy.is_allow_all() {
+        warn!(node = %ctx.cfg.node_id, "authorization policy: ALLOW ALL (development only; configure [authz] for production)");
+    }
     info!(node = %ctx.cfg.node_id, addr = %ctx.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "node listening");
     Ok(NodeHandle {
         ctx,
@@ -299,6 +319,17 @@ impl NodeHandle {
 
     pub fn connection_count(&self) -> usize {
         self.ctx.conns.len()
+    }
+
+    /// Replaces the authorization policy. Connections re-evaluate their
+    /// grants on their next action; established connections stay open.
+    pub fn set_policy(&self, policy: Policy) {
+        if policy.is_allow_all() {
+            warn!("authorization policy: ALLOW ALL (development only)");
+        }
+        *self.ctx.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        self.ctx.policy_gen.fetch_add(1, Ordering::AcqRel);
+        info!("authorization policy updated");
     }
 
     /// Connections closed by the disconnect slow-consumer policy.

@@ -201,7 +201,9 @@ impl JwtKey {
                 let x = unb64("x", field("x")?)?;
                 let y = unb64("y", field("y")?)?;
                 if x.len() != curve.coord_len() || y.len() != curve.coord_len() {
-                    return Err(format!("EC coordinates have the wrong length for {curve:?}"));
+                    return Err(format!(
+                        "EC coordinates have the wrong length for {curve:?}"
+                    ));
                 }
                 let mut point = Vec::with_capacity(1 + 2 * x.len());
                 point.push(4);
@@ -592,9 +594,8 @@ impl JwtSigner {
     /// A fresh P-256 key for `trust_domain`.
     pub fn generate(trust_domain: &str) -> Result<JwtSigner, AuthError> {
         let rng = SystemRandom::new();
-        let doc =
-            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .map_err(|_| AuthError::CertGen("JWT key generation failed".into()))?;
+        let doc = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| AuthError::CertGen("JWT key generation failed".into()))?;
         Self::from_pkcs8(trust_domain, doc.as_ref())
     }
 
@@ -631,10 +632,11 @@ impl JwtSigner {
         let signer = if key_path.exists() {
             let pem_bytes = files::read(&key_path, "JWT signing key (PEM)")?;
             files::warn_if_key_exposed(&key_path);
-            let der = PrivateKeyDer::from_pem_slice(&pem_bytes).map_err(|e| AuthError::BadFile {
-                path: key_path.clone(),
-                reason: format!("no usable private key: {e}"),
-            })?;
+            let der =
+                PrivateKeyDer::from_pem_slice(&pem_bytes).map_err(|e| AuthError::BadFile {
+                    path: key_path.clone(),
+                    reason: format!("no usable private key: {e}"),
+                })?;
             Self::from_pkcs8(trust_domain, der.secret_der()).map_err(|e| AuthError::BadFile {
                 path: key_path.clone(),
                 reason: e.to_string(),

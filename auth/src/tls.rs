@@ -6,6 +6,7 @@
 //! `TLS13_AES_128_GCM_SHA256`, which QUIC needs for its Initial packets.
 
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
@@ -14,8 +15,9 @@ use rustls::server::NoServerSessionStorage;
 use rustls::{ClientConfig, KeyLog, KeyLogFile, ServerConfig};
 
 use crate::identity::Identity;
+use crate::source::IdentitySource;
 use crate::verify::{ServerMatch, SpiffeClientVerifier, SpiffeServerVerifier, leaf_spiffe_id};
-use crate::{AuthError, SpiffeId, SvidError};
+use crate::{AuthError, SpiffeId, SvidError, x509};
 
 /// ALPN protocol identifier of the SLIM protocol, version 1.
 pub const ALPN_SLIM: &[u8] = b"slim/1";
@@ -56,10 +58,14 @@ pub fn server_config_with_verifier(
     alpn: &[&[u8]],
     verifier: Arc<SpiffeClientVerifier>,
 ) -> Result<ServerConfig, AuthError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
+    Ok(harden_server(config, alpn))
+}
+
+fn harden_server(mut config: ServerConfig, alpn: &[&[u8]]) -> ServerConfig {
     config.alpn_protocols = alpn_list(alpn);
     // Resumption skips client certificate verification, so a session ticket would
     // let a peer keep connecting after its short-lived SVID expired or its CA was
@@ -70,7 +76,7 @@ pub fn server_config_with_verifier(
     if let Some(keylog) = keylog_from_env() {
         config.key_log = keylog;
     }
-    Ok(config)
+    config
 }
 
 /// Client config presenting `identity`'s SVID and accepting servers per `server`.
@@ -92,11 +98,15 @@ pub fn client_config_with_verifier(
     alpn: &[&[u8]],
     verifier: Arc<SpiffeServerVerifier>,
 ) -> Result<ClientConfig, AuthError> {
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
+    Ok(harden_client(config, alpn))
+}
+
+fn harden_client(mut config: ClientConfig, alpn: &[&[u8]]) -> ClientConfig {
     config.alpn_protocols = alpn_list(alpn);
     // Same reason as on the server: a resumed session would not re-verify the server.
     config.resumption = Resumption::disabled();
@@ -104,7 +114,61 @@ pub fn client_config_with_verifier(
     if let Some(keylog) = keylog_from_env() {
         config.key_log = keylog;
     }
-    Ok(config)
+    config
+}
+
+/// Server config that follows `source`: each handshake presents the latest SVID
+/// and verifies clients against the latest bundles (any trust domain with a
+/// bundle). Established connections keep the material they were made with.
+pub fn server_config_from_source(
+    source: &IdentitySource,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, AuthError> {
+    let verifier = SpiffeClientVerifier::new(source.shared_bundles());
+    server_config_from_source_with_verifier(source, alpn, Arc::new(verifier))
+}
+
+/// [`server_config_from_source`] with a caller-built verifier (e.g. restricted
+/// to some trust domains). Build it over [`IdentitySource::shared_bundles`] so it
+/// follows bundle rotation.
+pub fn server_config_from_source_with_verifier(
+    source: &IdentitySource,
+    alpn: &[&[u8]],
+    verifier: Arc<SpiffeClientVerifier>,
+) -> Result<ServerConfig, AuthError> {
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(source.cert_resolver());
+    Ok(harden_server(config, alpn))
+}
+
+/// Client config that follows `source` (latest SVID presented, latest bundles
+/// used to verify the server) and accepts servers per `server`.
+pub fn client_config_from_source(
+    source: &IdentitySource,
+    alpn: &[&[u8]],
+    server: ServerMatch,
+) -> Result<ClientConfig, AuthError> {
+    let verifier = SpiffeServerVerifier::new(source.shared_bundles(), server);
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(source.cert_resolver());
+    Ok(harden_client(config, alpn))
+}
+
+/// The notAfter of the leaf of `chain` (e.g. `conn.peer_certificates()`), so a
+/// node can close a connection once the peer's SVID has expired (plus a grace of
+/// its choosing): rotation never touches established connections, so an
+/// unrotated peer would otherwise stay connected on an expired certificate.
+/// `None` if there is no parseable leaf.
+pub fn peer_not_after(chain: &[CertificateDer<'_>]) -> Option<SystemTime> {
+    let leaf = chain.first()?;
+    x509::parse(leaf)
+        .ok()
+        .map(|info| x509::unix_to_system(info.not_after))
 }
 
 /// The SPIFFE ID of the leaf of `chain` (e.g. `conn.peer_certificates()`).

@@ -309,6 +309,7 @@ pub async fn run(
     let drain_start = Instant::now();
     let mut last = sum(&ctl.delivered);
     let mut last_change = Instant::now();
+    let mut drain_cut = false;
     while last < expected {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let now = Instant::now();
@@ -320,6 +321,7 @@ pub async fn run(
             break;
         }
         if now - drain_start >= plan.drain_max {
+            drain_cut = true;
             break;
         }
     }
@@ -338,6 +340,13 @@ pub async fn run(
     }
     let mut counters = extra.map(|f| f()).unwrap_or_default();
     let mut notes = Vec::new();
+    if drain_cut {
+        notes.push(format!(
+            "drain stopped at --drain-max ({:?}) while deliveries were still arriving: \
+             'lost' includes messages still in flight",
+            plan.drain_max
+        ));
+    }
     if let Some(st) = server {
         match serverstats::read(st.kind, st.addr).await {
             Ok(after) => {

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use slim_actors::{NodeConfig, QueueConfig, SlowConsumerPolicy};
+use slim_auth::policy::Policy;
 use slim_wire::Limits;
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     #[serde(default)]
@@ -23,6 +24,24 @@ pub struct FileConfig {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub log: LogSection,
+    pub authz: AuthzSection,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthzMode {
+    /// Rules from `policy_file`; anything not granted is denied.
+    Policy,
+    /// Every authenticated identity may do everything. Development only.
+    AllowAll,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzSection {
+    pub mode: AuthzMode,
+    /// TOML file of `[[rule]]` tables; reloaded on change and on SIGHUP.
+    pub policy_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +197,7 @@ impl FileConfig {
         // config works from any working directory.
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
+            &mut cfg.authz.policy_file,
             &mut cfg.identity.dir,
             &mut cfg.identity.cert,
             &mut cfg.identity.key,
@@ -251,6 +271,19 @@ impl FileConfig {
                 ));
             }
         }
+        match (self.authz.mode, &self.authz.policy_file) {
+            (AuthzMode::Policy, None) => {
+                return Err(ConfigError::Invalid(
+                    "authz.mode = \"policy\" needs authz.policy_file".into(),
+                ));
+            }
+            (AuthzMode::AllowAll, Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "authz.policy_file is set but authz.mode is \"allow_all\"".into(),
+                ));
+            }
+            _ => {}
+        }
         if !self.metrics.listen.is_empty() {
             self.metrics
                 .listen
@@ -258,6 +291,26 @@ impl FileConfig {
                 .map_err(|e| ConfigError::Invalid(format!("metrics.listen: {e}")))?;
         }
         Ok(())
+    }
+
+    /// Loads the authorization policy this config names.
+    pub fn load_policy(&self) -> Result<Policy, ConfigError> {
+        match (&self.authz.mode, &self.authz.policy_file) {
+            (AuthzMode::AllowAll, _) => Ok(Policy::allow_all()),
+            (AuthzMode::Policy, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Policy::from_toml(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })
+            }
+            (AuthzMode::Policy, None) => Err(ConfigError::Invalid(
+                "authz.mode = \"policy\" needs authz.policy_file".into(),
+            )),
+        }
     }
 
     pub fn node_config(&self) -> NodeConfig {
@@ -282,6 +335,7 @@ impl FileConfig {
             idle_timeout: Duration::from_millis(self.node.idle_timeout_ms),
             keep_alive: Duration::from_millis(self.node.keep_alive_ms),
             max_connections: self.node.max_connections,
+            policy: Policy::allow_all(),
         }
     }
 }
@@ -296,12 +350,14 @@ mod tests {
         let cfg = FileConfig::load(&p).unwrap();
         cfg.validate().unwrap();
         assert_eq!(cfg.node.listen.port(), 4500);
+        let policy = cfg.load_policy().unwrap();
+        assert!(!policy.is_allow_all());
     }
 
     #[test]
     fn unknown_key_is_an_error() {
         let e = FileConfig::parse(
-            "[node]\nlisten_addr = \"x\"\n[identity]\ndir=\"d\"",
+            "[node]\nlisten_addr = \"x\"\n[identity]\ndir=\"d\"\n[authz]\nmode=\"allow_all\"",
             Path::new("x.toml"),
         )
         .unwrap_err();
@@ -310,8 +366,11 @@ mod tests {
 
     #[test]
     fn env_overrides() {
-        let mut cfg =
-            FileConfig::parse("[identity]\ndir = \"/id\"", Path::new("/etc/x.toml")).unwrap();
+        let mut cfg = FileConfig::parse(
+            "[identity]\ndir = \"/id\"\n[authz]\nmode = \"allow_all\"",
+            Path::new("/etc/x.toml"),
+        )
+        .unwrap();
         cfg.apply_env(|k| (k == "SLIM_LISTEN").then(|| "127.0.0.1:7000".into()))
             .unwrap();
         assert_eq!(cfg.node.listen.port(), 7000);
@@ -328,8 +387,29 @@ mod tests {
     }
 
     #[test]
+    fn authz_must_be_explicit() {
+        let e = FileConfig::parse("[identity]\ndir = \"/id\"", Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("authz"), "{e}");
+        let cfg = FileConfig::parse(
+            "[identity]\ndir = \"/id\"\n[authz]\nmode = \"policy\"",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("policy_file")
+        );
+    }
+
+    #[test]
     fn identity_must_be_complete() {
-        let cfg = FileConfig::parse("[identity]\ncert = \"a\"", Path::new("x.toml")).unwrap();
+        let cfg = FileConfig::parse(
+            "[identity]\ncert = \"a\"\n[authz]\nmode = \"allow_all\"",
+            Path::new("x.toml"),
+        )
+        .unwrap();
         assert!(cfg.validate().is_err());
     }
 }

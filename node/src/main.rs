@@ -71,7 +71,9 @@ async fn run(cfg: FileConfig) -> Result<()> {
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
     }
     let drain = Duration::from_millis(cfg.node.shutdown_drain_ms);
-    let node = slim_actors::start(cfg.node_config(), &identity).await?;
+    let mut node_cfg = cfg.node_config();
+    node_cfg.policy = cfg.load_policy()?;
+    let node = Arc::new(slim_actors::start(node_cfg, &identity).await?);
     ready.store(true, Ordering::Relaxed);
     println!(
         "slim-node {} listening on {}",
@@ -79,11 +81,57 @@ async fn run(cfg: FileConfig) -> Result<()> {
         node.local_addr()
     );
 
+    let reload = cfg
+        .authz
+        .policy_file
+        .clone()
+        .map(|path| tokio::spawn(reload_policy(Arc::downgrade(&node), cfg, path)));
     wait_for_signal().await;
+    if let Some(r) = reload {
+        r.abort();
+        let _ = r.await;
+    }
+    let node = Arc::into_inner(node).expect("no other owner of the node handle");
     ready.store(false, Ordering::Relaxed);
     info!("shutting down; draining queues for up to {drain:?}");
     node.shutdown(drain).await;
     Ok(())
+}
+
+/// Reloads the policy file when it changes or on SIGHUP. A file that fails to
+/// parse leaves the previous policy in force (and says so).
+async fn reload_policy(
+    node: std::sync::Weak<slim_actors::NodeHandle>,
+    cfg: FileConfig,
+    path: PathBuf,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler; policy reload only on file change");
+        return;
+    };
+    let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last = mtime(&path);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => info!("SIGHUP: reloading the authorization policy"),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                let now = mtime(&path);
+                if now == last {
+                    continue;
+                }
+                last = now;
+                info!(file = %path.display(), "policy file changed; reloading");
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        match cfg.load_policy() {
+            Ok(p) => node.set_policy(p),
+            Err(e) => {
+                tracing::error!(error = %e, "policy reload failed; keeping the previous policy")
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {
