@@ -491,6 +491,7 @@ struct Router<'a> {
     no_route: u64,
     slow: u64,
     unauthorized: u64,
+    publishes: u64,
     grants: Option<(u64, Arc<Grants>)>,
     /// Publish decisions by name for the current grants; bounded.
     publish_ok: HashMap<Box<str>, bool>,
@@ -510,6 +511,7 @@ impl<'a> Router<'a> {
             no_route: 0,
             slow: 0,
             unauthorized: 0,
+            publishes: 0,
             grants: None,
             publish_ok: HashMap::new(),
         }
@@ -539,10 +541,8 @@ impl<'a> Router<'a> {
         if grants.is_unrestricted() {
             return Ok(());
         }
-        if let Some(&ok) = self.publish_ok.get(name) {
-            if ok {
-                return Ok(());
-            }
+        if self.publish_ok.get(name) == Some(&true) {
+            return Ok(());
         }
         let res = grants.check(Action::Publish, name);
         if self.publish_ok.len() >= PUBLISH_CACHE_MAX {
@@ -686,6 +686,20 @@ impl<'a> Router<'a> {
     }
 
     async fn publish(&mut self, p: PublishView<'_>) -> Result<(), ConnError> {
+        self.publishes += 1;
+        if self.publishes.is_multiple_of(m::ROUTING_SAMPLE) {
+            let t0 = std::time::Instant::now();
+            let r = self.route(p).await;
+            self.ctx
+                .hot
+                .routing_seconds
+                .record(t0.elapsed().as_secs_f64());
+            return r;
+        }
+        self.route(p).await
+    }
+
+    async fn route(&mut self, p: PublishView<'_>) -> Result<(), ConnError> {
         let reg = &self.ctx.registry;
         if p.mode == Mode::Unicast
             && Name::validate(p.name).is_ok_and(|service_len| service_len == p.name.len())
@@ -812,6 +826,8 @@ async fn write_loop(
                 break;
             }
         }
+        let wait = sh.outbox.take_wait();
+        let frames = batch.len() as u64;
         let mut total = 0;
         for b in batch.drain(..) {
             total += b.len();
@@ -841,6 +857,10 @@ async fn write_loop(
         }
         sh.outbox.written(total);
         bytes_out.increment(total as u64);
+        ctx.hot.frames_out.increment(frames);
+        if let Some(w) = wait {
+            ctx.hot.enqueue_to_write_seconds.record(w.as_secs_f64());
+        }
     }
     if draining {
         let _ = send.finish();

@@ -19,6 +19,39 @@ pub const PROTOCOL_ERRORS_TOTAL: &str = "slim_protocol_errors_total";
 pub const SUBSCRIPTIONS: &str = "slim_subscriptions";
 pub const REGISTRY_NAMES: &str = "slim_registry_names";
 pub const ACTOR_RESTARTS_TOTAL: &str = "slim_actor_restarts_total";
+pub const FRAMES_OUT_TOTAL: &str = "slim_frames_out_total";
+pub const QUEUE_BYTES: &str = "slim_queue_bytes";
+pub const QUEUE_BYTES_MAX: &str = "slim_queue_bytes_max";
+/// Sampled (1 in [`ROUTING_SAMPLE`] publishes): complete publish frame in
+/// hand → deliver queued on every chosen outbox.
+pub const ROUTING_SECONDS: &str = "slim_routing_seconds";
+/// Per writer batch: how long its oldest frame waited in the outbox before
+/// being handed to QUIC.
+pub const ENQUEUE_TO_WRITE_SECONDS: &str = "slim_enqueue_to_write_seconds";
+pub const ROUTING_SAMPLE: u64 = 64;
+/// Explicit buckets for every `_seconds` histogram: 1 µs … 2.5 s.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.000_5,
+    0.001,
+    0.002_5,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+];
 pub const AUTHZ_DENIED_TOTAL: &str = "slim_authz_denied_total";
 
 pub fn denied(action: &'static str) {

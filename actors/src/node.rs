@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use metrics::{Counter, counter};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use quinn::crypto::rustls::QuicServerConfig;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use slim_auth::Identity;
@@ -45,6 +45,9 @@ pub(crate) struct HotMetrics {
     pub no_route: Counter,
     pub slow_consumer: Counter,
     pub unauthorized: Counter,
+    pub routing_seconds: Histogram,
+    pub enqueue_to_write_seconds: Histogram,
+    pub frames_out: Counter,
 }
 
 impl HotMetrics {
@@ -60,6 +63,9 @@ impl HotMetrics {
             no_route: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "no_route"),
             slow_consumer: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "slow_consumer"),
             unauthorized: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "unauthorized"),
+            routing_seconds: histogram!(m::ROUTING_SECONDS),
+            enqueue_to_write_seconds: histogram!(m::ENQUEUE_TO_WRITE_SECONDS),
+            frames_out: counter!(m::FRAMES_OUT_TOTAL, "kind" => "client"),
         }
     }
 }
@@ -216,6 +222,27 @@ async fn spawn_table(ctx: &Arc<NodeCtx>, sup: &ActorRef<SupMsg>) -> Result<(), A
     Ok(())
 }
 
+/// Gauges that are cheaper to sample than to maintain per message.
+async fn sample_gauges(ctx: Arc<NodeCtx>) {
+    let mut shutdown = ctx.shutdown_rx();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let (mut total, mut max) = (0usize, 0usize);
+        for c in ctx.conns.iter() {
+            let q = c.outbox.queued_bytes();
+            total += q;
+            max = max.max(q);
+        }
+        gauge!(m::QUEUE_BYTES).set(total as f64);
+        gauge!(m::QUEUE_BYTES_MAX).set(max as f64);
+        m::registry_gauges(&ctx.registry);
+    }
+}
+
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
 /// A running node.
@@ -292,6 +319,7 @@ pub async fn start(cfg: NodeConfig, identity: &Identity) -> Result<NodeHandle, N
     if ctx.cfg.policy.is_allow_all() {
         warn!(node = %ctx.cfg.node_id, "authorization policy: ALLOW ALL (development only; configure [authz] for production)");
     }
+    tokio::spawn(sample_gauges(Arc::clone(&ctx)));
     info!(node = %ctx.cfg.node_id, addr = %ctx.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "node listening");
     Ok(NodeHandle {
         ctx,

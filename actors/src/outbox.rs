@@ -43,6 +43,21 @@ pub struct Outbox {
     dropped: AtomicU64,
     closed: AtomicBool,
     full_since: Mutex<Option<Instant>>,
+    /// When the oldest frame not yet taken by the writer was queued
+    /// (nanoseconds since [`epoch`], 0 = none): one clock read per batch, not
+    /// per message, feeds the enqueue-to-write histogram.
+    oldest: AtomicU64,
+}
+
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// The process-wide reference instant for queue timestamps.
+pub fn epoch() -> Instant {
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    (epoch().elapsed().as_nanos() as u64).max(1)
 }
 
 impl std::fmt::Debug for Outbox {
@@ -71,6 +86,7 @@ impl Outbox {
                 dropped: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 full_since: Mutex::new(None),
+                oldest: AtomicU64::new(0),
             },
             rx,
         )
@@ -91,6 +107,14 @@ impl Outbox {
         }
         match self.tx.try_send(frame) {
             Ok(()) => {
+                if self.oldest.load(Ordering::Relaxed) == 0 {
+                    let _ = self.oldest.compare_exchange(
+                        0,
+                        now_ns(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
                 if self.policy != SlowConsumerPolicy::DropNewest {
                     self.clear_full();
                 }
@@ -152,6 +176,13 @@ impl Outbox {
     /// Called by the writer after it has handed `n` bytes to the transport.
     pub fn written(&self, n: usize) {
         self.queued_bytes.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// How long the oldest frame the writer is about to write has waited;
+    /// resets the mark so the next push starts a new measurement.
+    pub fn take_wait(&self) -> Option<Duration> {
+        let t = self.oldest.swap(0, Ordering::Relaxed);
+        (t != 0).then(|| Duration::from_nanos(now_ns().saturating_sub(t)))
     }
 
     pub fn queued_bytes(&self) -> usize {

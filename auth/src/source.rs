@@ -542,7 +542,7 @@ async fn start_spire(
             AuthError::NoAgent {
                 endpoint: endpoint.clone(),
                 cause: match dial {
-                    Some(d) => format!("{d} (still failing after {initial_timeout:?})"),
+                    Some(d) => format!("{d}; gave up after {initial_timeout:?}"),
                     None => what,
                 },
             }

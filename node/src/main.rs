@@ -1,9 +1,6 @@
 //! `slim-node`: one SLIM router node.
 #![forbid(unsafe_code)]
 
-mod config;
-mod http;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use config::{FileConfig, LogFormat};
-use metrics_exporter_prometheus::PrometheusBuilder;
 use slim_auth::Identity;
+use slim_node::config::{FileConfig, LogFormat};
+use slim_node::http;
 use tracing::info;
 
 /// A SLIM node: routes messages between agents over QUIC with SPIFFE mTLS.
@@ -62,9 +59,7 @@ async fn run(cfg: FileConfig) -> Result<()> {
 
     let ready = Arc::new(AtomicBool::new(false));
     if !cfg.metrics.listen.is_empty() {
-        let prom = PrometheusBuilder::new()
-            .install_recorder()
-            .context("cannot install the metrics recorder")?;
+        let prom = slim_node::install_metrics().context("cannot install the metrics recorder")?;
         let addr = cfg.metrics.listen.parse().expect("validated");
         http::serve(addr, prom, Arc::clone(&ready))
             .await
