@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slim-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-./scripts/install-deps.sh
+./scripts/install-deps.sh prometheus
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
