@@ -45,6 +45,55 @@ pub struct NodeConfig {
     /// Who may register, publish and subscribe to what. Replaceable at run
     /// time with `NodeHandle::set_policy`.
     pub policy: Policy,
+    /// In-band authentication for clients without a certificate. When any is
+    /// set, client certificates become optional at the TLS layer (a presented
+    /// one is still fully verified).
+    pub token_auth: TokenAuth,
+    /// A connection is closed this long after its peer's certificate expired.
+    /// Rotation never touches established connections, so this is what ends
+    /// a connection whose peer stopped rotating. Default: at expiry.
+    pub peer_expiry_grace: Duration,
+}
+
+/// Where JWT-SVID validation keys come from.
+#[derive(Clone)]
+pub enum JwtKeys {
+    /// A fixed JWKS (e.g. from a file).
+    Static(slim_auth::JwtBundles),
+    /// The node's Workload API source (refreshed in the background).
+    Source(slim_auth::IdentitySource),
+}
+
+#[derive(Clone)]
+pub struct JwtAuth {
+    /// The audience a client's JWT-SVID must carry (typically the node's SPIFFE ID).
+    pub audience: String,
+    pub keys: JwtKeys,
+}
+
+#[derive(Clone, Default)]
+pub struct TokenAuth {
+    pub jwt: Option<JwtAuth>,
+    /// INSECURE, development only: a shared secret instead of a workload identity.
+    pub shared_secret: Option<String>,
+}
+
+impl TokenAuth {
+    pub fn enabled(&self) -> bool {
+        self.jwt.is_some() || self.shared_secret.is_some()
+    }
+}
+
+impl std::fmt::Debug for TokenAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAuth")
+            .field("jwt", &self.jwt.as_ref().map(|j| &j.audience))
+            .field(
+                "shared_secret",
+                &self.shared_secret.as_ref().map(|_| "<set>"),
+            )
+            .finish()
+    }
 }
 
 impl Default for NodeConfig {
@@ -59,6 +108,8 @@ impl Default for NodeConfig {
             keep_alive: Duration::from_secs(10),
             max_connections: 100_000,
             policy: Policy::allow_all(),
+            token_auth: TokenAuth::default(),
+            peer_expiry_grace: Duration::ZERO,
         }
     }
 }

@@ -118,22 +118,28 @@ pub(crate) async fn accept(
         }
         Ok(Ok(c)) => c,
     };
-    let spiffe_id = peer_spiffe_id(&conn);
-    let identity: Option<Arc<str>> = spiffe_id.as_ref().map(|i| Arc::from(i.as_str()));
-    // An identity the policy does not know is refused before any frame.
+    let certs = peer_certs(&conn);
+    let cert_id = certs
+        .as_deref()
+        .and_then(|c| slim_auth::peer_spiffe_id(c).ok());
+    let expires_at = certs.as_deref().and_then(slim_auth::peer_not_after);
+    // A certificate identity the policy does not know is refused before any frame.
     let (policy, _) = ctx.policy();
-    let grants = match policy.grants(spiffe_id.as_ref()) {
-        Ok(g) => g,
-        Err(denied) => {
-            m::handshake("unauthorized");
-            m::denied("connect");
-            info!(identity = identity.as_deref().unwrap_or("-"), reason = %denied, "connection refused by policy");
-            conn.close(
-                VarInt::from_u32(ErrorCode::UNAUTHORIZED.0 as u32),
-                denied.to_string().as_bytes(),
-            );
-            return Err(ConnError::Refused(denied.to_string()));
-        }
+    let cert_grants = match &cert_id {
+        None => None,
+        Some(id) => match policy.grants(Some(id)) {
+            Ok(g) => Some(g),
+            Err(denied) => {
+                m::handshake("unauthorized");
+                m::denied("connect");
+                info!(identity = %id, reason = %denied, "connection refused by policy");
+                conn.close(
+                    VarInt::from_u32(ErrorCode::UNAUTHORIZED.0 as u32),
+                    denied.to_string().as_bytes(),
+                );
+                return Err(ConnError::Refused(denied.to_string()));
+            }
+        },
     };
     let setup = async {
         let (send, mut recv) = conn
@@ -172,9 +178,29 @@ pub(crate) async fn accept(
         }
         Ok(Ok(v)) => v,
     };
-    let checked = check_hello(&hello).and_then(|()| {
+    let authenticated = check_hello(&hello).and_then(|()| match (&cert_id, cert_grants) {
+        (Some(id), Some(g)) => match hello.token {
+            Some(_) => Err(Reject {
+                code: ErrorCode::PROTOCOL,
+                reason: "authenticate with a client certificate or a token, not both".into(),
+            }),
+            None => Ok((id.clone(), g)),
+        },
+        _ => {
+            let id = authenticate_token(&ctx, hello.token.as_deref())?;
+            policy.grants(Some(&id)).map(|g| (id, g)).map_err(|d| {
+                m::denied("connect");
+                Reject {
+                    code: ErrorCode::UNAUTHORIZED,
+                    reason: d.to_string(),
+                }
+            })
+        }
+    });
+    let checked = authenticated.and_then(|(id, grants)| {
         grants
             .check(Action::Register, hello.name.as_str())
+            .map(|()| id)
             .map_err(|d| {
                 m::denied("register");
                 Reject {
@@ -183,21 +209,25 @@ pub(crate) async fn accept(
                 }
             })
     });
-    if let Err(reject) = checked {
-        m::handshake("rejected");
-        info!(name = %hello.name, reason = %reject.reason, "hello rejected");
-        let _ = send
-            .write_all(&encode(&Frame::Reject(reject.clone()), &ctx))
-            .await;
-        let _ = send.finish();
-        // Give the reject a moment to reach the client before the close.
-        let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-        conn.close(
-            VarInt::from_u32(reject.code.0 as u32),
-            reject.reason.as_bytes(),
-        );
-        return Err(ConnError::Refused(reject.reason));
-    }
+    let spiffe_id = match checked {
+        Ok(id) => Some(id),
+        Err(reject) => {
+            m::handshake("rejected");
+            info!(name = %hello.name, reason = %reject.reason, "hello rejected");
+            let _ = send
+                .write_all(&encode(&Frame::Reject(reject.clone()), &ctx))
+                .await;
+            let _ = send.finish();
+            // Give the reject a moment to reach the client before the close.
+            let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+            conn.close(
+                VarInt::from_u32(reject.code.0 as u32),
+                reject.reason.as_bytes(),
+            );
+            return Err(ConnError::Refused(reject.reason));
+        }
+    };
+    let identity: Option<Arc<str>> = spiffe_id.as_ref().map(|i| Arc::from(i.as_str()));
 
     let id = ctx.next_conn_id();
     let q = &ctx.cfg.queue;
@@ -241,6 +271,7 @@ pub(crate) async fn accept(
     info!(conn = id, name = %hello.name, identity = identity.as_deref().unwrap_or("-"), remote = %conn.remote_address(), "client connected");
 
     let args = ConnArgs {
+        expires_at: expires_at.map(|t| t + ctx.cfg.peer_expiry_grace),
         ctx: Arc::clone(&ctx),
         shared: Arc::clone(&shared),
         send,
@@ -275,25 +306,83 @@ fn check_hello(h: &Hello) -> Result<(), Reject> {
             reason: "a client registers its full name, org/namespace/service/instance".into(),
         });
     }
-    if h.token.is_some() {
-        return Err(Reject {
-            code: ErrorCode::UNAUTHORIZED,
-            reason: "token authentication (JWT-SVID) is not implemented by this node; use mTLS"
-                .into(),
-        });
-    }
     Ok(())
 }
 
-fn peer_spiffe_id(conn: &quinn::Connection) -> Option<slim_auth::SpiffeId> {
-    let any = conn.peer_identity()?;
-    let certs = any
+/// The identity of the development shared-secret mode. Its trust domain says
+/// what it is wherever it shows up (policies, deliveries, logs).
+pub const SHARED_SECRET_ID: &str = "spiffe://insecure-shared-secret/client";
+
+/// In-band authentication for a client that presented no certificate:
+/// `jwt:<JWT-SVID>` or, in development, `secret:<shared secret>`.
+fn authenticate_token(ctx: &NodeCtx, token: Option<&str>) -> Result<slim_auth::SpiffeId, Reject> {
+    let unauthorized = |reason: String| Reject {
+        code: ErrorCode::UNAUTHORIZED,
+        reason,
+    };
+    let auth = &ctx.cfg.token_auth;
+    let Some(token) = token else {
+        m::denied("connect");
+        return Err(unauthorized(
+            "no client certificate and no token: present an X.509-SVID or a JWT-SVID".into(),
+        ));
+    };
+    if let Some(jwt) = token.strip_prefix("jwt:") {
+        let Some(cfg) = &auth.jwt else {
+            return Err(unauthorized(
+                "JWT-SVID authentication is not enabled on this node".into(),
+            ));
+        };
+        let keys = ctx
+            .jwt_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        return slim_auth::validate_jwt_svid(
+            jwt,
+            &cfg.audience,
+            &keys,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| {
+            counter!(m::HANDSHAKE_REFUSALS_TOTAL, "reason" => e.reason_code()).increment(1);
+            unauthorized(format!("JWT-SVID refused ({}): {e}", e.reason_code()))
+        });
+    }
+    if let Some(secret) = token.strip_prefix("secret:") {
+        let Some(expected) = &auth.shared_secret else {
+            return Err(unauthorized(
+                "shared-secret authentication is not enabled on this node".into(),
+            ));
+        };
+        // HMAC under a throwaway key turns the comparison into ring's
+        // constant-time tag verification.
+        let key =
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+                .map_err(|_| unauthorized("cannot check the shared secret".into()))?;
+        let tag = ring::hmac::sign(&key, expected.as_bytes());
+        if ring::hmac::verify(&key, secret.as_bytes(), tag.as_ref()).is_err() {
+            counter!(m::HANDSHAKE_REFUSALS_TOTAL, "reason" => "bad_shared_secret").increment(1);
+            return Err(unauthorized("wrong shared secret".into()));
+        }
+        warn!("client authenticated with the INSECURE development shared secret");
+        return Ok(slim_auth::SpiffeId::parse(SHARED_SECRET_ID).expect("static SPIFFE ID"));
+    }
+    Err(unauthorized(
+        "unknown token kind (expected jwt:… or secret:…)".into(),
+    ))
+}
+
+fn peer_certs(conn: &quinn::Connection) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    conn.peer_identity()?
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
-        .ok()?;
-    slim_auth::peer_spiffe_id(&certs).ok()
+        .ok()
+        .map(|b| *b)
 }
 
 pub struct ConnArgs {
+    /// When the peer's certificate (plus grace) runs out.
+    expires_at: Option<std::time::SystemTime>,
     ctx: Arc<NodeCtx>,
     shared: Arc<ConnShared>,
     send: SendStream,
@@ -323,6 +412,7 @@ pub struct ConnState {
     shared: Arc<ConnShared>,
     reader: Option<AbortOnDrop>,
     writer: Option<AbortOnDrop>,
+    _expiry: Option<AbortOnDrop>,
     reader_done: bool,
 }
 
@@ -368,11 +458,27 @@ impl Actor for ConnectionActor {
             };
             let _ = me.send_message(ConnMsg::WriterEnded(r));
         });
+        let expiry = a.expires_at.map(|at| {
+            let sh = Arc::clone(&a.shared);
+            AbortOnDrop(tokio::spawn(async move {
+                let left = at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                tokio::time::sleep(left).await;
+                counter!(m::PEER_CERT_EXPIRED_TOTAL).increment(1);
+                info!(conn = sh.id, name = %sh.name, "closing: the peer certificate expired");
+                sh.conn.close(
+                    VarInt::from_u32(ErrorCode::UNAUTHORIZED.0 as u32),
+                    b"peer certificate expired",
+                );
+            }))
+        });
         Ok(ConnState {
             ctx: a.ctx,
             shared: a.shared,
             reader: Some(AbortOnDrop(reader)),
             writer: Some(AbortOnDrop(writer)),
+            _expiry: expiry,
             reader_done: false,
         })
     }

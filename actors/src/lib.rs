@@ -14,7 +14,7 @@ pub mod outbox;
 pub mod registry;
 pub mod table;
 
-pub use config::{NodeConfig, QueueConfig};
-pub use node::{ConnStats, NodeError, NodeHandle, start};
+pub use config::{JwtAuth, JwtKeys, NodeConfig, QueueConfig, TokenAuth};
+pub use node::{ConnStats, NodeError, NodeHandle, TlsIdentity, start};
 pub use outbox::{Outbox, Push, SlowConsumerPolicy};
 pub use registry::{ConnId, Registry};

@@ -8,6 +8,10 @@ use crate::registry::Registry;
 pub const CONNECTIONS: &str = "slim_connections";
 pub const CONNECTIONS_TOTAL: &str = "slim_connections_total";
 pub const HANDSHAKES_TOTAL: &str = "slim_handshakes_total";
+/// Client certificates refused at the TLS handshake, by SVID check (`reason`).
+pub const HANDSHAKE_REFUSALS_TOTAL: &str = "slim_handshake_refusals_total";
+/// Connections closed because the peer's certificate expired.
+pub const PEER_CERT_EXPIRED_TOTAL: &str = "slim_peer_cert_expired_total";
 pub const FRAMES_IN_TOTAL: &str = "slim_frames_in_total";
 pub const BYTES_IN_TOTAL: &str = "slim_bytes_in_total";
 pub const BYTES_OUT_TOTAL: &str = "slim_bytes_out_total";

@@ -10,12 +10,12 @@ use dashmap::DashMap;
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 use quinn::crypto::rustls::QuicServerConfig;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use slim_auth::Identity;
 use slim_auth::policy::Policy;
+use slim_auth::{Identity, IdentitySource, JwtBundles, SpiffeClientVerifier};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::NodeConfig;
+use crate::config::{JwtKeys, NodeConfig};
 use crate::conn::ConnShared;
 use crate::listener::ListenerActor;
 use crate::metrics as m;
@@ -85,6 +85,12 @@ pub struct NodeCtx {
     shutdown: watch::Receiver<bool>,
     drain: RwLock<Duration>,
     slow_disconnects: AtomicU64,
+    /// Client SVIDs refused at the handshake, by reason.
+    refusals: Arc<DashMap<&'static str, u64>>,
+    pub(crate) jwt_keys: RwLock<JwtBundles>,
+    /// Kept so the node's identity source lives as long as the node.
+    #[allow(dead_code)]
+    node_identity: TlsIdentity,
     policy: RwLock<Arc<Policy>>,
     /// Bumped on every policy change so connections refresh their grants.
     policy_gen: AtomicU64,
@@ -276,10 +282,81 @@ pub fn transport_config(cfg: &NodeConfig) -> quinn::TransportConfig {
     t
 }
 
+/// The node's own credentials: a fixed SVID, or a source that rotates.
+#[derive(Clone)]
+pub enum TlsIdentity {
+    Static(Identity),
+    Source(IdentitySource),
+}
+
+impl From<&Identity> for TlsIdentity {
+    fn from(i: &Identity) -> Self {
+        TlsIdentity::Static(i.clone())
+    }
+}
+
+impl From<&IdentitySource> for TlsIdentity {
+    fn from(s: &IdentitySource) -> Self {
+        TlsIdentity::Source(s.clone())
+    }
+}
+
+fn tls_config(
+    cfg: &NodeConfig,
+    identity: &TlsIdentity,
+    refusals: Arc<DashMap<&'static str, u64>>,
+) -> Result<rustls::ServerConfig, NodeError> {
+    let bundles = match identity {
+        TlsIdentity::Static(i) => Arc::new(RwLock::new(i.bundles.clone())),
+        TlsIdentity::Source(s) => s.shared_bundles(),
+    };
+    let hook: slim_auth::verify::RejectHook = Arc::new(move |e: &slim_auth::SvidError| {
+        let reason = e.reason_code();
+        *refusals.entry(reason).or_insert(0) += 1;
+        counter!(m::HANDSHAKE_REFUSALS_TOTAL, "reason" => reason).increment(1);
+    });
+    let mut verifier = SpiffeClientVerifier::new(bundles).with_reject_hook(hook);
+    if cfg.token_auth.enabled() {
+        verifier = verifier.with_optional_client_auth();
+    }
+    let alpn: &[&[u8]] = &[slim_auth::ALPN_SLIM];
+    match identity {
+        TlsIdentity::Static(i) => {
+            slim_auth::tls::server_config_with_verifier(i, alpn, Arc::new(verifier))
+        }
+        TlsIdentity::Source(s) => {
+            slim_auth::tls::server_config_from_source_with_verifier(s, alpn, Arc::new(verifier))
+        }
+    }
+    .map_err(|e| NodeError::Tls(e.to_string()))
+}
+
+/// Keeps the JWT-SVID validation keys fresh when they come from the Workload API.
+async fn refresh_jwt_keys(ctx: Arc<NodeCtx>, source: IdentitySource) {
+    let mut shutdown = ctx.shutdown_rx();
+    loop {
+        match source.jwt_bundles().await {
+            Ok(b) => *ctx.jwt_keys.write().unwrap_or_else(|e| e.into_inner()) = b,
+            Err(e) => warn!(error = %e, "cannot fetch JWT bundles; keeping the previous ones"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 /// Starts a node: binds its QUIC endpoint and its actor tree.
-pub async fn start(cfg: NodeConfig, identity: &Identity) -> Result<NodeHandle, NodeError> {
-    let tls = slim_auth::server_config(identity, &[slim_auth::ALPN_SLIM])
-        .map_err(|e| NodeError::Tls(e.to_string()))?;
+pub async fn start(
+    cfg: NodeConfig,
+    identity: impl Into<TlsIdentity>,
+) -> Result<NodeHandle, NodeError> {
+    let identity = identity.into();
+    let refusals = Arc::new(DashMap::new());
+    let tls = tls_config(&cfg, &identity, Arc::clone(&refusals))?;
+    if cfg.token_auth.shared_secret.is_some() {
+        warn!("INSECURE: shared-secret client authentication is enabled (development only)");
+    }
     let quic =
         QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| NodeError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -300,6 +377,12 @@ pub async fn start(cfg: NodeConfig, identity: &Identity) -> Result<NodeHandle, N
         shutdown,
         drain: RwLock::new(Duration::from_secs(5)),
         slow_disconnects: AtomicU64::new(0),
+        refusals,
+        jwt_keys: RwLock::new(match cfg.token_auth.jwt.as_ref().map(|j| &j.keys) {
+            Some(JwtKeys::Static(b)) => b.clone(),
+            _ => JwtBundles::new(),
+        }),
+        node_identity: identity.clone(),
         policy: RwLock::new(Arc::new(cfg.policy.clone())),
         policy_gen: AtomicU64::new(0),
         tag: format!(
@@ -320,6 +403,9 @@ pub async fn start(cfg: NodeConfig, identity: &Identity) -> Result<NodeHandle, N
         warn!(node = %ctx.cfg.node_id, "authorization policy: ALLOW ALL (development only; configure [authz] for production)");
     }
     tokio::spawn(sample_gauges(Arc::clone(&ctx)));
+    if let Some(JwtKeys::Source(src)) = ctx.cfg.token_auth.jwt.as_ref().map(|j| &j.keys) {
+        tokio::spawn(refresh_jwt_keys(Arc::clone(&ctx), src.clone()));
+    }
     info!(node = %ctx.cfg.node_id, addr = %ctx.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "node listening");
     Ok(NodeHandle {
         ctx,
@@ -358,6 +444,16 @@ impl NodeHandle {
         *self.ctx.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
         self.ctx.policy_gen.fetch_add(1, Ordering::AcqRel);
         info!("authorization policy updated");
+    }
+
+    /// Client certificates refused at the handshake, by reason code
+    /// (`expired`, `untrusted_issuer`, `ca_as_leaf`, …).
+    pub fn handshake_refusals(&self) -> std::collections::BTreeMap<String, u64> {
+        self.ctx
+            .refusals
+            .iter()
+            .map(|e| (e.key().to_string(), *e.value()))
+            .collect()
     }
 
     /// Connections closed by the disconnect slow-consumer policy.

@@ -145,6 +145,22 @@ pub fn server_config_from_source_with_verifier(
 
 /// Client config that follows `source` (latest SVID presented, latest bundles
 /// used to verify the server) and accepts servers per `server`.
+/// Server-authenticated TLS only (no client certificate), for clients that
+/// authenticate in-band with a JWT-SVID or the development shared secret.
+pub fn client_config_server_auth_only(
+    bundles: crate::SharedBundles,
+    alpn: &[&[u8]],
+    server: ServerMatch,
+) -> Result<ClientConfig, AuthError> {
+    let verifier = SpiffeServerVerifier::new(bundles, server);
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(harden_client(config, alpn))
+}
+
 pub fn client_config_from_source(
     source: &IdentitySource,
     alpn: &[&[u8]],

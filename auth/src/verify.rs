@@ -315,12 +315,27 @@ fn ring_algs() -> WebPkiSupportedAlgorithms {
     rustls::crypto::ring::default_provider().signature_verification_algorithms
 }
 
-/// Server-side verifier of client X.509-SVIDs (client auth is mandatory).
-#[derive(Debug, Clone)]
+/// Called with every refused client SVID (for metrics and diagnostics).
+pub type RejectHook = Arc<dyn Fn(&SvidError) + Send + Sync>;
+
+/// Server-side verifier of client X.509-SVIDs (client auth is mandatory
+/// unless [`SpiffeClientVerifier::with_optional_client_auth`]).
+#[derive(Clone)]
 pub struct SpiffeClientVerifier {
     bundles: SharedBundles,
     allowed_trust_domains: Vec<String>,
     algs: WebPkiSupportedAlgorithms,
+    mandatory: bool,
+    on_reject: Option<RejectHook>,
+}
+
+impl std::fmt::Debug for SpiffeClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpiffeClientVerifier")
+            .field("allowed_trust_domains", &self.allowed_trust_domains)
+            .field("mandatory", &self.mandatory)
+            .finish()
+    }
 }
 
 impl SpiffeClientVerifier {
@@ -330,7 +345,23 @@ impl SpiffeClientVerifier {
             bundles,
             allowed_trust_domains: Vec::new(),
             algs: ring_algs(),
+            mandatory: true,
+            on_reject: None,
         }
+    }
+
+    /// Lets clients connect without a certificate; they must then
+    /// authenticate in-band (JWT-SVID or the development shared secret). A
+    /// certificate that is presented is still fully verified.
+    pub fn with_optional_client_auth(mut self) -> Self {
+        self.mandatory = false;
+        self
+    }
+
+    /// Calls `hook` with the reason of every refused client SVID.
+    pub fn with_reject_hook(mut self, hook: RejectHook) -> Self {
+        self.on_reject = Some(hook);
+        self
     }
 
     /// A verifier over a private copy of `bundles`.
@@ -394,7 +425,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -415,7 +446,10 @@ impl ClientCertVerifier for SpiffeClientVerifier {
                 Ok(ClientCertVerified::assertion())
             }
             Err(e) => {
-                tracing::debug!(reason = e.reason_code(), error = %e, "client SVID rejected");
+                tracing::info!(reason = e.reason_code(), error = %e, "client SVID rejected");
+                if let Some(hook) = &self.on_reject {
+                    hook(&e);
+                }
                 Err(to_rustls(e))
             }
         }

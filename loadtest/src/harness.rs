@@ -31,6 +31,9 @@ pub struct Plan {
     pub pubs: usize,
     pub pub_tasks: usize,
     pub subs: usize,
+    /// The first `stalled` subscribers never read (slow-consumer scenario);
+    /// they are left out of the expected deliveries and the rates.
+    pub stalled: usize,
     pub size: usize,
     pub mode: Mode,
     pub warmup: Duration,
@@ -47,7 +50,7 @@ impl Plan {
     }
 
     pub fn scenario(&self) -> String {
-        format!(
+        let mut s = format!(
             "{}->{} {}B {}",
             self.pubs,
             self.subs,
@@ -56,13 +59,22 @@ impl Plan {
                 Mode::Multicast => "multicast",
                 Mode::Anycast => "anycast",
             }
-        )
+        );
+        if self.stalled > 0 {
+            s.push_str(&format!(", {} stalled", self.stalled));
+        }
+        s
     }
 
-    /// Deliveries owed for `sent` messages.
+    /// Subscribers that read.
+    pub fn readers(&self) -> usize {
+        self.subs - self.stalled
+    }
+
+    /// Deliveries owed to the subscribers that read, for `sent` messages.
     pub fn expected(&self, sent: u64) -> u64 {
         match self.mode {
-            Mode::Multicast => sent * self.subs as u64,
+            Mode::Multicast => sent * self.readers() as u64,
             Mode::Anycast => sent,
         }
     }
@@ -184,11 +196,12 @@ pub struct CpuSetup {
     pub node_threads: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Snap {
     at: Instant,
     sent: u64,
     delivered: u64,
+    per_sub: Vec<u64>,
     cpu: Option<f64>,
     node_threads_cpu: Option<f64>,
 }
@@ -198,6 +211,11 @@ fn snap(ctl: &Ctl, cpu: &CpuSetup) -> Snap {
         at: Instant::now(),
         sent: sum(&ctl.sent),
         delivered: sum(&ctl.delivered),
+        per_sub: ctl
+            .delivered
+            .iter()
+            .map(|p| p.0.load(Ordering::Relaxed))
+            .collect(),
         cpu: cpu.probe.as_ref().and_then(|p| p.cpu_seconds().ok()),
         node_threads_cpu: cpu
             .node_threads
@@ -218,6 +236,8 @@ pub struct CpuReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// Report type, for `summarize` and `plot`: always "throughput".
+    pub kind: &'static str,
     pub system: String,
     pub target: String,
     pub scenario: String,
@@ -225,6 +245,8 @@ pub struct Report {
     pub pubs: usize,
     pub pub_tasks: usize,
     pub subs: usize,
+    /// Subscribers that never read (not counted in deliveries or loss).
+    pub stalled_subs: usize,
     pub size_bytes: usize,
     pub warmup_s: f64,
     /// Length of the measured window (measured, not requested).
@@ -232,7 +254,11 @@ pub struct Report {
     pub window_sent: u64,
     pub window_deliveries: u64,
     pub sent_per_s: f64,
+    /// Deliveries per second to the subscribers that read, summed.
     pub deliveries_per_s: f64,
+    /// Slowest and fastest reading subscriber, deliveries per second.
+    pub sub_rate_min: f64,
+    pub sub_rate_max: f64,
     /// Payload bytes delivered per second, in 10^6 bytes.
     pub payload_mb_per_s: f64,
     /// Whole run, warm-up and drain included.
@@ -255,8 +281,14 @@ pub struct Report {
     /// VmHWM of the measured process, KiB (its lifetime peak, not this run's).
     pub peak_rss_kib: Option<u64>,
     pub counters: BTreeMap<String, u64>,
+    /// Deliveries per second over the window in 100 ms steps: [seconds
+    /// since the window started, rate].
+    pub timeline: Vec<[f64; 2]>,
     pub notes: Vec<String>,
 }
+
+/// Sampling step of [`Report::timeline`].
+const TIMELINE_STEP: Duration = Duration::from_millis(100);
 
 fn per_million(cpu: f64, deliveries: u64) -> Option<f64> {
     (deliveries > 0).then(|| cpu / (deliveries as f64 / 1e6))
@@ -287,7 +319,23 @@ pub async fn run(
     let _ = start.send(true);
     tokio::time::sleep(plan.warmup).await;
     let a = snap(&ctl, cpu);
-    tokio::time::sleep(plan.duration).await;
+    let end = a.at + plan.duration;
+    let mut timeline = Vec::new();
+    let (mut t_prev, mut d_prev) = (a.at, a.delivered);
+    loop {
+        let next = (t_prev + TIMELINE_STEP).min(end);
+        tokio::time::sleep_until(next.into()).await;
+        let now = Instant::now();
+        let d = sum(&ctl.delivered);
+        let dt = (now - t_prev).as_secs_f64();
+        if dt > 0.0 {
+            timeline.push([(now - a.at).as_secs_f64(), (d - d_prev) as f64 / dt]);
+        }
+        (t_prev, d_prev) = (now, d);
+        if now >= end {
+            break;
+        }
+    }
     let b = snap(&ctl, cpu);
     stop_pubs.store(true, Ordering::Relaxed);
 
@@ -376,6 +424,11 @@ pub async fn run(
     let window_deliveries = b.delivered - a.delivered;
     let window_sent = b.sent - a.sent;
     let deliveries_per_s = window_deliveries as f64 / window_s;
+    let sub_rates: Vec<f64> = (plan.stalled..plan.subs)
+        .map(|i| (b.per_sub[i] - a.per_sub[i]) as f64 / window_s)
+        .collect();
+    let sub_rate_min = sub_rates.iter().copied().fold(f64::INFINITY, f64::min);
+    let sub_rate_max = sub_rates.iter().copied().fold(0.0, f64::max);
     let cpu_report = match (&cpu.probe, a.cpu, b.cpu) {
         (Some(p), Some(x), Some(y)) => Some(CpuReport {
             scope: p.scope(),
@@ -410,6 +463,7 @@ pub async fn run(
     let total_delivered = seq.received;
     let lost = expected.saturating_sub(total_delivered);
     Ok(Report {
+        kind: "throughput",
         system: system.into(),
         target: target.into(),
         scenario: plan.scenario(),
@@ -417,6 +471,7 @@ pub async fn run(
         pubs: plan.pubs,
         pub_tasks: plan.pub_tasks,
         subs: plan.subs,
+        stalled_subs: plan.stalled,
         size_bytes: plan.size,
         warmup_s: plan.warmup.as_secs_f64(),
         window_s,
@@ -424,6 +479,12 @@ pub async fn run(
         window_deliveries,
         sent_per_s: window_sent as f64 / window_s,
         deliveries_per_s,
+        sub_rate_min: if sub_rate_min.is_finite() {
+            sub_rate_min
+        } else {
+            0.0
+        },
+        sub_rate_max,
         payload_mb_per_s: deliveries_per_s * plan.size as f64 / 1e6,
         total_sent,
         total_delivered,
@@ -448,11 +509,12 @@ pub async fn run(
         node_threads_cpu,
         peak_rss_kib,
         counters,
+        timeline,
         notes,
     })
 }
 
-fn fmt_num(x: f64) -> String {
+pub fn fmt_num(x: f64) -> String {
     if x >= 1e6 {
         format!("{:.3} M", x / 1e6)
     } else if x >= 1e3 {
@@ -507,6 +569,14 @@ impl Report {
             ("sent/s".into(), fmt_num(self.sent_per_s)),
             ("deliveries/s".into(), fmt_num(self.deliveries_per_s)),
             (
+                "per subscriber /s".into(),
+                format!(
+                    "min {}, max {}",
+                    fmt_num(self.sub_rate_min),
+                    fmt_num(self.sub_rate_max)
+                ),
+            ),
+            (
                 "payload MB/s".into(),
                 format!("{:.2}", self.payload_mb_per_s),
             ),
@@ -525,6 +595,15 @@ impl Report {
         ];
         if let Some(g) = self.seq_gaps {
             rows.push(("seq gaps".into(), g.to_string()));
+        }
+        if self.stalled_subs > 0 {
+            rows.push((
+                "stalled subscribers".into(),
+                format!(
+                    "{} (never read; excluded from deliveries and loss)",
+                    self.stalled_subs
+                ),
+            ));
         }
         rows.push((
             "out-of-order/dup".into(),

@@ -8,7 +8,6 @@
 //! nats-server's `verify: true`: from `--nats-cert`/`--nats-key`, or an
 //! X.509-SVID issued by the dev CA in `--ca-dir`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,13 +95,33 @@ pub fn tls_config(files: &TlsFiles) -> Result<rustls::ClientConfig> {
 /// Connection-level events worth reporting (client-side slow-consumer drops
 /// in particular: async-nats drops messages when a subscriber's channel is full).
 #[derive(Default)]
-struct Events {
+pub struct Events {
     slow_consumer: AtomicU64,
     disconnected: AtomicU64,
     server_errors: AtomicU64,
 }
 
-async fn connect(
+impl Events {
+    /// The counters, by report name.
+    pub fn snapshot(&self) -> Vec<(String, u64)> {
+        vec![
+            (
+                "nats_client_slow_consumer_events".to_owned(),
+                self.slow_consumer.load(Ordering::Relaxed),
+            ),
+            (
+                "nats_disconnects".to_owned(),
+                self.disconnected.load(Ordering::Relaxed),
+            ),
+            (
+                "nats_errors".to_owned(),
+                self.server_errors.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+}
+
+pub async fn connect(
     url: &str,
     tls: Option<&rustls::ClientConfig>,
     events: &Arc<Events>,
@@ -174,12 +193,21 @@ pub async fn setup(
     .await?;
 
     let streams = plan.streams();
+    let plan_stalled = plan.stalled;
     let mut subscribers = Vec::with_capacity(subs.len());
     for (i, (client, sub)) in subs.into_iter().enumerate() {
         let ctl = ctl.clone();
         subscribers.push(tokio::spawn(async move {
             let mut stop = ctl.stop_subs.clone();
             let mut tr = SeqTracker::new(streams);
+            if i < plan_stalled {
+                // A stalled subscriber: subscribed, connection open, never
+                // reads (async-nats keeps reading the socket and drops
+                // what overflows the subscription's channel, client-side).
+                let _ = stop.wait_for(|v| *v).await;
+                drop(sub);
+                return Ok((tr, close(client)));
+            }
             let mut batches = sub.ready_chunks(RECV_BATCH);
             loop {
                 let batch = tokio::select! {
@@ -240,22 +268,7 @@ pub async fn setup(
     }
 
     let ev = Arc::clone(&events);
-    let extra: ExtraCounters = Box::new(move || {
-        BTreeMap::from([
-            (
-                "nats_client_slow_consumer_events".to_owned(),
-                ev.slow_consumer.load(Ordering::Relaxed),
-            ),
-            (
-                "nats_disconnects".to_owned(),
-                ev.disconnected.load(Ordering::Relaxed),
-            ),
-            (
-                "nats_errors".to_owned(),
-                ev.server_errors.load(Ordering::Relaxed),
-            ),
-        ])
-    });
+    let extra: ExtraCounters = Box::new(move || ev.snapshot().into_iter().collect());
     Ok(Running {
         publishers,
         subscribers,

@@ -57,6 +57,15 @@ impl CpuProbe {
         Ok(ticks as f64 / CLK_TCK)
     }
 
+    /// Current resident set size (VmRSS) in KiB.
+    pub fn rss_kib(&self) -> Result<u64> {
+        let path = self.dir().join("status");
+        let status = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        parse_status_kib(&status, "VmRSS:")
+            .with_context(|| format!("no VmRSS in {}", path.display()))
+    }
+
     /// Peak resident set size (VmHWM) in KiB.
     pub fn peak_rss_kib(&self) -> Result<u64> {
         let path = self.dir().join("status");
@@ -109,9 +118,13 @@ fn parse_stat(stat: &str) -> Result<(&str, u64)> {
 }
 
 fn parse_vm_hwm(status: &str) -> Option<u64> {
+    parse_status_kib(status, "VmHWM:")
+}
+
+fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
@@ -133,6 +146,7 @@ mod tests {
     fn parses_vm_hwm() {
         let s = "Name:\tx\nVmPeak:\t  100 kB\nVmHWM:\t    4242 kB\nVmRSS:\t 10 kB\n";
         assert_eq!(parse_vm_hwm(s), Some(4242));
+        assert_eq!(parse_status_kib(s, "VmRSS:"), Some(10));
     }
 
     #[test]
@@ -140,5 +154,6 @@ mod tests {
         let p = CpuProbe::SelfProcess;
         assert!(p.cpu_seconds().unwrap() >= 0.0);
         assert!(p.peak_rss_kib().unwrap() > 0);
+        assert!(p.rss_kib().unwrap() > 0);
     }
 }

@@ -72,6 +72,10 @@ pub async fn read(kind: Kind, addr: SocketAddr) -> Result<BTreeMap<&'static str,
                 "dropped_no_route",
                 g("slim_messages_dropped_total{reason=\"no_route\"}"),
             );
+            out.insert(
+                "slow_consumer_disconnects",
+                g("slim_slow_consumer_events_total{action=\"disconnect\"}"),
+            );
             out.insert("client_connections", g("slim_connections{kind=\"client\"}"));
         }
         Kind::Nats => {

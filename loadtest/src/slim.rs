@@ -77,12 +77,20 @@ pub async fn setup(
     .await?;
 
     let streams = plan.streams();
+    let stalled = plan.stalled;
     let mut subscribers = Vec::with_capacity(subs.len());
     for (i, client) in subs.into_iter().enumerate() {
         let ctl = ctl.clone();
         subscribers.push(tokio::spawn(async move {
             let mut stop = ctl.stop_subs.clone();
             let mut tr = SeqTracker::new(streams);
+            if i < stalled {
+                // A stalled subscriber: subscribed, connection open, never
+                // reads. Its SDK buffers up to `inbound_capacity` deliveries,
+                // then stops reading QUIC, and the node's outbox for it fills.
+                let _ = stop.wait_for(|v| *v).await;
+                return Ok((tr, Box::pin(client.close()) as Closer));
+            }
             let mut buf = Vec::with_capacity(RECV_BATCH);
             loop {
                 buf.clear();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use slim_actors::{NodeConfig, QueueConfig, SlowConsumerPolicy};
+use slim_actors::{NodeConfig, QueueConfig, SlowConsumerPolicy, TokenAuth};
 use slim_auth::policy::Policy;
 use slim_wire::Limits;
 
@@ -25,6 +25,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub log: LogSection,
     pub authz: AuthzSection,
+    #[serde(default)]
+    pub authn: AuthnSection,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -74,12 +76,53 @@ impl Default for NodeSection {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct IdentitySection {
-    /// Directory in the spiffe-helper layout (tls.crt, tls.key, svid_bundle.pem).
+    /// Where the node's SVID comes from: files (default), spire, dev.
+    #[serde(default)]
+    pub source: IdentitySourceKind,
+    /// spire: Workload API socket (default: $SPIFFE_ENDPOINT_SOCKET).
+    pub socket: Option<String>,
+    /// spire: how long to wait for the first SVID.
+    pub initial_timeout_ms: Option<u64>,
+    /// dev: the development CA directory (created if missing) …
+    pub ca_dir: Option<PathBuf>,
+    /// … and the SPIFFE ID to issue from it.
+    pub id: Option<String>,
+    pub ttl_secs: Option<u64>,
+    /// files: directory in the spiffe-helper layout (tls.crt, tls.key,
+    /// svid_bundle.pem), watched and reloaded on change.
     pub dir: Option<PathBuf>,
     /// Or the three files individually.
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySourceKind {
+    #[default]
+    Files,
+    Spire,
+    Dev,
+}
+
+/// In-band client authentication (for clients without certificates) and
+/// certificate lifetime handling.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthnSection {
+    /// Close a connection this long after its peer's certificate expired.
+    pub peer_expiry_grace_ms: u64,
+    /// Accept JWT-SVIDs with this audience in the hello (over
+    /// server-authenticated TLS). Usually the node's SPIFFE ID.
+    pub jwt_audience: Option<String>,
+    /// JWKS file with the JWT bundle; without it, the Workload API's JWT
+    /// bundles are used (identity.source = "spire" only).
+    pub jwt_bundle_file: Option<PathBuf>,
+    /// INSECURE, development only: accept this shared secret instead of a
+    /// workload identity. Clients so authenticated are
+    /// spiffe://insecure-shared-secret/client.
+    pub shared_secret: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +241,8 @@ impl FileConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut cfg.authz.policy_file,
+            &mut cfg.authn.jwt_bundle_file,
+            &mut cfg.identity.ca_dir,
             &mut cfg.identity.dir,
             &mut cfg.identity.cert,
             &mut cfg.identity.key,
@@ -251,25 +296,48 @@ impl FileConfig {
                 "queue.max_bytes must be at least limits.max_frame_bytes".into(),
             ));
         }
-        let files = [
-            &self.identity.cert,
-            &self.identity.key,
-            &self.identity.bundle,
-        ];
+        let id = &self.identity;
+        let files = [&id.cert, &id.key, &id.bundle];
         let some = files.iter().filter(|f| f.is_some()).count();
-        match (&self.identity.dir, some) {
-            (Some(_), 0) | (None, 3) => {}
-            (Some(_), _) => {
-                return Err(ConfigError::Invalid(
-                    "identity: give either dir or cert/key/bundle, not both".into(),
-                ));
+        match id.source {
+            IdentitySourceKind::Files => match (&id.dir, some) {
+                (Some(_), 0) | (None, 3) => {}
+                (Some(_), _) => {
+                    return Err(ConfigError::Invalid(
+                        "identity: give either dir or cert/key/bundle, not both".into(),
+                    ));
+                }
+                (None, _) => {
+                    return Err(ConfigError::Invalid(
+                        "identity: give dir (spiffe-helper layout) or all of cert, key and bundle"
+                            .into(),
+                    ));
+                }
+            },
+            IdentitySourceKind::Spire => {
+                if id.dir.is_some() || some > 0 || id.ca_dir.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "identity.source = \"spire\" takes only socket and initial_timeout_ms"
+                            .into(),
+                    ));
+                }
             }
-            (None, _) => {
-                return Err(ConfigError::Invalid(
-                    "identity: give dir (spiffe-helper layout) or all of cert, key and bundle"
-                        .into(),
-                ));
+            IdentitySourceKind::Dev => {
+                if id.ca_dir.is_none() || id.id.is_none() {
+                    return Err(ConfigError::Invalid(
+                        "identity.source = \"dev\" needs ca_dir and id".into(),
+                    ));
+                }
             }
+        }
+        if self.authn.jwt_audience.is_some()
+            && self.authn.jwt_bundle_file.is_none()
+            && id.source != IdentitySourceKind::Spire
+        {
+            return Err(ConfigError::Invalid(
+                "authn.jwt_audience needs authn.jwt_bundle_file unless identity.source = \"spire\""
+                    .into(),
+            ));
         }
         match (self.authz.mode, &self.authz.policy_file) {
             (AuthzMode::Policy, None) => {
@@ -291,6 +359,26 @@ impl FileConfig {
                 .map_err(|e| ConfigError::Invalid(format!("metrics.listen: {e}")))?;
         }
         Ok(())
+    }
+
+    /// The identity source this config describes; `None` for the static
+    /// cert/key/bundle triple.
+    pub fn identity_source(&self) -> Result<Option<slim_auth::IdentitySourceConfig>, ConfigError> {
+        use slim_auth::IdentitySourceConfig as S;
+        let id = &self.identity;
+        Ok(match id.source {
+            IdentitySourceKind::Files => id.dir.clone().map(|dir| S::Files { dir }),
+            IdentitySourceKind::Spire => Some(S::Spire {
+                socket: id.socket.clone(),
+                initial_timeout: Duration::from_millis(id.initial_timeout_ms.unwrap_or(10_000)),
+            }),
+            IdentitySourceKind::Dev => Some(S::Dev {
+                ca_dir: id.ca_dir.clone().expect("validated"),
+                id: slim_auth::SpiffeId::parse(id.id.as_deref().expect("validated"))
+                    .map_err(|e| ConfigError::Invalid(format!("identity.id: {e}")))?,
+                ttl: Duration::from_secs(id.ttl_secs.unwrap_or(3600)),
+            }),
+        })
     }
 
     /// Loads the authorization policy this config names.
@@ -336,6 +424,8 @@ impl FileConfig {
             keep_alive: Duration::from_millis(self.node.keep_alive_ms),
             max_connections: self.node.max_connections,
             policy: Policy::allow_all(),
+            token_auth: TokenAuth::default(),
+            peer_expiry_grace: Duration::from_millis(self.authn.peer_expiry_grace_ms),
         }
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use slim_auth::Identity;
+use slim_actors::{JwtAuth, JwtKeys, TlsIdentity, TokenAuth};
+use slim_auth::{Identity, IdentitySource, JwtBundles};
 use slim_node::config::{FileConfig, LogFormat};
 use slim_node::http;
 use tracing::info;
@@ -46,16 +47,27 @@ fn main() -> Result<()> {
 }
 
 async fn run(cfg: FileConfig) -> Result<()> {
-    let identity = match &cfg.identity.dir {
-        Some(dir) => Identity::from_files(dir),
-        None => Identity::from_paths(
-            cfg.identity.cert.as_deref().expect("validated"),
-            cfg.identity.key.as_deref().expect("validated"),
-            cfg.identity.bundle.as_deref().expect("validated"),
+    let identity: TlsIdentity = match cfg.identity_source()? {
+        Some(src_cfg) => {
+            let src = IdentitySource::start(src_cfg)
+                .await
+                .context("cannot get the node identity")?;
+            TlsIdentity::Source(src)
+        }
+        None => TlsIdentity::Static(
+            Identity::from_paths(
+                cfg.identity.cert.as_deref().expect("validated"),
+                cfg.identity.key.as_deref().expect("validated"),
+                cfg.identity.bundle.as_deref().expect("validated"),
+            )
+            .context("cannot load the node identity")?,
         ),
-    }
-    .context("cannot load the node identity")?;
-    info!(spiffe_id = %identity.spiffe_id, "identity loaded");
+    };
+    let (own_id, not_after) = match &identity {
+        TlsIdentity::Static(i) => (i.spiffe_id.clone(), i.not_after),
+        TlsIdentity::Source(s) => (s.spiffe_id(), s.current().not_after),
+    };
+    info!(spiffe_id = %own_id, expires = ?not_after, "identity loaded");
 
     let ready = Arc::new(AtomicBool::new(false));
     if !cfg.metrics.listen.is_empty() {
@@ -68,7 +80,8 @@ async fn run(cfg: FileConfig) -> Result<()> {
     let drain = Duration::from_millis(cfg.node.shutdown_drain_ms);
     let mut node_cfg = cfg.node_config();
     node_cfg.policy = cfg.load_policy()?;
-    let node = Arc::new(slim_actors::start(node_cfg, &identity).await?);
+    node_cfg.token_auth = token_auth(&cfg, &identity)?;
+    let node = Arc::new(slim_actors::start(node_cfg, identity).await?);
     ready.store(true, Ordering::Relaxed);
     println!(
         "slim-node {} listening on {}",
@@ -91,6 +104,41 @@ async fn run(cfg: FileConfig) -> Result<()> {
     info!("shutting down; draining queues for up to {drain:?}");
     node.shutdown(drain).await;
     Ok(())
+}
+
+fn token_auth(cfg: &FileConfig, identity: &TlsIdentity) -> Result<TokenAuth> {
+    let mut t = TokenAuth {
+        jwt: None,
+        shared_secret: cfg.authn.shared_secret.clone(),
+    };
+    if t.shared_secret.is_some() {
+        tracing::warn!(
+            "authn.shared_secret is set: INSECURE shared-secret authentication is enabled; never use it outside development"
+        );
+    }
+    if let Some(audience) = &cfg.authn.jwt_audience {
+        let own_td = match identity {
+            TlsIdentity::Static(i) => i.spiffe_id.trust_domain().to_owned(),
+            TlsIdentity::Source(s) => s.spiffe_id().trust_domain().to_owned(),
+        };
+        let keys = match (&cfg.authn.jwt_bundle_file, identity) {
+            (Some(path), _) => JwtKeys::Static(
+                JwtBundles::from_json_file(path, &own_td)
+                    .with_context(|| format!("cannot read the JWT bundle {}", path.display()))?,
+            ),
+            (None, TlsIdentity::Source(src)) => JwtKeys::Source(src.clone()),
+            (None, TlsIdentity::Static(_)) => {
+                anyhow::bail!(
+                    "authn.jwt_audience needs authn.jwt_bundle_file with a static identity"
+                )
+            }
+        };
+        t.jwt = Some(JwtAuth {
+            audience: audience.clone(),
+            keys,
+        });
+    }
+    Ok(t)
 }
 
 /// Reloads the policy file when it changes or on SIGHUP. A file that fails to
