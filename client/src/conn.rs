@@ -16,7 +16,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::{ClientConfig, ClientError, ConnState, Delivery, Event, Shared, encode_frame};
+use crate::{
+    ClientConfig, ClientError, ConnState, Credentials, Delivery, Event, Shared, encode_frame,
+};
 
 pub(crate) struct Live {
     conn: quinn::Connection,
@@ -37,8 +39,23 @@ pub(crate) fn endpoint(cfg: &ClientConfig) -> Result<quinn::Endpoint, ClientErro
         addr: cfg.node,
         reason: format!("cannot open UDP socket: {e}"),
     })?;
-    let tls = slim_auth::client_config(&cfg.identity, &[slim_auth::ALPN_SLIM], cfg.server.clone())
-        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    let alpn: &[&[u8]] = &[slim_auth::ALPN_SLIM];
+    let server = cfg.server.clone();
+    let tls = match &cfg.credentials {
+        Credentials::Svid(i) => slim_auth::client_config(i, alpn, server),
+        Credentials::Source(s) => slim_auth::tls::client_config_from_source(s, alpn, server),
+        Credentials::Jwt { source, .. } => {
+            slim_auth::tls::client_config_server_auth_only(source.shared_bundles(), alpn, server)
+        }
+        Credentials::SharedSecret { bundles, .. } => {
+            slim_auth::tls::client_config_server_auth_only(
+                Arc::new(std::sync::RwLock::new(bundles.clone())),
+                alpn,
+                server,
+            )
+        }
+    }
+    .map_err(|e| ClientError::Tls(e.to_string()))?;
     let quic =
         QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| ClientError::Tls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
@@ -111,10 +128,21 @@ pub(crate) async fn connect_once(
             .open_bi()
             .await
             .map_err(|e| close_reason(&conn).unwrap_or(ClientError::Protocol(e.to_string())))?;
+        let token = match &cfg.credentials {
+            Credentials::Jwt { source, audience } => Some(format!(
+                "jwt:{}",
+                source
+                    .fetch_jwt_svid(audience)
+                    .await
+                    .map_err(|e| ClientError::Tls(format!("cannot fetch a JWT-SVID: {e}")))?
+            )),
+            Credentials::SharedSecret { secret, .. } => Some(format!("secret:{secret}")),
+            _ => None,
+        };
         let hello = Frame::Hello(Hello {
             version: PROTOCOL_VERSION,
             name: cfg.name.clone(),
-            token: None,
+            token,
         });
         send.write_all(&encode_frame(&hello, &cfg.limits)?)
             .await

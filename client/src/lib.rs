@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use slim_auth::{Identity, ServerMatch};
+use slim_auth::{Identity, IdentitySource, ServerMatch, TrustBundles};
 use slim_wire::{ErrorCode, ErrorFrame, Frame, Limits, Mode, Name, Subscribe, Unsubscribe, codec};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -80,6 +80,41 @@ impl Backoff {
     }
 }
 
+/// How a client proves who it is.
+#[derive(Clone)]
+pub enum Credentials {
+    /// Mutual TLS with a fixed X.509-SVID.
+    Svid(Identity),
+    /// Mutual TLS with the SVID of a source that rotates (SPIRE Workload
+    /// API, watched spiffe-helper files, development CA). New connections
+    /// always present the latest SVID.
+    Source(IdentitySource),
+    /// Server-authenticated TLS plus a JWT-SVID for `audience` in the hello,
+    /// fetched from the source at every (re)connect. For environments where
+    /// the client cannot present a certificate.
+    Jwt {
+        source: IdentitySource,
+        audience: String,
+    },
+    /// INSECURE, development only: a shared secret instead of an identity.
+    /// `bundles` authenticates the node.
+    SharedSecret {
+        secret: String,
+        bundles: TrustBundles,
+    },
+}
+
+impl Credentials {
+    /// The SPIFFE ID this client expects to be known as, if it has one.
+    pub fn spiffe_id(&self) -> Option<slim_auth::SpiffeId> {
+        match self {
+            Credentials::Svid(i) => Some(i.spiffe_id.clone()),
+            Credentials::Source(s) | Credentials::Jwt { source: s, .. } => Some(s.spiffe_id()),
+            Credentials::SharedSecret { .. } => None,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct ClientConfig {
     /// The node to dial.
@@ -90,7 +125,7 @@ pub struct ClientConfig {
     pub server: ServerMatch,
     /// This client's name; an instance id is generated when it has none.
     pub name: Name,
-    pub identity: Identity,
+    pub credentials: Credentials,
     pub limits: Limits,
     pub backoff: Backoff,
     pub connect_timeout: Duration,
@@ -113,19 +148,23 @@ impl std::fmt::Debug for ClientConfig {
         f.debug_struct("ClientConfig")
             .field("node", &self.node)
             .field("name", &self.name)
-            .field("identity", &self.identity.spiffe_id)
+            .field("identity", &self.credentials.spiffe_id())
             .finish()
     }
 }
 
 impl ClientConfig {
     pub fn new(node: SocketAddr, name: Name, identity: Identity) -> Self {
+        Self::with_credentials(node, name, Credentials::Svid(identity))
+    }
+
+    pub fn with_credentials(node: SocketAddr, name: Name, credentials: Credentials) -> Self {
         ClientConfig {
             node,
             server_name: "slim-node".into(),
             server: ServerMatch::Any,
             name,
-            identity,
+            credentials,
             limits: Limits::default(),
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(10),

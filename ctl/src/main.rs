@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use slim_auth::{DevCa, Identity, SpiffeId};
-use slim_client::{Client, ClientConfig, Delivery, Event};
+use slim_auth::{DevCa, IdentitySource, IdentitySourceConfig, SpiffeId};
+use slim_client::{Client, ClientConfig, Credentials, Delivery, Event};
 use slim_wire::{Mode, Name};
 
 #[derive(Parser, Debug)]
@@ -38,6 +38,82 @@ enum Cmd {
     /// Publish to and read from channels.
     #[command(subcommand)]
     Channel(ChannelCmd),
+    /// This machine's workload identity.
+    #[command(subcommand)]
+    Identity(IdentityCmd),
+    /// A development SPIFFE Workload API server (stands in for a SPIRE agent).
+    #[command(subcommand, name = "dev-spire")]
+    DevSpire(DevSpireCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum IdentityCmd {
+    /// What identity this machine would present: SPIFFE ID, trust domain, expiry.
+    Show {
+        #[command(flatten)]
+        id: IdentityArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DevSpireCmd {
+    /// Serve SVIDs issued by a development CA on a Unix socket until stopped.
+    Serve {
+        /// Unix socket path to listen on.
+        #[arg(long)]
+        socket: PathBuf,
+        /// SPIFFE ID(s) to serve; the first is the default SVID.
+        #[arg(long = "spiffe-id", required = true)]
+        spiffe_ids: Vec<String>,
+        /// The development CA (created with `slimctl dev-ca init`).
+        #[arg(long, default_value = "dev-ca")]
+        ca: PathBuf,
+        /// X.509-SVID lifetime.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Re-issue (rotate) every SVID this often.
+        #[arg(long, value_parser = parse_duration)]
+        rotate_every: Option<Duration>,
+    },
+}
+
+/// Where this client's identity comes from.
+#[derive(clap::Args, Debug)]
+struct IdentityArgs {
+    /// SVID directory in the spiffe-helper layout (tls.crt, tls.key, svid_bundle.pem).
+    #[arg(long, env = "SLIMCTL_IDENTITY")]
+    identity: Option<PathBuf>,
+    /// SPIFFE Workload API socket of a SPIRE agent (used when --identity is absent).
+    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET")]
+    spiffe_socket: Option<String>,
+    /// Authenticate with a JWT-SVID for this audience instead of a client
+    /// certificate (needs --spiffe-socket).
+    #[arg(long)]
+    jwt_audience: Option<String>,
+}
+
+impl IdentityArgs {
+    async fn source(&self) -> Result<IdentitySource> {
+        let cfg = match (&self.identity, &self.spiffe_socket) {
+            (Some(dir), _) => IdentitySourceConfig::Files { dir: dir.clone() },
+            (None, Some(sock)) => IdentitySourceConfig::spire(Some(sock.clone())),
+            (None, None) => bail!(
+                "no identity: pass --identity DIR (spiffe-helper layout) or --spiffe-socket / SPIFFE_ENDPOINT_SOCKET"
+            ),
+        };
+        Ok(IdentitySource::start(cfg).await?)
+    }
+
+    async fn credentials(&self) -> Result<Credentials> {
+        let src = self.source().await?;
+        Ok(match &self.jwt_audience {
+            Some(aud) => Credentials::Jwt {
+                source: src,
+                audience: aud.clone(),
+            },
+            None => Credentials::Source(src),
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -69,9 +145,8 @@ struct ConnectArgs {
     /// The node to connect to.
     #[arg(long, env = "SLIMCTL_NODE", default_value = "127.0.0.1:4500")]
     node: SocketAddr,
-    /// This client's SVID directory (spiffe-helper layout).
-    #[arg(long, env = "SLIMCTL_IDENTITY")]
-    identity: PathBuf,
+    #[command(flatten)]
+    id: IdentityArgs,
     /// The name this client registers as (an instance id is added).
     #[arg(long = "as", env = "SLIMCTL_NAME", default_value = "ops/slimctl/cli")]
     as_name: String,
@@ -151,12 +226,19 @@ fn main() -> Result<()> {
         .init();
     match cli.cmd {
         Cmd::DevCa(c) => dev_ca(c, cli.output),
-        Cmd::Channel(c) => {
+        cmd => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(channel(c, cli.output))
+            rt.block_on(async move {
+                match cmd {
+                    Cmd::Channel(c) => channel(c, cli.output).await,
+                    Cmd::Identity(c) => identity(c, cli.output).await,
+                    Cmd::DevSpire(c) => dev_spire(c).await,
+                    Cmd::DevCa(_) => unreachable!("handled above"),
+                }
+            })
         }
     }
 }
@@ -216,13 +298,77 @@ fn dev_ca(cmd: DevCaCmd, out: Output) -> Result<()> {
 }
 
 async fn connect(c: &ConnectArgs) -> Result<Client> {
-    let identity = Identity::from_files(&c.identity)
-        .with_context(|| format!("cannot load the identity in {}", c.identity.display()))?;
+    let creds = c.id.credentials().await?;
     let name = Name::parse(&c.as_name).context("invalid --as name")?;
-    let client = Client::connect(ClientConfig::new(c.node, name, identity))
+    let client = Client::connect(ClientConfig::with_credentials(c.node, name, creds))
         .await
         .with_context(|| format!("cannot connect to {}", c.node))?;
     Ok(client)
+}
+
+async fn identity(cmd: IdentityCmd, out: Output) -> Result<()> {
+    match cmd {
+        IdentityCmd::Show { id } => {
+            let src = id.source().await?;
+            let cur = src.current();
+            let expires = time::OffsetDateTime::from(cur.not_after)
+                .format(&time::format_description::well_known::Rfc3339)?;
+            let left = cur
+                .not_after
+                .duration_since(SystemTime::now())
+                .map(|d| format!("{}s", d.as_secs()))
+                .unwrap_or_else(|_| "EXPIRED".into());
+            let bundles: Vec<String> = cur.bundles.trust_domains().map(str::to_owned).collect();
+            if out == Output::Json {
+                print_json(&serde_json::json!({
+                    "spiffe_id": cur.spiffe_id.to_string(),
+                    "trust_domain": cur.spiffe_id.trust_domain(),
+                    "not_after": expires,
+                    "expires_in": left,
+                    "source": src.kind(),
+                    "bundles": bundles,
+                }))?;
+            } else {
+                println!("spiffe_id     {}", cur.spiffe_id);
+                println!("trust_domain  {}", cur.spiffe_id.trust_domain());
+                println!("expires       {expires} (in {left})");
+                println!("source        {}", src.kind());
+                println!("bundles       {}", bundles.join(", "));
+            }
+            src.shutdown().await;
+        }
+    }
+    Ok(())
+}
+
+async fn dev_spire(cmd: DevSpireCmd) -> Result<()> {
+    match cmd {
+        DevSpireCmd::Serve {
+            socket,
+            spiffe_ids,
+            ca,
+            ttl,
+            rotate_every,
+        } => {
+            let ids = spiffe_ids
+                .iter()
+                .map(|s| SpiffeId::parse(s).with_context(|| format!("invalid SPIFFE ID {s:?}")))
+                .collect::<Result<Vec<_>>>()?;
+            let ca = DevCa::load(&ca)
+                .with_context(|| format!("cannot load the CA in {}", ca.display()))?;
+            let mut cfg = slim_devspire::DevSpireConfig::new(&socket, ids[0].clone());
+            cfg.ids = ids;
+            cfg.svid_ttl = ttl;
+            cfg.rotate_every = rotate_every;
+            let server = slim_devspire::DevSpire::start(cfg, ca).await?;
+            eprintln!("development Workload API (not SPIRE; for development and tests only)");
+            println!("SPIFFE_ENDPOINT_SOCKET={}", server.endpoint());
+            std::io::stdout().flush()?;
+            tokio::signal::ctrl_c().await?;
+            server.shutdown().await;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]

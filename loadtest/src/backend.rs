@@ -92,7 +92,12 @@ impl Backend {
     pub fn prepare(&self, role: &str, i: usize) -> Result<Prepared> {
         match self {
             Backend::Slim { addr, ids, run_id } => {
-                let name = Name::new("loadtest", "bench", role, Some(&format!("{role}{i}-{run_id}")))?;
+                let name = Name::new(
+                    "loadtest",
+                    "bench",
+                    role,
+                    Some(&format!("{role}{i}-{run_id}")),
+                )?;
                 let id = ids.get(&format!("loadtest/{role}-{i}"))?;
                 Ok(Prepared::Slim(Box::new(ClientConfig::new(*addr, name, id))))
             }
@@ -154,7 +159,10 @@ pub enum ReplyTo {
 /// Something received.
 #[derive(Debug)]
 pub enum Incoming {
-    Msg { payload: Bytes, reply: ReplyTo },
+    Msg {
+        payload: Bytes,
+        reply: ReplyTo,
+    },
     /// SLIM: an error the node reported about something this client sent.
     Error(String),
 }
@@ -309,7 +317,9 @@ impl Rx {
                         payload: d.payload,
                         reply: ReplyTo::Slim(d.from),
                     },
-                    Event::Error(e) => Incoming::Error(format!("{}: {}", e.code.as_str(), e.reason)),
+                    Event::Error(e) => {
+                        Incoming::Error(format!("{}: {}", e.code.as_str(), e.reason))
+                    }
                 }));
                 n
             }

@@ -121,6 +121,7 @@ struct Recorder {
     dup: u64,
     malformed: u64,
     errors: u64,
+    first_error: Option<String>,
 }
 
 impl Recorder {
@@ -147,7 +148,9 @@ impl Recorder {
         if seq < self.warm {
             return;
         }
-        let ns = now.saturating_duration_since(self.scheduled(seq)).as_nanos() as u64;
+        let ns = now
+            .saturating_duration_since(self.scheduled(seq))
+            .as_nanos() as u64;
         if ns > self.timeout_ns {
             self.late += 1;
         }
@@ -261,6 +264,7 @@ pub async fn run(
         dup: 0,
         malformed: 0,
         errors: 0,
+        first_error: None,
     };
     let reader = {
         let mut stop = stop_rx.clone();
@@ -280,7 +284,10 @@ pub async fn run(
                 for m in buf.drain(..) {
                     match m {
                         Incoming::Msg { payload, .. } => rec.observe(&payload, now),
-                        Incoming::Error(_) => rec.errors += 1,
+                        Incoming::Error(e) => {
+                            rec.errors += 1;
+                            rec.first_error.get_or_insert(e);
+                        }
                     }
                 }
             }
@@ -325,7 +332,8 @@ pub async fn run(
     // Collect until every measured request is answered or the last one has
     // timed out.
     let measured = total - warm;
-    let deadline = t0 + Duration::from_nanos(((total - 1) as f64 * interval_ns) as u64) + plan.timeout;
+    let deadline =
+        t0 + Duration::from_nanos(((total - 1) as f64 * interval_ns) as u64) + plan.timeout;
     while replies.load(Ordering::Relaxed) < measured && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -337,6 +345,9 @@ pub async fn run(
     counters.insert("responder_replies".into(), answered);
     counters.insert("responder_failures".into(), rsp_failed);
     let mut notes = Vec::new();
+    if let Some(e) = &rec.first_error {
+        notes.push(format!("first node error on the requester: {e}"));
+    }
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         rsp.close().await;
         Conn {
@@ -433,7 +444,10 @@ impl LatencyReport {
                     self.timeout_ms
                 ),
             ),
-            ("sent/s (achieved)".into(), format!("{:.1}", self.sent_per_s)),
+            (
+                "sent/s (achieved)".into(),
+                format!("{:.1}", self.sent_per_s),
+            ),
             (
                 "replies".into(),
                 format!("{} of {} measured", self.replies, self.measured),
@@ -461,10 +475,7 @@ impl LatencyReport {
             ),
         ));
         if let (Some(s), Some(p)) = (self.server_cpu_s, self.server_cpu_pct) {
-            rows.push((
-                "server cpu".into(),
-                format!("{s:.2} s ({p:.1}% of a core)"),
-            ));
+            rows.push(("server cpu".into(), format!("{s:.2} s ({p:.1}% of a core)")));
         }
         if self.duplicate_replies + self.malformed_replies + self.node_errors > 0 {
             rows.push((
@@ -503,6 +514,7 @@ mod tests {
             dup: 0,
             malformed: 0,
             errors: 0,
+            first_error: None,
         }
     }
 
@@ -534,7 +546,10 @@ mod tests {
         }
         let c = curve(&h);
         assert!(c.len() > 60);
-        assert!(c.windows(2).all(|w| w[0][0] <= w[1][0] && w[0][1] <= w[1][1]));
+        assert!(
+            c.windows(2)
+                .all(|w| w[0][0] <= w[1][0] && w[0][1] <= w[1][1])
+        );
         assert_eq!(c.last().unwrap()[0], 1.0);
     }
 }

@@ -1,21 +1,31 @@
-//! `slim-loadtest`: throughput of a SLIM node over real QUIC + mTLS, and of
-//! nats-server (optionally with TLS) through async-nats, measured the same way
-//! so that one run of `compare.sh` yields a ratio.
+//! `slim-loadtest`: load scenarios against a SLIM node over real QUIC + mTLS,
+//! and against nats-server (optionally with TLS) through async-nats, measured
+//! the same way so that one run of `compare.sh` yields ratios.
 //!
 //! ```text
-//! slim-loadtest throughput --target slim://127.0.0.1:4500 --ca-dir DIR --pubs 1 --subs 100 --size 16 --node-pid PID
-//! slim-loadtest throughput --target tls://127.0.0.1:4222 --ca-dir DIR --pubs 1 --subs 100 --size 16 --node-pid PID
+//! slim-loadtest throughput   --target slim://127.0.0.1:4500 --ca-dir DIR --subs 1 --size 16 --node-pid PID
+//! slim-loadtest fanout       --target tls://127.0.0.1:4222  --ca-dir DIR --subs 100
+//! slim-loadtest throughput   --target slim://... --ca-dir DIR --sweep-sizes 16,256,1024,4096 --plot sweep.svg
+//! slim-loadtest latency      --target slim://... --ca-dir DIR --rate 1000 --duration 10s --plot lat.svg
+//! slim-loadtest connections  --target slim://... --ca-dir DIR --conns 1000 --subs 10 --node-pid PID
+//! slim-loadtest slow-consumer --target slim://... --ca-dir DIR --subs 10 --stats-addr 127.0.0.1:9464
 //! slim-loadtest summarize results.jsonl
+//! slim-loadtest plot results.jsonl --scenario 'rr 1000/s 16B' --out lat.svg
 //! ```
 #![forbid(unsafe_code)]
 
+mod backend;
+mod connections;
 mod harness;
+mod latency;
 mod nats;
 mod payload;
+mod plot;
 mod procfs;
 mod serverstats;
 mod slim;
 mod summary;
+mod svg;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -24,7 +34,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
 
+use backend::{Backend, Topic};
 use harness::{Control, CpuSetup, Mode, Plan, ServerStats};
 use procfs::CpuProbe;
 
@@ -43,39 +55,45 @@ struct Cli {
 enum Cmd {
     /// Publish as fast as possible for a while and count deliveries.
     Throughput(Box<ThroughputArgs>),
-    /// SLIM ÷ NATS ratios from a file of `throughput --json` lines.
+    /// 1 -> N multicast throughput: `throughput --pubs 1 --mode multicast`,
+    /// --subs defaulting to 100.
+    Fanout(Box<ThroughputArgs>),
+    /// 1 -> S multicast where --stalled subscribers (default 1) never read:
+    /// the others' delivery rate and loss, and the server's drop counters
+    /// (with --stats-addr). --subs defaults to 10.
+    SlowConsumer(Box<ThroughputArgs>),
+    /// Open-loop request/reply at a fixed rate; latency percentiles measured
+    /// from each request's scheduled send time.
+    Latency(Box<LatencyArgs>),
+    /// Open many idle connections: connect rate, and server memory per
+    /// connection and per subscription (with --node-pid).
+    Connections(Box<ConnectionsArgs>),
+    /// SLIM ÷ NATS ratios from a file of `--json` lines.
     Summarize {
         /// File with one JSON report per line.
         file: PathBuf,
     },
+    /// An SVG chart of the reports in a file of `--json` lines.
+    Plot {
+        /// File with one JSON report per line.
+        file: PathBuf,
+        /// Only the reports of this scenario (exactly as in the reports).
+        #[arg(long)]
+        scenario: Option<String>,
+        /// The SVG file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
-#[derive(Debug, Args)]
-struct ThroughputArgs {
+/// Where to connect and what to report; shared by every scenario.
+#[derive(Debug, Clone, Args)]
+struct TargetArgs {
     /// slim://HOST:PORT, nats://HOST:PORT or tls://HOST:PORT (NATS with TLS).
     #[arg(long)]
     target: Option<String>,
-    /// Publisher connections.
-    #[arg(long, default_value_t = 1)]
-    pubs: usize,
-    /// Publishing tasks per publisher connection (each its own sequence stream).
-    #[arg(long, default_value_t = 1)]
-    pub_tasks: usize,
-    /// Subscriber connections.
-    #[arg(long, default_value_t = 1)]
-    subs: usize,
-    /// Payload bytes per message (at least 12: stream id + sequence number).
-    #[arg(long, default_value_t = 16)]
-    size: usize,
-    /// Measured window, e.g. 5s, 500ms, 1m.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    duration: Duration,
-    /// Publishing before the measured window starts.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    warmup: Duration,
-    #[arg(long, value_enum, default_value_t = Mode::Multicast)]
-    mode: Mode,
-    /// Process whose CPU time and peak RSS are reported (the node or nats-server).
+    /// Server process (the node or nats-server) whose CPU time and memory
+    /// are reported.
     #[arg(long)]
     node_pid: Option<u32>,
     /// SLIM: this client's SVID in the spiffe-helper layout (shared by all connections).
@@ -94,6 +112,53 @@ struct ThroughputArgs {
     /// NATS TLS: client private key (PEM).
     #[arg(long)]
     nats_key: Option<PathBuf>,
+    /// Server statistics endpoint HOST:PORT: slim-node's metrics listener
+    /// (/metrics), or nats-server's monitoring port (/varz, `nats-server -m PORT`).
+    #[arg(long)]
+    stats_addr: Option<SocketAddr>,
+    /// Print one JSON object per run (a line each) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also write an SVG chart of the run to this file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Worker threads of the load generator's runtime (default: CPU count).
+    #[arg(long)]
+    client_threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct ThroughputArgs {
+    #[command(flatten)]
+    t: TargetArgs,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 1)]
+    pubs: usize,
+    /// Publishing tasks per publisher connection (each its own sequence stream).
+    #[arg(long, default_value_t = 1)]
+    pub_tasks: usize,
+    /// Subscriber connections [default: 1; fanout: 100; slow-consumer: 10].
+    #[arg(long)]
+    subs: Option<usize>,
+    /// Subscribers (of --subs) that subscribe but never read [default: 0;
+    /// slow-consumer: 1]. Multicast only.
+    #[arg(long)]
+    stalled: Option<usize>,
+    /// Payload bytes per message (at least 12: stream id + sequence number).
+    #[arg(long, default_value_t = 16)]
+    size: usize,
+    /// Run once per payload size, e.g. 16,256,1024,4096 (replaces --size);
+    /// --plot then charts deliveries/s vs size.
+    #[arg(long, value_delimiter = ',')]
+    sweep_sizes: Option<Vec<usize>>,
+    /// Measured window, e.g. 5s, 500ms, 1m.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Publishing before the measured window starts.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    #[arg(long, value_enum, default_value_t = Mode::Multicast)]
+    mode: Mode,
     /// SLIM name subscribed to; the NATS subject is the same with '.' for '/'.
     #[arg(long, default_value = "loadtest/bench/topic")]
     topic: String,
@@ -103,14 +168,6 @@ struct ThroughputArgs {
     /// ...or at most this long.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     drain_max: Duration,
-    /// Server statistics endpoint HOST:PORT, read before and after the run:
-    /// slim-node's metrics listener (/metrics), or nats-server's monitoring
-    /// port (/varz, `nats-server -m PORT`).
-    #[arg(long)]
-    stats_addr: Option<SocketAddr>,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
     /// Start a node in this process (on its own runtime, threads named
     /// slim-node) instead of connecting to --target.
     #[arg(long, hide = true)]
@@ -118,9 +175,51 @@ struct ThroughputArgs {
     /// Worker threads of the in-process node's runtime (default: CPU count).
     #[arg(long, hide = true)]
     node_threads: Option<usize>,
-    /// Worker threads of the load generator's runtime (default: CPU count).
-    #[arg(long)]
-    client_threads: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+struct LatencyArgs {
+    #[command(flatten)]
+    t: TargetArgs,
+    /// Requests per second, sent on a fixed schedule whatever the replies do.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Measured window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Requests at the same rate before the measured window (not recorded).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// A request not answered this long after its scheduled send time is a timeout.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Request (and reply) payload bytes, at least 12.
+    #[arg(long, default_value_t = 16)]
+    size: usize,
+    /// SLIM name the responder subscribes to (NATS: '.' for '/').
+    #[arg(long, default_value = "loadtest/bench/rpc")]
+    topic: String,
+}
+
+#[derive(Debug, Args)]
+struct ConnectionsArgs {
+    #[command(flatten)]
+    t: TargetArgs,
+    /// Idle connections to open.
+    #[arg(long, default_value_t = 1000)]
+    conns: usize,
+    /// Distinct names each connection then subscribes to (0: none).
+    #[arg(long, default_value_t = 10)]
+    subs: usize,
+    /// Connection handshakes (and subscribing connections) in flight at most.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Pause before each memory reading, for the server to settle.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    settle: Duration,
+    /// org/namespace of the subscribed names.
+    #[arg(long, default_value = "loadtest/bench")]
+    prefix: String,
 }
 
 /// `5s`, `250ms`, `1m`, `1.5s`, or a bare number of seconds.
@@ -190,26 +289,142 @@ fn runtime(name: &str, threads: Option<usize>) -> Result<tokio::runtime::Runtime
     b.build().context("building a tokio runtime")
 }
 
-fn throughput(a: ThroughputArgs) -> Result<()> {
-    if a.pubs == 0 || a.subs == 0 || a.pub_tasks == 0 {
+fn identities(t: &TargetArgs, generate: bool) -> Result<slim::Identities> {
+    Ok(match (&t.ca_dir, &t.identity_dir) {
+        (Some(dir), _) => slim::Identities::Ca(Arc::new(
+            slim_auth::DevCa::load(dir)
+                .with_context(|| format!("loading dev CA from {}", dir.display()))?,
+        )),
+        (None, Some(dir)) => slim::Identities::Shared(
+            slim_auth::Identity::from_files(dir)
+                .with_context(|| format!("loading identity from {}", dir.display()))?,
+        ),
+        (None, None) if generate => slim::Identities::Ca(Arc::new(
+            slim_auth::DevCa::generate("example.org").context("generating a dev CA")?,
+        )),
+        (None, None) => bail!("a slim target needs --ca-dir DIR or --identity-dir DIR"),
+    })
+}
+
+fn nats_tls(t: &TargetArgs, tls: bool) -> Result<Option<rustls::ClientConfig>> {
+    if !tls {
+        return Ok(None);
+    }
+    Ok(Some(nats::tls_config(&nats::TlsFiles {
+        ca: t.nats_ca.clone(),
+        cert: t.nats_cert.clone(),
+        key: t.nats_key.clone(),
+        ca_dir: t.ca_dir.clone(),
+    })?))
+}
+
+/// Prints a report as a table or a JSON line (and a summary on stderr).
+fn emit<R: Serialize>(json: bool, r: &R, table: String, one_line: String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+        eprintln!("{one_line}");
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}
+
+fn write_plot<R: Serialize>(path: &Option<PathBuf>, reports: &[R]) -> Result<()> {
+    if let Some(p) = path {
+        let vals = reports
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        plot::write(p, &vals)?;
+        eprintln!("chart written to {}", p.display());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    Throughput,
+    Fanout,
+    SlowConsumer,
+}
+
+fn throughput(a: ThroughputArgs, flavor: Flavor) -> Result<()> {
+    let subs = a.subs.unwrap_or(match flavor {
+        Flavor::Throughput => 1,
+        Flavor::Fanout => 100,
+        Flavor::SlowConsumer => 10,
+    });
+    let stalled = a.stalled.unwrap_or(match flavor {
+        Flavor::SlowConsumer => 1,
+        _ => 0,
+    });
+    if flavor != Flavor::Throughput && (a.pubs != 1 || a.mode != Mode::Multicast) {
+        bail!("fanout and slow-consumer are 1 publisher, multicast: use `throughput` otherwise");
+    }
+    if stalled > 0 && a.mode != Mode::Multicast {
+        bail!("--stalled needs --mode multicast");
+    }
+    if stalled >= subs {
+        bail!("--stalled ({stalled}) must be below --subs ({subs}): someone has to read");
+    }
+    let sizes = a.sweep_sizes.clone().unwrap_or_else(|| vec![a.size]);
+    if sizes.is_empty() {
+        bail!("--sweep-sizes is empty");
+    }
+    let mut reports = Vec::with_capacity(sizes.len());
+    for (i, size) in sizes.iter().enumerate() {
+        if i > 0 {
+            // Let the server forget the previous run's connections.
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let r = throughput_once(&a, subs, stalled, *size)?;
+        emit(a.t.json, &r, r.table(), r.one_line())?;
+        if !a.t.json && sizes.len() > 1 {
+            println!();
+        }
+        reports.push(r);
+    }
+    if sizes.len() > 1 && !a.t.json {
+        println!("size (B)   deliveries/s   payload MB/s   loss %");
+        for r in &reports {
+            println!(
+                "{:>8} {:>14} {:>14.2} {:>8.3}",
+                r.size_bytes,
+                harness::fmt_num(r.deliveries_per_s),
+                r.payload_mb_per_s,
+                r.loss_pct
+            );
+        }
+    }
+    write_plot(&a.t.plot, &reports)
+}
+
+fn throughput_once(
+    a: &ThroughputArgs,
+    subs: usize,
+    stalled: usize,
+    size: usize,
+) -> Result<harness::Report> {
+    if a.pubs == 0 || subs == 0 || a.pub_tasks == 0 {
         bail!("--pubs, --subs and --pub-tasks must be at least 1");
     }
     if a.duration.is_zero() {
         bail!("--duration must be positive");
     }
-    payload::PayloadWriter::new(0, a.size)?;
+    payload::PayloadWriter::new(0, size)?;
     let plan = Plan {
         pubs: a.pubs,
         pub_tasks: a.pub_tasks,
-        subs: a.subs,
-        size: a.size,
+        subs,
+        stalled,
+        size,
         mode: a.mode,
         warmup: a.warmup,
         duration: a.duration,
         drain_idle: a.drain_idle,
         drain_max: a.drain_max,
     };
-    let target = match (&a.target, a.spawn_node) {
+    let target = match (&a.t.target, a.spawn_node) {
         (Some(t), false) => parse_target(t)?,
         (Some(t), true) => match parse_target(t)? {
             Target::Slim(_) => {
@@ -228,23 +443,10 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
     let mut node = None;
     let report = match target {
         Target::Slim(mut addr) => {
-            let ids = match (&a.ca_dir, &a.identity_dir) {
-                (Some(dir), _) => slim::Identities::Ca(Arc::new(
-                    slim_auth::DevCa::load(dir)
-                        .with_context(|| format!("loading dev CA from {}", dir.display()))?,
-                )),
-                (None, Some(dir)) => slim::Identities::Shared(
-                    slim_auth::Identity::from_files(dir)
-                        .with_context(|| format!("loading identity from {}", dir.display()))?,
-                ),
-                (None, None) if a.spawn_node => slim::Identities::Ca(Arc::new(
-                    slim_auth::DevCa::generate("example.org").context("generating a dev CA")?,
-                )),
-                (None, None) => bail!("a slim target needs --ca-dir DIR or --identity-dir DIR"),
-            };
+            let ids = identities(&a.t, a.spawn_node)?;
             let topic = slim_wire::Name::parse(&a.topic).context("--topic")?;
             let mut cpu = CpuSetup {
-                probe: a.node_pid.map(CpuProbe::Pid),
+                probe: a.t.node_pid.map(CpuProbe::Pid),
                 node_threads: None,
             };
             if a.spawn_node {
@@ -261,7 +463,7 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
                 addr = h.local_addr();
                 node = Some(Arc::new(h));
                 node_rt = Some(rt);
-                if a.node_pid.is_some() {
+                if a.t.node_pid.is_some() {
                     eprintln!("note: --node-pid ignored with --spawn-node");
                 }
                 cpu = CpuSetup {
@@ -274,10 +476,10 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
             } else {
                 format!("slim://{addr}")
             };
-            let rt = runtime("loadgen", a.client_threads)?;
+            let rt = runtime("loadgen", a.t.client_threads)?;
             let node2 = node.clone();
             let r = rt.block_on(async {
-                let server = match a.stats_addr {
+                let server = match a.t.stats_addr {
                     Some(sa) => Some(ServerStats::read(serverstats::Kind::Slim, sa).await?),
                     None => None,
                 };
@@ -296,24 +498,15 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
             r?
         }
         Target::Nats { url, tls } => {
-            let tls_cfg = if tls {
-                Some(nats::tls_config(&nats::TlsFiles {
-                    ca: a.nats_ca.clone(),
-                    cert: a.nats_cert.clone(),
-                    key: a.nats_key.clone(),
-                    ca_dir: a.ca_dir.clone(),
-                })?)
-            } else {
-                None
-            };
+            let tls_cfg = nats_tls(&a.t, tls)?;
             let subject = a.topic.replace('/', ".");
             let cpu = CpuSetup {
-                probe: a.node_pid.map(CpuProbe::Pid),
+                probe: a.t.node_pid.map(CpuProbe::Pid),
                 node_threads: None,
             };
-            let rt = runtime("loadgen", a.client_threads)?;
+            let rt = runtime("loadgen", a.t.client_threads)?;
             let r = rt.block_on(async {
-                let server = match a.stats_addr {
+                let server = match a.t.stats_addr {
                     Some(sa) => Some(ServerStats::read(serverstats::Kind::Nats, sa).await?),
                     None => None,
                 };
@@ -329,23 +522,90 @@ fn throughput(a: ThroughputArgs) -> Result<()> {
     if let Some(rt) = node_rt {
         rt.shutdown_timeout(Duration::from_secs(1));
     }
-    if a.json {
-        println!("{}", serde_json::to_string(&report)?);
-        eprintln!("{}", report.one_line());
-    } else {
-        print!("{}", report.table());
-    }
-    Ok(())
+    Ok(report)
+}
+
+/// The backend for `latency` and `connections` (no in-process node).
+fn backend(t: &TargetArgs) -> Result<(Backend, String, Option<serverstats::Kind>)> {
+    let Some(target) = &t.target else {
+        bail!("--target is required (slim://, nats:// or tls://)");
+    };
+    Ok(match parse_target(target)? {
+        Target::Slim(addr) => (
+            Backend::Slim {
+                addr,
+                ids: Arc::new(identities(t, false)?),
+                run_id: run_id(),
+            },
+            format!("slim://{addr}"),
+            Some(serverstats::Kind::Slim),
+        ),
+        Target::Nats { url, tls } => (
+            Backend::Nats {
+                tls: nats_tls(t, tls)?.map(Arc::new),
+                url: url.clone(),
+                events: Arc::new(nats::Events::default()),
+            },
+            url,
+            Some(serverstats::Kind::Nats),
+        ),
+    })
+}
+
+fn latency(a: LatencyArgs) -> Result<()> {
+    let (backend, target, _) = backend(&a.t)?;
+    let plan = latency::LatencyPlan {
+        rate: a.rate,
+        duration: a.duration,
+        warmup: a.warmup,
+        timeout: a.timeout,
+        size: a.size,
+        topic: Topic::new(&a.topic).context("--topic")?,
+    };
+    let rt = runtime("loadgen", a.t.client_threads)?;
+    let cpu = a.t.node_pid.map(CpuProbe::Pid);
+    let r = rt.block_on(latency::run(&backend, &target, &plan, cpu))?;
+    drop(rt);
+    emit(a.t.json, &r, r.table(), r.one_line())?;
+    write_plot(&a.t.plot, &[r])
+}
+
+fn connections(a: ConnectionsArgs) -> Result<()> {
+    let (backend, target, kind) = backend(&a.t)?;
+    let plan = connections::ConnPlan {
+        conns: a.conns,
+        subs_per_conn: a.subs,
+        concurrency: a.concurrency,
+        settle: a.settle,
+        prefix: a.prefix.clone(),
+        run_id: run_id(),
+    };
+    let stats = a.t.stats_addr.zip(kind).map(|(addr, k)| (k, addr));
+    let rt = runtime("loadgen", a.t.client_threads)?;
+    let probe = a.t.node_pid.map(CpuProbe::Pid);
+    let r = rt.block_on(connections::run(&backend, &target, &plan, probe, stats))?;
+    drop(rt);
+    emit(a.t.json, &r, r.table(), r.one_line())?;
+    write_plot(&a.t.plot, &[r])
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Throughput(a) => throughput(*a),
+        Cmd::Throughput(a) => throughput(*a, Flavor::Throughput),
+        Cmd::Fanout(a) => throughput(*a, Flavor::Fanout),
+        Cmd::SlowConsumer(a) => throughput(*a, Flavor::SlowConsumer),
+        Cmd::Latency(a) => latency(*a),
+        Cmd::Connections(a) => connections(*a),
         Cmd::Summarize { file } => {
             print!("{}", summary::summarize(&file)?);
             Ok(())
         }
+        Cmd::Plot {
+            file,
+            scenario,
+            out,
+        } => plot::from_file(&file, &out, scenario.as_deref()),
     }
 }
 
@@ -405,7 +665,46 @@ mod tests {
         let Cmd::Throughput(a) = c.cmd else {
             panic!("wrong subcommand")
         };
-        assert_eq!((a.pubs, a.subs, a.mode), (2, 100, Mode::Anycast));
+        assert_eq!((a.pubs, a.subs, a.mode), (2, Some(100), Mode::Anycast));
         assert_eq!(a.duration, Duration::from_secs(2));
+        assert!(a.t.json);
+
+        let c = Cli::try_parse_from([
+            "slim-loadtest",
+            "throughput",
+            "--target",
+            "tls://127.0.0.1:4222",
+            "--sweep-sizes",
+            "16,256,1024,4096",
+            "--plot",
+            "x.svg",
+        ])
+        .unwrap();
+        let Cmd::Throughput(a) = c.cmd else {
+            panic!("wrong subcommand")
+        };
+        assert_eq!(a.sweep_sizes, Some(vec![16, 256, 1024, 4096]));
+
+        let c = Cli::try_parse_from([
+            "slim-loadtest",
+            "latency",
+            "--target",
+            "slim://127.0.0.1:4500",
+            "--rate",
+            "2000",
+        ])
+        .unwrap();
+        let Cmd::Latency(a) = c.cmd else {
+            panic!("wrong subcommand")
+        };
+        assert_eq!((a.rate, a.duration), (2000.0, Duration::from_secs(10)));
+
+        let c = Cli::try_parse_from(["slim-loadtest", "connections", "--conns", "10"]).unwrap();
+        let Cmd::Connections(a) = c.cmd else {
+            panic!("wrong subcommand")
+        };
+        assert_eq!((a.conns, a.subs, a.concurrency), (10, 10, 32));
+        assert!(Cli::try_parse_from(["slim-loadtest", "slow-consumer", "--stalled", "2"]).is_ok());
+        assert!(Cli::try_parse_from(["slim-loadtest", "fanout", "--subs", "50"]).is_ok());
     }
 }

@@ -161,7 +161,10 @@ fn layout(axis: &Axis, vals: &[f64]) -> (f64, f64, Vec<(f64, String)>) {
     }
     match (&axis.ticks, axis.scale) {
         (Some(ticks), _) => {
-            let ticks = ticks.iter().map(|(v, l)| (axis.tf(*v), l.clone())).collect();
+            let ticks = ticks
+                .iter()
+                .map(|(v, l)| (axis.tf(*v), l.clone()))
+                .collect();
             (lo, hi, ticks)
         }
         (None, Scale::Linear) => {

@@ -226,6 +226,11 @@ impl RawConn {
             slim_auth::ServerMatch::Any,
         )
         .expect("client TLS config");
+        Self::connect_tls(node, tls).await
+    }
+
+    /// Handshake with a given rustls config (e.g. server-auth only).
+    pub async fn connect_tls(node: SocketAddr, tls: rustls::ClientConfig) -> RawConn {
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(std::sync::Arc::new(tls))
             .expect("QUIC client config");
         let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("static"))
@@ -247,11 +252,24 @@ impl RawConn {
 
     /// Sends a valid hello and waits for the node's accept.
     pub async fn hello(&mut self, name: &str) {
+        let answer = self.hello_with_token(name, None).await;
+        assert!(
+            matches!(answer, slim_wire::Frame::Accept(_)),
+            "expected accept, got {answer:?}"
+        );
+    }
+
+    /// Sends a hello (optionally with a token) and returns the node's answer.
+    pub async fn hello_with_token(
+        &mut self,
+        name: &str,
+        token: Option<String>,
+    ) -> slim_wire::Frame {
         use slim_wire::{Frame, Hello, PROTOCOL_VERSION};
         let f = Frame::Hello(Hello {
             version: PROTOCOL_VERSION,
             name: Name::parse(name).expect("valid name"),
-            token: None,
+            token,
         });
         let bytes = slim_wire::codec::encode_to_vec(&f, &slim_wire::Limits::default())
             .expect("encode hello");
@@ -261,8 +279,7 @@ impl RawConn {
             if let Some(f) = slim_wire::decode(&mut buf, &slim_wire::Limits::default())
                 .expect("node sends valid frames")
             {
-                assert!(matches!(f, Frame::Accept(_)), "expected accept, got {f:?}");
-                return;
+                return f;
             }
             let chunk = self
                 .recv
@@ -272,6 +289,18 @@ impl RawConn {
                 .expect("stream open");
             buf.extend_from_slice(&chunk.bytes);
         }
+    }
+
+    /// The serial number of the certificate the node presented.
+    pub fn node_cert_serial(&self) -> Vec<u8> {
+        let certs = self
+            .conn
+            .peer_identity()
+            .expect("peer identity")
+            .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+            .expect("certificate chain");
+        let (_, cert) = x509_parser::parse_x509_certificate(&certs[0]).expect("parse leaf");
+        cert.raw_serial().to_vec()
     }
 
     /// Waits for the node to close the connection; returns its application

@@ -1,0 +1,296 @@
+//! Charts of reports (as their JSON), for `--plot` and `slim-loadtest plot`:
+//!
+//! - latency and connections reports: the latency distribution, one curve
+//!   per report, percentile on a log scale of 1/(1-q);
+//! - throughput reports of several payload sizes (`--sweep-sizes`):
+//!   deliveries/s vs size, one line per system (median over rounds);
+//! - a throughput report of one size: deliveries/s over the measured window.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::svg::{self, Axis, Chart, Series};
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v.get(k).and_then(Value::as_str).unwrap_or("?")
+}
+
+fn f(v: &Value, k: &str) -> Option<f64> {
+    v.get(k).and_then(Value::as_f64)
+}
+
+fn pairs(v: &Value, k: &str) -> Vec<(f64, f64)> {
+    v.get(k)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| Some((p.get(0)?.as_f64()?, p.get(1)?.as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Series labels: "system" alone if each system appears once, else
+/// "system #n" in order of appearance.
+fn labels(reports: &[Value]) -> Vec<String> {
+    let mut total: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in reports {
+        *total.entry(s(r, "system")).or_default() += 1;
+    }
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    reports
+        .iter()
+        .map(|r| {
+            let sys = s(r, "system");
+            let n = seen.entry(sys).or_default();
+            *n += 1;
+            if total[sys] > 1 {
+                format!("{sys} #{n}")
+            } else {
+                sys.to_owned()
+            }
+        })
+        .collect()
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+fn percentile_chart(reports: &[Value], title: String, unit: &str, scale: f64) -> Chart {
+    let mut max_x: f64 = 100.0;
+    let series: Vec<Series> = reports
+        .iter()
+        .zip(labels(reports))
+        .map(|(r, label)| {
+            let pts: Vec<(f64, f64)> = svg::percentile_points(
+                &pairs(r, "percentiles")
+                    .into_iter()
+                    .map(|(q, v)| [q, v * scale])
+                    .collect::<Vec<_>>(),
+            );
+            if let Some(p) = pts.last() {
+                max_x = max_x.max(p.0);
+            }
+            Series {
+                label,
+                points: pts,
+                markers: false,
+            }
+        })
+        .collect();
+    Chart {
+        title,
+        subtitle: String::new(),
+        x: svg::percentile_axis(max_x),
+        y: Axis::linear(format!("latency ({unit})")),
+        series,
+    }
+}
+
+/// The chart for a set of reports of one kind.
+pub fn chart(reports: &[Value]) -> Result<Chart> {
+    let Some(first) = reports.first() else {
+        bail!("no report to plot");
+    };
+    let kind = first
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("throughput");
+    if reports.iter().any(|r| {
+        r.get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("throughput")
+            != kind
+    }) {
+        bail!("cannot plot reports of different kinds together; pick a scenario");
+    }
+    let scenarios: Vec<&str> = {
+        let mut v: Vec<&str> = reports.iter().map(|r| s(r, "scenario")).collect();
+        v.dedup();
+        v
+    };
+    Ok(match kind {
+        "latency" => {
+            let mut c = percentile_chart(
+                reports,
+                format!("Request/reply latency: {}", scenarios.join(", ")),
+                "ms",
+                1e-3,
+            );
+            c.subtitle = "open loop, measured from the scheduled send time; \
+                          x: 50% … 99.99% on log(1/(1-q))"
+                .into();
+            c
+        }
+        "connections" => {
+            let mut c = percentile_chart(
+                reports,
+                format!("Connect latency: {}", scenarios.join(", ")),
+                "ms",
+                1.0,
+            );
+            c.subtitle = "per handshake, with bounded concurrency".into();
+            c
+        }
+        "throughput" => {
+            let mut sizes: Vec<u64> = reports
+                .iter()
+                .filter_map(|r| r.get("size_bytes").and_then(Value::as_u64))
+                .collect();
+            sizes.sort_unstable();
+            sizes.dedup();
+            if sizes.len() > 1 {
+                // deliveries/s vs size, one series per system.
+                let mut by: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
+                for r in reports {
+                    if let (Some(size), Some(d)) = (
+                        r.get("size_bytes").and_then(Value::as_u64),
+                        f(r, "deliveries_per_s"),
+                    ) {
+                        by.entry(s(r, "system").to_owned())
+                            .or_default()
+                            .entry(size)
+                            .or_default()
+                            .push(d);
+                    }
+                }
+                let series = by
+                    .into_iter()
+                    .map(|(sys, m)| Series {
+                        label: sys,
+                        points: m
+                            .into_iter()
+                            .map(|(size, mut v)| (size as f64, median(&mut v)))
+                            .collect(),
+                        markers: true,
+                    })
+                    .collect();
+                let shape: Vec<String> = {
+                    let mut v: Vec<String> = reports
+                        .iter()
+                        .map(|r| {
+                            format!(
+                                "{}->{} {}",
+                                r.get("pubs").and_then(Value::as_u64).unwrap_or(0),
+                                r.get("subs").and_then(Value::as_u64).unwrap_or(0),
+                                s(r, "mode")
+                            )
+                        })
+                        .collect();
+                    v.dedup();
+                    v
+                };
+                Chart {
+                    title: format!("Throughput vs payload size: {}", shape.join(", ")),
+                    subtitle: "deliveries per second summed over subscribers (median over runs)"
+                        .into(),
+                    x: Axis::log10("payload size (bytes, log scale)").with_ticks(
+                        sizes
+                            .iter()
+                            .map(|s| (*s as f64, svg::short(*s as f64)))
+                            .collect(),
+                    ),
+                    y: Axis::linear("deliveries/s"),
+                    series,
+                }
+            } else {
+                Chart {
+                    title: format!("Deliveries/s over the window: {}", scenarios.join(", ")),
+                    subtitle: "100 ms steps".into(),
+                    x: Axis::linear("seconds since the measured window started"),
+                    y: Axis::linear("deliveries/s"),
+                    series: reports
+                        .iter()
+                        .zip(labels(reports))
+                        .map(|(r, label)| Series {
+                            label,
+                            points: pairs(r, "timeline"),
+                            markers: false,
+                        })
+                        .collect(),
+                }
+            }
+        }
+        other => bail!("don't know how to plot a {other:?} report"),
+    })
+}
+
+/// Writes the chart of `reports` to `path`.
+pub fn write(path: &Path, reports: &[Value]) -> Result<()> {
+    let c = chart(reports)?;
+    std::fs::write(path, svg::render(&c)).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `slim-loadtest plot FILE --out SVG [--scenario S]`.
+pub fn from_file(file: &Path, out: &Path, scenario: Option<&str>) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut reports = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not a JSON report", file.display(), i + 1))?;
+        if scenario.is_none_or(|sc| s(&v, "scenario") == sc) {
+            reports.push(v);
+        }
+    }
+    if reports.is_empty() {
+        let mut all: Vec<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| s(&v, "scenario").to_owned())
+            .collect();
+        all.sort();
+        all.dedup();
+        bail!("no matching report; scenarios in the file: {all:?}");
+    }
+    write(out, &reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn latency_and_sweep_charts() {
+        let lat = |sys: &str| {
+            json!({"kind":"latency","system":sys,"scenario":"rr 1000/s 16B",
+                   "percentiles":[[0.0,50.0],[0.5,80.0],[0.99,200.0],[1.0,900.0]]})
+        };
+        let c = chart(&[lat("slim"), lat("nats")]).unwrap();
+        assert_eq!(c.series.len(), 2);
+        assert_eq!(c.series[0].label, "slim");
+        // (1/(1-0.5), 0.08 ms); q = 1 is left out of the curve.
+        assert_eq!(c.series[0].points[1], (2.0, 0.08));
+        assert_eq!(c.series[0].points.len(), 3);
+
+        let thr = |sys: &str, size: u64, d: f64| {
+            json!({"kind":"throughput","system":sys,"scenario":format!("1->1 {size}B multicast"),
+                   "size_bytes":size,"deliveries_per_s":d,"pubs":1,"subs":1,"mode":"multicast"})
+        };
+        let c = chart(&[
+            thr("slim", 16, 10.0),
+            thr("slim", 1024, 5.0),
+            thr("nats", 16, 20.0),
+            thr("nats", 1024, 8.0),
+        ])
+        .unwrap();
+        assert_eq!(c.series.len(), 2);
+        assert_eq!(c.series[1].label, "slim");
+        assert_eq!(c.series[1].points, vec![(16.0, 10.0), (1024.0, 5.0)]);
+        assert!(chart(&[lat("slim"), thr("slim", 16, 1.0)]).is_err());
+    }
+}
