@@ -23,6 +23,9 @@ pub const PROTOCOL_ERRORS_TOTAL: &str = "slim_protocol_errors_total";
 pub const SUBSCRIPTIONS: &str = "slim_subscriptions";
 pub const REGISTRY_NAMES: &str = "slim_registry_names";
 pub const ACTOR_RESTARTS_TOTAL: &str = "slim_actor_restarts_total";
+/// Unix time at which the node's current SVID expires.
+pub const SVID_EXPIRY_SECONDS: &str = "slim_svid_expiry_timestamp_seconds";
+pub const SVID_ROTATIONS_TOTAL: &str = "slim_svid_rotations_total";
 pub const FRAMES_OUT_TOTAL: &str = "slim_frames_out_total";
 pub const QUEUE_BYTES: &str = "slim_queue_bytes";
 pub const QUEUE_BYTES_MAX: &str = "slim_queue_bytes_max";

@@ -228,6 +228,29 @@ async fn spawn_table(ctx: &Arc<NodeCtx>, sup: &ActorRef<SupMsg>) -> Result<(), A
     Ok(())
 }
 
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Exports the node's own SVID expiry and counts rotations.
+async fn watch_svid(ctx: Arc<NodeCtx>, src: IdentitySource) {
+    let mut rx = src.subscribe();
+    let mut shutdown = ctx.shutdown_rx();
+    gauge!(m::SVID_EXPIRY_SECONDS).set(unix_seconds(rx.borrow_and_update().not_after));
+    loop {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let id = Arc::clone(&rx.borrow_and_update());
+        counter!(m::SVID_ROTATIONS_TOTAL).increment(1);
+        gauge!(m::SVID_EXPIRY_SECONDS).set(unix_seconds(id.not_after));
+        info!(spiffe_id = %id.spiffe_id, "node SVID rotated; new handshakes use it");
+    }
+}
+
 /// Gauges that are cheaper to sample than to maintain per message.
 async fn sample_gauges(ctx: Arc<NodeCtx>) {
     let mut shutdown = ctx.shutdown_rx();
@@ -403,6 +426,11 @@ pub async fn start(
         warn!(node = %ctx.cfg.node_id, "authorization policy: ALLOW ALL (development only; configure [authz] for production)");
     }
     tokio::spawn(sample_gauges(Arc::clone(&ctx)));
+    if let TlsIdentity::Source(src) = &ctx.node_identity {
+        tokio::spawn(watch_svid(Arc::clone(&ctx), src.clone()));
+    } else if let TlsIdentity::Static(i) = &ctx.node_identity {
+        gauge!(m::SVID_EXPIRY_SECONDS).set(unix_seconds(i.not_after));
+    }
     if let Some(JwtKeys::Source(src)) = ctx.cfg.token_auth.jwt.as_ref().map(|j| &j.keys) {
         tokio::spawn(refresh_jwt_keys(Arc::clone(&ctx), src.clone()));
     }

@@ -219,6 +219,7 @@ pub(crate) async fn drive(
         attempt = attempt.saturating_add(1);
         match connect_once(&shared, &ep).await {
             Ok(mut l) => {
+                shared.metrics.reconnects.increment(1);
                 if let Err(e) = restore(&shared, &mut l).await {
                     warn!(error = %e, "restoring subscriptions failed");
                     continue;
@@ -403,6 +404,7 @@ async fn read_loop(
                 if events.send(Event::Message(d)).await.is_err() {
                     return Ok(());
                 }
+                shared.metrics.received.increment(1);
                 continue;
             }
             let frame = codec::decode_body(&buf[4..total])?;
@@ -438,6 +440,7 @@ async fn read_loop(
                     }
                 }
                 Frame::Error(e) => {
+                    shared.metrics.node_errors.increment(1);
                     if events.send(Event::Error(e)).await.is_err() {
                         return Ok(());
                     }

@@ -141,6 +141,9 @@ pub struct ClientConfig {
     /// QUIC flow-control window for the frame stream: how many bytes the node
     /// may send ahead of what this client has read.
     pub stream_window: u32,
+    /// Record SDK metrics (`slim_client_*`) into the process's `metrics`
+    /// recorder. Off by default: an agent that installs no recorder pays nothing.
+    pub metrics: bool,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -174,6 +177,7 @@ impl ClientConfig {
             outbound_capacity: 65_536,
             request_timeout: Duration::from_secs(10),
             stream_window: 4 << 20,
+            metrics: false,
         }
     }
 }
@@ -210,8 +214,36 @@ pub enum ConnState {
 
 pub(crate) type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<(), (ErrorCode, String)>>>>;
 
+/// SDK metric handles; no-ops unless `ClientConfig::metrics` is set.
+pub(crate) struct SdkMetrics {
+    pub published: metrics::Counter,
+    pub received: metrics::Counter,
+    pub reconnects: metrics::Counter,
+    pub node_errors: metrics::Counter,
+}
+
+impl SdkMetrics {
+    fn new(on: bool) -> Self {
+        if !on {
+            return SdkMetrics {
+                published: metrics::Counter::noop(),
+                received: metrics::Counter::noop(),
+                reconnects: metrics::Counter::noop(),
+                node_errors: metrics::Counter::noop(),
+            };
+        }
+        SdkMetrics {
+            published: metrics::counter!("slim_client_messages_published_total"),
+            received: metrics::counter!("slim_client_messages_received_total"),
+            reconnects: metrics::counter!("slim_client_reconnects_total"),
+            node_errors: metrics::counter!("slim_client_node_errors_total"),
+        }
+    }
+}
+
 pub(crate) struct Shared {
     pub cfg: ClientConfig,
+    pub metrics: SdkMetrics,
     pub subs: Mutex<HashSet<Name>>,
     pub pending: Pending,
     pub next_id: AtomicU64,
@@ -255,6 +287,7 @@ impl Client {
             last_error: String::new(),
         });
         let shared = Arc::new(Shared {
+            metrics: SdkMetrics::new(cfg.metrics),
             cfg,
             subs: Mutex::new(HashSet::new()),
             pending: Mutex::new(HashMap::new()),
@@ -400,6 +433,7 @@ impl Client {
             .send(b.freeze())
             .await
             .map_err(|_| ClientError::Closed)?;
+        self.shared.metrics.published.increment(1);
         Ok(msg_id)
     }
 

@@ -63,6 +63,18 @@ async fn run(cfg: FileConfig) -> Result<()> {
             .context("cannot load the node identity")?,
         ),
     };
+    // /readyz turns 503 once the node's own SVID has expired (its source
+    // stopped rotating): new clients could not verify it anyway.
+    let expiry: Box<dyn Fn() -> std::time::SystemTime + Send + Sync> = match &identity {
+        TlsIdentity::Static(i) => {
+            let t = i.not_after;
+            Box::new(move || t)
+        }
+        TlsIdentity::Source(s) => {
+            let s = s.clone();
+            Box::new(move || s.current().not_after)
+        }
+    };
     let (own_id, not_after) = match &identity {
         TlsIdentity::Static(i) => (i.spiffe_id.clone(), i.not_after),
         TlsIdentity::Source(s) => (s.spiffe_id(), s.current().not_after),
@@ -83,6 +95,25 @@ async fn run(cfg: FileConfig) -> Result<()> {
     node_cfg.token_auth = token_auth(&cfg, &identity)?;
     let node = Arc::new(slim_actors::start(node_cfg, identity).await?);
     ready.store(true, Ordering::Relaxed);
+    {
+        let ready = Arc::clone(&ready);
+        tokio::spawn(async move {
+            let mut was_ok = true;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let ok = expiry() > std::time::SystemTime::now();
+                if ok != was_ok {
+                    if ok {
+                        info!("node SVID valid again; ready");
+                    } else {
+                        tracing::error!("node SVID expired; /readyz now fails");
+                    }
+                    ready.store(ok, Ordering::Relaxed);
+                    was_ok = ok;
+                }
+            }
+        });
+    }
     println!(
         "slim-node {} listening on {}",
         node.node_id(),

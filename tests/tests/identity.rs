@@ -379,3 +379,37 @@ async fn absent_agent_is_a_clear_error() {
     );
     assert!(t0.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_secret_mode_is_development_only_and_checks_the_secret() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |c| c.token_auth.shared_secret = Some("s3cret".into())).await;
+    let creds = |secret: &str| Credentials::SharedSecret {
+        secret: secret.into(),
+        bundles: pki.ca.bundles(),
+    };
+    let err = Client::connect(ClientConfig::with_credentials(
+        node.local_addr(),
+        name("acme/dev/x"),
+        creds("wrong"),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Rejected { code, reason } if *code == ErrorCode::UNAUTHORIZED && reason == "wrong shared secret"),
+        "{err:?}"
+    );
+    let c = Client::connect(ClientConfig::with_credentials(
+        node.local_addr(),
+        name("acme/dev/x"),
+        creds("s3cret"),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        c.authenticated_as().as_deref(),
+        Some(slim_actors::conn::SHARED_SECRET_ID)
+    );
+    node.shutdown(Duration::from_secs(1)).await;
+}
