@@ -49,12 +49,16 @@ struct ConnEntry {
     names: HashSet<Arc<str>>,
 }
 
+/// Names are client-chosen, so the hasher must be keyed (HashDoS); ahash is
+/// keyed per process and several times faster than the default SipHash.
+type Hasher = ahash::RandomState;
+
 #[derive(Debug, Default)]
 pub struct Registry {
-    routes: DashMap<Arc<str>, Arc<Route>>,
-    by_conn: DashMap<ConnId, ConnEntry>,
+    routes: DashMap<Arc<str>, Arc<Route>, Hasher>,
+    by_conn: DashMap<ConnId, ConnEntry, Hasher>,
     /// Which connection registered each full name (for takeover).
-    owners: DashMap<Arc<str>, ConnId>,
+    owners: DashMap<Arc<str>, ConnId, Hasher>,
     subscriptions: AtomicUsize,
 }
 

@@ -401,8 +401,16 @@ async fn read_loop(
                         )));
                     }
                 };
-                if events.send(Event::Message(d)).await.is_err() {
-                    return Ok(());
+                // The non-blocking path first: it skips the async semaphore
+                // dance whenever the application keeps up.
+                match events.try_send(Event::Message(d)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(ev)) => {
+                        if events.send(ev).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
                 }
                 shared.metrics.received.increment(1);
                 continue;

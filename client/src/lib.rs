@@ -419,20 +419,36 @@ impl Client {
         payload: &[u8],
     ) -> Result<u64, ClientError> {
         let msg_id = self.shared.next_id();
-        let mut b = BytesMut::with_capacity(payload.len() + name.as_str().len() + 24);
-        codec::encode_publish(
-            name,
-            mode,
-            flags,
-            msg_id,
-            payload,
-            &self.shared.cfg.limits,
-            &mut b,
-        )?;
-        self.out
-            .send(b.freeze())
-            .await
-            .map_err(|_| ClientError::Closed)?;
+        let frame = SCRATCH.with(|cell| {
+            // Frames are carved out of a per-thread 64 KiB buffer, so small
+            // publishes share allocations instead of each making one.
+            let mut b = cell.borrow_mut();
+            let need = payload.len() + name.as_str().len() + 32;
+            if b.capacity() - b.len() < need {
+                b.reserve(need.max(64 * 1024));
+            }
+            codec::encode_publish(
+                name,
+                mode,
+                flags,
+                msg_id,
+                payload,
+                &self.shared.cfg.limits,
+                &mut b,
+            )
+            .map(|()| b.split().freeze())
+        })?;
+        let frame = match self.out.try_send(frame) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(f)) => Some(f),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(ClientError::Closed),
+        };
+        if let Some(frame) = frame {
+            self.out
+                .send(frame)
+                .await
+                .map_err(|_| ClientError::Closed)?;
+        }
         self.shared.metrics.published.increment(1);
         Ok(msg_id)
     }
@@ -493,6 +509,10 @@ impl Drop for Client {
             let _ = c.send(());
         }
     }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 pub(crate) fn encode_frame(frame: &Frame, limits: &Limits) -> Result<Bytes, slim_wire::WireError> {

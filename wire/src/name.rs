@@ -93,6 +93,44 @@ impl Name {
     /// Checks that `s` is a valid name without building one; returns the
     /// byte length of its `org/namespace/service` part.
     pub fn validate(s: &str) -> Result<usize, InvalidName> {
+        if let Some(service_len) = Self::validate_ascii_fast(s) {
+            return Ok(service_len);
+        }
+        Self::validate_slow(s)
+    }
+
+    /// One pass over the bytes for the common case (ASCII, valid); `None`
+    /// means "let the full check decide" (non-ASCII or invalid), so the two
+    /// paths can never disagree about what is valid.
+    #[inline]
+    fn validate_ascii_fast(s: &str) -> Option<usize> {
+        let b = s.as_bytes();
+        let mut slashes = 0usize;
+        let mut start = 0usize;
+        let mut service_len = 0usize;
+        for (i, &c) in b.iter().enumerate() {
+            if c == b'/' {
+                let len = i - start;
+                if len == 0 || len > MAX_COMPONENT_LEN {
+                    return None;
+                }
+                slashes += 1;
+                if slashes == 3 {
+                    service_len = i;
+                }
+                start = i + 1;
+            } else if c < 0x20 || c >= 0x7f {
+                return None;
+            }
+        }
+        let last = b.len() - start;
+        if last == 0 || last > MAX_COMPONENT_LEN || !(2..=3).contains(&slashes) {
+            return None;
+        }
+        Some(if slashes == 2 { b.len() } else { service_len })
+    }
+
+    fn validate_slow(s: &str) -> Result<usize, InvalidName> {
         let mut count = 0;
         let mut service_len = 0;
         for (index, c) in s.split('/').enumerate() {
@@ -224,6 +262,40 @@ mod tests {
         assert_eq!(s.instance(), None);
         assert_eq!(n.without_instance(), s);
         assert_eq!(s.with_instance("7").unwrap(), n);
+    }
+
+    #[test]
+    fn fast_and_slow_paths_agree() {
+        let long = "x".repeat(MAX_COMPONENT_LEN);
+        let too_long = "x".repeat(MAX_COMPONENT_LEN + 1);
+        let cases = [
+            "a/b/c".to_string(),
+            "a/b/c/d".into(),
+            "a/b".into(),
+            "a/b/c/d/e".into(),
+            "/b/c".into(),
+            "a/b/c/".into(),
+            "a//c".into(),
+            format!("a/b/{long}"),
+            format!("a/b/{too_long}"),
+            format!("{long}/b/c/{long}"),
+            "a/b/c\x7f".into(),
+            "a/b/c\t".into(),
+            "a/b/\u{85}".into(),
+            "ä/b/c".into(),
+            "".into(),
+            "/".into(),
+        ];
+        for c in &cases {
+            let slow = Name::validate_slow(c);
+            match Name::validate_ascii_fast(c) {
+                Some(n) => assert_eq!(slow, Ok(n), "{c:?}"),
+                None => assert!(
+                    slow.is_err() || !c.is_ascii(),
+                    "{c:?}: fast path refused a valid ASCII name"
+                ),
+            }
+        }
     }
 
     #[test]
