@@ -119,7 +119,7 @@ impl Name {
                     service_len = i;
                 }
                 start = i + 1;
-            } else if c < 0x20 || c >= 0x7f {
+            } else if !(0x20..0x7f).contains(&c) {
                 return None;
             }
         }
