@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# SLIM vs NATS throughput on this machine, one run, loopback only.
+# SLIM vs NATS on this machine, loopback only.
 #
 #   loadtest/compare.sh [ROUNDS]
 #
 # Starts slim-node (QUIC + SPIFFE mTLS) and nats-server (TLS with client
 # certificate verification), both with certificates from one development CA,
-# runs each scenario ROUNDS times (default 3) against both, alternating which
-# system goes first each round, and prints ours/NATS ratios (median, min, max)
-# of deliveries/s and of server CPU-seconds per million deliveries, plus the
-# raw figures of every run.
+# runs every scenario ROUNDS times (default 3) against both, alternating which
+# system goes first each round, and prints ours/NATS ratios (median, min, max
+# over rounds) plus the raw figures of every run.
 #
-# Scenarios: 1 publisher -> 1 subscriber and 1 -> 100, 16-byte payloads,
-# multicast (NATS: plain subscriptions).
+# Scenarios (per round, in this order):
+#   connections  1000 idle connections, each its own mTLS client (SLIM: its
+#                own X.509-SVID), then 10 distinct subscriptions each: connect
+#                rate, server RSS growth per idle connection and per
+#                subscription. Both servers are restarted at the start of
+#                every round and this runs first, on fresh processes: memory
+#                freed by earlier runs would otherwise be reused without
+#                growing the RSS.
+#   throughput   1 -> 1 16 B, 1 -> 1 1 KiB, 1 -> 100 16 B, multicast (NATS:
+#                plain subscriptions): deliveries/s and server CPU per 1M.
+#   latency      open-loop request/reply at 1000 req/s, 16 B, measured from
+#                each request's scheduled send time: p50, p99, p99.9.
 #
 # NATS TLS: nats-server gets a server certificate with SAN IP:127.0.0.1 and
 # DNS:localhost, made here with openssl and signed by the dev CA's key, so the
@@ -19,16 +28,24 @@
 # certificate is an X.509-SVID issued from the same CA (slim-loadtest
 # --ca-dir), checked by nats-server's `verify: true`.
 #
-# Environment: ROUNDS, DURATION (5s), WARMUP (1s), SIZE (16), SLIM_PORT (4500),
-# NATS_PORT (4222), METRICS_PORT (9464), NATS_MONITOR_PORT (8222), RESULTS (copy the JSON lines here),
-# KEEP_TMP=1 (keep the work directory), SLIMCTL / SLIM_NODE / SLIM_LOADTEST
-# (use these binaries instead of building).
+# Environment: ROUNDS, DURATION (5s, throughput window), WARMUP (1s),
+# LAT_RATE (1000), LAT_DURATION (10s), CONNS (1000), CONN_SUBS (10),
+# CONN_CONCURRENCY (32), SCENARIOS (default "connections throughput latency"),
+# SLIM_PORT (4500), NATS_PORT (4222), METRICS_PORT (9464),
+# NATS_MONITOR_PORT (8222), RESULTS (copy the JSON lines here), PLOTS (write
+# SVG charts into this directory), KEEP_TMP=1 (keep the work directory),
+# SLIMCTL / SLIM_NODE / SLIM_LOADTEST (use these binaries instead of building).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ROUNDS="${1:-${ROUNDS:-3}}"
 DURATION="${DURATION:-5s}"
 WARMUP="${WARMUP:-1s}"
-SIZE="${SIZE:-16}"
+LAT_RATE="${LAT_RATE:-1000}"
+LAT_DURATION="${LAT_DURATION:-10s}"
+CONNS="${CONNS:-1000}"
+CONN_SUBS="${CONN_SUBS:-10}"
+CONN_CONCURRENCY="${CONN_CONCURRENCY:-32}"
+SCENARIOS="${SCENARIOS:-connections throughput latency}"
 SLIM_PORT="${SLIM_PORT:-4500}"
 NATS_PORT="${NATS_PORT:-4222}"
 METRICS_PORT="${METRICS_PORT:-9464}"
@@ -55,16 +72,33 @@ SLIMCTL="${SLIMCTL:-$BIN/slimctl}"
 SLIM_NODE="${SLIM_NODE:-$BIN/slim-node}"
 SLIM_LOADTEST="${SLIM_LOADTEST:-$BIN/slim-loadtest}"
 
+# 1000 connections: NATS needs a descriptor per client on both ends (and the
+# load generator one per SLIM client's UDP socket). Raise the soft limit.
+hard="$(ulimit -Hn)"
+if [ "$hard" = unlimited ] || [ "$hard" -gt 65536 ]; then hard=65536; fi
+[ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt "$hard" ] && ulimit -n "$hard"
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((CONNS * 2 + 256)) ]; then
+  echo "warning: ulimit -n is $(ulimit -n), low for CONNS=$CONNS" >&2
+fi
+
 WORK="$(mktemp -d -t slim-compare.XXXXXX)"
-PIDS=()
+NODE_PID=""
+NATS_PID=""
+stop_servers() {
+  for p in $NODE_PID $NATS_PID; do kill "$p" 2>/dev/null || true; done
+  for p in $NODE_PID $NATS_PID; do wait "$p" 2>/dev/null || true; done
+  NODE_PID=""
+  NATS_PID=""
+}
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  stop_servers
   if [ "${KEEP_TMP:-0}" = 1 ]; then echo "work directory kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(uname -r)"
+echo "== load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== dev CA (spiffe://$TD) and certificates in $WORK"
 "$SLIMCTL" dev-ca init --trust-domain "$TD" --dir "$WORK/ca" >/dev/null
 "$SLIMCTL" dev-ca issue "spiffe://$TD/node" --ca "$WORK/ca" --out "$WORK/node" >/dev/null
@@ -90,6 +124,11 @@ listen = "127.0.0.1:$SLIM_PORT"
 dir = "$WORK/node"
 [metrics]
 listen = "127.0.0.1:$METRICS_PORT"
+# A benchmark on loopback with throwaway certificates: no authorization
+# policy, so that nats-server (which has none here either) and the node do
+# comparable work. Never use allow_all outside development.
+[authz]
+mode = "allow_all"
 EOF
 cat >"$WORK/nats/nats.conf" <<EOF
 listen: 127.0.0.1:$NATS_PORT
@@ -103,50 +142,77 @@ tls {
 }
 EOF
 
-echo "== starting slim-node on 127.0.0.1:$SLIM_PORT"
-RUST_LOG="${RUST_LOG:-warn}" "$SLIM_NODE" --config "$WORK/node.toml" >"$WORK/node.log" 2>&1 &
-NODE_PID=$!
-PIDS+=("$NODE_PID")
-echo "== starting nats-server $("$NATS_SERVER" --version | awk '{print $2}') on 127.0.0.1:$NATS_PORT (TLS, verify)"
-"$NATS_SERVER" -c "$WORK/nats/nats.conf" >"$WORK/nats.log" 2>&1 &
-NATS_PID=$!
-PIDS+=("$NATS_PID")
-for _ in $(seq 150); do
-  grep -q "listening on" "$WORK/node.log" && grep -q "Server is ready" "$WORK/nats.log" && break
-  kill -0 "$NODE_PID" 2>/dev/null || break
-  kill -0 "$NATS_PID" 2>/dev/null || break
-  sleep 0.1
-done
-grep -q "listening on" "$WORK/node.log" || { cat "$WORK/node.log" >&2; echo "slim-node did not start" >&2; exit 1; }
-grep -q "Server is ready" "$WORK/nats.log" || { cat "$WORK/nats.log" >&2; echo "nats-server did not start" >&2; exit 1; }
+NATS_VERSION="$("$NATS_SERVER" --version | awk '{print $2}')"
+start_servers() {
+  RUST_LOG="${RUST_LOG:-warn}" "$SLIM_NODE" --config "$WORK/node.toml" >"$WORK/node.log" 2>&1 &
+  NODE_PID=$!
+  "$NATS_SERVER" -c "$WORK/nats/nats.conf" >"$WORK/nats.log" 2>&1 &
+  NATS_PID=$!
+  for _ in $(seq 150); do
+    grep -q "listening on" "$WORK/node.log" && grep -q "Server is ready" "$WORK/nats.log" && break
+    kill -0 "$NODE_PID" 2>/dev/null || break
+    kill -0 "$NATS_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  grep -q "listening on" "$WORK/node.log" || { cat "$WORK/node.log" >&2; echo "slim-node did not start" >&2; exit 1; }
+  grep -q "Server is ready" "$WORK/nats.log" || { cat "$WORK/nats.log" >&2; echo "nats-server did not start" >&2; exit 1; }
+}
 
 RESULTS_FILE="$WORK/results.jsonl"
 : >"$RESULTS_FILE"
-common=(throughput --pubs 1 --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" --mode multicast
-  --ca-dir "$WORK/ca" --json) # --json: one line per run on stdout, a short summary on stderr
-run() { # system subs
-  local sys=$1 subs=$2
+# --json: one line per run on stdout (collected), a short summary on stderr.
+run() { # system subcommand args...
+  local sys=$1
+  shift
   if [ "$sys" = slim ]; then
-    "$SLIM_LOADTEST" "${common[@]}" --subs "$subs" --target "slim://127.0.0.1:$SLIM_PORT" \
+    "$SLIM_LOADTEST" "$@" --ca-dir "$WORK/ca" --json --target "slim://127.0.0.1:$SLIM_PORT" \
       --node-pid "$NODE_PID" --stats-addr "127.0.0.1:$METRICS_PORT" >>"$RESULTS_FILE"
   else
-    "$SLIM_LOADTEST" "${common[@]}" --subs "$subs" --target "tls://127.0.0.1:$NATS_PORT" \
+    "$SLIM_LOADTEST" "$@" --ca-dir "$WORK/ca" --json --target "tls://127.0.0.1:$NATS_PORT" \
       --node-pid "$NATS_PID" --stats-addr "127.0.0.1:$NATS_MONITOR_PORT" >>"$RESULTS_FILE"
   fi
+  sleep 1
 }
+has() { case " $SCENARIOS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
+echo "== slim-node (127.0.0.1:$SLIM_PORT) and nats-server $NATS_VERSION (127.0.0.1:$NATS_PORT, TLS, verify)"
+T0=$SECONDS
 for r in $(seq "$ROUNDS"); do
   if [ $((r % 2)) -eq 1 ]; then order=(slim nats); else order=(nats slim); fi
-  echo "== round $r/$ROUNDS (${order[*]})"
-  for subs in 1 100; do
+  echo "== round $r/$ROUNDS (${order[*]}), servers restarted, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  stop_servers
+  start_servers
+  if has connections; then
     for sys in "${order[@]}"; do
-      run "$sys" "$subs"
-      sleep 1
+      run "$sys" connections --conns "$CONNS" --subs "$CONN_SUBS" --concurrency "$CONN_CONCURRENCY"
     done
-  done
+  fi
+  if has throughput; then
+    for spec in "1 16" "1 1024" "100 16"; do
+      read -r subs size <<<"$spec"
+      for sys in "${order[@]}"; do
+        run "$sys" throughput --pubs 1 --subs "$subs" --size "$size" --mode multicast \
+          --duration "$DURATION" --warmup "$WARMUP"
+      done
+    done
+  fi
+  if has latency; then
+    for sys in "${order[@]}"; do
+      run "$sys" latency --rate "$LAT_RATE" --duration "$LAT_DURATION" --warmup "$WARMUP"
+    done
+  fi
 done
+stop_servers
 
 echo
-echo "== results (server CPU from /proc/<pid>/stat; peak RSS is the server's lifetime VmHWM)"
+echo "== results after $((SECONDS - T0)) s; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "   (server CPU from /proc/<pid>/stat; peak RSS is the server's VmHWM since the round's restart)"
 "$SLIM_LOADTEST" summarize "$RESULTS_FILE"
 if [ -n "${RESULTS:-}" ]; then cp "$RESULTS_FILE" "$RESULTS" && echo "JSON lines copied to $RESULTS"; fi
+if [ -n "${PLOTS:-}" ]; then
+  mkdir -p "$PLOTS"
+  has latency && "$SLIM_LOADTEST" plot "$RESULTS_FILE" --scenario "rr $LAT_RATE/s 16B" --out "$PLOTS/latency.svg"
+  has connections && "$SLIM_LOADTEST" plot "$RESULTS_FILE" --scenario "connections $CONNS x $CONN_SUBS subs" \
+    --out "$PLOTS/connect-latency.svg"
+  echo "charts written to $PLOTS"
+fi

@@ -77,6 +77,8 @@ pub struct ConnectionsReport {
     /// Client connections the server reported once all were connected
     /// (needs --stats-addr).
     pub server_connections: Option<u64>,
+    /// ... and 0.5 s after closing them all.
+    pub server_connections_after_close: Option<u64>,
     pub close_s: f64,
     /// Connect latency distribution: [quantile, milliseconds].
     pub percentiles: Vec<[f64; 2]>,
@@ -108,6 +110,7 @@ pub async fn run(
     let prepare_s = t.elapsed().as_secs_f64();
 
     let rss0 = rss(&probe, plan.settle).await;
+    let udp_before = crate::procfs::udp_rcvbuf_errors().ok();
     if probe.is_none() {
         notes.push("no --node-pid: server memory not measured".into());
     }
@@ -212,15 +215,42 @@ pub async fn run(
         rss1
     };
 
+    // Close with the same bound as connecting: a QUIC CONNECTION_CLOSE is
+    // sent once and never retransmitted, so a burst of a thousand of them
+    // can overflow the node's UDP receive buffer, and the connections it
+    // missed linger until their idle timeout.
     let t = Instant::now();
-    let closing = futures::future::join_all(conns.into_iter().map(|c| tokio::spawn(c.close())));
-    if tokio::time::timeout(Duration::from_secs(30), closing)
+    let closing = futures::stream::iter(conns.into_iter().map(|c| tokio::spawn(c.close())))
+        .buffer_unordered(plan.concurrency)
+        .collect::<Vec<_>>();
+    if tokio::time::timeout(Duration::from_secs(60), closing)
         .await
         .is_err()
     {
-        notes.push("closing the connections took more than 30 s".into());
+        notes.push("closing the connections took more than 60 s".into());
     }
     let close_s = t.elapsed().as_secs_f64();
+    let mut counters: BTreeMap<String, u64> = backend.counters().into_iter().collect();
+    if backend.system() == "slim"
+        && let (Some(a), Ok(b)) = (udp_before, crate::procfs::udp_rcvbuf_errors())
+    {
+        counters.insert("host_udp_rcvbuf_errors".into(), b.saturating_sub(a));
+    }
+    // Did the server notice every close?
+    let mut server_connections_after_close = None;
+    if let Some((kind, addr)) = stats {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Ok(m) = serverstats::read(kind, addr).await {
+            let n = m.get("client_connections").map(|v| *v as u64).unwrap_or(0);
+            server_connections_after_close = Some(n);
+            if n > 0 {
+                notes.push(format!(
+                    "the server still counted {n} client connection(s) 0.5 s after all were closed \
+                     (missed closes linger until the idle timeout)"
+                ));
+            }
+        }
+    }
 
     let delta = |a: Option<u64>, b: Option<u64>| a.zip(b).map(|(a, b)| b as f64 - a as f64);
     let ms = |ns: u64| ns as f64 / 1e6;
@@ -259,9 +289,10 @@ pub async fn run(
             .filter(|_| subscriptions > 0)
             .map(|d| d * 1024.0 / subscriptions as f64),
         server_connections,
+        server_connections_after_close,
         close_s,
         percentiles,
-        counters: backend.counters().into_iter().collect(),
+        counters,
         notes,
     })
 }
@@ -347,7 +378,15 @@ impl ConnectionsReport {
             ),
         ];
         if let Some(n) = self.server_connections {
-            rows.push(("server connections".into(), n.to_string()));
+            rows.push((
+                "server connections".into(),
+                format!(
+                    "{n} when connected, {} after closing",
+                    self.server_connections_after_close
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "-".into())
+                ),
+            ));
         }
         for (k, v) in &self.counters {
             rows.push((k.clone(), v.to_string()));

@@ -316,6 +316,7 @@ pub async fn run(
         extra,
     } = running;
 
+    let udp_before = procfs::udp_rcvbuf_errors().ok();
     let _ = start.send(true);
     tokio::time::sleep(plan.warmup).await;
     let a = snap(&ctl, cpu);
@@ -387,6 +388,11 @@ pub async fn run(
         keep.push(t.1);
     }
     let mut counters = extra.map(|f| f()).unwrap_or_default();
+    if system == "slim"
+        && let (Some(a), Ok(b)) = (udp_before, procfs::udp_rcvbuf_errors())
+    {
+        counters.insert("host_udp_rcvbuf_errors".into(), b.saturating_sub(a));
+    }
     let mut notes = Vec::new();
     if drain_cut {
         notes.push(format!(

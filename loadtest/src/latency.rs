@@ -34,6 +34,12 @@ pub struct LatencyPlan {
     pub timeout: Duration,
     pub size: usize,
     pub topic: Topic,
+    /// The sender sleeps until this long before each send time, then
+    /// busy-waits: `nanosleep` alone overshoots by 50-100 µs (timer slack),
+    /// which would be charged to every request. (Yielding instead of
+    /// spinning is worse: on a busy machine the yielded CPU goes to another
+    /// process for a whole time slice.)
+    pub spin: Duration,
 }
 
 impl LatencyPlan {
@@ -101,6 +107,9 @@ pub struct LatencyReport {
     /// share of one core that is.
     pub server_cpu_s: Option<f64>,
     pub server_cpu_pct: Option<f64>,
+    /// The load generator's own CPU (requester, responder and the sender
+    /// thread's spinning), share of one core, in the measured window.
+    pub loadgen_cpu_pct: Option<f64>,
     /// The latency distribution: [quantile, microseconds].
     pub percentiles: Vec<[f64; 2]>,
     pub counters: std::collections::BTreeMap<String, u64>,
@@ -295,11 +304,12 @@ pub async fn run(
         })
     };
 
-    // The sender: its own OS thread, sleeping with nanosleep rather than on
-    // the runtime's millisecond timer wheel, so that it can keep a
-    // sub-millisecond schedule.
+    // The sender: its own OS thread, sleeping with nanosleep (and spinning
+    // for the last `spin`) rather than on the runtime's millisecond timer
+    // wheel, so that it can keep a sub-millisecond schedule.
     let topic = plan.topic.clone();
     let interval_ns = plan.interval_ns();
+    let spin = plan.spin;
     let handle = tokio::runtime::Handle::current();
     let sender = tokio::task::spawn_blocking(move || -> Result<(Histogram<u64>, u64)> {
         let mut lag = histogram()?;
@@ -307,10 +317,14 @@ pub async fn run(
         for seq in 0..total {
             let at = t0 + Duration::from_nanos((seq as f64 * interval_ns) as u64);
             let now = Instant::now();
-            if at > now {
-                std::thread::sleep(at - now);
+            if at > now + spin {
+                std::thread::sleep(at - now - spin);
             }
-            let now = Instant::now();
+            let mut now = Instant::now();
+            while now < at {
+                std::hint::spin_loop();
+                now = Instant::now();
+            }
             if seq >= warm {
                 lag.saturating_record(now.saturating_duration_since(at).as_nanos() as u64 + 1);
             }
@@ -322,12 +336,15 @@ pub async fn run(
         Ok((lag, sent))
     });
 
+    let udp_before = crate::procfs::udp_rcvbuf_errors().ok();
     let win_start = t0 + Duration::from_nanos((warm as f64 * interval_ns) as u64);
     tokio::time::sleep_until(win_start.into()).await;
     let cpu_a = cpu.as_ref().and_then(|p| p.cpu_seconds().ok());
+    let self_a = CpuProbe::SelfProcess.cpu_seconds().ok();
     let (lag, sent) = sender.await.context("sender thread panicked")??;
     let win_end = Instant::now();
     let cpu_b = cpu.as_ref().and_then(|p| p.cpu_seconds().ok());
+    let self_b = CpuProbe::SelfProcess.cpu_seconds().ok();
 
     // Collect until every measured request is answered or the last one has
     // timed out.
@@ -343,6 +360,11 @@ pub async fn run(
     let mut counters: std::collections::BTreeMap<String, u64> =
         backend.counters().into_iter().collect();
     counters.insert("responder_replies".into(), answered);
+    if backend.system() == "slim"
+        && let (Some(a), Ok(b)) = (udp_before, crate::procfs::udp_rcvbuf_errors())
+    {
+        counters.insert("host_udp_rcvbuf_errors".into(), b.saturating_sub(a));
+    }
     counters.insert("responder_failures".into(), rsp_failed);
     let mut notes = Vec::new();
     if let Some(e) = &rec.first_error {
@@ -406,6 +428,9 @@ pub async fn run(
         server_cpu_s: cpu_a.zip(cpu_b).map(|(a, b)| b - a),
         server_cpu_pct: cpu_a
             .zip(cpu_b)
+            .map(|(a, b)| 100.0 * (b - a) / window.max(1e-9)),
+        loadgen_cpu_pct: self_a
+            .zip(self_b)
             .map(|(a, b)| 100.0 * (b - a) / window.max(1e-9)),
         percentiles: curve(h),
         counters,
@@ -476,6 +501,12 @@ impl LatencyReport {
         ));
         if let (Some(s), Some(p)) = (self.server_cpu_s, self.server_cpu_pct) {
             rows.push(("server cpu".into(), format!("{s:.2} s ({p:.1}% of a core)")));
+        }
+        if let Some(p) = self.loadgen_cpu_pct {
+            rows.push((
+                "load generator cpu".into(),
+                format!("{p:.1}% of a core (sender spin included)"),
+            ));
         }
         if self.duplicate_replies + self.malformed_replies + self.node_errors > 0 {
             rows.push((

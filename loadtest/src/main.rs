@@ -77,7 +77,8 @@ enum Cmd {
     Plot {
         /// File with one JSON report per line.
         file: PathBuf,
-        /// Only the reports of this scenario (exactly as in the reports).
+        /// Only the reports of this scenario: its exact name, or else any
+        /// scenario containing this text (e.g. "1->1 " for a size sweep).
         #[arg(long)]
         scenario: Option<String>,
         /// The SVG file to write.
@@ -199,6 +200,12 @@ struct LatencyArgs {
     /// SLIM name the responder subscribes to (NATS: '.' for '/').
     #[arg(long, default_value = "loadtest/bench/rpc")]
     topic: String,
+    /// The sender busy-waits for the last this-many µs before each send
+    /// instead of sleeping (nanosleep overshoots by 50-100 µs, which every
+    /// request would be charged), at the cost of that much CPU per request
+    /// (0: sleep only).
+    #[arg(long, default_value_t = 150)]
+    spin_us: u64,
 }
 
 #[derive(Debug, Args)]
@@ -561,6 +568,7 @@ fn latency(a: LatencyArgs) -> Result<()> {
         timeout: a.timeout,
         size: a.size,
         topic: Topic::new(&a.topic).context("--topic")?,
+        spin: Duration::from_micros(a.spin_us),
     };
     let rt = runtime("loadgen", a.t.client_threads)?;
     let cpu = a.t.node_pid.map(CpuProbe::Pid);

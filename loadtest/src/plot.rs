@@ -56,6 +56,20 @@ fn labels(reports: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// Colours matching [`labels`]: one family per system.
+fn colors(reports: &[Value]) -> Vec<Option<String>> {
+    let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    reports
+        .iter()
+        .map(|r| {
+            let sys = s(r, "system");
+            let n = seen.entry(sys).or_default();
+            *n += 1;
+            Some(svg::system_color(sys, *n - 1))
+        })
+        .collect()
+}
+
 fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
@@ -70,8 +84,8 @@ fn percentile_chart(reports: &[Value], title: String, unit: &str, scale: f64) ->
     let mut max_x: f64 = 100.0;
     let series: Vec<Series> = reports
         .iter()
-        .zip(labels(reports))
-        .map(|(r, label)| {
+        .zip(labels(reports).into_iter().zip(colors(reports)))
+        .map(|(r, (label, color))| {
             let pts: Vec<(f64, f64)> = svg::percentile_points(
                 &pairs(r, "percentiles")
                     .into_iter()
@@ -85,6 +99,7 @@ fn percentile_chart(reports: &[Value], title: String, unit: &str, scale: f64) ->
                 label,
                 points: pts,
                 markers: false,
+                color,
             }
         })
         .collect();
@@ -167,6 +182,7 @@ pub fn chart(reports: &[Value]) -> Result<Chart> {
                 let series = by
                     .into_iter()
                     .map(|(sys, m)| Series {
+                        color: Some(svg::system_color(&sys, 0)),
                         label: sys,
                         points: m
                             .into_iter()
@@ -211,11 +227,12 @@ pub fn chart(reports: &[Value]) -> Result<Chart> {
                     y: Axis::linear("deliveries/s"),
                     series: reports
                         .iter()
-                        .zip(labels(reports))
-                        .map(|(r, label)| Series {
+                        .zip(labels(reports).into_iter().zip(colors(reports)))
+                        .map(|(r, (label, color))| Series {
                             label,
                             points: pairs(r, "timeline"),
                             markers: false,
+                            color,
                         })
                         .collect(),
                 }
@@ -235,17 +252,26 @@ pub fn write(path: &Path, reports: &[Value]) -> Result<()> {
 pub fn from_file(file: &Path, out: &Path, scenario: Option<&str>) -> Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let mut reports = Vec::new();
+    let mut all = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let v: Value = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a JSON report", file.display(), i + 1))?;
-        if scenario.is_none_or(|sc| s(&v, "scenario") == sc) {
-            reports.push(v);
-        }
+        all.push(v);
     }
+    // An exact scenario name if there is one, else every scenario containing
+    // the text (e.g. "1->1 " for a size sweep of 1 -> 1).
+    let exact = scenario.is_some_and(|sc| all.iter().any(|v| s(v, "scenario") == sc));
+    let reports: Vec<Value> = all
+        .into_iter()
+        .filter(|v| match scenario {
+            None => true,
+            Some(sc) if exact => s(v, "scenario") == sc,
+            Some(sc) => s(v, "scenario").contains(sc),
+        })
+        .collect();
     if reports.is_empty() {
         let mut all: Vec<String> = text
             .lines()

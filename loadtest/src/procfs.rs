@@ -75,6 +75,23 @@ impl CpuProbe {
     }
 }
 
+/// Host-wide count of UDP datagrams dropped because a socket's receive
+/// buffer was full (`RcvbufErrors` in /proc/net/snmp). QUIC runs over UDP,
+/// so a growing count means the node (or a client) lost packets to its
+/// socket buffer and QUIC had to retransmit.
+pub fn udp_rcvbuf_errors() -> Result<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").context("reading /proc/net/snmp")?;
+    parse_udp_rcvbuf_errors(&snmp).context("no Udp RcvbufErrors in /proc/net/snmp")
+}
+
+fn parse_udp_rcvbuf_errors(snmp: &str) -> Option<u64> {
+    let mut lines = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let head = lines.next()?;
+    let vals = lines.next()?;
+    let i = head.split_whitespace().position(|k| k == "RcvbufErrors")?;
+    vals.split_whitespace().nth(i)?.parse().ok()
+}
+
 /// Sum of utime + stime, in seconds, over this process's threads whose name
 /// starts with `prefix` (threads that already exited are not counted).
 pub fn self_threads_cpu_seconds(prefix: &str) -> Result<f64> {
@@ -147,6 +164,13 @@ mod tests {
         let s = "Name:\tx\nVmPeak:\t  100 kB\nVmHWM:\t    4242 kB\nVmRSS:\t 10 kB\n";
         assert_eq!(parse_vm_hwm(s), Some(4242));
         assert_eq!(parse_status_kib(s, "VmRSS:"), Some(10));
+    }
+
+    #[test]
+    fn parses_udp_counters() {
+        let s = "Ip: Forwarding\nIp: 1\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
+                 Udp: 10 2 3 4 77\nUdpLite: InDatagrams RcvbufErrors\nUdpLite: 0 0\n";
+        assert_eq!(parse_udp_rcvbuf_errors(s), Some(77));
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// Draw a dot at every point (sparse data such as a size sweep).
     pub markers: bool,
+    /// CSS colour; by default the next one of a fixed palette.
+    pub color: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -169,8 +171,9 @@ fn layout(axis: &Axis, vals: &[f64]) -> (f64, f64, Vec<(f64, String)>) {
         }
         (None, Scale::Linear) => {
             let step = nice_step(hi - lo, 5.0);
-            let lo = (lo / step).floor() * step;
-            let hi = (hi / step).ceil() * step;
+            // A hair of slack so that 3.0004 does not open a whole new step.
+            let lo = (lo / step + 0.02).floor() * step;
+            let hi = (hi / step - 0.02).ceil() * step;
             let mut ticks = Vec::new();
             let mut v = lo;
             while v <= hi + step * 1e-6 {
@@ -275,7 +278,7 @@ pub fn render(c: &Chart) -> String {
     );
     // Series.
     for (i, s) in c.series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let color = s.color.as_deref().unwrap_or(COLORS[i % COLORS.len()]);
         let pts: Vec<(f64, f64)> = s
             .points
             .iter()
@@ -316,6 +319,20 @@ pub fn render(c: &Chart) -> String {
     }
     o.push_str("</svg>\n");
     o
+}
+
+/// A colour per system and run: shades of blue for slim, of red for nats,
+/// so that rounds of one system read as one family.
+pub fn system_color(system: &str, run: usize) -> String {
+    const SLIM: &[&str] = &["#1f77b4", "#5fa2dd", "#0b4f8a", "#8fc1ea", "#2a6fb0"];
+    const NATS: &[&str] = &["#d62728", "#f0787a", "#8c1516", "#f4a3a4", "#c2410c"];
+    const OTHER: &[&str] = &["#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+    let p = match system {
+        "slim" => SLIM,
+        "nats" => NATS,
+        _ => OTHER,
+    };
+    p[run % p.len()].to_owned()
 }
 
 /// X axis of a percentile plot: 1/(1-q) on a log scale, labelled in percent.
@@ -376,6 +393,7 @@ mod tests {
                 label: "slim".into(),
                 points: percentile_points(&[[0.0, 0.1], [0.5, 0.2], [0.99, 1.0], [1.0, 5.0]]),
                 markers: false,
+                color: None,
             }],
         };
         let svg = render(&c);
