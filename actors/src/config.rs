@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub keep_alive: Duration,
     /// Upper bound on concurrent client connections.
     pub max_connections: usize,
+    /// Kernel send/receive buffer asked for the UDP socket (0 = OS default).
+    pub udp_buffer_bytes: usize,
     /// Who may register, publish and subscribe to what. Replaceable at run
     /// time with `NodeHandle::set_policy`.
     pub policy: Policy,
@@ -107,6 +109,7 @@ impl Default for NodeConfig {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(10),
             max_connections: 100_000,
+            udp_buffer_bytes: 8 << 20,
             policy: Policy::allow_all(),
             token_auth: TokenAuth::default(),
             peer_expiry_grace: Duration::ZERO,

@@ -550,8 +550,9 @@ async fn read_loop(
         if let Err(e) = res {
             break Err(e);
         }
-        if buf.capacity() - buf.len() < 8192 {
-            buf.reserve(32 * 1024);
+        // Grow on demand only: an idle connection keeps a small buffer.
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(16 * 1024);
         }
         tokio::select! {
             biased;
@@ -907,7 +908,6 @@ async fn write_loop(
     const COALESCE: usize = 64 * 1024;
     let mut shutdown = ctx.shutdown_rx();
     let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH);
-    let mut buf = BytesMut::with_capacity(COALESCE);
     let bytes_out = counter!(m::BYTES_OUT_TOTAL, "kind" => "client");
     let mut draining = false;
     loop {
@@ -934,17 +934,35 @@ async fn write_loop(
         }
         let wait = sh.outbox.take_wait();
         let frames = batch.len() as u64;
-        let mut total = 0;
-        for b in batch.drain(..) {
-            total += b.len();
-            if b.len() >= COALESCE / 4 {
-                if !buf.is_empty() {
-                    send.write_chunk(buf.split().freeze())
-                        .await
-                        .map_err(|e| e.to_string())?;
+        let total: usize = batch.iter().map(Bytes::len).sum();
+        if batch.len() == 1 {
+            // A lone frame goes to QUIC as is, without a copy.
+            let b = batch.pop().expect("one frame");
+            send.write_chunk(b).await.map_err(|e| e.to_string())?;
+        } else {
+            // Small frames are copied into one buffer sized for this batch
+            // (nothing is kept between batches, so an idle connection holds
+            // no coalescing buffer); large ones go as their own chunks.
+            let mut small_left: usize = batch
+                .iter()
+                .filter(|b| b.len() < COALESCE / 4)
+                .map(Bytes::len)
+                .sum();
+            let mut buf = BytesMut::new();
+            for b in batch.drain(..) {
+                if b.len() >= COALESCE / 4 {
+                    if !buf.is_empty() {
+                        send.write_chunk(buf.split().freeze())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    send.write_chunk(b).await.map_err(|e| e.to_string())?;
+                    continue;
                 }
-                send.write_chunk(b).await.map_err(|e| e.to_string())?;
-            } else {
+                if buf.capacity() == buf.len() {
+                    buf = BytesMut::with_capacity(small_left.min(COALESCE));
+                }
+                small_left -= b.len();
                 buf.extend_from_slice(&b);
                 if buf.len() >= COALESCE {
                     send.write_chunk(buf.split().freeze())
@@ -952,14 +970,11 @@ async fn write_loop(
                         .map_err(|e| e.to_string())?;
                 }
             }
-        }
-        if !buf.is_empty() {
-            send.write_chunk(buf.split().freeze())
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        if buf.capacity() < COALESCE / 2 {
-            buf = BytesMut::with_capacity(COALESCE);
+            if !buf.is_empty() {
+                send.write_chunk(buf.freeze())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
         }
         sh.outbox.written(total);
         bytes_out.increment(total as u64);

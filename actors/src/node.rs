@@ -369,6 +369,34 @@ async fn refresh_jwt_keys(ctx: Arc<NodeCtx>, source: IdentitySource) {
     }
 }
 
+/// Binds the node's UDP socket with large kernel buffers: with the default
+/// (~208 KiB) a burst of handshakes or of 1 KiB messages overflows the receive
+/// queue and costs retransmissions (QUIC's first handshake retransmit waits 1 s).
+pub fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = sock.set_only_v6(false);
+    }
+    if buffer > 0 {
+        let _ = sock.set_recv_buffer_size(buffer);
+        let _ = sock.set_send_buffer_size(buffer);
+        // Linux reports twice what was granted; the cap is net.core.rmem_max.
+        if let Ok(got) = sock.recv_buffer_size()
+            && got / 2 < buffer
+        {
+            warn!(
+                requested = buffer,
+                granted = got / 2,
+                "UDP receive buffer capped by the kernel; raise it with `sysctl -w net.core.rmem_max={buffer} net.core.wmem_max={buffer}`"
+            );
+        }
+    }
+    sock.bind(&addr.into())?;
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
 /// Starts a node: binds its QUIC endpoint and its actor tree.
 pub async fn start(
     cfg: NodeConfig,
@@ -384,11 +412,20 @@ pub async fn start(
         QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| NodeError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(Arc::new(transport_config(&cfg)));
-    let endpoint =
-        quinn::Endpoint::server(server, cfg.listen).map_err(|source| NodeError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+    let socket = bind_udp(cfg.listen, cfg.udp_buffer_bytes).map_err(|source| NodeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| NodeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let ctx = Arc::new(NodeCtx {
         registry: Arc::new(Registry::new()),

@@ -35,10 +35,29 @@ pub(crate) fn endpoint(cfg: &ClientConfig) -> Result<quinn::Endpoint, ClientErro
     } else {
         "0.0.0.0:0".parse().expect("static")
     };
-    let mut ep = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect {
+    let socket_err = |e: std::io::Error| ClientError::Connect {
         addr: cfg.node,
         reason: format!("cannot open UDP socket: {e}"),
-    })?;
+    };
+    // Bigger kernel buffers than the default absorb bursts of deliveries; the
+    // kernel silently caps them at net.core.rmem_max, which is fine here.
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(socket_err)?;
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
+    sock.bind(&bind.into()).map_err(socket_err)?;
+    sock.set_nonblocking(true).map_err(socket_err)?;
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        sock.into(),
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(socket_err)?;
     let alpn: &[&[u8]] = &[slim_auth::ALPN_SLIM];
     let server = cfg.server.clone();
     let tls = match &cfg.credentials {

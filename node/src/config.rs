@@ -56,6 +56,7 @@ pub struct NodeSection {
     pub keep_alive_ms: u64,
     pub max_connections: usize,
     pub shutdown_drain_ms: u64,
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for NodeSection {
@@ -69,6 +70,7 @@ impl Default for NodeSection {
             keep_alive_ms: d.keep_alive.as_millis() as u64,
             max_connections: d.max_connections,
             shutdown_drain_ms: 5_000,
+            udp_buffer_bytes: d.udp_buffer_bytes,
         }
     }
 }
@@ -423,6 +425,7 @@ impl FileConfig {
             idle_timeout: Duration::from_millis(self.node.idle_timeout_ms),
             keep_alive: Duration::from_millis(self.node.keep_alive_ms),
             max_connections: self.node.max_connections,
+            udp_buffer_bytes: self.node.udp_buffer_bytes,
             policy: Policy::allow_all(),
             token_auth: TokenAuth::default(),
             peer_expiry_grace: Duration::from_millis(self.authn.peer_expiry_grace_ms),
