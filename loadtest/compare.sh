@@ -90,7 +90,19 @@ stop_servers() {
   NODE_PID=""
   NATS_PID=""
 }
+# QUIC lives on UDP: the kernel's default socket buffer cap (~208 KiB) drops
+# packets under bursts, which TCP (NATS) never sees. Raise the cap the way a
+# QUIC deployment would, for the duration of the run, and restore it after.
+OLD_RMEM="$(cat /proc/sys/net/core/rmem_max 2>/dev/null || echo)"
+OLD_WMEM="$(cat /proc/sys/net/core/wmem_max 2>/dev/null || echo)"
+if [ "$(id -u)" = 0 ] && [ "${TUNE_UDP:-1}" = 1 ] && [ -n "$OLD_RMEM" ]; then
+  sysctl -q -w net.core.rmem_max=8388608 net.core.wmem_max=8388608 || true
+  echo "== net.core.rmem_max/wmem_max raised to 8 MiB for this run (was $OLD_RMEM/$OLD_WMEM); TUNE_UDP=0 to skip"
+fi
 cleanup() {
+  if [ "$(id -u)" = 0 ] && [ "${TUNE_UDP:-1}" = 1 ] && [ -n "$OLD_RMEM" ]; then
+    sysctl -q -w net.core.rmem_max="$OLD_RMEM" net.core.wmem_max="$OLD_WMEM" || true
+  fi
   stop_servers
   if [ "${KEEP_TMP:-0}" = 1 ]; then echo "work directory kept: $WORK"; else rm -rf "$WORK"; fi
 }
