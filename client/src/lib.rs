@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod conn;
+pub mod session;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

@@ -1,0 +1,474 @@
+//! Reliable (and best-effort) point-to-point sessions over a simulated lossy link.
+
+mod session_sim;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use session_sim::{Link, earliest, payload};
+use slim_client::session::reliable::{Config, Receiver, Sender};
+use slim_client::session::{Kind, Packet, SessionError, SessionEvent, unreliable};
+
+const SID: u64 = 0x5e55_1011;
+
+struct Pair {
+    now: Instant,
+    s: Sender,
+    r: Receiver,
+    fwd: Link,
+    back: Link,
+    delivered: Vec<(u64, Bytes)>,
+    failed: Vec<(u64, u32)>,
+    lost: Vec<u64>,
+}
+
+impl Pair {
+    fn new(cfg: Config, fwd: Link, back: Link) -> Pair {
+        Pair {
+            now: Instant::now(),
+            s: Sender::new(SID, "org/ns/a/1", cfg.clone()).unwrap(),
+            r: Receiver::new(SID, "org/ns/b/1", cfg).unwrap(),
+            fwd,
+            back,
+            delivered: Vec::new(),
+            failed: Vec::new(),
+            lost: Vec::new(),
+        }
+    }
+
+    /// One step at the current virtual time; returns the next instant anything
+    /// is due.
+    fn step(&mut self) -> Option<Instant> {
+        let now = self.now;
+        if self.s.poll_timeout().is_some_and(|t| t <= now) {
+            self.s.handle_timeout(now);
+        }
+        if self.r.poll_timeout().is_some_and(|t| t <= now) {
+            self.r.handle_timeout(now);
+        }
+        while let Some(p) = self.fwd.poll(now) {
+            self.r.handle_datagram(&p, now).unwrap();
+        }
+        while let Some(p) = self.back.poll(now) {
+            self.s.handle_datagram(&p, now).unwrap();
+        }
+        while let Some(e) = self.s.poll_event() {
+            match e {
+                SessionEvent::DeliveryFailed { seq, attempts } => self.failed.push((seq, attempts)),
+                other => panic!("unexpected sender event {other:?}"),
+            }
+        }
+        while let Some(e) = self.r.poll_event() {
+            match e {
+                SessionEvent::Delivered { seq, payload } => self.delivered.push((seq, payload)),
+                SessionEvent::Lost { seqs, .. } => self.lost.extend(seqs),
+                other => panic!("unexpected receiver event {other:?}"),
+            }
+        }
+        // Everything produced by this step goes out now.
+        while let Some(p) = self.s.poll_transmit() {
+            self.fwd.send(p, now);
+        }
+        while let Some(p) = self.r.poll_transmit() {
+            self.back.send(p, now);
+        }
+        earliest([
+            self.s.poll_timeout(),
+            self.r.poll_timeout(),
+            self.fwd.next_time(),
+            self.back.next_time(),
+        ])
+    }
+
+    /// Runs until nothing more is due (or the virtual deadline passes).
+    fn run_until_idle(&mut self, limit: Duration) {
+        let end = self.now + limit;
+        while let Some(next) = self.step() {
+            if next > end {
+                break;
+            }
+            self.now = self.now.max(next);
+        }
+    }
+}
+
+fn lossy_run(seed: u64, drop: f64, dup: f64) {
+    const N: u64 = 10_000;
+    let cfg = Config {
+        max_retries: 10,
+        ..Config::default()
+    };
+    let mut p = Pair::new(
+        cfg,
+        Link::new(seed, drop, dup),
+        Link::new(seed ^ 0xabcdef, drop, dup),
+    );
+    let start = p.now;
+    let mut sent = 0u64;
+    let mut window_full = 0u64;
+    while p.delivered.len() < N as usize || p.s.in_flight() > 0 {
+        while sent < N {
+            match p.s.handle_send(payload(sent), p.now) {
+                Ok(seq) => {
+                    assert_eq!(seq, sent);
+                    sent += 1;
+                }
+                Err(SessionError::WindowFull { window }) => {
+                    assert_eq!(window, 256);
+                    window_full += 1;
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let Some(next) = p.step() else {
+            if sent < N {
+                continue; // acks freed the window: the app sends next
+            }
+            if p.delivered.len() == N as usize && p.s.in_flight() == 0 {
+                break;
+            }
+            panic!(
+                "stalled: sent {sent} delivered {} in_flight {} base {} next_expected {} buffered {} failed {:?}",
+                p.delivered.len(),
+                p.s.in_flight(),
+                p.s.base(),
+                p.r.next_expected(),
+                p.r.buffered(),
+                p.failed
+            );
+        };
+        p.now = p.now.max(next);
+        assert!(
+            p.now - start < Duration::from_secs(3600),
+            "virtual hour elapsed"
+        );
+    }
+    assert!(p.failed.is_empty(), "delivery failures: {:?}", p.failed);
+    assert!(p.lost.is_empty());
+    assert_eq!(p.delivered.len(), N as usize);
+    for (i, (seq, body)) in p.delivered.iter().enumerate() {
+        assert_eq!(*seq, i as u64, "out of order");
+        assert_eq!(body, &payload(i as u64));
+    }
+    assert!(
+        window_full > 0,
+        "the window never filled: back-pressure untested"
+    );
+    let (ss, rs) = (p.s.stats().clone(), p.r.stats().clone());
+    if drop > 0.0 {
+        assert!(ss.retransmitted > 0);
+        assert!(rs.nacks_sent > 0);
+    }
+    if dup > 0.0 {
+        assert!(rs.duplicates > 0);
+    }
+    // Ack coalescing: far fewer acks than data packets.
+    assert!(rs.acks_sent < N / 2, "acks {}", rs.acks_sent);
+    eprintln!(
+        "seed {seed} drop {drop} dup {dup}: virtual {:?}, fwd {:?}, back {:?}, sender {ss:?}, receiver {rs:?}",
+        p.now - start,
+        p.fwd.stats,
+        p.back.stats
+    );
+}
+
+#[test]
+fn ten_thousand_messages_over_a_lossy_link_arrive_complete_in_order_once() {
+    lossy_run(1, 0.05, 0.02);
+    lossy_run(2, 0.10, 0.05);
+    lossy_run(3, 0.20, 0.05);
+}
+
+#[test]
+fn ten_thousand_messages_over_a_perfect_link() {
+    lossy_run(4, 0.0, 0.0);
+}
+
+#[test]
+fn retry_exhaustion_reports_delivery_failed_then_receiver_reports_lost() {
+    let cfg = Config {
+        initial_rto: Duration::from_millis(100),
+        max_rto: Duration::from_millis(1000),
+        max_retries: 4,
+        ..Config::default()
+    };
+    let mut p = Pair::new(cfg, Link::perfect(7), Link::perfect(8));
+    let start = p.now;
+    for i in 0..5 {
+        p.s.handle_send(payload(i), p.now).unwrap();
+    }
+    p.run_until_idle(Duration::from_secs(1));
+    assert_eq!(p.delivered.len(), 5);
+    assert_eq!(p.s.in_flight(), 0);
+
+    // Cut the link both ways and send three more.
+    p.fwd.cut = true;
+    p.back.cut = true;
+    let cut_at = p.now;
+    for i in 5..8 {
+        p.s.handle_send(payload(i), p.now).unwrap();
+    }
+    p.run_until_idle(Duration::from_secs(60));
+    assert_eq!(
+        p.failed,
+        vec![(5, 5), (6, 5), (7, 5)],
+        "5 transmissions = 1 + 4 retries"
+    );
+    assert_eq!(p.s.in_flight(), 0);
+    assert_eq!(p.s.stats().failed, 3);
+    // Backoff 100+200+400+800+1000 ms after the first send.
+    let gave_up = p.now - cut_at;
+    assert!(
+        gave_up >= Duration::from_millis(2500) && gave_up < Duration::from_millis(2600),
+        "{gave_up:?}"
+    );
+    assert_eq!(p.delivered.len(), 5);
+    assert!(p.now - start < Duration::from_secs(10));
+
+    // The link heals; the next message carries the sender's base, so the
+    // receiver reports 5..8 lost instead of waiting for them forever.
+    p.fwd.cut = false;
+    p.back.cut = false;
+    assert_eq!(p.s.handle_send(payload(8), p.now).unwrap(), 8);
+    p.run_until_idle(Duration::from_secs(5));
+    assert_eq!(p.lost, vec![5, 6, 7]);
+    assert_eq!(p.delivered.last().unwrap().0, 8);
+    assert_eq!(p.r.next_expected(), 9);
+    assert_eq!(p.s.in_flight(), 0);
+}
+
+#[test]
+fn a_failed_message_the_receiver_did_get_is_still_delivered_once() {
+    // Data gets through but every ack is lost.
+    let cfg = Config {
+        max_retries: 2,
+        ..Config::default()
+    };
+    let mut p = Pair::new(cfg, Link::perfect(1), Link::perfect(2));
+    p.back.cut = true;
+    p.s.handle_send(payload(0), p.now).unwrap();
+    p.run_until_idle(Duration::from_secs(30));
+    assert_eq!(p.failed, vec![(0, 3)]);
+    assert_eq!(p.delivered.len(), 1);
+    assert!(p.r.stats().duplicates >= 2);
+    p.back.cut = false;
+    p.s.handle_send(payload(1), p.now).unwrap();
+    p.run_until_idle(Duration::from_secs(5));
+    assert_eq!(
+        p.delivered.iter().map(|d| d.0).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    assert!(p.lost.is_empty());
+}
+
+#[test]
+fn window_full_is_back_pressure_until_the_base_advances() {
+    let cfg = Config {
+        window: 4,
+        ..Config::default()
+    };
+    let now = Instant::now();
+    let mut s = Sender::new(SID, "a", cfg.clone()).unwrap();
+    let mut r = Receiver::new(SID, "b", cfg).unwrap();
+    let mut wire = Vec::new();
+    for i in 0..4 {
+        assert_eq!(s.handle_send(payload(i), now).unwrap(), i);
+        wire.push(s.poll_transmit().unwrap());
+    }
+    assert_eq!(
+        s.handle_send(payload(4), now),
+        Err(SessionError::WindowFull { window: 4 })
+    );
+    assert!(s.poll_transmit().is_none(), "nothing queued on WindowFull");
+    assert_eq!(s.next_seq(), 4);
+
+    // Seq 0 is lost; 1..3 arrive and are SACKed: the window spans from the
+    // base (0), so it stays full.
+    for w in &wire[1..] {
+        r.handle_datagram(w, now).unwrap();
+    }
+    assert!(r.poll_event().is_none(), "nothing deliverable past the gap");
+    assert!(r.poll_transmit().is_none(), "the NACK waits for reordering");
+    assert_eq!(
+        r.poll_timeout(),
+        Some(now + Duration::from_millis(10)),
+        "ack delay"
+    );
+    let deadline = now + Duration::from_millis(20);
+    r.handle_timeout(deadline);
+    let nack = Packet::decode(&r.poll_transmit().unwrap()).unwrap();
+    assert_eq!(
+        (nack.kind, nack.base, nack.seqs.clone()),
+        (Kind::Nack, 0, vec![0])
+    );
+    let ack = Packet::decode(&r.poll_transmit().unwrap()).unwrap();
+    assert_eq!(
+        (ack.kind, ack.base, ack.seqs.clone()),
+        (Kind::Ack, 0, vec![1, 2, 3])
+    );
+    s.handle_packet(&ack, deadline).unwrap();
+    assert_eq!(s.in_flight(), 1);
+    assert!(matches!(
+        s.handle_send(payload(4), deadline),
+        Err(SessionError::WindowFull { .. })
+    ));
+
+    // The NACK makes the sender retransmit 0 at once.
+    s.handle_packet(&nack, deadline).unwrap();
+    let rtx = s.poll_transmit().unwrap();
+    r.handle_datagram(&rtx, deadline).unwrap();
+    let got: Vec<u64> = std::iter::from_fn(|| r.poll_event())
+        .map(|e| match e {
+            SessionEvent::Delivered { seq, .. } => seq,
+            e => panic!("{e:?}"),
+        })
+        .collect();
+    assert_eq!(got, vec![0, 1, 2, 3]);
+    let t = r.poll_timeout().unwrap();
+    r.handle_timeout(t);
+    let ack = r.poll_transmit().unwrap();
+    s.handle_datagram(&ack, t).unwrap();
+    assert_eq!(s.in_flight(), 0);
+    assert_eq!(s.handle_send(payload(4), t).unwrap(), 4);
+}
+
+#[test]
+fn ack_coalescing_every_k_or_after_delay() {
+    let cfg = Config {
+        ack_every: 4,
+        ack_delay: Duration::from_millis(20),
+        ..Config::default()
+    };
+    let now = Instant::now();
+    let mut s = Sender::new(SID, "a", cfg.clone()).unwrap();
+    let mut r = Receiver::new(SID, "b", cfg).unwrap();
+    for i in 0..10 {
+        s.handle_send(payload(i), now).unwrap();
+    }
+    let mut acks = 0;
+    while let Some(d) = s.poll_transmit() {
+        r.handle_datagram(&d, now).unwrap();
+        while let Some(a) = r.poll_transmit() {
+            assert_eq!(Packet::decode(&a).unwrap().kind, Kind::Ack);
+            acks += 1;
+        }
+    }
+    assert_eq!(acks, 2, "after the 4th and 8th packet");
+    assert_eq!(r.poll_timeout(), Some(now + Duration::from_millis(20)));
+    r.handle_timeout(now + Duration::from_millis(19));
+    assert!(r.poll_transmit().is_none());
+    r.handle_timeout(now + Duration::from_millis(20));
+    let a = Packet::decode(&r.poll_transmit().unwrap()).unwrap();
+    assert_eq!((a.kind, a.base), (Kind::Ack, 10));
+    assert_eq!(r.poll_timeout(), None);
+    // Duplicate data is re-acknowledged at once (our ack was lost).
+    let mut again = Packet::new(SID, Kind::Data, "a");
+    again.seq = 3;
+    r.handle_packet(&again, now).unwrap();
+    assert_eq!(
+        Packet::decode(&r.poll_transmit().unwrap()).unwrap().base,
+        10
+    );
+    assert_eq!(r.stats().duplicates, 1);
+    assert_eq!(r.stats().delivered, 10);
+}
+
+#[test]
+fn typed_errors() {
+    let now = Instant::now();
+    let cfg = Config {
+        max_payload: 16,
+        ..Config::default()
+    };
+    let mut s = Sender::new(SID, "a", cfg.clone()).unwrap();
+    let mut r = Receiver::new(SID, "b", cfg).unwrap();
+    assert_eq!(
+        s.handle_send(Bytes::from(vec![0; 17]), now),
+        Err(SessionError::PayloadTooLarge { len: 17, max: 16 })
+    );
+    let other = Packet::new(SID + 1, Kind::Ack, "b");
+    assert_eq!(
+        s.handle_packet(&other, now),
+        Err(SessionError::WrongSession {
+            expected: SID,
+            got: SID + 1
+        })
+    );
+    assert!(matches!(
+        s.handle_packet(&Packet::new(SID, Kind::Data, "b"), now),
+        Err(SessionError::UnexpectedKind {
+            kind: Kind::Data,
+            ..
+        })
+    ));
+    assert!(matches!(
+        r.handle_packet(&Packet::new(SID, Kind::Ack, "a"), now),
+        Err(SessionError::UnexpectedKind {
+            kind: Kind::Ack,
+            ..
+        })
+    ));
+    assert!(matches!(
+        r.handle_datagram(b"\x01\x02", now),
+        Err(SessionError::Malformed(_))
+    ));
+    let mut bogus = Packet::new(SID, Kind::Data, "a");
+    bogus.base = u64::MAX;
+    assert!(matches!(
+        r.handle_packet(&bogus, now),
+        Err(SessionError::Malformed(_))
+    ));
+    assert!(
+        Sender::new(
+            SID,
+            "a",
+            Config {
+                window: 0,
+                ..Config::default()
+            }
+        )
+        .is_err()
+    );
+    s.close();
+    assert_eq!(
+        Packet::decode(&s.poll_transmit().unwrap()).unwrap().kind,
+        Kind::Close
+    );
+    assert_eq!(s.handle_send(Bytes::new(), now), Err(SessionError::Closed));
+}
+
+#[test]
+fn unreliable_mode_is_best_effort_without_timers() {
+    let mut now = Instant::now();
+    let mut s = unreliable::Sender::new(SID, "a", 1024).unwrap();
+    let mut r = unreliable::Receiver::new(SID);
+    let mut link = Link::new(11, 0.2, 0.1);
+    for i in 0..2000 {
+        assert_eq!(s.handle_send(payload(i), now).unwrap(), i);
+        assert_eq!(s.poll_timeout(), None);
+        while let Some(p) = s.poll_transmit() {
+            link.send(p, now);
+        }
+        now += Duration::from_millis(1);
+        while let Some(p) = link.poll(now) {
+            r.handle_datagram(&p, now).unwrap();
+        }
+    }
+    now += Duration::from_secs(1);
+    while let Some(p) = link.poll(now) {
+        r.handle_datagram(&p, now).unwrap();
+    }
+    assert_eq!(r.poll_timeout(), None);
+    let mut seen = std::collections::HashSet::new();
+    while let Some(e) = r.poll_event() {
+        let SessionEvent::Delivered { seq, payload: body } = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(body, payload(seq));
+        assert!(seen.insert(seq), "duplicate {seq}");
+    }
+    let expected = 2000 - link.stats.dropped;
+    assert_eq!(seen.len() as u64, expected);
+    assert!(r.duplicates() > 0);
+}
