@@ -22,7 +22,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             max_frames: 65_536,
-            max_bytes: 8 << 20,
+            max_bytes: 2 << 20,
             policy: SlowConsumerPolicy::DropNewest,
         }
     }

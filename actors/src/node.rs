@@ -298,7 +298,7 @@ pub fn transport_config(cfg: &NodeConfig) -> quinn::TransportConfig {
         .keep_alive_interval(Some(cfg.keep_alive))
         .stream_receive_window((2u32 << 20).into())
         .receive_window((4u32 << 20).into())
-        .send_window(4 << 20);
+        .send_window(2 << 20);
     if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
         t.max_idle_timeout(Some(idle));
     }
