@@ -8,7 +8,11 @@ use slim_wire::Mode;
 
 const N: u64 = 3000;
 const SIZE: usize = 2048;
-const CAP: usize = 256 * 1024;
+const CAP: usize = 1024 * 1024;
+
+/// The two scenarios each push ~60 MB through loopback; running them at the
+/// same time on a 2-core CI machine could starve a *healthy* reader.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn run(
     policy: SlowConsumerPolicy,
@@ -83,6 +87,7 @@ async fn run(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_policy_counts_and_spares_the_others() {
     init_tracing();
+    let _serial = SERIAL.lock().await;
     let (node, stats, max_queued) = run(SlowConsumerPolicy::DropNewest).await;
     let stalled = stats
         .iter()
@@ -101,6 +106,7 @@ async fn drop_policy_counts_and_spares_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_policy_closes_the_stalled_connection() {
     init_tracing();
+    let _serial = SERIAL.lock().await;
     let (node, stats, _) = run(SlowConsumerPolicy::Disconnect {
         grace: Duration::from_millis(100),
     })
