@@ -87,6 +87,22 @@ fn bench_decode(c: &mut Criterion) {
     let stream = stream.freeze();
     let mut g = c.benchmark_group("decode_batch");
     g.throughput(Throughput::Elements(BATCH as u64));
+    // The node's hot path: zero-copy views over the same buffer.
+    g.bench_function("publish_view_16B_x64", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            let mut off = 0;
+            while let Some(total) = slim_wire::check(&stream[off..], &limits).unwrap() {
+                let v = slim_wire::publish_view(&stream[off + 5..off + total])
+                    .unwrap()
+                    .unwrap();
+                black_box(v.payload.len());
+                off += total;
+                n += 1;
+            }
+            assert_eq!(n, BATCH);
+        })
+    });
     g.bench_function("publish_16B_x64", |b| {
         b.iter_batched_ref(
             || BytesMut::from(&stream[..]),
