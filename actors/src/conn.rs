@@ -907,7 +907,9 @@ async fn write_loop(
     const BATCH: usize = 512;
     const COALESCE: usize = 64 * 1024;
     let mut shutdown = ctx.shutdown_rx();
-    let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH);
+    // Grows with load (recv_many appends up to BATCH) instead of reserving
+    // 512 slots (16 KiB) up front for every idle connection.
+    let mut batch: Vec<Bytes> = Vec::new();
     let bytes_out = counter!(m::BYTES_OUT_TOTAL, "kind" => "client");
     let mut draining = false;
     loop {

@@ -298,7 +298,11 @@ pub fn transport_config(cfg: &NodeConfig) -> quinn::TransportConfig {
         .keep_alive_interval(Some(cfg.keep_alive))
         .stream_receive_window((2u32 << 20).into())
         .receive_window((4u32 << 20).into())
-        .send_window(2 << 20);
+        .send_window(2 << 20)
+        // SLIM uses one stream per connection and no QUIC datagrams; not
+        // negotiating them keeps per-connection state small.
+        .datagram_receive_buffer_size(None)
+        .datagram_send_buffer_size(0);
     if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
         t.max_idle_timeout(Some(idle));
     }

@@ -305,7 +305,7 @@ async fn run(
         buf,
     } = live;
     let mut reader = tokio::spawn(read_loop(Arc::clone(shared), recv, buf, events.clone()));
-    let mut batch: Vec<Bytes> = Vec::with_capacity(512);
+    let mut batch: Vec<Bytes> = Vec::new();
     let mut wbuf = BytesMut::with_capacity(64 * 1024);
     let res = loop {
         tokio::select! {
