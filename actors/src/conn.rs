@@ -9,18 +9,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Buf;
 use bytes::{Bytes, BytesMut};
 use metrics::counter;
 use quinn::{RecvStream, SendStream, VarInt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use slim_wire::{
-    Accept, ErrorCode, ErrorFrame, FLAG_NO_ROUTE_SILENT, Frame, FrameKind, Hello, Mode, Name,
-    PROTOCOL_VERSION, Pong, PublishView, Reject, SubAck, SubError, WireError, codec,
+    Accept, ErrorCode, Frame, Hello, Name, PROTOCOL_VERSION, Reject, WireError, codec,
 };
-use std::collections::HashMap;
 
-use slim_auth::policy::{Action, Denied, Grants};
+use slim_auth::policy::Action;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -28,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::metrics as m;
 use crate::node::NodeCtx;
-use crate::outbox::{Outbox, Push};
+use crate::outbox::Outbox;
 use crate::registry::ConnId;
 use crate::table::TableMsg;
 
@@ -48,7 +45,7 @@ pub enum ConnError {
 }
 
 impl ConnError {
-    fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         match self {
             ConnError::Wire(e) => e.code(),
             ConnError::Protocol(_) => ErrorCode::PROTOCOL,
@@ -69,7 +66,7 @@ pub struct ConnShared {
     pub actor: std::sync::OnceLock<ActorRef<ConnMsg>>,
 }
 
-fn encode(frame: &Frame, ctx: &NodeCtx) -> Bytes {
+pub(crate) fn encode(frame: &Frame, ctx: &NodeCtx) -> Bytes {
     let mut b = BytesMut::new();
     // Control frames are small and built by us; failing to encode one is a bug.
     if let Err(e) = codec::encode(frame, &ctx.cfg.limits, &mut b) {
@@ -431,7 +428,7 @@ impl Actor for ConnectionActor {
         metrics::gauge!(m::CONNECTIONS, "kind" => "client").increment(1.0);
         counter!(m::CONNECTIONS_TOTAL, "kind" => "client").increment(1);
         let me = myself.clone();
-        let reader = tokio::spawn(read_loop(
+        let reader = tokio::spawn(crate::router::read_loop(
             Arc::clone(&a.ctx),
             Arc::clone(&a.shared),
             a.recv,
@@ -445,7 +442,7 @@ impl Actor for ConnectionActor {
             let _ = me.send_message(ConnMsg::ReaderEnded(r));
         });
         let me = myself.clone();
-        let writer = tokio::spawn(write_loop(
+        let writer = tokio::spawn(crate::writer::write_loop(
             Arc::clone(&a.ctx),
             Arc::clone(&a.shared),
             a.send,
@@ -533,465 +530,4 @@ pub(crate) fn cleanup(ctx: &NodeCtx, id: ConnId) {
         info!(conn = id, name = %shared.name, "client disconnected");
     }
     let _ = ctx.table().send_message(TableMsg::RemoveConn { conn: id });
-}
-
-async fn read_loop(
-    ctx: Arc<NodeCtx>,
-    sh: Arc<ConnShared>,
-    mut recv: RecvStream,
-    mut buf: BytesMut,
-) -> Result<(), ConnError> {
-    let mut shutdown = ctx.shutdown_rx();
-    let mut router = Router::new(&ctx, &sh);
-    let result = loop {
-        // Frames that arrived with the hello are already in `buf`.
-        let res = router.drain(&mut buf).await;
-        router.flush_metrics();
-        if let Err(e) = res {
-            break Err(e);
-        }
-        // Grow on demand only: an idle connection keeps a small buffer.
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(16 * 1024);
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => return Ok(()),
-            r = recv.read_buf(&mut buf) => match r {
-                Ok(0) if buf.is_empty() => return Ok(()),
-                Ok(0) => break Err(WireError::Truncated { buffered: buf.len() }.into()),
-                Ok(n) => counter!(m::BYTES_IN_TOTAL, "kind" => "client").increment(n as u64),
-                Err(e) => return Err(ConnError::Lost(e.to_string())),
-            },
-        }
-    };
-    if let Err(e) = &result {
-        let label = match e {
-            ConnError::Wire(w) => w.reason_label(),
-            _ => "protocol",
-        };
-        m::protocol_error(label);
-        if let ConnError::Wire(WireError::FrameTooLarge { .. }) = e {
-            m::dropped("too_large", 1);
-        } else {
-            m::dropped("malformed", 1);
-        }
-        info!(conn = sh.id, name = %sh.name, error = %e, "closing connection on bad input");
-        sh.conn.close(
-            VarInt::from_u32(e.code().0 as u32),
-            e.to_string().as_bytes(),
-        );
-    }
-    result
-}
-
-/// Per-connection routing state: scratch buffers and batched metric counts,
-/// so the per-message path does no allocation beyond the outgoing frame and
-/// no metric registry lookups.
-struct Router<'a> {
-    ctx: &'a NodeCtx,
-    sh: &'a ConnShared,
-    scratch: BytesMut,
-    frames_in: u64,
-    routed: [u64; 3],
-    deliveries: u64,
-    no_route: u64,
-    slow: u64,
-    unauthorized: u64,
-    publishes: u64,
-    grants: Option<(u64, Arc<Grants>)>,
-    /// Publish decisions by name for the current grants; bounded.
-    publish_ok: HashMap<Box<str>, bool>,
-}
-
-const PUBLISH_CACHE_MAX: usize = 4096;
-
-impl<'a> Router<'a> {
-    fn new(ctx: &'a NodeCtx, sh: &'a ConnShared) -> Self {
-        Router {
-            ctx,
-            sh,
-            scratch: BytesMut::new(),
-            frames_in: 0,
-            routed: [0; 3],
-            deliveries: 0,
-            no_route: 0,
-            slow: 0,
-            unauthorized: 0,
-            publishes: 0,
-            grants: None,
-            publish_ok: HashMap::new(),
-        }
-    }
-
-    /// This connection's grants under the current policy.
-    fn grants(&mut self) -> Arc<Grants> {
-        let generation = self.ctx.policy_gen();
-        if let Some((g, grants)) = &self.grants
-            && *g == generation
-        {
-            return Arc::clone(grants);
-        }
-        let (policy, generation) = self.ctx.policy();
-        let grants = Arc::new(
-            policy
-                .grants(self.sh.spiffe_id.as_ref())
-                .unwrap_or_else(|_| Grants::none(self.sh.identity.as_deref().unwrap_or("-"))),
-        );
-        self.publish_ok.clear();
-        self.grants = Some((generation, Arc::clone(&grants)));
-        grants
-    }
-
-    fn may_publish(&mut self, name: &str) -> Result<(), Denied> {
-        let grants = self.grants();
-        if grants.is_unrestricted() {
-            return Ok(());
-        }
-        if self.publish_ok.get(name) == Some(&true) {
-            return Ok(());
-        }
-        let res = grants.check(Action::Publish, name);
-        if self.publish_ok.len() >= PUBLISH_CACHE_MAX {
-            self.publish_ok.clear();
-        }
-        self.publish_ok.insert(name.into(), res.is_ok());
-        res
-    }
-
-    /// Handles every whole frame at the front of `buf`.
-    async fn drain(&mut self, buf: &mut BytesMut) -> Result<(), ConnError> {
-        while let Some(total) = codec::check(buf, &self.ctx.cfg.limits)? {
-            self.frames_in += 1;
-            let f = &buf[4..total];
-            if f[0] == FrameKind::Publish as u8 {
-                match slim_wire::publish_view(&f[1..])? {
-                    Ok(v) => self.publish(v).await?,
-                    Err(frame) => self.handle_frame(frame).await?,
-                }
-            } else {
-                let frame = codec::decode_body(f)?;
-                self.handle_frame(frame).await?;
-            }
-            buf.advance(total);
-        }
-        Ok(())
-    }
-
-    fn flush_metrics(&mut self) {
-        let hm = &self.ctx.hot;
-        if self.frames_in > 0 {
-            hm.frames_in.increment(std::mem::take(&mut self.frames_in));
-        }
-        for (i, n) in self.routed.iter_mut().enumerate() {
-            if *n > 0 {
-                hm.routed[i].increment(std::mem::take(n));
-            }
-        }
-        if self.deliveries > 0 {
-            hm.deliveries
-                .increment(std::mem::take(&mut self.deliveries));
-        }
-        if self.no_route > 0 {
-            hm.no_route.increment(std::mem::take(&mut self.no_route));
-        }
-        if self.slow > 0 {
-            hm.slow_consumer.increment(std::mem::take(&mut self.slow));
-        }
-        if self.unauthorized > 0 {
-            hm.unauthorized
-                .increment(std::mem::take(&mut self.unauthorized));
-        }
-    }
-
-    async fn control(&self, f: Frame) -> Result<(), ConnError> {
-        let b = encode(&f, self.ctx);
-        match self.sh.outbox.push_control(b).await {
-            Push::Closed => Err(ConnError::Lost("outbox closed".into())),
-            _ => Ok(()),
-        }
-    }
-
-    async fn handle_frame(&mut self, frame: Frame) -> Result<(), ConnError> {
-        match frame {
-            Frame::Publish(p) => {
-                self.publish(PublishView {
-                    name: p.name.as_str(),
-                    mode: p.mode,
-                    flags: p.flags,
-                    msg_id: p.msg_id,
-                    payload: &p.payload,
-                })
-                .await
-            }
-            Frame::Subscribe(s) => {
-                if let Err(d) = self.grants().check(Action::Subscribe, s.name.as_str()) {
-                    m::denied("subscribe");
-                    return self
-                        .control(Frame::SubError(SubError {
-                            id: s.id,
-                            code: ErrorCode::UNAUTHORIZED,
-                            reason: d.to_string(),
-                        }))
-                        .await;
-                }
-                let ok = ractor::call!(self.ctx.table(), |reply| TableMsg::Subscribe {
-                    conn: self.sh.id,
-                    outbox: Arc::clone(&self.sh.outbox),
-                    key: s.name.as_str().to_owned(),
-                    reply,
-                });
-                match ok {
-                    Ok(_) => self.control(Frame::SubAck(SubAck { id: s.id })).await,
-                    Err(e) => {
-                        self.control(Frame::SubError(SubError {
-                            id: s.id,
-                            code: ErrorCode::INTERNAL,
-                            reason: format!("subscription table unavailable: {e}"),
-                        }))
-                        .await
-                    }
-                }
-            }
-            Frame::Unsubscribe(s) => {
-                let ok = ractor::call!(self.ctx.table(), |reply| TableMsg::Unsubscribe {
-                    conn: self.sh.id,
-                    key: s.name.as_str().to_owned(),
-                    reply,
-                });
-                match ok {
-                    Ok(true) => self.control(Frame::SubAck(SubAck { id: s.id })).await,
-                    Ok(false) => {
-                        self.control(Frame::SubError(SubError {
-                            id: s.id,
-                            code: ErrorCode::NO_ROUTE,
-                            reason: format!("not subscribed to {}", s.name),
-                        }))
-                        .await
-                    }
-                    Err(e) => {
-                        self.control(Frame::SubError(SubError {
-                            id: s.id,
-                            code: ErrorCode::INTERNAL,
-                            reason: format!("subscription table unavailable: {e}"),
-                        }))
-                        .await
-                    }
-                }
-            }
-            Frame::Ping(p) => self.control(Frame::Pong(Pong { nonce: p.nonce })).await,
-            Frame::Pong(_) => Ok(()),
-            Frame::Error(e) => {
-                debug!(conn = self.sh.id, code = e.code.0, reason = %e.reason, "client reported an error");
-                Ok(())
-            }
-            other => Err(ConnError::Protocol(format!(
-                "unexpected {} frame from a client",
-                other.kind().as_str()
-            ))),
-        }
-    }
-
-    async fn publish(&mut self, p: PublishView<'_>) -> Result<(), ConnError> {
-        self.publishes += 1;
-        if self.publishes.is_multiple_of(m::ROUTING_SAMPLE) {
-            let t0 = std::time::Instant::now();
-            let r = self.route(p).await;
-            self.ctx
-                .hot
-                .routing_seconds
-                .record(t0.elapsed().as_secs_f64());
-            return r;
-        }
-        self.route(p).await
-    }
-
-    async fn route(&mut self, p: PublishView<'_>) -> Result<(), ConnError> {
-        let reg = &self.ctx.registry;
-        if p.mode == Mode::Unicast
-            && Name::validate(p.name).is_ok_and(|service_len| service_len == p.name.len())
-        {
-            return self
-                .control(Frame::Error(ErrorFrame {
-                    code: ErrorCode::BAD_NAME,
-                    msg_id: Some(p.msg_id),
-                    name: Name::parse(p.name).ok(),
-                    reason: "unicast needs a full name with an instance".into(),
-                }))
-                .await;
-        }
-        if let Err(d) = self.may_publish(p.name) {
-            self.unauthorized += 1;
-            m::denied("publish");
-            return self
-                .control(Frame::Error(ErrorFrame {
-                    code: ErrorCode::UNAUTHORIZED,
-                    msg_id: Some(p.msg_id),
-                    name: Name::parse(p.name).ok(),
-                    reason: d.to_string(),
-                }))
-                .await;
-        }
-        let route = reg.lookup(p.name).filter(|r| !r.subs.is_empty());
-        let Some(route) = route else {
-            self.no_route += 1;
-            if p.flags & FLAG_NO_ROUTE_SILENT != 0 {
-                return Ok(());
-            }
-            let reason = format!("no subscriber for {}", p.name);
-            return self
-                .control(Frame::Error(ErrorFrame {
-                    code: ErrorCode::NO_ROUTE,
-                    msg_id: Some(p.msg_id),
-                    name: Name::parse(p.name).ok(),
-                    reason,
-                }))
-                .await;
-        };
-        self.routed[p.mode as usize] += 1;
-        if self.scratch.capacity() - self.scratch.len() < p.payload.len() + 256 {
-            self.scratch.reserve(64 * 1024 + p.payload.len());
-        }
-        codec::encode_deliver_raw(
-            p.name,
-            p.mode,
-            self.sh.name.as_str(),
-            self.sh.identity.as_deref(),
-            p.msg_id,
-            p.payload,
-            &self.ctx.cfg.limits,
-            &mut self.scratch,
-        )?;
-        let frame = self.scratch.split().freeze();
-        match p.mode {
-            Mode::Multicast => {
-                for sub in &route.subs {
-                    self.push(&sub.outbox, frame.clone());
-                }
-            }
-            Mode::Anycast | Mode::Unicast => {
-                // Skip queues that are closed so an anycast still finds a live instance.
-                let n = route.subs.len();
-                for _ in 0..n {
-                    if let Some(sub) = route.pick()
-                        && !sub.outbox.is_closed()
-                    {
-                        self.push(&sub.outbox, frame);
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn push(&mut self, outbox: &Outbox, frame: Bytes) {
-        match outbox.push(frame) {
-            Push::Queued => self.deliveries += 1,
-            Push::Dropped => self.slow += 1,
-            Push::Closed => {}
-            Push::Disconnect => {
-                self.slow += 1;
-                self.ctx.disconnect_slow(outbox);
-            }
-        }
-    }
-}
-
-async fn write_loop(
-    ctx: Arc<NodeCtx>,
-    sh: Arc<ConnShared>,
-    mut send: SendStream,
-    mut rx: mpsc::Receiver<Bytes>,
-) -> Result<(), String> {
-    const BATCH: usize = 512;
-    const COALESCE: usize = 64 * 1024;
-    let mut shutdown = ctx.shutdown_rx();
-    // Grows with load (recv_many appends up to BATCH) instead of reserving
-    // 512 slots (16 KiB) up front for every idle connection.
-    let mut batch: Vec<Bytes> = Vec::new();
-    let bytes_out = counter!(m::BYTES_OUT_TOTAL, "kind" => "client");
-    let mut draining = false;
-    loop {
-        if !draining {
-            tokio::select! {
-                biased;
-                n = rx.recv_many(&mut batch, BATCH) => if n == 0 { break },
-                _ = shutdown.changed() => {
-                    draining = true;
-                    sh.outbox.close();
-                    continue;
-                }
-            }
-        } else {
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(b) => batch.push(b),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
-        }
-        let wait = sh.outbox.take_wait();
-        let frames = batch.len() as u64;
-        let total: usize = batch.iter().map(Bytes::len).sum();
-        if batch.len() == 1 {
-            // A lone frame goes to QUIC as is, without a copy.
-            let b = batch.pop().expect("one frame");
-            send.write_chunk(b).await.map_err(|e| e.to_string())?;
-        } else {
-            // Small frames are copied into one buffer sized for this batch
-            // (nothing is kept between batches, so an idle connection holds
-            // no coalescing buffer); large ones go as their own chunks.
-            let mut small_left: usize = batch
-                .iter()
-                .filter(|b| b.len() < COALESCE / 4)
-                .map(Bytes::len)
-                .sum();
-            let mut buf = BytesMut::new();
-            for b in batch.drain(..) {
-                if b.len() >= COALESCE / 4 {
-                    if !buf.is_empty() {
-                        send.write_chunk(buf.split().freeze())
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
-                    send.write_chunk(b).await.map_err(|e| e.to_string())?;
-                    continue;
-                }
-                if buf.capacity() == buf.len() {
-                    buf = BytesMut::with_capacity(small_left.min(COALESCE));
-                }
-                small_left -= b.len();
-                buf.extend_from_slice(&b);
-                if buf.len() >= COALESCE {
-                    send.write_chunk(buf.split().freeze())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-            if !buf.is_empty() {
-                send.write_chunk(buf.freeze())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        sh.outbox.written(total);
-        bytes_out.increment(total as u64);
-        ctx.hot.frames_out.increment(frames);
-        if let Some(w) = wait {
-            ctx.hot.enqueue_to_write_seconds.record(w.as_secs_f64());
-        }
-    }
-    if draining {
-        let _ = send.finish();
-        let _ = tokio::time::timeout(ctx.drain_deadline(), send.stopped()).await;
-        sh.conn.close(
-            VarInt::from_u32(ErrorCode::SHUTTING_DOWN.0 as u32),
-            b"node shutting down",
-        );
-    }
-    Ok(())
 }

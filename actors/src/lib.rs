@@ -12,7 +12,9 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod registry;
+mod router;
 pub mod table;
+mod writer;
 
 pub use config::{JwtAuth, JwtKeys, NodeConfig, QueueConfig, TokenAuth};
 pub use node::{ConnStats, NodeError, NodeHandle, TlsIdentity, start};
