@@ -287,6 +287,36 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
+/// A progress bar on stderr while the window runs (only on a terminal, so
+/// logs and `--json` output stay clean).
+fn progress(system: &str, done_s: f64, total_s: f64, rate: Option<f64>) {
+    use std::io::{IsTerminal, Write};
+    let err = std::io::stderr();
+    if !err.is_terminal() {
+        return;
+    }
+    const WIDTH: usize = 30;
+    let frac = (done_s / total_s.max(1e-9)).clamp(0.0, 1.0);
+    let filled = (frac * WIDTH as f64).round() as usize;
+    let rate = rate
+        .map(|r| format!("{:.3} M deliveries/s", r / 1e6))
+        .unwrap_or_default();
+    let _ = write!(
+        err.lock(),
+        "\r{system:>5} [{}{}] {done_s:4.1}/{total_s:.1} s  {rate}   ",
+        "=".repeat(filled),
+        " ".repeat(WIDTH - filled)
+    );
+}
+
+fn progress_done() {
+    use std::io::{IsTerminal, Write};
+    let err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = writeln!(err.lock());
+    }
+}
+
 /// Sampling step of [`Report::timeline`].
 const TIMELINE_STEP: Duration = Duration::from_millis(100);
 
@@ -333,10 +363,17 @@ pub async fn run(
             timeline.push([(now - a.at).as_secs_f64(), (d - d_prev) as f64 / dt]);
         }
         (t_prev, d_prev) = (now, d);
+        progress(
+            system,
+            (now - a.at).as_secs_f64(),
+            plan.duration.as_secs_f64(),
+            timeline.last().map(|p| p[1]),
+        );
         if now >= end {
             break;
         }
     }
+    progress_done();
     let b = snap(&ctl, cpu);
     stop_pubs.store(true, Ordering::Relaxed);
 

@@ -273,9 +273,17 @@ async fn jwt_svid_hello_is_validated() {
     let expired = signer
         .sign_claims(&serde_json::json!({"sub": agent.as_str(), "aud": [audience], "exp": now - 3600, "iat": now - 7200}))
         .unwrap();
+    // Flip one character at the start of the signature: every base64url
+    // symbol there carries 6 full bits, so the token still decodes (the last
+    // symbol would not: it has padding bits that must be zero).
+    let sig_at = valid.rfind('.').unwrap() + 1;
     let mut bad_sig = valid.clone();
-    let last = bad_sig.pop().unwrap();
-    bad_sig.push(if last == 'A' { 'B' } else { 'A' });
+    let flipped = if valid.as_bytes()[sig_at] == b'A' {
+        "B"
+    } else {
+        "A"
+    };
+    bad_sig.replace_range(sig_at..sig_at + 1, flipped);
     let unknown_key = JwtSigner::generate("example.org")
         .unwrap()
         .sign(&agent, &[audience], Duration::from_secs(300))
