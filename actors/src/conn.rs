@@ -59,11 +59,18 @@ impl ConnError {
 pub struct ConnShared {
     pub id: ConnId,
     pub name: Name,
-    pub identity: Option<Arc<str>>,
+    /// Who the peer authenticated as (certificate, JWT-SVID or shared secret).
     pub spiffe_id: Option<slim_auth::SpiffeId>,
     pub outbox: Arc<Outbox>,
     pub conn: quinn::Connection,
     pub actor: std::sync::OnceLock<ActorRef<ConnMsg>>,
+}
+
+impl ConnShared {
+    /// The peer's SPIFFE ID as a string (stamped on every delivery it sends).
+    pub fn identity(&self) -> Option<&str> {
+        self.spiffe_id.as_ref().map(slim_auth::SpiffeId::as_str)
+    }
 }
 
 pub(crate) fn encode(frame: &Frame, ctx: &NodeCtx) -> Bytes {
@@ -224,7 +231,7 @@ pub(crate) async fn accept(
             return Err(ConnError::Refused(reject.reason));
         }
     };
-    let identity: Option<Arc<str>> = spiffe_id.as_ref().map(|i| Arc::from(i.as_str()));
+    let identity = spiffe_id.as_ref().map(slim_auth::SpiffeId::as_str);
 
     let id = ctx.next_conn_id();
     let q = &ctx.cfg.queue;
@@ -233,7 +240,6 @@ pub(crate) async fn accept(
     let shared = Arc::new(ConnShared {
         id,
         name: hello.name.clone(),
-        identity: identity.clone(),
         spiffe_id: spiffe_id.clone(),
         outbox: Arc::clone(&outbox),
         conn: conn.clone(),
@@ -258,14 +264,14 @@ pub(crate) async fn accept(
     }
     let accept = Frame::Accept(Accept {
         node_id: ctx.cfg.node_id.clone(),
-        identity: identity.as_deref().map(str::to_owned),
+        identity: identity.map(str::to_owned),
         max_frame: ctx.cfg.limits.max_frame,
     });
     send.write_all(&encode(&accept, &ctx))
         .await
         .map_err(|e| ConnError::Lost(e.to_string()))?;
     m::handshake("ok");
-    info!(conn = id, name = %hello.name, identity = identity.as_deref().unwrap_or("-"), remote = %conn.remote_address(), "client connected");
+    info!(conn = id, name = %hello.name, identity = identity.unwrap_or("-"), remote = %conn.remote_address(), "client connected");
 
     let args = ConnArgs {
         expires_at: expires_at.map(|t| t + ctx.cfg.peer_expiry_grace),

@@ -19,7 +19,6 @@ use crate::config::{JwtKeys, NodeConfig};
 use crate::conn::ConnShared;
 use crate::listener::ListenerActor;
 use crate::metrics as m;
-use crate::outbox::Outbox;
 use crate::registry::{ConnId, Registry};
 use crate::table::{TableActor, TableMsg};
 
@@ -88,8 +87,7 @@ pub struct NodeCtx {
     /// Client SVIDs refused at the handshake, by reason.
     refusals: Arc<DashMap<&'static str, u64>>,
     pub(crate) jwt_keys: RwLock<JwtBundles>,
-    /// Kept so the node's identity source lives as long as the node.
-    #[allow(dead_code)]
+    /// The node's own credentials (its source lives as long as the node).
     node_identity: TlsIdentity,
     policy: RwLock<Arc<Policy>>,
     /// Bumped on every policy change so connections refresh their grants.
@@ -130,13 +128,9 @@ impl NodeCtx {
         *self.drain.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Closes the connection that owns `outbox` (slow-consumer policy).
-    pub(crate) fn disconnect_slow(&self, outbox: &Outbox) {
-        let victim = self
-            .conns
-            .iter()
-            .find(|c| std::ptr::eq(Arc::as_ptr(&c.outbox), outbox))
-            .map(|c| Arc::clone(c.value()));
+    /// Closes connection `conn` (slow-consumer policy).
+    pub(crate) fn disconnect_slow(&self, conn: ConnId) {
+        let victim = self.conns.get(&conn).map(|c| Arc::clone(c.value()));
         if let Some(c) = victim {
             self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
             counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "disconnect").increment(1);
@@ -537,7 +531,7 @@ impl NodeHandle {
             .map(|c| ConnStats {
                 id: c.id,
                 name: c.name.to_string(),
-                identity: c.identity.as_deref().map(str::to_owned),
+                identity: c.identity().map(str::to_owned),
                 queued_bytes: c.outbox.queued_bytes(),
                 max_queued_bytes: c.outbox.max_bytes(),
                 dropped: c.outbox.dropped(),

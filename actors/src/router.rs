@@ -2,7 +2,7 @@
 //! Publishes are routed inline (registry read + outbox pushes), so data never
 //! goes through an actor mailbox.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -19,7 +19,8 @@ use tracing::{debug, info};
 use crate::conn::{ConnError, ConnShared, encode};
 use crate::metrics as m;
 use crate::node::NodeCtx;
-use crate::outbox::{Outbox, Push};
+use crate::outbox::Push;
+use crate::registry::Sub;
 use crate::table::TableMsg;
 
 pub(crate) async fn read_loop(
@@ -86,9 +87,9 @@ struct Router<'a> {
     slow: u64,
     unauthorized: u64,
     publishes: u64,
-    grants: Option<(u64, Arc<Grants>)>,
-    /// Publish decisions by name for the current grants; bounded.
-    publish_ok: HashMap<Box<str>, bool>,
+    grants: Option<(u64, Grants)>,
+    /// Names this connection may publish to under the current grants; bounded.
+    publish_ok: HashSet<Box<str>>,
 }
 
 const PUBLISH_CACHE_MAX: usize = 4096;
@@ -107,27 +108,23 @@ impl<'a> Router<'a> {
             unauthorized: 0,
             publishes: 0,
             grants: None,
-            publish_ok: HashMap::new(),
+            publish_ok: HashSet::new(),
         }
     }
 
-    /// This connection's grants under the current policy.
-    fn grants(&mut self) -> Arc<Grants> {
+    /// This connection's grants under the current policy, recomputed only
+    /// when the policy generation changed.
+    fn grants(&mut self) -> &Grants {
         let generation = self.ctx.policy_gen();
-        if let Some((g, grants)) = &self.grants
-            && *g == generation
-        {
-            return Arc::clone(grants);
-        }
-        let (policy, generation) = self.ctx.policy();
-        let grants = Arc::new(
-            policy
+        if self.grants.as_ref().is_none_or(|(g, _)| *g != generation) {
+            let (policy, generation) = self.ctx.policy();
+            let grants = policy
                 .grants(self.sh.spiffe_id.as_ref())
-                .unwrap_or_else(|_| Grants::none(self.sh.identity.as_deref().unwrap_or("-"))),
-        );
-        self.publish_ok.clear();
-        self.grants = Some((generation, Arc::clone(&grants)));
-        grants
+                .unwrap_or_else(|_| Grants::none(self.sh.identity().unwrap_or("-")));
+            self.publish_ok.clear();
+            self.grants = Some((generation, grants));
+        }
+        &self.grants.as_ref().expect("set above").1
     }
 
     fn may_publish(&mut self, name: &str) -> Result<(), Denied> {
@@ -135,15 +132,17 @@ impl<'a> Router<'a> {
         if grants.is_unrestricted() {
             return Ok(());
         }
-        if self.publish_ok.get(name) == Some(&true) {
+        if self.publish_ok.contains(name) {
             return Ok(());
         }
-        let res = grants.check(Action::Publish, name);
+        // Only grants are cached: a refusal is rare and recomputes its reason.
+        let grants = &self.grants.as_ref().expect("set by grants()").1;
+        grants.check(Action::Publish, name)?;
         if self.publish_ok.len() >= PUBLISH_CACHE_MAX {
             self.publish_ok.clear();
         }
-        self.publish_ok.insert(name.into(), res.is_ok());
-        res
+        self.publish_ok.insert(name.into());
+        Ok(())
     }
 
     /// Handles every whole frame at the front of `buf`.
@@ -293,30 +292,33 @@ impl<'a> Router<'a> {
         self.route(p).await
     }
 
+    /// Tells the publisher why its message went nowhere.
+    async fn refuse(
+        &self,
+        p: &PublishView<'_>,
+        code: ErrorCode,
+        reason: String,
+    ) -> Result<(), ConnError> {
+        self.control(Frame::Error(ErrorFrame {
+            code,
+            msg_id: Some(p.msg_id),
+            name: Name::parse(p.name).ok(),
+            reason,
+        }))
+        .await
+    }
+
     async fn route(&mut self, p: PublishView<'_>) -> Result<(), ConnError> {
         let reg = &self.ctx.registry;
-        if p.mode == Mode::Unicast
-            && Name::validate(p.name).is_ok_and(|service_len| service_len == p.name.len())
-        {
-            return self
-                .control(Frame::Error(ErrorFrame {
-                    code: ErrorCode::BAD_NAME,
-                    msg_id: Some(p.msg_id),
-                    name: Name::parse(p.name).ok(),
-                    reason: "unicast needs a full name with an instance".into(),
-                }))
-                .await;
+        if p.mode == Mode::Unicast && !p.has_instance() {
+            let reason = "unicast needs a full name with an instance".to_string();
+            return self.refuse(&p, ErrorCode::BAD_NAME, reason).await;
         }
         if let Err(d) = self.may_publish(p.name) {
             self.unauthorized += 1;
             m::denied("publish");
             return self
-                .control(Frame::Error(ErrorFrame {
-                    code: ErrorCode::UNAUTHORIZED,
-                    msg_id: Some(p.msg_id),
-                    name: Name::parse(p.name).ok(),
-                    reason: d.to_string(),
-                }))
+                .refuse(&p, ErrorCode::UNAUTHORIZED, d.to_string())
                 .await;
         }
         let route = reg.lookup(p.name).filter(|r| !r.subs.is_empty());
@@ -326,14 +328,7 @@ impl<'a> Router<'a> {
                 return Ok(());
             }
             let reason = format!("no subscriber for {}", p.name);
-            return self
-                .control(Frame::Error(ErrorFrame {
-                    code: ErrorCode::NO_ROUTE,
-                    msg_id: Some(p.msg_id),
-                    name: Name::parse(p.name).ok(),
-                    reason,
-                }))
-                .await;
+            return self.refuse(&p, ErrorCode::NO_ROUTE, reason).await;
         };
         self.routed[p.mode as usize] += 1;
         if self.scratch.capacity() - self.scratch.len() < p.payload.len() + 256 {
@@ -343,7 +338,7 @@ impl<'a> Router<'a> {
             p.name,
             p.mode,
             self.sh.name.as_str(),
-            self.sh.identity.as_deref(),
+            self.sh.identity(),
             p.msg_id,
             p.payload,
             &self.ctx.cfg.limits,
@@ -353,7 +348,7 @@ impl<'a> Router<'a> {
         match p.mode {
             Mode::Multicast => {
                 for sub in &route.subs {
-                    self.push(&sub.outbox, frame.clone());
+                    self.push(sub, frame.clone());
                 }
             }
             Mode::Anycast | Mode::Unicast => {
@@ -363,7 +358,7 @@ impl<'a> Router<'a> {
                     if let Some(sub) = route.pick()
                         && !sub.outbox.is_closed()
                     {
-                        self.push(&sub.outbox, frame);
+                        self.push(sub, frame);
                         break;
                     }
                 }
@@ -372,14 +367,14 @@ impl<'a> Router<'a> {
         Ok(())
     }
 
-    fn push(&mut self, outbox: &Outbox, frame: Bytes) {
-        match outbox.push(frame) {
+    fn push(&mut self, sub: &Sub, frame: Bytes) {
+        match sub.outbox.push(frame) {
             Push::Queued => self.deliveries += 1,
             Push::Dropped => self.slow += 1,
             Push::Closed => {}
             Push::Disconnect => {
                 self.slow += 1;
-                self.ctx.disconnect_slow(outbox);
+                self.ctx.disconnect_slow(sub.conn);
             }
         }
     }

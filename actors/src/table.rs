@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::metrics as m;
 use crate::outbox::Outbox;
 use crate::registry::{ConnId, Registry};
 
@@ -87,7 +86,6 @@ impl Actor for TableActor {
                 reg.remove_conn(conn);
             }
         }
-        m::registry_gauges(reg);
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use metrics::counter;
 use quinn::{SendStream, VarInt};
 use slim_wire::ErrorCode;
@@ -25,6 +25,7 @@ pub(crate) async fn write_loop(
     // Grows with load (recv_many appends up to BATCH) instead of reserving
     // 512 slots (16 KiB) up front for every idle connection.
     let mut batch: Vec<Bytes> = Vec::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
     let bytes_out = counter!(m::BYTES_OUT_TOTAL, "kind" => "client");
     let mut draining = false;
     loop {
@@ -52,46 +53,9 @@ pub(crate) async fn write_loop(
         let wait = sh.outbox.take_wait();
         let frames = batch.len() as u64;
         let total: usize = batch.iter().map(Bytes::len).sum();
-        if batch.len() == 1 {
-            // A lone frame goes to QUIC as is, without a copy.
-            let b = batch.pop().expect("one frame");
-            send.write_chunk(b).await.map_err(|e| e.to_string())?;
-        } else {
-            // Small frames are copied into one buffer sized for this batch
-            // (nothing is kept between batches, so an idle connection holds
-            // no coalescing buffer); large ones go as their own chunks.
-            let mut small_left: usize = batch
-                .iter()
-                .filter(|b| b.len() < COALESCE / 4)
-                .map(Bytes::len)
-                .sum();
-            let mut buf = BytesMut::new();
-            for b in batch.drain(..) {
-                if b.len() >= COALESCE / 4 {
-                    if !buf.is_empty() {
-                        send.write_chunk(buf.split().freeze())
-                            .await
-                            .map_err(|e| e.to_string())?;
-                    }
-                    send.write_chunk(b).await.map_err(|e| e.to_string())?;
-                    continue;
-                }
-                if buf.capacity() == buf.len() {
-                    buf = BytesMut::with_capacity(small_left.min(COALESCE));
-                }
-                small_left -= b.len();
-                buf.extend_from_slice(&b);
-                if buf.len() >= COALESCE {
-                    send.write_chunk(buf.split().freeze())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-            if !buf.is_empty() {
-                send.write_chunk(buf.freeze())
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
+        slim_wire::coalesce(&mut batch, COALESCE, &mut chunks);
+        for chunk in chunks.drain(..) {
+            send.write_chunk(chunk).await.map_err(|e| e.to_string())?;
         }
         sh.outbox.written(total);
         bytes_out.increment(total as u64);

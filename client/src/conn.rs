@@ -306,7 +306,7 @@ async fn run(
     } = live;
     let mut reader = tokio::spawn(read_loop(Arc::clone(shared), recv, buf, events.clone()));
     let mut batch: Vec<Bytes> = Vec::new();
-    let mut wbuf = BytesMut::with_capacity(64 * 1024);
+    let mut chunks: Vec<Bytes> = Vec::new();
     let res = loop {
         tokio::select! {
             r = &mut reader => {
@@ -319,21 +319,11 @@ async fn run(
                 if n == 0 {
                     break Ok(());
                 }
-                for b in batch.drain(..) {
-                    if b.len() >= 16 * 1024 {
-                        if !wbuf.is_empty() {
-                            send.write_chunk(wbuf.split().freeze()).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
-                        }
-                        send.write_chunk(b).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
-                    } else {
-                        wbuf.extend_from_slice(&b);
-                    }
-                }
-                if !wbuf.is_empty() {
-                    send.write_chunk(wbuf.split().freeze()).await.map_err(|e| ClientError::Protocol(e.to_string()))?;
-                }
-                if wbuf.capacity() < 16 * 1024 {
-                    wbuf = BytesMut::with_capacity(64 * 1024);
+                slim_wire::coalesce(&mut batch, 64 * 1024, &mut chunks);
+                for chunk in chunks.drain(..) {
+                    send.write_chunk(chunk)
+                        .await
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
                 }
             }
         }

@@ -12,7 +12,9 @@ pub mod frame;
 pub mod name;
 pub mod view;
 
-pub use codec::{DEFAULT_MAX_FRAME, HEADER_LEN, Limits, check, decode, decode_body, encode};
+pub use codec::{
+    DEFAULT_MAX_FRAME, HEADER_LEN, Limits, check, coalesce, decode, decode_body, encode,
+};
 pub use frame::*;
 pub use name::{InvalidName, MAX_COMPONENT_LEN, Name};
 pub use view::{DeliverView, PublishView, deliver_view, publish_view};

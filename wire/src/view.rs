@@ -30,6 +30,13 @@ pub struct DeliverView<'a> {
     pub payload: &'a [u8],
 }
 
+impl PublishView<'_> {
+    /// Whether the (already validated) name carries an instance id.
+    pub fn has_instance(&self) -> bool {
+        self.name.bytes().filter(|&b| b == b'/').count() == 3
+    }
+}
+
 fn mode(b: u8) -> Option<Mode> {
     match b {
         0 => Some(Mode::Anycast),
