@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod hook;
 pub mod listener;
 pub mod metrics;
 pub mod node;
@@ -16,6 +17,7 @@ mod router;
 pub mod table;
 mod writer;
 
+pub use hook::{HookVerdict, RouteHook, RoutedFrame};
 pub use config::{JwtAuth, JwtKeys, NodeConfig, QueueConfig, TokenAuth};
 pub use node::{ConnStats, NodeError, NodeHandle, TlsIdentity, start};
 pub use outbox::{Outbox, Push, SlowConsumerPolicy};

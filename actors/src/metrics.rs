@@ -65,6 +65,11 @@ pub fn denied(action: &'static str) {
     counter!(AUTHZ_DENIED_TOTAL, "action" => action).increment(1);
 }
 
+/// A publish dropped by a route hook (tests' frame-level loss injection).
+pub fn dropped_by_hook() {
+    counter!(MESSAGES_DROPPED_TOTAL, "reason" => "hook").increment(1);
+}
+
 pub fn registry_gauges(reg: &Registry) {
     gauge!(SUBSCRIPTIONS).set(reg.subscription_count() as f64);
     gauge!(REGISTRY_NAMES).set(reg.name_count() as f64);

@@ -92,6 +92,10 @@ pub struct NodeCtx {
     policy: RwLock<Arc<Policy>>,
     /// Bumped on every policy change so connections refresh their grants.
     policy_gen: AtomicU64,
+    /// Test/diagnostic hook on the routing path; `hook_set` lets the hot path
+    /// skip the lock when there is none.
+    hook: RwLock<Option<crate::RouteHook>>,
+    pub(crate) hook_set: std::sync::atomic::AtomicBool,
 }
 
 impl NodeCtx {
@@ -122,6 +126,13 @@ impl NodeCtx {
 
     pub(crate) fn policy_gen(&self) -> u64 {
         self.policy_gen.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn route_hook(&self) -> Option<crate::RouteHook> {
+        if !self.hook_set.load(Ordering::Acquire) {
+            return None;
+        }
+        self.hook.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(crate) fn drain_deadline(&self) -> Duration {
@@ -443,6 +454,8 @@ pub async fn start(
         node_identity: identity.clone(),
         policy: RwLock::new(Arc::new(cfg.policy.clone())),
         policy_gen: AtomicU64::new(0),
+        hook: RwLock::new(None),
+        hook_set: std::sync::atomic::AtomicBool::new(false),
         tag: format!(
             "{}#{}",
             cfg.node_id,
@@ -500,6 +513,14 @@ impl NodeHandle {
 
     /// Replaces the authorization policy. Connections re-evaluate their
     /// grants on their next action; established connections stay open.
+    /// Installs (or clears) a hook called for every publish this node routes:
+    /// tests record what the node sees and inject frame-level loss with it.
+    pub fn set_route_hook(&self, hook: Option<crate::RouteHook>) {
+        let set = hook.is_some();
+        *self.ctx.hook.write().unwrap_or_else(|e| e.into_inner()) = hook;
+        self.ctx.hook_set.store(set, Ordering::Release);
+    }
+
     pub fn set_policy(&self, policy: Policy) {
         if policy.is_allow_all() {
             warn!("authorization policy: ALLOW ALL (development only)");

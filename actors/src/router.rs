@@ -321,6 +321,18 @@ impl<'a> Router<'a> {
                 .refuse(&p, ErrorCode::UNAUTHORIZED, d.to_string())
                 .await;
         }
+        if let Some(hook) = self.ctx.route_hook() {
+            let seen = crate::RoutedFrame {
+                name: p.name,
+                mode: p.mode,
+                from: self.sh.name.as_str(),
+                payload: p.payload,
+            };
+            if hook(&seen) == crate::HookVerdict::Drop {
+                m::dropped_by_hook();
+                return Ok(());
+            }
+        }
         let route = reg.lookup(p.name).filter(|r| !r.subs.is_empty());
         let Some(route) = route else {
             self.no_route += 1;
