@@ -6,12 +6,14 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slim-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-./scripts/install-deps.sh prometheus
+./scripts/install-deps.sh prometheus nftables iproute2
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo build (binaries the namespace tests start)"
+cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "${CARGO_TARGET_DIR}/last-test.log"
 echo "== demo (smoke)"

@@ -12,6 +12,8 @@ use slim_auth::{DevCa, Identity, SpiffeId};
 use slim_client::{Client, ClientConfig, Delivery, Event};
 use slim_wire::Name;
 
+pub mod netns;
+
 pub use slim_actors;
 pub use slim_auth;
 pub use slim_client;
