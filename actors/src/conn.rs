@@ -83,7 +83,7 @@ pub(crate) fn encode(frame: &Frame, ctx: &NodeCtx) -> Bytes {
 }
 
 /// Reads exactly one frame with a deadline; used for the hello.
-async fn read_one(
+pub(crate) async fn read_one(
     recv: &mut RecvStream,
     buf: &mut BytesMut,
     ctx: &NodeCtx,
@@ -152,7 +152,8 @@ pub(crate) async fn accept(
             .map_err(|e| ConnError::Lost(e.to_string()))?;
         let mut buf = BytesMut::with_capacity(4096);
         let hello = match read_one(&mut recv, &mut buf, &ctx).await? {
-            Frame::Hello(h) => h,
+            Frame::Hello(h) => First::Client(h),
+            Frame::PeerHello(h) => First::Peer(h),
             other => {
                 return Err(ConnError::Protocol(format!(
                     "expected hello, got {}",
@@ -162,7 +163,7 @@ pub(crate) async fn accept(
         };
         Ok::<_, ConnError>((send, recv, buf, hello))
     };
-    let (mut send, recv, buf, hello) = match tokio::time::timeout(deadline, setup).await {
+    let (mut send, recv, buf, first) = match tokio::time::timeout(deadline, setup).await {
         Err(_) => {
             m::handshake("timeout");
             conn.close(
@@ -181,6 +182,20 @@ pub(crate) async fn accept(
             return Err(e);
         }
         Ok(Ok(v)) => v,
+    };
+    let hello = match first {
+        First::Client(h) => h,
+        First::Peer(h) => {
+            // A node opening a peer link: its certificate identity must be
+            // granted `peer` by the policy.
+            let cert = cert_id.map(|id| {
+                let ok = cert_grants
+                    .as_ref()
+                    .map_or(Ok(()), |g| g.check_peer().map_err(|d| d.to_string()));
+                (id, ok)
+            });
+            return crate::link::accept_peer(ctx, conn, send, recv, buf, h, cert).await;
+        }
     };
     let authenticated = check_hello(&hello).and_then(|()| match (&cert_id, cert_grants) {
         (Some(id), Some(g)) => match hello.token {
@@ -271,6 +286,11 @@ pub(crate) async fn accept(
         .await
         .map_err(|e| ConnError::Lost(e.to_string()))?;
     m::handshake("ok");
+    ctx.fed.emit(crate::federation::NodeEvent::ClientConnected {
+        client: hello.name.to_string(),
+        spiffe_id: identity.map(str::to_owned),
+        at: std::time::SystemTime::now(),
+    });
     info!(conn = id, name = %hello.name, identity = identity.unwrap_or("-"), remote = %conn.remote_address(), "client connected");
 
     let args = ConnArgs {
@@ -291,6 +311,12 @@ pub(crate) async fn accept(
         conn: id,
     });
     Ok(())
+}
+
+/// The first frame of an incoming connection: a client's or a peer node's.
+enum First {
+    Client(Hello),
+    Peer(slim_wire::PeerHello),
 }
 
 fn check_hello(h: &Hello) -> Result<(), Reject> {
@@ -402,7 +428,7 @@ pub enum ConnMsg {
 }
 
 /// Aborts the task when dropped, so a dead actor leaves no task behind.
-struct AbortOnDrop(JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -533,6 +559,12 @@ pub(crate) fn cleanup(ctx: &NodeCtx, id: ConnId) {
             shared.conn.close(VarInt::from_u32(0), b"closed");
         }
         metrics::gauge!(m::CONNECTIONS, "kind" => "client").decrement(1.0);
+        ctx.fed
+            .emit(crate::federation::NodeEvent::ClientDisconnected {
+                client: shared.name.to_string(),
+                spiffe_id: shared.identity().map(str::to_owned),
+                at: std::time::SystemTime::now(),
+            });
         info!(conn = id, name = %shared.name, "client disconnected");
     }
     let _ = ctx.table().send_message(TableMsg::RemoveConn { conn: id });

@@ -7,7 +7,10 @@
 
 pub mod config;
 pub mod conn;
+pub mod federation;
 pub mod hook;
+pub mod interest;
+mod link;
 pub mod listener;
 pub mod metrics;
 pub mod node;
@@ -17,8 +20,9 @@ mod router;
 pub mod table;
 mod writer;
 
+pub use config::{FederationConfig, JwtAuth, JwtKeys, NodeConfig, QueueConfig, TokenAuth};
+pub use federation::{LinkDirection, LinkInfo, LinkState, NodeEvent, PeerSpec, RouteInfo};
 pub use hook::{HookVerdict, RouteHook, RoutedFrame};
-pub use config::{JwtAuth, JwtKeys, NodeConfig, QueueConfig, TokenAuth};
 pub use node::{ConnStats, NodeError, NodeHandle, TlsIdentity, start};
 pub use outbox::{Outbox, Push, SlowConsumerPolicy};
 pub use registry::{ConnId, Registry};

@@ -60,6 +60,26 @@ pub const SECONDS_BUCKETS: &[f64] = &[
     2.5,
 ];
 pub const AUTHZ_DENIED_TOTAL: &str = "slim_authz_denied_total";
+/// Peer links by state (`connecting`, `up`, `backoff`).
+pub const LINKS: &str = "slim_links";
+/// Frames over peer links (`direction` = `in`/`out`; data stream).
+pub const LINK_FRAMES_TOTAL: &str = "slim_link_frames_total";
+/// Bytes over peer links (`direction` = `in`/`out`).
+pub const LINK_BYTES_TOTAL: &str = "slim_link_bytes_total";
+/// Messages a link did not carry (`reason` = `queue_full`, `loop`, `control_overflow`).
+pub const LINK_DROPS_TOTAL: &str = "slim_link_drops_total";
+/// Redials of dialled links (after a failure or a link going down).
+pub const LINK_RECONNECTS_TOTAL: &str = "slim_link_reconnects_total";
+/// Failed link attempts by this node (`reason`).
+pub const LINK_CONNECT_FAILURES_TOTAL: &str = "slim_link_connect_failures_total";
+/// Peer hellos this node refused (`reason`).
+pub const LINK_REFUSALS_TOTAL: &str = "slim_link_refusals_total";
+/// Live links that ended on an error (`reason`).
+pub const LINK_DOWN_TOTAL: &str = "slim_link_down_total";
+/// Learned (name, origin node, peer) interest routes.
+pub const INTEREST_ENTRIES: &str = "slim_interest_entries";
+/// Interest announcements ignored as invalid (`reason`).
+pub const INTEREST_REFUSED_TOTAL: &str = "slim_interest_refused_total";
 
 pub fn denied(action: &'static str) {
     counter!(AUTHZ_DENIED_TOTAL, "action" => action).increment(1);

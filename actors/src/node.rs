@@ -96,6 +96,7 @@ pub struct NodeCtx {
     /// skip the lock when there is none.
     hook: RwLock<Option<crate::RouteHook>>,
     pub(crate) hook_set: std::sync::atomic::AtomicBool,
+    pub(crate) fed: crate::federation::Fed,
 }
 
 impl NodeCtx {
@@ -133,6 +134,10 @@ impl NodeCtx {
             return None;
         }
         self.hook.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn node_identity(&self) -> &TlsIdentity {
+        &self.node_identity
     }
 
     pub(crate) fn drain_deadline(&self) -> Duration {
@@ -184,6 +189,8 @@ impl Actor for NodeSupervisor {
         ctx: Arc<NodeCtx>,
     ) -> Result<SupState, ActorProcessingErr> {
         spawn_table(&ctx, &myself).await?;
+        crate::federation::spawn(&ctx, myself.get_cell(), format!("{}-federation", ctx.tag))
+            .await?;
         Actor::spawn_linked(
             Some(format!("{}-listener", ctx.tag)),
             ListenerActor,
@@ -206,6 +213,9 @@ impl Actor for NodeSupervisor {
             if name.ends_with("-table") {
                 counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "table").increment(1);
                 spawn_table(&st.ctx, &myself).await?;
+            } else if name.ends_with("-federation") && !st.ctx.is_shutting_down() {
+                counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "federation").increment(1);
+                crate::federation::spawn(&st.ctx, myself.get_cell(), name).await?;
             } else if name.ends_with("-listener") && !st.ctx.is_shutting_down() {
                 counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "listener").increment(1);
                 Actor::spawn_linked(
@@ -222,10 +232,17 @@ impl Actor for NodeSupervisor {
 }
 
 async fn spawn_table(ctx: &Arc<NodeCtx>, sup: &ActorRef<SupMsg>) -> Result<(), ActorProcessingErr> {
+    // Weak: the table actor must not keep the node's context alive.
+    let weak = Arc::downgrade(ctx);
+    let on_local: crate::table::LocalInterestHook = Arc::new(move |names| {
+        if let Some(ctx) = weak.upgrade() {
+            ctx.fed.local_changed(names);
+        }
+    });
     let (table, _) = Actor::spawn_linked(
         Some(format!("{}-table", ctx.tag)),
         TableActor,
-        Arc::clone(&ctx.registry),
+        (Arc::clone(&ctx.registry), on_local),
         sup.get_cell(),
     )
     .await?;
@@ -274,6 +291,7 @@ async fn sample_gauges(ctx: Arc<NodeCtx>) {
         gauge!(m::QUEUE_BYTES).set(total as f64);
         gauge!(m::QUEUE_BYTES_MAX).set(max as f64);
         m::registry_gauges(&ctx.registry);
+        crate::federation::sample_gauges(&ctx);
     }
 }
 
@@ -456,6 +474,7 @@ pub async fn start(
         policy_gen: AtomicU64::new(0),
         hook: RwLock::new(None),
         hook_set: std::sync::atomic::AtomicBool::new(false),
+        fed: crate::federation::Fed::new(&cfg.node_id, cfg.federation.max_hops),
         tag: format!(
             "{}#{}",
             cfg.node_id,
@@ -492,6 +511,10 @@ pub async fn start(
 }
 
 impl NodeHandle {
+    pub(crate) fn ctx(&self) -> &Arc<NodeCtx> {
+        &self.ctx
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.ctx
             .endpoint

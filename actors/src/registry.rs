@@ -25,14 +25,51 @@ pub struct Sub {
     pub outbox: Arc<Outbox>,
 }
 
-/// The subscribers of one name.
+/// Remote subscribers of a name reached through one peer link: the link's
+/// queue and the nodes (interest origins) that link must carry a message to.
+#[derive(Clone, Debug)]
+pub struct RemoteGroup {
+    /// The node at the far end of the link.
+    pub peer: Arc<str>,
+    /// The link session's id (fresh per connection).
+    pub link: ConnId,
+    pub outbox: Arc<Outbox>,
+    pub origins: Vec<Arc<str>>,
+}
+
+/// The subscribers of one name: local connections, and remote nodes grouped
+/// by the peer link that reaches them (empty on a node without federation,
+/// so the single-node path only pays an `is_empty` check).
 #[derive(Debug, Default)]
 pub struct Route {
     pub subs: Vec<Sub>,
+    pub remote: Vec<RemoteGroup>,
     rr: AtomicUsize,
+    rr_remote: AtomicUsize,
 }
 
 impl Route {
+    /// No local and no remote subscriber.
+    pub fn is_empty(&self) -> bool {
+        self.subs.is_empty() && self.remote.is_empty()
+    }
+
+    /// Next remote node in round-robin order (anycast with no local subscriber).
+    pub fn pick_remote(&self) -> Option<(&RemoteGroup, &Arc<str>)> {
+        let total: usize = self.remote.iter().map(|g| g.origins.len()).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut i = self.rr_remote.fetch_add(1, Ordering::Relaxed) % total;
+        for g in &self.remote {
+            if i < g.origins.len() {
+                return Some((g, &g.origins[i]));
+            }
+            i -= g.origins.len();
+        }
+        None
+    }
+
     /// Next subscriber in round-robin order.
     pub fn pick(&self) -> Option<&Sub> {
         if self.subs.is_empty() {
@@ -40,6 +77,19 @@ impl Route {
         }
         let i = self.rr.fetch_add(1, Ordering::Relaxed) % self.subs.len();
         Some(&self.subs[i])
+    }
+}
+
+impl Route {
+    /// The same route with other local subscribers (remote ones and the
+    /// round-robin positions carry over).
+    fn with_subs(&self, subs: Vec<Sub>) -> Route {
+        Route {
+            subs,
+            remote: self.remote.clone(),
+            rr: AtomicUsize::new(self.rr.load(Ordering::Relaxed)),
+            rr_remote: AtomicUsize::new(self.rr_remote.load(Ordering::Relaxed)),
+        }
     }
 }
 
@@ -108,13 +158,73 @@ impl Registry {
         let mut subs = Vec::with_capacity(old.subs.len() + 1);
         subs.extend(old.subs.iter().cloned());
         subs.push(sub);
-        let rr = old.rr.load(Ordering::Relaxed);
-        *entry.value_mut() = Arc::new(Route {
-            subs,
-            rr: AtomicUsize::new(rr),
-        });
+        *entry.value_mut() = Arc::new(old.with_subs(subs));
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
         true
+    }
+
+    /// Replaces the remote subscribers of `key` (the federation computes them
+    /// from interest announcements). Returns whether the name still has any
+    /// subscriber.
+    pub fn set_remote(&self, key: &str, remote: Vec<RemoteGroup>) -> bool {
+        if remote.is_empty() && !self.routes.contains_key(key) {
+            return false;
+        }
+        let key: Arc<str> = match self.routes.get(key) {
+            Some(e) => Arc::clone(e.key()),
+            None => Arc::from(key),
+        };
+        let mut entry = self.routes.entry(Arc::clone(&key)).or_default();
+        let old = entry.value();
+        let route = Route {
+            subs: old.subs.clone(),
+            remote,
+            rr: AtomicUsize::new(old.rr.load(Ordering::Relaxed)),
+            rr_remote: AtomicUsize::new(old.rr_remote.load(Ordering::Relaxed)),
+        };
+        let empty = route.is_empty();
+        *entry.value_mut() = Arc::new(route);
+        drop(entry);
+        if empty {
+            self.routes.remove_if(key.as_ref(), |_, r| r.is_empty());
+        }
+        !empty
+    }
+
+    /// Whether `key` has local subscribers (connections of this node).
+    pub fn has_local(&self, key: &str) -> bool {
+        self.routes.get(key).is_some_and(|r| !r.subs.is_empty())
+    }
+
+    /// Names with local subscribers.
+    pub fn local_names(&self) -> Vec<Arc<str>> {
+        self.routes
+            .iter()
+            .filter(|e| !e.value().subs.is_empty())
+            .map(|e| Arc::clone(e.key()))
+            .collect()
+    }
+
+    /// Every name with a subscriber: (name, local subscribers, remote nodes).
+    pub fn route_summary(&self) -> Vec<(Arc<str>, usize, Vec<Arc<str>>)> {
+        self.routes
+            .iter()
+            .map(|e| {
+                let mut remote: Vec<Arc<str>> = e
+                    .value()
+                    .remote
+                    .iter()
+                    .flat_map(|g| g.origins.iter().cloned())
+                    .collect();
+                remote.sort();
+                (Arc::clone(e.key()), e.value().subs.len(), remote)
+            })
+            .collect()
+    }
+
+    /// Number of local subscribers of `key`.
+    pub fn local_count(&self, key: &str) -> usize {
+        self.routes.get(key).map_or(0, |r| r.subs.len())
     }
 
     /// Removes a subscription. Returns false if it did not exist.
@@ -142,18 +252,15 @@ impl Registry {
                 if subs.len() != old.subs.len() {
                     self.subscriptions.fetch_sub(1, Ordering::Relaxed);
                 }
-                let empty = subs.is_empty();
-                let rr = old.rr.load(Ordering::Relaxed);
-                *entry.value_mut() = Arc::new(Route {
-                    subs,
-                    rr: AtomicUsize::new(rr),
-                });
+                let route = old.with_subs(subs);
+                let empty = route.is_empty();
+                *entry.value_mut() = Arc::new(route);
                 empty
             }
             None => false,
         };
         if now_empty {
-            self.routes.remove_if(key, |_, r| r.subs.is_empty());
+            self.routes.remove_if(key, |_, r| r.is_empty());
         }
     }
 
@@ -227,6 +334,30 @@ mod tests {
             seen[route.pick().unwrap().conn as usize] += 1;
         }
         assert_eq!(seen, [10, 10, 10]);
+    }
+
+    #[test]
+    fn remote_groups_survive_local_changes() {
+        let r = Registry::new();
+        let g = RemoteGroup {
+            peer: Arc::from("p"),
+            link: 99,
+            outbox: ob(),
+            origins: vec![Arc::from("n2"), Arc::from("n3")],
+        };
+        assert!(r.set_remote("a/b/c", vec![g]));
+        assert!(!r.has_local("a/b/c"));
+        r.add(1, &ob(), "a/b/c");
+        r.remove(1, "a/b/c");
+        let route = r.lookup("a/b/c").expect("remote interest keeps the name");
+        assert_eq!(route.remote.len(), 1);
+        let picks: Vec<String> = (0..4)
+            .map(|_| route.pick_remote().unwrap().1.to_string())
+            .collect();
+        assert_eq!(picks, ["n2", "n3", "n2", "n3"]);
+        assert!(!r.set_remote("a/b/c", vec![]));
+        assert!(r.lookup("a/b/c").is_none());
+        assert_eq!(r.name_count(), 0);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use metrics::counter;
 use quinn::{RecvStream, VarInt};
 use slim_auth::policy::{Action, Denied, Grants};
 use slim_wire::{
-    ErrorCode, ErrorFrame, FLAG_NO_ROUTE_SILENT, Frame, FrameKind, Mode, Name, Pong, PublishView,
-    SubAck, SubError, WireError, codec,
+    ErrorCode, ErrorFrame, FLAG_NO_ROUTE_SILENT, Frame, FrameKind, Mode, Name, NodeIds, Pong,
+    PublishView, SubAck, SubError, WireError, codec,
 };
 use tokio::io::AsyncReadExt;
 use tracing::{debug, info};
@@ -20,7 +20,7 @@ use crate::conn::{ConnError, ConnShared, encode};
 use crate::metrics as m;
 use crate::node::NodeCtx;
 use crate::outbox::Push;
-use crate::registry::Sub;
+use crate::registry::{RemoteGroup, Sub};
 use crate::table::TableMsg;
 
 pub(crate) async fn read_loop(
@@ -86,6 +86,7 @@ struct Router<'a> {
     no_route: u64,
     slow: u64,
     unauthorized: u64,
+    link_drops: u64,
     publishes: u64,
     grants: Option<(u64, Grants)>,
     /// Names this connection may publish to under the current grants; bounded.
@@ -106,6 +107,7 @@ impl<'a> Router<'a> {
             no_route: 0,
             slow: 0,
             unauthorized: 0,
+            link_drops: 0,
             publishes: 0,
             grants: None,
             publish_ok: HashSet::new(),
@@ -184,6 +186,10 @@ impl<'a> Router<'a> {
         if self.slow > 0 {
             hm.slow_consumer.increment(std::mem::take(&mut self.slow));
         }
+        if self.link_drops > 0 {
+            counter!(m::LINK_DROPS_TOTAL, "reason" => "queue_full")
+                .increment(std::mem::take(&mut self.link_drops));
+        }
         if self.unauthorized > 0 {
             hm.unauthorized
                 .increment(std::mem::take(&mut self.unauthorized));
@@ -228,7 +234,12 @@ impl<'a> Router<'a> {
                     reply,
                 });
                 match ok {
-                    Ok(_) => self.control(Frame::SubAck(SubAck { id: s.id })).await,
+                    Ok(added) => {
+                        if added {
+                            self.event_sub(s.name.as_str(), true);
+                        }
+                        self.control(Frame::SubAck(SubAck { id: s.id })).await
+                    }
                     Err(e) => {
                         self.control(Frame::SubError(SubError {
                             id: s.id,
@@ -246,7 +257,10 @@ impl<'a> Router<'a> {
                     reply,
                 });
                 match ok {
-                    Ok(true) => self.control(Frame::SubAck(SubAck { id: s.id })).await,
+                    Ok(true) => {
+                        self.event_sub(s.name.as_str(), false);
+                        self.control(Frame::SubAck(SubAck { id: s.id })).await
+                    }
                     Ok(false) => {
                         self.control(Frame::SubError(SubError {
                             id: s.id,
@@ -276,6 +290,29 @@ impl<'a> Router<'a> {
                 other.kind().as_str()
             ))),
         }
+    }
+
+    /// An explicit (un)subscribe, for the node's event stream (audit trail).
+    fn event_sub(&self, name: &str, subscribed: bool) {
+        use crate::federation::NodeEvent;
+        let (name, client) = (name.to_owned(), self.sh.name.to_string());
+        let spiffe_id = self.sh.identity().map(str::to_owned);
+        let at = std::time::SystemTime::now();
+        self.ctx.fed.emit(if subscribed {
+            NodeEvent::Subscribed {
+                name,
+                client,
+                spiffe_id,
+                at,
+            }
+        } else {
+            NodeEvent::Unsubscribed {
+                name,
+                client,
+                spiffe_id,
+                at,
+            }
+        });
     }
 
     async fn publish(&mut self, p: PublishView<'_>) -> Result<(), ConnError> {
@@ -333,7 +370,7 @@ impl<'a> Router<'a> {
                 return Ok(());
             }
         }
-        let route = reg.lookup(p.name).filter(|r| !r.subs.is_empty());
+        let route = reg.lookup(p.name).filter(|r| !r.is_empty());
         let Some(route) = route else {
             self.no_route += 1;
             if p.flags & FLAG_NO_ROUTE_SILENT != 0 {
@@ -343,9 +380,56 @@ impl<'a> Router<'a> {
             return self.refuse(&p, ErrorCode::NO_ROUTE, reason).await;
         };
         self.routed[p.mode as usize] += 1;
-        if self.scratch.capacity() - self.scratch.len() < p.payload.len() + 256 {
-            self.scratch.reserve(64 * 1024 + p.payload.len());
+        match p.mode {
+            Mode::Multicast => {
+                if !route.subs.is_empty() {
+                    let frame = self.deliver_frame(&p)?;
+                    for sub in &route.subs {
+                        self.push(sub, frame.clone());
+                    }
+                }
+                // One copy per link, carrying the nodes beyond it that want it.
+                for g in &route.remote {
+                    let frame =
+                        self.forward_frame(&p, g.origins.iter().map(|o| &**o), g.origins.len())?;
+                    self.push_link(g, frame);
+                }
+            }
+            Mode::Anycast | Mode::Unicast => {
+                // Local subscribers first; skip queues that are closed so an
+                // anycast still finds a live instance.
+                let n = route.subs.len();
+                let mut frame = None;
+                for _ in 0..n {
+                    if let Some(sub) = route.pick()
+                        && !sub.outbox.is_closed()
+                    {
+                        let f = match frame.take() {
+                            Some(f) => f,
+                            None => self.deliver_frame(&p)?,
+                        };
+                        self.push(sub, f);
+                        return Ok(());
+                    }
+                }
+                if let Some((g, origin)) = route.pick_remote() {
+                    let frame = self.forward_frame(&p, std::iter::once(&**origin), 1)?;
+                    self.push_link(g, frame);
+                }
+            }
         }
+        Ok(())
+    }
+
+    fn reserve(&mut self, n: usize) {
+        if self.scratch.capacity() - self.scratch.len() < n + 256 {
+            self.scratch.reserve(64 * 1024 + n);
+        }
+    }
+
+    /// The `Deliver` for local subscribers, encoded once and shared.
+    fn deliver_frame(&mut self, p: &PublishView<'_>) -> Result<Bytes, ConnError> {
+        self.reserve(p.payload.len());
         codec::encode_deliver_raw(
             p.name,
             p.mode,
@@ -356,27 +440,46 @@ impl<'a> Router<'a> {
             &self.ctx.cfg.limits,
             &mut self.scratch,
         )?;
-        let frame = self.scratch.split().freeze();
-        match p.mode {
-            Mode::Multicast => {
-                for sub in &route.subs {
-                    self.push(sub, frame.clone());
-                }
-            }
-            Mode::Anycast | Mode::Unicast => {
-                // Skip queues that are closed so an anycast still finds a live instance.
-                let n = route.subs.len();
-                for _ in 0..n {
-                    if let Some(sub) = route.pick()
-                        && !sub.outbox.is_closed()
-                    {
-                        self.push(sub, frame);
-                        break;
-                    }
-                }
-            }
+        Ok(self.scratch.split().freeze())
+    }
+
+    /// A `Forward` starting at this node, for the nodes `dests`.
+    fn forward_frame<'d>(
+        &mut self,
+        p: &PublishView<'_>,
+        dests: impl Iterator<Item = &'d str> + Clone,
+        n: usize,
+    ) -> Result<Bytes, ConnError> {
+        self.reserve(p.payload.len() + 64 * n);
+        let me = self.ctx.cfg.node_id.as_str();
+        codec::encode_forward_raw(
+            p.name,
+            p.mode,
+            self.sh.name.as_str(),
+            self.sh.identity(),
+            p.msg_id,
+            NodeIds {
+                ids: std::iter::empty(),
+                len: 0,
+                then: Some(me),
+            },
+            NodeIds {
+                ids: dests,
+                len: n,
+                then: None,
+            },
+            p.payload,
+            &self.ctx.cfg.limits,
+            &mut self.scratch,
+        )?;
+        Ok(self.scratch.split().freeze())
+    }
+
+    fn push_link(&mut self, g: &RemoteGroup, frame: Bytes) {
+        match g.outbox.push(frame) {
+            Push::Queued | Push::Closed => {}
+            Push::Dropped | Push::Disconnect => self.link_drops += 1,
         }
-        Ok(())
     }
 
     fn push(&mut self, sub: &Sub, frame: Bytes) {

@@ -9,7 +9,11 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::outbox::Outbox;
-use crate::registry::{ConnId, Registry};
+use crate::registry::{ConnId, Registry, RemoteGroup};
+
+/// Told the names whose local subscribers went from none to some or back
+/// (the federation announces them to peers).
+pub type LocalInterestHook = Arc<dyn Fn(&[Arc<str>]) + Send + Sync>;
 
 pub enum TableMsg {
     /// Register a client's full name: claims it (returning a displaced owner)
@@ -35,29 +39,43 @@ pub enum TableMsg {
     RemoveConn {
         conn: ConnId,
     },
+    /// Replace the remote subscribers of a name (from the federation).
+    SetRemote {
+        key: String,
+        remote: Vec<RemoteGroup>,
+    },
+}
+
+pub struct TableState {
+    reg: Arc<Registry>,
+    on_local: LocalInterestHook,
 }
 
 pub struct TableActor;
 
 impl Actor for TableActor {
     type Msg = TableMsg;
-    type State = Arc<Registry>;
-    type Arguments = Arc<Registry>;
+    type State = TableState;
+    type Arguments = (Arc<Registry>, LocalInterestHook);
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        registry: Arc<Registry>,
+        (reg, on_local): (Arc<Registry>, LocalInterestHook),
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(registry)
+        Ok(TableState { reg, on_local })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        reg: &mut Self::State,
+        st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        let reg = &st.reg;
+        // A name's first local subscriber or its last one leaving is what
+        // peers must hear about.
+        let local_edge = |key: &str| reg.local_count(key) == 1;
         match msg {
             TableMsg::Register {
                 conn,
@@ -67,9 +85,16 @@ impl Actor for TableActor {
                 reply,
             } => {
                 let displaced = reg.claim(conn, &full);
-                reg.add(conn, &outbox, &full);
-                reg.add(conn, &outbox, &service);
+                let mut edges: Vec<Arc<str>> = Vec::new();
+                for key in [&full, &service] {
+                    if reg.add(conn, &outbox, key) && local_edge(key) {
+                        edges.push(Arc::from(key.as_str()));
+                    }
+                }
                 let _ = reply.send(displaced);
+                if !edges.is_empty() {
+                    (st.on_local)(&edges);
+                }
             }
             TableMsg::Subscribe {
                 conn,
@@ -77,13 +102,33 @@ impl Actor for TableActor {
                 key,
                 reply,
             } => {
-                let _ = reply.send(reg.add(conn, &outbox, &key));
+                let added = reg.add(conn, &outbox, &key);
+                let _ = reply.send(added);
+                if added && local_edge(&key) {
+                    (st.on_local)(&[Arc::from(key.as_str())]);
+                }
             }
             TableMsg::Unsubscribe { conn, key, reply } => {
-                let _ = reply.send(reg.remove(conn, &key));
+                let removed = reg.remove(conn, &key);
+                let _ = reply.send(removed);
+                if removed && !reg.has_local(&key) {
+                    (st.on_local)(&[Arc::from(key.as_str())]);
+                }
             }
             TableMsg::RemoveConn { conn } => {
+                let names = reg.names_of(conn);
                 reg.remove_conn(conn);
+                let gone: Vec<Arc<str>> = names
+                    .into_iter()
+                    .filter(|n| !reg.has_local(n))
+                    .map(Arc::from)
+                    .collect();
+                if !gone.is_empty() {
+                    (st.on_local)(&gone);
+                }
+            }
+            TableMsg::SetRemote { key, remote } => {
+                reg.set_remote(&key, remote);
             }
         }
         Ok(())

@@ -31,12 +31,31 @@ pub struct Rule {
     pub subscribe: Vec<String>,
 }
 
+/// One `[[rule]]` table of a policy file: a [`Rule`] and whether the
+/// identity is a node that may open a peer link.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleEntry {
+    pub spiffe_id: String,
+    #[serde(default)]
+    pub register: Vec<String>,
+    #[serde(default)]
+    pub publish: Vec<String>,
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Federation: the identity may open a peer link. A client identity
+    /// without it is refused as a peer. Peers are trusted to assert the
+    /// original sender's name and SPIFFE ID on what they forward.
+    #[serde(default)]
+    pub peer: bool,
+}
+
 /// The policy file: `[[rule]]` tables.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
     #[serde(default, rename = "rule")]
-    pub rules: Vec<Rule>,
+    pub rules: Vec<RuleEntry>,
 }
 
 /// What a client asks to do with a name.
@@ -89,6 +108,8 @@ pub enum Denied {
     },
     #[error("the connection has no authenticated identity")]
     Anonymous,
+    #[error("{id} may not open a peer link (no policy rule grants it `peer = true`)")]
+    NotPeer { id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +173,7 @@ struct CompiledRule {
     register: Vec<Pattern>,
     publish: Vec<Pattern>,
     subscribe: Vec<Pattern>,
+    peer: bool,
 }
 
 /// A compiled policy.
@@ -168,6 +190,7 @@ pub struct Grants {
     register: Vec<Pattern>,
     publish: Vec<Pattern>,
     subscribe: Vec<Pattern>,
+    peer: bool,
 }
 
 impl Grants {
@@ -180,6 +203,18 @@ impl Grants {
             register: vec![],
             publish: vec![],
             subscribe: vec![],
+            peer: false,
+        }
+    }
+
+    /// Whether this identity may open a peer link.
+    pub fn check_peer(&self) -> Result<(), Denied> {
+        if self.all || self.peer {
+            Ok(())
+        } else {
+            Err(Denied::NotPeer {
+                id: self.id.clone(),
+            })
         }
     }
 
@@ -220,9 +255,35 @@ impl Policy {
         self.rules.is_none()
     }
 
+    /// A policy of client rules (no identity may open a peer link).
     pub fn from_rules(rules: &[Rule]) -> Result<Policy, PolicyError> {
+        Self::compile(rules.iter().map(|r| (r, false)))
+    }
+
+    /// A policy from policy-file entries (`peer` included).
+    pub fn from_entries(entries: &[RuleEntry]) -> Result<Policy, PolicyError> {
+        let rules: Vec<(Rule, bool)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    Rule {
+                        spiffe_id: e.spiffe_id.clone(),
+                        register: e.register.clone(),
+                        publish: e.publish.clone(),
+                        subscribe: e.subscribe.clone(),
+                    },
+                    e.peer,
+                )
+            })
+            .collect();
+        Self::compile(rules.iter().map(|(r, p)| (r, *p)))
+    }
+
+    fn compile<'a>(
+        rules: impl ExactSizeIterator<Item = (&'a Rule, bool)>,
+    ) -> Result<Policy, PolicyError> {
         let mut out = Vec::with_capacity(rules.len());
-        for (index, r) in rules.iter().enumerate() {
+        for (index, (r, peer)) in rules.enumerate() {
             let id = r
                 .spiffe_id
                 .strip_prefix("spiffe://")
@@ -249,6 +310,7 @@ impl Policy {
                 register: names(&r.register)?,
                 publish: names(&r.publish)?,
                 subscribe: names(&r.subscribe)?,
+                peer,
             });
         }
         Ok(Policy { rules: Some(out) })
@@ -258,7 +320,7 @@ impl Policy {
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
         let file: PolicyFile =
             toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
-        Policy::from_rules(&file.rules)
+        Policy::from_entries(&file.rules)
     }
 
     /// The union of the grants of every rule matching `id`; an ID matched by
@@ -271,6 +333,7 @@ impl Policy {
                 register: vec![],
                 publish: vec![],
                 subscribe: vec![],
+                peer: true,
             });
         };
         let id = id.ok_or(Denied::Anonymous)?;
@@ -281,6 +344,7 @@ impl Policy {
             register: vec![],
             publish: vec![],
             subscribe: vec![],
+            peer: false,
         };
         let mut matched = false;
         for r in rules.iter().filter(|r| r.id.matches(bare)) {
@@ -288,6 +352,7 @@ impl Policy {
             g.register.extend(r.register.iter().cloned());
             g.publish.extend(r.publish.iter().cloned());
             g.subscribe.extend(r.subscribe.iter().cloned());
+            g.peer |= r.peer;
         }
         if matched {
             Ok(g)
@@ -371,6 +436,36 @@ subscribe = ["acme/**"]
         ));
         assert_eq!(p.grants(None).unwrap_err(), Denied::Anonymous);
         assert!(Policy::allow_all().grants(None).unwrap().is_unrestricted());
+    }
+
+    #[test]
+    fn only_rules_with_peer_grant_peer_links() {
+        let p = Policy::from_toml(
+            r#"
+[[rule]]
+spiffe_id = "spiffe://acme.example/node/*"
+peer = true
+
+[[rule]]
+spiffe_id = "spiffe://acme.example/agent/*"
+subscribe = ["acme/**"]
+"#,
+        )
+        .unwrap();
+        let node = p.grants(Some(&id("spiffe://acme.example/node/a"))).unwrap();
+        assert!(node.check_peer().is_ok());
+        let agent = p
+            .grants(Some(&id("spiffe://acme.example/agent/x")))
+            .unwrap();
+        assert!(matches!(agent.check_peer(), Err(Denied::NotPeer { .. })));
+        assert!(Grants::none("x").check_peer().is_err());
+        assert!(
+            Policy::allow_all()
+                .grants(None)
+                .unwrap()
+                .check_peer()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! like NATS core; reliable sessions come with the sessions issue).
 #![forbid(unsafe_code)]
 
+pub mod channel;
 mod conn;
 pub mod session;
 
@@ -23,6 +24,9 @@ use slim_auth::{Identity, IdentitySource, ServerMatch, TrustBundles};
 use slim_wire::{ErrorCode, ErrorFrame, Frame, Limits, Mode, Name, Subscribe, Unsubscribe, codec};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use channel::{
+    Channel, ChannelEvent, ChannelMember, ChannelModerator, ChannelOptions, Invitation, Invitations,
+};
 pub use slim_wire::{Deliver, FLAG_NO_ROUTE_SILENT};
 
 /// Everything the SDK can fail with.
@@ -420,6 +424,29 @@ impl Client {
         payload: &[u8],
     ) -> Result<u64, ClientError> {
         let msg_id = self.shared.next_id();
+        self.publish_with_id(name, mode, flags, msg_id, payload)
+            .await
+    }
+
+    /// A fresh message id for [`Client::publish_with_id`], so that a caller
+    /// can file it (e.g. to match a later `NO_ROUTE`) before the frame leaves.
+    pub(crate) fn reserve_msg_id(&self) -> u64 {
+        self.shared.next_id()
+    }
+
+    /// Whether SDK metrics are on (session layers follow the same switch).
+    pub(crate) fn metrics_on(&self) -> bool {
+        self.shared.cfg.metrics
+    }
+
+    pub(crate) async fn publish_with_id(
+        &self,
+        name: &Name,
+        mode: Mode,
+        flags: u8,
+        msg_id: u64,
+        payload: &[u8],
+    ) -> Result<u64, ClientError> {
         let frame = SCRATCH.with(|cell| {
             // Frames are carved out of a per-thread 64 KiB buffer, so small
             // publishes share allocations instead of each making one.

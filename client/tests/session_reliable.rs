@@ -289,11 +289,17 @@ fn window_full_is_back_pressure_until_the_base_advances() {
         r.handle_datagram(w, now).unwrap();
     }
     assert!(r.poll_event().is_none(), "nothing deliverable past the gap");
+    // Seq 3 filled the sender's window (FLAG_ACK_NOW): acknowledged at once.
+    let ack = Packet::decode(&r.poll_transmit().unwrap()).unwrap();
+    assert_eq!(
+        (ack.kind, ack.base, ack.seqs.clone()),
+        (Kind::Ack, 0, vec![1, 2, 3])
+    );
     assert!(r.poll_transmit().is_none(), "the NACK waits for reordering");
     assert_eq!(
         r.poll_timeout(),
-        Some(now + Duration::from_millis(10)),
-        "ack delay"
+        Some(now + Duration::from_millis(20)),
+        "nack delay"
     );
     let deadline = now + Duration::from_millis(20);
     r.handle_timeout(deadline);
@@ -301,11 +307,6 @@ fn window_full_is_back_pressure_until_the_base_advances() {
     assert_eq!(
         (nack.kind, nack.base, nack.seqs.clone()),
         (Kind::Nack, 0, vec![0])
-    );
-    let ack = Packet::decode(&r.poll_transmit().unwrap()).unwrap();
-    assert_eq!(
-        (ack.kind, ack.base, ack.seqs.clone()),
-        (Kind::Ack, 0, vec![1, 2, 3])
     );
     s.handle_packet(&ack, deadline).unwrap();
     assert_eq!(s.in_flight(), 1);
@@ -325,8 +326,8 @@ fn window_full_is_back_pressure_until_the_base_advances() {
         })
         .collect();
     assert_eq!(got, vec![0, 1, 2, 3]);
-    let t = r.poll_timeout().unwrap();
-    r.handle_timeout(t);
+    // The retransmission also says the window is full: acknowledged at once.
+    let t = deadline;
     let ack = r.poll_transmit().unwrap();
     s.handle_datagram(&ack, t).unwrap();
     assert_eq!(s.in_flight(), 0);
@@ -471,4 +472,55 @@ fn unreliable_mode_is_best_effort_without_timers() {
     let expected = 2000 - link.stats.dropped;
     assert_eq!(seen.len() as u64, expected);
     assert!(r.duplicates() > 0);
+}
+
+#[test]
+fn close_after_giving_up_reports_the_lost_tail_and_is_acknowledged() {
+    use slim_client::session::reliable::FLAG_CLOSE_ACK;
+    let cfg = Config {
+        max_retries: 1,
+        ..Config::default()
+    };
+    let mut now = Instant::now();
+    let mut s = Sender::new(SID, "a", cfg.clone()).unwrap();
+    let mut r = Receiver::new(SID, "b", cfg).unwrap();
+    // 0 arrives; 1 and 2 (and their retransmissions) are all lost.
+    for i in 0..3 {
+        s.handle_send(payload(i), now).unwrap();
+    }
+    r.handle_datagram(&s.poll_transmit().unwrap(), now).unwrap();
+    while s.poll_transmit().is_some() {}
+    while let Some(t) = s.poll_timeout() {
+        now = t;
+        s.handle_timeout(now);
+        while s.poll_transmit().is_some() {}
+    }
+    // 0's ack never comes back either: the sender gives up on all three.
+    let failed: Vec<u64> = std::iter::from_fn(|| s.poll_event())
+        .map(|e| match e {
+            SessionEvent::DeliveryFailed { seq, attempts: 2 } => seq,
+            e => panic!("{e:?}"),
+        })
+        .collect();
+    assert_eq!(failed, vec![0, 1, 2]);
+    // No data follows the close, so the close itself says what was given up.
+    s.close();
+    r.handle_datagram(&s.poll_transmit().unwrap(), now).unwrap();
+    let events: Vec<_> = std::iter::from_fn(|| r.poll_event()).collect();
+    assert!(matches!(&events[0], SessionEvent::Delivered { seq: 0, .. }));
+    assert!(matches!(&events[1], SessionEvent::Lost { seqs, .. } if *seqs == vec![1, 2]));
+    assert!(matches!(
+        &events[2],
+        SessionEvent::PeerClosed { next_seq: 3, .. }
+    ));
+    let ack = std::iter::from_fn(|| r.poll_transmit())
+        .map(|b| Packet::decode(&b).unwrap())
+        .last()
+        .unwrap();
+    assert_eq!((ack.kind, ack.base), (Kind::Ack, 3));
+    assert_ne!(
+        ack.flags & FLAG_CLOSE_ACK,
+        0,
+        "the closer learns its close arrived"
+    );
 }

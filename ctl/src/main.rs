@@ -2,6 +2,9 @@
 //! (`slim-client`), like any agent; never links the node.
 #![forbid(unsafe_code)]
 
+mod admin;
+mod channel;
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +47,17 @@ enum Cmd {
     /// A development SPIFFE Workload API server (stands in for a SPIRE agent).
     #[command(subcommand, name = "dev-spire")]
     DevSpire(DevSpireCmd),
+    /// Nodes registered with the controller.
+    #[command(subcommand)]
+    Node(admin::NodeCmd),
+    /// Peer links between nodes (from the controller).
+    #[command(subcommand)]
+    Link(admin::LinkCmd),
+    /// A node's routes (from the controller).
+    #[command(subcommand)]
+    Route(admin::RouteCmd),
+    /// The controller's audit trail of joins and leaves.
+    Audit(admin::AuditArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,6 +188,29 @@ enum ChannelCmd {
         conn: ConnectArgs,
         #[arg(long, value_enum, default_value_t = CliMode::Multicast)]
         mode: CliMode,
+        /// Publish into the group channel NAME as a member: join (by
+        /// request), publish (MLS-encrypted unless --no-mls), leave.
+        #[arg(long)]
+        session: bool,
+        /// With --session: the moderator's full name.
+        #[arg(long, requires = "session")]
+        moderator: Option<String>,
+        /// With --session: the channel is plaintext.
+        #[arg(long, requires = "session")]
+        no_mls: bool,
+    },
+    /// Create a group channel and run as its moderator until stopped,
+    /// printing membership changes.
+    Create(channel::CreateArgs),
+    /// Join a group channel by request and print its messages with sender
+    /// name and SPIFFE ID.
+    Join(channel::JoinArgs),
+    /// A group channel's members (joins by request, prints, leaves).
+    Members(channel::MembersArgs),
+    /// Channels with subscribers anywhere in the fleet (from the controller).
+    List {
+        #[command(flatten)]
+        ctl: admin::ControllerArgs,
     },
 }
 
@@ -236,6 +273,10 @@ fn main() -> Result<()> {
                     Cmd::Channel(c) => channel(c, cli.output).await,
                     Cmd::Identity(c) => identity(c, cli.output).await,
                     Cmd::DevSpire(c) => dev_spire(c).await,
+                    Cmd::Node(c) => admin::node(c, cli.output).await,
+                    Cmd::Link(c) => admin::link(c, cli.output).await,
+                    Cmd::Route(c) => admin::route(c, cli.output).await,
+                    Cmd::Audit(a) => admin::audit(a, cli.output).await,
                     Cmd::DevCa(_) => unreachable!("handled above"),
                 }
             })
@@ -422,6 +463,7 @@ fn print_delivery(d: &Delivery, out: Output) -> Result<()> {
 
 async fn channel(cmd: ChannelCmd, out: Output) -> Result<()> {
     match cmd {
+        ChannelCmd::List { ctl } => return admin::channel_list(ctl, out).await,
         ChannelCmd::Subscribe {
             name,
             conn,
@@ -454,11 +496,17 @@ async fn channel(cmd: ChannelCmd, out: Output) -> Result<()> {
             }
             client.close().await;
         }
+        ChannelCmd::Create(a) => return channel::create(a, out).await,
+        ChannelCmd::Join(a) => return channel::join(a, out).await,
+        ChannelCmd::Members(a) => return channel::members(a, out).await,
         ChannelCmd::Publish {
             name,
             payload,
             conn,
             mode,
+            session,
+            moderator,
+            no_mls,
         } => {
             let name = Name::parse(&name).context("invalid channel name")?;
             let payload = if payload == "-" {
@@ -468,6 +516,17 @@ async fn channel(cmd: ChannelCmd, out: Output) -> Result<()> {
             } else {
                 payload.into_bytes()
             };
+            if session {
+                return channel::publish(
+                    &name,
+                    &payload,
+                    &conn,
+                    moderator.as_deref(),
+                    !no_mls,
+                    out,
+                )
+                .await;
+            }
             let client = connect(&conn).await?;
             let msg_id = client.publish(&name, mode.into(), &payload).await?;
             client.flush().await;

@@ -9,6 +9,8 @@
 //! slim-loadtest latency      --target slim://... --ca-dir DIR --rate 1000 --duration 10s --plot lat.svg
 //! slim-loadtest connections  --target slim://... --ca-dir DIR --conns 1000 --subs 10 --node-pid PID
 //! slim-loadtest slow-consumer --target slim://... --ca-dir DIR --subs 10 --stats-addr 127.0.0.1:9464
+//! slim-loadtest cross-node   --spawn-node --size 16            (two linked in-process nodes)
+//! slim-loadtest cross-node   --target slim://A --sub-target slim://B --ca-dir DIR
 //! slim-loadtest summarize results.jsonl
 //! slim-loadtest plot results.jsonl --scenario 'rr 1000/s 16B' --out lat.svg
 //! ```
@@ -62,6 +64,12 @@ enum Cmd {
     /// the others' delivery rate and loss, and the server's drop counters
     /// (with --stats-addr). --subs defaults to 10.
     SlowConsumer(Box<ThroughputArgs>),
+    /// Federation: the same 1 -> 1 throughput run twice in one invocation,
+    /// subscribers on the publishers' node, then on another node reached over
+    /// a peer link; prints both and their ratio. With --spawn-node both nodes
+    /// run in this process (the first dials the second); otherwise give
+    /// --target (publishers) and --sub-target (subscribers), two linked nodes.
+    CrossNode(Box<ThroughputArgs>),
     /// Open-loop request/reply at a fixed rate; latency percentiles measured
     /// from each request's scheduled send time.
     Latency(Box<LatencyArgs>),
@@ -176,6 +184,13 @@ struct ThroughputArgs {
     /// Worker threads of the in-process node's runtime (default: CPU count).
     #[arg(long, hide = true)]
     node_threads: Option<usize>,
+    /// SLIM: subscribers connect to this node (slim://HOST:PORT) instead of
+    /// --target; the publishers' node reaches it over a peer link.
+    #[arg(long)]
+    sub_target: Option<String>,
+    /// This run puts subscribers on the other node (set by `cross-node`).
+    #[arg(skip)]
+    cross: bool,
 }
 
 #[derive(Debug, Args)]
@@ -355,7 +370,35 @@ enum Flavor {
     SlowConsumer,
 }
 
-fn throughput(a: ThroughputArgs, flavor: Flavor) -> Result<()> {
+fn cross_node(mut a: ThroughputArgs) -> Result<()> {
+    if a.sweep_sizes.is_some() {
+        bail!("cross-node runs one --size");
+    }
+    if !a.spawn_node && a.sub_target.is_none() {
+        bail!("cross-node needs --spawn-node, or --target and --sub-target (two linked nodes)");
+    }
+    let subs = a.subs.unwrap_or(1);
+    let mut reports = Vec::with_capacity(2);
+    for cross in [false, true] {
+        if cross {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        a.cross = cross;
+        let r = throughput_once(&a, subs, 0, a.size)?;
+        emit(a.t.json, &r, r.table(), r.one_line())?;
+        reports.push(r);
+    }
+    let ratio = reports[1].deliveries_per_s / reports[0].deliveries_per_s.max(1e-9);
+    println!(
+        "cross-node / single-node deliveries/s = {ratio:.3} ({} / {})",
+        harness::fmt_num(reports[1].deliveries_per_s),
+        harness::fmt_num(reports[0].deliveries_per_s)
+    );
+    write_plot(&a.t.plot, &reports)
+}
+
+fn throughput(mut a: ThroughputArgs, flavor: Flavor) -> Result<()> {
+    a.cross = a.sub_target.is_some();
     let subs = a.subs.unwrap_or(match flavor {
         Flavor::Throughput => 1,
         Flavor::Fanout => 100,
@@ -448,8 +491,16 @@ fn throughput_once(
     // the load generator's, so its threads can be told apart by name.
     let mut node_rt = None;
     let mut node = None;
+    let mut far_node = None;
     let report = match target {
         Target::Slim(mut addr) => {
+            let mut sub_addr = match (&a.sub_target, a.cross && !a.spawn_node) {
+                (Some(t), true) => match parse_target(t)? {
+                    Target::Slim(sa) => sa,
+                    Target::Nats { .. } => bail!("--sub-target must be a slim:// node"),
+                },
+                _ => addr,
+            };
             let ids = identities(&a.t, a.spawn_node)?;
             let topic = slim_wire::Name::parse(&a.topic).context("--topic")?;
             let mut cpu = CpuSetup {
@@ -464,10 +515,51 @@ fn throughput_once(
                     listen: addr,
                     ..Default::default()
                 };
-                let h = rt
-                    .block_on(slim_actors::start(cfg, &node_id))
-                    .context("starting the in-process node")?;
+                let h = if a.cross {
+                    // Two nodes: subscribers on the far one, which the
+                    // publishers' node dials; wait for the link.
+                    let far = rt
+                        .block_on(slim_actors::start(
+                            slim_actors::NodeConfig {
+                                node_id: "loadtest-far".into(),
+                                listen: addr,
+                                ..Default::default()
+                            },
+                            &node_id,
+                        ))
+                        .context("starting the far in-process node")?;
+                    sub_addr = far.local_addr();
+                    let mut cfg = cfg;
+                    cfg.federation.peers = vec![slim_actors::PeerSpec {
+                        node_id: "loadtest-far".into(),
+                        addr: sub_addr,
+                        server_name: "slim-node".into(),
+                        expect_spiffe_id: None,
+                    }];
+                    let h = rt
+                        .block_on(slim_actors::start(cfg, &node_id))
+                        .context("starting the in-process node")?;
+                    let t0 = std::time::Instant::now();
+                    while !h
+                        .links()
+                        .iter()
+                        .any(|l| l.state == slim_actors::LinkState::Up)
+                    {
+                        if t0.elapsed() > Duration::from_secs(10) {
+                            bail!("the in-process nodes did not link within 10 s");
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    far_node = Some(Arc::new(far));
+                    h
+                } else {
+                    rt.block_on(slim_actors::start(cfg, &node_id))
+                        .context("starting the in-process node")?
+                };
                 addr = h.local_addr();
+                if !a.cross {
+                    sub_addr = addr;
+                }
                 node = Some(Arc::new(h));
                 node_rt = Some(rt);
                 if a.t.node_pid.is_some() {
@@ -478,10 +570,13 @@ fn throughput_once(
                     node_threads: Some("slim-node".into()),
                 };
             }
-            let target_s = if a.spawn_node {
-                format!("slim://{addr} (in-process node)")
-            } else {
-                format!("slim://{addr}")
+            let target_s = match (a.spawn_node, a.cross) {
+                (true, false) => format!("slim://{addr} (in-process node)"),
+                (true, true) => {
+                    format!("slim://{addr} -> slim://{sub_addr} (in-process nodes, cross-node)")
+                }
+                (false, false) => format!("slim://{addr}"),
+                (false, true) => format!("slim://{addr} -> slim://{sub_addr} (cross-node)"),
             };
             let rt = runtime("loadgen", a.t.client_threads)?;
             let node2 = node.clone();
@@ -491,12 +586,45 @@ fn throughput_once(
                     None => None,
                 };
                 let control = Control::new(&plan);
-                let mut running =
-                    slim::setup(addr, &topic, &ids, &plan, &control.ctl(), &run_id()).await?;
+                let mut running = slim::setup(
+                    addr,
+                    sub_addr,
+                    &topic,
+                    &ids,
+                    &plan,
+                    &control.ctl(),
+                    &run_id(),
+                )
+                .await?;
+                if let (true, Some(n)) = (a.cross, &node2) {
+                    // Publish only once the subscription has crossed the link,
+                    // so that no message goes to a node without the route.
+                    let t0 = std::time::Instant::now();
+                    while !n
+                        .routes()
+                        .iter()
+                        .any(|r| r.name == topic.as_str() && !r.remote_peers.is_empty())
+                    {
+                        if t0.elapsed() > Duration::from_secs(10) {
+                            bail!(
+                                "the subscription did not reach the publishers' node within 10 s"
+                            );
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
                 if let Some(n) = node2 {
+                    let far = far_node.clone();
                     running.extra = Some(Box::new(move || {
-                        let dropped = n.connections().iter().map(|c| c.dropped).sum();
-                        [("node_slow_consumer_drops".to_owned(), dropped)].into()
+                        let mut dropped: u64 = n.connections().iter().map(|c| c.dropped).sum();
+                        let mut out: Vec<(String, u64)> = Vec::new();
+                        if let Some(f) = &far {
+                            dropped += f.connections().iter().map(|c| c.dropped).sum::<u64>();
+                            let link: u64 = n.links().iter().map(|l| l.drops).sum();
+                            out.push(("link_queue_drops".to_owned(), link));
+                        }
+                        out.push(("node_slow_consumer_drops".to_owned(), dropped));
+                        out.into_iter().collect()
                     }));
                 }
                 harness::run("slim", &target_s, &plan, control, running, &cpu, server).await
@@ -526,6 +654,7 @@ fn throughput_once(
         }
     };
     drop(node);
+    drop(far_node);
     if let Some(rt) = node_rt {
         rt.shutdown_timeout(Duration::from_secs(1));
     }
@@ -603,6 +732,7 @@ fn main() -> Result<()> {
         Cmd::Throughput(a) => throughput(*a, Flavor::Throughput),
         Cmd::Fanout(a) => throughput(*a, Flavor::Fanout),
         Cmd::SlowConsumer(a) => throughput(*a, Flavor::SlowConsumer),
+        Cmd::CrossNode(a) => cross_node(*a),
         Cmd::Latency(a) => latency(*a),
         Cmd::Connections(a) => connections(*a),
         Cmd::Summarize { file } => {

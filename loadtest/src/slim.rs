@@ -40,8 +40,11 @@ impl Identities {
 /// Batch size for `recv_many`.
 const RECV_BATCH: usize = 1024;
 
+/// Publishers connect to `node`, subscribers to `sub_node` (the same node,
+/// or another one linked to it for cross-node runs).
 pub async fn setup(
     node: SocketAddr,
+    sub_node: SocketAddr,
     topic: &Name,
     ids: &Identities,
     plan: &Plan,
@@ -60,7 +63,7 @@ pub async fn setup(
     for i in 0..plan.subs {
         let name = Name::new(&org, &ns, "sub", Some(&format!("s{i}-{run_id}")))?;
         sub_cfgs.push(ClientConfig::new(
-            node,
+            sub_node,
             name,
             ids.get(&format!("loadtest/sub-{i}"))?,
         ));
@@ -68,7 +71,7 @@ pub async fn setup(
     let subs = try_join_all(sub_cfgs.into_iter().enumerate().map(|(i, cfg)| async move {
         let c = Client::connect(cfg)
             .await
-            .with_context(|| format!("subscriber {i}: connecting to {node}"))?;
+            .with_context(|| format!("subscriber {i}: connecting to {sub_node}"))?;
         c.subscribe(topic)
             .await
             .with_context(|| format!("subscriber {i}: subscribing to {topic}"))?;

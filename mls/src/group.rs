@@ -141,6 +141,17 @@ impl MlsIdentity {
     }
 }
 
+/// The SPIFFE ID the credential of a serialized key package *claims*, without
+/// verifying it. A moderator compares it with the identity the transport
+/// authenticated before admitting; [`Group::add_members`] then proves it.
+pub fn key_package_claimed_id(key_package: &[u8]) -> Result<String, MlsError> {
+    let kp = decode_untrusted("key package", || {
+        KeyPackageIn::tls_deserialize_exact(key_package)
+    })?;
+    let cred = credential_identity(&kp.unverified_credential().credential)?;
+    claimed_spiffe_id(&cred)
+}
+
 /// A commit to send to the group, and a Welcome for the members it adds.
 #[derive(Debug, Clone)]
 pub struct Commit {

@@ -66,17 +66,18 @@
 //! - Group state lives in memory (openmls `MemoryStorage` in the identity's key
 //!   store); nothing is persisted.
 //!
-//! # Left for the sessions issue
+//! # Used by
 //!
-//! - Session-layer integration: carrying key packages, Welcomes, commits and
-//!   ciphertexts over channels; ordering commits (one per epoch, driven by the
-//!   moderator) and distributing Welcomes; per-sender sequence numbers and gap
-//!   detection around MLS ciphertexts; checking the channel's SPIFFE-ID policy
-//!   before `add_members` (this crate proves *who* a member is, not whether it
-//!   is *allowed*).
-//! - Driving [`Group::rebind`] from identity-source rotation events (the
-//!   mechanism exists and is tested; nothing calls it yet), and refreshing
-//!   [`Group::set_bundles`] on bundle rotation.
+//! - Group channels (`slim_client::session::channel`): the moderator checks
+//!   the channel's SPIFFE-ID admission policy and compares
+//!   [`key_package_claimed_id`] with the identity the node authenticated
+//!   before [`Group::add_members`] proves it; commits travel in the
+//!   moderator's stream, one per epoch; members' [`Group::rebind`] commits
+//!   are sequenced by the moderator, driven by identity-source rotations.
+//!
+//! # Left open
+//!
+//! - Refreshing [`Group::set_bundles`] on bundle rotation.
 //! - Persistence of group state across restarts, and deleting a group's state
 //!   from the shared key store when a channel closes.
 #![forbid(unsafe_code)]
@@ -92,4 +93,5 @@ pub use credential::{
 pub use error::MlsError;
 pub use group::{
     CIPHERSUITE, Commit, CommitInfo, Decrypted, Group, Incoming, MAX_PAST_EPOCHS, MlsIdentity,
+    key_package_claimed_id,
 };

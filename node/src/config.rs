@@ -27,6 +27,47 @@ pub struct FileConfig {
     pub authz: AuthzSection,
     #[serde(default)]
     pub authn: AuthnSection,
+    /// Peer links to other nodes (static peers).
+    #[serde(default)]
+    pub federation: FederationSection,
+    /// Optional: register with a controller (link planning, fleet view, audit).
+    pub controller: Option<ControllerSection>,
+}
+
+/// `[controller]`: the node dials the controller (outbound only).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerSection {
+    /// `host:port` of the controller's QUIC listener.
+    pub address: String,
+    /// TLS server name (SNI) for the controller.
+    #[serde(default = "default_controller_name")]
+    pub server_name: String,
+    /// Pin the controller's SPIFFE ID (default: any SVID of our trust domain).
+    pub expect_spiffe_id: Option<String>,
+    /// Cluster / group name shown in the fleet view.
+    #[serde(default)]
+    pub cluster: String,
+    /// Where other nodes can dial this node's listener. Absent: this node is
+    /// behind NAT and only dials out.
+    pub external_endpoint: Option<SocketAddr>,
+    /// TLS server name other nodes use when dialling this node.
+    #[serde(default = "default_advertise_name")]
+    pub advertise_server_name: String,
+    #[serde(default = "default_report_ms")]
+    pub report_interval_ms: u64,
+}
+
+fn default_controller_name() -> String {
+    "slim-controller".into()
+}
+
+fn default_advertise_name() -> String {
+    "slim-node".into()
+}
+
+fn default_report_ms() -> u64 {
+    2_000
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +166,139 @@ pub struct AuthnSection {
     /// workload identity. Clients so authenticated are
     /// spiffe://insecure-shared-secret/client.
     pub shared_secret: Option<String>,
+}
+
+/// `[federation]`: peer links this node dials, and link tuning.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationSection {
+    /// Ping interval on each link (QUIC keep-alives on dialled links too);
+    /// keep it well under NAT UDP timeouts.
+    pub keep_alive_ms: u64,
+    /// A link without a pong for this long is closed (and redialled).
+    pub link_timeout_ms: u64,
+    /// A link's outbound queue, in frames and bytes; beyond it forwarded
+    /// messages are dropped and counted (`slim_link_drops_total`).
+    pub link_queue_frames: usize,
+    pub link_queue_bytes: usize,
+    /// Reconnect backoff of dialled links (doubling, jittered).
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Longest node path a message or an interest announcement may take.
+    pub max_hops: usize,
+    #[serde(rename = "peers")]
+    pub peers: Vec<PeerSection>,
+}
+
+impl Default for FederationSection {
+    fn default() -> Self {
+        let d = slim_actors::FederationConfig::default();
+        FederationSection {
+            keep_alive_ms: d.keep_alive.as_millis() as u64,
+            link_timeout_ms: d.link_timeout.as_millis() as u64,
+            link_queue_frames: d.link_queue.max_frames,
+            link_queue_bytes: d.link_queue.max_bytes,
+            backoff_initial_ms: d.backoff_initial.as_millis() as u64,
+            backoff_max_ms: d.backoff_max.as_millis() as u64,
+            max_hops: d.max_hops,
+            peers: Vec::new(),
+        }
+    }
+}
+
+/// `[[federation.peers]]`: a node this node dials.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// The peer's node id (checked against its answer).
+    pub node_id: String,
+    /// `ip:port` or `host:port` (resolved at start).
+    pub address: String,
+    /// TLS server name (SNI); default "slim-node". The peer is authenticated
+    /// by SPIFFE ID, not by this name.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// Require exactly this SPIFFE ID from the peer (recommended).
+    pub spiffe_id: Option<String>,
+}
+
+fn default_server_name() -> String {
+    "slim-node".into()
+}
+
+impl FederationSection {
+    /// The static peers, resolved and checked.
+    pub fn peer_specs(&self) -> Result<Vec<slim_actors::PeerSpec>, ConfigError> {
+        let mut out = Vec::with_capacity(self.peers.len());
+        for (i, p) in self.peers.iter().enumerate() {
+            if !slim_actors::interest::valid_node_id(&p.node_id) {
+                return Err(ConfigError::Invalid(format!(
+                    "federation.peers[{i}].node_id {:?} is not a valid node id",
+                    p.node_id
+                )));
+            }
+            use std::net::ToSocketAddrs;
+            let addr = p
+                .address
+                .to_socket_addrs()
+                .map_err(|e| ConfigError::Invalid(format!("federation.peers[{i}].address: {e}")))?
+                .next()
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "federation.peers[{i}].address {:?} resolves to nothing",
+                        p.address
+                    ))
+                })?;
+            let expect_spiffe_id = p
+                .spiffe_id
+                .as_deref()
+                .map(slim_auth::SpiffeId::parse)
+                .transpose()
+                .map_err(|e| {
+                    ConfigError::Invalid(format!("federation.peers[{i}].spiffe_id: {e}"))
+                })?;
+            out.push(slim_actors::PeerSpec {
+                node_id: p.node_id.clone(),
+                addr,
+                server_name: p.server_name.clone(),
+                expect_spiffe_id,
+            });
+        }
+        Ok(out)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.keep_alive_ms == 0 || self.link_timeout_ms <= self.keep_alive_ms {
+            return Err(ConfigError::Invalid(
+                "federation: keep_alive_ms must be > 0 and link_timeout_ms > keep_alive_ms".into(),
+            ));
+        }
+        if self.max_hops == 0 || self.link_queue_frames == 0 || self.link_queue_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "federation: max_hops, link_queue_frames and link_queue_bytes must be > 0".into(),
+            ));
+        }
+        self.peer_specs().map(|_| ())
+    }
+
+    fn federation_config(&self) -> slim_actors::FederationConfig {
+        let d = slim_actors::FederationConfig::default();
+        slim_actors::FederationConfig {
+            // Resolved again at start; `validate` reported any error.
+            peers: self.peer_specs().unwrap_or_default(),
+            keep_alive: Duration::from_millis(self.keep_alive_ms),
+            link_timeout: Duration::from_millis(self.link_timeout_ms),
+            link_queue: QueueConfig {
+                max_frames: self.link_queue_frames,
+                max_bytes: self.link_queue_bytes,
+                policy: SlowConsumerPolicy::DropNewest,
+            },
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms),
+            max_hops: self.max_hops,
+            ..d
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,6 +455,34 @@ impl FileConfig {
         if let Some(v) = get("SLIM_LOG_LEVEL") {
             self.log.level = v;
         }
+        if let Some(v) = get("SLIM_CONTROLLER") {
+            match &mut self.controller {
+                Some(c) => c.address = v,
+                None => {
+                    self.controller = Some(ControllerSection {
+                        address: v,
+                        server_name: default_controller_name(),
+                        expect_spiffe_id: None,
+                        cluster: String::new(),
+                        external_endpoint: None,
+                        advertise_server_name: default_advertise_name(),
+                        report_interval_ms: default_report_ms(),
+                    })
+                }
+            }
+        }
+        if let Some(v) = get("SLIM_EXTERNAL_ENDPOINT")
+            && let Some(c) = &mut self.controller
+        {
+            c.external_endpoint =
+                Some(
+                    v.parse()
+                        .map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                            var: "SLIM_EXTERNAL_ENDPOINT",
+                            message: e.to_string(),
+                        })?,
+                );
+        }
         Ok(())
     }
 
@@ -360,6 +562,10 @@ impl FileConfig {
                 .parse::<SocketAddr>()
                 .map_err(|e| ConfigError::Invalid(format!("metrics.listen: {e}")))?;
         }
+        if let Some(c) = &self.controller {
+            c.link_config()?;
+        }
+        self.federation.validate()?;
         Ok(())
     }
 
@@ -429,7 +635,44 @@ impl FileConfig {
             policy: Policy::allow_all(),
             token_auth: TokenAuth::default(),
             peer_expiry_grace: Duration::from_millis(self.authn.peer_expiry_grace_ms),
+            federation: self.federation.federation_config(),
         }
+    }
+}
+
+impl ControllerSection {
+    /// The node-side controller link settings this section describes.
+    pub fn link_config(&self) -> Result<crate::controller::ControllerLinkConfig, ConfigError> {
+        if self.address.is_empty() {
+            return Err(ConfigError::Invalid(
+                "controller.address must not be empty".into(),
+            ));
+        }
+        if let Some(e) = self.external_endpoint
+            && (e.ip().is_unspecified() || e.port() == 0)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "controller.external_endpoint {e} cannot be dialled: give the address other nodes reach"
+            )));
+        }
+        if self.report_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "controller.report_interval_ms must be > 0".into(),
+            ));
+        }
+        let mut l = crate::controller::ControllerLinkConfig::new(self.address.clone());
+        l.server_name = self.server_name.clone();
+        l.expect_spiffe_id = self
+            .expect_spiffe_id
+            .as_deref()
+            .map(slim_auth::SpiffeId::parse)
+            .transpose()
+            .map_err(|e| ConfigError::Invalid(format!("controller.expect_spiffe_id: {e}")))?;
+        l.cluster = self.cluster.clone();
+        l.external_endpoint = self.external_endpoint;
+        l.advertise_server_name = self.advertise_server_name.clone();
+        l.report_interval = Duration::from_millis(self.report_interval_ms);
+        Ok(l)
     }
 }
 
@@ -445,6 +688,45 @@ mod tests {
         assert_eq!(cfg.node.listen.port(), 4500);
         let policy = cfg.load_policy().unwrap();
         assert!(!policy.is_allow_all());
+    }
+
+    #[test]
+    fn federation_section_maps_to_static_peers() {
+        let cfg = FileConfig::parse(
+            r#"
+[identity]
+dir = "/id"
+[authz]
+mode = "allow_all"
+[federation]
+keep_alive_ms = 5000
+[[federation.peers]]
+node_id = "b-1"
+address = "127.0.0.1:4600"
+spiffe_id = "spiffe://acme.example/cluster-b/node"
+"#,
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let fc = cfg.node_config().federation;
+        assert_eq!(fc.keep_alive, Duration::from_secs(5));
+        assert_eq!(fc.peers.len(), 1);
+        assert_eq!(fc.peers[0].node_id, "b-1");
+        assert_eq!(fc.peers[0].server_name, "slim-node");
+        assert_eq!(
+            fc.peers[0].expect_spiffe_id.as_ref().map(|i| i.as_str()),
+            Some("spiffe://acme.example/cluster-b/node")
+        );
+        for bad in [
+            "[[federation.peers]]\nnode_id = \"bad id\"\naddress = \"127.0.0.1:1\"",
+            "[[federation.peers]]\nnode_id = \"b\"\naddress = \"nowhere\"",
+            "[federation]\nkeep_alive_ms = 40000",
+        ] {
+            let text = format!("[identity]\ndir = \"/id\"\n[authz]\nmode = \"allow_all\"\n{bad}");
+            let cfg = FileConfig::parse(&text, Path::new("x.toml")).unwrap();
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -494,6 +776,37 @@ mod tests {
                 .to_string()
                 .contains("policy_file")
         );
+    }
+
+    #[test]
+    fn controller_section() {
+        let mut cfg = FileConfig::parse(
+            "[identity]\ndir = \"/id\"\n[authz]\nmode = \"allow_all\"\n[controller]\naddress = \"ctl:4600\"\nexternal_endpoint = \"0.0.0.0:4500\"",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("external_endpoint")
+        );
+        cfg.apply_env(|k| (k == "SLIM_EXTERNAL_ENDPOINT").then(|| "192.0.2.1:4500".into()))
+            .unwrap();
+        cfg.validate().unwrap();
+        let l = cfg.controller.as_ref().unwrap().link_config().unwrap();
+        assert_eq!(l.external_endpoint, Some("192.0.2.1:4500".parse().unwrap()));
+        assert_eq!(l.server_name, "slim-controller");
+        // The env var alone enables the link.
+        let mut cfg = FileConfig::parse(
+            "[identity]\ndir = \"/id\"\n[authz]\nmode = \"allow_all\"",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(cfg.controller.is_none());
+        cfg.apply_env(|k| (k == "SLIM_CONTROLLER").then(|| "10.0.0.1:4600".into()))
+            .unwrap();
+        assert_eq!(cfg.controller.unwrap().address, "10.0.0.1:4600");
     }
 
     #[test]

@@ -93,7 +93,23 @@ async fn run(cfg: FileConfig) -> Result<()> {
     let mut node_cfg = cfg.node_config();
     node_cfg.policy = cfg.load_policy()?;
     node_cfg.token_auth = token_auth(&cfg, &identity)?;
+    // Resolved here so that an unresolvable peer stops the start loudly.
+    node_cfg.federation.peers = cfg.federation.peer_specs()?;
+    for p in &node_cfg.federation.peers {
+        info!(peer = %p.node_id, addr = %p.addr, "static federation peer");
+    }
+    let ctl_identity = identity.clone();
     let node = Arc::new(slim_actors::start(node_cfg, identity).await?);
+    // Outbound link to the controller, if configured. It never touches the
+    // data path: with the controller away the node keeps its links.
+    let ctl_link = match &cfg.controller {
+        Some(c) => Some(slim_node::controller::spawn(
+            &node,
+            ctl_identity,
+            c.link_config()?,
+        )),
+        None => None,
+    };
     ready.store(true, Ordering::Relaxed);
     {
         let ready = Arc::clone(&ready);
@@ -129,6 +145,9 @@ async fn run(cfg: FileConfig) -> Result<()> {
     if let Some(r) = reload {
         r.abort();
         let _ = r.await;
+    }
+    if let Some(l) = ctl_link {
+        l.stop().await;
     }
     let node = Arc::into_inner(node).expect("no other owner of the node handle");
     ready.store(false, Ordering::Relaxed);

@@ -17,6 +17,7 @@ pub mod netns;
 pub use slim_actors;
 pub use slim_auth;
 pub use slim_client;
+pub use slim_devspire;
 pub use slim_wire;
 
 /// Logs to the test's output when `RUST_LOG` is set.
@@ -317,4 +318,55 @@ impl RawConn {
             Err(_) => panic!("node did not close the connection within {timeout:?}"),
         }
     }
+}
+
+/// How a test node dials `node` (loopback, any SVID of the test PKI).
+pub fn peer_spec(node: &NodeHandle) -> slim_actors::PeerSpec {
+    slim_actors::PeerSpec {
+        node_id: node.node_id().to_owned(),
+        addr: node.local_addr(),
+        server_name: "slim-node".into(),
+        expect_spiffe_id: None,
+    }
+}
+
+/// Federation timings for tests: fast pings, a short link timeout and quick
+/// redials, so that failures are detected and repaired in well under a second.
+pub fn fast_federation(cfg: &mut NodeConfig) {
+    let f = &mut cfg.federation;
+    f.keep_alive = Duration::from_millis(100);
+    f.link_timeout = Duration::from_secs(3);
+    f.backoff_initial = Duration::from_millis(20);
+    f.backoff_max = Duration::from_millis(300);
+}
+
+/// A node with id `id` (fast federation timings) that dials `peers`.
+pub async fn start_peer_node(
+    pki: &Pki,
+    id: &str,
+    peers: Vec<slim_actors::PeerSpec>,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> NodeHandle {
+    start_node(pki, |cfg| {
+        cfg.node_id = id.to_owned();
+        fast_federation(cfg);
+        cfg.federation.peers = peers;
+        tweak(cfg);
+    })
+    .await
+}
+
+/// Whether `node` routes `name` to remote node `origin` (its interest arrived).
+pub fn routes_to(node: &NodeHandle, name: &str, origin: &str) -> bool {
+    node.routes()
+        .iter()
+        .any(|r| r.name == name && r.remote_peers.iter().any(|p| p == origin))
+}
+
+/// Number of links of `node` that are up.
+pub fn links_up(node: &NodeHandle) -> usize {
+    node.links()
+        .iter()
+        .filter(|l| l.state == slim_actors::LinkState::Up)
+        .count()
 }

@@ -59,10 +59,8 @@ pub fn require() {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    out
+    cmd.output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
 }
 
 /// Runs a command and panics with its output if it fails.
@@ -360,30 +358,30 @@ impl NatTopology {
         // NAT for cluster A: out is masqueraded, in only what answers it.
         // `inbound_new` counts every attempt to open something from outside;
         // the `flap` chain is where tests cut the A↔B path.
-        router_a.nft(&format!(
-            "table inet slim {{
-  counter inbound_new {{ }}
-  counter outbound {{ }}
-  chain flap {{ }}
-  chain forward {{
+        router_a.nft(
+            "table inet slim {
+  counter inbound_new { }
+  counter outbound { }
+  chain flap { }
+  chain forward {
     type filter hook forward priority 0; policy drop;
     jump flap
     ct state established,related accept
     iifname \"lan0\" oifname \"wan0\" counter name \"outbound\" accept
     iifname \"wan0\" counter name \"inbound_new\" drop
-  }}
-  chain input {{
+  }
+  chain input {
     type filter hook input priority 0; policy accept;
     iifname \"wan0\" ct state established,related accept
     iifname \"wan0\" counter name \"inbound_new\" drop
-  }}
-  chain postrouting {{
+  }
+  chain postrouting {
     type nat hook postrouting priority 100;
     oifname \"wan0\" masquerade
-  }}
-}}
-"
-        ));
+  }
+}
+",
+        );
         NatTopology {
             admin,
             b,

@@ -128,3 +128,605 @@ fn nat_lets_cluster_a_out_and_nothing_in() {
     );
     drop(node_b);
 }
+
+// ---------------------------------------------------------------------------
+// The fleet: controller + admin node in the admin cluster, cluster B's node
+// (reachable), cluster A's node behind NAT; all started from the fleet config
+// files in deploy/fleet/ (the same ones the fleet demo and compose use).
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use slim_tests::netns::{A_IP, ADMIN_IP, Netns, Proc};
+
+/// Namespace tests share the machine's two cores; one fleet at a time keeps
+/// timing-sensitive phases (reconnects) meaningful.
+static ONE_FLEET: Mutex<()> = Mutex::new(());
+
+struct Fleet {
+    topo: NatTopology,
+    work: tempfile::TempDir,
+    controller: Option<Proc>,
+    nodes: Vec<Proc>,
+    // Workload API servers (one socket per workload, as a SPIRE agent would
+    // attest each workload separately); dropped after the processes.
+    _spire: Vec<slim_tests::slim_devspire::DevSpire>,
+    _rt: tokio::runtime::Runtime,
+}
+
+const CONTROLLER: &str = "192.168.100.10:4600";
+
+const WORKLOADS: [&str; 8] = [
+    "admin/controller/main",
+    "admin/node/admin-node",
+    "cluster-a/node/eu-west-node",
+    "cluster-b/node/us-east-node",
+    "cluster-a/agent/security-monitor",
+    "cluster-b/agent/security-monitor",
+    "admin/agent/escalation-handler",
+    "ops/slimctl/operator",
+];
+
+impl Fleet {
+    fn start() -> Fleet {
+        use slim_tests::slim_devspire::{DevSpire, DevSpireConfig};
+        let topo = NatTopology::build();
+        let work = tempfile::tempdir().expect("tempdir");
+        let ca_dir = work.path().join("ca");
+        DevCa::init(&ca_dir, TD).expect("ca");
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let mut spire = Vec::new();
+        for path in WORKLOADS {
+            let id = SpiffeId::parse(&format!("spiffe://{TD}/{path}")).expect("id");
+            let cfg = DevSpireConfig {
+                socket_path: work.path().join(format!("{}.sock", path.replace('/', "_"))),
+                ids: vec![id],
+                svid_ttl: Duration::from_secs(3600),
+                jwt_ttl: Duration::from_secs(300),
+                rotate_every: None,
+                jwt_key_dir: None,
+            };
+            let ca = DevCa::load(&ca_dir).expect("load ca");
+            spire.push(rt.block_on(DevSpire::start(cfg, ca)).expect("devspire"));
+        }
+        let mut fleet = Fleet {
+            topo,
+            work,
+            controller: None,
+            nodes: Vec::new(),
+            _spire: spire,
+            _rt: rt,
+        };
+        fleet.start_controller();
+        let specs: [(&str, &str, &str, Option<Ipv4>); 3] = [
+            (
+                "admin",
+                "admin/node/admin-node",
+                "node-admin.toml",
+                Some(ADMIN_IP),
+            ),
+            (
+                "b",
+                "cluster-b/node/us-east-node",
+                "node-us-east.toml",
+                Some(B_IP),
+            ),
+            (
+                "a",
+                "cluster-a/node/eu-west-node",
+                "node-eu-west.toml",
+                None,
+            ),
+        ];
+        for (ns, id, file, external) in specs {
+            let ns = fleet.ns(ns);
+            let sock = fleet.socket(id);
+            let ext = external.map(|ip| format!("{ip}:4500"));
+            let mut envs = vec![
+                ("SPIFFE_ENDPOINT_SOCKET", sock.as_str()),
+                ("SLIM_LISTEN", "0.0.0.0:4500"),
+                ("SLIM_METRICS_LISTEN", "127.0.0.1:9464"),
+                ("SLIM_CONTROLLER", CONTROLLER),
+            ];
+            if let Some(e) = &ext {
+                envs.push(("SLIM_EXTERNAL_ENDPOINT", e.as_str()));
+            }
+            let p = ns.spawn(
+                &netns::bin("slim-node"),
+                &["--config", &repo_file(&format!("deploy/fleet/{file}"))],
+                &envs,
+                &fleet.work.path().join(format!("{file}.log")),
+            );
+            p.wait_log("listening on", Duration::from_secs(20));
+            fleet.nodes.push(p);
+        }
+        fleet
+    }
+
+    /// The Workload API endpoint serving `path`'s SVID.
+    fn socket(&self, path: &str) -> String {
+        format!(
+            "unix://{}",
+            self.work
+                .path()
+                .join(format!("{}.sock", path.replace('/', "_")))
+                .display()
+        )
+    }
+
+    fn start_controller(&mut self) {
+        let sock = self.socket("admin/controller/main");
+        let data = self.work.path().join("controller-data");
+        let data = data.to_string_lossy().into_owned();
+        let p = self.topo.admin.spawn(
+            &netns::bin("slim-controller"),
+            &["--config", &repo_file("deploy/fleet/controller.toml")],
+            &[
+                ("SPIFFE_ENDPOINT_SOCKET", sock.as_str()),
+                ("SLIM_CONTROLLER_LISTEN", "0.0.0.0:4600"),
+                ("SLIM_DATA_DIR", data.as_str()),
+                ("SLIM_METRICS_LISTEN", "127.0.0.1:9465"),
+            ],
+            &self.work.path().join("controller.log"),
+        );
+        p.wait_log("listening", Duration::from_secs(20));
+        self.controller = Some(p);
+    }
+
+    fn ns(&self, which: &str) -> &Netns {
+        match which {
+            "admin" => &self.topo.admin,
+            "a" => &self.topo.a,
+            "b" => &self.topo.b,
+            other => panic!("no namespace {other}"),
+        }
+    }
+
+    /// Starts `slim-test-agent` in cluster `ns` against that cluster's node.
+    fn agent(&self, ns: &str, identity: &str, name: &str, args: &[&str], log: &str) -> Proc {
+        let node = match ns {
+            "a" => format!("{A_IP}:4500"),
+            "b" => format!("{B_IP}:4500"),
+            _ => format!("{ADMIN_IP}:4500"),
+        };
+        let sock = self.socket(identity);
+        let mut all = vec!["--node", node.as_str(), "--as", name];
+        all.extend_from_slice(args);
+        self.ns(ns).spawn(
+            &netns::bin("slim-test-agent"),
+            &all,
+            &[("SPIFFE_ENDPOINT_SOCKET", sock.as_str())],
+            &self.work.path().join(log),
+        )
+    }
+
+    /// `slimctl --output json <args> --controller …` as the operator, from the admin cluster.
+    fn admin(&self, args: &[&str]) -> serde_json::Value {
+        let sock = self.socket("ops/slimctl/operator");
+        let bin = netns::bin("slimctl");
+        let mut all = vec![bin.to_str().expect("utf8"), "--output", "json"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--controller", CONTROLLER, "--spiffe-socket", sock.as_str()]);
+        let out = self.topo.admin.try_exec(&all);
+        assert!(
+            out.status.success(),
+            "slimctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("slimctl json")
+    }
+
+    /// Links reported Up by `node`, as (peer, direction).
+    fn links_up(&self, node: &str) -> Vec<(String, String)> {
+        let links = self.admin(&["link", "list"]);
+        links
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|l| {
+                        l["node_id"] == node
+                            && l["link"]["state"]
+                                .as_str()
+                                .is_some_and(|s| s.eq_ignore_ascii_case("up"))
+                    })
+                    .map(|l| {
+                        (
+                            l["link"]["peer_node_id"].as_str().unwrap_or("").to_owned(),
+                            l["link"]["direction"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut() -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if cond() {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{what}: not within {timeout:?}\n--- controller\n{}\n--- nodes\n{}",
+            self.controller
+                .as_ref()
+                .map(|c| c.log_text())
+                .unwrap_or_default(),
+            self.nodes
+                .iter()
+                .map(|n| n.log_text())
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+    }
+
+    /// Every node has a link up to every other (A's both dialled by A).
+    fn wait_mesh(&self, timeout: Duration) -> Duration {
+        self.wait_until("full mesh of links", timeout, || {
+            let a = self.links_up("eu-west-node");
+            let b = self.links_up("us-east-node");
+            let adm = self.links_up("admin-node");
+            a.len() >= 2 && b.len() >= 2 && adm.len() >= 2
+        })
+    }
+}
+
+type Ipv4 = std::net::Ipv4Addr;
+
+fn summary(p: &mut Proc, timeout: Duration) -> serde_json::Value {
+    let st = p.wait_exit(timeout);
+    let log = p.log_text();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("no summary (exit {st:?}):\n{log}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("summary json");
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "agent failed (exit {st:?}):\n{log}"
+    );
+    v
+}
+
+/// Issue 5 acceptance: an agent in A subscribes; an agent in B publishing
+/// reaches it with nothing configured for the channel anywhere, and vice
+/// versa; A's node accepts no inbound connection; no agent listens on TCP.
+#[test]
+fn cross_cluster_by_name_through_nat() {
+    let _one = ONE_FLEET.lock().unwrap_or_else(|e| e.into_inner());
+    let fleet = Fleet::start();
+    let mesh = fleet.wait_mesh(Duration::from_secs(30));
+    eprintln!("links up {mesh:?} after the nodes started");
+    let inbound_before = fleet.topo.router_a.counter("inbound_new");
+
+    for (sub_ns, sub_id, sub_name, pub_ns, pub_id, pub_name) in [
+        (
+            "a",
+            "cluster-a/agent/security-monitor",
+            "acme/eu-west/security-monitor",
+            "b",
+            "cluster-b/agent/security-monitor",
+            "acme/us-east/security-monitor",
+        ),
+        (
+            "b",
+            "cluster-b/agent/security-monitor",
+            "acme/us-east/security-monitor",
+            "a",
+            "cluster-a/agent/security-monitor",
+            "acme/eu-west/security-monitor",
+        ),
+    ] {
+        let mut sub = fleet.agent(
+            sub_ns,
+            sub_id,
+            sub_name,
+            &["recv", CHAN, "--count", "50", "--timeout-secs", "30"],
+            &format!("recv-{sub_ns}.log"),
+        );
+        sub.wait_log("subscribed", Duration::from_secs(20));
+        // The publisher sends a numbered message every 10 ms from before the
+        // subscription can have propagated; the subscriber counts from the
+        // first that reaches it, so it reports how long propagation took.
+        let mut publ = fleet.agent(
+            pub_ns,
+            pub_id,
+            pub_name,
+            &["send", CHAN, "--count", "3000", "--rate", "100"],
+            &format!("send-{pub_ns}.log"),
+        );
+        let got = summary(&mut sub, Duration::from_secs(40));
+        eprintln!("{sub_name} in {sub_ns} <- {pub_name} in {pub_ns}: {got}");
+        assert_eq!(got["duplicates"], 0, "{got}");
+        assert_eq!(
+            got["from_identity"],
+            format!("spiffe://{TD}/{pub_id}"),
+            "deliveries carry the publisher's authenticated SPIFFE ID"
+        );
+        publ.kill9();
+    }
+
+    // A dialled every one of its links; nothing new came in through its NAT.
+    let a_links = fleet.links_up("eu-west-node");
+    assert!(a_links.len() >= 2, "{a_links:?}");
+    assert!(
+        a_links
+            .iter()
+            .all(|(_, dir)| dir.eq_ignore_ascii_case("dialled")),
+        "cluster A's node accepted a link: {a_links:?}"
+    );
+    let inbound = fleet.topo.router_a.counter("inbound_new");
+    eprintln!("nftables inbound_new at A's router: {inbound_before} -> {inbound}");
+    assert_eq!(
+        inbound, inbound_before,
+        "something tried to open a connection into cluster A"
+    );
+    let udp_a = fleet.topo.a.exec(&["ss", "-uanpH"]);
+    eprintln!("UDP sockets in cluster A:\n{udp_a}");
+    for ns in [&fleet.topo.a, &fleet.topo.b] {
+        let tcp = NatTopology::tcp_listeners(ns);
+        eprintln!("TCP listeners in {}: {tcp:?}", ns.name);
+        assert!(
+            tcp.iter()
+                .all(|l| !l.contains("slim-test-agent") && !l.contains("slimctl")),
+            "an agent listens on TCP: {tcp:?}"
+        );
+    }
+}
+
+/// Issue 5 acceptance: cut cluster A off for 10 s under load; its links come
+/// back after the cut ends and delivery resumes; a reliable session across
+/// the cut loses nothing.
+#[test]
+fn link_flap_recovers_and_reliable_session_loses_nothing() {
+    let _one = ONE_FLEET.lock().unwrap_or_else(|e| e.into_inner());
+    let fleet = Fleet::start();
+    fleet.wait_mesh(Duration::from_secs(30));
+
+    // Raw multicast B -> A at 200/s across the cut (losses expected while cut).
+    let mut raw_sub = fleet.agent(
+        "a",
+        "cluster-a/agent/security-monitor",
+        "acme/eu-west/security-monitor",
+        &["recv", CHAN, "--count", "100000", "--timeout-secs", "40"],
+        "flap-recv.log",
+    );
+    raw_sub.wait_log("subscribed", Duration::from_secs(20));
+    let _raw_pub = fleet.agent(
+        "b",
+        "cluster-b/agent/security-monitor",
+        "acme/us-east/security-monitor",
+        &["send", CHAN, "--count", "8000", "--rate", "200"],
+        "flap-send.log",
+    );
+    // A reliable session from B's monitor to A's escalation-free service.
+    let mut serve = fleet.agent(
+        "a",
+        "cluster-a/agent/security-monitor",
+        "acme/eu-west/security-monitor",
+        &["p2p-serve", "--count", "3000", "--timeout-secs", "90"],
+        "p2p-serve.log",
+    );
+    serve.wait_log("listening for sessions", Duration::from_secs(20));
+    let mut send = fleet.agent(
+        "b",
+        "cluster-b/agent/security-monitor",
+        "acme/us-east/security-monitor",
+        &[
+            "p2p-send",
+            "acme/eu-west/security-monitor",
+            "--count",
+            "3000",
+            "--rate",
+            "100",
+            "--timeout-secs",
+            "90",
+        ],
+        "p2p-send.log",
+    );
+    send.wait_log("session open", Duration::from_secs(30));
+    let received = |p: &Proc| {
+        p.log_text()
+            .lines()
+            .filter_map(|l| l.strip_prefix("received "))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    fleet.wait_until(
+        "raw delivery before the cut",
+        Duration::from_secs(20),
+        || received(&raw_sub) >= 1000,
+    );
+
+    eprintln!("cutting cluster A off for 10 s");
+    fleet.topo.block_a_to(B_IP, true);
+    fleet.topo.router_a.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "slim",
+        "flap",
+        "ip",
+        "daddr",
+        &ADMIN_IP.to_string(),
+        "drop",
+    ]);
+    fleet.topo.router_a.exec(&[
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "slim",
+        "flap",
+        "ip",
+        "saddr",
+        &ADMIN_IP.to_string(),
+        "drop",
+    ]);
+    let cut = Instant::now();
+    let a_links_up = || -> u64 {
+        let m = fleet
+            .topo
+            .a
+            .try_exec(&["curl", "-s", "http://127.0.0.1:9464/metrics"]);
+        String::from_utf8_lossy(&m.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("slim_links{state=\"up\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    // A's node notices the dead path by itself (liveness pings).
+    fleet.wait_until(
+        "A's node sees its links down",
+        Duration::from_secs(10),
+        || a_links_up() == 0,
+    );
+    eprintln!(
+        "A's node saw its links down {:?} into the cut",
+        cut.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed()));
+    let before_restore = received(&raw_sub);
+    fleet.topo.block_a_to(B_IP, false);
+    let restored = Instant::now();
+    eprintln!("restored");
+    let back = fleet.wait_until("A's links up again", Duration::from_secs(30), || {
+        a_links_up() >= 2
+    });
+    eprintln!("A's node has both links up again {back:?} after the restore");
+    // Delivery across the restored path resumes (the subscriber logs every 100).
+    fleet.wait_until("raw delivery resumes", Duration::from_secs(30), || {
+        received(&raw_sub) >= before_restore + 200
+    });
+    eprintln!(
+        "raw delivery resumed (200 more messages) {:?} after the restore",
+        restored.elapsed()
+    );
+    // A's node's own view of its links (its metrics endpoint in namespace a).
+    let metrics = fleet
+        .topo
+        .a
+        .exec(&["curl", "-s", "http://127.0.0.1:9464/metrics"]);
+    let pick = |name: &str| -> Vec<String> {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .map(str::to_owned)
+            .collect()
+    };
+    eprintln!(
+        "eu-west-node after the cut: {:?} {:?} {:?}",
+        pick("slim_links{"),
+        pick("slim_link_down_total"),
+        pick("slim_link_reconnects_total")
+    );
+    let sent = summary(&mut send, Duration::from_secs(90));
+    let got = summary(&mut serve, Duration::from_secs(30));
+    eprintln!("reliable session across the cut: sender {sent}, receiver {got}");
+    assert_eq!(got["received_in_order"], 3000);
+    assert_eq!(got["duplicates"], 0);
+    assert_eq!(got["lost"], 0);
+    raw_sub.kill9();
+}
+
+/// Issue 5 acceptance: kill -9 the controller; traffic goes on, a new
+/// subscription still propagates over the existing links; after a restart
+/// the node list and the audit trail are complete.
+#[test]
+fn controller_restart_keeps_traffic_and_audit() {
+    let _one = ONE_FLEET.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fleet = Fleet::start();
+    fleet.wait_mesh(Duration::from_secs(30));
+    let first = "acme/monitoring/security-incident";
+    let second = "acme/escalation/human-review";
+
+    let mut sub1 = fleet.agent(
+        "a",
+        "cluster-a/agent/security-monitor",
+        "acme/eu-west/security-monitor",
+        &["recv", first, "--count", "20", "--timeout-secs", "40"],
+        "ctl-recv1.log",
+    );
+    sub1.wait_log("subscribed", Duration::from_secs(20));
+    // The audit has the subscription before the controller dies.
+    fleet.wait_until(
+        "audit records the first subscription",
+        Duration::from_secs(20),
+        || {
+            fleet
+                .admin(&["audit", "--channel", first])
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        },
+    );
+
+    fleet.controller.as_mut().expect("controller").kill9();
+    eprintln!("controller killed");
+    let _pub1 = fleet.agent(
+        "b",
+        "cluster-b/agent/security-monitor",
+        "acme/us-east/security-monitor",
+        &["send", first, "--count", "2000", "--rate", "100"],
+        "ctl-send1.log",
+    );
+    let got1 = summary(&mut sub1, Duration::from_secs(45));
+    eprintln!("with the controller down, {first}: {got1}");
+
+    // A subscription made while the controller is down still propagates.
+    let mut sub2 = fleet.agent(
+        "admin",
+        "admin/agent/escalation-handler",
+        "acme/admin/escalation-handler",
+        &["recv", second, "--count", "20", "--timeout-secs", "40"],
+        "ctl-recv2.log",
+    );
+    sub2.wait_log("subscribed", Duration::from_secs(20));
+    let _pub2 = fleet.agent(
+        "a",
+        "cluster-a/agent/security-monitor",
+        "acme/eu-west/security-monitor",
+        &["send", second, "--count", "2000", "--rate", "100"],
+        "ctl-send2.log",
+    );
+    let got2 = summary(&mut sub2, Duration::from_secs(45));
+    eprintln!("with the controller down, new subscription {second}: {got2}");
+
+    fleet.start_controller();
+    eprintln!("controller restarted");
+    fleet.wait_until("all nodes re-registered", Duration::from_secs(30), || {
+        let nodes = fleet.admin(&["node", "list"]);
+        nodes
+            .as_array()
+            .is_some_and(|a| a.iter().filter(|n| n["connected"] == true).count() == 3)
+    });
+    let nodes = fleet.admin(&["node", "list"]);
+    eprintln!("slimctl node list: {nodes}");
+    fleet.wait_until(
+        "audit has both subscriptions",
+        Duration::from_secs(30),
+        || {
+            let a1 = fleet.admin(&["audit", "--channel", first]);
+            let a2 = fleet.admin(&["audit", "--channel", second]);
+            a1.as_array().is_some_and(|a| !a.is_empty())
+                && a2.as_array().is_some_and(|a| !a.is_empty())
+        },
+    );
+    let audit = fleet.admin(&["audit", "--channel", second]);
+    eprintln!("slimctl audit --channel {second}: {audit}");
+    assert!(
+        audit
+            .to_string()
+            .contains("spiffe://acme.example/admin/agent/escalation-handler"),
+        "the audit names who joined: {audit}"
+    );
+}

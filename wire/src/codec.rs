@@ -106,6 +106,10 @@ pub fn decode_body(frame: &[u8]) -> Result<Frame, WireError> {
         FrameKind::Ping => Frame::Ping(parse(kind, body)?),
         FrameKind::Pong => Frame::Pong(parse(kind, body)?),
         FrameKind::Error => Frame::Error(parse(kind, body)?),
+        FrameKind::PeerHello => Frame::PeerHello(parse(kind, body)?),
+        FrameKind::PeerAccept => Frame::PeerAccept(parse(kind, body)?),
+        FrameKind::Interest => Frame::Interest(parse(kind, body)?),
+        FrameKind::Forward => Frame::Forward(parse(kind, body)?),
     })
 }
 
@@ -154,6 +158,10 @@ pub fn encode(frame: &Frame, limits: &Limits, out: &mut BytesMut) -> Result<(), 
         Frame::Ping(f) => encode_with(kind, f, limits, out),
         Frame::Pong(f) => encode_with(kind, f, limits, out),
         Frame::Error(f) => encode_with(kind, f, limits, out),
+        Frame::PeerHello(f) => encode_with(kind, f, limits, out),
+        Frame::PeerAccept(f) => encode_with(kind, f, limits, out),
+        Frame::Interest(f) => encode_with(kind, f, limits, out),
+        Frame::Forward(f) => encode_with(kind, f, limits, out),
     }
 }
 
@@ -232,6 +240,74 @@ pub fn encode_deliver_raw(
         payload,
     };
     encode_with(FrameKind::Deliver, &body, limits, out)
+}
+
+#[derive(Serialize)]
+struct ForwardRef<'a, P: Serialize, D: Serialize> {
+    name: &'a str,
+    mode: Mode,
+    from: &'a str,
+    from_identity: Option<&'a str>,
+    msg_id: u64,
+    path: P,
+    dests: D,
+    #[serde(with = "serde_bytes")]
+    payload: &'a [u8],
+}
+
+/// A list of node ids serialized as a MessagePack array of strings, from
+/// borrowed parts: the ids already on a message's path plus, optionally, one
+/// more (the forwarding node), without building a `Vec<String>`.
+pub struct NodeIds<'a, I: Iterator<Item = &'a str> + Clone> {
+    pub ids: I,
+    pub len: usize,
+    pub then: Option<&'a str>,
+}
+
+impl<'a, I: Iterator<Item = &'a str> + Clone> Serialize for NodeIds<'a, I> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let n = self.len + usize::from(self.then.is_some());
+        let mut seq = s.serialize_seq(Some(n))?;
+        for id in self.ids.clone().take(self.len) {
+            seq.serialize_element(id)?;
+        }
+        if let Some(t) = self.then {
+            seq.serialize_element(t)?;
+        }
+        seq.end()
+    }
+}
+
+/// Encodes a [`Forward`] from borrowed parts (a node's forwarding hot path).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_forward_raw<'p, 'd, P, D>(
+    name: &str,
+    mode: Mode,
+    from: &str,
+    from_identity: Option<&str>,
+    msg_id: u64,
+    path: NodeIds<'p, P>,
+    dests: NodeIds<'d, D>,
+    payload: &[u8],
+    limits: &Limits,
+    out: &mut BytesMut,
+) -> Result<(), WireError>
+where
+    P: Iterator<Item = &'p str> + Clone,
+    D: Iterator<Item = &'d str> + Clone,
+{
+    let body = ForwardRef {
+        name,
+        mode,
+        from,
+        from_identity,
+        msg_id,
+        path,
+        dests,
+        payload,
+    };
+    encode_with(FrameKind::Forward, &body, limits, out)
 }
 
 /// Encodes a [`Publish`] from borrowed parts (the SDK's publish path).

@@ -69,6 +69,9 @@ impl ErrorCode {
     pub const NAME_TAKEN: ErrorCode = ErrorCode(14);
     pub const SHUTTING_DOWN: ErrorCode = ErrorCode(15);
     pub const VERSION: ErrorCode = ErrorCode(16);
+    /// A peer link refused because another link to the same node wins the
+    /// tie-break (the link dialled by the lower node id is kept).
+    pub const LINK_EXISTS: ErrorCode = ErrorCode(17);
     pub const INTERNAL: ErrorCode = ErrorCode(99);
 
     pub fn as_str(self) -> &'static str {
@@ -84,6 +87,7 @@ impl ErrorCode {
             Self::NAME_TAKEN => "name_taken",
             Self::SHUTTING_DOWN => "shutting_down",
             Self::VERSION => "version",
+            Self::LINK_EXISTS => "link_exists",
             Self::INTERNAL => "internal",
             _ => "other",
         }
@@ -200,6 +204,72 @@ pub struct ErrorFrame {
     pub reason: String,
 }
 
+/// Node → node, first frame of a peer link (instead of [`Hello`]), sent by
+/// the dialling node on the link's data stream.
+/// Layout: `[version: u16, node_id: str]`.
+/// The dialler's identity is its TLS client certificate; the acceptor's
+/// policy must grant it `peer = true`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerHello {
+    pub version: u16,
+    pub node_id: String,
+}
+
+/// Node → node, the peer hello was accepted (a refusal is a [`Reject`]).
+/// Layout: `[node_id: str]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAccept {
+    pub node_id: String,
+}
+
+/// One route a node announces: "`path[0]` has subscribers of `name`, reach it
+/// through me". `path` lists node ids from the interested node to the
+/// announcing node (last); a node never accepts a path that contains itself.
+/// Layout: `[name: str, path: [str]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterestAdd {
+    pub name: Name,
+    pub path: Vec<String>,
+}
+
+/// Withdraws the route to `origin`'s subscribers of `name`.
+/// Layout: `[name: str, origin: str]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterestRemove {
+    pub name: Name,
+    pub origin: String,
+}
+
+/// Node → node on a peer link's control stream: interest changes. An add
+/// replaces what the same peer said before about the same (name, origin).
+/// Layout: `[add: [[name: str, path: [str]]], remove: [[name: str, origin: str]]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interest {
+    pub add: Vec<InterestAdd>,
+    pub remove: Vec<InterestRemove>,
+}
+
+/// Node → node on a peer link's data stream: a publish on its way to other
+/// nodes' subscribers.
+/// Layout: `[name: str, mode: u8, from: str, from_identity: str|nil, msg_id: u64,
+/// path: [str], dests: [str], payload: bin]`.
+/// `from`/`from_identity` are the publisher as the *first* node authenticated
+/// it; `path` the node ids the message has crossed (first = that node);
+/// `dests` the nodes this copy must reach (each destination node appears in
+/// exactly one copy, which is what makes multicast exactly-once in meshes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    pub name: Name,
+    pub mode: Mode,
+    pub from: Name,
+    pub from_identity: Option<String>,
+    pub msg_id: u64,
+    pub path: Vec<String>,
+    pub dests: Vec<String>,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}
+
 /// The kind byte that precedes each body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -216,6 +286,10 @@ pub enum FrameKind {
     Ping = 10,
     Pong = 11,
     Error = 12,
+    PeerHello = 13,
+    PeerAccept = 14,
+    Interest = 15,
+    Forward = 16,
 }
 
 impl FrameKind {
@@ -234,6 +308,10 @@ impl FrameKind {
             10 => Ping,
             11 => Pong,
             12 => Error,
+            13 => PeerHello,
+            14 => PeerAccept,
+            15 => Interest,
+            16 => Forward,
             _ => return None,
         })
     }
@@ -254,6 +332,10 @@ impl FrameKind {
             Ping => "ping",
             Pong => "pong",
             Error => "error",
+            PeerHello => "peer_hello",
+            PeerAccept => "peer_accept",
+            Interest => "interest",
+            Forward => "forward",
         }
     }
 }
@@ -273,6 +355,10 @@ pub enum Frame {
     Ping(Ping),
     Pong(Pong),
     Error(ErrorFrame),
+    PeerHello(PeerHello),
+    PeerAccept(PeerAccept),
+    Interest(Interest),
+    Forward(Forward),
 }
 
 impl Frame {
@@ -290,6 +376,10 @@ impl Frame {
             Frame::Ping(_) => FrameKind::Ping,
             Frame::Pong(_) => FrameKind::Pong,
             Frame::Error(_) => FrameKind::Error,
+            Frame::PeerHello(_) => FrameKind::PeerHello,
+            Frame::PeerAccept(_) => FrameKind::PeerAccept,
+            Frame::Interest(_) => FrameKind::Interest,
+            Frame::Forward(_) => FrameKind::Forward,
         }
     }
 }

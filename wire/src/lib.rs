@@ -13,11 +13,14 @@ pub mod name;
 pub mod view;
 
 pub use codec::{
-    DEFAULT_MAX_FRAME, HEADER_LEN, Limits, check, coalesce, decode, decode_body, encode,
+    DEFAULT_MAX_FRAME, HEADER_LEN, Limits, NodeIds, check, coalesce, decode, decode_body, encode,
 };
 pub use frame::*;
 pub use name::{InvalidName, MAX_COMPONENT_LEN, Name};
-pub use view::{DeliverView, PublishView, deliver_view, publish_view};
+pub use view::{
+    DeliverView, ForwardView, NodeIter, NodeList, PublishView, deliver_view, forward_view,
+    publish_view,
+};
 
 /// Everything that can go wrong turning bytes into frames or back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

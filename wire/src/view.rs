@@ -30,6 +30,71 @@ pub struct DeliverView<'a> {
     pub payload: &'a [u8],
 }
 
+/// A MessagePack array of node ids inside a [`ForwardView`], already
+/// validated as strings; iterated without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeList<'a> {
+    len: usize,
+    raw: &'a [u8],
+}
+
+impl<'a> NodeList<'a> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> NodeIter<'a> {
+        NodeIter {
+            left: self.len,
+            rd: self.raw,
+        }
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.iter().any(|x| x == id)
+    }
+
+    pub fn first(&self) -> Option<&'a str> {
+        self.iter().next()
+    }
+}
+
+/// Iterator over a [`NodeList`].
+#[derive(Debug, Clone)]
+pub struct NodeIter<'a> {
+    left: usize,
+    rd: &'a [u8],
+}
+
+impl<'a> Iterator for NodeIter<'a> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // Validated when the view was built.
+        str_of(&mut self.rd)
+    }
+}
+
+/// A `Forward` body borrowed from the receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardView<'a> {
+    pub name: &'a str,
+    pub mode: Mode,
+    pub from: &'a str,
+    pub from_identity: Option<&'a str>,
+    pub msg_id: u64,
+    pub path: NodeList<'a>,
+    pub dests: NodeList<'a>,
+    pub payload: &'a [u8],
+}
+
 impl PublishView<'_> {
     /// Whether the (already validated) name carries an instance id.
     pub fn has_instance(&self) -> bool {
@@ -117,6 +182,57 @@ fn fast_deliver(body: &[u8]) -> Option<DeliverView<'_>> {
     })
 }
 
+fn node_list<'a>(rd: &mut &'a [u8]) -> Option<NodeList<'a>> {
+    let len = rmp::decode::read_array_len(rd).ok()? as usize;
+    let start = *rd;
+    for _ in 0..len {
+        str_of(rd)?;
+    }
+    let used = start.len() - rd.len();
+    Some(NodeList {
+        len,
+        raw: &start[..used],
+    })
+}
+
+fn fast_forward(body: &[u8]) -> Option<ForwardView<'_>> {
+    let mut rd = body;
+    if rmp::decode::read_array_len(&mut rd).ok()? != 8 {
+        return None;
+    }
+    let name = name_of(&mut rd)?;
+    let mode = mode(u8::try_from(int(&mut rd)?).ok()?)?;
+    let from = name_of(&mut rd)?;
+    let from_identity = if rd.first() == Some(&0xc0) {
+        rd = &rd[1..];
+        None
+    } else {
+        Some(str_of(&mut rd)?)
+    };
+    let msg_id = int(&mut rd)?;
+    let path = node_list(&mut rd)?;
+    let dests = node_list(&mut rd)?;
+    let payload = bin(&mut rd)?;
+    rd.is_empty().then_some(ForwardView {
+        name,
+        mode,
+        from,
+        from_identity,
+        msg_id,
+        path,
+        dests,
+        payload,
+    })
+}
+
+/// Parses a `Forward` body like [`publish_view`].
+pub fn forward_view(body: &[u8]) -> Result<Result<ForwardView<'_>, Frame>, WireError> {
+    match fast_forward(body) {
+        Some(v) => Ok(Ok(v)),
+        None => slow(crate::FrameKind::Forward, body).map(Err),
+    }
+}
+
 /// Parses a `Publish` body (the bytes after the kind byte). On anything but
 /// the canonical encoding it defers to the serde decoder for the verdict.
 pub fn publish_view(body: &[u8]) -> Result<Result<PublishView<'_>, Frame>, WireError> {
@@ -179,6 +295,51 @@ mod tests {
                 ("a/b/c", "a/b/d/1", 7, &d.payload[..])
             );
         }
+    }
+
+    #[test]
+    fn forward_view_agrees_and_re_encodes() {
+        let f = crate::Forward {
+            name: Name::parse("a/b/c").unwrap(),
+            mode: Mode::Multicast,
+            from: Name::parse("a/b/d/1").unwrap(),
+            from_identity: Some("spiffe://x/y".into()),
+            msg_id: 42,
+            path: vec!["n1".into(), "n2".into()],
+            dests: vec!["n3".into()],
+            payload: vec![7; 100],
+        };
+        let bytes = codec::encode_to_vec(&Frame::Forward(f.clone()), &Limits::default()).unwrap();
+        let v = forward_view(&bytes[5..]).unwrap().unwrap();
+        assert_eq!(v.path.iter().collect::<Vec<_>>(), ["n1", "n2"]);
+        assert!(v.path.contains("n2") && !v.path.contains("n3"));
+        assert_eq!(v.dests.first(), Some("n3"));
+        // Re-encoding from the view with one more hop gives the owned frame's encoding.
+        let mut out = bytes::BytesMut::new();
+        codec::encode_forward_raw(
+            v.name,
+            v.mode,
+            v.from,
+            v.from_identity,
+            v.msg_id,
+            codec::NodeIds {
+                ids: v.path.iter(),
+                len: v.path.len(),
+                then: Some("n9"),
+            },
+            codec::NodeIds {
+                ids: v.dests.iter(),
+                len: v.dests.len(),
+                then: None,
+            },
+            v.payload,
+            &Limits::default(),
+            &mut out,
+        )
+        .unwrap();
+        let mut want = f.clone();
+        want.path.push("n9".into());
+        assert_eq!(codec::decode_body(&out[4..]).unwrap(), Frame::Forward(want));
     }
 
     #[test]

@@ -7,9 +7,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use slim_wire::codec::{encode_deliver, encode_publish, encode_to_vec};
 use slim_wire::{
-    Accept, DEFAULT_MAX_FRAME, Deliver, ErrorCode, ErrorFrame, Frame, FrameKind, Hello,
-    InvalidName, Limits, MAX_COMPONENT_LEN, Mode, Name, Ping, Pong, Publish, Reject, SubAck,
-    SubError, Subscribe, Unsubscribe, WireError, check, decode, decode_body, encode,
+    Accept, DEFAULT_MAX_FRAME, Deliver, ErrorCode, ErrorFrame, Forward, Frame, FrameKind, Hello,
+    Interest, InterestAdd, InterestRemove, InvalidName, Limits, MAX_COMPONENT_LEN, Mode, Name,
+    PeerAccept, PeerHello, Ping, Pong, Publish, Reject, SubAck, SubError, Subscribe, Unsubscribe,
+    WireError, check, decode, decode_body, encode,
 };
 
 // ------------------------------------------------ a tiny MessagePack builder
@@ -88,6 +89,22 @@ const PUBLISH: u8 = FrameKind::Publish as u8;
 const DELIVER: u8 = FrameKind::Deliver as u8;
 const PING: u8 = FrameKind::Ping as u8;
 const ERROR: u8 = FrameKind::Error as u8;
+const PEER_HELLO: u8 = FrameKind::PeerHello as u8;
+const INTEREST: u8 = FrameKind::Interest as u8;
+const FORWARD: u8 = FrameKind::Forward as u8;
+
+fn forward_body(path: Vec<u8>, dests: Vec<u8>) -> Vec<u8> {
+    arr(&[
+        s("a/b/c"),
+        uint(1),
+        s("d/e/f/9"),
+        nil(),
+        uint(42),
+        path,
+        dests,
+        bin(b"hi"),
+    ])
+}
 
 fn publish_body(name: Vec<u8>, mode: Vec<u8>, flags: Vec<u8>, payload: Vec<u8>) -> Vec<u8> {
     arr(&[name, mode, flags, uint(42), payload])
@@ -159,6 +176,48 @@ fn hand_built_valid_bodies_decode() {
             Frame::Subscribe(Subscribe {
                 id: 3,
                 name: n(&format!("a/b/{}", "x".repeat(MAX_COMPONENT_LEN))),
+            }),
+        ),
+        (
+            framed(PEER_HELLO, &arr(&[uint(1), s("node-a")])),
+            Frame::PeerHello(PeerHello {
+                version: 1,
+                node_id: "node-a".into(),
+            }),
+        ),
+        (
+            framed(
+                INTEREST,
+                &arr(&[
+                    arr(&[arr(&[s("a/b/c"), arr(&[s("n1"), s("n2")])])]),
+                    arr(&[arr(&[s("a/b/d"), s("n3")])]),
+                ]),
+            ),
+            Frame::Interest(Interest {
+                add: vec![InterestAdd {
+                    name: n("a/b/c"),
+                    path: vec!["n1".into(), "n2".into()],
+                }],
+                remove: vec![InterestRemove {
+                    name: n("a/b/d"),
+                    origin: "n3".into(),
+                }],
+            }),
+        ),
+        (
+            framed(
+                FORWARD,
+                &forward_body(arr(&[s("n1")]), arr(&[s("n2"), s("n3")])),
+            ),
+            Frame::Forward(Forward {
+                name: n("a/b/c"),
+                mode: Mode::Multicast,
+                from: n("d/e/f/9"),
+                from_identity: None,
+                msg_id: 42,
+                path: vec!["n1".into()],
+                dests: vec!["n2".into(), "n3".into()],
+                payload: b"hi".to_vec(),
             }),
         ),
         (
@@ -312,7 +371,7 @@ fn empty_kind_and_body_is_empty_frame() {
 #[test]
 fn unknown_kind_bytes() {
     let body = arr(&[uint(1)]); // a valid Ping body
-    for kind in [0u8, 13, 14, 99, 255] {
+    for kind in [0u8, 17, 18, 99, 255] {
         let bytes = framed(kind, &body);
         assert_eq!(check(&bytes, &Limits::default()), Ok(Some(bytes.len())));
         let mut buf = BytesMut::from(&bytes[..]);
@@ -699,6 +758,57 @@ fn body_cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
                 extra: 3,
             }),
         ),
+        // --- peer-link frames
+        (
+            "peer hello, node id is a number",
+            framed(PEER_HELLO, &arr(&[uint(1), uint(7)])),
+            malformed("peer_hello", "invalid type"),
+        ),
+        (
+            "interest, bad name in an add",
+            framed(
+                INTEREST,
+                &arr(&[arr(&[arr(&[s("a//c"), arr(&[s("n1")])])]), arr(&[])]),
+            ),
+            malformed("interest", "empty"),
+        ),
+        (
+            "interest, path is not an array",
+            framed(
+                INTEREST,
+                &arr(&[arr(&[arr(&[s("a/b/c"), s("n1")])]), arr(&[])]),
+            ),
+            malformed("interest", "invalid type"),
+        ),
+        (
+            "forward, path element is not a string",
+            framed(FORWARD, &forward_body(arr(&[uint(1)]), arr(&[]))),
+            malformed("forward", "invalid type"),
+        ),
+        (
+            "forward, dests missing (7 fields)",
+            framed(
+                FORWARD,
+                &arr(&[
+                    s("a/b/c"),
+                    uint(1),
+                    s("d/e/f/9"),
+                    nil(),
+                    uint(42),
+                    arr(&[]),
+                    bin(b"hi"),
+                ]),
+            ),
+            malformed("forward", "invalid"),
+        ),
+        (
+            "forward, dests array promises more than there is",
+            framed(
+                FORWARD,
+                &[&forward_body(arr(&[]), arr(&[]))[..]].concat()[..20],
+            ),
+            malformed("forward", "failed to fill whole buffer"),
+        ),
         (
             "hello + garbage that is not msgpack",
             framed(
@@ -782,7 +892,7 @@ fn error_codes_and_labels_of_decode_errors() {
         ),
         (WireError::EmptyFrame, ErrorCode::MALFORMED, "empty"),
         (
-            WireError::UnknownFrameKind(13),
+            WireError::UnknownFrameKind(17),
             ErrorCode::UNKNOWN_FRAME,
             "unknown_frame",
         ),
@@ -958,6 +1068,33 @@ fn seed_frames() -> Vec<Vec<u8>> {
         }),
         Frame::Ping(Ping { nonce: 1 }),
         Frame::Pong(Pong { nonce: 1 << 40 }),
+        Frame::PeerHello(PeerHello {
+            version: 1,
+            node_id: "n1".into(),
+        }),
+        Frame::PeerAccept(PeerAccept {
+            node_id: "n2".into(),
+        }),
+        Frame::Interest(Interest {
+            add: vec![InterestAdd {
+                name: n("a/b/c"),
+                path: vec!["n1".into()],
+            }],
+            remove: vec![InterestRemove {
+                name: n("a/b/c/1"),
+                origin: "n9".into(),
+            }],
+        }),
+        Frame::Forward(Forward {
+            name: n("a/b/c"),
+            mode: Mode::Anycast,
+            from: n("x/y/z/1"),
+            from_identity: Some("spiffe://acme/x".into()),
+            msg_id: 8,
+            path: vec!["n1".into(), "n2".into()],
+            dests: vec!["n3".into()],
+            payload: vec![7; 30],
+        }),
         Frame::Error(ErrorFrame {
             code: ErrorCode::NO_ROUTE,
             msg_id: Some(3),

@@ -5,9 +5,10 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 use slim_wire::codec::{encode_deliver, encode_publish, encode_to_vec};
 use slim_wire::{
-    Accept, Deliver, ErrorCode, ErrorFrame, Frame, FrameKind, HEADER_LEN, Hello, Limits,
-    MAX_COMPONENT_LEN, Mode, Name, Ping, Pong, Publish, Reject, SubAck, SubError, Subscribe,
-    Unsubscribe, WireError, check, decode, decode_body, encode,
+    Accept, Deliver, ErrorCode, ErrorFrame, Forward, Frame, FrameKind, HEADER_LEN, Hello, Interest,
+    InterestAdd, InterestRemove, Limits, MAX_COMPONENT_LEN, Mode, Name, PeerAccept, PeerHello,
+    Ping, Pong, Publish, Reject, SubAck, SubError, Subscribe, Unsubscribe, WireError, check,
+    decode, decode_body, encode,
 };
 
 // ---------------------------------------------------------------- strategies
@@ -121,6 +122,10 @@ fn text() -> impl Strategy<Value = String> {
     ]
 }
 
+fn node_ids() -> impl Strategy<Value = Vec<String>> {
+    proptest::collection::vec(text(), 0..6)
+}
+
 fn payload(max: usize) -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 0..=max)
 }
@@ -191,6 +196,41 @@ fn frame_with_payload(max_payload: usize) -> BoxedStrategy<Frame> {
                 name,
                 reason,
             })),
+        (int_u16(), text())
+            .prop_map(|(version, node_id)| Frame::PeerHello(PeerHello { version, node_id })),
+        text().prop_map(|node_id| Frame::PeerAccept(PeerAccept { node_id })),
+        (
+            proptest::collection::vec((name(), node_ids()), 0..4),
+            proptest::collection::vec((name(), text()), 0..4)
+        )
+            .prop_map(|(add, remove)| Frame::Interest(Interest {
+                add: add
+                    .into_iter()
+                    .map(|(name, path)| InterestAdd { name, path })
+                    .collect(),
+                remove: remove
+                    .into_iter()
+                    .map(|(name, origin)| InterestRemove { name, origin })
+                    .collect(),
+            })),
+        (
+            (name(), mode(), name(), proptest::option::of(text())),
+            (int_u64(), node_ids(), node_ids(), payload(max_payload))
+        )
+            .prop_map(
+                |((name, mode, from, from_identity), (msg_id, path, dests, payload))| {
+                    Frame::Forward(Forward {
+                        name,
+                        mode,
+                        from,
+                        from_identity,
+                        msg_id,
+                        path,
+                        dests,
+                        payload,
+                    })
+                }
+            ),
     ]
     .boxed()
 }
@@ -465,6 +505,48 @@ proptest! {
         prop_assert_eq!(ea, eb);
         prop_assert_eq!(&a[..], &prefix[..]);
         prop_assert_eq!(&b[..], &prefix[..]);
+    }
+
+    /// The forwarding hot path: the borrowed encoder (path extended by one
+    /// hop) equals the owned encoder, and the zero-copy view reads back
+    /// exactly the owned frame's fields.
+    #[test]
+    fn encode_forward_raw_matches_encode_and_the_view(
+        name in name(),
+        mode in mode(),
+        from in name(),
+        from_identity in proptest::option::of(text()),
+        msg_id in int_u64(),
+        path in node_ids(),
+        hop in text(),
+        dests in node_ids(),
+        payload in payload(1_000),
+    ) {
+        let limits = Limits::default();
+        let mut borrowed = BytesMut::new();
+        slim_wire::codec::encode_forward_raw(
+            name.as_str(), mode, from.as_str(), from_identity.as_deref(), msg_id,
+            slim_wire::NodeIds { ids: path.iter().map(String::as_str), len: path.len(), then: Some(&hop) },
+            slim_wire::NodeIds { ids: dests.iter().map(String::as_str), len: dests.len(), then: None },
+            &payload, &limits, &mut borrowed,
+        )
+        .unwrap();
+        let mut full_path = path.clone();
+        full_path.push(hop.clone());
+        let f = Forward {
+            name, mode, from, from_identity, msg_id, path: full_path, dests, payload,
+        };
+        let mut owned = BytesMut::new();
+        encode(&Frame::Forward(f.clone()), &limits, &mut owned).unwrap();
+        prop_assert_eq!(&borrowed, &owned);
+        let v = slim_wire::forward_view(&owned[5..]).unwrap().unwrap();
+        prop_assert_eq!(v.name, f.name.as_str());
+        prop_assert_eq!(v.from, f.from.as_str());
+        prop_assert_eq!(v.from_identity, f.from_identity.as_deref());
+        prop_assert_eq!((v.mode, v.msg_id), (f.mode, f.msg_id));
+        prop_assert_eq!(v.path.iter().collect::<Vec<_>>(), f.path.iter().map(String::as_str).collect::<Vec<_>>());
+        prop_assert_eq!(v.dests.iter().collect::<Vec<_>>(), f.dests.iter().map(String::as_str).collect::<Vec<_>>());
+        prop_assert_eq!(v.payload, &f.payload[..]);
     }
 }
 

@@ -304,6 +304,8 @@ pub struct GapTracker {
     name: String,
     index: HashMap<String, usize>,
     peers: Vec<Peer>,
+    /// Slots of forgotten senders, reused before `peers` grows.
+    free: Vec<usize>,
     /// `(deadline, peer index, seq)` of every missing message.
     timers: BTreeSet<(Instant, usize, u64)>,
     transmits: VecDeque<Transmit>,
@@ -322,6 +324,7 @@ impl GapTracker {
             name: name.to_owned(),
             index: HashMap::new(),
             peers: Vec::new(),
+            free: Vec::new(),
             timers: BTreeSet::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -337,6 +340,25 @@ impl GapTracker {
             self.peer_index(sender, seq)?;
         }
         Ok(())
+    }
+
+    /// Stops following `sender` (it left the group): a later stream under the
+    /// same name, e.g. the same member joining again with a fresh sender
+    /// numbered from 0, is followed from scratch instead of being taken for
+    /// duplicates. Its slot is reused.
+    pub fn forget(&mut self, sender: &str) {
+        let Some(i) = self.index.remove(sender) else {
+            return;
+        };
+        let peer = &mut self.peers[i];
+        for (&seq, m) in &peer.missing {
+            self.timers.remove(&(m.deadline, i, seq));
+        }
+        peer.missing.clear();
+        peer.buffer.clear();
+        peer.lost.clear();
+        peer.name.clear();
+        self.free.push(i);
     }
 
     /// Handles a `Data` or `Gone` packet routed to us from `from`.
@@ -446,21 +468,27 @@ impl GapTracker {
         if let Some(&i) = self.index.get(sender) {
             return Ok(i);
         }
-        if self.peers.len() >= self.cfg.max_senders {
-            return Err(SessionError::Malformed(format!(
-                "more than {} senders in the group",
-                self.cfg.max_senders
-            )));
-        }
-        let i = self.peers.len();
-        self.peers.push(Peer {
+        let peer = Peer {
             name: sender.to_owned(),
             next_expected: start,
             end: start,
             buffer: BTreeMap::new(),
             missing: BTreeMap::new(),
             lost: BTreeSet::new(),
-        });
+        };
+        let i = if let Some(i) = self.free.pop() {
+            self.peers[i] = peer;
+            i
+        } else {
+            if self.peers.len() >= self.cfg.max_senders {
+                return Err(SessionError::Malformed(format!(
+                    "more than {} senders in the group",
+                    self.cfg.max_senders
+                )));
+            }
+            self.peers.push(peer);
+            self.peers.len() - 1
+        };
         self.index.insert(sender.to_owned(), i);
         Ok(i)
     }

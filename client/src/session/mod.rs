@@ -1,12 +1,18 @@
-//! Sessions: sans-IO state machines (groundwork for the sessions issue).
+//! Sessions: sans-IO state machines and the tasks that drive them.
 //!
-//! Nothing in here does I/O, spawns tasks or reads a clock, in the style of
-//! `quinn-proto`. Inputs are `handle_*(…, now: Instant)`; outputs are drained
-//! with `poll_transmit()` (session-layer packets to publish), `poll_event()`
+//! The protocol machines ([`reliable`], [`unreliable`], [`group`]) do no I/O,
+//! spawn no tasks and read no clock, in the style of `quinn-proto`. Inputs
+//! are `handle_*(…, now: Instant)`; outputs are drained with
+//! `poll_transmit()` (session-layer packets to publish), `poll_event()`
 //! ([`SessionEvent`]s for the application) and `poll_timeout()` (the earliest
-//! instant at which `handle_timeout(now)` must be called). The actor that will
-//! drive these machines only moves bytes and time between them and the
-//! [`crate::Client`].
+//! instant at which `handle_timeout(now)` must be called). The session tasks
+//! only move bytes and time between them and the [`crate::Client`]:
+//!
+//! * [`mux`]: one dispatcher per client handing session packets to the
+//!   session (or acceptor) that owns them; everything else to the app.
+//! * [`p2p`]: point-to-point sessions (anycast open bound to one instance,
+//!   reliable or best effort, optional MLS), one task per session.
+//! * [`rpc`]: request/response and server streaming over p2p sessions.
 //!
 //! * [`packet`]: the session-layer packet carried as the payload of a SLIM
 //!   publish (header + body, MessagePack, size-checked).
@@ -19,13 +25,18 @@
 //!   retransmission requests and answers from a bounded buffer, and `Lost`
 //!   reporting for what cannot be recovered.
 
+pub mod channel;
 pub mod group;
+pub mod mux;
+pub mod p2p;
 pub mod packet;
 pub mod reliable;
+pub mod rpc;
 pub mod unreliable;
 
 use bytes::Bytes;
 
+pub use mux::{Inbox, Incoming, SessionMux};
 pub use packet::{Kind, Packet};
 
 /// Everything the session layer can fail with.
@@ -59,6 +70,25 @@ pub enum SessionError {
     Closed,
     #[error("encode: {0}")]
     Encode(String),
+    #[error("session {0:#x} is already registered with the mux")]
+    AlreadyRegistered(u64),
+    #[error("an acceptor for packet kind {} is already installed", .0.as_str())]
+    AcceptorTaken(Kind),
+    #[error("client: {0}")]
+    Client(String),
+    /// Nobody subscribes to the name (the node answered `NO_ROUTE`).
+    #[error("no responder for {name}: {reason}")]
+    NoResponder { name: String, reason: String },
+    /// The node or the peer reported that the session cannot be reached.
+    #[error("unreachable ({code}): {reason}")]
+    Unreachable { code: u16, reason: String },
+    #[error("refused by peer: {0}")]
+    Refused(String),
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// End-to-end encryption failed (handshake, encrypt or decrypt).
+    #[error("MLS: {0}")]
+    Mls(String),
     /// A part of the session layer that the groundwork does not cover yet.
     #[error("not implemented yet: {0}")]
     Unimplemented(&'static str),

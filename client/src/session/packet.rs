@@ -14,6 +14,12 @@
 //! | `RtxRequest` | – | – | seqs asked for (group) | – |
 //! | `Gone` | – | sender's current buffer floor | seqs asked for but no longer buffered | – |
 //! | `Close` | – | number of messages sent (`next_seq`) | – | – |
+//! | `Open`, `OpenRpc` | attempt number | – | – | – (`flags`: `p2p::OPEN_RELIABLE`, `p2p::OPEN_MLS`) |
+//! | `Accept` | – | – | – | MLS: the responder's key package (`flags`: as agreed, + `p2p::ACCEPT_JOINED` once it joined) |
+//! | `Refuse` | – | – | – | reason (UTF-8) |
+//! | `MlsWelcome` | – | – | – | MLS Welcome |
+//! | `Unreachable` | error code | – | – | reason (UTF-8) |
+//! | `Control` | – | – | – | channel control message (`channel::Ctl`, MessagePack) |
 //!
 //! Decoding never sizes memory from a declared length beyond the checked
 //! packet size, and rejects trailing bytes, unknown kinds and versions.
@@ -48,6 +54,24 @@ pub enum Kind {
     Close = 3,
     RtxRequest = 4,
     Gone = 5,
+    // 6..=9: group channels (see `channel`); 7..=9 reserved.
+    /// Channel control (moderator/member protocol; body = `channel::Ctl`).
+    Control = 6,
+    /// Point-to-point open (anycast to a service name).
+    Open = 10,
+    /// Open of an RPC session (anycast to a service name; the RPC responder's acceptor).
+    OpenRpc = 11,
+    /// Answer to `Open`/`OpenRpc`, from the instance that took the session.
+    Accept = 12,
+    /// Answer to `Open`/`OpenRpc`: refused (reason in `body`).
+    Refuse = 13,
+    /// Point-to-point MLS: the initiator's Welcome for the responder.
+    MlsWelcome = 14,
+    /// "No such session here": sent back by a mux that got a packet for a
+    /// session id it does not know, and synthesized locally by the mux from
+    /// the node's error for a tracked publish (`seq` = error code, `body` =
+    /// reason).
+    Unreachable = 15,
 }
 
 impl Kind {
@@ -59,6 +83,13 @@ impl Kind {
             3 => Kind::Close,
             4 => Kind::RtxRequest,
             5 => Kind::Gone,
+            6 => Kind::Control,
+            10 => Kind::Open,
+            11 => Kind::OpenRpc,
+            12 => Kind::Accept,
+            13 => Kind::Refuse,
+            14 => Kind::MlsWelcome,
+            15 => Kind::Unreachable,
             _ => return None,
         })
     }
@@ -71,6 +102,13 @@ impl Kind {
             Kind::Close => "close",
             Kind::RtxRequest => "rtx-request",
             Kind::Gone => "gone",
+            Kind::Control => "control",
+            Kind::Open => "open",
+            Kind::OpenRpc => "open-rpc",
+            Kind::Accept => "accept",
+            Kind::Refuse => "refuse",
+            Kind::MlsWelcome => "mls-welcome",
+            Kind::Unreachable => "unreachable",
         }
     }
 }
@@ -236,9 +274,10 @@ mod tests {
 
     #[test]
     fn round_trip_every_kind() {
-        for k in 0..=5u8 {
+        for k in (0..=u8::MAX).filter(|k| Kind::from_u8(*k).is_some()) {
             let mut p = sample();
             p.kind = Kind::from_u8(k).unwrap();
+            assert_eq!(p.kind as u8, k);
             p.seqs = vec![1, 5, u64::MAX];
             let bytes = p.encode().unwrap();
             assert_eq!(Packet::decode(&bytes).unwrap(), p);

@@ -25,6 +25,13 @@ use bytes::Bytes;
 use super::packet::{FLAG_RETRANSMIT, Kind, MAX_PACKET, MAX_SENDER, MAX_SEQS, Packet};
 use super::{SessionError, SessionEvent, backoff};
 
+/// Flag on `Ack`: the answer to a `Close` (the closer knows its close arrived).
+pub const FLAG_CLOSE_ACK: u16 = 0b0000_0100;
+/// Flag on `Data`: the sender's window is now full, so acknowledge at once
+/// instead of after `ack_delay` (a window-limited sender would otherwise
+/// idle for the delay on every window's worth of messages).
+pub const FLAG_ACK_NOW: u16 = 0b0000_1000;
+
 /// Reliable-mode tuning. Both ends should use the same `window` /
 /// `max_out_of_order` (the receiver's buffer must cover the sender's window).
 #[derive(Debug, Clone)]
@@ -273,6 +280,7 @@ impl Sender {
         self.closed = true;
         let mut p = Packet::new(self.session_id, Kind::Close, &self.name);
         p.base = self.next_seq;
+        p.seq = self.base();
         if let Ok(b) = p.encode() {
             self.transmits.push_back(b);
         }
@@ -359,7 +367,12 @@ impl Sender {
             seq,
             base,
             sender: self.name.clone(),
-            flags: if retransmit { FLAG_RETRANSMIT } else { 0 },
+            flags: (if retransmit { FLAG_RETRANSMIT } else { 0 })
+                | (if self.next_seq - base >= self.cfg.window as u64 {
+                    FLAG_ACK_NOW
+                } else {
+                    0
+                }),
             seqs: Vec::new(),
             body: f.payload.clone(),
         };
@@ -429,12 +442,19 @@ impl Receiver {
         match p.kind {
             Kind::Data => self.on_data(p, now),
             Kind::Close => {
+                // `seq` is the closer's lowest unresolved seq: everything
+                // below it that we lack was given up on, and no data packet
+                // will come after the close to tell us so.
+                let floor = p.seq.min(p.base);
+                if floor > self.next_expected && floor - self.next_expected <= self.cfg.max_skip {
+                    self.skip_to(floor);
+                }
                 self.events.push_back(SessionEvent::PeerClosed {
                     sender: p.sender.clone(),
                     next_seq: p.base,
                 });
-                // Make sure the sender hears where we are.
-                self.send_ack();
+                // Make sure the sender hears where we are, and that its close arrived.
+                self.send_ack_flags(FLAG_CLOSE_ACK);
                 Ok(())
             }
             kind => Err(SessionError::UnexpectedKind {
@@ -529,7 +549,7 @@ impl Receiver {
             self.gaps.extend(new.into_iter().map(|s| (at, s)));
         }
         self.unacked += 1;
-        if self.unacked >= self.cfg.ack_every {
+        if self.unacked >= self.cfg.ack_every || p.flags & FLAG_ACK_NOW != 0 {
             self.send_ack();
         } else if self.ack_deadline.is_none() {
             self.ack_deadline = Some(now + self.cfg.ack_delay);
@@ -607,7 +627,12 @@ impl Receiver {
     }
 
     fn send_ack(&mut self) {
+        self.send_ack_flags(0);
+    }
+
+    fn send_ack_flags(&mut self, flags: u16) {
         let mut a = Packet::new(self.session_id, Kind::Ack, &self.name);
+        a.flags = flags;
         a.base = self.next_expected;
         a.seqs = self.buffer.keys().copied().collect();
         self.push(&a);

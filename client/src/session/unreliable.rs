@@ -66,6 +66,11 @@ impl Sender {
     }
 
     pub fn handle_timeout(&mut self, _now: Instant) {}
+
+    /// The seq the next message will get (= messages sent).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
 }
 
 /// The receiving half of a best-effort session.

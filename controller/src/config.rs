@@ -1,0 +1,303 @@
+//! The controller's configuration file (TOML). `deploy/config/controller.toml`
+//! is the commented reference.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::authz::Authz;
+use crate::fleet::FleetConfig;
+use crate::proto::Limits;
+use crate::server::ControllerConfig;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub controller: ControllerSection,
+    pub identity: IdentitySection,
+    pub authz: AuthzSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControllerSection {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub plan_grace_secs: u64,
+    pub startup_hold_ms: u64,
+    pub max_frame_bytes: u32,
+    pub max_connections: usize,
+}
+
+impl Default for ControllerSection {
+    fn default() -> Self {
+        let f = FleetConfig::default();
+        ControllerSection {
+            listen: "0.0.0.0:4600".parse().expect("static"),
+            data_dir: "controller-data".into(),
+            plan_grace_secs: f.plan_grace.as_secs(),
+            startup_hold_ms: f.startup_hold.as_millis() as u64,
+            max_frame_bytes: Limits::default().max_frame,
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySourceKind {
+    #[default]
+    Files,
+    Spire,
+    Dev,
+}
+
+/// Same keys as the node's `[identity]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    #[serde(default)]
+    pub source: IdentitySourceKind,
+    pub socket: Option<String>,
+    pub initial_timeout_ms: Option<u64>,
+    pub ca_dir: Option<PathBuf>,
+    pub id: Option<String>,
+    pub ttl_secs: Option<u64>,
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzSection {
+    /// SPIFFE ID patterns allowed to register as nodes.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// SPIFFE ID patterns allowed to use the admin API.
+    #[serde(default)]
+    pub admins: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// HTTP address for /metrics and /healthz; "" disables it.
+    pub listen: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: "127.0.0.1:9465".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        // Relative paths are relative to the config file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            Some(&mut cfg.controller.data_dir),
+            cfg.identity.ca_dir.as_mut(),
+            cfg.identity.dir.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Environment overrides, for containers and for running one config
+    /// file in several places: `SLIM_CONTROLLER_LISTEN`, `SLIM_DATA_DIR`,
+    /// `SLIM_METRICS_LISTEN`, `SLIM_IDENTITY_DIR`, `SLIM_LOG_LEVEL`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("SLIM_CONTROLLER_LISTEN") {
+            self.controller.listen = v
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("SLIM_CONTROLLER_LISTEN {v:?}: {e}")))?;
+        }
+        if let Some(v) = get("SLIM_DATA_DIR") {
+            self.controller.data_dir = v.into();
+        }
+        if let Some(v) = get("SLIM_METRICS_LISTEN") {
+            self.metrics.listen = v;
+        }
+        if let Some(v) = get("SLIM_IDENTITY_DIR") {
+            self.identity.dir = Some(v.into());
+        }
+        if let Some(v) = get("SLIM_LOG_LEVEL") {
+            self.log.level = v;
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        Authz::new(&self.authz.nodes, &self.authz.admins)
+            .map_err(|e| ConfigError::Invalid(format!("authz: {e}")))?;
+        if self.authz.nodes.is_empty() {
+            return Err(ConfigError::Invalid(
+                "authz.nodes is empty: no node could register".into(),
+            ));
+        }
+        if self.controller.max_frame_bytes < 4096 {
+            return Err(ConfigError::Invalid(
+                "controller.max_frame_bytes must be at least 4096".into(),
+            ));
+        }
+        let id = &self.identity;
+        match id.source {
+            IdentitySourceKind::Files if id.dir.is_none() => {
+                return Err(ConfigError::Invalid(
+                    "identity: files needs dir (spiffe-helper layout)".into(),
+                ));
+            }
+            IdentitySourceKind::Dev if id.ca_dir.is_none() || id.id.is_none() => {
+                return Err(ConfigError::Invalid(
+                    "identity.source = \"dev\" needs ca_dir and id".into(),
+                ));
+            }
+            _ => {}
+        }
+        if !self.metrics.listen.is_empty() {
+            self.metrics
+                .listen
+                .parse::<SocketAddr>()
+                .map_err(|e| ConfigError::Invalid(format!("metrics.listen: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub fn identity_source(&self) -> Result<slim_auth::IdentitySourceConfig, ConfigError> {
+        use slim_auth::IdentitySourceConfig as S;
+        let id = &self.identity;
+        Ok(match id.source {
+            IdentitySourceKind::Files => S::Files {
+                dir: id
+                    .dir
+                    .clone()
+                    .ok_or_else(|| ConfigError::Invalid("identity.dir".into()))?,
+            },
+            IdentitySourceKind::Spire => S::Spire {
+                socket: id.socket.clone(),
+                initial_timeout: Duration::from_millis(id.initial_timeout_ms.unwrap_or(10_000)),
+            },
+            IdentitySourceKind::Dev => S::Dev {
+                ca_dir: id
+                    .ca_dir
+                    .clone()
+                    .ok_or_else(|| ConfigError::Invalid("identity.ca_dir".into()))?,
+                id: slim_auth::SpiffeId::parse(id.id.as_deref().unwrap_or_default())
+                    .map_err(|e| ConfigError::Invalid(format!("identity.id: {e}")))?,
+                ttl: Duration::from_secs(id.ttl_secs.unwrap_or(3600)),
+            },
+        })
+    }
+
+    pub fn controller_config(&self) -> ControllerConfig {
+        let c = &self.controller;
+        let mut cfg = ControllerConfig::new(c.listen, c.data_dir.clone());
+        cfg.nodes = self.authz.nodes.clone();
+        cfg.admins = self.authz.admins.clone();
+        cfg.fleet = FleetConfig {
+            plan_grace: Duration::from_secs(c.plan_grace_secs),
+            startup_hold: Duration::from_millis(c.startup_hold_ms),
+        };
+        cfg.limits = Limits {
+            max_frame: c.max_frame_bytes,
+        };
+        cfg.max_connections = c.max_connections;
+        cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_config_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/config/controller.toml");
+        let cfg = FileConfig::load(&p).unwrap();
+        cfg.validate().unwrap();
+        let c = cfg.controller_config();
+        assert_eq!(c.listen.port(), 4600);
+        assert!(!c.nodes.is_empty() && !c.admins.is_empty());
+        assert!(c.data_dir.is_absolute());
+    }
+
+    #[test]
+    fn bad_pattern_and_unknown_keys_are_errors() {
+        let cfg = FileConfig::parse(
+            "[identity]\ndir = \"d\"\n[authz]\nnodes = [\"spiffe://a/x*\"]",
+            Path::new("/x.toml"),
+        )
+        .unwrap();
+        assert!(cfg.validate().unwrap_err().to_string().contains("x*"));
+        let e = FileConfig::parse(
+            "[identity]\ndir = \"d\"\n[authz]\nnode = []",
+            Path::new("/x.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("node"), "{e}");
+    }
+}

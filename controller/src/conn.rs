@@ -1,0 +1,234 @@
+//! A framed message stream over one QUIC bidirectional stream, and the
+//! client side of connecting to the controller (used by nodes, `slimctl`
+//! and tests).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::proto::{
+    self, ALPN_CONTROLLER, AdminRequest, AdminResponse, Limits, ProtoError, ToCaller, ToController,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("cannot connect to the controller at {addr}: {message}")]
+    Connect { addr: SocketAddr, message: String },
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream write: {0}")]
+    Write(#[from] quinn::WriteError),
+    #[error("stream read: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error("the peer closed the stream")]
+    Closed,
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+    #[error("refused by the controller ({code}): {reason}")]
+    Refused { code: &'static str, reason: String },
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+/// Frames over a QUIC stream pair. `recv` is cancel-safe (bytes read stay
+/// in the buffer), so it can sit in a `select!`.
+#[derive(Debug)]
+pub struct FramedStream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    out: Vec<u8>,
+    limits: Limits,
+}
+
+impl FramedStream {
+    pub fn new(send: quinn::SendStream, recv: quinn::RecvStream, limits: Limits) -> Self {
+        FramedStream {
+            send,
+            recv,
+            buf: BytesMut::with_capacity(4096),
+            out: Vec::new(),
+            limits,
+        }
+    }
+
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), ConnError> {
+        self.out.clear();
+        proto::encode(msg, &self.limits, &mut self.out)?;
+        self.send.write_all(&self.out).await?;
+        // Large admin answers would otherwise keep a big buffer alive.
+        if self.out.capacity() > 64 << 10 {
+            self.out = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// The next message; `Ok(None)` when the peer finished the stream cleanly.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ConnError> {
+        loop {
+            if let Some(m) = proto::decode(&mut self.buf, &self.limits)? {
+                return Ok(Some(m));
+            }
+            // Capacity grows by what arrives, bounded by the frame limit
+            // already checked in `decode`, never by a declared length.
+            let mut chunk = [0u8; 16 << 10];
+            match self.recv.read(&mut chunk).await? {
+                None => {
+                    return if self.buf.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err(ConnError::Closed)
+                    };
+                }
+                Some(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Writes bytes as they are (fault injection in tests).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        self.send.write_all(bytes).await?;
+        Ok(())
+    }
+
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+
+    /// Finishes the stream and waits (bounded) until the peer acknowledged
+    /// all of it, so a connection close right after does not discard it.
+    pub async fn finish_and_flush(&mut self, timeout: Duration) {
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(timeout, self.send.stopped()).await;
+    }
+}
+
+/// A client connection to the controller.
+#[derive(Debug)]
+pub struct ControllerConn {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub stream: FramedStream,
+}
+
+/// QUIC transport for controller connections: keep-alive well under NAT UDP
+/// timeouts, so an idle node link survives, and a short idle timeout, so a
+/// node notices a killed controller (no close ever arrives) within 10 s.
+pub fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(1u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .datagram_receive_buffer_size(None);
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(10)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+impl ControllerConn {
+    /// Connects with `tls` (a client config presenting this caller's SVID;
+    /// its ALPN is set here) and opens the stream.
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        mut tls: rustls::ClientConfig,
+        limits: Limits,
+        timeout: Duration,
+    ) -> Result<ControllerConn, ConnError> {
+        tls.alpn_protocols = vec![ALPN_CONTROLLER.to_vec()];
+        let err = |m: String| ConnError::Connect { addr, message: m };
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+            .map_err(|e| ConnError::Tls(e.to_string()))?;
+        let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+        cfg.transport_config(Arc::new(transport()));
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().expect("static")
+        } else {
+            "0.0.0.0:0".parse().expect("static")
+        };
+        let endpoint = quinn::Endpoint::client(bind).map_err(|e| err(e.to_string()))?;
+        let connecting = endpoint
+            .connect_with(cfg, addr, server_name)
+            .map_err(|e| err(e.to_string()))?;
+        let fut = async {
+            let conn = connecting.await?;
+            let (send, recv) = conn.open_bi().await?;
+            Ok::<_, quinn::ConnectionError>((conn, send, recv))
+        };
+        let (conn, send, recv) = match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(x)) => x,
+            Ok(Err(e)) => {
+                endpoint.close(0u32.into(), b"");
+                // Refused right after the handshake: say why, not just "closed".
+                return Err(match e {
+                    quinn::ConnectionError::ApplicationClosed(c) => app_closed(&c),
+                    e => err(e.to_string()),
+                });
+            }
+            Err(_) => {
+                endpoint.close(0u32.into(), b"");
+                return Err(ConnError::Timeout("handshake"));
+            }
+        };
+        Ok(ControllerConn {
+            endpoint,
+            conn,
+            stream: FramedStream::new(send, recv, limits),
+        })
+    }
+
+    /// One admin request and its answer.
+    pub async fn admin(
+        &mut self,
+        req: AdminRequest,
+        timeout: Duration,
+    ) -> Result<AdminResponse, ConnError> {
+        self.stream.send(&ToController::Admin(req)).await?;
+        let answer = tokio::time::timeout(timeout, self.stream.recv::<ToCaller>())
+            .await
+            .map_err(|_| ConnError::Timeout("admin answer"))?;
+        match answer {
+            Ok(Some(ToCaller::Admin(r))) => Ok(r),
+            Ok(Some(ToCaller::Error { code, reason })) => Err(ConnError::Refused {
+                code: code.as_str(),
+                reason,
+            }),
+            Ok(Some(other)) => Err(ConnError::Unexpected(format!("{other:?}"))),
+            Ok(None) => Err(self.closed_reason()),
+            Err(e) => Err(match self.conn.close_reason() {
+                Some(_) => self.closed_reason(),
+                None => e,
+            }),
+        }
+    }
+
+    /// Why the controller closed the connection, as an error.
+    pub fn closed_reason(&self) -> ConnError {
+        match self.conn.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(c)) => app_closed(&c),
+            Some(e) => ConnError::Connection(e),
+            None => ConnError::Closed,
+        }
+    }
+
+    pub async fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+fn app_closed(c: &quinn::ApplicationClose) -> ConnError {
+    ConnError::Refused {
+        code: proto::ErrorCode(u16::try_from(c.error_code.into_inner()).unwrap_or(0)).as_str(),
+        reason: String::from_utf8_lossy(&c.reason).into_owned(),
+    }
+}

@@ -1,0 +1,608 @@
+//! The fleet view and the push decisions, sans-IO: `handle_*` for what
+//! happened, `poll_push` for what to send. The server task is a thin driver.
+//!
+//! Nothing here is persisted: after a controller restart the view is rebuilt
+//! from the nodes re-registering. For that, nothing is pushed during
+//! `startup_hold` after start: a node that registered first would otherwise
+//! be told to drop its links to nodes that have not re-registered yet. A node
+//! whose controller connection drops stays in the plan for `plan_grace`
+//! (its links likely still carry traffic); after that it is forgotten.
+//!
+//! The hold alone would not be enough: a node only notices that a killed
+//! controller is gone after its QUIC idle timeout. So a registering node
+//! also says whom it currently dials; peers that have not registered yet are
+//! kept as *hearsay* entries (planned like a node that disconnected when the
+//! controller started), so nobody is told to drop a live link just because
+//! its peer is slower to come back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::plan::{Plan, PlanNode, plan};
+use crate::proto::{
+    ChannelNode, ChannelView, LinkState, LinkView, NodeView, PeerSpec, Register, Report, RouteInfo,
+};
+
+pub type ConnId = u64;
+
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub plan_grace: Duration,
+    pub startup_hold: Duration,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            plan_grace: Duration::from_secs(300),
+            startup_hold: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FleetError {
+    #[error("node id {node_id:?} is held by {holder} on a live connection")]
+    NodeIdTaken { node_id: String, holder: String },
+    #[error("this connection is not registered")]
+    NotRegistered,
+    #[error("this connection is already registered")]
+    AlreadyRegistered,
+    #[error("invalid registration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug)]
+struct NodeEntry {
+    reg: Register,
+    spiffe_id: String,
+    conn: Option<ConnId>,
+    disconnected_at: Option<Instant>,
+    registered_ms: u64,
+    last_seen_ms: u64,
+    report: Report,
+    /// Known only from another node's `dialing` list.
+    hearsay: bool,
+}
+
+#[derive(Debug)]
+pub struct Fleet {
+    cfg: FleetConfig,
+    started: Instant,
+    hold_until: Instant,
+    nodes: BTreeMap<String, NodeEntry>,
+    by_conn: HashMap<ConnId, String>,
+    plan: Plan,
+    /// What each live connection was last sent.
+    pushed: HashMap<ConnId, Vec<PeerSpec>>,
+}
+
+/// What `handle_register` asks the driver to do.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Registered {
+    /// An older connection of the same node, to close.
+    pub replaced: Option<ConnId>,
+}
+
+impl Fleet {
+    pub fn new(cfg: FleetConfig, now: Instant) -> Fleet {
+        Fleet {
+            started: now,
+            hold_until: now + cfg.startup_hold,
+            cfg,
+            nodes: BTreeMap::new(),
+            by_conn: HashMap::new(),
+            plan: Plan::default(),
+            pushed: HashMap::new(),
+        }
+    }
+
+    /// A node registered on `conn`, authenticated as `spiffe_id`.
+    pub fn handle_register(
+        &mut self,
+        conn: ConnId,
+        spiffe_id: &str,
+        reg: Register,
+        wall_ms: u64,
+    ) -> Result<Registered, FleetError> {
+        if self.by_conn.contains_key(&conn) {
+            return Err(FleetError::AlreadyRegistered);
+        }
+        if reg.node_id.is_empty() || reg.node_id.len() > 256 {
+            return Err(FleetError::Invalid("node_id must be 1..=256 bytes".into()));
+        }
+        if reg.server_name.len() > 256 || reg.cluster.len() > 256 {
+            return Err(FleetError::Invalid(
+                "server_name and cluster must be at most 256 bytes".into(),
+            ));
+        }
+        let mut replaced = None;
+        let mut replan = true;
+        if let Some(old) = self.nodes.get(&reg.node_id) {
+            if old.conn.is_some() && old.spiffe_id != spiffe_id {
+                return Err(FleetError::NodeIdTaken {
+                    node_id: reg.node_id,
+                    holder: old.spiffe_id.clone(),
+                });
+            }
+            replaced = old.conn;
+            replan = old.hearsay
+                || old.reg.external_endpoint != reg.external_endpoint
+                || old.reg.server_name != reg.server_name
+                || old.spiffe_id != spiffe_id;
+        }
+        if let Some(r) = replaced {
+            self.by_conn.remove(&r);
+            self.pushed.remove(&r);
+        }
+        self.by_conn.insert(conn, reg.node_id.clone());
+        for p in &reg.dialing {
+            if p.node_id == reg.node_id || self.nodes.contains_key(&p.node_id) {
+                continue;
+            }
+            let Some(sid) = &p.expect_spiffe_id else {
+                continue;
+            };
+            // Planned as if it had disconnected when the controller started:
+            // it expires `plan_grace` after the start unless it registers.
+            self.nodes.insert(
+                p.node_id.clone(),
+                NodeEntry {
+                    reg: Register {
+                        node_id: p.node_id.clone(),
+                        cluster: String::new(),
+                        external_endpoint: Some(p.addr),
+                        listen: None,
+                        server_name: p.server_name.clone(),
+                        epoch: 0,
+                        dialing: Vec::new(),
+                    },
+                    spiffe_id: sid.clone(),
+                    conn: None,
+                    disconnected_at: Some(self.started),
+                    registered_ms: 0,
+                    last_seen_ms: 0,
+                    report: Report::default(),
+                    hearsay: true,
+                },
+            );
+            replan = true;
+        }
+        self.nodes.insert(
+            reg.node_id.clone(),
+            NodeEntry {
+                reg,
+                spiffe_id: spiffe_id.to_owned(),
+                conn: Some(conn),
+                disconnected_at: None,
+                registered_ms: wall_ms,
+                last_seen_ms: wall_ms,
+                report: Report::default(),
+                hearsay: false,
+            },
+        );
+        if replan {
+            self.replan();
+        }
+        Ok(Registered { replaced })
+    }
+
+    pub fn handle_report(
+        &mut self,
+        conn: ConnId,
+        report: Report,
+        wall_ms: u64,
+    ) -> Result<(), FleetError> {
+        let e = self.entry_mut(conn)?;
+        e.report = report;
+        e.last_seen_ms = wall_ms;
+        Ok(())
+    }
+
+    /// Any other message from a node: it is alive.
+    pub fn handle_seen(&mut self, conn: ConnId, wall_ms: u64) -> Result<(), FleetError> {
+        self.entry_mut(conn)?.last_seen_ms = wall_ms;
+        Ok(())
+    }
+
+    /// The connection ended. The node stays planned for `plan_grace`.
+    pub fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
+        self.pushed.remove(&conn);
+        let Some(id) = self.by_conn.remove(&conn) else {
+            return;
+        };
+        if let Some(e) = self.nodes.get_mut(&id)
+            && e.conn == Some(conn)
+        {
+            e.conn = None;
+            e.disconnected_at = Some(now);
+        }
+    }
+
+    /// Forgets nodes disconnected for longer than `plan_grace`; returns their ids.
+    pub fn handle_tick(&mut self, now: Instant) -> Vec<String> {
+        let grace = self.cfg.plan_grace;
+        let gone: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, e)| {
+                e.disconnected_at
+                    .is_some_and(|t| now.duration_since(t) >= grace)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            self.nodes.remove(id);
+        }
+        if !gone.is_empty() {
+            self.replan();
+        }
+        gone
+    }
+
+    /// The next dial set to send: a connected node whose planned set differs
+    /// from what its connection was last sent. `None` during the startup hold.
+    pub fn poll_push(&mut self, now: Instant) -> Option<(ConnId, Vec<PeerSpec>)> {
+        if now < self.hold_until {
+            return None;
+        }
+        for (id, e) in &self.nodes {
+            let Some(conn) = e.conn else { continue };
+            let want = self.plan.dials.get(id).cloned().unwrap_or_default();
+            if self.pushed.get(&conn) != Some(&want) {
+                self.pushed.insert(conn, want.clone());
+                return Some((conn, want));
+            }
+        }
+        None
+    }
+
+    /// When the startup hold ends (the driver wakes up then).
+    pub fn hold_until(&self) -> Instant {
+        self.hold_until
+    }
+
+    pub fn node_of(&self, conn: ConnId) -> Option<&str> {
+        self.by_conn.get(&conn).map(String::as_str)
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.by_conn.len()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Links reported `Up` (each counted once per reporting side).
+    pub fn links_up(&self) -> usize {
+        self.nodes
+            .values()
+            .flat_map(|e| &e.report.links)
+            .filter(|l| l.state == LinkState::Up)
+            .count()
+    }
+
+    pub fn nodes(&self) -> Vec<NodeView> {
+        self.nodes
+            .iter()
+            .map(|(id, e)| NodeView {
+                node_id: id.clone(),
+                cluster: e.reg.cluster.clone(),
+                spiffe_id: e.spiffe_id.clone(),
+                external_endpoint: e.reg.external_endpoint,
+                listen: e.reg.listen,
+                connected: e.conn.is_some(),
+                registered_ms: e.registered_ms,
+                last_seen_ms: e.last_seen_ms,
+                links_up: e
+                    .report
+                    .links
+                    .iter()
+                    .filter(|l| l.state == LinkState::Up)
+                    .count() as u32,
+                dials: self
+                    .plan
+                    .dials
+                    .get(id)
+                    .map(|v| v.iter().map(|p| p.node_id.clone()).collect())
+                    .unwrap_or_default(),
+                hearsay: e.hearsay,
+            })
+            .collect()
+    }
+
+    pub fn links(&self) -> Vec<LinkView> {
+        self.nodes
+            .iter()
+            .flat_map(|(id, e)| {
+                e.report.links.iter().map(move |l| LinkView {
+                    node_id: id.clone(),
+                    link: l.clone(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn routes(&self, node: &str) -> Option<Vec<RouteInfo>> {
+        self.nodes.get(node).map(|e| e.report.routes.clone())
+    }
+
+    /// Names with local subscribers anywhere, from the nodes' last reports.
+    pub fn channels(&self) -> Vec<ChannelView> {
+        let mut by_name: BTreeMap<&str, Vec<ChannelNode>> = BTreeMap::new();
+        for (id, e) in &self.nodes {
+            for r in &e.report.routes {
+                if r.local_subscribers > 0 {
+                    by_name.entry(&r.name).or_default().push(ChannelNode {
+                        node_id: id.clone(),
+                        local_subscribers: r.local_subscribers,
+                    });
+                }
+            }
+        }
+        by_name
+            .into_iter()
+            .map(|(name, nodes)| ChannelView {
+                name: name.to_owned(),
+                subscribers: nodes.iter().map(|n| n.local_subscribers).sum(),
+                nodes,
+            })
+            .collect()
+    }
+
+    fn entry_mut(&mut self, conn: ConnId) -> Result<&mut NodeEntry, FleetError> {
+        let id = self.by_conn.get(&conn).ok_or(FleetError::NotRegistered)?;
+        self.nodes.get_mut(id).ok_or(FleetError::NotRegistered)
+    }
+
+    fn replan(&mut self) {
+        let input: Vec<PlanNode> = self
+            .nodes
+            .values()
+            .map(|e| PlanNode {
+                node_id: e.reg.node_id.clone(),
+                external_endpoint: e.reg.external_endpoint,
+                server_name: e.reg.server_name.clone(),
+                spiffe_id: e.spiffe_id.clone(),
+            })
+            .collect();
+        self.plan = plan(&input);
+        // A hearsay node is only a stand-in for links that already exist:
+        // keep it in the dial sets of the nodes that said they dial it, and
+        // plan no new link to it until it registers itself.
+        for (dialler, peers) in self.plan.dials.iter_mut() {
+            let Some(d) = self.nodes.get(dialler) else {
+                continue;
+            };
+            peers.retain(|p| {
+                !self.nodes.get(&p.node_id).is_some_and(|t| t.hearsay)
+                    || d.reg.dialing.iter().any(|x| x.node_id == p.node_id)
+            });
+        }
+        if self.plan.disconnected {
+            tracing::warn!(
+                nodes = input.len(),
+                "no registered node has an external endpoint: nodes cannot be linked"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{LinkDirection, LinkInfo};
+
+    fn reg(id: &str, ext: Option<&str>) -> Register {
+        Register {
+            node_id: id.into(),
+            cluster: "c".into(),
+            external_endpoint: ext.map(|a| a.parse().unwrap()),
+            listen: None,
+            server_name: "slim-node".into(),
+            epoch: 1,
+            dialing: Vec::new(),
+        }
+    }
+
+    fn cfg() -> FleetConfig {
+        FleetConfig {
+            plan_grace: Duration::from_secs(60),
+            startup_hold: Duration::from_secs(10),
+        }
+    }
+
+    fn drain(f: &mut Fleet, now: Instant) -> Vec<(ConnId, Vec<String>)> {
+        let mut v = Vec::new();
+        while let Some((c, peers)) = f.poll_push(now) {
+            v.push((c, peers.into_iter().map(|p| p.node_id).collect()));
+        }
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn nothing_is_pushed_during_the_startup_hold_then_each_set_once() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new(cfg(), t0);
+        f.handle_register(1, "spiffe://x/a", reg("a", None), 0)
+            .unwrap();
+        f.handle_register(2, "spiffe://x/b", reg("b", Some("10.0.0.2:1")), 0)
+            .unwrap();
+        assert_eq!(f.poll_push(t0 + Duration::from_secs(9)), None);
+        let after = t0 + Duration::from_secs(10);
+        assert_eq!(
+            drain(&mut f, after),
+            vec![(1, vec!["b".to_string()]), (2, vec![])]
+        );
+        // Unchanged: nothing more.
+        assert_eq!(drain(&mut f, after), vec![]);
+        // A third, NATed node: only it gets a (new) set.
+        f.handle_register(3, "spiffe://x/c", reg("c", None), 0)
+            .unwrap();
+        assert_eq!(drain(&mut f, after), vec![(3, vec!["b".to_string()])]);
+    }
+
+    #[test]
+    fn disconnected_node_stays_planned_for_the_grace_then_is_dropped() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new(cfg(), t0);
+        let now = t0 + Duration::from_secs(10);
+        f.handle_register(1, "spiffe://x/a", reg("a", Some("10.0.0.1:1")), 0)
+            .unwrap();
+        f.handle_register(2, "spiffe://x/b", reg("b", Some("10.0.0.2:1")), 0)
+            .unwrap();
+        assert_eq!(
+            drain(&mut f, now),
+            vec![(1, vec!["b".to_string()]), (2, vec![])]
+        );
+        f.handle_disconnect(2, now);
+        assert!(f.handle_tick(now + Duration::from_secs(59)).is_empty());
+        assert_eq!(drain(&mut f, now), vec![], "a keeps dialling b");
+        assert!(!f.nodes()[1].connected);
+        assert_eq!(
+            f.handle_tick(now + Duration::from_secs(60)),
+            vec!["b".to_string()]
+        );
+        assert_eq!(drain(&mut f, now), vec![(1, vec![])]);
+        assert_eq!(f.node_count(), 1);
+    }
+
+    #[test]
+    fn reconnect_gets_a_fresh_push_and_replaces_the_old_connection() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new(cfg(), t0);
+        let now = t0 + Duration::from_secs(10);
+        f.handle_register(1, "spiffe://x/a", reg("a", None), 0)
+            .unwrap();
+        f.handle_register(2, "spiffe://x/b", reg("b", Some("10.0.0.2:1")), 0)
+            .unwrap();
+        drain(&mut f, now);
+        // Same identity, new connection (the old one is half-dead).
+        let r = f
+            .handle_register(3, "spiffe://x/a", reg("a", None), 5)
+            .unwrap();
+        assert_eq!(r.replaced, Some(1));
+        assert_eq!(drain(&mut f, now), vec![(3, vec!["b".to_string()])]);
+        // The old connection's late end does not mark the node disconnected.
+        f.handle_disconnect(1, now);
+        assert!(f.nodes()[0].connected);
+        // Another identity cannot take a live node id.
+        assert!(matches!(
+            f.handle_register(4, "spiffe://x/evil", reg("a", None), 0),
+            Err(FleetError::NodeIdTaken { .. })
+        ));
+        assert_eq!(
+            f.handle_register(3, "spiffe://x/a", reg("a", None), 0),
+            Err(FleetError::AlreadyRegistered)
+        );
+        assert_eq!(
+            f.handle_report(99, Report::default(), 0),
+            Err(FleetError::NotRegistered)
+        );
+    }
+
+    #[test]
+    fn after_a_restart_a_live_link_survives_its_peer_coming_back_late() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new(cfg(), t0);
+        let after_hold = t0 + Duration::from_secs(10);
+        // NATed a comes back first and says it dials b.
+        let mut ra = reg("a", None);
+        ra.dialing = vec![PeerSpec {
+            node_id: "b".into(),
+            addr: "10.0.0.2:1".parse().unwrap(),
+            server_name: "slim-node".into(),
+            expect_spiffe_id: Some("spiffe://x/b".into()),
+        }];
+        f.handle_register(1, "spiffe://x/a", ra, 0).unwrap();
+        assert_eq!(drain(&mut f, after_hold), vec![(1, vec!["b".to_string()])]);
+        let b = f.nodes().into_iter().find(|n| n.node_id == "b").unwrap();
+        assert!(b.hearsay && !b.connected);
+        // b registers late: it replaces the hearsay entry, a's set is unchanged.
+        f.handle_register(2, "spiffe://x/b", reg("b", Some("10.0.0.2:1")), 0)
+            .unwrap();
+        assert_eq!(drain(&mut f, after_hold), vec![(2, vec![])]);
+        assert!(!f.nodes()[1].hearsay);
+        // Hearsay about a peer that never comes back ends with the grace.
+        let mut rc = reg("c", None);
+        rc.dialing = vec![PeerSpec {
+            node_id: "gone".into(),
+            addr: "10.0.0.9:1".parse().unwrap(),
+            server_name: "slim-node".into(),
+            expect_spiffe_id: Some("spiffe://x/gone".into()),
+        }];
+        f.handle_register(3, "spiffe://x/c", rc, 0).unwrap();
+        assert_eq!(
+            drain(&mut f, after_hold),
+            vec![(3, vec!["b".to_string(), "gone".to_string()])]
+        );
+        assert_eq!(
+            f.handle_tick(t0 + Duration::from_secs(60)),
+            vec!["gone".to_string()]
+        );
+        assert_eq!(drain(&mut f, after_hold), vec![(3, vec!["b".to_string()])]);
+    }
+
+    #[test]
+    fn views_come_from_reports() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new(cfg(), t0);
+        f.handle_register(1, "spiffe://x/a", reg("a", None), 1)
+            .unwrap();
+        f.handle_register(2, "spiffe://x/b", reg("b", Some("10.0.0.2:1")), 1)
+            .unwrap();
+        let route = |n: &str, c| RouteInfo {
+            name: n.into(),
+            local_subscribers: c,
+            remote_peers: vec![],
+        };
+        f.handle_report(
+            1,
+            Report {
+                links: vec![LinkInfo {
+                    peer_node_id: "b".into(),
+                    peer_spiffe_id: Some("spiffe://x/b".into()),
+                    remote_addr: "10.0.0.2:1".parse().unwrap(),
+                    direction: LinkDirection::Dialled,
+                    state: LinkState::Up,
+                    up_since_ms: Some(1),
+                    frames_in: 0,
+                    frames_out: 0,
+                    drops: 0,
+                }],
+                routes: vec![route("o/n/chan", 2), route("o/n/other", 0)],
+                routes_truncated: false,
+            },
+            7,
+        )
+        .unwrap();
+        f.handle_report(
+            2,
+            Report {
+                links: vec![],
+                routes: vec![route("o/n/chan", 1)],
+                routes_truncated: false,
+            },
+            7,
+        )
+        .unwrap();
+        let ch = f.channels();
+        assert_eq!(ch.len(), 1);
+        assert_eq!(ch[0].name, "o/n/chan");
+        assert_eq!(ch[0].subscribers, 3);
+        assert_eq!(f.links().len(), 1);
+        assert_eq!(f.links_up(), 1);
+        let nodes = f.nodes();
+        assert_eq!(nodes[0].links_up, 1);
+        assert_eq!(nodes[0].last_seen_ms, 7);
+        assert_eq!(nodes[0].dials, vec!["b".to_string()]);
+        assert_eq!(f.routes("b").unwrap().len(), 1);
+        assert!(f.routes("zz").is_none());
+    }
+}

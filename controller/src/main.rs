@@ -1,0 +1,68 @@
+//! `slim-controller`: fleet registry, link planning and audit trail for a
+//! SLIM fabric.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use slim_auth::IdentitySource;
+use slim_controller::config::{FileConfig, LogFormat};
+use tracing::info;
+
+/// The SLIM controller: nodes register with it; it plans their links and
+/// keeps the fleet view and the audit trail.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML); see deploy/config/controller.toml.
+    #[arg(long, short, env = "SLIM_CONTROLLER_CONFIG")]
+    config: PathBuf,
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut cfg = FileConfig::load(&args.config)?;
+    cfg.apply_env(|k| std::env::var(k).ok())?;
+    cfg.validate()?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let sub = tracing_subscriber::fmt().with_env_filter(filter);
+    match args.log_format.unwrap_or(cfg.log.format) {
+        LogFormat::Json => sub.json().init(),
+        LogFormat::Text => sub.init(),
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run(cfg))
+}
+
+async fn run(cfg: FileConfig) -> Result<()> {
+    let src = IdentitySource::start(cfg.identity_source()?)
+        .await
+        .context("cannot get the controller identity")?;
+    info!(spiffe_id = %src.spiffe_id(), "identity loaded");
+    if !cfg.metrics.listen.is_empty() {
+        let prom = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .context("cannot install the metrics recorder")?;
+        let addr = cfg.metrics.listen.parse().expect("validated");
+        slim_controller::http::serve(addr, prom)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    }
+    let ctl = slim_controller::start(cfg.controller_config(), &src).await?;
+    println!("slim-controller listening on {}", ctl.local_addr());
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+    ctl.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,723 @@
+//! The controller protocol. Sans-IO: messages in, bytes out, and back.
+//!
+//! # Framing
+//!
+//! One bidirectional QUIC stream per connection (ALPN [`ALPN_CONTROLLER`]),
+//! opened by the caller (a node or an admin client). Each message is one
+//! frame: `len: u32 BE | body`, `len` counting the body only. The body is the
+//! message as MessagePack (rmp-serde, compact form: a struct is an array of
+//! its fields in declaration order; an enum is a one-entry map
+//! `{"Variant": fields}`, a unit variant just the string `"Variant"`). A
+//! declared `len` of 0 or over [`Limits::max_frame`] is an error as soon as
+//! the 4 length bytes are in, before anything is allocated for the body; a
+//! partial frame is "need more" (`Ok(None)`), never an error.
+//!
+//! # Conversation
+//!
+//! Node: `Register` → `Registered`, then any number of `Report` and `Events`
+//! (each answered by `EventsAck`) while the controller pushes `SetPeers`
+//! whenever the node's planned dial set changes. The caller's SPIFFE ID is
+//! taken from its TLS certificate, never from a message.
+//!
+//! Admin: `Admin(request)` → `Admin(response)` (or `Error`), repeatedly.
+//!
+//! Times are Unix milliseconds (`u64`).
+
+use std::net::SocketAddr;
+
+use bytes::{Buf, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// ALPN of the controller protocol, version 1.
+pub const ALPN_CONTROLLER: &[u8] = b"slim-controller/1";
+/// Default largest frame body: admin answers (audit pages) can be large.
+pub const DEFAULT_MAX_FRAME: u32 = 8 << 20;
+
+/// Codec limits; configuration, not constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_frame: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error("empty frame")]
+    EmptyFrame,
+    #[error("frame of {declared} bytes exceeds the limit of {max}")]
+    FrameTooLarge { declared: u64, max: u32 },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+impl ProtoError {
+    /// Short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProtoError::EmptyFrame => "empty_frame",
+            ProtoError::FrameTooLarge { .. } => "too_large",
+            ProtoError::Malformed(_) => "malformed",
+            ProtoError::Encode(_) => "encode",
+        }
+    }
+}
+
+/// Error codes carried in [`FromController::Error`] and as QUIC close codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    pub const UNAUTHORIZED: ErrorCode = ErrorCode(1);
+    pub const BAD_REQUEST: ErrorCode = ErrorCode(2);
+    /// Another identity holds this node id on a live connection.
+    pub const NODE_ID_TAKEN: ErrorCode = ErrorCode(3);
+    pub const INTERNAL: ErrorCode = ErrorCode(4);
+    pub const UNKNOWN_NODE: ErrorCode = ErrorCode(5);
+    /// A newer connection registered the same node id.
+    pub const REPLACED: ErrorCode = ErrorCode(6);
+    pub const SHUTTING_DOWN: ErrorCode = ErrorCode(7);
+    pub const MALFORMED: ErrorCode = ErrorCode(8);
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UNAUTHORIZED => "unauthorized",
+            Self::BAD_REQUEST => "bad_request",
+            Self::NODE_ID_TAKEN => "node_id_taken",
+            Self::INTERNAL => "internal",
+            Self::UNKNOWN_NODE => "unknown_node",
+            Self::REPLACED => "replaced",
+            Self::SHUTTING_DOWN => "shutting_down",
+            Self::MALFORMED => "malformed",
+            _ => "unknown",
+        }
+    }
+}
+
+/// A node introduces itself. `[node_id, cluster, external_endpoint, listen,
+/// server_name, epoch, dialing]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    pub node_id: String,
+    /// Cluster / group name, for the fleet view.
+    pub cluster: String,
+    /// Where other nodes can dial this node; `None`: behind NAT, dials only.
+    pub external_endpoint: Option<SocketAddr>,
+    /// The node's bound listen address (informational).
+    pub listen: Option<SocketAddr>,
+    /// TLS server name other nodes use when dialling it.
+    pub server_name: String,
+    /// Random per node process start; scopes event sequence numbers.
+    pub epoch: u64,
+    /// The dial set the node currently applies (from an earlier controller
+    /// run): lets a restarted controller keep links to peers that have not
+    /// re-registered yet.
+    pub dialing: Vec<PeerSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkDirection {
+    Dialled,
+    Accepted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Connecting,
+    Up,
+    Backoff,
+}
+
+/// One peer link as its node sees it. `[peer_node_id, peer_spiffe_id,
+/// remote_addr, direction, state, up_since_ms, frames_in, frames_out, drops]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    pub peer_node_id: String,
+    pub peer_spiffe_id: Option<String>,
+    pub remote_addr: SocketAddr,
+    pub direction: LinkDirection,
+    pub state: LinkState,
+    pub up_since_ms: Option<u64>,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub drops: u64,
+}
+
+/// One name in a node's routing table. `[name, local_subscribers, remote_peers]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    pub name: String,
+    pub local_subscribers: u64,
+    pub remote_peers: Vec<String>,
+}
+
+/// Periodic full state of a node. `[links, routes, routes_truncated]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Report {
+    pub links: Vec<LinkInfo>,
+    pub routes: Vec<RouteInfo>,
+    /// The node has more routes than [`MAX_REPORT_ROUTES`]; the rest were
+    /// left out (the fleet view is partial for that node).
+    pub routes_truncated: bool,
+}
+
+/// Most routes one report carries (keeps a report well under the frame
+/// limit on a node with very many names).
+pub const MAX_REPORT_ROUTES: usize = 20_000;
+
+/// Something that happened on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeEvent {
+    ClientConnected {
+        client: String,
+        spiffe_id: Option<String>,
+        at_ms: u64,
+    },
+    ClientDisconnected {
+        client: String,
+        spiffe_id: Option<String>,
+        at_ms: u64,
+    },
+    Subscribed {
+        name: String,
+        client: String,
+        spiffe_id: Option<String>,
+        at_ms: u64,
+    },
+    Unsubscribed {
+        name: String,
+        client: String,
+        spiffe_id: Option<String>,
+        at_ms: u64,
+    },
+    LinkUp {
+        peer_node_id: String,
+        at_ms: u64,
+    },
+    LinkDown {
+        peer_node_id: String,
+        reason: String,
+        at_ms: u64,
+    },
+}
+
+/// A link the controller wants a node to dial. `[node_id, addr, server_name,
+/// expect_spiffe_id]`; `expect_spiffe_id` is the SPIFFE ID the target
+/// presented to the controller, so the dialler pins it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PeerSpec {
+    pub node_id: String,
+    pub addr: SocketAddr,
+    pub server_name: String,
+    pub expect_spiffe_id: Option<String>,
+}
+
+/// Caller → controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToController {
+    /// `Register`.
+    Register(Register),
+    /// `Report` (full state; also sent right after registering).
+    Report(Report),
+    /// `[epoch, first_seq, events]`: events numbered `first_seq..`;
+    /// resent after a reconnect until acknowledged (the controller skips
+    /// numbers it already stored for this epoch).
+    Events {
+        epoch: u64,
+        first_seq: u64,
+        events: Vec<NodeEvent>,
+    },
+    /// An admin request.
+    Admin(AdminRequest),
+}
+
+/// Controller → caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToCaller {
+    /// Registration accepted.
+    Registered,
+    /// The complete set of links this node should dial.
+    SetPeers(Vec<PeerSpec>),
+    /// `[epoch, upto]`: events up to and including `upto` are stored.
+    EventsAck { epoch: u64, upto: u64 },
+    /// An admin response.
+    Admin(AdminResponse),
+    /// `[code, reason]`; for a node, the connection closes after it.
+    Error { code: ErrorCode, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    ListNodes,
+    ListLinks,
+    ListRoutes {
+        node: String,
+    },
+    ListChannels,
+    /// Newest `limit` records matching; `since_ms` inclusive.
+    Audit {
+        channel: Option<String>,
+        since_ms: Option<u64>,
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AdminResponse {
+    Nodes(Vec<NodeView>),
+    Links(Vec<LinkView>),
+    Routes {
+        node: String,
+        routes: Vec<RouteInfo>,
+    },
+    Channels(Vec<ChannelView>),
+    Audit {
+        records: Vec<AuditRecord>,
+        /// More records matched than `limit`; the oldest were left out.
+        truncated: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub node_id: String,
+    pub cluster: String,
+    pub spiffe_id: String,
+    pub external_endpoint: Option<SocketAddr>,
+    pub listen: Option<SocketAddr>,
+    pub connected: bool,
+    pub registered_ms: u64,
+    pub last_seen_ms: u64,
+    /// Links in state `Up` in the node's last report.
+    pub links_up: u32,
+    /// Node ids this node was told to dial.
+    pub dials: Vec<String>,
+    /// Known only from another node's dial set (not registered since the
+    /// controller started); kept in the plan until it registers or the
+    /// plan grace runs out.
+    pub hearsay: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkView {
+    /// The node that reported the link.
+    pub node_id: String,
+    pub link: LinkInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelNode {
+    pub node_id: String,
+    pub local_subscribers: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelView {
+    pub name: String,
+    pub subscribers: u64,
+    pub nodes: Vec<ChannelNode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditKind {
+    ClientConnected,
+    ClientDisconnected,
+    Subscribed,
+    Unsubscribed,
+}
+
+impl AuditKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditKind::ClientConnected => "client_connected",
+            AuditKind::ClientDisconnected => "client_disconnected",
+            AuditKind::Subscribed => "subscribed",
+            AuditKind::Unsubscribed => "unsubscribed",
+        }
+    }
+}
+
+/// One audit trail entry: who (SPIFFE ID) did what on which node, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Position in the trail (monotonic across restarts).
+    pub seq: u64,
+    /// When it happened (node clock).
+    pub at_ms: u64,
+    /// When the controller stored it.
+    pub recorded_ms: u64,
+    pub node_id: String,
+    pub node_spiffe_id: String,
+    pub kind: AuditKind,
+    pub client: String,
+    pub spiffe_id: Option<String>,
+    pub channel: Option<String>,
+}
+
+/// Appends `msg` as one frame to `out`. A body over the limit is an error
+/// (the peer would refuse it).
+pub fn encode<T: Serialize>(msg: &T, limits: &Limits, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    if let Err(e) = rmp_serde::encode::write(out, msg) {
+        out.truncate(start);
+        return Err(ProtoError::Encode(e.to_string()));
+    }
+    let len = out.len() - start - 4;
+    if len > limits.max_frame as usize {
+        out.truncate(start);
+        return Err(ProtoError::FrameTooLarge {
+            declared: len as u64,
+            max: limits.max_frame,
+        });
+    }
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// If `buf` starts with a whole frame, its total length (header included).
+pub fn check(buf: &[u8], limits: &Limits) -> Result<Option<usize>, ProtoError> {
+    let Some(head) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(*head);
+    if len == 0 {
+        return Err(ProtoError::EmptyFrame);
+    }
+    if len > limits.max_frame {
+        return Err(ProtoError::FrameTooLarge {
+            declared: len as u64,
+            max: limits.max_frame,
+        });
+    }
+    let total = 4 + len as usize;
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// Decodes one message from the front of `buf`, consuming its frame.
+/// `Ok(None)`: need more bytes. A malformed body consumes the frame too, so
+/// the caller may carry on if it wishes.
+pub fn decode<T: DeserializeOwned>(
+    buf: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Option<T>, ProtoError> {
+    let Some(total) = check(buf, limits)? else {
+        return Ok(None);
+    };
+    let frame = buf.split_to(total);
+    let mut body = &frame[4..];
+    let msg = rmp_serde::decode::from_read(&mut body)
+        .map_err(|e| ProtoError::Malformed(e.to_string()))?;
+    if body.has_remaining() {
+        return Err(ProtoError::Malformed(format!(
+            "{} trailing bytes after the message",
+            body.remaining()
+        )));
+    }
+    Ok(Some(msg))
+}
+
+/// `SystemTime` → Unix milliseconds (0 before the epoch).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn now_ms() -> u64 {
+    unix_ms(std::time::SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn addr() -> impl Strategy<Value = SocketAddr> {
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::from((ip, p)))
+    }
+
+    fn opt_str() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of("[a-z:/.]{0,20}")
+    }
+
+    fn event() -> impl Strategy<Value = NodeEvent> {
+        prop_oneof![
+            ("[a-z/]{1,20}", opt_str(), any::<u64>()).prop_map(|(client, spiffe_id, at_ms)| {
+                NodeEvent::ClientConnected {
+                    client,
+                    spiffe_id,
+                    at_ms,
+                }
+            }),
+            ("[a-z/]{1,20}", "[a-z/]{1,20}", opt_str(), any::<u64>()).prop_map(
+                |(name, client, spiffe_id, at_ms)| NodeEvent::Subscribed {
+                    name,
+                    client,
+                    spiffe_id,
+                    at_ms
+                }
+            ),
+            ("[a-z]{1,8}", ".{0,30}", any::<u64>()).prop_map(|(peer_node_id, reason, at_ms)| {
+                NodeEvent::LinkDown {
+                    peer_node_id,
+                    reason,
+                    at_ms,
+                }
+            }),
+        ]
+    }
+
+    fn link() -> impl Strategy<Value = LinkInfo> {
+        (
+            "[a-z]{1,8}",
+            opt_str(),
+            addr(),
+            any::<bool>(),
+            0u8..3,
+            proptest::option::of(any::<u64>()),
+            any::<(u64, u64, u64)>(),
+        )
+            .prop_map(|(peer, sid, remote_addr, d, s, up, (i, o, x))| LinkInfo {
+                peer_node_id: peer,
+                peer_spiffe_id: sid,
+                remote_addr,
+                direction: if d {
+                    LinkDirection::Dialled
+                } else {
+                    LinkDirection::Accepted
+                },
+                state: [LinkState::Connecting, LinkState::Up, LinkState::Backoff][s as usize],
+                up_since_ms: up,
+                frames_in: i,
+                frames_out: o,
+                drops: x,
+            })
+    }
+
+    fn to_controller() -> impl Strategy<Value = ToController> {
+        prop_oneof![
+            (
+                "[a-z0-9-]{1,10}",
+                "[a-z]{0,10}",
+                proptest::option::of(addr()),
+                proptest::option::of(addr()),
+                "[a-z.]{0,10}",
+                any::<u64>()
+            )
+                .prop_map(|(node_id, cluster, ext, listen, server_name, epoch)| {
+                    ToController::Register(Register {
+                        dialing: ext
+                            .map(|addr| PeerSpec {
+                                node_id: format!("{node_id}-peer"),
+                                addr,
+                                server_name: server_name.clone(),
+                                expect_spiffe_id: None,
+                            })
+                            .into_iter()
+                            .collect(),
+                        node_id,
+                        cluster,
+                        external_endpoint: ext,
+                        listen,
+                        server_name,
+                        epoch,
+                    })
+                }),
+            (
+                proptest::collection::vec(link(), 0..4),
+                proptest::collection::vec(
+                    (
+                        "[a-z/]{1,20}",
+                        any::<u64>(),
+                        proptest::collection::vec("[a-z]{1,5}", 0..3)
+                    )
+                        .prop_map(|(name, local_subscribers, remote_peers)| {
+                            RouteInfo {
+                                name,
+                                local_subscribers,
+                                remote_peers,
+                            }
+                        }),
+                    0..4
+                )
+            )
+                .prop_map(|(links, routes)| {
+                    ToController::Report(Report {
+                        links,
+                        routes,
+                        routes_truncated: false,
+                    })
+                }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                proptest::collection::vec(event(), 0..5)
+            )
+                .prop_map(|(epoch, first_seq, events)| ToController::Events {
+                    epoch,
+                    first_seq,
+                    events
+                }),
+            (opt_str(), proptest::option::of(any::<u64>()), any::<u32>()).prop_map(
+                |(channel, since_ms, limit)| ToController::Admin(AdminRequest::Audit {
+                    channel,
+                    since_ms,
+                    limit
+                })
+            ),
+            Just(ToController::Admin(AdminRequest::ListNodes)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip_any_split(msgs in proptest::collection::vec(to_controller(), 1..6), cut in any::<usize>()) {
+            let limits = Limits::default();
+            let mut bytes = Vec::new();
+            for m in &msgs {
+                encode(m, &limits, &mut bytes).unwrap();
+            }
+            // Feed in two pieces split anywhere: the first piece may end
+            // mid-frame, which must be "need more", never an error.
+            let cut = cut % (bytes.len() + 1);
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            let mut out = Vec::new();
+            while let Some(m) = decode::<ToController>(&mut buf, &limits).unwrap() {
+                out.push(m);
+            }
+            buf.extend_from_slice(&bytes[cut..]);
+            while let Some(m) = decode::<ToController>(&mut buf, &limits).unwrap() {
+                out.push(m);
+            }
+            prop_assert_eq!(out, msgs);
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn garbage_is_an_error_or_need_more_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let _ = decode::<ToController>(&mut buf, &Limits { max_frame: 128 });
+            let mut buf = BytesMut::from(&bytes[..]);
+            let _ = decode::<ToCaller>(&mut buf, &Limits { max_frame: 128 });
+        }
+    }
+
+    #[test]
+    fn round_trip_to_caller() {
+        let limits = Limits::default();
+        let msgs = vec![
+            ToCaller::Registered,
+            ToCaller::SetPeers(vec![PeerSpec {
+                node_id: "b".into(),
+                addr: "10.0.0.2:4500".parse().unwrap(),
+                server_name: "slim-node".into(),
+                expect_spiffe_id: Some("spiffe://acme/b/node/b".into()),
+            }]),
+            ToCaller::EventsAck { epoch: 7, upto: 42 },
+            ToCaller::Error {
+                code: ErrorCode::UNAUTHORIZED,
+                reason: "no".into(),
+            },
+            ToCaller::Admin(AdminResponse::Audit {
+                records: vec![AuditRecord {
+                    seq: 1,
+                    at_ms: 2,
+                    recorded_ms: 3,
+                    node_id: "a".into(),
+                    node_spiffe_id: "spiffe://x/a".into(),
+                    kind: AuditKind::Subscribed,
+                    client: "o/n/s/1".into(),
+                    spiffe_id: None,
+                    channel: Some("o/n/c".into()),
+                }],
+                truncated: false,
+            }),
+        ];
+        let mut bytes = Vec::new();
+        for m in &msgs {
+            encode(m, &limits, &mut bytes).unwrap();
+        }
+        let mut buf = BytesMut::from(&bytes[..]);
+        for m in &msgs {
+            assert_eq!(
+                decode::<ToCaller>(&mut buf, &limits).unwrap().as_ref(),
+                Some(m)
+            );
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn oversized_length_is_refused_from_the_header_alone() {
+        let limits = Limits { max_frame: 1024 };
+        // Only the 4 length bytes: the body was never sent, nothing allocated.
+        let mut buf = BytesMut::from(&0xFFFF_FFFFu32.to_be_bytes()[..]);
+        assert_eq!(
+            decode::<ToController>(&mut buf, &limits),
+            Err(ProtoError::FrameTooLarge {
+                declared: 0xFFFF_FFFF,
+                max: 1024
+            })
+        );
+        let mut buf = BytesMut::from(&[0, 0, 0, 0][..]);
+        assert_eq!(
+            decode::<ToController>(&mut buf, &limits),
+            Err(ProtoError::EmptyFrame)
+        );
+        // Three bytes of header: need more.
+        let mut buf = BytesMut::from(&[0, 0, 1][..]);
+        assert_eq!(decode::<ToController>(&mut buf, &limits), Ok(None));
+    }
+
+    #[test]
+    fn malformed_body_and_trailing_bytes_are_errors() {
+        let limits = Limits::default();
+        // A MessagePack string where an enum is expected.
+        let mut buf = BytesMut::from(&[0, 0, 0, 2, 0xa1, b'x'][..]);
+        assert!(matches!(
+            decode::<ToController>(&mut buf, &limits),
+            Err(ProtoError::Malformed(_))
+        ));
+        assert!(buf.is_empty(), "the bad frame is consumed");
+        // A valid message followed by junk inside the same frame.
+        let mut good = Vec::new();
+        encode(&ToCaller::Registered, &limits, &mut good).unwrap();
+        let body_len = good.len() - 4 + 1;
+        let mut framed = (body_len as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&good[4..]);
+        framed.push(0xc0);
+        let mut buf = BytesMut::from(&framed[..]);
+        assert!(matches!(
+            decode::<ToCaller>(&mut buf, &limits),
+            Err(ProtoError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn encoding_over_the_limit_is_refused_and_leaves_out_unchanged() {
+        let limits = Limits { max_frame: 64 };
+        let mut out = vec![1, 2, 3];
+        let big = ToController::Admin(AdminRequest::ListRoutes {
+            node: "x".repeat(100),
+        });
+        assert!(matches!(
+            encode(&big, &limits, &mut out),
+            Err(ProtoError::FrameTooLarge { .. })
+        ));
+        assert_eq!(out, vec![1, 2, 3]);
+    }
+}

@@ -1,0 +1,326 @@
+//! Admin commands: they talk to the controller (QUIC + mutual TLS, an admin
+//! SPIFFE ID), never to a node. `--output json` prints the controller's
+//! answer as one JSON array (times in Unix milliseconds).
+
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use slim_auth::{ServerMatch, SpiffeId};
+use slim_controller::ControllerConn;
+use slim_controller::proto::{AdminRequest, AdminResponse, Limits, unix_ms};
+
+use super::{IdentityArgs, Output, parse_duration, print_json};
+
+/// Where the controller is and who we are.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ControllerArgs {
+    /// The controller's QUIC address (host:port).
+    #[arg(long, env = "SLIMCTL_CONTROLLER", default_value = "127.0.0.1:4600")]
+    controller: String,
+    /// TLS server name (SNI) of the controller.
+    #[arg(long, default_value = "slim-controller")]
+    controller_name: String,
+    /// Pin the controller's SPIFFE ID (default: any SVID of our trust domain).
+    #[arg(long)]
+    controller_id: Option<String>,
+    #[command(flatten)]
+    id: IdentityArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum NodeCmd {
+    /// Registered nodes: cluster, identity, endpoint, connected, links.
+    List {
+        #[command(flatten)]
+        ctl: ControllerArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum LinkCmd {
+    /// Peer links as the nodes report them (each side reports its end).
+    List {
+        #[command(flatten)]
+        ctl: ControllerArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum RouteCmd {
+    /// One node's routing table: names, local subscribers, remote peers.
+    List {
+        /// The node id.
+        #[arg(long)]
+        node: String,
+        #[command(flatten)]
+        ctl: ControllerArgs,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct AuditArgs {
+    /// Only this channel (exact name).
+    #[arg(long)]
+    channel: Option<String>,
+    /// Only events at or after T: RFC 3339 (2026-01-02T03:04:05Z), or an age
+    /// such as 10m, 2h, 1d.
+    #[arg(long)]
+    since: Option<String>,
+    /// At most this many records (the newest).
+    #[arg(long, default_value_t = 1000)]
+    limit: u32,
+    #[command(flatten)]
+    ctl: ControllerArgs,
+}
+
+pub(crate) async fn node(cmd: NodeCmd, out: Output) -> Result<()> {
+    let NodeCmd::List { ctl } = cmd;
+    let AdminResponse::Nodes(nodes) = request(&ctl, AdminRequest::ListNodes).await? else {
+        bail!("unexpected answer from the controller");
+    };
+    if out == Output::Json {
+        return print_json(&nodes);
+    }
+    let rows = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node_id.clone(),
+                n.cluster.clone(),
+                n.spiffe_id.clone(),
+                n.external_endpoint
+                    .map_or("- (dials out)".into(), |a| a.to_string()),
+                if n.connected {
+                    "yes".into()
+                } else {
+                    "no".into()
+                },
+                ago(n.last_seen_ms),
+                n.links_up.to_string(),
+                n.dials.join(","),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NODE",
+            "CLUSTER",
+            "SPIFFE ID",
+            "ENDPOINT",
+            "CONNECTED",
+            "LAST SEEN",
+            "LINKS UP",
+            "DIALS",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+pub(crate) async fn link(cmd: LinkCmd, out: Output) -> Result<()> {
+    let LinkCmd::List { ctl } = cmd;
+    let AdminResponse::Links(links) = request(&ctl, AdminRequest::ListLinks).await? else {
+        bail!("unexpected answer from the controller");
+    };
+    if out == Output::Json {
+        return print_json(&links);
+    }
+    let rows = links
+        .iter()
+        .map(|l| {
+            vec![
+                l.node_id.clone(),
+                l.link.peer_node_id.clone(),
+                format!("{:?}", l.link.direction).to_lowercase(),
+                format!("{:?}", l.link.state).to_lowercase(),
+                l.link.remote_addr.to_string(),
+                l.link.up_since_ms.map_or("-".into(), ago),
+                l.link.frames_in.to_string(),
+                l.link.frames_out.to_string(),
+                l.link.drops.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NODE",
+            "PEER",
+            "DIRECTION",
+            "STATE",
+            "REMOTE",
+            "UP FOR",
+            "IN",
+            "OUT",
+            "DROPS",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+pub(crate) async fn route(cmd: RouteCmd, out: Output) -> Result<()> {
+    let RouteCmd::List { node, ctl } = cmd;
+    let AdminResponse::Routes { routes, .. } =
+        request(&ctl, AdminRequest::ListRoutes { node }).await?
+    else {
+        bail!("unexpected answer from the controller");
+    };
+    if out == Output::Json {
+        return print_json(&routes);
+    }
+    let rows = routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.local_subscribers.to_string(),
+                r.remote_peers.join(","),
+            ]
+        })
+        .collect();
+    table(&["NAME", "LOCAL SUBSCRIBERS", "REMOTE PEERS"], rows);
+    Ok(())
+}
+
+pub(crate) async fn channel_list(ctl: ControllerArgs, out: Output) -> Result<()> {
+    let AdminResponse::Channels(chans) = request(&ctl, AdminRequest::ListChannels).await? else {
+        bail!("unexpected answer from the controller");
+    };
+    if out == Output::Json {
+        return print_json(&chans);
+    }
+    let rows = chans
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                c.subscribers.to_string(),
+                c.nodes
+                    .iter()
+                    .map(|n| format!("{}({})", n.node_id, n.local_subscribers))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    table(&["CHANNEL", "SUBSCRIBERS", "NODES"], rows);
+    Ok(())
+}
+
+pub(crate) async fn audit(args: AuditArgs, out: Output) -> Result<()> {
+    let since_ms = args.since.as_deref().map(parse_since).transpose()?;
+    let req = AdminRequest::Audit {
+        channel: args.channel,
+        since_ms,
+        limit: args.limit,
+    };
+    let AdminResponse::Audit { records, truncated } = request(&args.ctl, req).await? else {
+        bail!("unexpected answer from the controller");
+    };
+    if out == Output::Json {
+        return print_json(&records);
+    }
+    let rows = records
+        .iter()
+        .map(|r| {
+            vec![
+                rfc3339(r.at_ms),
+                r.node_id.clone(),
+                r.kind.as_str().into(),
+                r.channel.clone().unwrap_or_else(|| "-".into()),
+                r.client.clone(),
+                r.spiffe_id.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        &["TIME", "NODE", "EVENT", "CHANNEL", "CLIENT", "SPIFFE ID"],
+        rows,
+    );
+    if truncated {
+        eprintln!("(older records left out; raise --limit or narrow with --since)");
+    }
+    Ok(())
+}
+
+/// RFC 3339, or an age relative to now.
+fn parse_since(s: &str) -> Result<u64> {
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return Ok((t.unix_timestamp_nanos() / 1_000_000).max(0) as u64);
+    }
+    let age = parse_duration(s)
+        .map_err(|e| anyhow::anyhow!("--since: not RFC 3339 and not an age ({e})"))?;
+    Ok(unix_ms(SystemTime::now()).saturating_sub(age.as_millis() as u64))
+}
+
+async fn request(ctl: &ControllerArgs, req: AdminRequest) -> Result<AdminResponse> {
+    if ctl.id.jwt_audience.is_some() {
+        bail!("the controller authenticates admins by X.509-SVID only (drop --jwt-audience)");
+    }
+    let src = ctl.id.source().await?;
+    let server = match &ctl.controller_id {
+        Some(id) => ServerMatch::Exact(
+            SpiffeId::parse(id).with_context(|| format!("invalid --controller-id {id:?}"))?,
+        ),
+        None => ServerMatch::TrustDomain(src.spiffe_id().trust_domain().to_owned()),
+    };
+    let tls = slim_auth::tls::client_config_from_source(
+        &src,
+        &[slim_controller::ALPN_CONTROLLER],
+        server,
+    )?;
+    let addr = tokio::net::lookup_host(&ctl.controller)
+        .await
+        .with_context(|| format!("cannot resolve {}", ctl.controller))?
+        .next()
+        .with_context(|| format!("no address for {}", ctl.controller))?;
+    let timeout = Duration::from_secs(10);
+    let mut conn =
+        ControllerConn::connect(addr, &ctl.controller_name, tls, Limits::default(), timeout)
+            .await
+            .with_context(|| format!("cannot reach the controller at {addr}"))?;
+    let answer = conn.admin(req, timeout).await;
+    conn.close().await;
+    src.shutdown().await;
+    Ok(answer?)
+}
+
+fn rfc3339(ms: u64) -> String {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+fn ago(ms: u64) -> String {
+    let now = unix_ms(SystemTime::now());
+    match now.checked_sub(ms) {
+        Some(d) if d < 1000 => "now".into(),
+        Some(d) if d < 120_000 => format!("{}s", d / 1000),
+        Some(d) if d < 7_200_000 => format!("{}m", d / 60_000),
+        Some(d) => format!("{}h", d / 3_600_000),
+        None => "now".into(),
+    }
+}
+
+fn table(head: &[&str], rows: Vec<Vec<String>>) {
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(head.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}

@@ -1,0 +1,571 @@
+//! The controller over real QUIC + mTLS on loopback, with in-process nodes:
+//! registration and the fleet view, link planning pushed to nodes, the
+//! audit trail across a controller restart, a node carrying on while the
+//! controller is down, and refusal of unknown identities.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use slim_actors::{LinkState, NodeHandle};
+use slim_controller::proto::{
+    AdminRequest, AdminResponse, AuditKind, Limits, ToCaller, ToController,
+};
+use slim_controller::{ConnError, ControllerConfig, ControllerConn, ControllerHandle, FleetConfig};
+use slim_node::controller::{ControllerLink, ControllerLinkConfig};
+use slim_tests::*;
+use slim_wire::Mode;
+
+const T: Duration = Duration::from_secs(20);
+
+async fn start_controller(pki: &Pki, dir: &Path, listen: SocketAddr) -> ControllerHandle {
+    let mut cfg = ControllerConfig::new(listen, dir.to_owned());
+    cfg.nodes = vec![format!("spiffe://{}/node/*", pki.ca.trust_domain())];
+    cfg.admins = vec![format!("spiffe://{}/ops/**", pki.ca.trust_domain())];
+    // Nodes here reconnect within 500 ms; the hold only has to cover that.
+    cfg.fleet = FleetConfig {
+        plan_grace: Duration::from_secs(300),
+        startup_hold: Duration::from_millis(1500),
+    };
+    let identity = pki.identity("controller");
+    // A restarted controller binds the port its predecessor just released.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match slim_controller::start(cfg.clone(), &identity).await {
+            Ok(c) => return c,
+            Err(slim_controller::ControllerError::Bind { .. })
+            | Err(slim_controller::ControllerError::Store(_))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("start controller: {e}"),
+        }
+    }
+}
+
+async fn start_fed_node(pki: &Pki, id: &str) -> Arc<NodeHandle> {
+    let mut cfg = slim_actors::NodeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        node_id: id.into(),
+        ..Default::default()
+    };
+    cfg.federation.backoff_initial = Duration::from_millis(50);
+    cfg.federation.backoff_max = Duration::from_millis(500);
+    let identity = pki.identity(&format!("node/{id}"));
+    Arc::new(
+        slim_actors::start(cfg, &identity)
+            .await
+            .expect("start node"),
+    )
+}
+
+fn link(
+    pki: &Pki,
+    node: &Arc<NodeHandle>,
+    ctl: SocketAddr,
+    cluster: &str,
+    reachable: bool,
+) -> ControllerLink {
+    let mut cfg = ControllerLinkConfig::new(ctl.to_string());
+    cfg.cluster = cluster.into();
+    cfg.external_endpoint = reachable.then(|| node.local_addr());
+    cfg.report_interval = Duration::from_millis(200);
+    cfg.backoff_initial = Duration::from_millis(50);
+    cfg.backoff_max = Duration::from_millis(500);
+    // A handshake towards a stopped controller only ends by timeout.
+    cfg.connect_timeout = Duration::from_secs(2);
+    let identity = pki.identity(&format!("node/{}", node.node_id()));
+    slim_node::controller::spawn(node, (&identity).into(), cfg)
+}
+
+async fn admin_as(
+    pki: &Pki,
+    who: &str,
+    ctl: SocketAddr,
+    req: AdminRequest,
+) -> Result<AdminResponse, ConnError> {
+    let identity = pki.identity(who);
+    let tls = slim_auth::client_config(
+        &identity,
+        &[slim_controller::ALPN_CONTROLLER],
+        slim_auth::ServerMatch::Any,
+    )
+    .unwrap();
+    let mut c = ControllerConn::connect(ctl, "slim-controller", tls, Limits::default(), T).await?;
+    let r = c.admin(req, T).await;
+    c.close().await;
+    r
+}
+
+async fn admin(pki: &Pki, ctl: SocketAddr, req: AdminRequest) -> AdminResponse {
+    admin_as(pki, "ops/alice", ctl, req)
+        .await
+        .expect("admin request")
+}
+
+async fn nodes(pki: &Pki, ctl: SocketAddr) -> Vec<slim_controller::proto::NodeView> {
+    match admin(pki, ctl, AdminRequest::ListNodes).await {
+        AdminResponse::Nodes(n) => n,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn audit(
+    pki: &Pki,
+    ctl: SocketAddr,
+    channel: &str,
+) -> Vec<slim_controller::proto::AuditRecord> {
+    let req = AdminRequest::Audit {
+        channel: Some(channel.into()),
+        since_ms: None,
+        limit: 1000,
+    };
+    match admin(pki, ctl, req).await {
+        AdminResponse::Audit { records, .. } => records,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn up_links(n: &NodeHandle) -> Vec<String> {
+    let mut v: Vec<String> = n
+        .links()
+        .into_iter()
+        .filter(|l| l.state == LinkState::Up)
+        .map(|l| l.peer_node_id)
+        .collect();
+    v.sort();
+    v
+}
+
+async fn stop_node(n: Arc<NodeHandle>) {
+    Arc::into_inner(n)
+        .expect("sole owner")
+        .shutdown(Duration::from_secs(1))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_register_and_appear_in_the_fleet_view() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = start_controller(&pki, dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = ctl.local_addr();
+    let a = start_fed_node(&pki, "a").await;
+    let b = start_fed_node(&pki, "b").await;
+    let la = link(&pki, &a, addr, "cluster-a", false);
+    let lb = link(&pki, &b, addr, "cluster-b", true);
+    assert_eventually(T, "both nodes registered", || async {
+        nodes(&pki, addr)
+            .await
+            .iter()
+            .filter(|n| n.connected)
+            .count()
+            == 2
+    })
+    .await;
+    let list = nodes(&pki, addr).await;
+    let na = list.iter().find(|n| n.node_id == "a").unwrap();
+    let nb = list.iter().find(|n| n.node_id == "b").unwrap();
+    assert_eq!(na.cluster, "cluster-a");
+    // The SPIFFE ID comes from the node's certificate.
+    assert_eq!(na.spiffe_id, "spiffe://example.org/node/a");
+    assert_eq!(na.external_endpoint, None);
+    assert_eq!(nb.external_endpoint, Some(b.local_addr()));
+    assert_eq!(na.listen, Some(a.local_addr()));
+    // The NATed node dials the reachable one, never the other way.
+    assert_eq!(na.dials, vec!["b".to_string()]);
+    assert!(nb.dials.is_empty());
+    assert!(la.is_connected() && lb.is_connected());
+    // Routes come from the periodic reports.
+    let sub = client(&pki, a.local_addr(), "acme/a/sub").await;
+    sub.subscribe(&name("acme/monitoring/fleet")).await.unwrap();
+    assert_eventually(T, "the channel shows up in channel list", || async {
+        match admin(&pki, addr, AdminRequest::ListChannels).await {
+            AdminResponse::Channels(c) => c.iter().any(|c| {
+                c.name == "acme/monitoring/fleet"
+                    && c.nodes
+                        .iter()
+                        .any(|n| n.node_id == "a" && n.local_subscribers == 1)
+            }),
+            _ => false,
+        }
+    })
+    .await;
+    match admin(&pki, addr, AdminRequest::ListRoutes { node: "a".into() }).await {
+        AdminResponse::Routes { routes, .. } => {
+            assert!(routes.iter().any(|r| r.name == "acme/monitoring/fleet"))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let unknown = admin_as(
+        &pki,
+        "ops/alice",
+        addr,
+        AdminRequest::ListRoutes { node: "zz".into() },
+    )
+    .await;
+    assert!(
+        matches!(
+            unknown,
+            Err(ConnError::Refused {
+                code: "unknown_node",
+                ..
+            })
+        ),
+        "{unknown:?}"
+    );
+    sub.close().await;
+    la.stop().await;
+    lb.stop().await;
+    stop_node(a).await;
+    stop_node(b).await;
+    ctl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_links_come_up_and_spokes_talk_through_the_hub() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = start_controller(&pki, dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = ctl.local_addr();
+    let hub = start_fed_node(&pki, "hub").await;
+    let sa = start_fed_node(&pki, "spoke-a").await;
+    let sb = start_fed_node(&pki, "spoke-b").await;
+    let links = [
+        link(&pki, &hub, addr, "admin", true),
+        link(&pki, &sa, addr, "a", false),
+        link(&pki, &sb, addr, "b", false),
+    ];
+    assert_eventually(T, "spokes linked to the hub", || async {
+        up_links(&hub) == ["spoke-a", "spoke-b"]
+            && up_links(&sa) == ["hub"]
+            && up_links(&sb) == ["hub"]
+    })
+    .await;
+    // The controller's link view, from the reports, agrees.
+    assert_eventually(T, "link list shows both links from both ends", || async {
+        match admin(&pki, addr, AdminRequest::ListLinks).await {
+            AdminResponse::Links(l) => {
+                l.iter()
+                    .filter(|l| l.link.state == slim_controller::proto::LinkState::Up)
+                    .count()
+                    == 4
+            }
+            _ => false,
+        }
+    })
+    .await;
+    // Spoke to spoke, through the hub, without any configuration for the channel.
+    let sub = client(&pki, sa.local_addr(), "acme/a/sub").await;
+    let publ = client(&pki, sb.local_addr(), "acme/b/pub").await;
+    let chan = name("acme/monitoring/security-incident");
+    sub.subscribe(&chan).await.unwrap();
+    let mut seq = 0u64;
+    // Interest propagates asynchronously: publish until the first arrives.
+    assert_eventually(T, "first cross-cluster delivery", || {
+        seq += 1;
+        let (publ, sub, chan) = (&publ, &sub, &chan);
+        let s = seq;
+        async move {
+            publ.publish(chan, Mode::Multicast, &seq_payload(s, 16))
+                .await
+                .unwrap();
+            tokio::time::timeout(Duration::from_millis(50), sub.next_message())
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    sub.close().await;
+    publ.close().await;
+    for l in links {
+        l.stop().await;
+    }
+    for n in [hub, sa, sb] {
+        stop_node(n).await;
+    }
+    ctl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_trail_survives_a_controller_restart() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = start_controller(&pki, dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = ctl.local_addr();
+    let a = start_fed_node(&pki, "a").await;
+    let la = link(&pki, &a, addr, "c", true);
+    let chan = "acme/monitoring/audited";
+    let sub = client(&pki, a.local_addr(), "acme/a/watcher").await;
+    sub.subscribe(&name(chan)).await.unwrap();
+    sub.unsubscribe(&name(chan)).await.unwrap();
+    assert_eventually(T, "join and leave audited", || async {
+        audit(&pki, addr, chan).await.len() == 2
+    })
+    .await;
+    let before = audit(&pki, addr, chan).await;
+    assert_eq!(before[0].kind, AuditKind::Subscribed);
+    assert_eq!(before[1].kind, AuditKind::Unsubscribed);
+    assert_eq!(
+        before[0].spiffe_id.as_deref(),
+        Some("spiffe://example.org/agent/acme-a-watcher")
+    );
+    assert_eq!(before[0].node_id, "a");
+    assert_eq!(before[0].node_spiffe_id, "spiffe://example.org/node/a");
+    assert!(la.pending_events() == 0 || la.is_connected());
+
+    ctl.shutdown().await;
+    let ctl = start_controller(&pki, dir.path(), addr).await;
+    // The records are back from the store, identical.
+    assert_eq!(audit(&pki, addr, chan).await, before);
+    // The fleet view is rebuilt from the node re-registering.
+    assert_eventually(T, "node re-registered", || async {
+        nodes(&pki, addr)
+            .await
+            .iter()
+            .any(|n| n.node_id == "a" && n.connected)
+    })
+    .await;
+    assert!(la.registrations() >= 2);
+    sub.close().await;
+    la.stop().await;
+    stop_node(a).await;
+    ctl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_controller_down_links_stay_and_new_interest_still_flows() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = start_controller(&pki, dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = ctl.local_addr();
+    let a = start_fed_node(&pki, "a").await;
+    let b = start_fed_node(&pki, "b").await;
+    let la = link(&pki, &a, addr, "nat", false);
+    let lb = link(&pki, &b, addr, "dc", true);
+    assert_eventually(T, "a dials b", || async {
+        up_links(&a) == ["b"] && up_links(&b) == ["a"]
+    })
+    .await;
+    let up_since = a.links()[0].up_since;
+    assert_eq!(la.dial_sets_applied(), 1);
+
+    ctl.shutdown().await;
+    assert_eventually(T, "both nodes noticed", || async {
+        !la.is_connected() && !lb.is_connected()
+    })
+    .await;
+    // A subscription made while the controller is down still propagates.
+    let chan = name("acme/monitoring/while-down");
+    let sub = client(&pki, a.local_addr(), "acme/a/late-sub").await;
+    sub.subscribe(&chan).await.unwrap();
+    let publ = client(&pki, b.local_addr(), "acme/b/pub").await;
+    let mut seq = 0u64;
+    assert_eventually(T, "delivery over the existing link", || {
+        seq += 1;
+        let (publ, sub, chan) = (&publ, &sub, &chan);
+        let s = seq;
+        async move {
+            publ.publish(chan, Mode::Multicast, &seq_payload(s, 16))
+                .await
+                .unwrap();
+            tokio::time::timeout(Duration::from_millis(50), sub.next_message())
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    assert!(la.pending_events() > 0, "the join waits for the controller");
+
+    let ctl = start_controller(&pki, dir.path(), addr).await;
+    assert_eventually(T, "both reconnect", || async {
+        la.registrations() >= 2 && lb.registrations() >= 2
+    })
+    .await;
+    // The controller replans to the same set; the node does not touch its link.
+    assert_eventually(T, "a got its dial set again", || async {
+        la.set_peers_received() >= 2
+    })
+    .await;
+    assert_eq!(
+        la.dial_sets_applied(),
+        1,
+        "an identical set is not reapplied"
+    );
+    assert_eq!(a.links()[0].up_since, up_since, "the link never flapped");
+    // The join made while the controller was away is in the audit trail.
+    assert_eventually(T, "offline join audited", || async {
+        audit(&pki, addr, chan.as_str())
+            .await
+            .iter()
+            .any(|r| r.kind == AuditKind::Subscribed && r.client.starts_with("acme/a/late-sub"))
+    })
+    .await;
+    assert_eventually(T, "pending events acknowledged", || async {
+        la.pending_events() == 0
+    })
+    .await;
+    sub.close().await;
+    publ.close().await;
+    la.stop().await;
+    lb.stop().await;
+    stop_node(a).await;
+    stop_node(b).await;
+    ctl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_controller_restart_a_peer_not_yet_back_keeps_its_links() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = start_controller(&pki, dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = ctl.local_addr();
+    let a = start_fed_node(&pki, "a").await;
+    let b = start_fed_node(&pki, "b").await;
+    let la = link(&pki, &a, addr, "nat", false);
+    let lb = link(&pki, &b, addr, "dc", true);
+    assert_eventually(T, "a dials b", || async { up_links(&a) == ["b"] }).await;
+    let up_since = a.links()[0].up_since;
+    // b loses its controller link for good (e.g. still timing out the dead
+    // controller), then the controller restarts.
+    lb.stop().await;
+    ctl.shutdown().await;
+    let ctl = start_controller(&pki, dir.path(), addr).await;
+    assert_eventually(
+        T,
+        "a re-registered and got its set after the hold",
+        || async { la.registrations() >= 2 && la.set_peers_received() >= 2 },
+    )
+    .await;
+    // a said it dials b; b is kept as hearsay, so a's set did not change.
+    assert_eq!(la.dial_sets_applied(), 1);
+    assert_eq!(up_links(&a), ["b"]);
+    assert_eq!(a.links()[0].up_since, up_since, "the link never flapped");
+    let list = nodes(&pki, addr).await;
+    let nb = list.iter().find(|n| n.node_id == "b").expect("b is listed");
+    assert!(nb.hearsay && !nb.connected, "{nb:?}");
+    assert_eq!(nb.spiffe_id, "spiffe://example.org/node/b");
+    // When b comes back it replaces the hearsay entry; still no change for a.
+    let lb = link(&pki, &b, addr, "dc", true);
+    assert_eventually(T, "b registered", || async {
+        nodes(&pki, addr)
+            .await
+            .iter()
+            .any(|n| n.node_id == "b" && n.connected && !n.hearsay)
+    })
+    .await;
+    assert_eq!(la.dial_sets_applied(), 1);
+    la.stop().await;
+    lb.stop().await;
+    stop_node(a).await;
+    stop_node(b).await;
+    ctl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_identities_are_refused() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = start_controller(&pki, dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = ctl.local_addr();
+    // Neither node nor admin: closed right after the handshake.
+    let r = admin_as(&pki, "agent/mallory", addr, AdminRequest::ListNodes).await;
+    assert!(
+        matches!(&r, Err(ConnError::Refused { code: "unauthorized", reason }) if reason.contains("agent/mallory")),
+        "{r:?}"
+    );
+    // A node identity may not use the admin API.
+    let r = admin_as(&pki, "node/a", addr, AdminRequest::ListNodes).await;
+    assert!(
+        matches!(
+            &r,
+            Err(ConnError::Refused {
+                code: "unauthorized",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    // An admin identity may not register as a node.
+    let identity = pki.identity("ops/alice");
+    let tls = slim_auth::client_config(
+        &identity,
+        &[slim_controller::ALPN_CONTROLLER],
+        slim_auth::ServerMatch::Any,
+    )
+    .unwrap();
+    let mut c = ControllerConn::connect(addr, "slim-controller", tls, Limits::default(), T)
+        .await
+        .unwrap();
+    c.stream
+        .send(&ToController::Register(slim_controller::proto::Register {
+            node_id: "evil".into(),
+            cluster: String::new(),
+            external_endpoint: Some("127.0.0.1:1".parse().unwrap()),
+            listen: None,
+            server_name: "x".into(),
+            epoch: 1,
+            dialing: vec![],
+        }))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(T, c.stream.recv::<ToCaller>())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&answer, Ok(Some(ToCaller::Error { code, .. })) if *code == slim_controller::proto::ErrorCode::UNAUTHORIZED),
+        "{answer:?}"
+    );
+    c.close().await;
+    // A certificate from another trust domain fails the handshake itself.
+    let other = Pki::new("other.example");
+    let r = admin_as(&other, "ops/alice", addr, AdminRequest::ListNodes).await;
+    assert!(matches!(r, Err(ConnError::Connect { .. })), "{r:?}");
+    // Nothing was registered by any of them.
+    assert!(nodes(&pki, addr).await.is_empty());
+    assert!(ctl.nodes().is_empty());
+    ctl.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_close_the_connection_with_a_reason() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = start_controller(&pki, dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = ctl.local_addr();
+    let identity = pki.identity("ops/alice");
+    let tls = slim_auth::client_config(
+        &identity,
+        &[slim_controller::ALPN_CONTROLLER],
+        slim_auth::ServerMatch::Any,
+    )
+    .unwrap();
+    let mut c = ControllerConn::connect(addr, "slim-controller", tls, Limits::default(), T)
+        .await
+        .unwrap();
+    // Declares 4 GiB: refused from the header alone.
+    c.stream.write_raw(&u32::MAX.to_be_bytes()).await.unwrap();
+    let closed = tokio::time::timeout(T, c.conn.closed()).await.unwrap();
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            assert_eq!(
+                a.error_code.into_inner(),
+                slim_controller::proto::ErrorCode::MALFORMED.0 as u64
+            );
+            assert!(String::from_utf8_lossy(&a.reason).contains("exceeds"));
+        }
+        other => panic!("unexpected close {other:?}"),
+    }
+    // The controller still serves others.
+    assert!(nodes(&pki, addr).await.is_empty());
+    ctl.shutdown().await;
+}

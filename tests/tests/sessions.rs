@@ -1,0 +1,750 @@
+//! Point-to-point sessions over real nodes: anycast open bound to one
+//! instance, reliable delivery over a lossy path (frames dropped by the
+//! node's route hook, above QUIC), delivery failure after N retries,
+//! duplicate suppression, close, best effort, and failing fast when the
+//! peer is gone.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use slim_actors::{HookVerdict, NodeHandle, RoutedFrame};
+use slim_client::session::SessionError;
+use slim_client::session::SessionMux;
+use slim_client::session::p2p::{P2pConfig, P2pEvent, P2pListener, P2pSession, Reliability};
+use slim_client::session::reliable;
+use slim_tests::*;
+
+const T: Duration = Duration::from_secs(30);
+
+async fn mux(pki: &Pki, node: &NodeHandle, n: &str) -> SessionMux {
+    SessionMux::new(client(pki, node.local_addr(), n).await).0
+}
+
+async fn next(s: &mut P2pSession) -> P2pEvent {
+    match tokio::time::timeout(T, s.recv()).await {
+        Ok(Some(e)) => e,
+        Ok(None) => panic!("session ended while waiting for an event"),
+        Err(_) => panic!("no session event within {T:?}"),
+    }
+}
+
+/// Drops a share of all routed frames (both directions: data and acks).
+fn lossy(node: &NodeHandle, per_mille: u32, dropped: Arc<AtomicU64>) {
+    node.set_route_hook(Some(Arc::new(move |_f: &RoutedFrame<'_>| {
+        if rand::random_range(0..1000u32) < per_mille {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            HookVerdict::Drop
+        } else {
+            HookVerdict::Forward
+        }
+    })));
+}
+
+/// Drops every frame published by `from` while `on` is set.
+fn blackhole(node: &NodeHandle, from: String, on: Arc<AtomicBool>) {
+    node.set_route_hook(Some(Arc::new(move |f: &RoutedFrame<'_>| {
+        if on.load(Ordering::Relaxed) && f.from == from {
+            HookVerdict::Drop
+        } else {
+            HookVerdict::Forward
+        }
+    })));
+}
+
+fn fast_reliable() -> P2pConfig {
+    P2pConfig {
+        reliability: Reliability::Reliable(reliable::Config {
+            initial_rto: Duration::from_millis(20),
+            max_rto: Duration::from_millis(100),
+            max_retries: 3,
+            ..reliable::Config::default()
+        }),
+        open_timeout: Duration::from_millis(200),
+        ..P2pConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_p2p_10000_messages_over_5_percent_loss() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |_| {}).await;
+    let a = mux(&pki, &node, "acme/p2p/sender").await;
+    let b = mux(&pki, &node, "acme/p2p/echo").await;
+    let mut listener = P2pListener::new(&b, P2pConfig::default()).unwrap();
+    let dropped = Arc::new(AtomicU64::new(0));
+    lossy(&node, 50, Arc::clone(&dropped));
+
+    let accept = tokio::spawn(async move {
+        let s = listener.accept().await.expect("a session");
+        (s, listener)
+    });
+    let service = name("acme/p2p/echo");
+    let mut s = P2pSession::open(&a, &service, P2pConfig::default())
+        .await
+        .expect("open over a lossy path");
+    let (mut r, _listener) = accept.await.unwrap();
+    assert_eq!(s.peer(), b.client().name(), "bound to the instance");
+    assert_eq!(r.peer(), a.client().name());
+    assert_eq!(
+        r.peer_identity(),
+        Some("spiffe://example.org/agent/acme-p2p-sender")
+    );
+
+    const N: u64 = 10_000;
+    let tx = s.sender();
+    let send = tokio::spawn(async move {
+        for i in 0..N {
+            tx.send(seq_payload(i, 32)).await.expect("send");
+        }
+        tx
+    });
+    let mut seen = SeqSet::new(N);
+    let mut expect = 0u64;
+    while expect < N {
+        match next(&mut r).await {
+            P2pEvent::Message { seq, payload } => {
+                assert_eq!(seq, expect, "session seq in order");
+                assert_eq!(payload_seq(&payload), expect, "payload in order");
+                assert!(seen.insert(expect), "no duplicate");
+                expect += 1;
+            }
+            other => panic!("unexpected event at {expect}: {other:?}"),
+        }
+    }
+    assert_eq!(seen.count(), N);
+    assert_eq!(seen.duplicates(), 0);
+    assert!(seen.missing(N).is_empty());
+    let tx = send.await.unwrap();
+    tx.close().await.expect("close: everything acknowledged");
+    assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: N });
+    // The loss really happened and was repaired by the session layer.
+    assert!(dropped.load(Ordering::Relaxed) > 0);
+    let st = s.stats().await.unwrap();
+    assert!(st.sender.retransmitted > 0, "{st:?}");
+    assert_eq!(
+        (st.sender.sent, st.sender.acked, st.sender.failed),
+        (N, N, 0)
+    );
+    let rs = r.stats().await.unwrap();
+    assert_eq!(rs.receiver.delivered, N);
+    // Nothing after the final event.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), s.recv())
+            .await
+            .is_ok_and(|e| e.is_none() || matches!(e, Some(P2pEvent::PeerClosed { .. }))),
+        "the closer's session ends"
+    );
+    node.set_route_hook(None);
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_failed_after_n_retries_then_lost_reported() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |_| {}).await;
+    let a = mux(&pki, &node, "acme/p2p/a").await;
+    let b = mux(&pki, &node, "acme/p2p/b").await;
+    let mut listener = P2pListener::new(&b, fast_reliable()).unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
+    let mut s = P2pSession::open(&a, &name("acme/p2p/b"), fast_reliable())
+        .await
+        .unwrap();
+    let mut r = accept.await.unwrap();
+
+    let on = Arc::new(AtomicBool::new(true));
+    blackhole(&node, a.client().name().to_string(), Arc::clone(&on));
+    for i in 0..5u64 {
+        assert_eq!(s.send(seq_payload(i, 8)).await.unwrap(), i);
+    }
+    let mut failed = Vec::new();
+    while failed.len() < 5 {
+        match next(&mut s).await {
+            P2pEvent::DeliveryFailed { seq, attempts } => {
+                assert_eq!(attempts, 4, "first transmission + max_retries");
+                failed.push(seq);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    failed.sort_unstable();
+    assert_eq!(failed, vec![0, 1, 2, 3, 4]);
+
+    // The path heals: the receiver learns from the next message that 0..5
+    // were given up on and reports them, never skipping silently.
+    on.store(false, Ordering::Relaxed);
+    assert_eq!(s.send(seq_payload(5, 8)).await.unwrap(), 5);
+    assert_eq!(
+        next(&mut r).await,
+        P2pEvent::Lost {
+            seqs: vec![0, 1, 2, 3, 4]
+        }
+    );
+    match next(&mut r).await {
+        P2pEvent::Message { seq: 5, payload } => assert_eq!(payload_seq(&payload), 5),
+        other => panic!("unexpected {other:?}"),
+    }
+    node.set_route_hook(None);
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_acks_cause_retransmissions_that_are_suppressed() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |_| {}).await;
+    let a = mux(&pki, &node, "acme/p2p/a").await;
+    let b = mux(&pki, &node, "acme/p2p/b").await;
+    let cfg = || P2pConfig {
+        reliability: Reliability::Reliable(reliable::Config {
+            initial_rto: Duration::from_millis(20),
+            max_rto: Duration::from_millis(50),
+            max_retries: 1000,
+            ..reliable::Config::default()
+        }),
+        ..P2pConfig::default()
+    };
+    let mut listener = P2pListener::new(&b, cfg()).unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
+    let s = P2pSession::open(&a, &name("acme/p2p/b"), cfg())
+        .await
+        .unwrap();
+    let mut r = accept.await.unwrap();
+
+    // The receiver's acks vanish: the sender retransmits what did arrive.
+    let on = Arc::new(AtomicBool::new(true));
+    blackhole(&node, b.client().name().to_string(), Arc::clone(&on));
+    const N: u64 = 20;
+    for i in 0..N {
+        s.send(seq_payload(i, 8)).await.unwrap();
+    }
+    for i in 0..N {
+        match next(&mut r).await {
+            P2pEvent::Message { seq, .. } => assert_eq!(seq, i),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eventually(T, "duplicates reach the receiver", || {
+        let r = r.sender();
+        async move { r.stats().await.is_ok_and(|st| st.receiver.duplicates > 0) }
+    })
+    .await;
+    on.store(false, Ordering::Relaxed);
+    assert_eventually(T, "everything acknowledged", || {
+        let s = s.sender();
+        async move { s.stats().await.is_ok_and(|st| st.sender.acked == N) }
+    })
+    .await;
+    s.close().await.unwrap();
+    // Exactly once: the close comes right after the N messages.
+    assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: N });
+    let st = r.stats().await.unwrap();
+    assert_eq!(st.receiver.delivered, N);
+    assert!(st.receiver.duplicates > 0);
+    node.set_route_hook(None);
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_many_sessions_and_anycast_binding() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |_| {}).await;
+    let a = mux(&pki, &node, "acme/p2p/client").await;
+    // Two instances of one service: each session sticks to the one that answered.
+    let b1 = mux(&pki, &node, "acme/p2p/svc").await;
+    let b2 = mux(&pki, &node, "acme/p2p/svc").await;
+    for m in [&b1, &b2] {
+        let mut l = P2pListener::new(m, P2pConfig::default()).unwrap();
+        tokio::spawn(async move {
+            // Echo server: replies to each message with the same bytes.
+            while let Some(mut s) = l.accept().await {
+                tokio::spawn(async move {
+                    while let Some(ev) = s.recv().await {
+                        match ev {
+                            P2pEvent::Message { payload, .. } => {
+                                if s.send(payload).await.is_err() {
+                                    return;
+                                }
+                            }
+                            _ => return,
+                        }
+                    }
+                });
+            }
+        });
+    }
+    let svc = name("acme/p2p/svc");
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        sessions.push(
+            P2pSession::open(&a, &svc, P2pConfig::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let instances: std::collections::HashSet<_> =
+        sessions.iter().map(|s| s.peer().clone()).collect();
+    assert!(instances.contains(b1.client().name()) && instances.contains(b2.client().name()));
+    // All sessions at once on one client connection, each in its own order.
+    for round in 0..50u64 {
+        for (k, s) in sessions.iter().enumerate() {
+            s.send(seq_payload(round * 100 + k as u64, 16))
+                .await
+                .unwrap();
+        }
+    }
+    for (k, s) in sessions.iter_mut().enumerate() {
+        for round in 0..50u64 {
+            match next(s).await {
+                P2pEvent::Message { seq, payload } => {
+                    assert_eq!(seq, round);
+                    assert_eq!(payload_seq(&payload), round * 100 + k as u64);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    for s in &sessions {
+        s.close().await.unwrap();
+    }
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreliable_session_best_effort() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |_| {}).await;
+    let a = mux(&pki, &node, "acme/p2p/a").await;
+    let b = mux(&pki, &node, "acme/p2p/b").await;
+    let mut listener = P2pListener::new(&b, P2pConfig::default()).unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
+    let s = P2pSession::open(&a, &name("acme/p2p/b"), P2pConfig::unreliable())
+        .await
+        .unwrap();
+    let mut r = accept.await.unwrap();
+    assert!(
+        !s.is_reliable() && !r.is_reliable(),
+        "responder takes the initiator's mode"
+    );
+    // Without loss on the path, best effort delivers everything; with loss it
+    // would not retransmit (no acks are ever sent).
+    for i in 0..100u64 {
+        s.send(seq_payload(i, 8)).await.unwrap();
+    }
+    let mut seen = SeqSet::new(100);
+    while seen.count() < 100 {
+        if let P2pEvent::Message { payload, .. } = next(&mut r).await {
+            assert!(seen.insert(payload_seq(&payload)));
+        }
+    }
+    // Over a lossy path nothing is repaired: some messages never arrive,
+    // none twice, nothing retransmitted. The path is ordered, so once a
+    // marker sent after the loss stops arrives, the rest is settled.
+    let dropped = Arc::new(AtomicU64::new(0));
+    lossy(&node, 200, Arc::clone(&dropped));
+    for i in 100..600u64 {
+        s.send(seq_payload(i, 8)).await.unwrap();
+    }
+    node.set_route_hook(None);
+    s.send(seq_payload(600, 8)).await.unwrap();
+    let mut lossy_seen = SeqSet::new(601);
+    loop {
+        match next(&mut r).await {
+            P2pEvent::Message { payload, .. } => {
+                let n = payload_seq(&payload);
+                assert!(lossy_seen.insert(n), "no duplicates");
+                if n == 600 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(dropped.load(Ordering::Relaxed) > 0);
+    assert!(lossy_seen.count() < 501, "lost messages stay lost");
+    s.close().await.unwrap();
+    assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: 601 });
+    let st = s.stats().await.unwrap();
+    assert_eq!(st.sender.sent, 601);
+    assert_eq!(st.sender.retransmitted, 0);
+    assert_eq!(st.receiver.acks_sent, 0, "best effort sends no acks");
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_responder_and_gone_peer_fail_fast_with_typed_errors() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |_| {}).await;
+    let a = mux(&pki, &node, "acme/p2p/a").await;
+    let err = P2pSession::open(&a, &name("acme/p2p/nobody"), P2pConfig::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SessionError::NoResponder { name, .. } if name == "acme/p2p/nobody"),
+        "{err:?}"
+    );
+
+    // A client that subscribes but runs no listener answers "no such session".
+    let deaf = mux(&pki, &node, "acme/p2p/deaf").await;
+    let err = P2pSession::open(&a, &name("acme/p2p/deaf"), P2pConfig::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SessionError::NoResponder { reason, .. } if reason == "no such session"),
+        "{err:?}"
+    );
+    assert!(deaf.stats().unroutable >= 1);
+
+    // The peer's session ends without us hearing its close (blackholed):
+    // our next message is answered "no such session" and fails the session.
+    let b = mux(&pki, &node, "acme/p2p/b").await;
+    let mut listener = P2pListener::new(&b, fast_reliable()).unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
+    let mut s = P2pSession::open(&a, &name("acme/p2p/b"), fast_reliable())
+        .await
+        .unwrap();
+    let r = accept.await.unwrap();
+    let rid = r.id();
+    let on = Arc::new(AtomicBool::new(true));
+    blackhole(&node, b.client().name().to_string(), Arc::clone(&on));
+    drop(r);
+    assert_eventually(T, "the peer's session gave up its close and ended", || {
+        let b = b.clone();
+        async move { !b.is_registered(rid) }
+    })
+    .await;
+    on.store(false, Ordering::Relaxed);
+    s.send(seq_payload(0, 8)).await.unwrap();
+    match next(&mut s).await {
+        P2pEvent::Failed(SessionError::Unreachable { reason, .. }) => {
+            assert!(reason.contains("no such session"), "{reason}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(
+        s.send(seq_payload(1, 8)).await.is_err(),
+        "a failed session refuses sends"
+    );
+    node.set_route_hook(None);
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mls_p2p_session_encrypts_end_to_end() {
+    use slim_client::session::p2p::MlsIdentity;
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |_| {}).await;
+    // Every payload the node routes, to prove it never sees plaintext.
+    let seen: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let rec = Arc::clone(&seen);
+    node.set_route_hook(Some(Arc::new(move |f: &RoutedFrame<'_>| {
+        rec.lock().unwrap().push(f.payload.to_vec());
+        HookVerdict::Forward
+    })));
+    let a = mux(&pki, &node, "acme/mls/a").await;
+    let b = mux(&pki, &node, "acme/mls/b").await;
+    let mls = |path: &str| MlsIdentity::new(&pki.identity(path)).unwrap();
+    let with_mls = |id: MlsIdentity| P2pConfig {
+        mls: Some(id),
+        ..P2pConfig::default()
+    };
+    let mut listener = P2pListener::new(&b, with_mls(mls("agent/acme-mls-b"))).unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
+    let mut s = P2pSession::open(&a, &name("acme/mls/b"), with_mls(mls("agent/acme-mls-a")))
+        .await
+        .expect("MLS open");
+    let mut r = accept.await.unwrap();
+
+    let canary: [u8; 32] = rand::random();
+    let back: [u8; 32] = rand::random();
+    s.send(canary.to_vec()).await.unwrap();
+    for i in 0..100u64 {
+        s.send(seq_payload(i, 64)).await.unwrap();
+    }
+    match next(&mut r).await {
+        P2pEvent::Message { seq: 0, payload } => assert_eq!(&payload[..], &canary),
+        other => panic!("unexpected {other:?}"),
+    }
+    for i in 0..100u64 {
+        match next(&mut r).await {
+            P2pEvent::Message { payload, .. } => assert_eq!(payload_seq(&payload), i),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    r.send(back.to_vec()).await.unwrap();
+    match next(&mut s).await {
+        P2pEvent::Message { payload, .. } => assert_eq!(&payload[..], &back),
+        other => panic!("unexpected {other:?}"),
+    }
+    s.close().await.unwrap();
+    assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: 101 });
+    {
+        let frames = seen.lock().unwrap();
+        assert!(frames.len() > 100, "the hook saw the traffic");
+        for f in frames.iter() {
+            assert!(
+                !contains(f, &canary) && !contains(f, &back),
+                "plaintext on the wire"
+            );
+            assert!(!contains(f, &seq_payload(7, 64)[..16]));
+        }
+    }
+    node.set_route_hook(None);
+
+    // A responder without MLS refuses an MLS open.
+    let plain = mux(&pki, &node, "acme/mls/plain").await;
+    let mut l = P2pListener::new(&plain, P2pConfig::default()).unwrap();
+    tokio::spawn(async move { while l.accept().await.is_some() {} });
+    let err = P2pSession::open(
+        &a,
+        &name("acme/mls/plain"),
+        with_mls(mls("agent/acme-mls-a")),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, SessionError::Refused(_)), "{err:?}");
+
+    // A responder whose MLS credential is for another SPIFFE ID than its
+    // authenticated connection is refused by the initiator.
+    let liar = mux(&pki, &node, "acme/mls/liar").await;
+    let mut l = P2pListener::new(&liar, with_mls(mls("agent/someone-else"))).unwrap();
+    tokio::spawn(async move { while l.accept().await.is_some() {} });
+    let err = P2pSession::open(
+        &a,
+        &name("acme/mls/liar"),
+        with_mls(mls("agent/acme-mls-a")),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, SessionError::Mls(m) if m.contains("someone-else")),
+        "{err:?}"
+    );
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mux_passes_raw_traffic_and_counts_bad_session_packets() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |_| {}).await;
+    let a = mux(&pki, &node, "acme/mux/a").await;
+    let (b, mut raw) = SessionMux::new(client(&pki, node.local_addr(), "acme/mux/b").await);
+    let to = b.client().name().clone();
+    let m = slim_wire::Mode::Unicast;
+    // Plain application bytes, a session-looking prefix with garbage after
+    // it, and a valid packet for a session nobody has.
+    a.client().publish(&to, m, b"hello").await.unwrap();
+    a.client()
+        .publish(&to, m, &[0x99, 1, 0xff, 0xff])
+        .await
+        .unwrap();
+    let stray = slim_client::session::Packet::new(42, slim_client::session::Kind::Ack, "x");
+    a.client()
+        .publish(&to, m, &stray.encode().unwrap())
+        .await
+        .unwrap();
+    for want in [&b"hello"[..], &[0x99, 1, 0xff, 0xff][..]] {
+        match tokio::time::timeout(T, raw.recv()).await {
+            Ok(Some(slim_client::Event::Message(d))) => assert_eq!(&d.payload[..], want),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eventually(T, "bad and stray packets counted", || {
+        let b = b.clone();
+        async move {
+            let st = b.stats();
+            st.malformed == 1 && st.unroutable == 1
+        }
+    })
+    .await;
+    // Node errors for untracked publishes reach the app receiver too.
+    b.client()
+        .publish(&name("acme/mux/nobody"), slim_wire::Mode::Anycast, b"x")
+        .await
+        .unwrap();
+    match tokio::time::timeout(T, raw.recv()).await {
+        Ok(Some(slim_client::Event::Error(e))) => {
+            assert_eq!(e.code, slim_wire::ErrorCode::NO_ROUTE)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Registration is exclusive and released on drop; so are acceptors.
+    let inbox = b.register(7, 8).unwrap();
+    assert_eq!(
+        b.register(7, 8).unwrap_err(),
+        SessionError::AlreadyRegistered(7)
+    );
+    drop(inbox);
+    assert!(!b.is_registered(7));
+    let _again = b.register(7, 8).unwrap();
+    let acc = b.acceptor(&[slim_client::session::Kind::Open], 8).unwrap();
+    assert!(b.acceptor(&[slim_client::session::Kind::Open], 8).is_err());
+    drop(acc);
+    assert!(b.acceptor(&[slim_client::session::Kind::Open], 8).is_ok());
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_pushes_back_without_loss() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |_| {}).await;
+    let a = mux(&pki, &node, "acme/p2p/fast").await;
+    let b = mux(&pki, &node, "acme/p2p/slow").await;
+    let cfg = || P2pConfig {
+        reliability: Reliability::Reliable(reliable::Config {
+            window: 64,
+            max_out_of_order: 64,
+            ..reliable::Config::default()
+        }),
+        events: 8,
+        inbox: 64,
+        ..P2pConfig::default()
+    };
+    let mut listener = P2pListener::new(&b, cfg()).unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
+    let s = P2pSession::open(&a, &name("acme/p2p/slow"), cfg())
+        .await
+        .unwrap();
+    let mut r = accept.await.unwrap();
+    const N: u64 = 2_000;
+    let tx = s.sender();
+    let send = tokio::spawn(async move {
+        for i in 0..N {
+            tx.send(seq_payload(i, 8)).await.unwrap();
+        }
+        // Closing while the reader is still behind: the reader still gets
+        // everything, then the close.
+        tx.close().await.unwrap();
+    });
+    // Nobody reads yet: the sender fills its window and waits.
+    assert_eventually(T, "the sender fills its window", || {
+        let s = s.sender();
+        async move { s.stats().await.is_ok_and(|st| st.sender.sent >= 64) }
+    })
+    .await;
+    for i in 0..N {
+        match next(&mut r).await {
+            P2pEvent::Message { seq, payload } => {
+                assert_eq!((seq, payload_seq(&payload)), (i, i));
+            }
+            other => panic!("unexpected at {i}: {other:?}"),
+        }
+    }
+    assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: N });
+    send.await.unwrap();
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_session_survives_a_node_restart() {
+    use slim_client::ConnState;
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let port = free_udp_port();
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let node = start_node(&pki, |c| c.listen = listen).await;
+    let a = SessionMux::new(client(&pki, listen, "acme/re/a").await).0;
+    let b = SessionMux::new(client(&pki, listen, "acme/re/b").await).0;
+    let mut listener = P2pListener::new(&b, P2pConfig::default()).unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
+    let s = P2pSession::open(&a, &name("acme/re/b"), P2pConfig::default())
+        .await
+        .unwrap();
+    let mut r = accept.await.unwrap();
+    for i in 0..50u64 {
+        s.send(seq_payload(i, 8)).await.unwrap();
+    }
+    for i in 0..50u64 {
+        assert!(matches!(next(&mut r).await, P2pEvent::Message { seq, .. } if seq == i));
+    }
+
+    node.shutdown(Duration::from_secs(1)).await;
+    for m in [&a, &b] {
+        let st = m.client().state();
+        assert_eventually(T, "client notices the node is gone", || {
+            let s = st.borrow().clone();
+            async move { matches!(s, ConnState::Reconnecting { .. }) }
+        })
+        .await;
+    }
+    // Sent while the node is down: queued, lost with the old connection or
+    // refused while the peer has not reconnected yet; retransmission repairs it.
+    for i in 50..100u64 {
+        s.send(seq_payload(i, 8)).await.unwrap();
+    }
+    let node = start_node(&pki, |c| c.listen = listen).await;
+    for i in 50..100u64 {
+        match next(&mut r).await {
+            P2pEvent::Message { seq, payload } => assert_eq!((seq, payload_seq(&payload)), (i, i)),
+            other => panic!("unexpected at {i}: {other:?}"),
+        }
+    }
+    s.close().await.unwrap();
+    assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: 100 });
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_vanishes_fails_the_session_after_the_grace() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |_| {}).await;
+    let a = mux(&pki, &node, "acme/p2p/a").await;
+    let b = mux(&pki, &node, "acme/p2p/b").await;
+    let cfg = || P2pConfig {
+        peer_absent_grace: Duration::from_millis(300),
+        ..fast_reliable()
+    };
+    let mut listener = P2pListener::new(&b, cfg()).unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
+    let mut s = P2pSession::open(&a, &name("acme/p2p/b"), cfg())
+        .await
+        .unwrap();
+    let r = accept.await.unwrap();
+    let rid = r.id();
+    // The peer's process goes away without a word: its close is blackholed,
+    // then its client disconnects.
+    let on = Arc::new(AtomicBool::new(true));
+    blackhole(&node, b.client().name().to_string(), Arc::clone(&on));
+    drop(r);
+    assert_eventually(T, "the peer's session ended", || {
+        let b = b.clone();
+        async move { !b.is_registered(rid) }
+    })
+    .await;
+    let gone = b.client().name().to_string();
+    drop(b);
+    assert_eventually(T, "the node forgot the peer", || {
+        let gone = gone.clone();
+        let node = &node;
+        async move { node.registry().lookup(&gone).is_none() }
+    })
+    .await;
+    on.store(false, Ordering::Relaxed);
+    s.send(seq_payload(0, 8)).await.unwrap();
+    loop {
+        match next(&mut s).await {
+            P2pEvent::Failed(SessionError::Unreachable { code, .. }) => {
+                assert_eq!(code, slim_wire::ErrorCode::NO_ROUTE.0);
+                break;
+            }
+            // The retry budget may run out first; the failure still follows.
+            P2pEvent::DeliveryFailed { seq: 0, .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    node.set_route_hook(None);
+    node.shutdown(Duration::from_secs(1)).await;
+}
