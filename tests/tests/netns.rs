@@ -650,6 +650,16 @@ fn controller_restart_keeps_traffic_and_audit() {
     let first = "acme/monitoring/security-incident";
     let second = "acme/escalation/human-review";
 
+    // A subscriber that stays for the whole test (for the route and channel views).
+    let stay = "acme/monitoring/cluster-health";
+    let mut staying = fleet.agent(
+        "a",
+        "cluster-a/agent/security-monitor",
+        "acme/eu-west/security-monitor",
+        &["recv", stay, "--count", "1000000", "--timeout-secs", "120"],
+        "ctl-stay.log",
+    );
+    staying.wait_log("subscribed", Duration::from_secs(20));
     let mut sub1 = fleet.agent(
         "a",
         "cluster-a/agent/security-monitor",
@@ -721,6 +731,31 @@ fn controller_restart_keeps_traffic_and_audit() {
                 && a2.as_array().is_some_and(|a| !a.is_empty())
         },
     );
+    // The fleet view after the restart: B's node routes A's subscription,
+    // and the channel list has it.
+    fleet.wait_until("B's routes reported", Duration::from_secs(20), || {
+        fleet
+            .admin(&["route", "list", "--node", "us-east-node"])
+            .to_string()
+            .contains(stay)
+    });
+    let routes = fleet.admin(&["route", "list", "--node", "us-east-node"]);
+    let row = routes
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == stay).cloned());
+    eprintln!("slimctl route list --node us-east-node ({stay}): {row:?}");
+    assert!(
+        row.as_ref()
+            .is_some_and(|r| r.to_string().contains("eu-west-node")),
+        "B routes {stay} towards eu-west-node: {row:?}"
+    );
+    let channels = fleet.admin(&["channel", "list"]);
+    let chan = channels
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c.to_string().contains(stay)).cloned());
+    eprintln!("slimctl channel list ({stay}): {chan:?}");
+    assert!(chan.is_some(), "channel list has {stay}: {channels}");
+    staying.kill9();
     let audit = fleet.admin(&["audit", "--channel", second]);
     eprintln!("slimctl audit --channel {second}: {audit}");
     assert!(
