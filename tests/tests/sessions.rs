@@ -635,7 +635,17 @@ async fn slow_reader_pushes_back_without_loss() {
     })
     .await;
     for i in 0..N {
-        match next(&mut r).await {
+        let ev = match tokio::time::timeout(T, r.recv()).await {
+            Ok(Some(e)) => e,
+            other => panic!(
+                "no event for message {i} ({other:?}): sender {:?}, receiver {:?}, muxes {:?} {:?}",
+                s.sender().stats().await,
+                r.stats().await,
+                a.stats(),
+                b.stats()
+            ),
+        };
+        match ev {
             P2pEvent::Message { seq, payload } => {
                 assert_eq!((seq, payload_seq(&payload)), (i, i));
             }
@@ -644,6 +654,110 @@ async fn slow_reader_pushes_back_without_loss() {
     }
     assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: N });
     send.await.unwrap();
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A send waiting for window room holds up the command queue; `stats` must
+/// not wait behind it (the slow-reader test polls it while the window is
+/// full and the reader has not started reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_are_answered_while_a_send_waits_for_the_window() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |_| {}).await;
+    let a = mux(&pki, &node, "acme/p2p/parked").await;
+    let b = mux(&pki, &node, "acme/p2p/silent").await;
+    let cfg = || P2pConfig {
+        reliability: Reliability::Reliable(reliable::Config {
+            window: 4,
+            max_out_of_order: 4,
+            ..reliable::Config::default()
+        }),
+        ..P2pConfig::default()
+    };
+    let mut listener = P2pListener::new(&b, cfg()).unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
+    let s = P2pSession::open(&a, &name("acme/p2p/silent"), cfg())
+        .await
+        .unwrap();
+    let _r = accept.await.unwrap();
+    // No ack reaches the sender: its window fills and stays full.
+    let on = Arc::new(AtomicBool::new(true));
+    blackhole(&node, b.client().name().to_string(), Arc::clone(&on));
+    for i in 0..4u64 {
+        assert_eq!(s.send(seq_payload(i, 8)).await.unwrap(), i);
+    }
+    // Queued before the stats request: the session task parks it first.
+    assert!(s.sender().try_send(seq_payload(4, 8)));
+    let st = tokio::time::timeout(T, s.stats())
+        .await
+        .expect("stats while a send waits for the window")
+        .unwrap();
+    assert_eq!((st.sender.sent, st.sender.failed), (4, 0));
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+/// An application that only sends never reads its events: once its event
+/// queue is full of `DeliveryFailed`s the session must still take acks and
+/// reuse the window room of what it gave up on, not wedge its sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_never_reads_its_events_keeps_sending() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |_| {}).await;
+    let a = mux(&pki, &node, "acme/p2p/deaf").await;
+    let b = mux(&pki, &node, "acme/p2p/listener").await;
+    let cfg = || {
+        let mut c = fast_reliable();
+        if let Reliability::Reliable(r) = &mut c.reliability {
+            r.window = 4;
+            r.max_out_of_order = 4;
+        }
+        c.events = 1;
+        c
+    };
+    let mut listener = P2pListener::new(&b, cfg()).unwrap();
+    let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
+    let s = P2pSession::open(&a, &name("acme/p2p/listener"), cfg())
+        .await
+        .unwrap();
+    let mut r = accept.await.unwrap();
+    // Three messages are given up on: one `DeliveryFailed` fills the
+    // sender's (never read) event queue, the next ones wait behind it.
+    let on = Arc::new(AtomicBool::new(true));
+    blackhole(&node, a.client().name().to_string(), Arc::clone(&on));
+    for i in 0..3u64 {
+        assert_eq!(s.send(seq_payload(i, 8)).await.unwrap(), i);
+    }
+    assert_eventually(T, "the sender gives up on the first three", || {
+        let s = s.sender();
+        async move { s.stats().await.is_ok_and(|st| st.sender.failed >= 3) }
+    })
+    .await;
+    on.store(false, Ordering::Relaxed);
+    // Several windows' worth: needs acks, which the sender must still read.
+    const N: u64 = 40;
+    let tx = s.sender();
+    let send = tokio::spawn(async move {
+        for i in 3..N {
+            assert_eq!(tx.send(seq_payload(i, 8)).await.unwrap(), i);
+        }
+    });
+    let mut i = 3;
+    while i < N {
+        match next(&mut r).await {
+            P2pEvent::Lost { seqs } => assert!(seqs.iter().all(|&q| q < 3), "{seqs:?}"),
+            P2pEvent::Message { seq, payload } => {
+                assert_eq!((seq, payload_seq(&payload)), (i, i));
+                i += 1;
+            }
+            other => panic!("unexpected at {i}: {other:?}"),
+        }
+    }
+    tokio::time::timeout(T, send)
+        .await
+        .expect("every send completes")
+        .unwrap();
     node.shutdown(Duration::from_secs(1)).await;
 }
 

@@ -19,9 +19,12 @@
 //! sender + receiver), its [`Inbox`], a bounded command channel and a bounded
 //! event channel to the application. Sends wait while the reliable window is
 //! full (back-pressure, many messages in flight); deliveries wait in the
-//! machine, and the inbox is not read, while the application's event queue
-//! is full (so a slow reader backs the peer off through the window instead
-//! of growing a queue).
+//! machine, and the peer's data waits unprocessed (at most an inbox's
+//! worth), while the application's event queue is full (so a slow reader
+//! backs the peer off through the window instead of growing a queue). Acks
+//! for our own sends are handled regardless, and a send waiting for window
+//! room does not hold up [`P2pSender::stats`]: an application that never
+//! reads its events (e.g. its `DeliveryFailed`s) can still send.
 //!
 //! Closing: `Close` carries the number of messages sent; the closer keeps
 //! retransmitting what is unacknowledged (and `Close` itself) until all is
@@ -167,18 +170,24 @@ pub struct P2pStats {
     pub rejected: u64,
     /// MLS: messages that did not decrypt.
     pub undecryptable: u64,
+    /// Peer packets dropped because the application's event queue stayed
+    /// full while as many as the inbox holds were waiting (the peer
+    /// retransmits them).
+    pub overflow: u64,
 }
 
 enum Cmd {
     Send(Bytes, oneshot::Sender<Result<u64, SessionError>>),
     Close(oneshot::Sender<Result<(), SessionError>>),
-    Stats(oneshot::Sender<P2pStats>),
 }
 
 /// A handle for sending on a session; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct P2pSender {
     cmd: mpsc::Sender<Cmd>,
+    /// Stats requests, on their own channel: answered even while a send
+    /// waits for window room (which holds up the command queue).
+    stats: mpsc::Sender<oneshot::Sender<P2pStats>>,
     /// The counters as the session task ended, for `stats` after the end.
     last_stats: Arc<std::sync::Mutex<Option<P2pStats>>>,
 }
@@ -222,7 +231,7 @@ impl P2pSender {
     /// Both directions' counters (the final ones once the session ended).
     pub async fn stats(&self) -> Result<P2pStats, SessionError> {
         let (tx, rx) = oneshot::channel();
-        if self.cmd.send(Cmd::Stats(tx)).await.is_ok()
+        if self.stats.send(tx).await.is_ok()
             && let Ok(st) = rx.await
         {
             return Ok(st);
@@ -644,6 +653,7 @@ fn spawn(
         ),
     };
     let (cmd_tx, cmd_rx) = mpsc::channel(cfg.commands.max(1));
+    let (stats_tx, stats_rx) = mpsc::channel(cfg.commands.max(1));
     let last_stats = Arc::new(std::sync::Mutex::new(None));
     let (ev_tx, ev_rx) = mpsc::channel(cfg.events.max(1));
     let task = Task {
@@ -654,7 +664,10 @@ fn spawn(
         peer: peer.clone(),
         machine,
         cmds: cmd_rx,
+        stats_requests: Some(stats_rx),
         events: ev_tx,
+        held: std::collections::VecDeque::new(),
+        held_max: cfg.inbox.max(1),
         pending: None,
         parked: None,
         closing: None,
@@ -679,6 +692,7 @@ fn spawn(
         stats_foreign: 0,
         stats_rejected: 0,
         stats_undecryptable: 0,
+        stats_overflow: 0,
     };
     tokio::spawn(task.run(early));
     Ok(P2pSession {
@@ -688,6 +702,7 @@ fn spawn(
         reliable: is_reliable,
         tx: P2pSender {
             cmd: cmd_tx,
+            stats: stats_tx,
             last_stats,
         },
         rx: P2pReceiver { events: ev_rx },
@@ -718,7 +733,17 @@ struct Task {
     peer: Name,
     machine: Machine,
     cmds: mpsc::Receiver<Cmd>,
+    /// `None` once every handle is gone.
+    stats_requests: Option<mpsc::Receiver<oneshot::Sender<P2pStats>>>,
     events: mpsc::Sender<P2pEvent>,
+    /// Packets for the receiving direction read while the application's
+    /// event queue is full, in arrival order: the inbox keeps being read so
+    /// that acks for our own sends are never held up by the application not
+    /// reading its events.
+    held: std::collections::VecDeque<Incoming>,
+    /// At most this many held (the inbox capacity); more are dropped like an
+    /// overflowing inbox's.
+    held_max: usize,
     /// One event the application's queue had no room for.
     pending: Option<P2pEvent>,
     /// A send waiting for window room.
@@ -757,6 +782,7 @@ struct Task {
     stats_foreign: u64,
     stats_rejected: u64,
     stats_undecryptable: u64,
+    stats_overflow: u64,
 }
 
 /// End-to-end encryption of a session's payloads.
@@ -770,6 +796,7 @@ enum MlsState {
 enum Wake {
     Packet(Option<Incoming>),
     Cmd(Option<Cmd>),
+    Stats(Option<oneshot::Sender<P2pStats>>),
     Timer,
     Nothing,
 }
@@ -792,6 +819,14 @@ impl Task {
             if self.done_at.is_some_and(|t| Instant::now() >= t) {
                 break;
             }
+            if self.pending.is_none() && !self.held.is_empty() {
+                // The application made room: what arrived meanwhile first.
+                let now = Instant::now();
+                while let Some(inc) = self.held.pop_front() {
+                    self.on_packet(inc, now);
+                }
+                continue;
+            }
             let stalled = self.pending.is_some();
             let deadline = self.next_deadline();
             // Sends after the end are answered `Closed` by `on_cmd`.
@@ -800,8 +835,11 @@ impl Task {
                 && !self.handles_gone
                 && !matches!(self.mls, MlsState::Pending(_));
             let wake = tokio::select! {
-                inc = self.inbox.recv(), if !stalled => Wake::Packet(inc),
+                // Read even while stalled: `on_incoming` holds back what would
+                // make events and handles acks for our own sends at once.
+                inc = self.inbox.recv() => Wake::Packet(inc),
                 cmd = self.cmds.recv(), if take_cmds => Wake::Cmd(cmd),
+                st = recv_opt(&mut self.stats_requests) => Wake::Stats(st),
                 permit = self.events.reserve(), if stalled => {
                     match permit {
                         Ok(p) => {
@@ -822,15 +860,19 @@ impl Task {
             match wake {
                 Wake::Packet(None) => break,
                 Wake::Packet(Some(inc)) => {
-                    self.on_packet(inc, now);
+                    self.on_incoming(inc, now);
                     // Take what is already queued before publishing answers.
                     for _ in 0..64 {
                         let Some(inc) = self.inbox.try_recv() else {
                             break;
                         };
-                        self.on_packet(inc, now);
+                        self.on_incoming(inc, now);
                     }
                 }
+                Wake::Stats(Some(reply)) => {
+                    let _ = reply.send(self.stats());
+                }
+                Wake::Stats(None) => self.stats_requests = None,
                 Wake::Cmd(Some(c)) => {
                     self.on_cmd(c, now);
                     // Take queued sends in one go: one wake-up, one flush.
@@ -937,9 +979,6 @@ impl Task {
                 self.try_send(payload, reply, now);
             }
             Cmd::Close(reply) => self.start_close(Some(reply), now),
-            Cmd::Stats(reply) => {
-                let _ = reply.send(self.stats());
-            }
         }
     }
 
@@ -963,6 +1002,7 @@ impl Task {
             foreign: self.stats_foreign,
             rejected: self.stats_rejected,
             undecryptable: self.stats_undecryptable,
+            overflow: self.stats_overflow,
         }
     }
 
@@ -1184,6 +1224,9 @@ impl Task {
             s.handle_timeout(now);
             r.handle_timeout(now);
         }
+        // Messages given up on free window room even while their
+        // `DeliveryFailed` waits for the application to read.
+        self.retry_parked(now);
         let Machine::Reliable(s, _) = &self.machine else {
             return;
         };
@@ -1213,6 +1256,21 @@ impl Task {
                 to: self.peer.clone(),
                 tracked: true,
             });
+        }
+    }
+
+    /// While the application's event queue is full, only acks (which make no
+    /// events and may open the window for a parked send) are handled; the
+    /// rest waits, so a slow reader still backs the peer off through the
+    /// window.
+    fn on_incoming(&mut self, inc: Incoming, now: Instant) {
+        if self.pending.is_none() || matches!(inc.packet.kind, Kind::Ack | Kind::Nack) {
+            self.on_packet(inc, now);
+        } else if self.held.len() < self.held_max {
+            self.held.push_back(inc);
+        } else {
+            // As a full inbox would: the peer retransmits.
+            self.stats_overflow += 1;
         }
     }
 
@@ -1407,6 +1465,14 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+/// The next item, or never once the channel is gone.
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
