@@ -59,6 +59,7 @@ pub mod id;
 pub mod identity;
 pub mod jwt;
 pub mod policy;
+pub mod section;
 pub mod source;
 pub mod tls;
 pub mod verify;
@@ -74,6 +75,7 @@ pub use devca::DevCa;
 pub use id::{InvalidId, SpiffeId, TrustDomain};
 pub use identity::{Identity, TrustBundles};
 pub use jwt::{JwtBundles, JwtError, JwtKey, JwtSigner, validate_jwt_svid};
+pub use section::{IdentitySection, IdentitySourceKind};
 pub use source::{IdentitySource, IdentitySourceConfig, SourceCertResolver};
 pub use tls::{
     ALPN_SLIM, client_config, client_config_from_source, peer_not_after, peer_spiffe_id,

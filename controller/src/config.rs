@@ -50,28 +50,7 @@ impl Default for ControllerSection {
     }
 }
 
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum IdentitySourceKind {
-    #[default]
-    Files,
-    Spire,
-    Dev,
-}
-
-/// Same keys as the node's `[identity]`.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct IdentitySection {
-    #[serde(default)]
-    pub source: IdentitySourceKind,
-    pub socket: Option<String>,
-    pub initial_timeout_ms: Option<u64>,
-    pub ca_dir: Option<PathBuf>,
-    pub id: Option<String>,
-    pub ttl_secs: Option<u64>,
-    pub dir: Option<PathBuf>,
-}
+pub use slim_auth::{IdentitySection, IdentitySourceKind};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -204,20 +183,9 @@ impl FileConfig {
                 "controller.max_frame_bytes must be at least 4096".into(),
             ));
         }
-        let id = &self.identity;
-        match id.source {
-            IdentitySourceKind::Files if id.dir.is_none() => {
-                return Err(ConfigError::Invalid(
-                    "identity: files needs dir (spiffe-helper layout)".into(),
-                ));
-            }
-            IdentitySourceKind::Dev if id.ca_dir.is_none() || id.id.is_none() => {
-                return Err(ConfigError::Invalid(
-                    "identity.source = \"dev\" needs ca_dir and id".into(),
-                ));
-            }
-            _ => {}
-        }
+        // The controller has no static cert/key/bundle mode: it needs a
+        // source that rotates (files dir, SPIRE, dev).
+        self.identity.check(false).map_err(ConfigError::Invalid)?;
         if !self.metrics.listen.is_empty() {
             self.metrics
                 .listen
@@ -228,29 +196,12 @@ impl FileConfig {
     }
 
     pub fn identity_source(&self) -> Result<slim_auth::IdentitySourceConfig, ConfigError> {
-        use slim_auth::IdentitySourceConfig as S;
-        let id = &self.identity;
-        Ok(match id.source {
-            IdentitySourceKind::Files => S::Files {
-                dir: id
-                    .dir
-                    .clone()
-                    .ok_or_else(|| ConfigError::Invalid("identity.dir".into()))?,
-            },
-            IdentitySourceKind::Spire => S::Spire {
-                socket: id.socket.clone(),
-                initial_timeout: Duration::from_millis(id.initial_timeout_ms.unwrap_or(10_000)),
-            },
-            IdentitySourceKind::Dev => S::Dev {
-                ca_dir: id
-                    .ca_dir
-                    .clone()
-                    .ok_or_else(|| ConfigError::Invalid("identity.ca_dir".into()))?,
-                id: slim_auth::SpiffeId::parse(id.id.as_deref().unwrap_or_default())
-                    .map_err(|e| ConfigError::Invalid(format!("identity.id: {e}")))?,
-                ttl: Duration::from_secs(id.ttl_secs.unwrap_or(3600)),
-            },
-        })
+        self.identity
+            .source_config()
+            .map_err(ConfigError::Invalid)?
+            .ok_or_else(|| {
+                ConfigError::Invalid("identity: files needs dir (spiffe-helper layout)".into())
+            })
     }
 
     pub fn controller_config(&self) -> ControllerConfig {

@@ -116,38 +116,7 @@ impl Default for NodeSection {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct IdentitySection {
-    /// Where the node's SVID comes from: files (default), spire, dev.
-    #[serde(default)]
-    pub source: IdentitySourceKind,
-    /// spire: Workload API socket (default: $SPIFFE_ENDPOINT_SOCKET).
-    pub socket: Option<String>,
-    /// spire: how long to wait for the first SVID.
-    pub initial_timeout_ms: Option<u64>,
-    /// dev: the development CA directory (created if missing) …
-    pub ca_dir: Option<PathBuf>,
-    /// … and the SPIFFE ID to issue from it.
-    pub id: Option<String>,
-    pub ttl_secs: Option<u64>,
-    /// files: directory in the spiffe-helper layout (tls.crt, tls.key,
-    /// svid_bundle.pem), watched and reloaded on change.
-    pub dir: Option<PathBuf>,
-    /// Or the three files individually.
-    pub cert: Option<PathBuf>,
-    pub key: Option<PathBuf>,
-    pub bundle: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum IdentitySourceKind {
-    #[default]
-    Files,
-    Spire,
-    Dev,
-}
+pub use slim_auth::{IdentitySection, IdentitySourceKind};
 
 /// In-band client authentication (for clients without certificates) and
 /// certificate lifetime handling.
@@ -501,39 +470,7 @@ impl FileConfig {
             ));
         }
         let id = &self.identity;
-        let files = [&id.cert, &id.key, &id.bundle];
-        let some = files.iter().filter(|f| f.is_some()).count();
-        match id.source {
-            IdentitySourceKind::Files => match (&id.dir, some) {
-                (Some(_), 0) | (None, 3) => {}
-                (Some(_), _) => {
-                    return Err(ConfigError::Invalid(
-                        "identity: give either dir or cert/key/bundle, not both".into(),
-                    ));
-                }
-                (None, _) => {
-                    return Err(ConfigError::Invalid(
-                        "identity: give dir (spiffe-helper layout) or all of cert, key and bundle"
-                            .into(),
-                    ));
-                }
-            },
-            IdentitySourceKind::Spire => {
-                if id.dir.is_some() || some > 0 || id.ca_dir.is_some() {
-                    return Err(ConfigError::Invalid(
-                        "identity.source = \"spire\" takes only socket and initial_timeout_ms"
-                            .into(),
-                    ));
-                }
-            }
-            IdentitySourceKind::Dev => {
-                if id.ca_dir.is_none() || id.id.is_none() {
-                    return Err(ConfigError::Invalid(
-                        "identity.source = \"dev\" needs ca_dir and id".into(),
-                    ));
-                }
-            }
-        }
+        id.check(true).map_err(ConfigError::Invalid)?;
         if self.authn.jwt_audience.is_some()
             && self.authn.jwt_bundle_file.is_none()
             && id.source != IdentitySourceKind::Spire
@@ -572,21 +509,7 @@ impl FileConfig {
     /// The identity source this config describes; `None` for the static
     /// cert/key/bundle triple.
     pub fn identity_source(&self) -> Result<Option<slim_auth::IdentitySourceConfig>, ConfigError> {
-        use slim_auth::IdentitySourceConfig as S;
-        let id = &self.identity;
-        Ok(match id.source {
-            IdentitySourceKind::Files => id.dir.clone().map(|dir| S::Files { dir }),
-            IdentitySourceKind::Spire => Some(S::Spire {
-                socket: id.socket.clone(),
-                initial_timeout: Duration::from_millis(id.initial_timeout_ms.unwrap_or(10_000)),
-            }),
-            IdentitySourceKind::Dev => Some(S::Dev {
-                ca_dir: id.ca_dir.clone().expect("validated"),
-                id: slim_auth::SpiffeId::parse(id.id.as_deref().expect("validated"))
-                    .map_err(|e| ConfigError::Invalid(format!("identity.id: {e}")))?,
-                ttl: Duration::from_secs(id.ttl_secs.unwrap_or(3600)),
-            }),
-        })
+        self.identity.source_config().map_err(ConfigError::Invalid)
     }
 
     /// Loads the authorization policy this config names.
