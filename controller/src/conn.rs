@@ -192,7 +192,14 @@ impl ControllerConn {
         req: AdminRequest,
         timeout: Duration,
     ) -> Result<AdminResponse, ConnError> {
-        self.stream.send(&ToController::Admin(req)).await?;
+        // The controller may refuse us right after the handshake, while the
+        // request is being written: report why, not the broken write.
+        if let Err(e) = self.stream.send(&ToController::Admin(req)).await {
+            return Err(match self.conn.close_reason() {
+                Some(_) => self.closed_reason(),
+                None => e,
+            });
+        }
         let answer = tokio::time::timeout(timeout, self.stream.recv::<ToCaller>())
             .await
             .map_err(|_| ConnError::Timeout("admin answer"))?;
