@@ -28,11 +28,12 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::conn::{AbortOnDrop, encode, read_one};
+use crate::fanout::Pushes;
 use crate::federation::{FedMsg, LinkSession, LinkShared, LinkState, PeerSpec};
 use crate::interest::valid_node_id;
 use crate::metrics as m;
 use crate::node::{NodeCtx, TlsIdentity};
-use crate::outbox::{Outbox, Push, SlowConsumerPolicy};
+use crate::outbox::{Outbox, SlowConsumerPolicy};
 
 /// Why a link attempt or a live link ended.
 #[derive(Debug, thiserror::Error)]
@@ -871,11 +872,9 @@ struct Forwarder<'a> {
     ctx: &'a NodeCtx,
     session: &'a LinkSession,
     scratch: BytesMut,
-    deliveries: u64,
-    slow: u64,
+    pushes: Pushes,
     no_route: u64,
     loops: u64,
-    link_drops: u64,
 }
 
 impl<'a> Forwarder<'a> {
@@ -884,23 +883,14 @@ impl<'a> Forwarder<'a> {
             ctx,
             session,
             scratch: BytesMut::new(),
-            deliveries: 0,
-            slow: 0,
+            pushes: Pushes::default(),
             no_route: 0,
             loops: 0,
-            link_drops: 0,
         }
     }
 
     fn flush_metrics(&mut self) {
         let hm = &self.ctx.hot;
-        if self.deliveries > 0 {
-            hm.deliveries
-                .increment(std::mem::take(&mut self.deliveries));
-        }
-        if self.slow > 0 {
-            hm.slow_consumer.increment(std::mem::take(&mut self.slow));
-        }
         if self.no_route > 0 {
             hm.no_route.increment(std::mem::take(&mut self.no_route));
         }
@@ -908,10 +898,7 @@ impl<'a> Forwarder<'a> {
             counter!(m::LINK_DROPS_TOTAL, "reason" => "loop")
                 .increment(std::mem::take(&mut self.loops));
         }
-        if self.link_drops > 0 {
-            counter!(m::LINK_DROPS_TOTAL, "reason" => "queue_full")
-                .increment(std::mem::take(&mut self.link_drops));
-        }
+        self.pushes.flush(self.ctx);
     }
 
     fn reserve(&mut self, n: usize) {
@@ -931,17 +918,13 @@ impl<'a> Forwarder<'a> {
             self.loops += 1;
             return Ok(());
         }
-        if let Some(hook) = self.ctx.route_hook() {
-            let seen = crate::RoutedFrame {
-                name: v.name,
-                mode: v.mode,
-                from: v.from,
-                payload: v.payload,
-            };
-            if hook(&seen) == crate::HookVerdict::Drop {
-                m::dropped_by_hook();
-                return Ok(());
-            }
+        if self.ctx.hook_drops(crate::RoutedFrame {
+            name: v.name,
+            mode: v.mode,
+            from: v.from,
+            payload: v.payload,
+        }) {
+            return Ok(());
         }
         let Some(route) = self.ctx.registry.lookup(v.name) else {
             self.no_route += v.dests.len() as u64;
@@ -991,11 +974,7 @@ impl<'a> Forwarder<'a> {
                     &mut self.scratch,
                 )?;
                 let frame = self.scratch.split().freeze();
-                match g.outbox.push(frame) {
-                    Push::Queued => {}
-                    Push::Closed => {}
-                    Push::Dropped | Push::Disconnect => self.link_drops += 1,
-                }
+                self.pushes.push_link(g, frame);
             }
         }
         self.no_route += (v.dests.len() - handled.min(v.dests.len())) as u64;
@@ -1026,33 +1005,16 @@ impl<'a> Forwarder<'a> {
         match v.mode {
             Mode::Multicast => {
                 for sub in &route.subs {
-                    self.push(sub, frame.clone());
+                    self.pushes.push_sub(self.ctx, sub, frame.clone());
                 }
             }
             Mode::Anycast | Mode::Unicast => {
-                for _ in 0..route.subs.len() {
-                    if let Some(sub) = route.pick()
-                        && !sub.outbox.is_closed()
-                    {
-                        self.push(sub, frame);
-                        break;
-                    }
+                if let Some(sub) = route.pick_live() {
+                    self.pushes.push_sub(self.ctx, sub, frame);
                 }
             }
         }
         Ok(())
-    }
-
-    fn push(&mut self, sub: &crate::registry::Sub, frame: Bytes) {
-        match sub.outbox.push(frame) {
-            Push::Queued => self.deliveries += 1,
-            Push::Dropped => self.slow += 1,
-            Push::Closed => {}
-            Push::Disconnect => {
-                self.slow += 1;
-                self.ctx.disconnect_slow(sub.conn);
-            }
-        }
     }
 }
 

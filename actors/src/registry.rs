@@ -70,6 +70,14 @@ impl Route {
         None
     }
 
+    /// Next subscriber in round-robin order whose queue is open, so an
+    /// anycast still finds a live instance while a closed one is cleaned up.
+    pub fn pick_live(&self) -> Option<&Sub> {
+        (0..self.subs.len())
+            .filter_map(|_| self.pick())
+            .find(|s| !s.outbox.is_closed())
+    }
+
     /// Next subscriber in round-robin order.
     pub fn pick(&self) -> Option<&Sub> {
         if self.subs.is_empty() {

@@ -17,10 +17,10 @@ use tokio::io::AsyncReadExt;
 use tracing::{debug, info};
 
 use crate::conn::{ConnError, ConnShared, encode};
+use crate::fanout::Pushes;
 use crate::metrics as m;
 use crate::node::NodeCtx;
 use crate::outbox::Push;
-use crate::registry::{RemoteGroup, Sub};
 use crate::table::TableMsg;
 
 pub(crate) async fn read_loop(
@@ -82,11 +82,9 @@ struct Router<'a> {
     scratch: BytesMut,
     frames_in: u64,
     routed: [u64; 3],
-    deliveries: u64,
+    pushes: Pushes,
     no_route: u64,
-    slow: u64,
     unauthorized: u64,
-    link_drops: u64,
     publishes: u64,
     grants: Option<(u64, Grants)>,
     /// Names this connection may publish to under the current grants; bounded.
@@ -103,11 +101,9 @@ impl<'a> Router<'a> {
             scratch: BytesMut::new(),
             frames_in: 0,
             routed: [0; 3],
-            deliveries: 0,
+            pushes: Pushes::default(),
             no_route: 0,
-            slow: 0,
             unauthorized: 0,
-            link_drops: 0,
             publishes: 0,
             grants: None,
             publish_ok: HashSet::new(),
@@ -176,20 +172,10 @@ impl<'a> Router<'a> {
                 hm.routed[i].increment(std::mem::take(n));
             }
         }
-        if self.deliveries > 0 {
-            hm.deliveries
-                .increment(std::mem::take(&mut self.deliveries));
-        }
         if self.no_route > 0 {
             hm.no_route.increment(std::mem::take(&mut self.no_route));
         }
-        if self.slow > 0 {
-            hm.slow_consumer.increment(std::mem::take(&mut self.slow));
-        }
-        if self.link_drops > 0 {
-            counter!(m::LINK_DROPS_TOTAL, "reason" => "queue_full")
-                .increment(std::mem::take(&mut self.link_drops));
-        }
+        self.pushes.flush(self.ctx);
         if self.unauthorized > 0 {
             hm.unauthorized
                 .increment(std::mem::take(&mut self.unauthorized));
@@ -358,17 +344,13 @@ impl<'a> Router<'a> {
                 .refuse(&p, ErrorCode::UNAUTHORIZED, d.to_string())
                 .await;
         }
-        if let Some(hook) = self.ctx.route_hook() {
-            let seen = crate::RoutedFrame {
-                name: p.name,
-                mode: p.mode,
-                from: self.sh.name.as_str(),
-                payload: p.payload,
-            };
-            if hook(&seen) == crate::HookVerdict::Drop {
-                m::dropped_by_hook();
-                return Ok(());
-            }
+        if self.ctx.hook_drops(crate::RoutedFrame {
+            name: p.name,
+            mode: p.mode,
+            from: self.sh.name.as_str(),
+            payload: p.payload,
+        }) {
+            return Ok(());
         }
         let route = reg.lookup(p.name).filter(|r| !r.is_empty());
         let Some(route) = route else {
@@ -385,36 +367,26 @@ impl<'a> Router<'a> {
                 if !route.subs.is_empty() {
                     let frame = self.deliver_frame(&p)?;
                     for sub in &route.subs {
-                        self.push(sub, frame.clone());
+                        self.pushes.push_sub(self.ctx, sub, frame.clone());
                     }
                 }
                 // One copy per link, carrying the nodes beyond it that want it.
                 for g in &route.remote {
                     let frame =
                         self.forward_frame(&p, g.origins.iter().map(|o| &**o), g.origins.len())?;
-                    self.push_link(g, frame);
+                    self.pushes.push_link(g, frame);
                 }
             }
             Mode::Anycast | Mode::Unicast => {
-                // Local subscribers first; skip queues that are closed so an
-                // anycast still finds a live instance.
-                let n = route.subs.len();
-                let mut frame = None;
-                for _ in 0..n {
-                    if let Some(sub) = route.pick()
-                        && !sub.outbox.is_closed()
-                    {
-                        let f = match frame.take() {
-                            Some(f) => f,
-                            None => self.deliver_frame(&p)?,
-                        };
-                        self.push(sub, f);
-                        return Ok(());
-                    }
+                // Local subscribers first, then a remote node.
+                if let Some(sub) = route.pick_live() {
+                    let frame = self.deliver_frame(&p)?;
+                    self.pushes.push_sub(self.ctx, sub, frame);
+                    return Ok(());
                 }
                 if let Some((g, origin)) = route.pick_remote() {
                     let frame = self.forward_frame(&p, std::iter::once(&**origin), 1)?;
-                    self.push_link(g, frame);
+                    self.pushes.push_link(g, frame);
                 }
             }
         }
@@ -473,24 +445,5 @@ impl<'a> Router<'a> {
             &mut self.scratch,
         )?;
         Ok(self.scratch.split().freeze())
-    }
-
-    fn push_link(&mut self, g: &RemoteGroup, frame: Bytes) {
-        match g.outbox.push(frame) {
-            Push::Queued | Push::Closed => {}
-            Push::Dropped | Push::Disconnect => self.link_drops += 1,
-        }
-    }
-
-    fn push(&mut self, sub: &Sub, frame: Bytes) {
-        match sub.outbox.push(frame) {
-            Push::Queued => self.deliveries += 1,
-            Push::Dropped => self.slow += 1,
-            Push::Closed => {}
-            Push::Disconnect => {
-                self.slow += 1;
-                self.ctx.disconnect_slow(sub.conn);
-            }
-        }
     }
 }
