@@ -143,9 +143,18 @@ impl Machine for Member {
 
 async fn transmit(mux: &SessionMux, sid: u64, channel: &Name, t: Transmit) {
     let r = match &t.dest {
+        // Tracked, so that a refusal by the node's policy comes back to
+        // this channel (a join request, a member's message) instead of
+        // vanishing; "no route" stays silent (a channel may be empty).
         Dest::Group => {
-            mux.publish_silent(channel, Mode::Multicast, &t.packet)
-                .await
+            mux.publish_tracked(
+                sid,
+                channel,
+                Mode::Multicast,
+                crate::FLAG_NO_ROUTE_SILENT,
+                &t.packet,
+            )
+            .await
         }
         Dest::Member(n) => match Name::parse(n) {
             Ok(name) => {
@@ -464,6 +473,9 @@ impl ChannelMember {
                     ChannelEvent::JoinFailed { reason } => {
                         return Err(ChannelError::JoinFailed { reason });
                     }
+                    ChannelEvent::Denied { reason } => {
+                        return Err(ChannelError::Denied { reason });
+                    }
                     other if early.len() < 1024 => early.push_back(other),
                     _ => {}
                 }
@@ -646,6 +658,185 @@ impl Invitation {
         self.mux
             .publish_silent(&self.incoming.from, Mode::Unicast, &packet)
             .await?;
+        Ok(())
+    }
+}
+
+/// A channel handle of either role behind shared references, for the front
+/// door's one `Session` type: control calls and the event queue are
+/// separate, so a task waiting for events does not hold up publishing.
+pub(crate) enum GroupCtl {
+    Moderator {
+        jobs: mpsc::Sender<Job<Moderator>>,
+        events: tokio::sync::Mutex<mpsc::Receiver<ChannelEvent>>,
+        task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    },
+    Member {
+        jobs: std::sync::Mutex<Option<mpsc::Sender<Job<Member>>>>,
+        early: std::sync::Mutex<std::collections::VecDeque<ChannelEvent>>,
+        events: tokio::sync::Mutex<mpsc::Receiver<ChannelEvent>>,
+        task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    },
+}
+
+impl From<ChannelModerator> for GroupCtl {
+    fn from(m: ChannelModerator) -> Self {
+        GroupCtl::Moderator {
+            jobs: m.jobs,
+            events: tokio::sync::Mutex::new(m.events),
+            task: tokio::sync::Mutex::new(Some(m.task)),
+        }
+    }
+}
+
+impl From<ChannelMember> for GroupCtl {
+    fn from(m: ChannelMember) -> Self {
+        GroupCtl::Member {
+            jobs: std::sync::Mutex::new(Some(m.jobs)),
+            early: std::sync::Mutex::new(m.early),
+            events: tokio::sync::Mutex::new(m.events),
+            task: tokio::sync::Mutex::new(Some(m.task)),
+        }
+    }
+}
+
+impl GroupCtl {
+    fn member_jobs(
+        jobs: &std::sync::Mutex<Option<mpsc::Sender<Job<Member>>>>,
+    ) -> Result<mpsc::Sender<Job<Member>>, ChannelError> {
+        jobs.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(ChannelError::Closed)
+    }
+
+    pub(crate) async fn publish(&self, payload: &[u8]) -> Result<Published, ChannelError> {
+        let payload = payload.to_vec();
+        match self {
+            GroupCtl::Moderator { jobs, .. } => {
+                call(jobs, move |m: &mut Moderator, now| {
+                    m.publish(&payload, now)
+                        .map(|(seq, epoch)| Published { seq, epoch })
+                })
+                .await?
+            }
+            GroupCtl::Member { jobs, .. } => {
+                let jobs = Self::member_jobs(jobs)?;
+                call(&jobs, move |m: &mut Member, now| {
+                    m.publish(&payload, now)
+                        .map(|(seq, epoch)| Published { seq, epoch })
+                })
+                .await?
+            }
+        }
+    }
+
+    /// Moderator only (the caller checks the role): invites `name` and waits
+    /// until it joined or the invitation failed.
+    pub(crate) async fn invite(&self, name: &str) -> Result<(), ChannelError> {
+        let GroupCtl::Moderator { jobs, .. } = self else {
+            return Err(ChannelError::NotJoined);
+        };
+        let n = name.to_owned();
+        call(jobs, move |m: &mut Moderator, now| m.invite(&n, now)).await??;
+        // Wait for the outcome: the roster gains a member of that name, or
+        // the invitation fails (reported as an event too; the roster check
+        // keeps this independent of who reads the events).
+        let deadline = tokio::time::Instant::now() + ChannelConfig::default().join_timeout * 2;
+        loop {
+            let (members, pending) =
+                call(jobs, |m: &mut Moderator, _| (m.members(), m.pending())).await?;
+            let matches =
+                |mi: &MemberInfo| mi.name == name || mi.name.starts_with(&format!("{name}/"));
+            if members.iter().any(matches) && pending == 0 {
+                return Ok(());
+            }
+            if pending == 0 {
+                return Err(ChannelError::JoinFailed {
+                    reason: format!("the invitation of {name} was declined or not answered"),
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ChannelError::JoinFailed {
+                    reason: format!("{name} did not join in time"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub(crate) async fn remove(&self, who: &str) -> Result<(), ChannelError> {
+        let GroupCtl::Moderator { jobs, .. } = self else {
+            return Err(ChannelError::NotJoined);
+        };
+        let w = who.to_owned();
+        call(jobs, move |m: &mut Moderator, now| {
+            m.remove(&w, "removed by the moderator", now)
+        })
+        .await??;
+        // Done when the removal's commit completed (nothing pending).
+        let deadline = tokio::time::Instant::now() + ChannelConfig::default().change_timeout * 2;
+        while call(jobs, |m: &mut Moderator, _| m.pending()).await? > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn members(&self) -> Result<(u64, Vec<MemberInfo>), ChannelError> {
+        match self {
+            GroupCtl::Moderator { jobs, .. } => {
+                call(jobs, |m: &mut Moderator, _| (m.epoch(), m.members())).await
+            }
+            GroupCtl::Member { jobs, .. } => {
+                let jobs = Self::member_jobs(jobs)?;
+                call(&jobs, |m: &mut Member, _| (m.epoch(), m.members())).await
+            }
+        }
+    }
+
+    /// The next event; `None` once the driver ended and all were read.
+    pub(crate) async fn recv(&self) -> Option<ChannelEvent> {
+        match self {
+            GroupCtl::Moderator { events, .. } => events.lock().await.recv().await,
+            GroupCtl::Member { events, early, .. } => {
+                if let Some(e) = early.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+                    return Some(e);
+                }
+                events.lock().await.recv().await
+            }
+        }
+    }
+
+    /// Moderator: closes the channel; member: leaves. Waits (bounded by the
+    /// change timeout) for the driver to finish.
+    pub(crate) async fn close(&self, reason: &str) -> Result<(), ChannelError> {
+        let task = match self {
+            GroupCtl::Moderator { jobs, task, .. } => {
+                let reason = reason.to_owned();
+                match call(jobs, move |m: &mut Moderator, now| m.close(&reason, now)).await {
+                    Ok(r) => r?,
+                    Err(ChannelError::Closed) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+                task
+            }
+            GroupCtl::Member { jobs, task, .. } => {
+                let j = jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(j) = j {
+                    let _ = call(&j, |m: &mut Member, now| m.leave(now)).await;
+                }
+                task
+            }
+        };
+        let handle = task.lock().await.take();
+        if let Some(mut h) = handle {
+            let bound = ChannelConfig::default().change_timeout + Duration::from_secs(1);
+            if tokio::time::timeout(bound, &mut h).await.is_err() {
+                h.abort();
+            }
+        }
         Ok(())
     }
 }

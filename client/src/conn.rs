@@ -123,23 +123,24 @@ fn close_reason(conn: &quinn::Connection) -> Option<ClientError> {
 }
 
 /// One attempt: QUIC+TLS handshake, hello, accept.
-pub(crate) async fn connect_once(
+async fn connect_to(
     shared: &Arc<Shared>,
     ep: &quinn::Endpoint,
+    node: SocketAddr,
 ) -> Result<Live, ClientError> {
     let cfg = &shared.cfg;
     let attempt = async {
-        let connecting =
-            ep.connect(cfg.node, &cfg.server_name)
-                .map_err(|e| ClientError::Connect {
-                    addr: cfg.node,
-                    reason: e.to_string(),
-                })?;
+        let connecting = ep
+            .connect(node, &cfg.server_name)
+            .map_err(|e| ClientError::Connect {
+                addr: node,
+                reason: e.to_string(),
+            })?;
         let conn = connecting.await.map_err(|e| match e {
             quinn::ConnectionError::TransportError(t) => ClientError::Tls(t.to_string()),
             quinn::ConnectionError::ConnectionClosed(c) => ClientError::Tls(c.to_string()),
             other => ClientError::Connect {
-                addr: cfg.node,
+                addr: node,
                 reason: other.to_string(),
             },
         })?;
@@ -199,8 +200,70 @@ pub(crate) async fn connect_once(
     };
     match tokio::time::timeout(cfg.connect_timeout, attempt).await {
         Ok(r) => r,
-        Err(_) => Err(ClientError::Timeout(cfg.connect_timeout)),
+        Err(_) => Err(ClientError::Connect {
+            addr: node,
+            reason: format!("no answer within {:?}", cfg.connect_timeout),
+        }),
     }
+}
+
+/// Resolves `host:port` with the system resolver.
+pub(crate) async fn resolve(host: &str, timeout: Duration) -> Result<Vec<SocketAddr>, ClientError> {
+    let err = |reason: String| ClientError::Resolve {
+        host: host.to_owned(),
+        reason,
+    };
+    match tokio::time::timeout(timeout, tokio::net::lookup_host(host)).await {
+        Err(_) => Err(err(format!(
+            "no answer from the resolver within {timeout:?}"
+        ))),
+        Ok(Err(e)) => Err(err(e.to_string())),
+        Ok(Ok(addrs)) => {
+            let v: Vec<SocketAddr> = addrs.collect();
+            if v.is_empty() {
+                Err(err("no address".into()))
+            } else {
+                Ok(v)
+            }
+        }
+    }
+}
+
+/// One attempt: resolve `host` (when set) and try each address in turn,
+/// skipping those of the other address family than the endpoint's socket.
+pub(crate) async fn connect_once(
+    shared: &Arc<Shared>,
+    ep: &quinn::Endpoint,
+) -> Result<Live, ClientError> {
+    let cfg = &shared.cfg;
+    let Some(host) = &cfg.host else {
+        return connect_to(shared, ep, cfg.node).await;
+    };
+    let v6 = cfg.node.is_ipv6();
+    let addrs: Vec<SocketAddr> = resolve(host, cfg.connect_timeout)
+        .await?
+        .into_iter()
+        .filter(|a| a.is_ipv6() == v6)
+        .collect();
+    let mut last = ClientError::Resolve {
+        host: host.clone(),
+        reason: format!("no {} address", if v6 { "IPv6" } else { "IPv4" }),
+    };
+    for a in addrs {
+        match connect_to(shared, ep, a).await {
+            Ok(l) => return Ok(l),
+            // A refusal is the node's answer, not an unreachable address.
+            Err(e @ ClientError::Rejected { .. }) => return Err(e),
+            Err(ClientError::Connect { reason, .. }) => {
+                last = ClientError::Connect {
+                    addr: a,
+                    reason: format!("{reason} (resolved from {host})"),
+                };
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Owns the connection for the client's lifetime.
@@ -458,11 +521,31 @@ async fn read_loop(
                 }
                 Frame::Error(e) => {
                     shared.metrics.node_errors.increment(1);
+                    if e.msg_id.is_some() {
+                        let mut q = shared
+                            .recent_errors
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner());
+                        if q.len() >= crate::RECENT_ERRORS {
+                            q.pop_front();
+                        }
+                        q.push_back(e.clone());
+                    }
                     if events.send(Event::Error(e)).await.is_err() {
                         return Ok(());
                     }
                 }
-                Frame::Ping(_) | Frame::Pong(_) => {}
+                Frame::Pong(p) => {
+                    if let Some(tx) = shared
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&p.nonce)
+                    {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Frame::Ping(_) => {}
                 other => {
                     return Err(ClientError::Protocol(format!(
                         "unexpected {} frame from the node",

@@ -9,6 +9,7 @@
 //! like NATS core; reliable sessions come with the sessions issue).
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod channel;
 mod conn;
 pub mod session;
@@ -34,6 +35,9 @@ pub use slim_wire::{Deliver, FLAG_NO_ROUTE_SILENT};
 pub enum ClientError {
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: SocketAddr, reason: String },
+    /// The node's host name did not resolve (distinct from "cannot connect").
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
     #[error("TLS: {0}")]
     Tls(String),
     #[error("node rejected the connection ({}): {reason}", code.as_str())]
@@ -122,8 +126,11 @@ impl Credentials {
 
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// The node to dial.
+    /// The node to dial (when `host` is unset).
     pub node: SocketAddr,
+    /// `host:port` resolved with the system resolver at every (re)connect;
+    /// each address it resolves to is tried in turn. Overrides `node`.
+    pub host: Option<String>,
     /// TLS server name sent in SNI (SPIFFE verification ignores it).
     pub server_name: String,
     /// Which server identities to accept.
@@ -169,6 +176,7 @@ impl ClientConfig {
     pub fn with_credentials(node: SocketAddr, name: Name, credentials: Credentials) -> Self {
         ClientConfig {
             node,
+            host: None,
             server_name: "slim-node".into(),
             server: ServerMatch::Any,
             name,
@@ -254,7 +262,12 @@ pub(crate) struct Shared {
     pub next_id: AtomicU64,
     pub state: watch::Sender<ConnState>,
     pub identity_seen: Mutex<Option<String>>,
+    /// The node's most recent error frames, for [`Client::take_errors`].
+    pub recent_errors: Mutex<std::collections::VecDeque<ErrorFrame>>,
 }
+
+/// Error frames kept for [`Client::take_errors`].
+pub(crate) const RECENT_ERRORS: usize = 4096;
 
 impl Shared {
     pub(crate) fn next_id(&self) -> u64 {
@@ -267,8 +280,8 @@ pub struct Client {
     shared: Arc<Shared>,
     out: mpsc::Sender<Bytes>,
     events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
-    driver: tokio::task::JoinHandle<()>,
-    close: Option<oneshot::Sender<()>>,
+    driver: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    close: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -299,6 +312,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             state,
             identity_seen: Mutex::new(None),
+            recent_errors: Mutex::new(std::collections::VecDeque::new()),
         });
         let endpoint = conn::endpoint(&shared.cfg)?;
         let live = conn::connect_once(&shared, &endpoint).await?;
@@ -317,8 +331,8 @@ impl Client {
             shared,
             out: out_tx,
             events: tokio::sync::Mutex::new(ev_rx),
-            driver,
-            close: Some(close_tx),
+            driver: tokio::sync::Mutex::new(Some(driver)),
+            close: Mutex::new(Some(close_tx)),
         })
     }
 
@@ -522,18 +536,57 @@ impl Client {
     }
 
     /// Closes the connection after sending what is queued.
-    pub async fn close(mut self) {
+    pub async fn close(self) {
+        self.shutdown().await;
+    }
+
+    /// [`Client::close`] through a shared reference (the handle stays, closed).
+    pub async fn shutdown(&self) {
         self.flush().await;
-        if let Some(c) = self.close.take() {
+        if let Some(c) = self.close.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = c.send(());
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.driver).await;
+        if let Some(mut d) = self.driver.lock().await.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut d).await;
+        }
+    }
+
+    /// A round trip to the node (ping, pong): once it returns, the node has
+    /// processed every frame this client sent before it.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        let id = self.shared.next_id();
+        self.request(id, Frame::Ping(slim_wire::Ping { nonce: id }))
+            .await
+            .map_err(|(code, reason)| match code {
+                ErrorCode::SHUTTING_DOWN => ClientError::Closed,
+                _ => ClientError::Protocol(format!("ping: {reason}")),
+            })
+    }
+
+    /// Removes and returns the node's recent error frames whose message id
+    /// satisfies `want` (errors about publishes; the same errors also reach
+    /// [`Client::recv`]). Up to the last 4096 errors are kept.
+    pub fn take_errors(&self, want: impl Fn(u64) -> bool) -> Vec<ErrorFrame> {
+        let mut q = self
+            .shared
+            .recent_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        q.retain(|e| match e.msg_id {
+            Some(id) if want(id) => {
+                out.push(e.clone());
+                false
+            }
+            _ => true,
+        });
+        out
     }
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
-        if let Some(c) = self.close.take() {
+        if let Some(c) = self.close.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = c.send(());
         }
     }

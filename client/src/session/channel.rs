@@ -91,6 +91,13 @@ pub fn session_id(channel: &str) -> u64 {
     h
 }
 
+/// The node's reason when `p` is its policy refusing one of our publishes.
+fn denied(p: &Packet) -> Option<String> {
+    (p.flags & crate::session::mux::UNREACHABLE_FROM_NODE != 0
+        && p.seq == u64::from(slim_wire::ErrorCode::UNAUTHORIZED.0))
+    .then(|| String::from_utf8_lossy(&p.body).into_owned())
+}
+
 /// Errors of the channel layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -128,6 +135,9 @@ pub enum ChannelError {
     JoinRefused { reason: String },
     #[error("join failed: {reason}")]
     JoinFailed { reason: String },
+    /// The node's authorization policy refused a publish to the channel.
+    #[error("refused by the node's policy: {reason}")]
+    Denied { reason: String },
 }
 
 impl ChannelError {
@@ -154,6 +164,7 @@ impl ChannelError {
             ChannelError::Closed => "closed",
             ChannelError::JoinRefused { .. } => "join_refused",
             ChannelError::JoinFailed { .. } => "join_failed",
+            ChannelError::Denied { .. } => "denied",
         }
     }
 }
@@ -223,6 +234,9 @@ pub enum ChannelEvent {
     Removed { reason: String },
     /// The channel was closed by the moderator.
     ChannelClosed { reason: String },
+    /// The node's authorization policy refused one of our publishes to the
+    /// channel (during a join attempt, the join fails with it instead).
+    Denied { reason: String },
     /// Messages from `sender` that will never be delivered.
     Lost { sender: String, seqs: Vec<u64> },
     /// Something was refused (tampered, replayed, forged, malformed…).
@@ -944,7 +958,12 @@ impl Moderator {
                 let ctl: Ctl = decode("control", &p.body)?;
                 self.on_ctl(from, from_identity, ctl, now)
             }
-            // Node refusals of our own publishes: the timers deal with them.
+            Kind::Unreachable if denied(p).is_some() => {
+                let reason = denied(p).unwrap_or_default();
+                self.c.events.push_back(ChannelEvent::Denied { reason });
+                Ok(())
+            }
+            // Other node refusals of our own publishes: the timers deal with them.
             Kind::Unreachable => Ok(()),
             kind => Err(SessionError::UnexpectedKind {
                 kind,
@@ -1861,6 +1880,14 @@ impl Member {
                     self.heard = now;
                 }
                 r
+            }
+            Kind::Unreachable if denied(p).is_some() => {
+                let reason = denied(p).unwrap_or_default();
+                if let State::Joining { .. } = &self.state {
+                    self.state = State::Done;
+                }
+                self.c.events.push_back(ChannelEvent::Denied { reason });
+                Ok(())
             }
             Kind::Unreachable => {
                 if let State::Joining { dest, .. } = &self.state

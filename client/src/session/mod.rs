@@ -84,6 +84,9 @@ pub enum SessionError {
     Unreachable { code: u16, reason: String },
     #[error("refused by peer: {0}")]
     Refused(String),
+    /// The node's authorization policy refused a publish of this session.
+    #[error("refused by the node's policy: {0}")]
+    Denied(String),
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
     /// End-to-end encryption failed (handshake, encrypt or decrypt).

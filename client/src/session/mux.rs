@@ -228,6 +228,20 @@ impl SessionMux {
         mode: Mode,
         packet: &[u8],
     ) -> Result<u64, SessionError> {
+        self.publish_tracked(session_id, name, mode, 0, packet)
+            .await
+    }
+
+    /// [`SessionMux::publish`] with publish `flags` (e.g.
+    /// [`FLAG_NO_ROUTE_SILENT`]: other refusals still come back).
+    pub async fn publish_tracked(
+        &self,
+        session_id: u64,
+        name: &Name,
+        mode: Mode,
+        flags: u8,
+        packet: &[u8],
+    ) -> Result<u64, SessionError> {
         let msg_id = self.inner.client.reserve_msg_id();
         {
             let mut t = self.inner.tracked.lock().unwrap_or_else(|e| e.into_inner());
@@ -241,7 +255,7 @@ impl SessionMux {
         }
         self.inner
             .client
-            .publish_with_id(name, mode, 0, msg_id, packet)
+            .publish_with_id(name, mode, flags, msg_id, packet)
             .await
             .map_err(client_err)
     }

@@ -269,6 +269,7 @@ pub struct P2pSession {
     peer: Name,
     peer_identity: Option<Arc<str>>,
     reliable: bool,
+    mls: bool,
     tx: P2pSender,
     rx: P2pReceiver,
 }
@@ -300,6 +301,11 @@ impl P2pSession {
 
     pub fn is_reliable(&self) -> bool {
         self.reliable
+    }
+
+    /// Whether payloads are MLS-encrypted end to end.
+    pub fn is_mls(&self) -> bool {
+        self.mls
     }
 
     pub fn sender(&self) -> P2pSender {
@@ -656,6 +662,7 @@ fn spawn(
     let (stats_tx, stats_rx) = mpsc::channel(cfg.commands.max(1));
     let last_stats = Arc::new(std::sync::Mutex::new(None));
     let (ev_tx, ev_rx) = mpsc::channel(cfg.events.max(1));
+    let has_mls = !matches!(mls, MlsState::Off);
     let task = Task {
         mux: inbox.mux().clone(),
         inbox,
@@ -700,6 +707,7 @@ fn spawn(
         peer,
         peer_identity,
         reliable: is_reliable,
+        mls: has_mls,
         tx: P2pSender {
             cmd: cmd_tx,
             stats: stats_tx,
@@ -1329,6 +1337,16 @@ impl Task {
             (Kind::Refuse, _) => {
                 let reason = String::from_utf8_lossy(&p.body).into_owned();
                 self.fail(SessionError::Refused(reason), now);
+                Ok(())
+            }
+            (Kind::Unreachable, _)
+                if p.flags & UNREACHABLE_FROM_NODE != 0
+                    && p.seq == u64::from(ErrorCode::UNAUTHORIZED.0) =>
+            {
+                // The node's policy refused our publish: final, and not
+                // something retransmission can repair.
+                let reason = String::from_utf8_lossy(&p.body).into_owned();
+                self.fail(SessionError::Denied(reason), now);
                 Ok(())
             }
             (Kind::Unreachable, _) if p.flags & UNREACHABLE_FROM_NODE != 0 => {

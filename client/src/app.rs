@@ -1,0 +1,1540 @@
+//! The front door: one [`App`] handle per agent.
+//!
+//! Everything an agent does goes through it: connect by URL with an identity
+//! from the SPIFFE Workload API (or spiffe-helper files, a JWT-SVID, or the
+//! development shared secret), raw subscribe/publish/receive, point-to-point
+//! sessions (opened or accepted), group channels (created as moderator or
+//! joined by request or invitation), and request/reply and streaming RPC.
+//! Whatever the kind and role, a session is one [`Session`] type; an
+//! operation its role cannot do is refused with [`SlimError::WrongRole`].
+//!
+//! ```no_run
+//! # async fn agent() -> Result<(), slim_client::app::SlimError> {
+//! use slim_client::app::{App, AppConfig};
+//! let app = App::connect(AppConfig::new("slim://127.0.0.1:4500", "acme/eu-west/monitor")).await?;
+//! let ch = app.join_channel("acme/monitoring/security-incident", Default::default()).await?;
+//! ch.publish(b"hello").await?;
+//! while let Ok(msg) = ch.receive().await {
+//!     println!("{} [{:?}]: {:?}", msg.source, msg.spiffe_id, msg.payload);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The machinery underneath ([`crate::Client`], [`SessionMux`],
+//! [`crate::channel`], [`crate::session::p2p`], [`crate::session::rpc`])
+//! stays available for what this layer does not cover.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use slim_auth::{IdentitySource, IdentitySourceConfig, TrustBundles};
+use slim_mls::MlsIdentity;
+use slim_wire::{ErrorCode, Mode, Name};
+use tokio::sync::mpsc;
+
+use crate::channel::{
+    Channel, ChannelConfig, ChannelError, ChannelEvent, ChannelOptions, GroupCtl, Invitations,
+    MemberInfo,
+};
+use crate::session::p2p::{P2pConfig, P2pEvent, P2pListener, P2pReceiver, P2pSender, P2pSession};
+use crate::session::rpc::{
+    Responder, ResponseStream, RpcClient, RpcConfig, RpcError, RpcRequest, RpcServer,
+};
+use crate::session::{SessionError, SessionMux};
+use crate::{Client, ClientConfig, ClientError, Credentials, Event};
+
+/// Everything the front door can fail with. Each variant carries the reason
+/// as text a person can act on; the Python package maps each to its own
+/// exception class.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlimError {
+    /// The node's name did not resolve, the node could not be reached, or
+    /// the TLS handshake failed.
+    #[error("{0}")]
+    Connect(String),
+    /// The identity could not be obtained or used (Workload API, files, JWT).
+    #[error("identity: {0}")]
+    Identity(String),
+    /// Refused by the node's authorization policy (register, subscribe,
+    /// publish); the reason names who was refused what.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The moderator refused the join request.
+    #[error("join refused: {0}")]
+    JoinRefused(String),
+    /// Nobody subscribes to or serves the name.
+    #[error("no route: {0}")]
+    NoRoute(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The app or the session is closed (or this member was removed).
+    #[error("closed: {0}")]
+    Closed(String),
+    /// End-to-end encryption failed.
+    #[error("MLS: {0}")]
+    Mls(String),
+    /// An operation of another role (e.g. `invite` on a member).
+    #[error("{op} is not available to a {role} ({kind} session)")]
+    WrongRole {
+        op: &'static str,
+        role: &'static str,
+        kind: &'static str,
+    },
+    /// The RPC responder failed the call.
+    #[error("remote error: {0}")]
+    Remote(String),
+    /// A reliable message was not acknowledged after every retry.
+    #[error("delivery failed: {0}")]
+    DeliveryFailed(String),
+    #[error("invalid name: {0}")]
+    InvalidName(String),
+    /// Invalid arguments or configuration.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// Something the peer or node sent could not be understood.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+impl SlimError {
+    /// A short machine-readable kind (used for exception mapping and logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SlimError::Connect(_) => "connect",
+            SlimError::Identity(_) => "identity",
+            SlimError::PermissionDenied(_) => "permission_denied",
+            SlimError::JoinRefused(_) => "join_refused",
+            SlimError::NoRoute(_) => "no_route",
+            SlimError::Timeout(_) => "timeout",
+            SlimError::Closed(_) => "closed",
+            SlimError::Mls(_) => "mls",
+            SlimError::WrongRole { .. } => "wrong_role",
+            SlimError::Remote(_) => "remote",
+            SlimError::DeliveryFailed(_) => "delivery_failed",
+            SlimError::InvalidName(_) => "invalid_name",
+            SlimError::Invalid(_) => "invalid",
+            SlimError::Protocol(_) => "protocol",
+        }
+    }
+
+    fn from_code(code: ErrorCode, reason: String) -> SlimError {
+        match code {
+            ErrorCode::UNAUTHORIZED => SlimError::PermissionDenied(reason),
+            ErrorCode::NO_ROUTE => SlimError::NoRoute(reason),
+            ErrorCode::BAD_NAME => SlimError::InvalidName(reason),
+            ErrorCode::SHUTTING_DOWN => SlimError::Closed(reason),
+            c => SlimError::Protocol(format!("{} ({})", reason, c.as_str())),
+        }
+    }
+}
+
+impl From<ClientError> for SlimError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Connect { .. } | ClientError::Tls(_) | ClientError::Resolve { .. } => {
+                SlimError::Connect(e.to_string())
+            }
+            ClientError::Rejected { code, reason } => match code {
+                ErrorCode::UNAUTHORIZED => SlimError::PermissionDenied(reason),
+                _ => SlimError::Connect(format!("the node rejected the connection: {reason}")),
+            },
+            ClientError::Timeout(d) => SlimError::Timeout(format!("no answer within {d:?}")),
+            ClientError::Closed => SlimError::Closed("the app is closed".into()),
+            ClientError::Subscribe { name, code, reason } => match code {
+                ErrorCode::UNAUTHORIZED => {
+                    SlimError::PermissionDenied(format!("subscribe to {name}: {reason}"))
+                }
+                ErrorCode::SHUTTING_DOWN => SlimError::Closed(reason),
+                _ => SlimError::Protocol(format!("subscribe to {name}: {reason}")),
+            },
+            ClientError::Name(n) => SlimError::InvalidName(n.to_string()),
+            ClientError::Wire(w) => SlimError::Protocol(w.to_string()),
+            ClientError::Protocol(p) => SlimError::Protocol(p),
+        }
+    }
+}
+
+impl From<SessionError> for SlimError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Closed => SlimError::Closed("the session is closed".into()),
+            SessionError::NoResponder { name, reason } => {
+                SlimError::NoRoute(format!("nobody serves {name}: {reason}"))
+            }
+            SessionError::Denied(reason) => SlimError::PermissionDenied(reason),
+            SessionError::Unreachable { code, reason } => match ErrorCode(code) {
+                ErrorCode::UNAUTHORIZED => SlimError::PermissionDenied(reason),
+                _ => SlimError::NoRoute(format!("the peer is unreachable: {reason}")),
+            },
+            SessionError::Refused(r) => SlimError::Closed(format!("refused by the peer: {r}")),
+            SessionError::Timeout(d) => SlimError::Timeout(format!("no answer within {d:?}")),
+            SessionError::Mls(m) => SlimError::Mls(m),
+            SessionError::PayloadTooLarge { .. } => SlimError::Invalid(e.to_string()),
+            SessionError::Client(c) => SlimError::Closed(format!("connection: {c}")),
+            other => SlimError::Protocol(other.to_string()),
+        }
+    }
+}
+
+impl From<ChannelError> for SlimError {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::Session(s) => s.into(),
+            ChannelError::Mls(m) => SlimError::Mls(m.to_string()),
+            ChannelError::JoinRefused { reason } => SlimError::JoinRefused(reason),
+            ChannelError::Denied { reason } => SlimError::PermissionDenied(reason),
+            ChannelError::JoinFailed { reason } => SlimError::Timeout(format!("join: {reason}")),
+            ChannelError::Closed => SlimError::Closed("the channel is closed".into()),
+            ChannelError::Removed => SlimError::Closed("removed from the channel".into()),
+            ChannelError::NotJoined => SlimError::Closed("not a member of the channel".into()),
+            ChannelError::Admission(a) => SlimError::Invalid(format!("admission pattern: {a}")),
+            other => SlimError::Protocol(other.to_string()),
+        }
+    }
+}
+
+impl From<RpcError> for SlimError {
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::Timeout(d) => SlimError::Timeout(format!("deadline of {d:?} expired")),
+            RpcError::NoResponder { name } => SlimError::NoRoute(format!("nobody serves {name}")),
+            RpcError::Remote(r) => SlimError::Remote(r),
+            RpcError::NoResponse => {
+                SlimError::Remote("the responder ended the call without a response".into())
+            }
+            RpcError::DeliveryFailed => {
+                SlimError::DeliveryFailed("the request was not acknowledged".into())
+            }
+            RpcError::Session(s) => s.into(),
+            RpcError::Malformed(m) => SlimError::Protocol(m),
+        }
+    }
+}
+
+impl From<slim_wire::InvalidName> for SlimError {
+    fn from(e: slim_wire::InvalidName) -> Self {
+        SlimError::InvalidName(e.to_string())
+    }
+}
+
+fn parse_name(s: &str) -> Result<Name, SlimError> {
+    Name::parse(s).map_err(|e| SlimError::InvalidName(format!("{s:?}: {e}")))
+}
+
+/// Where the agent's identity comes from.
+#[derive(Clone)]
+pub enum IdentityConfig {
+    /// The SPIFFE Workload API (a SPIRE agent): `socket` or
+    /// `$SPIFFE_ENDPOINT_SOCKET`. The default.
+    WorkloadApi { socket: Option<String> },
+    /// spiffe-helper files in `dir` (`tls.crt`, `tls.key`, `svid_bundle.pem`),
+    /// watched for rotation.
+    Files { dir: PathBuf },
+    /// A JWT-SVID for `audience` from the Workload API instead of a client
+    /// certificate (the node is still authenticated by its SVID).
+    Jwt {
+        audience: String,
+        socket: Option<String>,
+    },
+    /// INSECURE, development only: a shared secret instead of an identity.
+    /// `bundle` is the node's trust bundle (PEM) and `trust_domain` the
+    /// trust domain its CA belongs to. No MLS (there is no SVID to bind).
+    SharedSecret {
+        secret: String,
+        bundle: PathBuf,
+        trust_domain: String,
+    },
+    /// A source the caller already started (tests, embedding).
+    Source(IdentitySource),
+}
+
+impl std::fmt::Debug for IdentityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdentityConfig::WorkloadApi { socket } => write!(f, "WorkloadApi({socket:?})"),
+            IdentityConfig::Files { dir } => write!(f, "Files({})", dir.display()),
+            IdentityConfig::Jwt { audience, .. } => write!(f, "Jwt({audience})"),
+            IdentityConfig::SharedSecret { .. } => write!(f, "SharedSecret(…)"),
+            IdentityConfig::Source(s) => write!(f, "Source({})", s.spiffe_id()),
+        }
+    }
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig::WorkloadApi { socket: None }
+    }
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// `slim://host:port` or `host:port`; host names are resolved at every
+    /// (re)connect and every address is tried.
+    pub url: String,
+    /// `org/namespace/service`; an instance id is appended.
+    pub name: String,
+    pub identity: IdentityConfig,
+    /// Bound on the first connection (resolve, QUIC, TLS, hello).
+    pub connect_timeout: Duration,
+    /// How long subscribe/unsubscribe/flush wait for the node.
+    pub request_timeout: Duration,
+    /// Record `slim_client_*` metrics into the process's `metrics` recorder.
+    pub metrics: bool,
+}
+
+impl AppConfig {
+    pub fn new(url: impl Into<String>, name: impl Into<String>) -> AppConfig {
+        AppConfig {
+            url: url.into(),
+            name: name.into(),
+            identity: IdentityConfig::default(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            metrics: false,
+        }
+    }
+
+    pub fn identity(mut self, identity: IdentityConfig) -> AppConfig {
+        self.identity = identity;
+        self
+    }
+}
+
+/// Splits `slim://host:port` or `host:port` into `host:port`.
+pub fn parse_url(url: &str) -> Result<String, SlimError> {
+    let rest = match url.split_once("://") {
+        Some(("slim", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(SlimError::Invalid(format!(
+                "node URL {url:?}: unknown scheme {scheme:?} (use slim://host:port)"
+            )));
+        }
+        None => url,
+    };
+    let rest = rest.trim_end_matches('/');
+    let ok = match rest.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    };
+    if !ok || rest.contains('/') {
+        return Err(SlimError::Invalid(format!(
+            "node URL {url:?}: expected slim://host:port"
+        )));
+    }
+    Ok(rest.to_owned())
+}
+
+/// A message received raw (not in a session).
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub payload: Bytes,
+    /// The sender's full name.
+    pub source: String,
+    /// The sender's SPIFFE ID: proven by MLS in an MLS channel,
+    /// authenticated by the sender's node otherwise.
+    pub spiffe_id: Option<String>,
+    /// The name it was sent to (the channel's, for a group message).
+    pub name: String,
+    /// The sender's sequence number (sessions).
+    pub seq: Option<u64>,
+    /// The MLS epoch it was encrypted in.
+    pub epoch: Option<u64>,
+    /// How it was published (raw messages).
+    pub mode: Option<Mode>,
+}
+
+/// What [`Session::next_event`] returns.
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    Message(Message),
+    /// Group: a member was admitted (moderator: when its admission
+    /// completed; members: when they applied the commit).
+    MemberJoined(MemberInfo),
+    /// Group: a member left or was removed.
+    MemberLeft {
+        member: MemberInfo,
+        reason: String,
+    },
+}
+
+/// The kind of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    PointToPoint,
+    Group,
+}
+
+impl SessionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::PointToPoint => "p2p",
+            SessionKind::Group => "group",
+        }
+    }
+}
+
+/// This end's role in a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Opened the point-to-point session.
+    Initiator,
+    /// Accepted the point-to-point session.
+    Responder,
+    /// Created the channel.
+    Moderator,
+    /// Joined the channel (by request or invitation).
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Initiator => "initiator",
+            Role::Responder => "responder",
+            Role::Moderator => "moderator",
+            Role::Member => "member",
+        }
+    }
+}
+
+/// Options of [`App::open_session`].
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Acks, retransmission, in-order exactly-once delivery.
+    pub reliable: bool,
+    /// End-to-end MLS (needs an X.509-SVID identity).
+    pub mls: bool,
+    /// Bound on opening (the peer answering).
+    pub timeout: Option<Duration>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            reliable: true,
+            mls: false,
+            timeout: None,
+        }
+    }
+}
+
+/// Options of [`App::create_channel`].
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub mls: bool,
+    /// SPIFFE-ID patterns (`*` one segment, trailing `**` the rest) whose
+    /// holders may join by request; empty: invitation only.
+    pub admission: Vec<String>,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        CreateOptions {
+            mls: true,
+            admission: Vec::new(),
+        }
+    }
+}
+
+/// Options of [`App::join_channel`].
+#[derive(Debug, Clone)]
+pub struct JoinOptions {
+    pub mls: bool,
+    /// How long to keep asking (the moderator may not be up yet).
+    pub timeout: Duration,
+}
+
+impl Default for JoinOptions {
+    fn default() -> Self {
+        JoinOptions {
+            mls: true,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Raw-publish refusals waiting to be reported by [`App::flush`].
+const MAX_UNREPORTED: usize = 1024;
+/// Raw publishes remembered for matching refusals.
+const MAX_TRACKED_RAW: usize = 64 * 1024;
+/// Incoming sessions waiting for [`App::accept`].
+const INCOMING: usize = 256;
+
+struct AppInner {
+    mux: SessionMux,
+    raw: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    source: Option<IdentitySource>,
+    mls: Option<MlsIdentity>,
+    /// Msg ids of raw publishes since the last flush.
+    raw_ids: Mutex<(HashSet<u64>, VecDeque<u64>)>,
+    /// Refusals of raw publishes seen by `receive` and not yet reported.
+    refusals: Mutex<VecDeque<SlimError>>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<Result<Session, SlimError>>>,
+    rpc_client: std::sync::OnceLock<RpcClient>,
+    rpc_server: tokio::sync::Mutex<Option<RpcServer>>,
+    closed: AtomicBool,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for AppInner {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// A connected agent. Cheap to clone; every clone is the same agent.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<AppInner>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("name", self.name()).finish()
+    }
+}
+
+async fn start_identity(
+    cfg: &IdentityConfig,
+) -> Result<(Credentials, Option<IdentitySource>), SlimError> {
+    let start = |c: IdentitySourceConfig| async move {
+        IdentitySource::start(c)
+            .await
+            .map_err(|e| SlimError::Identity(e.to_string()))
+    };
+    Ok(match cfg {
+        IdentityConfig::WorkloadApi { socket } => {
+            let s = start(IdentitySourceConfig::spire(socket.clone())).await?;
+            (Credentials::Source(s.clone()), Some(s))
+        }
+        IdentityConfig::Files { dir } => {
+            let s = start(IdentitySourceConfig::Files { dir: dir.clone() }).await?;
+            (Credentials::Source(s.clone()), Some(s))
+        }
+        IdentityConfig::Jwt { audience, socket } => {
+            let s = start(IdentitySourceConfig::spire(socket.clone())).await?;
+            (
+                Credentials::Jwt {
+                    source: s.clone(),
+                    audience: audience.clone(),
+                },
+                Some(s),
+            )
+        }
+        IdentityConfig::SharedSecret {
+            secret,
+            bundle,
+            trust_domain,
+        } => {
+            let pem = std::fs::read(bundle).map_err(|e| {
+                SlimError::Identity(format!("trust bundle {}: {e}", bundle.display()))
+            })?;
+            let bundles = TrustBundles::from_pem(trust_domain, &pem)
+                .map_err(|e| SlimError::Identity(format!("{}: {e}", bundle.display())))?;
+            tracing::warn!(
+                "INSECURE: authenticating to the node with a shared secret (development only)"
+            );
+            (
+                Credentials::SharedSecret {
+                    secret: secret.clone(),
+                    bundles,
+                },
+                None,
+            )
+        }
+        IdentityConfig::Source(s) => (Credentials::Source(s.clone()), Some(s.clone())),
+    })
+}
+
+impl App {
+    /// Obtains the identity, dials the node and registers `cfg.name`. Later
+    /// connection drops are repaired in the background (backoff with jitter,
+    /// subscriptions restored).
+    pub async fn connect(cfg: AppConfig) -> Result<App, SlimError> {
+        let host = parse_url(&cfg.url)?;
+        let name = parse_name(&cfg.name)?;
+        let (credentials, source) = start_identity(&cfg.identity).await?;
+        let first = crate::conn::resolve(&host, cfg.connect_timeout)
+            .await?
+            .first()
+            .copied()
+            .ok_or_else(|| SlimError::Connect(format!("cannot resolve {host}: no address")))?;
+        let mut ccfg = ClientConfig::with_credentials(first, name, credentials);
+        ccfg.host = Some(host);
+        ccfg.connect_timeout = cfg.connect_timeout;
+        ccfg.request_timeout = cfg.request_timeout;
+        ccfg.metrics = cfg.metrics;
+        let client = Client::connect(ccfg).await?;
+        // MLS binds to the SVID the node authenticated us with.
+        let mls = match &source {
+            Some(s) => {
+                Some(MlsIdentity::new(&s.current()).map_err(|e| SlimError::Mls(e.to_string()))?)
+            }
+            None => None,
+        };
+        let (mux, raw) = SessionMux::new(client);
+
+        // Inbound sessions and invitations are accepted from the start, so
+        // a peer opening a session or a moderator inviting us never races
+        // the application's first `accept`.
+        let (in_tx, in_rx) = mpsc::channel(INCOMING);
+        let mut p2p_cfg = P2pConfig {
+            mls: mls.clone(),
+            ..P2pConfig::default()
+        };
+        p2p_cfg.open_timeout = Duration::from_millis(500);
+        let listener = P2pListener::new(&mux, p2p_cfg).map_err(SlimError::from)?;
+        let invitations = Invitations::listen(&mux, 64).map_err(SlimError::from)?;
+        let t1 = tokio::spawn(accept_p2p(listener, in_tx.clone()));
+        let t2 = tokio::spawn(accept_invitations(
+            invitations,
+            mls.clone(),
+            source.clone(),
+            in_tx,
+        ));
+        Ok(App {
+            inner: Arc::new(AppInner {
+                mux,
+                raw: tokio::sync::Mutex::new(raw),
+                source,
+                mls,
+                raw_ids: Mutex::new((HashSet::new(), VecDeque::new())),
+                refusals: Mutex::new(VecDeque::new()),
+                incoming: tokio::sync::Mutex::new(in_rx),
+                rpc_client: std::sync::OnceLock::new(),
+                rpc_server: tokio::sync::Mutex::new(None),
+                closed: AtomicBool::new(false),
+                tasks: vec![t1.abort_handle(), t2.abort_handle()],
+            }),
+        })
+    }
+
+    /// This agent's registered full name (with its instance id).
+    pub fn name(&self) -> &Name {
+        self.inner.mux.client().name()
+    }
+
+    /// The SPIFFE ID the node authenticated this agent as.
+    pub fn spiffe_id(&self) -> Option<String> {
+        self.inner.mux.client().authenticated_as()
+    }
+
+    /// The underlying session multiplexer (low-level API).
+    pub fn mux(&self) -> &SessionMux {
+        &self.inner.mux
+    }
+
+    fn check_open(&self) -> Result<(), SlimError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(SlimError::Closed("the app is closed".into()));
+        }
+        Ok(())
+    }
+
+    /// Declares interest in `name`; returns once the node acknowledged it.
+    pub async fn subscribe(&self, name: &str) -> Result<(), SlimError> {
+        self.check_open()?;
+        let n = parse_name(name)?;
+        Ok(self.inner.mux.client().subscribe(&n).await?)
+    }
+
+    pub async fn unsubscribe(&self, name: &str) -> Result<(), SlimError> {
+        self.check_open()?;
+        let n = parse_name(name)?;
+        Ok(self.inner.mux.client().unsubscribe(&n).await?)
+    }
+
+    /// Publishes `payload` to `name` and returns its message id once queued.
+    /// A refusal by the node arrives asynchronously: [`App::flush`] reports it.
+    pub async fn publish(&self, name: &str, mode: Mode, payload: &[u8]) -> Result<u64, SlimError> {
+        self.check_open()?;
+        let n = parse_name(name)?;
+        if mode == Mode::Unicast && !n.has_instance() {
+            return Err(SlimError::InvalidName(format!(
+                "unicast needs a full name with an instance id, got {name:?}"
+            )));
+        }
+        let client = self.inner.mux.client();
+        let id = client.reserve_msg_id();
+        {
+            let mut t = self.inner.raw_ids.lock().unwrap_or_else(|e| e.into_inner());
+            if t.1.len() >= MAX_TRACKED_RAW
+                && let Some(old) = t.1.pop_front()
+            {
+                t.0.remove(&old);
+            }
+            t.0.insert(id);
+            t.1.push_back(id);
+        }
+        client.publish_with_id(&n, mode, 0, id, payload).await?;
+        Ok(id)
+    }
+
+    /// A round trip to the node: once it returns, the node has processed
+    /// every raw publish made before it. Raises the first refusal (policy,
+    /// no route) the node reported for those publishes since the last flush.
+    pub async fn flush(&self) -> Result<(), SlimError> {
+        self.check_open()?;
+        let client = self.inner.mux.client();
+        client.flush().await;
+        client.ping().await?;
+        let ids: HashSet<u64> = {
+            let mut t = self.inner.raw_ids.lock().unwrap_or_else(|e| e.into_inner());
+            t.1.clear();
+            std::mem::take(&mut t.0)
+        };
+        let mut first = self
+            .inner
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
+        for e in client.take_errors(|id| ids.contains(&id)) {
+            let err = SlimError::from_code(
+                e.code,
+                format!(
+                    "{} (message {} to {})",
+                    e.reason,
+                    e.msg_id.unwrap_or_default(),
+                    e.name.as_ref().map(Name::as_str).unwrap_or("?")
+                ),
+            );
+            tracing::warn!(error = %err, "the node refused a publish");
+            if first.is_none() {
+                first = Some(err);
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The next raw message (not part of a session).
+    pub async fn receive(&self) -> Result<Message, SlimError> {
+        self.check_open()?;
+        let mut rx = self.inner.raw.lock().await;
+        loop {
+            match rx.recv().await {
+                Some(Event::Message(d)) => {
+                    return Ok(Message {
+                        payload: d.payload,
+                        source: d.from.to_string(),
+                        spiffe_id: d.from_identity.as_deref().map(str::to_owned),
+                        name: d.name.to_string(),
+                        seq: None,
+                        epoch: None,
+                        mode: Some(d.mode),
+                    });
+                }
+                Some(Event::Error(e)) => {
+                    // A refusal of a raw publish: `flush` reports it to the
+                    // publisher; log it so it is never only a counter.
+                    tracing::warn!(code = e.code.as_str(), reason = %e.reason, "the node refused a publish");
+                    let _ = self
+                        .inner
+                        .mux
+                        .client()
+                        .take_errors(|id| Some(id) == e.msg_id);
+                    let mut q = self
+                        .inner
+                        .refusals
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    if q.len() < MAX_UNREPORTED {
+                        q.push_back(SlimError::from_code(e.code, e.reason));
+                    }
+                }
+                None => return Err(SlimError::Closed("the app is closed".into())),
+            }
+        }
+    }
+
+    fn p2p_config(&self, opts: &SessionOptions) -> Result<P2pConfig, SlimError> {
+        let mut cfg = if opts.reliable {
+            P2pConfig::default()
+        } else {
+            P2pConfig::unreliable()
+        };
+        if opts.mls {
+            cfg.mls = Some(self.mls_identity()?);
+        }
+        if let Some(t) = opts.timeout {
+            // `open_attempts` transmissions of `open_timeout` each.
+            let per = cfg.open_timeout.max(Duration::from_millis(50));
+            cfg.open_attempts = (t.as_millis() / per.as_millis()).clamp(1, 1000) as u32;
+        }
+        Ok(cfg)
+    }
+
+    fn mls_identity(&self) -> Result<MlsIdentity, SlimError> {
+        self.inner.mls.clone().ok_or_else(|| {
+            SlimError::Mls(
+                "MLS needs an X.509-SVID identity (not available with a shared secret)".into(),
+            )
+        })
+    }
+
+    /// Opens a point-to-point session to `service` (anycast: whichever
+    /// instance answers is the peer from then on).
+    pub async fn open_session(
+        &self,
+        service: &str,
+        opts: SessionOptions,
+    ) -> Result<Session, SlimError> {
+        self.check_open()?;
+        let n = parse_name(service)?;
+        let cfg = self.p2p_config(&opts)?;
+        let s = P2pSession::open(&self.inner.mux, &n, cfg).await?;
+        Ok(Session::p2p(s, Role::Initiator, opts.mls))
+    }
+
+    /// The next session opened to this agent, or channel it was invited into.
+    pub async fn accept(&self) -> Result<Session, SlimError> {
+        self.check_open()?;
+        let mut rx = self.inner.incoming.lock().await;
+        match rx.recv().await {
+            Some(r) => r,
+            None => Err(SlimError::Closed("the app is closed".into())),
+        }
+    }
+
+    fn channel_options(&self, config: ChannelConfig) -> Result<ChannelOptions, SlimError> {
+        let identity = if config.mls {
+            Some(self.mls_identity()?)
+        } else {
+            None
+        };
+        let mut o = ChannelOptions::new(config, identity);
+        o.rotation = self.inner.source.as_ref().map(IdentitySource::subscribe);
+        Ok(o)
+    }
+
+    /// Creates the group channel `name` with this agent as its moderator.
+    pub async fn create_channel(
+        &self,
+        name: &str,
+        opts: CreateOptions,
+    ) -> Result<Session, SlimError> {
+        self.check_open()?;
+        let n = parse_name(name)?;
+        let config = ChannelConfig {
+            mls: opts.mls,
+            admission: opts.admission,
+            ..ChannelConfig::default()
+        };
+        let copts = self.channel_options(config)?;
+        let m = Channel::create(&self.inner.mux, &n, copts).await?;
+        Ok(Session::group(
+            n,
+            GroupCtl::from(m),
+            Role::Moderator,
+            opts.mls,
+        ))
+    }
+
+    /// Joins the channel `name` by request, retrying with backoff until the
+    /// moderator admits us, refuses ([`SlimError::JoinRefused`]), the node
+    /// refuses ([`SlimError::PermissionDenied`]) or `opts.timeout` passes.
+    pub async fn join_channel(&self, name: &str, opts: JoinOptions) -> Result<Session, SlimError> {
+        self.check_open()?;
+        let n = parse_name(name)?;
+        let deadline = tokio::time::Instant::now() + opts.timeout;
+        let mut attempt = 0u32;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(SlimError::Timeout(format!(
+                    "no moderator of {name} admitted us within {:?} ({attempt} join attempts)",
+                    opts.timeout
+                )));
+            }
+            let config = ChannelConfig {
+                mls: opts.mls,
+                join_timeout: left.min(Duration::from_secs(5)),
+                ..ChannelConfig::default()
+            };
+            let copts = self.channel_options(config)?;
+            attempt += 1;
+            match Channel::join(&self.inner.mux, &n, None, copts).await {
+                Ok(m) => return Ok(Session::group(n, GroupCtl::from(m), Role::Member, opts.mls)),
+                Err(e @ (ChannelError::JoinRefused { .. } | ChannelError::Denied { .. })) => {
+                    return Err(e.into());
+                }
+                Err(ChannelError::JoinFailed { reason }) => {
+                    tracing::debug!(channel = name, attempt, %reason, "join not answered yet; retrying");
+                }
+                Err(ChannelError::Session(SessionError::AlreadyRegistered(_))) => {
+                    return Err(SlimError::Invalid(format!(
+                        "this app is already in channel {name}"
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            let wait = crate::Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(2),
+            }
+            .delay(attempt)
+            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn rpc(&self) -> Result<&RpcClient, SlimError> {
+        Ok(self
+            .inner
+            .rpc_client
+            .get_or_init(|| RpcClient::new(&self.inner.mux, RpcConfig::default())))
+    }
+
+    /// A unary call to `service` with a deadline.
+    pub async fn request(
+        &self,
+        service: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Bytes, SlimError> {
+        self.check_open()?;
+        let n = parse_name(service)?;
+        Ok(self
+            .rpc()?
+            .request(&n, Bytes::copy_from_slice(payload), timeout)
+            .await?)
+    }
+
+    /// A streaming call: responses in order until the end of the stream or
+    /// the deadline. Dropping the stream cancels the call.
+    pub async fn request_stream(
+        &self,
+        service: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<RpcStream, SlimError> {
+        self.check_open()?;
+        let n = parse_name(service)?;
+        let s = self
+            .rpc()?
+            .request_stream(&n, Bytes::copy_from_slice(payload), timeout)
+            .await?;
+        Ok(RpcStream {
+            inner: Arc::new(tokio::sync::Mutex::new(s)),
+        })
+    }
+
+    /// The next RPC to this agent's service. The first call starts serving:
+    /// until then, calls to this agent fail fast with "no responder".
+    pub async fn next_request(&self) -> Result<Request, SlimError> {
+        self.check_open()?;
+        let mut server = self.inner.rpc_server.lock().await;
+        if server.is_none() {
+            *server = Some(RpcServer::new(&self.inner.mux, RpcConfig::default())?);
+        }
+        let Some(s) = server.as_mut() else {
+            return Err(SlimError::Closed("the app is closed".into()));
+        };
+        match s.next().await {
+            Some(r) => Ok(Request::new(r)),
+            None => Err(SlimError::Closed("the app is closed".into())),
+        }
+    }
+
+    /// Starts serving RPCs now (without waiting for a request).
+    pub async fn serve(&self) -> Result<(), SlimError> {
+        self.check_open()?;
+        let mut server = self.inner.rpc_server.lock().await;
+        if server.is_none() {
+            *server = Some(RpcServer::new(&self.inner.mux, RpcConfig::default())?);
+        }
+        Ok(())
+    }
+
+    /// Closes the connection after sending what is queued. Idempotent;
+    /// afterwards every call fails with [`SlimError::Closed`]. Sessions
+    /// still open end as the connection goes (close them first to have
+    /// their peers told).
+    pub async fn close(&self) {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for t in &self.inner.tasks {
+            t.abort();
+        }
+        self.inner.rpc_server.lock().await.take();
+        let client = self.inner.mux.client();
+        client.flush().await;
+        client.shutdown().await;
+    }
+}
+
+async fn accept_p2p(mut l: P2pListener, out: mpsc::Sender<Result<Session, SlimError>>) {
+    while let Some(s) = l.accept().await {
+        let mls = s.is_mls();
+        if out
+            .send(Ok(Session::p2p(s, Role::Responder, mls)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+async fn accept_invitations(
+    mut inv: Invitations,
+    mls: Option<MlsIdentity>,
+    source: Option<IdentitySource>,
+    out: mpsc::Sender<Result<Session, SlimError>>,
+) {
+    while let Some(i) = inv.next().await {
+        let config = ChannelConfig {
+            mls: i.mls,
+            ..ChannelConfig::default()
+        };
+        if i.mls && mls.is_none() {
+            tracing::warn!(channel = %i.channel, "declining an MLS channel invitation: no SVID to bind MLS to");
+            let _ = i.decline("this agent has no X.509-SVID for MLS").await;
+            continue;
+        }
+        let mut opts = ChannelOptions::new(config, if i.mls { mls.clone() } else { None });
+        opts.rotation = source.as_ref().map(IdentitySource::subscribe);
+        let out = out.clone();
+        let (channel, use_mls) = (i.channel.clone(), i.mls);
+        // Each acceptance waits for its Welcome; do not hold up the others.
+        tokio::spawn(async move {
+            let r = match i.accept(opts).await {
+                Ok(m) => Ok(Session::group(
+                    channel,
+                    GroupCtl::from(m),
+                    Role::Member,
+                    use_mls,
+                )),
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "accepting a channel invitation failed");
+                    Err(e.into())
+                }
+            };
+            let _ = out.send(r).await;
+        });
+    }
+}
+
+enum Body {
+    P2p {
+        tx: P2pSender,
+        rx: tokio::sync::Mutex<P2pReceiver>,
+        peer: Name,
+        peer_identity: Option<String>,
+        reliable: bool,
+    },
+    Group {
+        channel: Name,
+        ctl: GroupCtl,
+    },
+}
+
+struct SessionInner {
+    body: Body,
+    role: Role,
+    mls: bool,
+    /// Set once the session has ended: why.
+    ended: Mutex<Option<SlimError>>,
+}
+
+/// A session: point-to-point or group channel, whatever this end's role.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("kind", &self.kind())
+            .field("role", &self.inner.role)
+            .field("name", &self.name())
+            .finish()
+    }
+}
+
+impl Session {
+    fn p2p(s: P2pSession, role: Role, mls: bool) -> Session {
+        let peer = s.peer().clone();
+        let peer_identity = s.peer_identity().map(str::to_owned);
+        let reliable = s.is_reliable();
+        let (tx, rx) = s.into_split();
+        Session::new(
+            Body::P2p {
+                tx,
+                rx: tokio::sync::Mutex::new(rx),
+                peer,
+                peer_identity,
+                reliable,
+            },
+            role,
+            mls,
+        )
+    }
+
+    fn group(channel: Name, ctl: GroupCtl, role: Role, mls: bool) -> Session {
+        Session::new(Body::Group { channel, ctl }, role, mls)
+    }
+
+    fn new(body: Body, role: Role, mls: bool) -> Session {
+        Session {
+            inner: Arc::new(SessionInner {
+                body,
+                role,
+                mls,
+                ended: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn kind(&self) -> SessionKind {
+        match self.inner.body {
+            Body::P2p { .. } => SessionKind::PointToPoint,
+            Body::Group { .. } => SessionKind::Group,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        self.inner.role
+    }
+
+    /// The channel's name, or the peer's full name.
+    pub fn name(&self) -> String {
+        match &self.inner.body {
+            Body::P2p { peer, .. } => peer.to_string(),
+            Body::Group { channel, .. } => channel.to_string(),
+        }
+    }
+
+    /// Point-to-point: the peer's SPIFFE ID as its node authenticated it.
+    pub fn peer_spiffe_id(&self) -> Option<String> {
+        match &self.inner.body {
+            Body::P2p { peer_identity, .. } => peer_identity.clone(),
+            Body::Group { .. } => None,
+        }
+    }
+
+    pub fn is_mls(&self) -> bool {
+        self.inner.mls
+    }
+
+    /// Point-to-point reliable mode (group channels recover gaps per sender).
+    pub fn is_reliable(&self) -> bool {
+        match &self.inner.body {
+            Body::P2p { reliable, .. } => *reliable,
+            Body::Group { .. } => true,
+        }
+    }
+
+    fn ended(&self) -> Option<SlimError> {
+        self.inner
+            .ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn end(&self, e: SlimError) -> SlimError {
+        let mut g = self.inner.ended.lock().unwrap_or_else(|e| e.into_inner());
+        g.get_or_insert(e).clone()
+    }
+
+    fn wrong(&self, op: &'static str) -> SlimError {
+        SlimError::WrongRole {
+            op,
+            role: self.inner.role.as_str(),
+            kind: self.kind().as_str(),
+        }
+    }
+
+    /// Sends `payload`: to the peer, or to every member (MLS-encrypted when on).
+    pub async fn publish(&self, payload: &[u8]) -> Result<(), SlimError> {
+        if let Some(e) = self.ended() {
+            return Err(e);
+        }
+        let r = match &self.inner.body {
+            Body::P2p { tx, .. } => tx
+                .send(Bytes::copy_from_slice(payload))
+                .await
+                .map(|_| ())
+                .map_err(SlimError::from),
+            Body::Group { ctl, .. } => ctl
+                .publish(payload)
+                .await
+                .map(|_| ())
+                .map_err(SlimError::from),
+        };
+        r.map_err(|e| match e {
+            SlimError::Closed(_) => self.ended().unwrap_or(e),
+            e => e,
+        })
+    }
+
+    /// The next message; membership notices are skipped. Fails with
+    /// [`SlimError::Closed`] once the session has ended (peer closed,
+    /// channel closed, removed) and with the session's failure otherwise.
+    pub async fn receive(&self) -> Result<Message, SlimError> {
+        loop {
+            if let SessionEvent::Message(m) = self.next_event().await? {
+                return Ok(m);
+            }
+        }
+    }
+
+    /// The next message or membership notice.
+    pub async fn next_event(&self) -> Result<SessionEvent, SlimError> {
+        if let Some(e) = self.ended() {
+            return Err(e);
+        }
+        match &self.inner.body {
+            Body::P2p {
+                rx,
+                peer,
+                peer_identity,
+                ..
+            } => {
+                let mut rx = rx.lock().await;
+                loop {
+                    let Some(ev) = rx.recv().await else {
+                        return Err(self.end(SlimError::Closed("the session ended".into())));
+                    };
+                    match ev {
+                        P2pEvent::Message { seq, payload } => {
+                            return Ok(SessionEvent::Message(Message {
+                                payload,
+                                source: peer.to_string(),
+                                spiffe_id: peer_identity.clone(),
+                                name: peer.to_string(),
+                                seq: Some(seq),
+                                epoch: None,
+                                mode: None,
+                            }));
+                        }
+                        P2pEvent::PeerClosed { sent } => {
+                            return Err(self.end(SlimError::Closed(format!(
+                                "the peer closed the session after {sent} messages"
+                            ))));
+                        }
+                        P2pEvent::Failed(e) => return Err(self.end(e.into())),
+                        P2pEvent::DeliveryFailed { seq, attempts } => {
+                            return Err(SlimError::DeliveryFailed(format!(
+                                "message {seq} was not acknowledged after {attempts} transmissions"
+                            )));
+                        }
+                        P2pEvent::Lost { seqs } => {
+                            tracing::warn!(peer = %peer, lost = seqs.len(), first = ?seqs.first(), "the peer gave up on messages");
+                        }
+                        P2pEvent::Rejected { seq, reason } => {
+                            tracing::warn!(peer = %peer, seq, %reason, "a message did not decrypt");
+                        }
+                    }
+                }
+            }
+            Body::Group { ctl, channel } => loop {
+                let Some(ev) = ctl.recv().await else {
+                    return Err(self.end(SlimError::Closed(format!("{channel} ended"))));
+                };
+                match ev {
+                    ChannelEvent::Message {
+                        sender,
+                        spiffe_id,
+                        seq,
+                        epoch,
+                        payload,
+                    } => {
+                        return Ok(SessionEvent::Message(Message {
+                            payload,
+                            source: sender,
+                            spiffe_id: Some(spiffe_id),
+                            name: channel.to_string(),
+                            seq: Some(seq),
+                            epoch: Some(epoch),
+                            mode: Some(Mode::Multicast),
+                        }));
+                    }
+                    ChannelEvent::MemberJoined { member, .. } => {
+                        return Ok(SessionEvent::MemberJoined(member));
+                    }
+                    ChannelEvent::MembersChanged { added, removed, .. }
+                        if self.inner.role == Role::Member =>
+                    {
+                        // Members learn of changes from commits; report them
+                        // like the moderator's completions.
+                        if let Some(m) = added.into_iter().next() {
+                            return Ok(SessionEvent::MemberJoined(m));
+                        }
+                        if let Some(m) = removed.into_iter().next() {
+                            return Ok(SessionEvent::MemberLeft {
+                                member: m,
+                                reason: "removed".into(),
+                            });
+                        }
+                    }
+                    ChannelEvent::MemberLeft { member, reason, .. } => {
+                        return Ok(SessionEvent::MemberLeft { member, reason });
+                    }
+                    ChannelEvent::ChannelClosed { reason } => {
+                        return Err(
+                            self.end(SlimError::Closed(format!("{channel} was closed: {reason}")))
+                        );
+                    }
+                    ChannelEvent::Removed { reason } => {
+                        return Err(self.end(SlimError::Closed(format!(
+                            "removed from {channel}: {reason}"
+                        ))));
+                    }
+                    ChannelEvent::Denied { reason } => {
+                        return Err(SlimError::PermissionDenied(reason));
+                    }
+                    ChannelEvent::Rejected { sender, error } => {
+                        tracing::warn!(%channel, %sender, %error, "refused a channel message");
+                    }
+                    ChannelEvent::Lost { sender, seqs } => {
+                        tracing::warn!(%channel, %sender, lost = seqs.len(), "channel messages lost");
+                    }
+                    ChannelEvent::JoinRequestRefused { name, reason, .. } => {
+                        tracing::info!(%channel, %name, %reason, "refused a join request");
+                    }
+                    ChannelEvent::InviteFailed { name, reason } => {
+                        tracing::warn!(%channel, %name, %reason, "invitation failed");
+                    }
+                    ChannelEvent::MemberUnresponsive { member, missed } => {
+                        tracing::warn!(%channel, member = %member.name, missed, "member unresponsive");
+                    }
+                    ChannelEvent::ModeratorUnresponsive { silent_for } => {
+                        tracing::warn!(%channel, ?silent_for, "moderator unresponsive");
+                    }
+                    _ => {}
+                }
+            },
+        }
+    }
+
+    /// Moderator: invites a full name or a service name and waits until the
+    /// invitee has joined (or the invitation failed).
+    pub async fn invite(&self, name: &str) -> Result<(), SlimError> {
+        let Body::Group { ctl, .. } = &self.inner.body else {
+            return Err(self.wrong("invite"));
+        };
+        if self.inner.role != Role::Moderator {
+            return Err(self.wrong("invite"));
+        }
+        parse_name(name)?;
+        Ok(ctl.invite(name).await?)
+    }
+
+    /// Moderator: removes a member (full name, unique service name, or SPIFFE ID).
+    pub async fn remove(&self, who: &str) -> Result<(), SlimError> {
+        let Body::Group { ctl, .. } = &self.inner.body else {
+            return Err(self.wrong("remove"));
+        };
+        if self.inner.role != Role::Moderator {
+            return Err(self.wrong("remove"));
+        }
+        Ok(ctl.remove(who).await?)
+    }
+
+    /// Group: the roster (moderator included).
+    pub async fn members(&self) -> Result<Vec<MemberInfo>, SlimError> {
+        let Body::Group { ctl, .. } = &self.inner.body else {
+            return Err(self.wrong("members"));
+        };
+        Ok(ctl.members().await?.1)
+    }
+
+    /// Ends the session: p2p closes once everything sent is acknowledged;
+    /// a moderator closes the channel; a member leaves. Idempotent.
+    pub async fn close(&self) -> Result<(), SlimError> {
+        let already = self.ended().is_some();
+        let r = match &self.inner.body {
+            Body::P2p { tx, .. } => {
+                if already || tx.is_closed() {
+                    Ok(())
+                } else {
+                    match tx.close().await {
+                        Ok(()) | Err(SessionError::Closed) => Ok(()),
+                        Err(e) => Err(SlimError::from(e)),
+                    }
+                }
+            }
+            Body::Group { ctl, .. } => {
+                if already {
+                    Ok(())
+                } else {
+                    ctl.close("closed by the application")
+                        .await
+                        .map_err(SlimError::from)
+                }
+            }
+        };
+        self.end(SlimError::Closed(
+            "the session was closed by this end".into(),
+        ));
+        r
+    }
+}
+
+/// The responses of a streaming call.
+#[derive(Clone)]
+pub struct RpcStream {
+    inner: Arc<tokio::sync::Mutex<ResponseStream>>,
+}
+
+impl RpcStream {
+    /// The next response; `Ok(None)` after the end of the stream.
+    pub async fn next(&self) -> Result<Option<Bytes>, SlimError> {
+        match self.inner.lock().await.next().await {
+            None => Ok(None),
+            Some(Ok(b)) => Ok(Some(b)),
+            Some(Err(e)) => Err(e.into()),
+        }
+    }
+}
+
+/// One RPC to answer: [`Request::reply`] once, or [`Request::send`] items
+/// then [`Request::end`]; or [`Request::fail`].
+#[derive(Clone)]
+pub struct Request {
+    pub payload: Bytes,
+    /// The caller's full name.
+    pub caller: String,
+    /// The caller's SPIFFE ID as its node authenticated it.
+    pub caller_spiffe_id: Option<String>,
+    /// When the caller stops waiting.
+    pub deadline: tokio::time::Instant,
+    responder: Arc<tokio::sync::Mutex<Option<Responder>>>,
+    cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("caller", &self.caller)
+            .finish()
+    }
+}
+
+impl Request {
+    fn new(r: RpcRequest) -> Request {
+        let responder = Arc::new(tokio::sync::Mutex::new(Some(r.responder)));
+        let probe = Arc::clone(&responder);
+        Request {
+            payload: r.payload,
+            caller: r.from.to_string(),
+            caller_spiffe_id: r.from_identity.as_deref().map(str::to_owned),
+            deadline: r.deadline.into(),
+            responder,
+            cancelled: Arc::new(move || match probe.try_lock() {
+                Ok(g) => g.as_ref().is_some_and(Responder::is_cancelled),
+                Err(_) => false,
+            }),
+        }
+    }
+
+    /// Whether the caller gave up (cancelled, or its deadline passed).
+    pub fn is_cancelled(&self) -> bool {
+        (self.cancelled)() || tokio::time::Instant::now() >= self.deadline
+    }
+
+    async fn take(&self) -> Result<Responder, SlimError> {
+        self.responder
+            .lock()
+            .await
+            .take()
+            .ok_or_else(|| SlimError::Closed("this request was already answered".into()))
+    }
+
+    pub async fn reply(&self, payload: &[u8]) -> Result<(), SlimError> {
+        Ok(self
+            .take()
+            .await?
+            .reply(Bytes::copy_from_slice(payload))
+            .await?)
+    }
+
+    /// One response of a stream.
+    pub async fn send(&self, payload: &[u8]) -> Result<(), SlimError> {
+        let mut g = self.responder.lock().await;
+        let r = g
+            .as_mut()
+            .ok_or_else(|| SlimError::Closed("this request was already answered".into()))?;
+        r.send(Bytes::copy_from_slice(payload))
+            .await
+            .map_err(|e| match e {
+                RpcError::Remote(r) => SlimError::Closed(r),
+                e => e.into(),
+            })
+    }
+
+    /// End of the stream.
+    pub async fn end(&self) -> Result<(), SlimError> {
+        Ok(self.take().await?.end().await?)
+    }
+
+    pub async fn fail(&self, reason: &str) -> Result<(), SlimError> {
+        Ok(self.take().await?.fail(reason).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("slim://127.0.0.1:4500").unwrap(),
+            "127.0.0.1:4500"
+        );
+        assert_eq!(parse_url("node.svc:4500").unwrap(), "node.svc:4500");
+        assert_eq!(parse_url("slim://[::1]:4500/").unwrap(), "[::1]:4500");
+        for bad in [
+            "http://x:1",
+            "slim://x",
+            "x:0",
+            "x:99999",
+            ":4500",
+            "slim://a:1/b",
+        ] {
+            assert!(
+                matches!(parse_url(bad), Err(SlimError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_kinds_map_codes() {
+        assert_eq!(
+            SlimError::from_code(ErrorCode::UNAUTHORIZED, "x".into()).kind(),
+            "permission_denied"
+        );
+        assert_eq!(
+            SlimError::from_code(ErrorCode::NO_ROUTE, "x".into()).kind(),
+            "no_route"
+        );
+        let e: SlimError = ClientError::Subscribe {
+            name: "a/b/c".into(),
+            code: ErrorCode::UNAUTHORIZED,
+            reason: "spiffe://td/x may not subscribe to a/b/c".into(),
+        }
+        .into();
+        assert!(matches!(&e, SlimError::PermissionDenied(r) if r.contains("may not subscribe")));
+        let e: SlimError = ChannelError::JoinRefused {
+            reason: "not allowed".into(),
+        }
+        .into();
+        assert_eq!(e.kind(), "join_refused");
+    }
+}
