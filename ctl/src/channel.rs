@@ -236,6 +236,11 @@ fn print_event(channel: &str, e: &ChannelEvent, out: Output) -> Result<bool> {
             format!("channel closed: {reason}"),
             serde_json::json!({"reason": reason}),
         ),
+        ChannelEvent::Denied { reason } => (
+            "denied",
+            format!("refused by the node's policy: {reason}"),
+            serde_json::json!({"reason": reason}),
+        ),
         ChannelEvent::Lost { sender, seqs } => (
             "lost",
             format!("{} message(s) from {sender} lost", seqs.len()),
