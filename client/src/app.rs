@@ -478,6 +478,11 @@ struct AppInner {
     rpc_client: std::sync::OnceLock<RpcClient>,
     rpc_server: tokio::sync::Mutex<Option<RpcServer>>,
     closed: AtomicBool,
+    /// Set to `true` by [`App::close`]: wakes calls waiting for something
+    /// (requests, messages, sessions) so that they end with `Closed`.
+    closing: tokio::sync::watch::Sender<bool>,
+    /// The RPC server exists (`serve` need not wait for its lock).
+    serving: AtomicBool,
     tasks: Vec<tokio::task::AbortHandle>,
 }
 
@@ -592,12 +597,14 @@ impl App {
         p2p_cfg.open_timeout = Duration::from_millis(500);
         let listener = P2pListener::new(&mux, p2p_cfg).map_err(SlimError::from)?;
         let invitations = Invitations::listen(&mux, 64).map_err(SlimError::from)?;
-        let t1 = tokio::spawn(accept_p2p(listener, in_tx.clone()));
+        let (closing, closed_rx) = tokio::sync::watch::channel(false);
+        let t1 = tokio::spawn(accept_p2p(listener, in_tx.clone(), closed_rx.clone()));
         let t2 = tokio::spawn(accept_invitations(
             invitations,
             mls.clone(),
             source.clone(),
             in_tx,
+            closed_rx,
         ));
         Ok(App {
             inner: Arc::new(AppInner {
@@ -611,6 +618,8 @@ impl App {
                 rpc_client: std::sync::OnceLock::new(),
                 rpc_server: tokio::sync::Mutex::new(None),
                 closed: AtomicBool::new(false),
+                closing,
+                serving: AtomicBool::new(false),
                 tasks: vec![t1.abort_handle(), t2.abort_handle()],
             }),
         })
@@ -636,6 +645,28 @@ impl App {
             return Err(SlimError::Closed("the app is closed".into()));
         }
         Ok(())
+    }
+
+    /// Sessions watch this to end when the app closes.
+    fn closed_rx(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.closing.subscribe()
+    }
+
+    /// Resolves once [`App::close`] has been called.
+    async fn closing(&self) {
+        let mut rx = self.inner.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// `f`, unless the app closes first.
+    async fn unless_closed<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, SlimError>>,
+    ) -> Result<T, SlimError> {
+        tokio::select! {
+            r = f => r,
+            () = self.closing() => Err(SlimError::Closed("the app is closed".into())),
+        }
     }
 
     /// Declares interest in `name`; returns once the node acknowledged it.
@@ -683,13 +714,15 @@ impl App {
     pub async fn flush(&self) -> Result<(), SlimError> {
         self.check_open()?;
         let client = self.inner.mux.client();
-        client.flush().await;
-        client.ping().await?;
+        // The publishes this flush answers for: those made before its ping
+        // (later ones are left to the next flush).
         let ids: HashSet<u64> = {
             let mut t = self.inner.raw_ids.lock().unwrap_or_else(|e| e.into_inner());
             t.1.clear();
             std::mem::take(&mut t.0)
         };
+        client.flush().await;
+        client.ping().await?;
         let mut first = self
             .inner
             .refusals
@@ -720,6 +753,10 @@ impl App {
     /// The next raw message (not part of a session).
     pub async fn receive(&self) -> Result<Message, SlimError> {
         self.check_open()?;
+        self.unless_closed(self.receive_raw()).await
+    }
+
+    async fn receive_raw(&self) -> Result<Message, SlimError> {
         let mut rx = self.inner.raw.lock().await;
         loop {
             match rx.recv().await {
@@ -738,17 +775,31 @@ impl App {
                     // A refusal of a raw publish: `flush` reports it to the
                     // publisher; log it so it is never only a counter.
                     tracing::warn!(code = e.code.as_str(), reason = %e.reason, "the node refused a publish");
-                    let _ = self
-                        .inner
-                        .mux
-                        .client()
-                        .take_errors(|id| Some(id) == e.msg_id);
+                    // Only a refusal of a raw publish that `flush` has not
+                    // reported yet (it reports from the same record): not
+                    // one it already raised, nor one about a session's
+                    // untracked traffic.
+                    let raw = e.msg_id.is_some_and(|id| {
+                        self.inner
+                            .raw_ids
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                            .contains(&id)
+                    });
+                    let unreported = raw
+                        && !self
+                            .inner
+                            .mux
+                            .client()
+                            .take_errors(|id| Some(id) == e.msg_id)
+                            .is_empty();
                     let mut q = self
                         .inner
                         .refusals
                         .lock()
                         .unwrap_or_else(|e| e.into_inner());
-                    if q.len() < MAX_UNREPORTED {
+                    if unreported && q.len() < MAX_UNREPORTED {
                         q.push_back(SlimError::from_code(e.code, e.reason));
                     }
                 }
@@ -793,17 +844,20 @@ impl App {
         let n = parse_name(service)?;
         let cfg = self.p2p_config(&opts)?;
         let s = P2pSession::open(&self.inner.mux, &n, cfg).await?;
-        Ok(Session::p2p(s, Role::Initiator, opts.mls))
+        Ok(Session::p2p(s, Role::Initiator, opts.mls, self.closed_rx()))
     }
 
     /// The next session opened to this agent, or channel it was invited into.
     pub async fn accept(&self) -> Result<Session, SlimError> {
         self.check_open()?;
-        let mut rx = self.inner.incoming.lock().await;
-        match rx.recv().await {
-            Some(r) => r,
-            None => Err(SlimError::Closed("the app is closed".into())),
-        }
+        self.unless_closed(async {
+            let mut rx = self.inner.incoming.lock().await;
+            match rx.recv().await {
+                Some(r) => r,
+                None => Err(SlimError::Closed("the app is closed".into())),
+            }
+        })
+        .await
     }
 
     fn channel_options(&self, config: ChannelConfig) -> Result<ChannelOptions, SlimError> {
@@ -837,6 +891,7 @@ impl App {
             GroupCtl::from(m),
             Role::Moderator,
             opts.mls,
+            self.closed_rx(),
         ))
     }
 
@@ -864,7 +919,16 @@ impl App {
             let copts = self.channel_options(config)?;
             attempt += 1;
             match Channel::join(&self.inner.mux, &n, None, copts).await {
-                Ok(m) => return Ok(Session::group(n, GroupCtl::from(m), Role::Member, opts.mls)),
+                Ok(m) => {
+                    let ctl = GroupCtl::from(m);
+                    return Ok(Session::group(
+                        n,
+                        ctl,
+                        Role::Member,
+                        opts.mls,
+                        self.closed_rx(),
+                    ));
+                }
                 Err(e @ (ChannelError::JoinRefused { .. } | ChannelError::Denied { .. })) => {
                     return Err(e.into());
                 }
@@ -933,25 +997,35 @@ impl App {
     /// until then, calls to this agent fail fast with "no responder".
     pub async fn next_request(&self) -> Result<Request, SlimError> {
         self.check_open()?;
-        let mut server = self.inner.rpc_server.lock().await;
-        if server.is_none() {
-            *server = Some(RpcServer::new(&self.inner.mux, RpcConfig::default())?);
-        }
-        let Some(s) = server.as_mut() else {
-            return Err(SlimError::Closed("the app is closed".into()));
-        };
-        match s.next().await {
-            Some(r) => Ok(Request::new(r)),
-            None => Err(SlimError::Closed("the app is closed".into())),
-        }
+        // Waiting holds the server's lock: `close` must not wait for it.
+        self.unless_closed(async {
+            let mut server = self.inner.rpc_server.lock().await;
+            if server.is_none() {
+                *server = Some(RpcServer::new(&self.inner.mux, RpcConfig::default())?);
+                self.inner.serving.store(true, Ordering::Release);
+            }
+            let Some(s) = server.as_mut() else {
+                return Err(SlimError::Closed("the app is closed".into()));
+            };
+            match s.next().await {
+                Some(r) => Ok(Request::new(r)),
+                None => Err(SlimError::Closed("the app is closed".into())),
+            }
+        })
+        .await
     }
 
     /// Starts serving RPCs now (without waiting for a request).
     pub async fn serve(&self) -> Result<(), SlimError> {
         self.check_open()?;
+        // A `next_request` waiting holds the lock, having started the server.
+        if self.inner.serving.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut server = self.inner.rpc_server.lock().await;
         if server.is_none() {
             *server = Some(RpcServer::new(&self.inner.mux, RpcConfig::default())?);
+            self.inner.serving.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -964,6 +1038,7 @@ impl App {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.inner.closing.send_replace(true);
         for t in &self.inner.tasks {
             t.abort();
         }
@@ -974,11 +1049,15 @@ impl App {
     }
 }
 
-async fn accept_p2p(mut l: P2pListener, out: mpsc::Sender<Result<Session, SlimError>>) {
+async fn accept_p2p(
+    mut l: P2pListener,
+    out: mpsc::Sender<Result<Session, SlimError>>,
+    closed: tokio::sync::watch::Receiver<bool>,
+) {
     while let Some(s) = l.accept().await {
         let mls = s.is_mls();
         if out
-            .send(Ok(Session::p2p(s, Role::Responder, mls)))
+            .send(Ok(Session::p2p(s, Role::Responder, mls, closed.clone())))
             .await
             .is_err()
         {
@@ -992,6 +1071,7 @@ async fn accept_invitations(
     mls: Option<MlsIdentity>,
     source: Option<IdentitySource>,
     out: mpsc::Sender<Result<Session, SlimError>>,
+    closed: tokio::sync::watch::Receiver<bool>,
 ) {
     while let Some(i) = inv.next().await {
         let config = ChannelConfig {
@@ -1005,7 +1085,7 @@ async fn accept_invitations(
         }
         let mut opts = ChannelOptions::new(config, if i.mls { mls.clone() } else { None });
         opts.rotation = source.as_ref().map(IdentitySource::subscribe);
-        let out = out.clone();
+        let (out, closed) = (out.clone(), closed.clone());
         let (channel, use_mls) = (i.channel.clone(), i.mls);
         // Each acceptance waits for its Welcome; do not hold up the others.
         tokio::spawn(async move {
@@ -1015,6 +1095,7 @@ async fn accept_invitations(
                     GroupCtl::from(m),
                     Role::Member,
                     use_mls,
+                    closed,
                 )),
                 Err(e) => {
                     tracing::warn!(%channel, error = %e, "accepting a channel invitation failed");
@@ -1046,6 +1127,11 @@ struct SessionInner {
     mls: bool,
     /// Set once the session has ended: why.
     ended: Mutex<Option<SlimError>>,
+    /// The app's close signal: its sessions end with it.
+    app_closed: tokio::sync::watch::Receiver<bool>,
+    /// Membership notices of one commit not returned yet (a commit can add
+    /// and remove several members).
+    queued: Mutex<VecDeque<SessionEvent>>,
 }
 
 /// A session: point-to-point or group channel, whatever this end's role.
@@ -1065,7 +1151,12 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    fn p2p(s: P2pSession, role: Role, mls: bool) -> Session {
+    fn p2p(
+        s: P2pSession,
+        role: Role,
+        mls: bool,
+        app_closed: tokio::sync::watch::Receiver<bool>,
+    ) -> Session {
         let peer = s.peer().clone();
         let peer_identity = s.peer_identity().map(str::to_owned);
         let reliable = s.is_reliable();
@@ -1080,21 +1171,48 @@ impl Session {
             },
             role,
             mls,
+            app_closed,
         )
     }
 
-    fn group(channel: Name, ctl: GroupCtl, role: Role, mls: bool) -> Session {
-        Session::new(Body::Group { channel, ctl }, role, mls)
+    fn group(
+        channel: Name,
+        ctl: GroupCtl,
+        role: Role,
+        mls: bool,
+        app_closed: tokio::sync::watch::Receiver<bool>,
+    ) -> Session {
+        Session::new(Body::Group { channel, ctl }, role, mls, app_closed)
     }
 
-    fn new(body: Body, role: Role, mls: bool) -> Session {
+    fn new(
+        body: Body,
+        role: Role,
+        mls: bool,
+        app_closed: tokio::sync::watch::Receiver<bool>,
+    ) -> Session {
         Session {
             inner: Arc::new(SessionInner {
                 body,
                 role,
                 mls,
                 ended: Mutex::new(None),
+                app_closed,
+                queued: Mutex::new(VecDeque::new()),
             }),
+        }
+    }
+
+    fn app_is_closed(&self) -> bool {
+        *self.inner.app_closed.borrow()
+    }
+
+    /// Resolves once the app is closed (never if the app was dropped
+    /// without closing: its connection then lives on with its sessions).
+    async fn app_closing(&self) {
+        let mut rx = self.inner.app_closed.clone();
+        if rx.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 
@@ -1138,11 +1256,18 @@ impl Session {
     }
 
     fn ended(&self) -> Option<SlimError> {
-        self.inner
+        let e = self
+            .inner
             .ended
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        match e {
+            None if self.app_is_closed() => {
+                Some(self.end(SlimError::Closed("the app is closed".into())))
+            }
+            e => e,
+        }
     }
 
     fn end(&self, e: SlimError) -> SlimError {
@@ -1197,6 +1322,24 @@ impl Session {
         if let Some(e) = self.ended() {
             return Err(e);
         }
+        let queued = self
+            .inner
+            .queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front();
+        if let Some(ev) = queued {
+            return Ok(ev);
+        }
+        tokio::select! {
+            r = self.next_event_inner() => r,
+            () = self.app_closing() => {
+                Err(self.end(SlimError::Closed("the app is closed".into())))
+            }
+        }
+    }
+
+    async fn next_event_inner(&self) -> Result<SessionEvent, SlimError> {
         match &self.inner.body {
             Body::P2p {
                 rx,
@@ -1270,15 +1413,20 @@ impl Session {
                         if self.inner.role == Role::Member =>
                     {
                         // Members learn of changes from commits; report them
-                        // like the moderator's completions.
-                        if let Some(m) = added.into_iter().next() {
-                            return Ok(SessionEvent::MemberJoined(m));
-                        }
-                        if let Some(m) = removed.into_iter().next() {
-                            return Ok(SessionEvent::MemberLeft {
-                                member: m,
+                        // like the moderator's completions, every one.
+                        let mut evs = added.into_iter().map(SessionEvent::MemberJoined).chain(
+                            removed.into_iter().map(|member| SessionEvent::MemberLeft {
+                                member,
                                 reason: "removed".into(),
-                            });
+                            }),
+                        );
+                        if let Some(first) = evs.next() {
+                            self.inner
+                                .queued
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .extend(evs);
+                            return Ok(first);
                         }
                     }
                     ChannelEvent::MemberLeft { member, reason, .. } => {
@@ -1356,6 +1504,7 @@ impl Session {
     /// Ends the session: p2p closes once everything sent is acknowledged;
     /// a moderator closes the channel; a member leaves. Idempotent.
     pub async fn close(&self) -> Result<(), SlimError> {
+        // (With the app closed there is no connection to say goodbye on.)
         let already = self.ended().is_some();
         let r = match &self.inner.body {
             Body::P2p { tx, .. } => {
@@ -1415,6 +1564,8 @@ pub struct Request {
     pub deadline: tokio::time::Instant,
     responder: Arc<tokio::sync::Mutex<Option<Responder>>>,
     cancelled: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Sticky: once seen cancelled, stays so after the answer took the responder.
+    seen_cancelled: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Request {
@@ -1433,25 +1584,39 @@ impl Request {
             payload: r.payload,
             caller: r.from.to_string(),
             caller_spiffe_id: r.from_identity.as_deref().map(str::to_owned),
-            deadline: r.deadline.into(),
+            deadline: r.deadline,
             responder,
             cancelled: Arc::new(move || match probe.try_lock() {
                 Ok(g) => g.as_ref().is_some_and(Responder::is_cancelled),
                 Err(_) => false,
             }),
+            seen_cancelled: Arc::new(AtomicBool::new(false)),
         }
     }
 
     /// Whether the caller gave up (cancelled, or its deadline passed).
     pub fn is_cancelled(&self) -> bool {
-        (self.cancelled)() || tokio::time::Instant::now() >= self.deadline
+        if self.seen_cancelled.load(Ordering::Relaxed) {
+            return true;
+        }
+        let c = (self.cancelled)() || tokio::time::Instant::now() >= self.deadline;
+        if c {
+            self.seen_cancelled.store(true, Ordering::Relaxed);
+        }
+        c
     }
 
+    /// Takes the responder to answer with; an answer to a call the caller
+    /// gave up on is refused (it would go nowhere).
     async fn take(&self) -> Result<Responder, SlimError> {
-        self.responder
-            .lock()
-            .await
-            .take()
+        let mut g = self.responder.lock().await;
+        if g.as_ref().is_some_and(Responder::is_cancelled) {
+            self.seen_cancelled.store(true, Ordering::Relaxed);
+            // Dropped unanswered: the responder side forgets the call.
+            g.take();
+            return Err(SlimError::Closed("the caller cancelled the call".into()));
+        }
+        g.take()
             .ok_or_else(|| SlimError::Closed("this request was already answered".into()))
     }
 

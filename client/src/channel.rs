@@ -252,6 +252,19 @@ async fn drive<M: Machine>(
     let _ = mux.client().unsubscribe(&channel).await;
 }
 
+/// A refused subscription to the channel's name is the node's policy
+/// speaking ([`SessionError::Denied`]), not a broken connection.
+fn subscribe_err(e: crate::ClientError) -> SessionError {
+    match e {
+        crate::ClientError::Subscribe {
+            name,
+            code: slim_wire::ErrorCode::UNAUTHORIZED,
+            reason,
+        } => SessionError::Denied(format!("subscribe to {name}: {reason}")),
+        e => SessionError::Client(e.to_string()),
+    }
+}
+
 /// Runs `f` on the machine in its task and returns its answer.
 async fn call<M: Machine, R: Send + 'static>(
     jobs: &mpsc::Sender<Job<M>>,
@@ -291,7 +304,7 @@ impl Channel {
         mux.client()
             .subscribe(channel)
             .await
-            .map_err(|e| SessionError::Client(e.to_string()))?;
+            .map_err(subscribe_err)?;
         let (jobs_tx, jobs_rx) = mpsc::channel(64);
         let (ev_tx, ev_rx) = mpsc::channel(opts.events.max(1));
         let task = tokio::spawn(drive(
@@ -447,7 +460,7 @@ impl ChannelMember {
         mux.client()
             .subscribe(channel)
             .await
-            .map_err(|e| SessionError::Client(e.to_string()))?;
+            .map_err(subscribe_err)?;
         let (jobs_tx, jobs_rx) = mpsc::channel(64);
         let (ev_tx, mut ev_rx) = mpsc::channel(opts.events.max(1));
         let task = tokio::spawn(drive(
@@ -483,10 +496,13 @@ impl ChannelMember {
             Err(ChannelError::Closed)
         })
         .await;
-        let fail = |e| {
+        if !matches!(outcome, Ok(Ok(_))) {
+            // Not a member: stop the driver and drop the channel's
+            // subscription (the aborted driver cannot), so that a refused
+            // or unanswered joiner does not keep receiving its traffic.
             task.abort();
-            Err(e)
-        };
+            let _ = mux.client().unsubscribe(channel).await;
+        }
         match outcome {
             Ok(Ok((epoch, members))) => Ok(ChannelMember {
                 channel: channel.clone(),
@@ -497,8 +513,8 @@ impl ChannelMember {
                 members,
                 epoch,
             }),
-            Ok(Err(e)) => fail(e),
-            Err(_) => fail(ChannelError::JoinFailed {
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ChannelError::JoinFailed {
                 reason: "no answer in time".into(),
             }),
         }

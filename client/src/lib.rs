@@ -397,10 +397,20 @@ impl Client {
             }),
         )
         .await
-        .map_err(|(code, reason)| ClientError::Subscribe {
-            name: name.to_string(),
-            code,
-            reason,
+        .map_err(|(code, reason)| {
+            if code == ErrorCode::UNAUTHORIZED {
+                // Refused: not something to restore after a reconnect.
+                self.shared
+                    .subs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(name);
+            }
+            ClientError::Subscribe {
+                name: name.to_string(),
+                code,
+                reason,
+            }
         })
     }
 

@@ -5,7 +5,10 @@
 //! Identities come from the development Workload API server (one socket per
 //! workload, as a SPIRE agent attests each workload). Nodes and the controller
 //! load the fleet config files `deploy/fleet/*.toml` (embedded here; the
-//! compose file and the namespace tests use the same files).
+//! compose file and the namespace tests use the same files). The agents are
+//! the Python ones (`demo/agents/*.py`, on the `slim_agents` SDK) by default,
+//! the Rust one (`slim-demo-agent`) with `--rust-agents`: both print the same
+//! JSON lines ([`Line`]), which is all this program reads from them.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -82,6 +85,105 @@ struct Args {
     /// the per-node routed-message rates at the end.
     #[arg(long)]
     prometheus: bool,
+    /// Run the Rust agents (`slim-demo-agent`) instead of the Python ones.
+    #[arg(long)]
+    rust_agents: bool,
+    /// The Python that runs the agents, with `slim_agents` installed
+    /// (default: `$SLIM_VENV/bin/python`, SLIM_VENV defaulting to
+    /// `~/.cache/slim-venv`; `scripts/python-env.sh` sets it up).
+    #[arg(long, env = "SLIM_PYTHON")]
+    python: Option<PathBuf>,
+    /// Where the Python agents are (default: `demo/agents` of this source tree).
+    #[arg(long, env = "SLIM_DEMO_AGENTS")]
+    agents_dir: Option<PathBuf>,
+}
+
+/// The four roles: workload (its Workload API socket), role, node.
+const AGENTS: [(&str, &str, &str); 4] = [
+    ("escalation-handler", "escalation-handler", "admin-node"),
+    ("eu-monitor", "eu-monitor", "eu-west-node"),
+    ("eu-remediation", "eu-remediation", "eu-west-node"),
+    ("us-monitor", "us-monitor", "us-east-node"),
+];
+
+/// What the Python agents need: `slim_agents`, and 3.11 for `asyncio.TaskGroup`.
+const PYTHON_CHECK: &str = "import sys, slim_agents\n\
+    if sys.version_info < (3, 11): sys.exit('Python ' + sys.version.split()[0] + ' is older than 3.11')";
+
+/// Which agents run: the same roles, the same JSON lines on stdout.
+enum Agents {
+    /// `slim-demo-agent --role ROLE` (demo/src/bin/slim-demo-agent.rs).
+    Rust,
+    /// `PYTHON DIR/ROLE.py` (demo/agents/eu_monitor.py, …).
+    Python { python: PathBuf, dir: PathBuf },
+}
+
+impl Agents {
+    /// Picks the agents and checks they can run: for Python, that the
+    /// interpreter imports `slim_agents` and every agent file is there.
+    fn resolve(args: &Args) -> Result<Agents> {
+        if args.rust_agents {
+            return Ok(Agents::Rust);
+        }
+        let python = match &args.python {
+            Some(p) => p.clone(),
+            None => {
+                let venv = match std::env::var_os("SLIM_VENV") {
+                    Some(v) => PathBuf::from(v),
+                    None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
+                        .join(".cache/slim-venv"),
+                };
+                venv.join("bin/python")
+            }
+        };
+        let dir = args
+            .agents_dir
+            .clone()
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("agents"));
+        let how = "\n  build and install it:  ./scripts/python-env.sh  (the venv ~/.cache/slim-venv, or $SLIM_VENV)\
+                   \n  or use another python: --python PATH  (or SLIM_PYTHON)\
+                   \n  or the Rust agents:    --rust-agents";
+        let check = std::process::Command::new(&python)
+            .args(["-c", PYTHON_CHECK])
+            .stdin(Stdio::null())
+            .output();
+        match check {
+            Err(e) => bail!(
+                "the Python agents need {} ({e}) with the slim_agents package.{how}",
+                python.display()
+            ),
+            Ok(out) if !out.status.success() => {
+                let err = String::from_utf8_lossy(&out.stderr);
+                bail!(
+                    "the Python agents need Python 3.11+ with the slim_agents package; {} says: {}.{how}",
+                    python.display(),
+                    err.trim().lines().last().unwrap_or("no error output")
+                )
+            }
+            Ok(_) => {}
+        }
+        for (_, role, _) in AGENTS {
+            let f = dir.join(Agents::python_file(role));
+            if !f.exists() {
+                bail!(
+                    "{} is missing (the Python agents; --agents-dir names their directory)",
+                    f.display()
+                );
+            }
+        }
+        Ok(Agents::Python { python, dir })
+    }
+
+    fn python_file(role: &str) -> String {
+        format!("{}.py", role.replace('-', "_"))
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Agents::Rust => "Rust, slim-demo-agent".into(),
+            Agents::Python { dir, .. } => format!("Python, {}/*.py", dir.display()),
+        }
+    }
 }
 
 struct Procs {
@@ -119,6 +221,7 @@ fn free_tcp() -> Result<u16> {
 
 struct Demo {
     bin: PathBuf,
+    agents: Agents,
     work: PathBuf,
     start: Instant,
     sockets: BTreeMap<&'static str, String>,
@@ -142,7 +245,12 @@ impl Demo {
     }
 
     fn cmd(&self, bin: &str, workload: &str) -> Command {
-        let mut c = Command::new(self.bin.join(bin));
+        self.cmd_path(&self.bin.join(bin), workload)
+    }
+
+    /// `program` with `workload`'s Workload API socket.
+    fn cmd_path(&self, program: &Path, workload: &str) -> Command {
+        let mut c = Command::new(program);
         c.env("SPIFFE_ENDPOINT_SOCKET", self.socket(workload))
             .stdin(Stdio::null())
             .kill_on_drop(true);
@@ -189,13 +297,25 @@ async fn main() -> Result<()> {
             .context("exe dir")?
             .to_path_buf(),
     };
-    for b in [
-        "slim-node",
-        "slim-controller",
-        "slimctl",
-        "slim-demo-agent",
-        "inject-event",
-    ] {
+    let agents = match Agents::resolve(&args) {
+        Ok(a) => a,
+        Err(e) => {
+            // A setup problem, not a failure of the demo: say what to do.
+            eprintln!("slim-demo: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let needed: &[&str] = match agents {
+        Agents::Rust => &[
+            "slim-node",
+            "slim-controller",
+            "slimctl",
+            "inject-event",
+            "slim-demo-agent",
+        ],
+        Agents::Python { .. } => &["slim-node", "slim-controller", "slimctl", "inject-event"],
+    };
+    for b in needed {
         if !bin.join(b).exists() {
             bail!(
                 "{} is missing: build the workspace binaries first (cargo build --release --workspace --bins)",
@@ -214,7 +334,7 @@ async fn main() -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    let result = run(&args, bin, work.clone()).await;
+    let result = run(&args, bin, agents, work.clone()).await;
     if let Err(e) = &result {
         eprintln!("demo FAILED: {e:#}\nlogs: {}", work.display());
         if args.work_dir.is_none() {
@@ -239,7 +359,7 @@ fn copy_logs(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn run(args: &Args, bin: PathBuf, work: PathBuf) -> Result<()> {
+async fn run(args: &Args, bin: PathBuf, agents: Agents, work: PathBuf) -> Result<()> {
     let start = Instant::now();
     println!(
         "== SLIM fleet demo: a security incident across three clusters (trust domain {TRUST_DOMAIN})"
@@ -289,6 +409,7 @@ async fn run(args: &Args, bin: PathBuf, work: PathBuf) -> Result<()> {
     );
     let demo = Demo {
         bin,
+        agents,
         work: work.clone(),
         start,
         sockets,
@@ -393,15 +514,22 @@ async fn drive(args: &Args, demo: &Demo, procs: &mut Procs, fleet: &Path) -> Res
 
     // Agents.
     let (lines_tx, mut lines) = mpsc::channel::<(String, Instant, Line)>(1024);
-    for (workload, role, node) in [
-        ("escalation-handler", "escalation-handler", "admin-node"),
-        ("eu-monitor", "eu-monitor", "eu-west-node"),
-        ("eu-remediation", "eu-remediation", "eu-west-node"),
-        ("us-monitor", "us-monitor", "us-east-node"),
-    ] {
-        let mut child = demo
-            .cmd("slim-demo-agent", workload)
-            .args(["--role", role, "--work-ms", &args.work_ms.to_string()])
+    for (workload, role, node) in AGENTS {
+        let mut cmd = match &demo.agents {
+            Agents::Rust => {
+                let mut c = demo.cmd("slim-demo-agent", workload);
+                c.args(["--role", role]);
+                c
+            }
+            Agents::Python { python, dir } => {
+                let mut c = demo.cmd_path(python, workload);
+                c.arg(dir.join(Agents::python_file(role)))
+                    .env("PYTHONUNBUFFERED", "1");
+                c
+            }
+        };
+        let mut child = cmd
+            .args(["--work-ms", &args.work_ms.to_string()])
             .env("SLIM_NODE", demo.nodes[node].to_string())
             .stdout(Stdio::piped())
             .stderr(demo.log(workload)?)
@@ -421,7 +549,8 @@ async fn drive(args: &Args, demo: &Demo, procs: &mut Procs, fleet: &Path) -> Res
         procs.children.push((workload.into(), child));
     }
     println!(
-        "== agents: eu-west/security-monitor, eu-west/remediation (cluster A), us-east/security-monitor (cluster B), admin/escalation-handler"
+        "== agents ({}): eu-west/security-monitor, eu-west/remediation (cluster A), us-east/security-monitor (cluster B), admin/escalation-handler",
+        demo.agents.describe()
     );
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
@@ -490,7 +619,7 @@ async fn drive(args: &Args, demo: &Demo, procs: &mut Procs, fleet: &Path) -> Res
             } => {
                 println!(
                     "{} {agent:<26} → {:<20} {text}",
-                    demo.stamp(),
+                    demo.stamp_at(at),
                     short(channel)
                 );
                 if kind == "approval-required" && !approved {

@@ -1,38 +1,38 @@
-//! The fleet demo's agents: the seed scenario's four roles as small SDK
-//! programs. Copy one to write your own agent: it dials its cluster's node
-//! (outbound only, it never listens), takes its identity from the SPIFFE
-//! Workload API, creates or joins MLS channels by name, and reacts to what it
-//! reads, checking the sender's SPIFFE ID before acting on anything.
+//! The fleet demo's agents: the seed scenario's four roles as small programs
+//! on the SDK's front door ([`slim_client::app::App`]). Copy one to write your
+//! own agent: it dials its cluster's node (outbound only, it never listens),
+//! takes its identity from the SPIFFE Workload API, creates or joins MLS
+//! channels by name, and reacts to what it reads, checking the sender's
+//! SPIFFE ID before acting on anything.
 //!
 //! ```text
-//! slim-demo-agent --role eu-monitor --node 127.0.0.1:4501
+//! slim-demo-agent --role eu-monitor --node slim://127.0.0.1:4501
 //! ```
 //! (`SPIFFE_ENDPOINT_SOCKET` names the Workload API socket.) Each line on
 //! stdout is a JSON [`slim_demo::Line`]: what the agent sent and what it
 //! received and decrypted.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
-use slim_auth::{IdentitySource, IdentitySourceConfig};
-use slim_client::channel::{Channel, ChannelConfig, ChannelError, ChannelEvent, ChannelOptions};
-use slim_client::session::SessionMux;
-use slim_client::{Client, ClientConfig, Credentials, Event};
+use serde_json::{Value, json};
+use slim_client::app::{
+    App, AppConfig, CreateOptions, JoinOptions, Message, Role as SessionRole, Session,
+    SessionEvent, SlimError,
+};
 use slim_demo::{CVE_PATCH, DRAIN_NODE, HUMAN_REVIEW, Line, SECURITY_INCIDENT, describe};
-use slim_mls::MlsIdentity;
-use slim_wire::Name;
 use tokio::sync::mpsc;
 
 #[derive(Parser, Debug)]
 struct Args {
     #[arg(long, value_enum)]
     role: Role,
-    /// This cluster's SLIM node.
+    /// This cluster's SLIM node: `slim://host:port` or `host:port`.
     #[arg(long, env = "SLIM_NODE")]
-    node: SocketAddr,
+    node: String,
     /// How long simulated work (a rolling update, a drain) takes.
     #[arg(long, default_value_t = 1500)]
     work_ms: u64,
@@ -60,66 +60,45 @@ impl Role {
         }
     }
 
-    /// Short name for the timeline ("eu-west/security-monitor").
-    fn label(self) -> String {
-        self.service()
-            .split_once('/')
-            .map(|(_, rest)| rest.to_owned())
-            .unwrap_or_default()
+    /// The channels it moderates (with who may join them by request) and
+    /// those it joins.
+    fn channels(
+        self,
+    ) -> (
+        &'static [(&'static str, Admission)],
+        &'static [&'static str],
+    ) {
+        const ANY: &str = "spiffe://acme.example/*/agent/*";
+        const A: &str = "spiffe://acme.example/cluster-a/agent/*";
+        const OPS: &str = "spiffe://acme.example/ops/**";
+        match self {
+            Role::EuMonitor => (
+                &[(SECURITY_INCIDENT, &[ANY, OPS])],
+                &[CVE_PATCH, HUMAN_REVIEW],
+            ),
+            Role::EuRemediation => (&[(CVE_PATCH, &[A])], &[SECURITY_INCIDENT, HUMAN_REVIEW]),
+            Role::UsMonitor => (&[], &[SECURITY_INCIDENT]),
+            Role::EscalationHandler => (&[(HUMAN_REVIEW, &[A, OPS])], &[]),
+        }
     }
 }
+
+/// SPIFFE-ID patterns whose holders may join a channel by request.
+type Admission = &'static [&'static str];
 
 /// Who may act on what (layer 4 of the seed's security model: agents check
 /// the sender's SPIFFE ID, which MLS proved, before acting).
 const EVENT_SOURCE: &str = "spiffe://acme.example/cluster-a/k8s/event-source";
 const OPERATORS: &str = "spiffe://acme.example/ops/";
 
-/// A channel this agent created or joined, driven by its own task: `send`
-/// publishes into it, everything it receives comes out of the shared inbox.
-struct Chan {
-    name: &'static str,
-    tx: mpsc::Sender<Vec<u8>>,
-}
+/// What the agent does next, as JSON: a message (`type`, `text`, details)
+/// to publish on channel `to`, `{"work": true}` (the simulated work: a
+/// rolling update, a drain) or `{"note": text}`.
+type Step = Value;
 
-struct Agent {
-    role: Role,
-    label: String,
-    work: Duration,
-    chans: Vec<Chan>,
-}
-
-impl Agent {
-    async fn send(&self, channel: &str, kind: &str, text: &str, extra: serde_json::Value) {
-        let mut msg = serde_json::json!({ "type": kind, "text": text });
-        if let (Some(m), serde_json::Value::Object(e)) = (msg.as_object_mut(), extra) {
-            m.extend(e);
-        }
-        let Some(c) = self.chans.iter().find(|c| c.name == channel) else {
-            Line::Note {
-                agent: self.label.clone(),
-                text: format!("not a member of {channel}"),
-            }
-            .print();
-            return;
-        };
-        if c.tx.send(msg.to_string().into_bytes()).await.is_ok() {
-            Line::Sent {
-                agent: self.label.clone(),
-                channel: channel.into(),
-                kind: kind.into(),
-                text: text.into(),
-            }
-            .print();
-        }
-    }
-
-    fn note(&self, text: impl Into<String>) {
-        Line::Note {
-            agent: self.label.clone(),
-            text: text.into(),
-        }
-        .print();
-    }
+fn note(label: &str, text: impl Into<String>) {
+    let (agent, text) = (label.to_owned(), text.into());
+    Line::Note { agent, text }.print();
 }
 
 #[tokio::main]
@@ -131,365 +110,214 @@ async fn main() -> Result<()> {
         )
         .init();
     let args = Args::parse();
-    let role = args.role;
+    let (role, work) = (args.role, Duration::from_millis(args.work_ms));
+    let label = role.service().split_once('/').map_or("", |(_, r)| r);
 
-    // 1. Identity from the Workload API; the same SVID authenticates us to
-    //    the node (mTLS) and signs our MLS credential.
-    let source = IdentitySource::start(IdentitySourceConfig::spire(None))
+    // Identity from the Workload API (the same SVID authenticates us to the
+    // node and signs our MLS credential); outbound connection only.
+    let app = App::connect(AppConfig::new(&args.node, role.service()))
         .await
-        .context("SPIFFE Workload API (is SPIFFE_ENDPOINT_SOCKET set?)")?;
-    let mls = MlsIdentity::new(&source.current()).context("MLS identity")?;
+        .context("connect to the node (identity: is SPIFFE_ENDPOINT_SOCKET set?)")?;
 
-    // 2. Dial the node: outbound only.
-    let cfg = ClientConfig::with_credentials(
-        args.node,
-        Name::parse(role.service())?,
-        Credentials::Source(source),
-    );
-    let client = Client::connect(cfg).await.context("connect to the node")?;
-    let (mux, mut raw) = SessionMux::new(client);
-
-    // 3. Channels: create the ones this role moderates, join the others.
-    let (inbox_tx, mut inbox) = mpsc::channel::<(&'static str, ChannelEvent)>(1024);
-    let mut agent = Agent {
-        role,
-        label: role.label(),
-        work: Duration::from_millis(args.work_ms),
-        chans: Vec::new(),
-    };
-    let (moderates, joins): (&[(&'static str, &[&str])], &[&'static str]) = match role {
-        Role::EuMonitor => (
-            &[(
-                SECURITY_INCIDENT,
-                &[
-                    "spiffe://acme.example/*/agent/*",
-                    "spiffe://acme.example/ops/**",
-                ],
-            )],
-            &[CVE_PATCH, HUMAN_REVIEW],
-        ),
-        Role::EuRemediation => (
-            &[(CVE_PATCH, &["spiffe://acme.example/cluster-a/agent/*"])],
-            &[SECURITY_INCIDENT, HUMAN_REVIEW],
-        ),
-        Role::UsMonitor => (&[], &[SECURITY_INCIDENT]),
-        Role::EscalationHandler => (
-            &[(
-                HUMAN_REVIEW,
-                &[
-                    "spiffe://acme.example/cluster-a/agent/*",
-                    "spiffe://acme.example/ops/**",
-                ],
-            )],
-            &[],
-        ),
-    };
-    for (name, admission) in moderates {
-        let config = ChannelConfig {
+    // Create the channels this role moderates, join the others (their
+    // moderators may not be up yet: the SDK keeps asking).
+    let mut chans: HashMap<&'static str, Session> = HashMap::new();
+    let (moderates, joins) = role.channels();
+    for &(name, admission) in moderates {
+        let admission = admission.iter().map(|s| s.to_string()).collect();
+        let opts = CreateOptions {
             mls: true,
-            admission: admission.iter().map(|s| s.to_string()).collect(),
-            ..ChannelConfig::default()
+            admission,
         };
-        let opts = ChannelOptions::new(config, Some(mls.clone()));
-        let m = Channel::create(&mux, &Name::parse(name)?, opts).await?;
-        agent.note(format!("created {name} (moderator, MLS)"));
-        agent
-            .chans
-            .push(spawn_channel(name, Handle::Moderator(m), inbox_tx.clone()));
+        let s = app.create_channel(name, opts).await.context(name)?;
+        note(label, format!("created {name} (moderator, MLS)"));
+        chans.insert(name, s);
     }
-    for name in joins {
-        let member = join_with_retry(&mux, name, &mls).await?;
-        agent.note(format!("joined {name}"));
-        agent.chans.push(spawn_channel(
-            name,
-            Handle::Member(member),
-            inbox_tx.clone(),
-        ));
+    for &name in joins {
+        let timeout = Duration::from_secs(120);
+        let opts = JoinOptions {
+            timeout,
+            ..JoinOptions::default()
+        };
+        chans.insert(name, app.join_channel(name, opts).await.context(name)?);
+        note(label, format!("joined {name}"));
     }
     Line::Ready {
-        agent: agent.label.clone(),
+        agent: label.to_owned(),
     }
     .print();
 
-    // 4. React.
+    // One reader per channel, all into one inbox.
+    let (tx, mut inbox) = mpsc::channel(1024);
+    for (&name, s) in &chans {
+        let (tx, s) = (tx.clone(), s.clone());
+        tokio::spawn(async move {
+            loop {
+                let ev = s.next_event().await;
+                let last = matches!(ev, Err(SlimError::Closed(_)));
+                if tx.send((name, s.role(), ev)).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
     loop {
-        tokio::select! {
-            ev = raw.recv() => match ev {
-                Some(Event::Message(d)) => on_direct(&agent, d.from_identity.as_deref(), &d.payload).await,
-                Some(Event::Error(e)) => agent.note(format!("node error: {}", e.reason)),
-                None => bail!("connection closed"),
-            },
+        let steps = tokio::select! {
+            m = app.receive() => on_direct(role, &m.context("connection closed")?),
             ev = inbox.recv() => match ev {
-                Some((chan, ev)) => on_channel(&mut agent, chan, ev).await,
+                Some((chan, r, ev)) => on_channel(label, role, chan, r, ev, &mut chans),
                 None => bail!("every channel ended"),
             },
+        };
+        for mut step in steps {
+            if let Some(text) = step["note"].as_str() {
+                note(label, text);
+            } else if step["work"] == true {
+                tokio::time::sleep(work).await;
+            } else if let Some(to) = step.as_object_mut().and_then(|m| m.remove("to")) {
+                let channel = to.as_str().unwrap_or_default();
+                let Some(s) = chans.get(channel) else {
+                    note(label, format!("not a member of {channel}"));
+                    continue;
+                };
+                let (kind, text) = (step["type"].as_str(), step["text"].as_str());
+                let (kind, text) = (kind.unwrap_or_default(), text.unwrap_or_default());
+                match s.publish(step.to_string().as_bytes()).await {
+                    Err(e) => tracing::warn!(channel, error = %e, "publish failed"),
+                    Ok(()) => Line::Sent {
+                        agent: label.to_owned(),
+                        channel: channel.into(),
+                        kind: kind.into(),
+                        text: text.into(),
+                    }
+                    .print(),
+                }
+            }
         }
     }
-}
-
-/// Joins by request; the moderator may not be up yet (it is another
-/// program, possibly in another cluster), so an unanswered request is retried.
-async fn join_with_retry(
-    mux: &SessionMux,
-    name: &'static str,
-    mls: &MlsIdentity,
-) -> Result<slim_client::channel::ChannelMember> {
-    let channel = Name::parse(name)?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let opts = ChannelOptions::new(ChannelConfig::default(), Some(mls.clone()));
-        match Channel::join(mux, &channel, None, opts).await {
-            Ok(m) => return Ok(m),
-            Err(ChannelError::JoinRefused { reason }) => {
-                bail!("{name}: join refused: {reason}")
-            }
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::info!(channel = name, error = %e, "join not answered yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e).with_context(|| format!("join {name}")),
-        }
-    }
-}
-
-enum Handle {
-    Moderator(slim_client::channel::ChannelModerator),
-    Member(slim_client::channel::ChannelMember),
-}
-
-fn spawn_channel(
-    name: &'static str,
-    mut h: Handle,
-    out: mpsc::Sender<(&'static str, ChannelEvent)>,
-) -> Chan {
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
-    tokio::spawn(async move {
-        loop {
-            let ev = match &mut h {
-                Handle::Moderator(m) => tokio::select! {
-                    ev = m.recv() => ev,
-                    Some(p) = rx.recv() => {
-                        if let Err(e) = m.publish(&p).await {
-                            tracing::warn!(channel = name, error = %e, "publish failed");
-                        }
-                        continue;
-                    }
-                },
-                Handle::Member(m) => tokio::select! {
-                    ev = m.recv() => ev,
-                    Some(p) = rx.recv() => {
-                        if let Err(e) = m.publish(&p).await {
-                            tracing::warn!(channel = name, error = %e, "publish failed");
-                        }
-                        continue;
-                    }
-                },
-            };
-            let Some(ev) = ev else { break };
-            let last = matches!(
-                ev,
-                ChannelEvent::ChannelClosed { .. } | ChannelEvent::Removed { .. }
-            );
-            if out.send((name, ev)).await.is_err() || last {
-                break;
-            }
-        }
-    });
-    Chan { name, tx }
 }
 
 /// A message sent to this agent directly (not on a channel): the cluster's
 /// event source hands CVE findings to the security monitor this way.
-async fn on_direct(agent: &Agent, from_identity: Option<&str>, payload: &[u8]) {
-    if agent.role != Role::EuMonitor {
-        return;
+fn on_direct(role: Role, m: &Message) -> Vec<Step> {
+    if role != Role::EuMonitor {
+        return vec![];
     }
-    if from_identity != Some(EVENT_SOURCE) {
-        agent.note(format!(
-            "ignored a direct message from {from_identity:?}: not the cluster's event source"
-        ));
-        return;
+    if m.spiffe_id.as_deref() != Some(EVENT_SOURCE) {
+        let from = &m.spiffe_id;
+        let why = format!("ignored a direct message from {from:?}: not the cluster's event source");
+        return vec![json!({ "note": why })];
     }
-    let (_, _, ev) = describe(payload);
+    let (_, _, ev) = describe(&m.payload);
     let image = ev["image"].as_str().unwrap_or("unknown");
     let severity = ev["severity"].as_str().unwrap_or("unknown");
-    let text = format!("CVE-2024-XXXX detected in {image} ({severity}) on {DRAIN_NODE}");
-    agent
-        .send(
-            SECURITY_INCIDENT,
-            "cve-detected",
-            &text,
-            serde_json::json!({ "image": image, "severity": severity, "node": DRAIN_NODE }),
-        )
-        .await;
+    vec![
+        json!({ "to": SECURITY_INCIDENT, "type": "cve-detected", "image": image,
+        "severity": severity, "node": DRAIN_NODE,
+        "text": format!("CVE-2024-XXXX detected in {image} ({severity}) on {DRAIN_NODE}") }),
+    ]
 }
 
-async fn on_channel(agent: &mut Agent, chan: &'static str, ev: ChannelEvent) {
-    let (from, spiffe_id, epoch, payload) = match ev {
-        ChannelEvent::Message {
-            sender,
-            spiffe_id,
-            epoch,
-            payload,
-            ..
-        } => (sender, spiffe_id, epoch, payload),
-        ChannelEvent::MemberJoined { member, .. } => {
-            agent.note(format!("{chan}: {} joined", member_label(&member)));
-            return;
+/// A channel event: a message is printed and reacted to; the moderator notes
+/// membership changes; a channel that ended is forgotten.
+fn on_channel(
+    label: &str,
+    role: Role,
+    chan: &'static str,
+    mine: SessionRole,
+    ev: Result<SessionEvent, SlimError>,
+    chans: &mut HashMap<&'static str, Session>,
+) -> Vec<Step> {
+    let moderator = mine == SessionRole::Moderator;
+    let m = match ev {
+        Ok(SessionEvent::Message(m)) => m,
+        Ok(SessionEvent::MemberJoined(mi)) if moderator => {
+            let text = format!("{chan}: {} [{}] joined", mi.name, mi.spiffe_id);
+            return vec![json!({ "note": text })];
         }
-        ChannelEvent::MemberLeft { member, reason, .. } => {
-            agent.note(format!("{chan}: {} left ({reason})", member_label(&member)));
-            return;
+        Ok(SessionEvent::MemberLeft { member, reason }) if moderator => {
+            let (n, id) = (member.name, member.spiffe_id);
+            return vec![json!({ "note": format!("{chan}: {n} [{id}] left ({reason})") })];
         }
-        ChannelEvent::JoinRequestRefused { name, reason, .. } => {
-            agent.note(format!("{chan}: refused {name}: {reason}"));
-            return;
+        Ok(_) => return vec![],
+        Err(SlimError::Closed(reason)) => {
+            chans.remove(chan);
+            return vec![json!({ "note": format!("{chan}: ended ({reason})") })];
         }
-        ChannelEvent::Rejected { sender, error } => {
-            agent.note(format!("{chan}: rejected a message from {sender}: {error}"));
-            return;
-        }
-        ChannelEvent::ChannelClosed { reason } | ChannelEvent::Removed { reason } => {
-            agent.note(format!("{chan}: ended ({reason})"));
-            agent.chans.retain(|c| c.name != chan);
-            return;
-        }
-        _ => return,
+        Err(e) => return vec![json!({ "note": format!("{chan}: {e}") })],
     };
-    let (kind, text, body) = describe(&payload);
+    let (kind, text, body) = describe(&m.payload);
+    let spiffe_id = m.spiffe_id.unwrap_or_default();
+    let (agent, channel, from, epoch) = (label.into(), chan.into(), m.source, m.epoch.unwrap_or(0));
+    let (k, id) = (kind.clone(), spiffe_id.clone());
     Line::Recv {
-        agent: agent.label.clone(),
-        channel: chan.into(),
-        from: from.clone(),
-        spiffe_id: spiffe_id.clone(),
-        kind: kind.clone(),
+        agent,
+        channel,
+        from,
+        spiffe_id,
+        kind,
         text,
         epoch,
     }
     .print();
-    react(agent, chan, &kind, &spiffe_id, &body).await;
-}
-
-fn member_label(m: &slim_client::channel::MemberInfo) -> String {
-    format!("{} [{}]", m.name, m.spiffe_id)
+    react(role, chan, &k, &id, &body)
 }
 
 /// The scenario (seed §6.1 Flow A and §6.2 Flow B).
-async fn react(agent: &Agent, chan: &str, kind: &str, spiffe_id: &str, body: &serde_json::Value) {
-    match (agent.role, chan, kind) {
+fn react(role: Role, chan: &str, kind: &str, from: &str, body: &Value) -> Vec<Step> {
+    let node = body["node"].as_str().unwrap_or(DRAIN_NODE);
+    let image = body["image"].as_str().unwrap_or("the image");
+    let (decision, operator) = (&body["decision"], from.starts_with(OPERATORS));
+    match (role, chan, kind) {
         // Flow A: cross-cluster correlation.
-        (Role::UsMonitor, SECURITY_INCIDENT, "cve-detected") => {
-            let image = body["image"].as_str().unwrap_or("the image");
-            agent
-                .send(
-                    SECURITY_INCIDENT,
-                    "correlation",
-                    &format!("Confirmed affected: us-east-3 also running {image}"),
-                    serde_json::json!({ "also_affected": ["us-east-3"] }),
-                )
-                .await;
-        }
+        (Role::UsMonitor, SECURITY_INCIDENT, "cve-detected") => vec![json!({
+            "to": SECURITY_INCIDENT, "type": "correlation", "also_affected": ["us-east-3"],
+            "text": format!("Confirmed affected: us-east-3 also running {image}") })],
         // Flow A: remediation attempt, which fails and escalates (Flow B).
         (Role::EuRemediation, SECURITY_INCIDENT, "cve-detected") => {
-            let text = "Attempting rolling update to nginx:1.25";
-            let action = serde_json::json!({ "action": "rolling-update", "target": "nginx:1.25" });
-            agent
-                .send(CVE_PATCH, "patch-attempt", text, action.clone())
-                .await;
-            agent
-                .send(SECURITY_INCIDENT, "patch-attempt", text, action)
-                .await;
-            tokio::time::sleep(agent.work).await;
-            agent
-                .send(
-                    SECURITY_INCIDENT,
-                    "patch-failed",
-                    "Node tainted, cannot auto-patch — escalating",
-                    serde_json::json!({}),
-                )
-                .await;
-            agent
-                .send(
-                    HUMAN_REVIEW,
-                    "escalation",
-                    &format!("Escalation requested: node-drain required on {DRAIN_NODE}"),
-                    serde_json::json!({ "reason": "cannot-auto-patch", "severity": "CRITICAL", "node": DRAIN_NODE }),
-                )
-                .await;
+            let attempt = |to| {
+                json!({ "to": to, "type": "patch-attempt", "action": "rolling-update",
+                "target": "nginx:1.25", "text": "Attempting rolling update to nginx:1.25" })
+            };
+            vec![
+                attempt(CVE_PATCH),
+                attempt(SECURITY_INCIDENT),
+                json!({ "work": true }),
+                json!({ "to": SECURITY_INCIDENT, "type": "patch-failed",
+                    "text": "Node tainted, cannot auto-patch — escalating" }),
+                json!({ "to": HUMAN_REVIEW, "type": "escalation", "reason": "cannot-auto-patch",
+                    "severity": "CRITICAL", "node": DRAIN_NODE,
+                    "text": format!("Escalation requested: node-drain required on {DRAIN_NODE}") }),
+            ]
         }
         // Flow B: the escalation handler prepares the runbook and asks a human.
-        (Role::EscalationHandler, HUMAN_REVIEW, "escalation") => {
-            agent
-                .send(
-                    HUMAN_REVIEW,
-                    "runbook",
-                    "Runbook loaded, paging operator",
-                    serde_json::json!({}),
-                )
-                .await;
-            agent
-                .send(
-                    HUMAN_REVIEW,
-                    "approval-required",
-                    &format!(
-                        "[APPROVAL REQUIRED] drain {DRAIN_NODE}: reply with {}",
-                        slim_demo::approval_payload()
-                    ),
-                    serde_json::json!({ "node": DRAIN_NODE }),
-                )
-                .await;
-        }
+        (Role::EscalationHandler, HUMAN_REVIEW, "escalation") => vec![
+            json!({ "to": HUMAN_REVIEW, "type": "runbook", "text": "Runbook loaded, paging operator" }),
+            json!({ "to": HUMAN_REVIEW, "type": "approval-required", "node": DRAIN_NODE,
+                "text": format!("[APPROVAL REQUIRED] drain {DRAIN_NODE}: reply with {}",
+                    slim_demo::approval_payload()) }),
+        ],
         // Flow B: only an operator's decision is acted on.
-        (Role::EuRemediation, HUMAN_REVIEW, "decision") => {
-            if !spiffe_id.starts_with(OPERATORS) {
-                agent.note(format!(
-                    "ignored a decision from {spiffe_id}: not an operator"
-                ));
-                return;
-            }
-            if body["decision"] != "APPROVE_DRAIN" {
-                agent.note(format!("decision {} is not an approval", body["decision"]));
-                return;
-            }
-            let node = body["node"].as_str().unwrap_or(DRAIN_NODE);
-            agent
-                .send(
-                    SECURITY_INCIDENT,
-                    "drain-started",
-                    &format!("Node drain initiated on {node} (approved by {spiffe_id})"),
-                    serde_json::json!({ "node": node }),
-                )
-                .await;
-            tokio::time::sleep(agent.work).await;
-            agent
-                .send(
-                    SECURITY_INCIDENT,
-                    "drain-complete",
-                    "Drain complete, workloads rescheduled",
-                    serde_json::json!({ "node": node }),
-                )
-                .await;
+        (Role::EuRemediation, HUMAN_REVIEW, "decision") if !operator => {
+            vec![json!({ "note": format!("ignored a decision from {from}: not an operator") })]
         }
-        (Role::EscalationHandler, HUMAN_REVIEW, "decision") if spiffe_id.starts_with(OPERATORS) => {
-            agent
-                .send(
-                    HUMAN_REVIEW,
-                    "decision-recorded",
-                    &format!("Decision {} recorded from {spiffe_id}", body["decision"]),
-                    serde_json::json!({}),
-                )
-                .await;
+        (Role::EuRemediation, HUMAN_REVIEW, "decision") if decision != "APPROVE_DRAIN" => {
+            vec![json!({ "note": format!("decision {decision} is not an approval") })]
         }
-        (Role::EuMonitor, SECURITY_INCIDENT, "drain-complete") => {
-            agent
-                .send(
-                    SECURITY_INCIDENT,
-                    "incident-resolved",
-                    "Incident resolved — CVE remediated",
-                    serde_json::json!({}),
-                )
-                .await;
-        }
-        _ => {}
+        (Role::EuRemediation, HUMAN_REVIEW, "decision") => vec![
+            json!({ "to": SECURITY_INCIDENT, "type": "drain-started", "node": node,
+                "text": format!("Node drain initiated on {node} (approved by {from})") }),
+            json!({ "work": true }),
+            json!({ "to": SECURITY_INCIDENT, "type": "drain-complete", "node": node,
+                "text": "Drain complete, workloads rescheduled" }),
+        ],
+        (Role::EscalationHandler, HUMAN_REVIEW, "decision") if operator => vec![json!({
+            "to": HUMAN_REVIEW, "type": "decision-recorded",
+            "text": format!("Decision {decision} recorded from {from}") })],
+        (Role::EuMonitor, SECURITY_INCIDENT, "drain-complete") => vec![json!({
+            "to": SECURITY_INCIDENT, "type": "incident-resolved",
+            "text": "Incident resolved — CVE remediated" })],
+        _ => vec![],
     }
 }
