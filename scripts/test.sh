@@ -17,7 +17,12 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (binaries the namespace tests start)"
 cargo build --workspace --bins --locked
+echo "== the Python package (venv + extension; the fleet demo's agents and pytest use it)"
+PY="$(./scripts/python-env.sh)"
+export SLIM_DEMO_PYTHON="$PY"
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "${CARGO_TARGET_DIR}/last-test.log"
+echo "== pytest (python/tests: the Python SDK against real slim-node processes)"
+(cd python && "$PY" -m pytest tests -q -p no:cacheprovider)
 echo "== the README's main command, shortened (fleet demo, unattended)"
 ./deploy/local/demo.sh --quick --auto-approve

@@ -91,7 +91,7 @@ struct Args {
     /// The Python that runs the agents, with `slim_agents` installed
     /// (default: `$SLIM_VENV/bin/python`, SLIM_VENV defaulting to
     /// `~/.cache/slim-venv`; `scripts/python-env.sh` sets it up).
-    #[arg(long, env = "SLIM_PYTHON")]
+    #[arg(long, env = "SLIM_DEMO_PYTHON")]
     python: Option<PathBuf>,
     /// Where the Python agents are (default: `demo/agents` of this source tree).
     #[arg(long, env = "SLIM_DEMO_AGENTS")]
@@ -141,7 +141,7 @@ impl Agents {
             .clone()
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("agents"));
         let how = "\n  build and install it:  ./scripts/python-env.sh  (the venv ~/.cache/slim-venv, or $SLIM_VENV)\
-                   \n  or use another python: --python PATH  (or SLIM_PYTHON)\
+                   \n  or use another python: --python PATH  (or SLIM_DEMO_PYTHON)\
                    \n  or the Rust agents:    --rust-agents";
         let check = std::process::Command::new(&python)
             .args(["-c", PYTHON_CHECK])

@@ -1,11 +1,12 @@
 //! `slim_agents._native`: the PyO3 extension over [`slim_client::app`].
 //!
-//! Every async method returns an asyncio awaitable made by
-//! `pyo3_async_runtimes::tokio::future_into_py`: the Rust future runs on a
-//! tokio runtime without the GIL, and cancelling the awaiting asyncio task
-//! drops it. Errors travel as [`app::SlimError`] until the result is
-//! converted under the GIL ([`Out`]), where they become the package's
-//! exception classes ([`errors`]).
+//! Every async method returns a coroutine ([`Call`]) whose Rust future
+//! starts when awaited and runs on the tokio runtime of
+//! `pyo3_async_runtimes` without the GIL; [`bridge`] turns it into an
+//! asyncio future (cancelling the awaiting task drops the Rust future; no
+//! result is handed to a finalizing interpreter). Errors travel as
+//! [`app::SlimError`] until the result is converted under the GIL ([`Out`]),
+//! where they become the package's exception classes ([`errors`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyTuple, PyType};
 use slim_client::app;
 
+mod bridge;
 mod client;
 mod errors;
 mod session;
@@ -97,7 +99,7 @@ where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
     Call::lazy(py, name, move |py| {
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(Out(fut.await)) })
+        bridge::future_into_py(py, async move { Out(fut.await) })
     })
 }
 
@@ -111,9 +113,7 @@ where
     F: Future<Output = Step<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    Call::lazy(py, name, move |py| {
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(fut.await) })
-    })
+    Call::lazy(py, name, move |py| bridge::future_into_py(py, fut))
 }
 
 type Starter = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send>;
@@ -415,6 +415,11 @@ fn init_logging() {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     init_logging();
+    // Before finalization: stop handing results to Python (see `bridge`).
+    let shutdown = wrap_pyfunction!(bridge::_shutdown, m)?;
+    m.py()
+        .import("atexit")?
+        .call_method1("register", (shutdown,))?;
     errors::register(m)?;
     m.add_class::<values::Message>()?;
     m.add_class::<values::Member>()?;

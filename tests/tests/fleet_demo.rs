@@ -4,7 +4,7 @@
 //! sees routed messages on every node.
 //!
 //! The demo's agents are the Python ones (demo/agents/*.py, on the
-//! `slim_agents` SDK): the venv's python (`$SLIM_PYTHON`, else
+//! `slim_agents` SDK): the venv's python (`$SLIM_DEMO_PYTHON`, else
 //! `$SLIM_VENV/bin/python`, else `~/.cache/slim-venv/bin/python`) must import
 //! `slim_agents` — `scripts/python-env.sh` builds and installs it. Where
 //! Python is unavailable on purpose, `SLIM_DEMO_NO_PYTHON=1` skips that run
@@ -19,7 +19,7 @@ use std::sync::Mutex;
 static DEMO: Mutex<()> = Mutex::new(());
 
 fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("SLIM_PYTHON") {
+    if let Some(p) = std::env::var_os("SLIM_DEMO_PYTHON") {
         return p.into();
     }
     let venv = std::env::var_os("SLIM_VENV")
@@ -92,7 +92,7 @@ fn fleet_demo_resolves_the_incident_unattended() {
     if let Some(why) = why {
         panic!(
             "the fleet demo's Python agents need slim_agents, which {} cannot import ({why}).\n\
-             Build and install it: ./scripts/python-env.sh (or name another python with SLIM_PYTHON);\n\
+             Build and install it: ./scripts/python-env.sh (or name another python with SLIM_DEMO_PYTHON);\n\
              where Python is unavailable on purpose, set SLIM_DEMO_NO_PYTHON=1 to skip this run.",
             python.display()
         );
