@@ -40,4 +40,19 @@ if [ "${SLIM_BENCH_BUILD:-0}" = 1 ]; then
   cargo build --release --locked -q -p slim-node -p slim-ctl
 fi
 echo "== reference: $("$PY" -c 'from importlib.metadata import version; print("slim-bindings", version("slim-bindings"))')" >&2
+# Which build of ours runs: scripts/python-env.sh installs in editable mode, so the
+# extension lives in python/slim_agents/ and is shared by every venv made that way
+# (the last build wins: a dev build by the CI replaces a release build).
+"$PY" - >&2 <<'PYEOF' || true
+import glob, os
+try:
+    import slim_agents
+except Exception as e:  # noqa: BLE001
+    print(f"== ours: not importable ({e})")
+else:
+    d = os.path.dirname(slim_agents.__file__)
+    so = glob.glob(os.path.join(d, "_native*.so"))
+    info = f"{so[0]} ({os.path.getsize(so[0]) / 2**20:.0f} MiB)" if so else "no _native*.so"
+    print(f"== ours: slim_agents from {d}; extension {info}")
+PYEOF
 exec "$PY" python/bench/compare.py "$@"

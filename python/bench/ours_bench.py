@@ -6,7 +6,8 @@ Process layout (mirrors ref_bench.py):
     generated dev TOML (identity from `slimctl dev-ca`, authz allow_all, metrics off).
   * Agent identities come from the project's development Workload API server
     (`slimctl dev-spire serve`, same dev CA), i.e. real X.509-SVIDs, as in production
-    with SPIRE. (`--identity shared-secret` uses the node's INSECURE shared-secret mode
+    with SPIRE; one server (one SPIFFE ID, spiffe://bench.local/agent/<role>) per agent
+    role, since an MLS channel admits one member per SPIFFE ID. (`--identity shared-secret` uses the node's INSECURE shared-secret mode
     instead; our SDK has no MLS in that mode, so the group/admit scenarios need the
     default `workload-api`.)
   * All agents of a scenario run in this one asyncio process; every agent is its own
@@ -146,20 +147,42 @@ class OurStack:
         self.port = C.free_port("udp")
         self.url = f"127.0.0.1:{self.port}"
         self.node: _Proc | None = None
-        self.spire: _Proc | None = None
-        self.spiffe_socket: str | None = None
+        self.spire: dict[str, tuple[_Proc, str]] = {}  # role -> (dev-spire process, socket)
+        self._spire_lock = threading.Lock()
+        self.slimctl = ""
         self.bundle = self.dir / "node" / "svid_bundle.pem"
 
-    def identity(self):
+    def identity(self, role: str):
+        """The identity of the agent playing `role`. An MLS channel admits one member per
+        SPIFFE ID, so every role gets its own SPIFFE ID spiffe://bench.local/agent/<role>,
+        served by its own dev Workload API server (started on first use, then reused by
+        the same role in later scenarios; roles within one group are all distinct)."""
         _import()
         if self.identity_mode == "shared-secret":
             return slim.SharedSecret(SHARED_SECRET, str(self.bundle))
-        return slim.WorkloadApi(self.spiffe_socket)
+        return slim.WorkloadApi(self.spire_socket(role))
+
+    def spire_socket(self, role: str) -> str:
+        with self._spire_lock:
+            if role not in self.spire:
+                sock = self.dir / f"spire-{role}.sock"
+                p = _Proc([self.slimctl, "dev-spire", "serve", "--socket", str(sock),
+                           "--spiffe-id", f"spiffe://{TRUST_DOMAIN}/agent/{role}",
+                           "--ca", str(self.dir / "ca"), "--ttl", "24h"],
+                          self.dir / f"devspire-{role}.log")
+                try:
+                    line = p.wait_for("SPIFFE_ENDPOINT_SOCKET=", 20.0)
+                except BaseException:
+                    p.stop()
+                    raise
+                self.spire[role] = (p, line.split("=", 1)[1].strip())
+            return self.spire[role][1]
 
     def stop(self) -> None:
-        for p in (self.spire, self.node):
-            if p is not None:
-                p.stop()
+        for p, _ in self.spire.values():
+            p.stop()
+        if self.node is not None:
+            self.node.stop()
         if not os.environ.get("BENCH_KEEP_TMP"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -170,6 +193,7 @@ def start_our_node(identity_mode: str = "workload-api", timeout: float = 20.0) -
     slimctl = find_binary("slimctl", "SLIMCTL_BIN")
     node_bin = find_binary("slim-node", "SLIM_NODE_BIN")
     st = OurStack(identity_mode)
+    st.slimctl = slimctl
     try:
         d = st.dir
         run = lambda *a: subprocess.run([slimctl, *a], check=True, capture_output=True, timeout=30)  # noqa: E731
@@ -195,12 +219,6 @@ def start_our_node(identity_mode: str = "workload-api", timeout: float = 20.0) -
         env.pop("SLIM_METRICS_LISTEN", None)
         st.node = _Proc([node_bin, "--config", str(d / "node.toml")], d / "node.log", env)
         st.node.wait_for("listening on", timeout)
-        if identity_mode == "workload-api":
-            st.spire = _Proc([slimctl, "dev-spire", "serve", "--socket", str(d / "agent.sock"),
-                              "--spiffe-id", f"spiffe://{TRUST_DOMAIN}/agent/bench",
-                              "--ca", str(d / "ca"), "--ttl", "24h"], d / "devspire.log")
-            line = st.spire.wait_for("SPIFFE_ENDPOINT_SOCKET=", timeout)
-            st.spiffe_socket = line.split("=", 1)[1].strip()
         return st
     except BaseException:
         st.stop()
@@ -210,7 +228,9 @@ def start_our_node(identity_mode: str = "workload-api", timeout: float = 20.0) -
 # --------------------------------------------------------------------------- agents
 
 async def connect(st: OurStack, ns: str, role: str):
-    return await slim.connect(st.url, f"bench/{ns}/{role}", identity=st.identity(),
+    # starting a dev Workload API server blocks (process start): off the event loop
+    ident = await asyncio.get_running_loop().run_in_executor(None, st.identity, role)
+    return await slim.connect(st.url, f"bench/{ns}/{role}", identity=ident,
                               timeout=CONNECT_TIMEOUT)
 
 
@@ -380,9 +400,15 @@ async def _admit_once(st: OurStack, ns: str, ch, k: int) -> tuple[float, float]:
     has one (so the figure does not depend on whether invite waits for the join)."""
     new = await connect(st, ns, f"newcomer{k}")
     probe_seq = 10_000_000 + k
+    # The newcomer's session must stay referenced until it has been removed: dropping
+    # the last handle of a member's Session makes it leave the channel (the Rust
+    # driver's shutdown-on-drop), and the moderator's remove() then fails with
+    # "... is not a member of the channel" (see the report of the first run).
+    keep: list = []
     try:
         async def newcomer() -> float:
             s = await new.accept(timeout=30)
+            keep.append(s)
             while True:
                 msg = await s.receive(timeout=30)
                 if C.seq_of(msg.payload) == probe_seq:
