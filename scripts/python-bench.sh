@@ -2,7 +2,7 @@
 # Agent-level benchmark: our Python SDK (slim_agents) vs the reference SLIM's Python
 # bindings (slim-bindings from PyPI), alternating rounds; prints a markdown table.
 #   scripts/python-bench.sh [--rounds 3] [--seconds 5] [--only p2p,rr,group,admit]
-#                           [--sides ours,ref] [--json] [-v]
+#                           [--sides ours,ref] [--json] [--save-json FILE] [-v]
 # Arguments are passed to python/bench/compare.py.
 # Environment:
 #   SLIM_VENV            venv to create/use (default ~/.cache/slim-venv)

@@ -173,6 +173,25 @@ impl ClientConfig {
         Self::with_credentials(node, name, Credentials::Svid(identity))
     }
 
+    /// A config for the node at `url` (`slim://host:port` or `host:port`):
+    /// the host is resolved now and again at every reconnect, and each
+    /// address it resolves to is tried. "Cannot resolve" is
+    /// [`ClientError::Resolve`], distinct from "cannot connect".
+    pub async fn for_url(
+        url: &str,
+        name: Name,
+        credentials: Credentials,
+    ) -> Result<Self, ClientError> {
+        let host = app::parse_url(url).map_err(|e| ClientError::Resolve {
+            host: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let addrs = conn::resolve(&host, Duration::from_secs(10)).await?;
+        let mut cfg = Self::with_credentials(addrs[0], name, credentials);
+        cfg.host = Some(host);
+        Ok(cfg)
+    }
+
     pub fn with_credentials(node: SocketAddr, name: Name, credentials: Credentials) -> Self {
         ClientConfig {
             node,

@@ -80,7 +80,7 @@ async fn connect(c: &ConnectArgs) -> Result<(SessionMux, MlsIdentity, Rotation)>
         None => Credentials::Source(src),
     };
     let name = Name::parse(&c.as_name).context("invalid --as name")?;
-    let client = Client::connect(ClientConfig::with_credentials(c.node, name, creds))
+    let client = Client::connect(ClientConfig::for_url(&c.node, name, creds).await?)
         .await
         .with_context(|| format!("cannot connect to {}", c.node))?;
     // Non-session deliveries are not ours to print here.

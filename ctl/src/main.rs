@@ -6,7 +6,6 @@ mod admin;
 mod channel;
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -156,9 +155,10 @@ enum DevCaCmd {
 
 #[derive(clap::Args, Debug)]
 struct ConnectArgs {
-    /// The node to connect to.
+    /// The node to connect to: `host:port` or `slim://host:port` (host
+    /// names are resolved at every (re)connect).
     #[arg(long, env = "SLIMCTL_NODE", default_value = "127.0.0.1:4500")]
-    node: SocketAddr,
+    node: String,
     #[command(flatten)]
     id: IdentityArgs,
     /// The name this client registers as (an instance id is added).
@@ -341,7 +341,7 @@ fn dev_ca(cmd: DevCaCmd, out: Output) -> Result<()> {
 async fn connect(c: &ConnectArgs) -> Result<Client> {
     let creds = c.id.credentials().await?;
     let name = Name::parse(&c.as_name).context("invalid --as name")?;
-    let client = Client::connect(ClientConfig::with_credentials(c.node, name, creds))
+    let client = Client::connect(ClientConfig::for_url(&c.node, name, creds).await?)
         .await
         .with_context(|| format!("cannot connect to {}", c.node))?;
     Ok(client)

@@ -7,7 +7,8 @@ runtime between the two SDKs); round r runs ours first when r is even, the refer
 first when odd, so slow drift of the machine does not favour one side.
 
   python compare.py [--rounds 3] [--seconds 5] [--only p2p,rr,group,admit]
-                    [--sides ours,ref] [--json] [--identity workload-api|shared-secret]
+                    [--sides ours,ref] [--json] [--save-json FILE]
+                    [--identity workload-api|shared-secret]
 """
 
 from __future__ import annotations
@@ -175,6 +176,7 @@ def main() -> None:
     ap.add_argument("--python-ours", default=sys.executable)
     ap.add_argument("--python-ref", default=sys.executable)
     ap.add_argument("--json", action="store_true", help="print the raw results and summary as JSON")
+    ap.add_argument("--save-json", metavar="FILE", help="also write the raw results and summary as JSON to FILE")
     ap.add_argument("-v", "--verbose", action="store_true", help="show the benches' progress output")
     args = ap.parse_args()
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
@@ -201,6 +203,9 @@ def main() -> None:
                 meta[key] = v
                 break
     rows = summarize(rounds, sides)
+    if args.save_json:
+        with open(args.save_json, "w") as f:
+            json.dump({"meta": meta, "summary": rows, "rounds": rounds}, f, indent=2)
     if args.json:
         print(json.dumps({"meta": meta, "summary": rows, "rounds": rounds}, indent=2))
     else:
