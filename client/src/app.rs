@@ -192,6 +192,9 @@ impl From<ChannelError> for SlimError {
             ChannelError::Removed => SlimError::Closed("removed from the channel".into()),
             ChannelError::NotJoined => SlimError::Closed("not a member of the channel".into()),
             ChannelError::Admission(a) => SlimError::Invalid(format!("admission pattern: {a}")),
+            e @ (ChannelError::NotAMember(_) | ChannelError::AlreadyMember(_)) => {
+                SlimError::Invalid(e.to_string())
+            }
             other => SlimError::Protocol(other.to_string()),
         }
     }

@@ -182,6 +182,7 @@ async fn drive<M: Machine>(
     mut jobs: mpsc::Receiver<Job<M>>,
     events: mpsc::Sender<ChannelEvent>,
     mut rotation: Option<tokio::sync::watch::Receiver<Arc<Identity>>>,
+    progress: tokio::sync::watch::Sender<u64>,
 ) {
     let sid = inbox.session_id();
     if let Some(r) = rotation.as_mut() {
@@ -193,9 +194,15 @@ async fn drive<M: Machine>(
         while let Some(t) = m.poll_transmit() {
             transmit(&mux, sid, &channel, t).await;
         }
+        let mut emitted = false;
         while let Some(e) = m.poll_event() {
             // A dropped handle no longer reads; keep running to finish.
             let _ = events.send(e).await;
+            emitted = true;
+        }
+        if emitted {
+            // Membership changes come with events: wake whoever waits for one.
+            progress.send_modify(|n| *n = n.wrapping_add(1));
         }
         if m.is_finished() {
             break;
@@ -307,6 +314,7 @@ impl Channel {
             .map_err(subscribe_err)?;
         let (jobs_tx, jobs_rx) = mpsc::channel(64);
         let (ev_tx, ev_rx) = mpsc::channel(opts.events.max(1));
+        let (progress, progress_rx) = tokio::sync::watch::channel(0);
         let task = tokio::spawn(drive(
             m,
             mux.clone(),
@@ -315,12 +323,14 @@ impl Channel {
             jobs_rx,
             ev_tx,
             opts.rotation.clone(),
+            progress,
         ));
         Ok(ChannelModerator {
             channel: channel.clone(),
             jobs: jobs_tx,
             events: ev_rx,
             task,
+            progress: progress_rx,
         })
     }
 
@@ -353,6 +363,8 @@ pub struct ChannelModerator {
     jobs: mpsc::Sender<Job<Moderator>>,
     events: mpsc::Receiver<ChannelEvent>,
     task: tokio::task::JoinHandle<()>,
+    /// Bumped by the driver whenever the machine emitted events.
+    progress: tokio::sync::watch::Receiver<u64>,
 }
 
 impl ChannelModerator {
@@ -463,6 +475,7 @@ impl ChannelMember {
             .map_err(subscribe_err)?;
         let (jobs_tx, jobs_rx) = mpsc::channel(64);
         let (ev_tx, mut ev_rx) = mpsc::channel(opts.events.max(1));
+        let (progress, _) = tokio::sync::watch::channel(0);
         let task = tokio::spawn(drive(
             m,
             mux.clone(),
@@ -471,6 +484,7 @@ impl ChannelMember {
             jobs_rx,
             ev_tx,
             opts.rotation.clone(),
+            progress,
         ));
         let mut early = std::collections::VecDeque::new();
         // The machine ends a join attempt itself (JoinFailed at its
@@ -686,6 +700,7 @@ pub(crate) enum GroupCtl {
         jobs: mpsc::Sender<Job<Moderator>>,
         events: tokio::sync::Mutex<mpsc::Receiver<ChannelEvent>>,
         task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+        progress: tokio::sync::watch::Receiver<u64>,
     },
     Member {
         jobs: std::sync::Mutex<Option<mpsc::Sender<Job<Member>>>>,
@@ -701,6 +716,7 @@ impl From<ChannelModerator> for GroupCtl {
             jobs: m.jobs,
             events: tokio::sync::Mutex::new(m.events),
             task: tokio::sync::Mutex::new(Some(m.task)),
+            progress: m.progress,
         }
     }
 }
@@ -714,6 +730,12 @@ impl From<ChannelMember> for GroupCtl {
             task: tokio::sync::Mutex::new(Some(m.task)),
         }
     }
+}
+
+/// Waits for the driver's next batch of events (a membership change comes
+/// with one), or a while as a backstop for changes that come without.
+async fn wait_progress(progress: &mut tokio::sync::watch::Receiver<u64>) {
+    let _ = tokio::time::timeout(Duration::from_millis(250), progress.changed()).await;
 }
 
 impl GroupCtl {
@@ -750,9 +772,11 @@ impl GroupCtl {
     /// Moderator only (the caller checks the role): invites `name` and waits
     /// until it joined or the invitation failed.
     pub(crate) async fn invite(&self, name: &str) -> Result<(), ChannelError> {
-        let GroupCtl::Moderator { jobs, .. } = self else {
+        let GroupCtl::Moderator { jobs, progress, .. } = self else {
             return Err(ChannelError::NotJoined);
         };
+        let mut progress = progress.clone();
+        progress.mark_unchanged();
         let n = name.to_owned();
         call(jobs, move |m: &mut Moderator, now| m.invite(&n, now)).await??;
         // Wait for the outcome: the roster gains a member of that name, or
@@ -777,14 +801,16 @@ impl GroupCtl {
                     reason: format!("{name} did not join in time"),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            wait_progress(&mut progress).await;
         }
     }
 
     pub(crate) async fn remove(&self, who: &str) -> Result<(), ChannelError> {
-        let GroupCtl::Moderator { jobs, .. } = self else {
+        let GroupCtl::Moderator { jobs, progress, .. } = self else {
             return Err(ChannelError::NotJoined);
         };
+        let mut progress = progress.clone();
+        progress.mark_unchanged();
         let w = who.to_owned();
         call(jobs, move |m: &mut Moderator, now| {
             m.remove(&w, "removed by the moderator", now)
@@ -795,7 +821,7 @@ impl GroupCtl {
         while call(jobs, |m: &mut Moderator, _| m.pending()).await? > 0
             && tokio::time::Instant::now() < deadline
         {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            wait_progress(&mut progress).await;
         }
         Ok(())
     }
