@@ -118,8 +118,10 @@ class WorkloadApi:
 class SvidFiles:
     """Identity from files written by spiffe-helper, watched for rotation.
 
-    ``dir`` holds the SVID certificate, its key and the trust bundle
-    (``svid.pem``, ``svid_key.pem``, ``svid_bundle.pem``).
+    ``dir`` holds the SVID certificate, its key and the trust bundle as
+    ``tls.crt``, ``tls.key`` and ``svid_bundle.pem`` (spiffe-helper's
+    ``svid_file_name``, ``svid_key_file_name``, ``svid_bundle_file_name``;
+    ``slimctl dev-ca issue`` writes the same layout).
 
     Example::
 

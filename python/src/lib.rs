@@ -99,7 +99,7 @@ where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
     Call::lazy(py, name, move |py| {
-        bridge::future_into_py(py, async move { Out(fut.await) })
+        bridge::start(py, async move { Out(fut.await) })
     })
 }
 
@@ -113,20 +113,47 @@ where
     F: Future<Output = Step<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
-    Call::lazy(py, name, move |py| bridge::future_into_py(py, fut))
+    Call::lazy(py, name, move |py| bridge::start(py, fut))
 }
 
-type Starter = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send>;
+type Starter = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<bridge::Start<'py>> + Send>;
 
 enum CallState {
     /// Not awaited yet: nothing runs.
     New(Starter),
-    /// Running: the asyncio future and its `__await__` iterator.
+    /// Running: the asyncio future, its `__await__` iterator and (fast
+    /// path) how to cancel the Rust future (else: cancel the asyncio future).
     Started {
         fut: Py<PyAny>,
         it: Py<PyAny>,
+        abort: Option<bridge::Abort>,
     },
     Done,
+}
+
+impl CallState {
+    /// Cancels the Rust future of a running call.
+    fn cancel(self, py: Python<'_>) -> PyResult<()> {
+        match self {
+            CallState::Started {
+                abort: Some(abort), ..
+            } => {
+                abort.run(py);
+                Ok(())
+            }
+            CallState::Started { fut, .. } => fut
+                .bind(py)
+                .call_method0(pyo3::intern!(py, "cancel"))
+                .map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What the awaiting iterates: the result at once, or the running future.
+enum Await<'py> {
+    Ready(PyResult<Bound<'py, PyAny>>),
+    It(Bound<'py, PyAny>),
 }
 
 /// The coroutine returned by every async method of the package.
@@ -146,7 +173,7 @@ impl Call {
     fn lazy<'py>(
         py: Python<'py>,
         name: &'static str,
-        start: impl for<'a> FnOnce(Python<'a>) -> PyResult<Bound<'a, PyAny>> + Send + 'static,
+        start: impl for<'a> FnOnce(Python<'a>) -> PyResult<bridge::Start<'a>> + Send + 'static,
     ) -> PyResult<Bound<'py, PyAny>> {
         Ok(Bound::new(
             py,
@@ -158,11 +185,12 @@ impl Call {
         .into_any())
     }
 
-    /// The `__await__` iterator, starting the future on first use.
-    fn iter<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// The `__await__` iterator, starting the future on first use (or its
+    /// result, when ready at once).
+    fn iter<'py>(&self, py: Python<'py>) -> PyResult<Await<'py>> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match &*st {
-            CallState::Started { it, .. } => return Ok(it.bind(py).clone()),
+            CallState::Started { it, .. } => return Ok(Await::It(it.bind(py).clone())),
             CallState::Done => {
                 return Err(pyo3::exceptions::PyRuntimeError::new_err(
                     "cannot reuse already awaited coroutine",
@@ -173,13 +201,31 @@ impl Call {
         let CallState::New(start) = std::mem::replace(&mut *st, CallState::Done) else {
             return Err(pyo3::exceptions::PyRuntimeError::new_err("coroutine state"));
         };
-        let fut = start(py)?;
-        let it = fut.call_method0(pyo3::intern!(py, "__await__"))?;
+        // Unlocked while the future runs its first poll (GIL released).
+        drop(st);
+        let (fut, abort) = match start(py)? {
+            bridge::Start::Ready(r) => return Ok(Await::Ready(r)),
+            bridge::Start::Pending(fut, abort) => (fut, abort),
+        };
+        let it = match fut.call_method0(pyo3::intern!(py, "__await__")) {
+            Ok(it) => it,
+            Err(e) => {
+                let _ = (CallState::Started {
+                    fut: fut.unbind(),
+                    it: py.None(),
+                    abort,
+                })
+                .cancel(py);
+                return Err(e);
+            }
+        };
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         *st = CallState::Started {
             fut: fut.unbind(),
             it: it.clone().unbind(),
+            abort,
         };
-        Ok(it)
+        Ok(Await::It(it))
     }
 
     /// After `send`/`throw`: an exception (including `StopIteration`, the
@@ -194,9 +240,7 @@ impl Call {
                 &mut *self.state.lock().unwrap_or_else(|e| e.into_inner()),
                 CallState::Done,
             );
-            if let CallState::Started { fut, .. } = st {
-                let _ = fut.bind(py).call_method0(pyo3::intern!(py, "cancel"));
-            }
+            let _ = st.cancel(py);
         }
         r
     }
@@ -210,9 +254,9 @@ impl Drop for Call {
             self.state.get_mut().unwrap_or_else(|e| e.into_inner()),
             CallState::Done,
         );
-        if let CallState::Started { fut, .. } = st {
+        if let CallState::Started { .. } = st {
             Python::attach(|py| {
-                let _ = fut.bind(py).call_method0(pyo3::intern!(py, "cancel"));
+                let _ = st.cancel(py);
             });
         }
     }
@@ -251,8 +295,11 @@ impl Call {
 
     /// Coroutine protocol: resumes the awaiting.
     fn send<'py>(&self, py: Python<'py>, value: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let it = self.iter(py)?;
-        self.finish(py, it.call_method1(pyo3::intern!(py, "send"), (value,)))
+        match self.iter(py)? {
+            // Finished without suspending: the result is StopIteration's.
+            Await::Ready(r) => Err(pyo3::exceptions::PyStopIteration::new_err((r?.unbind(),))),
+            Await::It(it) => self.finish(py, it.call_method1(pyo3::intern!(py, "send"), (value,))),
+        }
     }
 
     /// Coroutine protocol: raises an exception at the await point.
@@ -280,8 +327,10 @@ impl Call {
             };
             return Err(PyErr::from_value(exc));
         }
-        let it = self.iter(py)?;
-        self.finish(py, it.call_method1(pyo3::intern!(py, "throw"), args))
+        match self.iter(py)? {
+            Await::Ready(r) => Err(pyo3::exceptions::PyStopIteration::new_err((r?.unbind(),))),
+            Await::It(it) => self.finish(py, it.call_method1(pyo3::intern!(py, "throw"), args)),
+        }
     }
 
     /// Coroutine protocol: abandons the call (cancels the Rust future).
@@ -290,10 +339,7 @@ impl Call {
             &mut *self.state.lock().unwrap_or_else(|e| e.into_inner()),
             CallState::Done,
         );
-        if let CallState::Started { fut, .. } = st {
-            fut.bind(py).call_method0(pyo3::intern!(py, "cancel"))?;
-        }
-        Ok(())
+        st.cancel(py)
     }
 
     fn __repr__(&self) -> String {
