@@ -173,6 +173,13 @@ async fn transmit(mux: &SessionMux, sid: u64, channel: &Name, t: Transmit) {
     }
 }
 
+/// Where the driver reports: events for the handle, and a counter bumped
+/// after each batch of events (for callers waiting on a membership change).
+struct Outputs {
+    events: mpsc::Sender<ChannelEvent>,
+    progress: tokio::sync::watch::Sender<u64>,
+}
+
 /// The driver task: a thin loop around the machine.
 async fn drive<M: Machine>(
     mut m: M,
@@ -180,10 +187,10 @@ async fn drive<M: Machine>(
     mut inbox: crate::session::Inbox,
     channel: Name,
     mut jobs: mpsc::Receiver<Job<M>>,
-    events: mpsc::Sender<ChannelEvent>,
+    out: Outputs,
     mut rotation: Option<tokio::sync::watch::Receiver<Arc<Identity>>>,
-    progress: tokio::sync::watch::Sender<u64>,
 ) {
+    let Outputs { events, progress } = out;
     let sid = inbox.session_id();
     if let Some(r) = rotation.as_mut() {
         r.mark_unchanged();
@@ -321,9 +328,11 @@ impl Channel {
             inbox,
             channel.clone(),
             jobs_rx,
-            ev_tx,
+            Outputs {
+                events: ev_tx,
+                progress,
+            },
             opts.rotation.clone(),
-            progress,
         ));
         Ok(ChannelModerator {
             channel: channel.clone(),
@@ -482,9 +491,11 @@ impl ChannelMember {
             inbox,
             channel.clone(),
             jobs_rx,
-            ev_tx,
+            Outputs {
+                events: ev_tx,
+                progress,
+            },
             opts.rotation.clone(),
-            progress,
         ));
         let mut early = std::collections::VecDeque::new();
         // The machine ends a join attempt itself (JoinFailed at its
