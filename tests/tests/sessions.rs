@@ -116,18 +116,32 @@ async fn reliable_p2p_10000_messages_over_5_percent_loss() {
     assert_eq!(seen.count(), N);
     assert_eq!(seen.duplicates(), 0);
     assert!(seen.missing(N).is_empty());
-    let tx = send.await.unwrap();
-    tx.close().await.expect("close: everything acknowledged");
+    // Every wait below has its own deadline: a liveness hole here once hung
+    // a whole CI run for 26 minutes (no await without a bound).
+    let tx = tokio::time::timeout(T, send)
+        .await
+        .expect("the sends finished")
+        .unwrap();
+    tokio::time::timeout(T, tx.close())
+        .await
+        .expect("close answered within the deadline")
+        .expect("close: everything acknowledged");
     assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: N });
     // The loss really happened and was repaired by the session layer.
     assert!(dropped.load(Ordering::Relaxed) > 0);
-    let st = s.stats().await.unwrap();
+    let st = tokio::time::timeout(T, s.stats())
+        .await
+        .expect("sender stats answered")
+        .unwrap();
     assert!(st.sender.retransmitted > 0, "{st:?}");
     assert_eq!(
         (st.sender.sent, st.sender.acked, st.sender.failed),
         (N, N, 0)
     );
-    let rs = r.stats().await.unwrap();
+    let rs = tokio::time::timeout(T, r.stats())
+        .await
+        .expect("receiver stats answered")
+        .unwrap();
     assert_eq!(rs.receiver.delivered, N);
     // Nothing after the final event.
     assert!(
