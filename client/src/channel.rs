@@ -803,6 +803,17 @@ impl GroupCtl {
                 return Ok(());
             }
             if pending == 0 {
+                let n = name.to_owned();
+                let unroutable = call(jobs, move |m: &mut Moderator, _| {
+                    m.take_unroutable_invite(&n)
+                })
+                .await?;
+                if let Some(reason) = unroutable {
+                    return Err(ChannelError::Session(SessionError::NoResponder {
+                        name: name.to_owned(),
+                        reason,
+                    }));
+                }
                 return Err(ChannelError::JoinFailed {
                     reason: format!("the invitation of {name} was declined or not answered"),
                 });

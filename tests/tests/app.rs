@@ -848,3 +848,29 @@ async fn close_is_idempotent_and_ends_every_call() {
     drop(s);
     a.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_of_a_name_nobody_serves_is_no_route() {
+    let env = Env::new(None).await;
+    let chan = "acme/chat/invite-nobody";
+    let moderator = env.app("agent/mod", "acme/chat/mod").await;
+    let m = within("create", moderator.create_channel(chan, admission()))
+        .await
+        .unwrap();
+    // The node answers "no route" to the invitation: the call says so
+    // instead of waiting for the invitation's deadline and timing out.
+    match within("invite", m.invite("acme/nobody/here")).await {
+        Err(SlimError::NoRoute(reason)) => {
+            assert!(reason.contains("acme/nobody/here"), "{reason}");
+        }
+        other => panic!("expected NoRoute, got {other:?}"),
+    }
+    // The channel goes on: a later invitation of a live agent succeeds.
+    let b = env.app("agent/b", "acme/chat/b").await;
+    within("invite b", m.invite(b.name().as_str()))
+        .await
+        .expect("invite a live agent");
+    let s = within("accept", b.accept()).await.expect("invited session");
+    assert_eq!(s.name(), chan);
+    within("close", m.close()).await.unwrap();
+}

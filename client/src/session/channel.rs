@@ -677,6 +677,9 @@ pub struct Moderator {
     inflight: Option<InFlight>,
     /// Invited name (full or service) → answer deadline.
     invites: HashMap<String, Instant>,
+    /// Invitations the node could not route (nobody serves the name), by
+    /// name, until taken by [`Moderator::take_unroutable_invite`].
+    unroutable_invites: HashMap<String, String>,
     live: HashMap<String, Liveness>,
     next_ping: Instant,
     ping_n: u64,
@@ -726,6 +729,7 @@ impl Moderator {
             queue: VecDeque::new(),
             inflight: None,
             invites: HashMap::new(),
+            unroutable_invites: HashMap::new(),
             live: HashMap::new(),
             next_ping,
             ping_n: 0,
@@ -770,9 +774,15 @@ impl Moderator {
         self.c.publish(payload, now)
     }
 
+    /// Why the invitation of `name` failed, if the node could not route it.
+    pub fn take_unroutable_invite(&mut self, name: &str) -> Option<String> {
+        self.unroutable_invites.remove(name)
+    }
+
     /// Invites `name` (a full name, or a service name: one of its instances
     /// answers).
     pub fn invite(&mut self, name: &str, now: Instant) -> Result<(), ChannelError> {
+        self.unroutable_invites.remove(name);
         if self.closing.is_some() {
             return Err(ChannelError::Closed);
         }
@@ -961,6 +971,26 @@ impl Moderator {
             Kind::Unreachable if denied(p).is_some() => {
                 let reason = denied(p).unwrap_or_default();
                 self.c.events.push_back(ChannelEvent::Denied { reason });
+                Ok(())
+            }
+            // The node has no route to an invitee: nobody serves that name,
+            // so the invitation cannot be answered; fail it now rather
+            // than at its deadline.
+            Kind::Unreachable
+                if p.flags & crate::session::mux::UNREACHABLE_FROM_NODE != 0
+                    && p.seq == u64::from(slim_wire::ErrorCode::NO_ROUTE.0)
+                    && self.invites.contains_key(from) =>
+            {
+                self.invites.remove(from);
+                let reason = format!("nobody serves {from}");
+                if self.unroutable_invites.len() < 1024 {
+                    self.unroutable_invites
+                        .insert(from.to_owned(), reason.clone());
+                }
+                self.c.events.push_back(ChannelEvent::InviteFailed {
+                    name: from.to_owned(),
+                    reason,
+                });
                 Ok(())
             }
             // Other node refusals of our own publishes: the timers deal with them.
