@@ -85,6 +85,10 @@ trait Machine: Send + 'static {
     /// The handle is gone: close (moderator) or leave (member).
     fn shutdown(&mut self, now: Instant);
     fn rebind(&mut self, svid: Arc<Identity>, now: Instant) -> Result<(), ChannelError>;
+    /// Encrypts (with MLS on) and queues one application message.
+    fn publish_app(&mut self, payload: &[u8], now: Instant) -> Result<(u64, u64), ChannelError>;
+    /// The epoch and the roster.
+    fn roster(&self) -> (u64, Vec<MemberInfo>);
 }
 
 impl Machine for Moderator {
@@ -112,6 +116,12 @@ impl Machine for Moderator {
     fn rebind(&mut self, svid: Arc<Identity>, now: Instant) -> Result<(), ChannelError> {
         Moderator::rebind(self, svid, now)
     }
+    fn publish_app(&mut self, payload: &[u8], now: Instant) -> Result<(u64, u64), ChannelError> {
+        Moderator::publish(self, payload, now)
+    }
+    fn roster(&self) -> (u64, Vec<MemberInfo>) {
+        (self.epoch(), self.members())
+    }
 }
 
 impl Machine for Member {
@@ -138,6 +148,12 @@ impl Machine for Member {
     }
     fn rebind(&mut self, svid: Arc<Identity>, now: Instant) -> Result<(), ChannelError> {
         Member::rebind(self, svid, now)
+    }
+    fn publish_app(&mut self, payload: &[u8], now: Instant) -> Result<(u64, u64), ChannelError> {
+        Member::publish(self, payload, now)
+    }
+    fn roster(&self) -> (u64, Vec<MemberInfo>) {
+        (self.epoch(), self.members())
     }
 }
 
@@ -292,6 +308,26 @@ async fn call<M: Machine, R: Send + 'static>(
     rx.await.map_err(|_| ChannelError::Closed)
 }
 
+/// Publishes one application message through the driver of either role.
+async fn publish_on<M: Machine>(
+    jobs: &mpsc::Sender<Job<M>>,
+    payload: &[u8],
+) -> Result<Published, ChannelError> {
+    let payload = payload.to_vec();
+    call(jobs, move |m: &mut M, now| {
+        m.publish_app(&payload, now)
+            .map(|(seq, epoch)| Published { seq, epoch })
+    })
+    .await?
+}
+
+/// The epoch and roster, from the driver of either role.
+async fn roster_of<M: Machine>(
+    jobs: &mpsc::Sender<Job<M>>,
+) -> Result<(u64, Vec<MemberInfo>), ChannelError> {
+    call(jobs, |m: &mut M, _| m.roster()).await
+}
+
 /// Entry points.
 pub struct Channel;
 
@@ -383,12 +419,7 @@ impl ChannelModerator {
 
     /// Encrypts (with MLS on) and multicasts one message.
     pub async fn publish(&self, payload: &[u8]) -> Result<Published, ChannelError> {
-        let payload = payload.to_vec();
-        call(&self.jobs, move |m: &mut Moderator, now| {
-            m.publish(&payload, now)
-                .map(|(seq, epoch)| Published { seq, epoch })
-        })
-        .await?
+        publish_on(&self.jobs, payload).await
     }
 
     /// Invites a full name or a service name.
@@ -419,7 +450,7 @@ impl ChannelModerator {
 
     /// The roster (moderator included) and its epoch.
     pub async fn members(&self) -> Result<(u64, Vec<MemberInfo>), ChannelError> {
-        call(&self.jobs, |m: &mut Moderator, _| (m.epoch(), m.members())).await
+        roster_of(&self.jobs).await
     }
 
     /// Membership changes queued or in flight, plus outstanding invitations.
@@ -555,17 +586,12 @@ impl ChannelMember {
     }
 
     pub async fn publish(&self, payload: &[u8]) -> Result<Published, ChannelError> {
-        let payload = payload.to_vec();
-        call(&self.jobs, move |m: &mut Member, now| {
-            m.publish(&payload, now)
-                .map(|(seq, epoch)| Published { seq, epoch })
-        })
-        .await?
+        publish_on(&self.jobs, payload).await
     }
 
     /// The current roster and epoch.
     pub async fn members(&self) -> Result<(u64, Vec<MemberInfo>), ChannelError> {
-        call(&self.jobs, |m: &mut Member, _| (m.epoch(), m.members())).await
+        roster_of(&self.jobs).await
     }
 
     /// Re-binds our MLS credential to a rotated SVID (through the moderator).
@@ -760,23 +786,9 @@ impl GroupCtl {
     }
 
     pub(crate) async fn publish(&self, payload: &[u8]) -> Result<Published, ChannelError> {
-        let payload = payload.to_vec();
         match self {
-            GroupCtl::Moderator { jobs, .. } => {
-                call(jobs, move |m: &mut Moderator, now| {
-                    m.publish(&payload, now)
-                        .map(|(seq, epoch)| Published { seq, epoch })
-                })
-                .await?
-            }
-            GroupCtl::Member { jobs, .. } => {
-                let jobs = Self::member_jobs(jobs)?;
-                call(&jobs, move |m: &mut Member, now| {
-                    m.publish(&payload, now)
-                        .map(|(seq, epoch)| Published { seq, epoch })
-                })
-                .await?
-            }
+            GroupCtl::Moderator { jobs, .. } => publish_on(jobs, payload).await,
+            GroupCtl::Member { jobs, .. } => publish_on(&Self::member_jobs(jobs)?, payload).await,
         }
     }
 
@@ -850,13 +862,8 @@ impl GroupCtl {
 
     pub(crate) async fn members(&self) -> Result<(u64, Vec<MemberInfo>), ChannelError> {
         match self {
-            GroupCtl::Moderator { jobs, .. } => {
-                call(jobs, |m: &mut Moderator, _| (m.epoch(), m.members())).await
-            }
-            GroupCtl::Member { jobs, .. } => {
-                let jobs = Self::member_jobs(jobs)?;
-                call(&jobs, |m: &mut Member, _| (m.epoch(), m.members())).await
-            }
+            GroupCtl::Moderator { jobs, .. } => roster_of(jobs).await,
+            GroupCtl::Member { jobs, .. } => roster_of(&Self::member_jobs(jobs)?).await,
         }
     }
 
@@ -898,6 +905,10 @@ impl GroupCtl {
         if let Some(mut h) = handle {
             let bound = ChannelConfig::default().change_timeout + Duration::from_secs(1);
             if tokio::time::timeout(bound, &mut h).await.is_err() {
+                tracing::warn!(
+                    ?bound,
+                    "channel driver did not finish closing in time; stopped"
+                );
                 h.abort();
             }
         }

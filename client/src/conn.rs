@@ -499,12 +499,14 @@ async fn read_loop(
                         return Ok(());
                     }
                 }
-                Frame::SubAck(a) => {
+                // Both answer a request filed in `pending` by its id.
+                Frame::SubAck(slim_wire::SubAck { id, .. })
+                | Frame::Pong(slim_wire::Pong { nonce: id }) => {
                     if let Some(tx) = shared
                         .pending
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .remove(&a.id)
+                        .remove(&id)
                     {
                         let _ = tx.send(Ok(()));
                     }
@@ -533,16 +535,6 @@ async fn read_loop(
                     }
                     if events.send(Event::Error(e)).await.is_err() {
                         return Ok(());
-                    }
-                }
-                Frame::Pong(p) => {
-                    if let Some(tx) = shared
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&p.nonce)
-                    {
-                        let _ = tx.send(Ok(()));
                     }
                 }
                 Frame::Ping(_) => {}
