@@ -294,14 +294,37 @@ async fn p2p_send(
     tokio::time::timeout_at(deadline, tx.close())
         .await
         .context("close timed out")??;
-    let stats = tx.stats().await.ok();
+    // After a successful close the session task should end at once. It
+    // sometimes does not (the reliable session's liveness hole, issue 17):
+    // bound these waits and say so loudly, in the log and the summary,
+    // rather than hang past the test's deadline with nothing to show.
+    let bound = Duration::from_secs(15);
+    let stats = match tokio::time::timeout(bound, tx.stats()).await {
+        Ok(s) => s.ok(),
+        Err(_) => {
+            eprintln!(
+                "WARNING: session stats not answered {bound:?} after the close (liveness bug)"
+            );
+            None
+        }
+    };
     drop(tx);
-    let failed = failures.await.unwrap_or(u64::MAX);
+    // `None`: not known, the session task did not end to report its events.
+    let failed = match tokio::time::timeout(bound, failures).await {
+        Ok(r) => Some(r.unwrap_or(u64::MAX)),
+        Err(_) => {
+            eprintln!(
+                "WARNING: the session task did not end {bound:?} after the close (liveness bug)"
+            );
+            None
+        }
+    };
     println!(
         "{}",
-        serde_json::json!({ "sent": count, "failed": failed, "stats": format!("{stats:?}") })
+        serde_json::json!({ "sent": count, "failed": failed, "stats": format!("{stats:?}"),
+            "session_task_ended": failed.is_some() && stats.is_some() })
     );
-    if failed != 0 {
+    if let Some(failed) = failed.filter(|&f| f != 0) {
         bail!("{failed} messages failed");
     }
     Ok(())
