@@ -7,7 +7,7 @@
 
 pub mod config;
 pub mod conn;
-mod fanout;
+pub mod engine;
 pub mod federation;
 pub mod hook;
 pub mod interest;

@@ -20,15 +20,15 @@ use metrics::counter;
 use quinn::{RecvStream, SendStream, VarInt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use slim_wire::{
-    ErrorCode, ForwardView, Frame, FrameKind, Mode, NodeIds, PROTOCOL_VERSION, PeerAccept,
-    PeerHello, Ping, Pong, Reject, WireError, codec,
+    ErrorCode, ForwardView, Frame, FrameKind, NodeIds, PROTOCOL_VERSION, PeerAccept, PeerHello,
+    Ping, Pong, Reject, WireError, codec,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::conn::{AbortOnDrop, encode, read_one};
-use crate::fanout::Pushes;
+use crate::engine::{self, Decision, Env, Silent, Tally};
 use crate::federation::{FedMsg, LinkSession, LinkShared, LinkState, PeerSpec};
 use crate::interest::valid_node_id;
 use crate::metrics as m;
@@ -872,7 +872,7 @@ struct Forwarder<'a> {
     ctx: &'a NodeCtx,
     session: &'a LinkSession,
     scratch: BytesMut,
-    pushes: Pushes,
+    tally: Tally,
     no_route: u64,
     loops: u64,
 }
@@ -883,7 +883,7 @@ impl<'a> Forwarder<'a> {
             ctx,
             session,
             scratch: BytesMut::new(),
-            pushes: Pushes::default(),
+            tally: Tally::default(),
             no_route: 0,
             loops: 0,
         }
@@ -898,7 +898,7 @@ impl<'a> Forwarder<'a> {
             counter!(m::LINK_DROPS_TOTAL, "reason" => "loop")
                 .increment(std::mem::take(&mut self.loops));
         }
-        self.pushes.flush(self.ctx);
+        self.ctx.flush_tally(&mut self.tally);
     }
 
     fn reserve(&mut self, n: usize) {
@@ -909,110 +909,79 @@ impl<'a> Forwarder<'a> {
 
     fn route(&mut self, v: ForwardView<'_>) -> Result<(), LinkError> {
         let me = self.ctx.cfg.node_id.as_str();
-        // The path must start somewhere, end at the sender, and not hold us.
-        let path_ok = !v.path.is_empty()
-            && v.path.iter().last() == Some(&*self.session.peer)
-            && v.path.len() < self.ctx.cfg.federation.max_hops
-            && !v.path.contains(me);
-        if !path_ok {
-            self.loops += 1;
-            return Ok(());
-        }
-        if self.ctx.hook_drops(crate::RoutedFrame {
-            name: v.name,
-            mode: v.mode,
-            from: v.from,
-            payload: v.payload,
-        }) {
-            return Ok(());
-        }
-        let Some(route) = self.ctx.registry.lookup(v.name) else {
-            self.no_route += v.dests.len() as u64;
-            return Ok(());
+        let hook = self.ctx.route_hook();
+        let env = Env {
+            registry: &self.ctx.registry,
+            hook: hook.as_ref(),
         };
-        let mut handled = 0usize;
-        if v.dests.contains(me) {
-            handled += 1;
-            self.deliver_local(&route, &v)?;
-        }
-        if v.dests.len() > handled {
-            for g in &route.remote {
-                let sub: Vec<&str> = v
-                    .dests
-                    .iter()
-                    .filter(|d| g.origins.iter().any(|o| **o == **d))
-                    .collect();
-                if sub.is_empty() {
-                    continue;
+        let max_hops = self.ctx.cfg.federation.max_hops;
+        let plan = match engine::route_forward(&env, me, max_hops, &self.session.peer, &v) {
+            Decision::Route(plan) => plan,
+            Decision::Silent(Silent::Hook) => {
+                m::dropped_by_hook();
+                return Ok(());
+            }
+            Decision::Silent(Silent::BadPath) => {
+                self.loops += 1;
+                return Ok(());
+            }
+            Decision::Silent(Silent::NoRoute { n }) => {
+                self.no_route += n;
+                return Ok(());
+            }
+            Decision::Silent(Silent::NoRouteSilent) | Decision::Refuse(_) => {
+                // A forward has no publisher to tell; the engine never says so.
+                self.no_route += 1;
+                return Ok(());
+            }
+        };
+        self.no_route += plan.unreached;
+        self.loops += plan.loops;
+        let subs = plan.local_subs();
+        if !subs.is_empty() {
+            self.reserve(v.payload.len());
+            codec::encode_deliver_raw(
+                v.name,
+                v.mode,
+                v.from,
+                v.from_identity,
+                v.msg_id,
+                v.payload,
+                &self.ctx.cfg.limits,
+                &mut self.scratch,
+            )?;
+            let frame = self.scratch.split().freeze();
+            for sub in subs {
+                if let Some(victim) = self.tally.push_sub(sub, frame.clone()) {
+                    self.ctx.disconnect_slow(victim);
                 }
-                handled += sub.len();
-                if v.path.contains(&g.peer) {
-                    // Our route goes back through a node the message crossed:
-                    // tables are reconverging; dropping beats looping.
-                    self.loops += sub.len() as u64;
-                    continue;
-                }
-                self.reserve(v.payload.len());
-                codec::encode_forward_raw(
-                    v.name,
-                    v.mode,
-                    v.from,
-                    v.from_identity,
-                    v.msg_id,
-                    NodeIds {
-                        ids: v.path.iter(),
-                        len: v.path.len(),
-                        then: Some(me),
-                    },
-                    NodeIds {
-                        ids: sub.iter().copied(),
-                        len: sub.len(),
-                        then: None,
-                    },
-                    v.payload,
-                    &self.ctx.cfg.limits,
-                    &mut self.scratch,
-                )?;
-                let frame = self.scratch.split().freeze();
-                self.pushes.push_link(g, frame);
             }
         }
-        self.no_route += (v.dests.len() - handled.min(v.dests.len())) as u64;
-        Ok(())
-    }
-
-    fn deliver_local(
-        &mut self,
-        route: &crate::registry::Route,
-        v: &ForwardView<'_>,
-    ) -> Result<(), LinkError> {
-        if route.subs.is_empty() {
-            self.no_route += 1;
-            return Ok(());
-        }
-        self.reserve(v.payload.len());
-        codec::encode_deliver_raw(
-            v.name,
-            v.mode,
-            v.from,
-            v.from_identity,
-            v.msg_id,
-            v.payload,
-            &self.ctx.cfg.limits,
-            &mut self.scratch,
-        )?;
-        let frame = self.scratch.split().freeze();
-        match v.mode {
-            Mode::Multicast => {
-                for sub in &route.subs {
-                    self.pushes.push_sub(self.ctx, sub, frame.clone());
-                }
-            }
-            Mode::Anycast | Mode::Unicast => {
-                if let Some(sub) = route.pick_live() {
-                    self.pushes.push_sub(self.ctx, sub, frame);
-                }
-            }
+        for hop in &plan.hops {
+            let dests = plan.dests(hop);
+            self.reserve(v.payload.len());
+            codec::encode_forward_raw(
+                v.name,
+                v.mode,
+                v.from,
+                v.from_identity,
+                v.msg_id,
+                NodeIds {
+                    ids: v.path.iter(),
+                    len: v.path.len(),
+                    then: Some(me),
+                },
+                NodeIds {
+                    ids: dests.iter().copied(),
+                    len: dests.len(),
+                    then: None,
+                },
+                v.payload,
+                &self.ctx.cfg.limits,
+                &mut self.scratch,
+            )?;
+            let frame = self.scratch.split().freeze();
+            self.tally.push_link(plan.group(hop), frame);
         }
         Ok(())
     }

@@ -144,6 +144,21 @@ impl NodeCtx {
         *self.drain.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Flushes one read batch's push outcomes to metrics.
+    pub(crate) fn flush_tally(&self, t: &mut crate::engine::Tally) {
+        let hm = &self.hot;
+        if t.deliveries > 0 {
+            hm.deliveries.increment(std::mem::take(&mut t.deliveries));
+        }
+        if t.slow > 0 {
+            hm.slow_consumer.increment(std::mem::take(&mut t.slow));
+        }
+        if t.link_drops > 0 {
+            counter!(m::LINK_DROPS_TOTAL, "reason" => "queue_full")
+                .increment(std::mem::take(&mut t.link_drops));
+        }
+    }
+
     /// Closes connection `conn` (slow-consumer policy).
     pub(crate) fn disconnect_slow(&self, conn: ConnId) {
         let victim = self.conns.get(&conn).map(|c| Arc::clone(c.value()));

@@ -54,37 +54,38 @@ impl Route {
         self.subs.is_empty() && self.remote.is_empty()
     }
 
-    /// Next remote node in round-robin order (anycast with no local subscriber).
-    pub fn pick_remote(&self) -> Option<(&RemoteGroup, &Arc<str>)> {
+    /// Next remote node in round-robin order (anycast with no local
+    /// subscriber), as (group index, origin index).
+    pub fn pick_remote(&self) -> Option<(usize, usize)> {
         let total: usize = self.remote.iter().map(|g| g.origins.len()).sum();
         if total == 0 {
             return None;
         }
         let mut i = self.rr_remote.fetch_add(1, Ordering::Relaxed) % total;
-        for g in &self.remote {
+        for (gi, g) in self.remote.iter().enumerate() {
             if i < g.origins.len() {
-                return Some((g, &g.origins[i]));
+                return Some((gi, i));
             }
             i -= g.origins.len();
         }
         None
     }
 
-    /// Next subscriber in round-robin order whose queue is open, so an
-    /// anycast still finds a live instance while a closed one is cleaned up.
-    pub fn pick_live(&self) -> Option<&Sub> {
+    /// Next subscriber (index into `subs`) in round-robin order whose queue
+    /// is open, so an anycast still finds a live instance while a closed one
+    /// is cleaned up.
+    pub fn pick_live(&self) -> Option<usize> {
         (0..self.subs.len())
             .filter_map(|_| self.pick())
-            .find(|s| !s.outbox.is_closed())
+            .find(|&i| !self.subs[i].outbox.is_closed())
     }
 
-    /// Next subscriber in round-robin order.
-    pub fn pick(&self) -> Option<&Sub> {
+    /// Next subscriber (index into `subs`) in round-robin order.
+    pub fn pick(&self) -> Option<usize> {
         if self.subs.is_empty() {
             return None;
         }
-        let i = self.rr.fetch_add(1, Ordering::Relaxed) % self.subs.len();
-        Some(&self.subs[i])
+        Some(self.rr.fetch_add(1, Ordering::Relaxed) % self.subs.len())
     }
 }
 
@@ -339,7 +340,7 @@ mod tests {
         let route = r.lookup("a/b/c").unwrap();
         let mut seen = [0; 3];
         for _ in 0..30 {
-            seen[route.pick().unwrap().conn as usize] += 1;
+            seen[route.subs[route.pick().unwrap()].conn as usize] += 1;
         }
         assert_eq!(seen, [10, 10, 10]);
     }
@@ -360,7 +361,10 @@ mod tests {
         let route = r.lookup("a/b/c").expect("remote interest keeps the name");
         assert_eq!(route.remote.len(), 1);
         let picks: Vec<String> = (0..4)
-            .map(|_| route.pick_remote().unwrap().1.to_string())
+            .map(|_| {
+                let (g, o) = route.pick_remote().unwrap();
+                route.remote[g].origins[o].to_string()
+            })
             .collect();
         assert_eq!(picks, ["n2", "n3", "n2", "n3"]);
         assert!(!r.set_remote("a/b/c", vec![]));

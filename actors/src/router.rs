@@ -10,14 +10,14 @@ use metrics::counter;
 use quinn::{RecvStream, VarInt};
 use slim_auth::policy::{Action, Denied, Grants};
 use slim_wire::{
-    ErrorCode, ErrorFrame, FLAG_NO_ROUTE_SILENT, Frame, FrameKind, Mode, Name, NodeIds, Pong,
-    PublishView, SubAck, SubError, WireError, codec,
+    ErrorCode, ErrorFrame, Frame, FrameKind, Name, NodeIds, Pong, PublishView, SubAck, SubError,
+    WireError, codec,
 };
 use tokio::io::AsyncReadExt;
 use tracing::{debug, info};
 
 use crate::conn::{ConnError, ConnShared, encode};
-use crate::fanout::Pushes;
+use crate::engine::{self, Decision, Env, Refusal, Silent, Tally};
 use crate::metrics as m;
 use crate::node::NodeCtx;
 use crate::outbox::Push;
@@ -73,6 +73,47 @@ pub(crate) async fn read_loop(
     result
 }
 
+/// This connection's grants under the current policy, recomputed only when
+/// the policy generation changed (which also empties the publish cache).
+fn refresh_grants<'g>(
+    ctx: &NodeCtx,
+    sh: &ConnShared,
+    grants: &'g mut Option<(u64, Grants)>,
+    publish_ok: &mut HashSet<Box<str>>,
+) -> &'g Grants {
+    let generation = ctx.policy_gen();
+    if grants.as_ref().is_none_or(|(g, _)| *g != generation) {
+        let (policy, generation) = ctx.policy();
+        let g = policy
+            .grants(sh.spiffe_id.as_ref())
+            .unwrap_or_else(|_| Grants::none(sh.identity().unwrap_or("-")));
+        publish_ok.clear();
+        *grants = Some((generation, g));
+    }
+    &grants.as_ref().expect("set above").1
+}
+
+/// Whether this connection may publish to `name`; grants of allowed names
+/// are cached (bounded), a refusal is rare and recomputes its reason.
+fn may_publish(
+    ctx: &NodeCtx,
+    sh: &ConnShared,
+    grants: &mut Option<(u64, Grants)>,
+    publish_ok: &mut HashSet<Box<str>>,
+    name: &str,
+) -> Result<(), Denied> {
+    let g = refresh_grants(ctx, sh, grants, publish_ok);
+    if g.is_unrestricted() || publish_ok.contains(name) {
+        return Ok(());
+    }
+    g.check(Action::Publish, name)?;
+    if publish_ok.len() >= PUBLISH_CACHE_MAX {
+        publish_ok.clear();
+    }
+    publish_ok.insert(name.into());
+    Ok(())
+}
+
 /// Per-connection routing state: scratch buffers and batched metric counts,
 /// so the per-message path does no allocation beyond the outgoing frame and
 /// no metric registry lookups.
@@ -82,7 +123,7 @@ struct Router<'a> {
     scratch: BytesMut,
     frames_in: u64,
     routed: [u64; 3],
-    pushes: Pushes,
+    tally: Tally,
     no_route: u64,
     unauthorized: u64,
     publishes: u64,
@@ -101,7 +142,7 @@ impl<'a> Router<'a> {
             scratch: BytesMut::new(),
             frames_in: 0,
             routed: [0; 3],
-            pushes: Pushes::default(),
+            tally: Tally::default(),
             no_route: 0,
             unauthorized: 0,
             publishes: 0,
@@ -113,34 +154,7 @@ impl<'a> Router<'a> {
     /// This connection's grants under the current policy, recomputed only
     /// when the policy generation changed.
     fn grants(&mut self) -> &Grants {
-        let generation = self.ctx.policy_gen();
-        if self.grants.as_ref().is_none_or(|(g, _)| *g != generation) {
-            let (policy, generation) = self.ctx.policy();
-            let grants = policy
-                .grants(self.sh.spiffe_id.as_ref())
-                .unwrap_or_else(|_| Grants::none(self.sh.identity().unwrap_or("-")));
-            self.publish_ok.clear();
-            self.grants = Some((generation, grants));
-        }
-        &self.grants.as_ref().expect("set above").1
-    }
-
-    fn may_publish(&mut self, name: &str) -> Result<(), Denied> {
-        let grants = self.grants();
-        if grants.is_unrestricted() {
-            return Ok(());
-        }
-        if self.publish_ok.contains(name) {
-            return Ok(());
-        }
-        // Only grants are cached: a refusal is rare and recomputes its reason.
-        let grants = &self.grants.as_ref().expect("set by grants()").1;
-        grants.check(Action::Publish, name)?;
-        if self.publish_ok.len() >= PUBLISH_CACHE_MAX {
-            self.publish_ok.clear();
-        }
-        self.publish_ok.insert(name.into());
-        Ok(())
+        refresh_grants(self.ctx, self.sh, &mut self.grants, &mut self.publish_ok)
     }
 
     /// Handles every whole frame at the front of `buf`.
@@ -175,7 +189,7 @@ impl<'a> Router<'a> {
         if self.no_route > 0 {
             hm.no_route.increment(std::mem::take(&mut self.no_route));
         }
-        self.pushes.flush(self.ctx);
+        self.ctx.flush_tally(&mut self.tally);
         if self.unauthorized > 0 {
             hm.unauthorized
                 .increment(std::mem::take(&mut self.unauthorized));
@@ -332,63 +346,57 @@ impl<'a> Router<'a> {
     }
 
     async fn route(&mut self, p: PublishView<'_>) -> Result<(), ConnError> {
-        let reg = &self.ctx.registry;
-        if p.mode == Mode::Unicast && !p.has_instance() {
-            let reason = "unicast needs a full name with an instance".to_string();
-            return self.refuse(&p, ErrorCode::BAD_NAME, reason).await;
-        }
-        if let Err(d) = self.may_publish(p.name) {
-            self.unauthorized += 1;
-            m::denied("publish");
-            return self
-                .refuse(&p, ErrorCode::UNAUTHORIZED, d.to_string())
-                .await;
-        }
-        if self.ctx.hook_drops(crate::RoutedFrame {
-            name: p.name,
-            mode: p.mode,
-            from: self.sh.name.as_str(),
-            payload: p.payload,
-        }) {
-            return Ok(());
-        }
-        let route = reg.lookup(p.name).filter(|r| !r.is_empty());
-        let Some(route) = route else {
-            self.no_route += 1;
-            if p.flags & FLAG_NO_ROUTE_SILENT != 0 {
+        let hook = self.ctx.route_hook();
+        let env = Env {
+            registry: &self.ctx.registry,
+            hook: hook.as_ref(),
+        };
+        let from = self.sh.name.as_str();
+        let decision = engine::route_publish(&env, from, &p, |name| {
+            may_publish(
+                self.ctx,
+                self.sh,
+                &mut self.grants,
+                &mut self.publish_ok,
+                name,
+            )
+        });
+        let plan = match decision {
+            Decision::Route(plan) => plan,
+            Decision::Silent(Silent::Hook) => {
+                m::dropped_by_hook();
                 return Ok(());
             }
-            let reason = format!("no subscriber for {}", p.name);
-            return self.refuse(&p, ErrorCode::NO_ROUTE, reason).await;
+            Decision::Silent(_) => {
+                self.no_route += 1;
+                return Ok(());
+            }
+            Decision::Refuse(r) => {
+                match r {
+                    Refusal::Unauthorized(_) => {
+                        self.unauthorized += 1;
+                        m::denied("publish");
+                    }
+                    Refusal::NoRoute(_) => self.no_route += 1,
+                    Refusal::BadName => {}
+                }
+                return self.refuse(&p, r.code(), r.reason()).await;
+            }
         };
         self.routed[p.mode as usize] += 1;
-        match p.mode {
-            Mode::Multicast => {
-                if !route.subs.is_empty() {
-                    let frame = self.deliver_frame(&p)?;
-                    for sub in &route.subs {
-                        self.pushes.push_sub(self.ctx, sub, frame.clone());
-                    }
-                }
-                // One copy per link, carrying the nodes beyond it that want it.
-                for g in &route.remote {
-                    let frame =
-                        self.forward_frame(&p, g.origins.iter().map(|o| &**o), g.origins.len())?;
-                    self.pushes.push_link(g, frame);
+        let subs = plan.local_subs();
+        if !subs.is_empty() {
+            let frame = self.deliver_frame(&p)?;
+            for sub in subs {
+                if let Some(victim) = self.tally.push_sub(sub, frame.clone()) {
+                    self.ctx.disconnect_slow(victim);
                 }
             }
-            Mode::Anycast | Mode::Unicast => {
-                // Local subscribers first, then a remote node.
-                if let Some(sub) = route.pick_live() {
-                    let frame = self.deliver_frame(&p)?;
-                    self.pushes.push_sub(self.ctx, sub, frame);
-                    return Ok(());
-                }
-                if let Some((g, origin)) = route.pick_remote() {
-                    let frame = self.forward_frame(&p, std::iter::once(&**origin), 1)?;
-                    self.pushes.push_link(g, frame);
-                }
-            }
+        }
+        for hop in &plan.hops {
+            let dests = plan.dests(hop);
+            let frame = self.forward_frame(&p, dests.iter().copied(), dests.len())?;
+            self.tally.push_link(plan.group(hop), frame);
         }
         Ok(())
     }

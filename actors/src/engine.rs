@@ -1,0 +1,335 @@
+//! The routing engine: every publish, forward and delivery decision of a node
+//! as a synchronous function of (frame, registry snapshot, authorization,
+//! route hook), with no I/O and no actor.
+//!
+//! Its two drivers are thin: a client connection's reader
+//! ([`crate::conn::reader`]) feeds it `Publish` frames, a peer link's data
+//! reader ([`crate::link::forward`]) feeds it `Forward` frames. Each driver
+//! encodes the outgoing frames the [`Plan`] asks for and pushes them through a
+//! [`Tally`], which turns outbox outcomes into slow-consumer decisions. So the
+//! delivery modes, loop prevention, anycast picks and refusals are unit-tested
+//! here without a socket (see the tests at the end), and the drivers only move
+//! bytes.
+//!
+//! Outboxes are bounded in-memory queues, not I/O: tests build real ones.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use slim_auth::policy::Denied;
+use slim_wire::{ErrorCode, FLAG_NO_ROUTE_SILENT, ForwardView, Mode, PublishView};
+
+use crate::hook::{HookVerdict, RouteHook, RoutedFrame};
+use crate::outbox::Push;
+use crate::registry::{ConnId, Registry, RemoteGroup, Route, Sub};
+
+/// What the engine reads: the subscription registry and the route hook.
+pub struct Env<'e> {
+    pub registry: &'e Registry,
+    /// The test/diagnostic hook, if one is installed.
+    pub hook: Option<&'e RouteHook>,
+}
+
+/// Why a publish is refused: the publisher gets an `Error` frame saying so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Unicast needs a full name (with an instance).
+    BadName,
+    /// The policy does not let this connection publish to the name.
+    Unauthorized(String),
+    /// No subscriber anywhere.
+    NoRoute(String),
+}
+
+impl Refusal {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::BadName => ErrorCode::BAD_NAME,
+            Refusal::Unauthorized(_) => ErrorCode::UNAUTHORIZED,
+            Refusal::NoRoute(_) => ErrorCode::NO_ROUTE,
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        match self {
+            Refusal::BadName => "unicast needs a full name with an instance".into(),
+            Refusal::Unauthorized(r) => r.clone(),
+            Refusal::NoRoute(name) => format!("no subscriber for {name}"),
+        }
+    }
+}
+
+/// Why a message is dropped without telling its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silent {
+    /// The route hook dropped it (tests inject loss this way).
+    Hook,
+    /// No subscriber, and the publisher asked not to hear about it.
+    NoRouteSilent,
+    /// A forward whose path is malformed, too long or already holds this
+    /// node: a loop, dropped (counted as `loop`).
+    BadPath,
+    /// A forward for a name nobody here knows; `n` destinations unreached.
+    NoRoute { n: u64 },
+}
+
+/// Local subscribers a message goes to (indices into `Route::subs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    None,
+    One(usize),
+    All,
+}
+
+/// The destination nodes one link copy carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dests<'f> {
+    /// Every origin of the group (multicast from a local publisher).
+    AllOrigins,
+    /// One origin of the group (anycast/unicast), by index.
+    Origin(usize),
+    /// Named destinations of a forwarded message.
+    Listed(Vec<&'f str>),
+}
+
+/// One copy onto one peer link (`group` indexes `Route::remote`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop<'f> {
+    pub group: usize,
+    pub dests: Dests<'f>,
+}
+
+/// Where one message goes.
+#[derive(Debug)]
+pub struct Plan<'f> {
+    pub route: Arc<Route>,
+    pub local: Local,
+    pub hops: Vec<Hop<'f>>,
+    /// Forwarded destinations no route reaches (counted as `no_route`).
+    pub unreached: u64,
+    /// Forwarded destinations dropped because the next hop is on the
+    /// message's path: tables are reconverging; dropping beats looping.
+    pub loops: u64,
+}
+
+impl Plan<'_> {
+    /// The local subscribers to deliver to.
+    pub fn local_subs(&self) -> &[Sub] {
+        match self.local {
+            Local::None => &[],
+            Local::One(i) => std::slice::from_ref(&self.route.subs[i]),
+            Local::All => &self.route.subs,
+        }
+    }
+
+    pub fn group(&self, hop: &Hop<'_>) -> &RemoteGroup {
+        &self.route.remote[hop.group]
+    }
+
+    /// The destination node ids of one hop, in order.
+    pub fn dests<'a>(&'a self, hop: &'a Hop<'_>) -> Vec<&'a str> {
+        let g = self.group(hop);
+        match &hop.dests {
+            Dests::AllOrigins => g.origins.iter().map(|o| &**o).collect(),
+            Dests::Origin(i) => vec![&*g.origins[*i]],
+            Dests::Listed(v) => v.clone(),
+        }
+    }
+}
+
+/// The engine's answer for one message.
+#[derive(Debug)]
+pub enum Decision<'f> {
+    Refuse(Refusal),
+    Silent(Silent),
+    Route(Plan<'f>),
+}
+
+fn hook_drops(env: &Env<'_>, frame: RoutedFrame<'_>) -> bool {
+    env.hook.is_some_and(|h| h(&frame) == HookVerdict::Drop)
+}
+
+/// A publish from a local client registered as `from`. `authorize` is asked
+/// (once, after the name checks) whether this connection may publish to the
+/// name; drivers cache grants behind it.
+pub fn route_publish<'f>(
+    env: &Env<'_>,
+    from: &str,
+    p: &PublishView<'f>,
+    authorize: impl FnOnce(&str) -> Result<(), Denied>,
+) -> Decision<'f> {
+    if p.mode == Mode::Unicast && !p.has_instance() {
+        return Decision::Refuse(Refusal::BadName);
+    }
+    if let Err(d) = authorize(p.name) {
+        return Decision::Refuse(Refusal::Unauthorized(d.to_string()));
+    }
+    let frame = RoutedFrame {
+        name: p.name,
+        mode: p.mode,
+        from,
+        payload: p.payload,
+    };
+    if hook_drops(env, frame) {
+        return Decision::Silent(Silent::Hook);
+    }
+    let Some(route) = env.registry.lookup(p.name).filter(|r| !r.is_empty()) else {
+        if p.flags & FLAG_NO_ROUTE_SILENT != 0 {
+            return Decision::Silent(Silent::NoRouteSilent);
+        }
+        return Decision::Refuse(Refusal::NoRoute(p.name.to_owned()));
+    };
+    let (local, hops) = match p.mode {
+        Mode::Multicast => {
+            let local = if route.subs.is_empty() {
+                Local::None
+            } else {
+                Local::All
+            };
+            // One copy per link, carrying the nodes beyond it that want it.
+            let hops = (0..route.remote.len())
+                .map(|group| Hop {
+                    group,
+                    dests: Dests::AllOrigins,
+                })
+                .collect();
+            (local, hops)
+        }
+        // Local subscribers first, then one remote node.
+        Mode::Anycast | Mode::Unicast => match route.pick_live() {
+            Some(i) => (Local::One(i), Vec::new()),
+            None => match route.pick_remote() {
+                Some((group, o)) => (
+                    Local::None,
+                    vec![Hop {
+                        group,
+                        dests: Dests::Origin(o),
+                    }],
+                ),
+                None => (Local::None, Vec::new()),
+            },
+        },
+    };
+    Decision::Route(Plan {
+        route,
+        local,
+        hops,
+        unreached: 0,
+        loops: 0,
+    })
+}
+
+/// A `Forward` that arrived on the link to `peer`, at node `me`.
+pub fn route_forward<'f>(
+    env: &Env<'_>,
+    me: &str,
+    max_hops: usize,
+    peer: &str,
+    v: &ForwardView<'f>,
+) -> Decision<'f> {
+    // The path must start somewhere, end at the sender, and not hold us.
+    let path_ok = !v.path.is_empty()
+        && v.path.iter().last() == Some(peer)
+        && v.path.len() < max_hops
+        && !v.path.contains(me);
+    if !path_ok {
+        return Decision::Silent(Silent::BadPath);
+    }
+    let frame = RoutedFrame {
+        name: v.name,
+        mode: v.mode,
+        from: v.from,
+        payload: v.payload,
+    };
+    if hook_drops(env, frame) {
+        return Decision::Silent(Silent::Hook);
+    }
+    let Some(route) = env.registry.lookup(v.name) else {
+        return Decision::Silent(Silent::NoRoute {
+            n: v.dests.len() as u64,
+        });
+    };
+    let mut plan = Plan {
+        local: Local::None,
+        hops: Vec::new(),
+        unreached: 0,
+        loops: 0,
+        route,
+    };
+    let mut handled = 0usize;
+    if v.dests.contains(me) {
+        handled += 1;
+        plan.local = match v.mode {
+            _ if plan.route.subs.is_empty() => {
+                plan.unreached += 1;
+                Local::None
+            }
+            Mode::Multicast => Local::All,
+            Mode::Anycast | Mode::Unicast => plan.route.pick_live().map_or(Local::None, Local::One),
+        };
+    }
+    if v.dests.len() > handled {
+        for (gi, g) in plan.route.remote.iter().enumerate() {
+            let sub: Vec<&'f str> = v
+                .dests
+                .iter()
+                .filter(|d| g.origins.iter().any(|o| **o == **d))
+                .collect();
+            if sub.is_empty() {
+                continue;
+            }
+            handled += sub.len();
+            if v.path.contains(&g.peer) {
+                plan.loops += sub.len() as u64;
+                continue;
+            }
+            plan.hops.push(Hop {
+                group: gi,
+                dests: Dests::Listed(sub),
+            });
+        }
+    }
+    plan.unreached += (v.dests.len() - handled.min(v.dests.len())) as u64;
+    Decision::Route(plan)
+}
+
+/// Outcomes of the pushes of one read batch, and the slow-consumer decision
+/// for each: counted here, flushed to metrics once per batch by the driver.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub deliveries: u64,
+    /// Local deliveries dropped because the subscriber's queue was full.
+    pub slow: u64,
+    /// Link copies dropped because the link's queue was full (a slow peer is
+    /// isolated; the link stays up for everyone else).
+    pub link_drops: u64,
+}
+
+impl Tally {
+    /// One local subscriber, under its slow-consumer policy. Returns the
+    /// connection to close when the policy says so.
+    #[must_use]
+    pub fn push_sub(&mut self, sub: &Sub, frame: Bytes) -> Option<ConnId> {
+        match sub.outbox.push(frame) {
+            Push::Queued => self.deliveries += 1,
+            Push::Dropped => self.slow += 1,
+            Push::Closed => {}
+            Push::Disconnect => {
+                self.slow += 1;
+                return Some(sub.conn);
+            }
+        }
+        None
+    }
+
+    /// One peer link: a full link queue drops.
+    pub fn push_link(&mut self, g: &RemoteGroup, frame: Bytes) {
+        match g.outbox.push(frame) {
+            Push::Queued | Push::Closed => {}
+            Push::Dropped | Push::Disconnect => self.link_drops += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
