@@ -64,7 +64,7 @@ pub struct NodeConfig {
 #[derive(Debug, Clone)]
 pub struct FederationConfig {
     /// Peers this node dials (and keeps dialling, with backoff and jitter).
-    pub peers: Vec<crate::federation::PeerSpec>,
+    pub peers: Vec<crate::types::PeerSpec>,
     /// Interval of the link's ping (and of QUIC keep-alives on dialled links):
     /// well under common NAT UDP timeouts (30 s and up).
     pub keep_alive: Duration,

@@ -1,29 +1,26 @@
-//! The QUIC listener actor: accepts connections and supervises one
-//! connection actor per client.
+//! The QUIC listener actor: accepts connections and supervises the actors
+//! they start (one per client connection; peer links are supervised by the
+//! federation actor).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use metrics::counter;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::conn;
+use crate::conn::actor::cleanup;
+use crate::ctx::NodeCtx;
 use crate::metrics as m;
-use crate::node::NodeCtx;
-use crate::registry::ConnId;
 
-pub enum ListenerMsg {
-    /// A connection actor started; remember it so a crash can be cleaned up.
-    Child { actor: ActorId, conn: ConnId },
-}
+/// The listener takes no messages: it accepts and supervises. A failed child
+/// is found by its actor id among the node's live connections.
+pub(crate) enum ListenerMsg {}
 
-pub struct ListenerActor;
+pub(crate) struct ListenerActor;
 
-pub struct ListenerState {
+pub(crate) struct ListenerState {
     accept: JoinHandle<()>,
-    children: HashMap<ActorId, ConnId>,
     ctx: Arc<NodeCtx>,
 }
 
@@ -56,34 +53,13 @@ impl Actor for ListenerActor {
                 let c = Arc::clone(&actx);
                 let cell = cell.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn::accept(c, incoming, cell).await {
+                    if let Err(e) = crate::accept::accept(c, incoming, cell).await {
                         debug!(error = %e, "connection setup failed");
                     }
                 });
             }
         });
-        Ok(ListenerState {
-            accept,
-            children: HashMap::new(),
-            ctx,
-        })
-    }
-
-    async fn handle(
-        &self,
-        _myself: ActorRef<ListenerMsg>,
-        msg: ListenerMsg,
-        st: &mut ListenerState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            ListenerMsg::Child { actor, conn } => {
-                // The child may already be gone; then its post_stop cleaned up.
-                if st.ctx.conns.contains_key(&conn) {
-                    st.children.insert(actor, conn);
-                }
-            }
-        }
-        Ok(())
+        Ok(ListenerState { accept, ctx })
     }
 
     async fn handle_supervisor_evt(
@@ -92,18 +68,26 @@ impl Actor for ListenerActor {
         evt: SupervisionEvent,
         st: &mut ListenerState,
     ) -> Result<(), ActorProcessingErr> {
-        match evt {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                if let Some(conn) = st.children.remove(&cell.get_id()) {
-                    warn!(conn, error = %err, "connection actor failed; cleaning up");
-                    counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "connection").increment(1);
-                    conn::cleanup(&st.ctx, conn);
-                }
+        // A connection actor that stopped normally cleaned up in post_stop;
+        // one that failed (panicked) or was killed did not: clean up for it.
+        let (cell, why) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "terminated".into()))
             }
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                st.children.remove(&cell.get_id());
-            }
-            _ => {}
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        let conn = st
+            .ctx
+            .conns
+            .iter()
+            .find(|c| c.actor.get().is_some_and(|a| a.get_id() == id))
+            .map(|c| c.id);
+        if let Some(conn) = conn {
+            warn!(conn, reason = %why, "connection actor ended without cleaning up; cleaning up");
+            counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "connection").increment(1);
+            cleanup(&st.ctx, conn);
         }
         Ok(())
     }

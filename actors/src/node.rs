@@ -7,20 +7,22 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use metrics::{Counter, Histogram, counter, gauge, histogram};
+use metrics::{counter, gauge};
 use quinn::crypto::rustls::QuicServerConfig;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use slim_auth::policy::Policy;
-use slim_auth::{Identity, IdentitySource, JwtBundles, SpiffeClientVerifier};
-use tokio::sync::watch;
+use slim_auth::{IdentitySource, JwtBundles, SpiffeClientVerifier};
+use tokio::sync::{broadcast, watch};
 use tracing::{error, info, warn};
 
 use crate::config::{JwtKeys, NodeConfig};
-use crate::conn::ConnShared;
+use crate::ctx::{HotMetrics, NodeCtx, transport_config};
+use crate::fed::shared::{Fed, FedMsg};
 use crate::listener::ListenerActor;
 use crate::metrics as m;
-use crate::registry::{ConnId, Registry};
-use crate::table::{TableActor, TableMsg};
+use crate::registry::Registry;
+use crate::table::TableActor;
+use crate::types::{ConnStats, LinkInfo, NodeEvent, PeerSpec, RouteInfo, TlsIdentity};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -33,156 +35,6 @@ pub enum NodeError {
     },
     #[error("cannot start actor: {0}")]
     Spawn(String),
-}
-
-/// Counter handles resolved once, so the per-message path never looks up a
-/// metric by name.
-pub(crate) struct HotMetrics {
-    pub frames_in: Counter,
-    pub routed: [Counter; 3],
-    pub deliveries: Counter,
-    pub no_route: Counter,
-    pub slow_consumer: Counter,
-    pub unauthorized: Counter,
-    pub routing_seconds: Histogram,
-    pub enqueue_to_write_seconds: Histogram,
-    pub frames_out: Counter,
-}
-
-impl HotMetrics {
-    fn new() -> Self {
-        HotMetrics {
-            frames_in: counter!(m::FRAMES_IN_TOTAL, "kind" => "client"),
-            routed: [
-                counter!(m::MESSAGES_ROUTED_TOTAL, "mode" => "anycast"),
-                counter!(m::MESSAGES_ROUTED_TOTAL, "mode" => "multicast"),
-                counter!(m::MESSAGES_ROUTED_TOTAL, "mode" => "unicast"),
-            ],
-            deliveries: counter!(m::DELIVERIES_TOTAL),
-            no_route: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "no_route"),
-            slow_consumer: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "slow_consumer"),
-            unauthorized: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "unauthorized"),
-            routing_seconds: histogram!(m::ROUTING_SECONDS),
-            enqueue_to_write_seconds: histogram!(m::ENQUEUE_TO_WRITE_SECONDS),
-            frames_out: counter!(m::FRAMES_OUT_TOTAL, "kind" => "client"),
-        }
-    }
-}
-
-/// What every actor and task of one node shares.
-pub struct NodeCtx {
-    pub cfg: NodeConfig,
-    /// Unique per node instance in this process: ractor actor names are
-    /// process-global, and tests run several nodes in one process.
-    tag: String,
-    pub registry: Arc<Registry>,
-    pub(crate) endpoint: quinn::Endpoint,
-    pub(crate) conns: DashMap<ConnId, Arc<ConnShared>>,
-    pub(crate) hot: HotMetrics,
-    table: RwLock<Option<ActorRef<TableMsg>>>,
-    next_id: AtomicU64,
-    shutdown: watch::Receiver<bool>,
-    drain: RwLock<Duration>,
-    slow_disconnects: AtomicU64,
-    /// Client SVIDs refused at the handshake, by reason.
-    refusals: Arc<DashMap<&'static str, u64>>,
-    pub(crate) jwt_keys: RwLock<JwtBundles>,
-    /// The node's own credentials (its source lives as long as the node).
-    node_identity: TlsIdentity,
-    policy: RwLock<Arc<Policy>>,
-    /// Bumped on every policy change so connections refresh their grants.
-    policy_gen: AtomicU64,
-    /// Test/diagnostic hook on the routing path; `hook_set` lets the hot path
-    /// skip the lock when there is none.
-    hook: RwLock<Option<crate::RouteHook>>,
-    pub(crate) hook_set: std::sync::atomic::AtomicBool,
-    pub(crate) fed: crate::federation::Fed,
-}
-
-impl NodeCtx {
-    pub(crate) fn next_conn_id(&self) -> ConnId {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub(crate) fn table(&self) -> ActorRef<TableMsg> {
-        self.table
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .expect("table actor is set before the listener starts")
-    }
-
-    pub(crate) fn shutdown_rx(&self) -> watch::Receiver<bool> {
-        self.shutdown.clone()
-    }
-
-    pub(crate) fn is_shutting_down(&self) -> bool {
-        *self.shutdown.borrow()
-    }
-
-    pub(crate) fn policy(&self) -> (Arc<Policy>, u64) {
-        let p = Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()));
-        (p, self.policy_gen.load(Ordering::Acquire))
-    }
-
-    pub(crate) fn policy_gen(&self) -> u64 {
-        self.policy_gen.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn route_hook(&self) -> Option<crate::RouteHook> {
-        if !self.hook_set.load(Ordering::Acquire) {
-            return None;
-        }
-        self.hook.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub(crate) fn node_identity(&self) -> &TlsIdentity {
-        &self.node_identity
-    }
-
-    pub(crate) fn drain_deadline(&self) -> Duration {
-        *self.drain.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Flushes one read batch's push outcomes to metrics.
-    pub(crate) fn flush_tally(&self, t: &mut crate::engine::Tally) {
-        let hm = &self.hot;
-        if t.deliveries > 0 {
-            hm.deliveries.increment(std::mem::take(&mut t.deliveries));
-        }
-        if t.slow > 0 {
-            hm.slow_consumer.increment(std::mem::take(&mut t.slow));
-        }
-        if t.link_drops > 0 {
-            counter!(m::LINK_DROPS_TOTAL, "reason" => "queue_full")
-                .increment(std::mem::take(&mut t.link_drops));
-        }
-    }
-
-    /// Closes connection `conn` (slow-consumer policy).
-    pub(crate) fn disconnect_slow(&self, conn: ConnId) {
-        let victim = self.conns.get(&conn).map(|c| Arc::clone(c.value()));
-        if let Some(c) = victim {
-            self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
-            counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "disconnect").increment(1);
-            warn!(conn = c.id, name = %c.name, "slow consumer disconnected");
-            c.conn.close(
-                quinn::VarInt::from_u32(slim_wire::ErrorCode::SLOW_CONSUMER.0 as u32),
-                b"slow consumer: outbound queue stayed full",
-            );
-        }
-    }
-}
-
-/// A snapshot of one client connection, for admin views and tests.
-#[derive(Debug, Clone)]
-pub struct ConnStats {
-    pub id: ConnId,
-    pub name: String,
-    pub identity: Option<String>,
-    pub queued_bytes: usize,
-    pub max_queued_bytes: usize,
-    pub dropped: u64,
 }
 
 enum SupMsg {}
@@ -204,7 +56,7 @@ impl Actor for NodeSupervisor {
         ctx: Arc<NodeCtx>,
     ) -> Result<SupState, ActorProcessingErr> {
         spawn_table(&ctx, &myself).await?;
-        crate::federation::spawn(&ctx, myself.get_cell(), format!("{}-federation", ctx.tag))
+        crate::fed::actor::spawn(&ctx, myself.get_cell(), format!("{}-federation", ctx.tag))
             .await?;
         Actor::spawn_linked(
             Some(format!("{}-listener", ctx.tag)),
@@ -230,7 +82,7 @@ impl Actor for NodeSupervisor {
                 spawn_table(&st.ctx, &myself).await?;
             } else if name.ends_with("-federation") && !st.ctx.is_shutting_down() {
                 counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "federation").increment(1);
-                crate::federation::spawn(&st.ctx, myself.get_cell(), name).await?;
+                crate::fed::actor::spawn(&st.ctx, myself.get_cell(), name).await?;
             } else if name.ends_with("-listener") && !st.ctx.is_shutting_down() {
                 counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "listener").increment(1);
                 Actor::spawn_linked(
@@ -306,7 +158,7 @@ async fn sample_gauges(ctx: Arc<NodeCtx>) {
         gauge!(m::QUEUE_BYTES).set(total as f64);
         gauge!(m::QUEUE_BYTES_MAX).set(max as f64);
         m::registry_gauges(&ctx.registry);
-        crate::federation::sample_gauges(&ctx);
+        crate::fed::actor::sample_gauges(&ctx);
     }
 }
 
@@ -325,44 +177,6 @@ impl std::fmt::Debug for NodeHandle {
         f.debug_struct("NodeHandle")
             .field("node_id", &self.ctx.cfg.node_id)
             .finish()
-    }
-}
-
-/// QUIC transport settings shared by the node's endpoint.
-pub fn transport_config(cfg: &NodeConfig) -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(4u32.into())
-        .max_concurrent_uni_streams(0u32.into())
-        .keep_alive_interval(Some(cfg.keep_alive))
-        .stream_receive_window((2u32 << 20).into())
-        .receive_window((4u32 << 20).into())
-        .send_window(2 << 20)
-        // SLIM uses one stream per connection and no QUIC datagrams; not
-        // negotiating them keeps per-connection state small.
-        .datagram_receive_buffer_size(None)
-        .datagram_send_buffer_size(0);
-    if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
-        t.max_idle_timeout(Some(idle));
-    }
-    t
-}
-
-/// The node's own credentials: a fixed SVID, or a source that rotates.
-#[derive(Clone)]
-pub enum TlsIdentity {
-    Static(Identity),
-    Source(IdentitySource),
-}
-
-impl From<&Identity> for TlsIdentity {
-    fn from(i: &Identity) -> Self {
-        TlsIdentity::Static(i.clone())
-    }
-}
-
-impl From<&IdentitySource> for TlsIdentity {
-    fn from(s: &IdentitySource) -> Self {
-        TlsIdentity::Source(s.clone())
     }
 }
 
@@ -489,7 +303,7 @@ pub async fn start(
         policy_gen: AtomicU64::new(0),
         hook: RwLock::new(None),
         hook_set: std::sync::atomic::AtomicBool::new(false),
-        fed: crate::federation::Fed::new(&cfg.node_id, cfg.federation.max_hops),
+        fed: Fed::new(&cfg.node_id, cfg.federation.max_hops),
         tag: format!(
             "{}#{}",
             cfg.node_id,
@@ -526,7 +340,7 @@ pub async fn start(
 }
 
 impl NodeHandle {
-    pub(crate) fn ctx(&self) -> &Arc<NodeCtx> {
+    fn ctx(&self) -> &Arc<NodeCtx> {
         &self.ctx
     }
 
@@ -608,7 +422,9 @@ impl NodeHandle {
             .find(|c| c.name.as_str() == name)
             .and_then(|c| c.actor.get().cloned());
         match actor {
-            Some(a) => a.send_message(crate::conn::ConnMsg::InjectPanic).is_ok(),
+            Some(a) => a
+                .send_message(crate::conn::shared::ConnMsg::InjectPanic)
+                .is_ok(),
             None => false,
         }
     }
@@ -648,5 +464,70 @@ impl NodeHandle {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.join).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.ctx.endpoint.wait_idle()).await;
         info!(node = %self.ctx.cfg.node_id, "node stopped");
+    }
+}
+
+impl NodeHandle {
+    /// Sets the dialled peers wanted in addition to the static ones
+    /// (idempotent): links to peers not in the set are closed, new ones are
+    /// dialled, with backoff and jitter, until removed.
+    pub fn set_dial_peers(&self, peers: Vec<PeerSpec>) {
+        match self.ctx().fed.actor() {
+            Some(a) => {
+                if a.send_message(FedMsg::SetDialPeers(peers)).is_err() {
+                    warn!("federation actor gone; dial peers not applied");
+                }
+            }
+            None => warn!("federation actor not running; dial peers not applied"),
+        }
+    }
+
+    /// Every link: dialled ones (also while connecting or backing off) and
+    /// accepted ones.
+    pub fn links(&self) -> Vec<LinkInfo> {
+        let mut v: Vec<LinkInfo> = self.ctx().fed.links.iter().map(|l| l.info()).collect();
+        v.sort_by(|a, b| a.peer_node_id.cmp(&b.peer_node_id));
+        v
+    }
+
+    /// Every name with local subscribers or remote interest, as the
+    /// routing path sees it (the registry, not the interest table).
+    pub fn routes(&self) -> Vec<RouteInfo> {
+        let mut v: Vec<RouteInfo> = self
+            .ctx()
+            .registry
+            .route_summary()
+            .into_iter()
+            .map(|(name, local, remote)| RouteInfo {
+                name: name.to_string(),
+                local_subscribers: local,
+                remote_peers: remote.iter().map(|o| o.to_string()).collect(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Node events (clients, subscriptions, links). Bounded (1024): a lagging
+    /// receiver gets `Lagged` and should resync from `routes()`/`links()`.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.ctx().fed.events.subscribe()
+    }
+
+    /// Fault injection for link tests: closes the live connection of every
+    /// link to `peer_node_id` (as a network failure would end it). Returns
+    /// how many were closed.
+    pub fn inject_link_failure(&self, peer_node_id: &str) -> usize {
+        let mut n = 0;
+        for l in self.ctx().fed.links.iter() {
+            if *l.peer_node_id.read().unwrap_or_else(|e| e.into_inner()) == peer_node_id
+                && let Some(s) = l.session()
+            {
+                s.conn
+                    .close(quinn::VarInt::from_u32(0), b"injected link failure");
+                n += 1;
+            }
+        }
+        n
     }
 }

@@ -16,10 +16,10 @@ use slim_wire::{
 use tokio::io::AsyncReadExt;
 use tracing::{debug, info};
 
-use crate::conn::{ConnError, ConnShared, encode};
+use crate::conn::shared::{ConnError, ConnShared};
+use crate::ctx::{NodeCtx, encode};
 use crate::engine::{self, Decision, Env, Refusal, Silent, Tally};
 use crate::metrics as m;
-use crate::node::NodeCtx;
 use crate::outbox::Push;
 use crate::table::TableMsg;
 
@@ -294,7 +294,7 @@ impl<'a> Router<'a> {
 
     /// An explicit (un)subscribe, for the node's event stream (audit trail).
     fn event_sub(&self, name: &str, subscribed: bool) {
-        use crate::federation::NodeEvent;
+        use crate::types::NodeEvent;
         let (name, client) = (name.to_owned(), self.sh.name.to_string());
         let spiffe_id = self.sh.identity().map(str::to_owned);
         let at = std::time::SystemTime::now();

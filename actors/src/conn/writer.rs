@@ -9,9 +9,9 @@ use quinn::{SendStream, VarInt};
 use slim_wire::ErrorCode;
 use tokio::sync::mpsc;
 
-use crate::conn::ConnShared;
+use crate::conn::shared::ConnShared;
+use crate::ctx::NodeCtx;
 use crate::metrics as m;
-use crate::node::NodeCtx;
 
 pub(crate) async fn write_loop(
     ctx: Arc<NodeCtx>,

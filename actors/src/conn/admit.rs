@@ -1,0 +1,234 @@
+//! A client's admission: its `Hello` checked and authenticated (certificate,
+//! JWT-SVID or the development shared secret), its name registered, the
+//! `Accept` sent, and its connection actor started.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::counter;
+use quinn::VarInt;
+use ractor::Actor;
+use slim_auth::policy::Action;
+use slim_wire::{Accept, ErrorCode, Frame, Hello, PROTOCOL_VERSION, Reject};
+use tracing::{info, warn};
+
+use crate::conn::actor::{ConnArgs, ConnectionActor};
+use crate::conn::shared::{ConnError, ConnShared};
+use crate::ctx::{NodeCtx, Opened, encode};
+use crate::metrics as m;
+use crate::outbox::Outbox;
+use crate::table::TableMsg;
+use crate::types::NodeEvent;
+
+/// Admits a client whose first frame was `hello`, and starts its actor
+/// under `listener`.
+pub(crate) async fn admit(
+    ctx: Arc<NodeCtx>,
+    opened: Opened,
+    hello: Hello,
+    listener: ractor::ActorCell,
+) -> Result<(), ConnError> {
+    let Opened {
+        conn,
+        mut send,
+        recv,
+        buf,
+        cert_id,
+        cert_grants,
+        expires_at,
+        policy,
+    } = opened;
+    let authenticated = check_hello(&hello).and_then(|()| match (&cert_id, cert_grants) {
+        (Some(id), Some(g)) => match hello.token {
+            Some(_) => Err(Reject {
+                code: ErrorCode::PROTOCOL,
+                reason: "authenticate with a client certificate or a token, not both".into(),
+            }),
+            None => Ok((id.clone(), g)),
+        },
+        _ => {
+            let id = authenticate_token(&ctx, hello.token.as_deref())?;
+            policy.grants(Some(&id)).map(|g| (id, g)).map_err(|d| {
+                m::denied("connect");
+                Reject {
+                    code: ErrorCode::UNAUTHORIZED,
+                    reason: d.to_string(),
+                }
+            })
+        }
+    });
+    let checked = authenticated.and_then(|(id, grants)| {
+        grants
+            .check(Action::Register, hello.name.as_str())
+            .map(|()| id)
+            .map_err(|d| {
+                m::denied("register");
+                Reject {
+                    code: ErrorCode::UNAUTHORIZED,
+                    reason: d.to_string(),
+                }
+            })
+    });
+    let spiffe_id = match checked {
+        Ok(id) => Some(id),
+        Err(reject) => {
+            m::handshake("rejected");
+            info!(name = %hello.name, reason = %reject.reason, "hello rejected");
+            let _ = send
+                .write_all(&encode(&Frame::Reject(reject.clone()), &ctx))
+                .await;
+            let _ = send.finish();
+            // Give the reject a moment to reach the client before the close.
+            let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+            conn.close(
+                VarInt::from_u32(reject.code.0 as u32),
+                reject.reason.as_bytes(),
+            );
+            return Err(ConnError::Refused(reject.reason));
+        }
+    };
+    let identity = spiffe_id.as_ref().map(slim_auth::SpiffeId::as_str);
+
+    let id = ctx.next_conn_id();
+    let q = &ctx.cfg.queue;
+    let (outbox, rx) = Outbox::new(q.max_frames, q.max_bytes, q.policy);
+    let outbox = Arc::new(outbox);
+    let shared = Arc::new(ConnShared {
+        id,
+        name: hello.name.clone(),
+        spiffe_id: spiffe_id.clone(),
+        outbox: Arc::clone(&outbox),
+        conn: conn.clone(),
+        actor: std::sync::OnceLock::new(),
+    });
+    ctx.conns.insert(id, Arc::clone(&shared));
+    let displaced = ractor::call!(ctx.table(), |reply| TableMsg::Register {
+        conn: id,
+        outbox: Arc::clone(&outbox),
+        full: hello.name.as_str().to_owned(),
+        service: hello.name.service_str().to_owned(),
+        reply,
+    })
+    .map_err(|e| ConnError::Lost(format!("subscription table unavailable: {e}")))?;
+    if let Some(old) = displaced.and_then(|old| ctx.conns.get(&old).map(|c| Arc::clone(c.value())))
+    {
+        info!(name = %hello.name, "name taken over by a new connection; closing the old one");
+        old.conn.close(
+            VarInt::from_u32(ErrorCode::NAME_TAKEN.0 as u32),
+            b"replaced by a newer connection with the same name",
+        );
+    }
+    let accept = Frame::Accept(Accept {
+        node_id: ctx.cfg.node_id.clone(),
+        identity: identity.map(str::to_owned),
+        max_frame: ctx.cfg.limits.max_frame,
+    });
+    send.write_all(&encode(&accept, &ctx))
+        .await
+        .map_err(|e| ConnError::Lost(e.to_string()))?;
+    m::handshake("ok");
+    ctx.fed.emit(NodeEvent::ClientConnected {
+        client: hello.name.to_string(),
+        spiffe_id: identity.map(str::to_owned),
+        at: std::time::SystemTime::now(),
+    });
+    info!(conn = id, name = %hello.name, identity = identity.unwrap_or("-"), remote = %conn.remote_address(), "client connected");
+
+    let args = ConnArgs {
+        expires_at: expires_at.map(|t| t + ctx.cfg.peer_expiry_grace),
+        ctx: Arc::clone(&ctx),
+        shared: Arc::clone(&shared),
+        send,
+        recv,
+        buf,
+        rx,
+    };
+    let (actor, _) = Actor::spawn_linked(None, ConnectionActor, args, listener.clone())
+        .await
+        .map_err(|e| ConnError::Lost(format!("cannot spawn connection actor: {e}")))?;
+    let _ = shared.actor.set(actor.clone());
+    Ok(())
+}
+
+fn check_hello(h: &Hello) -> Result<(), Reject> {
+    if h.version != PROTOCOL_VERSION {
+        return Err(Reject {
+            code: ErrorCode::VERSION,
+            reason: format!(
+                "protocol version {} not supported (node speaks {PROTOCOL_VERSION})",
+                h.version
+            ),
+        });
+    }
+    if !h.name.has_instance() {
+        return Err(Reject {
+            code: ErrorCode::BAD_NAME,
+            reason: "a client registers its full name, org/namespace/service/instance".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The identity of the development shared-secret mode. Its trust domain says
+/// what it is wherever it shows up (policies, deliveries, logs).
+pub const SHARED_SECRET_ID: &str = "spiffe://insecure-shared-secret/client";
+
+/// In-band authentication for a client that presented no certificate:
+/// `jwt:<JWT-SVID>` or, in development, `secret:<shared secret>`.
+fn authenticate_token(ctx: &NodeCtx, token: Option<&str>) -> Result<slim_auth::SpiffeId, Reject> {
+    let unauthorized = |reason: String| Reject {
+        code: ErrorCode::UNAUTHORIZED,
+        reason,
+    };
+    let auth = &ctx.cfg.token_auth;
+    let Some(token) = token else {
+        m::denied("connect");
+        return Err(unauthorized(
+            "no client certificate and no token: present an X.509-SVID or a JWT-SVID".into(),
+        ));
+    };
+    if let Some(jwt) = token.strip_prefix("jwt:") {
+        let Some(cfg) = &auth.jwt else {
+            return Err(unauthorized(
+                "JWT-SVID authentication is not enabled on this node".into(),
+            ));
+        };
+        let keys = ctx
+            .jwt_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        return slim_auth::validate_jwt_svid(
+            jwt,
+            &cfg.audience,
+            &keys,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| {
+            counter!(m::HANDSHAKE_REFUSALS_TOTAL, "reason" => e.reason_code()).increment(1);
+            unauthorized(format!("JWT-SVID refused ({}): {e}", e.reason_code()))
+        });
+    }
+    if let Some(secret) = token.strip_prefix("secret:") {
+        let Some(expected) = &auth.shared_secret else {
+            return Err(unauthorized(
+                "shared-secret authentication is not enabled on this node".into(),
+            ));
+        };
+        // HMAC under a throwaway key turns the comparison into ring's
+        // constant-time tag verification.
+        let key =
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+                .map_err(|_| unauthorized("cannot check the shared secret".into()))?;
+        let tag = ring::hmac::sign(&key, expected.as_bytes());
+        if ring::hmac::verify(&key, secret.as_bytes(), tag.as_ref()).is_err() {
+            counter!(m::HANDSHAKE_REFUSALS_TOTAL, "reason" => "bad_shared_secret").increment(1);
+            return Err(unauthorized("wrong shared secret".into()));
+        }
+        warn!("client authenticated with the INSECURE development shared secret");
+        return Ok(slim_auth::SpiffeId::parse(SHARED_SECRET_ID).expect("static SPIFFE ID"));
+    }
+    Err(unauthorized(
+        "unknown token kind (expected jwt:… or secret:…)".into(),
+    ))
+}

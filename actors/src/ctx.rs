@@ -1,0 +1,249 @@
+//! What every actor and task of one node shares ([`NodeCtx`]), beneath both
+//! connection kinds (clients in [`crate::conn`], peer links in
+//! [`crate::link`]) and the federation: configuration, the registry, the live
+//! client connections, the federation's shared state, policy, metrics handles.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use metrics::{Counter, Histogram, counter, histogram};
+use quinn::{RecvStream, SendStream, VarInt};
+use ractor::ActorRef;
+use slim_auth::JwtBundles;
+use slim_auth::SpiffeId;
+use slim_auth::policy::{Grants, Policy};
+use slim_wire::{ErrorCode, Frame, codec};
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::config::NodeConfig;
+use crate::conn::shared::{ConnError, ConnShared};
+use crate::fed::shared::Fed;
+use crate::metrics as m;
+use crate::registry::{ConnId, Registry};
+use crate::table::TableMsg;
+use crate::types::TlsIdentity;
+
+/// Counter handles resolved once, so the per-message path never looks up a
+/// metric by name.
+pub(crate) struct HotMetrics {
+    pub frames_in: Counter,
+    pub routed: [Counter; 3],
+    pub deliveries: Counter,
+    pub no_route: Counter,
+    pub slow_consumer: Counter,
+    pub unauthorized: Counter,
+    pub routing_seconds: Histogram,
+    pub enqueue_to_write_seconds: Histogram,
+    pub frames_out: Counter,
+}
+
+impl HotMetrics {
+    pub(crate) fn new() -> Self {
+        HotMetrics {
+            frames_in: counter!(m::FRAMES_IN_TOTAL, "kind" => "client"),
+            routed: [
+                counter!(m::MESSAGES_ROUTED_TOTAL, "mode" => "anycast"),
+                counter!(m::MESSAGES_ROUTED_TOTAL, "mode" => "multicast"),
+                counter!(m::MESSAGES_ROUTED_TOTAL, "mode" => "unicast"),
+            ],
+            deliveries: counter!(m::DELIVERIES_TOTAL),
+            no_route: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "no_route"),
+            slow_consumer: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "slow_consumer"),
+            unauthorized: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "unauthorized"),
+            routing_seconds: histogram!(m::ROUTING_SECONDS),
+            enqueue_to_write_seconds: histogram!(m::ENQUEUE_TO_WRITE_SECONDS),
+            frames_out: counter!(m::FRAMES_OUT_TOTAL, "kind" => "client"),
+        }
+    }
+}
+
+/// What every actor and task of one node shares.
+pub(crate) struct NodeCtx {
+    pub(crate) cfg: NodeConfig,
+    /// Unique per node instance in this process: ractor actor names are
+    /// process-global, and tests run several nodes in one process.
+    pub(crate) tag: String,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) conns: DashMap<ConnId, Arc<ConnShared>>,
+    pub(crate) hot: HotMetrics,
+    pub(crate) table: RwLock<Option<ActorRef<TableMsg>>>,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) drain: RwLock<Duration>,
+    pub(crate) slow_disconnects: AtomicU64,
+    /// Client SVIDs refused at the handshake, by reason.
+    pub(crate) refusals: Arc<DashMap<&'static str, u64>>,
+    pub(crate) jwt_keys: RwLock<JwtBundles>,
+    /// The node's own credentials (its source lives as long as the node).
+    pub(crate) node_identity: TlsIdentity,
+    pub(crate) policy: RwLock<Arc<Policy>>,
+    /// Bumped on every policy change so connections refresh their grants.
+    pub(crate) policy_gen: AtomicU64,
+    /// Test/diagnostic hook on the routing path; `hook_set` lets the hot path
+    /// skip the lock when there is none.
+    pub(crate) hook: RwLock<Option<crate::RouteHook>>,
+    pub(crate) hook_set: std::sync::atomic::AtomicBool,
+    pub(crate) fed: Fed,
+}
+
+impl NodeCtx {
+    pub(crate) fn next_conn_id(&self) -> ConnId {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn table(&self) -> ActorRef<TableMsg> {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .expect("table actor is set before the listener starts")
+    }
+
+    pub(crate) fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub(crate) fn policy(&self) -> (Arc<Policy>, u64) {
+        let p = Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()));
+        (p, self.policy_gen.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn policy_gen(&self) -> u64 {
+        self.policy_gen.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn route_hook(&self) -> Option<crate::RouteHook> {
+        if !self.hook_set.load(Ordering::Acquire) {
+            return None;
+        }
+        self.hook.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn node_identity(&self) -> &TlsIdentity {
+        &self.node_identity
+    }
+
+    pub(crate) fn drain_deadline(&self) -> Duration {
+        *self.drain.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Flushes one read batch's push outcomes to metrics.
+    pub(crate) fn flush_tally(&self, t: &mut crate::engine::Tally) {
+        let hm = &self.hot;
+        if t.deliveries > 0 {
+            hm.deliveries.increment(std::mem::take(&mut t.deliveries));
+        }
+        if t.slow > 0 {
+            hm.slow_consumer.increment(std::mem::take(&mut t.slow));
+        }
+        if t.link_drops > 0 {
+            counter!(m::LINK_DROPS_TOTAL, "reason" => "queue_full")
+                .increment(std::mem::take(&mut t.link_drops));
+        }
+    }
+
+    /// Closes connection `conn` (slow-consumer policy).
+    pub(crate) fn disconnect_slow(&self, conn: ConnId) {
+        let victim = self.conns.get(&conn).map(|c| Arc::clone(c.value()));
+        if let Some(c) = victim {
+            self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+            counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "disconnect").increment(1);
+            warn!(conn = c.id, name = %c.name, "slow consumer disconnected");
+            c.conn.close(
+                quinn::VarInt::from_u32(slim_wire::ErrorCode::SLOW_CONSUMER.0 as u32),
+                b"slow consumer: outbound queue stayed full",
+            );
+        }
+    }
+}
+
+/// QUIC transport settings shared by the node's endpoint.
+pub(crate) fn transport_config(cfg: &NodeConfig) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(4u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .keep_alive_interval(Some(cfg.keep_alive))
+        .stream_receive_window((2u32 << 20).into())
+        .receive_window((4u32 << 20).into())
+        .send_window(2 << 20)
+        // SLIM uses one stream per connection and no QUIC datagrams; not
+        // negotiating them keeps per-connection state small.
+        .datagram_receive_buffer_size(None)
+        .datagram_send_buffer_size(0);
+    if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+/// Encodes a control frame built by this node.
+pub(crate) fn encode(frame: &Frame, ctx: &NodeCtx) -> Bytes {
+    let mut b = BytesMut::new();
+    // Control frames are small and built by us; failing to encode one is a bug.
+    if let Err(e) = codec::encode(frame, &ctx.cfg.limits, &mut b) {
+        warn!(error = %e, "cannot encode control frame");
+    }
+    b.freeze()
+}
+
+/// Reads exactly one frame with a deadline; used for the hello.
+pub(crate) async fn read_one(
+    recv: &mut RecvStream,
+    buf: &mut BytesMut,
+    ctx: &NodeCtx,
+) -> Result<Frame, ConnError> {
+    loop {
+        if let Some(total) = codec::check(buf, &ctx.cfg.limits)? {
+            let f = buf.split_to(total);
+            return Ok(codec::decode_body(&f[4..])?);
+        }
+        buf.reserve(4096);
+        match recv.read_buf(buf).await {
+            Ok(0) => return Err(ConnError::Lost("stream closed before hello".into())),
+            Ok(_) => {}
+            Err(e) => return Err(ConnError::Lost(e.to_string())),
+        }
+    }
+}
+
+/// Aborts the task when dropped, so a dead actor leaves no task behind.
+pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Closes a QUIC connection with an application error code and a reason.
+pub(crate) fn close_conn(conn: &quinn::Connection, code: ErrorCode, reason: &str) {
+    conn.close(VarInt::from_u32(u32::from(code.0)), reason.as_bytes());
+}
+
+/// An incoming connection after its TLS handshake and first frame, before it
+/// is known to be a client or a peer node.
+pub(crate) struct Opened {
+    pub conn: quinn::Connection,
+    pub send: SendStream,
+    pub recv: RecvStream,
+    /// Bytes read after the first frame.
+    pub buf: BytesMut,
+    /// The SPIFFE ID of the TLS client certificate, if one was presented.
+    pub cert_id: Option<SpiffeId>,
+    /// Its grants under the policy at handshake time.
+    pub cert_grants: Option<Grants>,
+    /// When the certificate runs out.
+    pub expires_at: Option<SystemTime>,
+    pub policy: Arc<Policy>,
+}

@@ -1,0 +1,223 @@
+//! Federation state shared by the node's actors and tasks: the link
+//! sessions the routing path sends on, each link actor's visible state, and
+//! the federation actor's mailbox type. Beneath both the federation actor and
+//! the link actors, so neither imports the other's internals.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use ractor::{ActorRef, RpcReplyPort};
+use slim_wire::Interest;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::interest::{InterestTable, NodeId};
+use crate::outbox::Outbox;
+use crate::registry::ConnId;
+use crate::types::{LinkDirection, LinkInfo, LinkState, NodeEvent, PeerSpec};
+
+/// One live connection of a link: what the routing path and the federation
+/// actor need to send on it. A new connection is a new session (new id).
+pub(crate) struct LinkSession {
+    pub id: ConnId,
+    pub peer: NodeId,
+    /// Node id of the side that dialled this connection (tie-break between
+    /// two links to the same peer).
+    pub dialler: NodeId,
+    pub outbox: Arc<Outbox>,
+    /// Interest announcements and pongs, on the link's priority stream.
+    pub ctl: mpsc::Sender<Bytes>,
+    pub conn: quinn::Connection,
+}
+
+/// The state of one link actor, visible to `links()`.
+pub(crate) struct LinkShared {
+    pub direction: LinkDirection,
+    pub peer_node_id: RwLock<String>,
+    pub peer_spiffe_id: RwLock<Option<String>>,
+    pub remote_addr: RwLock<SocketAddr>,
+    state: AtomicU8,
+    pub up_since: RwLock<Option<SystemTime>>,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    /// Drops of sessions that ended.
+    pub past_drops: AtomicU64,
+    pub session: RwLock<Option<Arc<LinkSession>>>,
+}
+
+impl LinkShared {
+    pub fn new(direction: LinkDirection, peer: &str, addr: SocketAddr) -> Self {
+        LinkShared {
+            direction,
+            peer_node_id: RwLock::new(peer.to_owned()),
+            peer_spiffe_id: RwLock::new(None),
+            remote_addr: RwLock::new(addr),
+            state: AtomicU8::new(0),
+            up_since: RwLock::new(None),
+            frames_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            past_drops: AtomicU64::new(0),
+            session: RwLock::new(None),
+        }
+    }
+
+    pub fn state(&self) -> LinkState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => LinkState::Up,
+            2 => LinkState::Backoff,
+            _ => LinkState::Connecting,
+        }
+    }
+
+    pub fn set_state(&self, s: LinkState) {
+        let v = match s {
+            LinkState::Connecting => 0,
+            LinkState::Up => 1,
+            LinkState::Backoff => 2,
+        };
+        self.state.store(v, Ordering::Relaxed);
+        if s != LinkState::Up {
+            *self.up_since.write().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    pub fn session(&self) -> Option<Arc<LinkSession>> {
+        self.session
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Detaches the current session (exactly one caller gets it, so the
+    /// federation hears of its end exactly once).
+    pub fn take_session(&self) -> Option<Arc<LinkSession>> {
+        let s = self
+            .session
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(s) = &s {
+            s.outbox.close();
+            self.past_drops
+                .fetch_add(s.outbox.dropped(), Ordering::Relaxed);
+        }
+        s
+    }
+
+    pub fn info(&self) -> LinkInfo {
+        let drops = self.past_drops.load(Ordering::Relaxed)
+            + self.session().map_or(0, |s| s.outbox.dropped());
+        LinkInfo {
+            peer_node_id: self
+                .peer_node_id
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            peer_spiffe_id: self
+                .peer_spiffe_id
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            remote_addr: *self.remote_addr.read().unwrap_or_else(|e| e.into_inner()),
+            direction: self.direction,
+            state: self.state(),
+            up_since: *self.up_since.read().unwrap_or_else(|e| e.into_inner()),
+            frames_in: self.frames_in.load(Ordering::Relaxed),
+            frames_out: self.frames_out.load(Ordering::Relaxed),
+            drops,
+        }
+    }
+}
+
+/// Federation state shared by the node's actors and tasks.
+pub(crate) struct Fed {
+    pub events: broadcast::Sender<NodeEvent>,
+    /// Every link actor (dialled ones also while connecting or backing off).
+    pub links: dashmap::DashMap<u64, Arc<LinkShared>>,
+    next_link: AtomicU64,
+    actor: RwLock<Option<ActorRef<FedMsg>>>,
+    /// Owned by the federation actor; locked briefly by `routes()`.
+    pub interest: Mutex<InterestTable>,
+    /// Peers with a link in use; a dialled link stands by while its peer is
+    /// connected through another link (e.g. one the peer dialled), so two
+    /// nodes that both dial each other do not keep replacing links.
+    pub connected: tokio::sync::watch::Sender<std::collections::BTreeSet<NodeId>>,
+    /// Bumped each time the federation actor (re)starts: link actors of a
+    /// previous incarnation see it change and end, since the new actor does
+    /// not know them.
+    generation: AtomicU64,
+}
+
+impl Fed {
+    pub fn new(node_id: &str, max_hops: usize) -> Self {
+        Fed {
+            events: broadcast::channel(1024).0,
+            links: dashmap::DashMap::new(),
+            next_link: AtomicU64::new(1),
+            actor: RwLock::new(None),
+            interest: Mutex::new(InterestTable::new(node_id, max_hops)),
+            connected: tokio::sync::watch::channel(Default::default()).0,
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// A federation actor (re)started: bumps the generation, so link
+    /// actors of a previous incarnation end, and makes it reachable.
+    pub fn started(&self, actor: ActorRef<FedMsg>) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        *self.actor.write().unwrap_or_else(|e| e.into_inner()) = Some(actor);
+    }
+
+    pub fn stopped(&self) {
+        *self.actor.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn next_link_key(&self) -> u64 {
+        self.next_link.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn actor(&self) -> Option<ActorRef<FedMsg>> {
+        self.actor.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn emit(&self, e: NodeEvent) {
+        // No receiver is fine; a lagging one resyncs from routes()/links().
+        let _ = self.events.send(e);
+    }
+
+    /// Tells the federation actor (if running) that local interest in these
+    /// names may have changed.
+    pub fn local_changed(&self, names: &[Arc<str>]) {
+        if let Some(a) = self.actor() {
+            let _ = a.send_message(FedMsg::LocalChanged(names.to_vec()));
+        }
+    }
+}
+
+pub(crate) enum FedMsg {
+    LocalChanged(Vec<Arc<str>>),
+    /// A link session completed its handshake; reply whether it is the one
+    /// to use for its peer (false: another link to that peer wins).
+    Up {
+        session: Arc<LinkSession>,
+        reply: RpcReplyPort<bool>,
+    },
+    Down {
+        session: Arc<LinkSession>,
+        reason: String,
+    },
+    Interest {
+        peer: NodeId,
+        session: ConnId,
+        frame: Interest,
+        /// Bounds how many updates per link wait in this mailbox.
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    },
+    SetDialPeers(Vec<PeerSpec>),
+}

@@ -1,0 +1,105 @@
+//! The link actor: owns one peer link (a dial loop for a dialled peer, or
+//! one accepted session), receives the link's control messages, and reports
+//! its end to its supervisor, the federation actor.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::info;
+
+use crate::ctx::{AbortOnDrop, NodeCtx};
+use crate::fed::shared::LinkShared;
+use crate::link::dial::dial_loop;
+use crate::link::handshake::{Accepted, accept_session};
+use crate::link::session::end_session;
+use crate::types::PeerSpec;
+
+pub(crate) enum LinkKind {
+    Dial(PeerSpec),
+    Accepted(Box<Accepted>),
+}
+
+pub(crate) struct LinkArgs {
+    pub ctx: Arc<NodeCtx>,
+    /// Key of this link in `Fed::links`.
+    pub key: u64,
+    pub shared: Arc<LinkShared>,
+    pub kind: LinkKind,
+}
+
+pub(crate) enum LinkMsg {
+    Ended(Result<(), String>),
+}
+
+pub(crate) struct LinkActor;
+
+pub(crate) struct LinkActorState {
+    ctx: Arc<NodeCtx>,
+    key: u64,
+    shared: Arc<LinkShared>,
+    _task: AbortOnDrop,
+}
+
+impl Actor for LinkActor {
+    type Msg = LinkMsg;
+    type State = LinkActorState;
+    type Arguments = LinkArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<LinkMsg>,
+        a: LinkArgs,
+    ) -> Result<LinkActorState, ActorProcessingErr> {
+        a.ctx.fed.links.insert(a.key, Arc::clone(&a.shared));
+        let (ctx, shared) = (Arc::clone(&a.ctx), Arc::clone(&a.shared));
+        let task = tokio::spawn(async move {
+            let run = tokio::spawn(run(ctx, shared, a.kind));
+            let r = match run.await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(format!("link task failed: {e}")),
+            };
+            let _ = myself.send_message(LinkMsg::Ended(r));
+        });
+        Ok(LinkActorState {
+            ctx: a.ctx,
+            key: a.key,
+            shared: a.shared,
+            _task: AbortOnDrop(task),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<LinkMsg>,
+        msg: LinkMsg,
+        _st: &mut LinkActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            // A failed task fails the actor, so its supervisor restarts it.
+            LinkMsg::Ended(Err(e)) => return Err(e.into()),
+            LinkMsg::Ended(Ok(())) => myself.stop(None),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<LinkMsg>,
+        st: &mut LinkActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        st.ctx.fed.links.remove(&st.key);
+        end_session(&st.ctx, &st.shared, "link actor stopped");
+        Ok(())
+    }
+}
+
+async fn run(ctx: Arc<NodeCtx>, shared: Arc<LinkShared>, kind: LinkKind) {
+    match kind {
+        LinkKind::Dial(spec) => dial_loop(ctx, shared, spec).await,
+        LinkKind::Accepted(a) => {
+            if let Err(e) = accept_session(&ctx, &shared, *a).await {
+                info!(error = %e, "accepted peer link ended");
+            }
+        }
+    }
+}

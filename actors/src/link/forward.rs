@@ -1,0 +1,134 @@
+//! The driver of the routing engine for forwarded publishes arriving on one
+//! link: local delivery when this node is a destination, onward forwarding
+//! for the other destinations.
+
+use bytes::BytesMut;
+use metrics::counter;
+use slim_wire::{ForwardView, NodeIds, codec};
+
+use crate::ctx::NodeCtx;
+use crate::engine::{self, Decision, Env, Silent, Tally};
+use crate::fed::shared::LinkSession;
+use crate::link::error::LinkError;
+use crate::metrics as m;
+
+/// Routes forwarded publishes arriving on one link: local delivery when this
+/// node is a destination, onward forwarding for the other destinations.
+pub(crate) struct Forwarder<'a> {
+    ctx: &'a NodeCtx,
+    session: &'a LinkSession,
+    scratch: BytesMut,
+    tally: Tally,
+    no_route: u64,
+    loops: u64,
+}
+
+impl<'a> Forwarder<'a> {
+    pub(crate) fn new(ctx: &'a NodeCtx, session: &'a LinkSession) -> Self {
+        Forwarder {
+            ctx,
+            session,
+            scratch: BytesMut::new(),
+            tally: Tally::default(),
+            no_route: 0,
+            loops: 0,
+        }
+    }
+
+    pub(crate) fn flush_metrics(&mut self) {
+        let hm = &self.ctx.hot;
+        if self.no_route > 0 {
+            hm.no_route.increment(std::mem::take(&mut self.no_route));
+        }
+        if self.loops > 0 {
+            counter!(m::LINK_DROPS_TOTAL, "reason" => "loop")
+                .increment(std::mem::take(&mut self.loops));
+        }
+        self.ctx.flush_tally(&mut self.tally);
+    }
+
+    fn reserve(&mut self, n: usize) {
+        if self.scratch.capacity() - self.scratch.len() < n + 512 {
+            self.scratch.reserve(64 * 1024 + n);
+        }
+    }
+
+    pub(crate) fn route(&mut self, v: ForwardView<'_>) -> Result<(), LinkError> {
+        let me = self.ctx.cfg.node_id.as_str();
+        let hook = self.ctx.route_hook();
+        let env = Env {
+            registry: &self.ctx.registry,
+            hook: hook.as_ref(),
+        };
+        let max_hops = self.ctx.cfg.federation.max_hops;
+        let plan = match engine::route_forward(&env, me, max_hops, &self.session.peer, &v) {
+            Decision::Route(plan) => plan,
+            Decision::Silent(Silent::Hook) => {
+                m::dropped_by_hook();
+                return Ok(());
+            }
+            Decision::Silent(Silent::BadPath) => {
+                self.loops += 1;
+                return Ok(());
+            }
+            Decision::Silent(Silent::NoRoute { n }) => {
+                self.no_route += n;
+                return Ok(());
+            }
+            Decision::Silent(Silent::NoRouteSilent) | Decision::Refuse(_) => {
+                // A forward has no publisher to tell; the engine never says so.
+                self.no_route += 1;
+                return Ok(());
+            }
+        };
+        self.no_route += plan.unreached;
+        self.loops += plan.loops;
+        let subs = plan.local_subs();
+        if !subs.is_empty() {
+            self.reserve(v.payload.len());
+            codec::encode_deliver_raw(
+                v.name,
+                v.mode,
+                v.from,
+                v.from_identity,
+                v.msg_id,
+                v.payload,
+                &self.ctx.cfg.limits,
+                &mut self.scratch,
+            )?;
+            let frame = self.scratch.split().freeze();
+            for sub in subs {
+                if let Some(victim) = self.tally.push_sub(sub, frame.clone()) {
+                    self.ctx.disconnect_slow(victim);
+                }
+            }
+        }
+        for hop in &plan.hops {
+            let dests = plan.dests(hop);
+            self.reserve(v.payload.len());
+            codec::encode_forward_raw(
+                v.name,
+                v.mode,
+                v.from,
+                v.from_identity,
+                v.msg_id,
+                NodeIds {
+                    ids: v.path.iter(),
+                    len: v.path.len(),
+                    then: Some(me),
+                },
+                NodeIds {
+                    ids: dests.iter().copied(),
+                    len: dests.len(),
+                    then: None,
+                },
+                v.payload,
+                &self.ctx.cfg.limits,
+                &mut self.scratch,
+            )?;
+            let frame = self.scratch.split().freeze();
+            self.tally.push_link(plan.group(hop), frame);
+        }
+        Ok(())
+    }
+}

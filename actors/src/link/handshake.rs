@@ -1,0 +1,232 @@
+//! The link handshakes: the dialler's (`PeerHello` → `PeerAccept`, then
+//! the control stream) and the acceptor's answer, both under the handshake
+//! deadline.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use metrics::counter;
+use quinn::{RecvStream, SendStream};
+use slim_wire::{ErrorCode, Frame, PROTOCOL_VERSION, PeerAccept, PeerHello, Ping, Reject};
+use std::time::Duration;
+
+use crate::ctx::{NodeCtx, close_conn, encode, read_one, transport_config};
+use crate::fed::shared::LinkShared;
+use crate::link::error::LinkError;
+use crate::link::session::{Streams, end_session, serve, start_session};
+use crate::metrics as m;
+use crate::types::{PeerSpec, TlsIdentity};
+
+/// QUIC settings of a dialled link: keep-alives at the federation's interval
+/// (they keep the NAT mapping of a dialling node open) and larger windows
+/// than a client connection, since one link carries many clients' traffic.
+pub(crate) fn link_transport(ctx: &NodeCtx) -> quinn::TransportConfig {
+    let fc = &ctx.cfg.federation;
+    let mut t = transport_config(&ctx.cfg);
+    t.keep_alive_interval(Some(fc.keep_alive))
+        .stream_receive_window((8u32 << 20).into())
+        .receive_window((16u32 << 20).into())
+        .send_window(16 << 20);
+    if let Ok(idle) = quinn::IdleTimeout::try_from(fc.link_timeout) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+pub(crate) fn peer_cert_id(conn: &quinn::Connection) -> Option<slim_auth::SpiffeId> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    slim_auth::peer_spiffe_id(&certs).ok()
+}
+
+pub(crate) async fn dial(
+    ctx: &NodeCtx,
+    shared: &LinkShared,
+    spec: &PeerSpec,
+) -> Result<Streams, LinkError> {
+    let alpn: &[&[u8]] = &[slim_auth::ALPN_SLIM];
+    let server = match &spec.expect_spiffe_id {
+        Some(id) => slim_auth::ServerMatch::Exact(id.clone()),
+        None => slim_auth::ServerMatch::Any,
+    };
+    let tls = match ctx.node_identity() {
+        TlsIdentity::Static(i) => slim_auth::client_config(i, alpn, server),
+        TlsIdentity::Source(s) => slim_auth::client_config_from_source(s, alpn, server),
+    }
+    .map_err(|e| LinkError::Tls(e.to_string()))?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+        .map_err(|e| LinkError::Tls(e.to_string()))?;
+    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
+    cc.transport_config(Arc::new(link_transport(ctx)));
+    let connecting = ctx
+        .endpoint
+        .connect_with(cc, spec.addr, &spec.server_name)
+        .map_err(|e| LinkError::Connect(e.to_string()))?;
+    let deadline = ctx.cfg.handshake_timeout;
+    let conn = match tokio::time::timeout(deadline, connecting).await {
+        Err(_) => return Err(LinkError::Timeout),
+        Ok(Err(e)) => return Err(LinkError::Connect(e.to_string())),
+        Ok(Ok(c)) => c,
+    };
+    // Mutual: the node we dialled must be a peer under *our* policy too.
+    let peer_id = peer_cert_id(&conn)
+        .ok_or_else(|| LinkError::Unauthorized("peer presented no SPIFFE ID".into()))?;
+    let (policy, _) = ctx.policy();
+    if let Err(reason) = policy.grants(Some(&peer_id)).and_then(|g| g.check_peer()) {
+        counter!(m::LINK_REFUSALS_TOTAL, "reason" => "unauthorized").increment(1);
+        close_conn(&conn, ErrorCode::UNAUTHORIZED, &reason.to_string());
+        return Err(LinkError::Unauthorized(reason.to_string()));
+    }
+    let handshake = async {
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| LinkError::Lost(e.to_string()))?;
+        let hello = Frame::PeerHello(PeerHello {
+            version: PROTOCOL_VERSION,
+            node_id: ctx.cfg.node_id.clone(),
+        });
+        send.write_all(&encode(&hello, ctx))
+            .await
+            .map_err(|e| LinkError::Lost(e.to_string()))?;
+        let mut buf = BytesMut::with_capacity(4096);
+        let answer = read_one(&mut recv, &mut buf, ctx).await?;
+        Ok::<_, LinkError>((send, recv, buf, answer))
+    };
+    let (send, recv, buf, answer) = match tokio::time::timeout(deadline, handshake).await {
+        Err(_) => {
+            close_conn(&conn, ErrorCode::PROTOCOL, "peer hello timeout");
+            return Err(LinkError::Timeout);
+        }
+        Ok(r) => r?,
+    };
+    match answer {
+        Frame::PeerAccept(a) if a.node_id == spec.node_id => {}
+        Frame::PeerAccept(a) => {
+            close_conn(&conn, ErrorCode::PROTOCOL, "unexpected node id");
+            return Err(LinkError::NodeIdMismatch {
+                expected: spec.node_id.clone(),
+                got: a.node_id,
+            });
+        }
+        Frame::Reject(r) if r.code == ErrorCode::LINK_EXISTS => return Err(LinkError::Duplicate),
+        Frame::Reject(r) => {
+            return Err(LinkError::Refused {
+                code: r.code.as_str(),
+                reason: r.reason,
+            });
+        }
+        other => {
+            close_conn(&conn, ErrorCode::PROTOCOL, "expected peer accept");
+            return Err(LinkError::Protocol(format!(
+                "expected peer_accept, got {}",
+                other.kind().as_str()
+            )));
+        }
+    }
+    let (mut ctl_send, ctl_recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| LinkError::Lost(e.to_string()))?;
+    // A stream exists for the peer only once something is sent on it.
+    ctl_send
+        .write_all(&encode(&Frame::Ping(Ping { nonce: 0 }), ctx))
+        .await
+        .map_err(|e| LinkError::Lost(e.to_string()))?;
+    *shared
+        .remote_addr
+        .write()
+        .unwrap_or_else(|e| e.into_inner()) = conn.remote_address();
+    Ok(Streams {
+        conn,
+        peer_spiffe: Some(peer_id.to_string()),
+        dialler: ctx.cfg.node_id.clone(),
+        send,
+        recv,
+        buf,
+        ctl_send,
+        ctl_recv,
+    })
+}
+
+/// The acceptor side of the link handshake (the hello was read and
+/// authorized by `conn::accept`).
+pub(crate) async fn accept_session(
+    ctx: &Arc<NodeCtx>,
+    shared: &Arc<LinkShared>,
+    a: Accepted,
+) -> Result<(), LinkError> {
+    let Accepted {
+        conn,
+        mut send,
+        recv,
+        buf,
+        node_id,
+        spiffe_id,
+    } = a;
+    *shared
+        .peer_spiffe_id
+        .write()
+        .unwrap_or_else(|e| e.into_inner()) = Some(spiffe_id.to_string());
+    let (session, rx, ctl_rx) = match start_session(ctx, shared, &conn, &node_id, &node_id).await {
+        Ok(s) => s,
+        Err(e) => {
+            counter!(m::LINK_REFUSALS_TOTAL, "reason" => "duplicate").increment(1);
+            let reject = Frame::Reject(Reject {
+                code: ErrorCode::LINK_EXISTS,
+                reason: e.to_string(),
+            });
+            let _ = send.write_all(&encode(&reject, ctx)).await;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+            close_conn(&conn, ErrorCode::LINK_EXISTS, &e.to_string());
+            return Err(e);
+        }
+    };
+    let accept = Frame::PeerAccept(PeerAccept {
+        node_id: ctx.cfg.node_id.clone(),
+    });
+    let opened = async {
+        send.write_all(&encode(&accept, ctx))
+            .await
+            .map_err(|e| LinkError::Lost(e.to_string()))?;
+        conn.accept_bi()
+            .await
+            .map_err(|e| LinkError::Lost(e.to_string()))
+    };
+    let (ctl_send, ctl_recv) = match tokio::time::timeout(ctx.cfg.handshake_timeout, opened).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            end_session(ctx, shared, &e.to_string());
+            return Err(e);
+        }
+        Err(_) => {
+            end_session(ctx, shared, "control stream not opened in time");
+            return Err(LinkError::Timeout);
+        }
+    };
+    let st = Streams {
+        peer_spiffe: Some(spiffe_id.to_string()),
+        dialler: node_id,
+        conn,
+        send,
+        recv,
+        buf,
+        ctl_send,
+        ctl_recv,
+    };
+    serve(ctx, shared, session, rx, ctl_rx, st).await
+}
+
+/// An incoming connection whose first frame was a `PeerHello` from an
+/// identity the policy lets peer.
+pub(crate) struct Accepted {
+    pub conn: quinn::Connection,
+    pub send: SendStream,
+    pub recv: RecvStream,
+    pub buf: BytesMut,
+    pub node_id: String,
+    pub spiffe_id: slim_auth::SpiffeId,
+}

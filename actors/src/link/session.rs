@@ -1,0 +1,429 @@
+//! A live link session: registered with the federation actor, served by
+//! four tasks (data and control, each a reader and a writer), ended once.
+//!
+//! A link is one QUIC connection with two streams, both opened by the dialler:
+//! the *data* stream (`PeerHello`/`PeerAccept`, then `Forward` frames both
+//! ways) and the *control* stream (`Interest`, `Ping`/`Pong`), sent at a
+//! higher QUIC priority so that liveness and interest are never stuck behind
+//! bulk data. Whoever can reach the other dials; the link then carries
+//! traffic both ways, so a node behind NAT needs no inbound port.
+//!
+//! Forwarded publishes are routed inline by the data reader (registry read,
+//! outbox pushes), like client publishes; control goes to the federation actor.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use metrics::counter;
+use quinn::{RecvStream, SendStream};
+use slim_wire::{ErrorCode, Frame, FrameKind, Ping, Pong, WireError, codec};
+use tokio::io::AsyncReadExt;
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::ctx::{AbortOnDrop, NodeCtx, close_conn, encode};
+use crate::fed::shared::{FedMsg, LinkSession, LinkShared};
+use crate::link::error::LinkError;
+use crate::link::forward::Forwarder;
+use crate::metrics as m;
+use crate::outbox::{Outbox, SlowConsumerPolicy};
+use crate::types::{LinkState, PeerSpec};
+
+/// What a completed handshake hands to the session.
+pub(crate) struct Streams {
+    pub conn: quinn::Connection,
+    pub peer_spiffe: Option<String>,
+    pub dialler: String,
+    pub send: SendStream,
+    pub recv: RecvStream,
+    pub buf: BytesMut,
+    pub ctl_send: SendStream,
+    pub ctl_recv: RecvStream,
+}
+
+/// A new session for `conn`, registered with the federation actor. `Err(Duplicate)`
+/// if another link to the same peer wins the tie-break.
+pub(crate) async fn start_session(
+    ctx: &NodeCtx,
+    shared: &LinkShared,
+    conn: &quinn::Connection,
+    peer: &str,
+    dialler: &str,
+) -> Result<
+    (
+        Arc<LinkSession>,
+        mpsc::Receiver<Bytes>,
+        mpsc::Receiver<Bytes>,
+    ),
+    LinkError,
+> {
+    let fc = &ctx.cfg.federation;
+    // A link never disconnects on a full queue: dropping (counted) isolates
+    // a slow peer, and the link stays up for everyone else's traffic.
+    let (outbox, rx) = Outbox::new(
+        fc.link_queue.max_frames,
+        fc.link_queue.max_bytes,
+        SlowConsumerPolicy::DropNewest,
+    );
+    let (ctl, ctl_rx) = mpsc::channel(fc.control_queue.max(1));
+    let session = Arc::new(LinkSession {
+        id: ctx.next_conn_id(),
+        peer: Arc::from(peer),
+        dialler: Arc::from(dialler),
+        outbox: Arc::new(outbox),
+        ctl,
+        conn: conn.clone(),
+    });
+    *shared
+        .peer_node_id
+        .write()
+        .unwrap_or_else(|e| e.into_inner()) = peer.to_owned();
+    *shared.session.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&session));
+    let fed = ctx
+        .fed
+        .actor()
+        .ok_or_else(|| LinkError::Lost("federation actor not running".into()))?;
+    let keep = ractor::call!(fed, |reply| FedMsg::Up {
+        session: Arc::clone(&session),
+        reply,
+    })
+    .map_err(|e| LinkError::Lost(format!("federation actor unavailable: {e}")));
+    match keep {
+        Ok(true) => Ok((session, rx, ctl_rx)),
+        Ok(false) => {
+            shared.take_session();
+            Err(LinkError::Duplicate)
+        }
+        Err(e) => {
+            shared.take_session();
+            Err(e)
+        }
+    }
+}
+
+/// Tells the federation a session is over (once, whoever gets here first).
+pub(crate) fn end_session(ctx: &NodeCtx, shared: &LinkShared, reason: &str) {
+    if let Some(s) = shared.take_session() {
+        if s.conn.close_reason().is_none() {
+            close_conn(&s.conn, ErrorCode(0), reason);
+        }
+        shared.set_state(LinkState::Backoff);
+        if let Some(fed) = ctx.fed.actor() {
+            let _ = fed.send_message(FedMsg::Down {
+                session: s,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+}
+
+pub(crate) async fn serve_dialled(
+    ctx: &Arc<NodeCtx>,
+    shared: &Arc<LinkShared>,
+    spec: &PeerSpec,
+    st: Streams,
+) -> Result<(), LinkError> {
+    let (session, rx, ctl_rx) =
+        match start_session(ctx, shared, &st.conn, &spec.node_id, &st.dialler).await {
+            Ok(s) => s,
+            Err(e) => {
+                close_conn(
+                    &st.conn,
+                    ErrorCode::LINK_EXISTS,
+                    "another link to this node is in use",
+                );
+                return Err(e);
+            }
+        };
+    *shared
+        .peer_spiffe_id
+        .write()
+        .unwrap_or_else(|e| e.into_inner()) = st.peer_spiffe.clone();
+    serve(ctx, shared, session, rx, ctl_rx, st).await
+}
+
+pub(crate) fn now_ms() -> u64 {
+    crate::outbox::epoch().elapsed().as_millis() as u64
+}
+
+/// Runs a live link until one of its tasks ends, liveness fails or the node
+/// shuts down; then closes it and tells the federation.
+pub(crate) async fn serve(
+    ctx: &Arc<NodeCtx>,
+    shared: &Arc<LinkShared>,
+    session: Arc<LinkSession>,
+    rx: mpsc::Receiver<Bytes>,
+    ctl_rx: mpsc::Receiver<Bytes>,
+    st: Streams,
+) -> Result<(), LinkError> {
+    shared.set_state(LinkState::Up);
+    *shared.up_since.write().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
+    *shared
+        .remote_addr
+        .write()
+        .unwrap_or_else(|e| e.into_inner()) = st.conn.remote_address();
+    metrics::gauge!(m::CONNECTIONS, "kind" => "peer").increment(1.0);
+    counter!(m::CONNECTIONS_TOTAL, "kind" => "peer").increment(1);
+    let last_pong = Arc::new(AtomicU64::new(now_ms()));
+    // Liveness must not queue behind bulk data.
+    let _ = st.ctl_send.set_priority(1);
+    let (done_tx, mut done_rx) = mpsc::channel::<Result<(), LinkError>>(4);
+    let spawn =
+        |f: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LinkError>> + Send>>| {
+            let done = done_tx.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                let _ = done.send(f.await).await;
+            }))
+        };
+    let _tasks = [
+        spawn(Box::pin(data_writer(
+            Arc::clone(ctx),
+            Arc::clone(shared),
+            Arc::clone(&session.outbox),
+            st.send,
+            rx,
+        ))),
+        spawn(Box::pin(ctl_writer(Arc::clone(ctx), st.ctl_send, ctl_rx))),
+        spawn(Box::pin(data_reader(
+            Arc::clone(ctx),
+            Arc::clone(shared),
+            Arc::clone(&session),
+            st.recv,
+            st.buf,
+        ))),
+        spawn(Box::pin(ctl_reader(
+            Arc::clone(ctx),
+            Arc::clone(&session),
+            st.ctl_recv,
+            Arc::clone(&last_pong),
+        ))),
+    ];
+    let timeout_ms = ctx.cfg.federation.link_timeout.as_millis() as u64;
+    let mut check =
+        tokio::time::interval(ctx.cfg.federation.keep_alive.min(Duration::from_secs(1)));
+    let mut shutdown = ctx.shutdown_rx();
+    let generation = ctx.fed.generation();
+    let result = loop {
+        tokio::select! {
+            r = done_rx.recv() => break r.unwrap_or(Ok(())),
+            _ = check.tick() => {
+                if ctx.fed.generation() != generation {
+                    break Err(LinkError::Lost("the federation actor restarted".into()));
+                }
+                if now_ms().saturating_sub(last_pong.load(Ordering::Relaxed)) > timeout_ms {
+                    break Err(LinkError::Liveness);
+                }
+            }
+            _ = shutdown.changed() => break Ok(()),
+        }
+    };
+    let reason = match &result {
+        Ok(()) if ctx.is_shutting_down() => "node shutting down".to_string(),
+        Ok(()) => "closed".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let code = match &result {
+        Err(LinkError::Wire(w)) => w.code(),
+        Err(LinkError::Protocol(_)) => ErrorCode::PROTOCOL,
+        _ if ctx.is_shutting_down() => ErrorCode::SHUTTING_DOWN,
+        _ => ErrorCode(0),
+    };
+    if let Err(e) = &result {
+        counter!(m::LINK_DOWN_TOTAL, "reason" => e.label()).increment(1);
+    }
+    // Why the connection itself ended (peer close, idle timeout), if it did
+    // before we close it: that says more than "stream closed".
+    let reason = match session.conn.close_reason() {
+        Some(r) => r.to_string(),
+        None => {
+            close_conn(&session.conn, code, &reason);
+            reason
+        }
+    };
+    metrics::gauge!(m::CONNECTIONS, "kind" => "peer").decrement(1.0);
+    end_session(ctx, shared, &reason);
+    result
+}
+
+pub(crate) async fn data_writer(
+    ctx: Arc<NodeCtx>,
+    shared: Arc<LinkShared>,
+    outbox: Arc<Outbox>,
+    mut send: SendStream,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> Result<(), LinkError> {
+    const BATCH: usize = 512;
+    const COALESCE: usize = 64 * 1024;
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let bytes_out = counter!(m::LINK_BYTES_TOTAL, "direction" => "out");
+    let frames_out = counter!(m::LINK_FRAMES_TOTAL, "direction" => "out");
+    loop {
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            return Ok(());
+        }
+        let wait = outbox.take_wait();
+        let frames = batch.len() as u64;
+        let total: usize = batch.iter().map(Bytes::len).sum();
+        slim_wire::coalesce(&mut batch, COALESCE, &mut chunks);
+        for chunk in chunks.drain(..) {
+            send.write_chunk(chunk)
+                .await
+                .map_err(|e| LinkError::Lost(e.to_string()))?;
+        }
+        outbox.written(total);
+        bytes_out.increment(total as u64);
+        frames_out.increment(frames);
+        shared.frames_out.fetch_add(frames, Ordering::Relaxed);
+        if let Some(w) = wait {
+            ctx.hot.enqueue_to_write_seconds.record(w.as_secs_f64());
+        }
+    }
+}
+
+pub(crate) async fn ctl_writer(
+    ctx: Arc<NodeCtx>,
+    mut send: SendStream,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> Result<(), LinkError> {
+    let mut tick = tokio::time::interval(ctx.cfg.federation.keep_alive);
+    let mut nonce = 0u64;
+    loop {
+        let frame = tokio::select! {
+            b = rx.recv() => match b { Some(b) => b, None => return Ok(()) },
+            _ = tick.tick() => {
+                nonce += 1;
+                encode(&Frame::Ping(Ping { nonce }), &ctx)
+            }
+        };
+        send.write_all(&frame)
+            .await
+            .map_err(|e| LinkError::Lost(e.to_string()))?;
+    }
+}
+
+pub(crate) async fn read_more(
+    recv: &mut RecvStream,
+    buf: &mut BytesMut,
+) -> Result<bool, LinkError> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(64 * 1024);
+    }
+    match recv.read_buf(buf).await {
+        Ok(0) if buf.is_empty() => Ok(false),
+        Ok(0) => Err(WireError::Truncated {
+            buffered: buf.len(),
+        }
+        .into()),
+        Ok(n) => {
+            counter!(m::LINK_BYTES_TOTAL, "direction" => "in").increment(n as u64);
+            Ok(true)
+        }
+        Err(e) => Err(LinkError::Lost(e.to_string())),
+    }
+}
+
+pub(crate) async fn ctl_reader(
+    ctx: Arc<NodeCtx>,
+    session: Arc<LinkSession>,
+    mut recv: RecvStream,
+    last_pong: Arc<AtomicU64>,
+) -> Result<(), LinkError> {
+    // Interest updates wait in the federation actor's mailbox; bounding how
+    // many per link may wait there pushes back on a flooding peer (through
+    // QUIC flow control) instead of growing memory.
+    let permits = Arc::new(Semaphore::new(ctx.cfg.federation.control_queue.max(1)));
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        while let Some(total) = codec::check(&buf, &ctx.cfg.limits)? {
+            let frame = codec::decode_body(&buf[4..total]);
+            buf.advance(total);
+            match frame.inspect_err(|e| m::protocol_error(e.reason_label()))? {
+                Frame::Interest(i) => {
+                    let permit = Arc::clone(&permits)
+                        .acquire_owned()
+                        .await
+                        .map_err(|e| LinkError::Lost(e.to_string()))?;
+                    let Some(fed) = ctx.fed.actor() else {
+                        return Err(LinkError::Lost("federation actor not running".into()));
+                    };
+                    let _ = fed.send_message(FedMsg::Interest {
+                        peer: Arc::clone(&session.peer),
+                        session: session.id,
+                        frame: i,
+                        _permit: permit,
+                    });
+                }
+                Frame::Ping(p) => {
+                    // A peer that does not read its pongs only loses pongs.
+                    let _ = session
+                        .ctl
+                        .try_send(encode(&Frame::Pong(Pong { nonce: p.nonce }), &ctx));
+                    // Its pings prove it is alive too.
+                    last_pong.store(now_ms(), Ordering::Relaxed);
+                }
+                Frame::Pong(_) => last_pong.store(now_ms(), Ordering::Relaxed),
+                other => {
+                    m::protocol_error("link_control");
+                    return Err(LinkError::Protocol(format!(
+                        "unexpected {} frame on a link's control stream",
+                        other.kind().as_str()
+                    )));
+                }
+            }
+        }
+        if !read_more(&mut recv, &mut buf).await? {
+            return Ok(());
+        }
+    }
+}
+
+pub(crate) async fn data_reader(
+    ctx: Arc<NodeCtx>,
+    shared: Arc<LinkShared>,
+    session: Arc<LinkSession>,
+    mut recv: RecvStream,
+    mut buf: BytesMut,
+) -> Result<(), LinkError> {
+    let mut fwd = Forwarder::new(&ctx, &session);
+    let frames_in = counter!(m::LINK_FRAMES_TOTAL, "direction" => "in");
+    loop {
+        let mut n = 0u64;
+        while let Some(total) = codec::check(&buf, &ctx.cfg.limits)? {
+            n += 1;
+            let f = &buf[4..total];
+            if f[0] != FrameKind::Forward as u8 {
+                let kind = FrameKind::from_u8(f[0]).map_or("unknown", FrameKind::as_str);
+                m::protocol_error("link_data");
+                return Err(LinkError::Protocol(format!(
+                    "unexpected {kind} frame on a link's data stream"
+                )));
+            }
+            match slim_wire::forward_view(&f[1..])
+                .inspect_err(|e| m::protocol_error(e.reason_label()))?
+            {
+                Ok(v) => fwd.route(v)?,
+                Err(Frame::Forward(owned)) => {
+                    // Non-canonical encoding (never ours): re-encode and view it.
+                    let mut b = BytesMut::new();
+                    codec::encode(&Frame::Forward(owned), &ctx.cfg.limits, &mut b)?;
+                    match slim_wire::forward_view(&b[5..])? {
+                        Ok(v) => fwd.route(v)?,
+                        Err(_) => return Err(LinkError::Protocol("unreadable forward".into())),
+                    }
+                }
+                Err(_) => return Err(LinkError::Protocol("unreadable forward".into())),
+            }
+            buf.advance(total);
+        }
+        if n > 0 {
+            frames_in.increment(n);
+            shared.frames_in.fetch_add(n, Ordering::Relaxed);
+            fwd.flush_metrics();
+        }
+        if !read_more(&mut recv, &mut buf).await? {
+            return Ok(());
+        }
+    }
+}
