@@ -160,9 +160,9 @@ impl NodeCtx {
             self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
             counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "disconnect").increment(1);
             warn!(conn = c.id, name = %c.name, "slow consumer disconnected");
-            c.conn.close(
-                quinn::VarInt::from_u32(slim_wire::ErrorCode::SLOW_CONSUMER.0 as u32),
-                b"slow consumer: outbound queue stayed full",
+            c.close(
+                ErrorCode::SLOW_CONSUMER,
+                "slow consumer: outbound queue stayed full",
             );
         }
     }
@@ -218,9 +218,9 @@ pub(crate) async fn read_one(
 }
 
 /// Aborts the task when dropped, so a dead actor leaves no task behind.
-pub(crate) struct AbortOnDrop(pub(crate) JoinHandle<()>);
+pub(crate) struct AbortOnDrop<T = ()>(pub(crate) JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

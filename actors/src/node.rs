@@ -9,7 +9,9 @@ use std::time::Duration;
 use dashmap::DashMap;
 use metrics::{counter, gauge};
 use quinn::crypto::rustls::QuicServerConfig;
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::collections::HashMap;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use slim_auth::policy::Policy;
 use slim_auth::{IdentitySource, JwtBundles, SpiffeClientVerifier};
 use tokio::sync::{broadcast, watch};
@@ -37,12 +39,77 @@ pub enum NodeError {
     Spawn(String),
 }
 
-enum SupMsg {}
+/// The node supervisor's children, each with its restart policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChildKind {
+    /// The subscription-table actor: restarted whenever it ends unasked
+    /// (its state lives in the registry, so the new one resumes from it).
+    Table,
+    /// The federation actor: restarted unless the node is shutting down;
+    /// link actors of the previous incarnation end on their own.
+    Federation,
+    /// The QUIC listener: restarted unless the node is shutting down.
+    Listener,
+}
+
+impl ChildKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ChildKind::Table => "table",
+            ChildKind::Federation => "federation",
+            ChildKind::Listener => "listener",
+        }
+    }
+
+    /// Whether a child of this kind that ended unasked is started again.
+    fn restart(self, shutting_down: bool) -> bool {
+        match self {
+            ChildKind::Table => true,
+            ChildKind::Federation | ChildKind::Listener => !shutting_down,
+        }
+    }
+}
+
+pub(crate) enum SupMsg {
+    /// The current child of each kind (diagnostics and fault-injection tests).
+    Children(RpcReplyPort<Vec<(ChildKind, ractor::ActorCell)>>),
+}
 
 struct NodeSupervisor;
 
 struct SupState {
     ctx: Arc<NodeCtx>,
+    children: HashMap<ActorId, (ChildKind, ractor::ActorCell)>,
+}
+
+impl SupState {
+    async fn start(
+        &mut self,
+        kind: ChildKind,
+        myself: &ActorRef<SupMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let ctx = &self.ctx;
+        let name = format!("{}-{}", ctx.tag, kind.as_str());
+        let cell = match kind {
+            ChildKind::Table => spawn_table(ctx, myself, name).await?,
+            ChildKind::Federation => {
+                crate::fed::actor::spawn(ctx, myself.get_cell(), name).await?
+            }
+            ChildKind::Listener => {
+                Actor::spawn_linked(
+                    Some(name),
+                    ListenerActor,
+                    Arc::clone(ctx),
+                    myself.get_cell(),
+                )
+                .await?
+                .0
+                .get_cell()
+            }
+        };
+        self.children.insert(cell.get_id(), (kind, cell));
+        Ok(())
+    }
 }
 
 impl Actor for NodeSupervisor {
@@ -55,17 +122,29 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<SupMsg>,
         ctx: Arc<NodeCtx>,
     ) -> Result<SupState, ActorProcessingErr> {
-        spawn_table(&ctx, &myself).await?;
-        crate::fed::actor::spawn(&ctx, myself.get_cell(), format!("{}-federation", ctx.tag))
-            .await?;
-        Actor::spawn_linked(
-            Some(format!("{}-listener", ctx.tag)),
-            ListenerActor,
-            Arc::clone(&ctx),
-            myself.get_cell(),
-        )
-        .await?;
-        Ok(SupState { ctx })
+        let mut st = SupState {
+            ctx,
+            children: HashMap::new(),
+        };
+        // The table first: the listener's connections register through it.
+        for kind in [ChildKind::Table, ChildKind::Federation, ChildKind::Listener] {
+            st.start(kind, &myself).await?;
+        }
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SupMsg>,
+        msg: SupMsg,
+        st: &mut SupState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupMsg::Children(reply) => {
+                let _ = reply.send(st.children.values().cloned().collect());
+            }
+        }
+        Ok(())
     }
 
     async fn handle_supervisor_evt(
@@ -74,31 +153,31 @@ impl Actor for NodeSupervisor {
         evt: SupervisionEvent,
         st: &mut SupState,
     ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ActorFailed(cell, err) = evt {
-            let name = cell.get_name().unwrap_or_default();
-            error!(actor = %name, error = %err, "child actor failed; restarting");
-            if name.ends_with("-table") {
-                counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "table").increment(1);
-                spawn_table(&st.ctx, &myself).await?;
-            } else if name.ends_with("-federation") && !st.ctx.is_shutting_down() {
-                counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "federation").increment(1);
-                crate::fed::actor::spawn(&st.ctx, myself.get_cell(), name).await?;
-            } else if name.ends_with("-listener") && !st.ctx.is_shutting_down() {
-                counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "listener").increment(1);
-                Actor::spawn_linked(
-                    Some(name),
-                    ListenerActor,
-                    Arc::clone(&st.ctx),
-                    myself.get_cell(),
-                )
-                .await?;
+        let (cell, why) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
             }
+            _ => return Ok(()),
+        };
+        let Some((kind, _)) = st.children.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        // Children stop on purpose only at shutdown; anything else is a fault.
+        if kind.restart(st.ctx.is_shutting_down()) {
+            error!(actor = kind.as_str(), reason = %why, "child actor ended; restarting");
+            counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => kind.as_str()).increment(1);
+            st.start(kind, &myself).await?;
         }
         Ok(())
     }
 }
 
-async fn spawn_table(ctx: &Arc<NodeCtx>, sup: &ActorRef<SupMsg>) -> Result<(), ActorProcessingErr> {
+async fn spawn_table(
+    ctx: &Arc<NodeCtx>,
+    sup: &ActorRef<SupMsg>,
+    name: String,
+) -> Result<ractor::ActorCell, ActorProcessingErr> {
     // Weak: the table actor must not keep the node's context alive.
     let weak = Arc::downgrade(ctx);
     let on_local: crate::table::LocalInterestHook = Arc::new(move |names| {
@@ -107,14 +186,15 @@ async fn spawn_table(ctx: &Arc<NodeCtx>, sup: &ActorRef<SupMsg>) -> Result<(), A
         }
     });
     let (table, _) = Actor::spawn_linked(
-        Some(format!("{}-table", ctx.tag)),
+        Some(name),
         TableActor,
         (Arc::clone(&ctx.registry), on_local),
         sup.get_cell(),
     )
     .await?;
+    let cell = table.get_cell();
     *ctx.table.write().unwrap_or_else(|e| e.into_inner()) = Some(table);
-    Ok(())
+    Ok(cell)
 }
 
 fn unix_seconds(t: std::time::SystemTime) -> f64 {
@@ -412,22 +492,6 @@ impl NodeHandle {
             .collect()
     }
 
-    /// Fault injection for supervision tests: makes the actor of the
-    /// connection registered as `name` panic. Returns false if none is found.
-    pub fn inject_connection_panic(&self, name: &str) -> bool {
-        let actor = self
-            .ctx
-            .conns
-            .iter()
-            .find(|c| c.name.as_str() == name)
-            .and_then(|c| c.actor.get().cloned());
-        match actor {
-            Some(a) => a
-                .send_message(crate::conn::shared::ConnMsg::InjectPanic)
-                .is_ok(),
-            None => false,
-        }
-    }
 
     /// Stops accepting, lets every connection's writer drain its queue for up
     /// to `deadline`, then closes everything.
@@ -514,20 +578,92 @@ impl NodeHandle {
         self.ctx().fed.events.subscribe()
     }
 
+}
+
+/// An actor to kill in a supervision test.
+#[cfg(feature = "test-util")]
+#[derive(Debug, Clone, Copy)]
+pub enum Victim<'a> {
+    Child(ChildKind),
+    /// The connection actor of the client registered under this full name.
+    Connection(&'a str),
+    /// The link actor(s) of this peer node.
+    Link(&'a str),
+}
+
+/// Fault injection, for tests only (feature `test-util`).
+#[cfg(feature = "test-util")]
+impl NodeHandle {
+    /// Fault injection for supervision tests: makes the actor of the
+    /// connection registered as `name` panic. Returns false if none is found.
+    pub fn inject_connection_panic(&self, name: &str) -> bool {
+        let actor = self
+            .ctx
+            .conns
+            .iter()
+            .find(|c| c.name.as_str() == name)
+            .and_then(|c| c.actor.get().cloned());
+        match actor {
+            Some(a) => a
+                .send_message(crate::conn::shared::ConnMsg::InjectPanic)
+                .is_ok(),
+            None => false,
+        }
+    }
+
     /// Fault injection for link tests: closes the live connection of every
     /// link to `peer_node_id` (as a network failure would end it). Returns
     /// how many were closed.
     pub fn inject_link_failure(&self, peer_node_id: &str) -> usize {
         let mut n = 0;
-        for l in self.ctx().fed.links.iter() {
+        for l in self.ctx.fed.links.iter() {
             if *l.peer_node_id.read().unwrap_or_else(|e| e.into_inner()) == peer_node_id
-                && let Some(s) = l.session()
+                && l.session().is_some()
+                && let Some(actor) = l.actor.get()
+                && actor
+                    .send_message(crate::link::actor::LinkMsg::Close {
+                        reason: "injected link failure".into(),
+                    })
+                    .is_ok()
             {
-                s.conn
-                    .close(quinn::VarInt::from_u32(0), b"injected link failure");
                 n += 1;
             }
         }
         n
+    }
+
+    /// Kills an actor the way a crash would (`Signal::Kill`: no `post_stop`
+    /// runs, so its supervisor must clean up after it). Returns how many
+    /// actors were killed.
+    pub async fn kill_actor(&self, victim: Victim<'_>) -> usize {
+        let cells: Vec<ractor::ActorCell> = match victim {
+            Victim::Child(kind) => ractor::call!(self.supervisor, SupMsg::Children)
+                .map(|c| {
+                    c.into_iter()
+                        .filter(|(k, _)| *k == kind)
+                        .map(|(_, cell)| cell)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Victim::Connection(name) => self
+                .ctx
+                .conns
+                .iter()
+                .filter(|c| c.name.as_str() == name)
+                .filter_map(|c| c.actor.get().map(|a| a.get_cell()))
+                .collect(),
+            Victim::Link(peer) => self
+                .ctx
+                .fed
+                .links
+                .iter()
+                .filter(|l| *l.peer_node_id.read().unwrap_or_else(|e| e.into_inner()) == peer)
+                .filter_map(|l| l.actor.get().cloned())
+                .collect(),
+        };
+        for c in &cells {
+            c.kill();
+        }
+        cells.len()
     }
 }

@@ -2,6 +2,7 @@
 //! tasks and its control (close, drain, subscription changes), hears when
 //! either task ends, and removes every trace of the connection when it stops.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::conn::shared::{ConnMsg, ConnShared};
-use crate::ctx::{AbortOnDrop, NodeCtx};
+use crate::ctx::{AbortOnDrop, NodeCtx, close_conn};
 use crate::metrics as m;
 use crate::registry::ConnId;
 use crate::table::TableMsg;
@@ -34,9 +35,12 @@ pub(crate) struct ConnArgs {
 pub(crate) struct ConnState {
     ctx: Arc<NodeCtx>,
     shared: Arc<ConnShared>,
+    /// The client's explicit subscriptions (its registration names aside),
+    /// owned here: every change goes through this actor.
+    subscriptions: HashSet<String>,
     reader: Option<AbortOnDrop>,
     writer: Option<AbortOnDrop>,
-    _expiry: Option<AbortOnDrop>,
+    _expiry: Option<AbortOnDrop<Result<(), ractor::MessagingErr<ConnMsg>>>>,
     reader_done: bool,
 }
 
@@ -58,6 +62,7 @@ impl Actor for ConnectionActor {
         let reader = tokio::spawn(crate::conn::reader::read_loop(
             Arc::clone(&a.ctx),
             Arc::clone(&a.shared),
+            myself.clone(),
             a.recv,
             a.buf,
         ));
@@ -83,23 +88,15 @@ impl Actor for ConnectionActor {
             let _ = me.send_message(ConnMsg::WriterEnded(r));
         });
         let expiry = a.expires_at.map(|at| {
-            let sh = Arc::clone(&a.shared);
-            AbortOnDrop(tokio::spawn(async move {
-                let left = at
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or(Duration::ZERO);
-                tokio::time::sleep(left).await;
-                counter!(m::PEER_CERT_EXPIRED_TOTAL).increment(1);
-                info!(conn = sh.id, name = %sh.name, "closing: the peer certificate expired");
-                sh.conn.close(
-                    VarInt::from_u32(ErrorCode::UNAUTHORIZED.0 as u32),
-                    b"peer certificate expired",
-                );
-            }))
+            let left = at
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            AbortOnDrop(myself.send_after(left, || ConnMsg::CertExpired))
         });
         Ok(ConnState {
             ctx: a.ctx,
             shared: a.shared,
+            subscriptions: HashSet::new(),
             reader: Some(AbortOnDrop(reader)),
             writer: Some(AbortOnDrop(writer)),
             _expiry: expiry,
@@ -114,6 +111,40 @@ impl Actor for ConnectionActor {
         st: &mut ConnState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            ConnMsg::Subscribe { name, reply } => {
+                let r = ractor::call!(st.ctx.table(), |reply| TableMsg::Subscribe {
+                    conn: st.shared.id,
+                    outbox: Arc::clone(&st.shared.outbox),
+                    key: name.clone(),
+                    reply,
+                })
+                .map_err(|e| format!("subscription table unavailable: {e}"));
+                if r.is_ok() {
+                    st.subscriptions.insert(name);
+                }
+                let _ = reply.send(r);
+            }
+            ConnMsg::Unsubscribe { name, reply } => {
+                let r = ractor::call!(st.ctx.table(), |reply| TableMsg::Unsubscribe {
+                    conn: st.shared.id,
+                    key: name.clone(),
+                    reply,
+                })
+                .map_err(|e| format!("subscription table unavailable: {e}"));
+                if r.is_ok() {
+                    st.subscriptions.remove(&name);
+                }
+                let _ = reply.send(r);
+            }
+            ConnMsg::Close { code, reason } => {
+                info!(conn = st.shared.id, name = %st.shared.name, %reason, "closing connection");
+                close_conn(&st.shared.conn, code, &reason);
+            }
+            ConnMsg::CertExpired => {
+                counter!(m::PEER_CERT_EXPIRED_TOTAL).increment(1);
+                info!(conn = st.shared.id, name = %st.shared.name, "closing: the peer certificate expired");
+                close_conn(&st.shared.conn, ErrorCode::UNAUTHORIZED, "peer certificate expired");
+            }
             ConnMsg::ReaderEnded(r) => {
                 st.reader_done = true;
                 st.reader = None;
@@ -130,6 +161,7 @@ impl Actor for ConnectionActor {
                 st.writer = None;
                 myself.stop(r.err());
             }
+            #[cfg(feature = "test-util")]
             ConnMsg::InjectPanic => panic!("injected connection actor fault"),
         }
         Ok(())

@@ -113,9 +113,9 @@ pub(crate) async fn admit(
     if let Some(old) = displaced.and_then(|old| ctx.conns.get(&old).map(|c| Arc::clone(c.value())))
     {
         info!(name = %hello.name, "name taken over by a new connection; closing the old one");
-        old.conn.close(
-            VarInt::from_u32(ErrorCode::NAME_TAKEN.0 as u32),
-            b"replaced by a newer connection with the same name",
+        old.close(
+            ErrorCode::NAME_TAKEN,
+            "replaced by a newer connection with the same name",
         );
     }
     let accept = Frame::Accept(Accept {

@@ -16,21 +16,22 @@ use slim_wire::{
 use tokio::io::AsyncReadExt;
 use tracing::{debug, info};
 
-use crate::conn::shared::{ConnError, ConnShared};
+use crate::conn::shared::{ConnError, ConnMsg, ConnShared};
+use ractor::ActorRef;
 use crate::ctx::{NodeCtx, encode};
 use crate::engine::{self, Decision, Env, Refusal, Silent, Tally};
 use crate::metrics as m;
 use crate::outbox::Push;
-use crate::table::TableMsg;
 
 pub(crate) async fn read_loop(
     ctx: Arc<NodeCtx>,
     sh: Arc<ConnShared>,
+    actor: ActorRef<ConnMsg>,
     mut recv: RecvStream,
     mut buf: BytesMut,
 ) -> Result<(), ConnError> {
     let mut shutdown = ctx.shutdown_rx();
-    let mut router = Router::new(&ctx, &sh);
+    let mut router = Router::new(&ctx, &sh, actor);
     let result = loop {
         // Frames that arrived with the hello are already in `buf`.
         let res = router.drain(&mut buf).await;
@@ -120,6 +121,8 @@ fn may_publish(
 struct Router<'a> {
     ctx: &'a NodeCtx,
     sh: &'a ConnShared,
+    /// This connection's actor, which owns its subscriptions.
+    actor: ActorRef<ConnMsg>,
     scratch: BytesMut,
     frames_in: u64,
     routed: [u64; 3],
@@ -135,10 +138,11 @@ struct Router<'a> {
 const PUBLISH_CACHE_MAX: usize = 4096;
 
 impl<'a> Router<'a> {
-    fn new(ctx: &'a NodeCtx, sh: &'a ConnShared) -> Self {
+    fn new(ctx: &'a NodeCtx, sh: &'a ConnShared, actor: ActorRef<ConnMsg>) -> Self {
         Router {
             ctx,
             sh,
+            actor,
             scratch: BytesMut::new(),
             frames_in: 0,
             routed: [0; 3],
@@ -227,12 +231,10 @@ impl<'a> Router<'a> {
                         }))
                         .await;
                 }
-                let ok = ractor::call!(self.ctx.table(), |reply| TableMsg::Subscribe {
-                    conn: self.sh.id,
-                    outbox: Arc::clone(&self.sh.outbox),
-                    key: s.name.as_str().to_owned(),
-                    reply,
-                });
+                let name = s.name.as_str().to_owned();
+                let ok = ractor::call!(self.actor, |reply| ConnMsg::Subscribe { name, reply })
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
                 match ok {
                     Ok(added) => {
                         if added {
@@ -244,18 +246,17 @@ impl<'a> Router<'a> {
                         self.control(Frame::SubError(SubError {
                             id: s.id,
                             code: ErrorCode::INTERNAL,
-                            reason: format!("subscription table unavailable: {e}"),
+                            reason: e,
                         }))
                         .await
                     }
                 }
             }
             Frame::Unsubscribe(s) => {
-                let ok = ractor::call!(self.ctx.table(), |reply| TableMsg::Unsubscribe {
-                    conn: self.sh.id,
-                    key: s.name.as_str().to_owned(),
-                    reply,
-                });
+                let name = s.name.as_str().to_owned();
+                let ok = ractor::call!(self.actor, |reply| ConnMsg::Unsubscribe { name, reply })
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
                 match ok {
                     Ok(true) => {
                         self.event_sub(s.name.as_str(), false);
@@ -273,7 +274,7 @@ impl<'a> Router<'a> {
                         self.control(Frame::SubError(SubError {
                             id: s.id,
                             code: ErrorCode::INTERNAL,
-                            reason: format!("subscription table unavailable: {e}"),
+                            reason: e,
                         }))
                         .await
                     }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ractor::ActorRef;
+use ractor::{ActorRef, RpcReplyPort};
 use slim_wire::{ErrorCode, Name, WireError};
 
 use crate::outbox::Outbox;
@@ -47,15 +47,51 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
+    /// Asks the connection's actor to close it (closes the QUIC connection
+    /// directly if the actor is not running yet or any more).
+    pub(crate) fn close(&self, code: ErrorCode, reason: &str) {
+        let sent = self.actor.get().is_some_and(|a| {
+            a.send_message(ConnMsg::Close {
+                code,
+                reason: reason.to_owned(),
+            })
+            .is_ok()
+        });
+        if !sent {
+            self.conn
+                .close(quinn::VarInt::from_u32(u32::from(code.0)), reason.as_bytes());
+        }
+    }
+
     /// The peer's SPIFFE ID as a string (stamped on every delivery it sends).
     pub fn identity(&self) -> Option<&str> {
         self.spiffe_id.as_ref().map(slim_auth::SpiffeId::as_str)
     }
 }
 
+/// What a connection actor is told. Publishes never come here: they are
+/// routed by the reader task.
 pub enum ConnMsg {
+    /// A client subscribe (already authorized by the reader). The reader
+    /// awaits the answer before reading on, so a publish after it sees the
+    /// subscription. Answers whether the subscription is new.
+    Subscribe {
+        name: String,
+        reply: RpcReplyPort<Result<bool, String>>,
+    },
+    /// Answers whether the connection was subscribed.
+    Unsubscribe {
+        name: String,
+        reply: RpcReplyPort<Result<bool, String>>,
+    },
+    /// Close the connection (its name was taken over, it is a slow consumer
+    /// under the disconnect policy, …), telling the client why.
+    Close { code: ErrorCode, reason: String },
+    /// The client's certificate (plus grace) ran out.
+    CertExpired,
     ReaderEnded(Result<(), String>),
     WriterEnded(Result<(), String>),
     /// Fault injection for supervision tests: makes the actor's handler panic.
+    #[cfg(feature = "test-util")]
     InjectPanic,
 }

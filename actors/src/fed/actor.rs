@@ -15,6 +15,7 @@ use crate::ctx::{NodeCtx, encode};
 use crate::fed::shared::{FedMsg, LinkSession, LinkShared};
 use crate::interest::{InterestTable, NodeId};
 use crate::link::actor::{LinkActor, LinkArgs, LinkKind, LinkMsg};
+use crate::link::session::end_session;
 use crate::metrics as m;
 use crate::registry::RemoteGroup;
 use crate::table::TableMsg;
@@ -44,6 +45,8 @@ impl Actor for FederationActor {
         ctx: Arc<NodeCtx>,
     ) -> Result<FedState, ActorProcessingErr> {
         ctx.fed.started(myself.clone());
+        // A predecessor that was killed never cleared this.
+        ctx.fed.connected.send_replace(Default::default());
         // Restarted: links of the previous incarnation are gone with it; start
         // from the registry's local interest.
         {
@@ -120,26 +123,36 @@ impl Actor for FederationActor {
         evt: SupervisionEvent,
         st: &mut FedState,
     ) -> Result<(), ActorProcessingErr> {
-        match evt {
-            SupervisionEvent::ActorFailed(cell, err) => {
-                counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "link").increment(1);
-                warn!(error = %err, "link actor failed");
-                if let Some(spec) = st.children.remove(&cell.get_id()) {
-                    st.dialled.remove(&spec);
-                    st.reconcile_dials(&myself).await;
-                }
+        let (cell, failure) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err.to_string())),
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        // A link actor that panicked or was killed ran no post_stop: remove
+        // its entry and end its session for it (both idempotent).
+        let orphan = st
+            .ctx
+            .fed
+            .links
+            .iter()
+            .find(|l| l.actor.get().is_some_and(|a| a.get_id() == id))
+            .map(|l| *l.key());
+        if let Some(key) = orphan
+            && let Some((_, shared)) = st.ctx.fed.links.remove(&key)
+        {
+            warn!(reason = failure.as_deref().unwrap_or("killed"), "link actor ended without cleaning up; cleaning up");
+            end_session(&st.ctx, &shared, "link actor ended");
+        }
+        // A dialled peer's actor that ended while still wanted is restarted;
+        // one stopped on purpose was already taken out of `children`.
+        if let Some(spec) = st.children.remove(&id) {
+            counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "link").increment(1);
+            warn!(peer = %spec.node_id, reason = failure.as_deref().unwrap_or("ended"), "link actor ended; restarting");
+            if st.dialled.get(&spec).is_some_and(|a| a.get_id() == id) {
+                st.dialled.remove(&spec);
             }
-            SupervisionEvent::ActorTerminated(cell, _, _) => {
-                if let Some(spec) = st.children.remove(&cell.get_id())
-                    && st
-                        .dialled
-                        .get(&spec)
-                        .is_some_and(|a| a.get_id() == cell.get_id())
-                {
-                    st.dialled.remove(&spec);
-                }
-            }
-            _ => {}
+            st.reconcile_dials(&myself).await;
         }
         st.flush();
         Ok(())
@@ -360,9 +373,9 @@ pub(crate) async fn spawn(
     ctx: &Arc<NodeCtx>,
     sup: ractor::ActorCell,
     name: String,
-) -> Result<(), ActorProcessingErr> {
-    Actor::spawn_linked(Some(name), FederationActor, Arc::clone(ctx), sup).await?;
-    Ok(())
+) -> Result<ractor::ActorCell, ActorProcessingErr> {
+    let (a, _) = Actor::spawn_linked(Some(name), FederationActor, Arc::clone(ctx), sup).await?;
+    Ok(a.get_cell())
 }
 
 /// Gauges sampled once a second.

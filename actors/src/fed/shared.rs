@@ -45,6 +45,9 @@ pub(crate) struct LinkShared {
     /// Drops of sessions that ended.
     pub past_drops: AtomicU64,
     pub session: RwLock<Option<Arc<LinkSession>>>,
+    /// The link actor, so its supervisor can find this entry if it dies
+    /// without running its `post_stop`.
+    pub actor: std::sync::OnceLock<ractor::ActorCell>,
 }
 
 impl LinkShared {
@@ -60,6 +63,7 @@ impl LinkShared {
             frames_out: AtomicU64::new(0),
             past_drops: AtomicU64::new(0),
             session: RwLock::new(None),
+            actor: std::sync::OnceLock::new(),
         }
     }
 

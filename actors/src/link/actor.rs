@@ -7,7 +7,9 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::info;
 
-use crate::ctx::{AbortOnDrop, NodeCtx};
+use slim_wire::ErrorCode;
+
+use crate::ctx::{AbortOnDrop, NodeCtx, close_conn};
 use crate::fed::shared::LinkShared;
 use crate::link::dial::dial_loop;
 use crate::link::handshake::{Accepted, accept_session};
@@ -28,7 +30,12 @@ pub(crate) struct LinkArgs {
 }
 
 pub(crate) enum LinkMsg {
+    /// The link's task ended (the dial loop, or an accepted session).
     Ended(Result<(), String>),
+    /// Close the live session as a network failure would (the dial loop, if
+    /// any, redials with backoff). Fault injection for tests.
+    #[cfg(feature = "test-util")]
+    Close { reason: String },
 }
 
 pub(crate) struct LinkActor;
@@ -50,6 +57,7 @@ impl Actor for LinkActor {
         myself: ActorRef<LinkMsg>,
         a: LinkArgs,
     ) -> Result<LinkActorState, ActorProcessingErr> {
+        let _ = a.shared.actor.set(myself.get_cell());
         a.ctx.fed.links.insert(a.key, Arc::clone(&a.shared));
         let (ctx, shared) = (Arc::clone(&a.ctx), Arc::clone(&a.shared));
         let task = tokio::spawn(async move {
@@ -72,12 +80,19 @@ impl Actor for LinkActor {
         &self,
         myself: ActorRef<LinkMsg>,
         msg: LinkMsg,
-        _st: &mut LinkActorState,
+        st: &mut LinkActorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             // A failed task fails the actor, so its supervisor restarts it.
             LinkMsg::Ended(Err(e)) => return Err(e.into()),
             LinkMsg::Ended(Ok(())) => myself.stop(None),
+            #[cfg(feature = "test-util")]
+            LinkMsg::Close { reason } => {
+                if let Some(s) = st.shared.session() {
+                    info!(peer = %s.peer, %reason, "closing peer link");
+                    close_conn(&s.conn, ErrorCode(0), &reason);
+                }
+            }
         }
         Ok(())
     }
