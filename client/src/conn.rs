@@ -5,14 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Buf;
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{RecvStream, SendStream};
+use slim_framed::{FrameReader, FrameWriter, ReadError, pump};
 use slim_wire::{
     DeliverView, Frame, FrameKind, Hello, Name, PROTOCOL_VERSION, Subscribe, codec, deliver_view,
 };
-use tokio::io::AsyncReadExt;
+use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -23,9 +23,12 @@ use crate::{
 pub(crate) struct Live {
     conn: quinn::Connection,
     send: SendStream,
-    recv: RecvStream,
-    buf: BytesMut,
+    /// Holds whatever arrived after the accept.
+    reader: FrameReader<RecvStream>,
 }
+
+/// The receive buffer grows by this much when it runs low.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// A client-only endpoint: it has no server configuration, so it never
 /// accepts a connection.
@@ -92,21 +95,13 @@ pub(crate) fn endpoint(cfg: &ClientConfig) -> Result<quinn::Endpoint, ClientErro
     Ok(ep)
 }
 
-async fn read_frame(
-    recv: &mut RecvStream,
-    buf: &mut BytesMut,
-    cfg: &ClientConfig,
-) -> Result<Option<Frame>, ClientError> {
-    loop {
-        if let Some(f) = codec::decode(buf, &cfg.limits)? {
-            return Ok(Some(f));
-        }
-        buf.reserve(4096);
-        match recv.read_buf(buf).await {
-            Ok(0) => return Ok(None),
-            Ok(_) => {}
-            Err(e) => return Err(ClientError::Protocol(e.to_string())),
-        }
+/// A failed read as the SDK reports it: the stream's own error as
+/// `Protocol`, bad bytes (including a stream that ends inside a frame) as
+/// `Wire`. Either loses the connection.
+fn read_err(e: ReadError) -> ClientError {
+    match e {
+        ReadError::Wire(w) => ClientError::Wire(w),
+        ReadError::Io(e) => ClientError::Protocol(e.to_string()),
     }
 }
 
@@ -144,7 +139,7 @@ async fn connect_to(
                 reason: other.to_string(),
             },
         })?;
-        let (mut send, mut recv) = conn
+        let (mut send, recv) = conn
             .open_bi()
             .await
             .map_err(|e| close_reason(&conn).unwrap_or(ClientError::Protocol(e.to_string())))?;
@@ -167,8 +162,8 @@ async fn connect_to(
         send.write_all(&encode_frame(&hello, &cfg.limits)?)
             .await
             .map_err(|e| close_reason(&conn).unwrap_or(ClientError::Protocol(e.to_string())))?;
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-        match read_frame(&mut recv, &mut buf, cfg).await {
+        let mut reader = FrameReader::new(recv, cfg.limits).read_chunk(READ_CHUNK);
+        match reader.read_frame().await.map_err(read_err) {
             Ok(Some(Frame::Accept(a))) => {
                 *shared
                     .identity_seen
@@ -178,12 +173,7 @@ async fn connect_to(
                     node_id: a.node_id.clone(),
                 });
                 info!(node = %a.node_id, name = %cfg.name, "connected");
-                Ok(Live {
-                    conn,
-                    send,
-                    recv,
-                    buf,
-                })
+                Ok(Live { conn, send, reader })
             }
             Ok(Some(Frame::Reject(r))) => Err(ClientError::Rejected {
                 code: r.code,
@@ -361,35 +351,26 @@ async fn run(
     out: &mut mpsc::Receiver<Bytes>,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), ClientError> {
-    let Live {
-        conn,
-        mut send,
-        recv,
-        buf,
-    } = live;
-    let mut reader = tokio::spawn(read_loop(Arc::clone(shared), recv, buf, events.clone()));
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let res = loop {
-        tokio::select! {
-            r = &mut reader => {
-                break match r {
-                    Ok(r) => r,
-                    Err(e) => Err(ClientError::Protocol(format!("reader task failed: {e}"))),
-                };
+    let Live { conn, send, reader } = live;
+    let mut reader = tokio::spawn(read_loop(Arc::clone(shared), reader, events.clone()));
+    let mut writer = FrameWriter::new(send);
+    // The writer loop runs until the client's queue closes (the client is
+    // dropped) or the reader ends. The SDK keeps no writer metrics: no hooks.
+    let mut hooks = ();
+    let res = tokio::select! {
+        r = &mut reader => match r {
+            Ok(r) => r,
+            Err(e) => Err(ClientError::Protocol(format!("reader task failed: {e}"))),
+        },
+        r = pump(out, &mut writer, &mut hooks, std::future::pending()) => match r {
+            Ok(_) => Ok(()),
+            // A failed write is reported as itself, not as the connection's
+            // close reason.
+            Err(e) => {
+                reader.abort();
+                return Err(ClientError::Protocol(e.to_string()));
             }
-            n = out.recv_many(&mut batch, 512) => {
-                if n == 0 {
-                    break Ok(());
-                }
-                slim_wire::coalesce(&mut batch, 64 * 1024, &mut chunks);
-                for chunk in chunks.drain(..) {
-                    send.write_chunk(chunk)
-                        .await
-                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                }
-            }
-        }
+        },
     };
     reader.abort();
     if let Some(r) = close_reason(&conn) {
@@ -450,109 +431,190 @@ fn owned_delivery(d: slim_wire::Deliver) -> Delivery {
     }
 }
 
-async fn read_loop(
+/// Reads frames until the node ends the stream (`Ok`), the application
+/// drops its event receiver (`Ok`) or the connection fails (`Err`; a stream
+/// that ends inside a frame is `Wire(Truncated)`).
+async fn read_loop<R: AsyncRead + Unpin>(
     shared: Arc<Shared>,
-    mut recv: RecvStream,
-    mut buf: BytesMut,
+    mut reader: FrameReader<R>,
     events: mpsc::Sender<Event>,
 ) -> Result<(), ClientError> {
-    let limits = shared.cfg.limits;
     let mut interned = Interned::default();
-    loop {
-        while let Some(total) = codec::check(&buf, &limits)? {
-            if buf[4] == FrameKind::Deliver as u8 {
-                // Payloads are handed out as slices of the receive buffer.
-                let frame = buf.split_to(total).freeze();
-                let d = match deliver_view(&frame[5..])? {
-                    Ok(v) => interned.delivery(&v, &frame)?,
-                    Err(Frame::Deliver(d)) => owned_delivery(d),
-                    Err(other) => {
-                        return Err(ClientError::Protocol(format!(
-                            "unexpected {} frame",
-                            other.kind().as_str()
-                        )));
-                    }
-                };
-                // The non-blocking path first: it skips the async semaphore
-                // dance whenever the application keeps up.
-                match events.try_send(Event::Message(d)) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(ev)) => {
-                        if events.send(ev).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-                }
-                shared.metrics.received.increment(1);
-                continue;
-            }
-            let frame = codec::decode_body(&buf[4..total])?;
-            buf.advance(total);
-            match frame {
-                Frame::Deliver(d) => {
-                    if events
-                        .send(Event::Message(owned_delivery(d)))
-                        .await
-                        .is_err()
-                    {
-                        return Ok(());
-                    }
-                }
-                // Both answer a request filed in `pending` by its id.
-                Frame::SubAck(slim_wire::SubAck { id, .. })
-                | Frame::Pong(slim_wire::Pong { nonce: id }) => {
-                    if let Some(tx) = shared
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&id)
-                    {
-                        let _ = tx.send(Ok(()));
-                    }
-                }
-                Frame::SubError(e) => {
-                    if let Some(tx) = shared
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&e.id)
-                    {
-                        let _ = tx.send(Err((e.code, e.reason)));
-                    }
-                }
-                Frame::Error(e) => {
-                    shared.metrics.node_errors.increment(1);
-                    if e.msg_id.is_some() {
-                        let mut q = shared
-                            .recent_errors
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner());
-                        if q.len() >= crate::RECENT_ERRORS {
-                            q.pop_front();
-                        }
-                        q.push_back(e.clone());
-                    }
-                    if events.send(Event::Error(e)).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Frame::Ping(_) => {}
-                other => {
+    while let Some(frame) = reader.next().await.map_err(read_err)? {
+        // `frame` is `kind | body`; payloads are handed out as slices of it.
+        if frame[0] == FrameKind::Deliver as u8 {
+            let d = match deliver_view(&frame[1..])? {
+                Ok(v) => interned.delivery(&v, &frame)?,
+                Err(Frame::Deliver(d)) => owned_delivery(d),
+                Err(other) => {
                     return Err(ClientError::Protocol(format!(
-                        "unexpected {} frame from the node",
+                        "unexpected {} frame",
                         other.kind().as_str()
                     )));
                 }
+            };
+            // The non-blocking path first: it skips the async semaphore
+            // dance whenever the application keeps up.
+            match events.try_send(Event::Message(d)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    if events.send(ev).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            }
+            shared.metrics.received.increment(1);
+            continue;
+        }
+        match codec::decode_body(&frame)? {
+            Frame::Deliver(d) => {
+                if events
+                    .send(Event::Message(owned_delivery(d)))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            // Both answer a request filed in `pending` by its id.
+            Frame::SubAck(slim_wire::SubAck { id, .. })
+            | Frame::Pong(slim_wire::Pong { nonce: id }) => {
+                if let Some(tx) = shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id)
+                {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Frame::SubError(e) => {
+                if let Some(tx) = shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&e.id)
+                {
+                    let _ = tx.send(Err((e.code, e.reason)));
+                }
+            }
+            Frame::Error(e) => {
+                shared.metrics.node_errors.increment(1);
+                if e.msg_id.is_some() {
+                    let mut q = shared
+                        .recent_errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    if q.len() >= crate::RECENT_ERRORS {
+                        q.pop_front();
+                    }
+                    q.push_back(e.clone());
+                }
+                if events.send(Event::Error(e)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Frame::Ping(_) => {}
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected {} frame from the node",
+                    other.kind().as_str()
+                )));
             }
         }
-        if buf.capacity() - buf.len() < 8192 {
-            buf.reserve(64 * 1024);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{HashMap, HashSet, VecDeque};
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicU64;
+
+    use slim_wire::{Deliver, Limits, Mode, WireError};
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::SdkMetrics;
+
+    fn shared() -> Arc<Shared> {
+        let cfg = ClientConfig::with_credentials(
+            "127.0.0.1:1".parse().unwrap(),
+            Name::parse("org/ns/svc/1").unwrap(),
+            Credentials::SharedSecret {
+                secret: "s".into(),
+                bundles: slim_auth::TrustBundles::new(),
+            },
+        );
+        Arc::new(Shared {
+            metrics: SdkMetrics::new(false),
+            cfg,
+            subs: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            state: tokio::sync::watch::channel(ConnState::Closed).0,
+            identity_seen: Mutex::new(None),
+            recent_errors: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    fn deliver(msg_id: u64) -> Vec<u8> {
+        let f = Frame::Deliver(Deliver {
+            name: Name::parse("org/ns/svc").unwrap(),
+            mode: Mode::Anycast,
+            from: Name::parse("org/ns/pub/1").unwrap(),
+            from_identity: Some("spiffe://td/pub".into()),
+            msg_id,
+            payload: b"hello".to_vec(),
+        });
+        codec::encode_to_vec(&f, &Limits::default()).unwrap()
+    }
+
+    /// Feeds `bytes` to the read loop, then ends the stream; returns what the
+    /// loop returned and the msg_ids it delivered.
+    async fn read_all(bytes: &[u8]) -> (Result<(), ClientError>, Vec<u64>) {
+        let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+        tx.write_all(bytes).await.unwrap();
+        drop(tx);
+        let (ev_tx, mut ev_rx) = mpsc::channel(16);
+        let reader = FrameReader::new(rx, Limits::default());
+        let r = read_loop(shared(), reader, ev_tx).await;
+        let mut ids = Vec::new();
+        while let Ok(ev) = ev_rx.try_recv() {
+            match ev {
+                Event::Message(d) => {
+                    assert_eq!(&d.payload[..], b"hello");
+                    ids.push(d.msg_id);
+                }
+                Event::Error(e) => panic!("unexpected {e:?}"),
+            }
         }
-        match recv.read_buf(&mut buf).await {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        (r, ids)
+    }
+
+    #[tokio::test]
+    async fn the_node_ending_the_stream_between_frames_is_a_clean_close() {
+        let mut bytes = deliver(1);
+        bytes.extend(deliver(2));
+        let (r, ids) = read_all(&bytes).await;
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(ids, [1, 2]);
+    }
+
+    /// The SDK used to take this for a clean close; it is a lost connection
+    /// (reported with its reason, then the usual reconnect).
+    #[tokio::test]
+    async fn the_stream_ending_inside_a_frame_is_an_error_after_the_whole_frames() {
+        let mut bytes = deliver(1);
+        let next = deliver(2);
+        bytes.extend_from_slice(&next[..7]);
+        let (r, ids) = read_all(&bytes).await;
+        assert_eq!(ids, [1]);
+        match r {
+            Err(ClientError::Wire(WireError::Truncated { buffered: 7 })) => {}
+            other => panic!("expected Truncated, got {other:?}"),
         }
     }
 }

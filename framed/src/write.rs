@@ -1,0 +1,194 @@
+//! The write side: batches of encoded frames onto a stream, coalesced.
+
+use std::future::Future;
+use std::io;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Most frames taken off a queue for one batch.
+pub const BATCH: usize = 512;
+/// The size at which a chunk of coalesced small frames is closed (64 KiB; the
+/// frame that reaches it is still included, see [`slim_wire::coalesce`]).
+pub const COALESCE: usize = 64 * 1024;
+
+/// Where coalesced chunks go. quinn's [`SendStream`](quinn::SendStream) takes
+/// [`Bytes`] without copying; any [`AsyncWrite`] works through [`IoSink`]
+/// (tests use `tokio::io::duplex`).
+pub trait ChunkSink: Send {
+    /// Writes all of `chunk`.
+    fn write_chunk(&mut self, chunk: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl ChunkSink for quinn::SendStream {
+    /// [`quinn::SendStream::write_chunk`]; its error becomes an `io::Error`
+    /// that displays the same message.
+    async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        quinn::SendStream::write_chunk(self, chunk)
+            .await
+            .map_err(io::Error::from)
+    }
+}
+
+/// A [`ChunkSink`] over any [`AsyncWrite`]: each chunk is written whole, then
+/// flushed (so a buffered writer does not hold frames back).
+#[derive(Debug)]
+pub struct IoSink<W>(pub W);
+
+impl<W: AsyncWrite + Unpin + Send> ChunkSink for IoSink<W> {
+    async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.0.write_all(&chunk).await?;
+        self.0.flush().await
+    }
+}
+
+/// Writes encoded frames (each `len | kind | body`, as [`slim_wire::codec`]
+/// produces them) to a [`ChunkSink`], coalescing small ones.
+#[derive(Debug)]
+pub struct FrameWriter<S> {
+    sink: S,
+    max_chunk: usize,
+    /// Scratch for [`slim_wire::coalesce`]; empty between calls.
+    chunks: Vec<Bytes>,
+}
+
+impl<S: ChunkSink> FrameWriter<S> {
+    /// A writer that coalesces small frames into buffers of about 64 KiB
+    /// ([`COALESCE`]).
+    pub fn new(sink: S) -> Self {
+        FrameWriter {
+            sink,
+            max_chunk: COALESCE,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Writes (and drains) a batch of encoded frames, in order: small ones
+    /// coalesced via [`slim_wire::coalesce`], large ones (at least a quarter
+    /// of 64 KiB) and a lone frame passed through uncopied, one sink write per
+    /// chunk. Returns the bytes written. On error the rest of the batch is
+    /// dropped (the stream is broken anyway).
+    pub async fn write_batch(&mut self, batch: &mut Vec<Bytes>) -> io::Result<usize> {
+        let total: usize = batch.iter().map(Bytes::len).sum();
+        slim_wire::coalesce(batch, self.max_chunk, &mut self.chunks);
+        // Dropping the drain (on error, or if this future is dropped) empties
+        // `chunks`, so nothing stale is written by the next call.
+        for chunk in self.chunks.drain(..) {
+            if !chunk.is_empty() {
+                self.sink.write_chunk(chunk).await?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Writes one encoded frame as its own chunk, uncopied.
+    pub async fn write_frame(&mut self, frame: Bytes) -> io::Result<()> {
+        if frame.is_empty() {
+            return Ok(());
+        }
+        self.sink.write_chunk(frame).await
+    }
+
+    /// The sink (e.g. to finish a QUIC stream).
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.sink
+    }
+
+    /// The sink.
+    pub fn into_inner(self) -> S {
+        self.sink
+    }
+}
+
+/// The metrics hook of a writer loop ([`pump`], [`drain_now`]).
+pub trait WriteHooks: Send {
+    /// Called when a batch of `frames` frames has been taken off the queue,
+    /// before it is written (e.g. to measure how long it waited). No-op by
+    /// default.
+    fn taken(&mut self, frames: usize) {
+        let _ = frames;
+    }
+
+    /// Called after each batch is written: how many frames and bytes.
+    fn written(&mut self, frames: usize, bytes: usize);
+}
+
+/// No metrics.
+impl WriteHooks for () {
+    fn written(&mut self, _frames: usize, _bytes: usize) {}
+}
+
+/// How a [`pump`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PumpEnd {
+    /// The queue's senders are all gone and it is empty.
+    Closed,
+    /// `stop` resolved first; frames may remain in the queue (see [`drain_now`]).
+    Stopped,
+}
+
+/// The writer loop of every connection kind: takes up to [`BATCH`] frames
+/// from `rx` at a time, writes them ([`FrameWriter::write_batch`]) and reports
+/// each batch to `hooks`, until the channel is closed and empty
+/// ([`PumpEnd::Closed`]) or `stop` resolves ([`PumpEnd::Stopped`]).
+///
+/// Frames already queued go first: `stop` is looked at only when the queue is
+/// empty (as the node's client writer did), and never while a batch is being
+/// written. An I/O error ends the loop with that error.
+pub async fn pump<S: ChunkSink>(
+    rx: &mut mpsc::Receiver<Bytes>,
+    w: &mut FrameWriter<S>,
+    hooks: &mut impl WriteHooks,
+    stop: impl Future<Output = ()>,
+) -> io::Result<PumpEnd> {
+    let mut stop = std::pin::pin!(stop);
+    // Grows with load (recv_many appends up to BATCH) instead of reserving
+    // BATCH slots up front for every idle connection.
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, BATCH) => if n == 0 {
+                return Ok(PumpEnd::Closed);
+            },
+            () = &mut stop => return Ok(PumpEnd::Stopped),
+        }
+        write_one(&mut batch, w, hooks).await?;
+    }
+}
+
+/// Writes whatever is queued right now (`try_recv`), in batches of up to
+/// [`BATCH`], reporting each to `hooks`; for draining at shutdown. Returns
+/// once the queue is empty (it does not wait for more).
+pub async fn drain_now<S: ChunkSink>(
+    rx: &mut mpsc::Receiver<Bytes>,
+    w: &mut FrameWriter<S>,
+    hooks: &mut impl WriteHooks,
+) -> io::Result<()> {
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(b) => batch.push(b),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        write_one(&mut batch, w, hooks).await?;
+    }
+}
+
+async fn write_one<S: ChunkSink>(
+    batch: &mut Vec<Bytes>,
+    w: &mut FrameWriter<S>,
+    hooks: &mut impl WriteHooks,
+) -> io::Result<()> {
+    let frames = batch.len();
+    hooks.taken(frames);
+    let bytes = w.write_batch(batch).await?;
+    hooks.written(frames, bytes);
+    Ok(())
+}
