@@ -226,6 +226,36 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// A task an actor owns, and the watcher that reports its end (a result or a
+/// panic) to the actor. Dropping it — the actor stopped, failed or was killed
+/// — aborts both, so a dead actor leaves no task running.
+pub(crate) struct Owned {
+    task: tokio::task::AbortHandle,
+    watcher: tokio::task::AbortHandle,
+}
+
+impl Owned {
+    pub(crate) fn spawn<T: Send + 'static>(
+        fut: impl Future<Output = T> + Send + 'static,
+        on_end: impl FnOnce(Result<T, tokio::task::JoinError>) + Send + 'static,
+    ) -> Owned {
+        let task = tokio::spawn(fut);
+        let abort = task.abort_handle();
+        let watcher = tokio::spawn(async move { on_end(task.await) });
+        Owned {
+            task: abort,
+            watcher: watcher.abort_handle(),
+        }
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.watcher.abort();
+    }
+}
+
 /// Closes a QUIC connection with an application error code and a reason.
 pub(crate) fn close_conn(conn: &quinn::Connection, code: ErrorCode, reason: &str) {
     conn.close(VarInt::from_u32(u32::from(code.0)), reason.as_bytes());

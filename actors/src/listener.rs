@@ -9,7 +9,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-use crate::conn::actor::cleanup;
 use crate::ctx::NodeCtx;
 use crate::metrics as m;
 
@@ -21,7 +20,6 @@ pub(crate) struct ListenerActor;
 
 pub(crate) struct ListenerState {
     accept: JoinHandle<()>,
-    ctx: Arc<NodeCtx>,
 }
 
 impl Actor for ListenerActor {
@@ -36,7 +34,7 @@ impl Actor for ListenerActor {
     ) -> Result<ListenerState, ActorProcessingErr> {
         let endpoint = ctx.endpoint.clone();
         let cell = myself.get_cell();
-        let actx = Arc::clone(&ctx);
+        let actx = ctx;
         let accept = tokio::spawn(async move {
             let mut shutdown = actx.shutdown_rx();
             loop {
@@ -59,35 +57,21 @@ impl Actor for ListenerActor {
                 });
             }
         });
-        Ok(ListenerState { accept, ctx })
+        Ok(ListenerState { accept })
     }
 
     async fn handle_supervisor_evt(
         &self,
         _myself: ActorRef<ListenerMsg>,
         evt: SupervisionEvent,
-        st: &mut ListenerState,
+        _st: &mut ListenerState,
     ) -> Result<(), ActorProcessingErr> {
-        // A connection actor that stopped normally cleaned up in post_stop;
-        // one that failed (panicked) or was killed did not: clean up for it.
-        let (cell, why) = match evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "terminated".into()))
-            }
-            _ => return Ok(()),
-        };
-        let id = cell.get_id();
-        let conn = st
-            .ctx
-            .conns
-            .iter()
-            .find(|c| c.actor.get().is_some_and(|a| a.get_id() == id))
-            .map(|c| c.id);
-        if let Some(conn) = conn {
-            warn!(conn, reason = %why, "connection actor ended without cleaning up; cleaning up");
+        // Cleanup is not done here: the watcher `conn::admit` starts with
+        // each actor removes every trace of it however it ends (a killed
+        // listener takes its children along, and hears of nothing).
+        if let SupervisionEvent::ActorFailed(cell, err) = evt {
+            warn!(actor = %cell.get_id(), error = %err, "connection actor failed");
             counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "connection").increment(1);
-            cleanup(&st.ctx, conn);
         }
         Ok(())
     }

@@ -92,20 +92,16 @@ impl SupState {
         let name = format!("{}-{}", ctx.tag, kind.as_str());
         let cell = match kind {
             ChildKind::Table => spawn_table(ctx, myself, name).await?,
-            ChildKind::Federation => {
-                crate::fed::actor::spawn(ctx, myself.get_cell(), name).await?
-            }
-            ChildKind::Listener => {
-                Actor::spawn_linked(
-                    Some(name),
-                    ListenerActor,
-                    Arc::clone(ctx),
-                    myself.get_cell(),
-                )
-                .await?
-                .0
-                .get_cell()
-            }
+            ChildKind::Federation => crate::fed::actor::spawn(ctx, myself.get_cell(), name).await?,
+            ChildKind::Listener => Actor::spawn_linked(
+                Some(name),
+                ListenerActor,
+                Arc::clone(ctx),
+                myself.get_cell(),
+            )
+            .await?
+            .0
+            .get_cell(),
         };
         self.children.insert(cell.get_id(), (kind, cell));
         Ok(())
@@ -492,7 +488,6 @@ impl NodeHandle {
             .collect()
     }
 
-
     /// Stops accepting, lets every connection's writer drain its queue for up
     /// to `deadline`, then closes everything.
     pub async fn shutdown(self, deadline: Duration) {
@@ -577,7 +572,6 @@ impl NodeHandle {
     pub fn subscribe_events(&self) -> broadcast::Receiver<NodeEvent> {
         self.ctx().fed.events.subscribe()
     }
-
 }
 
 /// An actor to kill in a supervision test.

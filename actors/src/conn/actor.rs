@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::conn::shared::{ConnMsg, ConnShared};
-use crate::ctx::{AbortOnDrop, NodeCtx, close_conn};
+use crate::ctx::{AbortOnDrop, NodeCtx, Owned, close_conn};
 use crate::metrics as m;
 use crate::registry::ConnId;
 use crate::table::TableMsg;
@@ -38,8 +38,8 @@ pub(crate) struct ConnState {
     /// The client's explicit subscriptions (its registration names aside),
     /// owned here: every change goes through this actor.
     subscriptions: HashSet<String>,
-    reader: Option<AbortOnDrop>,
-    writer: Option<AbortOnDrop>,
+    reader: Option<Owned>,
+    writer: Option<Owned>,
     _expiry: Option<AbortOnDrop<Result<(), ractor::MessagingErr<ConnMsg>>>>,
     reader_done: bool,
 }
@@ -59,34 +59,38 @@ impl Actor for ConnectionActor {
         metrics::gauge!(m::CONNECTIONS, "kind" => "client").increment(1.0);
         counter!(m::CONNECTIONS_TOTAL, "kind" => "client").increment(1);
         let me = myself.clone();
-        let reader = tokio::spawn(crate::conn::reader::read_loop(
-            Arc::clone(&a.ctx),
-            Arc::clone(&a.shared),
-            myself.clone(),
-            a.recv,
-            a.buf,
-        ));
-        let reader = tokio::spawn(async move {
-            let r = match reader.await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(e) => Err(format!("reader task failed: {e}")),
-            };
-            let _ = me.send_message(ConnMsg::ReaderEnded(r));
-        });
+        let reader = Owned::spawn(
+            crate::conn::reader::read_loop(
+                Arc::clone(&a.ctx),
+                Arc::clone(&a.shared),
+                myself.clone(),
+                a.recv,
+                a.buf,
+            ),
+            move |r| {
+                let r = match r {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("reader task failed: {e}")),
+                };
+                let _ = me.send_message(ConnMsg::ReaderEnded(r));
+            },
+        );
         let me = myself.clone();
-        let writer = tokio::spawn(crate::conn::writer::write_loop(
-            Arc::clone(&a.ctx),
-            Arc::clone(&a.shared),
-            a.send,
-            a.rx,
-        ));
-        let writer = tokio::spawn(async move {
-            let r = match writer.await {
-                Ok(r) => r,
-                Err(e) => Err(format!("writer task failed: {e}")),
-            };
-            let _ = me.send_message(ConnMsg::WriterEnded(r));
-        });
+        let writer = Owned::spawn(
+            crate::conn::writer::write_loop(
+                Arc::clone(&a.ctx),
+                Arc::clone(&a.shared),
+                a.send,
+                a.rx,
+            ),
+            move |r| {
+                let r = match r {
+                    Ok(r) => r,
+                    Err(e) => Err(format!("writer task failed: {e}")),
+                };
+                let _ = me.send_message(ConnMsg::WriterEnded(r));
+            },
+        );
         let expiry = a.expires_at.map(|at| {
             let left = at
                 .duration_since(std::time::SystemTime::now())
@@ -97,8 +101,8 @@ impl Actor for ConnectionActor {
             ctx: a.ctx,
             shared: a.shared,
             subscriptions: HashSet::new(),
-            reader: Some(AbortOnDrop(reader)),
-            writer: Some(AbortOnDrop(writer)),
+            reader: Some(reader),
+            writer: Some(writer),
             _expiry: expiry,
             reader_done: false,
         })
@@ -143,7 +147,11 @@ impl Actor for ConnectionActor {
             ConnMsg::CertExpired => {
                 counter!(m::PEER_CERT_EXPIRED_TOTAL).increment(1);
                 info!(conn = st.shared.id, name = %st.shared.name, "closing: the peer certificate expired");
-                close_conn(&st.shared.conn, ErrorCode::UNAUTHORIZED, "peer certificate expired");
+                close_conn(
+                    &st.shared.conn,
+                    ErrorCode::UNAUTHORIZED,
+                    "peer certificate expired",
+                );
             }
             ConnMsg::ReaderEnded(r) => {
                 st.reader_done = true;

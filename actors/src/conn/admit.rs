@@ -12,7 +12,7 @@ use slim_auth::policy::Action;
 use slim_wire::{Accept, ErrorCode, Frame, Hello, PROTOCOL_VERSION, Reject};
 use tracing::{info, warn};
 
-use crate::conn::actor::{ConnArgs, ConnectionActor};
+use crate::conn::actor::{ConnArgs, ConnectionActor, cleanup};
 use crate::conn::shared::{ConnError, ConnShared};
 use crate::ctx::{NodeCtx, Opened, encode};
 use crate::metrics as m;
@@ -143,9 +143,16 @@ pub(crate) async fn admit(
         buf,
         rx,
     };
-    let (actor, _) = Actor::spawn_linked(None, ConnectionActor, args, listener.clone())
+    let (actor, join) = Actor::spawn_linked(None, ConnectionActor, args, listener.clone())
         .await
         .map_err(|e| ConnError::Lost(format!("cannot spawn connection actor: {e}")))?;
+    // However the actor ends (a kill, or its supervisor's, runs no
+    // post_stop), every trace of the connection goes with it.
+    let watch_ctx = Arc::clone(&ctx);
+    tokio::spawn(async move {
+        let _ = join.await;
+        cleanup(&watch_ctx, id);
+    });
     let _ = shared.actor.set(actor.clone());
     Ok(())
 }

@@ -17,11 +17,11 @@ use tokio::io::AsyncReadExt;
 use tracing::{debug, info};
 
 use crate::conn::shared::{ConnError, ConnMsg, ConnShared};
-use ractor::ActorRef;
 use crate::ctx::{NodeCtx, encode};
 use crate::engine::{self, Decision, Env, Refusal, Silent, Tally};
 use crate::metrics as m;
 use crate::outbox::Push;
+use ractor::ActorRef;
 
 pub(crate) async fn read_loop(
     ctx: Arc<NodeCtx>,

@@ -58,8 +58,10 @@ impl ConnShared {
             .is_ok()
         });
         if !sent {
-            self.conn
-                .close(quinn::VarInt::from_u32(u32::from(code.0)), reason.as_bytes());
+            self.conn.close(
+                quinn::VarInt::from_u32(u32::from(code.0)),
+                reason.as_bytes(),
+            );
         }
     }
 
@@ -86,7 +88,10 @@ pub enum ConnMsg {
     },
     /// Close the connection (its name was taken over, it is a slow consumer
     /// under the disconnect policy, …), telling the client why.
-    Close { code: ErrorCode, reason: String },
+    Close {
+        code: ErrorCode,
+        reason: String,
+    },
     /// The client's certificate (plus grace) ran out.
     CertExpired,
     ReaderEnded(Result<(), String>),

@@ -14,8 +14,7 @@ use tracing::{debug, info, warn};
 use crate::ctx::{NodeCtx, encode};
 use crate::fed::shared::{FedMsg, LinkSession, LinkShared};
 use crate::interest::{InterestTable, NodeId};
-use crate::link::actor::{LinkActor, LinkArgs, LinkKind, LinkMsg};
-use crate::link::session::end_session;
+use crate::link::actor::{LinkArgs, LinkKind, LinkMsg, spawn_link};
 use crate::metrics as m;
 use crate::registry::RemoteGroup;
 use crate::table::TableMsg;
@@ -129,21 +128,7 @@ impl Actor for FederationActor {
             _ => return Ok(()),
         };
         let id = cell.get_id();
-        // A link actor that panicked or was killed ran no post_stop: remove
-        // its entry and end its session for it (both idempotent).
-        let orphan = st
-            .ctx
-            .fed
-            .links
-            .iter()
-            .find(|l| l.actor.get().is_some_and(|a| a.get_id() == id))
-            .map(|l| *l.key());
-        if let Some(key) = orphan
-            && let Some((_, shared)) = st.ctx.fed.links.remove(&key)
-        {
-            warn!(reason = failure.as_deref().unwrap_or("killed"), "link actor ended without cleaning up; cleaning up");
-            end_session(&st.ctx, &shared, "link actor ended");
-        }
+        // Its entry and session are cleaned up by the watcher `spawn_link` set.
         // A dialled peer's actor that ended while still wanted is restarted;
         // one stopped on purpose was already taken out of `children`.
         if let Some(spec) = st.children.remove(&id) {
@@ -225,8 +210,8 @@ impl FedState {
                 shared,
                 kind: LinkKind::Dial(spec.clone()),
             };
-            match Actor::spawn_linked(None, LinkActor, args, myself.get_cell()).await {
-                Ok((a, _)) => {
+            match spawn_link(args, myself.get_cell()).await {
+                Ok(a) => {
                     self.children.insert(a.get_id(), spec.clone());
                     self.dialled.insert(spec, a);
                 }

@@ -9,7 +9,7 @@ use tracing::info;
 
 use slim_wire::ErrorCode;
 
-use crate::ctx::{AbortOnDrop, NodeCtx, close_conn};
+use crate::ctx::{NodeCtx, Owned, close_conn};
 use crate::fed::shared::LinkShared;
 use crate::link::dial::dial_loop;
 use crate::link::handshake::{Accepted, accept_session};
@@ -44,7 +44,7 @@ pub(crate) struct LinkActorState {
     ctx: Arc<NodeCtx>,
     key: u64,
     shared: Arc<LinkShared>,
-    _task: AbortOnDrop,
+    _task: Owned,
 }
 
 impl Actor for LinkActor {
@@ -60,19 +60,15 @@ impl Actor for LinkActor {
         let _ = a.shared.actor.set(myself.get_cell());
         a.ctx.fed.links.insert(a.key, Arc::clone(&a.shared));
         let (ctx, shared) = (Arc::clone(&a.ctx), Arc::clone(&a.shared));
-        let task = tokio::spawn(async move {
-            let run = tokio::spawn(run(ctx, shared, a.kind));
-            let r = match run.await {
-                Ok(()) => Ok(()),
-                Err(e) => Err(format!("link task failed: {e}")),
-            };
+        let task = Owned::spawn(run(ctx, shared, a.kind), move |r| {
+            let r = r.map_err(|e| format!("link task failed: {e}"));
             let _ = myself.send_message(LinkMsg::Ended(r));
         });
         Ok(LinkActorState {
             ctx: a.ctx,
             key: a.key,
             shared: a.shared,
-            _task: AbortOnDrop(task),
+            _task: task,
         })
     }
 
@@ -117,4 +113,24 @@ async fn run(ctx: Arc<NodeCtx>, shared: Arc<LinkShared>, kind: LinkKind) {
             }
         }
     }
+}
+
+/// Starts a link actor under `sup` (the federation actor), and a watcher
+/// that removes the link's entry and ends its session when the actor ends,
+/// however it ends: a killed actor, or the children of a killed federation
+/// actor, run no `post_stop`.
+pub(crate) async fn spawn_link(
+    args: LinkArgs,
+    sup: ractor::ActorCell,
+) -> Result<ActorRef<LinkMsg>, ractor::SpawnErr> {
+    let (ctx, key, shared) = (Arc::clone(&args.ctx), args.key, Arc::clone(&args.shared));
+    let (actor, join) = Actor::spawn_linked(None, LinkActor, args, sup).await?;
+    tokio::spawn(async move {
+        let _ = join.await;
+        ctx.fed
+            .links
+            .remove_if(&key, |_, l| Arc::ptr_eq(l, &shared));
+        end_session(&ctx, &shared, "link actor ended");
+    });
+    Ok(actor)
 }

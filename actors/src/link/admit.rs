@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::counter;
-use ractor::Actor;
 use slim_wire::{ErrorCode, Frame, PROTOCOL_VERSION, PeerHello, Reject};
 use tracing::{debug, info, warn};
 
 use crate::ctx::{NodeCtx, Opened, close_conn, encode};
 use crate::fed::shared::LinkShared;
 use crate::interest::valid_node_id;
-use crate::link::actor::{LinkActor, LinkArgs, LinkKind};
+use crate::link::actor::{LinkArgs, LinkKind, spawn_link};
 use crate::link::error::LinkError;
 use crate::link::handshake::Accepted;
 use crate::metrics as m;
@@ -107,7 +106,7 @@ pub(crate) async fn accept_peer(
             spiffe_id,
         })),
     };
-    if let Err(e) = Actor::spawn_linked(None, LinkActor, args, fed.get_cell()).await {
+    if let Err(e) = spawn_link(args, fed.get_cell()).await {
         warn!(error = %e, "cannot start link actor");
         close_conn(&conn, ErrorCode::INTERNAL, "cannot start link");
         return Err(LinkError::Lost(e.to_string()));
