@@ -5,13 +5,12 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use quinn::VarInt;
 use slim_wire::{ErrorCode, Frame, Hello};
 use tracing::info;
 
 use crate::conn::shared::ConnError;
-use crate::ctx::{NodeCtx, Opened, read_one};
+use crate::ctx::{NodeCtx, Opened, Reader, read_first};
 use crate::metrics as m;
 
 /// Runs the TLS handshake of one incoming connection, reads its first frame
@@ -59,12 +58,12 @@ pub(crate) async fn accept(
         },
     };
     let setup = async {
-        let (send, mut recv) = conn
+        let (send, recv) = conn
             .accept_bi()
             .await
             .map_err(|e| ConnError::Lost(e.to_string()))?;
-        let mut buf = BytesMut::with_capacity(4096);
-        let hello = match read_one(&mut recv, &mut buf, &ctx).await? {
+        let mut reader = Reader::new(recv, ctx.cfg.limits);
+        let hello = match read_first(&mut reader).await? {
             Frame::Hello(h) => First::Client(h),
             Frame::PeerHello(h) => First::Peer(h),
             other => {
@@ -74,9 +73,9 @@ pub(crate) async fn accept(
                 )));
             }
         };
-        Ok::<_, ConnError>((send, recv, buf, hello))
+        Ok::<_, ConnError>((send, reader, hello))
     };
-    let (send, recv, buf, first) = match tokio::time::timeout(deadline, setup).await {
+    let (send, reader, first) = match tokio::time::timeout(deadline, setup).await {
         Err(_) => {
             m::handshake("timeout");
             conn.close(
@@ -99,8 +98,7 @@ pub(crate) async fn accept(
     let opened = Opened {
         conn,
         send,
-        recv,
-        buf,
+        reader,
         cert_id,
         cert_grants,
         expires_at,

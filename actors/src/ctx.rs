@@ -15,8 +15,8 @@ use ractor::ActorRef;
 use slim_auth::JwtBundles;
 use slim_auth::SpiffeId;
 use slim_auth::policy::{Grants, Policy};
+use slim_framed::{FrameReader, ReadError};
 use slim_wire::{ErrorCode, Frame, codec};
-use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::warn;
@@ -197,23 +197,18 @@ pub(crate) fn encode(frame: &Frame, ctx: &NodeCtx) -> Bytes {
     b.freeze()
 }
 
-/// Reads exactly one frame with a deadline; used for the hello.
-pub(crate) async fn read_one(
-    recv: &mut RecvStream,
-    buf: &mut BytesMut,
-    ctx: &NodeCtx,
-) -> Result<Frame, ConnError> {
-    loop {
-        if let Some(total) = codec::check(buf, &ctx.cfg.limits)? {
-            let f = buf.split_to(total);
-            return Ok(codec::decode_body(&f[4..])?);
-        }
-        buf.reserve(4096);
-        match recv.read_buf(buf).await {
-            Ok(0) => return Err(ConnError::Lost("stream closed before hello".into())),
-            Ok(_) => {}
-            Err(e) => return Err(ConnError::Lost(e.to_string())),
-        }
+/// The framed read side of a QUIC stream (the one framing loop of the
+/// node, shared with the SDK: check → split → advance, one end-of-stream rule).
+pub(crate) type Reader = FrameReader<RecvStream>;
+
+/// Reads the first frame of a stream (a hello or its answer); the caller
+/// puts a deadline on it.
+pub(crate) async fn read_first(reader: &mut Reader) -> Result<Frame, ConnError> {
+    match reader.read_frame().await {
+        Ok(Some(f)) => Ok(f),
+        Ok(None) => Err(ConnError::Lost("stream closed before hello".into())),
+        Err(ReadError::Wire(e)) => Err(ConnError::Wire(e)),
+        Err(ReadError::Io(e)) => Err(ConnError::Lost(e.to_string())),
     }
 }
 
@@ -266,9 +261,8 @@ pub(crate) fn close_conn(conn: &quinn::Connection, code: ErrorCode, reason: &str
 pub(crate) struct Opened {
     pub conn: quinn::Connection,
     pub send: SendStream,
-    pub recv: RecvStream,
-    /// Bytes read after the first frame.
-    pub buf: BytesMut,
+    /// The stream's reader, holding whatever arrived after the first frame.
+    pub reader: Reader,
     /// The SPIFFE ID of the TLS client certificate, if one was presented.
     pub cert_id: Option<SpiffeId>,
     /// Its grants under the policy at handshake time.

@@ -6,16 +6,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use metrics::counter;
-use quinn::{RecvStream, SendStream, VarInt};
+use quinn::{SendStream, VarInt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use slim_wire::ErrorCode;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::conn::shared::{ConnMsg, ConnShared};
-use crate::ctx::{AbortOnDrop, NodeCtx, Owned, close_conn};
+use crate::ctx::{AbortOnDrop, NodeCtx, Owned, Reader, close_conn};
 use crate::metrics as m;
 use crate::registry::ConnId;
 use crate::table::TableMsg;
@@ -27,8 +27,7 @@ pub(crate) struct ConnArgs {
     pub ctx: Arc<NodeCtx>,
     pub shared: Arc<ConnShared>,
     pub send: SendStream,
-    pub recv: RecvStream,
-    pub buf: BytesMut,
+    pub reader: Reader,
     pub rx: mpsc::Receiver<Bytes>,
 }
 
@@ -64,8 +63,7 @@ impl Actor for ConnectionActor {
                 Arc::clone(&a.ctx),
                 Arc::clone(&a.shared),
                 myself.clone(),
-                a.recv,
-                a.buf,
+                a.reader,
             ),
             move |r| {
                 let r = match r {

@@ -31,8 +31,7 @@ pub(crate) async fn admit(
     let Opened {
         conn,
         mut send,
-        recv,
-        buf,
+        reader,
         cert_id,
         cert_grants,
         expires_at,
@@ -139,8 +138,7 @@ pub(crate) async fn admit(
         ctx: Arc::clone(&ctx),
         shared: Arc::clone(&shared),
         send,
-        recv,
-        buf,
+        reader,
         rx,
     };
     let (actor, join) = Actor::spawn_linked(None, ConnectionActor, args, listener.clone())

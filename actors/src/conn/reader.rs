@@ -5,19 +5,19 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use metrics::counter;
-use quinn::{RecvStream, VarInt};
+use quinn::VarInt;
 use slim_auth::policy::{Action, Denied, Grants};
 use slim_wire::{
     ErrorCode, ErrorFrame, Frame, FrameKind, Name, NodeIds, Pong, PublishView, SubAck, SubError,
     WireError, codec,
 };
-use tokio::io::AsyncReadExt;
 use tracing::{debug, info};
 
 use crate::conn::shared::{ConnError, ConnMsg, ConnShared};
-use crate::ctx::{NodeCtx, encode};
+use crate::ctx::{NodeCtx, Reader, encode};
+use slim_framed::ReadError;
 use crate::engine::{self, Decision, Env, Refusal, Silent, Tally};
 use crate::metrics as m;
 use crate::outbox::Push;
@@ -27,30 +27,26 @@ pub(crate) async fn read_loop(
     ctx: Arc<NodeCtx>,
     sh: Arc<ConnShared>,
     actor: ActorRef<ConnMsg>,
-    mut recv: RecvStream,
-    mut buf: BytesMut,
+    mut reader: Reader,
 ) -> Result<(), ConnError> {
     let mut shutdown = ctx.shutdown_rx();
     let mut router = Router::new(&ctx, &sh, actor);
+    let bytes_in = counter!(m::BYTES_IN_TOTAL, "kind" => "client");
     let result = loop {
-        // Frames that arrived with the hello are already in `buf`.
-        let res = router.drain(&mut buf).await;
+        // Frames that arrived with the hello are already buffered.
+        let res = router.drain(&mut reader).await;
         router.flush_metrics();
         if let Err(e) = res {
             break Err(e);
         }
-        // Grow on demand only: an idle connection keeps a small buffer.
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(16 * 1024);
-        }
         tokio::select! {
             biased;
             _ = shutdown.changed() => return Ok(()),
-            r = recv.read_buf(&mut buf) => match r {
-                Ok(0) if buf.is_empty() => return Ok(()),
-                Ok(0) => break Err(WireError::Truncated { buffered: buf.len() }.into()),
-                Ok(n) => counter!(m::BYTES_IN_TOTAL, "kind" => "client").increment(n as u64),
-                Err(e) => return Err(ConnError::Lost(e.to_string())),
+            r = reader.fill() => match r {
+                Ok(0) => return Ok(()),
+                Ok(n) => bytes_in.increment(n as u64),
+                Err(ReadError::Wire(e)) => break Err(e.into()),
+                Err(ReadError::Io(e)) => return Err(ConnError::Lost(e.to_string())),
             },
         }
     };
@@ -161,21 +157,19 @@ impl<'a> Router<'a> {
         refresh_grants(self.ctx, self.sh, &mut self.grants, &mut self.publish_ok)
     }
 
-    /// Handles every whole frame at the front of `buf`.
-    async fn drain(&mut self, buf: &mut BytesMut) -> Result<(), ConnError> {
-        while let Some(total) = codec::check(buf, &self.ctx.cfg.limits)? {
+    /// Handles every whole frame buffered in `reader`.
+    async fn drain(&mut self, reader: &mut Reader) -> Result<(), ConnError> {
+        while let Some(f) = reader.try_next()? {
             self.frames_in += 1;
-            let f = &buf[4..total];
             if f[0] == FrameKind::Publish as u8 {
                 match slim_wire::publish_view(&f[1..])? {
                     Ok(v) => self.publish(v).await?,
                     Err(frame) => self.handle_frame(frame).await?,
                 }
             } else {
-                let frame = codec::decode_body(f)?;
+                let frame = codec::decode_body(&f)?;
                 self.handle_frame(frame).await?;
             }
-            buf.advance(total);
         }
         Ok(())
     }

@@ -1,76 +1,76 @@
-//! The write side of a client connection: drains its outbox and coalesces
-//! frames into large QUIC stream writes.
+//! The write side of a client connection: drains its outbox through the
+//! framed writer, which coalesces frames into large QUIC stream writes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use metrics::counter;
-use quinn::{SendStream, VarInt};
+use quinn::SendStream;
+use slim_framed::{FrameWriter, PumpEnd, WriteHooks, drain_now, pump};
 use slim_wire::ErrorCode;
 use tokio::sync::mpsc;
 
 use crate::conn::shared::ConnShared;
-use crate::ctx::NodeCtx;
+use crate::ctx::{NodeCtx, close_conn};
 use crate::metrics as m;
+
+/// Counts written frames and records how long the oldest waited.
+struct Hooks<'a> {
+    ctx: &'a NodeCtx,
+    sh: &'a ConnShared,
+    bytes_out: metrics::Counter,
+    wait: Option<Duration>,
+}
+
+impl WriteHooks for Hooks<'_> {
+    fn taken(&mut self, _frames: usize) {
+        self.wait = self.sh.outbox.take_wait();
+    }
+
+    fn written(&mut self, frames: usize, bytes: usize) {
+        self.sh.outbox.written(bytes);
+        self.bytes_out.increment(bytes as u64);
+        self.ctx.hot.frames_out.increment(frames as u64);
+        if let Some(w) = self.wait.take() {
+            self.ctx
+                .hot
+                .enqueue_to_write_seconds
+                .record(w.as_secs_f64());
+        }
+    }
+}
 
 pub(crate) async fn write_loop(
     ctx: Arc<NodeCtx>,
     sh: Arc<ConnShared>,
-    mut send: SendStream,
+    send: SendStream,
     mut rx: mpsc::Receiver<Bytes>,
 ) -> Result<(), String> {
-    const BATCH: usize = 512;
-    const COALESCE: usize = 64 * 1024;
     let mut shutdown = ctx.shutdown_rx();
-    // Grows with load (recv_many appends up to BATCH) instead of reserving
-    // 512 slots (16 KiB) up front for every idle connection.
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let bytes_out = counter!(m::BYTES_OUT_TOTAL, "kind" => "client");
-    let mut draining = false;
-    loop {
-        if !draining {
-            tokio::select! {
-                biased;
-                n = rx.recv_many(&mut batch, BATCH) => if n == 0 { break },
-                _ = shutdown.changed() => {
-                    draining = true;
-                    sh.outbox.close();
-                    continue;
-                }
-            }
-        } else {
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(b) => batch.push(b),
-                    Err(_) => break,
-                }
-            }
-            if batch.is_empty() {
-                break;
-            }
-        }
-        let wait = sh.outbox.take_wait();
-        let frames = batch.len() as u64;
-        let total: usize = batch.iter().map(Bytes::len).sum();
-        slim_wire::coalesce(&mut batch, COALESCE, &mut chunks);
-        for chunk in chunks.drain(..) {
-            send.write_chunk(chunk).await.map_err(|e| e.to_string())?;
-        }
-        sh.outbox.written(total);
-        bytes_out.increment(total as u64);
-        ctx.hot.frames_out.increment(frames);
-        if let Some(w) = wait {
-            ctx.hot.enqueue_to_write_seconds.record(w.as_secs_f64());
-        }
-    }
-    if draining {
+    let mut hooks = Hooks {
+        ctx: &ctx,
+        sh: &sh,
+        bytes_out: counter!(m::BYTES_OUT_TOTAL, "kind" => "client"),
+        wait: None,
+    };
+    let mut w = FrameWriter::new(send);
+    let stop = async {
+        let _ = shutdown.changed().await;
+    };
+    let end = pump(&mut rx, &mut w, &mut hooks, stop)
+        .await
+        .map_err(|e| e.to_string())?;
+    if end == PumpEnd::Stopped {
+        // Shutting down: take no more, write what is queued, then close.
+        sh.outbox.close();
+        drain_now(&mut rx, &mut w, &mut hooks)
+            .await
+            .map_err(|e| e.to_string())?;
+        let send = w.get_mut();
         let _ = send.finish();
         let _ = tokio::time::timeout(ctx.drain_deadline(), send.stopped()).await;
-        sh.conn.close(
-            VarInt::from_u32(ErrorCode::SHUTTING_DOWN.0 as u32),
-            b"node shutting down",
-        );
+        close_conn(&sh.conn, ErrorCode::SHUTTING_DOWN, "node shutting down");
     }
     Ok(())
 }

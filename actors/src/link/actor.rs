@@ -7,9 +7,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::info;
 
-use slim_wire::ErrorCode;
 
-use crate::ctx::{NodeCtx, Owned, close_conn};
+use crate::ctx::{NodeCtx, Owned};
 use crate::fed::shared::LinkShared;
 use crate::link::dial::dial_loop;
 use crate::link::handshake::{Accepted, accept_session};
@@ -72,6 +71,7 @@ impl Actor for LinkActor {
         })
     }
 
+    #[cfg_attr(not(feature = "test-util"), allow(unused_variables))]
     async fn handle(
         &self,
         myself: ActorRef<LinkMsg>,
@@ -86,7 +86,7 @@ impl Actor for LinkActor {
             LinkMsg::Close { reason } => {
                 if let Some(s) = st.shared.session() {
                     info!(peer = %s.peer, %reason, "closing peer link");
-                    close_conn(&s.conn, ErrorCode(0), &reason);
+                    crate::ctx::close_conn(&s.conn, slim_wire::ErrorCode(0), &reason);
                 }
             }
         }

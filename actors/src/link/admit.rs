@@ -29,8 +29,7 @@ pub(crate) async fn accept_peer(
     let Opened {
         conn,
         mut send,
-        recv,
-        buf,
+        reader,
         cert_id,
         cert_grants,
         ..
@@ -100,8 +99,7 @@ pub(crate) async fn accept_peer(
         kind: LinkKind::Accepted(Box::new(Accepted {
             conn: conn.clone(),
             send,
-            recv,
-            buf,
+            reader,
             node_id: hello.node_id.clone(),
             spiffe_id,
         })),

@@ -4,16 +4,15 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use metrics::counter;
-use quinn::{RecvStream, SendStream};
+use quinn::SendStream;
 use slim_wire::{ErrorCode, Frame, PROTOCOL_VERSION, PeerAccept, PeerHello, Ping, Reject};
 use std::time::Duration;
 
-use crate::ctx::{NodeCtx, close_conn, encode, read_one, transport_config};
+use crate::ctx::{NodeCtx, Reader, close_conn, encode, read_first, transport_config};
 use crate::fed::shared::LinkShared;
 use crate::link::error::LinkError;
-use crate::link::session::{Streams, end_session, serve, start_session};
+use crate::link::session::{LINK_READ_CHUNK, Streams, end_session, serve, start_session};
 use crate::metrics as m;
 use crate::types::{PeerSpec, TlsIdentity};
 
@@ -80,7 +79,7 @@ pub(crate) async fn dial(
         return Err(LinkError::Unauthorized(reason.to_string()));
     }
     let handshake = async {
-        let (mut send, mut recv) = conn
+        let (mut send, recv) = conn
             .open_bi()
             .await
             .map_err(|e| LinkError::Lost(e.to_string()))?;
@@ -91,11 +90,11 @@ pub(crate) async fn dial(
         send.write_all(&encode(&hello, ctx))
             .await
             .map_err(|e| LinkError::Lost(e.to_string()))?;
-        let mut buf = BytesMut::with_capacity(4096);
-        let answer = read_one(&mut recv, &mut buf, ctx).await?;
-        Ok::<_, LinkError>((send, recv, buf, answer))
+        let mut reader = Reader::new(recv, ctx.cfg.limits).read_chunk(LINK_READ_CHUNK);
+        let answer = read_first(&mut reader).await?;
+        Ok::<_, LinkError>((send, reader, answer))
     };
-    let (send, recv, buf, answer) = match tokio::time::timeout(deadline, handshake).await {
+    let (send, reader, answer) = match tokio::time::timeout(deadline, handshake).await {
         Err(_) => {
             close_conn(&conn, ErrorCode::PROTOCOL, "peer hello timeout");
             return Err(LinkError::Timeout);
@@ -144,8 +143,7 @@ pub(crate) async fn dial(
         peer_spiffe: Some(peer_id.to_string()),
         dialler: ctx.cfg.node_id.clone(),
         send,
-        recv,
-        buf,
+        reader,
         ctl_send,
         ctl_recv,
     })
@@ -161,8 +159,7 @@ pub(crate) async fn accept_session(
     let Accepted {
         conn,
         mut send,
-        recv,
-        buf,
+        reader,
         node_id,
         spiffe_id,
     } = a;
@@ -212,8 +209,7 @@ pub(crate) async fn accept_session(
         dialler: node_id,
         conn,
         send,
-        recv,
-        buf,
+        reader,
         ctl_send,
         ctl_recv,
     };
@@ -225,8 +221,7 @@ pub(crate) async fn accept_session(
 pub(crate) struct Accepted {
     pub conn: quinn::Connection,
     pub send: SendStream,
-    pub recv: RecvStream,
-    pub buf: BytesMut,
+    pub reader: Reader,
     pub node_id: String,
     pub spiffe_id: slim_auth::SpiffeId,
 }

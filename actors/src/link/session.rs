@@ -15,14 +15,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use metrics::counter;
 use quinn::{RecvStream, SendStream};
-use slim_wire::{ErrorCode, Frame, FrameKind, Ping, Pong, WireError, codec};
-use tokio::io::AsyncReadExt;
+use slim_wire::{ErrorCode, Frame, FrameKind, Ping, Pong, codec};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::ctx::{AbortOnDrop, NodeCtx, close_conn, encode};
+use crate::ctx::{AbortOnDrop, NodeCtx, Reader, close_conn, encode};
+use slim_framed::{FrameWriter, ReadError, WriteHooks, pump};
 use crate::fed::shared::{FedMsg, LinkSession, LinkShared};
 use crate::link::error::LinkError;
 use crate::link::forward::Forwarder;
@@ -36,8 +36,7 @@ pub(crate) struct Streams {
     pub peer_spiffe: Option<String>,
     pub dialler: String,
     pub send: SendStream,
-    pub recv: RecvStream,
-    pub buf: BytesMut,
+    pub reader: Reader,
     pub ctl_send: SendStream,
     pub ctl_recv: RecvStream,
 }
@@ -189,8 +188,7 @@ pub(crate) async fn serve(
             Arc::clone(ctx),
             Arc::clone(shared),
             Arc::clone(&session),
-            st.recv,
-            st.buf,
+            st.reader,
         ))),
         spawn(Box::pin(ctl_reader(
             Arc::clone(ctx),
@@ -246,49 +244,71 @@ pub(crate) async fn serve(
     result
 }
 
-pub(crate) async fn data_writer(
-    ctx: Arc<NodeCtx>,
-    shared: Arc<LinkShared>,
-    outbox: Arc<Outbox>,
-    mut send: SendStream,
-    mut rx: mpsc::Receiver<Bytes>,
-) -> Result<(), LinkError> {
-    const BATCH: usize = 512;
-    const COALESCE: usize = 64 * 1024;
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let bytes_out = counter!(m::LINK_BYTES_TOTAL, "direction" => "out");
-    let frames_out = counter!(m::LINK_FRAMES_TOTAL, "direction" => "out");
-    loop {
-        if rx.recv_many(&mut batch, BATCH).await == 0 {
-            return Ok(());
-        }
-        let wait = outbox.take_wait();
-        let frames = batch.len() as u64;
-        let total: usize = batch.iter().map(Bytes::len).sum();
-        slim_wire::coalesce(&mut batch, COALESCE, &mut chunks);
-        for chunk in chunks.drain(..) {
-            send.write_chunk(chunk)
-                .await
-                .map_err(|e| LinkError::Lost(e.to_string()))?;
-        }
-        outbox.written(total);
-        bytes_out.increment(total as u64);
-        frames_out.increment(frames);
-        shared.frames_out.fetch_add(frames, Ordering::Relaxed);
-        if let Some(w) = wait {
-            ctx.hot.enqueue_to_write_seconds.record(w.as_secs_f64());
+/// How much a link's data reader reserves at a time (links carry many
+/// clients' traffic; a client connection uses the default 16 KiB).
+pub(crate) const LINK_READ_CHUNK: usize = 64 * 1024;
+
+/// Counts a link's written data frames and records queueing delay.
+struct DataHooks<'a> {
+    ctx: &'a NodeCtx,
+    shared: &'a LinkShared,
+    outbox: &'a Outbox,
+    bytes_out: metrics::Counter,
+    frames_out: metrics::Counter,
+    wait: Option<Duration>,
+}
+
+impl WriteHooks for DataHooks<'_> {
+    fn taken(&mut self, _frames: usize) {
+        self.wait = self.outbox.take_wait();
+    }
+
+    fn written(&mut self, frames: usize, bytes: usize) {
+        self.outbox.written(bytes);
+        self.bytes_out.increment(bytes as u64);
+        self.frames_out.increment(frames as u64);
+        self.shared
+            .frames_out
+            .fetch_add(frames as u64, Ordering::Relaxed);
+        if let Some(w) = self.wait.take() {
+            self.ctx
+                .hot
+                .enqueue_to_write_seconds
+                .record(w.as_secs_f64());
         }
     }
 }
 
+pub(crate) async fn data_writer(
+    ctx: Arc<NodeCtx>,
+    shared: Arc<LinkShared>,
+    outbox: Arc<Outbox>,
+    send: SendStream,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> Result<(), LinkError> {
+    let mut hooks = DataHooks {
+        ctx: &ctx,
+        shared: &shared,
+        outbox: &outbox,
+        bytes_out: counter!(m::LINK_BYTES_TOTAL, "direction" => "out"),
+        frames_out: counter!(m::LINK_FRAMES_TOTAL, "direction" => "out"),
+        wait: None,
+    };
+    let mut w = FrameWriter::new(send);
+    pump(&mut rx, &mut w, &mut hooks, std::future::pending())
+        .await
+        .map_err(|e| LinkError::Lost(e.to_string()))?;
+    Ok(())
+}
+
 pub(crate) async fn ctl_writer(
     ctx: Arc<NodeCtx>,
-    mut send: SendStream,
+    send: SendStream,
     mut rx: mpsc::Receiver<Bytes>,
 ) -> Result<(), LinkError> {
     let mut tick = tokio::time::interval(ctx.cfg.federation.keep_alive);
     let mut nonce = 0u64;
+    let mut w = FrameWriter::new(send);
     loop {
         let frame = tokio::select! {
             b = rx.recv() => match b { Some(b) => b, None => return Ok(()) },
@@ -297,48 +317,39 @@ pub(crate) async fn ctl_writer(
                 encode(&Frame::Ping(Ping { nonce }), &ctx)
             }
         };
-        send.write_all(&frame)
+        w.write_frame(frame)
             .await
             .map_err(|e| LinkError::Lost(e.to_string()))?;
     }
 }
 
-pub(crate) async fn read_more(
-    recv: &mut RecvStream,
-    buf: &mut BytesMut,
-) -> Result<bool, LinkError> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(64 * 1024);
-    }
-    match recv.read_buf(buf).await {
-        Ok(0) if buf.is_empty() => Ok(false),
-        Ok(0) => Err(WireError::Truncated {
-            buffered: buf.len(),
-        }
-        .into()),
+/// Reads more of a link stream: false at a clean end of stream.
+async fn read_more(reader: &mut Reader) -> Result<bool, LinkError> {
+    match reader.fill().await {
+        Ok(0) => Ok(false),
         Ok(n) => {
             counter!(m::LINK_BYTES_TOTAL, "direction" => "in").increment(n as u64);
             Ok(true)
         }
-        Err(e) => Err(LinkError::Lost(e.to_string())),
+        Err(ReadError::Wire(e)) => Err(e.into()),
+        Err(ReadError::Io(e)) => Err(LinkError::Lost(e.to_string())),
     }
 }
 
 pub(crate) async fn ctl_reader(
     ctx: Arc<NodeCtx>,
     session: Arc<LinkSession>,
-    mut recv: RecvStream,
+    recv: RecvStream,
     last_pong: Arc<AtomicU64>,
 ) -> Result<(), LinkError> {
     // Interest updates wait in the federation actor's mailbox; bounding how
     // many per link may wait there pushes back on a flooding peer (through
     // QUIC flow control) instead of growing memory.
     let permits = Arc::new(Semaphore::new(ctx.cfg.federation.control_queue.max(1)));
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut reader = Reader::new(recv, ctx.cfg.limits);
     loop {
-        while let Some(total) = codec::check(&buf, &ctx.cfg.limits)? {
-            let frame = codec::decode_body(&buf[4..total]);
-            buf.advance(total);
+        while let Some(f) = reader.try_next()? {
+            let frame = codec::decode_body(&f);
             match frame.inspect_err(|e| m::protocol_error(e.reason_label()))? {
                 Frame::Interest(i) => {
                     let permit = Arc::clone(&permits)
@@ -373,7 +384,7 @@ pub(crate) async fn ctl_reader(
                 }
             }
         }
-        if !read_more(&mut recv, &mut buf).await? {
+        if !read_more(&mut reader).await? {
             return Ok(());
         }
     }
@@ -383,16 +394,14 @@ pub(crate) async fn data_reader(
     ctx: Arc<NodeCtx>,
     shared: Arc<LinkShared>,
     session: Arc<LinkSession>,
-    mut recv: RecvStream,
-    mut buf: BytesMut,
+    mut reader: Reader,
 ) -> Result<(), LinkError> {
     let mut fwd = Forwarder::new(&ctx, &session);
     let frames_in = counter!(m::LINK_FRAMES_TOTAL, "direction" => "in");
     loop {
         let mut n = 0u64;
-        while let Some(total) = codec::check(&buf, &ctx.cfg.limits)? {
+        while let Some(f) = reader.try_next()? {
             n += 1;
-            let f = &buf[4..total];
             if f[0] != FrameKind::Forward as u8 {
                 let kind = FrameKind::from_u8(f[0]).map_or("unknown", FrameKind::as_str);
                 m::protocol_error("link_data");
@@ -415,14 +424,13 @@ pub(crate) async fn data_reader(
                 }
                 Err(_) => return Err(LinkError::Protocol("unreadable forward".into())),
             }
-            buf.advance(total);
         }
         if n > 0 {
             frames_in.increment(n);
             shared.frames_in.fetch_add(n, Ordering::Relaxed);
             fwd.flush_metrics();
         }
-        if !read_more(&mut recv, &mut buf).await? {
+        if !read_more(&mut reader).await? {
             return Ok(());
         }
     }
