@@ -20,7 +20,7 @@ mod rt;
 mod session;
 mod values;
 
-use call::Call;
+pub use call::Call;
 
 /// Logs of the Rust layer to stderr when `$SLIM_LOG` is set (an
 /// `EnvFilter` directive such as `info` or `slim_client=debug`).
