@@ -64,6 +64,7 @@ pub mod source;
 pub mod tls;
 pub mod verify;
 
+mod bundle;
 mod files;
 mod pem;
 mod x509;

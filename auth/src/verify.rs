@@ -18,8 +18,8 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 
+use crate::bundle::TrustBundles;
 use crate::id::{InvalidId, SpiffeId};
-use crate::identity::TrustBundles;
 use crate::x509;
 
 /// Which side of a TLS handshake a certificate authenticates; selects the
@@ -173,13 +173,25 @@ fn to_rustls(err: SvidError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(err))))
 }
 
+/// Applies the X509-SVID rule "exactly one URI SAN, and it is a SPIFFE ID".
+fn spiffe_id_from_uris(uris: &[String]) -> Result<SpiffeId, SvidError> {
+    match uris {
+        [] => Err(SvidError::NoUriSan),
+        [uri] => SpiffeId::parse(uri).map_err(|reason| SvidError::NotSpiffe {
+            uri: uri.clone(),
+            reason,
+        }),
+        more => Err(SvidError::TwoUriSans { count: more.len() }),
+    }
+}
+
 /// Checks the SPIFFE-specific leaf rules and returns the leaf's SPIFFE ID.
 fn check_leaf(end_entity: &CertificateDer<'_>) -> Result<(SpiffeId, x509::CertInfo), SvidError> {
     let info = x509::parse(end_entity).map_err(SvidError::Malformed)?;
     if info.is_ca {
         return Err(SvidError::CaAsLeaf);
     }
-    let id = x509::spiffe_id_from_uris(&info.uris)?;
+    let id = spiffe_id_from_uris(&info.uris)?;
     match info.key_usage {
         None => {
             return Err(SvidError::BadKeyUsage(
@@ -613,5 +625,5 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 /// certificates already verified (e.g. `peer_certificates()` after a handshake).
 pub(crate) fn leaf_spiffe_id(leaf: &CertificateDer<'_>) -> Result<SpiffeId, SvidError> {
     let info = x509::parse(leaf).map_err(SvidError::Malformed)?;
-    x509::spiffe_id_from_uris(&info.uris)
+    spiffe_id_from_uris(&info.uris)
 }

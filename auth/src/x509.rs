@@ -7,9 +7,6 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
-use crate::SpiffeId;
-use crate::verify::SvidError;
-
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeyUsageBits {
     pub digital_signature: bool,
@@ -86,18 +83,6 @@ pub(crate) fn parse(der: &[u8]) -> Result<CertInfo, String> {
         subject_key_id,
         spki: cert.public_key().raw.to_vec(),
     })
-}
-
-/// Applies the X509-SVID rule "exactly one URI SAN, and it is a SPIFFE ID".
-pub(crate) fn spiffe_id_from_uris(uris: &[String]) -> Result<SpiffeId, SvidError> {
-    match uris {
-        [] => Err(SvidError::NoUriSan),
-        [uri] => SpiffeId::parse(uri).map_err(|reason| SvidError::NotSpiffe {
-            uri: uri.clone(),
-            reason,
-        }),
-        more => Err(SvidError::TwoUriSans { count: more.len() }),
-    }
 }
 
 pub(crate) fn unix_to_system(secs: i64) -> SystemTime {

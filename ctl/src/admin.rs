@@ -10,7 +10,8 @@ use slim_auth::{ServerMatch, SpiffeId};
 use slim_controller::ControllerConn;
 use slim_controller::proto::{AdminRequest, AdminResponse, Limits, unix_ms};
 
-use super::{IdentityArgs, Output, parse_duration, print_json};
+use crate::args::{IdentityArgs, parse_duration};
+use crate::output::{Output, print_json};
 
 /// Where the controller is and who we are.
 #[derive(clap::Args, Debug)]

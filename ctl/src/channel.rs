@@ -14,7 +14,8 @@ use slim_client::{Client, ClientConfig, Credentials};
 use slim_mls::MlsIdentity;
 use slim_wire::Name;
 
-use crate::{ConnectArgs, Output, parse_duration, print_json};
+use crate::args::{ConnectArgs, parse_duration};
+use crate::output::{Output, print_json};
 
 #[derive(clap::Args, Debug)]
 pub struct CreateArgs {

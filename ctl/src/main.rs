@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod args;
 mod channel;
+mod output;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -12,9 +14,12 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
-use slim_auth::{DevCa, IdentitySource, IdentitySourceConfig, SpiffeId};
-use slim_client::{Client, ClientConfig, Credentials, Delivery, Event};
+use slim_auth::{DevCa, SpiffeId};
+use slim_client::{Client, ClientConfig, Delivery, Event};
 use slim_wire::{Mode, Name};
+
+use args::{ConnectArgs, IdentityArgs, parse_duration};
+use output::{Output, print_json};
 
 #[derive(Parser, Debug)]
 #[command(name = "slimctl", version, about = "Operate a SLIM fabric")]
@@ -24,12 +29,6 @@ struct Cli {
     output: Output,
     #[command(subcommand)]
     cmd: Cmd,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Output {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,45 +89,6 @@ enum DevSpireCmd {
     },
 }
 
-/// Where this client's identity comes from.
-#[derive(clap::Args, Debug)]
-struct IdentityArgs {
-    /// SVID directory in the spiffe-helper layout (tls.crt, tls.key, svid_bundle.pem).
-    #[arg(long, env = "SLIMCTL_IDENTITY")]
-    identity: Option<PathBuf>,
-    /// SPIFFE Workload API socket of a SPIRE agent (used when --identity is absent).
-    #[arg(long, env = "SPIFFE_ENDPOINT_SOCKET")]
-    spiffe_socket: Option<String>,
-    /// Authenticate with a JWT-SVID for this audience instead of a client
-    /// certificate (needs --spiffe-socket).
-    #[arg(long)]
-    jwt_audience: Option<String>,
-}
-
-impl IdentityArgs {
-    async fn source(&self) -> Result<IdentitySource> {
-        let cfg = match (&self.identity, &self.spiffe_socket) {
-            (Some(dir), _) => IdentitySourceConfig::Files { dir: dir.clone() },
-            (None, Some(sock)) => IdentitySourceConfig::spire(Some(sock.clone())),
-            (None, None) => bail!(
-                "no identity: pass --identity DIR (spiffe-helper layout) or --spiffe-socket / SPIFFE_ENDPOINT_SOCKET"
-            ),
-        };
-        Ok(IdentitySource::start(cfg).await?)
-    }
-
-    async fn credentials(&self) -> Result<Credentials> {
-        let src = self.source().await?;
-        Ok(match &self.jwt_audience {
-            Some(aud) => Credentials::Jwt {
-                source: src,
-                audience: aud.clone(),
-            },
-            None => Credentials::Source(src),
-        })
-    }
-}
-
 #[derive(Subcommand, Debug)]
 enum DevCaCmd {
     /// Create a CA for a trust domain (writes ca.crt and ca.key).
@@ -151,19 +111,6 @@ enum DevCaCmd {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
     },
-}
-
-#[derive(clap::Args, Debug)]
-struct ConnectArgs {
-    /// The node to connect to: `host:port` or `slim://host:port` (host
-    /// names are resolved at every (re)connect).
-    #[arg(long, env = "SLIMCTL_NODE", default_value = "127.0.0.1:4500")]
-    node: String,
-    #[command(flatten)]
-    id: IdentityArgs,
-    /// The name this client registers as (an instance id is added).
-    #[arg(long = "as", env = "SLIMCTL_NAME", default_value = "ops/slimctl/cli")]
-    as_name: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,27 +178,6 @@ impl From<CliMode> for Mode {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {s:?} (use ms, s, m, h, d)"
-            ));
-        }
-    };
-    Ok(Duration::from_secs(secs))
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -282,11 +208,6 @@ fn main() -> Result<()> {
             })
         }
     }
-}
-
-fn print_json(v: &impl Serialize) -> Result<()> {
-    println!("{}", serde_json::to_string(v)?);
-    Ok(())
 }
 
 fn dev_ca(cmd: DevCaCmd, out: Output) -> Result<()> {

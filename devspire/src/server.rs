@@ -11,8 +11,8 @@ use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
 
-use crate::State;
 use crate::pb;
+use crate::state::State;
 
 /// Metadata key every Workload API request must carry (value `true`), so that a
 /// browser or other SSRF-able client cannot be tricked into calling the API.

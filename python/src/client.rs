@@ -10,11 +10,11 @@ use pyo3::prelude::*;
 use slim_client::app;
 use slim_wire::Mode;
 
+use crate::call::{PyBytesOut, Step, spawn, spawn_step};
+use crate::conv::{duration_arg, payload, py_str, timeout_arg};
+use crate::rt::{InRt, within};
 use crate::session::SessionOut;
 use crate::values::{MsgOut, RequestOut};
-use crate::{
-    InRt, PyBytesOut, Step, duration_arg, payload, py_str, spawn, spawn_step, timeout_arg, within,
-};
 
 /// Used when `SharedSecret(trust_domain=None)`: the trust domain then comes
 /// from each bundle certificate's `spiffe://` URI SAN (dev CAs carry one);

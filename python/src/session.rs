@@ -4,8 +4,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 use slim_client::app;
 
+use crate::call::{Step, spawn, spawn_step};
+use crate::conv::{payload, py_str, timeout_arg};
+use crate::rt::{InRt, within};
 use crate::values::{EventOut, Member, MsgOut};
-use crate::{InRt, Step, payload, py_str, spawn, spawn_step, timeout_arg, within};
 
 /// A session: point-to-point (`kind == "p2p"`) or a group channel
 /// (`kind == "group"`), whatever this end's `role` (`"initiator"`,

@@ -4,7 +4,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use slim_client::app;
 
-use crate::{InRt, payload, py_str, spawn};
+use crate::call::spawn;
+use crate::conv::{payload, py_str};
+use crate::rt::InRt;
 
 /// `b'...'` of at most 40 bytes, for reprs.
 fn short_bytes(b: &[u8]) -> String {
