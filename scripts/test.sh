@@ -15,6 +15,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== file-level import cycles (self-test, then every crate's src/)"
+python3 scripts/test_check_import_cycles.py
+python3 scripts/check-import-cycles.py
 echo "== cargo build (binaries the namespace tests start)"
 cargo build --workspace --bins --locked
 echo "== the Python package (venv + extension; the fleet demo's agents and pytest use it)"

@@ -27,6 +27,7 @@
 //! connections; the `spire_reconnects_after_agent_restart` test checks it.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -108,10 +109,12 @@ struct Shared {
     tx: watch::Sender<Arc<Identity>>,
     certified: RwLock<Arc<CertifiedKey>>,
     bundles: SharedBundles,
+    /// Refresh attempts that failed (see [`IdentitySource::refresh_failures`]).
+    failures: Arc<AtomicU64>,
 }
 
 impl Shared {
-    fn new(identity: Identity) -> Result<Arc<Shared>, AuthError> {
+    fn new(identity: Identity, failures: Arc<AtomicU64>) -> Result<Arc<Shared>, AuthError> {
         let certified = certify(&identity)?;
         let bundles = Arc::new(RwLock::new(identity.bundles.clone()));
         let (tx, _) = watch::channel(Arc::new(identity));
@@ -119,7 +122,12 @@ impl Shared {
             tx,
             certified: RwLock::new(certified),
             bundles,
+            failures,
         }))
+    }
+
+    fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Installs a new identity: TLS material first, then watchers are told.
@@ -293,6 +301,16 @@ impl IdentitySource {
     /// A receiver that sees every rotation (`changed().await`).
     pub fn subscribe(&self) -> watch::Receiver<Arc<Identity>> {
         self.inner.shared.tx.subscribe()
+    }
+
+    /// How many refresh attempts have failed since the source started:
+    /// Workload API dials that did not connect (including the retries of a
+    /// re-dial after the agent went away), updates without a usable SVID,
+    /// SVID files that changed but do not load, failed dev re-issues. The
+    /// last good identity keeps being served meanwhile; a count that keeps
+    /// growing means it is not being refreshed.
+    pub fn refresh_failures(&self) -> u64 {
+        self.inner.shared.failures.load(Ordering::Relaxed)
     }
 
     /// The trust bundles, updated in place on rotation (for custom verifiers).
@@ -497,13 +515,16 @@ async fn start_spire(
     // timeout can say *why* there was no agent.
     let last_dial_error: Arc<Mutex<Option<String>>> = Arc::default();
     let ever_connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
     let factory = {
         let last = last_dial_error.clone();
         let connected = ever_connected.clone();
+        let failures = failures.clone();
         let parsed = parsed.clone();
         Arc::new(move || {
             let last = last.clone();
             let connected = connected.clone();
+            let failures = failures.clone();
             let parsed = parsed.clone();
             Box::pin(async move {
                 let r = spiffe::WorkloadApiClient::connect(parsed).await;
@@ -511,6 +532,7 @@ async fn start_spire(
                     Ok(_) => connected.store(true, std::sync::atomic::Ordering::Relaxed),
                     Err(e) => {
                         *last.lock().unwrap_or_else(PoisonError::into_inner) = Some(error_chain(e));
+                        failures.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 r
@@ -565,7 +587,7 @@ async fn start_spire(
         cause: e,
     })?;
     tracing::info!(id = %first.spiffe_id, %endpoint, "identity from the SPIFFE Workload API");
-    let shared = Shared::new(first)?;
+    let shared = Shared::new(first, failures)?;
     let stop = CancellationToken::new();
     tokio::spawn(spire_refresh(
         x509.clone(),
@@ -603,11 +625,15 @@ async fn spire_refresh(
                 match identity_from_source(&x509) {
                     Ok(identity) => {
                         if let Err(e) = shared.publish(identity) {
+                            shared.failed();
                             tracing::error!(%endpoint, error = %e, "rotated SVID is unusable; keeping the previous one");
                         }
                     }
                     // E.g. permission withdrawn: keep serving the last SVID until it expires.
-                    Err(e) => tracing::warn!(%endpoint, error = %e, "Workload API update without a usable SVID"),
+                    Err(e) => {
+                        shared.failed();
+                        tracing::warn!(%endpoint, error = %e, "Workload API update without a usable SVID");
+                    }
                 }
             }
         }
@@ -638,7 +664,7 @@ async fn start_files(dir: PathBuf) -> Result<IdentitySource, AuthError> {
         .await
         .map_err(|e| AuthError::Unsupported(format!("loader task failed: {e}")))??;
     tracing::info!(id = %identity.spiffe_id, dir = %dir.display(), "identity from spiffe-helper files");
-    let shared = Shared::new(identity)?;
+    let shared = Shared::new(identity, Arc::default())?;
     let stop = CancellationToken::new();
     tokio::spawn(files_refresh(dir.clone(), fp, shared.clone(), stop.clone()));
     Ok(IdentitySource::from_parts(
@@ -675,13 +701,18 @@ async fn files_refresh(
         match tokio::task::spawn_blocking(move || Identity::from_files(&d)).await {
             Ok(Ok(identity)) => {
                 if let Err(e) = shared.publish(identity) {
+                    shared.failed();
                     tracing::warn!(dir = %dir.display(), error = %e, "reloaded SVID is unusable; keeping the previous one");
                 }
             }
             Ok(Err(e)) => {
+                shared.failed();
                 tracing::warn!(dir = %dir.display(), error = %e, "SVID files changed but do not load; keeping the previous identity");
             }
-            Err(e) => tracing::warn!(error = %e, "SVID reload task failed"),
+            Err(e) => {
+                shared.failed();
+                tracing::warn!(error = %e, "SVID reload task failed");
+            }
         }
     }
 }
@@ -708,7 +739,7 @@ async fn start_dev(
         .map_err(|e| AuthError::Unsupported(format!("dev CA task failed: {e}")))??
     };
     tracing::info!(id = %identity.spiffe_id, ca_dir = %ca_dir.display(), "identity from the development CA");
-    let shared = Shared::new(identity)?;
+    let shared = Shared::new(identity, Arc::default())?;
     let stop = CancellationToken::new();
     tokio::spawn(dev_refresh(
         Arc::new(ca),
@@ -743,6 +774,7 @@ async fn dev_refresh(
         {
             Ok(()) => wait = (ttl / 2).max(Duration::from_secs(1)),
             Err(e) => {
+                shared.failed();
                 tracing::error!(%id, error = %e, "dev CA could not re-issue the SVID; retrying");
                 wait = Duration::from_secs(5);
             }

@@ -102,6 +102,15 @@ async fn changed_within(
     t0.elapsed()
 }
 
+/// Polls `cond` every 10 ms until it holds, or panics after `limit`.
+async fn eventually(limit: Duration, what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn spire_rotation_reaches_new_handshakes_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -296,9 +305,16 @@ async fn spire_reconnects_after_agent_restart() {
     let before = leaf_serial(&src.current());
     let mut rx = src.subscribe();
 
+    let failures = src.refresh_failures();
     first.shutdown().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // Still serving the last SVID while the agent is away.
+    // The source has noticed the agent is gone: it tried to re-dial and failed…
+    eventually(
+        Duration::from_secs(10),
+        "a failed re-dial of the stopped agent",
+        || src.refresh_failures() > failures,
+    )
+    .await;
+    // …and still serves the last SVID while the agent is away.
     assert_eq!(leaf_serial(&src.current()), before);
 
     let second = DevSpire::start(cfg, DevCa::load(&ca_dir).unwrap())
@@ -379,9 +395,16 @@ async fn files_source_reloads_rewritten_files() {
     assert_ne!(before, after);
     assert_eq!(after, leaf_serial(&rewritten));
 
-    // A broken rewrite keeps the last good identity.
+    // A broken rewrite keeps the last good identity: once the poller has seen
+    // the garbage and refused it, the identity is still the last good one.
+    let failures = src.refresh_failures();
     std::fs::write(dir.path().join("tls.crt"), b"garbage").unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    eventually(
+        Duration::from_secs(10),
+        "the broken rewrite seen and refused",
+        || src.refresh_failures() > failures,
+    )
+    .await;
     assert_eq!(leaf_serial(&src.current()), after);
 
     // Files cannot mint JWT-SVIDs.

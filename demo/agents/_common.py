@@ -2,8 +2,10 @@
 
 The scenario's names, the JSON lines an agent prints on stdout (one object per line, the
 same as the Rust agent's `slim_demo::Line` in demo/src/lib.rs: the orchestrator `slim-demo`
-reads them to draw the timeline and run its checks), the command line, and `Agent`: a role's
-channels plus the lines it prints about them. Python 3.11+ (asyncio.TaskGroup).
+reads them to draw the timeline and run its checks), the record it keeps with `--record FILE`
+(the same lines plus message bodies and direct messages, as the crate docs of demo/src/lib.rs
+describe), the command line, and `Agent`: a role's channels plus the lines it prints about
+them. Python 3.11+ (asyncio.TaskGroup).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import Any, TextIO
 
 import slim_agents as slim
 
@@ -40,9 +42,26 @@ APPROVAL = to_json({"decision": "APPROVE_DRAIN", "node": DRAIN_NODE})
 """What the operator publishes to approve the drain."""
 
 
-def emit(t: str, **fields: Any) -> None:
-    """Prints one line for the orchestrator: `{"t": "ready"|"sent"|"recv"|"note", ...}`
-    (`from_=` is written `"from"`)."""
+_record: TextIO | None = None
+"""The record (`--record FILE`), line-buffered: each line is in the file once written."""
+
+_NO_BODY = object()
+
+
+def record(t: str, **fields: Any) -> None:
+    """Appends one object to the record, if there is one (`from_=` is written `"from"`)."""
+    if _record is not None:
+        _record.write(to_json({"t": t, **{k.rstrip("_"): v for k, v in fields.items()}}) + "\n")
+
+
+def emit(t: str, body: Any = _NO_BODY, **fields: Any) -> None:
+    """Records, then prints one line for the orchestrator:
+    `{"t": "ready"|"sent"|"recv"|"note", ...}` (`from_=` is written `"from"`); `body`, the
+    message, goes to the record only."""
+    if body is _NO_BODY:
+        record(t, **fields)
+    else:
+        record(t, **fields, body=body)
     print(to_json({"t": t, **{k.rstrip("_"): v for k, v in fields.items()}}), flush=True)
 
 
@@ -118,12 +137,13 @@ class Agent:
         if session is None:
             self.note(f"not a member of {channel}")
             return
+        body = {"type": kind, "text": text, **extra}
         try:
-            await session.publish(to_json({"type": kind, "text": text, **extra}).encode())
+            await session.publish(to_json(body).encode())
         except slim.SlimError as e:
             print(f"publish on {channel} failed: {e}", file=sys.stderr)
             return
-        emit("sent", agent=self.label, channel=channel, kind=kind, text=text)
+        emit("sent", body=body, agent=self.label, channel=channel, kind=kind, text=text)
 
     async def messages(self, channel: str) -> AsyncIterator[tuple[str, str, Any]]:
         """Every message on `channel` as (kind, sender's SPIFFE ID, body), each printed as a
@@ -136,8 +156,9 @@ class Agent:
                 if isinstance(event, slim.Message):
                     kind, text, body = describe(event.payload)
                     spiffe_id = event.spiffe_id or ""
-                    emit("recv", agent=self.label, channel=channel, from_=event.source,
-                         spiffe_id=spiffe_id, kind=kind, text=text, epoch=event.epoch or 0)
+                    emit("recv", body=body, agent=self.label, channel=channel,
+                         from_=event.source, spiffe_id=spiffe_id, kind=kind, text=text,
+                         epoch=event.epoch or 0)
                     yield kind, spiffe_id, body
                 elif session.role == "moderator":
                     who = f"{event.name} [{event.spiffe_id}]"
@@ -155,12 +176,15 @@ class Agent:
 
 
 def parse_args(description: str | None) -> argparse.Namespace:
-    """`--node` (env SLIM_NODE) and `--work-ms`, as the Rust agent takes them."""
+    """`--node` (env SLIM_NODE), `--work-ms` and `--record`, as the Rust agent takes them."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--node", default=os.environ.get("SLIM_NODE"),
                    help="this cluster's SLIM node: slim://host:port or host:port (env SLIM_NODE)")
     p.add_argument("--work-ms", type=int, default=1500,
                    help="how long simulated work (a rolling update, a drain) takes")
+    p.add_argument("--record", default=None,
+                   help="append the agent's record (JSON lines: sent, received, direct, notes)"
+                        " to this file")
     args = p.parse_args()
     if not args.node:
         p.error("--node (or SLIM_NODE) is required")
@@ -169,7 +193,10 @@ def parse_args(description: str | None) -> argparse.Namespace:
 
 def run(main: Callable[[argparse.Namespace], Coroutine[Any, Any, None]], doc: str | None) -> None:
     """Runs an agent's `main(args)`; an SDK error ends it with a one-line message (exit 1)."""
+    global _record
     args = parse_args(doc)
+    if args.record:
+        _record = open(args.record, "a", buffering=1, encoding="utf-8")
     failed = False
     try:
         asyncio.run(main(args))

@@ -16,7 +16,7 @@ import asyncio
 import slim_agents as slim
 
 from _common import (CVE_PATCH, DRAIN_NODE, EVENT_SOURCE, HUMAN_REVIEW, SECURITY_INCIDENT,
-                     Agent, describe, run, shown_option, text_field)
+                     Agent, describe, record, run, shown_option, text_field)
 
 SERVICE = "acme/eu-west/security-monitor"
 ADMISSION = ["spiffe://acme.example/*/agent/*", "spiffe://acme.example/ops/**"]
@@ -25,13 +25,15 @@ ADMISSION = ["spiffe://acme.example/*/agent/*", "spiffe://acme.example/ops/**"]
 async def findings(agent: Agent) -> None:
     """CVE findings handed to us directly (not on a channel) by the cluster's event source."""
     async for msg in agent.app.messages():
+        _, _, body = describe(msg.payload)
+        record("direct", agent=agent.label, from_=msg.source, spiffe_id=msg.spiffe_id or "",
+               body=body)
         if msg.spiffe_id != EVENT_SOURCE:
             agent.note(f"ignored a direct message from {shown_option(msg.spiffe_id)}: "
                        "not the cluster's event source")
             continue
-        _, _, event = describe(msg.payload)
-        image = text_field(event, "image", "unknown")
-        severity = text_field(event, "severity", "unknown")
+        image = text_field(body, "image", "unknown")
+        severity = text_field(body, "severity", "unknown")
         await agent.send(SECURITY_INCIDENT, "cve-detected",
                          f"CVE-2024-XXXX detected in {image} ({severity}) on {DRAIN_NODE}",
                          image=image, severity=severity, node=DRAIN_NODE)

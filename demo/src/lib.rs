@@ -1,7 +1,40 @@
-//! Shared pieces of the fleet demo: the names of the scenario and the line
+//! Shared pieces of the fleet demo: the names of the scenario, the line
 //! format agents print so the orchestrator can draw the timeline and check
-//! that every key message arrived, decrypted, where it should.
+//! that every key message arrived, decrypted, where it should, and the
+//! machine-readable record ([`Recorder`]) agents and the orchestrator keep
+//! with `--record` / `--record-dir`.
+//!
+//! # The record
+//!
+//! `slim-demo --record-dir DIR` has every agent (Python or Rust) append JSON
+//! lines to `DIR/<workload>.jsonl` (`eu-monitor.jsonl`, `eu-remediation.jsonl`,
+//! `us-monitor.jsonl`, `escalation-handler.jsonl`), written by the agent
+//! itself, each line written through to the file before the agent prints the
+//! matching stdout line:
+//!
+//! * `{"t":"ready","agent":LABEL}`: every channel of the role is set up;
+//! * `{"t":"sent","agent","channel","kind","text","body"}`: it published
+//!   `body` (the exact JSON object) on `channel`;
+//! * `{"t":"recv","agent","channel","from","spiffe_id","kind","text","epoch","body"}`:
+//!   it received and decrypted a message on `channel` from `from` (full name)
+//!   whose SPIFFE ID MLS proved to be `spiffe_id`, in MLS epoch `epoch`;
+//!   `body` is the payload as JSON (`null` if it is not JSON);
+//! * `{"t":"direct","agent","from","spiffe_id","body"}`: a message sent to
+//!   the agent itself, not on a channel (the event source's finding);
+//! * `{"t":"note","agent","text"}`: membership, and decisions not to act
+//!   (`ignored a decision from …`).
+//!
+//! The orchestrator appends to `DIR/demo.jsonl` what it did and saw:
+//! `{"t":"agents","kind":"python"|"rust"}`, `{"t":"injected","to","event"}`
+//! (after `inject-event` succeeded), `{"t":"approved","channel","spiffe_id","payload"}`
+//! (after the operator's `slimctl` publish succeeded), `{"t":"links","links"}`
+//! (the controller's link list, as `slimctl --output json link list` prints
+//! it) and, with `--prometheus`, `{"t":"prometheus","query","rates"}`.
 #![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +84,53 @@ impl Line {
         // One write per line so lines from one agent never interleave.
         if let Ok(s) = serde_json::to_string(self) {
             println!("{s}");
+        }
+    }
+
+    /// Records this line (with `body`, the message, where there is one)
+    /// and then prints it.
+    pub fn record_and_print(&self, rec: &Recorder, body: Option<&serde_json::Value>) {
+        if let Ok(mut v) = serde_json::to_value(self) {
+            if let Some(b) = body {
+                v["body"] = b.clone();
+            }
+            rec.write(&v);
+        }
+        self.print();
+    }
+}
+
+/// An append-only JSON-lines record (see the crate docs); writes nothing
+/// when no path was given.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    file: Option<Mutex<std::fs::File>>,
+}
+
+impl Recorder {
+    /// Appends to `path` (created if missing); `None`: records nothing.
+    pub fn open(path: Option<&Path>) -> std::io::Result<Recorder> {
+        let file = match path {
+            Some(p) => Some(Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            )),
+            None => None,
+        };
+        Ok(Recorder { file })
+    }
+
+    /// One object, one line, in one write (unbuffered: it is in the file
+    /// when this returns).
+    pub fn write(&self, v: &serde_json::Value) {
+        let Some(f) = &self.file else { return };
+        let mut line = v.to_string();
+        line.push('\n');
+        let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = f.write_all(line.as_bytes()) {
+            eprintln!("record: {e}");
         }
     }
 }

@@ -8,7 +8,9 @@
 //! compose file and the namespace tests use the same files). The agents are
 //! the Python ones (`demo/agents/*.py`, on the `slim_agents` SDK) by default,
 //! the Rust one (`slim-demo-agent`) with `--rust-agents`: both print the same
-//! JSON lines ([`Line`]), which is all this program reads from them.
+//! JSON lines ([`Line`]), which is all this program reads from them. With
+//! `--record-dir DIR` the agents and this program also keep machine-readable
+//! records there (see [`slim_demo`]), for checks made from outside the demo.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -20,7 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use slim_auth::{DevCa, SpiffeId};
-use slim_demo::{HUMAN_REVIEW, Line, TRUST_DOMAIN, approval_payload};
+use slim_demo::{
+    CVE_PATCH, HUMAN_REVIEW, Line, Recorder, SECURITY_INCIDENT, TRUST_DOMAIN, approval_payload,
+};
 use slim_devspire::{DevSpire, DevSpireConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -96,6 +100,12 @@ struct Args {
     /// Where the Python agents are (default: `demo/agents` of this source tree).
     #[arg(long, env = "SLIM_DEMO_AGENTS")]
     agents_dir: Option<PathBuf>,
+    /// Keep machine-readable records here: each agent's own record
+    /// (`<workload>.jsonl`: what it sent, received and decided) and this
+    /// program's (`demo.jsonl`: the injected event, the approval, the links,
+    /// the Prometheus rates). See the `slim_demo` crate docs for the format.
+    #[arg(long)]
+    record_dir: Option<PathBuf>,
 }
 
 /// The four roles: workload (its Workload API socket), role, node.
@@ -104,6 +114,64 @@ const AGENTS: [(&str, &str, &str); 4] = [
     ("eu-monitor", "eu-monitor", "eu-west-node"),
     ("eu-remediation", "eu-remediation", "eu-west-node"),
     ("us-monitor", "us-monitor", "us-east-node"),
+];
+
+/// Every message the scenario has an agent send, once each: (workload,
+/// channel, kind). The run waits for all of them after the resolution.
+const SCENARIO_SENDS: [(&str, &str, &str); 12] = [
+    ("eu-monitor", SECURITY_INCIDENT, "cve-detected"),
+    ("us-monitor", SECURITY_INCIDENT, "correlation"),
+    ("eu-remediation", CVE_PATCH, "patch-attempt"),
+    ("eu-remediation", SECURITY_INCIDENT, "patch-attempt"),
+    ("eu-remediation", SECURITY_INCIDENT, "patch-failed"),
+    ("eu-remediation", HUMAN_REVIEW, "escalation"),
+    ("escalation-handler", HUMAN_REVIEW, "runbook"),
+    ("escalation-handler", HUMAN_REVIEW, "approval-required"),
+    ("escalation-handler", HUMAN_REVIEW, "decision-recorded"),
+    ("eu-remediation", SECURITY_INCIDENT, "drain-started"),
+    ("eu-remediation", SECURITY_INCIDENT, "drain-complete"),
+    ("eu-monitor", SECURITY_INCIDENT, "incident-resolved"),
+];
+
+/// The key messages and who must receive (and decrypt) each: (kind,
+/// channel, receivers).
+const CHECKS: [(&str, &str, &[&str]); 8] = [
+    (
+        "cve-detected",
+        SECURITY_INCIDENT,
+        &["us-monitor", "eu-remediation"],
+    ),
+    (
+        "correlation",
+        SECURITY_INCIDENT,
+        &["eu-monitor", "eu-remediation"],
+    ),
+    ("patch-attempt", CVE_PATCH, &["eu-monitor"]),
+    (
+        "escalation",
+        HUMAN_REVIEW,
+        &["escalation-handler", "eu-monitor"],
+    ),
+    (
+        "approval-required",
+        HUMAN_REVIEW,
+        &["eu-remediation", "eu-monitor"],
+    ),
+    (
+        "decision",
+        HUMAN_REVIEW,
+        &["eu-remediation", "escalation-handler"],
+    ),
+    (
+        "drain-complete",
+        SECURITY_INCIDENT,
+        &["eu-monitor", "us-monitor"],
+    ),
+    (
+        "incident-resolved",
+        SECURITY_INCIDENT,
+        &["us-monitor", "eu-remediation"],
+    ),
 ];
 
 /// What the Python agents need: `slim_agents`, and 3.11 for `asyncio.TaskGroup`.
@@ -228,6 +296,9 @@ struct Demo {
     nodes: BTreeMap<&'static str, SocketAddr>,
     metrics: BTreeMap<&'static str, SocketAddr>,
     controller: SocketAddr,
+    /// `--record-dir`, and this program's record in it (`demo.jsonl`).
+    record_dir: Option<PathBuf>,
+    rec: Recorder,
 }
 
 impl Demo {
@@ -407,6 +478,18 @@ async fn run(args: &Args, bin: PathBuf, agents: Agents, work: PathBuf) -> Result
         "controller",
         SocketAddr::from(([127, 0, 0, 1], free_tcp()?)),
     );
+    let rec = match &args.record_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+            Recorder::open(Some(&d.join("demo.jsonl")))?
+        }
+        None => Recorder::default(),
+    };
+    let kind = match agents {
+        Agents::Rust => "rust",
+        Agents::Python { .. } => "python",
+    };
+    rec.write(&serde_json::json!({ "t": "agents", "kind": kind }));
     let demo = Demo {
         bin,
         agents,
@@ -416,6 +499,8 @@ async fn run(args: &Args, bin: PathBuf, agents: Agents, work: PathBuf) -> Result
         nodes,
         metrics,
         controller,
+        record_dir: args.record_dir.clone(),
+        rec,
     };
     let mut procs = Procs {
         children: Vec::new(),
@@ -528,6 +613,10 @@ async fn drive(args: &Args, demo: &Demo, procs: &mut Procs, fleet: &Path) -> Res
                 c
             }
         };
+        if let Some(dir) = &demo.record_dir {
+            cmd.arg("--record")
+                .arg(dir.join(format!("{workload}.jsonl")));
+        }
         let mut child = cmd
             .args(["--work-ms", &args.work_ms.to_string()])
             .env("SLIM_NODE", demo.nodes[node].to_string())
@@ -590,6 +679,9 @@ async fn drive(args: &Args, demo: &Demo, procs: &mut Procs, fleet: &Path) -> Res
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    demo.rec.write(&serde_json::json!({ "t": "injected",
+        "to": "acme/eu-west/security-monitor",
+        "event": { "type": "cve", "severity": "critical", "image": "nginx:1.21" } }));
     println!(
         "\n== timeline (who said what on which channel; every payload MLS-encrypted end to end)"
     );
@@ -608,6 +700,8 @@ async fn drive(args: &Args, demo: &Demo, procs: &mut Procs, fleet: &Path) -> Res
     );
     let mut approved = false;
     let mut resolved = false;
+    // (workload, channel, kind) of every message an agent said it sent.
+    let mut sent: Vec<(String, String, String)> = Vec::new();
     while !resolved {
         let (who, at, line) = next_line(&mut lines, procs, deadline).await?;
         match &line {
@@ -617,6 +711,7 @@ async fn drive(args: &Args, demo: &Demo, procs: &mut Procs, fleet: &Path) -> Res
                 kind,
                 text,
             } => {
+                sent.push((who.clone(), channel.clone(), kind.clone()));
                 println!(
                     "{} {agent:<26} → {:<20} {text}",
                     demo.stamp_at(at),
@@ -650,6 +745,11 @@ async fn drive(args: &Args, demo: &Demo, procs: &mut Procs, fleet: &Path) -> Res
                                 String::from_utf8_lossy(&out.stderr)
                             );
                         }
+                        let payload: serde_json::Value = serde_json::from_str(&approval_payload())?;
+                        demo.rec.write(&serde_json::json!({ "t": "approved",
+                            "channel": HUMAN_REVIEW,
+                            "spiffe_id": format!("spiffe://{TRUST_DOMAIN}/ops/slimctl/operator"),
+                            "payload": payload }));
                     } else {
                         println!("   waiting for the operator's decision …");
                     }
@@ -663,59 +763,49 @@ async fn drive(args: &Args, demo: &Demo, procs: &mut Procs, fleet: &Path) -> Res
             Line::Ready { .. } => {}
         }
     }
-    // Let the last messages reach everyone.
-    let settle = Instant::now() + Duration::from_secs(3);
-    while let Ok(Some((who, _, line))) = tokio::time::timeout_at(settle.into(), lines.recv()).await
-    {
-        if matches!(line, Line::Recv { .. }) {
-            recvs.push((who, line));
+    // Let the last messages reach everyone: wait (bounded) until every
+    // message of the scenario was sent and every key message received.
+    let received = |recvs: &[(String, Line)], r: &str, channel: &str, kind: &str| {
+        recvs.iter().any(|(who, l)| {
+            matches!(l, Line::Recv { channel: c, kind: k, .. } if who == r && c == channel && k == kind)
+        })
+    };
+    let settle = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all_sent = SCENARIO_SENDS.iter().all(|(w, c, k)| {
+            sent.iter()
+                .any(|(w2, c2, k2)| w2 == w && c2 == c && k2 == k)
+        });
+        let all_received = CHECKS.iter().all(|(kind, channel, receivers)| {
+            receivers.iter().all(|r| received(&recvs, r, channel, kind))
+        });
+        if all_sent && all_received {
+            break;
+        }
+        match tokio::time::timeout_at(settle.into(), lines.recv()).await {
+            Ok(Some((who, _, line))) => match &line {
+                Line::Recv { .. } => recvs.push((who, line)),
+                Line::Sent { channel, kind, .. } => {
+                    sent.push((who.clone(), channel.clone(), kind.clone()))
+                }
+                _ => {}
+            },
+            _ => break,
         }
     }
 
     println!("\n== checks");
     let mut failed = 0;
-    for (kind, channel, receivers) in [
-        (
-            "cve-detected",
-            "acme/monitoring/security-incident",
-            &["us-monitor", "eu-remediation"][..],
-        ),
-        (
-            "correlation",
-            "acme/monitoring/security-incident",
-            &["eu-monitor", "eu-remediation"][..],
-        ),
-        (
-            "patch-attempt",
-            "acme/remediation/cve-patch",
-            &["eu-monitor"][..],
-        ),
-        (
-            "escalation",
-            HUMAN_REVIEW,
-            &["escalation-handler", "eu-monitor"][..],
-        ),
-        (
-            "approval-required",
-            HUMAN_REVIEW,
-            &["eu-remediation", "eu-monitor"][..],
-        ),
-        (
-            "decision",
-            HUMAN_REVIEW,
-            &["eu-remediation", "escalation-handler"][..],
-        ),
-        (
-            "drain-complete",
-            "acme/monitoring/security-incident",
-            &["eu-monitor", "us-monitor"][..],
-        ),
-        (
-            "incident-resolved",
-            "acme/monitoring/security-incident",
-            &["us-monitor", "eu-remediation"][..],
-        ),
-    ] {
+    for (workload, channel, kind) in SCENARIO_SENDS {
+        if !sent
+            .iter()
+            .any(|(w, c, k)| w == workload && c == channel && k == kind)
+        {
+            failed += 1;
+            println!("   FAIL {workload:<19} never sent {kind} on {channel}");
+        }
+    }
+    for (kind, channel, receivers) in CHECKS {
         for r in receivers {
             let got = recvs.iter().find_map(|(who, l)| match l {
                 Line::Recv {
@@ -750,8 +840,29 @@ async fn drive(args: &Args, demo: &Demo, procs: &mut Procs, fleet: &Path) -> Res
     ];
     links_args.extend(["--controller".into(), demo.controller.to_string()]);
     links_args.extend(["--spiffe-socket".into(), demo.socket("operator").to_owned()]);
-    let out = demo.slimctl(&links_args).await?;
-    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    // Nodes report their links to the controller every few seconds: wait
+    // (bounded) until it knows cluster A's node's links to both other nodes,
+    // which the messages above crossed.
+    let reported = Instant::now() + Duration::from_secs(30);
+    let links = loop {
+        let out = demo.slimctl(&links_args).await?;
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let peers: std::collections::BTreeSet<&str> = links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["node_id"] == "eu-west-node")
+            .filter_map(|l| l["link"]["peer_node_id"].as_str())
+            .collect();
+        if (peers.contains("admin-node") && peers.contains("us-east-node"))
+            || Instant::now() > reported
+        {
+            break links;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    demo.rec
+        .write(&serde_json::json!({ "t": "links", "links": links }));
     let a_links: Vec<&serde_json::Value> = links
         .as_array()
         .map(|a| {
@@ -850,7 +961,7 @@ async fn start_prometheus(demo: &Demo, procs: &mut Procs) -> Result<SocketAddr> 
 }
 
 /// Queries the per-node routed-message rate; returns how many nodes show none.
-async fn report_prometheus(_demo: &Demo, addr: SocketAddr) -> Result<usize> {
+async fn report_prometheus(demo: &Demo, addr: SocketAddr) -> Result<usize> {
     let query = "sum by (node) (rate(slim_messages_routed_total[1m]))";
     println!("   prometheus: {query}");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -871,6 +982,8 @@ async fn report_prometheus(_demo: &Demo, addr: SocketAddr) -> Result<usize> {
             .filter(|n| rates.get(**n).copied().unwrap_or(0.0) <= 0.0)
             .count();
         if missing == 0 || Instant::now() > deadline {
+            demo.rec
+                .write(&serde_json::json!({ "t": "prometheus", "query": query, "rates": rates }));
             for (n, r) in &rates {
                 println!(
                     "   {}   {n:<13} {r:.3} routed messages/s",

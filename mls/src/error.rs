@@ -109,9 +109,6 @@ pub enum MlsError {
         /// openmls' description.
         msg: String,
     },
-    /// Part of the API that is not implemented yet.
-    #[error("not implemented yet: {0}")]
-    NotImplemented(&'static str),
 }
 
 impl MlsError {

@@ -1,6 +1,10 @@
 //! Node restarts, actor crashes and shutdown.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use slim_actors::{HookVerdict, RoutedFrame};
 
 use slim_client::{ConnState, FLAG_NO_ROUTE_SILENT};
 use slim_tests::*;
@@ -128,6 +132,24 @@ async fn shutdown_drains_queued_messages() {
     let publ = client(&pki, addr, "acme/drain/pub").await;
     let chan = name("acme/drain/chan");
     sub.subscribe(&chan).await.unwrap();
+    // The node routes one connection's frames in order on one task, so once
+    // the route hook sees the marker published after the last message, every
+    // message before it has been routed into the subscriber's queue.
+    let marker = name("acme/drain/marker");
+    let routed = Arc::new(AtomicU64::new(0));
+    let marker_seen = Arc::new(AtomicBool::new(false));
+    {
+        let (routed, marker_seen) = (Arc::clone(&routed), Arc::clone(&marker_seen));
+        let (chan, marker) = (chan.as_str().to_string(), marker.as_str().to_string());
+        node.set_route_hook(Some(Arc::new(move |r: &RoutedFrame<'_>| {
+            if r.name == chan {
+                routed.fetch_add(1, Ordering::SeqCst);
+            } else if r.name == marker {
+                marker_seen.store(true, Ordering::SeqCst);
+            }
+            HookVerdict::Forward
+        })));
+    }
     const N: u64 = 2000;
     for i in 0..N {
         publ.publish_with(
@@ -139,15 +161,22 @@ async fn shutdown_drains_queued_messages() {
         .await
         .unwrap();
     }
+    publ.publish_with(&marker, Mode::Multicast, FLAG_NO_ROUTE_SILENT, b"end")
+        .await
+        .unwrap();
     publ.flush().await;
-    // Let the node read everything the publisher sent before shutting down.
+    // Let the node route everything the publisher sent before shutting down.
     assert_eventually(
-        Duration::from_secs(5),
-        "node received every publish",
-        || async { node.registry().lookup(chan.as_str()).is_some() },
+        Duration::from_secs(10),
+        "node routed every publish (the marker after the last one)",
+        || async { marker_seen.load(Ordering::SeqCst) },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        routed.load(Ordering::SeqCst),
+        N,
+        "publishes routed before the marker"
+    );
     node.shutdown(Duration::from_secs(5)).await;
     let mut seen = SeqSet::new(N);
     while let Some(slim_client::Event::Message(d)) =

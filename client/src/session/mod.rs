@@ -92,9 +92,6 @@ pub enum SessionError {
     /// End-to-end encryption failed (handshake, encrypt or decrypt).
     #[error("MLS: {0}")]
     Mls(String),
-    /// A part of the session layer that the groundwork does not cover yet.
-    #[error("not implemented yet: {0}")]
-    Unimplemented(&'static str),
 }
 
 /// What a session machine tells the application.

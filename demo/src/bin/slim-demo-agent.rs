@@ -10,10 +10,13 @@
 //! ```
 //! (`SPIFFE_ENDPOINT_SOCKET` names the Workload API socket.) Each line on
 //! stdout is a JSON [`slim_demo::Line`]: what the agent sent and what it
-//! received and decrypted.
+//! received and decrypted. With `--record FILE` it also keeps the
+//! machine-readable record described in [`slim_demo`] (with message bodies).
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -23,7 +26,7 @@ use slim_client::app::{
     App, AppConfig, CreateOptions, JoinOptions, Message, Role as SessionRole, Session,
     SessionEvent, SlimError,
 };
-use slim_demo::{CVE_PATCH, DRAIN_NODE, HUMAN_REVIEW, Line, SECURITY_INCIDENT, describe};
+use slim_demo::{CVE_PATCH, DRAIN_NODE, HUMAN_REVIEW, Line, Recorder, SECURITY_INCIDENT, describe};
 use tokio::sync::mpsc;
 
 #[derive(Parser, Debug)]
@@ -36,6 +39,17 @@ struct Args {
     /// How long simulated work (a rolling update, a drain) takes.
     #[arg(long, default_value_t = 1500)]
     work_ms: u64,
+    /// Append the agent's record (JSON lines: sent, received, direct, notes)
+    /// to this file.
+    #[arg(long)]
+    record: Option<PathBuf>,
+}
+
+/// The record (`--record`; records nothing without it).
+static RECORD: OnceLock<Recorder> = OnceLock::new();
+
+fn rec() -> &'static Recorder {
+    RECORD.get_or_init(Recorder::default)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -98,7 +112,7 @@ type Step = Value;
 
 fn note(label: &str, text: impl Into<String>) {
     let (agent, text) = (label.to_owned(), text.into());
-    Line::Note { agent, text }.print();
+    Line::Note { agent, text }.record_and_print(rec(), None);
 }
 
 #[tokio::main]
@@ -110,6 +124,9 @@ async fn main() -> Result<()> {
         )
         .init();
     let args = Args::parse();
+    let recorder = Recorder::open(args.record.as_deref())
+        .with_context(|| format!("open the record {:?}", args.record))?;
+    let _ = RECORD.set(recorder);
     let (role, work) = (args.role, Duration::from_millis(args.work_ms));
     let label = role.service().split_once('/').map_or("", |(_, r)| r);
 
@@ -145,7 +162,7 @@ async fn main() -> Result<()> {
     Line::Ready {
         agent: label.to_owned(),
     }
-    .print();
+    .record_and_print(rec(), None);
 
     // One reader per channel, all into one inbox.
     let (tx, mut inbox) = mpsc::channel(1024);
@@ -164,7 +181,7 @@ async fn main() -> Result<()> {
     drop(tx);
     loop {
         let steps = tokio::select! {
-            m = app.receive() => on_direct(role, &m.context("connection closed")?),
+            m = app.receive() => on_direct(label, role, &m.context("connection closed")?),
             ev = inbox.recv() => match ev {
                 Some((chan, r, ev)) => on_channel(label, role, chan, r, ev, &mut chans),
                 None => bail!("every channel ended"),
@@ -191,7 +208,7 @@ async fn main() -> Result<()> {
                         kind: kind.into(),
                         text: text.into(),
                     }
-                    .print(),
+                    .record_and_print(rec(), Some(&step)),
                 }
             }
         }
@@ -200,7 +217,10 @@ async fn main() -> Result<()> {
 
 /// A message sent to this agent directly (not on a channel): the cluster's
 /// event source hands CVE findings to the security monitor this way.
-fn on_direct(role: Role, m: &Message) -> Vec<Step> {
+fn on_direct(label: &str, role: Role, m: &Message) -> Vec<Step> {
+    let (_, _, ev) = describe(&m.payload);
+    rec().write(&json!({ "t": "direct", "agent": label, "from": m.source,
+        "spiffe_id": m.spiffe_id.as_deref().unwrap_or_default(), "body": ev }));
     if role != Role::EuMonitor {
         return vec![];
     }
@@ -209,7 +229,6 @@ fn on_direct(role: Role, m: &Message) -> Vec<Step> {
         let why = format!("ignored a direct message from {from:?}: not the cluster's event source");
         return vec![json!({ "note": why })];
     }
-    let (_, _, ev) = describe(&m.payload);
     let image = ev["image"].as_str().unwrap_or("unknown");
     let severity = ev["severity"].as_str().unwrap_or("unknown");
     vec![
@@ -260,7 +279,7 @@ fn on_channel(
         text,
         epoch,
     }
-    .print();
+    .record_and_print(rec(), Some(&body));
     react(role, chan, &k, &id, &body)
 }
 
