@@ -16,9 +16,11 @@ use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::{
-    ClientConfig, ClientError, ConnState, Credentials, Delivery, Event, Shared, encode_frame,
-};
+use crate::addr::resolve;
+use crate::config::{ClientConfig, Credentials};
+use crate::error::ClientError;
+use crate::event::{ConnState, Delivery, Event};
+use crate::shared::{RECENT_ERRORS, Shared, encode_frame};
 
 pub(crate) struct Live {
     conn: quinn::Connection,
@@ -194,28 +196,6 @@ async fn connect_to(
             addr: node,
             reason: format!("no answer within {:?}", cfg.connect_timeout),
         }),
-    }
-}
-
-/// Resolves `host:port` with the system resolver.
-pub(crate) async fn resolve(host: &str, timeout: Duration) -> Result<Vec<SocketAddr>, ClientError> {
-    let err = |reason: String| ClientError::Resolve {
-        host: host.to_owned(),
-        reason,
-    };
-    match tokio::time::timeout(timeout, tokio::net::lookup_host(host)).await {
-        Err(_) => Err(err(format!(
-            "no answer from the resolver within {timeout:?}"
-        ))),
-        Ok(Err(e)) => Err(err(e.to_string())),
-        Ok(Ok(addrs)) => {
-            let v: Vec<SocketAddr> = addrs.collect();
-            if v.is_empty() {
-                Err(err("no address".into()))
-            } else {
-                Ok(v)
-            }
-        }
     }
 }
 
@@ -506,7 +486,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         .recent_errors
                         .lock()
                         .unwrap_or_else(|e| e.into_inner());
-                    if q.len() >= crate::RECENT_ERRORS {
+                    if q.len() >= RECENT_ERRORS {
                         q.pop_front();
                     }
                     q.push_back(e.clone());
@@ -537,7 +517,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
 
     use super::*;
-    use crate::SdkMetrics;
+    use crate::shared::SdkMetrics;
 
     fn shared() -> Arc<Shared> {
         let cfg = ClientConfig::with_credentials(

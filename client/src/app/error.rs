@@ -1,7 +1,12 @@
 //! [`SlimError`]: the front door's one error type, and how the lower
 //! layers' errors fold into it.
 
-use super::*;
+use slim_wire::ErrorCode;
+
+use crate::error::ClientError;
+use crate::session::SessionError;
+use crate::session::channel::ChannelError;
+use crate::session::rpc::RpcError;
 
 /// Everything the front door can fail with. Each variant carries the reason
 /// as text a person can act on; the Python package maps each to its own
@@ -177,5 +182,34 @@ impl From<RpcError> for SlimError {
 impl From<slim_wire::InvalidName> for SlimError {
     fn from(e: slim_wire::InvalidName) -> Self {
         SlimError::InvalidName(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_kinds_map_codes() {
+        assert_eq!(
+            SlimError::from_code(ErrorCode::UNAUTHORIZED, "x".into()).kind(),
+            "permission_denied"
+        );
+        assert_eq!(
+            SlimError::from_code(ErrorCode::NO_ROUTE, "x".into()).kind(),
+            "no_route"
+        );
+        let e: SlimError = ClientError::Subscribe {
+            name: "a/b/c".into(),
+            code: ErrorCode::UNAUTHORIZED,
+            reason: "spiffe://td/x may not subscribe to a/b/c".into(),
+        }
+        .into();
+        assert!(matches!(&e, SlimError::PermissionDenied(r) if r.contains("may not subscribe")));
+        let e: SlimError = ChannelError::JoinRefused {
+            reason: "not allowed".into(),
+        }
+        .into();
+        assert_eq!(e.kind(), "join_refused");
     }
 }

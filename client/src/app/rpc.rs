@@ -1,7 +1,13 @@
 //! RPC at the front door: [`RpcStream`] (a caller's streamed responses)
 //! and [`Request`] (a call to answer).
 
-use super::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+
+use super::error::SlimError;
+use crate::session::rpc::{Responder, ResponseStream, RpcError, RpcRequest};
 
 /// The responses of a streaming call.
 #[derive(Clone)]

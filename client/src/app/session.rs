@@ -1,7 +1,19 @@
 //! [`Session`]: one type for point-to-point sessions and group channels,
 //! whatever this end's role.
 
-use super::*;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use slim_wire::{Mode, Name};
+
+use super::config::parse_name;
+use super::error::SlimError;
+use super::types::{Message, Role, SessionEvent, SessionKind};
+use crate::channel::GroupCtl;
+use crate::session::SessionError;
+use crate::session::channel::{ChannelEvent, MemberInfo};
+use crate::session::p2p::{P2pEvent, P2pReceiver, P2pSender, P2pSession};
 
 enum Body {
     P2p {

@@ -26,7 +26,10 @@ use tokio::sync::mpsc;
 
 use super::SessionError;
 use super::packet::{Kind, Packet, VERSION};
-use crate::{Client, ClientError, Event, FLAG_NO_ROUTE_SILENT};
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::event::Event;
+use slim_wire::FLAG_NO_ROUTE_SILENT;
 
 /// A session packet handed to a session (or an acceptor).
 #[derive(Debug, Clone)]

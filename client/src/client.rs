@@ -1,0 +1,347 @@
+//! [`Client`]: a connected agent's raw subscribe, publish and receive.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use slim_wire::{ErrorCode, ErrorFrame, Frame, Mode, Name, Subscribe, Unsubscribe, codec};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::ClientConfig;
+use crate::conn;
+use crate::error::ClientError;
+use crate::event::{ConnState, Delivery, Event};
+use crate::shared::{SdkMetrics, Shared, encode_frame};
+
+/// A connected agent.
+pub struct Client {
+    pub(crate) shared: Arc<Shared>,
+    out: mpsc::Sender<Bytes>,
+    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    driver: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    close: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.shared.cfg.name)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Dials the node, registers, and starts the connection driver. The first
+    /// attempt's failure is returned; later drops are retried forever.
+    pub async fn connect(mut cfg: ClientConfig) -> Result<Client, ClientError> {
+        if !cfg.name.has_instance() {
+            let id = format!("{:016x}", rand::random::<u64>());
+            cfg.name = cfg.name.with_instance(&id)?;
+        }
+        let (state, _) = watch::channel(ConnState::Reconnecting {
+            attempt: 0,
+            last_error: String::new(),
+        });
+        let shared = Arc::new(Shared {
+            metrics: SdkMetrics::new(cfg.metrics),
+            cfg,
+            subs: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            state,
+            identity_seen: Mutex::new(None),
+            recent_errors: Mutex::new(std::collections::VecDeque::new()),
+        });
+        let endpoint = conn::endpoint(&shared.cfg)?;
+        let live = conn::connect_once(&shared, &endpoint).await?;
+        let (out_tx, out_rx) = mpsc::channel(shared.cfg.outbound_capacity.max(1));
+        let (ev_tx, ev_rx) = mpsc::channel(shared.cfg.inbound_capacity.max(1));
+        let (close_tx, close_rx) = oneshot::channel();
+        let driver = tokio::spawn(conn::drive(
+            Arc::clone(&shared),
+            endpoint,
+            live,
+            out_rx,
+            ev_tx,
+            close_rx,
+        ));
+        Ok(Client {
+            shared,
+            out: out_tx,
+            events: tokio::sync::Mutex::new(ev_rx),
+            driver: tokio::sync::Mutex::new(Some(driver)),
+            close: Mutex::new(Some(close_tx)),
+        })
+    }
+
+    /// This client's registered full name.
+    pub fn name(&self) -> &Name {
+        &self.shared.cfg.name
+    }
+
+    /// The SPIFFE ID the node says it authenticated this client as.
+    pub fn authenticated_as(&self) -> Option<String> {
+        self.shared
+            .identity_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn state(&self) -> watch::Receiver<ConnState> {
+        self.shared.state.subscribe()
+    }
+
+    async fn request(&self, id: u64, frame: Frame) -> Result<(), (ErrorCode, String)> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let bytes = encode_frame(&frame, &self.shared.cfg.limits)
+            .map_err(|e| (ErrorCode::INTERNAL, e.to_string()))?;
+        if self.out.send(bytes).await.is_err() {
+            return Err((ErrorCode::SHUTTING_DOWN, "client is closed".into()));
+        }
+        let t = self.shared.cfg.request_timeout;
+        let res = tokio::time::timeout(t, rx).await;
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        match res {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err((ErrorCode::INTERNAL, "connection lost".into())),
+            Err(_) => Err((ErrorCode::INTERNAL, format!("no answer within {t:?}"))),
+        }
+    }
+
+    /// Declares interest in `name`; returns once the node has acknowledged it.
+    /// Subscriptions are restored after a reconnect.
+    pub async fn subscribe(&self, name: &Name) -> Result<(), ClientError> {
+        self.shared
+            .subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone());
+        let id = self.shared.next_id();
+        self.request(
+            id,
+            Frame::Subscribe(Subscribe {
+                id,
+                name: name.clone(),
+            }),
+        )
+        .await
+        .map_err(|(code, reason)| {
+            if code == ErrorCode::UNAUTHORIZED {
+                // Refused: not something to restore after a reconnect.
+                self.shared
+                    .subs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(name);
+            }
+            ClientError::Subscribe {
+                name: name.to_string(),
+                code,
+                reason,
+            }
+        })
+    }
+
+    pub async fn unsubscribe(&self, name: &Name) -> Result<(), ClientError> {
+        self.shared
+            .subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        let id = self.shared.next_id();
+        self.request(
+            id,
+            Frame::Unsubscribe(Unsubscribe {
+                id,
+                name: name.clone(),
+            }),
+        )
+        .await
+        .map_err(|(code, reason)| ClientError::Subscribe {
+            name: name.to_string(),
+            code,
+            reason,
+        })
+    }
+
+    /// Publishes `payload` to `name`. Returns once the frame is queued for
+    /// sending (waiting if the outbound queue is full). A "no route" answer
+    /// arrives later as [`Event::Error`] unless `flags` has
+    /// [`FLAG_NO_ROUTE_SILENT`](crate::FLAG_NO_ROUTE_SILENT).
+    pub async fn publish_with(
+        &self,
+        name: &Name,
+        mode: Mode,
+        flags: u8,
+        payload: &[u8],
+    ) -> Result<u64, ClientError> {
+        let msg_id = self.shared.next_id();
+        self.publish_with_id(name, mode, flags, msg_id, payload)
+            .await
+    }
+
+    /// A fresh message id for [`Client::publish_with_id`], so that a caller
+    /// can file it (e.g. to match a later `NO_ROUTE`) before the frame leaves.
+    pub(crate) fn reserve_msg_id(&self) -> u64 {
+        self.shared.next_id()
+    }
+
+    /// Whether SDK metrics are on (session layers follow the same switch).
+    pub(crate) fn metrics_on(&self) -> bool {
+        self.shared.cfg.metrics
+    }
+
+    pub(crate) async fn publish_with_id(
+        &self,
+        name: &Name,
+        mode: Mode,
+        flags: u8,
+        msg_id: u64,
+        payload: &[u8],
+    ) -> Result<u64, ClientError> {
+        let frame = SCRATCH.with(|cell| {
+            // Frames are carved out of a per-thread 64 KiB buffer, so small
+            // publishes share allocations instead of each making one.
+            let mut b = cell.borrow_mut();
+            let need = payload.len() + name.as_str().len() + 32;
+            if b.capacity() - b.len() < need {
+                b.reserve(need.max(64 * 1024));
+            }
+            codec::encode_publish(
+                name,
+                mode,
+                flags,
+                msg_id,
+                payload,
+                &self.shared.cfg.limits,
+                &mut b,
+            )
+            .map(|()| b.split().freeze())
+        })?;
+        let frame = match self.out.try_send(frame) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(f)) => Some(f),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(ClientError::Closed),
+        };
+        if let Some(frame) = frame {
+            self.out
+                .send(frame)
+                .await
+                .map_err(|_| ClientError::Closed)?;
+        }
+        self.shared.metrics.published.increment(1);
+        Ok(msg_id)
+    }
+
+    pub async fn publish(
+        &self,
+        name: &Name,
+        mode: Mode,
+        payload: &[u8],
+    ) -> Result<u64, ClientError> {
+        self.publish_with(name, mode, 0, payload).await
+    }
+
+    /// The next delivery or node-reported error; `None` once closed.
+    pub async fn recv(&self) -> Option<Event> {
+        self.events.lock().await.recv().await
+    }
+
+    /// The next delivered message, skipping node-reported errors.
+    pub async fn next_message(&self) -> Option<Delivery> {
+        let mut rx = self.events.lock().await;
+        loop {
+            match rx.recv().await? {
+                Event::Message(d) => return Some(d),
+                Event::Error(e) => {
+                    tracing::debug!(code = e.code.0, reason = %e.reason, "node reported an error");
+                }
+            }
+        }
+    }
+
+    /// Receives up to `max` events into `buf` in one go (for high-rate consumers).
+    pub async fn recv_many(&self, buf: &mut Vec<Event>, max: usize) -> usize {
+        self.events.lock().await.recv_many(buf, max).await
+    }
+
+    /// Waits until every queued outbound frame has been handed to QUIC.
+    pub async fn flush(&self) {
+        let cap = self.out.max_capacity();
+        while self.out.capacity() < cap && !self.out.is_closed() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Closes the connection after sending what is queued.
+    pub async fn close(self) {
+        self.shutdown().await;
+    }
+
+    /// [`Client::close`] through a shared reference (the handle stays, closed).
+    pub async fn shutdown(&self) {
+        self.flush().await;
+        if let Some(c) = self.close.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = c.send(());
+        }
+        if let Some(mut d) = self.driver.lock().await.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut d).await;
+        }
+    }
+
+    /// A round trip to the node (ping, pong): once it returns, the node has
+    /// processed every frame this client sent before it.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        let id = self.shared.next_id();
+        self.request(id, Frame::Ping(slim_wire::Ping { nonce: id }))
+            .await
+            .map_err(|(code, reason)| match code {
+                ErrorCode::SHUTTING_DOWN => ClientError::Closed,
+                _ => ClientError::Protocol(format!("ping: {reason}")),
+            })
+    }
+
+    /// Removes and returns the node's recent error frames whose message id
+    /// satisfies `want` (errors about publishes; the same errors also reach
+    /// [`Client::recv`]). Up to the last 4096 errors are kept.
+    pub fn take_errors(&self, want: impl Fn(u64) -> bool) -> Vec<ErrorFrame> {
+        let mut q = self
+            .shared
+            .recent_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        q.retain(|e| match e.msg_id {
+            Some(id) if want(id) => {
+                out.push(e.clone());
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(c) = self.close.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = c.send(());
+        }
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}

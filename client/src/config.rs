@@ -1,0 +1,188 @@
+//! How a client connects: [`ClientConfig`], its [`Credentials`] and [`Backoff`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use slim_auth::{Identity, IdentitySource, ServerMatch, TrustBundles};
+use slim_wire::{Limits, Name};
+
+use crate::addr;
+use crate::error::ClientError;
+
+/// Reconnection backoff: `initial * 2^n` capped at `max`, each wait randomized
+/// to between half and the full value so a fleet does not reconnect in lockstep.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before attempt `n` (0-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX));
+        let capped = exp.min(self.max);
+        let jitter: f64 = rand::random_range(0.5..=1.0);
+        capped.mul_f64(jitter)
+    }
+}
+
+/// How a client proves who it is.
+#[derive(Clone)]
+pub enum Credentials {
+    /// Mutual TLS with a fixed X.509-SVID.
+    Svid(Identity),
+    /// Mutual TLS with the SVID of a source that rotates (SPIRE Workload
+    /// API, watched spiffe-helper files, development CA). New connections
+    /// always present the latest SVID.
+    Source(IdentitySource),
+    /// Server-authenticated TLS plus a JWT-SVID for `audience` in the hello,
+    /// fetched from the source at every (re)connect. For environments where
+    /// the client cannot present a certificate.
+    Jwt {
+        source: IdentitySource,
+        audience: String,
+    },
+    /// INSECURE, development only: a shared secret instead of an identity.
+    /// `bundles` authenticates the node.
+    SharedSecret {
+        secret: String,
+        bundles: TrustBundles,
+    },
+}
+
+impl Credentials {
+    /// The SPIFFE ID this client expects to be known as, if it has one.
+    pub fn spiffe_id(&self) -> Option<slim_auth::SpiffeId> {
+        match self {
+            Credentials::Svid(i) => Some(i.spiffe_id.clone()),
+            Credentials::Source(s) | Credentials::Jwt { source: s, .. } => Some(s.spiffe_id()),
+            Credentials::SharedSecret { .. } => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// The node to dial (when `host` is unset).
+    pub node: SocketAddr,
+    /// `host:port` resolved with the system resolver at every (re)connect;
+    /// each address it resolves to is tried in turn. Overrides `node`.
+    pub host: Option<String>,
+    /// TLS server name sent in SNI (SPIFFE verification ignores it).
+    pub server_name: String,
+    /// Which server identities to accept.
+    pub server: ServerMatch,
+    /// This client's name; an instance id is generated when it has none.
+    pub name: Name,
+    pub credentials: Credentials,
+    pub limits: Limits,
+    pub backoff: Backoff,
+    pub connect_timeout: Duration,
+    /// Close the connection after this long without any packet from the node.
+    pub idle_timeout: Duration,
+    pub keep_alive: Duration,
+    /// Deliveries buffered for the application before the node is pushed back on.
+    pub inbound_capacity: usize,
+    /// Encoded frames buffered for sending before publishers wait.
+    pub outbound_capacity: usize,
+    /// How long `subscribe`/`unsubscribe` wait for the node's answer.
+    pub request_timeout: Duration,
+    /// QUIC flow-control window for the frame stream: how many bytes the node
+    /// may send ahead of what this client has read.
+    pub stream_window: u32,
+    /// Record SDK metrics (`slim_client_*`) into the process's `metrics`
+    /// recorder. Off by default: an agent that installs no recorder pays nothing.
+    pub metrics: bool,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("node", &self.node)
+            .field("name", &self.name)
+            .field("identity", &self.credentials.spiffe_id())
+            .finish()
+    }
+}
+
+impl ClientConfig {
+    pub fn new(node: SocketAddr, name: Name, identity: Identity) -> Self {
+        Self::with_credentials(node, name, Credentials::Svid(identity))
+    }
+
+    /// A config for the node at `url` (`slim://host:port` or `host:port`):
+    /// the host is resolved now and again at every reconnect, and each
+    /// address it resolves to is tried. "Cannot resolve" is
+    /// [`ClientError::Resolve`], distinct from "cannot connect".
+    pub async fn for_url(
+        url: &str,
+        name: Name,
+        credentials: Credentials,
+    ) -> Result<Self, ClientError> {
+        // Worded as `SlimError::Invalid` displays (what `app::parse_url` fails with).
+        let host = addr::split_url(url).map_err(|e| ClientError::Resolve {
+            host: url.to_owned(),
+            reason: format!("invalid argument: {e}"),
+        })?;
+        let addrs = addr::resolve(&host, Duration::from_secs(10)).await?;
+        let mut cfg = Self::with_credentials(addrs[0], name, credentials);
+        cfg.host = Some(host);
+        Ok(cfg)
+    }
+
+    pub fn with_credentials(node: SocketAddr, name: Name, credentials: Credentials) -> Self {
+        ClientConfig {
+            node,
+            host: None,
+            server_name: "slim-node".into(),
+            server: ServerMatch::Any,
+            name,
+            credentials,
+            limits: Limits::default(),
+            backoff: Backoff::default(),
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+            inbound_capacity: 65_536,
+            outbound_capacity: 65_536,
+            request_timeout: Duration::from_secs(10),
+            stream_window: 4 << 20,
+            metrics: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_capped_with_jitter() {
+        let b = Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        for attempt in 0..30 {
+            let d = b.delay(attempt);
+            let full = Duration::from_millis(100)
+                .saturating_mul(1 << attempt.min(20))
+                .min(Duration::from_secs(1));
+            assert!(
+                d <= full && d >= full / 2,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The state a [`crate::Client`] shares with its connection driver.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use slim_wire::{ErrorCode, ErrorFrame, Frame, Limits, Name, codec};
+use tokio::sync::{oneshot, watch};
+
+use crate::config::ClientConfig;
+use crate::event::ConnState;
+
+pub(crate) type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<(), (ErrorCode, String)>>>>;
+
+/// SDK metric handles; no-ops unless `ClientConfig::metrics` is set.
+pub(crate) struct SdkMetrics {
+    pub published: metrics::Counter,
+    pub received: metrics::Counter,
+    pub reconnects: metrics::Counter,
+    pub node_errors: metrics::Counter,
+}
+
+impl SdkMetrics {
+    pub(crate) fn new(on: bool) -> Self {
+        if !on {
+            return SdkMetrics {
+                published: metrics::Counter::noop(),
+                received: metrics::Counter::noop(),
+                reconnects: metrics::Counter::noop(),
+                node_errors: metrics::Counter::noop(),
+            };
+        }
+        SdkMetrics {
+            published: metrics::counter!("slim_client_messages_published_total"),
+            received: metrics::counter!("slim_client_messages_received_total"),
+            reconnects: metrics::counter!("slim_client_reconnects_total"),
+            node_errors: metrics::counter!("slim_client_node_errors_total"),
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub cfg: ClientConfig,
+    pub metrics: SdkMetrics,
+    pub subs: Mutex<HashSet<Name>>,
+    pub pending: Pending,
+    pub next_id: AtomicU64,
+    pub state: watch::Sender<ConnState>,
+    pub identity_seen: Mutex<Option<String>>,
+    /// The node's most recent error frames, for [`Client::take_errors`](crate::Client::take_errors).
+    pub recent_errors: Mutex<std::collections::VecDeque<ErrorFrame>>,
+}
+
+/// Error frames kept for [`Client::take_errors`](crate::Client::take_errors).
+pub(crate) const RECENT_ERRORS: usize = 4096;
+
+impl Shared {
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+pub(crate) fn encode_frame(frame: &Frame, limits: &Limits) -> Result<Bytes, slim_wire::WireError> {
+    let mut b = BytesMut::new();
+    codec::encode(frame, limits, &mut b)?;
+    Ok(b.freeze())
+}
