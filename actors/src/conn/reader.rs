@@ -17,11 +17,11 @@ use tracing::{debug, info};
 
 use crate::conn::shared::{ConnError, ConnMsg, ConnShared};
 use crate::ctx::{NodeCtx, Reader, encode};
-use slim_framed::ReadError;
 use crate::engine::{self, Decision, Env, Refusal, Silent, Tally};
 use crate::metrics as m;
 use crate::outbox::Push;
 use ractor::ActorRef;
+use slim_framed::ReadError;
 
 pub(crate) async fn read_loop(
     ctx: Arc<NodeCtx>,

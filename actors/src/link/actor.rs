@@ -7,7 +7,6 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::info;
 
-
 use crate::ctx::{NodeCtx, Owned};
 use crate::fed::shared::LinkShared;
 use crate::link::dial::dial_loop;

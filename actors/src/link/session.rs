@@ -22,13 +22,13 @@ use slim_wire::{ErrorCode, Frame, FrameKind, Ping, Pong, codec};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::ctx::{AbortOnDrop, NodeCtx, Reader, close_conn, encode};
-use slim_framed::{FrameWriter, ReadError, WriteHooks, pump};
 use crate::fed::shared::{FedMsg, LinkSession, LinkShared};
 use crate::link::error::LinkError;
 use crate::link::forward::Forwarder;
 use crate::metrics as m;
 use crate::outbox::{Outbox, SlowConsumerPolicy};
 use crate::types::{LinkState, PeerSpec};
+use slim_framed::{FrameWriter, ReadError, WriteHooks, pump};
 
 /// What a completed handshake hands to the session.
 pub(crate) struct Streams {
