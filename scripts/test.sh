@@ -5,6 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slim-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# The target dir persists between runs; keep what grows bounded. Incremental
+# caches are per checkout path and worthless to a fresh clone (CI builds
+# without them); the ones not touched for two days belong to old trees.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+if [ -d "$CARGO_TARGET_DIR/debug/incremental" ]; then
+    find "$CARGO_TARGET_DIR/debug/incremental" -mindepth 1 -maxdepth 1 -type d -mtime +2 \
+        -exec rm -rf {} + 2>/dev/null || true
+fi
 
 ./scripts/install-deps.sh prometheus nftables iproute2 docker-compose yamllint curl
 # helm for the chart checks (not in Debian; see the script).
