@@ -79,6 +79,9 @@ pub const LINK_DOWN_TOTAL: &str = "slim_link_down_total";
 /// Learned (name, origin node, peer) interest routes.
 pub const INTEREST_ENTRIES: &str = "slim_interest_entries";
 /// Interest announcements ignored as invalid (`reason`).
+/// What a policy reload took away from established connections, by `what`
+/// (`connection`, `subscription`).
+pub const POLICY_REVOCATIONS_TOTAL: &str = "slim_policy_revocations_total";
 pub const INTEREST_REFUSED_TOTAL: &str = "slim_interest_refused_total";
 
 pub fn denied(action: &'static str) {

@@ -439,8 +439,6 @@ impl NodeHandle {
         self.ctx.conns.len()
     }
 
-    /// Replaces the authorization policy. Connections re-evaluate their
-    /// grants on their next action; established connections stay open.
     /// Installs (or clears) a hook called for every publish this node routes:
     /// tests record what the node sees and inject frame-level loss with it.
     pub fn set_route_hook(&self, hook: Option<crate::RouteHook>) {
@@ -449,12 +447,26 @@ impl NodeHandle {
         self.ctx.hook_set.store(set, Ordering::Release);
     }
 
+    /// Replaces the authorization policy. Publishes are checked against it
+    /// from their next one; each connection's actor re-checks what it holds:
+    /// a connection whose identity may no longer register its name is
+    /// closed, subscriptions no longer allowed are removed and the client
+    /// gets an `Error{UNAUTHORIZED}` naming each (counted in
+    /// `slim_policy_revocations_total`).
     pub fn set_policy(&self, policy: Policy) {
         if policy.is_allow_all() {
             warn!("authorization policy: ALLOW ALL (development only)");
         }
         *self.ctx.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
         self.ctx.policy_gen.fetch_add(1, Ordering::AcqRel);
+        // Publishes pick the new grants up on their own (the reader checks
+        // the generation); what connections already hold, each connection's
+        // actor re-checks.
+        for c in self.ctx.conns.iter() {
+            if let Some(a) = c.actor.get() {
+                let _ = a.send_message(crate::conn::shared::ConnMsg::PolicyChanged);
+            }
+        }
         info!("authorization policy updated");
     }
 

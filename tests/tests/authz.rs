@@ -124,3 +124,58 @@ async fn spoofing_is_refused_and_counted_while_allowed_traffic_flows() {
     );
     node.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_reload_revokes_what_established_connections_hold() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |c| c.policy = Policy::from_toml(POLICY).unwrap()).await;
+    let addr = node.local_addr();
+    let a = connect_as(&pki, addr, "agent/a", "org/ns/a/1")
+        .await
+        .unwrap();
+    let b = connect_as(&pki, addr, "agent/b", "org/ns/b/1")
+        .await
+        .unwrap();
+    b.subscribe(&name("org/ns/chan")).await.unwrap();
+    b.subscribe(&name("org/ns/private")).await.unwrap();
+
+    // b may no longer subscribe to the private channel: that subscription
+    // goes, b is told why, and b's other subscription stays.
+    let narrowed = POLICY.replace(
+        "subscribe = [\"org/ns/chan\", \"org/ns/private\"]",
+        "subscribe = [\"org/ns/chan\"]",
+    );
+    node.set_policy(Policy::from_toml(&narrowed).unwrap());
+    match next_event(&b, Duration::from_secs(5)).await {
+        Some(Event::Error(e)) => {
+            assert_eq!(e.code, ErrorCode::UNAUTHORIZED);
+            assert_eq!(e.name.as_ref().map(|n| n.as_str()), Some("org/ns/private"));
+            assert!(e.reason.contains("revoked by a policy reload"), "{}", e.reason);
+        }
+        other => panic!("expected the revocation, got {other:?}"),
+    }
+    assert_eventually(Duration::from_secs(5), "the registry drops the revoked subscription", || async {
+        node.registry().lookup("org/ns/private").is_none()
+    })
+    .await;
+    a.publish(&name("org/ns/chan"), Mode::Multicast, b"still here")
+        .await
+        .unwrap();
+    assert_eq!(
+        &next_message(&b, Duration::from_secs(5)).await.payload[..],
+        b"still here"
+    );
+
+    // a's identity loses its rule altogether: its connection is closed.
+    let without_a = narrowed.replace("spiffe://example.org/agent/a", "spiffe://example.org/agent/gone");
+    node.set_policy(Policy::from_toml(&without_a).unwrap());
+    assert_eventually(Duration::from_secs(5), "a's connection is closed by the node", || async {
+        node.connections().iter().all(|c| c.name != a.name().as_str())
+    })
+    .await;
+    assert_eq!(node.connections().len(), 1, "only b is left");
+    drop(a);
+    node.shutdown(Duration::from_secs(1)).await;
+}
+

@@ -10,12 +10,13 @@ use bytes::Bytes;
 use metrics::counter;
 use quinn::{SendStream, VarInt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use slim_wire::ErrorCode;
+use slim_auth::policy::Action;
+use slim_wire::{ErrorCode, ErrorFrame, Frame, Name};
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::conn::shared::{ConnMsg, ConnShared};
-use crate::ctx::{AbortOnDrop, NodeCtx, Owned, Reader, close_conn};
+use crate::ctx::{AbortOnDrop, NodeCtx, Owned, Reader, close_conn, encode};
 use crate::metrics as m;
 use crate::registry::ConnId;
 use crate::table::TableMsg;
@@ -142,6 +143,7 @@ impl Actor for ConnectionActor {
                 info!(conn = st.shared.id, name = %st.shared.name, %reason, "closing connection");
                 close_conn(&st.shared.conn, code, &reason);
             }
+            ConnMsg::PolicyChanged => st.policy_changed().await,
             ConnMsg::CertExpired => {
                 counter!(m::PEER_CERT_EXPIRED_TOTAL).increment(1);
                 info!(conn = st.shared.id, name = %st.shared.name, "closing: the peer certificate expired");
@@ -180,6 +182,66 @@ impl Actor for ConnectionActor {
     ) -> Result<(), ActorProcessingErr> {
         cleanup(&st.ctx, st.shared.id);
         Ok(())
+    }
+}
+
+impl ConnState {
+    /// Re-checks what this connection holds against the current policy.
+    async fn policy_changed(&mut self) {
+        let (policy, _) = self.ctx.policy();
+        let sh = &self.shared;
+        let grants = match policy.grants(sh.spiffe_id.as_ref()) {
+            Ok(g) => g,
+            Err(d) => {
+                m::denied("connect");
+                counter!(m::POLICY_REVOCATIONS_TOTAL, "what" => "connection").increment(1);
+                warn!(conn = sh.id, name = %sh.name, reason = %d, "policy reload: connection no longer allowed; closing");
+                close_conn(&sh.conn, ErrorCode::UNAUTHORIZED, &d.to_string());
+                return;
+            }
+        };
+        if let Err(d) = grants.check(Action::Register, sh.name.as_str()) {
+            m::denied("register");
+            counter!(m::POLICY_REVOCATIONS_TOTAL, "what" => "connection").increment(1);
+            warn!(conn = sh.id, name = %sh.name, reason = %d, "policy reload: name no longer allowed; closing");
+            close_conn(&sh.conn, ErrorCode::UNAUTHORIZED, &d.to_string());
+            return;
+        }
+        let revoked: Vec<(String, String)> = self
+            .subscriptions
+            .iter()
+            .filter_map(|n| {
+                grants
+                    .check(Action::Subscribe, n)
+                    .err()
+                    .map(|d| (n.clone(), d.to_string()))
+            })
+            .collect();
+        for (name, reason) in revoked {
+            let removed = ractor::call!(self.ctx.table(), |reply| TableMsg::Unsubscribe {
+                conn: sh.id,
+                key: name.clone(),
+                reply,
+            });
+            if let Err(e) = removed {
+                // The table is being restarted: close rather than keep
+                // delivering what the policy now forbids.
+                warn!(conn = sh.id, error = %e, "policy reload: cannot revoke a subscription; closing");
+                close_conn(&sh.conn, ErrorCode::INTERNAL, "cannot apply the new policy");
+                return;
+            }
+            self.subscriptions.remove(&name);
+            m::denied("subscribe");
+            counter!(m::POLICY_REVOCATIONS_TOTAL, "what" => "subscription").increment(1);
+            warn!(conn = sh.id, client = %sh.name, %name, %reason, "policy reload: subscription revoked");
+            let frame = Frame::Error(ErrorFrame {
+                code: ErrorCode::UNAUTHORIZED,
+                msg_id: None,
+                name: Name::parse(&name).ok(),
+                reason: format!("subscription revoked by a policy reload: {reason}"),
+            });
+            let _ = sh.outbox.push_control(encode(&frame, &self.ctx)).await;
+        }
     }
 }
 

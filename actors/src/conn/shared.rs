@@ -94,6 +94,10 @@ pub enum ConnMsg {
     },
     /// The client's certificate (plus grace) ran out.
     CertExpired,
+    /// The authorization policy was replaced: an identity no longer allowed
+    /// its name is disconnected, subscriptions no longer allowed are removed
+    /// (the client is told which, with the reason).
+    PolicyChanged,
     ReaderEnded(Result<(), String>),
     WriterEnded(Result<(), String>),
     /// Fault injection for supervision tests: makes the actor's handler panic.
