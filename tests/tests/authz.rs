@@ -151,13 +151,19 @@ async fn a_policy_reload_revokes_what_established_connections_hold() {
         Some(Event::Error(e)) => {
             assert_eq!(e.code, ErrorCode::UNAUTHORIZED);
             assert_eq!(e.name.as_ref().map(|n| n.as_str()), Some("org/ns/private"));
-            assert!(e.reason.contains("revoked by a policy reload"), "{}", e.reason);
+            assert!(
+                e.reason.contains("revoked by a policy reload"),
+                "{}",
+                e.reason
+            );
         }
         other => panic!("expected the revocation, got {other:?}"),
     }
-    assert_eventually(Duration::from_secs(5), "the registry drops the revoked subscription", || async {
-        node.registry().lookup("org/ns/private").is_none()
-    })
+    assert_eventually(
+        Duration::from_secs(5),
+        "the registry drops the revoked subscription",
+        || async { node.registry().lookup("org/ns/private").is_none() },
+    )
     .await;
     a.publish(&name("org/ns/chan"), Mode::Multicast, b"still here")
         .await
@@ -168,14 +174,22 @@ async fn a_policy_reload_revokes_what_established_connections_hold() {
     );
 
     // a's identity loses its rule altogether: its connection is closed.
-    let without_a = narrowed.replace("spiffe://example.org/agent/a", "spiffe://example.org/agent/gone");
+    let without_a = narrowed.replace(
+        "spiffe://example.org/agent/a",
+        "spiffe://example.org/agent/gone",
+    );
     node.set_policy(Policy::from_toml(&without_a).unwrap());
-    assert_eventually(Duration::from_secs(5), "a's connection is closed by the node", || async {
-        node.connections().iter().all(|c| c.name != a.name().as_str())
-    })
+    assert_eventually(
+        Duration::from_secs(5),
+        "a's connection is closed by the node",
+        || async {
+            node.connections()
+                .iter()
+                .all(|c| c.name != a.name().as_str())
+        },
+    )
     .await;
     assert_eq!(node.connections().len(), 1, "only b is left");
     drop(a);
     node.shutdown(Duration::from_secs(1)).await;
 }
-
