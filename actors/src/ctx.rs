@@ -3,8 +3,9 @@
 //! [`crate::link`]) and the federation: configuration, the registry, the live
 //! client connections, the federation's shared state, policy, metrics handles.
 
+use parking_lot::RwLock;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -101,7 +102,6 @@ impl NodeCtx {
     pub(crate) fn table(&self) -> ActorRef<TableMsg> {
         self.table
             .read()
-            .unwrap_or_else(|e| e.into_inner())
             .clone()
             .expect("table actor is set before the listener starts")
     }
@@ -115,7 +115,7 @@ impl NodeCtx {
     }
 
     pub(crate) fn policy(&self) -> (Arc<Policy>, u64) {
-        let p = Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()));
+        let p = Arc::clone(&self.policy.read());
         (p, self.policy_gen.load(Ordering::Acquire))
     }
 
@@ -127,7 +127,7 @@ impl NodeCtx {
         if !self.hook_set.load(Ordering::Acquire) {
             return None;
         }
-        self.hook.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.hook.read().clone()
     }
 
     pub(crate) fn node_identity(&self) -> &TlsIdentity {
@@ -135,7 +135,7 @@ impl NodeCtx {
     }
 
     pub(crate) fn drain_deadline(&self) -> Duration {
-        *self.drain.read().unwrap_or_else(|e| e.into_inner())
+        *self.drain.read()
     }
 
     /// Flushes one read batch's push outcomes to metrics.

@@ -1,9 +1,10 @@
 //! The node supervisor and the handle used to start and stop a node, from the
 //! `slim-node` binary or inside a test.
 
+use parking_lot::RwLock;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -189,7 +190,7 @@ async fn spawn_table(
     )
     .await?;
     let cell = table.get_cell();
-    *ctx.table.write().unwrap_or_else(|e| e.into_inner()) = Some(table);
+    *ctx.table.write() = Some(table);
     Ok(cell)
 }
 
@@ -262,7 +263,7 @@ fn tls_config(
     refusals: Arc<DashMap<&'static str, u64>>,
 ) -> Result<rustls::ServerConfig, NodeError> {
     let bundles = match identity {
-        TlsIdentity::Static(i) => Arc::new(RwLock::new(i.bundles.clone())),
+        TlsIdentity::Static(i) => Arc::new(std::sync::RwLock::new(i.bundles.clone())),
         TlsIdentity::Source(s) => s.shared_bundles(),
     };
     let hook: slim_auth::verify::RejectHook = Arc::new(move |e: &slim_auth::SvidError| {
@@ -291,7 +292,7 @@ async fn refresh_jwt_keys(ctx: Arc<NodeCtx>, source: IdentitySource) {
     let mut shutdown = ctx.shutdown_rx();
     loop {
         match source.jwt_bundles().await {
-            Ok(b) => *ctx.jwt_keys.write().unwrap_or_else(|e| e.into_inner()) = b,
+            Ok(b) => *ctx.jwt_keys.write() = b,
             Err(e) => warn!(error = %e, "cannot fetch JWT bundles; keeping the previous ones"),
         }
         tokio::select! {
@@ -443,7 +444,7 @@ impl NodeHandle {
     /// tests record what the node sees and inject frame-level loss with it.
     pub fn set_route_hook(&self, hook: Option<crate::RouteHook>) {
         let set = hook.is_some();
-        *self.ctx.hook.write().unwrap_or_else(|e| e.into_inner()) = hook;
+        *self.ctx.hook.write() = hook;
         self.ctx.hook_set.store(set, Ordering::Release);
     }
 
@@ -457,7 +458,7 @@ impl NodeHandle {
         if policy.is_allow_all() {
             warn!("authorization policy: ALLOW ALL (development only)");
         }
-        *self.ctx.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        *self.ctx.policy.write() = Arc::new(policy);
         self.ctx.policy_gen.fetch_add(1, Ordering::AcqRel);
         // Publishes pick the new grants up on their own (the reader checks
         // the generation); what connections already hold, each connection's
@@ -503,7 +504,7 @@ impl NodeHandle {
     /// Stops accepting, lets every connection's writer drain its queue for up
     /// to `deadline`, then closes everything.
     pub async fn shutdown(self, deadline: Duration) {
-        *self.ctx.drain.write().unwrap_or_else(|e| e.into_inner()) = deadline;
+        *self.ctx.drain.write() = deadline;
         let _ = self.shutdown_tx.send(true);
         self.ctx.endpoint.set_server_config(None);
         let wait = async {
@@ -623,7 +624,7 @@ impl NodeHandle {
     pub fn inject_link_failure(&self, peer_node_id: &str) -> usize {
         let mut n = 0;
         for l in self.ctx.fed.links.iter() {
-            if *l.peer_node_id.read().unwrap_or_else(|e| e.into_inner()) == peer_node_id
+            if *l.peer_node_id.read() == peer_node_id
                 && l.session().is_some()
                 && let Some(actor) = l.actor.get()
                 && actor
@@ -663,7 +664,7 @@ impl NodeHandle {
                 .fed
                 .links
                 .iter()
-                .filter(|l| *l.peer_node_id.read().unwrap_or_else(|e| e.into_inner()) == peer)
+                .filter(|l| *l.peer_node_id.read() == peer)
                 .filter_map(|l| l.actor.get().cloned())
                 .collect(),
         };

@@ -5,7 +5,7 @@
 //! stream writes. The queue is bounded twice: by frame count (the channel) and
 //! by bytes (`max_bytes`), so a stalled reader costs at most `max_bytes`.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -155,7 +155,7 @@ impl Outbox {
             SlowConsumerPolicy::DropNewest => Push::Dropped,
             SlowConsumerPolicy::Disconnect { grace } => {
                 let now = Instant::now();
-                let mut since = self.full_since.lock().unwrap_or_else(|e| e.into_inner());
+                let mut since = self.full_since.lock();
                 let start = *since.get_or_insert(now);
                 if now.duration_since(start) >= grace {
                     self.closed.store(true, Ordering::Relaxed);
@@ -168,7 +168,7 @@ impl Outbox {
     }
 
     fn clear_full(&self) {
-        if let Ok(mut s) = self.full_since.try_lock() {
+        if let Some(mut s) = self.full_since.try_lock() {
             *s = None;
         }
     }

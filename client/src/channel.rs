@@ -740,8 +740,8 @@ pub(crate) enum GroupCtl {
         progress: tokio::sync::watch::Receiver<u64>,
     },
     Member {
-        jobs: std::sync::Mutex<Option<mpsc::Sender<Job<Member>>>>,
-        early: std::sync::Mutex<std::collections::VecDeque<ChannelEvent>>,
+        jobs: parking_lot::Mutex<Option<mpsc::Sender<Job<Member>>>>,
+        early: parking_lot::Mutex<std::collections::VecDeque<ChannelEvent>>,
         events: tokio::sync::Mutex<mpsc::Receiver<ChannelEvent>>,
         task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     },
@@ -761,8 +761,8 @@ impl From<ChannelModerator> for GroupCtl {
 impl From<ChannelMember> for GroupCtl {
     fn from(m: ChannelMember) -> Self {
         GroupCtl::Member {
-            jobs: std::sync::Mutex::new(Some(m.jobs)),
-            early: std::sync::Mutex::new(m.early),
+            jobs: parking_lot::Mutex::new(Some(m.jobs)),
+            early: parking_lot::Mutex::new(m.early),
             events: tokio::sync::Mutex::new(m.events),
             task: tokio::sync::Mutex::new(Some(m.task)),
         }
@@ -777,12 +777,9 @@ async fn wait_progress(progress: &mut tokio::sync::watch::Receiver<u64>) {
 
 impl GroupCtl {
     fn member_jobs(
-        jobs: &std::sync::Mutex<Option<mpsc::Sender<Job<Member>>>>,
+        jobs: &parking_lot::Mutex<Option<mpsc::Sender<Job<Member>>>>,
     ) -> Result<mpsc::Sender<Job<Member>>, ChannelError> {
-        jobs.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or(ChannelError::Closed)
+        jobs.lock().clone().ok_or(ChannelError::Closed)
     }
 
     pub(crate) async fn publish(&self, payload: &[u8]) -> Result<Published, ChannelError> {
@@ -872,7 +869,7 @@ impl GroupCtl {
         match self {
             GroupCtl::Moderator { events, .. } => events.lock().await.recv().await,
             GroupCtl::Member { events, early, .. } => {
-                if let Some(e) = early.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+                if let Some(e) = early.lock().pop_front() {
                     return Some(e);
                 }
                 events.lock().await.recv().await
@@ -894,7 +891,7 @@ impl GroupCtl {
                 task
             }
             GroupCtl::Member { jobs, task, .. } => {
-                let j = jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let j = jobs.lock().take();
                 if let Some(j) = j {
                     let _ = call(&j, |m: &mut Member, now| m.leave(now)).await;
                 }

@@ -1,8 +1,9 @@
 //! [`Client`]: a connected agent's raw subscribe, publish and receive.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -83,11 +84,7 @@ impl Client {
 
     /// The SPIFFE ID the node says it authenticated this client as.
     pub fn authenticated_as(&self) -> Option<String> {
-        self.shared
-            .identity_seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.identity_seen.lock().clone()
     }
 
     pub fn state(&self) -> watch::Receiver<ConnState> {
@@ -96,11 +93,7 @@ impl Client {
 
     async fn request(&self, id: u64, frame: Frame) -> Result<(), (ErrorCode, String)> {
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        self.shared.pending.lock().insert(id, tx);
         let bytes = encode_frame(&frame, &self.shared.cfg.limits)
             .map_err(|e| (ErrorCode::INTERNAL, e.to_string()))?;
         if self.out.send(bytes).await.is_err() {
@@ -108,11 +101,7 @@ impl Client {
         }
         let t = self.shared.cfg.request_timeout;
         let res = tokio::time::timeout(t, rx).await;
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.shared.pending.lock().remove(&id);
         match res {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err((ErrorCode::INTERNAL, "connection lost".into())),
@@ -123,11 +112,7 @@ impl Client {
     /// Declares interest in `name`; returns once the node has acknowledged it.
     /// Subscriptions are restored after a reconnect.
     pub async fn subscribe(&self, name: &Name) -> Result<(), ClientError> {
-        self.shared
-            .subs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.clone());
+        self.shared.subs.lock().insert(name.clone());
         let id = self.shared.next_id();
         self.request(
             id,
@@ -140,11 +125,7 @@ impl Client {
         .map_err(|(code, reason)| {
             if code == ErrorCode::UNAUTHORIZED {
                 // Refused: not something to restore after a reconnect.
-                self.shared
-                    .subs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(name);
+                self.shared.subs.lock().remove(name);
             }
             ClientError::Subscribe {
                 name: name.to_string(),
@@ -155,11 +136,7 @@ impl Client {
     }
 
     pub async fn unsubscribe(&self, name: &Name) -> Result<(), ClientError> {
-        self.shared
-            .subs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(name);
+        self.shared.subs.lock().remove(name);
         let id = self.shared.next_id();
         self.request(
             id,
@@ -293,7 +270,7 @@ impl Client {
     /// [`Client::close`] through a shared reference (the handle stays, closed).
     pub async fn shutdown(&self) {
         self.flush().await;
-        if let Some(c) = self.close.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(c) = self.close.lock().take() {
             let _ = c.send(());
         }
         if let Some(mut d) = self.driver.lock().await.take() {
@@ -317,11 +294,7 @@ impl Client {
     /// satisfies `want` (errors about publishes; the same errors also reach
     /// [`Client::recv`]). Up to the last 4096 errors are kept.
     pub fn take_errors(&self, want: impl Fn(u64) -> bool) -> Vec<ErrorFrame> {
-        let mut q = self
-            .shared
-            .recent_errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut q = self.shared.recent_errors.lock();
         let mut out = Vec::new();
         q.retain(|e| match e.msg_id {
             Some(id) if want(id) => {
@@ -336,7 +309,7 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        if let Some(c) = self.close.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(c) = self.close.lock().take() {
             let _ = c.send(());
         }
     }

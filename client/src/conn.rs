@@ -167,10 +167,7 @@ async fn connect_to(
         let mut reader = FrameReader::new(recv, cfg.limits).read_chunk(READ_CHUNK);
         match reader.read_frame().await.map_err(read_err) {
             Ok(Some(Frame::Accept(a))) => {
-                *shared
-                    .identity_seen
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = a.identity.clone();
+                *shared.identity_seen.lock() = a.identity.clone();
                 let _ = shared.state.send(ConnState::Connected {
                     node_id: a.node_id.clone(),
                 });
@@ -288,11 +285,7 @@ pub(crate) async fn drive(
         }
     }
     // Fail outstanding requests rather than let them wait for their timeout.
-    shared
-        .pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    shared.pending.lock().clear();
     let _ = shared.state.send(ConnState::Closed);
     ep.close(0u32.into(), b"client closed");
     let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
@@ -300,13 +293,7 @@ pub(crate) async fn drive(
 
 /// Re-sends every subscription on a fresh connection before any queued publish.
 async fn restore(shared: &Arc<Shared>, live: &mut Live) -> Result<(), ClientError> {
-    let names: Vec<_> = shared
-        .subs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .cloned()
-        .collect();
+    let names: Vec<_> = shared.subs.lock().iter().cloned().collect();
     let mut b = BytesMut::new();
     for name in names {
         let id = shared.next_id();
@@ -460,32 +447,19 @@ async fn read_loop<R: AsyncRead + Unpin>(
             // Both answer a request filed in `pending` by its id.
             Frame::SubAck(slim_wire::SubAck { id, .. })
             | Frame::Pong(slim_wire::Pong { nonce: id }) => {
-                if let Some(tx) = shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id)
-                {
+                if let Some(tx) = shared.pending.lock().remove(&id) {
                     let _ = tx.send(Ok(()));
                 }
             }
             Frame::SubError(e) => {
-                if let Some(tx) = shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&e.id)
-                {
+                if let Some(tx) = shared.pending.lock().remove(&e.id) {
                     let _ = tx.send(Err((e.code, e.reason)));
                 }
             }
             Frame::Error(e) => {
                 shared.metrics.node_errors.increment(1);
                 if e.msg_id.is_some() {
-                    let mut q = shared
-                        .recent_errors
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
+                    let mut q = shared.recent_errors.lock();
                     if q.len() >= RECENT_ERRORS {
                         q.pop_front();
                     }
@@ -509,8 +483,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    use parking_lot::Mutex;
     use std::collections::{HashMap, HashSet, VecDeque};
-    use std::sync::Mutex;
     use std::sync::atomic::AtomicU64;
 
     use slim_wire::{Deliver, Limits, Mode, WireError};

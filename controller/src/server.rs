@@ -4,11 +4,12 @@
 //! [`Fleet`] (behind a mutex never held across an await) and the
 //! [`AuditStore`].
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
@@ -120,12 +121,12 @@ struct Shared {
 }
 
 impl Shared {
-    fn fleet(&self) -> std::sync::MutexGuard<'_, Fleet> {
-        self.fleet.lock().unwrap_or_else(|e| e.into_inner())
+    fn fleet(&self) -> parking_lot::MutexGuard<'_, Fleet> {
+        self.fleet.lock()
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Slot>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    fn slots(&self) -> parking_lot::MutexGuard<'_, HashMap<ConnId, Slot>> {
+        self.slots.lock()
     }
 }
 
@@ -147,7 +148,7 @@ impl std::fmt::Debug for ControllerHandle {
 
 fn tls_config(identity: &ControllerIdentity) -> Result<rustls::ServerConfig, ControllerError> {
     let bundles = match identity {
-        ControllerIdentity::Static(i) => Arc::new(RwLock::new(i.bundles.clone())),
+        ControllerIdentity::Static(i) => Arc::new(std::sync::RwLock::new(i.bundles.clone())),
         ControllerIdentity::Source(s) => s.shared_bundles(),
     };
     let hook: slim_auth::verify::RejectHook = Arc::new(|e: &slim_auth::SvidError| {

@@ -32,9 +32,9 @@
 //! it) and, with `--prometheus`, `{"t":"prometheus","query","rates"}`.
 #![forbid(unsafe_code)]
 
+use parking_lot::Mutex;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -128,7 +128,7 @@ impl Recorder {
         let Some(f) = &self.file else { return };
         let mut line = v.to_string();
         line.push('\n');
-        let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+        let mut f = f.lock();
         if let Err(e) = f.write_all(line.as_bytes()) {
             eprintln!("record: {e}");
         }

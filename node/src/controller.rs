@@ -9,10 +9,11 @@
 //! disconnect), links and routes keep working, and events wait in a bounded
 //! queue to be sent after the reconnect.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use metrics::{counter, gauge};
@@ -118,8 +119,8 @@ struct PendingInner {
 }
 
 impl Pending {
-    fn lock(&self) -> std::sync::MutexGuard<'_, PendingInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, PendingInner> {
+        self.inner.lock()
     }
 
     fn push(&self, ev: p::NodeEvent) {

@@ -25,10 +25,11 @@
 //!
 //! Loops without `add_reader` (or non-Unix platforms) use [`future_into_py`].
 
+use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -56,7 +57,7 @@ fn deliver_fn(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
 
 /// Enters the gate; `false` once the interpreter is shutting down.
 fn enter() -> bool {
-    let mut g = GATE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut g = GATE.lock();
     if g.0 {
         return false;
     }
@@ -65,7 +66,7 @@ fn enter() -> bool {
 }
 
 fn leave() {
-    let mut g = GATE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut g = GATE.lock();
     g.1 = g.1.saturating_sub(1);
     if g.1 == 0 {
         GATE_CV.notify_all();
@@ -77,7 +78,7 @@ fn leave() {
 #[pyfunction]
 pub fn _shutdown(py: Python<'_>) {
     py.detach(|| {
-        let mut g = GATE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = GATE.lock();
         g.0 = true;
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while g.1 > 0 {
@@ -85,10 +86,7 @@ pub fn _shutdown(py: Python<'_>) {
             if left.is_zero() {
                 break;
             }
-            g = GATE_CV
-                .wait_timeout(g, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            GATE_CV.wait_for(&mut g, left);
         }
     });
 }
@@ -103,7 +101,7 @@ struct CancelRust {
 impl CancelRust {
     fn __call__(&self, fut: &Bound<'_, PyAny>) -> PyResult<()> {
         if fut.call_method0("cancelled")?.is_truthy()?
-            && let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).take()
+            && let Some(tx) = self.tx.lock().take()
         {
             let _ = tx.send(());
         }
@@ -257,8 +255,8 @@ impl Abort {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
+    m.lock()
 }
 
 type Convert = Box<dyn for<'py> FnOnce(Python<'py>) -> PyResult<Bound<'py, PyAny>> + Send>;

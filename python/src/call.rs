@@ -153,7 +153,7 @@ enum Await<'py> {
 #[pyclass(module = "slim_agents")]
 pub struct Call {
     name: &'static str,
-    state: std::sync::Mutex<CallState>,
+    state: parking_lot::Mutex<CallState>,
 }
 
 impl Call {
@@ -166,7 +166,7 @@ impl Call {
             py,
             Call {
                 name,
-                state: std::sync::Mutex::new(CallState::New(Box::new(start))),
+                state: parking_lot::Mutex::new(CallState::New(Box::new(start))),
             },
         )?
         .into_any())
@@ -175,7 +175,7 @@ impl Call {
     /// The `__await__` iterator, starting the future on first use (or its
     /// result, when ready at once).
     fn iter<'py>(&self, py: Python<'py>) -> PyResult<Await<'py>> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.lock();
         match &*st {
             CallState::Started { it, .. } => return Ok(Await::It(it.bind(py).clone())),
             CallState::Done => {
@@ -206,7 +206,7 @@ impl Call {
                 return Err(e);
             }
         };
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.lock();
         *st = CallState::Started {
             fut: fut.unbind(),
             it: it.clone().unbind(),
@@ -223,10 +223,7 @@ impl Call {
         r: PyResult<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         if r.is_err() {
-            let st = std::mem::replace(
-                &mut *self.state.lock().unwrap_or_else(|e| e.into_inner()),
-                CallState::Done,
-            );
+            let st = std::mem::replace(&mut *self.state.lock(), CallState::Done);
             let _ = st.cancel(py);
         }
         r
@@ -237,10 +234,7 @@ impl Drop for Call {
     /// A coroutine dropped while its future runs (started, then abandoned
     /// without being closed) cancels the Rust future.
     fn drop(&mut self) {
-        let st = std::mem::replace(
-            self.state.get_mut().unwrap_or_else(|e| e.into_inner()),
-            CallState::Done,
-        );
+        let st = std::mem::replace(self.state.get_mut(), CallState::Done);
         if let CallState::Started { .. } = st {
             Python::attach(|py| {
                 let _ = st.cancel(py);
@@ -279,12 +273,9 @@ impl Call {
         py: Python<'py>,
         args: &Bound<'py, PyTuple>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let started = matches!(
-            &*self.state.lock().unwrap_or_else(|e| e.into_inner()),
-            CallState::Started { .. }
-        );
+        let started = matches!(&*self.state.lock(), CallState::Started { .. });
         if !started {
-            *self.state.lock().unwrap_or_else(|e| e.into_inner()) = CallState::Done;
+            *self.state.lock() = CallState::Done;
             let first = args.get_item(0)?;
             let exc = if first.is_instance_of::<PyType>() {
                 match args.get_item(1).ok().filter(|v| !v.is_none()) {
@@ -305,15 +296,12 @@ impl Call {
 
     /// Coroutine protocol: abandons the call (cancels the Rust future).
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let st = std::mem::replace(
-            &mut *self.state.lock().unwrap_or_else(|e| e.into_inner()),
-            CallState::Done,
-        );
+        let st = std::mem::replace(&mut *self.state.lock(), CallState::Done);
         st.cancel(py)
     }
 
     fn __repr__(&self) -> String {
-        let st = match &*self.state.lock().unwrap_or_else(|e| e.into_inner()) {
+        let st = match &*self.state.lock() {
             CallState::New(_) => "not started",
             CallState::Started { .. } => "running",
             CallState::Done => "done",

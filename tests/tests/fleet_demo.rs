@@ -24,10 +24,10 @@
 //! (loudly); otherwise a missing package fails the test. The Rust agents
 //! (`--rust-agents`) run the same scenario in the second test.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
 use serde_json::{Value, json};
 
@@ -234,7 +234,7 @@ fn read_jsonl(path: &Path) -> Vec<Value> {
 /// Runs the demo unattended with `extra` arguments and checks its outcome
 /// from the records it leaves.
 fn run_demo(extra: &[&str], agents: &str, prometheus: bool) {
-    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = DEMO.lock();
     let bin = slim_tests::netns::bin("slim-demo");
     let records = tempfile::Builder::new()
         .prefix("fleet-demo-records-")

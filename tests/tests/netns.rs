@@ -1,6 +1,7 @@
 //! Multi-cluster behind real NAT: network namespaces, nftables, the real
 //! `slim-node`/`slimctl` binaries. Needs root (CI runs as root).
 
+use parking_lot::Mutex;
 use std::path::Path;
 use std::time::Duration;
 
@@ -134,7 +135,6 @@ fn nat_lets_cluster_a_out_and_nothing_in() {
 // (reachable), cluster A's node behind NAT; all started from the fleet config
 // files in deploy/fleet/ (the same ones the fleet demo and compose use).
 
-use std::sync::Mutex;
 use std::time::Instant;
 
 use slim_tests::netns::{A_IP, ADMIN_IP, Netns, Proc};
@@ -401,7 +401,7 @@ fn summary(p: &mut Proc, timeout: Duration) -> serde_json::Value {
 /// versa; A's node accepts no inbound connection; no agent listens on TCP.
 #[test]
 fn cross_cluster_by_name_through_nat() {
-    let _one = ONE_FLEET.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_FLEET.lock();
     let fleet = Fleet::start();
     let mesh = fleet.wait_mesh(Duration::from_secs(30));
     eprintln!("links up {mesh:?} after the nodes started");
@@ -487,7 +487,7 @@ fn cross_cluster_by_name_through_nat() {
 /// the cut loses nothing.
 #[test]
 fn link_flap_recovers_and_reliable_session_loses_nothing() {
-    let _one = ONE_FLEET.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_FLEET.lock();
     let fleet = Fleet::start();
     fleet.wait_mesh(Duration::from_secs(30));
 
@@ -644,7 +644,7 @@ fn link_flap_recovers_and_reliable_session_loses_nothing() {
 /// the node list and the audit trail are complete.
 #[test]
 fn controller_restart_keeps_traffic_and_audit() {
-    let _one = ONE_FLEET.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = ONE_FLEET.lock();
     let mut fleet = Fleet::start();
     fleet.wait_mesh(Duration::from_secs(30));
     let first = "acme/monitoring/security-incident";

@@ -198,11 +198,7 @@ fn authenticate_token(ctx: &NodeCtx, token: Option<&str>) -> Result<slim_auth::S
                 "JWT-SVID authentication is not enabled on this node".into(),
             ));
         };
-        let keys = ctx
-            .jwt_keys
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let keys = ctx.jwt_keys.read().clone();
         return slim_auth::validate_jwt_svid(
             jwt,
             &cfg.audience,

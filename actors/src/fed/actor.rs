@@ -49,7 +49,7 @@ impl Actor for FederationActor {
         // Restarted: links of the previous incarnation are gone with it; start
         // from the registry's local interest.
         {
-            let mut t = ctx.fed.interest.lock().unwrap_or_else(|e| e.into_inner());
+            let mut t = ctx.fed.interest.lock();
             *t = InterestTable::new(&ctx.cfg.node_id, ctx.cfg.federation.max_hops);
             for name in ctx.registry.local_names() {
                 t.handle_local(&name, true);
@@ -161,12 +161,8 @@ impl Actor for FederationActor {
 }
 
 impl FedState {
-    fn interest(&self) -> std::sync::MutexGuard<'_, InterestTable> {
-        self.ctx
-            .fed
-            .interest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+    fn interest(&self) -> parking_lot::MutexGuard<'_, InterestTable> {
+        self.ctx.fed.interest.lock()
     }
 
     /// Starts link actors for wanted peers and stops the others.

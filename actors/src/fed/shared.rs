@@ -3,9 +3,10 @@
 //! the federation actor's mailbox type. Beneath both the federation actor and
 //! the link actors, so neither imports the other's internals.
 
+use parking_lot::{Mutex, RwLock};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -83,25 +84,18 @@ impl LinkShared {
         };
         self.state.store(v, Ordering::Relaxed);
         if s != LinkState::Up {
-            *self.up_since.write().unwrap_or_else(|e| e.into_inner()) = None;
+            *self.up_since.write() = None;
         }
     }
 
     pub fn session(&self) -> Option<Arc<LinkSession>> {
-        self.session
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.session.read().clone()
     }
 
     /// Detaches the current session (exactly one caller gets it, so the
     /// federation hears of its end exactly once).
     pub fn take_session(&self) -> Option<Arc<LinkSession>> {
-        let s = self
-            .session
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let s = self.session.write().take();
         if let Some(s) = &s {
             s.outbox.close();
             self.past_drops
@@ -114,20 +108,12 @@ impl LinkShared {
         let drops = self.past_drops.load(Ordering::Relaxed)
             + self.session().map_or(0, |s| s.outbox.dropped());
         LinkInfo {
-            peer_node_id: self
-                .peer_node_id
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            peer_spiffe_id: self
-                .peer_spiffe_id
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            remote_addr: *self.remote_addr.read().unwrap_or_else(|e| e.into_inner()),
+            peer_node_id: self.peer_node_id.read().clone(),
+            peer_spiffe_id: self.peer_spiffe_id.read().clone(),
+            remote_addr: *self.remote_addr.read(),
             direction: self.direction,
             state: self.state(),
-            up_since: *self.up_since.read().unwrap_or_else(|e| e.into_inner()),
+            up_since: *self.up_since.read(),
             frames_in: self.frames_in.load(Ordering::Relaxed),
             frames_out: self.frames_out.load(Ordering::Relaxed),
             drops,
@@ -171,11 +157,11 @@ impl Fed {
     /// actors of a previous incarnation end, and makes it reachable.
     pub fn started(&self, actor: ActorRef<FedMsg>) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        *self.actor.write().unwrap_or_else(|e| e.into_inner()) = Some(actor);
+        *self.actor.write() = Some(actor);
     }
 
     pub fn stopped(&self) {
-        *self.actor.write().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.actor.write() = None;
     }
 
     pub fn generation(&self) -> u64 {
@@ -187,7 +173,7 @@ impl Fed {
     }
 
     pub fn actor(&self) -> Option<ActorRef<FedMsg>> {
-        self.actor.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.actor.read().clone()
     }
 
     pub fn emit(&self, e: NodeEvent) {

@@ -134,10 +134,7 @@ pub(crate) async fn dial(
         .write_all(&encode(&Frame::Ping(Ping { nonce: 0 }), ctx))
         .await
         .map_err(|e| LinkError::Lost(e.to_string()))?;
-    *shared
-        .remote_addr
-        .write()
-        .unwrap_or_else(|e| e.into_inner()) = conn.remote_address();
+    *shared.remote_addr.write() = conn.remote_address();
     Ok(Streams {
         conn,
         peer_spiffe: Some(peer_id.to_string()),
@@ -163,10 +160,7 @@ pub(crate) async fn accept_session(
         node_id,
         spiffe_id,
     } = a;
-    *shared
-        .peer_spiffe_id
-        .write()
-        .unwrap_or_else(|e| e.into_inner()) = Some(spiffe_id.to_string());
+    *shared.peer_spiffe_id.write() = Some(spiffe_id.to_string());
     let (session, rx, ctl_rx) = match start_session(ctx, shared, &conn, &node_id, &node_id).await {
         Ok(s) => s,
         Err(e) => {

@@ -74,11 +74,8 @@ pub(crate) async fn start_session(
         ctl,
         conn: conn.clone(),
     });
-    *shared
-        .peer_node_id
-        .write()
-        .unwrap_or_else(|e| e.into_inner()) = peer.to_owned();
-    *shared.session.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&session));
+    *shared.peer_node_id.write() = peer.to_owned();
+    *shared.session.write() = Some(Arc::clone(&session));
     let fed = ctx
         .fed
         .actor()
@@ -135,10 +132,7 @@ pub(crate) async fn serve_dialled(
                 return Err(e);
             }
         };
-    *shared
-        .peer_spiffe_id
-        .write()
-        .unwrap_or_else(|e| e.into_inner()) = st.peer_spiffe.clone();
+    *shared.peer_spiffe_id.write() = st.peer_spiffe.clone();
     serve(ctx, shared, session, rx, ctl_rx, st).await
 }
 
@@ -157,11 +151,8 @@ pub(crate) async fn serve(
     st: Streams,
 ) -> Result<(), LinkError> {
     shared.set_state(LinkState::Up);
-    *shared.up_since.write().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
-    *shared
-        .remote_addr
-        .write()
-        .unwrap_or_else(|e| e.into_inner()) = st.conn.remote_address();
+    *shared.up_since.write() = Some(SystemTime::now());
+    *shared.remote_addr.write() = st.conn.remote_address();
     metrics::gauge!(m::CONNECTIONS, "kind" => "peer").increment(1.0);
     counter!(m::CONNECTIONS_TOTAL, "kind" => "peer").increment(1);
     let last_pong = Arc::new(AtomicU64::new(now_ms()));

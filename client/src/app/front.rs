@@ -1,8 +1,9 @@
 //! [`App`]: the front door's handle, one per agent.
 
+use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -259,7 +260,7 @@ impl App {
         let client = self.inner.mux.client();
         let id = client.reserve_msg_id();
         {
-            let mut t = self.inner.raw_ids.lock().unwrap_or_else(|e| e.into_inner());
+            let mut t = self.inner.raw_ids.lock();
             if t.1.len() >= MAX_TRACKED_RAW
                 && let Some(old) = t.1.pop_front()
             {
@@ -281,18 +282,13 @@ impl App {
         // The publishes this flush answers for: those made before its ping
         // (later ones are left to the next flush).
         let ids: HashSet<u64> = {
-            let mut t = self.inner.raw_ids.lock().unwrap_or_else(|e| e.into_inner());
+            let mut t = self.inner.raw_ids.lock();
             t.1.clear();
             std::mem::take(&mut t.0)
         };
         client.flush().await;
         client.ping().await?;
-        let mut first = self
-            .inner
-            .refusals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front();
+        let mut first = self.inner.refusals.lock().pop_front();
         for e in client.take_errors(|id| ids.contains(&id)) {
             let err = SlimError::from_code(
                 e.code,
@@ -343,14 +339,9 @@ impl App {
                     // reported yet (it reports from the same record): not
                     // one it already raised, nor one about a session's
                     // untracked traffic.
-                    let raw = e.msg_id.is_some_and(|id| {
-                        self.inner
-                            .raw_ids
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .0
-                            .contains(&id)
-                    });
+                    let raw = e
+                        .msg_id
+                        .is_some_and(|id| self.inner.raw_ids.lock().0.contains(&id));
                     let unreported = raw
                         && !self
                             .inner
@@ -358,11 +349,7 @@ impl App {
                             .client()
                             .take_errors(|id| Some(id) == e.msg_id)
                             .is_empty();
-                    let mut q = self
-                        .inner
-                        .refusals
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
+                    let mut q = self.inner.refusals.lock();
                     if unreported && q.len() < MAX_UNREPORTED {
                         q.push_back(SlimError::from_code(e.code, e.reason));
                     }

@@ -1,8 +1,9 @@
 //! [`Session`]: one type for point-to-point sessions and group channels,
 //! whatever this end's role.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use slim_wire::{Mode, Name};
@@ -164,12 +165,7 @@ impl Session {
     }
 
     fn ended(&self) -> Option<SlimError> {
-        let e = self
-            .inner
-            .ended
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let e = self.inner.ended.lock().clone();
         match e {
             None if self.app_is_closed() => {
                 Some(self.end(SlimError::Closed("the app is closed".into())))
@@ -179,7 +175,7 @@ impl Session {
     }
 
     fn end(&self, e: SlimError) -> SlimError {
-        let mut g = self.inner.ended.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.inner.ended.lock();
         g.get_or_insert(e).clone()
     }
 
@@ -230,12 +226,7 @@ impl Session {
         if let Some(e) = self.ended() {
             return Err(e);
         }
-        let queued = self
-            .inner
-            .queued
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front();
+        let queued = self.inner.queued.lock().pop_front();
         if let Some(ev) = queued {
             return Ok(ev);
         }
@@ -329,11 +320,7 @@ impl Session {
                             }),
                         );
                         if let Some(first) = evs.next() {
-                            self.inner
-                                .queued
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .extend(evs);
+                            self.inner.queued.lock().extend(evs);
                             return Ok(first);
                         }
                     }

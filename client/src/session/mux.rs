@@ -18,8 +18,9 @@
 //! told with an `Unreachable` packet so that it fails fast instead of
 //! retrying into the void.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use slim_wire::{ErrorCode, Mode, Name};
 use tokio::sync::mpsc;
@@ -247,7 +248,7 @@ impl SessionMux {
     ) -> Result<u64, SessionError> {
         let msg_id = self.inner.client.reserve_msg_id();
         {
-            let mut t = self.inner.tracked.lock().unwrap_or_else(|e| e.into_inner());
+            let mut t = self.inner.tracked.lock();
             if t.order.len() >= TRACKED
                 && let Some(old) = t.order.pop_front()
             {
@@ -281,11 +282,7 @@ impl SessionMux {
 
     /// What the dispatcher has dropped so far.
     pub fn stats(&self) -> MuxStats {
-        self.inner
-            .stats
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.stats.lock().clone()
     }
 
     /// Whether `session_id` is registered.
@@ -357,12 +354,12 @@ impl Drop for Unregister {
     }
 }
 
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
+fn read<T>(l: &RwLock<T>) -> parking_lot::RwLockReadGuard<'_, T> {
+    l.read()
 }
 
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
+fn write<T>(l: &RwLock<T>) -> parking_lot::RwLockWriteGuard<'_, T> {
+    l.write()
 }
 
 /// Cheap check before decoding: a packet is a 9-element MessagePack array
@@ -399,7 +396,7 @@ async fn dispatch(inner: Arc<Inner>, app: mpsc::Sender<Event>) {
 
 impl Inner {
     fn count(&self, f: impl FnOnce(&mut MuxStats)) {
-        f(&mut self.stats.lock().unwrap_or_else(|e| e.into_inner()));
+        f(&mut self.stats.lock());
     }
 
     fn to_app(&self, ev: Event, app: &mpsc::Sender<Event>) {
@@ -435,7 +432,7 @@ impl Inner {
             }
             Event::Error(e) => {
                 let session = e.msg_id.and_then(|id| {
-                    let mut t = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut t = self.tracked.lock();
                     t.by_msg.remove(&id)
                 });
                 let Some(session_id) = session else {

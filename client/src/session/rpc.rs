@@ -24,9 +24,10 @@
 //! subscriber to the name the node's `NO_ROUTE` comes back as
 //! [`RpcError::NoResponder`] within a round trip.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -206,8 +207,8 @@ struct CallTable {
     dead: Option<RpcError>,
 }
 
-fn lock(c: &Calls) -> std::sync::MutexGuard<'_, CallTable> {
-    c.lock().unwrap_or_else(|e| e.into_inner())
+fn lock(c: &Calls) -> parking_lot::MutexGuard<'_, CallTable> {
+    c.lock()
 }
 
 /// One session to one destination, shared by that destination's calls.
@@ -409,7 +410,7 @@ impl RpcClient {
     async fn conn(&self, name: &Name) -> Result<Arc<Conn>, RpcError> {
         loop {
             let cell = {
-                let mut m = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+                let mut m = self.conns.lock();
                 Arc::clone(m.entry(name.clone()).or_default())
             };
             let r = cell
@@ -420,7 +421,7 @@ impl RpcClient {
                 })
                 .await;
             let forget = |this: &Self| {
-                let mut m = this.conns.lock().unwrap_or_else(|e| e.into_inner());
+                let mut m = this.conns.lock();
                 if m.get(name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
                     m.remove(name);
                 }
@@ -609,12 +610,7 @@ impl Responder {
 
     /// Whether the requester gave up on this call.
     pub fn is_cancelled(&self) -> bool {
-        self.active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&self.call)
-            .copied()
-            .unwrap_or(false)
+        self.active.lock().get(&self.call).copied().unwrap_or(false)
     }
 
     async fn finish(&self, f: Frame) -> Result<(), RpcError> {
@@ -624,10 +620,7 @@ impl Responder {
     }
 
     fn forget(&self) {
-        self.active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.call);
+        self.active.lock().remove(&self.call);
     }
 }
 
@@ -705,10 +698,7 @@ async fn serve_session(s: P2pSession, out: mpsc::Sender<RpcRequest>) {
                 timeout_ms,
                 payload,
             }) => {
-                active
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(call, false);
+                active.lock().insert(call, false);
                 let req = RpcRequest {
                     payload,
                     from: from.clone(),
@@ -729,7 +719,7 @@ async fn serve_session(s: P2pSession, out: mpsc::Sender<RpcRequest>) {
             }
             Ok(Frame::Cancel(call)) => {
                 // Only calls still being worked on: a late cancel is moot.
-                let mut a = active.lock().unwrap_or_else(|e| e.into_inner());
+                let mut a = active.lock();
                 if let Some(c) = a.get_mut(&call) {
                     *c = true;
                 }
