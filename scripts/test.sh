@@ -13,6 +13,12 @@ if [ -d "$CARGO_TARGET_DIR/debug/incremental" ]; then
     find "$CARGO_TARGET_DIR/debug/incremental" -mindepth 1 -maxdepth 1 -type d -mtime +2 \
         -exec rm -rf {} + 2>/dev/null || true
 fi
+# Test executables of other checkouts and feature sets pile up (~200 MB each);
+# cargo relinks any it still needs.
+if [ -d "$CARGO_TARGET_DIR/debug/deps" ]; then
+    find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -size +20M -mtime +2 \
+        ! -name '*.rlib' ! -name '*.rmeta' ! -name '*.so' -delete 2>/dev/null || true
+fi
 
 ./scripts/install-deps.sh prometheus nftables iproute2 docker-compose yamllint curl
 # helm for the chart checks (not in Debian; see the script).
