@@ -697,3 +697,33 @@ fn a_peer_that_lost_the_session_fails_it_at_once() {
         Some(P2pEvent::Failed(SessionError::Unreachable { .. }))
     ));
 }
+
+/// Every close-ack lost: the closee has everything and reports `PeerClosed`,
+/// lingers while the `Close`s keep coming, and ends; the closer's close then
+/// ends in a typed timeout, not a hang, and its task ends too.
+#[test]
+fn close_with_every_close_ack_lost_ends_in_a_typed_timeout() {
+    for seed in 0..10 {
+        let mut sim = Sim::new(seed, 0.0, 0.0, cfg(), cfg());
+        sim.filter = Some(Box::new(|_, p| {
+            !(p.kind == Kind::Ack && p.flags & FLAG_CLOSE_ACK != 0)
+        }));
+        sim.a.to_send = (0..30).map(payload).collect();
+        sim.a.close = true;
+        assert!(sim.run(Duration::from_secs(600)), "seed {seed}");
+        assert_eq!(
+            sim.a.close_result,
+            Some(Err(SessionError::Timeout(
+                Duration::from_millis(50) * CLOSE_ATTEMPTS
+            ))),
+            "seed {seed}"
+        );
+        assert!(matches!(sim.a.state, State::Gone), "seed {seed}");
+        assert!(matches!(sim.b.state, State::Gone), "seed {seed}");
+        assert_eq!(sim.b.messages().len(), 30, "seed {seed}");
+        assert_eq!(
+            sim.b.events.last(),
+            Some(&P2pEvent::PeerClosed { sent: 30 })
+        );
+    }
+}
