@@ -36,7 +36,7 @@ impl P2pSender {
             .send(Cmd::Send(payload.into(), tx))
             .await
             .map_err(|_| SessionError::Closed)?;
-        rx.await.map_err(|_| SessionError::Closed)?
+        reply(rx, &self.cmd).await.ok_or(SessionError::Closed)?
     }
 
     /// Queues `payload` without waiting: for best-effort notices (e.g. an
@@ -60,14 +60,14 @@ impl P2pSender {
             .send(Cmd::Close(tx))
             .await
             .map_err(|_| SessionError::Closed)?;
-        rx.await.map_err(|_| SessionError::Closed)?
+        reply(rx, &self.cmd).await.ok_or(SessionError::Closed)?
     }
 
     /// Both directions' counters (the final ones once the session ended).
     pub async fn stats(&self) -> Result<P2pStats, SessionError> {
         let (tx, rx) = oneshot::channel();
         if self.stats.send(tx).await.is_ok()
-            && let Ok(st) = rx.await
+            && let Some(st) = reply(rx, &self.stats).await
         {
             return Ok(st);
         }
@@ -76,6 +76,23 @@ impl P2pSender {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or(SessionError::Closed)
+    }
+}
+
+/// The session task's answer to a request sent on `chan`; `None` if the task
+/// ended without answering.
+///
+/// Awaiting the oneshot alone can hang forever: a request may land in the
+/// channel after the task dropped its receiver (the send took its slot
+/// before the drop and queued the message after the receiver's drain), and
+/// then nobody answers it, nor drops it while a handle keeps the channel
+/// alive. The channel's closing is what says the task is gone.
+async fn reply<T, U>(mut rx: oneshot::Receiver<T>, chan: &mpsc::Sender<U>) -> Option<T> {
+    tokio::select! {
+        biased;
+        r = &mut rx => r.ok(),
+        // An answer sent just before the task ended is there already.
+        () = chan.closed() => rx.try_recv().ok(),
     }
 }
 
@@ -247,5 +264,107 @@ impl P2pListener {
                 Err(e) => tracing::debug!(error = %e, "open not accepted"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The liveness hole after a close: the session task ends (its command
+    //! and stats receivers dropped) while a handle's request is on its way.
+    //! These drive the handles' futures by hand, so the interleaving that
+    //! hung `stats()` is reproduced exactly, every time, without timing.
+
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn poll<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    type StatsRx = mpsc::Receiver<oneshot::Sender<P2pStats>>;
+
+    /// A sender whose "task" is the test: it holds the receivers.
+    fn sender(last: Option<P2pStats>) -> (P2pSender, mpsc::Receiver<Cmd>, StatsRx) {
+        let (cmd, cmd_rx) = mpsc::channel(4);
+        let (stats, stats_rx) = mpsc::channel(4);
+        let s = P2pSender {
+            cmd,
+            stats,
+            last_stats: Arc::new(Mutex::new(last)),
+        };
+        (s, cmd_rx, stats_rx)
+    }
+
+    fn final_counters() -> P2pStats {
+        let mut st = P2pStats::default();
+        st.sender.sent = 10_000;
+        st.sender.acked = 10_000;
+        st
+    }
+
+    /// The cause, in tokio's terms: a message queued through a slot taken
+    /// before the receiver was dropped lands after the receiver's drain, and
+    /// stays in the channel, neither received nor dropped, for as long as a
+    /// sender lives. A oneshot reply inside it never resolves.
+    #[test]
+    fn a_request_queued_after_the_receiver_went_is_never_answered_nor_dropped() {
+        let (tx, rx) = mpsc::channel::<oneshot::Sender<P2pStats>>(4);
+        // `stats()` took its slot…
+        let slot = tx.try_reserve().unwrap();
+        // …the session task ended and dropped its receiver (drained: empty)…
+        drop(rx);
+        // …and the request lands.
+        let (reply_tx, mut reply_rx) = oneshot::channel();
+        slot.send(reply_tx);
+        assert!(tx.is_closed());
+        assert_eq!(
+            reply_rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty),
+            "not answered and not dropped: awaiting it alone hangs"
+        );
+    }
+
+    /// `stats()` right after a successful close (what the sessions test and
+    /// the test agent do): its request reaches the channel but the task,
+    /// ending, never takes it. The counters the task left are the answer.
+    #[test]
+    fn stats_racing_the_end_of_the_task_gets_the_final_counters() {
+        let (s, _cmd_rx, mut stats_rx) = sender(Some(final_counters()));
+        let mut fut = pin!(s.stats());
+        assert!(poll(fut.as_mut()).is_pending(), "asked; waiting");
+        assert_eq!(stats_rx.len(), 1);
+        // The task ends without taking it; the request stays queued, as one
+        // that landed after the receiver's drain does.
+        stats_rx.close();
+        assert_eq!(poll(fut.as_mut()), Poll::Ready(Ok(final_counters())));
+    }
+
+    #[test]
+    fn send_and_close_racing_the_end_of_the_task_fail_closed() {
+        let (s, mut cmd_rx, _stats_rx) = sender(None);
+        let mut send = pin!(s.send(Bytes::from_static(b"late")));
+        let mut close = pin!(s.close());
+        assert!(poll(send.as_mut()).is_pending());
+        assert!(poll(close.as_mut()).is_pending());
+        cmd_rx.close();
+        assert_eq!(poll(send.as_mut()), Poll::Ready(Err(SessionError::Closed)));
+        assert_eq!(poll(close.as_mut()), Poll::Ready(Err(SessionError::Closed)));
+    }
+
+    /// An answer the task sent just before it ended is not mistaken for "no
+    /// answer".
+    #[test]
+    fn an_answer_sent_as_the_task_ends_is_kept() {
+        let (s, mut cmd_rx, _stats_rx) = sender(None);
+        let mut send = pin!(s.send(Bytes::from_static(b"m")));
+        assert!(poll(send.as_mut()).is_pending());
+        let Ok(Cmd::Send(_, reply)) = cmd_rx.try_recv() else {
+            panic!("the send reached the task");
+        };
+        reply.send(Ok(7)).unwrap();
+        drop(cmd_rx);
+        assert_eq!(poll(send.as_mut()), Poll::Ready(Ok(7)));
     }
 }

@@ -17,8 +17,13 @@
 //! `Close` itself) until the peer's close-ack says everything arrived, or
 //! the retry budget runs out. The other end reports
 //! [`P2pEvent::PeerClosed`] only once everything before the close was
-//! delivered or reported lost, then lingers to answer retransmitted
-//! `Close`s (its close-ack may have been lost) before it ends.
+//! delivered or reported lost. Once a close is complete, each end lingers
+//! until it has heard nothing from the peer for [`P2pConfig::linger`]: the
+//! closee answers retransmitted `Close`s (its close-ack may have been
+//! lost), the closer takes what the peer had in flight before it learnt of
+//! the close, and when both close at once each waits for the other's close
+//! to complete too. Ending at once instead would answer the peer's next
+//! packet with "no such session" and fail a session that was ending well.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -100,11 +105,10 @@ pub struct P2pMachine {
     final_event: Option<P2pEvent>,
     /// Every application handle is gone.
     handles_gone: bool,
-    /// Until when to keep answering the peer's retransmitted `Close` (set
-    /// once its close is complete).
+    /// Once a close (ours or the peer's) is complete: until when to stay,
+    /// answering retransmissions and taking what the peer still had in
+    /// flight. Every packet from the peer pushes it back.
     linger_until: Option<Instant>,
-    /// When the session is over, once that is decided.
-    done_at: Option<Instant>,
     done: bool,
     /// The responder's `Accept`, resent for duplicate `Open`s.
     accept: Option<Vec<u8>>,
@@ -197,7 +201,6 @@ impl P2pMachine {
             final_event: None,
             handles_gone: false,
             linger_until: None,
-            done_at: None,
             done: false,
             accept,
             joined: None,
@@ -304,11 +307,14 @@ impl P2pMachine {
             return;
         }
         self.handles_gone = true;
-        if self.peer_closed.is_none() && !self.ended {
+        if self.closing.is_some() {
+            // A close in progress (or done) ends the session.
+        } else if self.peer_closed.is_none() && !self.ended {
             self.start_close(now);
-        } else if self.closing.as_ref().is_none_or(|c| c.finished) && self.done_at.is_none() {
-            // Nobody left to tell; a linger already under way still runs
-            // (the peer may need our close-ack again).
+        } else if self.linger_until.is_none() {
+            // The peer closed (its close incomplete) or the session failed:
+            // nobody left to tell. A linger under way still runs (the peer
+            // may need our close-ack again).
             self.done = true;
         }
         self.settle(now);
@@ -320,7 +326,7 @@ impl P2pMachine {
         if self.done {
             return;
         }
-        if self.done_at.is_some_and(|t| t <= now) {
+        if self.end_time().is_some_and(|t| t <= now) {
             self.done = true;
             return;
         }
@@ -406,7 +412,7 @@ impl P2pMachine {
             .filter(|_| matches!(self.mls, MlsState::Pending(_)));
         machines
             .into_iter()
-            .chain([close, self.done_at, welcome])
+            .chain([close, self.end_time(), welcome])
             .flatten()
             .min()
     }
@@ -504,13 +510,24 @@ impl P2pMachine {
         self.emit(P2pEvent::PeerClosed { sent });
         self.final_sent = true;
         self.ended = true;
+        // Our close-ack may be lost: answer its retransmitted `Close` for a
+        // while (and, if our own close is still settling, until it is done).
+        self.linger(now);
+    }
+
+    /// Stays `linger` longer (from now) once a close is complete.
+    fn linger(&mut self, now: Instant) {
         let until = now + self.linger;
-        self.linger_until = Some(until);
-        // Our own close, if still settling, ends the session once it is done
-        // (and this linger is over).
-        if self.closing.as_ref().is_none_or(|c| c.finished) {
-            self.done_at = Some(until);
+        self.linger_until = Some(self.linger_until.map_or(until, |t| t.max(until)));
+    }
+
+    /// When the session is over: at the end of the linger, and never while
+    /// our own close is still settling.
+    fn end_time(&self) -> Option<Instant> {
+        if self.closing.as_ref().is_some_and(|c| !c.finished) {
+            return None;
         }
+        self.linger_until
     }
 
     fn deliver(&mut self, seq: u64, payload: Bytes) {
@@ -613,12 +630,16 @@ impl P2pMachine {
             return;
         };
         c.finished = true;
+        let ok = result.is_ok();
         self.close_outcome = Some(result);
-        // If the peer closed too, keep answering its `Close` for the rest
-        // of the linger: our close-ack for it may have been lost.
-        match self.linger_until.filter(|t| *t > now) {
-            Some(t) => self.done_at = Some(t),
-            None => self.done = true,
+        if ok {
+            // The peer has everything we sent, but may still have its own
+            // messages in flight (sent before it learnt of our close), or be
+            // closing too and need our close-ack again: stay a while.
+            self.linger(now);
+        } else if self.linger_until.is_none() {
+            // Given up on a peer that does not answer.
+            self.done = true;
         }
     }
 
@@ -657,6 +678,10 @@ impl P2pMachine {
         let p = &inc.packet;
         if p.kind != Kind::Unreachable {
             self.absent = None;
+            if self.linger_until.is_some() {
+                // The peer is still talking to us: it still needs us.
+                self.linger(now);
+            }
         }
         let r = match (p.kind, &mut self.inner) {
             (Kind::Data | Kind::Close, Inner::Reliable(_, r)) => r.handle_packet(p, now),

@@ -50,8 +50,11 @@ pub struct P2pConfig {
     /// if a message runs out of retries meanwhile). A peer whose mux answers
     /// "no such session" fails the session at once.
     pub peer_absent_grace: Duration,
-    /// After the peer's close is complete, how long to keep answering its
-    /// retransmitted `Close` before the session task ends.
+    /// Once a close (ours or the peer's) is complete, how long the session
+    /// task stays, counted from the last packet heard from the peer: it
+    /// answers retransmitted `Close`s (our close-ack may have been lost) and
+    /// takes what the peer still had in flight (sent before it learnt of our
+    /// close), then ends.
     pub linger: Duration,
     /// End-to-end MLS (a 2-member group) with this identity, whose SPIFFE
     /// ID must be the one the client authenticates as. An initiator with it
