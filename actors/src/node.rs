@@ -72,7 +72,8 @@ impl ChildKind {
 }
 
 pub(crate) enum SupMsg {
-    /// The current child of each kind (diagnostics and fault-injection tests).
+    /// The current child of each kind (for fault-injection tests).
+    #[cfg(feature = "test-util")]
     Children(RpcReplyPort<Vec<(ChildKind, ractor::ActorCell)>>),
 }
 
@@ -137,6 +138,7 @@ impl Actor for NodeSupervisor {
         st: &mut SupState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            #[cfg(feature = "test-util")]
             SupMsg::Children(reply) => {
                 let _ = reply.send(st.children.values().cloned().collect());
             }

@@ -15,8 +15,9 @@
 //!   that never reads its events (e.g. its `DeliveryFailed`s) can still send
 //!   and ask for counters.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -258,7 +259,7 @@ impl Driver {
                 Wake::Nothing => {}
             }
         }
-        *self.last_stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.machine.stats());
+        *self.last_stats.lock() = Some(self.machine.stats());
         // Stats from here on come from `last_stats` at once (queued requests
         // fall back to it too): the drain below may wait for the
         // application to read, and nothing may wait on that.

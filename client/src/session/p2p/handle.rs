@@ -3,7 +3,8 @@
 //! that accepts sessions opened to us. Each talks to its session's task
 //! through bounded channels; nothing here knows the protocol.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use slim_wire::Name;
@@ -73,7 +74,6 @@ impl P2pSender {
         }
         self.last_stats
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or(SessionError::Closed)
     }
