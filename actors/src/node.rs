@@ -54,7 +54,7 @@ pub enum ChildKind {
 }
 
 impl ChildKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             ChildKind::Table => "table",
             ChildKind::Federation => "federation",
@@ -72,8 +72,7 @@ impl ChildKind {
 }
 
 pub(crate) enum SupMsg {
-    /// The current child of each kind (for fault-injection tests).
-    #[cfg(feature = "test-util")]
+    /// The current child of each kind.
     Children(RpcReplyPort<Vec<(ChildKind, ractor::ActorCell)>>),
 }
 
@@ -138,7 +137,6 @@ impl Actor for NodeSupervisor {
         st: &mut SupState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            #[cfg(feature = "test-util")]
             SupMsg::Children(reply) => {
                 let _ = reply.send(st.children.values().cloned().collect());
             }
@@ -428,6 +426,16 @@ impl NodeHandle {
             .endpoint
             .local_addr()
             .expect("a bound endpoint has an address")
+    }
+
+    /// The supervisor's children that are running now, by kind (all three
+    /// on a healthy node; one missing while it is being restarted).
+    pub async fn children(&self) -> Vec<ChildKind> {
+        let mut v: Vec<ChildKind> = ractor::call!(self.supervisor, SupMsg::Children)
+            .map(|c| c.into_iter().map(|(k, _)| k).collect())
+            .unwrap_or_default();
+        v.sort_by_key(|k| k.as_str());
+        v
     }
 
     pub fn node_id(&self) -> &str {

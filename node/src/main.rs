@@ -100,6 +100,8 @@ async fn run(cfg: FileConfig) -> Result<()> {
     }
     let ctl_identity = identity.clone();
     let node = Arc::new(slim_actors::start(node_cfg, identity).await?);
+    let children: Vec<&str> = node.children().await.iter().map(|k| k.as_str()).collect();
+    info!(?children, "actor tree started");
     // Outbound link to the controller, if configured. It never touches the
     // data path: with the controller away the node keeps its links.
     let ctl_link = match &cfg.controller {

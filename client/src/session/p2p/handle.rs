@@ -72,10 +72,7 @@ impl P2pSender {
         {
             return Ok(st);
         }
-        self.last_stats
-            .lock()
-            .clone()
-            .ok_or(SessionError::Closed)
+        self.last_stats.lock().clone().ok_or(SessionError::Closed)
     }
 }
 
