@@ -11,14 +11,17 @@
 //!   (fixed latency per link; ties in time are broken by send order);
 //! - a frame still in flight when its link goes down is lost (the actor
 //!   ignores frames from a session that is no longer the active one);
-//! - processing takes no virtual time, so virtual time is pure propagation.
+//! - processing takes no virtual time (virtual time is pure propagation),
+//!   unless `proc_us` is set: then a node spends that long per received
+//!   entry, handles one frame at a time in arrival order (the actor's
+//!   mailbox) and sends what it flushes when it is done.
 //!
 //! Bytes are what the node would write on the link's control stream: the
 //! frame encoded by `slim_wire::codec::encode` (4-byte length prefix, kind
 //! byte, MessagePack body), without QUIC/UDP/IP overhead.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,8 +48,13 @@ pub struct FleetConfig {
     pub seed: u64,
     /// The node's `federation.max_hops` (default 8).
     pub max_hops: usize,
-    /// Link latency range, one value per link drawn uniformly from the seed.
-    pub latency_ms: (u64, u64),
+    /// Link latency range in µs, one value per link drawn uniformly from the
+    /// seed (at least 1 µs).
+    pub latency_us: (u64, u64),
+    /// Virtual time a node spends per received entry (add or remove): a node
+    /// handles one frame at a time, in arrival order (the federation
+    /// actor's mailbox), and sends what it flushes when done. 0: instant.
+    pub proc_us: u64,
     /// A run stops once this many frames were sent since the last
     /// [`Fleet::take_traffic`].
     pub budget: u64,
@@ -61,7 +69,8 @@ impl FleetConfig {
             topology,
             seed,
             max_hops: 8,
-            latency_ms: (1, 50),
+            latency_us: (1_000, 50_000),
+            proc_us: 0,
             budget: 50_000_000,
             wall_limit: None,
         }
@@ -246,6 +255,11 @@ pub(crate) struct Node {
     /// Local subscribers per name (the registry's view).
     pub(crate) local: BTreeMap<Arc<str>, u32>,
     pub(crate) up: bool,
+    /// Until when it is busy handling a frame, and the frames waiting
+    /// (only with `proc_us`).
+    pub(crate) busy_until: Micros,
+    mailbox: VecDeque<(u32, u32, u32, Interest)>,
+    ready_scheduled: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -268,6 +282,8 @@ enum Event {
         frame: Interest,
     },
     Act(Action),
+    /// The node is free to handle the next frame in its mailbox (`proc_us`).
+    Ready(u32),
 }
 
 #[derive(Debug)]
@@ -318,6 +334,9 @@ pub struct Fleet {
     delivered_since_fault: u64,
     buf: BytesMut,
     limits: Limits,
+    /// Added to the departure time of what a flush sends (the node's
+    /// processing time of the frame being handled).
+    send_delay: Micros,
 }
 
 /// The id of node `i` (zero-padded so that id order is index order).
@@ -331,14 +350,14 @@ impl Fleet {
         let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x70b0_1095);
         let graph = Graph::build(cfg.nodes, cfg.topology, &mut rng);
         let mut lat_rng = StdRng::seed_from_u64(cfg.seed ^ 0x1a7e_4c1e);
-        let (lo, hi) = (cfg.latency_ms.0.min(cfg.latency_ms.1), cfg.latency_ms.1);
+        let (lo, hi) = (cfg.latency_us.0.min(cfg.latency_us.1), cfg.latency_us.1);
         let links = graph
             .edges
             .iter()
             .map(|&(a, b)| Link {
                 a,
                 b,
-                latency: lat_rng.random_range(lo * 1000..=hi.max(lo) * 1000).max(1),
+                latency: lat_rng.random_range(lo..=hi.max(lo)).max(1),
                 up: false,
                 epoch: 0,
             })
@@ -351,6 +370,9 @@ impl Fleet {
                     id: Arc::from(id),
                     local: BTreeMap::new(),
                     up: true,
+                    busy_until: 0,
+                    mailbox: VecDeque::new(),
+                    ready_scheduled: false,
                 }
             })
             .collect();
@@ -380,6 +402,7 @@ impl Fleet {
             delivered_since_fault: 0,
             buf: BytesMut::with_capacity(4096),
             limits: Limits::default(),
+            send_delay: 0,
         }
     }
 
@@ -528,8 +551,36 @@ impl Fleet {
                     to,
                     frame,
                 } => {
-                    last_delivery = q.at;
+                    if self.cfg.proc_us == 0 {
+                        last_delivery = q.at;
+                        self.deliver(link, epoch, from, to, frame);
+                    } else {
+                        // Into the node's mailbox, behind earlier arrivals.
+                        let node = &mut self.nodes[to as usize];
+                        node.mailbox.push_back((link, epoch, from, frame));
+                        if !node.ready_scheduled {
+                            node.ready_scheduled = true;
+                            let at = node.busy_until.max(q.at);
+                            self.push(at, Event::Ready(to));
+                        }
+                    }
+                }
+                Event::Ready(to) => {
+                    let node = &mut self.nodes[to as usize];
+                    node.ready_scheduled = false;
+                    let Some((link, epoch, from, frame)) = node.mailbox.pop_front() else {
+                        continue;
+                    };
+                    let work = self.cfg.proc_us * (frame.add.len() + frame.remove.len()) as u64;
+                    node.busy_until = q.at + work;
+                    if !node.mailbox.is_empty() {
+                        node.ready_scheduled = true;
+                        self.push(q.at + work, Event::Ready(to));
+                    }
+                    last_delivery = q.at + work;
+                    self.send_delay = work;
                     self.deliver(link, epoch, from, to, frame);
+                    self.send_delay = 0;
                 }
             }
             if self.traffic.msgs > self.cfg.budget {
@@ -771,7 +822,7 @@ impl Fleet {
             self.peak_in_flight = self.peak_in_flight.max(self.in_flight[dir]);
             let l = self.links[e as usize];
             self.push(
-                self.now + l.latency,
+                self.now + self.send_delay + l.latency,
                 Event::Deliver {
                     link: e,
                     epoch: l.epoch,

@@ -44,9 +44,14 @@ struct Args {
     /// The nodes' federation.max_hops.
     #[arg(long, default_value_t = 8)]
     max_hops: usize,
-    /// Link latency range in ms (one value per link, drawn from the seed).
-    #[arg(long, default_value = "1-50", value_parser = parse_range)]
+    /// Link latency range in ms, fractions allowed (one value per link,
+    /// drawn from the seed; at least 1 µs).
+    #[arg(long, default_value = "1-50", value_parser = parse_ms_range)]
     latency_ms: (u64, u64),
+    /// Virtual processing time per received entry, in µs (a node handles
+    /// one frame at a time; 0 = instant).
+    #[arg(long, default_value_t = 0)]
+    proc_us: u64,
     /// Clients connected before each scenario.
     #[arg(long, default_value_t = 50)]
     background: usize,
@@ -83,15 +88,33 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
+/// "a-b" in ms (fractions allowed) to µs.
+fn parse_ms_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let us = |x: &str| -> Result<u64, String> {
+        let v: f64 = x.trim().parse().map_err(|e| format!("{s}: {e}"))?;
+        if !(0.0..1e7).contains(&v) {
+            return Err(format!("{s}: out of range"));
+        }
+        Ok((v * 1000.0).round() as u64)
+    };
+    let (a, b) = (us(a)?, us(b)?);
+    if a > b {
+        return Err(format!("{s}: empty range"));
+    }
+    Ok((a, b))
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     println!(
-        "seed {}, max_hops {}, link latency {}–{} ms, {} background clients over {} services; \
+        "seed {}, max_hops {}, link latency {}–{} ms, processing {} µs/entry, {} background clients over {} services; \
          churn {}/s for {} s, lifetimes {}–{} ms; budget {} messages per phase\n",
         args.seed,
         args.max_hops,
-        args.latency_ms.0,
-        args.latency_ms.1,
+        args.latency_ms.0 as f64 / 1000.0,
+        args.latency_ms.1 as f64 / 1000.0,
+        args.proc_us,
         args.background,
         args.services,
         args.churn_rate,
@@ -124,7 +147,8 @@ fn main() -> ExitCode {
                 };
                 let mut cfg = ScenarioConfig::new(n, topology, args.seed);
                 cfg.fleet.max_hops = args.max_hops;
-                cfg.fleet.latency_ms = args.latency_ms;
+                cfg.fleet.latency_us = args.latency_ms;
+                cfg.fleet.proc_us = args.proc_us;
                 cfg.fleet.budget = args.budget;
                 cfg.fleet.wall_limit = args.wall_limit_secs.map(Duration::from_secs);
                 cfg.background = args.background;
