@@ -164,6 +164,10 @@ fn main() -> ExitCode {
                     );
                     broken = true;
                 }
+                if let Outcome::Setup(e) = &r.outcome {
+                    eprintln!("CANNOT SET UP: N={n} {}: {e}", topology.label());
+                    broken = true;
+                }
                 if args.detail {
                     details.push(report::detail(&r));
                 }

@@ -77,27 +77,32 @@ fn outcome(o: &Outcome) -> String {
 /// One summary row. Convergence lists each phase (`connect / leave`,
 /// `down / up`).
 pub fn row(r: &ScenarioReport) -> String {
-    let conv = if r.phases.is_empty() {
-        "–".to_string()
+    let mut conv: Vec<String> = r.phases.iter().map(|p| millis(p.convergence)).collect();
+    if !matches!(r.outcome, Outcome::Ok | Outcome::Broken { .. }) {
+        conv.push("–".into()); // the phase that did not settle
+    }
+    let conv = conv.join(" / ");
+    let (msgs, b, link, ent) = if let Outcome::Setup(_) = r.outcome {
+        ("–".into(), "–".into(), "–".into(), "–".into())
     } else {
-        r.phases
-            .iter()
-            .map(|p| millis(p.convergence))
-            .collect::<Vec<_>>()
-            .join(" / ")
+        // A run stopped by the budget sent at least this much.
+        let more = if let Outcome::Halted { .. } = r.outcome {
+            "≥ "
+        } else {
+            ""
+        };
+        (
+            format!("{more}{}", count(r.per_event(r.total.msgs))),
+            format!("{more}{}", bytes(r.per_event(r.total.bytes))),
+            format!("{more}{}", bytes(r.max_link_bytes as f64)),
+            entries(r.entries),
+        )
     };
-    let done = matches!(r.outcome, Outcome::Ok | Outcome::Broken { .. });
-    let more = if done { "" } else { "≥ " };
     format!(
-        "| {} | {} | {} | {more}{} | {more}{} | {more}{} | {} | {} | {:.2} s | {} |",
+        "| {} | {} | {} | {msgs} | {b} | {link} | {conv} | {ent} | {:.2} s | {} |",
         r.nodes,
         r.topology.label(),
         r.scenario.label(),
-        count(r.per_event(r.total.msgs)),
-        bytes(r.per_event(r.total.bytes)),
-        bytes(r.max_link_bytes as f64),
-        conv,
-        entries(r.entries),
         r.wall.as_secs_f64(),
         outcome(&r.outcome),
     )
