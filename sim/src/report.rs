@@ -82,7 +82,13 @@ pub fn row(r: &ScenarioReport) -> String {
         conv.push("–".into()); // the phase that did not settle
     }
     let conv = conv.join(" / ");
-    let (msgs, b, link, ent) = if let Outcome::Setup(_) = r.outcome {
+    let no_run = matches!(
+        r.outcome,
+        Outcome::Setup(_)
+            | Outcome::Halted { phase: "setup", .. }
+            | Outcome::Broken { phase: "setup", .. }
+    );
+    let (msgs, b, link, ent) = if no_run {
         ("–".into(), "–".into(), "–".into(), "–".into())
     } else {
         // A run stopped by the budget sent at least this much.
