@@ -31,6 +31,13 @@ pub(crate) struct LinkSession {
     /// Interest announcements and pongs, on the link's priority stream.
     pub ctl: mpsc::Sender<Bytes>,
     pub conn: quinn::Connection,
+    /// When the peer was last heard on the control stream (a pong or its
+    /// own ping), in ms since the process epoch; the link actor's liveness
+    /// check reads it.
+    pub last_pong: AtomicU64,
+    /// Set by the link actor when no pong came within the link timeout: the
+    /// session ends with a liveness failure.
+    pub expired: tokio::sync::Notify,
 }
 
 /// The state of one link actor, visible to `links()`.

@@ -3,15 +3,17 @@
 //! its end to its supervisor, the federation actor.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::info;
 
-use crate::ctx::{NodeCtx, Owned};
+use crate::ctx::{AbortOnDrop, NodeCtx, Owned};
 use crate::fed::shared::LinkShared;
 use crate::link::dial::dial_loop;
 use crate::link::handshake::{Accepted, accept_session};
-use crate::link::session::end_session;
+use crate::link::session::{end_session, now_ms};
 use crate::types::PeerSpec;
 
 pub(crate) enum LinkKind {
@@ -30,6 +32,9 @@ pub(crate) struct LinkArgs {
 pub(crate) enum LinkMsg {
     /// The link's task ended (the dial loop, or an accepted session).
     Ended(Result<(), String>),
+    /// Time for the liveness check: a live session whose peer has not been
+    /// heard within the link timeout is ended as dead.
+    Tick,
     /// Close the live session as a network failure would (the dial loop, if
     /// any, redials with backoff). Fault injection for tests.
     #[cfg(feature = "test-util")]
@@ -43,6 +48,7 @@ pub(crate) struct LinkActorState {
     key: u64,
     shared: Arc<LinkShared>,
     _task: Owned,
+    _ticks: AbortOnDrop,
 }
 
 impl Actor for LinkActor {
@@ -58,6 +64,10 @@ impl Actor for LinkActor {
         let _ = a.shared.actor.set(myself.get_cell());
         a.ctx.fed.links.insert(a.key, Arc::clone(&a.shared));
         let (ctx, shared) = (Arc::clone(&a.ctx), Arc::clone(&a.shared));
+        let fc = &a.ctx.cfg.federation;
+        let ticks = AbortOnDrop(
+            myself.send_interval(fc.keep_alive.min(Duration::from_secs(1)), || LinkMsg::Tick),
+        );
         let task = Owned::spawn(run(ctx, shared, a.kind), move |r| {
             let r = r.map_err(|e| format!("link task failed: {e}"));
             let _ = myself.send_message(LinkMsg::Ended(r));
@@ -67,10 +77,10 @@ impl Actor for LinkActor {
             key: a.key,
             shared: a.shared,
             _task: task,
+            _ticks: ticks,
         })
     }
 
-    #[cfg_attr(not(feature = "test-util"), allow(unused_variables))]
     async fn handle(
         &self,
         myself: ActorRef<LinkMsg>,
@@ -81,6 +91,16 @@ impl Actor for LinkActor {
             // A failed task fails the actor, so its supervisor restarts it.
             LinkMsg::Ended(Err(e)) => return Err(e.into()),
             LinkMsg::Ended(Ok(())) => myself.stop(None),
+            LinkMsg::Tick => {
+                let timeout_ms = st.ctx.cfg.federation.link_timeout.as_millis() as u64;
+                if let Some(s) = st.shared.session()
+                    && now_ms().saturating_sub(s.last_pong.load(Ordering::Relaxed)) > timeout_ms
+                {
+                    // The session ends itself with a liveness failure (and
+                    // says so in its close reason and metrics).
+                    s.expired.notify_one();
+                }
+            }
             #[cfg(feature = "test-util")]
             LinkMsg::Close { reason } => {
                 if let Some(s) = st.shared.session() {

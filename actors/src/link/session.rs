@@ -73,6 +73,8 @@ pub(crate) async fn start_session(
         outbox: Arc::new(outbox),
         ctl,
         conn: conn.clone(),
+        last_pong: AtomicU64::new(now_ms()),
+        expired: tokio::sync::Notify::new(),
     });
     *shared.peer_node_id.write() = peer.to_owned();
     *shared.session.write() = Some(Arc::clone(&session));
@@ -155,7 +157,6 @@ pub(crate) async fn serve(
     *shared.remote_addr.write() = st.conn.remote_address();
     metrics::gauge!(m::CONNECTIONS, "kind" => "peer").increment(1.0);
     counter!(m::CONNECTIONS_TOTAL, "kind" => "peer").increment(1);
-    let last_pong = Arc::new(AtomicU64::new(now_ms()));
     // Liveness must not queue behind bulk data.
     let _ = st.ctl_send.set_priority(1);
     let (done_tx, mut done_rx) = mpsc::channel::<Result<(), LinkError>>(4);
@@ -185,10 +186,8 @@ pub(crate) async fn serve(
             Arc::clone(ctx),
             Arc::clone(&session),
             st.ctl_recv,
-            Arc::clone(&last_pong),
         ))),
     ];
-    let timeout_ms = ctx.cfg.federation.link_timeout.as_millis() as u64;
     let mut check =
         tokio::time::interval(ctx.cfg.federation.keep_alive.min(Duration::from_secs(1)));
     let mut shutdown = ctx.shutdown_rx();
@@ -200,10 +199,9 @@ pub(crate) async fn serve(
                 if ctx.fed.generation() != generation {
                     break Err(LinkError::Lost("the federation actor restarted".into()));
                 }
-                if now_ms().saturating_sub(last_pong.load(Ordering::Relaxed)) > timeout_ms {
-                    break Err(LinkError::Liveness);
-                }
             }
+            // The link actor's liveness check found no pong in time.
+            _ = session.expired.notified() => break Err(LinkError::Liveness),
             _ = shutdown.changed() => break Ok(()),
         }
     };
@@ -331,7 +329,6 @@ pub(crate) async fn ctl_reader(
     ctx: Arc<NodeCtx>,
     session: Arc<LinkSession>,
     recv: RecvStream,
-    last_pong: Arc<AtomicU64>,
 ) -> Result<(), LinkError> {
     // Interest updates wait in the federation actor's mailbox; bounding how
     // many per link may wait there pushes back on a flooding peer (through
@@ -363,9 +360,9 @@ pub(crate) async fn ctl_reader(
                         .ctl
                         .try_send(encode(&Frame::Pong(Pong { nonce: p.nonce }), &ctx));
                     // Its pings prove it is alive too.
-                    last_pong.store(now_ms(), Ordering::Relaxed);
+                    session.last_pong.store(now_ms(), Ordering::Relaxed);
                 }
-                Frame::Pong(_) => last_pong.store(now_ms(), Ordering::Relaxed),
+                Frame::Pong(_) => session.last_pong.store(now_ms(), Ordering::Relaxed),
                 other => {
                     m::protocol_error("link_control");
                     return Err(LinkError::Protocol(format!(
