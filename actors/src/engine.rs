@@ -92,6 +92,33 @@ pub enum Dests<'f> {
     Listed(Vec<&'f str>),
 }
 
+/// The node ids one hop carries, borrowed from the route or the frame.
+#[derive(Debug, Clone)]
+pub enum DestIds<'a> {
+    Origins(std::slice::Iter<'a, Arc<str>>),
+    Listed(std::slice::Iter<'a, &'a str>),
+}
+
+impl<'a> Iterator for DestIds<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        match self {
+            DestIds::Origins(i) => i.next().map(|o| &**o),
+            DestIds::Listed(i) => i.next().copied(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            DestIds::Origins(i) => i.size_hint(),
+            DestIds::Listed(i) => i.size_hint(),
+        }
+    }
+}
+
+impl ExactSizeIterator for DestIds<'_> {}
+
 /// One copy onto one peer link (`group` indexes `Route::remote`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hop<'f> {
@@ -126,14 +153,21 @@ impl Plan<'_> {
         &self.route.remote[hop.group]
     }
 
-    /// The destination node ids of one hop, in order.
-    pub fn dests<'a>(&'a self, hop: &'a Hop<'_>) -> Vec<&'a str> {
+    /// The destination node ids of one hop, in order, without allocating
+    /// (the drivers encode them straight into the `Forward`).
+    pub fn dest_ids<'a>(&'a self, hop: &'a Hop<'_>) -> DestIds<'a> {
         let g = self.group(hop);
         match &hop.dests {
-            Dests::AllOrigins => g.origins.iter().map(|o| &**o).collect(),
-            Dests::Origin(i) => vec![&*g.origins[*i]],
-            Dests::Listed(v) => v.clone(),
+            Dests::AllOrigins => DestIds::Origins(g.origins.iter()),
+            Dests::Origin(i) => DestIds::Origins(std::slice::from_ref(&g.origins[*i]).iter()),
+            Dests::Listed(v) => DestIds::Listed(v.iter()),
         }
+    }
+
+    /// [`Plan::dest_ids`] collected, for tests.
+    #[cfg(test)]
+    pub fn dests<'a>(&'a self, hop: &'a Hop<'_>) -> Vec<&'a str> {
+        self.dest_ids(hop).collect()
     }
 }
 

@@ -19,6 +19,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use slim_wire::{Interest, InterestAdd, InterestRemove, Name};
+
 /// A node id.
 pub type NodeId = Arc<str>;
 
@@ -72,6 +74,34 @@ pub struct Announce {
 impl Announce {
     pub fn is_empty(&self) -> bool {
         self.add.is_empty() && self.remove.is_empty()
+    }
+
+    /// The `Interest` frame a link carries for this announcement. Names in
+    /// the table were validated when they entered it (a client's hello or
+    /// subscribe, a peer's decoded frame), so none is dropped here.
+    pub fn into_interest(self) -> Interest {
+        Interest {
+            add: self
+                .add
+                .into_iter()
+                .filter_map(|(name, path)| {
+                    Some(InterestAdd {
+                        name: Name::parse(&name).ok()?,
+                        path,
+                    })
+                })
+                .collect(),
+            remove: self
+                .remove
+                .into_iter()
+                .filter_map(|(name, origin)| {
+                    Some(InterestRemove {
+                        name: Name::parse(&name).ok()?,
+                        origin,
+                    })
+                })
+                .collect(),
+        }
     }
 }
 

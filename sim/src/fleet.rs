@@ -30,7 +30,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use slim_actors::interest::InterestTable;
 use slim_wire::codec::{self, Limits};
-use slim_wire::{Frame, Interest, InterestAdd, InterestRemove, Name};
+use slim_wire::{Frame, Interest};
 
 use crate::topology::{Graph, Topology};
 
@@ -786,28 +786,7 @@ impl Fleet {
             if !self.links[e as usize].up {
                 continue;
             }
-            let frame = Frame::Interest(Interest {
-                add: a
-                    .add
-                    .into_iter()
-                    .filter_map(|(name, path)| {
-                        Some(InterestAdd {
-                            name: Name::parse(&name).ok()?,
-                            path,
-                        })
-                    })
-                    .collect(),
-                remove: a
-                    .remove
-                    .into_iter()
-                    .filter_map(|(name, origin)| {
-                        Some(InterestRemove {
-                            name: Name::parse(&name).ok()?,
-                            origin,
-                        })
-                    })
-                    .collect(),
-            });
+            let frame = Frame::Interest(a.into_interest());
             self.buf.clear();
             codec::encode(&frame, &self.limits, &mut self.buf).expect("interest frame encodes");
             let bytes = self.buf.len() as u64;

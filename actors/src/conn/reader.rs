@@ -389,8 +389,9 @@ impl<'a> Router<'a> {
             }
         }
         for hop in &plan.hops {
-            let dests = plan.dests(hop);
-            let frame = self.forward_frame(&p, dests.iter().copied(), dests.len())?;
+            let dests = plan.dest_ids(hop);
+            let n = dests.len();
+            let frame = self.forward_frame(&p, dests, n)?;
             self.tally.push_link(plan.group(hop), frame);
         }
         Ok(())

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use metrics::{counter, gauge};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
-use slim_wire::{Frame, Interest, InterestAdd, InterestRemove, Name};
+use slim_wire::Frame;
 use tracing::{debug, info, warn};
 
 use crate::ctx::{NodeCtx, encode};
@@ -290,28 +290,7 @@ impl FedState {
             let Some(s) = self.active.get(&peer) else {
                 continue;
             };
-            let frame = Frame::Interest(Interest {
-                add: a
-                    .add
-                    .into_iter()
-                    .filter_map(|(name, path)| {
-                        Some(InterestAdd {
-                            name: Name::parse(&name).ok()?,
-                            path,
-                        })
-                    })
-                    .collect(),
-                remove: a
-                    .remove
-                    .into_iter()
-                    .filter_map(|(name, origin)| {
-                        Some(InterestRemove {
-                            name: Name::parse(&name).ok()?,
-                            origin,
-                        })
-                    })
-                    .collect(),
-            });
+            let frame = Frame::Interest(a.into_interest());
             let bytes = encode(&frame, &self.ctx);
             if s.ctl.try_send(bytes).is_err() {
                 // The peer is too far behind to follow incremental updates:

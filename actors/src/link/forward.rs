@@ -104,7 +104,8 @@ impl<'a> Forwarder<'a> {
             }
         }
         for hop in &plan.hops {
-            let dests = plan.dests(hop);
+            let dests = plan.dest_ids(hop);
+            let n = dests.len();
             self.reserve(v.payload.len());
             codec::encode_forward_raw(
                 v.name,
@@ -118,8 +119,8 @@ impl<'a> Forwarder<'a> {
                     then: Some(me),
                 },
                 NodeIds {
-                    ids: dests.iter().copied(),
-                    len: dests.len(),
+                    ids: dests,
+                    len: n,
                     then: None,
                 },
                 v.payload,
