@@ -567,8 +567,18 @@ impl NodeHandle {
     /// Every link: dialled ones (also while connecting or backing off) and
     /// accepted ones.
     pub fn links(&self) -> Vec<LinkInfo> {
-        let mut v: Vec<LinkInfo> = self.ctx().fed.links.iter().map(|l| l.info()).collect();
-        v.sort_by(|a, b| a.peer_node_id.cmp(&b.peer_node_id));
+        let mut v: Vec<LinkInfo> = self
+            .ctx()
+            .fed
+            .links
+            .iter()
+            .map(|l| l.value().info(*l.key()))
+            .collect();
+        v.sort_by(|a, b| {
+            a.peer_node_id
+                .cmp(&b.peer_node_id)
+                .then(a.link_id.cmp(&b.link_id))
+        });
         v
     }
 

@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
@@ -119,6 +119,9 @@ pub struct Registry {
     /// Which connection registered each full name (for takeover).
     owners: DashMap<Arc<str>, ConnId, Hasher>,
     subscriptions: AtomicUsize,
+    /// Bumped on every change to `routes`, so a reader (the controller
+    /// report) can tell "unchanged" without walking every name.
+    changes: AtomicU64,
 }
 
 impl Registry {
@@ -140,6 +143,17 @@ impl Registry {
     /// Number of distinct names with at least one subscriber.
     pub fn name_count(&self) -> usize {
         self.routes.len()
+    }
+
+    /// A counter that changes whenever a route (a name's local or remote
+    /// subscribers) changes. Read it before [`Registry::route_summary`]: a
+    /// change during the summary then shows as a new value next time.
+    pub fn route_generation(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Release);
     }
 
     /// Adds a subscription; idempotent per (connection, name).
@@ -168,7 +182,9 @@ impl Registry {
         subs.extend(old.subs.iter().cloned());
         subs.push(sub);
         *entry.value_mut() = Arc::new(old.with_subs(subs));
+        drop(entry);
         self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        self.changed();
         true
     }
 
@@ -197,6 +213,7 @@ impl Registry {
         if empty {
             self.routes.remove_if(key.as_ref(), |_, r| r.is_empty());
         }
+        self.changed();
         !empty
     }
 
@@ -266,11 +283,12 @@ impl Registry {
                 *entry.value_mut() = Arc::new(route);
                 empty
             }
-            None => false,
+            None => return,
         };
         if now_empty {
             self.routes.remove_if(key, |_, r| r.is_empty());
         }
+        self.changed();
     }
 
     /// Records `conn` as the owner of full name `key`, returning the previous
@@ -317,14 +335,19 @@ mod tests {
     fn add_remove_idempotent() {
         let r = Registry::new();
         let a = ob();
+        let g0 = r.route_generation();
         assert!(r.add(1, &a, "x/y/z"));
+        let g1 = r.route_generation();
+        assert_ne!(g0, g1);
         assert!(!r.add(1, &a, "x/y/z"));
+        assert_eq!(r.route_generation(), g1, "no change, same generation");
         assert!(r.add(2, &ob(), "x/y/z"));
         assert_eq!(r.lookup("x/y/z").unwrap().subs.len(), 2);
         assert_eq!(r.subscription_count(), 2);
         assert!(r.remove(1, "x/y/z"));
         assert!(!r.remove(1, "x/y/z"));
         assert_eq!(r.lookup("x/y/z").unwrap().subs.len(), 1);
+        assert_ne!(r.route_generation(), g1);
         assert_eq!(r.remove_conn(2), 1);
         assert!(r.lookup("x/y/z").is_none());
         assert_eq!(r.subscription_count(), 0);

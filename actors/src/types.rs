@@ -48,6 +48,9 @@ impl LinkState {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LinkInfo {
+    /// Unique among this node process's links (a new link actor, a new id);
+    /// lets a reader tell two links to the same peer apart.
+    pub link_id: u64,
     pub peer_node_id: String,
     pub peer_spiffe_id: Option<String>,
     pub remote_addr: SocketAddr,

@@ -111,10 +111,12 @@ impl LinkShared {
         s
     }
 
-    pub fn info(&self) -> LinkInfo {
+    /// `link_id`: this link's key in [`Fed::links`].
+    pub fn info(&self, link_id: u64) -> LinkInfo {
         let drops = self.past_drops.load(Ordering::Relaxed)
             + self.session().map_or(0, |s| s.outbox.dropped());
         LinkInfo {
+            link_id,
             peer_node_id: self.peer_node_id.read().clone(),
             peer_spiffe_id: self.peer_spiffe_id.read().clone(),
             remote_addr: *self.remote_addr.read(),
