@@ -186,7 +186,9 @@ impl ControllerConn {
         })
     }
 
-    /// One admin request and its answer.
+    /// One admin request and its answer, its pages put back together.
+    /// `timeout` bounds the wait for each page, so a large answer that keeps
+    /// arriving is not cut short.
     pub async fn admin(
         &mut self,
         req: AdminRequest,
@@ -200,21 +202,36 @@ impl ControllerConn {
                 None => e,
             });
         }
-        let answer = tokio::time::timeout(timeout, self.stream.recv::<ToCaller>())
-            .await
-            .map_err(|_| ConnError::Timeout("admin answer"))?;
-        match answer {
-            Ok(Some(ToCaller::Admin(r))) => Ok(r),
-            Ok(Some(ToCaller::Error { code, reason })) => Err(ConnError::Refused {
-                code: code.as_str(),
-                reason,
-            }),
-            Ok(Some(other)) => Err(ConnError::Unexpected(format!("{other:?}"))),
-            Ok(None) => Err(self.closed_reason()),
-            Err(e) => Err(match self.conn.close_reason() {
-                Some(_) => self.closed_reason(),
-                None => e,
-            }),
+        let mut got: Option<AdminResponse> = None;
+        loop {
+            let answer = tokio::time::timeout(timeout, self.stream.recv::<ToCaller>())
+                .await
+                .map_err(|_| ConnError::Timeout("admin answer"))?;
+            let (page, last) = match answer {
+                Ok(Some(ToCaller::Admin(r))) => (r, true),
+                Ok(Some(ToCaller::AdminPart(r))) => (r, false),
+                Ok(Some(ToCaller::Error { code, reason })) => {
+                    return Err(ConnError::Refused {
+                        code: code.as_str(),
+                        reason,
+                    });
+                }
+                Ok(Some(other)) => return Err(ConnError::Unexpected(format!("{other:?}"))),
+                Ok(None) => return Err(self.closed_reason()),
+                Err(e) => {
+                    return Err(match self.conn.close_reason() {
+                        Some(_) => self.closed_reason(),
+                        None => e,
+                    });
+                }
+            };
+            match &mut got {
+                Some(g) => g.merge(page)?,
+                None => got = Some(page),
+            }
+            if last {
+                return got.ok_or(ConnError::Closed);
+            }
         }
     }
 

@@ -15,13 +15,15 @@
 //! controller started), so nobody is told to drop a live link just because
 //! its peer is slower to come back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::plan::{Plan, PlanNode, plan};
 use crate::proto::{
-    ChannelNode, ChannelView, LinkState, LinkView, NodeView, PeerSpec, Register, Report, RouteInfo,
+    ChannelNode, ChannelView, LinkView, NodeView, PeerSpec, Register, Report, ReportDelta,
+    RouteInfo,
 };
+use crate::view::NodeReports;
 
 pub type ConnId = u64;
 
@@ -50,6 +52,12 @@ pub enum FleetError {
     AlreadyRegistered,
     #[error("invalid registration: {0}")]
     Invalid(String),
+    /// A report delta before any full report on this connection.
+    #[error("report delta {got} before a full report")]
+    ReportNotSynced { got: u64 },
+    /// A report delta that does not follow on the last one (one was missed).
+    #[error("report delta {got} where {expected} was due")]
+    ReportOutOfStep { expected: u64, got: u64 },
 }
 
 #[derive(Debug)]
@@ -60,7 +68,7 @@ struct NodeEntry {
     disconnected_at: Option<Instant>,
     registered_ms: u64,
     last_seen_ms: u64,
-    report: Report,
+    reports: NodeReports,
     /// Known only from another node's `dialing` list.
     hearsay: bool,
 }
@@ -75,6 +83,9 @@ pub struct Fleet {
     plan: Plan,
     /// What each live connection was last sent.
     pushed: HashMap<ConnId, Vec<PeerSpec>>,
+    /// Connections to ask for a full report (their view is out of step);
+    /// at most one entry per connection.
+    resync: BTreeSet<ConnId>,
 }
 
 /// What `handle_register` asks the driver to do.
@@ -94,6 +105,7 @@ impl Fleet {
             by_conn: HashMap::new(),
             plan: Plan::default(),
             pushed: HashMap::new(),
+            resync: BTreeSet::new(),
         }
     }
 
@@ -134,6 +146,7 @@ impl Fleet {
         if let Some(r) = replaced {
             self.by_conn.remove(&r);
             self.pushed.remove(&r);
+            self.resync.remove(&r);
         }
         self.by_conn.insert(conn, reg.node_id.clone());
         for p in &reg.dialing {
@@ -162,7 +175,7 @@ impl Fleet {
                     disconnected_at: Some(self.started),
                     registered_ms: 0,
                     last_seen_ms: 0,
-                    report: Report::default(),
+                    reports: NodeReports::default(),
                     hearsay: true,
                 },
             );
@@ -177,7 +190,7 @@ impl Fleet {
                 disconnected_at: None,
                 registered_ms: wall_ms,
                 last_seen_ms: wall_ms,
-                report: Report::default(),
+                reports: NodeReports::default(),
                 hearsay: false,
             },
         );
@@ -187,16 +200,46 @@ impl Fleet {
         Ok(Registered { replaced })
     }
 
+    /// One part of a node's full report; the last part replaces its view.
     pub fn handle_report(
         &mut self,
         conn: ConnId,
-        report: Report,
+        part: Report,
         wall_ms: u64,
     ) -> Result<(), FleetError> {
         let e = self.entry_mut(conn)?;
-        e.report = report;
+        e.reports.handle_part(part);
         e.last_seen_ms = wall_ms;
         Ok(())
+    }
+
+    /// Changes to a node's view. A delta that does not follow on what the
+    /// view holds is refused ([`FleetError::ReportNotSynced`],
+    /// [`FleetError::ReportOutOfStep`]) and the node is to be asked for a
+    /// full report ([`Fleet::poll_resync`]).
+    pub fn handle_report_delta(
+        &mut self,
+        conn: ConnId,
+        delta: ReportDelta,
+        wall_ms: u64,
+    ) -> Result<(), FleetError> {
+        let e = self.entry_mut(conn)?;
+        e.last_seen_ms = wall_ms;
+        let r = e.reports.handle_delta(delta);
+        if r.is_err() && e.reports.take_ask() {
+            self.resync.insert(conn);
+        }
+        r
+    }
+
+    /// The next connection to send `SendReport`.
+    pub fn poll_resync(&mut self) -> Option<ConnId> {
+        while let Some(conn) = self.resync.pop_first() {
+            if self.by_conn.contains_key(&conn) {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     /// Any other message from a node: it is alive.
@@ -208,6 +251,7 @@ impl Fleet {
     /// The connection ended. The node stays planned for `plan_grace`.
     pub fn handle_disconnect(&mut self, conn: ConnId, now: Instant) {
         self.pushed.remove(&conn);
+        self.resync.remove(&conn);
         let Some(id) = self.by_conn.remove(&conn) else {
             return;
         };
@@ -280,11 +324,7 @@ impl Fleet {
 
     /// Links reported `Up` (each counted once per reporting side).
     pub fn links_up(&self) -> usize {
-        self.nodes
-            .values()
-            .flat_map(|e| &e.report.links)
-            .filter(|l| l.state == LinkState::Up)
-            .count()
+        self.nodes.values().map(|e| e.reports.links_up()).sum()
     }
 
     pub fn nodes(&self) -> Vec<NodeView> {
@@ -299,12 +339,7 @@ impl Fleet {
                 connected: e.conn.is_some(),
                 registered_ms: e.registered_ms,
                 last_seen_ms: e.last_seen_ms,
-                links_up: e
-                    .report
-                    .links
-                    .iter()
-                    .filter(|l| l.state == LinkState::Up)
-                    .count() as u32,
+                links_up: e.reports.links_up() as u32,
                 dials: self
                     .plan
                     .dials
@@ -320,7 +355,7 @@ impl Fleet {
         self.nodes
             .iter()
             .flat_map(|(id, e)| {
-                e.report.links.iter().map(move |l| LinkView {
+                e.reports.links().map(move |l| LinkView {
                     node_id: id.clone(),
                     link: l.clone(),
                 })
@@ -329,20 +364,18 @@ impl Fleet {
     }
 
     pub fn routes(&self, node: &str) -> Option<Vec<RouteInfo>> {
-        self.nodes.get(node).map(|e| e.report.routes.clone())
+        self.nodes.get(node).map(|e| e.reports.routes().collect())
     }
 
     /// Names with local subscribers anywhere, from the nodes' last reports.
     pub fn channels(&self) -> Vec<ChannelView> {
         let mut by_name: BTreeMap<&str, Vec<ChannelNode>> = BTreeMap::new();
         for (id, e) in &self.nodes {
-            for r in &e.report.routes {
-                if r.local_subscribers > 0 {
-                    by_name.entry(&r.name).or_default().push(ChannelNode {
-                        node_id: id.clone(),
-                        local_subscribers: r.local_subscribers,
-                    });
-                }
+            for (name, local_subscribers) in e.reports.local_names() {
+                by_name.entry(name).or_default().push(ChannelNode {
+                    node_id: id.clone(),
+                    local_subscribers,
+                });
             }
         }
         by_name
@@ -396,7 +429,7 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{LinkDirection, LinkInfo};
+    use crate::proto::{LinkDirection, LinkInfo, LinkState};
 
     fn reg(id: &str, ext: Option<&str>) -> Register {
         Register {
@@ -565,7 +598,9 @@ mod tests {
         f.handle_report(
             1,
             Report {
+                seq: 1,
                 links: vec![LinkInfo {
+                    link_id: 1,
                     peer_node_id: "b".into(),
                     peer_spiffe_id: Some("spiffe://x/b".into()),
                     remote_addr: "10.0.0.2:1".parse().unwrap(),
@@ -577,7 +612,7 @@ mod tests {
                     drops: 0,
                 }],
                 routes: vec![route("o/n/chan", 2), route("o/n/other", 0)],
-                routes_truncated: false,
+                last: true,
             },
             7,
         )
@@ -585,9 +620,10 @@ mod tests {
         f.handle_report(
             2,
             Report {
+                seq: 1,
                 links: vec![],
                 routes: vec![route("o/n/chan", 1)],
-                routes_truncated: false,
+                last: true,
             },
             7,
         )
@@ -604,5 +640,170 @@ mod tests {
         assert_eq!(nodes[0].dials, vec!["b".to_string()]);
         assert_eq!(f.routes("b").unwrap().len(), 1);
         assert!(f.routes("zz").is_none());
+    }
+
+    fn up_link(id: u64, peer: &str) -> LinkInfo {
+        LinkInfo {
+            link_id: id,
+            peer_node_id: peer.into(),
+            peer_spiffe_id: Some(format!("spiffe://x/{peer}")),
+            remote_addr: "10.0.0.2:1".parse().unwrap(),
+            direction: LinkDirection::Dialled,
+            state: LinkState::Up,
+            up_since_ms: Some(1),
+            frames_in: 0,
+            frames_out: 0,
+            drops: 0,
+        }
+    }
+
+    #[test]
+    fn deltas_update_the_view_and_a_gap_asks_for_a_full_report_once() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new(cfg(), t0);
+        f.handle_register(1, "spiffe://x/a", reg("a", None), 1)
+            .unwrap();
+        // A delta before the first full report cannot be applied.
+        let early = ReportDelta {
+            seq: 2,
+            links: vec![up_link(1, "b")],
+            ..Default::default()
+        };
+        assert_eq!(
+            f.handle_report_delta(1, early, 2),
+            Err(FleetError::ReportNotSynced { got: 2 })
+        );
+        assert_eq!(f.poll_resync(), Some(1));
+        assert_eq!(f.poll_resync(), None);
+        assert!(f.links().is_empty());
+        assert_eq!(
+            f.nodes()[0].last_seen_ms,
+            2,
+            "a refused delta still says it is alive"
+        );
+        f.handle_report(
+            1,
+            Report {
+                seq: 3,
+                last: true,
+                ..Default::default()
+            },
+            3,
+        )
+        .unwrap();
+        f.handle_report_delta(
+            1,
+            ReportDelta {
+                seq: 4,
+                links: vec![up_link(1, "b")],
+                ..Default::default()
+            },
+            4,
+        )
+        .unwrap();
+        assert_eq!(f.links_up(), 1);
+        assert_eq!(f.nodes()[0].links_up, 1);
+        f.handle_report_delta(
+            1,
+            ReportDelta {
+                seq: 5,
+                links_removed: vec![1],
+                ..Default::default()
+            },
+            5,
+        )
+        .unwrap();
+        assert!(f.links().is_empty());
+        // 6 went missing: 7 and 8 are refused, one request goes out.
+        for seq in [7, 8] {
+            assert!(
+                f.handle_report_delta(
+                    1,
+                    ReportDelta {
+                        seq,
+                        ..Default::default()
+                    },
+                    6
+                )
+                .is_err()
+            );
+        }
+        assert_eq!(f.poll_resync(), Some(1));
+        assert_eq!(f.poll_resync(), None);
+        // A connection that ended is not asked.
+        f.handle_report(
+            1,
+            Report {
+                seq: 9,
+                last: true,
+                ..Default::default()
+            },
+            7,
+        )
+        .unwrap();
+        f.handle_report_delta(
+            1,
+            ReportDelta {
+                seq: 1,
+                ..Default::default()
+            },
+            7,
+        )
+        .unwrap_err();
+        f.handle_disconnect(1, t0);
+        assert_eq!(f.poll_resync(), None);
+        assert_eq!(
+            f.handle_report_delta(1, ReportDelta::default(), 0),
+            Err(FleetError::NotRegistered)
+        );
+    }
+
+    #[test]
+    fn a_fleet_sized_link_list_is_answered_in_pages_under_the_frame_limit() {
+        use crate::proto::{AdminResponse, Limits, ToCaller, encode, piece_budget};
+        // 200 nodes with 25 links each: 5,000 links in the view.
+        let t0 = Instant::now();
+        let mut f = Fleet::new(cfg(), t0);
+        for n in 0..200u64 {
+            let id = format!("node-{n:03}");
+            f.handle_register(n, &format!("spiffe://x/{id}"), reg(&id, None), 1)
+                .unwrap();
+            let links = (0..25).map(|i| up_link(i, &format!("node-{:03}", (n + i + 1) % 200)));
+            f.handle_report(
+                n,
+                Report {
+                    seq: 1,
+                    links: links.collect(),
+                    routes: vec![],
+                    last: true,
+                },
+                1,
+            )
+            .unwrap();
+        }
+        let view = f.links();
+        assert_eq!(view.len(), 5000);
+        let limits = Limits {
+            max_frame: 128 << 10,
+        };
+        let answer = AdminResponse::Links(view);
+        let mut whole = Vec::new();
+        assert!(
+            encode(&ToCaller::Admin(answer.clone()), &limits, &mut whole).is_err(),
+            "as one frame it would exceed the limit"
+        );
+        let pages = answer.clone().into_pages(piece_budget(&limits));
+        assert!(pages.len() >= 3, "{} pages", pages.len());
+        let mut merged: Option<AdminResponse> = None;
+        for page in pages {
+            let mut out = Vec::new();
+            encode(&ToCaller::AdminPart(page.clone()), &limits, &mut out).unwrap();
+            assert!(out.len() < limits.max_frame as usize);
+            match &mut merged {
+                Some(m) => m.merge(page).unwrap(),
+                None => merged = Some(page),
+            }
+        }
+        assert_eq!(merged, Some(answer));
     }
 }

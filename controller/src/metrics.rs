@@ -18,3 +18,8 @@ pub const MALFORMED_TOTAL: &str = "slim_controller_malformed_total";
 pub const REGISTRATIONS_TOTAL: &str = "slim_controller_registrations_total";
 pub const SET_PEERS_TOTAL: &str = "slim_controller_set_peers_total";
 pub const ADMIN_REQUESTS_TOTAL: &str = "slim_controller_admin_requests_total";
+/// Counter, `kind` = full (a complete full report), delta: node reports
+/// received.
+pub const REPORTS_TOTAL: &str = "slim_controller_reports_total";
+/// Counter: full reports asked of nodes whose view was out of step.
+pub const RESYNCS_TOTAL: &str = "slim_controller_report_resyncs_total";

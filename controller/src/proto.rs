@@ -14,12 +14,33 @@
 //!
 //! # Conversation
 //!
-//! Node: `Register` → `Registered`, then any number of `Report` and `Events`
-//! (each answered by `EventsAck`) while the controller pushes `SetPeers`
-//! whenever the node's planned dial set changes. The caller's SPIFFE ID is
-//! taken from its TLS certificate, never from a message.
+//! Node: `Register` → `Registered`. Then the node's state as one full
+//! report, sent as `Report` parts (the one with `last` completes it), and
+//! after that only `ReportDelta`s, each numbered one past the previous
+//! report or delta; a delta whose number does not follow, or one before any
+//! full report, makes the controller answer `SendReport`, and the node starts
+//! over with a full report. Alongside: `Events` (each answered by
+//! `EventsAck`), while the controller pushes `SetPeers` whenever the node's
+//! planned dial set changes. The caller's SPIFFE ID is taken from its TLS
+//! certificate, never from a message.
 //!
-//! Admin: `Admin(request)` → `Admin(response)` (or `Error`), repeatedly.
+//! Admin: `Admin(request)` → zero or more `AdminPart(page)` then
+//! `Admin(last page)` (or `Error`), repeatedly. Pages of one answer are the
+//! same variant; their lists concatenate ([`AdminResponse::merge`]).
+//!
+//! No message needs a frame anywhere near [`DEFAULT_MAX_FRAME`]: full
+//! reports, large deltas and admin answers are cut into pieces of about
+//! [`PIECE_BYTES`] ([`Pager`]).
+//!
+//! # Versions
+//!
+//! The version is the ALPN. Version 2 (full report in parts, then deltas;
+//! paged admin answers; `LinkInfo::link_id`) replaced version 1 (a full
+//! report every 2 s in one frame, routes capped at 20,000; one-frame admin
+//! answers). The two are not wire compatible, and a version mismatch fails
+//! the TLS handshake ("no application protocol") instead of garbling
+//! messages: upgrade the controller, the nodes and `slimctl` together. Nodes
+//! that cannot register keep their links, routes and dial sets meanwhile.
 //!
 //! Times are Unix milliseconds (`u64`).
 
@@ -29,10 +50,16 @@ use bytes::{Buf, BytesMut};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// ALPN of the controller protocol, version 1.
-pub const ALPN_CONTROLLER: &[u8] = b"slim-controller/1";
-/// Default largest frame body: admin answers (audit pages) can be large.
+/// Version of the controller protocol (see "Versions" above).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// ALPN of the controller protocol: carries [`PROTOCOL_VERSION`].
+pub const ALPN_CONTROLLER: &[u8] = b"slim-controller/2";
+/// Default largest frame body.
 pub const DEFAULT_MAX_FRAME: u32 = 8 << 20;
+/// Target size of one report part, delta or admin page: small next to the
+/// frame limit, so a piece never approaches it, and large enough that a
+/// big answer is a handful of frames.
+pub const PIECE_BYTES: usize = 512 << 10;
 
 /// Codec limits; configuration, not constants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,10 +166,14 @@ pub enum LinkState {
     Backoff,
 }
 
-/// One peer link as its node sees it. `[peer_node_id, peer_spiffe_id,
-/// remote_addr, direction, state, up_since_ms, frames_in, frames_out, drops]`.
+/// One peer link as its node sees it. `[link_id, peer_node_id,
+/// peer_spiffe_id, remote_addr, direction, state, up_since_ms, frames_in,
+/// frames_out, drops]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkInfo {
+    /// Unique among the reporting node's links (per node process): deltas
+    /// name links by it, since a node can have two links to one peer.
+    pub link_id: u64,
     pub peer_node_id: String,
     pub peer_spiffe_id: Option<String>,
     pub remote_addr: SocketAddr,
@@ -154,6 +185,21 @@ pub struct LinkInfo {
     pub drops: u64,
 }
 
+impl LinkInfo {
+    /// Same link, same state; only the traffic counters may differ. Such a
+    /// change is not worth a prompt delta (the counters ride along with the
+    /// next one, or go out every `report_interval`).
+    pub fn same_but_counters(&self, other: &LinkInfo) -> bool {
+        self.link_id == other.link_id
+            && self.peer_node_id == other.peer_node_id
+            && self.peer_spiffe_id == other.peer_spiffe_id
+            && self.remote_addr == other.remote_addr
+            && self.direction == other.direction
+            && self.state == other.state
+            && self.up_since_ms == other.up_since_ms
+    }
+}
+
 /// One name in a node's routing table. `[name, local_subscribers, remote_peers]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteInfo {
@@ -162,19 +208,45 @@ pub struct RouteInfo {
     pub remote_peers: Vec<String>,
 }
 
-/// Periodic full state of a node. `[links, routes, routes_truncated]`.
+/// One part of a node's full state. `[seq, links, routes, last]`. A full
+/// report is one or more parts with the same `seq`, the final one with
+/// `last`; the parts' lists together are every link and every route of the
+/// node. Sent after registering and whenever the controller asks
+/// (`SendReport`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Report {
+    /// Numbers the state this report describes; the next delta is `seq + 1`.
+    pub seq: u64,
     pub links: Vec<LinkInfo>,
     pub routes: Vec<RouteInfo>,
-    /// The node has more routes than [`MAX_REPORT_ROUTES`]; the rest were
-    /// left out (the fleet view is partial for that node).
-    pub routes_truncated: bool,
+    /// This part completes the report.
+    pub last: bool,
 }
 
-/// Most routes one report carries (keeps a report well under the frame
-/// limit on a node with very many names).
-pub const MAX_REPORT_ROUTES: usize = 20_000;
+/// What changed since the state numbered `seq - 1` (a full report or the
+/// previous delta). `[seq, links, links_removed, routes, routes_removed]`.
+/// An empty delta says "still here, nothing changed".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ReportDelta {
+    pub seq: u64,
+    /// Links added or changed (each replaces the link with its `link_id`).
+    pub links: Vec<LinkInfo>,
+    /// `link_id`s of links gone.
+    pub links_removed: Vec<u64>,
+    /// Names added or changed (each replaces the entry of its name).
+    pub routes: Vec<RouteInfo>,
+    /// Names gone.
+    pub routes_removed: Vec<String>,
+}
+
+impl ReportDelta {
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+            && self.links_removed.is_empty()
+            && self.routes.is_empty()
+            && self.routes_removed.is_empty()
+    }
+}
 
 /// Something that happened on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,8 +301,10 @@ pub struct PeerSpec {
 pub enum ToController {
     /// `Register`.
     Register(Register),
-    /// `Report` (full state; also sent right after registering).
+    /// One part of a full report (after registering, and on `SendReport`).
     Report(Report),
+    /// Changes since the previous report or delta.
+    ReportDelta(ReportDelta),
     /// `[epoch, first_seq, events]`: events numbered `first_seq..`;
     /// resent after a reconnect until acknowledged (the controller skips
     /// numbers it already stored for this epoch).
@@ -252,8 +326,13 @@ pub enum ToCaller {
     SetPeers(Vec<PeerSpec>),
     /// `[epoch, upto]`: events up to and including `upto` are stored.
     EventsAck { epoch: u64, upto: u64 },
-    /// An admin response.
+    /// An admin response, or its last page.
     Admin(AdminResponse),
+    /// A page of an admin response; more follow, the last as `Admin`.
+    AdminPart(AdminResponse),
+    /// The controller's view of this node is out of step (a delta that
+    /// does not follow on): send a full report.
+    SendReport,
     /// `[code, reason]`; for a node, the connection closes after it.
     Error { code: ErrorCode, reason: String },
 }
@@ -365,6 +444,151 @@ pub struct AuditRecord {
     pub client: String,
     pub spiffe_id: Option<String>,
     pub channel: Option<String>,
+}
+
+impl AdminResponse {
+    /// Cuts this answer into pages of about `budget` encoded bytes each (at
+    /// least one page; a list item larger than `budget` is a page of its own).
+    pub fn into_pages(self, budget: usize) -> Vec<AdminResponse> {
+        match self {
+            AdminResponse::Nodes(v) => paginate(v, budget)
+                .into_iter()
+                .map(AdminResponse::Nodes)
+                .collect(),
+            AdminResponse::Links(v) => paginate(v, budget)
+                .into_iter()
+                .map(AdminResponse::Links)
+                .collect(),
+            AdminResponse::Channels(v) => paginate(v, budget)
+                .into_iter()
+                .map(AdminResponse::Channels)
+                .collect(),
+            AdminResponse::Routes { node, routes } => paginate(routes, budget)
+                .into_iter()
+                .map(|routes| AdminResponse::Routes {
+                    node: node.clone(),
+                    routes,
+                })
+                .collect(),
+            AdminResponse::Audit { records, truncated } => paginate(records, budget)
+                .into_iter()
+                .map(|records| AdminResponse::Audit { records, truncated })
+                .collect(),
+        }
+    }
+
+    /// Appends the next page of the same answer.
+    pub fn merge(&mut self, next: AdminResponse) -> Result<(), ProtoError> {
+        match (self, next) {
+            (AdminResponse::Nodes(a), AdminResponse::Nodes(b)) => a.extend(b),
+            (AdminResponse::Links(a), AdminResponse::Links(b)) => a.extend(b),
+            (AdminResponse::Channels(a), AdminResponse::Channels(b)) => a.extend(b),
+            (
+                AdminResponse::Routes { node, routes },
+                AdminResponse::Routes {
+                    node: n,
+                    routes: more,
+                },
+            ) if *node == n => routes.extend(more),
+            (
+                AdminResponse::Audit { records, truncated },
+                AdminResponse::Audit {
+                    records: more,
+                    truncated: t,
+                },
+            ) => {
+                records.extend(more);
+                *truncated |= t;
+            }
+            (_, next) => {
+                return Err(ProtoError::Malformed(format!(
+                    "a page of another answer: {}",
+                    next.kind()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            AdminResponse::Nodes(_) => "nodes",
+            AdminResponse::Links(_) => "links",
+            AdminResponse::Routes { .. } => "routes",
+            AdminResponse::Channels(_) => "channels",
+            AdminResponse::Audit { .. } => "audit",
+        }
+    }
+}
+
+/// Piece size for `limits`: [`PIECE_BYTES`], or less under a small frame
+/// limit, so a piece (plus its envelope) always fits in one frame.
+pub fn piece_budget(limits: &Limits) -> usize {
+    PIECE_BYTES.min(limits.max_frame as usize / 4).max(1)
+}
+
+/// Splits `items` into pieces of about `budget` encoded bytes (at least one
+/// piece, possibly empty).
+pub fn paginate<T: Serialize>(items: Vec<T>, budget: usize) -> Vec<Vec<T>> {
+    let mut pager = Pager::new(budget);
+    let mut pages = vec![Vec::new()];
+    for item in items {
+        if pager.next_piece(&item) {
+            pages.push(Vec::new());
+        }
+        if let Some(p) = pages.last_mut() {
+            p.push(item);
+        }
+    }
+    pages
+}
+
+/// Cuts a stream of items into pieces of about `budget` encoded bytes,
+/// measuring each item as it is encoded on the wire.
+#[derive(Debug, Clone)]
+pub struct Pager {
+    budget: usize,
+    used: usize,
+}
+
+impl Pager {
+    pub fn new(budget: usize) -> Pager {
+        Pager {
+            budget: budget.max(1),
+            used: 0,
+        }
+    }
+
+    /// Accounts `item`. `true`: it does not fit the current piece, so that
+    /// piece ends before it and `item` opens the next one.
+    pub fn next_piece<T: Serialize>(&mut self, item: &T) -> bool {
+        let n = encoded_len(item);
+        if self.used > 0 && self.used + n > self.budget {
+            self.used = n;
+            true
+        } else {
+            self.used += n;
+            false
+        }
+    }
+}
+
+/// Encoded size of `v` in bytes, without building the encoding.
+pub fn encoded_len<T: Serialize>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Our message types always encode; a failure would only undercount.
+    let _ = rmp_serde::encode::write(&mut c, v);
+    c.0
 }
 
 /// Appends `msg` as one frame to `out`. A body over the limit is an error
@@ -492,6 +716,7 @@ mod tests {
             any::<(u64, u64, u64)>(),
         )
             .prop_map(|(peer, sid, remote_addr, d, s, up, (i, o, x))| LinkInfo {
+                link_id: i ^ o,
                 peer_node_id: peer,
                 peer_spiffe_id: sid,
                 remote_addr,
@@ -557,9 +782,25 @@ mod tests {
             )
                 .prop_map(|(links, routes)| {
                     ToController::Report(Report {
+                        seq: 1,
                         links,
                         routes,
-                        routes_truncated: false,
+                        last: true,
+                    })
+                }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(link(), 0..3),
+                proptest::collection::vec(any::<u64>(), 0..3),
+                proptest::collection::vec("[a-z/]{1,20}", 0..3)
+            )
+                .prop_map(|(seq, links, links_removed, routes_removed)| {
+                    ToController::ReportDelta(ReportDelta {
+                        seq,
+                        links,
+                        links_removed,
+                        routes: Vec::new(),
+                        routes_removed,
                     })
                 }),
             (
@@ -628,6 +869,8 @@ mod tests {
                 expect_spiffe_id: Some("spiffe://acme/b/node/b".into()),
             }]),
             ToCaller::EventsAck { epoch: 7, upto: 42 },
+            ToCaller::SendReport,
+            ToCaller::AdminPart(AdminResponse::Nodes(vec![])),
             ToCaller::Error {
                 code: ErrorCode::UNAUTHORIZED,
                 reason: "no".into(),
@@ -705,6 +948,147 @@ mod tests {
             decode::<ToCaller>(&mut buf, &limits),
             Err(ProtoError::Malformed(_))
         ));
+    }
+
+    fn link_view(i: u64) -> LinkView {
+        LinkView {
+            node_id: format!("node-{:04}", i / 25),
+            link: LinkInfo {
+                link_id: i,
+                peer_node_id: format!("node-{:04}", i % 200),
+                peer_spiffe_id: Some(format!("spiffe://acme.example/node/node-{:04}", i % 200)),
+                remote_addr: SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 4500)),
+                direction: LinkDirection::Dialled,
+                state: LinkState::Up,
+                up_since_ms: Some(1_700_000_000_000 + i),
+                frames_in: i * 1000,
+                frames_out: i * 999,
+                drops: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn a_large_admin_answer_goes_as_several_frames_each_under_the_limit() {
+        // 5,000 links (~200 nodes × 25) under a 64 KiB frame limit.
+        let limits = Limits {
+            max_frame: 64 << 10,
+        };
+        let answer = AdminResponse::Links((0..5000).map(link_view).collect());
+        let whole = encoded_len(&ToCaller::Admin(answer.clone()));
+        assert!(
+            whole > limits.max_frame as usize,
+            "{whole} bytes fit one frame"
+        );
+        let pages = answer.clone().into_pages(piece_budget(&limits));
+        assert!(pages.len() > 4, "{} pages", pages.len());
+        let n = pages.len();
+        let mut bytes = Vec::new();
+        for (i, page) in pages.into_iter().enumerate() {
+            let msg = if i + 1 < n {
+                ToCaller::AdminPart(page)
+            } else {
+                ToCaller::Admin(page)
+            };
+            let before = bytes.len();
+            encode(&msg, &limits, &mut bytes).unwrap();
+            let frame = bytes.len() - before - 4;
+            assert!(
+                frame <= limits.max_frame as usize / 2,
+                "frame of {frame} bytes"
+            );
+        }
+        // The receiver's side: parts until the final `Admin`.
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut got: Option<AdminResponse> = None;
+        loop {
+            match decode::<ToCaller>(&mut buf, &limits).unwrap().unwrap() {
+                ToCaller::AdminPart(p) => match &mut got {
+                    Some(g) => g.merge(p).unwrap(),
+                    None => got = Some(p),
+                },
+                ToCaller::Admin(p) => {
+                    match &mut got {
+                        Some(g) => g.merge(p).unwrap(),
+                        None => got = Some(p),
+                    }
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(buf.is_empty());
+        assert_eq!(got, Some(answer));
+    }
+
+    #[test]
+    fn pages_of_every_kind_reassemble_and_kinds_do_not_mix() {
+        let route = |i: u32| RouteInfo {
+            name: format!("acme/app/{i:06}"),
+            local_subscribers: u64::from(i % 3),
+            remote_peers: vec!["b".into(), "c".into()],
+        };
+        let answers = vec![
+            AdminResponse::Routes {
+                node: "a".into(),
+                routes: (0..3000).map(route).collect(),
+            },
+            AdminResponse::Audit {
+                records: (0..2000)
+                    .map(|i| AuditRecord {
+                        seq: i,
+                        at_ms: i,
+                        recorded_ms: i,
+                        node_id: "a".into(),
+                        node_spiffe_id: "spiffe://x/node/a".into(),
+                        kind: AuditKind::Subscribed,
+                        client: format!("acme/app/client/{i}"),
+                        spiffe_id: None,
+                        channel: Some("acme/app/chan".into()),
+                    })
+                    .collect(),
+                truncated: true,
+            },
+            AdminResponse::Channels(Vec::new()),
+        ];
+        for a in answers {
+            let pages = a.clone().into_pages(16 << 10);
+            assert!(!pages.is_empty());
+            for p in &pages {
+                assert!(encoded_len(p) < 32 << 10);
+            }
+            let mut it = pages.into_iter();
+            let mut got = it.next().unwrap();
+            for p in it {
+                got.merge(p).unwrap();
+            }
+            assert_eq!(got, a);
+        }
+        let mut nodes = AdminResponse::Nodes(Vec::new());
+        assert!(nodes.merge(AdminResponse::Links(Vec::new())).is_err());
+        let mut routes = AdminResponse::Routes {
+            node: "a".into(),
+            routes: vec![],
+        };
+        let other_node = AdminResponse::Routes {
+            node: "b".into(),
+            routes: vec![],
+        };
+        assert!(routes.merge(other_node).is_err());
+    }
+
+    #[test]
+    fn encoded_len_is_the_encoding_length() {
+        let m = ToController::ReportDelta(ReportDelta {
+            seq: 9,
+            links: vec![link_view(3).link],
+            links_removed: vec![1, 2],
+            routes: vec![],
+            routes_removed: vec!["x/y/z".into()],
+        });
+        let mut out = Vec::new();
+        encode(&m, &Limits::default(), &mut out).unwrap();
+        assert_eq!(encoded_len(&m), out.len() - 4);
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::conn::{ConnError, FramedStream};
 use crate::fleet::{ConnId, Fleet, FleetConfig, FleetError};
 use crate::metrics as m;
 use crate::proto::{
-    ALPN_CONTROLLER, AdminRequest, AdminResponse, ErrorCode, Limits, NodeView, ToCaller,
-    ToController, now_ms,
+    ALPN_CONTROLLER, AdminRequest, AdminResponse, ErrorCode, Limits, LinkView, NodeView, ToCaller,
+    ToController, now_ms, piece_budget,
 };
 use crate::store::{AuditStore, Origin, StoreError};
 
@@ -224,6 +224,11 @@ impl ControllerHandle {
     /// The fleet view (as `slimctl node list` shows it).
     pub fn nodes(&self) -> Vec<NodeView> {
         self.shared.fleet().nodes()
+    }
+
+    /// The link view (as `slimctl link list` shows it).
+    pub fn links(&self) -> Vec<LinkView> {
+        self.shared.fleet().links()
     }
 
     pub fn audit_len(&self) -> u64 {
@@ -450,8 +455,21 @@ async fn node_session(
                 None => break Ok(()),
             },
             msg = stream.recv::<ToController>() => match msg {
-                Ok(Some(ToController::Report(rep))) => {
-                    let _ = shared.fleet().handle_report(id, rep, now_ms());
+                Ok(Some(ToController::Report(part))) => {
+                    if part.last {
+                        counter!(m::REPORTS_TOTAL, "kind" => "full").increment(1);
+                    }
+                    let _ = shared.fleet().handle_report(id, part, now_ms());
+                }
+                Ok(Some(ToController::ReportDelta(delta))) => {
+                    counter!(m::REPORTS_TOTAL, "kind" => "delta").increment(1);
+                    let r = shared.fleet().handle_report_delta(id, delta, now_ms());
+                    if let Err(e) = r {
+                        // The fleet queued a `SendReport` (once): the push
+                        // task sends it.
+                        debug!(node = %node_id, error = %e, "report delta not applied; asking for a full report");
+                        shared.wake.notify_one();
+                    }
                 }
                 Ok(Some(ToController::Events { epoch: e, first_seq, events })) => {
                     if e != epoch || events.len() > MAX_EVENT_BATCH {
@@ -544,12 +562,33 @@ async fn admin_session(
             },
         };
         counter!(m::ADMIN_REQUESTS_TOTAL).increment(1);
-        let answer = answer(shared, req).await;
-        stream.send(&answer).await?;
+        let resp = match answer(shared, req).await {
+            Ok(r) => r,
+            Err(refusal) => {
+                stream.send(&refusal).await?;
+                continue;
+            }
+        };
+        // Pages of a bounded size: a fleet-sized list never needs a frame
+        // near the limit. Written one after the other, so at most one page
+        // is encoded at a time and the stream's flow control paces us.
+        let mut pages = resp
+            .into_pages(piece_budget(&shared.cfg.limits))
+            .into_iter()
+            .peekable();
+        while let Some(page) = pages.next() {
+            let msg = if pages.peek().is_some() {
+                ToCaller::AdminPart(page)
+            } else {
+                ToCaller::Admin(page)
+            };
+            stream.send(&msg).await?;
+        }
     }
 }
 
-async fn answer(shared: &Arc<Shared>, req: AdminRequest) -> ToCaller {
+/// The answer to one admin request, or the error to send instead.
+async fn answer(shared: &Arc<Shared>, req: AdminRequest) -> Result<AdminResponse, ToCaller> {
     let resp = match req {
         AdminRequest::ListNodes => AdminResponse::Nodes(shared.fleet().nodes()),
         AdminRequest::ListLinks => AdminResponse::Links(shared.fleet().links()),
@@ -557,10 +596,10 @@ async fn answer(shared: &Arc<Shared>, req: AdminRequest) -> ToCaller {
         AdminRequest::ListRoutes { node } => match shared.fleet().routes(&node) {
             Some(routes) => AdminResponse::Routes { node, routes },
             None => {
-                return ToCaller::Error {
+                return Err(ToCaller::Error {
                     code: ErrorCode::UNKNOWN_NODE,
                     reason: format!("no node {node:?} is registered"),
-                };
+                });
             }
         },
         AdminRequest::Audit {
@@ -577,21 +616,21 @@ async fn answer(shared: &Arc<Shared>, req: AdminRequest) -> ToCaller {
             match r {
                 Ok(Ok((records, truncated))) => AdminResponse::Audit { records, truncated },
                 Ok(Err(e)) => {
-                    return ToCaller::Error {
+                    return Err(ToCaller::Error {
                         code: ErrorCode::INTERNAL,
                         reason: e.to_string(),
-                    };
+                    });
                 }
                 Err(e) => {
-                    return ToCaller::Error {
+                    return Err(ToCaller::Error {
                         code: ErrorCode::INTERNAL,
                         reason: e.to_string(),
-                    };
+                    });
                 }
             }
         }
     };
-    ToCaller::Admin(resp)
+    Ok(resp)
 }
 
 /// Applies the fleet's decisions: expiry of departed nodes and `SetPeers`
@@ -600,21 +639,36 @@ async fn push_loop(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         let now = Instant::now();
-        let (pushes, hold_until, gone) = {
+        let (pushes, resyncs, hold_until, gone) = {
             let mut f = shared.fleet();
             let gone = f.handle_tick(now);
             let mut pushes = Vec::new();
             while let Some(p) = f.poll_push(now) {
                 pushes.push(p);
             }
+            let mut resyncs = Vec::new();
+            while let Some(c) = f.poll_resync() {
+                resyncs.push(c);
+            }
             gauge!(m::NODES, "state" => "connected").set(f.connected_count() as f64);
             gauge!(m::NODES, "state" => "known").set(f.node_count() as f64);
             gauge!(m::LINKS_PLANNED).set(f.plan().link_count() as f64);
             gauge!(m::LINKS_UP).set(f.links_up() as f64);
-            (pushes, f.hold_until(), gone)
+            (pushes, resyncs, f.hold_until(), gone)
         };
         for id in gone {
             info!(node = %id, "node forgotten after its grace period");
+        }
+        for conn in resyncs {
+            let slots = shared.slots();
+            let Some(slot) = slots.get(&conn) else {
+                continue;
+            };
+            counter!(m::RESYNCS_TOTAL).increment(1);
+            if slot.tx.try_send(ToCaller::SendReport).is_err() {
+                warn!(conn, "node does not read its controller stream; closing it");
+                close(&slot.conn, ErrorCode::INTERNAL, "controller queue full");
+            }
         }
         for (conn, peers) in pushes {
             let slots = shared.slots();

@@ -54,6 +54,12 @@ pub struct ControllerSection {
     /// TLS server name other nodes use when dialling this node.
     #[serde(default = "default_advertise_name")]
     pub advertise_server_name: String,
+    /// Link and route changes reach the controller within about this long
+    /// (they are looked for this often, and sent together).
+    #[serde(default = "default_delta_ms")]
+    pub delta_interval_ms: u64,
+    /// Link traffic counters are brought up to date in the controller's
+    /// view this often; also the sign of life when nothing changed.
     #[serde(default = "default_report_ms")]
     pub report_interval_ms: u64,
 }
@@ -67,7 +73,11 @@ fn default_advertise_name() -> String {
 }
 
 fn default_report_ms() -> u64 {
-    2_000
+    10_000
+}
+
+fn default_delta_ms() -> u64 {
+    200
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -435,6 +445,7 @@ impl FileConfig {
                         cluster: String::new(),
                         external_endpoint: None,
                         advertise_server_name: default_advertise_name(),
+                        delta_interval_ms: default_delta_ms(),
                         report_interval_ms: default_report_ms(),
                     })
                 }
@@ -578,9 +589,9 @@ impl ControllerSection {
                 "controller.external_endpoint {e} cannot be dialled: give the address other nodes reach"
             )));
         }
-        if self.report_interval_ms == 0 {
+        if self.report_interval_ms == 0 || self.delta_interval_ms == 0 {
             return Err(ConfigError::Invalid(
-                "controller.report_interval_ms must be > 0".into(),
+                "controller.report_interval_ms and delta_interval_ms must be > 0".into(),
             ));
         }
         let mut l = crate::controller::ControllerLinkConfig::new(self.address.clone());
@@ -595,6 +606,7 @@ impl ControllerSection {
         l.external_endpoint = self.external_endpoint;
         l.advertise_server_name = self.advertise_server_name.clone();
         l.report_interval = Duration::from_millis(self.report_interval_ms);
+        l.delta_interval = Duration::from_millis(self.delta_interval_ms);
         Ok(l)
     }
 }

@@ -1,7 +1,12 @@
 //! The node's link to the controller: dial out (mutual TLS with the node's
-//! own SVID), register, send a full report on connect and then every
-//! `report_interval`, forward node events (batched, resent until
-//! acknowledged), and apply the controller's `SetPeers` through
+//! own SVID), register, send a full report on connect (and when the
+//! controller asks), then only what changed: every `delta_interval` the
+//! links and, if the registry's route generation moved, the routes are
+//! compared with what was last reported ([`ReportTracker`]) and the
+//! differences go out as one delta; nothing goes out when nothing changed,
+//! except once per `report_interval` (link traffic counters, or an empty
+//! delta as a sign of life). Also forwards node events (batched, resent
+//! until acknowledged), and applies the controller's `SetPeers` through
 //! `NodeHandle::set_dial_peers`. Reconnects forever with backoff and jitter.
 //!
 //! The controller is not on the data path: when it is unreachable nothing
@@ -14,13 +19,14 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use rand::Rng;
 use slim_actors::{NodeHandle, TlsIdentity};
 use slim_auth::{ServerMatch, SpiffeId};
 use slim_controller::proto::{self as p, ToCaller, ToController, unix_ms};
+use slim_controller::report::{ReportTracker, TrackerConfig};
 use slim_controller::{ConnError, ControllerConn, Limits};
 use tokio::sync::{Notify, broadcast};
 use tracing::{debug, info, warn};
@@ -53,6 +59,11 @@ pub struct ControllerLinkConfig {
     pub external_endpoint: Option<SocketAddr>,
     /// The TLS server name other nodes should use when dialling this node.
     pub advertise_server_name: String,
+    /// How often link changes and route changes are looked for; a change
+    /// reaches the controller within about this long.
+    pub delta_interval: Duration,
+    /// How often link traffic counters are brought up to date in the
+    /// controller's view; also the sign of life when nothing changed.
     pub report_interval: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -70,7 +81,8 @@ impl ControllerLinkConfig {
             cluster: String::new(),
             external_endpoint: None,
             advertise_server_name: "slim-node".into(),
-            report_interval: Duration::from_secs(2),
+            delta_interval: Duration::from_millis(200),
+            report_interval: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(200),
             backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
@@ -277,8 +289,18 @@ async fn run(
     // The last dial set handed to the node, so an identical push (e.g. after
     // a reconnect) does not disturb its links.
     let mut applied: Option<Vec<slim_actors::PeerSpec>> = None;
+    let mut reporting = Reporting::new(&cfg);
     loop {
-        let r = session(&node, &identity, &cfg, &status, &pending, &mut applied).await;
+        let r = session(
+            &node,
+            &identity,
+            &cfg,
+            &status,
+            &pending,
+            &mut applied,
+            &mut reporting,
+        )
+        .await;
         if status.connected.swap(false, Ordering::Relaxed) {
             gauge!(CONNECTED).set(0.0);
             backoff = cfg.backoff_initial;
@@ -315,6 +337,53 @@ fn tls(
     .map_err(|e| ControllerLinkError::Tls(e.to_string()))
 }
 
+/// What the controller was last told about this node's links and routes.
+/// Kept across reconnects: a new connection starts with a full report.
+struct Reporting {
+    tracker: ReportTracker,
+    /// The registry's route generation at the last route snapshot.
+    route_gen: Option<u64>,
+    /// A route snapshot walks every name: on a node with very many names
+    /// that keep changing, snapshots are spaced so they take at most about
+    /// a tenth of the time (links still go out every `delta_interval`).
+    routes_not_before: Instant,
+}
+
+impl Reporting {
+    fn new(cfg: &ControllerLinkConfig) -> Reporting {
+        let now = Instant::now();
+        Reporting {
+            tracker: ReportTracker::new(
+                TrackerConfig {
+                    refresh: cfg.report_interval,
+                    piece_bytes: p::piece_budget(&Limits::default()),
+                },
+                now,
+            ),
+            route_gen: None,
+            routes_not_before: now,
+        }
+    }
+
+    /// The report messages due now (none when nothing changed).
+    fn messages(&mut self, node: &NodeHandle) -> Vec<ToController> {
+        let now = Instant::now();
+        let links = node.links().into_iter().map(link_to_wire).collect();
+        let generation = node.registry().route_generation();
+        let routes = if self.route_gen != Some(generation) && now >= self.routes_not_before {
+            // Read before the snapshot: a change during it moves the
+            // generation again and is picked up next time.
+            self.route_gen = Some(generation);
+            let routes = node.routes().into_iter().map(route_to_wire).collect();
+            self.routes_not_before = now + now.elapsed() * 10;
+            Some(routes)
+        } else {
+            None
+        };
+        self.tracker.update(now, links, routes)
+    }
+}
+
 async fn session(
     node: &Weak<NodeHandle>,
     identity: &TlsIdentity,
@@ -322,6 +391,7 @@ async fn session(
     status: &Status,
     pending: &Pending,
     applied: &mut Option<Vec<slim_actors::PeerSpec>>,
+    reporting: &mut Reporting,
 ) -> Result<(), ControllerLinkError> {
     let (node_id, listen) = {
         let n = node.upgrade().ok_or(ControllerLinkError::NodeGone)?;
@@ -340,8 +410,10 @@ async fn session(
         cfg.connect_timeout,
     )
     .await?;
-    let result =
-        registered_session(node, cfg, status, pending, applied, &mut c, node_id, listen).await;
+    let result = registered_session(
+        node, cfg, status, pending, applied, reporting, &mut c, node_id, listen,
+    )
+    .await;
     let result = match result {
         // A read error after the controller closed says less than its reason.
         Err(ControllerLinkError::Conn(ConnError::Read(_) | ConnError::Closed)) => {
@@ -360,6 +432,7 @@ async fn registered_session(
     status: &Status,
     pending: &Pending,
     applied: &mut Option<Vec<slim_actors::PeerSpec>>,
+    reporting: &mut Reporting,
     c: &mut ControllerConn,
     node_id: String,
     listen: SocketAddr,
@@ -405,7 +478,9 @@ async fn registered_session(
     gauge!(CONNECTED).set(1.0);
     info!(controller = %cfg.address, "registered with the controller");
     pending.rewind();
-    let mut tick = tokio::time::interval(cfg.report_interval);
+    // This connection's controller state is empty: start with everything.
+    reporting.tracker.handle_resync();
+    let mut tick = tokio::time::interval(cfg.delta_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while let Some((first_seq, events)) = pending.next_batch() {
@@ -418,13 +493,15 @@ async fn registered_session(
                 .await?;
         }
         tokio::select! {
-            // The first tick is immediate: the full resync on connect.
+            // The first tick is immediate: the full report on connect.
             _ = tick.tick() => {
-                let report = {
+                let msgs = {
                     let n = node.upgrade().ok_or(ControllerLinkError::NodeGone)?;
-                    report(&n)
+                    reporting.messages(&n)
                 };
-                c.stream.send(&ToController::Report(report)).await?;
+                for m in &msgs {
+                    c.stream.send(m).await?;
+                }
             }
             _ = pending.notify.notified() => {}
             msg = c.stream.recv::<ToCaller>() => match msg? {
@@ -438,6 +515,11 @@ async fn registered_session(
                     status.set_peers_received.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(ToCaller::EventsAck { epoch, upto }) if epoch == pending.epoch => pending.ack(upto),
+                Some(ToCaller::SendReport) => {
+                    debug!("the controller asks for a full report");
+                    reporting.tracker.handle_resync();
+                    tick.reset_immediately();
+                }
                 Some(ToCaller::Error { code, reason }) => {
                     return Err(ConnError::Refused { code: code.as_str(), reason }.into());
                 }
@@ -486,42 +568,33 @@ fn apply_peers(
     true
 }
 
-fn report(node: &NodeHandle) -> p::Report {
-    let mut routes = node.routes();
-    let routes_truncated = routes.len() > p::MAX_REPORT_ROUTES;
-    routes.truncate(p::MAX_REPORT_ROUTES);
-    p::Report {
-        routes_truncated,
-        links: node
-            .links()
-            .into_iter()
-            .map(|l| p::LinkInfo {
-                peer_node_id: l.peer_node_id,
-                peer_spiffe_id: l.peer_spiffe_id,
-                remote_addr: l.remote_addr,
-                direction: match l.direction {
-                    slim_actors::LinkDirection::Dialled => p::LinkDirection::Dialled,
-                    slim_actors::LinkDirection::Accepted => p::LinkDirection::Accepted,
-                },
-                state: match l.state {
-                    slim_actors::LinkState::Connecting => p::LinkState::Connecting,
-                    slim_actors::LinkState::Up => p::LinkState::Up,
-                    slim_actors::LinkState::Backoff => p::LinkState::Backoff,
-                },
-                up_since_ms: l.up_since.map(unix_ms),
-                frames_in: l.frames_in,
-                frames_out: l.frames_out,
-                drops: l.drops,
-            })
-            .collect(),
-        routes: routes
-            .into_iter()
-            .map(|r| p::RouteInfo {
-                name: r.name,
-                local_subscribers: r.local_subscribers as u64,
-                remote_peers: r.remote_peers,
-            })
-            .collect(),
+fn link_to_wire(l: slim_actors::LinkInfo) -> p::LinkInfo {
+    p::LinkInfo {
+        link_id: l.link_id,
+        peer_node_id: l.peer_node_id,
+        peer_spiffe_id: l.peer_spiffe_id,
+        remote_addr: l.remote_addr,
+        direction: match l.direction {
+            slim_actors::LinkDirection::Dialled => p::LinkDirection::Dialled,
+            slim_actors::LinkDirection::Accepted => p::LinkDirection::Accepted,
+        },
+        state: match l.state {
+            slim_actors::LinkState::Connecting => p::LinkState::Connecting,
+            slim_actors::LinkState::Up => p::LinkState::Up,
+            slim_actors::LinkState::Backoff => p::LinkState::Backoff,
+        },
+        up_since_ms: l.up_since.map(unix_ms),
+        frames_in: l.frames_in,
+        frames_out: l.frames_out,
+        drops: l.drops,
+    }
+}
+
+fn route_to_wire(r: slim_actors::RouteInfo) -> p::RouteInfo {
+    p::RouteInfo {
+        name: r.name,
+        local_subscribers: r.local_subscribers as u64,
+        remote_peers: r.remote_peers,
     }
 }
 

@@ -1,12 +1,13 @@
 //! The controller over real QUIC + mTLS on loopback, with in-process nodes:
-//! registration and the fleet view, link planning pushed to nodes, the
-//! audit trail across a controller restart, a node carrying on while the
-//! controller is down, and refusal of unknown identities.
+//! registration and the fleet view (kept up to date by report deltas), link
+//! planning pushed to nodes, the audit trail across a controller restart, a
+//! node carrying on while the controller is down, out-of-step deltas and
+//! paged answers, and refusal of unknown identities.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use slim_actors::{LinkState, NodeHandle};
 use slim_controller::proto::{
@@ -68,6 +69,17 @@ fn link(
     cluster: &str,
     reachable: bool,
 ) -> ControllerLink {
+    link_with(pki, node, ctl, cluster, reachable, |_| {})
+}
+
+fn link_with(
+    pki: &Pki,
+    node: &Arc<NodeHandle>,
+    ctl: SocketAddr,
+    cluster: &str,
+    reachable: bool,
+    tweak: impl FnOnce(&mut ControllerLinkConfig),
+) -> ControllerLink {
     let mut cfg = ControllerLinkConfig::new(ctl.to_string());
     cfg.cluster = cluster.into();
     cfg.external_endpoint = reachable.then(|| node.local_addr());
@@ -76,6 +88,7 @@ fn link(
     cfg.backoff_max = Duration::from_millis(500);
     // A handshake towards a stopped controller only ends by timeout.
     cfg.connect_timeout = Duration::from_secs(2);
+    tweak(&mut cfg);
     let identity = pki.identity(&format!("node/{}", node.node_id()));
     slim_node::controller::spawn(node, (&identity).into(), cfg)
 }
@@ -97,6 +110,20 @@ async fn admin_as(
     let r = c.admin(req, T).await;
     c.close().await;
     r
+}
+
+/// An admin connection kept open for many requests (as a polling operator).
+async fn admin_conn(pki: &Pki, ctl: SocketAddr) -> ControllerConn {
+    let identity = pki.identity("ops/alice");
+    let tls = slim_auth::client_config(
+        &identity,
+        &[slim_controller::ALPN_CONTROLLER],
+        slim_auth::ServerMatch::Any,
+    )
+    .unwrap();
+    ControllerConn::connect(ctl, "slim-controller", tls, Limits::default(), T)
+        .await
+        .expect("admin connects")
 }
 
 async fn admin(pki: &Pki, ctl: SocketAddr, req: AdminRequest) -> AdminResponse {
@@ -567,5 +594,217 @@ async fn malformed_frames_close_the_connection_with_a_reason() {
     }
     // The controller still serves others.
     assert!(nodes(&pki, addr).await.is_empty());
+    ctl.shutdown().await;
+}
+
+/// Both ends of the link between `a` and `b` are `Up` in `links`.
+fn link_up_in_view(links: &[slim_controller::proto::LinkView], a: &str, b: &str) -> bool {
+    let up = |from: &str, to: &str| {
+        links.iter().any(|l| {
+            l.node_id == from
+                && l.link.peer_node_id == to
+                && l.link.state == slim_controller::proto::LinkState::Up
+        })
+    };
+    up(a, b) && up(b, a)
+}
+
+/// A link that comes up reaches the controller's link view (what `slimctl
+/// link list` shows) as a report delta, promptly: the periodic refresh is
+/// set to a minute here, so nothing else could bring it. The delay from the
+/// later end's `up_since` to the first view showing both ends is printed
+/// (expected: about `delta_interval`, 200 ms); the test only bounds it
+/// loosely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_coming_up_shows_in_the_fleet_view_promptly() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = start_controller(&pki, dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = ctl.local_addr();
+    let a = start_fed_node(&pki, "a").await;
+    let b = start_fed_node(&pki, "b").await;
+    let slow_refresh = |c: &mut ControllerLinkConfig| c.report_interval = Duration::from_secs(60);
+    let la = link_with(&pki, &a, addr, "nat", false, slow_refresh);
+    let lb = link_with(&pki, &b, addr, "dc", true, slow_refresh);
+    let mut ops = admin_conn(&pki, addr).await;
+    // Nodes register and send their full reports: no link yet (the
+    // controller holds its pushes for the startup hold).
+    assert_eventually(T, "both nodes registered", || async {
+        ctl.nodes().iter().filter(|n| n.connected).count() == 2
+    })
+    .await;
+    // The link comes up on the nodes.
+    assert_eventually(T, "a dials b", || async {
+        up_links(&a) == ["b"] && up_links(&b) == ["a"]
+    })
+    .await;
+    let up_since = [&a, &b]
+        .iter()
+        .filter_map(|n| n.links().first().and_then(|l| l.up_since))
+        .max()
+        .expect("up_since on both ends");
+    // Poll the controller's view as an operator would, on one connection.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let seen_at = loop {
+        let AdminResponse::Links(view) = ops.admin(AdminRequest::ListLinks, T).await.unwrap()
+        else {
+            panic!("not a link list");
+        };
+        if link_up_in_view(&view, "a", "b") {
+            break SystemTime::now();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the link is up on both nodes but not in the controller's view after 5 s: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let delay = seen_at.duration_since(up_since).unwrap_or_default();
+    println!("fleet view delay after link up: {delay:?} (delta_interval 200 ms)");
+    // The refresh is a minute away: the view came from deltas alone.
+    assert_eq!(la.registrations(), 1);
+    assert_eq!(lb.registrations(), 1);
+    ops.close().await;
+    la.stop().await;
+    lb.stop().await;
+    stop_node(a).await;
+    stop_node(b).await;
+    ctl.shutdown().await;
+}
+
+async fn recv_skipping_set_peers(c: &mut ControllerConn) -> ToCaller {
+    loop {
+        match tokio::time::timeout(T, c.stream.recv::<ToCaller>()).await {
+            Ok(Ok(Some(ToCaller::SetPeers(_)))) => continue,
+            Ok(Ok(Some(m))) => return m,
+            other => panic!("no message from the controller: {other:?}"),
+        }
+    }
+}
+
+/// The protocol's edges, driven by hand as a node: a delta before any full
+/// report is answered with `SendReport`; a full report too large for one
+/// frame comes in parts; deltas then patch the view; a delta that skips a
+/// number is refused and answered with `SendReport` again; and the admin
+/// answer for a table larger than a page arrives in pages and is put back
+/// together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_step_deltas_ask_for_a_full_report_and_large_answers_come_in_pages() {
+    use slim_controller::proto::{PIECE_BYTES, ReportDelta, RouteInfo, encoded_len};
+    use slim_controller::report::{ReportTracker, TrackerConfig};
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = start_controller(&pki, dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let addr = ctl.local_addr();
+    let identity = pki.identity("node/raw");
+    let tls = slim_auth::client_config(
+        &identity,
+        &[slim_controller::ALPN_CONTROLLER],
+        slim_auth::ServerMatch::Any,
+    )
+    .unwrap();
+    let mut c = ControllerConn::connect(addr, "slim-controller", tls, Limits::default(), T)
+        .await
+        .unwrap();
+    c.stream
+        .send(&ToController::Register(slim_controller::proto::Register {
+            node_id: "raw".into(),
+            cluster: "test".into(),
+            external_endpoint: None,
+            listen: None,
+            server_name: "slim-node".into(),
+            epoch: 1,
+            dialing: vec![],
+        }))
+        .await
+        .unwrap();
+    assert_eq!(recv_skipping_set_peers(&mut c).await, ToCaller::Registered);
+    // A delta first: the controller has nothing to apply it to.
+    c.stream
+        .send(&ToController::ReportDelta(ReportDelta {
+            seq: 41,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(recv_skipping_set_peers(&mut c).await, ToCaller::SendReport);
+    // 40,000 names (~2 MB): a full report in parts, as a node cuts it.
+    let names: Vec<RouteInfo> = (0..40_000)
+        .map(|i| RouteInfo {
+            name: format!("acme/fleet-scale/name-{i:06}"),
+            local_subscribers: 1,
+            remote_peers: vec!["hub".into()],
+        })
+        .collect();
+    let mut tracker = ReportTracker::new(
+        TrackerConfig {
+            refresh: Duration::from_secs(60),
+            piece_bytes: PIECE_BYTES,
+        },
+        std::time::Instant::now(),
+    );
+    let parts = tracker.update(std::time::Instant::now(), vec![], Some(names.clone()));
+    assert!(parts.len() > 2, "{} parts", parts.len());
+    for p in &parts {
+        assert!(encoded_len(p) < 2 * PIECE_BYTES);
+        c.stream.send(p).await.unwrap();
+    }
+    // One name goes, one changes: a delta.
+    let mut changed = names.clone();
+    changed.remove(0);
+    changed[0].local_subscribers = 7;
+    for d in tracker.update(std::time::Instant::now(), vec![], Some(changed)) {
+        c.stream.send(&d).await.unwrap();
+    }
+    let mut ops = admin_conn(&pki, addr).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let req = AdminRequest::ListRoutes { node: "raw".into() };
+        let AdminResponse::Routes { routes, .. } = ops.admin(req, T).await.unwrap() else {
+            panic!("not a route list");
+        };
+        if routes.len() == 39_999
+            && routes[0].name == "acme/fleet-scale/name-000001"
+            && routes[0].local_subscribers == 7
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the view does not hold the report and the delta: {} routes",
+            routes.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The channel list (one entry per name) is larger than a page too.
+    match ops.admin(AdminRequest::ListChannels, T).await.unwrap() {
+        AdminResponse::Channels(ch) => {
+            assert_eq!(ch.len(), 39_999);
+            assert!(encoded_len(&ch) > PIECE_BYTES, "more than one page");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // A delta that skips a number: refused, and a full report is asked for.
+    c.stream
+        .send(&ToController::ReportDelta(ReportDelta {
+            seq: 1000,
+            routes_removed: vec!["acme/fleet-scale/name-000002".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(recv_skipping_set_peers(&mut c).await, ToCaller::SendReport);
+    match ops
+        .admin(AdminRequest::ListRoutes { node: "raw".into() }, T)
+        .await
+        .unwrap()
+    {
+        AdminResponse::Routes { routes, .. } => assert_eq!(routes.len(), 39_999, "not applied"),
+        other => panic!("unexpected {other:?}"),
+    }
+    ops.close().await;
+    c.close().await;
     ctl.shutdown().await;
 }
