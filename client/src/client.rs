@@ -268,8 +268,10 @@ impl Client {
     }
 
     /// [`Client::close`] through a shared reference (the handle stays, closed).
+    /// Bounded: with the node unreachable the queue may never drain, and
+    /// the close must still go out.
     pub async fn shutdown(&self) {
-        self.flush().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.flush()).await;
         if let Some(c) = self.close.lock().take() {
             let _ = c.send(());
         }

@@ -1,6 +1,7 @@
 //! Admin commands: they talk to the controller (QUIC + mutual TLS, an admin
-//! SPIFFE ID), never to a node. `--output json` prints the controller's
-//! answer as one JSON array (times in Unix milliseconds).
+//! SPIFFE ID), never to a node. A large answer arrives in pages, put back
+//! together before printing. `--output json` prints the controller's answer
+//! as one JSON array (times in Unix milliseconds).
 
 use std::time::{Duration, SystemTime};
 
@@ -277,14 +278,25 @@ async fn request(ctl: &ControllerArgs, req: AdminRequest) -> Result<AdminRespons
         .next()
         .with_context(|| format!("no address for {}", ctl.controller))?;
     let timeout = Duration::from_secs(10);
-    let mut conn =
+    let conn = crate::interruptible(async {
         ControllerConn::connect(addr, &ctl.controller_name, tls, Limits::default(), timeout)
             .await
-            .with_context(|| format!("cannot reach the controller at {addr}"))?;
-    let answer = conn.admin(req, timeout).await;
+            .with_context(|| format!("cannot reach the controller at {addr}"))
+    })
+    .await;
+    let mut conn = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            src.shutdown().await;
+            return Err(e);
+        }
+    };
+    // Closed on every way out, a signal included (the answer may be many
+    // pages): the controller then drops the session at once.
+    let answer = crate::interruptible(async { Ok(conn.admin(req, timeout).await?) }).await;
     conn.close().await;
     src.shutdown().await;
-    Ok(answer?)
+    answer
 }
 
 fn rfc3339(ms: u64) -> String {

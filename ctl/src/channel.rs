@@ -1,13 +1,15 @@
 //! `slimctl channel create|join|members` and `publish --session`: group
-//! channels (MLS by default) through the SDK's channel API.
+//! channels (MLS by default) through the SDK's channel API. Each closes its
+//! connection on every way out ([`closing`]).
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use slim_client::channel::{
-    Channel, ChannelConfig, ChannelEvent, ChannelMember, ChannelOptions, MemberInfo,
+    Channel, ChannelConfig, ChannelEvent, ChannelMember, ChannelModerator, ChannelOptions,
+    MemberInfo,
 };
 use slim_client::session::SessionMux;
 use slim_client::{Client, ClientConfig, Credentials};
@@ -268,13 +270,17 @@ fn print_event(channel: &str, e: &ChannelEvent, out: Output) -> Result<bool> {
     Ok(false)
 }
 
-async fn terminated() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+/// Runs `body`, then closes the connection whatever the outcome (a bounded
+/// wait for the close to go out). `body` handles termination signals
+/// itself ([`crate::interruptible`] around a step, or its own select to
+/// leave or close its channel first).
+async fn closing<T>(
+    mux: &SessionMux,
+    body: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let r = body.await;
+    mux.client().shutdown().await;
+    r
 }
 
 fn options(
@@ -297,9 +303,24 @@ fn options(
 pub async fn create(a: CreateArgs, out: Output) -> Result<()> {
     let name = Name::parse(&a.name).context("invalid channel name")?;
     let (mux, mls, rotation) = connect(&a.conn).await?;
+    closing(&mux, async {
+        let m = crate::interruptible(start_moderating(&mux, &name, &a, mls, rotation)).await?;
+        run_moderator(m, &name, out).await
+    })
+    .await
+}
+
+/// Creates the channel and sends the invitations.
+async fn start_moderating(
+    mux: &SessionMux,
+    name: &Name,
+    a: &CreateArgs,
+    mls: MlsIdentity,
+    rotation: Rotation,
+) -> Result<ChannelModerator> {
     let mut opts = options(!a.no_mls, mls, rotation, a.allow.clone());
     opts.config.remove_unresponsive = a.remove_unresponsive;
-    let mut m = Channel::create(&mux, &name, opts)
+    let m = Channel::create(mux, name, opts)
         .await
         .context("cannot create the channel")?;
     eprintln!(
@@ -317,7 +338,12 @@ pub async fn create(a: CreateArgs, out: Output) -> Result<()> {
             .await
             .with_context(|| format!("cannot invite {n}"))?;
     }
-    let stop = terminated();
+    Ok(m)
+}
+
+/// Runs the channel until SIGINT/SIGTERM, then closes it.
+async fn run_moderator(mut m: ChannelModerator, name: &Name, out: Output) -> Result<()> {
+    let stop = crate::terminated();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -340,96 +366,123 @@ pub async fn create(a: CreateArgs, out: Output) -> Result<()> {
     Ok(())
 }
 
-async fn join_channel(
-    conn: &ConnectArgs,
+/// Joins `name` over an open connection (by request to `moderator`, or
+/// multicast to the channel).
+async fn join_on(
+    mux: &SessionMux,
+    identity: MlsIdentity,
+    rotation: Rotation,
     name: &Name,
     moderator: Option<&str>,
     mls: bool,
-) -> Result<(SessionMux, ChannelMember)> {
-    let (mux, identity, rotation) = connect(conn).await?;
+) -> Result<ChannelMember> {
     let moderator = moderator
         .map(Name::parse)
         .transpose()
         .context("invalid --moderator name")?;
-    let m = Channel::join(
-        &mux,
+    Channel::join(
+        mux,
         name,
         moderator.as_ref(),
         options(mls, identity, rotation, Vec::new()),
     )
     .await
-    .with_context(|| format!("cannot join {name}"))?;
-    Ok((mux, m))
+    .with_context(|| format!("cannot join {name}"))
 }
 
 /// `channel join`: prints decrypted messages with sender name and SPIFFE ID.
 pub async fn join(a: JoinArgs, out: Output) -> Result<()> {
     let name = Name::parse(&a.name).context("invalid channel name")?;
-    let (mux, mut m) = join_channel(&a.conn, &name, a.moderator.as_deref(), !a.no_mls).await?;
-    let (epoch, members) = m.joined();
-    let ev = ChannelEvent::Joined {
-        epoch,
-        members: members.to_vec(),
-    };
-    print_event(name.as_str(), &ev, out)?;
-    let stop = terminated();
-    tokio::pin!(stop);
-    let mut seen = 0u64;
-    while a.count.is_none_or(|c| seen < c) {
-        let next = async {
-            match a.timeout {
-                Some(t) => tokio::time::timeout(t, m.recv()).await.ok(),
-                None => Some(m.recv().await),
-            }
+    let (mux, identity, rotation) = connect(&a.conn).await?;
+    closing(&mux, async {
+        let mut m = crate::interruptible(join_on(
+            &mux,
+            identity,
+            rotation,
+            &name,
+            a.moderator.as_deref(),
+            !a.no_mls,
+        ))
+        .await?;
+        let (epoch, members) = m.joined();
+        let ev = ChannelEvent::Joined {
+            epoch,
+            members: members.to_vec(),
         };
-        tokio::select! {
-            r = &mut stop => {
-                r?;
-                break;
-            }
-            e = next => match e {
-                None => bail!("no message within {:?} ({seen} received)", a.timeout.unwrap_or_default()),
-                Some(None) => bail!("the channel driver ended"),
-                Some(Some(e)) => {
-                    let end = matches!(e, ChannelEvent::ChannelClosed { .. } | ChannelEvent::Removed { .. });
-                    if print_event(name.as_str(), &e, out)? {
-                        seen += 1;
-                    }
-                    if end {
-                        // Our answer (e.g. the close ack) is queued: send it
-                        // before the process exits.
-                        mux.client().flush().await;
-                        return Ok(());
-                    }
+        print_event(name.as_str(), &ev, out)?;
+        let stop = crate::terminated();
+        tokio::pin!(stop);
+        let mut seen = 0u64;
+        // Count reached, signal or timeout: leave the channel, then exit.
+        let mut result = Ok(());
+        while a.count.is_none_or(|c| seen < c) {
+            let next = async {
+                match a.timeout {
+                    Some(t) => tokio::time::timeout(t, m.recv()).await.ok(),
+                    None => Some(m.recv().await),
                 }
-            },
+            };
+            tokio::select! {
+                r = &mut stop => {
+                    result = r;
+                    break;
+                }
+                e = next => match e {
+                    None => {
+                        result = Err(anyhow!("no message within {:?} ({seen} received)", a.timeout.unwrap_or_default()));
+                        break;
+                    }
+                    Some(None) => bail!("the channel driver ended"),
+                    Some(Some(e)) => {
+                        let end = matches!(e, ChannelEvent::ChannelClosed { .. } | ChannelEvent::Removed { .. });
+                        if print_event(name.as_str(), &e, out)? {
+                            seen += 1;
+                        }
+                        if end {
+                            // Our answer (e.g. the close ack) is queued:
+                            // `closing` sends it before closing.
+                            return Ok(());
+                        }
+                    }
+                },
+            }
         }
-    }
-    for e in m.leave().await {
-        print_event(name.as_str(), &e, out)?;
-    }
-    Ok(())
+        for e in m.leave().await {
+            print_event(name.as_str(), &e, out)?;
+        }
+        result
+    })
+    .await
 }
 
 /// `channel members`: joins (by request), prints the roster, leaves.
 pub async fn members(a: MembersArgs, out: Output) -> Result<()> {
     let name = Name::parse(&a.name).context("invalid channel name")?;
-    let (_mux, m) = join_channel(&a.conn, &name, a.moderator.as_deref(), !a.no_mls).await?;
-    let (epoch, members) = m.members().await?;
-    if out == Output::Json {
-        print_json(&serde_json::json!({
-            "channel": name.as_str(),
-            "epoch": epoch,
-            "members": members.iter().map(|m| serde_json::json!({"name": m.name, "spiffe_id": m.spiffe_id})).collect::<Vec<_>>(),
-        }))?;
-    } else {
-        println!("{name} at epoch {epoch}:");
-        for mem in &members {
-            println!("  {}  {}", mem.name, mem.spiffe_id);
-        }
-    }
-    m.leave().await;
-    Ok(())
+    let (mux, identity, rotation) = connect(&a.conn).await?;
+    closing(
+        &mux,
+        crate::interruptible(async {
+            let moderator = a.moderator.as_deref();
+            let m = join_on(&mux, identity, rotation, &name, moderator, !a.no_mls).await?;
+            let roster = m.members().await;
+            m.leave().await;
+            let (epoch, members) = roster?;
+            if out == Output::Json {
+                print_json(&serde_json::json!({
+                    "channel": name.as_str(),
+                    "epoch": epoch,
+                    "members": members.iter().map(|m| serde_json::json!({"name": m.name, "spiffe_id": m.spiffe_id})).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                println!("{name} at epoch {epoch}:");
+                for mem in &members {
+                    println!("  {}  {}", mem.name, mem.spiffe_id);
+                }
+            }
+            Ok(())
+        }),
+    )
+    .await
 }
 
 /// `channel publish --session`: join, publish one message, leave.
@@ -441,24 +494,32 @@ pub async fn publish(
     mls: bool,
     out: Output,
 ) -> Result<()> {
-    let (_mux, m) = join_channel(conn, name, moderator, mls).await?;
-    let p = m.publish(payload).await?;
-    m.leave().await;
-    if out == Output::Json {
-        print_json(&serde_json::json!({
-            "published": name.as_str(),
-            "bytes": payload.len(),
-            "epoch": p.epoch,
-            "seq": p.seq,
-            "mls": mls,
-        }))?;
-    } else {
-        println!(
-            "published {} bytes to {name} ({} epoch {})",
-            payload.len(),
-            if mls { "MLS" } else { "plaintext" },
-            p.epoch
-        );
-    }
-    Ok(())
+    let (mux, identity, rotation) = connect(conn).await?;
+    closing(
+        &mux,
+        crate::interruptible(async {
+            let m = join_on(&mux, identity, rotation, name, moderator, mls).await?;
+            let published = m.publish(payload).await;
+            m.leave().await;
+            let p = published?;
+            if out == Output::Json {
+                print_json(&serde_json::json!({
+                    "published": name.as_str(),
+                    "bytes": payload.len(),
+                    "epoch": p.epoch,
+                    "seq": p.seq,
+                    "mls": mls,
+                }))?;
+            } else {
+                println!(
+                    "published {} bytes to {name} ({} epoch {})",
+                    payload.len(),
+                    if mls { "MLS" } else { "plaintext" },
+                    p.epoch
+                );
+            }
+            Ok(())
+        }),
+    )
+    .await
 }

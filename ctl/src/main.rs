@@ -1,5 +1,10 @@
 //! `slimctl`: the operator and admin CLI. Talks to nodes through the SDK
 //! (`slim-client`), like any agent; never links the node.
+//!
+//! Every way out of a command that holds a connection (done, error,
+//! timeout, SIGINT/SIGTERM) closes it and waits briefly for the close to
+//! reach the peer: a process that just exits leaves its connection, and the
+//! names it holds, in the node until the node's idle timeout (30 s).
 #![forbid(unsafe_code)]
 
 mod admin;
@@ -259,6 +264,42 @@ fn dev_ca(cmd: DevCaCmd, out: Output) -> Result<()> {
     Ok(())
 }
 
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM. While it is being polled the
+/// signals no longer kill the process, so the command can close its
+/// connection first.
+pub(crate) async fn terminated() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// `body`, unless a termination signal comes first (an error then).
+pub(crate) async fn interruptible<T>(
+    body: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        r = body => r,
+        r = terminated() => r.and_then(|()| Err(anyhow::anyhow!("interrupted"))),
+    }
+}
+
+/// Runs `body` until it ends or a termination signal arrives, then closes
+/// `client` either way (bounded). `Ok(None)`: interrupted.
+pub(crate) async fn then_close<T>(
+    client: &Client,
+    body: impl std::future::Future<Output = Result<T>>,
+) -> Result<Option<T>> {
+    let r = tokio::select! {
+        r = body => r.map(Some),
+        r = terminated() => r.map(|()| None),
+    };
+    client.shutdown().await;
+    r
+}
+
 async fn connect(c: &ConnectArgs) -> Result<Client> {
     let creds = c.id.credentials().await?;
     let name = Name::parse(&c.as_name).context("invalid --as name")?;
@@ -344,6 +385,40 @@ struct MessageOut<'a> {
     payload_encoding: &'a str,
 }
 
+/// `channel subscribe`: prints until `count` messages, `timeout` without
+/// one (an error), or the connection ends.
+async fn subscribe(
+    client: &Client,
+    name: &Name,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    out: Output,
+) -> Result<()> {
+    client.subscribe(name).await?;
+    eprintln!("subscribed to {name} as {}", client.name());
+    let mut seen = 0u64;
+    while count.is_none_or(|c| seen < c) {
+        let ev = match timeout {
+            Some(t) => match tokio::time::timeout(t, client.recv()).await {
+                Ok(ev) => ev,
+                Err(_) => bail!("no message within {t:?} ({seen} received)"),
+            },
+            None => client.recv().await,
+        };
+        match ev {
+            Some(Event::Message(d)) => {
+                print_delivery(&d, out)?;
+                seen += 1;
+            }
+            Some(Event::Error(e)) => {
+                eprintln!("node error ({}): {}", e.code.as_str(), e.reason)
+            }
+            None => bail!("connection closed"),
+        }
+    }
+    Ok(())
+}
+
 fn print_delivery(d: &Delivery, out: Output) -> Result<()> {
     let now = time::OffsetDateTime::from(SystemTime::now())
         .format(&time::format_description::well_known::Rfc3339)?;
@@ -393,29 +468,7 @@ async fn channel(cmd: ChannelCmd, out: Output) -> Result<()> {
         } => {
             let name = Name::parse(&name).context("invalid channel name")?;
             let client = connect(&conn).await?;
-            client.subscribe(&name).await?;
-            eprintln!("subscribed to {name} as {}", client.name());
-            let mut seen = 0u64;
-            while count.is_none_or(|c| seen < c) {
-                let ev = match timeout {
-                    Some(t) => match tokio::time::timeout(t, client.recv()).await {
-                        Ok(ev) => ev,
-                        Err(_) => bail!("no message within {t:?} ({seen} received)"),
-                    },
-                    None => client.recv().await,
-                };
-                match ev {
-                    Some(Event::Message(d)) => {
-                        print_delivery(&d, out)?;
-                        seen += 1;
-                    }
-                    Some(Event::Error(e)) => {
-                        eprintln!("node error ({}): {}", e.code.as_str(), e.reason)
-                    }
-                    None => bail!("connection closed"),
-                }
-            }
-            client.close().await;
+            then_close(&client, subscribe(&client, &name, count, timeout, out)).await?;
         }
         ChannelCmd::Create(a) => return channel::create(a, out).await,
         ChannelCmd::Join(a) => return channel::join(a, out).await,
@@ -449,19 +502,23 @@ async fn channel(cmd: ChannelCmd, out: Output) -> Result<()> {
                 .await;
             }
             let client = connect(&conn).await?;
-            let msg_id = client.publish(&name, mode.into(), &payload).await?;
-            client.flush().await;
-            // A "no route" answer comes back quickly; wait briefly so the
-            // operator learns that nobody received the message.
-            let answer = tokio::time::timeout(Duration::from_millis(300), client.recv()).await;
-            let err = match answer {
-                Ok(Some(Event::Error(e))) if e.msg_id == Some(msg_id) => Some(e),
-                _ => None,
+            let sent = then_close(&client, async {
+                let msg_id = client.publish(&name, mode.into(), &payload).await?;
+                client.flush().await;
+                // A "no route" answer comes back quickly; wait briefly so the
+                // operator learns that nobody received the message.
+                let answer = tokio::time::timeout(Duration::from_millis(300), client.recv()).await;
+                Ok(match answer {
+                    Ok(Some(Event::Error(e))) if e.msg_id == Some(msg_id) => Err(e),
+                    _ => Ok(msg_id),
+                })
+            })
+            .await?;
+            let msg_id = match sent {
+                None => bail!("interrupted"),
+                Some(Err(e)) => bail!("not delivered ({}): {}", e.code.as_str(), e.reason),
+                Some(Ok(id)) => id,
             };
-            client.close().await;
-            if let Some(e) = err {
-                bail!("not delivered ({}): {}", e.code.as_str(), e.reason);
-            }
             if out == Output::Json {
                 print_json(
                     &serde_json::json!({"published": name.as_str(), "bytes": payload.len(), "msg_id": msg_id}),

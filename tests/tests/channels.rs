@@ -1011,3 +1011,112 @@ async fn slimctl_create_join_members_publish() {
     assert!(log.iter().any(|l| l.contains("channel closed")), "{log:?}");
     node.shutdown(Duration::from_secs(1)).await;
 }
+
+/// `slimctl channel subscribe` closes its connection on the way out, so the
+/// node forgets the subscriber at once instead of holding its name until
+/// the node's idle timeout (30 s): after `--timeout` runs out (exit with an
+/// error) and after SIGINT (Ctrl-C, a normal end). The time from the
+/// process's exit to the node having no connection is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slimctl_subscribe_closes_its_connection_on_timeout_and_on_sigint() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    init_tracing();
+    let slimctl = slim_tests::netns::bin("slimctl");
+    let pki = Pki::new("example.org");
+    // The idle timeout is what a connection that is not closed lingers for.
+    let node = start_node(&pki, |c| c.idle_timeout = Duration::from_secs(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let id = slim_auth::SpiffeId::parse("spiffe://example.org/agent/watcher").unwrap();
+    pki.ca
+        .issue_to_dir(&id, Duration::from_secs(3600), dir.path())
+        .unwrap();
+    let subscribe = |chan: &str, extra: &[&str]| {
+        let mut c = Command::new(&slimctl);
+        c.args(["channel", "subscribe", chan])
+            .args(extra)
+            .arg("--identity")
+            .arg(dir.path())
+            .args(["--as", "acme/cli/watcher"])
+            .env("SLIMCTL_NODE", node.local_addr().to_string())
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        c
+    };
+    // Polls (10 ms) until the node has no connection and no route for `chan`.
+    let gone = |chan: &'static str| {
+        let node = &node;
+        async move {
+            let t0 = Instant::now();
+            assert_eventually(
+                Duration::from_secs(5),
+                "the node forgot the subscriber (well before its 30 s idle timeout)",
+                || async {
+                    node.connection_count() == 0 && !node.routes().iter().any(|r| r.name == chan)
+                },
+            )
+            .await;
+            t0.elapsed()
+        }
+    };
+
+    // 1. --timeout runs out: an error exit, and the connection is closed.
+    let out = tokio::task::spawn_blocking({
+        let mut c = subscribe("acme/cli/quiet", &["--timeout", "1s"]);
+        move || c.stderr(Stdio::piped()).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("subscribed to acme/cli/quiet"), "{err}");
+    assert!(err.contains("no message within"), "{err}");
+    let after_timeout = gone("acme/cli/quiet").await;
+    println!("connection gone {after_timeout:?} after slimctl exited on --timeout");
+
+    // 2. SIGINT while subscribed: a clean exit, and the connection is closed.
+    let mut proc = Proc(
+        subscribe("acme/cli/interrupted", &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut err = BufReader::new(proc.0.stderr.take().unwrap());
+    let first = tokio::task::spawn_blocking(move || {
+        let mut l = String::new();
+        err.read_line(&mut l).unwrap();
+        l
+    });
+    let first = tokio::time::timeout(T, first).await.unwrap().unwrap();
+    assert!(
+        first.starts_with("subscribed to acme/cli/interrupted"),
+        "{first}"
+    );
+    assert!(
+        node.routes()
+            .iter()
+            .any(|r| r.name == "acme/cli/interrupted"),
+        "subscribed at the node"
+    );
+    let pid = proc.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || proc.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "SIGINT ends a subscription cleanly: {status:?}"
+    );
+    let after_sigint = gone("acme/cli/interrupted").await;
+    println!("connection gone {after_sigint:?} after slimctl exited on SIGINT");
+    node.shutdown(Duration::from_secs(1)).await;
+}
