@@ -208,8 +208,15 @@ impl Fleet {
         wall_ms: u64,
     ) -> Result<(), FleetError> {
         let e = self.entry_mut(conn)?;
+        let complete = part.last;
         e.reports.handle_part(part);
         e.last_seen_ms = wall_ms;
+        if complete && e.reports.truncated() {
+            tracing::warn!(
+                node = %e.reg.node_id,
+                "node reports more links or names than the controller keeps per node; its view is partial"
+            );
+        }
         Ok(())
     }
 
