@@ -380,7 +380,7 @@ pub async fn start(
         policy_gen: AtomicU64::new(0),
         hook: RwLock::new(None),
         hook_set: std::sync::atomic::AtomicBool::new(false),
-        fed: Fed::new(&cfg.node_id, cfg.federation.max_hops),
+        fed: Fed::new(&cfg.node_id),
         tag: format!(
             "{}#{}",
             cfg.node_id,
