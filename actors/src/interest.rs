@@ -453,20 +453,40 @@ impl InterestTable {
                 self.topo_dirty = true;
                 self.flood((Arc::clone(&origin), Item::Links), Some(peer));
             }
+            let same = self.origins[&origin]
+                .links
+                .as_ref()
+                .is_some_and(|(s, _)| *s == ls.seq);
+            if same {
+                self.heard(peer, (Arc::clone(&origin), Item::Links));
+            }
         }
         for ns in &u.names {
-            let newer = self
+            let mine = self
                 .origins
                 .get(&origin)
                 .and_then(|o| o.names.get(ns.name.as_str()))
-                .is_none_or(|e| ns.seq > e.seq);
-            if newer {
-                let name: Arc<str> = Arc::from(ns.name.as_str());
+                .map(|e| e.seq);
+            let name: Arc<str> = Arc::from(ns.name.as_str());
+            let key = (Arc::clone(&origin), Item::Name(Arc::clone(&name)));
+            if mine.is_none_or(|m| ns.seq > m) {
                 self.store_name(&origin, &name, ns.seq, ns.present);
-                self.flood((Arc::clone(&origin), Item::Name(name)), Some(peer));
+                self.flood(key.clone(), Some(peer));
+                self.heard(peer, key);
+            } else if mine == Some(ns.seq) {
+                self.heard(peer, key);
             }
         }
         Ok(())
+    }
+
+    /// `peer` has the version of `key` we hold: it need not hear it from us
+    /// (two neighbours that learned an entry at once would otherwise send it
+    /// to each other).
+    fn heard(&mut self, peer: &str, key: Key) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.pending.remove(&key);
+        }
     }
 
     /// Someone holds an entry about this node: if it is not the truth, the

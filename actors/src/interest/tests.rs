@@ -476,3 +476,31 @@ fn an_older_entry_arriving_late_does_not_resurrect_a_name() {
     assert_eq!(t.poll_route_change().as_deref(), Some("o/n/s"));
     assert_eq!(t.remote_dests("o/n/s").len(), 1);
 }
+
+#[test]
+fn an_entry_a_peer_sent_us_is_not_sent_back_to_it() {
+    let mut t = InterestTable::new("me", 1, cfg());
+    t.handle_peer_up("p", ms(0));
+    t.handle_peer_up("q", ms(0));
+    while t.poll_announce(ms(0)).is_some() {}
+    let entry = Interest {
+        updates: vec![OriginUpdate {
+            origin: "o".into(),
+            epoch: 1,
+            links: None,
+            names: vec![NameState {
+                name: Name::parse("o/n/s").unwrap(),
+                seq: 3,
+                present: true,
+            }],
+        }],
+        digest: vec![],
+    };
+    // From q: queued for p (paced, so still waiting) ...
+    assert!(t.handle_interest("q", &entry, ms(1)).is_empty());
+    assert!(t.has_pending("p"));
+    assert!(!t.has_pending("q"));
+    // ... and p sends the same version meanwhile: p need not hear it.
+    assert!(t.handle_interest("p", &entry, ms(2)).is_empty());
+    assert!(!t.has_pending("p"));
+}
