@@ -787,6 +787,18 @@ impl InterestTable {
         self.changed.pop_first()
     }
 
+    /// Hands `name` out again at the next [`InterestTable::poll_route_change`]
+    /// (its install did not reach the registry).
+    pub fn retry_route(&mut self, name: Arc<str>) {
+        self.changed.insert(name);
+    }
+
+    /// Every name with remote interest is handed out again (the registry's
+    /// remote routes must be rebuilt).
+    pub fn retry_all_routes(&mut self) {
+        self.changed.extend(self.by_name.keys().cloned());
+    }
+
     /// Recomputes next hops if the topology changed; names of origins whose
     /// next hop or reachability changed are marked changed.
     fn refresh_routes(&mut self) {

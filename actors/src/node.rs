@@ -165,6 +165,11 @@ impl Actor for NodeSupervisor {
             error!(actor = kind.as_str(), reason = %why, "child actor ended; restarting");
             counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => kind.as_str()).increment(1);
             st.start(kind, &myself).await?;
+            if kind == ChildKind::Table
+                && let Some(fed) = st.ctx.fed.actor()
+            {
+                let _ = fed.send_message(crate::fed::shared::FedMsg::ResyncRoutes);
+            }
         }
         Ok(())
     }

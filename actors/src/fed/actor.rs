@@ -142,6 +142,7 @@ impl Actor for FederationActor {
                 st.dynamic = peers;
                 st.reconcile_dials(&myself).await;
             }
+            FedMsg::ResyncRoutes => st.interest().retry_all_routes(),
             FedMsg::Tick => {
                 if st.wake_at.is_some_and(|w| w <= Instant::now()) {
                     st.wake_at = None;
@@ -374,6 +375,7 @@ impl FedState {
             // spin the actor.)
             self.wake_by(myself, self.start + at.max(now + Duration::from_millis(5)));
         }
+        let mut lost: Vec<Arc<str>> = Vec::new();
         for (name, dests) in changed {
             let mut groups: BTreeMap<NodeId, Vec<NodeId>> = BTreeMap::new();
             for (origin, via) in dests {
@@ -391,10 +393,27 @@ impl FedState {
                     })
                 })
                 .collect();
-            let _ = self.ctx.table().send_message(TableMsg::SetRemote {
+            let sent = self.ctx.table().send_message(TableMsg::SetRemote {
                 key: name.to_string(),
                 remote,
             });
+            if sent.is_err() {
+                // The table actor is between incarnations: try again soon
+                // (its restart also asks for every route again).
+                lost.push(name);
+            }
+        }
+        if !lost.is_empty() {
+            warn!(
+                names = lost.len(),
+                "subscription-table actor not running; remote routes will be installed again"
+            );
+            let mut t = self.interest();
+            for n in lost {
+                t.retry_route(n);
+            }
+            drop(t);
+            self.wake_by(myself, Instant::now() + Duration::from_millis(100));
         }
     }
 }

@@ -232,6 +232,9 @@ pub(crate) enum FedMsg {
         _permit: tokio::sync::OwnedSemaphorePermit,
     },
     SetDialPeers(Vec<PeerSpec>),
+    /// The subscription-table actor was restarted: install every remote
+    /// route again (what was in its mailbox is lost).
+    ResyncRoutes,
     /// Time to send what pacing or a full control queue held back, and (once
     /// a second) to expire tombstones and unreachable origins.
     Tick,
