@@ -37,10 +37,10 @@
 //!    while it has room; two nodes that propose each other are linked; two
 //!    rounds. The result is a near-regular pseudo-random graph (an expander),
 //!    whose diameter grows like log n: 4, 6 and 8 links at 20, 100 and 1,000
-//!    nodes with one third NATed (see the tests). 8 is the node's default
-//!    `max_hops`, beyond which interest does not reach: larger fleets, or
-//!    fleets with a larger NATed share (half: 9 at 1,000), need a larger
-//!    `max_degree` (8 gives 7 links up to 2,000 nodes) or `max_hops`.
+//!    nodes with one third NATed (see the tests). A forwarded message
+//!    may cross at most the node's `max_hops` (16 by default) nodes, well
+//!    above these (half NATed: 9 at 1,000); a larger `max_degree` (8 gives 7
+//!    links up to 2,000 nodes) shortens paths further.
 //!
 //! Connectivity wins over the degree bound: the ring and the uplinks are
 //! always planned, the chords only within it. So a node exceeds
@@ -240,8 +240,7 @@ fn full_mesh(sorted: &[&PlanNode]) -> Graph {
 /// (one third NATed) use 84 %, 90 %, 95 % of their links and the diameter is
 /// 9, 8, 8 links; in fleets of 100, one node joining or leaving changed
 /// 7.5, 9.5, 11.0 links on average, at most 17, 21, 25 (600 cases). Two
-/// keeps 1,000 nodes within the node's default `max_hops` (8) with less
-/// churn than three.
+/// keeps 1,000 nodes at diameter 8 with less churn than three.
 const CHORD_ROUNDS: usize = 2;
 
 /// Chord candidates per reachable node, as a multiple of `max_degree`: its
@@ -910,8 +909,7 @@ mod tests {
     }
 
     /// Links, max degree, diameter; the degree bound and the diameter bound
-    /// (8 at 1,000 nodes: the node's default `max_hops`, beyond which the
-    /// interest protocol does not reach) hold, and losing any one reachable
+    /// (8 at 1,000 nodes, half the node's default `max_hops` of 16) hold, and losing any one reachable
     /// node leaves the rest connected. Prints the figures (`--nocapture`).
     #[test]
     fn fleets_of_20_100_and_1000_nodes() {
