@@ -909,8 +909,8 @@ mod tests {
     }
 
     /// Links, max degree, diameter; the degree bound and the diameter bound
-    /// (8 at 1,000 nodes, half the node's default `max_hops` of 16) hold, and losing any one reachable
-    /// node leaves the rest connected. Prints the figures (`--nocapture`).
+    /// (8 at 1,000 nodes, half the node's default `max_hops` of 16) hold,
+    /// and losing any one reachable node leaves the rest connected. Prints the figures (`--nocapture`).
     #[test]
     fn fleets_of_20_100_and_1000_nodes() {
         let cfg = PlanConfig::default();
