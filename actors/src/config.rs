@@ -78,7 +78,9 @@ pub struct FederationConfig {
     /// First and largest reconnect delay of a dialled link (jittered).
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
-    /// Longest node path a forwarded message or an interest announcement may carry.
+    /// Longest node path a forwarded message may carry: a safety bound, since
+    /// routes follow shortest paths and a path holding this node is refused
+    /// anyway; 16 leaves room for any overlay the controller plans.
     pub max_hops: usize,
 }
 
@@ -96,7 +98,7 @@ impl Default for FederationConfig {
             control_queue: 4096,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
-            max_hops: 8,
+            max_hops: 16,
         }
     }
 }

@@ -1,106 +1,84 @@
-//! Interest propagation between nodes, sans-IO: announcements and link events
-//! in (`handle_*`), announcements to send and routes to install out (`poll_*`).
+//! Interest and topology propagation between nodes, sans-IO: link events,
+//! local changes and received frames in (`handle_*`); frames to send, routes
+//! to install and the next wake-up out (`poll_*`).
 //!
-//! It is a path-vector protocol over interest. A node announces "`origin` has
-//! subscribers of `name`; reach it through me" with the node path the route
-//! took (origin first, announcer last). Each node keeps, per (name, origin),
-//! the routes its peers announced and uses the shortest (ties: lowest peer id).
-//! Loops are impossible by construction: a node drops any path that already
-//! contains itself, never announces a route back to the peer it uses it
-//! through (split horizon) and caps paths at `max_hops`. There is no
-//! count-to-infinity: a withdrawn route is gone as soon as every path holding
-//! it has been withdrawn along it.
+//! Every node is the *origin* of a small set of entries: its **link set**
+//! (the peers it has a link up with) and one **name state** per name it has
+//! local subscribers of (present, or withdrawn: a tombstone). Entries are
+//! versioned by the origin — `(epoch, seq)`, the epoch being the origin's
+//! incarnation — and flooded unchanged to every node: a node that learns a
+//! newer entry stores it and passes it to every peer but the one it came
+//! from; an entry it already has (or an older one) stops there. So one
+//! change costs one small frame per link, whatever the path lengths, and a
+//! withdrawal is just another entry: nothing hunts for alternative paths
+//! (the path-vector protocol this replaces re-announced ever longer paths
+//! on every withdrawal and grew as N³–N⁴; see docs/BENCHMARKS.md).
+//!
+//! Routes come from the topology: an edge counts when both ends list each
+//! other (this node's own links count as soon as they are up); a breadth-
+//! first search from this node, neighbours in id order, gives every
+//! reachable origin its next hop. An unreachable origin's names are not
+//! routed to at all (a crashed node's clients vanish with its links), and
+//! it is forgotten after `unreachable_ttl`.
+//!
+//! Coalescing and pacing: what a peer must hear is a *set of keys*
+//! (origin, entry), read at send time, so ten changes of one name while a
+//! link is busy cost one entry; a peer gets at most one frame per `pace`,
+//! and the driver only takes a frame when the link's control queue has room
+//! (backpressure, never a reset).
+//!
+//! A link coming up exchanges *digests* (per origin: epoch, present-name
+//! count, an order-independent hash); each side then sends only the origins
+//! that differ. The origin is the authority on its own entries: a node that
+//! receives a stale entry about itself (after a partition, say) re-issues
+//! the truth with a higher seq, which floods and wins everywhere.
 //!
 //! The data plane uses the result as *destinations*: a publish is sent, per
 //! next-hop peer, with the list of origin nodes that peer must reach, so each
 //! interested node is reached through exactly one branch (exactly-once
 //! multicast in any mesh, not just in trees).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::Hasher;
 use std::sync::Arc;
+use std::time::Duration;
 
-use slim_wire::{Interest, InterestAdd, InterestRemove, Name};
+use slim_wire::{Interest, LinkSet, Name, NameState, OriginDigest, OriginUpdate};
 
 /// A node id.
 pub type NodeId = Arc<str>;
 
-type Key = (Arc<str>, NodeId);
-
-/// Why an announcement from a peer was ignored.
+/// Why (part of) a frame from a peer was ignored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InterestError {
-    #[error("interest from {peer}: empty path for {name}")]
-    EmptyPath { peer: String, name: String },
-    #[error("interest from {peer}: path for {name} does not end with the announcing node")]
-    NotFromPeer { peer: String, name: String },
-    #[error("interest from {peer}: path for {name} contains this node (a loop)")]
-    Loop { peer: String, name: String },
-    #[error("interest from {peer}: path for {name} is {len} hops, over the limit of {max}")]
-    TooLong {
-        peer: String,
-        name: String,
-        len: usize,
-        max: usize,
-    },
-    #[error("interest from {peer}: path for {name} repeats a node or has an invalid node id")]
-    BadPath { peer: String, name: String },
     #[error("interest from {peer}, which has no link up")]
     UnknownPeer { peer: String },
+    #[error("interest from {peer}: invalid origin node id {origin:?}")]
+    BadOrigin { peer: String, origin: String },
+    #[error("interest from {peer}: link set of {origin} is invalid ({why})")]
+    BadLinks {
+        peer: String,
+        origin: String,
+        why: &'static str,
+    },
+    #[error(
+        "interest from {peer}: the table is full ({max} entries); entries of {origin} not stored"
+    )]
+    TableFull {
+        peer: String,
+        origin: String,
+        max: usize,
+    },
 }
 
 impl InterestError {
     /// A short label for metrics.
     pub fn reason_label(&self) -> &'static str {
         match self {
-            InterestError::EmptyPath { .. } => "empty_path",
-            InterestError::NotFromPeer { .. } => "not_from_peer",
-            InterestError::Loop { .. } => "loop",
-            InterestError::TooLong { .. } => "too_long",
-            InterestError::BadPath { .. } => "bad_path",
             InterestError::UnknownPeer { .. } => "unknown_peer",
-        }
-    }
-}
-
-/// What to tell one peer: routes to add (or replace) and routes to withdraw.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Announce {
-    /// (name, path ending with this node).
-    pub add: Vec<(String, Vec<String>)>,
-    /// (name, origin).
-    pub remove: Vec<(String, String)>,
-}
-
-impl Announce {
-    pub fn is_empty(&self) -> bool {
-        self.add.is_empty() && self.remove.is_empty()
-    }
-
-    /// The `Interest` frame a link carries for this announcement. Names in
-    /// the table were validated when they entered it (a client's hello or
-    /// subscribe, a peer's decoded frame), so none is dropped here.
-    pub fn into_interest(self) -> Interest {
-        Interest {
-            add: self
-                .add
-                .into_iter()
-                .filter_map(|(name, path)| {
-                    Some(InterestAdd {
-                        name: Name::parse(&name).ok()?,
-                        path,
-                    })
-                })
-                .collect(),
-            remove: self
-                .remove
-                .into_iter()
-                .filter_map(|(name, origin)| {
-                    Some(InterestRemove {
-                        name: Name::parse(&name).ok()?,
-                        origin,
-                    })
-                })
-                .collect(),
+            InterestError::BadOrigin { .. } => "bad_origin",
+            InterestError::BadLinks { .. } => "bad_links",
+            InterestError::TableFull { .. } => "table_full",
         }
     }
 }
@@ -115,47 +93,207 @@ pub fn valid_node_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'))
 }
 
+/// Tuning of the protocol (the defaults suit fleets of 1 to 1,000 nodes).
+#[derive(Debug, Clone)]
+pub struct InterestConfig {
+    /// Least time between two frames to one peer; what changes meanwhile is
+    /// coalesced into the next frame.
+    pub pace: Duration,
+    /// How long a withdrawn name's tombstone is kept, so that an older
+    /// "present" still travelling some other path cannot resurrect it.
+    pub tombstone_ttl: Duration,
+    /// How long the entries of an origin no path reaches are kept (a node
+    /// that comes back within it is routed to at once; later it resyncs
+    /// through the digest of whichever link brings it back).
+    pub unreachable_ttl: Duration,
+    /// Entries (keys) per frame.
+    pub batch: usize,
+    /// Most entries (names of all origins, tombstones included) the table
+    /// holds; beyond it a peer's new entries are refused with an error.
+    pub max_entries: usize,
+}
+
+impl Default for InterestConfig {
+    fn default() -> Self {
+        InterestConfig {
+            pace: Duration::from_millis(20),
+            tombstone_ttl: Duration::from_secs(30),
+            unreachable_ttl: Duration::from_secs(60),
+            batch: 512,
+            max_entries: 2_000_000,
+        }
+    }
+}
+
+/// Most peers one link set may list.
+const MAX_LINKS: usize = 4096;
+
+/// One entry of an origin.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Item {
+    Links,
+    Name(Arc<str>),
+}
+
+type Key = (NodeId, Item);
+
+#[derive(Debug, Clone, Copy)]
+struct NameEntry {
+    seq: u64,
+    present: bool,
+}
+
+#[derive(Debug)]
+struct Origin {
+    epoch: u64,
+    links: Option<(u64, BTreeSet<NodeId>)>,
+    names: HashMap<Arc<str>, NameEntry>,
+    present: u32,
+    /// XOR of the present names' hashes and the link set's.
+    hash: u64,
+    unreachable_since: Option<Duration>,
+}
+
+impl Origin {
+    fn new(epoch: u64) -> Self {
+        Origin {
+            epoch,
+            links: None,
+            names: HashMap::new(),
+            present: 0,
+            hash: 0,
+            unreachable_since: None,
+        }
+    }
+
+    fn digest(&self, id: &str) -> OriginDigest {
+        OriginDigest {
+            origin: id.to_owned(),
+            epoch: self.epoch,
+            names: self.present,
+            hash: self.hash,
+        }
+    }
+
+    fn entries(&self) -> usize {
+        self.names.len() + usize::from(self.links.is_some())
+    }
+}
+
+/// What one peer still has to hear.
+#[derive(Debug, Default)]
+struct Peer {
+    pending: BTreeSet<Key>,
+    digest: VecDeque<OriginDigest>,
+    next_at: Duration,
+}
+
+impl Peer {
+    fn has_work(&self) -> bool {
+        !self.pending.is_empty() || !self.digest.is_empty()
+    }
+}
+
+/// A stable 64-bit hash (the same on every node and release, unlike std's
+/// randomly keyed one): FNV-1a, then a finaliser so XORs of many stay spread.
+fn stable_hash(tag: u8, name: &str, seq: u64) -> u64 {
+    let mut h = fnv::FnvHasher::default();
+    h.write_u8(tag);
+    h.write(name.as_bytes());
+    h.write_u64(seq);
+    let mut x = h.finish();
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn name_hash(name: &str, seq: u64) -> u64 {
+    stable_hash(1, name, seq)
+}
+
+fn links_hash(seq: u64) -> u64 {
+    stable_hash(2, "", seq)
+}
+
 /// The interest state of one node.
 #[derive(Debug)]
 pub struct InterestTable {
     me: NodeId,
-    max_hops: usize,
-    /// Peers with a link up.
-    peers: BTreeSet<NodeId>,
-    /// Names with local subscribers.
+    cfg: InterestConfig,
+    /// This node's incarnation and its last seq.
+    epoch: u64,
+    seq: u64,
+    /// Names with local subscribers (the truth about this origin).
     local: BTreeSet<Arc<str>>,
-    /// (name, origin) → peer → path as that peer announced it.
-    learned: HashMap<Key, BTreeMap<NodeId, Vec<NodeId>>>,
-    /// Index of `learned`: name → origins with at least one route.
-    origins: HashMap<Arc<str>, BTreeSet<NodeId>>,
-    /// What each peer was last told: peer → (name, origin) → path.
-    told: HashMap<NodeId, HashMap<Key, Vec<NodeId>>>,
-    /// Changes not yet polled: peer → (name, origin) → Some(path) add / None remove.
-    pending: BTreeMap<NodeId, BTreeMap<Key, Option<Vec<NodeId>>>>,
+    peers: BTreeMap<NodeId, Peer>,
+    origins: HashMap<NodeId, Origin>,
+    /// Name → remote origins where it is present (reachable or not).
+    by_name: HashMap<Arc<str>, BTreeSet<NodeId>>,
+    /// Reachable remote origin → the peer it is reached through.
+    routes: HashMap<NodeId, NodeId>,
+    topo_dirty: bool,
     /// Names whose remote destinations changed since the last poll.
     changed: BTreeSet<Arc<str>>,
+    /// Tombstones by expiry: (expires, origin, name, seq).
+    tombstones: VecDeque<(Duration, NodeId, Arc<str>, u64)>,
+    entries: usize,
+    now: Duration,
 }
 
-/// Entries per announcement, so one frame stays far below the frame limit.
-const BATCH: usize = 256;
-
 impl InterestTable {
-    pub fn new(me: &str, max_hops: usize) -> Self {
+    /// A table for node `me`; `epoch` must grow across the node's restarts
+    /// (its start time in µs since the Unix epoch serves).
+    pub fn new(me: &str, epoch: u64, cfg: InterestConfig) -> Self {
+        let me: NodeId = Arc::from(me);
+        let mut origins = HashMap::new();
+        let mut own = Origin::new(epoch);
+        own.links = Some((1, BTreeSet::new()));
+        own.hash = links_hash(1);
+        origins.insert(Arc::clone(&me), own);
         InterestTable {
-            me: Arc::from(me),
-            max_hops: max_hops.max(1),
-            peers: BTreeSet::new(),
+            me,
+            cfg,
+            epoch,
+            seq: 1,
             local: BTreeSet::new(),
-            learned: HashMap::new(),
-            origins: HashMap::new(),
-            told: HashMap::new(),
-            pending: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            origins,
+            by_name: HashMap::new(),
+            routes: HashMap::new(),
+            topo_dirty: false,
             changed: BTreeSet::new(),
+            tombstones: VecDeque::new(),
+            entries: 1,
+            now: Duration::ZERO,
         }
     }
 
     pub fn me(&self) -> &str {
         &self.me
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Queues `key` for every peer except `except` (the one it came from).
+    /// The origin gets its own entries back too: that is how it learns
+    /// that a stale entry about it is around (after a partition) and
+    /// corrects it; it costs one entry per link of the origin.
+    fn flood(&mut self, key: Key, except: Option<&str>) {
+        for (id, p) in self.peers.iter_mut() {
+            if Some(&**id) == except {
+                continue;
+            }
+            p.pending.insert(key.clone());
+        }
     }
 
     /// Local subscribers of `name` appeared (`true`) or are all gone.
@@ -166,455 +304,626 @@ impl InterestTable {
             self.local.remove(name)
         };
         if changed {
-            let key = (Arc::from(name), Arc::clone(&self.me));
-            self.reconsider(&key, None);
+            self.originate_name(Arc::from(name), present);
         }
     }
 
-    /// A link to `peer` came up: it gets every route we can offer it (a full
-    /// resync; whatever it knew from an earlier link is gone with that link).
-    pub fn handle_peer_up(&mut self, peer: &str) {
+    /// Issues this node's entry for `name` with a new seq and floods it.
+    fn originate_name(&mut self, name: Arc<str>, present: bool) {
+        let seq = self.next_seq();
+        let me = Arc::clone(&self.me);
+        self.store_name(&me, &name, seq, present);
+        self.flood((me, Item::Name(name)), None);
+    }
+
+    /// Issues this node's link set with a new seq and floods it.
+    fn originate_links(&mut self) {
+        let seq = self.next_seq();
+        let peers: BTreeSet<NodeId> = self.peers.keys().cloned().collect();
+        let me = Arc::clone(&self.me);
+        let own = self.origins.get_mut(&me).expect("own origin");
+        if let Some((old, _)) = &own.links {
+            own.hash ^= links_hash(*old);
+        }
+        own.hash ^= links_hash(seq);
+        own.links = Some((seq, peers));
+        self.topo_dirty = true;
+        self.flood((me, Item::Links), None);
+    }
+
+    /// A link to `peer` came up: both ends re-issue their link sets and
+    /// exchange digests.
+    pub fn handle_peer_up(&mut self, peer: &str, now: Duration) {
+        self.now = self.now.max(now);
         let peer: NodeId = Arc::from(peer);
-        if !self.peers.insert(Arc::clone(&peer)) {
+        if self.peers.contains_key(&peer) {
             return;
         }
-        self.told.insert(Arc::clone(&peer), HashMap::new());
-        let mut keys: Vec<Key> = self.learned.keys().cloned().collect();
-        keys.extend(
-            self.local
-                .iter()
-                .map(|n| (Arc::clone(n), Arc::clone(&self.me))),
+        let mut digest: Vec<OriginDigest> =
+            self.origins.iter().map(|(id, o)| o.digest(id)).collect();
+        digest.sort_by(|a, b| a.origin.cmp(&b.origin));
+        self.peers.insert(
+            Arc::clone(&peer),
+            Peer {
+                pending: BTreeSet::new(),
+                digest: digest.into(),
+                next_at: now,
+            },
         );
-        for key in keys {
-            self.reconsider(&key, Some(&peer));
-        }
+        self.originate_links();
     }
 
-    /// The link to `peer` went down: every route learned from it is withdrawn.
-    pub fn handle_peer_down(&mut self, peer: &str) {
-        if !self.peers.remove(peer) {
+    /// The link to `peer` went down.
+    pub fn handle_peer_down(&mut self, peer: &str, now: Duration) {
+        self.now = self.now.max(now);
+        if self.peers.remove(peer).is_none() {
             return;
         }
-        self.told.remove(peer);
-        self.pending.remove(peer);
-        let keys: Vec<Key> = self
-            .learned
-            .iter()
-            .filter(|(_, by)| by.contains_key(peer))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in keys {
-            if let Some(by) = self.learned.get_mut(&key) {
-                by.remove(peer);
-                if by.is_empty() {
-                    self.forget(&key);
-                }
-            }
-            self.changed.insert(Arc::clone(&key.0));
-            self.reconsider(&key, None);
-        }
+        self.originate_links();
     }
 
-    /// `peer` announced a route. Invalid ones are refused (and ignored).
-    pub fn handle_add(
+    /// A frame from `peer`: merges its entries and answers its digest.
+    /// Returns the parts refused (the rest is applied).
+    pub fn handle_interest(
         &mut self,
         peer: &str,
-        name: &str,
-        path: &[String],
-    ) -> Result<(), InterestError> {
-        let err_ctx = || (peer.to_owned(), name.to_owned());
-        let Some(peer_id) = self.peers.get(peer).cloned() else {
-            return Err(InterestError::UnknownPeer { peer: peer.into() });
-        };
-        let (p, n) = err_ctx();
-        if path.is_empty() {
-            return Err(InterestError::EmptyPath { peer: p, name: n });
+        frame: &Interest,
+        now: Duration,
+    ) -> Vec<InterestError> {
+        self.now = self.now.max(now);
+        if !self.peers.contains_key(peer) {
+            return vec![InterestError::UnknownPeer { peer: peer.into() }];
         }
-        if path.last().map(String::as_str) != Some(peer) {
-            return Err(InterestError::NotFromPeer { peer: p, name: n });
+        let mut errors = Vec::new();
+        for u in &frame.updates {
+            if let Err(e) = self.handle_update(peer, u) {
+                errors.push(e);
+            }
         }
-        if path.iter().any(|x| **x == *self.me) {
-            return Err(InterestError::Loop { peer: p, name: n });
+        if !frame.digest.is_empty() {
+            self.handle_digest(peer, &frame.digest);
         }
-        if path.len() > self.max_hops {
-            return Err(InterestError::TooLong {
-                peer: p,
-                name: n,
-                len: path.len(),
-                max: self.max_hops,
+        errors
+    }
+
+    fn handle_update(&mut self, peer: &str, u: &OriginUpdate) -> Result<(), InterestError> {
+        if !valid_node_id(&u.origin) {
+            return Err(InterestError::BadOrigin {
+                peer: peer.into(),
+                origin: u.origin.clone(),
             });
         }
-        let distinct: BTreeSet<&str> = path.iter().map(String::as_str).collect();
-        if distinct.len() != path.len() || !path.iter().all(|x| valid_node_id(x)) {
-            return Err(InterestError::BadPath { peer: p, name: n });
+        if let Some(ls) = &u.links {
+            let why = if ls.peers.len() > MAX_LINKS {
+                Some("too many peers")
+            } else if !ls.peers.iter().all(|p| valid_node_id(p)) {
+                Some("invalid node id")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(InterestError::BadLinks {
+                    peer: peer.into(),
+                    origin: u.origin.clone(),
+                    why,
+                });
+            }
         }
-        let path: Vec<NodeId> = path.iter().map(|x| Arc::from(x.as_str())).collect();
-        let key: Key = (Arc::from(name), Arc::clone(&path[0]));
-        let before = self.best(&key).map(|(p, _)| Arc::clone(p));
-        self.learned
-            .entry(key.clone())
-            .or_default()
-            .insert(peer_id, path);
-        self.origins
-            .entry(Arc::clone(&key.0))
-            .or_default()
-            .insert(Arc::clone(&key.1));
-        if self.best(&key).map(|(p, _)| Arc::clone(p)) != before {
-            self.changed.insert(Arc::clone(&key.0));
+        if *u.origin == *self.me {
+            self.correct_own(u);
+            return Ok(());
         }
-        self.reconsider(&key, None);
+        let origin: NodeId = self
+            .origins
+            .get_key_value(u.origin.as_str())
+            .map(|(k, _)| Arc::clone(k))
+            .unwrap_or_else(|| Arc::from(u.origin.as_str()));
+        match self.origins.get(&origin).map(|o| o.epoch) {
+            Some(e) if e > u.epoch => return Ok(()), // an older incarnation
+            Some(e) if e < u.epoch => self.drop_origin(&origin),
+            _ => {}
+        }
+        if self.entries + u.names.len() + 1 > self.cfg.max_entries {
+            return Err(InterestError::TableFull {
+                peer: peer.into(),
+                origin: u.origin.clone(),
+                max: self.cfg.max_entries,
+            });
+        }
+        if !self.origins.contains_key(&origin) {
+            let mut o = Origin::new(u.epoch);
+            // Reachable or not is decided at the next route refresh.
+            o.unreachable_since = Some(self.now);
+            self.origins.insert(Arc::clone(&origin), o);
+            self.topo_dirty = true;
+        }
+        if let Some(ls) = &u.links {
+            let o = self.origins.get_mut(&origin).expect("inserted above");
+            if o.links.as_ref().is_none_or(|(s, _)| ls.seq > *s) {
+                if let Some((old, _)) = &o.links {
+                    o.hash ^= links_hash(*old);
+                } else {
+                    self.entries += 1;
+                }
+                o.hash ^= links_hash(ls.seq);
+                o.links = Some((
+                    ls.seq,
+                    ls.peers.iter().map(|p| Arc::from(p.as_str())).collect(),
+                ));
+                self.topo_dirty = true;
+                self.flood((Arc::clone(&origin), Item::Links), Some(peer));
+            }
+            let same = self.origins[&origin]
+                .links
+                .as_ref()
+                .is_some_and(|(s, _)| *s == ls.seq);
+            if same {
+                self.heard(peer, (Arc::clone(&origin), Item::Links));
+            }
+        }
+        for ns in &u.names {
+            let mine = self
+                .origins
+                .get(&origin)
+                .and_then(|o| o.names.get(ns.name.as_str()))
+                .map(|e| e.seq);
+            let name: Arc<str> = Arc::from(ns.name.as_str());
+            let key = (Arc::clone(&origin), Item::Name(Arc::clone(&name)));
+            if mine.is_none_or(|m| ns.seq > m) {
+                self.store_name(&origin, &name, ns.seq, ns.present);
+                self.flood(key.clone(), Some(peer));
+                self.heard(peer, key);
+            } else if mine == Some(ns.seq) {
+                self.heard(peer, key);
+            }
+        }
         Ok(())
     }
 
-    /// `peer` withdrew its route to `origin`'s subscribers of `name`.
-    pub fn handle_remove(&mut self, peer: &str, name: &str, origin: &str) {
-        let key: Key = (Arc::from(name), Arc::from(origin));
-        let before = self.best(&key).map(|(p, _)| Arc::clone(p));
-        let Some(by) = self.learned.get_mut(&key) else {
-            return;
-        };
-        if by.remove(peer).is_none() {
-            return;
+    /// `peer` has the version of `key` we hold: it need not hear it from us
+    /// (two neighbours that learned an entry at once would otherwise send it
+    /// to each other).
+    fn heard(&mut self, peer: &str, key: Key) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.pending.remove(&key);
         }
-        if by.is_empty() {
-            self.forget(&key);
-        }
-        if self.best(&key).map(|(p, _)| Arc::clone(p)) != before {
-            self.changed.insert(Arc::clone(&key.0));
-        }
-        self.reconsider(&key, None);
     }
 
-    /// The next announcement to send: (peer, what to tell it).
-    pub fn poll_announce(&mut self) -> Option<(NodeId, Announce)> {
-        let (peer, mut changes) = self.pending.pop_first()?;
-        let mut out = Announce::default();
-        while let Some((key, change)) = changes.pop_first() {
-            match change {
-                Some(path) => out.add.push((
-                    key.0.to_string(),
-                    path.iter().map(|x| x.to_string()).collect(),
-                )),
-                None => out.remove.push((key.0.to_string(), key.1.to_string())),
+    /// Someone holds an entry about this node: if it is not the truth, the
+    /// truth is re-issued with a higher seq.
+    fn correct_own(&mut self, u: &OriginUpdate) {
+        if u.epoch > self.epoch {
+            // Our clock went back across a restart: become newer than that
+            // incarnation and re-issue everything.
+            self.epoch = u.epoch + 1;
+            self.origins.get_mut(&self.me).expect("own origin").epoch = self.epoch;
+            let names: Vec<Arc<str>> = self.local.iter().cloned().collect();
+            for n in names {
+                self.originate_name(n, true);
             }
-            if out.add.len() + out.remove.len() >= BATCH {
+            self.originate_links();
+            return;
+        }
+        if u.epoch < self.epoch {
+            return; // our previous incarnation; our epoch supersedes it
+        }
+        let top = u
+            .names
+            .iter()
+            .map(|n| n.seq)
+            .chain(u.links.as_ref().map(|l| l.seq))
+            .max()
+            .unwrap_or(0);
+        self.seq = self.seq.max(top);
+        if u.links.as_ref().is_some_and(|l| {
+            self.origins[&self.me]
+                .links
+                .as_ref()
+                .is_none_or(|(s, _)| l.seq > *s)
+        }) {
+            self.originate_links();
+        }
+        for ns in &u.names {
+            let mine = self.origins[&self.me].names.get(ns.name.as_str()).copied();
+            // An entry newer than ours, or a "present" whose tombstone we
+            // already forgot: re-issue the truth. An older entry needs
+            // nothing: ours is newer and on its way.
+            let stale = match mine {
+                Some(m) => ns.seq > m.seq,
+                None => ns.present,
+            };
+            if stale {
+                let truth = self.local.contains(ns.name.as_str());
+                self.originate_name(Arc::from(ns.name.as_str()), truth);
+            }
+        }
+    }
+
+    /// The peer's digest: every origin it lacks or holds differently is
+    /// sent to it in full (tombstones included).
+    fn handle_digest(&mut self, peer: &str, digest: &[OriginDigest]) {
+        let theirs: HashMap<&str, &OriginDigest> =
+            digest.iter().map(|d| (d.origin.as_str(), d)).collect();
+        let mut keys = Vec::new();
+        for (id, o) in &self.origins {
+            // (The peer's own origin too: if we hold something stale about
+            // it, it corrects it.)
+            let differs = match theirs.get(&**id) {
+                None => true,
+                Some(d) if d.epoch > o.epoch => false, // ours is older: theirs comes our way
+                Some(d) => d.epoch != o.epoch || d.names != o.present || d.hash != o.hash,
+            };
+            if differs {
+                if o.links.is_some() {
+                    keys.push((Arc::clone(id), Item::Links));
+                }
+                keys.extend(
+                    o.names
+                        .keys()
+                        .map(|n| (Arc::clone(id), Item::Name(Arc::clone(n)))),
+                );
+            }
+        }
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.pending.extend(keys);
+        }
+    }
+
+    /// Stores one name state (already known to be newer).
+    fn store_name(&mut self, origin: &NodeId, name: &Arc<str>, seq: u64, present: bool) {
+        let Some(o) = self.origins.get_mut(origin) else {
+            return;
+        };
+        let old = o.names.insert(Arc::clone(name), NameEntry { seq, present });
+        match old {
+            Some(e) if e.present => {
+                o.hash ^= name_hash(name, e.seq);
+                o.present -= 1;
+            }
+            Some(_) => {}
+            None => self.entries += 1,
+        }
+        if present {
+            o.hash ^= name_hash(name, seq);
+            o.present += 1;
+        } else {
+            self.tombstones.push_back((
+                self.now + self.cfg.tombstone_ttl,
+                Arc::clone(origin),
+                Arc::clone(name),
+                seq,
+            ));
+        }
+        if *origin == self.me {
+            return;
+        }
+        let was = old.is_some_and(|e| e.present);
+        if was != present {
+            if present {
+                self.by_name
+                    .entry(Arc::clone(name))
+                    .or_default()
+                    .insert(Arc::clone(origin));
+            } else if let Some(set) = self.by_name.get_mut(name) {
+                set.remove(origin);
+                if set.is_empty() {
+                    self.by_name.remove(name);
+                }
+            }
+            if self.routes.contains_key(origin) {
+                self.changed.insert(Arc::clone(name));
+            }
+        }
+    }
+
+    /// Forgets every entry of `origin` (a newer incarnation, or unreachable
+    /// for too long).
+    fn drop_origin(&mut self, origin: &NodeId) {
+        let Some(o) = self.origins.remove(origin) else {
+            return;
+        };
+        self.entries -= o.entries();
+        let routed = self.routes.contains_key(origin);
+        for (name, e) in o.names {
+            if !e.present {
+                continue;
+            }
+            if let Some(set) = self.by_name.get_mut(&name) {
+                set.remove(origin);
+                if set.is_empty() {
+                    self.by_name.remove(&name);
+                }
+            }
+            if routed {
+                self.changed.insert(name);
+            }
+        }
+        for p in self.peers.values_mut() {
+            p.pending.retain(|k| k.0 != *origin);
+        }
+        self.topo_dirty = true;
+    }
+
+    /// Time passed: expired tombstones and long-unreachable origins go.
+    pub fn handle_tick(&mut self, now: Duration) {
+        self.now = self.now.max(now);
+        self.refresh_routes();
+        while let Some((at, _, _, _)) = self.tombstones.front() {
+            if *at > self.now {
                 break;
             }
+            let (_, origin, name, seq) = self.tombstones.pop_front().expect("front");
+            let Some(o) = self.origins.get_mut(&origin) else {
+                continue;
+            };
+            if o.names
+                .get(&name)
+                .is_some_and(|e| !e.present && e.seq == seq)
+            {
+                o.names.remove(&name);
+                self.entries -= 1;
+                for p in self.peers.values_mut() {
+                    p.pending
+                        .remove(&(Arc::clone(&origin), Item::Name(Arc::clone(&name))));
+                }
+            }
         }
-        if !changes.is_empty() {
-            self.pending.insert(Arc::clone(&peer), changes);
+        let ttl = self.cfg.unreachable_ttl;
+        let gone: Vec<NodeId> = self
+            .origins
+            .iter()
+            .filter(|(_, o)| o.unreachable_since.is_some_and(|t| t + ttl <= self.now))
+            .map(|(id, _)| Arc::clone(id))
+            .collect();
+        for id in gone {
+            self.drop_origin(&id);
         }
-        Some((peer, out))
+    }
+
+    /// The next frame for `peer`, if it has something to hear and its pace
+    /// allows one now.
+    pub fn poll_announce_to(&mut self, peer: &str, now: Duration) -> Option<Interest> {
+        self.now = self.now.max(now);
+        let batch = self.cfg.batch.max(1);
+        let p = self.peers.get_mut(peer)?;
+        if !p.has_work() || p.next_at > now {
+            return None;
+        }
+        p.next_at = now + self.cfg.pace;
+        let mut out = Interest {
+            updates: Vec::new(),
+            digest: Vec::new(),
+        };
+        let mut n = 0;
+        while n < batch {
+            let Some(d) = p.digest.pop_front() else {
+                break;
+            };
+            out.digest.push(d);
+            n += 1;
+        }
+        while n < batch {
+            let Some(key) = p.pending.pop_first() else {
+                break;
+            };
+            let Some(o) = self.origins.get(&key.0) else {
+                continue;
+            };
+            if out.updates.last().is_none_or(|u| *u.origin != *key.0) {
+                out.updates.push(OriginUpdate {
+                    origin: key.0.to_string(),
+                    epoch: o.epoch,
+                    links: None,
+                    names: Vec::new(),
+                });
+            }
+            let u = out.updates.last_mut().expect("pushed above");
+            match &key.1 {
+                Item::Links => {
+                    if let Some((seq, peers)) = &o.links {
+                        u.links = Some(LinkSet {
+                            seq: *seq,
+                            peers: peers.iter().map(|p| p.to_string()).collect(),
+                        });
+                        n += 1;
+                    }
+                }
+                Item::Name(name) => {
+                    let (Some(e), Ok(parsed)) = (o.names.get(name), Name::parse(name)) else {
+                        // A tombstone expired meanwhile; names in the table
+                        // were validated when they entered it.
+                        continue;
+                    };
+                    u.names.push(NameState {
+                        name: parsed,
+                        seq: e.seq,
+                        present: e.present,
+                    });
+                    n += 1;
+                }
+            }
+        }
+        out.updates
+            .retain(|u| u.links.is_some() || !u.names.is_empty());
+        (!out.updates.is_empty() || !out.digest.is_empty()).then_some(out)
+    }
+
+    /// The next frame for any peer (see [`InterestTable::poll_announce_to`]).
+    pub fn poll_announce(&mut self, now: Duration) -> Option<(NodeId, Interest)> {
+        let ready: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.has_work() && p.next_at <= now)
+            .map(|(id, _)| Arc::clone(id))
+            .collect();
+        for id in ready {
+            if let Some(f) = self.poll_announce_to(&id, now) {
+                return Some((id, f));
+            }
+        }
+        None
+    }
+
+    /// When a peer that has something to hear may next be sent a frame
+    /// (`None`: nobody waits).
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        self.peers
+            .values()
+            .filter(|p| p.has_work())
+            .map(|p| p.next_at)
+            .min()
+    }
+
+    /// Whether `peer` has anything waiting (sent or not because of pace or a
+    /// full queue).
+    pub fn has_pending(&self, peer: &str) -> bool {
+        self.peers.get(peer).is_some_and(Peer::has_work)
     }
 
     /// The next name whose remote destinations changed (read them with
     /// [`InterestTable::remote_dests`]).
     pub fn poll_route_change(&mut self) -> Option<Arc<str>> {
+        self.refresh_routes();
         self.changed.pop_first()
     }
 
+    /// Hands `name` out again at the next [`InterestTable::poll_route_change`]
+    /// (its install did not reach the registry).
+    pub fn retry_route(&mut self, name: Arc<str>) {
+        self.changed.insert(name);
+    }
+
+    /// Every name with remote interest is handed out again (the registry's
+    /// remote routes must be rebuilt).
+    pub fn retry_all_routes(&mut self) {
+        self.changed.extend(self.by_name.keys().cloned());
+    }
+
+    /// Recomputes next hops if the topology changed; names of origins whose
+    /// next hop or reachability changed are marked changed.
+    fn refresh_routes(&mut self) {
+        if !self.topo_dirty {
+            return;
+        }
+        self.topo_dirty = false;
+        let next = self.shortest_first_hops();
+        let mut moved: Vec<NodeId> = Vec::new();
+        for (o, via) in &next {
+            if self.routes.get(o) != Some(via) {
+                moved.push(Arc::clone(o));
+            }
+        }
+        for o in self.routes.keys() {
+            if !next.contains_key(o) {
+                moved.push(Arc::clone(o));
+            }
+        }
+        for (id, o) in self.origins.iter_mut() {
+            if *id == self.me {
+                continue;
+            }
+            if next.contains_key(id) {
+                o.unreachable_since = None;
+            } else if o.unreachable_since.is_none() {
+                o.unreachable_since = Some(self.now);
+            }
+        }
+        for id in moved {
+            if let Some(o) = self.origins.get(&id) {
+                self.changed.extend(
+                    o.names
+                        .iter()
+                        .filter(|(_, e)| e.present)
+                        .map(|(n, _)| Arc::clone(n)),
+                );
+            }
+        }
+        self.routes = next;
+    }
+
+    /// Breadth-first search from this node over confirmed edges; each
+    /// reachable node's first hop (neighbours in id order, so every node
+    /// computes the same trees from the same view).
+    fn shortest_first_hops(&self) -> HashMap<NodeId, NodeId> {
+        let mut hop: HashMap<NodeId, NodeId> = HashMap::new();
+        let mut queue: VecDeque<NodeId> = VecDeque::new();
+        for p in self.peers.keys() {
+            hop.insert(Arc::clone(p), Arc::clone(p));
+            queue.push_back(Arc::clone(p));
+        }
+        while let Some(x) = queue.pop_front() {
+            let first = Arc::clone(&hop[&x]);
+            let Some((_, links)) = self.origins.get(&x).and_then(|o| o.links.as_ref()) else {
+                continue;
+            };
+            for y in links {
+                if *y == self.me || hop.contains_key(y) {
+                    continue;
+                }
+                // Both ends must list each other.
+                let confirmed = self
+                    .origins
+                    .get(y)
+                    .and_then(|o| o.links.as_ref())
+                    .is_some_and(|(_, l)| l.contains(&x));
+                if confirmed {
+                    hop.insert(Arc::clone(y), Arc::clone(&first));
+                    queue.push_back(Arc::clone(y));
+                }
+            }
+        }
+        hop
+    }
+
     /// Remote nodes with subscribers of `name` and the peer each is reached
-    /// through.
+    /// through (unreachable ones are left out).
     pub fn remote_dests(&self, name: &str) -> Vec<(NodeId, NodeId)> {
-        let Some(origins) = self.origins.get(name) else {
+        let Some(origins) = self.by_name.get(name) else {
             return Vec::new();
         };
-        let name: Arc<str> = Arc::from(name);
         origins
             .iter()
-            .filter_map(|o| {
-                let key = (Arc::clone(&name), Arc::clone(o));
-                self.best(&key).map(|(p, _)| (Arc::clone(o), Arc::clone(p)))
-            })
+            .filter_map(|o| Some((Arc::clone(o), Arc::clone(self.routes.get(o)?))))
             .collect()
     }
 
-    /// Drops a (name, origin) that no peer offers any more.
-    fn forget(&mut self, key: &Key) {
-        self.learned.remove(key);
-        if let Some(set) = self.origins.get_mut(&key.0) {
-            set.remove(&key.1);
-            if set.is_empty() {
-                self.origins.remove(&key.0);
-            }
-        }
-    }
-
-    /// Every name with remote interest and the remote nodes interested.
+    /// Every name with reachable remote interest and the remote nodes
+    /// interested.
     pub fn remote_names(&self) -> BTreeMap<Arc<str>, Vec<NodeId>> {
-        let mut out: BTreeMap<Arc<str>, Vec<NodeId>> = BTreeMap::new();
-        for k in self.learned.keys() {
-            if self.best(k).is_some() {
-                out.entry(Arc::clone(&k.0))
-                    .or_default()
-                    .push(Arc::clone(&k.1));
+        let mut out = BTreeMap::new();
+        for (name, origins) in &self.by_name {
+            let v: Vec<NodeId> = origins
+                .iter()
+                .filter(|o| self.routes.contains_key(*o))
+                .cloned()
+                .collect();
+            if !v.is_empty() {
+                out.insert(Arc::clone(name), v);
             }
-        }
-        for v in out.values_mut() {
-            v.sort();
         }
         out
     }
 
-    /// Number of learned (name, origin, peer) routes.
+    /// Entries held (link sets and name states of every origin, tombstones
+    /// included): the table's memory.
     pub fn entry_count(&self) -> usize {
-        self.learned.values().map(BTreeMap::len).sum()
+        self.entries
+    }
+
+    /// Origins known (this node included).
+    pub fn origin_count(&self) -> usize {
+        self.origins.len()
+    }
+
+    /// Remote origins reachable now.
+    pub fn reachable_count(&self) -> usize {
+        self.routes.len()
     }
 
     pub fn peers(&self) -> impl Iterator<Item = &NodeId> {
-        self.peers.iter()
-    }
-
-    /// Shortest path, ties broken by the lowest peer id.
-    fn best(&self, key: &Key) -> Option<(&NodeId, &Vec<NodeId>)> {
-        self.learned
-            .get(key)?
-            .iter()
-            .min_by(|a, b| a.1.len().cmp(&b.1.len()).then_with(|| a.0.cmp(b.0)))
-    }
-
-    /// What `peer` should hear about `key` right now.
-    fn desired(&self, key: &Key, peer: &NodeId) -> Option<Vec<NodeId>> {
-        if key.1 == self.me {
-            return self
-                .local
-                .contains(&key.0)
-                .then(|| vec![Arc::clone(&self.me)]);
-        }
-        let (via, path) = self.best(key)?;
-        // Split horizon; and a peer already on the path would refuse it.
-        if via == peer || path.contains(peer) || path.len() + 1 > self.max_hops {
-            return None;
-        }
-        let mut p = path.clone();
-        p.push(Arc::clone(&self.me));
-        Some(p)
-    }
-
-    /// Queues whatever changed for `key` towards one peer or all of them.
-    fn reconsider(&mut self, key: &Key, only: Option<&NodeId>) {
-        let peers: Vec<NodeId> = match only {
-            Some(p) => vec![Arc::clone(p)],
-            None => self.peers.iter().cloned().collect(),
-        };
-        for peer in peers {
-            let want = self.desired(key, &peer);
-            let told = self.told.entry(Arc::clone(&peer)).or_default();
-            if told.get(key) == want.as_ref() {
-                continue;
-            }
-            match &want {
-                Some(p) => {
-                    told.insert(key.clone(), p.clone());
-                }
-                None => {
-                    told.remove(key);
-                }
-            }
-            self.pending
-                .entry(peer)
-                .or_default()
-                .insert(key.clone(), want);
-        }
+        self.peers.keys()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Delivers every pending announcement between tables until quiet; returns
-    /// the number of announcements exchanged.
-    fn settle(nodes: &mut [InterestTable]) -> usize {
-        let mut n = 0;
-        loop {
-            let mut msgs = Vec::new();
-            for t in nodes.iter_mut() {
-                while let Some((peer, a)) = t.poll_announce() {
-                    msgs.push((t.me().to_string(), peer.to_string(), a));
-                }
-            }
-            if msgs.is_empty() {
-                return n;
-            }
-            for (from, to, a) in msgs {
-                n += 1;
-                let t = nodes.iter_mut().find(|t| t.me() == to).expect("known node");
-                for (name, path) in &a.add {
-                    t.handle_add(&from, name, path).expect("valid announcement");
-                }
-                for (name, origin) in &a.remove {
-                    t.handle_remove(&from, name, origin);
-                }
-            }
-            assert!(n < 10_000, "announcements do not converge");
-        }
-    }
-
-    fn link(nodes: &mut [InterestTable], a: &str, b: &str) {
-        for (x, y) in [(a, b), (b, a)] {
-            nodes
-                .iter_mut()
-                .find(|t| t.me() == x)
-                .unwrap()
-                .handle_peer_up(y);
-        }
-    }
-
-    fn unlink(nodes: &mut [InterestTable], a: &str, b: &str) {
-        for (x, y) in [(a, b), (b, a)] {
-            nodes
-                .iter_mut()
-                .find(|t| t.me() == x)
-                .unwrap()
-                .handle_peer_down(y);
-        }
-    }
-
-    fn dests(nodes: &[InterestTable], at: &str, name: &str) -> Vec<(String, String)> {
-        nodes
-            .iter()
-            .find(|t| t.me() == at)
-            .unwrap()
-            .remote_dests(name)
-            .into_iter()
-            .map(|(o, p)| (o.to_string(), p.to_string()))
-            .collect()
-    }
-
-    fn s(a: &str, b: &str) -> (String, String) {
-        (a.into(), b.into())
-    }
-
-    #[test]
-    fn triangle_uses_direct_links_and_fails_over() {
-        let mut n: Vec<_> = ["a", "b", "c"]
-            .iter()
-            .map(|x| InterestTable::new(x, 8))
-            .collect();
-        link(&mut n, "a", "b");
-        link(&mut n, "b", "c");
-        link(&mut n, "a", "c");
-        n[0].handle_local("x/y/z", true);
-        n[2].handle_local("x/y/z", true);
-        settle(&mut n);
-        assert_eq!(dests(&n, "b", "x/y/z"), vec![s("a", "a"), s("c", "c")]);
-        assert_eq!(dests(&n, "a", "x/y/z"), vec![s("c", "c")]);
-        // a–b fails: b reaches a through c.
-        unlink(&mut n, "a", "b");
-        settle(&mut n);
-        assert_eq!(dests(&n, "b", "x/y/z"), vec![s("a", "c"), s("c", "c")]);
-        // And back.
-        link(&mut n, "a", "b");
-        settle(&mut n);
-        assert_eq!(dests(&n, "b", "x/y/z"), vec![s("a", "a"), s("c", "c")]);
-        // a's subscribers leave: nobody routes to a any more.
-        n[0].handle_local("x/y/z", false);
-        settle(&mut n);
-        assert_eq!(dests(&n, "b", "x/y/z"), vec![s("c", "c")]);
-        assert_eq!(dests(&n, "c", "x/y/z"), vec![]);
-        // b keeps c's direct route and the alternative through a.
-        assert_eq!(n[1].entry_count(), 2);
-    }
-
-    #[test]
-    fn chain_propagates_and_withdraws_without_counting_to_infinity() {
-        // spoke1 – hub – spoke2, plus a ring back to test loop-freedom.
-        let ids = ["s1", "hub", "s2", "s3"];
-        let mut n: Vec<_> = ids.iter().map(|x| InterestTable::new(x, 8)).collect();
-        link(&mut n, "s1", "hub");
-        link(&mut n, "hub", "s2");
-        link(&mut n, "s2", "s3");
-        link(&mut n, "s3", "s1");
-        n[2].handle_local("o/n/s", true);
-        settle(&mut n);
-        assert_eq!(dests(&n, "s1", "o/n/s"), vec![s("s2", "hub")]);
-        n[2].handle_local("o/n/s", false);
-        let msgs = settle(&mut n);
-        assert!(msgs < 50, "withdrawal took {msgs} announcements");
-        for id in ids {
-            assert_eq!(dests(&n, id, "o/n/s"), vec![], "{id}");
-        }
-        assert!(n.iter().all(|t| t.entry_count() == 0));
-        assert!(
-            n.iter()
-                .all(|t| t.origins.is_empty() && t.remote_names().is_empty())
-        );
-    }
-
-    #[test]
-    fn bad_announcements_are_refused() {
-        let mut t = InterestTable::new("me", 3);
-        assert!(matches!(
-            t.handle_add("p", "a/b/c", &["p".into()]),
-            Err(InterestError::UnknownPeer { .. })
-        ));
-        t.handle_peer_up("p");
-        let cases: Vec<(Vec<String>, &str)> = vec![
-            (vec![], "empty_path"),
-            (vec!["q".into()], "not_from_peer"),
-            (vec!["me".into(), "p".into()], "loop"),
-            (
-                vec!["a".into(), "b".into(), "c".into(), "p".into()],
-                "too_long",
-            ),
-            (vec!["p".into(), "p".into()], "bad_path"),
-            (vec!["a b".into(), "p".into()], "bad_path"),
-        ];
-        for (path, want) in cases {
-            let e = t.handle_add("p", "a/b/c", &path).unwrap_err();
-            assert_eq!(e.reason_label(), want, "{path:?}");
-        }
-        assert_eq!(t.entry_count(), 0);
-        assert!(t.poll_route_change().is_none());
-    }
-
-    #[test]
-    fn peer_up_gets_a_full_resync_and_split_horizon_holds() {
-        let mut t = InterestTable::new("me", 8);
-        t.handle_local("a/b/c", true);
-        t.handle_peer_up("p");
-        t.handle_add("p", "x/y/z", &["o".into(), "p".into()])
-            .unwrap();
-        let (peer, a) = t.poll_announce().unwrap();
-        assert_eq!(&*peer, "p");
-        // p hears about our local interest, not about the route it gave us.
-        assert_eq!(a.add, vec![("a/b/c".to_string(), vec!["me".to_string()])]);
-        assert!(t.poll_announce().is_none());
-        t.handle_peer_up("q");
-        let (peer, mut a) = t.poll_announce().unwrap();
-        assert_eq!(&*peer, "q");
-        a.add.sort();
-        assert_eq!(
-            a.add,
-            vec![
-                ("a/b/c".to_string(), vec!["me".to_string()]),
-                (
-                    "x/y/z".to_string(),
-                    vec!["o".to_string(), "p".to_string(), "me".to_string()]
-                ),
-            ]
-        );
-        // p goes away: q is told to forget the route through us.
-        t.handle_peer_down("p");
-        let (peer, a) = t.poll_announce().unwrap();
-        assert_eq!(&*peer, "q");
-        assert_eq!(a.remove, vec![("x/y/z".to_string(), "o".to_string())]);
-        assert_eq!(t.poll_route_change().as_deref(), Some("x/y/z"));
-    }
-
-    #[test]
-    fn large_resyncs_are_batched() {
-        let mut t = InterestTable::new("me", 8);
-        for i in 0..1000 {
-            t.handle_local(&format!("a/b/c{i}"), true);
-        }
-        t.handle_peer_up("p");
-        let mut total = 0;
-        while let Some((_, a)) = t.poll_announce() {
-            assert!(a.add.len() <= BATCH);
-            total += a.add.len();
-        }
-        assert_eq!(total, 1000);
-    }
-}
+mod tests;

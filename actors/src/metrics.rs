@@ -66,7 +66,7 @@ pub const LINKS: &str = "slim_links";
 pub const LINK_FRAMES_TOTAL: &str = "slim_link_frames_total";
 /// Bytes over peer links (`direction` = `in`/`out`).
 pub const LINK_BYTES_TOTAL: &str = "slim_link_bytes_total";
-/// Messages a link did not carry (`reason` = `queue_full`, `loop`, `control_overflow`).
+/// Messages a link did not carry (`reason` = `queue_full`, `loop`).
 pub const LINK_DROPS_TOTAL: &str = "slim_link_drops_total";
 /// Redials of dialled links (after a failure or a link going down).
 pub const LINK_RECONNECTS_TOTAL: &str = "slim_link_reconnects_total";
@@ -76,13 +76,20 @@ pub const LINK_CONNECT_FAILURES_TOTAL: &str = "slim_link_connect_failures_total"
 pub const LINK_REFUSALS_TOTAL: &str = "slim_link_refusals_total";
 /// Live links that ended on an error (`reason`).
 pub const LINK_DOWN_TOTAL: &str = "slim_link_down_total";
-/// Learned (name, origin node, peer) interest routes.
+/// Interest entries held (link sets and name states of every origin node,
+/// tombstones included).
 pub const INTEREST_ENTRIES: &str = "slim_interest_entries";
-/// Interest announcements ignored as invalid (`reason`).
+/// Origin nodes whose interest entries this node holds (itself included).
+pub const INTEREST_ORIGINS: &str = "slim_interest_origins";
+/// Bytes of interest frames sent to peers.
+pub const INTEREST_BYTES_TOTAL: &str = "slim_interest_bytes_total";
+/// Times interest for a peer waited because its control queue was full.
+pub const INTEREST_DEFERRED_TOTAL: &str = "slim_interest_deferred_total";
+/// Interest entries refused as invalid (`reason`).
+pub const INTEREST_REFUSED_TOTAL: &str = "slim_interest_refused_total";
 /// What a policy reload took away from established connections, by `what`
 /// (`connection`, `subscription`).
 pub const POLICY_REVOCATIONS_TOTAL: &str = "slim_policy_revocations_total";
-pub const INTEREST_REFUSED_TOTAL: &str = "slim_interest_refused_total";
 
 pub fn denied(action: &'static str) {
     counter!(AUTHZ_DENIED_TOTAL, "action" => action).increment(1);

@@ -165,6 +165,11 @@ impl Actor for NodeSupervisor {
             error!(actor = kind.as_str(), reason = %why, "child actor ended; restarting");
             counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => kind.as_str()).increment(1);
             st.start(kind, &myself).await?;
+            if kind == ChildKind::Table
+                && let Some(fed) = st.ctx.fed.actor()
+            {
+                let _ = fed.send_message(crate::fed::shared::FedMsg::ResyncRoutes);
+            }
         }
         Ok(())
     }
@@ -380,7 +385,7 @@ pub async fn start(
         policy_gen: AtomicU64::new(0),
         hook: RwLock::new(None),
         hook_set: std::sync::atomic::AtomicBool::new(false),
-        fed: Fed::new(&cfg.node_id, cfg.federation.max_hops),
+        fed: Fed::new(&cfg.node_id),
         tag: format!(
             "{}#{}",
             cfg.node_id,

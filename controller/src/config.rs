@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::authz::Authz;
 use crate::fleet::FleetConfig;
+use crate::plan::PlanConfig;
 use crate::proto::Limits;
 use crate::server::ControllerConfig;
 
@@ -19,6 +20,8 @@ pub struct FileConfig {
     pub controller: ControllerSection,
     pub identity: IdentitySection,
     pub authz: AuthzSection,
+    #[serde(default)]
+    pub plan: PlanSection,
     #[serde(default)]
     pub metrics: MetricsSection,
     #[serde(default)]
@@ -46,6 +49,26 @@ impl Default for ControllerSection {
             startup_hold_ms: f.startup_hold.as_millis() as u64,
             max_frame_bytes: Limits::default().max_frame,
             max_connections: 10_000,
+        }
+    }
+}
+
+/// Link planning; see `plan.rs` and the reference config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlanSection {
+    pub full_mesh_max: usize,
+    pub max_degree: usize,
+    pub nat_uplinks: usize,
+}
+
+impl Default for PlanSection {
+    fn default() -> Self {
+        let p = PlanConfig::default();
+        PlanSection {
+            full_mesh_max: p.full_mesh_max,
+            max_degree: p.max_degree,
+            nat_uplinks: p.nat_uplinks,
         }
     }
 }
@@ -183,6 +206,19 @@ impl FileConfig {
                 "controller.max_frame_bytes must be at least 4096".into(),
             ));
         }
+        // The ring over the reachable nodes takes two links of each; with
+        // fewer than three nothing is left for chords or NATed uplinks.
+        if self.plan.max_degree < 3 {
+            return Err(ConfigError::Invalid(
+                "plan.max_degree must be at least 3".into(),
+            ));
+        }
+        if self.plan.nat_uplinks == 0 {
+            return Err(ConfigError::Invalid(
+                "plan.nat_uplinks must be at least 1: a NATed node without uplinks is cut off"
+                    .into(),
+            ));
+        }
         // The controller has no static cert/key/bundle mode: it needs a
         // source that rotates (files dir, SPIRE, dev).
         self.identity.check(false).map_err(ConfigError::Invalid)?;
@@ -212,6 +248,11 @@ impl FileConfig {
         cfg.fleet = FleetConfig {
             plan_grace: Duration::from_secs(c.plan_grace_secs),
             startup_hold: Duration::from_millis(c.startup_hold_ms),
+            plan: PlanConfig {
+                full_mesh_max: self.plan.full_mesh_max,
+                max_degree: self.plan.max_degree,
+                nat_uplinks: self.plan.nat_uplinks,
+            },
         };
         cfg.limits = Limits {
             max_frame: c.max_frame_bytes,
@@ -234,6 +275,45 @@ mod tests {
         assert_eq!(c.listen.port(), 4600);
         assert!(!c.nodes.is_empty() && !c.admins.is_empty());
         assert!(c.data_dir.is_absolute());
+        // The reference file shows the defaults.
+        assert_eq!(c.fleet.plan, PlanConfig::default());
+    }
+
+    #[test]
+    fn plan_section_is_read_and_checked() {
+        let base = "[identity]\ndir = \"d\"\n[authz]\nnodes = [\"spiffe://a/x\"]\n";
+        let cfg = FileConfig::parse(
+            &format!("{base}[plan]\nfull_mesh_max = 0\nmax_degree = 8\nnat_uplinks = 3\n"),
+            Path::new("/x.toml"),
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.controller_config().fleet.plan,
+            PlanConfig {
+                full_mesh_max: 0,
+                max_degree: 8,
+                nat_uplinks: 3
+            }
+        );
+        let defaults = FileConfig::parse(base, Path::new("/x.toml")).unwrap();
+        assert_eq!(
+            defaults.controller_config().fleet.plan,
+            PlanConfig::default()
+        );
+        for (bad, key) in [
+            ("max_degree = 2", "max_degree"),
+            ("nat_uplinks = 0", "nat_uplinks"),
+        ] {
+            let cfg =
+                FileConfig::parse(&format!("{base}[plan]\n{bad}\n"), Path::new("/x.toml")).unwrap();
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+        assert!(
+            FileConfig::parse(&format!("{base}[plan]\ndegree = 4\n"), Path::new("/x.toml"))
+                .is_err()
+        );
     }
 
     #[test]

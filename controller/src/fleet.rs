@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::plan::{Plan, PlanNode, plan};
+use crate::plan::{Plan, PlanConfig, PlanNode, plan_with};
 use crate::proto::{
     ChannelNode, ChannelView, LinkView, NodeView, PeerSpec, Register, Report, ReportDelta,
     RouteInfo,
@@ -31,6 +31,8 @@ pub type ConnId = u64;
 pub struct FleetConfig {
     pub plan_grace: Duration,
     pub startup_hold: Duration,
+    /// How links are planned (full mesh for small fleets, sparse above).
+    pub plan: PlanConfig,
 }
 
 impl Default for FleetConfig {
@@ -38,6 +40,7 @@ impl Default for FleetConfig {
         FleetConfig {
             plan_grace: Duration::from_secs(300),
             startup_hold: Duration::from_secs(10),
+            plan: PlanConfig::default(),
         }
     }
 }
@@ -293,14 +296,18 @@ impl Fleet {
 
     /// The next dial set to send: a connected node whose planned set differs
     /// from what its connection was last sent. `None` during the startup hold.
+    /// Only nodes whose own set changed are sent anything: a node joining a
+    /// large fleet changes few links (see `plan`), so it costs few pushes.
     pub fn poll_push(&mut self, now: Instant) -> Option<(ConnId, Vec<PeerSpec>)> {
         if now < self.hold_until {
             return None;
         }
         for (id, e) in &self.nodes {
             let Some(conn) = e.conn else { continue };
-            let want = self.plan.dials.get(id).cloned().unwrap_or_default();
-            if self.pushed.get(&conn) != Some(&want) {
+            // Compared in place: this scans every node on each call.
+            let want = self.plan.dials.get(id).map_or(&[][..], Vec::as_slice);
+            if self.pushed.get(&conn).map(Vec::as_slice) != Some(want) {
+                let want = want.to_vec();
                 self.pushed.insert(conn, want.clone());
                 return Some((conn, want));
             }
@@ -411,7 +418,7 @@ impl Fleet {
                 spiffe_id: e.spiffe_id.clone(),
             })
             .collect();
-        self.plan = plan(&input);
+        self.plan = plan_with(&input, &self.cfg.plan);
         // A hearsay node is only a stand-in for links that already exist:
         // keep it in the dial sets of the nodes that said they dial it, and
         // plan no new link to it until it registers itself.
@@ -454,6 +461,7 @@ mod tests {
         FleetConfig {
             plan_grace: Duration::from_secs(60),
             startup_hold: Duration::from_secs(10),
+            plan: PlanConfig::default(),
         }
     }
 
@@ -812,5 +820,44 @@ mod tests {
             }
         }
         assert_eq!(merged, Some(answer));
+    }
+
+    #[test]
+    fn one_more_node_in_a_fleet_of_50_pushes_to_few_nodes() {
+        let t0 = Instant::now();
+        let after = t0 + Duration::from_secs(10);
+        let max = PlanConfig::default().max_degree;
+        for (newcomer, ext) in [("n25x", Some("10.0.1.1:1")), ("n25y", None)] {
+            let mut f = Fleet::new(cfg(), t0);
+            for i in 0..50u64 {
+                let id = format!("n{i:02}");
+                let addr = format!("10.0.0.{}:1", i + 1);
+                // One in three NATed.
+                let r = reg(&id, (i % 3 != 2).then_some(addr.as_str()));
+                f.handle_register(i, &format!("spiffe://x/{id}"), r, 0)
+                    .unwrap();
+            }
+            assert_eq!(drain(&mut f, after).len(), 50);
+            let links_before = f.plan().link_count();
+            f.handle_register(50, "spiffe://x/new", reg(newcomer, ext), 0)
+                .unwrap();
+            let pushes = drain(&mut f, after);
+            eprintln!(
+                "{newcomer} joins 50 nodes ({links_before} links): {} pushes",
+                pushes.len()
+            );
+            assert!(pushes.iter().any(|(c, _)| *c == 50));
+            assert!(pushes.len() <= 2 * max, "{pushes:?}");
+            // Each push is the node's whole set, as planned.
+            for (c, peers) in &pushes {
+                let id = f.node_of(*c).unwrap();
+                let planned: Vec<String> = f.plan().dials[id]
+                    .iter()
+                    .map(|p| p.node_id.clone())
+                    .collect();
+                assert_eq!(peers, &planned);
+            }
+            assert_eq!(drain(&mut f, after), vec![]);
+        }
     }
 }

@@ -28,6 +28,7 @@ async fn start_controller(pki: &Pki, dir: &Path, listen: SocketAddr) -> Controll
     cfg.fleet = FleetConfig {
         plan_grace: Duration::from_secs(300),
         startup_hold: Duration::from_millis(1500),
+        ..FleetConfig::default()
     };
     let identity = pki.identity("controller");
     // A restarted controller binds the port its predecessor just released.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use slim_actors::{HookVerdict, LinkDirection, LinkState, NodeEvent, NodeHandle};
 use slim_client::Client;
 use slim_tests::*;
-use slim_wire::{ErrorCode, Frame, Mode, PROTOCOL_VERSION, PeerHello};
+use slim_wire::{ErrorCode, Frame, LINK_PROTOCOL_VERSION, Mode, PeerHello};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
@@ -494,9 +494,18 @@ subscribe = ["acme/**"]
 
 /// Sends a peer hello on a raw connection and returns the node's answer.
 async fn raw_peer_hello(node: SocketAddr, identity: &slim_auth::Identity, id: &str) -> Frame {
+    raw_peer_hello_v(node, identity, id, LINK_PROTOCOL_VERSION).await
+}
+
+async fn raw_peer_hello_v(
+    node: SocketAddr,
+    identity: &slim_auth::Identity,
+    id: &str,
+    version: u16,
+) -> Frame {
     let mut raw = RawConn::connect(node, identity).await;
     let f = Frame::PeerHello(PeerHello {
-        version: PROTOCOL_VERSION,
+        version,
         node_id: id.into(),
     });
     let bytes = slim_wire::codec::encode_to_vec(&f, &slim_wire::Limits::default()).unwrap();
@@ -528,6 +537,15 @@ async fn only_identities_granted_peer_may_open_a_link() {
     let node_id = pki.identity("node");
     match raw_peer_hello(b.local_addr(), &node_id, "bad id!").await {
         Frame::Reject(r) => assert_eq!(r.code, ErrorCode::PROTOCOL, "{r:?}"),
+        other => panic!("expected a reject, got {other:?}"),
+    }
+    // A node of the previous link protocol (path-vector interest) is told
+    // why it cannot link.
+    match raw_peer_hello_v(b.local_addr(), &node_id, "old", LINK_PROTOCOL_VERSION - 1).await {
+        Frame::Reject(r) => {
+            assert_eq!(r.code, ErrorCode::VERSION, "{r:?}");
+            assert!(r.reason.contains("same link protocol"), "{}", r.reason);
+        }
         other => panic!("expected a reject, got {other:?}"),
     }
     assert!(b.links().is_empty());

@@ -12,6 +12,11 @@ use crate::Name;
 /// Protocol version carried in [`Hello`].
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// Node-to-node protocol version carried in [`PeerHello`]. 2: interest is
+/// flooded per origin (link sets and name states, last writer wins) instead
+/// of path-vector routes; a version-1 node cannot link with a version-2 one.
+pub const LINK_PROTOCOL_VERSION: u16 = 2;
+
 /// How a publish is routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
@@ -222,31 +227,58 @@ pub struct PeerAccept {
     pub node_id: String,
 }
 
-/// One route a node announces: "`path[0]` has subscribers of `name`, reach it
-/// through me". `path` lists node ids from the interested node to the
-/// announcing node (last); a node never accepts a path that contains itself.
-/// Layout: `[name: str, path: [str]]`.
+/// A node's peer links as it last announced them: the topology half of the
+/// interest protocol (an edge counts only when both ends list each other).
+/// Layout: `[seq: u64, peers: [str]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InterestAdd {
-    pub name: Name,
-    pub path: Vec<String>,
+pub struct LinkSet {
+    pub seq: u64,
+    pub peers: Vec<String>,
 }
 
-/// Withdraws the route to `origin`'s subscribers of `name`.
-/// Layout: `[name: str, origin: str]`.
+/// Whether the origin has local subscribers of `name`, as of its `seq`
+/// (last writer wins; `present = false` is a tombstone).
+/// Layout: `[name: str, seq: u64, present: bool]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InterestRemove {
+pub struct NameState {
     pub name: Name,
+    pub seq: u64,
+    pub present: bool,
+}
+
+/// Entries originated by one node, flooded unchanged to every node. `epoch`
+/// is the origin's incarnation (its start time): entries of an older epoch
+/// are dropped wherever a newer one is seen.
+/// Layout: `[origin: str, epoch: u64, links: LinkSet|nil, names: [NameState]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginUpdate {
     pub origin: String,
+    pub epoch: u64,
+    pub links: Option<LinkSet>,
+    pub names: Vec<NameState>,
 }
 
-/// Node → node on a peer link's control stream: interest changes. An add
-/// replaces what the same peer said before about the same (name, origin).
-/// Layout: `[add: [[name: str, path: [str]]], remove: [[name: str, origin: str]]]`.
+/// What a node holds of one origin, sent when a link comes up so that the
+/// peer sends back only the origins that differ (a compact snapshot, not a
+/// replay). `hash` is order-independent over the origin's present names and
+/// their seqs plus its link set's seq.
+/// Layout: `[origin: str, epoch: u64, names: u32, hash: u64]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginDigest {
+    pub origin: String,
+    pub epoch: u64,
+    pub names: u32,
+    pub hash: u64,
+}
+
+/// Node → node on a peer link's control stream: interest and topology
+/// entries to merge, and (right after the link comes up) a digest of what
+/// the sender holds.
+/// Layout: `[updates: [OriginUpdate], digest: [OriginDigest]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interest {
-    pub add: Vec<InterestAdd>,
-    pub remove: Vec<InterestRemove>,
+    pub updates: Vec<OriginUpdate>,
+    pub digest: Vec<OriginDigest>,
 }
 
 /// Node → node on a peer link's data stream: a publish on its way to other

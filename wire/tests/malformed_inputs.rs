@@ -8,9 +8,9 @@ use rand::{Rng, RngCore, SeedableRng};
 use slim_wire::codec::{encode_deliver, encode_publish, encode_to_vec};
 use slim_wire::{
     Accept, DEFAULT_MAX_FRAME, Deliver, ErrorCode, ErrorFrame, Forward, Frame, FrameKind, Hello,
-    Interest, InterestAdd, InterestRemove, InvalidName, Limits, MAX_COMPONENT_LEN, Mode, Name,
-    PeerAccept, PeerHello, Ping, Pong, Publish, Reject, SubAck, SubError, Subscribe, Unsubscribe,
-    WireError, check, decode, decode_body, encode,
+    Interest, InvalidName, Limits, LinkSet, MAX_COMPONENT_LEN, Mode, Name, NameState, OriginDigest,
+    OriginUpdate, PeerAccept, PeerHello, Ping, Pong, Publish, Reject, SubAck, SubError, Subscribe,
+    Unsubscribe, WireError, check, decode, decode_body, encode,
 };
 
 // ------------------------------------------------ a tiny MessagePack builder
@@ -189,18 +189,34 @@ fn hand_built_valid_bodies_decode() {
             framed(
                 INTEREST,
                 &arr(&[
-                    arr(&[arr(&[s("a/b/c"), arr(&[s("n1"), s("n2")])])]),
-                    arr(&[arr(&[s("a/b/d"), s("n3")])]),
+                    arr(&[arr(&[
+                        s("n1"),
+                        uint(7),
+                        arr(&[uint(3), arr(&[s("n2"), s("n3")])]),
+                        arr(&[arr(&[s("a/b/c"), uint(4), vec![0xc3]])]),
+                    ])]),
+                    arr(&[arr(&[s("n1"), uint(7), uint(2), uint(99)])]),
                 ]),
             ),
             Frame::Interest(Interest {
-                add: vec![InterestAdd {
-                    name: n("a/b/c"),
-                    path: vec!["n1".into(), "n2".into()],
+                updates: vec![OriginUpdate {
+                    origin: "n1".into(),
+                    epoch: 7,
+                    links: Some(LinkSet {
+                        seq: 3,
+                        peers: vec!["n2".into(), "n3".into()],
+                    }),
+                    names: vec![NameState {
+                        name: n("a/b/c"),
+                        seq: 4,
+                        present: true,
+                    }],
                 }],
-                remove: vec![InterestRemove {
-                    name: n("a/b/d"),
-                    origin: "n3".into(),
+                digest: vec![OriginDigest {
+                    origin: "n1".into(),
+                    epoch: 7,
+                    names: 2,
+                    hash: 99,
                 }],
             }),
         ),
@@ -765,18 +781,29 @@ fn body_cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
             malformed("peer_hello", "invalid type"),
         ),
         (
-            "interest, bad name in an add",
+            "interest, bad name in a name state",
             framed(
                 INTEREST,
-                &arr(&[arr(&[arr(&[s("a//c"), arr(&[s("n1")])])]), arr(&[])]),
+                &arr(&[
+                    arr(&[arr(&[
+                        s("n1"),
+                        uint(1),
+                        nil(),
+                        arr(&[arr(&[s("a//c"), uint(1), vec![0xc3]])]),
+                    ])]),
+                    arr(&[]),
+                ]),
             ),
             malformed("interest", "empty"),
         ),
         (
-            "interest, path is not an array",
+            "interest, link set peers is not an array",
             framed(
                 INTEREST,
-                &arr(&[arr(&[arr(&[s("a/b/c"), s("n1")])]), arr(&[])]),
+                &arr(&[
+                    arr(&[arr(&[s("n1"), uint(1), arr(&[uint(1), s("n2")]), arr(&[])])]),
+                    arr(&[]),
+                ]),
             ),
             malformed("interest", "invalid type"),
         ),
@@ -1076,14 +1103,17 @@ fn seed_frames() -> Vec<Vec<u8>> {
             node_id: "n2".into(),
         }),
         Frame::Interest(Interest {
-            add: vec![InterestAdd {
-                name: n("a/b/c"),
-                path: vec!["n1".into()],
+            updates: vec![OriginUpdate {
+                origin: "n1".into(),
+                epoch: 1,
+                links: None,
+                names: vec![NameState {
+                    name: n("a/b/c/1"),
+                    seq: 9,
+                    present: false,
+                }],
             }],
-            remove: vec![InterestRemove {
-                name: n("a/b/c/1"),
-                origin: "n9".into(),
-            }],
+            digest: vec![],
         }),
         Frame::Forward(Forward {
             name: n("a/b/c"),

@@ -6,9 +6,9 @@ use proptest::prelude::*;
 use slim_wire::codec::{encode_deliver, encode_publish, encode_to_vec};
 use slim_wire::{
     Accept, Deliver, ErrorCode, ErrorFrame, Forward, Frame, FrameKind, HEADER_LEN, Hello, Interest,
-    InterestAdd, InterestRemove, Limits, MAX_COMPONENT_LEN, Mode, Name, PeerAccept, PeerHello,
-    Ping, Pong, Publish, Reject, SubAck, SubError, Subscribe, Unsubscribe, WireError, check,
-    decode, decode_body, encode,
+    Limits, LinkSet, MAX_COMPONENT_LEN, Mode, Name, NameState, OriginDigest, OriginUpdate,
+    PeerAccept, PeerHello, Ping, Pong, Publish, Reject, SubAck, SubError, Subscribe, Unsubscribe,
+    WireError, check, decode, decode_body, encode,
 };
 
 // ---------------------------------------------------------------- strategies
@@ -200,17 +200,38 @@ fn frame_with_payload(max_payload: usize) -> BoxedStrategy<Frame> {
             .prop_map(|(version, node_id)| Frame::PeerHello(PeerHello { version, node_id })),
         text().prop_map(|node_id| Frame::PeerAccept(PeerAccept { node_id })),
         (
-            proptest::collection::vec((name(), node_ids()), 0..4),
-            proptest::collection::vec((name(), text()), 0..4)
+            proptest::collection::vec(
+                (
+                    text(),
+                    int_u64(),
+                    proptest::option::of((int_u64(), node_ids())),
+                    proptest::collection::vec((name(), int_u64(), any::<bool>()), 0..4),
+                ),
+                0..3,
+            ),
+            proptest::collection::vec((text(), int_u64(), any::<u32>(), int_u64()), 0..3),
         )
-            .prop_map(|(add, remove)| Frame::Interest(Interest {
-                add: add
+            .prop_map(|(updates, digest)| Frame::Interest(Interest {
+                updates: updates
                     .into_iter()
-                    .map(|(name, path)| InterestAdd { name, path })
+                    .map(|(origin, epoch, links, names)| OriginUpdate {
+                        origin,
+                        epoch,
+                        links: links.map(|(seq, peers)| LinkSet { seq, peers }),
+                        names: names
+                            .into_iter()
+                            .map(|(name, seq, present)| NameState { name, seq, present })
+                            .collect(),
+                    })
                     .collect(),
-                remove: remove
+                digest: digest
                     .into_iter()
-                    .map(|(name, origin)| InterestRemove { name, origin })
+                    .map(|(origin, epoch, names, hash)| OriginDigest {
+                        origin,
+                        epoch,
+                        names,
+                        hash,
+                    })
                     .collect(),
             })),
         (

@@ -4,16 +4,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use metrics::{counter, gauge};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use slim_wire::Frame;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::ctx::{NodeCtx, encode};
-use crate::fed::shared::{FedMsg, LinkSession, LinkShared};
-use crate::interest::{InterestTable, NodeId};
+use crate::ctx::{AbortOnDrop, NodeCtx, encode};
+use crate::fed::shared::{FedMsg, LinkSession, LinkShared, interest_epoch};
+use crate::interest::{InterestConfig, InterestTable, NodeId};
 use crate::link::actor::{LinkArgs, LinkKind, LinkMsg, spawn_link};
 use crate::metrics as m;
 use crate::registry::RemoteGroup;
@@ -31,7 +31,20 @@ pub(crate) struct FedState {
     /// Which child actor dials which peer (to restart it after a failure).
     children: HashMap<ActorId, PeerSpec>,
     dynamic: Vec<PeerSpec>,
+    /// The interest table's clock starts here.
+    start: Instant,
+    last_gc: Instant,
+    /// The pending wake-up (a `Tick`) for frames held back by pacing or a
+    /// full control queue.
+    wake_at: Option<Instant>,
+    wake: Option<AbortOnDrop<Result<(), ractor::MessagingErr<FedMsg>>>>,
+    _gc: AbortOnDrop,
 }
+
+/// How often expired tombstones and unreachable origins are dropped.
+const GC_EVERY: Duration = Duration::from_secs(1);
+/// How soon to retry a peer whose control queue was full.
+const RETRY_FULL: Duration = Duration::from_millis(10);
 
 impl Actor for FederationActor {
     type Msg = FedMsg;
@@ -50,7 +63,11 @@ impl Actor for FederationActor {
         // from the registry's local interest.
         {
             let mut t = ctx.fed.interest.lock();
-            *t = InterestTable::new(&ctx.cfg.node_id, ctx.cfg.federation.max_hops);
+            *t = InterestTable::new(
+                &ctx.cfg.node_id,
+                interest_epoch(),
+                InterestConfig::default(),
+            );
             for name in ctx.registry.local_names() {
                 t.handle_local(&name, true);
             }
@@ -61,6 +78,23 @@ impl Actor for FederationActor {
             dialled: HashMap::new(),
             children: HashMap::new(),
             dynamic: Vec::new(),
+            start: Instant::now(),
+            last_gc: Instant::now(),
+            wake_at: None,
+            wake: None,
+            _gc: AbortOnDrop(tokio::spawn({
+                let me = myself.clone();
+                async move {
+                    let mut every = tokio::time::interval(GC_EVERY);
+                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        every.tick().await;
+                        if me.send_message(FedMsg::Tick).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })),
         };
         st.reconcile_dials(&myself).await;
         Ok(st)
@@ -74,7 +108,7 @@ impl Actor for FederationActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             FedMsg::LocalChanged(names) => {
-                let mut t = st.interest();
+                let mut t = st.ctx.fed.interest.lock();
                 for n in names {
                     let present = st.ctx.registry.has_local(&n);
                     t.handle_local(&n, present);
@@ -95,24 +129,33 @@ impl Actor for FederationActor {
                     // From a link that lost the tie-break or just went down.
                     return Ok(());
                 }
-                let mut t = st.interest();
-                for a in frame.add {
-                    if let Err(e) = t.handle_add(&peer, a.name.as_str(), &a.path) {
-                        counter!(m::INTEREST_REFUSED_TOTAL, "reason" => e.reason_label())
-                            .increment(1);
-                        debug!(error = %e, "interest announcement ignored");
-                    }
-                }
-                for r in frame.remove {
-                    t.handle_remove(&peer, r.name.as_str(), &r.origin);
+                let now = st.now();
+                let errors = st.interest().handle_interest(&peer, &frame, now);
+                for e in errors {
+                    counter!(m::INTEREST_REFUSED_TOTAL, "reason" => e.reason_label()).increment(1);
+                    // A peer node sending bad entries is a bug or an attack
+                    // on a trusted link: worth a warning, once per frame part.
+                    warn!(peer = %peer, error = %e, "interest entries refused");
                 }
             }
             FedMsg::SetDialPeers(peers) => {
                 st.dynamic = peers;
                 st.reconcile_dials(&myself).await;
             }
+            FedMsg::ResyncRoutes => st.interest().retry_all_routes(),
+            FedMsg::Tick => {
+                if st.wake_at.is_some_and(|w| w <= Instant::now()) {
+                    st.wake_at = None;
+                    st.wake = None;
+                }
+                if st.last_gc.elapsed() >= GC_EVERY {
+                    st.last_gc = Instant::now();
+                    let now = st.now();
+                    st.interest().handle_tick(now);
+                }
+            }
         }
-        st.flush();
+        st.flush(&myself);
         Ok(())
     }
 
@@ -139,7 +182,7 @@ impl Actor for FederationActor {
             }
             st.reconcile_dials(&myself).await;
         }
-        st.flush();
+        st.flush(&myself);
         Ok(())
     }
 
@@ -163,6 +206,21 @@ impl Actor for FederationActor {
 impl FedState {
     fn interest(&self) -> parking_lot::MutexGuard<'_, InterestTable> {
         self.ctx.fed.interest.lock()
+    }
+
+    /// The interest table's clock.
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Makes sure a `Tick` arrives by `at`.
+    fn wake_by(&mut self, myself: &ActorRef<FedMsg>, at: Instant) {
+        if self.wake_at.is_some_and(|w| w <= at) {
+            return;
+        }
+        self.wake_at = Some(at);
+        let after = at.saturating_duration_since(Instant::now());
+        self.wake = Some(AbortOnDrop(myself.send_after(after, || FedMsg::Tick)));
     }
 
     /// Starts link actors for wanted peers and stops the others.
@@ -233,13 +291,15 @@ impl FedState {
                 b"replaced by another link to the same node",
             );
             self.active.remove(&session.peer);
-            self.interest().handle_peer_down(&session.peer);
+            let now = self.now();
+            self.interest().handle_peer_down(&session.peer, now);
         }
         info!(peer = %session.peer, session = session.id, "peer link up");
         self.active
             .insert(Arc::clone(&session.peer), Arc::clone(&session));
         self.publish_connected();
-        self.interest().handle_peer_up(&session.peer);
+        let now = self.now();
+        self.interest().handle_peer_up(&session.peer, now);
         self.ctx.fed.emit(NodeEvent::LinkUp {
             peer_node_id: session.peer.to_string(),
             at: SystemTime::now(),
@@ -258,7 +318,8 @@ impl FedState {
         info!(peer = %session.peer, reason, "peer link down");
         self.active.remove(&session.peer);
         self.publish_connected();
-        self.interest().handle_peer_down(&session.peer);
+        let now = self.now();
+        self.interest().handle_peer_down(&session.peer, now);
         self.ctx.fed.emit(NodeEvent::LinkDown {
             peer_node_id: session.peer.to_string(),
             reason: reason.to_owned(),
@@ -271,38 +332,50 @@ impl FedState {
         self.ctx.fed.connected.send_replace(peers);
     }
 
-    /// Sends pending announcements and installs changed routes.
-    fn flush(&mut self) {
-        let mut announce = Vec::new();
+    /// Sends what peers are due to hear (as far as pacing and their control
+    /// queues allow; the rest waits in the table, coalescing) and installs
+    /// changed routes.
+    fn flush(&mut self, myself: &ActorRef<FedMsg>) {
+        let now = self.now();
         let mut changed = Vec::new();
-        {
-            let mut t = self.interest();
-            while let Some(a) = t.poll_announce() {
-                announce.push(a);
+        let mut full = false;
+        let next = {
+            let mut t = self.ctx.fed.interest.lock();
+            for (peer, s) in &self.active {
+                if !t.has_pending(peer) {
+                    continue;
+                }
+                // Take a frame only when the control queue has room for it:
+                // a slow peer makes entries wait (and coalesce) here instead
+                // of the link being reset.
+                let Ok(slot) = s.ctl.try_reserve() else {
+                    counter!(m::INTEREST_DEFERRED_TOTAL).increment(1);
+                    full = true;
+                    continue;
+                };
+                if let Some(f) = t.poll_announce_to(peer, now) {
+                    let bytes = encode(&Frame::Interest(f), &self.ctx);
+                    counter!(m::INTEREST_BYTES_TOTAL).increment(bytes.len() as u64);
+                    slot.send(bytes);
+                }
             }
             while let Some(n) = t.poll_route_change() {
                 let dests = t.remote_dests(&n);
                 changed.push((n, dests));
             }
             gauge!(m::INTEREST_ENTRIES).set(t.entry_count() as f64);
+            gauge!(m::INTEREST_ORIGINS).set(t.origin_count() as f64);
+            t.poll_timeout()
+        };
+        if full {
+            self.wake_by(myself, Instant::now() + RETRY_FULL);
         }
-        for (peer, a) in announce {
-            let Some(s) = self.active.get(&peer) else {
-                continue;
-            };
-            let frame = Frame::Interest(a.into_interest());
-            let bytes = encode(&frame, &self.ctx);
-            if s.ctl.try_send(bytes).is_err() {
-                // The peer is too far behind to follow incremental updates:
-                // reset the link; it resyncs from scratch when it comes back.
-                counter!(m::LINK_DROPS_TOTAL, "reason" => "control_overflow").increment(1);
-                warn!(peer = %peer, "link control queue full; resetting the link");
-                s.conn.close(
-                    quinn::VarInt::from_u32(slim_wire::ErrorCode::SLOW_CONSUMER.0 as u32),
-                    b"interest updates overflowed",
-                );
-            }
+        if let Some(at) = next {
+            // (Never sooner than 5 ms: a peer due now but not sent to must not
+            // spin the actor.)
+            self.wake_by(myself, self.start + at.max(now + Duration::from_millis(5)));
         }
+        let mut lost: Vec<Arc<str>> = Vec::new();
         for (name, dests) in changed {
             let mut groups: BTreeMap<NodeId, Vec<NodeId>> = BTreeMap::new();
             for (origin, via) in dests {
@@ -320,10 +393,27 @@ impl FedState {
                     })
                 })
                 .collect();
-            let _ = self.ctx.table().send_message(TableMsg::SetRemote {
+            let sent = self.ctx.table().send_message(TableMsg::SetRemote {
                 key: name.to_string(),
                 remote,
             });
+            if sent.is_err() {
+                // The table actor is between incarnations: try again soon
+                // (its restart also asks for every route again).
+                lost.push(name);
+            }
+        }
+        if !lost.is_empty() {
+            warn!(
+                names = lost.len(),
+                "subscription-table actor not running; remote routes will be installed again"
+            );
+            let mut t = self.interest();
+            for n in lost {
+                t.retry_route(n);
+            }
+            drop(t);
+            self.wake_by(myself, Instant::now() + Duration::from_millis(100));
         }
     }
 }

@@ -14,7 +14,7 @@ use ractor::{ActorRef, RpcReplyPort};
 use slim_wire::Interest;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::interest::{InterestTable, NodeId};
+use crate::interest::{InterestConfig, InterestTable, NodeId};
 use crate::outbox::Outbox;
 use crate::registry::ConnId;
 use crate::types::{LinkDirection, LinkInfo, LinkState, NodeEvent, PeerSpec};
@@ -150,13 +150,17 @@ pub(crate) struct Fed {
 }
 
 impl Fed {
-    pub fn new(node_id: &str, max_hops: usize) -> Self {
+    pub fn new(node_id: &str) -> Self {
         Fed {
             events: broadcast::channel(1024).0,
             links: dashmap::DashMap::new(),
             next_link: AtomicU64::new(1),
             actor: RwLock::new(None),
-            interest: Mutex::new(InterestTable::new(node_id, max_hops)),
+            interest: Mutex::new(InterestTable::new(
+                node_id,
+                interest_epoch(),
+                InterestConfig::default(),
+            )),
             connected: tokio::sync::watch::channel(Default::default()).0,
             generation: AtomicU64::new(0),
         }
@@ -199,6 +203,17 @@ impl Fed {
     }
 }
 
+/// A new incarnation number for this node's interest entries: microseconds
+/// since the Unix epoch, so a restarted node (or federation actor) is newer
+/// than every earlier run of it as long as the clock does not jump back
+/// (if it does, the table notices its own newer entries and moves past them).
+pub(crate) fn interest_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+}
+
 pub(crate) enum FedMsg {
     LocalChanged(Vec<Arc<str>>),
     /// A link session completed its handshake; reply whether it is the one
@@ -219,4 +234,10 @@ pub(crate) enum FedMsg {
         _permit: tokio::sync::OwnedSemaphorePermit,
     },
     SetDialPeers(Vec<PeerSpec>),
+    /// The subscription-table actor was restarted: install every remote
+    /// route again (what was in its mailbox is lost).
+    ResyncRoutes,
+    /// Time to send what pacing or a full control queue held back, and (once
+    /// a second) to expire tombstones and unreachable origins.
+    Tick,
 }

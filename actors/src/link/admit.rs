@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::counter;
-use slim_wire::{ErrorCode, Frame, PROTOCOL_VERSION, PeerHello, Reject};
+use slim_wire::{ErrorCode, Frame, LINK_PROTOCOL_VERSION, PeerHello, Reject};
 use tracing::{debug, info, warn};
 
 use crate::ctx::{NodeCtx, Opened, close_conn, encode};
@@ -44,11 +44,15 @@ pub(crate) async fn accept_peer(
         counter!(m::LINK_REFUSALS_TOTAL, "reason" => label).increment(1);
         Reject { code, reason }
     };
-    let checked = if hello.version != PROTOCOL_VERSION {
+    let checked = if hello.version != LINK_PROTOCOL_VERSION {
         Err(refuse(
             ErrorCode::VERSION,
             "version",
-            format!("protocol version {} not supported", hello.version),
+            format!(
+                "node-to-node protocol version {} not supported (this node speaks {}); \
+                 the nodes of one fleet must run releases with the same link protocol",
+                hello.version, LINK_PROTOCOL_VERSION
+            ),
         ))
     } else if !valid_node_id(&hello.node_id) || hello.node_id == ctx.cfg.node_id {
         Err(refuse(

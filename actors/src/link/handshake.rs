@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use metrics::counter;
 use quinn::SendStream;
-use slim_wire::{ErrorCode, Frame, PROTOCOL_VERSION, PeerAccept, PeerHello, Ping, Reject};
+use slim_wire::{ErrorCode, Frame, LINK_PROTOCOL_VERSION, PeerAccept, PeerHello, Ping, Reject};
 use std::time::Duration;
 
 use crate::ctx::{NodeCtx, Reader, close_conn, encode, read_first, transport_config};
@@ -84,7 +84,7 @@ pub(crate) async fn dial(
             .await
             .map_err(|e| LinkError::Lost(e.to_string()))?;
         let hello = Frame::PeerHello(PeerHello {
-            version: PROTOCOL_VERSION,
+            version: LINK_PROTOCOL_VERSION,
             node_id: ctx.cfg.node_id.clone(),
         });
         send.write_all(&encode(&hello, ctx))
