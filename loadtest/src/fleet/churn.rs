@@ -106,6 +106,12 @@ pub struct Stale {
     /// Churn names the controller's route list still shows (a few nodes;
     /// empty without slimctl).
     pub stale_routes: Vec<(String, Vec<String>)>,
+    /// From the last leave to the end of the check: fleet-wide link bytes/s
+    /// and node CPU-s/s (with the stream; compare with `idle`): still
+    /// working through a backlog, or idle with the stale state.
+    pub after_link_bytes_per_s: f64,
+    pub after_cpu_per_s: f64,
+    pub after_window_s: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,7 +122,7 @@ pub struct Memory {
     /// After the stale check.
     pub rss_after_max_kib: u64,
     pub rss_after_sum_kib: u64,
-    /// Largest single-node VmRSS seen during the churn (1 s samples).
+    /// Largest single-node VmRSS seen during and after the churn (1 s samples).
     pub rss_peak_max_kib: u64,
 }
 
@@ -124,11 +130,103 @@ pub struct Memory {
 pub struct TimelinePoint {
     /// Seconds since the churn started.
     pub t: f64,
+    /// "churn", or "after" (the last churn client has left).
+    pub phase: &'static str,
     pub link_bytes_per_s: f64,
     pub cpu_per_s: f64,
     pub interest_entries: f64,
+    pub registry_names: f64,
     pub clients: f64,
+    /// Live link ends (each link counted at both nodes).
+    pub link_ends_up: f64,
+    /// Since the churn started, fleet-wide.
+    pub link_down: f64,
+    pub control_overflow: f64,
     pub rss_max_kib: u64,
+}
+
+/// Fleet readings about once a second through the churn and after it.
+struct Timeline {
+    t0: Instant,
+    first: Sample,
+    prev: Sample,
+    points: Vec<TimelinePoint>,
+    rss_peak: u64,
+}
+
+impl Timeline {
+    fn new(t0: Instant, first: Sample) -> Self {
+        Timeline {
+            t0,
+            rss_peak: first.rss_max_kib(),
+            prev: first.clone(),
+            first,
+            points: Vec::new(),
+        }
+    }
+
+    /// Records `s` if a second has passed since the last point.
+    fn offer(&mut self, s: &Sample, phase: &'static str, started: u64) {
+        self.rss_peak = self.rss_peak.max(s.rss_max_kib());
+        let dt = (s.at - self.prev.at).as_secs_f64();
+        if dt < 0.95 {
+            return;
+        }
+        let p = TimelinePoint {
+            t: (s.at - self.t0).as_secs_f64(),
+            phase,
+            link_bytes_per_s: (s.bytes() - self.prev.bytes()) / dt,
+            cpu_per_s: (s.cpu() - self.prev.cpu()) / dt,
+            interest_entries: s.entries(),
+            registry_names: s.sum(|n| n.registry_names),
+            clients: s.sum(|n| n.clients),
+            link_ends_up: s.sum(|n| n.peer_links),
+            link_down: s.sum(|n| n.link_down) - self.first.sum(|n| n.link_down),
+            control_overflow: s.sum(|n| n.control_overflow)
+                - self.first.sum(|n| n.control_overflow),
+            rss_max_kib: s.rss_max_kib(),
+        };
+        eprintln!(
+            "  t={:5.1}s {phase:5} clients started {started:5}  link {:9.1} kB/s  CPU {:5.2}/s  \
+             entries {:7.0}  names {:6.0}  link ends {:4.0}  down {:4.0}  overflow {:7.0}",
+            p.t,
+            p.link_bytes_per_s / 1e3,
+            p.cpu_per_s,
+            p.interest_entries,
+            p.registry_names,
+            p.link_ends_up,
+            p.link_down,
+            p.control_overflow,
+        );
+        self.points.push(p);
+        self.prev = s.clone();
+    }
+}
+
+/// Polls until every node's interest entries and names are back to
+/// `baseline` or `deadline`, feeding the timeline.
+async fn wait_clean(
+    cluster: &Cluster,
+    baseline: &Sample,
+    deadline: Instant,
+    poll: Duration,
+    tl: &mut Timeline,
+    started: u64,
+) -> Result<(Option<Instant>, Sample)> {
+    loop {
+        let s = probe::sample(cluster).await?;
+        tl.offer(&s, "after", started);
+        let clean = s.nodes.iter().zip(&baseline.nodes).all(|(a, b)| {
+            a.interest_entries == b.interest_entries && a.registry_names == b.registry_names
+        });
+        if clean {
+            return Ok((Some(s.at), s));
+        }
+        if Instant::now() >= deadline {
+            return Ok((None, s));
+        }
+        tokio::time::sleep(poll).await;
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -319,9 +417,7 @@ pub async fn run(
     let nodes: Vec<SocketAddr> = cluster.nodes.iter().map(|n| n.addr).collect();
     let t_churn = Instant::now();
     let mut dispatcher = tokio::spawn(dispatch(plan.clone(), nodes, churn_ids, Arc::clone(&stats)));
-    let mut timeline = Vec::new();
-    let mut prev = baseline.clone();
-    let mut rss_peak = baseline.rss_max_kib();
+    let mut tl = Timeline::new(t_churn, baseline.clone());
     let mut sample_tick = tokio::time::interval(Duration::from_secs(1));
     sample_tick.tick().await;
     // The dispatcher stops starting clients after `duration`; leaves can
@@ -336,25 +432,7 @@ pub async fn run(
             _ = sample_tick.tick() => {
                 cluster.check_alive()?;
                 let s = probe::sample(cluster).await?;
-                let dt = (s.at - prev.at).as_secs_f64();
-                timeline.push(TimelinePoint {
-                    t: (s.at - t_churn).as_secs_f64(),
-                    link_bytes_per_s: (s.bytes() - prev.bytes()) / dt,
-                    cpu_per_s: (s.cpu() - prev.cpu()) / dt,
-                    interest_entries: s.entries(),
-                    clients: s.sum(|n| n.clients),
-                    rss_max_kib: s.rss_max_kib(),
-                });
-                rss_peak = rss_peak.max(s.rss_max_kib());
-                eprintln!(
-                    "  t={:5.1}s  churn clients started {:5}  link {:9.1} kB/s  CPU {:5.2}/s  entries {:8.0}",
-                    timeline.last().map_or(0.0, |p| p.t),
-                    stats.started.load(Ordering::Relaxed),
-                    timeline.last().map_or(0.0, |p| p.link_bytes_per_s / 1e3),
-                    timeline.last().map_or(0.0, |p| p.cpu_per_s),
-                    s.entries(),
-                );
-                prev = s;
+                tl.offer(&s, "churn", stats.started.load(Ordering::Relaxed));
                 if Instant::now() > hard_end {
                     dispatcher.abort();
                     eprintln!("  churn clients did not all leave in time; stopped waiting");
@@ -368,8 +446,9 @@ pub async fn run(
 
     // Stale check.
     let deadline = t_stop + plan.stale_after;
+    let started = stats.started.load(Ordering::Relaxed);
     let (clean_at, at_check) =
-        probe::wait_baseline(cluster, &baseline, deadline, plan.poll).await?;
+        wait_clean(cluster, &baseline, deadline, plan.poll, &mut tl, started).await?;
     let (entries_above, names_above, not_clean, idx) = above(&at_check, &baseline);
     let mut clean_after_s = clean_at.map(|t| (t - t_stop).as_secs_f64());
     let mut stale_routes = Vec::new();
@@ -390,16 +469,19 @@ pub async fn run(
                 Err(e) => stale_routes.push((id, vec![format!("slimctl: {e:#}")])),
             }
         }
-        let (later, _) = probe::wait_baseline(
+        let (later, _) = wait_clean(
             cluster,
             &baseline,
             Instant::now() + plan.stale_grace,
             plan.poll,
+            &mut tl,
+            started,
         )
         .await?;
         clean_after_s = later.map(|t| (t - t_stop).as_secs_f64());
     }
     let end = probe::sample(cluster).await?;
+    let after_dt = (end.at - at_stop.at).as_secs_f64();
     let stream_report = stream.finish(Duration::from_secs(5)).await?;
     let end_links = probe::sample(cluster).await?;
 
@@ -409,7 +491,6 @@ pub async fn run(
         at_stop.cpu() - baseline.cpu(),
         churn_dt,
     );
-    let started = stats.started.load(Ordering::Relaxed);
     let completed = stats.completed.load(Ordering::Relaxed);
     let events = completed.max(1) as f64;
     let h = stats
@@ -467,14 +548,17 @@ pub async fn run(
             registry_names_above_baseline: names_above,
             nodes_not_clean: not_clean,
             stale_routes,
+            after_link_bytes_per_s: (end.bytes() - at_stop.bytes()) / after_dt,
+            after_cpu_per_s: (end.cpu() - at_stop.cpu()) / after_dt,
+            after_window_s: after_dt,
         },
         memory: Memory {
             rss_idle_max_kib: baseline.rss_max_kib(),
             rss_idle_sum_kib: baseline.rss_sum_kib(),
             rss_after_max_kib: end.rss_max_kib(),
             rss_after_sum_kib: end.rss_sum_kib(),
-            rss_peak_max_kib: rss_peak,
+            rss_peak_max_kib: tl.rss_peak,
         },
-        timeline,
+        timeline: tl.points,
     })
 }

@@ -223,9 +223,13 @@ impl Cluster {
             sockets.insert(w.clone(), format!("unix://{}", path.display()));
         }
 
-        let log = |name: &str| -> Result<std::fs::File> {
-            Ok(std::fs::File::create(logs.join(format!("{name}.log")))?)
+        // stdout and stderr share one file (and one offset).
+        let log = |name: &str| -> Result<(std::fs::File, std::fs::File)> {
+            let f = std::fs::File::create(logs.join(format!("{name}.log")))?;
+            let g = f.try_clone()?;
+            Ok((f, g))
         };
+        let (out, err) = log("controller")?;
         let mut c = Command::new(&ctl_bin);
         c.arg("--config")
             .arg(fleet.join("controller.toml"))
@@ -234,8 +238,8 @@ impl Cluster {
             .env("SLIM_DATA_DIR", work.join("controller-data"))
             .env("SLIM_METRICS_LISTEN", controller_metrics.to_string())
             .stdin(Stdio::null())
-            .stdout(log("controller")?)
-            .stderr(log("controller")?);
+            .stdout(out)
+            .stderr(err);
         if let Some(l) = &opts.log_level {
             c.env("SLIM_LOG_LEVEL", l);
         }
@@ -247,6 +251,7 @@ impl Cluster {
             let id = node_id(i);
             let addr = localhost(udp[i]);
             let metrics = localhost(tcp[i]);
+            let (out, err) = log(&id)?;
             let mut c = Command::new(&node_bin);
             c.arg("--config")
                 .arg(fleet.join("node.toml"))
@@ -257,8 +262,8 @@ impl Cluster {
                 .env("SLIM_CONTROLLER", controller.to_string())
                 .env("SLIM_EXTERNAL_ENDPOINT", addr.to_string())
                 .stdin(Stdio::null())
-                .stdout(log(&id)?)
-                .stderr(log(&id)?);
+                .stdout(out)
+                .stderr(err);
             if let Some(l) = &opts.log_level {
                 c.env("SLIM_LOG_LEVEL", l);
             }

@@ -136,8 +136,8 @@ async fn one(plan: &FleetPlan, n: usize) -> Result<FleetReport> {
         connect_leave: None,
         churn: None,
         controller_cpu_s: 0.0,
-        node_settings: "deploy/fleet/node-us-east.toml (keep_alive_ms 2000, link_timeout_ms 6000, \
-                        backoff_max_ms 2000); every node reachable",
+        node_settings: "deploy/fleet/node-us-east.toml (as built into this binary) for every \
+                        node, each with an external endpoint; deploy/fleet/controller.toml",
     };
     match plan.mode {
         FleetMode::ConnectLeave => {
@@ -265,7 +265,7 @@ pub fn connect_leave_table(reports: &[FleetReport]) -> String {
             m.settle_connect_s,
             m.settle_leave_s,
             if m.clean_after { "yes" } else { "NO" },
-            kb(r.idle.bytes_per_s),
+            kb(r.idle.bytes_per_s) + "/s",
             r.idle.cpu_per_s,
         ));
     }
@@ -391,6 +391,15 @@ pub fn churn_table(r: &FleetReport) -> String {
                 }
             )
         },
+    );
+    row(
+        "after the churn (last leave → end of check)",
+        format!(
+            "{}/s link bytes, {:.2} CPU-s/s over {:.1} s",
+            kb(c.stale.after_link_bytes_per_s),
+            c.stale.after_cpu_per_s,
+            c.stale.after_window_s
+        ),
     );
     row(
         "node RSS idle → after (max / sum)",
