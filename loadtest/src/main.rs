@@ -11,6 +11,8 @@
 //! slim-loadtest slow-consumer --target slim://... --ca-dir DIR --subs 10 --stats-addr 127.0.0.1:9464
 //! slim-loadtest cross-node   --spawn-node --size 16            (two linked in-process nodes)
 //! slim-loadtest cross-node   --target slim://A --sub-target slim://B --ca-dir DIR
+//! slim-loadtest fleet --mode connect-leave --nodes 5,10,20,40 --json cl.json   (real processes)
+//! slim-loadtest fleet --mode churn --nodes 20 --churn-rate 10 --duration 60s --stream-rate 200
 //! slim-loadtest summarize results.jsonl
 //! slim-loadtest plot results.jsonl --scenario 'rr 1000/s 16B' --out lat.svg
 //! ```
@@ -18,6 +20,7 @@
 
 mod backend;
 mod connections;
+mod fleet;
 mod harness;
 mod latency;
 mod nats;
@@ -76,6 +79,12 @@ enum Cmd {
     /// Open many idle connections: connect rate, and server memory per
     /// connection and per subscription (with --node-pid).
     Connections(Box<ConnectionsArgs>),
+    /// A controller and N slim-node processes on 127.0.0.1 (the fleet files
+    /// of deploy/fleet/): what one client connect + leave costs the fleet
+    /// (--mode connect-leave), or clients churning beside a cross-node
+    /// stream (--mode churn). Binaries from --bin-dir (default: next to
+    /// this executable).
+    Fleet(Box<FleetArgs>),
     /// SLIM ÷ NATS ratios from a file of `--json` lines.
     Summarize {
         /// File with one JSON report per line.
@@ -242,6 +251,92 @@ struct ConnectionsArgs {
     /// org/namespace of the subscribed names.
     #[arg(long, default_value = "loadtest/bench")]
     prefix: String,
+}
+
+#[derive(Debug, Args)]
+struct FleetArgs {
+    #[arg(long, value_enum, default_value_t = fleet::FleetMode::Churn)]
+    mode: fleet::FleetMode,
+    /// Fleet sizes, one fleet each in turn, e.g. 5,10,20,40.
+    #[arg(long, value_delimiter = ',', default_value = "5")]
+    nodes: Vec<usize>,
+    /// connect-leave: runs per fleet (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// churn: client connects (each followed by its leave) per second.
+    #[arg(long, default_value_t = 10.0)]
+    churn_rate: f64,
+    /// churn: how long clients keep connecting.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    duration: Duration,
+    /// churn: each client stays a random 0..this before leaving.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    stay_max: Duration,
+    /// churn: shared names the clients subscribe to (1 or 2 each).
+    #[arg(long, default_value_t = 8)]
+    topics: usize,
+    /// churn: most churn clients connecting or connected at once.
+    #[arg(long, default_value_t = 64)]
+    max_in_flight: usize,
+    /// churn: a client not connected within this counts as a failure.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// churn: cross-node stream messages per second (node 0 -> last node).
+    #[arg(long, default_value_t = 200.0)]
+    stream_rate: f64,
+    /// churn: stream payload bytes (at least 20).
+    #[arg(long, default_value_t = 64)]
+    stream_size: usize,
+    /// churn: node index of the stream's publisher.
+    #[arg(long, default_value_t = 0)]
+    stream_pub_node: usize,
+    /// churn: node index of the stream's subscriber [default: the last].
+    #[arg(long)]
+    stream_sub_node: Option<usize>,
+    /// churn: names and interest entries must be back to the pre-churn
+    /// baseline this long after the last churn client left...
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    stale_after: Duration,
+    /// ...and if not, watch this much longer (to report when they were).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    stale_grace: Duration,
+    /// Idle background measurement window.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    idle: Duration,
+    /// Metrics poll interval.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    poll: Duration,
+    /// Settled: link bytes at the idle rate and no interest entry changing for this long.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    quiet: Duration,
+    /// Give up waiting for the fleet to settle after this long.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    settle_max: Duration,
+    /// Longest wait for the processes to start and the links to come up.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    start_timeout: Duration,
+    /// Everything is stopped and the run fails after this long.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    max_wall: Duration,
+    /// Where slim-node and slim-controller (and slimctl, for listing stale
+    /// routes) are [default: this executable's directory].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Keep the fleet's work directory (configs, logs) instead of removing it.
+    #[arg(long)]
+    keep_dir: bool,
+    /// Log level of every process (default: the fleet files', info).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Also write the reports (a JSON array) to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Seed of the churn's random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Worker threads of the load generator's runtime (default: CPU count).
+    #[arg(long)]
+    client_threads: Option<usize>,
 }
 
 /// `5s`, `250ms`, `1m`, `1.5s`, or a bare number of seconds.
@@ -726,6 +821,62 @@ fn connections(a: ConnectionsArgs) -> Result<()> {
     write_plot(&a.t.plot, &[r])
 }
 
+fn fleet(a: FleetArgs) -> Result<()> {
+    if a.nodes.is_empty() || a.nodes.contains(&0) {
+        bail!("--nodes needs sizes of at least 1");
+    }
+    if a.mode == fleet::FleetMode::Churn {
+        if a.churn_rate <= 0.0 || a.stream_rate <= 0.0 {
+            bail!("--churn-rate and --stream-rate must be positive");
+        }
+        if a.nodes.contains(&1) {
+            bail!("churn needs at least 2 nodes (the stream crosses a link)");
+        }
+    }
+    let run_id = run_id();
+    let plan = fleet::FleetPlan {
+        mode: a.mode,
+        sizes: a.nodes,
+        bin_dir: match a.bin_dir {
+            Some(d) => d,
+            None => fleet::cluster::default_bin_dir()?,
+        },
+        keep_dir: a.keep_dir,
+        log_level: a.log_level,
+        start_timeout: a.start_timeout,
+        idle_window: a.idle,
+        poll: a.poll,
+        quiet_for: a.quiet,
+        settle_max: a.settle_max,
+        repeats: a.repeats,
+        churn: fleet::churn::ChurnPlan {
+            rate: a.churn_rate,
+            duration: a.duration,
+            stay_max: a.stay_max,
+            topics: a.topics,
+            max_in_flight: a.max_in_flight,
+            connect_timeout: a.connect_timeout,
+            stream_rate: a.stream_rate,
+            stream_size: a.stream_size,
+            pub_node: a.stream_pub_node,
+            sub_node: a.stream_sub_node.unwrap_or(usize::MAX),
+            idle_window: a.idle,
+            poll: a.poll,
+            stale_after: a.stale_after,
+            stale_grace: a.stale_grace,
+            seed: a.seed,
+            run_id: run_id.clone(),
+        },
+        max_wall: a.max_wall,
+        json: a.json,
+        run_id,
+    };
+    let rt = runtime("loadgen", a.client_threads)?;
+    let r = rt.block_on(fleet::run(plan));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    r.map(|_| ())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -735,6 +886,7 @@ fn main() -> Result<()> {
         Cmd::CrossNode(a) => cross_node(*a),
         Cmd::Latency(a) => latency(*a),
         Cmd::Connections(a) => connections(*a),
+        Cmd::Fleet(a) => fleet(*a),
         Cmd::Summarize { file } => {
             print!("{}", summary::summarize(&file)?);
             Ok(())
@@ -844,5 +996,41 @@ mod tests {
         assert_eq!((a.conns, a.subs, a.concurrency), (10, 10, 32));
         assert!(Cli::try_parse_from(["slim-loadtest", "slow-consumer", "--stalled", "2"]).is_ok());
         assert!(Cli::try_parse_from(["slim-loadtest", "fanout", "--subs", "50"]).is_ok());
+
+        let c = Cli::try_parse_from([
+            "slim-loadtest",
+            "fleet",
+            "--mode",
+            "connect-leave",
+            "--nodes",
+            "5,10,20",
+        ])
+        .unwrap();
+        let Cmd::Fleet(a) = c.cmd else {
+            panic!("wrong subcommand")
+        };
+        assert_eq!(a.mode, fleet::FleetMode::ConnectLeave);
+        assert_eq!((a.nodes, a.repeats), (vec![5, 10, 20], 3));
+        let c = Cli::try_parse_from([
+            "slim-loadtest",
+            "fleet",
+            "--nodes",
+            "20",
+            "--churn-rate",
+            "10",
+            "--duration",
+            "60s",
+            "--stream-rate",
+            "200",
+            "--json",
+            "out.json",
+        ])
+        .unwrap();
+        let Cmd::Fleet(a) = c.cmd else {
+            panic!("wrong subcommand")
+        };
+        assert_eq!(a.mode, fleet::FleetMode::Churn);
+        assert_eq!(a.duration, Duration::from_secs(60));
+        assert_eq!(a.json, Some(PathBuf::from("out.json")));
     }
 }

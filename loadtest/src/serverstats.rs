@@ -18,8 +18,8 @@ pub enum Kind {
     Nats,
 }
 
-/// HTTP/1.0 GET of `path`; returns the body.
-async fn get(addr: SocketAddr, path: &str) -> Result<String> {
+/// HTTP/1.0 GET of `path`; returns the body (an error unless 200).
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> Result<String> {
     let fetch = async {
         let mut s = TcpStream::connect(addr).await?;
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
@@ -54,6 +54,11 @@ fn parse_prometheus(body: &str) -> BTreeMap<String, f64> {
             Some((k.trim().to_owned(), v.parse().ok()?))
         })
         .collect()
+}
+
+/// Every series of a Prometheus `/metrics` endpoint, `name{labels}` → value.
+pub(crate) async fn scrape(addr: SocketAddr) -> Result<BTreeMap<String, f64>> {
+    Ok(parse_prometheus(&get(addr, "/metrics").await?))
 }
 
 /// The counters of interest, by report name.
