@@ -31,7 +31,11 @@
 //! count, an order-independent hash); each side then sends only the origins
 //! that differ. The origin is the authority on its own entries: a node that
 //! receives a stale entry about itself (after a partition, say) re-issues
-//! the truth with a higher seq, which floods and wins everywhere.
+//! the truth with a higher seq, which floods and wins everywhere. When a
+//! partition heals, the link that comes up is rarely next to every node
+//! whose view drifted (nodes forget unreachable origins and tombstones on
+//! their own timers), so each node that held an origin through a partition
+//! floods it once more when it becomes reachable again.
 //!
 //! The data plane uses the result as *destinations*: a publish is sent, per
 //! next-hop peer, with the list of origin nodes that peer must reach, so each
@@ -128,6 +132,10 @@ impl Default for InterestConfig {
 /// Most peers one link set may list.
 const MAX_LINKS: usize = 4096;
 
+/// An origin unreachable for this long and reachable again is flooded once
+/// more by every node that held it (see `refresh_routes`).
+const RETURN_AFTER: Duration = Duration::from_secs(1);
+
 /// One entry of an origin.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Item {
@@ -186,6 +194,9 @@ struct Peer {
     pending: BTreeSet<Key>,
     digest: VecDeque<OriginDigest>,
     next_at: Duration,
+    /// Whether its link-up digest arrived (until then, the digest exchange
+    /// is what brings it what it lacks).
+    heard_digest: bool,
 }
 
 impl Peer {
@@ -348,6 +359,7 @@ impl InterestTable {
                 pending: BTreeSet::new(),
                 digest: digest.into(),
                 next_at: now,
+                heard_digest: false,
             },
         );
         self.originate_links();
@@ -565,6 +577,7 @@ impl InterestTable {
             }
         }
         if let Some(p) = self.peers.get_mut(peer) {
+            p.heard_digest = true;
             p.pending.extend(keys);
         }
     }
@@ -818,14 +831,45 @@ impl InterestTable {
                 moved.push(Arc::clone(o));
             }
         }
+        // Origins reachable again after a partition: nodes forget an
+        // unreachable origin at different times (their GC timers differ)
+        // and the origin forgets tombstones meanwhile, so neighbours may
+        // now differ in ways only a link-up digest would show, and the
+        // link that came up is elsewhere. Every node that held such an
+        // origin (for `RETURN_AFTER` at least: not one whose entries merely
+        // arrived in pieces) floods what it holds of it once more: a node
+        // that forgot it learns it again, and a stale entry reaches the
+        // origin, which corrects it (`correct_own`). A peer whose link-up
+        // digest has not arrived yet is left to the digest exchange.
+        let mut returned: Vec<NodeId> = Vec::new();
         for (id, o) in self.origins.iter_mut() {
             if *id == self.me {
                 continue;
             }
             if next.contains_key(id) {
+                if o.unreachable_since
+                    .is_some_and(|t| self.now >= t + RETURN_AFTER)
+                {
+                    returned.push(Arc::clone(id));
+                }
                 o.unreachable_since = None;
             } else if o.unreachable_since.is_none() {
                 o.unreachable_since = Some(self.now);
+            }
+        }
+        for id in returned {
+            let o = &self.origins[&id];
+            let mut keys: Vec<Key> = Vec::with_capacity(o.entries());
+            if o.links.is_some() {
+                keys.push((Arc::clone(&id), Item::Links));
+            }
+            keys.extend(
+                o.names
+                    .keys()
+                    .map(|n| (Arc::clone(&id), Item::Name(Arc::clone(n)))),
+            );
+            for p in self.peers.values_mut().filter(|p| p.heard_digest) {
+                p.pending.extend(keys.iter().cloned());
             }
         }
         for id in moved {

@@ -3,14 +3,27 @@
 //!
 //! The model follows the federation actor (`actors/src/fed/actor.rs`):
 //! - a node handles one stimulus at a time (a local interest change, a link
-//!   coming up or going down, one received `Interest` frame) and then
-//!   *flushes*: every announcement the table has pending becomes one
-//!   `Frame::Interest` on that peer's link, and every changed route is read
-//!   back with `remote_dests` (the actor installs it in the registry);
+//!   coming up or going down, one received `Interest` frame, a timer) and
+//!   then *flushes*: it polls `poll_announce(now)` until the table has no
+//!   frame due (each frame goes on its peer's link; the table paces each
+//!   peer to one frame per `pace`, coalescing what changes meanwhile), reads
+//!   every changed route back with `remote_dests` (the actor installs it in
+//!   the registry) and, if a paced peer still has something to hear, sets a
+//!   wake-up at `poll_timeout()` — never sooner than `wake_floor_us` from
+//!   now, like the actor — keeping at most one pending wake-up per node, the
+//!   earliest;
+//! - every node's GC timer calls `handle_tick` once per `gc_every_us`, each
+//!   node at its own phase (drawn from the seed). The timers only run while
+//!   the fleet has something else queued: a quiet fleet stops ticking (so a
+//!   run ends) and the timers resume, at their phase, with the next event.
+//!   Tombstones and unreachable origins therefore expire during long runs
+//!   and when a scenario lets virtual time pass ([`Fleet::idle`]);
 //! - a frame reaches the peer after the link's latency, in order per link
 //!   (fixed latency per link; ties in time are broken by send order);
 //! - a frame still in flight when its link goes down is lost (the actor
 //!   ignores frames from a session that is no longer the active one);
+//! - a node restart is a fresh `InterestTable` with a larger epoch (the
+//!   virtual start time in µs, + 1), its clients' names re-added;
 //! - processing takes no virtual time (virtual time is pure propagation),
 //!   unless `proc_us` is set: then a node spends that long per received
 //!   entry, handles one frame at a time in arrival order (the actor's
@@ -28,7 +41,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use slim_actors::interest::InterestTable;
+use slim_actors::interest::{InterestConfig, InterestTable};
 use slim_wire::codec::{self, Limits};
 use slim_wire::{Frame, Interest};
 
@@ -46,20 +59,29 @@ pub struct FleetConfig {
     pub nodes: usize,
     pub topology: Topology,
     pub seed: u64,
-    /// The node's `federation.max_hops` (default 8).
-    pub max_hops: usize,
     /// Link latency range in µs, one value per link drawn uniformly from the
     /// seed (at least 1 µs).
     pub latency_us: (u64, u64),
-    /// Virtual time a node spends per received entry (add or remove): a node
-    /// handles one frame at a time, in arrival order (the federation
-    /// actor's mailbox), and sends what it flushes when done. 0: instant.
+    /// Virtual time a node spends per received entry (name state, link set
+    /// or digest): a node handles one frame at a time, in arrival order (the
+    /// federation actor's mailbox), and sends what it flushes when done.
+    /// 0: instant.
     pub proc_us: u64,
+    /// The nodes' protocol tuning (pace, tombstone and unreachable TTLs,
+    /// batch size, table bound).
+    pub interest: InterestConfig,
+    /// A wake-up for a paced peer is never set sooner than this after the
+    /// flush that sets it (the actor's 5 ms floor).
+    pub wake_floor_us: Micros,
+    /// Period of each node's GC timer (`handle_tick`; the actor's 1 s).
+    pub gc_every_us: Micros,
     /// A run stops once this many frames were sent since the last
     /// [`Fleet::take_traffic`].
     pub budget: u64,
     /// A run also stops after this much wall-clock time.
     pub wall_limit: Option<Duration>,
+    /// Print every action, frame and route change to stderr (debugging).
+    pub trace: bool,
 }
 
 impl FleetConfig {
@@ -68,25 +90,31 @@ impl FleetConfig {
             nodes,
             topology,
             seed,
-            max_hops: 8,
             latency_us: (1_000, 50_000),
             proc_us: 0,
+            interest: InterestConfig::default(),
+            wake_floor_us: 5_000,
+            gc_every_us: 1_000_000,
             budget: 50_000_000,
             wall_limit: None,
+            trace: false,
         }
     }
 }
 
-/// What made a node send: the stimulus it was handling when it flushed.
+/// What made a node send: the stimulus that queued the frame's entries.
+/// A frame that had to wait for its peer's pace is counted under the
+/// stimulus that queued the oldest of its waiting entries (and as `paced`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Cause {
     /// A local interest change (a client connected or left).
     Local = 0,
-    /// An `Interest` frame received from a peer (relaying what it learned).
+    /// An `Interest` frame received from a peer (relaying what it learned,
+    /// or answering its digest).
     Relay = 1,
-    /// A link came up: the table replays every route it can offer the peer.
+    /// A link came up: the new link set, flooded, and the digest to the peer.
     PeerUp = 2,
-    /// A link went down: routes learned from that peer are withdrawn or replaced.
+    /// A link went down: the new link set, flooded.
     PeerDown = 3,
 }
 
@@ -97,7 +125,7 @@ impl Cause {
         match self {
             Cause::Local => "local change",
             Cause::Relay => "relay",
-            Cause::PeerUp => "peer-up replay",
+            Cause::PeerUp => "peer-up",
             Cause::PeerDown => "peer-down",
         }
     }
@@ -108,31 +136,52 @@ impl Cause {
 pub struct CauseTraffic {
     pub msgs: u64,
     pub bytes: u64,
-    pub adds: u64,
-    pub removes: u64,
+    /// Name states carried (present and tombstones).
+    pub names: u64,
+    /// Link sets carried.
+    pub links: u64,
+    /// Digest entries carried.
+    pub digests: u64,
+    /// Frames that waited for their peer's pace (sent on a later flush).
+    pub paced: u64,
+}
+
+impl CauseTraffic {
+    fn absorb(&mut self, o: &CauseTraffic) {
+        self.msgs += o.msgs;
+        self.bytes += o.bytes;
+        self.names += o.names;
+        self.links += o.links;
+        self.digests += o.digests;
+        self.paced += o.paced;
+    }
 }
 
 /// Everything counted between two [`Fleet::take_traffic`] calls.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Traffic {
-    /// `Frame::Interest` frames sent (one per announcement polled).
+    /// `Frame::Interest` frames sent.
     pub msgs: u64,
     /// Their encoded size.
     pub bytes: u64,
-    /// Route additions/replacements and withdrawals carried.
-    pub adds: u64,
-    pub removes: u64,
+    /// Name states carried: present, and tombstones (present = false).
+    pub present: u64,
+    pub absent: u64,
+    /// Link-set entries carried.
+    pub links: u64,
+    /// Digest entries carried (one per origin, on link-up).
+    pub digests: u64,
     /// The same, by what made the node send.
     pub by_cause: [CauseTraffic; 4],
-    /// Entries (adds + removes) about instance names (`org/ns/svc/inst`) and
-    /// about service names (`org/ns/svc`).
+    /// Name states about instance names (`org/ns/svc/inst`) and about
+    /// service names (`org/ns/svc`).
     pub instance_entries: u64,
     pub service_entries: u64,
-    /// Adds by path length (index = number of nodes in the path).
-    pub add_path_len: Vec<u64>,
+    /// Frames that waited for their peer's pace.
+    pub paced: u64,
     /// Frames lost: in flight when their link went down, or dropped by a fault.
     pub dropped: u64,
-    /// Adds a table refused (`handle_add` errors).
+    /// Parts of frames a table refused (`handle_interest` errors).
     pub refused: u64,
     /// Names whose remote destinations changed (registry route installs).
     pub route_changes: u64,
@@ -143,29 +192,28 @@ impl Traffic {
     pub fn absorb(&mut self, o: &Traffic) {
         self.msgs += o.msgs;
         self.bytes += o.bytes;
-        self.adds += o.adds;
-        self.removes += o.removes;
+        self.present += o.present;
+        self.absent += o.absent;
+        self.links += o.links;
+        self.digests += o.digests;
         for (a, b) in self.by_cause.iter_mut().zip(&o.by_cause) {
-            a.msgs += b.msgs;
-            a.bytes += b.bytes;
-            a.adds += b.adds;
-            a.removes += b.removes;
+            a.absorb(b);
         }
         self.instance_entries += o.instance_entries;
         self.service_entries += o.service_entries;
-        if self.add_path_len.len() < o.add_path_len.len() {
-            self.add_path_len.resize(o.add_path_len.len(), 0);
-        }
-        for (a, b) in self.add_path_len.iter_mut().zip(&o.add_path_len) {
-            *a += b;
-        }
+        self.paced += o.paced;
         self.dropped += o.dropped;
         self.refused += o.refused;
         self.route_changes += o.route_changes;
     }
+
+    /// Entries of every kind carried.
+    pub fn entries(&self) -> u64 {
+        self.present + self.absent + self.links + self.digests
+    }
 }
 
-/// Routing-table sizes (`InterestTable::entry_count`) over the live nodes.
+/// Table sizes (`InterestTable::entry_count`) over the live nodes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct EntryStats {
     pub min: usize,
@@ -173,13 +221,18 @@ pub struct EntryStats {
     pub max: usize,
 }
 
-/// A deliberate fault, to show that the invariant checker can fail.
+/// A deliberate fault, to show that the invariant checker can fail (and
+/// which losses flooding repairs by itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// Lose the n-th frame delivered (1-based) after the fault is set.
     DropNth(u64),
-    /// Lose the first delivered frame that carries a withdrawal.
-    DropFirstRemove,
+    /// Lose the first delivered frame that carries a tombstone.
+    DropFirstTombstone,
+    /// Lose every frame delivered to this node while its links stay up
+    /// (a link that silently loses frames: QUIC never does that, which is
+    /// why the protocol does not guard against it).
+    Deaf(u32),
 }
 
 /// Something scheduled to happen to the fleet.
@@ -191,12 +244,13 @@ pub enum Action {
     LinkUp(u32),
     /// The node's process dies: its links go down and its interest table is
     /// lost (its clients' registrations survive, as after a federation actor
-    /// restart, and are re-added to the fresh table).
+    /// restart).
     NodeDown(u32),
-    /// The node is back: each of its links comes up after that link's latency
-    /// (one handshake).
+    /// The node is back with a fresh table (a new, larger epoch; its
+    /// clients' names re-added); each of its links comes up after that
+    /// link's latency (one handshake).
     NodeUp(u32),
-    /// Record routing-table sizes (no effect on the protocol).
+    /// Record table sizes (no effect on the protocol).
     Sample,
 }
 
@@ -227,7 +281,9 @@ impl std::fmt::Display for Halt {
 pub struct Quiet {
     /// When the run started.
     pub start: Micros,
-    /// The last protocol action (connect, leave, link or node event).
+    /// The first and the last protocol action (connect, leave, link or
+    /// node event); `start` if none.
+    pub first_action: Micros,
     pub last_action: Micros,
     /// The last frame delivered (or dropped); `start` if none.
     pub last_delivery: Micros,
@@ -238,6 +294,13 @@ impl Quiet {
     pub fn convergence(&self) -> Micros {
         self.last_delivery
             .saturating_sub(self.last_action.max(self.start))
+    }
+
+    /// Virtual time from the first action until no frame was in flight.
+    pub fn span(&self) -> Micros {
+        self.last_delivery
+            .max(self.last_action)
+            .saturating_sub(self.first_action)
     }
 }
 
@@ -255,11 +318,20 @@ pub(crate) struct Node {
     /// Local subscribers per name (the registry's view).
     pub(crate) local: BTreeMap<Arc<str>, u32>,
     pub(crate) up: bool,
+    /// The epoch of the current table.
+    epoch: u64,
     /// Until when it is busy handling a frame, and the frames waiting
     /// (only with `proc_us`).
-    pub(crate) busy_until: Micros,
+    busy_until: Micros,
     mailbox: VecDeque<(u32, u32, u32, Interest)>,
     ready_scheduled: bool,
+    /// The pending wake-up (the earliest asked for).
+    wake_at: Option<Micros>,
+    /// Per peer with entries waiting for its pace: what queued the oldest.
+    held: BTreeMap<u32, Cause>,
+    /// The GC timer's phase, and whether it is queued.
+    gc_phase: Micros,
+    gc_queued: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -284,6 +356,10 @@ enum Event {
     Act(Action),
     /// The node is free to handle the next frame in its mailbox (`proc_us`).
     Ready(u32),
+    /// A paced peer of the node may be sent to.
+    Wake(u32),
+    /// The node's GC timer.
+    Gc(u32),
 }
 
 #[derive(Debug)]
@@ -311,6 +387,18 @@ impl Ord for Queued {
     }
 }
 
+/// One (name, origin) whose routes are followed: when each node gains or
+/// loses a route to it.
+#[derive(Debug)]
+struct Watch {
+    name: Arc<str>,
+    origin: u32,
+    routed: Vec<bool>,
+    count: usize,
+    /// The last time a node gained or lost the route.
+    last_change: Option<Micros>,
+}
+
 /// N interest tables, their links and the event queue.
 #[derive(Debug)]
 pub struct Fleet {
@@ -321,6 +409,8 @@ pub struct Fleet {
     pub(crate) clients: Vec<Client>,
     index: HashMap<Arc<str>, u32>,
     queue: BinaryHeap<Queued>,
+    /// Events queued other than GC timers (the timers run while it is > 0).
+    busy: u64,
     now: Micros,
     seq: u64,
     traffic: Traffic,
@@ -332,6 +422,7 @@ pub struct Fleet {
     samples: Vec<EntryStats>,
     fault: Option<Fault>,
     delivered_since_fault: u64,
+    watch: Option<Watch>,
     buf: BytesMut,
     limits: Limits,
     /// Added to the departure time of what a flush sends (the node's
@@ -362,17 +453,24 @@ impl Fleet {
                 epoch: 0,
             })
             .collect::<Vec<_>>();
+        let mut gc_rng = StdRng::seed_from_u64(cfg.seed ^ 0x6c0c_7133);
+        let gc_every = cfg.gc_every_us.max(1);
         let nodes: Vec<Node> = (0..cfg.nodes as u32)
             .map(|i| {
                 let id = node_id(i);
                 Node {
-                    table: InterestTable::new(&id, cfg.max_hops),
+                    table: InterestTable::new(&id, 1, cfg.interest.clone()),
                     id: Arc::from(id),
                     local: BTreeMap::new(),
                     up: true,
+                    epoch: 1,
                     busy_until: 0,
                     mailbox: VecDeque::new(),
                     ready_scheduled: false,
+                    wake_at: None,
+                    held: BTreeMap::new(),
+                    gc_phase: gc_rng.random_range(0..gc_every),
+                    gc_queued: false,
                 }
             })
             .collect();
@@ -390,6 +488,7 @@ impl Fleet {
             clients: Vec::new(),
             index,
             queue: BinaryHeap::new(),
+            busy: 0,
             now: 0,
             seq: 0,
             traffic: Traffic::default(),
@@ -400,6 +499,7 @@ impl Fleet {
             samples: Vec::new(),
             fault: None,
             delivered_since_fault: 0,
+            watch: None,
             buf: BytesMut::with_capacity(4096),
             limits: Limits::default(),
             send_delay: 0,
@@ -424,6 +524,10 @@ impl Fleet {
 
     pub fn table(&self, node: u32) -> &InterestTable {
         &self.nodes[node as usize].table
+    }
+
+    pub fn node_is_up(&self, node: u32) -> bool {
+        self.nodes[node as usize].up
     }
 
     pub fn link_latency(&self, edge: u32) -> Micros {
@@ -468,14 +572,53 @@ impl Fleet {
         }
     }
 
+    /// Lets `d` of virtual time pass (the GC timers tick meanwhile); run
+    /// the fleet to get there.
+    pub fn idle(&mut self, d: Micros) {
+        self.schedule(self.now + d, Action::Sample);
+    }
+
     pub fn set_fault(&mut self, fault: Option<Fault>) {
         self.fault = fault;
         self.delivered_since_fault = 0;
     }
 
-    /// The fault set and not fired yet.
+    /// The fault set and not fired yet (a [`Fault::Deaf`] never fires out).
     pub fn fault(&self) -> Option<Fault> {
         self.fault
+    }
+
+    /// Follows the routes of every node to `name` at `origin` (see
+    /// [`Fleet::watch_settled`]).
+    pub fn watch(&mut self, name: &str, origin: u32) {
+        let name: Arc<str> = Arc::from(name);
+        let routed: Vec<bool> = (0..self.nodes.len() as u32)
+            .map(|i| self.routes_to(i, &name, origin))
+            .collect();
+        self.watch = Some(Watch {
+            count: routed.iter().filter(|x| **x).count(),
+            name,
+            origin,
+            routed,
+            last_change: None,
+        });
+    }
+
+    /// The watched key: how many nodes route to it now, and when the last
+    /// node gained or lost its route (since [`Fleet::watch`]).
+    pub fn watch_settled(&self) -> Option<(usize, Option<Micros>)> {
+        self.watch.as_ref().map(|w| (w.count, w.last_change))
+    }
+
+    /// The watched (name, origin), if any.
+    pub fn watched(&self) -> Option<(&str, u32)> {
+        self.watch.as_ref().map(|w| (&*w.name, w.origin))
+    }
+
+    fn routes_to(&self, node: u32, name: &str, origin: u32) -> bool {
+        let n = &self.nodes[node as usize];
+        let o = &self.nodes[origin as usize].id;
+        n.up && n.table.remote_dests(name).iter().any(|(x, _)| x == o)
     }
 
     /// What was sent since the last call (the message budget counts from it).
@@ -510,7 +653,7 @@ impl Fleet {
         &self.samples
     }
 
-    /// Routing-table sizes of the live nodes right now.
+    /// Table sizes of the live nodes right now.
     pub fn entry_stats(&self) -> EntryStats {
         let counts: Vec<usize> = self
             .nodes
@@ -528,18 +671,37 @@ impl Fleet {
         }
     }
 
-    /// Runs events until nothing is in flight or scheduled.
+    /// Runs events until nothing but GC timers is queued (the timers stop
+    /// there, without advancing virtual time).
     pub fn run(&mut self) -> Result<Quiet, Halt> {
         let start = self.now;
+        let mut first_action = None;
         let mut last_action = start;
         let mut last_delivery = start;
         let t0 = Instant::now();
         let mut steps: u64 = 0;
-        while let Some(q) = self.queue.pop() {
+        loop {
+            if self.busy == 0 {
+                // Only GC timers left: the fleet is quiet; they stop here
+                // and resume with the next event.
+                for q in self.queue.drain() {
+                    if let Event::Gc(n) = q.ev {
+                        self.nodes[n as usize].gc_queued = false;
+                    }
+                }
+                break;
+            }
+            let Some(q) = self.queue.pop() else {
+                break;
+            };
             self.now = q.at;
+            if !matches!(q.ev, Event::Gc(_)) {
+                self.busy -= 1;
+            }
             match q.ev {
                 Event::Act(a) => {
                     if a != Action::Sample {
+                        first_action.get_or_insert(q.at);
                         last_action = q.at;
                     }
                     self.act(a);
@@ -571,7 +733,7 @@ impl Fleet {
                     let Some((link, epoch, from, frame)) = node.mailbox.pop_front() else {
                         continue;
                     };
-                    let work = self.cfg.proc_us * (frame.add.len() + frame.remove.len()) as u64;
+                    let work = self.cfg.proc_us * frame_entries(&frame);
                     node.busy_until = q.at + work;
                     if !node.mailbox.is_empty() {
                         node.ready_scheduled = true;
@@ -582,9 +744,39 @@ impl Fleet {
                     self.deliver(link, epoch, from, to, frame);
                     self.send_delay = 0;
                 }
+                Event::Wake(n) => {
+                    let node = &mut self.nodes[n as usize];
+                    if node.wake_at != Some(q.at) {
+                        continue; // superseded by an earlier wake-up
+                    }
+                    node.wake_at = None;
+                    if !node.up {
+                        continue;
+                    }
+                    if node.busy_until > q.at {
+                        // Behind the frame being handled (the mailbox).
+                        let at = node.busy_until;
+                        self.wake_at(n, at);
+                        continue;
+                    }
+                    self.flush(n, None);
+                }
+                Event::Gc(n) => {
+                    let node = &mut self.nodes[n as usize];
+                    node.gc_queued = false;
+                    if node.up {
+                        node.table.handle_tick(Duration::from_micros(q.at));
+                        self.flush(n, None);
+                    }
+                    if self.busy > 0 {
+                        let at = q.at + self.cfg.gc_every_us.max(1);
+                        self.nodes[n as usize].gc_queued = true;
+                        self.push(at, Event::Gc(n));
+                    }
+                }
             }
             if self.traffic.msgs > self.cfg.budget {
-                self.queue.clear();
+                self.clear_queue();
                 return Err(Halt::Budget {
                     msgs: self.traffic.msgs,
                 });
@@ -594,7 +786,7 @@ impl Fleet {
                 && let Some(limit) = self.cfg.wall_limit
                 && t0.elapsed() > limit
             {
-                self.queue.clear();
+                self.clear_queue();
                 return Err(Halt::WallClock {
                     msgs: self.traffic.msgs,
                     after: limit,
@@ -603,12 +795,30 @@ impl Fleet {
         }
         Ok(Quiet {
             start,
+            first_action: first_action.unwrap_or(start),
             last_action,
             last_delivery,
         })
     }
 
+    fn clear_queue(&mut self) {
+        self.queue.clear();
+        self.busy = 0;
+        for n in &mut self.nodes {
+            n.gc_queued = false;
+            n.wake_at = None;
+            n.ready_scheduled = false;
+            n.mailbox.clear();
+        }
+    }
+
     fn push(&mut self, at: Micros, ev: Event) {
+        if !matches!(ev, Event::Gc(_)) {
+            if self.busy == 0 {
+                self.resume_gc(self.now);
+            }
+            self.busy += 1;
+        }
         self.seq += 1;
         self.queue.push(Queued {
             at,
@@ -617,7 +827,56 @@ impl Fleet {
         });
     }
 
+    /// Queues every stopped GC timer at its next tick from `from` on.
+    fn resume_gc(&mut self, from: Micros) {
+        let every = self.cfg.gc_every_us.max(1);
+        for i in 0..self.nodes.len() {
+            let n = &mut self.nodes[i];
+            if n.gc_queued {
+                continue;
+            }
+            n.gc_queued = true;
+            let phase = n.gc_phase;
+            let at = if from <= phase {
+                phase
+            } else {
+                phase + (from - phase).div_ceil(every) * every
+            };
+            self.seq += 1;
+            self.queue.push(Queued {
+                at,
+                seq: self.seq,
+                ev: Event::Gc(i as u32),
+            });
+        }
+    }
+
+    /// The actor's `wake_by`: at most one wake-up per node, the earliest.
+    fn wake_at(&mut self, n: u32, at: Micros) {
+        let node = &mut self.nodes[n as usize];
+        if node.wake_at.is_some_and(|w| w <= at) {
+            return;
+        }
+        node.wake_at = Some(at);
+        self.push(at, Event::Wake(n));
+    }
+
     fn act(&mut self, a: Action) {
+        if self.cfg.trace && a != Action::Sample {
+            let what = match a {
+                Action::Connect(c) | Action::Leave(c) => {
+                    let cl = &self.clients[c as usize];
+                    format!("{a:?} {} at {}", cl.names[0], node_id(cl.node))
+                }
+                Action::LinkDown(e) | Action::LinkUp(e) => {
+                    let (x, y) = self.graph.edges[e as usize];
+                    format!("{a:?} {}–{}", node_id(x), node_id(y))
+                }
+                Action::NodeDown(n) | Action::NodeUp(n) => format!("{a:?} {}", node_id(n)),
+                Action::Sample => String::new(),
+            };
+            eprintln!("{:>12} ACT {what}", self.now);
+        }
         match a {
             Action::Connect(c) => self.client_change(c, true),
             Action::Leave(c) => self.client_change(c, false),
@@ -629,22 +888,31 @@ impl Fleet {
                     return;
                 }
                 node.up = false;
-                // The process is gone: its table with it. Its clients'
-                // registrations come back with it (re-added to a fresh table).
-                node.table = InterestTable::new(&node.id, self.cfg.max_hops);
-                for name in node.local.keys() {
-                    node.table.handle_local(name, true);
-                }
+                node.wake_at = None;
+                node.held.clear();
+                node.mailbox.clear();
                 let edges: Vec<u32> = self.graph.adj[n as usize].iter().map(|x| x.1).collect();
                 for e in edges {
                     self.link_down(e);
                 }
+                self.watch_update(n, self.now);
             }
             Action::NodeUp(n) => {
-                if self.nodes[n as usize].up {
+                let now = self.now;
+                let interest = self.cfg.interest.clone();
+                let node = &mut self.nodes[n as usize];
+                if node.up {
                     return;
                 }
-                self.nodes[n as usize].up = true;
+                node.up = true;
+                node.busy_until = now;
+                // A fresh process: a new table, an epoch larger than any
+                // before (its start time), its clients' names re-added.
+                node.epoch = (node.epoch + 1).max(now + 1);
+                node.table = InterestTable::new(&node.id, node.epoch, interest);
+                for name in node.local.keys() {
+                    node.table.handle_local(name, true);
+                }
                 let edges: Vec<u32> = self.graph.adj[n as usize].iter().map(|x| x.1).collect();
                 for e in edges {
                     let at = self.now + self.links[e as usize].latency;
@@ -695,7 +963,7 @@ impl Fleet {
         for name in &edges {
             node.table.handle_local(name, connect);
         }
-        self.flush(n as u32, Cause::Local);
+        self.flush(n as u32, Some(Cause::Local));
     }
 
     fn link_up(&mut self, e: u32) {
@@ -704,10 +972,11 @@ impl Fleet {
             return;
         }
         self.links[e as usize].up = true;
+        let now = Duration::from_micros(self.now);
         for (x, y) in [(l.a, l.b), (l.b, l.a)] {
             let peer = Arc::clone(&self.nodes[y as usize].id);
-            self.nodes[x as usize].table.handle_peer_up(&peer);
-            self.flush(x, Cause::PeerUp);
+            self.nodes[x as usize].table.handle_peer_up(&peer, now);
+            self.flush(x, Some(Cause::PeerUp));
         }
     }
 
@@ -719,13 +988,14 @@ impl Fleet {
         let link = &mut self.links[e as usize];
         link.up = false;
         link.epoch += 1;
+        let now = Duration::from_micros(self.now);
         for (x, y) in [(l.a, l.b), (l.b, l.a)] {
             if !self.nodes[x as usize].up {
                 continue;
             }
             let peer = Arc::clone(&self.nodes[y as usize].id);
-            self.nodes[x as usize].table.handle_peer_down(&peer);
-            self.flush(x, Cause::PeerDown);
+            self.nodes[x as usize].table.handle_peer_down(&peer, now);
+            self.flush(x, Some(Cause::PeerDown));
         }
     }
 
@@ -741,59 +1011,94 @@ impl Fleet {
             self.delivered_since_fault += 1;
             let fire = match f {
                 Fault::DropNth(n) => self.delivered_since_fault == n,
-                Fault::DropFirstRemove => !frame.remove.is_empty(),
+                Fault::DropFirstTombstone => frame
+                    .updates
+                    .iter()
+                    .any(|u| u.names.iter().any(|n| !n.present)),
+                Fault::Deaf(n) => to == n,
             };
             if fire {
-                self.fault = None;
+                if !matches!(f, Fault::Deaf(_)) {
+                    self.fault = None;
+                }
                 self.traffic.dropped += 1;
                 return;
             }
         }
+        if self.cfg.trace {
+            eprintln!(
+                "{:>12} RECV {} <- {}: {}",
+                self.now + self.send_delay,
+                node_id(to),
+                node_id(from),
+                describe(&frame)
+            );
+        }
         let from_id = Arc::clone(&self.nodes[from as usize].id);
-        let t = &mut self.nodes[to as usize].table;
-        for a in &frame.add {
-            if t.handle_add(&from_id, a.name.as_str(), &a.path).is_err() {
-                self.traffic.refused += 1;
-            }
-        }
-        for r in &frame.remove {
-            t.handle_remove(&from_id, r.name.as_str(), &r.origin);
-        }
-        self.flush(to, Cause::Relay);
+        let now = Duration::from_micros(self.now + self.send_delay);
+        let errors = self.nodes[to as usize]
+            .table
+            .handle_interest(&from_id, &frame, now);
+        self.traffic.refused += errors.len() as u64;
+        self.flush(to, Some(Cause::Relay));
     }
 
-    /// What the federation actor's `flush` does: every pending announcement
-    /// becomes one frame on its peer's link; changed routes are read back.
-    fn flush(&mut self, node: u32, cause: Cause) {
+    /// What the federation actor's `flush` does: every frame the table has
+    /// due goes on its peer's link; changed routes are read back; a wake-up
+    /// is set for what pacing holds back. `cause`: what the node was
+    /// handling (`None`: a timer).
+    fn flush(&mut self, node: u32, cause: Option<Cause>) {
+        let t = self.now + self.send_delay;
+        let now = Duration::from_micros(t);
         let mut out = Vec::new();
-        {
-            let t = &mut self.nodes[node as usize].table;
-            while let Some(a) = t.poll_announce() {
+        let mut changed = false;
+        let next = {
+            let n = &mut self.nodes[node as usize];
+            while let Some(a) = n.table.poll_announce(now) {
                 out.push(a);
             }
-            while let Some(name) = t.poll_route_change() {
-                let _ = t.remote_dests(&name);
+            while let Some(name) = n.table.poll_route_change() {
+                let d = n.table.remote_dests(&name);
+                if self.cfg.trace {
+                    let d: Vec<String> = d.iter().map(|(o, v)| format!("{o} via {v}")).collect();
+                    eprintln!("{t:>12} ROUTE {} {name}: [{}]", n.id, d.join(", "));
+                }
                 self.traffic.route_changes += 1;
+                if self.watch.as_ref().is_some_and(|w| w.name == name) {
+                    changed = true;
+                }
             }
+            n.table.poll_timeout()
+        };
+        if changed {
+            self.watch_update(node, t);
         }
-        for (peer, a) in out {
+        for (peer, frame) in out {
             let Some(&p) = self.index.get(&peer) else {
                 continue;
             };
             let Some(&(_, e)) = self.graph.adj[node as usize].iter().find(|x| x.0 == p) else {
                 continue;
             };
+            let n = &mut self.nodes[node as usize];
+            let (why, paced) = match n.held.get(&p) {
+                Some(&c) => (c, true),
+                None => (cause.unwrap_or(Cause::Relay), false),
+            };
+            if !n.table.has_pending(&peer) {
+                n.held.remove(&p);
+            }
             if !self.links[e as usize].up {
                 continue;
             }
-            let frame = Frame::Interest(a.into_interest());
+            let frame = Frame::Interest(frame);
             self.buf.clear();
             codec::encode(&frame, &self.limits, &mut self.buf).expect("interest frame encodes");
             let bytes = self.buf.len() as u64;
             let Frame::Interest(frame) = frame else {
                 unreachable!()
             };
-            self.count(cause, &frame, bytes);
+            self.count(why, paced, &frame, bytes);
             let dir = e as usize * 2 + usize::from(node > p);
             self.link_bytes[dir] += bytes;
             self.link_msgs[dir] += 1;
@@ -801,7 +1106,7 @@ impl Fleet {
             self.peak_in_flight = self.peak_in_flight.max(self.in_flight[dir]);
             let l = self.links[e as usize];
             self.push(
-                self.now + self.send_delay + l.latency,
+                t + l.latency,
                 Event::Deliver {
                     link: e,
                     epoch: l.epoch,
@@ -811,42 +1116,117 @@ impl Fleet {
                 },
             );
         }
+        // Remember what queued the entries pacing holds back.
+        let n = &mut self.nodes[node as usize];
+        let waiting: Vec<u32> = n
+            .table
+            .peers()
+            .filter(|p| n.table.has_pending(p))
+            .filter_map(|p| self.index.get(p).copied())
+            .collect();
+        n.held.retain(|p, _| waiting.contains(p));
+        for p in waiting {
+            n.held
+                .entry(p)
+                .or_insert_with(|| cause.unwrap_or(Cause::Relay));
+        }
+        if let Some(at) = next {
+            let at = (at.as_micros() as Micros).max(t + self.cfg.wake_floor_us);
+            self.wake_at(node, at);
+        }
     }
 
-    fn count(&mut self, cause: Cause, f: &Interest, bytes: u64) {
+    fn watch_update(&mut self, node: u32, t: Micros) {
+        let Some(w) = &self.watch else {
+            return;
+        };
+        let (name, origin) = (Arc::clone(&w.name), w.origin);
+        let r = self.routes_to(node, &name, origin);
+        let w = self.watch.as_mut().expect("checked above");
+        if w.routed[node as usize] != r {
+            w.routed[node as usize] = r;
+            if r {
+                w.count += 1;
+            } else {
+                w.count -= 1;
+            }
+            w.last_change = Some(t);
+        }
+    }
+
+    fn count(&mut self, cause: Cause, paced: bool, f: &Interest, bytes: u64) {
         let t = &mut self.traffic;
+        let mut names = 0;
+        let mut links = 0;
+        for u in &f.updates {
+            links += u64::from(u.links.is_some());
+            names += u.names.len() as u64;
+            for n in &u.names {
+                if n.present {
+                    t.present += 1;
+                } else {
+                    t.absent += 1;
+                }
+                if n.name.instance().is_some() {
+                    t.instance_entries += 1;
+                } else {
+                    t.service_entries += 1;
+                }
+            }
+        }
+        let digests = f.digest.len() as u64;
         t.msgs += 1;
         t.bytes += bytes;
-        t.adds += f.add.len() as u64;
-        t.removes += f.remove.len() as u64;
+        t.links += links;
+        t.digests += digests;
+        t.paced += u64::from(paced);
         let c = &mut t.by_cause[cause as usize];
         c.msgs += 1;
         c.bytes += bytes;
-        c.adds += f.add.len() as u64;
-        c.removes += f.remove.len() as u64;
-        let names = f
-            .add
-            .iter()
-            .map(|a| &a.name)
-            .chain(f.remove.iter().map(|r| &r.name));
-        for n in names {
-            if n.instance().is_some() {
-                t.instance_entries += 1;
-            } else {
-                t.service_entries += 1;
-            }
-        }
-        for a in &f.add {
-            let l = a.path.len();
-            if t.add_path_len.len() <= l {
-                t.add_path_len.resize(l + 1, 0);
-            }
-            t.add_path_len[l] += 1;
-        }
+        c.names += names;
+        c.links += links;
+        c.digests += digests;
+        c.paced += u64::from(paced);
     }
 
     /// The node index of a node id.
     pub fn index_of(&self, id: &str) -> Option<u32> {
         self.index.get(id).copied()
     }
+}
+
+/// A frame in one line (for traces).
+fn describe(f: &Interest) -> String {
+    let mut parts = Vec::new();
+    for u in &f.updates {
+        let mut p = format!("{}@{}", u.origin, u.epoch);
+        if let Some(l) = &u.links {
+            p += &format!(" links#{}[{}]", l.seq, l.peers.join(","));
+        }
+        for n in &u.names {
+            p += &format!(
+                " {}#{}{}",
+                n.name.as_str(),
+                n.seq,
+                if n.present { "+" } else { "-" }
+            );
+        }
+        parts.push(p);
+    }
+    for d in &f.digest {
+        parts.push(format!(
+            "digest {}@{} n={} h={:x}",
+            d.origin, d.epoch, d.names, d.hash
+        ));
+    }
+    parts.join("; ")
+}
+
+/// Entries in a frame (name states, link sets, digest entries).
+pub fn frame_entries(f: &Interest) -> u64 {
+    f.digest.len() as u64
+        + f.updates
+            .iter()
+            .map(|u| u.names.len() as u64 + u64::from(u.links.is_some()))
+            .sum::<u64>()
 }

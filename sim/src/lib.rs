@@ -2,12 +2,15 @@
 //!
 //! Runs N [`slim_actors::interest::InterestTable`]s — the node's sans-IO
 //! interest protocol, unchanged — in one process, linked by a [`topology`]
-//! and driven by one event queue in virtual time ([`fleet`]): announcements
-//! become `Frame::Interest` frames (counted and sized with the wire codec)
-//! delivered after each link's latency, in order per link. [`scenario`]s
-//! (one connect + leave, churn, a link flap, a node restart) measure what an
-//! event costs fleet-wide; [`check`] verifies the routing invariants once the
-//! fleet settles. Everything is drawn from one seed: same seed, same counts.
+//! and driven by one event queue in virtual time ([`fleet`]), the way the
+//! federation actor drives it (flush after every stimulus, per-peer pacing
+//! with wake-ups, a GC timer per node): frames (`Frame::Interest`, counted
+//! and sized with the wire codec) are delivered after each link's latency,
+//! in order per link. [`scenario`]s (one connect + leave, churn, a link
+//! flap, a node restart) measure what an event costs fleet-wide; [`check`]
+//! verifies the routing invariants once the fleet settles, and that tables
+//! hold exactly the live state once the TTLs passed. Everything is drawn
+//! from one seed: same seed, same counts.
 //!
 //! ```
 //! use slim_sim::{Scenario, ScenarioConfig, Topology, run};

@@ -21,6 +21,7 @@ enum ScenarioArg {
     Churn,
     Flap,
     Restart,
+    Chaos,
 }
 
 /// Simulates the interest protocol on N nodes in virtual time.
@@ -30,7 +31,8 @@ struct Args {
     /// Fleet sizes.
     #[arg(long, value_delimiter = ',', default_value = "5,10,20,40")]
     nodes: Vec<usize>,
-    /// Overlays: mesh (every pair linked) or sparse (ring + random chords).
+    /// Overlays: mesh (every pair linked) or sparse (a connected random
+    /// graph of bounded degree: a ring plus random chords).
     #[arg(long, value_delimiter = ',', default_value = "mesh")]
     topology: Vec<TopologyArg>,
     /// Links per node in the sparse overlay.
@@ -41,9 +43,14 @@ struct Args {
     scenario: Vec<ScenarioArg>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// The nodes' federation.max_hops.
-    #[arg(long, default_value_t = 8)]
-    max_hops: usize,
+    /// Least time between two interest frames to one peer, in ms (the
+    /// node's default: 20).
+    #[arg(long, default_value_t = 20)]
+    pace_ms: u64,
+    /// Skip the last phase (let the tombstone and unreachable TTLs pass,
+    /// then check that every table holds exactly the live state).
+    #[arg(long)]
+    no_gc_check: bool,
     /// Link latency range in ms, fractions allowed (one value per link,
     /// drawn from the seed; at least 1 µs).
     #[arg(long, default_value = "1-50", value_parser = parse_ms_range)]
@@ -67,12 +74,22 @@ struct Args {
     /// Churn: client lifetime range in ms.
     #[arg(long, default_value = "500-3000", value_parser = parse_range)]
     lifetime_ms: (u64, u64),
+    /// Chaos: link or node outages during the churn.
+    #[arg(long, default_value_t = 10)]
+    outages: u32,
+    /// Chaos: outage length range in ms.
+    #[arg(long, default_value = "100-5000", value_parser = parse_range)]
+    outage_ms: (u64, u64),
     /// Stop a phase after this many messages ("did not converge within budget").
     #[arg(long, default_value_t = 50_000_000)]
     budget: u64,
     /// Also stop a phase after this many wall-clock seconds.
     #[arg(long)]
     wall_limit_secs: Option<u64>,
+    /// Print every action, frame and route change to stderr (debugging;
+    /// small fleets only).
+    #[arg(long)]
+    trace: bool,
     /// Print a per-phase breakdown of every run after the table.
     #[arg(long)]
     detail: bool,
@@ -108,10 +125,10 @@ fn parse_ms_range(s: &str) -> Result<(u64, u64), String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     println!(
-        "seed {}, max_hops {}, link latency {}–{} ms, processing {} µs/entry, {} background clients over {} services; \
+        "seed {}, pace {} ms, link latency {}–{} ms, processing {} µs/entry, {} background clients over {} services; \
          churn {}/s for {} s, lifetimes {}–{} ms; budget {} messages per phase\n",
         args.seed,
-        args.max_hops,
+        args.pace_ms,
         args.latency_ms.0 as f64 / 1000.0,
         args.latency_ms.1 as f64 / 1000.0,
         args.proc_us,
@@ -144,9 +161,18 @@ fn main() -> ExitCode {
                     },
                     ScenarioArg::Flap => Scenario::LinkFlap,
                     ScenarioArg::Restart => Scenario::NodeRestart,
+                    ScenarioArg::Chaos => Scenario::Chaos {
+                        rate: args.churn_rate,
+                        secs: args.churn_secs,
+                        lifetime_ms: args.lifetime_ms,
+                        outages: args.outages,
+                        outage_ms: args.outage_ms,
+                    },
                 };
                 let mut cfg = ScenarioConfig::new(n, topology, args.seed);
-                cfg.fleet.max_hops = args.max_hops;
+                cfg.fleet.interest.pace = Duration::from_millis(args.pace_ms);
+                cfg.gc_check = !args.no_gc_check;
+                cfg.fleet.trace = args.trace;
                 cfg.fleet.latency_us = args.latency_ms;
                 cfg.fleet.proc_us = args.proc_us;
                 cfg.fleet.budget = args.budget;

@@ -58,8 +58,8 @@ fn entries(e: EntryStats) -> String {
 
 /// The header of the summary table.
 pub fn header() -> String {
-    "| N | topology | scenario | msgs/event | bytes/event | max link bytes | convergence (ms) | entries/node min/avg/max | wall-clock | result |\n\
-     |---|---|---|---|---|---|---|---|---|---|"
+    "| N | topology | links | scenario | frames/event | bytes/event | bytes/event ÷ links | bytes/event ÷ N | busiest link bytes/event | convergence (ms) | reach (ms) | entries/node min/avg/max | after GC | wall-clock | result |\n\
+     |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         .into()
 }
 
@@ -74,22 +74,39 @@ fn outcome(o: &Outcome) -> String {
     }
 }
 
-/// One summary row. Convergence lists each phase (`connect / leave`,
-/// `down / up`).
+/// One summary row. Convergence and reach list each phase (`connect /
+/// leave`, `down / up`).
 pub fn row(r: &ScenarioReport) -> String {
     let mut conv: Vec<String> = r.phases.iter().map(|p| millis(p.convergence)).collect();
     if !matches!(r.outcome, Outcome::Ok | Outcome::Broken { .. }) {
         conv.push("–".into()); // the phase that did not settle
     }
     let conv = conv.join(" / ");
+    let reach: Vec<String> = r
+        .phases
+        .iter()
+        .filter_map(|p| p.reach.map(|(t, _)| millis(t)))
+        .collect();
+    let reach = if reach.is_empty() {
+        "–".into()
+    } else {
+        reach.join(" / ")
+    };
     let no_run = matches!(
         r.outcome,
         Outcome::Setup(_)
             | Outcome::Halted { phase: "setup", .. }
             | Outcome::Broken { phase: "setup", .. }
     );
-    let (msgs, b, link, ent) = if no_run {
-        ("–".into(), "–".into(), "–".into(), "–".into())
+    let (msgs, b, per_link, per_node, link, ent) = if no_run {
+        (
+            "–".into(),
+            "–".into(),
+            "–".into(),
+            "–".into(),
+            "–".into(),
+            "–".into(),
+        )
     } else {
         // A run stopped by the budget sent at least this much.
         let more = if let Outcome::Halted { .. } = r.outcome {
@@ -97,17 +114,22 @@ pub fn row(r: &ScenarioReport) -> String {
         } else {
             ""
         };
+        let b = r.per_event(r.total.bytes);
         (
             format!("{more}{}", count(r.per_event(r.total.msgs))),
-            format!("{more}{}", bytes(r.per_event(r.total.bytes))),
-            format!("{more}{}", bytes(r.max_link_bytes as f64)),
+            format!("{more}{}", bytes(b)),
+            format!("{more}{}", bytes(b / r.links.max(1) as f64)),
+            format!("{more}{}", bytes(b / r.nodes.max(1) as f64)),
+            format!("{more}{}", bytes(r.per_event(r.max_link_bytes))),
             entries(r.entries),
         )
     };
+    let gc = r.gc_entries.map_or("–".into(), entries);
     format!(
-        "| {} | {} | {} | {msgs} | {b} | {link} | {conv} | {ent} | {:.2} s | {} |",
+        "| {} | {} | {} | {} | {msgs} | {b} | {per_link} | {per_node} | {link} | {conv} | {reach} | {ent} | {gc} | {:.2} s | {} |",
         r.nodes,
         r.topology.label(),
+        r.links,
         r.scenario.label(),
         r.wall.as_secs_f64(),
         outcome(&r.outcome),
@@ -119,8 +141,9 @@ pub fn detail(r: &ScenarioReport) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "\n**N={} {} {}** (seed {}; {} links, diameter {}; setup: {} msgs, {}, {:.2} s; \
-         busiest link {} frames; peak {} frames in flight on one link)\n",
+        "\n**N={} {} {}** (seed {}; {} links, diameter {}; setup: {} frames, {}, {:.2} s; \
+         busiest link {} frames; peak {} frames in flight on one link; \
+         control bytes/s per link {}, busiest directed link {}/s)\n",
         r.nodes,
         r.topology.label(),
         r.scenario.label(),
@@ -132,10 +155,12 @@ pub fn detail(r: &ScenarioReport) -> String {
         r.setup_wall.as_secs_f64(),
         count(r.max_link_msgs as f64),
         r.peak_in_flight,
+        bytes(r.bytes_per_sec_per_link()),
+        bytes(r.busiest_link_bytes_per_sec()),
     );
     let _ = writeln!(
         s,
-        "| phase | msgs | bytes | adds | removes | by cause: msgs (adds+removes) | instance / service entries | adds by path length 1,2,3… | dropped | route changes |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| phase | frames | bytes | names present / tombstones | link sets | digests | by cause: frames (paced) | instance / service entries | dropped | refused | route changes | span (ms) |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for p in &r.phases {
         let t = &p.traffic;
@@ -145,36 +170,31 @@ pub fn detail(r: &ScenarioReport) -> String {
             .map(|c| {
                 let x = &t.by_cause[*c as usize];
                 format!(
-                    "{} {} ({}+{})",
+                    "{} {} ({})",
                     c.label(),
                     count(x.msgs as f64),
-                    count(x.adds as f64),
-                    count(x.removes as f64)
+                    count(x.paced as f64),
                 )
             })
             .collect::<Vec<_>>()
             .join("; ");
-        let lens = t
-            .add_path_len
-            .iter()
-            .skip(1)
-            .map(|x| count(*x as f64))
-            .collect::<Vec<_>>()
-            .join(", ");
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+            "| {} | {} | {} | {} / {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
             p.name,
             count(t.msgs as f64),
             bytes(t.bytes as f64),
-            count(t.adds as f64),
-            count(t.removes as f64),
+            count(t.present as f64),
+            count(t.absent as f64),
+            count(t.links as f64),
+            count(t.digests as f64),
             causes,
             count(t.instance_entries as f64),
             count(t.service_entries as f64),
-            lens,
             t.dropped,
+            t.refused,
             count(t.route_changes as f64),
+            millis(p.span),
         );
     }
     s

@@ -60,6 +60,9 @@ impl Net {
             let mut msgs = Vec::new();
             let now = self.now;
             for t in self.t.iter_mut() {
+                // Routes are refreshed as the federation actor does, on
+                // every flush (a refresh may queue entries).
+                while t.poll_route_change().is_some() {}
                 while let Some((peer, f)) = t.poll_announce(now) {
                     msgs.push((t.me().to_string(), peer.to_string(), f));
                 }
@@ -503,4 +506,105 @@ fn an_entry_a_peer_sent_us_is_not_sent_back_to_it() {
     // ... and p sends the same version meanwhile: p need not hear it.
     assert!(t.handle_interest("p", &entry, ms(2)).is_empty());
     assert!(!t.has_pending("p"));
+}
+
+/// A partition heals while some nodes of one side have already forgotten
+/// the other side's origin (unreachable for `unreachable_ttl`) and their
+/// neighbours have not yet (GC timers tick at different times): the node
+/// that forgot must learn the origin again, though the link that came up
+/// is elsewhere and its neighbours hold nothing newer.
+#[test]
+fn an_origin_forgotten_during_a_partition_is_learnt_again_when_it_heals() {
+    let mut n = Net::new(&["o", "z", "y", "x"]);
+    n.link("o", "z");
+    n.link("z", "y");
+    n.link("y", "x");
+    n.at("o").handle_local("o/n/s", true);
+    n.settle();
+    assert_eq!(n.dests("x", "o/n/s"), vec![s("o", "y")]);
+    n.unlink("z", "y");
+    n.settle();
+    // x's GC timer fires after the TTL; y's not yet.
+    n.now += cfg().unreachable_ttl + ms(1);
+    let now = n.now;
+    n.at("x").handle_tick(now);
+    assert_eq!(n.get("x").origin_count(), 2, "x forgot o and z");
+    assert_eq!(n.get("y").origin_count(), 4, "y still holds them");
+    n.link("z", "y");
+    n.settle();
+    assert_eq!(n.dests("y", "o/n/s"), vec![s("o", "z")]);
+    assert_eq!(n.dests("x", "o/n/s"), vec![s("o", "y")]);
+}
+
+/// A partition heals after the origin forgot a withdrawn name's tombstone
+/// and after the node at the healed link forgot the origin altogether: a
+/// node further away still holds the name as present, and must not route
+/// to it once the origin is reachable again.
+#[test]
+fn a_stale_present_held_away_from_the_healed_link_is_corrected() {
+    let mut n = Net::new(&["o", "b", "x"]);
+    n.link("o", "b");
+    n.link("b", "x");
+    n.at("o").handle_local("o/n/s", true);
+    n.settle();
+    n.unlink("o", "b");
+    n.settle();
+    n.at("o").handle_local("o/n/s", false);
+    n.settle();
+    // o forgets the tombstone, b forgets o; x's GC timer has not fired.
+    n.now += cfg().unreachable_ttl + ms(1);
+    let now = n.now;
+    n.at("o").handle_tick(now);
+    n.at("b").handle_tick(now);
+    assert_eq!(n.get("o").entry_count(), 1, "o holds only its link set");
+    assert_eq!(n.get("b").origin_count(), 2, "b forgot o");
+    n.link("o", "b");
+    n.settle();
+    for id in ["b", "x"] {
+        assert!(
+            n.dests(id, "o/n/s").is_empty(),
+            "{id} routes a departed name"
+        );
+    }
+}
+
+/// The same when the node holding the stale "present" only ever held it
+/// while its origin was unreachable (it restarted during the partition and
+/// got it from a neighbour's digest answer).
+#[test]
+fn a_stale_present_learnt_during_the_partition_is_corrected() {
+    let mut n = Net::new(&["o", "b", "x"]);
+    n.link("o", "b");
+    n.link("b", "x");
+    n.at("o").handle_local("o/n/s", true);
+    n.settle();
+    n.unlink("o", "b");
+    n.settle();
+    n.at("o").handle_local("o/n/s", false);
+    n.settle();
+    // x restarts 10 s later and learns o (unreachable) from b.
+    n.now += ms(10_000);
+    n.unlink("b", "x");
+    n.settle();
+    n.t[2] = InterestTable::new("x", 2, cfg());
+    n.link("b", "x");
+    n.settle();
+    assert_eq!(n.get("x").origin_count(), 3);
+    // o forgets the tombstone and b forgets o; x, which learnt o later,
+    // still holds it.
+    n.now += cfg().unreachable_ttl - ms(9_000);
+    let now = n.now;
+    for id in ["o", "b", "x"] {
+        n.at(id).handle_tick(now);
+    }
+    assert_eq!(n.get("b").origin_count(), 2, "b forgot o");
+    assert_eq!(n.get("x").origin_count(), 3, "x still holds o");
+    n.link("o", "b");
+    n.settle();
+    for id in ["b", "x"] {
+        assert!(
+            n.dests(id, "o/n/s").is_empty(),
+            "{id} routes a departed name"
+        );
+    }
 }
