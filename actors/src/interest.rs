@@ -157,7 +157,7 @@ struct Origin {
     links: Option<(u64, BTreeSet<NodeId>)>,
     names: HashMap<Arc<str>, NameEntry>,
     present: u32,
-    /// XOR of the present names' hashes and the link set's.
+    /// XOR of the present names' hashes.
     hash: u64,
     unreachable_since: Option<Duration>,
 }
@@ -178,6 +178,7 @@ impl Origin {
         OriginDigest {
             origin: id.to_owned(),
             epoch: self.epoch,
+            links_seq: self.links.as_ref().map_or(0, |(s, _)| *s),
             names: self.present,
             hash: self.hash,
         }
@@ -194,6 +195,9 @@ struct Peer {
     pending: BTreeSet<Key>,
     digest: VecDeque<OriginDigest>,
     next_at: Duration,
+    /// The last origin of its digest's previous part (the next part covers
+    /// the origins after it).
+    digest_from: Option<String>,
     /// Whether its link-up digest arrived (until then, the digest exchange
     /// is what brings it what it lacks).
     heard_digest: bool,
@@ -222,10 +226,6 @@ fn stable_hash(tag: u8, name: &str, seq: u64) -> u64 {
 
 fn name_hash(name: &str, seq: u64) -> u64 {
     stable_hash(1, name, seq)
-}
-
-fn links_hash(seq: u64) -> u64 {
-    stable_hash(2, "", seq)
 }
 
 /// The interest state of one node.
@@ -261,7 +261,6 @@ impl InterestTable {
         let mut origins = HashMap::new();
         let mut own = Origin::new(epoch);
         own.links = Some((1, BTreeSet::new()));
-        own.hash = links_hash(1);
         origins.insert(Arc::clone(&me), own);
         InterestTable {
             me,
@@ -333,10 +332,6 @@ impl InterestTable {
         let peers: BTreeSet<NodeId> = self.peers.keys().cloned().collect();
         let me = Arc::clone(&self.me);
         let own = self.origins.get_mut(&me).expect("own origin");
-        if let Some((old, _)) = &own.links {
-            own.hash ^= links_hash(*old);
-        }
-        own.hash ^= links_hash(seq);
         own.links = Some((seq, peers));
         self.topo_dirty = true;
         self.flood((me, Item::Links), None);
@@ -359,6 +354,7 @@ impl InterestTable {
                 pending: BTreeSet::new(),
                 digest: digest.into(),
                 next_at: now,
+                digest_from: None,
                 heard_digest: false,
             },
         );
@@ -392,8 +388,8 @@ impl InterestTable {
                 errors.push(e);
             }
         }
-        if !frame.digest.is_empty() {
-            self.handle_digest(peer, &frame.digest);
+        if !frame.digest.is_empty() || frame.digest_last {
+            self.handle_digest(peer, &frame.digest, frame.digest_last);
         }
         errors
     }
@@ -452,12 +448,9 @@ impl InterestTable {
         if let Some(ls) = &u.links {
             let o = self.origins.get_mut(&origin).expect("inserted above");
             if o.links.as_ref().is_none_or(|(s, _)| ls.seq > *s) {
-                if let Some((old, _)) = &o.links {
-                    o.hash ^= links_hash(*old);
-                } else {
+                if o.links.is_none() {
                     self.entries += 1;
                 }
-                o.hash ^= links_hash(ls.seq);
                 o.links = Some((
                     ls.seq,
                     ls.peers.iter().map(|p| Arc::from(p.as_str())).collect(),
@@ -553,22 +546,52 @@ impl InterestTable {
 
     /// The peer's digest: every origin it lacks or holds differently is
     /// sent to it in full (tombstones included).
-    fn handle_digest(&mut self, peer: &str, digest: &[OriginDigest]) {
+    fn handle_digest(&mut self, peer: &str, digest: &[OriginDigest], last: bool) {
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        // This part covers origins after the previous part's last one, up
+        // to its own last one (or to the end if it is the last part).
+        let from = if last {
+            p.digest_from.take()
+        } else {
+            p.digest_from.clone()
+        };
+        let to: Option<String> = if last {
+            None
+        } else {
+            digest.iter().map(|d| d.origin.clone()).max()
+        };
+        if !last {
+            p.digest_from = to.clone();
+        }
+        let in_part = |id: &str| {
+            from.as_deref().is_none_or(|f| id > f) && to.as_deref().is_none_or(|t| id <= t)
+        };
         let theirs: HashMap<&str, &OriginDigest> =
             digest.iter().map(|d| (d.origin.as_str(), d)).collect();
         let mut keys = Vec::new();
-        for (id, o) in &self.origins {
+        for (id, o) in self.origins.iter().filter(|(id, _)| in_part(id)) {
             // (The peer's own origin too: if we hold something stale about
             // it, it corrects it.)
-            let differs = match theirs.get(&**id) {
-                None => true,
-                Some(d) if d.epoch > o.epoch => false, // ours is older: theirs comes our way
-                Some(d) => d.epoch != o.epoch || d.names != o.present || d.hash != o.hash,
+            // Link sets and names are compared apart: a link set changes on
+            // every link event (both ends' digests are already behind the
+            // link set this very link-up issued) and costs one entry, while
+            // the names may be many.
+            let links_seq = o.links.as_ref().map(|(s, _)| *s);
+            let (links, names) = match theirs.get(&**id) {
+                None => (links_seq.is_some(), true),
+                Some(d) if d.epoch > o.epoch => (false, false), // ours is older: theirs comes our way
+                Some(d) if d.epoch < o.epoch => (links_seq.is_some(), true),
+                Some(d) => (
+                    links_seq.is_some_and(|s| s > d.links_seq),
+                    d.names != o.present || d.hash != o.hash,
+                ),
             };
-            if differs {
-                if o.links.is_some() {
-                    keys.push((Arc::clone(id), Item::Links));
-                }
+            if links {
+                keys.push((Arc::clone(id), Item::Links));
+            }
+            if names {
                 keys.extend(
                     o.names
                         .keys()
@@ -577,7 +600,7 @@ impl InterestTable {
             }
         }
         if let Some(p) = self.peers.get_mut(peer) {
-            p.heard_digest = true;
+            p.heard_digest |= last;
             p.pending.extend(keys);
         }
     }
@@ -706,6 +729,7 @@ impl InterestTable {
         let mut out = Interest {
             updates: Vec::new(),
             digest: Vec::new(),
+            digest_last: false,
         };
         let mut n = 0;
         while n < batch {
@@ -715,6 +739,7 @@ impl InterestTable {
             out.digest.push(d);
             n += 1;
         }
+        out.digest_last = !out.digest.is_empty() && p.digest.is_empty();
         while n < batch {
             let Some(key) = p.pending.pop_first() else {
                 break;
@@ -804,6 +829,27 @@ impl InterestTable {
     /// (its install did not reach the registry).
     pub fn retry_route(&mut self, name: Arc<str>) {
         self.changed.insert(name);
+    }
+
+    /// Every name routed through `peer` is handed out again: the link to it
+    /// was replaced by another one (same routes, new outbox), which a
+    /// peer-down and peer-up in one go do not show as a route change.
+    pub fn retry_routes_via(&mut self, peer: &str) {
+        self.refresh_routes();
+        for (o, via) in &self.routes {
+            if **via != *peer {
+                continue;
+            }
+            if let Some(origin) = self.origins.get(o) {
+                self.changed.extend(
+                    origin
+                        .names
+                        .iter()
+                        .filter(|(_, e)| e.present)
+                        .map(|(n, _)| Arc::clone(n)),
+                );
+            }
+        }
     }
 
     /// Every name with remote interest is handed out again (the registry's

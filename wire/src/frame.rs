@@ -260,25 +260,31 @@ pub struct OriginUpdate {
 
 /// What a node holds of one origin, sent when a link comes up so that the
 /// peer sends back only the origins that differ (a compact snapshot, not a
-/// replay). `hash` is order-independent over the origin's present names and
-/// their seqs plus its link set's seq.
-/// Layout: `[origin: str, epoch: u64, names: u32, hash: u64]`.
+/// replay). `links_seq` is the seq of the origin's link set held (0: none);
+/// `hash` is order-independent over the present names and their seqs.
+/// Layout: `[origin: str, epoch: u64, links_seq: u64, names: u32, hash: u64]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginDigest {
     pub origin: String,
     pub epoch: u64,
+    pub links_seq: u64,
     pub names: u32,
     pub hash: u64,
 }
 
 /// Node → node on a peer link's control stream: interest and topology
 /// entries to merge, and (right after the link comes up) a digest of what
-/// the sender holds.
-/// Layout: `[updates: [OriginUpdate], digest: [OriginDigest]]`.
+/// the sender holds. A digest larger than one frame comes in parts, sorted
+/// by origin: each part covers the origins after the previous part's last
+/// one, up to its own last one, and the part with `digest_last` everything
+/// after (so an origin missing from the digest is seen as missing, not as
+/// being in another part).
+/// Layout: `[updates: [OriginUpdate], digest: [OriginDigest], digest_last: bool]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interest {
     pub updates: Vec<OriginUpdate>,
     pub digest: Vec<OriginDigest>,
+    pub digest_last: bool,
 }
 
 /// Node → node on a peer link's data stream: a publish on its way to other

@@ -195,7 +195,8 @@ fn hand_built_valid_bodies_decode() {
                         arr(&[uint(3), arr(&[s("n2"), s("n3")])]),
                         arr(&[arr(&[s("a/b/c"), uint(4), vec![0xc3]])]),
                     ])]),
-                    arr(&[arr(&[s("n1"), uint(7), uint(2), uint(99)])]),
+                    arr(&[arr(&[s("n1"), uint(7), uint(3), uint(2), uint(99)])]),
+                    vec![0xc3],
                 ]),
             ),
             Frame::Interest(Interest {
@@ -215,9 +216,11 @@ fn hand_built_valid_bodies_decode() {
                 digest: vec![OriginDigest {
                     origin: "n1".into(),
                     epoch: 7,
+                    links_seq: 3,
                     names: 2,
                     hash: 99,
                 }],
+                digest_last: true,
             }),
         ),
         (
@@ -792,6 +795,7 @@ fn body_cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
                         arr(&[arr(&[s("a//c"), uint(1), vec![0xc3]])]),
                     ])]),
                     arr(&[]),
+                    vec![0xc2],
                 ]),
             ),
             malformed("interest", "empty"),
@@ -803,6 +807,7 @@ fn body_cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
                 &arr(&[
                     arr(&[arr(&[s("n1"), uint(1), arr(&[uint(1), s("n2")]), arr(&[])])]),
                     arr(&[]),
+                    vec![0xc2],
                 ]),
             ),
             malformed("interest", "invalid type"),
@@ -1114,6 +1119,7 @@ fn seed_frames() -> Vec<Vec<u8>> {
                 }],
             }],
             digest: vec![],
+            digest_last: false,
         }),
         Frame::Forward(Forward {
             name: n("a/b/c"),

@@ -209,9 +209,13 @@ fn frame_with_payload(max_payload: usize) -> BoxedStrategy<Frame> {
                 ),
                 0..3,
             ),
-            proptest::collection::vec((text(), int_u64(), any::<u32>(), int_u64()), 0..3),
+            proptest::collection::vec(
+                (text(), int_u64(), int_u64(), any::<u32>(), int_u64()),
+                0..3
+            ),
+            any::<bool>(),
         )
-            .prop_map(|(updates, digest)| Frame::Interest(Interest {
+            .prop_map(|(updates, digest, digest_last)| Frame::Interest(Interest {
                 updates: updates
                     .into_iter()
                     .map(|(origin, epoch, links, names)| OriginUpdate {
@@ -226,13 +230,15 @@ fn frame_with_payload(max_payload: usize) -> BoxedStrategy<Frame> {
                     .collect(),
                 digest: digest
                     .into_iter()
-                    .map(|(origin, epoch, names, hash)| OriginDigest {
+                    .map(|(origin, epoch, links_seq, names, hash)| OriginDigest {
                         origin,
                         epoch,
+                        links_seq,
                         names,
                         hash,
                     })
                     .collect(),
+                digest_last,
             })),
         (
             (name(), mode(), name(), proptest::option::of(text())),

@@ -299,7 +299,13 @@ impl FedState {
             .insert(Arc::clone(&session.peer), Arc::clone(&session));
         self.publish_connected();
         let now = self.now();
-        self.interest().handle_peer_up(&session.peer, now);
+        {
+            let mut t = self.interest();
+            t.handle_peer_up(&session.peer, now);
+            // If this replaced another link to the same peer, the routes
+            // through it are the same but their outbox is not.
+            t.retry_routes_via(&session.peer);
+        }
         self.ctx.fed.emit(NodeEvent::LinkUp {
             peer_node_id: session.peer.to_string(),
             at: SystemTime::now(),

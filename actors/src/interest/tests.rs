@@ -212,6 +212,7 @@ fn bad_input_is_refused_with_a_reason() {
             names: vec![],
         }],
         digest: vec![],
+        digest_last: false,
     };
     let e = t.handle_interest("p", &upd("o", vec![]), ms(0));
     assert_eq!(e[0].reason_label(), "unknown_peer");
@@ -248,6 +249,7 @@ fn bad_input_is_refused_with_a_reason() {
             names,
         }],
         digest: vec![],
+        digest_last: false,
     };
     let e = small.handle_interest("p", &f, ms(0));
     assert_eq!(e[0].reason_label(), "table_full");
@@ -288,9 +290,11 @@ fn large_snapshots_are_batched() {
         digest: vec![OriginDigest {
             origin: "p".into(),
             epoch: 1,
+            links_seq: 0,
             names: 0,
             hash: 0,
         }],
+        digest_last: true,
     };
     assert!(t.handle_interest("p", &none, ms(0)).is_empty());
     let mut names = 0;
@@ -427,6 +431,7 @@ fn an_edge_counts_only_when_both_ends_list_it() {
             },
         ],
         digest: vec![],
+        digest_last: false,
     };
     assert!(t.handle_interest("p", &f, ms(0)).is_empty());
     while t.poll_route_change().is_some() {}
@@ -442,6 +447,7 @@ fn an_edge_counts_only_when_both_ends_list_it() {
             names: vec![],
         }],
         digest: vec![],
+        digest_last: false,
     };
     assert!(t.handle_interest("p", &q, ms(1)).is_empty());
     assert_eq!(t.poll_route_change().as_deref(), Some("q/n/s"));
@@ -470,6 +476,7 @@ fn an_older_entry_arriving_late_does_not_resurrect_a_name() {
             }],
         }],
         digest: vec![],
+        digest_last: false,
     };
     t.handle_interest("o", &name(5, false), ms(0));
     t.handle_interest("o", &name(4, true), ms(0));
@@ -498,6 +505,7 @@ fn an_entry_a_peer_sent_us_is_not_sent_back_to_it() {
             }],
         }],
         digest: vec![],
+        digest_last: false,
     };
     // From q: queued for p (paced, so still waiting) ...
     assert!(t.handle_interest("q", &entry, ms(1)).is_empty());
@@ -607,4 +615,93 @@ fn a_stale_present_learnt_during_the_partition_is_corrected() {
             "{id} routes a departed name"
         );
     }
+}
+
+/// A digest larger than a frame comes in parts; an origin is compared with
+/// the part that covers it, so a peer that holds what we hold is sent
+/// nothing, and one that lacks an origin is sent just that.
+#[test]
+fn a_digest_in_parts_sends_only_what_differs() {
+    let small = InterestConfig { batch: 4, ..cfg() };
+    let mut t = InterestTable::new("me", 1, small);
+    t.handle_peer_up("p", ms(0));
+    for i in 0..10 {
+        let f = Interest {
+            updates: vec![OriginUpdate {
+                origin: format!("o{i}"),
+                epoch: 1,
+                links: None,
+                names: vec![NameState {
+                    name: Name::parse(&format!("o/n/s{i}")).unwrap(),
+                    seq: 2,
+                    present: true,
+                }],
+            }],
+            digest: vec![],
+            digest_last: false,
+        };
+        assert!(t.handle_interest("p", &f, ms(0)).is_empty());
+    }
+    // The link to p restarts: our digest goes out in parts.
+    t.handle_peer_down("p", ms(1));
+    t.handle_peer_up("p", ms(1));
+    let mut parts = Vec::new();
+    let mut now = ms(1);
+    while let Some(at) = t.poll_timeout() {
+        now = now.max(at);
+        let f = t.poll_announce_to("p", now).unwrap();
+        if !f.digest.is_empty() {
+            parts.push(f);
+        }
+    }
+    assert!(parts.len() >= 3, "{} parts", parts.len());
+    assert!(parts.last().unwrap().digest_last);
+    assert!(parts[..parts.len() - 1].iter().all(|f| !f.digest_last));
+    // p holds exactly what we hold (its digest is ours), except that it
+    // never heard of o7.
+    for (i, mut f) in parts.into_iter().enumerate() {
+        f.updates.clear();
+        f.digest.retain(|d| d.origin != "o7");
+        assert!(t.handle_interest("p", &f, ms(2)).is_empty(), "part {i}");
+    }
+    let mut sent: Vec<(String, bool, usize)> = Vec::new();
+    while let Some(at) = t.poll_timeout() {
+        now = now.max(at);
+        let f = t.poll_announce_to("p", now).unwrap();
+        sent.extend(
+            f.updates
+                .into_iter()
+                .map(|u| (u.origin, u.links.is_some(), u.names.len())),
+        );
+    }
+    // Our own link set (the digest we fed back predates the one this
+    // link-up issued: one entry), and o7 in full; nothing else.
+    assert_eq!(
+        sent,
+        vec![("me".to_string(), true, 0), ("o7".to_string(), false, 1)]
+    );
+}
+
+/// A link replaced by another one to the same peer (down and up at once)
+/// changes no route, yet every route through that peer must be installed
+/// again (the registry holds the old link's outbox).
+#[test]
+fn routes_through_a_replaced_link_are_handed_out_again() {
+    let mut n = Net::new(&["a", "b", "c"]);
+    n.link("a", "b");
+    n.link("b", "c");
+    n.at("c").handle_local("c/n/s", true);
+    n.at("b").handle_local("b/n/s", true);
+    n.settle();
+    let now = n.now;
+    let a = n.at("a");
+    a.handle_peer_down("b", now);
+    a.handle_peer_up("b", now);
+    assert!(a.poll_route_change().is_none(), "no route changed");
+    a.retry_routes_via("b");
+    let mut again = Vec::new();
+    while let Some(x) = a.poll_route_change() {
+        again.push(x.to_string());
+    }
+    assert_eq!(again, vec!["b/n/s".to_string(), "c/n/s".to_string()]);
 }
