@@ -293,13 +293,18 @@ struct FleetArgs {
     /// churn: node index of the stream's subscriber [default: the last].
     #[arg(long)]
     stream_sub_node: Option<usize>,
-    /// churn: names and interest entries must be back to the pre-churn
+    /// churn: registry names (routes) must be back to the pre-churn
     /// baseline this long after the last churn client left...
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     stale_after: Duration,
     /// ...and if not, watch this much longer (to report when they were).
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     stale_grace: Duration,
+    /// churn: interest entries (withdrawn names' tombstones included, kept
+    /// 30 s by the nodes) must be back to the baseline this long after the
+    /// last leave.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    memory_after: Duration,
     /// Idle background measurement window.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     idle: Duration,
@@ -864,6 +869,7 @@ fn fleet(a: FleetArgs) -> Result<()> {
             poll: a.poll,
             stale_after: a.stale_after,
             stale_grace: a.stale_grace,
+            memory_after: a.memory_after,
             seed: a.seed,
             run_id: run_id.clone(),
         },

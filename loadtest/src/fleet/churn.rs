@@ -43,11 +43,16 @@ pub struct ChurnPlan {
     /// Background measured with the stream running, before the churn.
     pub idle_window: Duration,
     pub poll: Duration,
-    /// Names and interest entries must be back to the pre-churn baseline
-    /// this long after the last churn client left...
+    /// Registry names (what the routing path uses: local and remote routes)
+    /// must be back to the pre-churn baseline this long after the last churn
+    /// client left...
     pub stale_after: Duration,
     /// ...and if they are not, how much longer to watch (reported).
     pub stale_grace: Duration,
+    /// Interest entries (the table's memory, withdrawn names' tombstones
+    /// included) must be back to the baseline within this long of the last
+    /// leave: the nodes keep a tombstone 30 s, then forget it.
+    pub memory_after: Duration,
     pub seed: u64,
     pub run_id: String,
 }
@@ -92,8 +97,8 @@ pub struct LinkHealth {
 #[derive(Debug, Clone, Serialize)]
 pub struct Stale {
     pub check_after_s: f64,
-    /// Every node's interest entries and names back to the pre-churn
-    /// baseline within `check_after_s` of the last leave.
+    /// Every node's registry names (routes) back to the pre-churn baseline
+    /// within `check_after_s` of the last leave.
     pub clean: bool,
     /// When they were (seconds after the last leave), if within
     /// `check_after_s` + grace.
@@ -101,6 +106,12 @@ pub struct Stale {
     /// At `check_after_s`: sums over nodes of (value − baseline).
     pub interest_entries_above_baseline: f64,
     pub registry_names_above_baseline: f64,
+    /// Interest entries (tombstones included) back to the baseline within
+    /// `memory_check_after_s`: when (seconds after the last leave), and how
+    /// many were left above it at the end of that check.
+    pub memory_check_after_s: f64,
+    pub memory_clean_after_s: Option<f64>,
+    pub interest_entries_above_baseline_at_memory_check: f64,
     /// Nodes not back to baseline at `check_after_s`: (node, entries Δ, names Δ).
     pub nodes_not_clean: Vec<(String, f64, f64)>,
     /// Churn names the controller's route list still shows (a few nodes;
@@ -212,12 +223,14 @@ async fn wait_clean(
     poll: Duration,
     tl: &mut Timeline,
     started: u64,
+    entries_too: bool,
 ) -> Result<(Option<Instant>, Sample)> {
     loop {
         let s = probe::sample(cluster).await?;
         tl.offer(&s, "after", started);
         let clean = s.nodes.iter().zip(&baseline.nodes).all(|(a, b)| {
-            a.interest_entries == b.interest_entries && a.registry_names == b.registry_names
+            a.registry_names == b.registry_names
+                && (!entries_too || a.interest_entries == b.interest_entries)
         });
         if clean {
             return Ok((Some(s.at), s));
@@ -447,8 +460,10 @@ pub async fn run(
     // Stale check.
     let deadline = t_stop + plan.stale_after;
     let started = stats.started.load(Ordering::Relaxed);
-    let (clean_at, at_check) =
-        wait_clean(cluster, &baseline, deadline, plan.poll, &mut tl, started).await?;
+    let (clean_at, at_check) = wait_clean(
+        cluster, &baseline, deadline, plan.poll, &mut tl, started, false,
+    )
+    .await?;
     let (entries_above, names_above, not_clean, idx) = above(&at_check, &baseline);
     let mut clean_after_s = clean_at.map(|t| (t - t_stop).as_secs_f64());
     let mut stale_routes = Vec::new();
@@ -476,10 +491,23 @@ pub async fn run(
             plan.poll,
             &mut tl,
             started,
+            false,
         )
         .await?;
         clean_after_s = later.map(|t| (t - t_stop).as_secs_f64());
     }
+    // Memory: the interest tables forget tombstones on their own timer.
+    let (memory_at, at_memory) = wait_clean(
+        cluster,
+        &baseline,
+        t_stop + plan.memory_after,
+        plan.poll,
+        &mut tl,
+        started,
+        true,
+    )
+    .await?;
+    let (entries_left, _, _, _) = above(&at_memory, &baseline);
     let end = probe::sample(cluster).await?;
     let after_dt = (end.at - at_stop.at).as_secs_f64();
     let stream_report = stream.finish(Duration::from_secs(5)).await?;
@@ -544,6 +572,9 @@ pub async fn run(
             check_after_s: plan.stale_after.as_secs_f64(),
             clean: clean_at.is_some(),
             clean_after_s,
+            memory_check_after_s: plan.memory_after.as_secs_f64(),
+            memory_clean_after_s: memory_at.map(|t| (t - t_stop).as_secs_f64()),
+            interest_entries_above_baseline_at_memory_check: entries_left,
             interest_entries_above_baseline: entries_above,
             registry_names_above_baseline: names_above,
             nodes_not_clean: not_clean,

@@ -11,9 +11,10 @@
 //!   names, stay 0–`--stay-max` and leave, at `--churn-rate` per second for
 //!   `--duration`, alongside a fixed-rate cross-node stream (publisher on
 //!   node 0, subscriber on the last node); the stream's loss, duplicates and
-//!   latency, link resets, and whether every node's interest entries and
-//!   names are back to the pre-churn baseline `--stale-after` after the last
-//!   client left; node memory before and after.
+//!   latency, link resets, whether every node's registry names (routes) are
+//!   back to the pre-churn baseline `--stale-after` after the last client
+//!   left and its interest entries (tombstones included) `--memory-after`;
+//!   node memory before and after.
 //!
 //! Link bytes are `slim_link_bytes_total{direction="in"}` summed over the
 //! nodes: every byte a node read from its links' control (interest,
@@ -373,7 +374,7 @@ pub fn churn_table(r: &FleetReport) -> String {
         ),
     );
     row(
-        &format!("stale {:.0} s after churn", c.stale.check_after_s),
+        &format!("stale routes {:.0} s after churn", c.stale.check_after_s),
         if c.stale.clean {
             format!(
                 "none (clean after {:.1} s)",
@@ -390,6 +391,17 @@ pub fn churn_table(r: &FleetReport) -> String {
                     None => "still stale at the end".into(),
                 }
             )
+        },
+    );
+    row(
+        "interest entries back to baseline (tombstones expired)",
+        match c.stale.memory_clean_after_s {
+            Some(t) => format!("after {t:.1} s"),
+            None => format!(
+                "not within {:.0} s ({} entries above)",
+                c.stale.memory_check_after_s,
+                c.stale.interest_entries_above_baseline_at_memory_check
+            ),
         },
     );
     row(
