@@ -46,8 +46,8 @@ pub struct Event {
     /// Sum over nodes of interest entries while the client was connected,
     /// above the baseline.
     pub entries_while_connected: f64,
-    /// Every node's interest entries and names back to the baseline after
-    /// the leave.
+    /// Every node's registry names (routes) back to the baseline within 3 s
+    /// of the leave (interest entries keep the leave's tombstones 30 s).
     pub clean_after: bool,
 }
 
@@ -194,7 +194,7 @@ pub async fn run(
             if ev.clean_after {
                 ""
             } else {
-                ", NOT back to baseline"
+                ", routes NOT back to baseline"
             }
         );
         events.push(ev);

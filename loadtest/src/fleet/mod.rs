@@ -247,7 +247,7 @@ fn kb(b: f64) -> String {
 pub fn connect_leave_table(reports: &[FleetReport]) -> String {
     let mut s = String::from(
         "\n| N | links | link bytes / connect+leave | connect | leave | CPU-s | connect | leave \
-         | settle connect / leave (s) | back to baseline | idle bytes/s | idle CPU-s/s |\n\
+         | settle connect / leave (s) | routes back to baseline | idle bytes/s | idle CPU-s/s |\n\
          |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
