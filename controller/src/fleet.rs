@@ -23,7 +23,7 @@ use crate::proto::{
     ChannelNode, ChannelView, LinkView, NodeView, PeerSpec, Register, Report, ReportDelta,
     RouteInfo,
 };
-use crate::view::NodeReports;
+use crate::view::{NodeReports, ViewError};
 
 pub type ConnId = u64;
 
@@ -55,12 +55,9 @@ pub enum FleetError {
     AlreadyRegistered,
     #[error("invalid registration: {0}")]
     Invalid(String),
-    /// A report delta before any full report on this connection.
-    #[error("report delta {got} before a full report")]
-    ReportNotSynced { got: u64 },
-    /// A report delta that does not follow on the last one (one was missed).
-    #[error("report delta {got} where {expected} was due")]
-    ReportOutOfStep { expected: u64, got: u64 },
+    /// A report delta that does not follow on what the view holds.
+    #[error(transparent)]
+    Report(#[from] ViewError),
 }
 
 #[derive(Debug)]
@@ -224,8 +221,8 @@ impl Fleet {
     }
 
     /// Changes to a node's view. A delta that does not follow on what the
-    /// view holds is refused ([`FleetError::ReportNotSynced`],
-    /// [`FleetError::ReportOutOfStep`]) and the node is to be asked for a
+    /// view holds is refused ([`ViewError::NotSynced`],
+    /// [`ViewError::OutOfStep`]) and the node is to be asked for a
     /// full report ([`Fleet::poll_resync`]).
     pub fn handle_report_delta(
         &mut self,
@@ -239,7 +236,7 @@ impl Fleet {
         if r.is_err() && e.reports.take_ask() {
             self.resync.insert(conn);
         }
-        r
+        Ok(r?)
     }
 
     /// The next connection to send `SendReport`.
@@ -686,7 +683,7 @@ mod tests {
         };
         assert_eq!(
             f.handle_report_delta(1, early, 2),
-            Err(FleetError::ReportNotSynced { got: 2 })
+            Err(FleetError::Report(ViewError::NotSynced { got: 2 }))
         );
         assert_eq!(f.poll_resync(), Some(1));
         assert_eq!(f.poll_resync(), None);

@@ -10,8 +10,19 @@
 
 use std::collections::BTreeMap;
 
-use crate::fleet::FleetError;
 use crate::proto::{LinkInfo, LinkState, Report, ReportDelta, RouteInfo};
+
+/// Why a report delta was not applied (the node is then asked for a full
+/// report).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ViewError {
+    /// A delta before any full report on this connection.
+    #[error("report delta {got} before a full report")]
+    NotSynced { got: u64 },
+    /// A delta that does not follow on the last one (one was missed).
+    #[error("report delta {got} where {expected} was due")]
+    OutOfStep { expected: u64, got: u64 },
+}
 
 /// Most links kept per node (a full mesh of a very large fleet).
 pub const MAX_LINKS_PER_NODE: usize = 100_000;
@@ -97,14 +108,14 @@ impl NodeReports {
     }
 
     /// A delta; applied only if it follows on the current state.
-    pub fn handle_delta(&mut self, d: ReportDelta) -> Result<(), FleetError> {
+    pub fn handle_delta(&mut self, d: ReportDelta) -> Result<(), ViewError> {
         let expected = match self.synced {
-            None => return Err(FleetError::ReportNotSynced { got: d.seq }),
+            None => return Err(ViewError::NotSynced { got: d.seq }),
             Some(s) => s.wrapping_add(1),
         };
         if d.seq != expected {
             self.synced = None;
-            return Err(FleetError::ReportOutOfStep {
+            return Err(ViewError::OutOfStep {
                 expected,
                 got: d.seq,
             });
@@ -287,10 +298,7 @@ mod tests {
             links: vec![link(1, "a", LinkState::Up)],
             ..Default::default()
         };
-        assert_eq!(
-            n.handle_delta(d(3)),
-            Err(FleetError::ReportNotSynced { got: 3 })
-        );
+        assert_eq!(n.handle_delta(d(3)), Err(ViewError::NotSynced { got: 3 }));
         assert!(n.take_ask());
         assert!(!n.take_ask(), "asked once");
         assert_eq!(n.links().count(), 0, "nothing applied");
@@ -300,7 +308,7 @@ mod tests {
         // A gap: 6 is missing.
         assert_eq!(
             n.handle_delta(d(7)),
-            Err(FleetError::ReportOutOfStep {
+            Err(ViewError::OutOfStep {
                 expected: 6,
                 got: 7
             })

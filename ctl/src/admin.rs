@@ -278,7 +278,7 @@ async fn request(ctl: &ControllerArgs, req: AdminRequest) -> Result<AdminRespons
         .next()
         .with_context(|| format!("no address for {}", ctl.controller))?;
     let timeout = Duration::from_secs(10);
-    let conn = crate::interruptible(async {
+    let conn = crate::signal::interruptible(async {
         ControllerConn::connect(addr, &ctl.controller_name, tls, Limits::default(), timeout)
             .await
             .with_context(|| format!("cannot reach the controller at {addr}"))
@@ -293,7 +293,7 @@ async fn request(ctl: &ControllerArgs, req: AdminRequest) -> Result<AdminRespons
     };
     // Closed on every way out, a signal included (the answer may be many
     // pages): the controller then drops the session at once.
-    let answer = crate::interruptible(async { Ok(conn.admin(req, timeout).await?) }).await;
+    let answer = crate::signal::interruptible(async { Ok(conn.admin(req, timeout).await?) }).await;
     conn.close().await;
     src.shutdown().await;
     answer

@@ -272,7 +272,7 @@ fn print_event(channel: &str, e: &ChannelEvent, out: Output) -> Result<bool> {
 
 /// Runs `body`, then closes the connection whatever the outcome (a bounded
 /// wait for the close to go out). `body` handles termination signals
-/// itself ([`crate::interruptible`] around a step, or its own select to
+/// itself ([`crate::signal::interruptible`] around a step, or its own select to
 /// leave or close its channel first).
 async fn closing<T>(
     mux: &SessionMux,
@@ -304,7 +304,8 @@ pub async fn create(a: CreateArgs, out: Output) -> Result<()> {
     let name = Name::parse(&a.name).context("invalid channel name")?;
     let (mux, mls, rotation) = connect(&a.conn).await?;
     closing(&mux, async {
-        let m = crate::interruptible(start_moderating(&mux, &name, &a, mls, rotation)).await?;
+        let m =
+            crate::signal::interruptible(start_moderating(&mux, &name, &a, mls, rotation)).await?;
         run_moderator(m, &name, out).await
     })
     .await
@@ -343,7 +344,7 @@ async fn start_moderating(
 
 /// Runs the channel until SIGINT/SIGTERM, then closes it.
 async fn run_moderator(mut m: ChannelModerator, name: &Name, out: Output) -> Result<()> {
-    let stop = crate::terminated();
+    let stop = crate::signal::terminated();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -395,7 +396,7 @@ pub async fn join(a: JoinArgs, out: Output) -> Result<()> {
     let name = Name::parse(&a.name).context("invalid channel name")?;
     let (mux, identity, rotation) = connect(&a.conn).await?;
     closing(&mux, async {
-        let mut m = crate::interruptible(join_on(
+        let mut m = crate::signal::interruptible(join_on(
             &mux,
             identity,
             rotation,
@@ -410,7 +411,7 @@ pub async fn join(a: JoinArgs, out: Output) -> Result<()> {
             members: members.to_vec(),
         };
         print_event(name.as_str(), &ev, out)?;
-        let stop = crate::terminated();
+        let stop = crate::signal::terminated();
         tokio::pin!(stop);
         let mut seen = 0u64;
         // Count reached, signal or timeout: leave the channel, then exit.
@@ -461,7 +462,7 @@ pub async fn members(a: MembersArgs, out: Output) -> Result<()> {
     let (mux, identity, rotation) = connect(&a.conn).await?;
     closing(
         &mux,
-        crate::interruptible(async {
+        crate::signal::interruptible(async {
             let moderator = a.moderator.as_deref();
             let m = join_on(&mux, identity, rotation, &name, moderator, !a.no_mls).await?;
             let roster = m.members().await;
@@ -497,7 +498,7 @@ pub async fn publish(
     let (mux, identity, rotation) = connect(conn).await?;
     closing(
         &mux,
-        crate::interruptible(async {
+        crate::signal::interruptible(async {
             let m = join_on(&mux, identity, rotation, name, moderator, mls).await?;
             let published = m.publish(payload).await;
             m.leave().await;

@@ -13,7 +13,9 @@
 //! benchmark figures come from); its JSON report is what is checked. The
 //! binaries are the workspace's, next to this test (`scripts/test.sh`
 //! builds them first: `cargo build --workspace --bins`). Latency is printed,
-//! not asserted. `SLIM_FLEET_CHURN_NODES` runs another fleet size. (At 12
+//! not asserted. `SLIM_FLEET_CHURN_NODES` runs another fleet size and
+//! `SLIM_FLEET_CHURN_SECS` another churn length (the full size:
+//! `SLIM_FLEET_CHURN_NODES=20 SLIM_FLEET_CHURN_SECS=60`). (At 12
 //! nodes the path-vector protocol this replaced still had 4,206 entries and
 //! 299 names of departed clients 5 s after the churn, debug binaries on two
 //! cores.)
@@ -49,6 +51,10 @@ fn churn_beside_a_cross_node_stream_loses_nothing_and_leaves_nothing_behind() {
         .ok()
         .map(|v| v.parse().expect("SLIM_FLEET_CHURN_NODES: a number"))
         .unwrap_or(NODES);
+    let churn_secs: f64 = std::env::var("SLIM_FLEET_CHURN_SECS")
+        .ok()
+        .map(|v| v.parse().expect("SLIM_FLEET_CHURN_SECS: seconds"))
+        .unwrap_or(CHURN_SECS);
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("churn.json");
     let t0 = Instant::now();
@@ -62,7 +68,7 @@ fn churn_beside_a_cross_node_stream_loses_nothing_and_leaves_nothing_behind() {
             "--churn-rate",
             &CHURN_RATE.to_string(),
             "--duration",
-            &format!("{CHURN_SECS}s"),
+            &format!("{churn_secs}s"),
             "--stream-rate",
             &STREAM_RATE.to_string(),
             "--idle",
@@ -75,7 +81,7 @@ fn churn_beside_a_cross_node_stream_loses_nothing_and_leaves_nothing_behind() {
             "40s",
             // The driver stops every process itself by then.
             "--max-wall",
-            "180s",
+            &format!("{}s", churn_secs + 165.0),
             "--json",
         ])
         .arg(&json)
@@ -108,7 +114,7 @@ fn churn_beside_a_cross_node_stream_loses_nothing_and_leaves_nothing_behind() {
         }
     };
     // The churn really happened.
-    let planned = CHURN_RATE * CHURN_SECS;
+    let planned = CHURN_RATE * churn_secs;
     let completed = num(c, "clients.completed");
     check(
         completed >= 0.8 * planned,
@@ -123,7 +129,7 @@ fn churn_beside_a_cross_node_stream_loses_nothing_and_leaves_nothing_behind() {
     // The stream: nothing lost, nothing twice.
     let sent = num(c, "stream.sent");
     check(
-        sent >= 0.8 * STREAM_RATE * CHURN_SECS,
+        sent >= 0.8 * STREAM_RATE * churn_secs,
         format!("stream sent only {sent}"),
     );
     check(

@@ -86,6 +86,8 @@ pub struct FleetReport {
     pub churn: Option<ChurnReport>,
     /// CPU seconds of the controller process over the whole run.
     pub controller_cpu_s: f64,
+    /// The controller's VmRSS at the end of the run.
+    pub controller_rss_kib: u64,
     pub node_settings: &'static str,
 }
 
@@ -137,6 +139,7 @@ async fn one(plan: &FleetPlan, n: usize) -> Result<FleetReport> {
         connect_leave: None,
         churn: None,
         controller_cpu_s: 0.0,
+        controller_rss_kib: 0,
         node_settings: "deploy/fleet/node-us-east.toml (as built into this binary) for every \
                         node, each with an external endpoint; deploy/fleet/controller.toml",
     };
@@ -177,6 +180,9 @@ async fn one(plan: &FleetPlan, n: usize) -> Result<FleetReport> {
         .cpu_seconds()
         .unwrap_or(0.0)
         - ctl_cpu0;
+    report.controller_rss_kib = crate::procfs::CpuProbe::Pid(cluster.controller_pid)
+        .rss_kib()
+        .unwrap_or(0);
     cluster.check_alive()?;
     drop(cluster);
     Ok(report)
@@ -247,14 +253,16 @@ fn kb(b: f64) -> String {
 pub fn connect_leave_table(reports: &[FleetReport]) -> String {
     let mut s = String::from(
         "\n| N | links | link bytes / connect+leave | connect | leave | CPU-s | connect | leave \
-         | settle connect / leave (s) | routes back to baseline | idle bytes/s | idle CPU-s/s |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+         | settle connect / leave (s) | routes back to baseline | idle bytes/s | idle CPU-s/s \
+         | controller CPU-s (run) / RSS |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         let Some(cl) = &r.connect_leave else { continue };
         let m = &cl.median;
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} | {} | {} | {:.3} |\n",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} | {} | {} | {:.3} \
+             | {:.2} / {:.1} MiB |\n",
             r.nodes,
             r.links_planned,
             kb(m.bytes),
@@ -268,6 +276,8 @@ pub fn connect_leave_table(reports: &[FleetReport]) -> String {
             if m.clean_after { "yes" } else { "NO" },
             kb(r.idle.bytes_per_s) + "/s",
             r.idle.cpu_per_s,
+            r.controller_cpu_s,
+            r.controller_rss_kib as f64 / 1024.0,
         ));
     }
     s.push_str(&format!(
@@ -425,8 +435,12 @@ pub fn churn_table(r: &FleetReport) -> String {
         ),
     );
     row(
-        "controller CPU (whole run)",
-        format!("{:.2} s", r.controller_cpu_s),
+        "controller CPU (whole run), RSS at the end",
+        format!(
+            "{:.2} s, {:.1} MiB",
+            r.controller_cpu_s,
+            r.controller_rss_kib as f64 / 1024.0
+        ),
     );
     s
 }
