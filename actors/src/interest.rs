@@ -187,6 +187,27 @@ impl Origin {
     fn entries(&self) -> usize {
         self.names.len() + usize::from(self.links.is_some())
     }
+
+    /// Names this origin has subscribers of now.
+    fn present_names(&self) -> impl Iterator<Item = Arc<str>> + '_ {
+        self.names
+            .iter()
+            .filter(|(_, e)| e.present)
+            .map(|(n, _)| Arc::clone(n))
+    }
+
+    /// The keys of every entry held of this origin (`id`).
+    fn keys<'a>(&'a self, id: &'a NodeId) -> impl Iterator<Item = Key> + 'a {
+        self.links
+            .as_ref()
+            .map(|_| (Arc::clone(id), Item::Links))
+            .into_iter()
+            .chain(
+                self.names
+                    .keys()
+                    .map(|n| (Arc::clone(id), Item::Name(Arc::clone(n)))),
+            )
+    }
 }
 
 /// What one peer still has to hear.
@@ -552,19 +573,11 @@ impl InterestTable {
         };
         // This part covers origins after the previous part's last one, up
         // to its own last one (or to the end if it is the last part).
-        let from = if last {
-            p.digest_from.take()
-        } else {
-            p.digest_from.clone()
-        };
-        let to: Option<String> = if last {
-            None
-        } else {
-            digest.iter().map(|d| d.origin.clone()).max()
-        };
-        if !last {
-            p.digest_from = to.clone();
-        }
+        let from = p.digest_from.take();
+        let to = (!last)
+            .then(|| digest.iter().map(|d| d.origin.clone()).max())
+            .flatten();
+        p.digest_from.clone_from(&to);
         let in_part = |id: &str| {
             from.as_deref().is_none_or(|f| id > f) && to.as_deref().is_none_or(|t| id <= t)
         };
@@ -841,13 +854,7 @@ impl InterestTable {
                 continue;
             }
             if let Some(origin) = self.origins.get(o) {
-                self.changed.extend(
-                    origin
-                        .names
-                        .iter()
-                        .filter(|(_, e)| e.present)
-                        .map(|(n, _)| Arc::clone(n)),
-                );
+                self.changed.extend(origin.present_names());
             }
         }
     }
@@ -905,27 +912,14 @@ impl InterestTable {
         }
         for id in returned {
             let o = &self.origins[&id];
-            let mut keys: Vec<Key> = Vec::with_capacity(o.entries());
-            if o.links.is_some() {
-                keys.push((Arc::clone(&id), Item::Links));
-            }
-            keys.extend(
-                o.names
-                    .keys()
-                    .map(|n| (Arc::clone(&id), Item::Name(Arc::clone(n)))),
-            );
+            let keys: Vec<Key> = o.keys(&id).collect();
             for p in self.peers.values_mut().filter(|p| p.heard_digest) {
                 p.pending.extend(keys.iter().cloned());
             }
         }
         for id in moved {
             if let Some(o) = self.origins.get(&id) {
-                self.changed.extend(
-                    o.names
-                        .iter()
-                        .filter(|(_, e)| e.present)
-                        .map(|(n, _)| Arc::clone(n)),
-                );
+                self.changed.extend(o.present_names());
             }
         }
         self.routes = next;
