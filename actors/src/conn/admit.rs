@@ -101,14 +101,30 @@ pub(crate) async fn admit(
         actor: std::sync::OnceLock::new(),
     });
     ctx.conns.insert(id, Arc::clone(&shared));
-    let displaced = ractor::call!(ctx.table(), |reply| TableMsg::Register {
-        conn: id,
-        outbox: Arc::clone(&outbox),
-        full: hello.name.as_str().to_owned(),
-        service: hello.name.service_str().to_owned(),
-        reply,
-    })
-    .map_err(|e| ConnError::Lost(format!("subscription table unavailable: {e}")))?;
+    let displaced = match register(&ctx, id, &outbox, &hello).await {
+        Ok(d) => d,
+        Err(e) => {
+            // The table stayed down past its restart window: tell the client
+            // why (it may retry) instead of closing on it wordlessly.
+            ctx.conns.remove(&id);
+            m::handshake("unavailable");
+            warn!(name = %hello.name, error = %e, "client refused: subscription table unavailable");
+            let reject = Reject {
+                code: ErrorCode::INTERNAL,
+                reason: format!("node busy: {e}; retry"),
+            };
+            let _ = send
+                .write_all(&encode(&Frame::Reject(reject.clone()), &ctx))
+                .await;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+            conn.close(
+                VarInt::from_u32(reject.code.0 as u32),
+                reject.reason.as_bytes(),
+            );
+            return Err(e);
+        }
+    };
     if let Some(old) = displaced.and_then(|old| ctx.conns.get(&old).map(|c| Arc::clone(c.value())))
     {
         info!(name = %hello.name, "name taken over by a new connection; closing the old one");
@@ -122,9 +138,10 @@ pub(crate) async fn admit(
         identity: identity.map(str::to_owned),
         max_frame: ctx.cfg.limits.max_frame,
     });
-    send.write_all(&encode(&accept, &ctx))
-        .await
-        .map_err(|e| ConnError::Lost(e.to_string()))?;
+    if let Err(e) = send.write_all(&encode(&accept, &ctx)).await {
+        abandon(&ctx, id);
+        return Err(ConnError::Lost(e.to_string()));
+    }
     m::handshake("ok");
     ctx.fed.emit(NodeEvent::ClientConnected {
         client: hello.name.to_string(),
@@ -141,9 +158,25 @@ pub(crate) async fn admit(
         reader,
         rx,
     };
-    let (actor, join) = Actor::spawn_linked(None, ConnectionActor, args, listener.clone())
-        .await
-        .map_err(|e| ConnError::Lost(format!("cannot spawn connection actor: {e}")))?;
+    let (actor, join) =
+        match Actor::spawn_linked(None, ConnectionActor, args, listener.clone()).await {
+            Ok(v) => v,
+            Err(e) => {
+                abandon(&ctx, id);
+                conn.close(
+                    VarInt::from_u32(ErrorCode::INTERNAL.0 as u32),
+                    b"internal error",
+                );
+                ctx.fed.emit(NodeEvent::ClientDisconnected {
+                    client: hello.name.to_string(),
+                    spiffe_id: identity.map(str::to_owned),
+                    at: std::time::SystemTime::now(),
+                });
+                return Err(ConnError::Lost(format!(
+                    "cannot spawn connection actor: {e}"
+                )));
+            }
+        };
     // However the actor ends (a kill, or its supervisor's, runs no
     // post_stop), every trace of the connection goes with it.
     let watch_ctx = Arc::clone(&ctx);
@@ -153,6 +186,48 @@ pub(crate) async fn admit(
     });
     let _ = shared.actor.set(actor.clone());
     Ok(())
+}
+
+/// How long an admission waits for a restarting subscription table. Its
+/// supervisor restarts it within milliseconds; this only covers a slow box.
+const TABLE_RESTART_WINDOW: Duration = Duration::from_secs(2);
+
+/// Registers the client's name in the subscription table, riding out a
+/// restart of the table actor (a killed actor's mailbox refuses the call;
+/// the supervisor installs its successor in `ctx` shortly after).
+async fn register(
+    ctx: &NodeCtx,
+    id: crate::registry::ConnId,
+    outbox: &Arc<Outbox>,
+    hello: &Hello,
+) -> Result<Option<crate::registry::ConnId>, ConnError> {
+    let deadline = tokio::time::Instant::now() + TABLE_RESTART_WINDOW;
+    loop {
+        let r = ractor::call!(ctx.table(), |reply| TableMsg::Register {
+            conn: id,
+            outbox: Arc::clone(outbox),
+            full: hello.name.as_str().to_owned(),
+            service: hello.name.service_str().to_owned(),
+            reply,
+        });
+        match r {
+            // A retry after a delivered-but-unanswered call finds the name
+            // already ours: that is no takeover.
+            Ok(displaced) => return Ok(displaced.filter(|old| *old != id)),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(ConnError::Lost(format!(
+                    "subscription table unavailable: {e}"
+                )));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Undoes a half-done admission: no trace of the connection is left.
+fn abandon(ctx: &NodeCtx, id: crate::registry::ConnId) {
+    ctx.conns.remove(&id);
+    let _ = ctx.table().send_message(TableMsg::RemoveConn { conn: id });
 }
 
 fn check_hello(h: &Hello) -> Result<(), Reject> {
