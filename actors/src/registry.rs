@@ -142,6 +142,16 @@ impl Registry {
         self.routes.len()
     }
 
+    /// Connections with an entry (subscriptions or a registered name).
+    pub fn conn_count(&self) -> usize {
+        self.by_conn.len()
+    }
+
+    /// Full names claimed by a connection.
+    pub fn owner_count(&self) -> usize {
+        self.owners.len()
+    }
+
     /// Adds a subscription; idempotent per (connection, name).
     /// Returns false if it already existed.
     pub fn add(&self, conn: ConnId, outbox: &Arc<Outbox>, key: &str) -> bool {
