@@ -35,8 +35,8 @@ struct Args {
 /// hands pages back to the system only from the top of its heap, so every
 /// arena keeps its own high-water mark of freed connections. The heap profile
 /// of 2,000 departed clients showed no live allocation left per client, yet
-/// RSS grew ~2.5 KiB per client on 2 workers and ~27 KiB on 32, and
-/// `malloc_trim(0)` gave most of it back. jemalloc returns freed pages to the
+/// RSS grew ~1.8 KiB per departed client on 2 workers and ~12 KiB on 32,
+/// and `malloc_trim(0)` gave most of it back. jemalloc returns freed pages to the
 /// system after a short decay in every arena (see [`DIRTY_DECAY_MS`]), so
 /// departed clients cost nothing once it ran (measurements in
 /// docs/BENCHMARKS.md, "Client churn").
