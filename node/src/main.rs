@@ -47,8 +47,8 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// How long jemalloc keeps freed ("dirty") pages for reuse before returning
 /// them to the system: 1 s instead of its default 10 s, so that memory of a
 /// burst of departed clients is back within a second or two. Pages reused
-/// sooner (any steady load) are not returned at all, so the data path does
-/// not pay for it.
+/// within that second (any steady load) are never returned, so the cost is
+/// one purge per second of idle pages at most.
 #[cfg(not(target_env = "msvc"))]
 const DIRTY_DECAY_MS: isize = 1000;
 
