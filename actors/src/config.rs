@@ -82,6 +82,13 @@ pub struct FederationConfig {
     /// routes follow shortest paths and a path holding this node is refused
     /// anyway; 16 leaves room for any overlay the controller plans.
     pub max_hops: usize,
+    /// How long a withdrawn name's tombstone is kept in the interest table
+    /// (so that an older "present" still travelling some path cannot
+    /// resurrect it). Every client that leaves leaves one per name it held,
+    /// so under client churn this window is what the table holds beyond the
+    /// live names; it must stay well above the time an announcement takes
+    /// to cross the fleet.
+    pub tombstone_ttl: Duration,
 }
 
 impl Default for FederationConfig {
@@ -99,6 +106,7 @@ impl Default for FederationConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             max_hops: 16,
+            tombstone_ttl: crate::interest::InterestConfig::default().tombstone_ttl,
         }
     }
 }

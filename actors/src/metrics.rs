@@ -91,6 +91,19 @@ pub const INTEREST_REFUSED_TOTAL: &str = "slim_interest_refused_total";
 /// (`connection`, `subscription`).
 pub const POLICY_REVOCATIONS_TOTAL: &str = "slim_policy_revocations_total";
 
+/// Entries of the node's per-connection tables, by `table`: `connections`
+/// (live client connections), `registry_connections` (connections holding
+/// subscriptions), `registry_owners` (claimed full names). All go back to
+/// zero once every client left; one that does not is a leak.
+pub const TABLE_ENTRIES: &str = "slim_table_entries";
+/// Tasks alive on the node's async runtime (tokio), listener and actors
+/// included: back to its idle value once every client left.
+pub const RUNTIME_TASKS: &str = "slim_runtime_tasks";
+/// The slim-node binary's heap allocator (jemalloc), by `kind`: `allocated`
+/// (bytes in live allocations), `resident` (bytes of physical memory the
+/// allocator holds, freed-but-not-yet-returned pages included).
+pub const ALLOCATOR_BYTES: &str = "slim_allocator_bytes";
+
 pub fn denied(action: &'static str) {
     counter!(AUTHZ_DENIED_TOTAL, "action" => action).increment(1);
 }

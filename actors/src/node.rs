@@ -240,6 +240,16 @@ async fn sample_gauges(ctx: Arc<NodeCtx>) {
         gauge!(m::QUEUE_BYTES).set(total as f64);
         gauge!(m::QUEUE_BYTES_MAX).set(max as f64);
         m::registry_gauges(&ctx.registry);
+        gauge!(m::TABLE_ENTRIES, "table" => "connections").set(ctx.conns.len() as f64);
+        gauge!(m::TABLE_ENTRIES, "table" => "registry_connections")
+            .set(ctx.registry.conn_count() as f64);
+        gauge!(m::TABLE_ENTRIES, "table" => "registry_owners")
+            .set(ctx.registry.owner_count() as f64);
+        gauge!(m::RUNTIME_TASKS).set(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks() as f64,
+        );
         crate::fed::actor::sample_gauges(&ctx);
     }
 }

@@ -145,6 +145,16 @@ impl Registry {
         self.routes.len()
     }
 
+    /// Connections with an entry (subscriptions or a registered name).
+    pub fn conn_count(&self) -> usize {
+        self.by_conn.len()
+    }
+
+    /// Full names claimed by a connection.
+    pub fn owner_count(&self) -> usize {
+        self.owners.len()
+    }
+
     /// A counter that changes whenever a route (a name's local or remote
     /// subscribers) changes. Read it before [`Registry::route_summary`]: a
     /// change during the summary then shows as a new value next time.

@@ -165,6 +165,8 @@ pub struct FederationSection {
     pub backoff_max_ms: u64,
     /// Longest node path a message or an interest announcement may take.
     pub max_hops: usize,
+    /// How long a withdrawn name's tombstone is kept (interest protocol).
+    pub tombstone_ttl_ms: u64,
     #[serde(rename = "peers")]
     pub peers: Vec<PeerSection>,
 }
@@ -180,6 +182,7 @@ impl Default for FederationSection {
             backoff_initial_ms: d.backoff_initial.as_millis() as u64,
             backoff_max_ms: d.backoff_max.as_millis() as u64,
             max_hops: d.max_hops,
+            tombstone_ttl_ms: d.tombstone_ttl.as_millis() as u64,
             peers: Vec::new(),
         }
     }
@@ -252,9 +255,15 @@ impl FederationSection {
                 "federation: keep_alive_ms must be > 0 and link_timeout_ms > keep_alive_ms".into(),
             ));
         }
-        if self.max_hops == 0 || self.link_queue_frames == 0 || self.link_queue_bytes == 0 {
+        if self.max_hops == 0
+            || self.link_queue_frames == 0
+            || self.link_queue_bytes == 0
+            || self.tombstone_ttl_ms == 0
+        {
             return Err(ConfigError::Invalid(
-                "federation: max_hops, link_queue_frames and link_queue_bytes must be > 0".into(),
+                "federation: max_hops, link_queue_frames, link_queue_bytes and tombstone_ttl_ms \
+                 must be > 0"
+                    .into(),
             ));
         }
         self.peer_specs().map(|_| ())
@@ -275,6 +284,7 @@ impl FederationSection {
             backoff_initial: Duration::from_millis(self.backoff_initial_ms),
             backoff_max: Duration::from_millis(self.backoff_max_ms),
             max_hops: self.max_hops,
+            tombstone_ttl: Duration::from_millis(self.tombstone_ttl_ms),
             ..d
         }
     }

@@ -26,7 +26,84 @@ struct Args {
     log_format: Option<LogFormat>,
 }
 
+/// The node's heap allocator: jemalloc, not the platform's malloc.
+///
+/// With glibc's malloc, client churn made the node's resident memory grow
+/// for good although nothing stayed allocated (issue 17): glibc gives each
+/// thread that allocates its own arena (up to 8 per core), a connection's
+/// memory is allocated on whichever runtime worker polls it, and an arena
+/// hands pages back to the system only from the top of its heap, so every
+/// arena keeps its own high-water mark of freed connections. The heap profile
+/// of 2,000 departed clients showed no live allocation left per client, yet
+/// RSS grew ~1.8 KiB per departed client on 2 workers and ~12 KiB on 32,
+/// and `malloc_trim(0)` gave most of it back. jemalloc returns freed pages to the
+/// system after a short decay in every arena (see [`DIRTY_DECAY_MS`]), so
+/// departed clients cost nothing once it ran (measurements in
+/// docs/BENCHMARKS.md, "Client churn").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// How long jemalloc keeps freed ("dirty") pages for reuse before returning
+/// them to the system: 1 s instead of its default 10 s, so that memory of a
+/// burst of departed clients is back within a second or two. Pages reused
+/// within that second (any steady load) are never returned, so the cost is
+/// one purge per second of idle pages at most.
+#[cfg(not(target_env = "msvc"))]
+const DIRTY_DECAY_MS: isize = 1000;
+
+#[cfg(not(target_env = "msvc"))]
+fn tune_allocator() {
+    use tikv_jemalloc_ctl::{Access, AsName};
+    // Arenas created from now on, then the ones that exist already (errors
+    // only mean an arena index not in use).
+    let _ = b"arenas.dirty_decay_ms\0".name().write(DIRTY_DECAY_MS);
+    let n = tikv_jemalloc_ctl::arenas::narenas::read().unwrap_or(0);
+    for i in 0..n {
+        let key = format!("arena.{i}.dirty_decay_ms\0");
+        let _ = key.as_str().name().write(DIRTY_DECAY_MS);
+    }
+}
+
+#[cfg(target_env = "msvc")]
+fn tune_allocator() {}
+
+/// Exports the allocator's own accounting (`slim_allocator_bytes`) every
+/// second: live bytes versus what it holds, so memory kept by the allocator
+/// is told apart from memory kept by the node.
+#[cfg(not(target_env = "msvc"))]
+fn spawn_allocator_gauges() {
+    use tikv_jemalloc_ctl::{epoch, stats};
+    let (Ok(e), Ok(allocated), Ok(resident)) = (
+        epoch::mib(),
+        stats::allocated::mib(),
+        stats::resident::mib(),
+    ) else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            // The statistics are a snapshot refreshed by advancing the epoch.
+            if e.advance().is_ok() {
+                if let Ok(v) = allocated.read() {
+                    metrics::gauge!(slim_actors::metrics::ALLOCATOR_BYTES, "kind" => "allocated")
+                        .set(v as f64);
+                }
+                if let Ok(v) = resident.read() {
+                    metrics::gauge!(slim_actors::metrics::ALLOCATOR_BYTES, "kind" => "resident")
+                        .set(v as f64);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}
+
+#[cfg(target_env = "msvc")]
+fn spawn_allocator_gauges() {}
+
 fn main() -> Result<()> {
+    tune_allocator();
     let args = Args::parse();
     let mut cfg = FileConfig::load(&args.config)?;
     cfg.apply_env(|k| std::env::var(k).ok())?;
@@ -88,6 +165,7 @@ async fn run(cfg: FileConfig) -> Result<()> {
         http::serve(addr, prom, Arc::clone(&ready))
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        spawn_allocator_gauges();
     }
     let drain = Duration::from_millis(cfg.node.shutdown_drain_ms);
     let mut node_cfg = cfg.node_config();

@@ -66,7 +66,10 @@ impl Actor for FederationActor {
             *t = InterestTable::new(
                 &ctx.cfg.node_id,
                 interest_epoch(),
-                InterestConfig::default(),
+                InterestConfig {
+                    tombstone_ttl: ctx.cfg.federation.tombstone_ttl,
+                    ..InterestConfig::default()
+                },
             );
             for name in ctx.registry.local_names() {
                 t.handle_local(&name, true);
