@@ -11,6 +11,7 @@ use slim_wire::{ErrorCode, ErrorFrame, Frame, Mode, Name, Subscribe, Unsubscribe
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ClientConfig;
+use crate::confirm::DisconnectPolicy;
 use crate::conn;
 use crate::error::ClientError;
 use crate::event::{ConnState, Delivery, Event};
@@ -54,6 +55,8 @@ impl Client {
             state,
             identity_seen: Mutex::new(None),
             recent_errors: Mutex::new(std::collections::VecDeque::new()),
+            confirm: Default::default(),
+            connected: std::sync::atomic::AtomicBool::new(true),
         });
         let endpoint = conn::endpoint(&shared.cfg)?;
         let live = conn::connect_once(&shared, &endpoint).await?;
@@ -188,6 +191,13 @@ impl Client {
         msg_id: u64,
         payload: &[u8],
     ) -> Result<u64, ClientError> {
+        let connected = self
+            .shared
+            .connected
+            .load(std::sync::atomic::Ordering::Acquire);
+        if !connected && self.shared.cfg.on_disconnect == DisconnectPolicy::Fail {
+            return Err(self.disconnected());
+        }
         let frame = SCRATCH.with(|cell| {
             // Frames are carved out of a per-thread 64 KiB buffer, so small
             // publishes share allocations instead of each making one.
@@ -213,13 +223,35 @@ impl Client {
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(ClientError::Closed),
         };
         if let Some(frame) = frame {
-            self.out
-                .send(frame)
-                .await
-                .map_err(|_| ClientError::Closed)?;
+            match self.shared.cfg.on_disconnect {
+                // Reconnecting, with the queue full: wait for room only as
+                // long as the application said.
+                DisconnectPolicy::Buffer { max_wait } if !connected => {
+                    match tokio::time::timeout(max_wait, self.out.send(frame)).await {
+                        Ok(r) => r.map_err(|_| ClientError::Closed)?,
+                        Err(_) => return Err(self.disconnected()),
+                    }
+                }
+                _ => self
+                    .out
+                    .send(frame)
+                    .await
+                    .map_err(|_| ClientError::Closed)?,
+            }
         }
         self.shared.metrics.published.increment(1);
         Ok(msg_id)
+    }
+
+    /// The error for a publish refused while not connected, with the
+    /// reason the connection was lost.
+    fn disconnected(&self) -> ClientError {
+        let reason = match &*self.shared.state.borrow() {
+            ConnState::Reconnecting { last_error, .. } => last_error.clone(),
+            ConnState::Closed => "the client is closed".into(),
+            ConnState::Connected { .. } => "reconnecting".into(),
+        };
+        ClientError::Disconnected { reason }
     }
 
     pub async fn publish(

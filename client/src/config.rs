@@ -7,6 +7,7 @@ use slim_auth::{Identity, IdentitySource, ServerMatch, TrustBundles};
 use slim_wire::{Limits, Name};
 
 use crate::addr;
+use crate::confirm::DisconnectPolicy;
 use crate::error::ClientError;
 
 /// Reconnection backoff: `initial * 2^n` capped at `max`, each wait randomized
@@ -105,6 +106,10 @@ pub struct ClientConfig {
     /// Record SDK metrics (`slim_client_*`) into the process's `metrics`
     /// recorder. Off by default: an agent that installs no recorder pays nothing.
     pub metrics: bool,
+    /// What happens to publishes when the connection drops: held and
+    /// written again after the reconnect, or failed with an error the
+    /// publisher sees. Never dropped silently.
+    pub on_disconnect: DisconnectPolicy,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -160,6 +165,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(10),
             stream_window: 4 << 20,
             metrics: false,
+            on_disconnect: DisconnectPolicy::default(),
         }
     }
 }

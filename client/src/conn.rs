@@ -3,12 +3,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{RecvStream, SendStream};
-use slim_framed::{FrameReader, FrameWriter, ReadError, pump};
+use slim_framed::{FrameReader, FrameWriter, ReadError};
 use slim_wire::{
     DeliverView, Frame, FrameKind, Hello, Name, PROTOCOL_VERSION, Subscribe, codec, deliver_view,
 };
@@ -18,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::addr::resolve;
 use crate::config::{ClientConfig, Credentials};
+use crate::confirm::{self, DisconnectPolicy, Unconfirmed};
 use crate::error::ClientError;
 use crate::event::{ConnState, Delivery, Event};
 use crate::shared::{RECENT_ERRORS, Shared, encode_frame};
@@ -168,7 +170,7 @@ async fn connect_to(
         match reader.read_frame().await.map_err(read_err) {
             Ok(Some(Frame::Accept(a))) => {
                 *shared.identity_seen.lock() = a.identity.clone();
-                let _ = shared.state.send(ConnState::Connected {
+                let _ = shared.state.send_replace(ConnState::Connected {
                     node_id: a.node_id.clone(),
                 });
                 info!(node = %a.node_id, name = %cfg.name, "connected");
@@ -244,15 +246,41 @@ pub(crate) async fn drive(
 ) {
     let mut live = Some(first);
     let mut attempt: u32 = 0;
+    let mut unconfirmed = Unconfirmed::default();
+    // Frames to write first on the next connection (the policy's choice of
+    // what was unconfirmed when the last one dropped).
+    let mut again: Vec<Bytes> = Vec::new();
     loop {
-        if let Some(l) = live.take() {
+        if let Some(mut l) = live.take() {
             attempt = 0;
             let conn = l.conn.clone();
+            if !again.is_empty() {
+                let n = again.len();
+                let mut failed = None;
+                for f in &again {
+                    if let Err(e) = l.send.write_all(f).await {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                if let Some(e) = failed {
+                    warn!(error = %e, "writing unconfirmed frames again failed");
+                    continue;
+                }
+                again.clear();
+                debug!(
+                    frames = n,
+                    "unconfirmed frames written again after the reconnect"
+                );
+            }
+            shared.connected.store(true, Ordering::Release);
             tokio::select! {
-                r = run(&shared, l, &mut out, &events) => {
+                r = run(&shared, l, &mut out, &events, &mut unconfirmed) => {
+                    shared.connected.store(false, Ordering::Release);
                     let reason = r.err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
+                    again = settle_unconfirmed(&shared, &mut unconfirmed, &events, &reason).await;
                     warn!(name = %shared.cfg.name, reason = %reason, "connection lost; reconnecting");
-                    let _ = shared.state.send(ConnState::Reconnecting { attempt: 0, last_error: reason });
+                    let _ = shared.state.send_replace(ConnState::Reconnecting { attempt: 0, last_error: reason });
                 }
                 _ = &mut close => {
                     conn.close(0u32.into(), b"client closed");
@@ -277,18 +305,82 @@ pub(crate) async fn drive(
             }
             Err(e) => {
                 debug!(attempt, error = %e, "reconnect failed");
-                let _ = shared.state.send(ConnState::Reconnecting {
+                let _ = shared.state.send_replace(ConnState::Reconnecting {
                     attempt,
                     last_error: e.to_string(),
                 });
             }
         }
     }
+    shared.connected.store(false, Ordering::Release);
+    // Publishes the node never confirmed will not be sent now: say so.
+    let (ids, _) = unconfirmed.take_failed(&shared.confirm);
+    report_lost(&shared, &events, ids, "the client closed").await;
     // Fail outstanding requests rather than let them wait for their timeout.
     shared.pending.lock().clear();
-    let _ = shared.state.send(ConnState::Closed);
+    let _ = shared.state.send_replace(ConnState::Closed);
     ep.close(0u32.into(), b"client closed");
     let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+}
+
+/// Applies the client's [`DisconnectPolicy`] to what the node had not
+/// confirmed when the connection dropped; returns the frames to write first
+/// on the next connection.
+async fn settle_unconfirmed(
+    shared: &Arc<Shared>,
+    unconfirmed: &mut Unconfirmed,
+    events: &mpsc::Sender<Event>,
+    reason: &str,
+) -> Vec<Bytes> {
+    match shared.cfg.on_disconnect {
+        DisconnectPolicy::Buffer { .. } => {
+            let again = unconfirmed.replay(&shared.confirm, &shared.cfg.limits);
+            if !again.is_empty() {
+                info!(
+                    frames = unconfirmed.len(),
+                    "unconfirmed frames held for the next connection"
+                );
+            }
+            again
+        }
+        DisconnectPolicy::Fail => {
+            let (ids, others) = unconfirmed.take_failed(&shared.confirm);
+            report_lost(shared, events, ids, reason).await;
+            others
+        }
+    }
+}
+
+/// Reports each of `ids` as a publish lost with the connection: an
+/// [`Event::Error`] (also kept for `take_errors`) and a log line.
+async fn report_lost(
+    shared: &Arc<Shared>,
+    events: &mpsc::Sender<Event>,
+    ids: Vec<(u64, Option<Name>)>,
+    reason: &str,
+) {
+    if ids.is_empty() {
+        return;
+    }
+    warn!(
+        publishes = ids.len(),
+        reason, "publishes failed: the connection dropped before the node confirmed them"
+    );
+    shared.metrics.publishes_failed.increment(ids.len() as u64);
+    for id in ids {
+        let e = crate::confirm::lost(id, reason);
+        {
+            let mut q = shared.recent_errors.lock();
+            if q.len() >= RECENT_ERRORS {
+                q.pop_front();
+            }
+            q.push_back(e.clone());
+        }
+        // Waits for room: every lost publish is reported, none dropped.
+        if events.send(Event::Error(e)).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Re-sends every subscription on a fresh connection before any queued publish.
@@ -317,19 +409,19 @@ async fn run(
     live: Live,
     out: &mut mpsc::Receiver<Bytes>,
     events: &mpsc::Sender<Event>,
+    unconfirmed: &mut Unconfirmed,
 ) -> Result<(), ClientError> {
     let Live { conn, send, reader } = live;
     let mut reader = tokio::spawn(read_loop(Arc::clone(shared), reader, events.clone()));
     let mut writer = FrameWriter::new(send);
     // The writer loop runs until the client's queue closes (the client is
-    // dropped) or the reader ends. The SDK keeps no writer metrics: no hooks.
-    let mut hooks = ();
+    // dropped) or the reader ends.
     let res = tokio::select! {
         r = &mut reader => match r {
             Ok(r) => r,
             Err(e) => Err(ClientError::Protocol(format!("reader task failed: {e}"))),
         },
-        r = pump(out, &mut writer, &mut hooks, std::future::pending()) => match r {
+        r = confirm::pump(out, &mut writer, unconfirmed, &shared.confirm, &shared.cfg.limits) => match r {
             Ok(_) => Ok(()),
             // A failed write is reported as itself, not as the connection's
             // close reason.
@@ -444,6 +536,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     return Ok(());
                 }
             }
+            // The writer's confirming pings (see `confirm`).
+            Frame::Pong(slim_wire::Pong { nonce }) if shared.confirm.handle_pong(nonce) => {}
             // Both answer a request filed in `pending` by its id.
             Frame::SubAck(slim_wire::SubAck { id, .. })
             | Frame::Pong(slim_wire::Pong { nonce: id }) => {
@@ -511,6 +605,8 @@ mod tests {
             state: tokio::sync::watch::channel(ConnState::Closed).0,
             identity_seen: Mutex::new(None),
             recent_errors: Mutex::new(VecDeque::new()),
+            confirm: Default::default(),
+            connected: Default::default(),
         })
     }
 

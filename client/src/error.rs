@@ -33,4 +33,8 @@ pub enum ClientError {
     Name(#[from] slim_wire::InvalidName),
     #[error("protocol: {0}")]
     Protocol(String),
+    /// Not connected to the node, and the client's `DisconnectPolicy` says
+    /// to fail rather than wait (or the wait for room ran out).
+    #[error("not connected to the node: {reason}")]
+    Disconnected { reason: String },
 }

@@ -14,6 +14,7 @@ pub mod app;
 pub mod channel;
 mod client;
 mod config;
+mod confirm;
 mod conn;
 mod error;
 mod event;
@@ -25,6 +26,7 @@ pub use channel::{
 };
 pub use client::Client;
 pub use config::{Backoff, ClientConfig, Credentials};
+pub use confirm::{CONNECTION_LOST, DisconnectPolicy};
 pub use error::ClientError;
 pub use event::{ConnState, Delivery, Event};
 pub use slim_wire::{Deliver, FLAG_NO_ROUTE_SILENT};

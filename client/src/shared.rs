@@ -2,13 +2,14 @@
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use slim_wire::{ErrorCode, ErrorFrame, Frame, Limits, Name, codec};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::ClientConfig;
+use crate::confirm::Confirmations;
 use crate::event::ConnState;
 
 pub(crate) type Pending = Mutex<HashMap<u64, oneshot::Sender<Result<(), (ErrorCode, String)>>>>;
@@ -19,6 +20,7 @@ pub(crate) struct SdkMetrics {
     pub received: metrics::Counter,
     pub reconnects: metrics::Counter,
     pub node_errors: metrics::Counter,
+    pub publishes_failed: metrics::Counter,
 }
 
 impl SdkMetrics {
@@ -29,6 +31,7 @@ impl SdkMetrics {
                 received: metrics::Counter::noop(),
                 reconnects: metrics::Counter::noop(),
                 node_errors: metrics::Counter::noop(),
+                publishes_failed: metrics::Counter::noop(),
             };
         }
         SdkMetrics {
@@ -36,6 +39,7 @@ impl SdkMetrics {
             received: metrics::counter!("slim_client_messages_received_total"),
             reconnects: metrics::counter!("slim_client_reconnects_total"),
             node_errors: metrics::counter!("slim_client_node_errors_total"),
+            publishes_failed: metrics::counter!("slim_client_publishes_failed_total"),
         }
     }
 }
@@ -50,6 +54,11 @@ pub(crate) struct Shared {
     pub identity_seen: Mutex<Option<String>>,
     /// The node's most recent error frames, for [`Client::take_errors`](crate::Client::take_errors).
     pub recent_errors: Mutex<std::collections::VecDeque<ErrorFrame>>,
+    /// What the node confirmed of what the writer sent.
+    pub confirm: Confirmations,
+    /// Whether a connection is up (the driver's view), for
+    /// `DisconnectPolicy::Fail` to refuse publishes while it is not.
+    pub connected: AtomicBool,
 }
 
 /// Error frames kept for [`Client::take_errors`](crate::Client::take_errors).

@@ -96,9 +96,10 @@ impl SlimError {
 impl From<ClientError> for SlimError {
     fn from(e: ClientError) -> Self {
         match e {
-            ClientError::Connect { .. } | ClientError::Tls(_) | ClientError::Resolve { .. } => {
-                SlimError::Connect(e.to_string())
-            }
+            ClientError::Connect { .. }
+            | ClientError::Tls(_)
+            | ClientError::Resolve { .. }
+            | ClientError::Disconnected { .. } => SlimError::Connect(e.to_string()),
             ClientError::Rejected { code, reason } => match code {
                 ErrorCode::UNAUTHORIZED => SlimError::PermissionDenied(reason),
                 _ => SlimError::Connect(format!("the node rejected the connection: {reason}")),

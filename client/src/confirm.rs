@@ -1,0 +1,342 @@
+//! Publish confirmation across reconnects: nothing a publisher handed to the
+//! SDK vanishes without either reaching the node or an error the publisher
+//! sees.
+//!
+//! The node handles a connection's frames in order and answers a `Ping` only
+//! after every frame before it was processed (routed to its subscribers'
+//! queues or peer links). So the writer, after each batch it writes, appends a
+//! `Ping` whose nonce is the sequence number of the batch's last frame (with
+//! [`CONFIRM_BIT`] set, apart from the application's pings); the `Pong`
+//! confirms every frame up to it. Frames written but not yet confirmed stay in
+//! a bounded [`Unconfirmed`] buffer (the `Bytes` are shared, not copied).
+//!
+//! When the connection drops, what is unconfirmed is handled by the
+//! application's [`DisconnectPolicy`]: written again first thing on the next
+//! connection (`Buffer`: at least once, so a frame the node had processed but
+//! whose `Pong` was lost arrives twice), or failed with an
+//! [`Event::Error`](crate::Event::Error) of code [`CONNECTION_LOST`] carrying
+//! each publish's message id (`Fail`). Either way the publisher learns of it.
+//!
+//! What this does not cover: a message the node had confirmed and then lost
+//! itself (killed with the message in a subscriber's queue). Only a reliable
+//! session (acknowledged end to end) covers that.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use slim_framed::{BATCH, ChunkSink, FrameWriter};
+use slim_wire::{ErrorCode, ErrorFrame, Frame, FrameKind, HEADER_LEN, Limits, Name, Ping, codec};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+/// Marks the writer's own pings, so their pongs are not looked up as the
+/// application's requests.
+pub(crate) const CONFIRM_BIT: u64 = 1 << 63;
+
+/// The code of an error the SDK itself reports for a publish that the node
+/// never confirmed before the connection dropped (`DisconnectPolicy::Fail`).
+pub const CONNECTION_LOST: ErrorCode = ErrorCode(18);
+
+/// What happens to publishes when the connection to the node is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectPolicy {
+    /// Publishes written but unconfirmed are written again on the next
+    /// connection, before anything newer; publishes made while disconnected
+    /// wait in the outbound queue (`ClientConfig::outbound_capacity`). A
+    /// publisher that finds the queue full waits at most `max_wait` and then
+    /// gets [`ClientError::Disconnected`](crate::ClientError::Disconnected).
+    /// Delivery is at least once: a publish the node had already taken when
+    /// its confirmation was lost is delivered twice.
+    Buffer { max_wait: Duration },
+    /// Publishes written but unconfirmed are failed: each produces an
+    /// [`Event::Error`](crate::Event::Error) with code [`CONNECTION_LOST`] and
+    /// its message id (also in [`Client::take_errors`](crate::Client::take_errors)).
+    /// A publish made while disconnected fails at once with
+    /// [`ClientError::Disconnected`](crate::ClientError::Disconnected).
+    /// Delivery is at most once, and every loss is reported.
+    Fail,
+}
+
+impl Default for DisconnectPolicy {
+    fn default() -> Self {
+        DisconnectPolicy::Buffer {
+            max_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Confirmation state shared by the writer (which pings) and the reader
+/// (which sees the pongs).
+#[derive(Default)]
+pub(crate) struct Confirmations {
+    /// The highest frame sequence number the node confirmed.
+    confirmed: AtomicU64,
+    /// Woken when `confirmed` moves, for a writer waiting on a full buffer.
+    moved: Notify,
+}
+
+impl Confirmations {
+    /// Handles a pong; false if it was not one of the writer's.
+    pub(crate) fn handle_pong(&self, nonce: u64) -> bool {
+        if nonce & CONFIRM_BIT == 0 {
+            return false;
+        }
+        self.confirmed
+            .fetch_max(nonce & !CONFIRM_BIT, Ordering::AcqRel);
+        self.moved.notify_one();
+        true
+    }
+
+    fn confirmed(&self) -> u64 {
+        self.confirmed.load(Ordering::Acquire)
+    }
+}
+
+/// Frames written but not yet confirmed, oldest first, bounded by
+/// [`Unconfirmed::MAX_FRAMES`] and [`Unconfirmed::MAX_BYTES`]: when full the
+/// writer waits for the node's confirmation before taking more from the
+/// outbound queue (so publishers feel the back-pressure, as with a full queue).
+#[derive(Default)]
+pub(crate) struct Unconfirmed {
+    frames: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    /// The sequence number of the last frame written.
+    seq: u64,
+}
+
+impl Unconfirmed {
+    const MAX_FRAMES: usize = 16 * 1024;
+    const MAX_BYTES: usize = 16 << 20;
+
+    fn push(&mut self, frame: Bytes) {
+        self.seq += 1;
+        self.bytes += frame.len();
+        self.frames.push_back((self.seq, frame));
+    }
+
+    /// Drops what the node confirmed.
+    fn trim(&mut self, confirmed: u64) {
+        while let Some((seq, f)) = self.frames.front() {
+            if *seq > confirmed {
+                break;
+            }
+            self.bytes -= f.len();
+            self.frames.pop_front();
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.frames.len() >= Self::MAX_FRAMES || self.bytes >= Self::MAX_BYTES
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Everything unconfirmed, for writing again on a new connection (the
+    /// frames stay here until that connection confirms them).
+    pub(crate) fn replay(&mut self, c: &Confirmations, limits: &Limits) -> Vec<Bytes> {
+        self.trim(c.confirmed());
+        let mut out: Vec<Bytes> = self.frames.iter().map(|(_, f)| f.clone()).collect();
+        if !out.is_empty() {
+            out.push(ping(self.seq, limits));
+        }
+        out
+    }
+
+    /// Takes everything unconfirmed out: the publishes' message ids (to be
+    /// failed), and the other frames (requests, which are re-sent: the
+    /// subscriptions they carry are restored anyway, and a request's caller
+    /// waits for its answer).
+    pub(crate) fn take_failed(
+        &mut self,
+        c: &Confirmations,
+    ) -> (Vec<(u64, Option<Name>)>, Vec<Bytes>) {
+        self.trim(c.confirmed());
+        let mut ids = Vec::new();
+        let mut others = Vec::new();
+        for (_, f) in self.frames.drain(..) {
+            let mut rest = &f[..];
+            let mut other = false;
+            while rest.len() > HEADER_LEN {
+                let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                let end = (4 + len).min(rest.len());
+                if rest[4] == FrameKind::Publish as u8 {
+                    if let Ok(Ok(v)) = slim_wire::publish_view(&rest[HEADER_LEN..end]) {
+                        ids.push((v.msg_id, Name::parse(v.name).ok()));
+                    }
+                } else {
+                    other = true;
+                }
+                rest = &rest[end..];
+            }
+            if other {
+                others.push(f);
+            }
+        }
+        self.bytes = 0;
+        (ids, others)
+    }
+}
+
+fn ping(seq: u64, limits: &Limits) -> Bytes {
+    let mut b = BytesMut::with_capacity(16);
+    codec::encode(
+        &Frame::Ping(Ping {
+            nonce: CONFIRM_BIT | seq,
+        }),
+        limits,
+        &mut b,
+    )
+    .expect("a ping always encodes");
+    b.freeze()
+}
+
+/// The error event reported for each failed publish.
+pub(crate) fn lost((msg_id, name): (u64, Option<Name>), reason: &str) -> ErrorFrame {
+    ErrorFrame {
+        code: CONNECTION_LOST,
+        msg_id: Some(msg_id),
+        name,
+        reason: format!("connection to the node lost before it confirmed this publish: {reason}"),
+    }
+}
+
+/// At most one confirming ping per this interval: a publisher sending one
+/// message at a time would otherwise cost the node a ping and a pong per
+/// message. A confirmation is thus at most this much (plus a round trip) late.
+const PING_GAP: Duration = Duration::from_millis(2);
+
+/// The client's writer loop: takes frames from `rx`, remembers them as
+/// unconfirmed, writes them, and follows them with a confirming ping (right
+/// away, or once [`PING_GAP`] has passed since the last). Ends when the queue
+/// closes (`Ok`) or a write fails.
+pub(crate) async fn pump<S: ChunkSink>(
+    rx: &mut mpsc::Receiver<Bytes>,
+    w: &mut FrameWriter<S>,
+    unconfirmed: &mut Unconfirmed,
+    c: &Confirmations,
+    limits: &Limits,
+) -> std::io::Result<()> {
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut last_ping = Instant::now() - PING_GAP;
+    // The sequence number the last ping covered.
+    let mut pinged = unconfirmed.seq;
+    loop {
+        unconfirmed.trim(c.confirmed());
+        while unconfirmed.full() {
+            // Re-check on a timer too: the pong that frees room may come
+            // between `trim` and `notified()`.
+            let _ = tokio::time::timeout(Duration::from_millis(10), c.moved.notified()).await;
+            unconfirmed.trim(c.confirmed());
+        }
+        let owed = pinged < unconfirmed.seq;
+        tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, BATCH) => if n == 0 {
+                return Ok(());
+            },
+            () = tokio::time::sleep_until(last_ping + PING_GAP), if owed => {}
+        }
+        for f in &batch {
+            unconfirmed.push(f.clone());
+        }
+        if unconfirmed.seq > pinged && last_ping.elapsed() >= PING_GAP {
+            batch.push(ping(unconfirmed.seq, limits));
+            pinged = unconfirmed.seq;
+            last_ping = Instant::now();
+        }
+        if !batch.is_empty() {
+            w.write_batch(&mut batch).await?;
+            batch.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slim_wire::Mode;
+
+    fn publish(id: u64) -> Bytes {
+        let mut b = BytesMut::new();
+        codec::encode_publish(
+            &Name::parse("acme/ops/x").unwrap(),
+            Mode::Anycast,
+            0,
+            id,
+            b"hi",
+            &Limits::default(),
+            &mut b,
+        )
+        .unwrap();
+        b.freeze()
+    }
+
+    #[test]
+    fn a_pong_confirms_every_frame_up_to_its_sequence_number() {
+        let c = Confirmations::default();
+        let mut u = Unconfirmed::default();
+        for id in 1..=5 {
+            u.push(publish(id));
+        }
+        assert!(!c.handle_pong(3), "an application pong is not ours");
+        assert!(c.handle_pong(CONFIRM_BIT | 3));
+        // An older pong arriving late does not move confirmation back.
+        assert!(c.handle_pong(CONFIRM_BIT | 2));
+        let (ids, others) = u.take_failed(&c);
+        let ids: Vec<u64> = ids.into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, vec![4, 5]);
+        assert!(others.is_empty());
+        assert_eq!(u.len(), 0);
+    }
+
+    #[test]
+    fn replay_returns_the_unconfirmed_frames_and_a_ping_for_the_last() {
+        let c = Confirmations::default();
+        let mut u = Unconfirmed::default();
+        for id in 1..=3 {
+            u.push(publish(id));
+        }
+        c.handle_pong(CONFIRM_BIT | 1);
+        let frames = u.replay(&c, &Limits::default());
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[0], publish(2));
+        assert_eq!(frames[2], ping(3, &Limits::default()));
+        // Still held until the new connection confirms them.
+        assert_eq!(u.len(), 2);
+    }
+
+    #[test]
+    fn failed_requests_are_kept_to_be_sent_again() {
+        let c = Confirmations::default();
+        let mut u = Unconfirmed::default();
+        let sub = crate::shared::encode_frame(
+            &Frame::Subscribe(slim_wire::Subscribe {
+                id: 9,
+                name: Name::parse("acme/ops/x").unwrap(),
+            }),
+            &Limits::default(),
+        )
+        .unwrap();
+        u.push(sub.clone());
+        u.push(publish(7));
+        let (ids, others) = u.take_failed(&c);
+        assert_eq!(ids, vec![(7, Some(Name::parse("acme/ops/x").unwrap()))]);
+        assert_eq!(others, vec![sub]);
+    }
+
+    #[test]
+    fn the_buffer_is_bounded() {
+        let mut u = Unconfirmed::default();
+        for id in 0..Unconfirmed::MAX_FRAMES as u64 {
+            assert!(!u.full());
+            u.push(publish(id));
+        }
+        assert!(u.full());
+        u.trim(10);
+        assert!(!u.full());
+    }
+}
