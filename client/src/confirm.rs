@@ -37,7 +37,7 @@ pub(crate) const CONFIRM_BIT: u64 = 1 << 63;
 
 /// The code of an error the SDK itself reports for a publish that the node
 /// never confirmed before the connection dropped (`DisconnectPolicy::Fail`).
-pub const CONNECTION_LOST: ErrorCode = ErrorCode(18);
+pub const CONNECTION_LOST: ErrorCode = ErrorCode::CONNECTION_LOST;
 
 /// What happens to publishes when the connection to the node is lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Generator, Optional, Union
+from typing import Any, Generator, Literal, Optional, Union
 
 from . import _native
 from ._native import (
@@ -221,6 +221,7 @@ def connect(
     identity: Optional[Identity] = None,
     timeout: float = 10.0,
     request_timeout: float = 10.0,
+    on_disconnect: Literal["buffer", "fail"] = "buffer",
 ) -> _Connecting:
     """Connects to a SLIM node as ``name`` and returns the :class:`App`.
 
@@ -230,7 +231,12 @@ def connect(
     ``app.name``). ``identity``: :class:`WorkloadApi` (default),
     :class:`SvidFiles`, :class:`JwtSvid` or :class:`SharedSecret`.
     ``timeout`` bounds the connection, ``request_timeout`` each
-    subscribe/unsubscribe/flush round trip.
+    subscribe/unsubscribe/flush round trip. ``on_disconnect``: what happens
+    to raw publishes when the connection to the node drops — ``"buffer"``
+    (default) holds them and sends them after the reconnect (at least once);
+    ``"fail"`` fails those the node had not confirmed (the next
+    ``app.flush()`` raises :class:`ConnectError`) and publishes made while
+    disconnected raise :class:`ConnectError` at once. Never silently dropped.
 
     Raises :class:`ConnectError` (cannot resolve / connect / TLS),
     :class:`IdentityError`, :class:`PermissionDenied` (the node refused the
@@ -268,6 +274,7 @@ def connect(
         "name": name,
         "timeout": float(timeout),
         "request_timeout": float(request_timeout),
+        "on_disconnect": on_disconnect,
         **native(),
     }
     return _Connecting(kwargs)

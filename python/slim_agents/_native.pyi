@@ -320,5 +320,6 @@ def connect(
     trust_domain: Optional[str] = None,
     timeout: float = 10.0,
     request_timeout: float = 10.0,
+    on_disconnect: Literal["buffer", "fail"] = "buffer",
 ) -> Call:
     """Low level; use `slim_agents.connect`."""

@@ -58,7 +58,8 @@ fn identity_config(
 /// Connects to a node (low level; use `slim_agents.connect`).
 #[pyfunction]
 #[pyo3(signature = (url, name, *, identity="workload_api", socket=None, dir=None, audience=None,
-                    secret=None, bundle=None, trust_domain=None, timeout=10.0, request_timeout=10.0))]
+                    secret=None, bundle=None, trust_domain=None, timeout=10.0, request_timeout=10.0,
+                    on_disconnect="buffer"))]
 #[allow(clippy::too_many_arguments)]
 pub fn connect<'py>(
     py: Python<'py>,
@@ -73,6 +74,7 @@ pub fn connect<'py>(
     trust_domain: Option<String>,
     timeout: f64,
     request_timeout: f64,
+    on_disconnect: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut cfg = app::AppConfig::new(url, name).identity(identity_config(
         identity,
@@ -85,6 +87,15 @@ pub fn connect<'py>(
     )?);
     cfg.connect_timeout = duration_arg("timeout", timeout)?;
     cfg.request_timeout = duration_arg("request_timeout", request_timeout)?;
+    cfg.on_disconnect = match on_disconnect {
+        "buffer" => slim_client::DisconnectPolicy::default(),
+        "fail" => slim_client::DisconnectPolicy::Fail,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "on_disconnect must be \"buffer\" or \"fail\", got {other:?}"
+            )));
+        }
+    };
     // `timeout` bounds resolving, QUIC, TLS and the hello; obtaining the
     // identity has its own bound in the SDK (an `IdentityError` says why).
     spawn(py, "connect", async move {

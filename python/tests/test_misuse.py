@@ -163,3 +163,13 @@ async def test_no_workload_api(slim, node_a, tmp_path):
         await asyncio.wait_for(
             slim.connect(node_a.url, "t/misuse/noid", identity=ident, timeout=5), CONNECT_TIMEOUT)
     assert ID_DEFAULT
+
+
+async def test_on_disconnect_takes_buffer_or_fail(slim, connect, ns):
+    # Both policies connect; anything else is refused before dialling.
+    for policy in ("buffer", "fail"):
+        app = await connect(f"t/{ns}/policy-{policy}", on_disconnect=policy)
+        await app.publish(f"t/{ns}/nobody", b"x")
+    with pytest.raises(ValueError) as ei:
+        await connect(f"t/{ns}/policy-bad", on_disconnect="drop")
+    assert "on_disconnect" in str(ei.value)

@@ -77,6 +77,9 @@ impl ErrorCode {
     /// A peer link refused because another link to the same node wins the
     /// tie-break (the link dialled by the lower node id is kept).
     pub const LINK_EXISTS: ErrorCode = ErrorCode(17);
+    /// Never sent by a node: the SDK's own report of a publish the node
+    /// had not confirmed when the connection to it dropped.
+    pub const CONNECTION_LOST: ErrorCode = ErrorCode(18);
     pub const INTERNAL: ErrorCode = ErrorCode(99);
 
     pub fn as_str(self) -> &'static str {
@@ -93,6 +96,7 @@ impl ErrorCode {
             Self::SHUTTING_DOWN => "shutting_down",
             Self::VERSION => "version",
             Self::LINK_EXISTS => "link_exists",
+            Self::CONNECTION_LOST => "connection_lost",
             Self::INTERNAL => "internal",
             _ => "other",
         }

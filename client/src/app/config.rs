@@ -73,6 +73,9 @@ pub struct AppConfig {
     pub request_timeout: Duration,
     /// Record `slim_client_*` metrics into the process's `metrics` recorder.
     pub metrics: bool,
+    /// Raw publishes when the connection drops: held and sent after the
+    /// reconnect, or failed (reported by the next `flush`).
+    pub on_disconnect: crate::DisconnectPolicy,
 }
 
 impl AppConfig {
@@ -84,6 +87,7 @@ impl AppConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             metrics: false,
+            on_disconnect: crate::DisconnectPolicy::default(),
         }
     }
 

@@ -88,6 +88,7 @@ impl SlimError {
             ErrorCode::NO_ROUTE => SlimError::NoRoute(reason),
             ErrorCode::BAD_NAME => SlimError::InvalidName(reason),
             ErrorCode::SHUTTING_DOWN => SlimError::Closed(reason),
+            ErrorCode::CONNECTION_LOST => SlimError::Connect(reason),
             c => SlimError::Protocol(format!("{} ({})", reason, c.as_str())),
         }
     }

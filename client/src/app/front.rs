@@ -141,6 +141,7 @@ impl App {
         ccfg.connect_timeout = cfg.connect_timeout;
         ccfg.request_timeout = cfg.request_timeout;
         ccfg.metrics = cfg.metrics;
+        ccfg.on_disconnect = cfg.on_disconnect;
         let client = Client::connect(ccfg).await?;
         // MLS binds to the SVID the node authenticated us with.
         let mls = match &source {
