@@ -151,6 +151,16 @@ struct NameEntry {
     present: bool,
 }
 
+/// Containers at or below this capacity are never shrunk.
+const SHRINK_FLOOR: usize = 64;
+
+/// Gives back a map's capacity once it is a quarter full (see `handle_tick`).
+fn shrink_map<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+    if m.capacity() > SHRINK_FLOOR && m.len() < m.capacity() / 4 {
+        m.shrink_to((m.len() * 2).max(SHRINK_FLOOR));
+    }
+}
+
 #[derive(Debug)]
 struct Origin {
     epoch: u64,
@@ -710,12 +720,22 @@ impl InterestTable {
                 .is_some_and(|e| !e.present && e.seq == seq)
             {
                 o.names.remove(&name);
+                shrink_map(&mut o.names);
                 self.entries -= 1;
                 for p in self.peers.values_mut() {
                     p.pending
                         .remove(&(Arc::clone(&origin), Item::Name(Arc::clone(&name))));
                 }
             }
+        }
+        // A burst of departures leaves these at their high-water capacity;
+        // give it back once they are a quarter full (amortized O(1)), so a
+        // node's memory returns to idle after churn stops.
+        if self.tombstones.capacity() > SHRINK_FLOOR
+            && self.tombstones.len() < self.tombstones.capacity() / 4
+        {
+            self.tombstones
+                .shrink_to((self.tombstones.len() * 2).max(SHRINK_FLOOR));
         }
         let ttl = self.cfg.unreachable_ttl;
         let gone: Vec<NodeId> = self

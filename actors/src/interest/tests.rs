@@ -705,3 +705,40 @@ fn routes_through_a_replaced_link_are_handed_out_again() {
     }
     assert_eq!(again, vec!["b/n/s".to_string(), "c/n/s".to_string()]);
 }
+
+#[test]
+fn after_a_burst_of_departures_the_tables_give_their_capacity_back() {
+    let mut n = Net::new(&["a", "b"]);
+    n.link("a", "b");
+    n.settle();
+    for i in 0..5_000 {
+        n.at("a").handle_local(&format!("acme/ops/agent-{i}"), true);
+    }
+    n.settle();
+    for i in 0..5_000 {
+        n.at("a")
+            .handle_local(&format!("acme/ops/agent-{i}"), false);
+    }
+    n.settle();
+    let peak_tomb = n.get("b").tombstones.capacity();
+    let peak_names = n.get("b").origins["a"].names.capacity();
+    assert!(
+        peak_tomb >= 5_000 && peak_names >= 5_000,
+        "{peak_tomb} {peak_names}"
+    );
+    // Past the tombstone TTL: the entries go, and so does the room they took.
+    n.now += cfg().tombstone_ttl + ms(1);
+    let now = n.now;
+    for t in &mut n.t {
+        t.handle_tick(now);
+    }
+    let b = n.get("b");
+    assert_eq!(b.origins["a"].names.len(), 0);
+    assert!(
+        b.tombstones.capacity() <= SHRINK_FLOOR
+            && b.origins["a"].names.capacity() <= SHRINK_FLOOR * 2,
+        "capacity kept: tombstones {} (peak {peak_tomb}), names {} (peak {peak_names})",
+        b.tombstones.capacity(),
+        b.origins["a"].names.capacity()
+    );
+}
