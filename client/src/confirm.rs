@@ -226,11 +226,22 @@ pub(crate) async fn pump<S: ChunkSink>(
     let mut pinged = unconfirmed.seq;
     loop {
         unconfirmed.trim(c.confirmed());
-        while unconfirmed.full() {
-            // Re-check on a timer too: the pong that frees room may come
-            // between `trim` and `notified()`.
-            let _ = tokio::time::timeout(Duration::from_millis(10), c.moved.notified()).await;
-            unconfirmed.trim(c.confirmed());
+        if unconfirmed.full() {
+            // Full: only a pong frees room, so the frames written since the
+            // last ping need theirs now, whatever the pace.
+            if pinged < unconfirmed.seq {
+                batch.push(ping(unconfirmed.seq, limits));
+                pinged = unconfirmed.seq;
+                last_ping = Instant::now();
+                w.write_batch(&mut batch).await?;
+                batch.clear();
+            }
+            while unconfirmed.full() {
+                // Re-check on a timer too: the pong that frees room may come
+                // between `trim` and `notified()`.
+                let _ = tokio::time::timeout(Duration::from_millis(10), c.moved.notified()).await;
+                unconfirmed.trim(c.confirmed());
+            }
         }
         let owed = pinged < unconfirmed.seq;
         tokio::select! {
@@ -338,5 +349,53 @@ mod tests {
         assert!(u.full());
         u.trim(10);
         assert!(!u.full());
+    }
+
+    /// A publisher faster than the node's confirmations fills the buffer
+    /// within one ping interval: the writer must then ping at once rather
+    /// than wait for pongs it never asked for (it used to stall for good).
+    #[tokio::test(start_paused = true)]
+    async fn a_full_buffer_asks_for_its_confirmation_and_goes_on() {
+        let (client_end, node_end) = tokio::io::duplex(1 << 20);
+        let limits = Limits::default();
+        let c = std::sync::Arc::new(Confirmations::default());
+        // The node: reads frames in order, answers each confirming ping.
+        let node_c = std::sync::Arc::clone(&c);
+        let node = tokio::spawn(async move {
+            let mut r = slim_framed::FrameReader::new(node_end, limits);
+            let mut publishes = 0u64;
+            while let Ok(Some(f)) = r.read_frame().await {
+                match f {
+                    Frame::Publish(_) => publishes += 1,
+                    Frame::Ping(p) => {
+                        node_c.handle_pong(p.nonce);
+                    }
+                    _ => {}
+                }
+            }
+            publishes
+        });
+        // Everything queued up front, and the clock paused: the writer
+        // fills its buffer without the ping interval ever passing.
+        let total = 3 * Unconfirmed::MAX_FRAMES as u64;
+        let (tx, mut rx) = mpsc::channel(total as usize);
+        for id in 0..total {
+            tx.try_send(publish(id)).unwrap();
+        }
+        drop(tx);
+        let mut w = FrameWriter::new(slim_framed::IoSink(client_end));
+        let mut u = Unconfirmed::default();
+        let done = tokio::time::timeout(
+            Duration::from_secs(60),
+            pump(&mut rx, &mut w, &mut u, &c, &limits),
+        )
+        .await;
+        assert!(
+            done.is_ok(),
+            "the writer stalled with {} frames unconfirmed",
+            u.len()
+        );
+        drop(w);
+        assert_eq!(node.await.unwrap(), total);
     }
 }
