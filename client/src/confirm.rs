@@ -204,15 +204,18 @@ pub(crate) fn lost((msg_id, name): (u64, Option<Name>), reason: &str) -> ErrorFr
     }
 }
 
-/// At most one confirming ping per this interval: a publisher sending one
-/// message at a time would otherwise cost the node a ping and a pong per
-/// message. A confirmation is thus at most this much (plus a round trip) late.
-const PING_GAP: Duration = Duration::from_millis(2);
+/// How long after a write its confirming ping follows. Not at once: a ping
+/// in the same write as a request puts its pong on the wire just ahead of
+/// the reply, which costs a request/reply round trip tens of µs. A ping that
+/// comes this much later covers whatever was written meanwhile (one per
+/// interval under load), and a confirmation is at most this (plus a round
+/// trip) late.
+const PING_DELAY: Duration = Duration::from_millis(2);
 
 /// The client's writer loop: takes frames from `rx`, remembers them as
-/// unconfirmed, writes them, and follows them with a confirming ping (right
-/// away, or once [`PING_GAP`] has passed since the last). Ends when the queue
-/// closes (`Ok`) or a write fails.
+/// unconfirmed, writes them, and asks the node to confirm them
+/// [`PING_DELAY`] later (at once when the buffer is full). Ends when the
+/// queue closes (`Ok`) or a write fails.
 pub(crate) async fn pump<S: ChunkSink>(
     rx: &mut mpsc::Receiver<Bytes>,
     w: &mut FrameWriter<S>,
@@ -221,18 +224,16 @@ pub(crate) async fn pump<S: ChunkSink>(
     limits: &Limits,
 ) -> std::io::Result<()> {
     let mut batch: Vec<Bytes> = Vec::new();
-    let mut last_ping = Instant::now() - PING_GAP;
-    // The sequence number the last ping covered.
-    let mut pinged = unconfirmed.seq;
+    // When the oldest frame not yet covered by a ping was written. Frames
+    // replayed after a reconnect come with their own ping.
+    let mut owed_since: Option<Instant> = None;
     loop {
         unconfirmed.trim(c.confirmed());
         if unconfirmed.full() {
             // Full: only a pong frees room, so the frames written since the
-            // last ping need theirs now, whatever the pace.
-            if pinged < unconfirmed.seq {
+            // last ping need theirs now.
+            if owed_since.take().is_some() {
                 batch.push(ping(unconfirmed.seq, limits));
-                pinged = unconfirmed.seq;
-                last_ping = Instant::now();
                 w.write_batch(&mut batch).await?;
                 batch.clear();
             }
@@ -243,21 +244,23 @@ pub(crate) async fn pump<S: ChunkSink>(
                 unconfirmed.trim(c.confirmed());
             }
         }
-        let owed = pinged < unconfirmed.seq;
+        let due = owed_since.map(|t| t + PING_DELAY);
         tokio::select! {
             biased;
             n = rx.recv_many(&mut batch, BATCH) => if n == 0 {
                 return Ok(());
             },
-            () = tokio::time::sleep_until(last_ping + PING_GAP), if owed => {}
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
         }
         for f in &batch {
             unconfirmed.push(f.clone());
         }
-        if unconfirmed.seq > pinged && last_ping.elapsed() >= PING_GAP {
+        if !batch.is_empty() && owed_since.is_none() {
+            owed_since = Some(Instant::now());
+        }
+        if owed_since.is_some_and(|t| t.elapsed() >= PING_DELAY) {
             batch.push(ping(unconfirmed.seq, limits));
-            pinged = unconfirmed.seq;
-            last_ping = Instant::now();
+            owed_since = None;
         }
         if !batch.is_empty() {
             w.write_batch(&mut batch).await?;
