@@ -876,3 +876,70 @@ async fn a_peer_that_vanishes_fails_the_session_after_the_grace() {
     node.set_route_hook(None);
     node.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Throughput of one reliable session under loss (the route hook drops a
+/// share of every routed frame, data and acks alike). Not a pass/fail test:
+/// prints one line per loss rate.
+///
+/// `cargo test -p slim-tests --test sessions -- --ignored --nocapture reliable_session_throughput_under_loss`
+/// (`SLIM_BENCH_MSGS` messages per run, 20 000 by default; `SLIM_BENCH_LOSS`
+/// a comma-separated list of per-mille loss rates, `0,10,50` by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run by hand, see docs/BENCHMARKS.md"]
+async fn reliable_session_throughput_under_loss() {
+    init_tracing();
+    let n: u64 = std::env::var("SLIM_BENCH_MSGS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
+    let rates: Vec<u32> = std::env::var("SLIM_BENCH_LOSS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![0, 10, 50]);
+    for per_mille in rates {
+        let pki = Pki::new("example.org");
+        let node = start_node(&pki, |_| {}).await;
+        let a = mux(&pki, &node, "acme/bench/sender").await;
+        let b = mux(&pki, &node, "acme/bench/echo").await;
+        let mut listener = P2pListener::new(&b, P2pConfig::default()).unwrap();
+        let accept = tokio::spawn(async move {
+            let s = listener.accept().await.expect("a session");
+            (s, listener)
+        });
+        let s = P2pSession::open(&a, &name("acme/bench/echo"), P2pConfig::default())
+            .await
+            .expect("open");
+        let (mut r, _listener) = accept.await.unwrap();
+        // Loss starts after the handshake: the figure is the transfer's.
+        let dropped = Arc::new(AtomicU64::new(0));
+        lossy(&node, per_mille, Arc::clone(&dropped));
+        let start = std::time::Instant::now();
+        let tx = s.sender();
+        let send = tokio::spawn(async move {
+            for i in 0..n {
+                tx.send(seq_payload(i, 32)).await.expect("send");
+            }
+        });
+        let mut got = 0u64;
+        while got < n {
+            match next(&mut r).await {
+                P2pEvent::Message { .. } => got += 1,
+                other => panic!("unexpected event at {got}: {other:?}"),
+            }
+        }
+        let secs = start.elapsed().as_secs_f64();
+        send.await.unwrap();
+        let st = s.stats().await.unwrap();
+        println!(
+            "loss {:>4.1} %: {n} msgs in {secs:>7.3} s = {:>8.0} msgs/s, \
+             retransmitted {}, frames dropped {}",
+            f64::from(per_mille) / 10.0,
+            n as f64 / secs,
+            st.sender.retransmitted,
+            dropped.load(Ordering::Relaxed),
+        );
+        node.set_route_hook(None);
+        s.close().await.ok();
+        node.shutdown(Duration::from_secs(1)).await;
+    }
+}
