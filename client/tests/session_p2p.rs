@@ -727,3 +727,42 @@ fn close_with_every_close_ack_lost_ends_in_a_typed_timeout() {
         );
     }
 }
+
+/// The shape of `reliable_p2p_10000_messages_over_5_percent_loss` (the
+/// sessions test that once hung CI) in virtual time: the default p2p tuning,
+/// an ordered link (SLIM never reorders a session's packets) with 5 % loss
+/// each way on data and acks alike. Every message arrives, the close
+/// completes, and both session tasks end; `SEEDS` runs more seeds.
+#[test]
+fn default_tuning_over_an_ordered_link_with_5_percent_loss_completes() {
+    let seeds: u64 = std::env::var("SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    for seed in 0..seeds {
+        let mut sim = Sim::new(seed, 0.05, 0.0, P2pConfig::default(), P2pConfig::default());
+        for link in [&mut sim.ab, &mut sim.ba] {
+            link.jitter = Duration::ZERO;
+            link.delay = Duration::from_micros(300);
+        }
+        let n = 10_000;
+        sim.a.to_send = (0..n).map(payload).collect();
+        sim.a.close = true;
+        let idle = sim.run(Duration::from_secs(3600));
+        let ctx = format!(
+            "seed {seed}: virtual {:?}, close {:?}",
+            sim.now - sim.start,
+            sim.a.close_result
+        );
+        assert!(idle, "{ctx}");
+        assert_eq!(sim.a.close_result, Some(Ok(())), "{ctx}");
+        assert!(matches!(sim.a.state, State::Gone), "{ctx}");
+        assert!(matches!(sim.b.state, State::Gone), "{ctx}");
+        assert_eq!(sim.b.messages().len() as u64, n, "{ctx}");
+        assert_eq!(
+            sim.b.events.last(),
+            Some(&P2pEvent::PeerClosed { sent: n }),
+            "{ctx}"
+        );
+    }
+}

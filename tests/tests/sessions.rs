@@ -938,6 +938,9 @@ async fn reliable_session_throughput_under_loss() {
             st.sender.retransmitted,
             dropped.load(Ordering::Relaxed),
         );
+        if std::env::var_os("SLIM_BENCH_VERBOSE").is_some() {
+            println!("  sender {:?}", st.sender);
+        }
         node.set_route_hook(None);
         s.close().await.ok();
         node.shutdown(Duration::from_secs(1)).await;

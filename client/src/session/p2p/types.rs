@@ -81,10 +81,13 @@ impl Default for P2pConfig {
 /// Reliable tuning for sessions over SLIM: a session's packets travel one
 /// ordered QUIC stream per hop, so a gap is a loss, never reordering, and is
 /// NACKed almost at once instead of after the machine's generic delay (a
-/// window-limited sender waits for that NACK on every loss).
+/// window-limited sender waits for that NACK on every loss); for the same
+/// reason an unacknowledged message transmitted before an acknowledged one
+/// is lost, with no reordering window.
 pub(crate) fn p2p_reliable() -> reliable::Config {
     reliable::Config {
         nack_delay: Duration::from_millis(2),
+        reorder_window: Duration::ZERO,
         ..reliable::Config::default()
     }
 }
