@@ -89,6 +89,10 @@ pub enum SessionError {
     Denied(String),
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// Nothing heard from the peer (data, acks or keep-alives) for this
+    /// long: it vanished without a word (crashed, partitioned).
+    #[error("nothing heard from the peer for {0:?}")]
+    IdleTimeout(std::time::Duration),
     /// End-to-end encryption failed (handshake, encrypt or decrypt).
     #[error("MLS: {0}")]
     Mls(String),

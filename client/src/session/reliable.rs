@@ -37,6 +37,9 @@ use super::{SessionError, SessionEvent, backoff};
 
 /// Flag on `Ack`: the answer to a `Close` (the closer knows its close arrived).
 pub const FLAG_CLOSE_ACK: u16 = 0b0000_0100;
+/// Flag on `Ack`: a p2p session's keep-alive, sent when the session has been
+/// quiet (a plain cumulative ack, harmless to a peer that ignores the flag).
+pub const FLAG_KEEP_ALIVE: u16 = 0b0001_0000;
 /// Flag on `Data`: the sender's window is now full, so acknowledge at once
 /// instead of after `ack_delay` (a window-limited sender would otherwise
 /// idle for the delay on every window's worth of messages).
