@@ -17,9 +17,10 @@
 //! * [`packet`]: the session-layer packet carried as the payload of a SLIM
 //!   publish (header + body, MessagePack, size-checked).
 //! * [`reliable`]: point-to-point reliable mode: sequence numbers, a bounded
-//!   in-flight window, cumulative ACK + SACK, NACK for new gaps, retransmission
-//!   with exponential backoff and a bounded retry count, in-order delivery,
-//!   duplicate suppression, ack coalescing.
+//!   in-flight window, cumulative ACK + SACK, NACK for new gaps, loss
+//!   detection from the acks, retransmission on an adaptive timeout (RFC
+//!   6298) with exponential backoff and a bounded retry count, in-order
+//!   delivery, duplicate suppression, ack coalescing.
 //! * [`unreliable`]: point-to-point best effort: no acks, no timers.
 //! * [`group`]: per-sender sequence numbers in a group, gap detection,
 //!   retransmission requests and answers from a bounded buffer, and `Lost`

@@ -16,7 +16,12 @@
 //! detected from the acks themselves (RACK-like): SLIM delivers a session's
 //! packets in order, so a message still unacknowledged when one transmitted
 //! after it is acknowledged was lost (or its retransmission was), and is
-//! retransmitted at once instead of after a timeout.
+//! retransmitted at once instead of after a timeout. When acks stop coming
+//! while messages are in flight (a lost tail, or a lost retransmission with
+//! the window full: nothing newer to be acked), a probe retransmits the
+//! lowest one after `2·SRTT + ack_delay` (a tail-loss probe, at most
+//! [`MAX_PROBES`] in a row), long before its RTO; probes do not count
+//! against the retry budget.
 //!
 //! The [`Receiver`] delivers in order, exactly once, buffers up to
 //! `max_out_of_order` messages beyond a gap, acknowledges cumulatively with
@@ -177,6 +182,8 @@ pub struct SenderStats {
     /// Retransmissions because a message transmitted later was acknowledged
     /// first (loss detected from the acks).
     pub fast_retransmits: u64,
+    /// Retransmissions because acks stopped coming (tail-loss probes).
+    pub probes: u64,
     /// The current retransmission timeout.
     pub rto: Duration,
     /// The smoothed RTT (zero before the first sample).
@@ -193,7 +200,13 @@ struct InFlight {
     /// Transmission order of its last (re)transmission: a message whose
     /// `tx` is below that of an acknowledged one was lost (ordered path).
     tx: u64,
+    /// Sent again by a probe (not an attempt): its ack is ambiguous too.
+    probed: bool,
 }
+
+/// Probes in a row without an ack in between; then only the RTO (with its
+/// backoff) retransmits, so a dead path is not probed at RTT pace.
+pub const MAX_PROBES: u32 = 2;
 
 /// RTT estimation and the retransmission timeout (RFC 6298).
 #[derive(Debug, Clone)]
@@ -265,6 +278,10 @@ pub struct Sender {
     rtt: RttEstimator,
     /// Transmissions so far (orders them for loss detection).
     tx_count: u64,
+    /// When to probe if no ack arrives first.
+    probe_at: Option<Instant>,
+    /// Probes since the last ack.
+    probes: u32,
 }
 
 impl Sender {
@@ -288,6 +305,8 @@ impl Sender {
             },
             rtt,
             tx_count: 0,
+            probe_at: None,
+            probes: 0,
             cfg,
         })
     }
@@ -320,11 +339,13 @@ impl Sender {
                 deadline,
                 sent_at: now,
                 tx: 0,
+                probed: false,
             },
         );
         self.timers.insert((deadline, seq));
         self.stats.sent += 1;
         self.transmit(seq, false);
+        self.arm_probe(now);
         Ok(seq)
     }
 
@@ -374,6 +395,9 @@ impl Sender {
 
     /// Retransmits what is due and gives up on what has run out of retries.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.probe_at.is_some_and(|t| t <= now) {
+            self.probe(now);
+        }
         let mut expired = false;
         while let Some(&(t, seq)) = self.timers.first() {
             if t > now {
@@ -428,7 +452,11 @@ impl Sender {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|&(t, _)| t)
+        let rto = self.timers.first().map(|&(t, _)| t);
+        match (rto, self.probe_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Lowest unresolved seq (everything below was acknowledged or given up).
@@ -470,7 +498,7 @@ impl Sender {
         // declare everything sent in between lost.
         let mut newest = None::<(u64, Instant)>;
         let mut note = |f: &InFlight| {
-            if f.attempts == 1 && newest.is_none_or(|(tx, _)| f.tx > tx) {
+            if f.attempts == 1 && !f.probed && newest.is_none_or(|(tx, _)| f.tx > tx) {
                 newest = Some((f.tx, f.sent_at));
             }
         };
@@ -495,6 +523,43 @@ impl Sender {
         if let Some((tx, sent_at)) = newest {
             self.detect_lost(tx, sent_at, now);
         }
+        // The path answers: probing starts over from this ack.
+        self.probes = 0;
+        self.arm_probe(now);
+    }
+
+    /// The probe timeout: two round trips plus the receiver's ack delay
+    /// (the ack for a lone message waits for it), never beyond the RTO.
+    fn pto(&self) -> Duration {
+        let rto = self.rtt.rto;
+        match self.rtt.srtt {
+            Some(srtt) => (srtt * 2 + self.cfg.ack_delay).clamp(GRANULARITY, rto),
+            None => rto,
+        }
+    }
+
+    /// (Re)arms the probe from `now`, backed off by the probes already sent.
+    fn arm_probe(&mut self, now: Instant) {
+        self.probe_at = (!self.in_flight.is_empty() && self.probes < MAX_PROBES)
+            .then(|| now + self.pto() * (1 << self.probes));
+    }
+
+    /// No ack for a probe timeout: send the lowest message in flight again
+    /// (the one holding the window, or the lost tail). Not an attempt: a
+    /// probe into a dead path must not use up the retry budget.
+    fn probe(&mut self, now: Instant) {
+        self.probe_at = None;
+        let max = self.cfg.max_retries;
+        let Some((&seq, f)) = self.in_flight.iter_mut().find(|(_, f)| f.attempts <= max) else {
+            return;
+        };
+        f.sent_at = now;
+        f.probed = true;
+        self.probes += 1;
+        self.stats.probes += 1;
+        self.stats.retransmitted += 1;
+        self.transmit(seq, true);
+        self.arm_probe(now);
     }
 
     /// Sessions travel one ordered stream per hop: whatever was transmitted
