@@ -663,3 +663,56 @@ fn reordering_within_the_window_is_not_a_loss() {
     assert!(drain(&mut s).is_empty());
     assert_eq!(s.stats().fast_retransmits, 0);
 }
+
+/// A lost tail (nothing after it to reveal the gap, no ack coming back) is
+/// probed after two round trips plus the ack delay, before its RTO, and the
+/// probe is not an attempt: the retry budget is untouched. After
+/// `MAX_PROBES` probes in a row only the RTO retransmits.
+#[test]
+fn a_lost_tail_is_probed_before_its_rto_without_using_a_retry() {
+    use slim_client::session::reliable::MAX_PROBES;
+    let cfg = Config {
+        max_retries: 2,
+        ..Config::default()
+    };
+    let t0 = Instant::now();
+    let mut s = Sender::new(SID, "org/ns/a/1", cfg).unwrap();
+    // An RTT sample of 1 ms.
+    s.handle_send(payload(0), t0).unwrap();
+    s.handle_packet(&ack(1, &[]), t0 + Duration::from_millis(1))
+        .unwrap();
+    drain(&mut s);
+    let t1 = t0 + Duration::from_millis(10);
+    s.handle_send(payload(1), t1).unwrap();
+    drain(&mut s);
+    let rto_deadline = t1 + s.rto();
+    let mut probes = 0;
+    while let Some(t) = s.poll_timeout() {
+        if t >= rto_deadline {
+            break;
+        }
+        s.handle_timeout(t);
+        let out = drain(&mut s);
+        assert_eq!(out.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![1]);
+        probes += 1;
+    }
+    assert_eq!(probes, MAX_PROBES);
+    assert_eq!(s.stats().probes, u64::from(MAX_PROBES));
+    assert_eq!(s.stats().timeouts, 0);
+    // The path stays silent: 1 + max_retries transmissions by the timer
+    // still follow before the message is given up.
+    let mut timer_tx = 0;
+    while let Some(t) = s.poll_timeout() {
+        s.handle_timeout(t);
+        timer_tx += drain(&mut s).len();
+    }
+    assert_eq!(timer_tx, 2, "both retries, none used up by the probes");
+    assert_eq!(s.stats().failed, 1);
+    assert_eq!(
+        std::iter::from_fn(|| s.poll_event()).collect::<Vec<_>>(),
+        vec![SessionEvent::DeliveryFailed {
+            seq: 1,
+            attempts: 3
+        }]
+    );
+}
