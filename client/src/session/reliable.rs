@@ -533,7 +533,9 @@ impl Sender {
     fn pto(&self) -> Duration {
         let rto = self.rtt.rto;
         match self.rtt.srtt {
-            Some(srtt) => (srtt * 2 + self.cfg.ack_delay).clamp(GRANULARITY, rto),
+            // max/min rather than clamp: a configured RTO below the
+            // granularity must not panic.
+            Some(srtt) => (srtt * 2 + self.cfg.ack_delay).max(GRANULARITY).min(rto),
             None => rto,
         }
     }
