@@ -1,7 +1,7 @@
 //! Point-to-point reliable session throughput through an in-process node on
 //! loopback (real QUIC + mTLS), with a window of messages in flight compared
-//! with one at a time (window 1), and over a path losing 1 % of frames; then
-//! unary RPC latency and throughput over one session.
+//! with one at a time (window 1), and over a path losing 1 % and 5 % of
+//! frames; then unary RPC latency and throughput over one session.
 //!
 //! `cargo bench -p slim-client --bench p2p` (`P2P_BENCH_N` scales the count).
 
@@ -197,6 +197,12 @@ fn main() {
                 window: 256,
                 size: 1024,
                 loss_per_mille: 10,
+                n: scale,
+            },
+            Case {
+                window: 256,
+                size: 1024,
+                loss_per_mille: 50,
                 n: scale,
             },
         ];

@@ -21,7 +21,7 @@ use slim_client::session::p2p::{
     CLOSE_ATTEMPTS, Opener, P2pConfig, P2pEvent, P2pMachine, Reliability, SendStatus, Transmit,
     accept_open, open_refusal,
 };
-use slim_client::session::reliable::{self, FLAG_CLOSE_ACK};
+use slim_client::session::reliable::{self, FLAG_CLOSE_ACK, FLAG_KEEP_ALIVE};
 use slim_client::session::{Incoming, Kind, Packet, SessionError};
 use slim_wire::{ErrorCode, Mode, Name};
 
@@ -48,7 +48,20 @@ fn cfg() -> P2pConfig {
         // 400, 800 ms): the closee is still there for the fifth.
         linger: Duration::from_secs(2),
         peer_absent_grace: Duration::from_millis(800),
+        // These tests run until nothing is due: no keep-alive timers (the
+        // liveness tests below turn them on).
+        keep_alive: None,
+        idle_timeout: None,
         ..P2pConfig::default()
+    }
+}
+
+/// `cfg()` with keep-alives every 200 ms and a 1 s idle timeout.
+fn live_cfg() -> P2pConfig {
+    P2pConfig {
+        keep_alive: Some(Duration::from_millis(200)),
+        idle_timeout: Some(Duration::from_secs(1)),
+        ..cfg()
     }
 }
 
@@ -726,4 +739,141 @@ fn close_with_every_close_ack_lost_ends_in_a_typed_timeout() {
             Some(&P2pEvent::PeerClosed { sent: 30 })
         );
     }
+}
+
+/// The shape of `reliable_p2p_10000_messages_over_5_percent_loss` (the
+/// sessions test that once hung CI) in virtual time: the default p2p tuning,
+/// an ordered link (SLIM never reorders a session's packets) with 5 % loss
+/// each way on data and acks alike. Every message arrives, the close
+/// completes, and both session tasks end; `SEEDS` runs more seeds.
+#[test]
+fn default_tuning_over_an_ordered_link_with_5_percent_loss_completes() {
+    let seeds: u64 = std::env::var("SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    for seed in 0..seeds {
+        let mut sim = Sim::new(seed, 0.05, 0.0, P2pConfig::default(), P2pConfig::default());
+        for link in [&mut sim.ab, &mut sim.ba] {
+            link.jitter = Duration::ZERO;
+            link.delay = Duration::from_micros(300);
+        }
+        let n = 10_000;
+        sim.a.to_send = (0..n).map(payload).collect();
+        sim.a.close = true;
+        let idle = sim.run(Duration::from_secs(3600));
+        let ctx = format!(
+            "seed {seed}: virtual {:?}, close {:?}",
+            sim.now - sim.start,
+            sim.a.close_result
+        );
+        assert!(idle, "{ctx}");
+        assert_eq!(sim.a.close_result, Some(Ok(())), "{ctx}");
+        assert!(matches!(sim.a.state, State::Gone), "{ctx}");
+        assert!(matches!(sim.b.state, State::Gone), "{ctx}");
+        assert_eq!(sim.b.messages().len() as u64, n, "{ctx}");
+        assert_eq!(
+            sim.b.events.last(),
+            Some(&P2pEvent::PeerClosed { sent: n }),
+            "{ctx}"
+        );
+    }
+}
+
+/// Keep-alives only when idle: while A streams messages, neither side sends
+/// one (B's acks keep A's idle clock fresh and A's data B's); once both are
+/// quiet, each sends them, and the session stays up for as long as both are
+/// there, many idle timeouts long.
+#[test]
+fn keep_alives_hold_a_quiet_session_open_and_are_sent_only_when_idle() {
+    let mut sim = Sim::new(11, 0.0, 0.0, live_cfg(), live_cfg());
+    sim.a.to_send = (0..300).map(payload).collect();
+    sim.run(Duration::from_millis(400));
+    assert_eq!(sim.b.messages().len(), 300);
+    let keep_alives = |sim: &Sim, dir: Dir| {
+        sim.log
+            .iter()
+            .filter(|l| l.1 == dir && l.2 == Kind::Ack && l.3 & FLAG_KEEP_ALIVE != 0)
+            .count()
+    };
+    let busy_until = sim
+        .log
+        .iter()
+        .filter(|l| l.2 == Kind::Data)
+        .map(|l| l.0)
+        .max()
+        .unwrap();
+    assert!(
+        !sim.log
+            .iter()
+            .any(|l| l.0 < busy_until && l.2 == Kind::Ack && l.3 & FLAG_KEEP_ALIVE != 0),
+        "no keep-alive while data flows"
+    );
+    // Ten idle timeouts of silence from the application.
+    sim.run(Duration::from_secs(10));
+    assert!(
+        sim.a.machine().is_some() && sim.b.machine().is_some(),
+        "both still open"
+    );
+    let (ab, ba) = (keep_alives(&sim, Dir::AtoB), keep_alives(&sim, Dir::BtoA));
+    assert!(ab >= 40 && ba >= 40, "keep-alives both ways: {ab} / {ba}");
+    assert!(
+        !sim.a
+            .events
+            .iter()
+            .chain(&sim.b.events)
+            .any(|e| matches!(e, P2pEvent::Failed(_))),
+        "{:?} {:?}",
+        sim.a.events,
+        sim.b.events
+    );
+}
+
+/// The initiator vanishes without a word (no close, no node error: a crash
+/// behind a partition): the responder, which has nothing to send, ends the
+/// session with the typed idle timeout, and its task ends.
+#[test]
+fn a_responder_whose_initiator_vanishes_ends_with_an_idle_timeout() {
+    for seed in 0..5 {
+        let mut sim = Sim::new(seed, 0.0, 0.0, live_cfg(), live_cfg());
+        sim.a.to_send = (0..20).map(payload).collect();
+        sim.run(Duration::from_millis(300));
+        assert_eq!(sim.b.messages().len(), 20, "seed {seed}");
+        sim.a.state = State::Gone;
+        sim.ab.cut = true;
+        sim.ba.cut = true;
+        assert!(
+            sim.run(Duration::from_secs(60)),
+            "seed {seed}: B's task ended"
+        );
+        assert!(matches!(sim.b.state, State::Gone), "seed {seed}");
+        assert_eq!(
+            sim.b.events.last(),
+            Some(&P2pEvent::Failed(SessionError::IdleTimeout(
+                Duration::from_secs(1)
+            ))),
+            "seed {seed}"
+        );
+    }
+}
+
+/// The same the other way round: the responder vanishes while the
+/// initiator has nothing in flight.
+#[test]
+fn an_initiator_whose_responder_vanishes_ends_with_an_idle_timeout() {
+    let mut sim = Sim::new(3, 0.0, 0.0, live_cfg(), live_cfg());
+    sim.a.to_send = (0..20).map(payload).collect();
+    sim.run(Duration::from_millis(300));
+    assert_eq!(sim.b.messages().len(), 20);
+    sim.b.state = State::Gone;
+    sim.ab.cut = true;
+    sim.ba.cut = true;
+    assert!(sim.run(Duration::from_secs(60)));
+    assert!(matches!(sim.a.state, State::Gone));
+    assert_eq!(
+        sim.a.events.last(),
+        Some(&P2pEvent::Failed(SessionError::IdleTimeout(
+            Duration::from_secs(1)
+        )))
+    );
 }

@@ -206,6 +206,9 @@ fn retry_exhaustion_reports_delivery_failed_then_receiver_reports_lost() {
     p.fwd.cut = true;
     p.back.cut = true;
     let cut_at = p.now;
+    // The RTO adapted to the link's round trip during the first messages.
+    let rto0 = p.s.rto();
+    assert!(rto0 < Duration::from_millis(100), "adapted: {rto0:?}");
     for i in 5..8 {
         p.s.handle_send(payload(i), p.now).unwrap();
     }
@@ -217,11 +220,18 @@ fn retry_exhaustion_reports_delivery_failed_then_receiver_reports_lost() {
     );
     assert_eq!(p.s.in_flight(), 0);
     assert_eq!(p.s.stats().failed, 3);
-    // Backoff 100+200+400+800+1000 ms after the first send.
+    // Backoff: the RTO at the cut, doubled on each expiry (RFC 6298), with
+    // each message's own exponential backoff on top, both capped at 1 s.
+    let max = Duration::from_millis(1000);
+    let mut expected = rto0;
+    for k in 1..=4u32 {
+        let rto_k = (rto0 * (1 << k)).min(max);
+        expected += (rto_k * (1 << k)).min(max);
+    }
     let gave_up = p.now - cut_at;
     assert!(
-        gave_up >= Duration::from_millis(2500) && gave_up < Duration::from_millis(2600),
-        "{gave_up:?}"
+        gave_up >= expected && gave_up < expected + Duration::from_millis(100),
+        "{gave_up:?}, expected {expected:?}"
     );
     assert_eq!(p.delivered.len(), 5);
     assert!(p.now - start < Duration::from_secs(10));
@@ -522,5 +532,187 @@ fn close_after_giving_up_reports_the_lost_tail_and_is_acknowledged() {
         ack.flags & FLAG_CLOSE_ACK,
         0,
         "the closer learns its close arrived"
+    );
+}
+
+/// An ack from the receiver's side: cumulative `base`, selective `sack`.
+fn ack(base: u64, sack: &[u64]) -> Packet {
+    let mut a = Packet::new(SID, Kind::Ack, "org/ns/b/1");
+    a.base = base;
+    a.seqs = sack.to_vec();
+    a
+}
+
+fn drain(s: &mut Sender) -> Vec<Packet> {
+    std::iter::from_fn(|| s.poll_transmit())
+        .map(|b| Packet::decode(&b).unwrap())
+        .collect()
+}
+
+/// RFC 6298 in virtual time: the first sample sets SRTT and the RTO (floored
+/// at `min_rto`), a timer expiry doubles the RTO, and an ack for a
+/// retransmitted message is no sample (Karn), so the backed-off RTO stays
+/// until a message transmitted once is acknowledged.
+#[test]
+fn rto_follows_the_measured_rtt_with_karn_and_backoff() {
+    let cfg = Config {
+        initial_rto: Duration::from_millis(200),
+        min_rto: Duration::from_millis(50),
+        max_rto: Duration::from_secs(5),
+        ..Config::default()
+    };
+    let t0 = Instant::now();
+    let mut s = Sender::new(SID, "org/ns/a/1", cfg).unwrap();
+    assert_eq!(s.rto(), Duration::from_millis(200), "before any sample");
+    s.handle_send(payload(0), t0).unwrap();
+    s.handle_packet(&ack(1, &[]), t0 + Duration::from_millis(100))
+        .unwrap();
+    // SRTT 100 ms, RTTVAR 50 ms: RTO = 100 + 4 × 50.
+    assert_eq!(s.stats().srtt, Duration::from_millis(100));
+    assert_eq!(s.rto(), Duration::from_millis(300));
+
+    // A second, equal sample: RTTVAR shrinks to 3/4.
+    let t1 = t0 + Duration::from_secs(1);
+    s.handle_send(payload(1), t1).unwrap();
+    s.handle_packet(&ack(2, &[]), t1 + Duration::from_millis(100))
+        .unwrap();
+    assert_eq!(s.rto(), Duration::from_micros(100_000 + 4 * 37_500));
+
+    // Message 2 times out: the RTO doubles; the ack of its retransmission
+    // is ambiguous and leaves both SRTT and the backed-off RTO alone.
+    let t2 = t1 + Duration::from_secs(1);
+    s.handle_send(payload(2), t2).unwrap();
+    let rto = s.rto();
+    s.handle_timeout(t2 + rto);
+    assert_eq!(s.stats().timeouts, 1);
+    assert_eq!(s.rto(), rto * 2);
+    s.handle_packet(&ack(3, &[]), t2 + rto + Duration::from_millis(1))
+        .unwrap();
+    assert_eq!(s.stats().srtt, Duration::from_millis(100));
+    assert_eq!(s.rto(), rto * 2, "no sample from a retransmitted message");
+
+    // A tiny RTT (loopback) is floored at `min_rto`.
+    for i in 3..40 {
+        let t = t2 + Duration::from_secs(i);
+        s.handle_send(payload(i), t).unwrap();
+        s.handle_packet(&ack(i + 1, &[]), t + Duration::from_micros(200))
+            .unwrap();
+    }
+    assert_eq!(s.rto(), Duration::from_millis(50));
+}
+
+/// SLIM delivers a session's packets in order: an ack that covers message
+/// 2 but not 0 says 0 was lost, and it goes out again at once, without
+/// waiting for the timer or the receiver's NACK; a lost retransmission is
+/// detected the same way once something transmitted after it is acked.
+#[test]
+fn a_message_transmitted_before_an_acknowledged_one_is_retransmitted_at_once() {
+    let cfg = Config {
+        reorder_window: Duration::ZERO,
+        ..Config::default()
+    };
+    let t0 = Instant::now();
+    let mut s = Sender::new(SID, "org/ns/a/1", cfg).unwrap();
+    for i in 0..3 {
+        s.handle_send(payload(i), t0).unwrap();
+    }
+    assert_eq!(drain(&mut s).len(), 3);
+    // 0 lost; 1 and 2 arrived.
+    s.handle_packet(&ack(0, &[1, 2]), t0 + Duration::from_millis(1))
+        .unwrap();
+    let out = drain(&mut s);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].kind, out[0].seq), (Kind::Data, 0));
+    assert_eq!(s.stats().fast_retransmits, 1);
+    assert_eq!(s.stats().timeouts, 0);
+    // The same ack again (duplicated) retransmits nothing more: 0's new
+    // transmission is newer than anything acknowledged.
+    s.handle_packet(&ack(0, &[1, 2]), t0 + Duration::from_millis(2))
+        .unwrap();
+    assert!(drain(&mut s).is_empty());
+    // The retransmission is lost too; message 3, sent after it, is acked.
+    s.handle_send(payload(3), t0 + Duration::from_millis(3))
+        .unwrap();
+    drain(&mut s);
+    s.handle_packet(&ack(0, &[1, 2, 3]), t0 + Duration::from_millis(4))
+        .unwrap();
+    let out = drain(&mut s);
+    assert_eq!(out.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(s.stats().fast_retransmits, 2);
+    s.handle_packet(&ack(4, &[]), t0 + Duration::from_millis(5))
+        .unwrap();
+    assert_eq!(s.in_flight(), 0);
+}
+
+/// With a reordering window, a message overtaken by less than the window is
+/// not declared lost.
+#[test]
+fn reordering_within_the_window_is_not_a_loss() {
+    let cfg = Config {
+        reorder_window: Duration::from_millis(20),
+        ..Config::default()
+    };
+    let t0 = Instant::now();
+    let mut s = Sender::new(SID, "org/ns/a/1", cfg).unwrap();
+    s.handle_send(payload(0), t0).unwrap();
+    s.handle_send(payload(1), t0 + Duration::from_millis(5))
+        .unwrap();
+    drain(&mut s);
+    s.handle_packet(&ack(0, &[1]), t0 + Duration::from_millis(6))
+        .unwrap();
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.stats().fast_retransmits, 0);
+}
+
+/// A lost tail (nothing after it to reveal the gap, no ack coming back) is
+/// probed after two round trips plus the ack delay, before its RTO, and the
+/// probe is not an attempt: the retry budget is untouched. After
+/// `MAX_PROBES` probes in a row only the RTO retransmits.
+#[test]
+fn a_lost_tail_is_probed_before_its_rto_without_using_a_retry() {
+    use slim_client::session::reliable::MAX_PROBES;
+    let cfg = Config {
+        max_retries: 2,
+        ..Config::default()
+    };
+    let t0 = Instant::now();
+    let mut s = Sender::new(SID, "org/ns/a/1", cfg).unwrap();
+    // An RTT sample of 1 ms.
+    s.handle_send(payload(0), t0).unwrap();
+    s.handle_packet(&ack(1, &[]), t0 + Duration::from_millis(1))
+        .unwrap();
+    drain(&mut s);
+    let t1 = t0 + Duration::from_millis(10);
+    s.handle_send(payload(1), t1).unwrap();
+    drain(&mut s);
+    let rto_deadline = t1 + s.rto();
+    let mut probes = 0;
+    while let Some(t) = s.poll_timeout() {
+        if t >= rto_deadline {
+            break;
+        }
+        s.handle_timeout(t);
+        let out = drain(&mut s);
+        assert_eq!(out.iter().map(|p| p.seq).collect::<Vec<_>>(), vec![1]);
+        probes += 1;
+    }
+    assert_eq!(probes, MAX_PROBES);
+    assert_eq!(s.stats().probes, u64::from(MAX_PROBES));
+    assert_eq!(s.stats().timeouts, 0);
+    // The path stays silent: 1 + max_retries transmissions by the timer
+    // still follow before the message is given up.
+    let mut timer_tx = 0;
+    while let Some(t) = s.poll_timeout() {
+        s.handle_timeout(t);
+        timer_tx += drain(&mut s).len();
+    }
+    assert_eq!(timer_tx, 2, "both retries, none used up by the probes");
+    assert_eq!(s.stats().failed, 1);
+    assert_eq!(
+        std::iter::from_fn(|| s.poll_event()).collect::<Vec<_>>(),
+        vec![SessionEvent::DeliveryFailed {
+            seq: 1,
+            attempts: 3
+        }]
     );
 }

@@ -12,6 +12,18 @@ use slim_client::session::SessionMux;
 use slim_client::session::rpc::{RpcClient, RpcConfig, RpcError, RpcRequest, RpcServer};
 use slim_tests::*;
 
+/// Overall limit of one test (its own waits have shorter ones).
+const TEST_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Runs a test body under an overall deadline: a hang fails fast, naming the
+/// test, instead of stalling the whole CI run (one once ate 26 minutes).
+async fn deadline<F: std::future::Future>(test: &str, body: F) -> F::Output {
+    match tokio::time::timeout(TEST_DEADLINE, body).await {
+        Ok(v) => v,
+        Err(_) => panic!("{test}: not finished within {TEST_DEADLINE:?} (a hang?)"),
+    }
+}
+
 const T: Duration = Duration::from_secs(30);
 
 async fn mux(pki: &Pki, node: &NodeHandle, n: &str) -> SessionMux {
@@ -51,199 +63,211 @@ fn spawn_responder(mut server: RpcServer, hung: Arc<std::sync::Mutex<Vec<RpcRequ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_deadline_no_responder_stream_and_concurrency() {
-    init_tracing();
-    let pki = Pki::new("example.org");
-    let node = start_node(&pki, |_| {}).await;
-    let server_mux = mux(&pki, &node, "acme/rpc/echo").await;
-    let hung = Arc::new(std::sync::Mutex::new(Vec::new()));
-    spawn_responder(
-        RpcServer::new(&server_mux, RpcConfig::default()).unwrap(),
-        Arc::clone(&hung),
-    );
-    let a = mux(&pki, &node, "acme/rpc/caller").await;
-    let rpc = RpcClient::new(&a, RpcConfig::default());
-    let svc = name("acme/rpc/echo");
+    deadline(
+        "unary_deadline_no_responder_stream_and_concurrency",
+        async {
+            init_tracing();
+            let pki = Pki::new("example.org");
+            let node = start_node(&pki, |_| {}).await;
+            let server_mux = mux(&pki, &node, "acme/rpc/echo").await;
+            let hung = Arc::new(std::sync::Mutex::new(Vec::new()));
+            spawn_responder(
+                RpcServer::new(&server_mux, RpcConfig::default()).unwrap(),
+                Arc::clone(&hung),
+            );
+            let a = mux(&pki, &node, "acme/rpc/caller").await;
+            let rpc = RpcClient::new(&a, RpcConfig::default());
+            let svc = name("acme/rpc/echo");
 
-    // Unary round trips; the responder sees the authenticated caller.
-    for i in 0..20 {
-        let r = rpc.request(&svc, format!("echo:{i}"), T).await.unwrap();
-        assert_eq!(r, format!("{i}@{}", a.client().name()).as_bytes());
-    }
-
-    // Deadline expiry: the responder holds the request unanswered.
-    let err = rpc
-        .request(&svc, "hang", Duration::from_millis(300))
-        .await
-        .unwrap_err();
-    assert_eq!(err, RpcError::Timeout(Duration::from_millis(300)));
-    assert_eventually(T, "the responder sees the cancel", || {
-        let hung = Arc::clone(&hung);
-        async move {
-            hung.lock()
-                .unwrap()
-                .first()
-                .is_some_and(|r| r.responder.is_cancelled())
-        }
-    })
-    .await;
-    {
-        let h = hung.lock().unwrap();
-        let req = &h[0];
-        assert_eq!(
-            req.from_identity.as_deref(),
-            Some("spiffe://example.org/agent/acme-rpc-caller")
-        );
-        // The requester's remaining time travelled with the request.
-        assert!(req.deadline <= tokio::time::Instant::now() + Duration::from_millis(300));
-    }
-
-    // No responder: the node's NO_ROUTE, as a typed error.
-    let err = rpc
-        .request(&name("acme/rpc/nobody"), "echo:x", T)
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err,
-        RpcError::NoResponder {
-            name: "acme/rpc/nobody".into()
-        }
-    );
-    // A responder error is typed too.
-    assert_eq!(
-        rpc.request(&svc, "frobnicate", T).await.unwrap_err(),
-        RpcError::Remote("no such method".into())
-    );
-
-    // A responder that drops the request fails the call at once.
-    assert_eq!(
-        rpc.request(&svc, "drop", T).await.unwrap_err(),
-        RpcError::Remote("the responder dropped the request".into())
-    );
-
-    // Server streaming: 1,000 responses in order, then end of stream.
-    let mut stream = rpc.request_stream(&svc, "stream:1000", T).await.unwrap();
-    for i in 0..1000u64 {
-        let item = stream.next().await.expect("an item").expect("not an error");
-        assert_eq!(payload_seq(&item), i, "in order");
-    }
-    assert!(stream.next().await.is_none(), "end of stream");
-    assert!(stream.next().await.is_none(), "stays ended");
-
-    // Concurrent calls on one client, unary and streaming mixed.
-    let rpc = Arc::new(rpc);
-    let mut tasks = tokio::task::JoinSet::new();
-    for k in 0..32u64 {
-        let rpc = Arc::clone(&rpc);
-        let svc = svc.clone();
-        let me = a.client().name().to_string();
-        tasks.spawn(async move {
-            if k % 4 == 0 {
-                let mut s = rpc.request_stream(&svc, "stream:100", T).await.unwrap();
-                let mut n = 0;
-                while let Some(item) = s.next().await {
-                    assert_eq!(payload_seq(&item.unwrap()), n);
-                    n += 1;
-                }
-                assert_eq!(n, 100);
-            } else {
-                let r = rpc.request(&svc, format!("echo:{k}"), T).await.unwrap();
-                assert_eq!(r, format!("{k}@{me}").as_bytes());
+            // Unary round trips; the responder sees the authenticated caller.
+            for i in 0..20 {
+                let r = rpc.request(&svc, format!("echo:{i}"), T).await.unwrap();
+                assert_eq!(r, format!("{i}@{}", a.client().name()).as_bytes());
             }
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.unwrap();
-    }
 
-    // The one-off `request(name, bytes, deadline)` works as well.
-    let r = a.request(&svc, "echo:once", T).await.unwrap();
-    assert_eq!(r, format!("once@{}", a.client().name()).as_bytes());
-    node.shutdown(Duration::from_secs(1)).await;
+            // Deadline expiry: the responder holds the request unanswered.
+            let err = rpc
+                .request(&svc, "hang", Duration::from_millis(300))
+                .await
+                .unwrap_err();
+            assert_eq!(err, RpcError::Timeout(Duration::from_millis(300)));
+            assert_eventually(T, "the responder sees the cancel", || {
+                let hung = Arc::clone(&hung);
+                async move {
+                    hung.lock()
+                        .unwrap()
+                        .first()
+                        .is_some_and(|r| r.responder.is_cancelled())
+                }
+            })
+            .await;
+            {
+                let h = hung.lock().unwrap();
+                let req = &h[0];
+                assert_eq!(
+                    req.from_identity.as_deref(),
+                    Some("spiffe://example.org/agent/acme-rpc-caller")
+                );
+                // The requester's remaining time travelled with the request.
+                assert!(req.deadline <= tokio::time::Instant::now() + Duration::from_millis(300));
+            }
+
+            // No responder: the node's NO_ROUTE, as a typed error.
+            let err = rpc
+                .request(&name("acme/rpc/nobody"), "echo:x", T)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                err,
+                RpcError::NoResponder {
+                    name: "acme/rpc/nobody".into()
+                }
+            );
+            // A responder error is typed too.
+            assert_eq!(
+                rpc.request(&svc, "frobnicate", T).await.unwrap_err(),
+                RpcError::Remote("no such method".into())
+            );
+
+            // A responder that drops the request fails the call at once.
+            assert_eq!(
+                rpc.request(&svc, "drop", T).await.unwrap_err(),
+                RpcError::Remote("the responder dropped the request".into())
+            );
+
+            // Server streaming: 1,000 responses in order, then end of stream.
+            let mut stream = rpc.request_stream(&svc, "stream:1000", T).await.unwrap();
+            for i in 0..1000u64 {
+                let item = stream.next().await.expect("an item").expect("not an error");
+                assert_eq!(payload_seq(&item), i, "in order");
+            }
+            assert!(stream.next().await.is_none(), "end of stream");
+            assert!(stream.next().await.is_none(), "stays ended");
+
+            // Concurrent calls on one client, unary and streaming mixed.
+            let rpc = Arc::new(rpc);
+            let mut tasks = tokio::task::JoinSet::new();
+            for k in 0..32u64 {
+                let rpc = Arc::clone(&rpc);
+                let svc = svc.clone();
+                let me = a.client().name().to_string();
+                tasks.spawn(async move {
+                    if k % 4 == 0 {
+                        let mut s = rpc.request_stream(&svc, "stream:100", T).await.unwrap();
+                        let mut n = 0;
+                        while let Some(item) = s.next().await {
+                            assert_eq!(payload_seq(&item.unwrap()), n);
+                            n += 1;
+                        }
+                        assert_eq!(n, 100);
+                    } else {
+                        let r = rpc.request(&svc, format!("echo:{k}"), T).await.unwrap();
+                        assert_eq!(r, format!("{k}@{me}").as_bytes());
+                    }
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap();
+            }
+
+            // The one-off `request(name, bytes, deadline)` works as well.
+            let r = a.request(&svc, "echo:once", T).await.unwrap();
+            assert_eq!(r, format!("once@{}", a.client().name()).as_bytes());
+            node.shutdown(Duration::from_secs(1)).await;
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_in_order_over_a_lossy_path() {
-    init_tracing();
-    let pki = Pki::new("example.org");
-    let node = start_node(&pki, |_| {}).await;
-    let hung = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let server_mux = mux(&pki, &node, "acme/rpc/echo").await;
-    let server = RpcServer::new(&server_mux, RpcConfig::default()).unwrap();
-    spawn_responder(server, Arc::clone(&hung));
-    let a = mux(&pki, &node, "acme/rpc/caller").await;
-    let rpc = RpcClient::new(&a, RpcConfig::default());
-    let svc = name("acme/rpc/echo");
+    deadline("stream_in_order_over_a_lossy_path", async {
+        init_tracing();
+        let pki = Pki::new("example.org");
+        let node = start_node(&pki, |_| {}).await;
+        let hung = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let server_mux = mux(&pki, &node, "acme/rpc/echo").await;
+        let server = RpcServer::new(&server_mux, RpcConfig::default()).unwrap();
+        spawn_responder(server, Arc::clone(&hung));
+        let a = mux(&pki, &node, "acme/rpc/caller").await;
+        let rpc = RpcClient::new(&a, RpcConfig::default());
+        let svc = name("acme/rpc/echo");
 
-    let dropped = Arc::new(AtomicU64::new(0));
-    let d = Arc::clone(&dropped);
-    node.set_route_hook(Some(Arc::new(move |_f: &RoutedFrame<'_>| {
-        if rand::random_range(0..100u32) < 5 {
-            d.fetch_add(1, Ordering::Relaxed);
-            HookVerdict::Drop
-        } else {
-            HookVerdict::Forward
+        let dropped = Arc::new(AtomicU64::new(0));
+        let d = Arc::clone(&dropped);
+        node.set_route_hook(Some(Arc::new(move |_f: &RoutedFrame<'_>| {
+            if rand::random_range(0..100u32) < 5 {
+                d.fetch_add(1, Ordering::Relaxed);
+                HookVerdict::Drop
+            } else {
+                HookVerdict::Forward
+            }
+        })));
+        let mut stream = rpc.request_stream(&svc, "stream:1000", T).await.unwrap();
+        for i in 0..1000u64 {
+            let item = stream.next().await.expect("an item").expect("not an error");
+            assert_eq!(payload_seq(&item), i);
         }
-    })));
-    let mut stream = rpc.request_stream(&svc, "stream:1000", T).await.unwrap();
-    for i in 0..1000u64 {
-        let item = stream.next().await.expect("an item").expect("not an error");
-        assert_eq!(payload_seq(&item), i);
-    }
-    assert!(stream.next().await.is_none());
-    assert!(dropped.load(Ordering::Relaxed) > 0, "loss was injected");
-    node.set_route_hook(None);
+        assert!(stream.next().await.is_none());
+        assert!(dropped.load(Ordering::Relaxed) > 0, "loss was injected");
+        node.set_route_hook(None);
 
-    let r = rpc.request(&svc, "echo:after", T).await.unwrap();
-    assert!(r.starts_with(b"after@"));
-    node.shutdown(Duration::from_secs(1)).await;
+        let r = rpc.request(&svc, "echo:after", T).await.unwrap();
+        assert!(r.starts_with(b"after@"));
+        node.shutdown(Duration::from_secs(1)).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_over_mls_sessions() {
-    use slim_client::session::p2p::{MlsIdentity, P2pConfig};
-    init_tracing();
-    let pki = Pki::new("example.org");
-    let node = start_node(&pki, |_| {}).await;
-    let seen: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let rec = Arc::clone(&seen);
-    node.set_route_hook(Some(Arc::new(move |f: &RoutedFrame<'_>| {
-        rec.lock().unwrap().push(f.payload.to_vec());
-        HookVerdict::Forward
-    })));
-    let cfg = |path: &str| RpcConfig {
-        session: P2pConfig {
-            mls: Some(MlsIdentity::new(&pki.identity(path)).unwrap()),
-            ..P2pConfig::default()
-        },
-        ..RpcConfig::default()
-    };
-    let server_mux = mux(&pki, &node, "acme/rpc/secret").await;
-    spawn_responder(
-        RpcServer::new(&server_mux, cfg("agent/acme-rpc-secret")).unwrap(),
-        Arc::default(),
-    );
-    let a = mux(&pki, &node, "acme/rpc/caller").await;
-    let rpc = RpcClient::new(&a, cfg("agent/acme-rpc-caller"));
-    let svc = name("acme/rpc/secret");
-    let canary = format!("{:032x}", rand::random::<u128>());
-    let r = rpc
-        .request(&svc, format!("echo:{canary}"), T)
-        .await
-        .unwrap();
-    assert_eq!(r, format!("{canary}@{}", a.client().name()).as_bytes());
-    let mut stream = rpc.request_stream(&svc, "stream:100", T).await.unwrap();
-    for i in 0..100u64 {
-        assert_eq!(payload_seq(&stream.next().await.unwrap().unwrap()), i);
-    }
-    assert!(stream.next().await.is_none());
-    node.set_route_hook(None);
-    let frames = std::mem::take(&mut *seen.lock().unwrap());
-    assert!(!frames.is_empty());
-    for f in &frames {
-        assert!(
-            !f.windows(canary.len()).any(|w| w == canary.as_bytes()),
-            "plaintext on the wire"
+    deadline("rpc_over_mls_sessions", async {
+        use slim_client::session::p2p::{MlsIdentity, P2pConfig};
+        init_tracing();
+        let pki = Pki::new("example.org");
+        let node = start_node(&pki, |_| {}).await;
+        let seen: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let rec = Arc::clone(&seen);
+        node.set_route_hook(Some(Arc::new(move |f: &RoutedFrame<'_>| {
+            rec.lock().unwrap().push(f.payload.to_vec());
+            HookVerdict::Forward
+        })));
+        let cfg = |path: &str| RpcConfig {
+            session: P2pConfig {
+                mls: Some(MlsIdentity::new(&pki.identity(path)).unwrap()),
+                ..P2pConfig::default()
+            },
+            ..RpcConfig::default()
+        };
+        let server_mux = mux(&pki, &node, "acme/rpc/secret").await;
+        spawn_responder(
+            RpcServer::new(&server_mux, cfg("agent/acme-rpc-secret")).unwrap(),
+            Arc::default(),
         );
-    }
-    node.shutdown(Duration::from_secs(1)).await;
+        let a = mux(&pki, &node, "acme/rpc/caller").await;
+        let rpc = RpcClient::new(&a, cfg("agent/acme-rpc-caller"));
+        let svc = name("acme/rpc/secret");
+        let canary = format!("{:032x}", rand::random::<u128>());
+        let r = rpc
+            .request(&svc, format!("echo:{canary}"), T)
+            .await
+            .unwrap();
+        assert_eq!(r, format!("{canary}@{}", a.client().name()).as_bytes());
+        let mut stream = rpc.request_stream(&svc, "stream:100", T).await.unwrap();
+        for i in 0..100u64 {
+            assert_eq!(payload_seq(&stream.next().await.unwrap().unwrap()), i);
+        }
+        assert!(stream.next().await.is_none());
+        node.set_route_hook(None);
+        let frames = std::mem::take(&mut *seen.lock().unwrap());
+        assert!(!frames.is_empty());
+        for f in &frames {
+            assert!(
+                !f.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                "plaintext on the wire"
+            );
+        }
+        node.shutdown(Duration::from_secs(1)).await;
+    })
+    .await
 }

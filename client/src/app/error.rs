@@ -135,6 +135,9 @@ impl From<SessionError> for SlimError {
             },
             SessionError::Refused(r) => SlimError::Closed(format!("refused by the peer: {r}")),
             SessionError::Timeout(d) => SlimError::Timeout(format!("no answer within {d:?}")),
+            SessionError::IdleTimeout(d) => {
+                SlimError::Timeout(format!("nothing heard from the peer for {d:?}"))
+            }
             SessionError::Mls(m) => SlimError::Mls(m),
             SessionError::PayloadTooLarge { .. } => SlimError::Invalid(e.to_string()),
             SessionError::Client(c) => SlimError::Closed(format!("connection: {c}")),

@@ -17,9 +17,10 @@
 //! * [`packet`]: the session-layer packet carried as the payload of a SLIM
 //!   publish (header + body, MessagePack, size-checked).
 //! * [`reliable`]: point-to-point reliable mode: sequence numbers, a bounded
-//!   in-flight window, cumulative ACK + SACK, NACK for new gaps, retransmission
-//!   with exponential backoff and a bounded retry count, in-order delivery,
-//!   duplicate suppression, ack coalescing.
+//!   in-flight window, cumulative ACK + SACK, NACK for new gaps, loss
+//!   detection from the acks, retransmission on an adaptive timeout (RFC
+//!   6298) with exponential backoff and a bounded retry count, in-order
+//!   delivery, duplicate suppression, ack coalescing.
 //! * [`unreliable`]: point-to-point best effort: no acks, no timers.
 //! * [`group`]: per-sender sequence numbers in a group, gap detection,
 //!   retransmission requests and answers from a bounded buffer, and `Lost`
@@ -89,6 +90,10 @@ pub enum SessionError {
     Denied(String),
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// Nothing heard from the peer (data, acks or keep-alives) for this
+    /// long: it vanished without a word (crashed, partitioned).
+    #[error("nothing heard from the peer for {0:?}")]
+    IdleTimeout(std::time::Duration),
     /// End-to-end encryption failed (handshake, encrypt or decrypt).
     #[error("MLS: {0}")]
     Mls(String),

@@ -358,9 +358,12 @@ impl Driver {
         if self.pending.is_none() || matches!(inc.packet.kind, Kind::Ack | Kind::Nack) {
             self.machine.handle_packet(inc, now);
         } else if self.held.len() < self.held_max {
+            self.machine.handle_held(&inc, now);
             self.held.push_back(inc);
         } else {
-            // As a full inbox would: the peer retransmits.
+            // As a full inbox would: the peer retransmits. It is alive all
+            // the same.
+            self.machine.handle_held(&inc, now);
             self.machine.handle_overflow();
         }
     }

@@ -24,6 +24,13 @@
 //! the close, and when both close at once each waits for the other's close
 //! to complete too. Ending at once instead would answer the peer's next
 //! packet with "no such session" and fail a session that was ending well.
+//!
+//! Liveness: while the session is open, a side that has sent the peer
+//! nothing for [`P2pConfig::keep_alive`] sends a keep-alive (an `Ack`
+//! flagged [`reliable::FLAG_KEEP_ALIVE`]), and a side that has heard nothing
+//! from the peer for [`P2pConfig::idle_timeout`] fails the session with
+//! [`SessionError::IdleTimeout`]: a peer that vanishes without a word (no
+//! close, no node error) does not hold the session forever.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -128,6 +135,16 @@ pub struct P2pMachine {
     /// duplicates); the delivery machines queue their own.
     extra: VecDeque<Transmit>,
     counters: Counters,
+    keep_alive: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    /// The last packet from the peer (any kind but the node's `Unreachable`).
+    last_heard: Instant,
+    /// When we last sent the peer a packet. `poll_transmit` takes no clock:
+    /// what it hands out goes out right after the input that queued it, so
+    /// `sent_since` dates it to `last_input`.
+    last_sent: Instant,
+    sent_since: bool,
+    last_input: Instant,
 }
 
 impl std::fmt::Debug for P2pMachine {
@@ -213,6 +230,12 @@ impl P2pMachine {
             events: VecDeque::new(),
             extra,
             counters: Counters::default(),
+            keep_alive: cfg.keep_alive,
+            idle_timeout: cfg.idle_timeout,
+            last_heard: now,
+            last_sent: now,
+            sent_since: false,
+            last_input: now,
         })
     }
 
@@ -259,12 +282,14 @@ impl P2pMachine {
         if self.done {
             return;
         }
+        self.touch(now);
         self.on_packet(inc, now);
         self.settle(now);
     }
 
     /// The application sends `payload`.
     pub fn handle_send(&mut self, payload: Bytes, now: Instant) -> SendStatus {
+        self.touch(now);
         if self.done || self.ended || self.peer_closed.is_some() || self.closing.is_some() {
             return SendStatus::Refused(SessionError::Closed);
         }
@@ -326,6 +351,7 @@ impl P2pMachine {
         if self.done {
             return;
         }
+        self.touch(now);
         if self.end_time().is_some_and(|t| t <= now) {
             self.done = true;
             return;
@@ -345,6 +371,15 @@ impl P2pMachine {
         // end the session (given up while the peer is absent).
         self.settle(now);
         self.close_timer(now);
+        self.liveness_timer(now);
+    }
+
+    /// A packet from the peer that the driver holds back (the application
+    /// is behind on its events) still shows the peer is alive.
+    pub fn handle_held(&mut self, inc: &Incoming, now: Instant) {
+        if inc.from == self.peer && inc.packet.kind != Kind::Unreachable {
+            self.last_heard = self.last_heard.max(now);
+        }
     }
 
     /// Publishing failed (the client is closed): the session fails.
@@ -370,7 +405,7 @@ impl P2pMachine {
             },
             Inner::Unreliable(s, _) => (s.poll_transmit(), true),
         };
-        match b {
+        let t = match b {
             Some(bytes) => Some(Transmit {
                 to: self.peer.clone(),
                 mode: Mode::Unicast,
@@ -378,7 +413,11 @@ impl P2pMachine {
                 tracked,
             }),
             None => self.extra.pop_front(),
+        };
+        if t.is_some() {
+            self.sent_since = true;
         }
+        t
     }
 
     /// The next event for the application; after [`P2pMachine::is_done`]
@@ -413,6 +452,7 @@ impl P2pMachine {
         machines
             .into_iter()
             .chain([close, self.end_time(), welcome])
+            .chain(self.liveness_deadlines())
             .flatten()
             .min()
     }
@@ -453,6 +493,75 @@ impl P2pMachine {
     }
 
     // ---- internals ----
+
+    /// Dates the packets drained since the last input (they went out right
+    /// after it), and records this input.
+    fn touch(&mut self, now: Instant) {
+        if self.sent_since {
+            self.sent_since = false;
+            self.last_sent = self.last_sent.max(self.last_input);
+        }
+        self.last_input = self.last_input.max(now);
+    }
+
+    fn sent_at(&self) -> Instant {
+        if self.sent_since {
+            self.last_sent.max(self.last_input)
+        } else {
+            self.last_sent
+        }
+    }
+
+    /// Keep-alives and the idle timeout run while the session is open: not
+    /// during a close or the linger (they have their own timers and retry
+    /// budgets), nor while a responder waits for the MLS Welcome.
+    fn liveness_on(&self) -> bool {
+        !self.done
+            && !self.ended
+            && self.closing.is_none()
+            && self.linger_until.is_none()
+            && self.peer_closed.is_none()
+            && !matches!(self.mls, MlsState::Pending(_))
+    }
+
+    /// The next keep-alive and the idle deadline.
+    fn liveness_deadlines(&self) -> [Option<Instant>; 2] {
+        if !self.liveness_on() {
+            return [None, None];
+        }
+        [
+            self.keep_alive.map(|k| self.sent_at() + k),
+            self.idle_timeout.map(|i| self.last_heard + i),
+        ]
+    }
+
+    fn liveness_timer(&mut self, now: Instant) {
+        if !self.liveness_on() {
+            return;
+        }
+        if let Some(idle) = self.idle_timeout
+            && now.duration_since(self.last_heard) >= idle
+        {
+            self.fail(SessionError::IdleTimeout(idle), now);
+            return;
+        }
+        let Some(k) = self.keep_alive else { return };
+        if now.duration_since(self.last_sent) < k {
+            return;
+        }
+        let mut p = Packet::new(self.id, Kind::Ack, &self.me);
+        p.flags = reliable::FLAG_KEEP_ALIVE;
+        if let Inner::Reliable(_, r) = &self.inner {
+            // Where our receiver is: a plain cumulative ack to the peer.
+            p.base = r.next_expected();
+        }
+        if let Ok(b) = p.encode() {
+            // Tracked: if the node has no route to the peer any more, its
+            // refusal starts the `peer_absent_grace` clock.
+            self.send_extra(b, self.peer.clone(), true);
+            self.last_sent = now;
+        }
+    }
 
     fn send_extra(&mut self, bytes: Vec<u8>, to: Name, tracked: bool) {
         self.extra.push_back(Transmit {
@@ -678,12 +787,17 @@ impl P2pMachine {
         let p = &inc.packet;
         if p.kind != Kind::Unreachable {
             self.absent = None;
+            self.last_heard = self.last_heard.max(now);
             if self.linger_until.is_some() {
                 // The peer is still talking to us: it still needs us.
                 self.linger(now);
             }
         }
         let r = match (p.kind, &mut self.inner) {
+            // Nothing to do but having heard it (above).
+            (Kind::Ack, Inner::Unreliable(..)) if p.flags & reliable::FLAG_KEEP_ALIVE != 0 => {
+                Ok(())
+            }
             (Kind::Data | Kind::Close, Inner::Reliable(_, r)) => r.handle_packet(p, now),
             (Kind::Data | Kind::Close, Inner::Unreliable(_, r)) => r.handle_packet(p, now),
             (Kind::Ack | Kind::Nack, Inner::Reliable(s, _)) => {

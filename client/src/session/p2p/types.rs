@@ -56,6 +56,17 @@ pub struct P2pConfig {
     /// takes what the peer still had in flight (sent before it learnt of our
     /// close), then ends.
     pub linger: Duration,
+    /// While the session is open, a keep-alive goes to the peer when we have
+    /// sent it nothing for this long (never while traffic flows). `None`:
+    /// no keep-alives (then set no `idle_timeout` either, or a quiet peer
+    /// looks gone).
+    pub keep_alive: Option<Duration>,
+    /// While the session is open, nothing heard from the peer for this long
+    /// (its data, acks and keep-alives all count) ends the session with
+    /// [`SessionError::IdleTimeout`]: a peer that vanished without a word
+    /// does not keep the session, and its task, forever. Must exceed
+    /// `keep_alive` (a few keep-alives may be lost in a row).
+    pub idle_timeout: Option<Duration>,
     /// End-to-end MLS (a 2-member group) with this identity, whose SPIFFE
     /// ID must be the one the client authenticates as. An initiator with it
     /// asks for MLS; a responder without it refuses such opens.
@@ -73,6 +84,10 @@ impl Default for P2pConfig {
             commands: 256,
             linger: Duration::from_secs(1),
             peer_absent_grace: Duration::from_secs(5),
+            // Six keep-alives per idle timeout: five lost in a row (or a
+            // peer stalled that long) before a live session is ended.
+            keep_alive: Some(Duration::from_secs(5)),
+            idle_timeout: Some(Duration::from_secs(30)),
             mls: None,
         }
     }
@@ -81,10 +96,13 @@ impl Default for P2pConfig {
 /// Reliable tuning for sessions over SLIM: a session's packets travel one
 /// ordered QUIC stream per hop, so a gap is a loss, never reordering, and is
 /// NACKed almost at once instead of after the machine's generic delay (a
-/// window-limited sender waits for that NACK on every loss).
+/// window-limited sender waits for that NACK on every loss); for the same
+/// reason an unacknowledged message transmitted before an acknowledged one
+/// is lost, with no reordering window.
 pub(crate) fn p2p_reliable() -> reliable::Config {
     reliable::Config {
         nack_delay: Duration::from_millis(2),
+        reorder_window: Duration::ZERO,
         ..reliable::Config::default()
     }
 }
@@ -102,6 +120,19 @@ impl P2pConfig {
     pub(crate) fn validate(&self) -> Result<(), SessionError> {
         if let Reliability::Reliable(c) = &self.reliability {
             c.validate()?;
+        }
+        if self.keep_alive.is_some_and(|k| k.is_zero()) {
+            return Err(SessionError::Malformed("keep_alive is 0".into()));
+        }
+        if let Some(idle) = self.idle_timeout {
+            match self.keep_alive {
+                Some(k) if k < idle => {}
+                _ => {
+                    return Err(SessionError::Malformed(
+                        "idle_timeout needs a shorter keep_alive".into(),
+                    ));
+                }
+            }
         }
         Ok(())
     }
