@@ -655,6 +655,7 @@ dir = "/id"
 mode = "allow_all"
 [federation]
 keep_alive_ms = 5000
+link_timeout_ms = 20000
 [[federation.peers]]
 node_id = "b-1"
 address = "127.0.0.1:4600"
@@ -666,6 +667,7 @@ spiffe_id = "spiffe://acme.example/cluster-b/node"
         cfg.validate().unwrap();
         let fc = cfg.node_config().federation;
         assert_eq!(fc.keep_alive, Duration::from_secs(5));
+        assert_eq!(fc.link_timeout, Duration::from_secs(20));
         assert_eq!(fc.peers.len(), 1);
         assert_eq!(fc.peers[0].node_id, "b-1");
         assert_eq!(fc.peers[0].server_name, "slim-node");
