@@ -181,4 +181,7 @@ pub enum AuthError {
     /// The identity source cannot do this.
     #[error("{0}")]
     Unsupported(String),
+    /// The system's random number generator failed.
+    #[error("the system random number generator failed")]
+    NoRandomness,
 }

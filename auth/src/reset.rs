@@ -110,7 +110,7 @@ impl ResetSecret {
     /// concurrent starter reads either no file or the whole of one.
     pub fn load_or_create(path: &Path) -> Result<ResetSecret, AuthError> {
         match fs::read(path) {
-            Ok(bytes) => return Self::from_file_bytes(path, &bytes, false),
+            Ok(bytes) => return Self::from_file_bytes(path, &bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
                 return Err(AuthError::Io {
@@ -122,7 +122,7 @@ impl ResetSecret {
         let mut secret = [0u8; RESET_SECRET_LEN];
         SystemRandom::new()
             .fill(&mut secret)
-            .map_err(|_| AuthError::CertGen("no system randomness".into()))?;
+            .map_err(|_| AuthError::NoRandomness)?;
         // Written whole under a temporary name, then linked into place: the
         // link fails if another process won the race, and we read its file.
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
@@ -143,7 +143,7 @@ impl ResetSecret {
                     path: path.to_owned(),
                     source,
                 })?;
-                Self::from_file_bytes(path, &bytes, false)
+                Self::from_file_bytes(path, &bytes)
             }
             Err(source) => Err(AuthError::Io {
                 path: path.to_owned(),
@@ -152,7 +152,8 @@ impl ResetSecret {
         }
     }
 
-    fn from_file_bytes(path: &Path, bytes: &[u8], created: bool) -> Result<Self, AuthError> {
+    /// An existing file's secret.
+    fn from_file_bytes(path: &Path, bytes: &[u8]) -> Result<Self, AuthError> {
         let secret: [u8; RESET_SECRET_LEN] = bytes.try_into().map_err(|_| AuthError::BadFile {
             path: path.to_owned(),
             reason: format!(
@@ -166,7 +167,7 @@ impl ResetSecret {
             secret,
             origin: ResetSecretOrigin::File {
                 path: path.to_owned(),
-                created,
+                created: false,
             },
         })
     }
@@ -187,7 +188,7 @@ impl ResetSecret {
         let mut secret = [0u8; RESET_SECRET_LEN];
         SystemRandom::new()
             .fill(&mut secret)
-            .map_err(|_| AuthError::CertGen("no system randomness".into()))?;
+            .map_err(|_| AuthError::NoRandomness)?;
         Ok(ResetSecret {
             secret,
             origin: ResetSecretOrigin::Random,
