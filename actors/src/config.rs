@@ -189,7 +189,8 @@ impl Default for NodeConfig {
             // `reset_key`), which come back only when the client sends: the
             // SDK's 300 ms keep-alive bounds that. The idle timeout is left
             // for what resets cannot tell: a node or client gone for good;
-            // 5 s is more than a dozen keep-alive intervals of either side.
+            // 5 s is over a dozen of the SDK's keep-alive intervals and five
+            // of the node's.
             idle_timeout: Duration::from_secs(5),
             // Sent only after 1 s without receiving anything: never towards
             // an SDK client with its default keep-alive, which pings first.
