@@ -141,8 +141,9 @@ pub fn transport() -> quinn::TransportConfig {
 
 /// Stateless resets at most this often (quinn's default, one per 20 ms,
 /// would take 20 s to reset a fleet of 1,000 nodes after a restart). A
-/// reset is always smaller than the packet that caused it, and only
-/// packets whose connection ID carries our signature get one.
+/// reset is always smaller than the packet that caused it (no
+/// amplification), and packets whose connection ID we did not issue get
+/// none.
 const MIN_RESET_INTERVAL: Duration = Duration::from_micros(100);
 
 /// The controller endpoint's global QUIC settings: stateless resets keyed by
