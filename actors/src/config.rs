@@ -36,9 +36,17 @@ pub struct NodeConfig {
     pub queue: QueueConfig,
     /// QUIC+TLS handshake plus the hello exchange must finish within this.
     pub handshake_timeout: Duration,
-    /// A connection with no traffic at all for this long is closed.
+    /// A connection with no traffic at all for this long is closed (QUIC
+    /// uses the smaller of the two ends' values). It bounds how long a
+    /// vanished client keeps its names here, and how long a client takes to
+    /// notice a node that is gone for good (a *restarted* node is noticed at
+    /// once: see `reset_key`).
     pub idle_timeout: Duration,
-    /// QUIC keep-alive interval (well under common NAT UDP timeouts).
+    /// QUIC keep-alive interval (well under common NAT UDP timeouts). A
+    /// keep-alive goes out only after this long without receiving anything,
+    /// so an SDK client (300 ms by default) keeps the node from ever sending
+    /// one; this is for clients with longer intervals, and for accepted peer
+    /// links, whose dialler may restart on the same port.
     pub keep_alive: Duration,
     /// Upper bound on concurrent client connections.
     pub max_connections: usize,
@@ -58,6 +66,23 @@ pub struct NodeConfig {
     /// Peer links to other nodes (static peers; a controller adds more at run
     /// time with `NodeHandle::set_dial_peers`).
     pub federation: FederationConfig,
+    /// The secret of the node's QUIC stateless resets. The same secret after
+    /// a restart on the same port lets the new process answer the packets of
+    /// the old one's connections with a reset, so clients and peers drop
+    /// them and reconnect at once instead of after their idle timeout.
+    pub reset_key: ResetKey,
+}
+
+/// Where the secret of a node's QUIC stateless resets comes from.
+#[derive(Debug, Clone, Default)]
+pub enum ResetKey {
+    /// Derived (HKDF) from the node's TLS private key at start: survives a
+    /// restart as long as the key does (static files; rotating sources
+    /// until their next rotation).
+    #[default]
+    FromTlsKey,
+    /// A given secret, e.g. the node's `reset_key_file`.
+    Secret(slim_auth::ResetSecret),
 }
 
 /// Peer links and interest propagation.
@@ -66,9 +91,13 @@ pub struct FederationConfig {
     /// Peers this node dials (and keeps dialling, with backoff and jitter).
     pub peers: Vec<crate::types::PeerSpec>,
     /// Interval of the link's ping (and of QUIC keep-alives on dialled links):
-    /// well under common NAT UDP timeouts (30 s and up).
+    /// well under common NAT UDP timeouts (30 s and up), and short enough
+    /// that a peer restarted on the same port is noticed within about this
+    /// long: its new process answers our next packet with a stateless reset.
     pub keep_alive: Duration,
-    /// A link with no pong for this long is declared dead and closed.
+    /// A link with no pong for this long is declared dead and closed (also
+    /// the dialled link's QUIC idle timeout): what bounds the detection of a
+    /// peer that is gone for good.
     pub link_timeout: Duration,
     /// Bounds of a link's outbound data queue (forwarded publishes).
     pub link_queue: QueueConfig,
@@ -95,8 +124,12 @@ impl Default for FederationConfig {
     fn default() -> Self {
         FederationConfig {
             peers: Vec::new(),
-            keep_alive: Duration::from_secs(10),
-            link_timeout: Duration::from_secs(30),
+            // A ping each way every 500 ms on each link (a node has a handful
+            // of links, so a few small packets per second): a restarted peer
+            // is noticed within about half a second. Ten missed pings, 5 s,
+            // declare a silent peer dead.
+            keep_alive: Duration::from_millis(500),
+            link_timeout: Duration::from_secs(5),
             link_queue: QueueConfig {
                 max_frames: 65_536,
                 max_bytes: 16 << 20,
@@ -160,14 +193,23 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             queue: QueueConfig::default(),
             handshake_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(10),
+            // A node restart is detected through stateless resets (see
+            // `reset_key`), which come back only when the client sends: the
+            // SDK's 300 ms keep-alive bounds that. The idle timeout is left
+            // for what resets cannot tell: a node or client gone for good;
+            // 5 s is over a dozen of the SDK's keep-alive intervals and five
+            // of the node's.
+            idle_timeout: Duration::from_secs(5),
+            // Sent only after 1 s without receiving anything: never towards
+            // an SDK client with its default keep-alive, which pings first.
+            keep_alive: Duration::from_secs(1),
             max_connections: 100_000,
             udp_buffer_bytes: 8 << 20,
             policy: Policy::allow_all(),
             token_auth: TokenAuth::default(),
             peer_expiry_grace: Duration::ZERO,
             federation: FederationConfig::default(),
+            reset_key: ResetKey::default(),
         }
     }
 }

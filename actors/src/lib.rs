@@ -29,7 +29,9 @@ pub mod registry;
 pub mod table;
 pub mod types;
 
-pub use config::{FederationConfig, JwtAuth, JwtKeys, NodeConfig, QueueConfig, TokenAuth};
+pub use config::{
+    FederationConfig, JwtAuth, JwtKeys, NodeConfig, QueueConfig, ResetKey, TokenAuth,
+};
 pub use hook::{HookVerdict, RouteHook, RoutedFrame};
 pub use node::{NodeError, NodeHandle, start};
 pub use outbox::{Outbox, Push, SlowConsumerPolicy};

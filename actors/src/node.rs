@@ -18,8 +18,8 @@ use slim_auth::{IdentitySource, JwtBundles, SpiffeClientVerifier};
 use tokio::sync::{broadcast, watch};
 use tracing::{error, info, warn};
 
-use crate::config::{JwtKeys, NodeConfig};
-use crate::ctx::{HotMetrics, NodeCtx, transport_config};
+use crate::config::{JwtKeys, NodeConfig, ResetKey};
+use crate::ctx::{HotMetrics, NodeCtx, endpoint_config, transport_config};
 use crate::fed::shared::{Fed, FedMsg};
 use crate::listener::ListenerActor;
 use crate::metrics as m;
@@ -345,6 +345,27 @@ pub fn bind_udp(addr: SocketAddr, buffer: usize) -> std::io::Result<std::net::Ud
     Ok(sock.into())
 }
 
+/// The secret of the node's stateless resets, and a log line saying where
+/// it came from (whether a restart will be noticed at once depends on it).
+fn reset_secret(cfg: &NodeConfig, identity: &TlsIdentity) -> slim_auth::ResetSecret {
+    let secret = match &cfg.reset_key {
+        ResetKey::Secret(s) => s.clone(),
+        ResetKey::FromTlsKey => match identity {
+            TlsIdentity::Static(i) => slim_auth::ResetSecret::from_tls_key(&i.key),
+            TlsIdentity::Source(s) => slim_auth::ResetSecret::from_tls_key(&s.current().key),
+        },
+    };
+    match (secret.origin(), identity) {
+        (slim_auth::ResetSecretOrigin::TlsKey, TlsIdentity::Source(_)) => info!(
+            node = %cfg.node_id,
+            source = %secret.origin(),
+            "QUIC stateless reset key: survives a restart until the SVID's key rotates; set node.reset_key_file for one that always does"
+        ),
+        _ => info!(node = %cfg.node_id, source = %secret.origin(), "QUIC stateless reset key"),
+    }
+    secret
+}
+
 /// Starts a node: binds its QUIC endpoint and its actor tree.
 pub async fn start(
     cfg: NodeConfig,
@@ -364,8 +385,9 @@ pub async fn start(
         addr: cfg.listen,
         source,
     })?;
+    let reset = reset_secret(&cfg, &identity);
     let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config(&reset),
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),

@@ -46,6 +46,9 @@
 //! * [`devca`]: [`DevCa`], a file-backed development CA that issues X.509-SVIDs for one
 //!   trust domain, plus [`devca::testing`] to mint deliberately broken certificates.
 //!   The `slim-devspire` crate serves it over the Workload API as a SPIRE stand-in.
+//! * [`reset`]: [`ResetSecret`], the persistent secret behind QUIC stateless
+//!   resets (a key file, or HKDF of the TLS key), so a restarted node or
+//!   controller resets its peers' stale connections at once.
 //!
 //! All cryptography goes through `ring`; the crate never pulls in `aws-lc-rs`.
 //!
@@ -59,6 +62,7 @@ pub mod id;
 pub mod identity;
 pub mod jwt;
 pub mod policy;
+pub mod reset;
 pub mod section;
 pub mod source;
 pub mod tls;
@@ -76,6 +80,7 @@ pub use devca::DevCa;
 pub use id::{InvalidId, SpiffeId, TrustDomain};
 pub use identity::{Identity, TrustBundles};
 pub use jwt::{JwtBundles, JwtError, JwtKey, JwtSigner, validate_jwt_svid};
+pub use reset::{ResetSecret, ResetSecretOrigin};
 pub use section::{IdentitySection, IdentitySourceKind};
 pub use source::{IdentitySource, IdentitySourceConfig, SourceCertResolver};
 pub use tls::{
@@ -176,4 +181,7 @@ pub enum AuthError {
     /// The identity source cannot do this.
     #[error("{0}")]
     Unsupported(String),
+    /// The system's random number generator failed.
+    #[error("the system random number generator failed")]
+    NoRandomness,
 }

@@ -170,7 +170,10 @@ async fn connect_to(
         match reader.read_frame().await.map_err(read_err) {
             Ok(Some(Frame::Accept(a))) => {
                 *shared.identity_seen.lock() = a.identity.clone();
-                let _ = shared.state.send_replace(ConnState::Connected {
+                // `send_replace`, not `send`: `send` leaves the value alone
+                // while nobody holds a receiver, and `Client::state()` hands
+                // out receivers later, which then saw a stale state.
+                shared.state.send_replace(ConnState::Connected {
                     node_id: a.node_id.clone(),
                 });
                 info!(node = %a.node_id, name = %cfg.name, "connected");
@@ -280,7 +283,7 @@ pub(crate) async fn drive(
                     let reason = r.err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
                     again = settle_unconfirmed(&shared, &mut unconfirmed, &events, &reason).await;
                     warn!(name = %shared.cfg.name, reason = %reason, "connection lost; reconnecting");
-                    let _ = shared.state.send_replace(ConnState::Reconnecting { attempt: 0, last_error: reason });
+                    shared.state.send_replace(ConnState::Reconnecting { attempt: 0, last_error: reason });
                 }
                 _ = &mut close => {
                     conn.close(0u32.into(), b"client closed");
@@ -305,7 +308,7 @@ pub(crate) async fn drive(
             }
             Err(e) => {
                 debug!(attempt, error = %e, "reconnect failed");
-                let _ = shared.state.send_replace(ConnState::Reconnecting {
+                shared.state.send_replace(ConnState::Reconnecting {
                     attempt,
                     last_error: e.to_string(),
                 });
@@ -318,7 +321,7 @@ pub(crate) async fn drive(
     report_lost(&shared, &events, ids, "the client closed").await;
     // Fail outstanding requests rather than let them wait for their timeout.
     shared.pending.lock().clear();
-    let _ = shared.state.send_replace(ConnState::Closed);
+    shared.state.send_replace(ConnState::Closed);
     ep.close(0u32.into(), b"client closed");
     let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
 }

@@ -37,6 +37,10 @@ pub struct ControllerSection {
     pub startup_hold_ms: u64,
     pub max_frame_bytes: u32,
     pub max_connections: usize,
+    /// The secret behind QUIC stateless resets (32 bytes; created, mode
+    /// 0600, if missing), so nodes notice a restarted controller at once.
+    /// Default: `quic-reset.key` in `data_dir`.
+    pub reset_key_file: Option<PathBuf>,
 }
 
 impl Default for ControllerSection {
@@ -49,6 +53,7 @@ impl Default for ControllerSection {
             startup_hold_ms: f.startup_hold.as_millis() as u64,
             max_frame_bytes: Limits::default().max_frame,
             max_connections: 10_000,
+            reset_key_file: None,
         }
     }
 }
@@ -156,6 +161,7 @@ impl FileConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             Some(&mut cfg.controller.data_dir),
+            cfg.controller.reset_key_file.as_mut(),
             cfg.identity.ca_dir.as_mut(),
             cfg.identity.dir.as_mut(),
         ]
@@ -258,6 +264,7 @@ impl FileConfig {
             max_frame: c.max_frame_bytes,
         };
         cfg.max_connections = c.max_connections;
+        cfg.reset_key_file = c.reset_key_file.clone();
         cfg
     }
 }

@@ -39,6 +39,9 @@ pub const MAX_AUDIT_PAGE: u32 = 10_000;
 /// closed (it reconnects and gets a full push).
 const NODE_QUEUE: usize = 64;
 
+/// The stateless reset key file's name in `data_dir` when none is configured.
+pub const RESET_KEY_FILE: &str = "quic-reset.key";
+
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub listen: SocketAddr,
@@ -52,6 +55,12 @@ pub struct ControllerConfig {
     pub limits: Limits,
     pub handshake_timeout: Duration,
     pub max_connections: usize,
+    /// The file of the secret behind the endpoint's QUIC stateless resets
+    /// (32 bytes; created, mode 0600, when missing). `None`:
+    /// `data_dir/quic-reset.key`. The same secret after a restart lets the
+    /// new process reset the old connections, so nodes reconnect at once
+    /// instead of after their idle timeout.
+    pub reset_key_file: Option<PathBuf>,
 }
 
 impl ControllerConfig {
@@ -65,6 +74,7 @@ impl ControllerConfig {
             limits: Limits::default(),
             handshake_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            reset_key_file: None,
         }
     }
 }
@@ -101,6 +111,8 @@ pub enum ControllerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Authz(#[from] PatternError),
+    #[error("QUIC stateless reset key: {0}")]
+    ResetKey(slim_auth::AuthError),
 }
 
 struct Slot {
@@ -183,11 +195,27 @@ pub async fn start(
         .map_err(|e| ControllerError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(Arc::new(crate::conn::transport()));
-    let endpoint =
-        quinn::Endpoint::server(server, cfg.listen).map_err(|source| ControllerError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
+    // After the store: `data_dir` exists now.
+    let reset_file = cfg
+        .reset_key_file
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join(RESET_KEY_FILE));
+    let reset =
+        slim_auth::ResetSecret::load_or_create(&reset_file).map_err(ControllerError::ResetKey)?;
+    info!(source = %reset.origin(), "QUIC stateless reset key");
+    let bind = |source| ControllerError::Bind {
+        addr: cfg.listen,
+        source,
+    };
+    let socket = std::net::UdpSocket::bind(cfg.listen).map_err(bind)?;
+    socket.set_nonblocking(true).map_err(bind)?;
+    let endpoint = quinn::Endpoint::new(
+        crate::conn::endpoint_config(&reset),
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(bind)?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     gauge!(m::AUDIT_RECORDS).set(store.len().unwrap_or(0) as f64);
     let shared = Arc::new(Shared {

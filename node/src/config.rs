@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use slim_actors::{NodeConfig, QueueConfig, SlowConsumerPolicy, TokenAuth};
+use slim_actors::{NodeConfig, QueueConfig, ResetKey, SlowConsumerPolicy, TokenAuth};
 use slim_auth::policy::Policy;
 use slim_wire::Limits;
 
@@ -108,6 +108,11 @@ pub struct NodeSection {
     pub max_connections: usize,
     pub shutdown_drain_ms: u64,
     pub udp_buffer_bytes: usize,
+    /// File of the secret behind the node's QUIC stateless resets (32
+    /// random bytes; created, mode 0600, when missing). Absent: derived from
+    /// the node's TLS private key, which survives a restart only as long as
+    /// that key does.
+    pub reset_key_file: Option<PathBuf>,
 }
 
 impl Default for NodeSection {
@@ -122,6 +127,7 @@ impl Default for NodeSection {
             max_connections: d.max_connections,
             shutdown_drain_ms: 5_000,
             udp_buffer_bytes: d.udp_buffer_bytes,
+            reset_key_file: None,
         }
     }
 }
@@ -407,6 +413,7 @@ impl FileConfig {
         for p in [
             &mut cfg.authz.policy_file,
             &mut cfg.authn.jwt_bundle_file,
+            &mut cfg.node.reset_key_file,
             &mut cfg.identity.ca_dir,
             &mut cfg.identity.dir,
             &mut cfg.identity.cert,
@@ -553,6 +560,17 @@ impl FileConfig {
         }
     }
 
+    /// Where the node's stateless reset secret comes from: the
+    /// `reset_key_file` (read, or created when missing), else the TLS key.
+    pub fn reset_key(&self) -> Result<ResetKey, ConfigError> {
+        match &self.node.reset_key_file {
+            None => Ok(ResetKey::FromTlsKey),
+            Some(path) => slim_auth::ResetSecret::load_or_create(path)
+                .map(ResetKey::Secret)
+                .map_err(|e| ConfigError::Invalid(format!("node.reset_key_file: {e}"))),
+        }
+    }
+
     pub fn node_config(&self) -> NodeConfig {
         let policy = match self.queue.slow_consumer {
             SlowConsumer::Drop => SlowConsumerPolicy::DropNewest,
@@ -580,6 +598,8 @@ impl FileConfig {
             token_auth: TokenAuth::default(),
             peer_expiry_grace: Duration::from_millis(self.authn.peer_expiry_grace_ms),
             federation: self.federation.federation_config(),
+            // Read by `reset_key` (it may create a file; this stays pure).
+            reset_key: ResetKey::FromTlsKey,
         }
     }
 }
@@ -645,6 +665,7 @@ dir = "/id"
 mode = "allow_all"
 [federation]
 keep_alive_ms = 5000
+link_timeout_ms = 20000
 [[federation.peers]]
 node_id = "b-1"
 address = "127.0.0.1:4600"
@@ -656,6 +677,7 @@ spiffe_id = "spiffe://acme.example/cluster-b/node"
         cfg.validate().unwrap();
         let fc = cfg.node_config().federation;
         assert_eq!(fc.keep_alive, Duration::from_secs(5));
+        assert_eq!(fc.link_timeout, Duration::from_secs(20));
         assert_eq!(fc.peers.len(), 1);
         assert_eq!(fc.peers[0].node_id, "b-1");
         assert_eq!(fc.peers[0].server_name, "slim-node");
@@ -672,6 +694,41 @@ spiffe_id = "spiffe://acme.example/cluster-b/node"
             let cfg = FileConfig::parse(&text, Path::new("x.toml")).unwrap();
             assert!(cfg.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn reset_key_file_is_relative_to_the_config_and_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[node]\nreset_key_file = \"state/reset.key\"\n\
+                    [identity]\ndir = \"/id\"\n[authz]\nmode = \"allow_all\"";
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        let cfg = FileConfig::parse(text, &dir.path().join("node.toml")).unwrap();
+        let path = dir.path().join("state/reset.key");
+        assert_eq!(cfg.node.reset_key_file.as_deref(), Some(path.as_path()));
+        let origin = |k: ResetKey| match k {
+            ResetKey::Secret(s) => s.origin().clone(),
+            ResetKey::FromTlsKey => panic!("expected the file's secret"),
+        };
+        let first = origin(cfg.reset_key().unwrap());
+        assert_eq!(
+            first,
+            slim_auth::ResetSecretOrigin::File {
+                path: path.clone(),
+                created: true
+            }
+        );
+        let again = origin(cfg.reset_key().unwrap());
+        assert!(matches!(
+            again,
+            slim_auth::ResetSecretOrigin::File { created: false, .. }
+        ));
+        // Without the option the secret comes from the TLS key.
+        let plain = FileConfig::parse(
+            "[identity]\ndir = \"/id\"\n[authz]\nmode = \"allow_all\"",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert!(matches!(plain.reset_key().unwrap(), ResetKey::FromTlsKey));
     }
 
     #[test]

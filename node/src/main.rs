@@ -171,6 +171,7 @@ async fn run(cfg: FileConfig) -> Result<()> {
     let mut node_cfg = cfg.node_config();
     node_cfg.policy = cfg.load_policy()?;
     node_cfg.token_auth = token_auth(&cfg, &identity)?;
+    node_cfg.reset_key = cfg.reset_key()?;
     // Resolved here so that an unresolvable peer stops the start loudly.
     node_cfg.federation.peers = cfg.federation.peer_specs()?;
     for p in &node_cfg.federation.peers {

@@ -26,6 +26,12 @@ pub(crate) fn jittered(base: Duration) -> Duration {
     half + half.mul_f64(f64::from(r) / f64::from(u32::MAX))
 }
 
+/// How long a link must have been up for its end to count as a loss of a
+/// working link rather than a flap: 1 s, or `backoff_max` if smaller.
+fn stable_after(fc: &crate::config::FederationConfig) -> Duration {
+    fc.backoff_max.min(Duration::from_secs(1))
+}
+
 pub(crate) async fn dial_loop(ctx: Arc<NodeCtx>, shared: Arc<LinkShared>, spec: PeerSpec) {
     let fc = &ctx.cfg.federation;
     let mut attempt: u32 = 0;
@@ -62,8 +68,12 @@ pub(crate) async fn dial_loop(ctx: Arc<NodeCtx>, shared: Arc<LinkShared>, spec: 
                     }
                     info!(peer = %spec.node_id, error = %e, "peer link ended");
                 }
-                // A link that stayed up for a while starts its backoff over.
-                if t0.elapsed() >= fc.backoff_max {
+                // A link that stayed up for a while starts its backoff over,
+                // so the first redial after a peer's restart (noticed at once
+                // through a stateless reset) comes within `backoff_initial`
+                // however often that peer restarted before. A link that keeps
+                // ending right after coming up still backs off.
+                if t0.elapsed() >= stable_after(fc) {
                     attempt = 0;
                 }
             }
