@@ -59,6 +59,17 @@ async fn every_actor_kind_killed_the_node_recovers_and_leaks_nothing() {
     let publ = client(&pki, b.local_addr(), "acme/cluster-b/pub").await;
     link_settled(&a).await;
     flows(&publ, &sub, &chan, 1).await;
+    // The baseline counts b's names too (its client's full and service
+    // names, learnt through interest): wait until a has routes to both, or
+    // a name arriving after the baseline reads as a leak below.
+    let publ_full = publ.name().as_str().to_owned();
+    let publ_service = publ.name().service_str().to_owned();
+    assert_eventually(T, "a knows b's client by name", || async {
+        [&publ_full, &publ_service]
+            .iter()
+            .all(|n| a.registry().lookup(n).is_some_and(|r| !r.is_empty()))
+    })
+    .await;
     let (subs0, names0) = (a.registry().subscription_count(), a.registry().name_count());
 
     // A connection actor: its client reconnects; the dead connection's
