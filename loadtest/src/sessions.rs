@@ -166,9 +166,8 @@ pub struct SessionReport {
 impl SessionReport {
     pub fn one_line(&self) -> String {
         format!(
-            "{} {}: {} of {} delivered, {} duplicates, {} missing, {} lost, {} retransmissions, \
+            "{}: {} of {} delivered, {} duplicates, {} missing, {} lost, {} retransmissions, \
              {:.2} s, {:.0} msgs/s{}",
-            self.kind,
             self.scenario,
             self.delivered,
             self.messages * self.receivers as u64,
