@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use slim_auth::{IdentitySource, IdentitySourceConfig};
-use slim_client::Credentials;
+use slim_client::{Client, ClientConfig, Credentials};
+use slim_wire::Name;
 
 /// Where this client's identity comes from.
 #[derive(clap::Args, Debug)]
@@ -57,6 +58,17 @@ pub(crate) struct ConnectArgs {
     /// The name this client registers as (an instance id is added).
     #[arg(long = "as", env = "SLIMCTL_NAME", default_value = "ops/slimctl/cli")]
     pub(crate) as_name: String,
+}
+
+impl ConnectArgs {
+    /// A connected client registered as `--as`.
+    pub(crate) async fn client(&self) -> Result<Client> {
+        let creds = self.id.credentials().await?;
+        let name = Name::parse(&self.as_name).context("invalid --as name")?;
+        Client::connect(ClientConfig::for_url(&self.node, name, creds).await?)
+            .await
+            .with_context(|| format!("cannot connect to {}", self.node))
+    }
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {

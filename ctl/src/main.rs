@@ -11,6 +11,7 @@ mod admin;
 mod args;
 mod channel;
 mod output;
+mod rpc;
 mod signal;
 
 use std::io::{Read, Write};
@@ -21,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use slim_auth::{DevCa, SpiffeId};
-use slim_client::{Client, ClientConfig, Delivery, Event};
+use slim_client::{Client, Delivery, Event};
 use slim_wire::{Mode, Name};
 
 use args::{ConnectArgs, IdentityArgs, parse_duration};
@@ -46,6 +47,12 @@ enum Cmd {
     /// Publish to and read from channels.
     #[command(subcommand)]
     Channel(ChannelCmd),
+    /// Send one request to a service (any instance answers) and print the
+    /// reply: request/reply over a reliable session (the SDK's RPC).
+    Request(rpc::RequestArgs),
+    /// Answer requests sent to this client's service name (--as), echoing
+    /// each request or replying --reply, until stopped or --count.
+    Respond(rpc::RespondArgs),
     /// This machine's workload identity.
     #[command(subcommand)]
     Identity(IdentityCmd),
@@ -204,6 +211,8 @@ fn main() -> Result<()> {
             rt.block_on(async move {
                 match cmd {
                     Cmd::Channel(c) => channel(c, cli.output).await,
+                    Cmd::Request(a) => rpc::request(a, cli.output).await,
+                    Cmd::Respond(a) => rpc::respond(a, cli.output).await,
                     Cmd::Identity(c) => identity(c, cli.output).await,
                     Cmd::DevSpire(c) => dev_spire(c).await,
                     Cmd::Node(c) => admin::node(c, cli.output).await,
@@ -267,12 +276,7 @@ fn dev_ca(cmd: DevCaCmd, out: Output) -> Result<()> {
 }
 
 async fn connect(c: &ConnectArgs) -> Result<Client> {
-    let creds = c.id.credentials().await?;
-    let name = Name::parse(&c.as_name).context("invalid --as name")?;
-    let client = Client::connect(ClientConfig::for_url(&c.node, name, creds).await?)
-        .await
-        .with_context(|| format!("cannot connect to {}", c.node))?;
-    Ok(client)
+    c.client().await
 }
 
 async fn identity(cmd: IdentityCmd, out: Output) -> Result<()> {

@@ -13,6 +13,9 @@
 //! slim-loadtest cross-node   --target slim://A --sub-target slim://B --ca-dir DIR
 //! slim-loadtest fleet --mode connect-leave --nodes 5,10,20,40 --json cl.json   (real processes)
 //! slim-loadtest fleet --mode churn --nodes 20 --churn-rate 10 --duration 60s --stream-rate 200
+//! slim-loadtest session     --spawn-node --messages 30000             (reliable p2p, bitset-checked)
+//! slim-loadtest session     --target slim://A --rx-target slim://B --ca-dir DIR --rate 5000
+//! slim-loadtest channel     --spawn-node --members 3 --messages 10000 (MLS group channel)
 //! slim-loadtest summarize results.jsonl
 //! slim-loadtest plot results.jsonl --scenario 'rr 1000/s 16B' --out lat.svg
 //! ```
@@ -28,6 +31,7 @@ mod payload;
 mod plot;
 mod procfs;
 mod serverstats;
+mod sessions;
 mod slim;
 mod summary;
 mod svg;
@@ -85,6 +89,15 @@ enum Cmd {
     /// stream (--mode churn). Binaries from --bin-dir (default: next to
     /// this executable).
     Fleet(Box<FleetArgs>),
+    /// A reliable point-to-point session carrying --messages
+    /// sequence-numbered messages, at --rate or as fast as the window
+    /// allows: delivered, in order, duplicates (bitset), lost,
+    /// retransmissions, elapsed time, msgs/s. SLIM only.
+    Session(Box<SessionArgs>),
+    /// The same through a group channel (MLS unless --no-mls): the
+    /// moderator publishes, each of --members members must get every
+    /// message. SLIM only.
+    Channel(Box<SessionArgs>),
     /// SLIM ÷ NATS ratios from a file of `--json` lines.
     Summarize {
         /// File with one JSON report per line.
@@ -230,6 +243,47 @@ struct LatencyArgs {
     /// (0: sleep only).
     #[arg(long, default_value_t = 150)]
     spin_us: u64,
+}
+
+#[derive(Debug, Args)]
+struct SessionArgs {
+    #[command(flatten)]
+    t: TargetArgs,
+    /// Messages to send, numbered 0..N.
+    #[arg(long, default_value_t = 10_000)]
+    messages: u64,
+    /// Messages per second; 0: as fast as the window allows.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Payload bytes per message (at least 8: the sequence number).
+    #[arg(long, default_value_t = 32)]
+    size: usize,
+    /// session: the reliable window (messages in flight) [default: the
+    /// SDK's, 256]. channel: most messages published and not yet delivered
+    /// to every member [default: 512] (channels have no flow control; the
+    /// sender keeps 1024 for retransmission).
+    #[arg(long)]
+    window: Option<usize>,
+    /// session: end-to-end MLS on the session.
+    #[arg(long)]
+    mls: bool,
+    /// channel: plaintext channel (no MLS group).
+    #[arg(long)]
+    no_mls: bool,
+    /// channel: members besides the moderator (the publisher).
+    #[arg(long, default_value_t = 3)]
+    members: usize,
+    /// session: the receiver connects to this node (slim://HOST:PORT)
+    /// instead of --target, which reaches it over a peer link.
+    #[arg(long)]
+    rx_target: Option<String>,
+    /// Start a node in this process (on its own runtime) instead of
+    /// connecting to --target.
+    #[arg(long)]
+    spawn_node: bool,
+    /// Give up on the run after this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -826,6 +880,108 @@ fn connections(a: ConnectionsArgs) -> Result<()> {
     write_plot(&a.t.plot, &[r])
 }
 
+fn session_or_channel(a: SessionArgs, channel: bool) -> Result<()> {
+    if a.size < sessions::HEADER {
+        bail!(
+            "--size must be at least {} (the sequence number)",
+            sessions::HEADER
+        );
+    }
+    if a.messages == 0 {
+        bail!("--messages must be at least 1");
+    }
+    if !(a.rate >= 0.0 && a.rate.is_finite()) {
+        bail!("--rate must be 0 (as fast as allowed) or positive");
+    }
+    if channel && (a.rx_target.is_some() || a.window.is_some() || a.mls) {
+        bail!(
+            "--rx-target, --window and --mls are for `session` (a channel is MLS unless --no-mls)"
+        );
+    }
+    if !channel && (a.no_mls || a.members != 3) {
+        bail!("--no-mls and --members are for `channel`");
+    }
+    let plan = sessions::SessionPlan {
+        messages: a.messages,
+        rate: a.rate,
+        size: a.size,
+        window: a.window,
+        mls: if channel { !a.no_mls } else { a.mls },
+        members: a.members,
+        timeout: a.timeout,
+        run_id: run_id(),
+    };
+    let ids = identities(&a.t, a.spawn_node)?;
+    let mut node_rt = None;
+    let mut node = None;
+    let (addr, rx_addr, target) = if a.spawn_node {
+        if a.t.target.is_some() || a.rx_target.is_some() {
+            bail!("--spawn-node runs its own node: no --target or --rx-target");
+        }
+        let rt = runtime("slim-node", None)?;
+        let cfg = slim_actors::NodeConfig {
+            node_id: "loadtest-node".into(),
+            listen: "127.0.0.1:0".parse()?,
+            ..Default::default()
+        };
+        let h = rt
+            .block_on(slim_actors::start(cfg, &ids.get("node")?))
+            .context("starting the in-process node")?;
+        let addr = h.local_addr();
+        node = Some(h);
+        node_rt = Some(rt);
+        (addr, addr, format!("slim://{addr} (in-process node)"))
+    } else {
+        let Some(t) = &a.t.target else {
+            bail!("--target slim://HOST:PORT (or --spawn-node) is required");
+        };
+        let Target::Slim(addr) = parse_target(t)? else {
+            bail!("session and channel runs are SLIM only: --target slim://HOST:PORT");
+        };
+        match &a.rx_target {
+            Some(r) => {
+                let Target::Slim(rx) = parse_target(r)? else {
+                    bail!("--rx-target must be a slim:// node");
+                };
+                (addr, rx, format!("slim://{addr} -> slim://{rx}"))
+            }
+            None => (addr, addr, format!("slim://{addr}")),
+        }
+    };
+    let rt = runtime("loadgen", a.t.client_threads)?;
+    let r = rt.block_on(async {
+        let run = async {
+            if channel {
+                sessions::run_channel(addr, target, &ids, &plan).await
+            } else {
+                sessions::run_session(addr, rx_addr, target, &ids, &plan).await
+            }
+        };
+        match tokio::time::timeout(plan.timeout, run).await {
+            Ok(r) => r,
+            Err(_) => bail!(
+                "the run did not finish within {:?} (--timeout)",
+                plan.timeout
+            ),
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    drop(node);
+    if let Some(rt) = node_rt {
+        rt.shutdown_timeout(Duration::from_secs(1));
+    }
+    let r = r?;
+    // Both: the table (or with --json the JSON line), then the summary line.
+    emit(a.t.json, &r, r.table(), r.one_line())?;
+    if !a.t.json {
+        println!("{}", serde_json::to_string(&r)?);
+    }
+    if !r.complete {
+        bail!("incomplete: {}", r.one_line());
+    }
+    Ok(())
+}
+
 fn fleet(a: FleetArgs) -> Result<()> {
     if a.nodes.is_empty() || a.nodes.contains(&0) {
         bail!("--nodes needs sizes of at least 1");
@@ -893,6 +1049,8 @@ fn main() -> Result<()> {
         Cmd::Latency(a) => latency(*a),
         Cmd::Connections(a) => connections(*a),
         Cmd::Fleet(a) => fleet(*a),
+        Cmd::Session(a) => session_or_channel(*a, false),
+        Cmd::Channel(a) => session_or_channel(*a, true),
         Cmd::Summarize { file } => {
             print!("{}", summary::summarize(&file)?);
             Ok(())
@@ -1038,5 +1196,31 @@ mod tests {
         assert_eq!(a.mode, fleet::FleetMode::Churn);
         assert_eq!(a.duration, Duration::from_secs(60));
         assert_eq!(a.json, Some(PathBuf::from("out.json")));
+
+        let c = Cli::try_parse_from([
+            "slim-loadtest",
+            "session",
+            "--spawn-node",
+            "--messages",
+            "30000",
+            "--rate",
+            "5000",
+            "--window",
+            "128",
+        ])
+        .unwrap();
+        let Cmd::Session(a) = c.cmd else {
+            panic!("wrong subcommand")
+        };
+        assert_eq!((a.messages, a.rate, a.window), (30_000, 5000.0, Some(128)));
+        let c = Cli::try_parse_from(["slim-loadtest", "channel", "--members", "5", "--no-mls"])
+            .unwrap();
+        let Cmd::Channel(a) = c.cmd else {
+            panic!("wrong subcommand")
+        };
+        assert_eq!(
+            (a.members, a.no_mls, a.messages, a.size),
+            (5, true, 10_000, 32)
+        );
     }
 }

@@ -144,7 +144,7 @@ impl ChannelModerator {
     }
 
     pub async fn stats(&self) -> Result<ChannelStats, ChannelError> {
-        call(&self.jobs, |m: &mut Moderator, _| m.stats().clone()).await
+        call(&self.jobs, |m: &mut Moderator, _| m.stats()).await
     }
 
     /// The next event; `None` once the driver has ended and all were read.
@@ -285,7 +285,7 @@ impl ChannelMember {
     }
 
     pub async fn stats(&self) -> Result<ChannelStats, ChannelError> {
-        call(&self.jobs, |m: &mut Member, _| m.stats().clone()).await
+        call(&self.jobs, |m: &mut Member, _| m.stats()).await
     }
 
     /// The next event; `None` once the driver has ended and all were read.

@@ -113,6 +113,8 @@ pub struct SenderSeqStats {
     pub sent: u64,
     pub retransmitted: u64,
     pub gone: u64,
+    /// Newest messages multicast again as tail-loss probes.
+    pub tail_probes: u64,
 }
 
 /// One member's sending side in a group.
@@ -215,6 +217,20 @@ impl SenderSeq {
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
+    }
+
+    /// Multicasts the newest kept message again, flagged as a
+    /// retransmission: receivers that missed the end of a burst (it went
+    /// into a connection that died, say) see the gap and ask for it; the
+    /// others drop it as a duplicate. False if nothing is kept.
+    pub fn probe_tail(&mut self) -> bool {
+        if self.buffer.is_empty() {
+            return false;
+        }
+        self.stats.tail_probes += 1;
+        let p = self.data(self.next_seq - 1, true);
+        self.push(Dest::Group, &p);
+        true
     }
 
     /// Always `None`: the sending side has no timers.

@@ -13,7 +13,10 @@ use super::error::ChannelError;
 use super::types::{ChannelConfig, ChannelEvent, ChannelStats, MemberInfo};
 use crate::session::group::{Dest, GapTracker, SenderSeq, Transmit};
 use crate::session::packet::{Kind, Packet};
-use crate::session::{SessionError, SessionEvent};
+use crate::session::{SessionError, SessionEvent, backoff};
+
+/// Longest wait between two tail-loss probes.
+const TAIL_PROBE_MAX: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// The service part (`org/ns/service`) of a full name.
 pub(super) fn service_of(name: &str) -> &str {
@@ -50,6 +53,9 @@ pub(super) struct Core {
     pub(super) transmits: VecDeque<Transmit>,
     pub(super) events: VecDeque<ChannelEvent>,
     pub(super) stats: ChannelStats,
+    /// The next tail-loss probe of our stream, and how many were sent
+    /// since its last item.
+    tail: Option<(Instant, u32)>,
 }
 
 impl Core {
@@ -69,7 +75,22 @@ impl Core {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: ChannelStats::default(),
+            tail: None,
         })
+    }
+
+    /// The counters, the sequencing layer's included.
+    pub(super) fn stats(&self) -> ChannelStats {
+        let (tx, rx) = (self.tx.stats(), self.rx.stats());
+        ChannelStats {
+            retransmitted: tx.retransmitted,
+            rtx_requests: rx.requests_sent,
+            recovered: rx.recovered,
+            lost: rx.lost,
+            duplicates: rx.duplicates,
+            tail_probes: tx.tail_probes,
+            ..self.stats.clone()
+        }
     }
 
     pub(super) fn reject(&mut self, sender: &str, error: ChannelError) {
@@ -110,7 +131,30 @@ impl Core {
     pub(super) fn send_stream(&mut self, item: &Stream, now: Instant) -> Result<u64, ChannelError> {
         let seq = self.tx.handle_send(Bytes::from(encode(item)?), now)?;
         self.drain();
+        if !self.cfg.tail_probe.is_zero() && self.cfg.tail_probes > 0 {
+            self.tail = Some((now + self.cfg.tail_probe, 0));
+        }
         Ok(seq)
+    }
+
+    /// When the next tail-loss probe is due.
+    pub(super) fn tail_timeout(&self) -> Option<Instant> {
+        self.tail.map(|(at, _)| at)
+    }
+
+    /// Sends the tail-loss probe if it is due (see `ChannelConfig::tail_probe`).
+    pub(super) fn tail_probe(&mut self, now: Instant) {
+        let Some((at, sent)) = self.tail else { return };
+        if at > now {
+            return;
+        }
+        self.tx.probe_tail();
+        self.drain();
+        let sent = sent + 1;
+        self.tail = (sent < self.cfg.tail_probes).then(|| {
+            let wait = backoff(self.cfg.tail_probe, TAIL_PROBE_MAX, sent + 1);
+            (now + wait, sent)
+        });
     }
 
     pub(super) fn publish(

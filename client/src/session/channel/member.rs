@@ -186,8 +186,8 @@ impl Member {
         self.moderator.as_deref()
     }
 
-    pub fn stats(&self) -> &ChannelStats {
-        &self.c.stats
+    pub fn stats(&self) -> ChannelStats {
+        self.c.stats()
     }
 
     pub fn is_active(&self) -> bool {
@@ -658,6 +658,9 @@ impl Member {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.c.rx.handle_timeout(now);
+        if matches!(self.state, State::Active | State::Leaving { .. }) {
+            self.c.tail_probe(now);
+        }
         for (sender, seq, body) in self.c.tracker_events() {
             self.on_stream(&sender, seq, &body, now);
         }
@@ -716,7 +719,12 @@ impl Member {
         };
         let s = match &self.state {
             State::Joining { next, deadline, .. } => Some((*next).min(*deadline)),
-            State::Leaving { deadline } => Some(*deadline),
+            State::Leaving { deadline } => Some(
+                self.c
+                    .tail_timeout()
+                    .map_or(*deadline, |x| x.min(*deadline)),
+            ),
+            State::Active => self.c.tail_timeout(),
             _ => None,
         };
         match (t, s) {

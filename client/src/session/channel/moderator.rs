@@ -83,8 +83,8 @@ impl Moderator {
         self.c.members()
     }
 
-    pub fn stats(&self) -> &ChannelStats {
-        &self.c.stats
+    pub fn stats(&self) -> ChannelStats {
+        self.c.stats()
     }
 
     /// Membership changes queued or in flight, and outstanding invitations.
@@ -501,6 +501,7 @@ impl Moderator {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.c.rx.handle_timeout(now);
+        self.c.tail_probe(now);
         for (sender, seq, body) in self.c.tracker_events() {
             if let Ok(Stream::App { epoch, body }) = decode::<Stream>("stream item", &body) {
                 self.c.open_app(&sender, seq, epoch, body);
@@ -566,6 +567,9 @@ impl Moderator {
         }
         let mut t = self.c.rx.poll_timeout();
         let mut min = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
+        if let Some(x) = self.c.tail_timeout() {
+            min(x);
+        }
         if self.closing.is_none() {
             min(self.next_ping);
         }

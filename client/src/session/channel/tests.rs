@@ -708,3 +708,50 @@ fn garbage_key_package_is_refused_with_a_reason() {
     );
     assert_eq!(net.moderator().members().len(), 1);
 }
+
+#[test]
+fn a_lost_last_message_is_recovered_by_the_tail_probe() {
+    let mut net = Net::new(cfg(true));
+    let members = ["acme/chat/m0/0", "acme/chat/m1/0"];
+    for m in members {
+        net.join(m);
+    }
+    for m in members {
+        net.take_events(m);
+    }
+    let now = net.now;
+    for i in 0..3u64 {
+        net.moderator().publish(&i.to_be_bytes(), now).unwrap();
+        if i < 2 {
+            net.pump();
+        }
+    }
+    // The last message goes into a connection that dies: nobody gets it,
+    // and nothing follows it that would reveal the gap.
+    while net.moderator().poll_transmit().is_some() {}
+    net.pump();
+    for m in members {
+        assert_eq!(net.messages(m).len(), 2, "{m} before the probe");
+    }
+    net.advance(net.cfg.tail_probe);
+    for m in members {
+        let got: Vec<u64> = net.messages(m).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(got, vec![0, 1, 2], "{m} after the probe");
+    }
+    // The probes stop after `tail_probes`, however long the channel idles.
+    for _ in 0..40 {
+        net.advance(Duration::from_secs(1));
+    }
+    assert_eq!(
+        net.moderator().stats().tail_probes,
+        u64::from(net.cfg.tail_probes)
+    );
+    for m in members {
+        assert_eq!(
+            net.messages(m).len(),
+            3,
+            "{m}: a probe is never delivered twice"
+        );
+        assert_eq!(net.member(m).stats().lost, 0);
+    }
+}

@@ -111,6 +111,14 @@ pub struct ChannelConfig {
     pub max_members: usize,
     /// Messages held for an epoch not yet reached.
     pub max_held: usize,
+    /// Tail-loss probe: this long after our stream's last item, and then
+    /// at doubling intervals (`tail_probes` times in all), that item is
+    /// multicast again, so that a member that missed the end of a burst
+    /// (e.g. sent into a connection that a node restart killed, before the
+    /// SDK reconnected) sees the gap and asks for it. Without it a lost
+    /// last message, or a lost last commit, is never noticed. Zero: off.
+    pub tail_probe: Duration,
+    pub tail_probes: u32,
     /// Count refusals in the `metrics` registry (the driver sets it from
     /// the client's `metrics` option).
     pub metrics: bool,
@@ -121,7 +129,13 @@ impl Default for ChannelConfig {
         ChannelConfig {
             mls: true,
             admission: Vec::new(),
-            group: GroupConfig::default(),
+            // Asking 10 times (0.1 s doubling to 2 s: about 13 s in all)
+            // before reporting a message lost rides out a node restart,
+            // during which requests go nowhere.
+            group: GroupConfig {
+                max_requests: 10,
+                ..GroupConfig::default()
+            },
             change_timeout: Duration::from_secs(5),
             retry: Duration::from_millis(500),
             join_timeout: Duration::from_secs(10),
@@ -131,6 +145,8 @@ impl Default for ChannelConfig {
             max_pending: 64,
             max_members: 4096,
             max_held: 1024,
+            tail_probe: Duration::from_millis(250),
+            tail_probes: 6,
             metrics: false,
         }
     }
@@ -146,4 +162,16 @@ pub struct ChannelStats {
     pub before_join: u64,
     /// Messages held for a commit not yet applied (total).
     pub held: u64,
+    /// Our stream's messages sent again at a member's request.
+    pub retransmitted: u64,
+    /// Retransmission requests we sent for others' missing messages.
+    pub rtx_requests: u64,
+    /// Missing messages that a retransmission recovered.
+    pub recovered: u64,
+    /// Messages of others' streams given up on (reported `Lost`).
+    pub lost: u64,
+    /// Stream messages received more than once (suppressed).
+    pub duplicates: u64,
+    /// Our newest stream item multicast again as a tail-loss probe.
+    pub tail_probes: u64,
 }
