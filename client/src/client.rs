@@ -304,6 +304,18 @@ impl Client {
     /// the close must still go out.
     pub async fn shutdown(&self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.flush()).await;
+        // What was written is confirmed within a ping interval and a round
+        // trip; without waiting, it would be reported lost at the close.
+        if self
+            .shared
+            .connected
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.shared
+                .confirm
+                .all_confirmed(Duration::from_secs(1))
+                .await;
+        }
         if let Some(c) = self.close.lock().take() {
             let _ = c.send(());
         }

@@ -75,6 +75,9 @@ pub(crate) struct Confirmations {
     confirmed: AtomicU64,
     /// Woken when `confirmed` moves, for a writer waiting on a full buffer.
     moved: Notify,
+    /// The sequence number of the last frame written (what `confirmed`
+    /// must reach for nothing to be outstanding).
+    written: AtomicU64,
 }
 
 impl Confirmations {
@@ -85,12 +88,26 @@ impl Confirmations {
         }
         self.confirmed
             .fetch_max(nonce & !CONFIRM_BIT, Ordering::AcqRel);
-        self.moved.notify_one();
+        self.moved.notify_waiters();
         true
     }
 
     fn confirmed(&self) -> u64 {
         self.confirmed.load(Ordering::Acquire)
+    }
+
+    /// Waits until the node confirmed everything written so far, for at
+    /// most `limit`; whether it did. A closing client uses it so that a
+    /// publish made just before the close is not reported lost.
+    pub(crate) async fn all_confirmed(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while self.confirmed() < self.written.load(Ordering::Acquire) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(5), self.moved.notified()).await;
+        }
+        true
     }
 }
 
@@ -257,6 +274,7 @@ pub(crate) async fn pump<S: ChunkSink>(
         for f in &batch {
             unconfirmed.push(f.clone());
         }
+        c.written.store(unconfirmed.seq, Ordering::Release);
         if !batch.is_empty() && owed_since.is_none() {
             owed_since = Some(Instant::now());
         }
