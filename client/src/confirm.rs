@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use slim_framed::{BATCH, ChunkSink, FrameWriter};
+use slim_framed::{BATCH, COALESCE, ChunkSink, FrameWriter};
 use slim_wire::{ErrorCode, ErrorFrame, Frame, FrameKind, HEADER_LEN, Limits, Name, Ping, codec};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -112,7 +112,7 @@ impl Confirmations {
 }
 
 /// Frames written but not yet confirmed, oldest first, bounded by
-/// [`Unconfirmed::MAX_FRAMES`] and [`Unconfirmed::MAX_BYTES`]: when full the
+/// [`Unconfirmed::MAX_ENTRIES`] and [`Unconfirmed::MAX_BYTES`]: when full the
 /// writer waits for the node's confirmation before taking more from the
 /// outbound queue (so publishers feel the back-pressure, as with a full queue).
 #[derive(Default)]
@@ -124,7 +124,9 @@ pub(crate) struct Unconfirmed {
 }
 
 impl Unconfirmed {
-    const MAX_FRAMES: usize = 64 * 1024;
+    /// Entries are written chunks: single frames at low rates, up to
+    /// 64 KiB of coalesced frames under load.
+    const MAX_ENTRIES: usize = 64 * 1024;
     const MAX_BYTES: usize = 16 << 20;
 
     fn push(&mut self, frame: Bytes) {
@@ -145,7 +147,7 @@ impl Unconfirmed {
     }
 
     fn full(&self) -> bool {
-        self.frames.len() >= Self::MAX_FRAMES || self.bytes >= Self::MAX_BYTES
+        self.frames.len() >= Self::MAX_ENTRIES || self.bytes >= Self::MAX_BYTES
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -174,23 +176,22 @@ impl Unconfirmed {
         self.trim(c.confirmed());
         let mut ids = Vec::new();
         let mut others = Vec::new();
+        // An entry is a chunk of whole frames (coalesced by the writer).
         for (_, f) in self.frames.drain(..) {
-            let mut rest = &f[..];
-            let mut other = false;
-            while rest.len() > HEADER_LEN {
-                let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                let end = (4 + len).min(rest.len());
-                if rest[4] == FrameKind::Publish as u8 {
-                    if let Ok(Ok(v)) = slim_wire::publish_view(&rest[HEADER_LEN..end]) {
+            let mut at = 0;
+            while f.len() - at > HEADER_LEN {
+                let len = u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]) as usize;
+                let end = (at + 4 + len).min(f.len());
+                if f[at + 4] == FrameKind::Publish as u8 {
+                    if let Ok(Ok(v)) = slim_wire::publish_view(&f[at + HEADER_LEN..end]) {
                         ids.push((v.msg_id, Name::parse(v.name).ok()));
                     }
                 } else {
-                    other = true;
+                    // Only the request itself goes again, not the failed
+                    // publishes that shared its chunk.
+                    others.push(f.slice(at..end));
                 }
-                rest = &rest[end..];
-            }
-            if other {
-                others.push(f);
+                at = end;
             }
         }
         self.bytes = 0;
@@ -243,6 +244,7 @@ pub(crate) async fn pump<S: ChunkSink>(
     limits: &Limits,
 ) -> std::io::Result<()> {
     let mut batch: Vec<Bytes> = Vec::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
     // When the oldest frame not yet covered by a ping was written. Frames
     // replayed after a reconnect come with their own ping.
     let mut owed_since: Option<Instant> = None;
@@ -252,9 +254,9 @@ pub(crate) async fn pump<S: ChunkSink>(
             // Full: only a pong frees room, so the frames written since the
             // last ping need theirs now.
             if owed_since.take().is_some() {
-                batch.push(ping(unconfirmed.seq, limits));
-                w.write_batch(&mut batch).await?;
-                batch.clear();
+                chunks.push(ping(unconfirmed.seq, limits));
+                w.write_batch(&mut chunks).await?;
+                chunks.clear();
             }
             while unconfirmed.full() {
                 // Re-check on a timer too: the pong that frees room may come
@@ -271,20 +273,24 @@ pub(crate) async fn pump<S: ChunkSink>(
             },
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
         }
-        for f in &batch {
-            unconfirmed.push(f.clone());
+        // Held as the coalesced chunks that are written (one entry per
+        // ~64 KiB, not per frame), which also lets the publishers' scratch
+        // buffers be reused at once instead of pinned until confirmation.
+        slim_wire::coalesce(&mut batch, COALESCE, &mut chunks);
+        for ch in &chunks {
+            unconfirmed.push(ch.clone());
         }
         c.written.store(unconfirmed.seq, Ordering::Release);
-        if !batch.is_empty() && owed_since.is_none() {
+        if !chunks.is_empty() && owed_since.is_none() {
             owed_since = Some(Instant::now());
         }
         if owed_since.is_some_and(|t| t.elapsed() >= PING_DELAY) {
-            batch.push(ping(unconfirmed.seq, limits));
+            chunks.push(ping(unconfirmed.seq, limits));
             owed_since = None;
         }
-        if !batch.is_empty() {
-            w.write_batch(&mut batch).await?;
-            batch.clear();
+        if !chunks.is_empty() {
+            w.write_batch(&mut chunks).await?;
+            chunks.clear();
         }
     }
 }
@@ -295,13 +301,17 @@ mod tests {
     use slim_wire::Mode;
 
     fn publish(id: u64) -> Bytes {
+        publish_sized(id, 2)
+    }
+
+    fn publish_sized(id: u64, size: usize) -> Bytes {
         let mut b = BytesMut::new();
         codec::encode_publish(
             &Name::parse("acme/ops/x").unwrap(),
             Mode::Anycast,
             0,
             id,
-            b"hi",
+            &vec![7u8; size],
             &Limits::default(),
             &mut b,
         )
@@ -363,9 +373,32 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_of_publishes_and_a_request_fails_the_publishes_and_keeps_the_request() {
+        let c = Confirmations::default();
+        let mut u = Unconfirmed::default();
+        let sub = crate::shared::encode_frame(
+            &Frame::Subscribe(slim_wire::Subscribe {
+                id: 9,
+                name: Name::parse("acme/ops/x").unwrap(),
+            }),
+            &Limits::default(),
+        )
+        .unwrap();
+        let mut batch = vec![publish(1), sub.clone(), publish(2)];
+        let mut chunks = Vec::new();
+        slim_wire::coalesce(&mut batch, COALESCE, &mut chunks);
+        assert_eq!(chunks.len(), 1, "one coalesced chunk");
+        u.push(chunks.pop().unwrap());
+        let (ids, others) = u.take_failed(&c);
+        let ids: Vec<u64> = ids.into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(others, vec![sub]);
+    }
+
+    #[test]
     fn the_buffer_is_bounded() {
         let mut u = Unconfirmed::default();
-        for id in 0..Unconfirmed::MAX_FRAMES as u64 {
+        for id in 0..Unconfirmed::MAX_ENTRIES as u64 {
             assert!(!u.full());
             u.push(publish(id));
         }
@@ -399,11 +432,13 @@ mod tests {
             publishes
         });
         // Everything queued up front, and the clock paused: the writer
-        // fills its buffer without the ping interval ever passing.
-        let total = 3 * Unconfirmed::MAX_FRAMES as u64;
+        // fills its buffer without the ping interval ever passing. Frames
+        // of 16 KiB are written (and held) one by one, not coalesced.
+        let size = COALESCE / 4;
+        let total = 3 * (Unconfirmed::MAX_BYTES / size) as u64;
         let (tx, mut rx) = mpsc::channel(total as usize);
         for id in 0..total {
-            tx.try_send(publish(id)).unwrap();
+            tx.try_send(publish_sized(id, size)).unwrap();
         }
         drop(tx);
         let mut w = FrameWriter::new(slim_framed::IoSink(client_end));
