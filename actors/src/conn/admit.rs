@@ -73,16 +73,7 @@ pub(crate) async fn admit(
         Err(reject) => {
             m::handshake("rejected");
             info!(name = %hello.name, reason = %reject.reason, "hello rejected");
-            let _ = send
-                .write_all(&encode(&Frame::Reject(reject.clone()), &ctx))
-                .await;
-            let _ = send.finish();
-            // Give the reject a moment to reach the client before the close.
-            let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-            conn.close(
-                VarInt::from_u32(reject.code.0 as u32),
-                reject.reason.as_bytes(),
-            );
+            refuse(&ctx, &conn, &mut send, &reject).await;
             return Err(ConnError::Refused(reject.reason));
         }
     };
@@ -113,15 +104,7 @@ pub(crate) async fn admit(
                 code: ErrorCode::INTERNAL,
                 reason: format!("node busy: {e}; retry"),
             };
-            let _ = send
-                .write_all(&encode(&Frame::Reject(reject.clone()), &ctx))
-                .await;
-            let _ = send.finish();
-            let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-            conn.close(
-                VarInt::from_u32(reject.code.0 as u32),
-                reject.reason.as_bytes(),
-            );
+            refuse(&ctx, &conn, &mut send, &reject).await;
             return Err(e);
         }
     };
@@ -186,6 +169,26 @@ pub(crate) async fn admit(
     });
     let _ = shared.actor.set(actor.clone());
     Ok(())
+}
+
+/// Sends the client `reject` and closes its connection with the same code
+/// and reason.
+async fn refuse(
+    ctx: &NodeCtx,
+    conn: &quinn::Connection,
+    send: &mut quinn::SendStream,
+    reject: &Reject,
+) {
+    let _ = send
+        .write_all(&encode(&Frame::Reject(reject.clone()), ctx))
+        .await;
+    let _ = send.finish();
+    // Give the reject a moment to reach the client before the close.
+    let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+    conn.close(
+        VarInt::from_u32(reject.code.0 as u32),
+        reject.reason.as_bytes(),
+    );
 }
 
 /// How long an admission waits for a restarting subscription table. Its
