@@ -68,3 +68,42 @@ async def test_node_restart_mid_session(slim, connect, restartable_node, ns):
         await asyncio.wait_for(s.close(), 60)
     except slim.SlimError:
         pass
+
+
+@pytest.mark.timeout(180)
+async def test_on_disconnect_fail_raises_instead_of_dropping(slim, connect, restartable_node, ns):
+    """With on_disconnect="fail", publishes the dead node never took raise
+    ConnectError (at publish or at the next flush); none vanish quietly."""
+    node = restartable_node
+    topic = f"t/{ns}/fail-policy"
+    rx = await connect(f"t/{ns}/fail-rx", node=node)
+    tx = await connect(f"t/{ns}/fail-tx", node=node, on_disconnect="fail")
+    await rx.subscribe(topic)
+
+    async def delivered():
+        await tx.publish(topic, b"up")
+        await tx.flush()
+        return await rx.receive(timeout=1)
+
+    await retry_until(delivered, timeout=30, what="the route works before the kill",
+                      retry_on=(slim.SlimError,))
+    await asyncio.to_thread(node.kill9)  # gone, not restarted
+
+    async def refused():
+        try:
+            await tx.publish(topic, b"while-down")
+            await tx.flush()
+        except slim.ConnectError as e:
+            return e
+        raise RuntimeError("a publish to the dead node raised nothing")
+
+    err = await retry_until(refused, timeout=60, interval=0.2,
+                            what="ConnectError for publishes while the node is down",
+                            retry_on=(RuntimeError, slim.TimeoutError, slim.ProtocolError))
+    assert "connection" in str(err).lower() or "connect" in str(err).lower(), err
+
+    # Back again: the same app reconnects by itself and publishes flow.
+    await asyncio.to_thread(node.start)
+    await retry_until(delivered, timeout=60, interval=0.2,
+                      what="publishes delivered after the node came back",
+                      retry_on=(slim.SlimError,))
