@@ -3,7 +3,7 @@
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -191,10 +191,7 @@ impl Client {
         msg_id: u64,
         payload: &[u8],
     ) -> Result<u64, ClientError> {
-        let connected = self
-            .shared
-            .connected
-            .load(std::sync::atomic::Ordering::Acquire);
+        let connected = self.shared.connected.load(Ordering::Acquire);
         if !connected && self.shared.cfg.on_disconnect == DisconnectPolicy::Fail {
             return Err(self.disconnected());
         }
@@ -306,11 +303,7 @@ impl Client {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.flush()).await;
         // What was written is confirmed within a ping interval and a round
         // trip; without waiting, it would be reported lost at the close.
-        if self
-            .shared
-            .connected
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
+        if self.shared.connected.load(Ordering::Acquire) {
             self.shared
                 .confirm
                 .all_confirmed(Duration::from_secs(1))

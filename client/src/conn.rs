@@ -254,28 +254,9 @@ pub(crate) async fn drive(
     // what was unconfirmed when the last one dropped).
     let mut again: Vec<Bytes> = Vec::new();
     loop {
-        if let Some(mut l) = live.take() {
+        if let Some(l) = live.take() {
             attempt = 0;
             let conn = l.conn.clone();
-            if !again.is_empty() {
-                let n = again.len();
-                let mut failed = None;
-                for f in &again {
-                    if let Err(e) = l.send.write_all(f).await {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-                if let Some(e) = failed {
-                    warn!(error = %e, "writing unconfirmed frames again failed");
-                    continue;
-                }
-                again.clear();
-                debug!(
-                    frames = n,
-                    "unconfirmed frames written again after the reconnect"
-                );
-            }
             shared.connected.store(true, Ordering::Release);
             tokio::select! {
                 r = run(&shared, l, &mut out, &events, &mut unconfirmed) => {
@@ -300,10 +281,11 @@ pub(crate) async fn drive(
         match connect_once(&shared, &ep).await {
             Ok(mut l) => {
                 shared.metrics.reconnects.increment(1);
-                if let Err(e) = restore(&shared, &mut l).await {
-                    warn!(error = %e, "restoring subscriptions failed");
+                if let Err(e) = restore(&shared, &mut l, &again).await {
+                    warn!(error = %e, "restoring subscriptions and unconfirmed frames failed");
                     continue;
                 }
+                again.clear();
                 live = Some(l);
             }
             Err(e) => {
@@ -386,8 +368,13 @@ async fn report_lost(
     }
 }
 
-/// Re-sends every subscription on a fresh connection before any queued publish.
-async fn restore(shared: &Arc<Shared>, live: &mut Live) -> Result<(), ClientError> {
+/// Re-sends every subscription on a fresh connection, then `again` (what the
+/// last one left unconfirmed), before any queued publish.
+async fn restore(
+    shared: &Arc<Shared>,
+    live: &mut Live,
+    again: &[Bytes],
+) -> Result<(), ClientError> {
     let names: Vec<_> = shared.subs.lock().iter().cloned().collect();
     let mut b = BytesMut::new();
     for name in names {
@@ -398,11 +385,13 @@ async fn restore(shared: &Arc<Shared>, live: &mut Live) -> Result<(), ClientErro
             &mut b,
         )?;
     }
-    if !b.is_empty() {
-        live.send
-            .write_all(&b)
-            .await
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    for chunk in std::iter::once(&b[..]).chain(again.iter().map(|f| &f[..])) {
+        if !chunk.is_empty() {
+            live.send
+                .write_all(chunk)
+                .await
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        }
     }
     Ok(())
 }
