@@ -23,7 +23,9 @@
 //!    source address may be forged, and limiting it would let an attacker
 //!    lock a victim's address out. Without pressure nothing is limited, so
 //!    a burst of honest reconnects from one NAT address (or a load test) is
-//!    never refused while the node has room.
+//!    never refused while the node has room. Under the same pressure a
+//!    validated source may also hold at most `per_source_handshakes`
+//!    handshakes in progress (clients that finish TLS and never say hello).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -52,6 +54,10 @@ pub struct AdmissionConfig {
     pub per_source_rate: u32,
     /// Burst allowance of the same bucket.
     pub per_source_burst: u32,
+    /// Handshakes in progress one validated source address may hold while
+    /// the node is under pressure (0: unlimited): clients that complete TLS
+    /// and never say hello hold a slot for the whole handshake timeout.
+    pub per_source_handshakes: usize,
     /// Source addresses tracked at once; beyond it the bucket table is
     /// pruned of full (idle) buckets, and sources that find no room are
     /// not limited (a table the attacker could fill must not lock others out).
@@ -65,6 +71,7 @@ impl Default for AdmissionConfig {
             retry: RetryMode::Auto { threshold: 64 },
             per_source_rate: 100,
             per_source_burst: 200,
+            per_source_handshakes: 64,
             max_sources: 65_536,
         }
     }
@@ -101,6 +108,8 @@ pub struct Attempt {
     pub validated: bool,
     /// A Retry may still be sent (false when this attempt answered one).
     pub may_retry: bool,
+    /// Handshakes this source address has in progress now.
+    pub source_in_progress: usize,
 }
 
 /// The admission state machine: the per-source buckets (owned by the one
@@ -153,8 +162,13 @@ impl Admission {
         // that hammered the node while it was calm has no credit left when
         // pressure begins.
         let allowed = self.take_token(now, a.source);
-        if !allowed && (pressure || in_progress >= self.rate_floor()) {
+        let pressed = pressure || in_progress >= self.rate_floor();
+        if !allowed && pressed {
             return Verdict::Refuse("refused_rate");
+        }
+        let per_source = self.cfg.per_source_handshakes;
+        if per_source > 0 && a.source_in_progress >= per_source && pressed {
+            return Verdict::Refuse("refused_source_handshakes");
         }
         Verdict::Accept
     }
@@ -228,6 +242,7 @@ mod tests {
             source: ip(last),
             validated,
             may_retry: !validated,
+            source_in_progress: 0,
         }
     }
 
@@ -237,6 +252,7 @@ mod tests {
             retry: RetryMode::Auto { threshold: 4 },
             per_source_rate: 2,
             per_source_burst: 3,
+            per_source_handshakes: 2,
             max_sources: 4,
         }
     }
@@ -274,9 +290,8 @@ mod tests {
             Verdict::Retry
         );
         let answered_retry = Attempt {
-            source: ip(1),
-            validated: false,
             may_retry: false,
+            ..attempt(1, false)
         };
         assert_eq!(
             a.handle_incoming(now, answered_retry, 10),
@@ -328,6 +343,28 @@ mod tests {
             a.handle_incoming(t1, attempt(1, true), 5),
             Verdict::Refuse("refused_rate")
         );
+    }
+
+    #[test]
+    fn per_source_handshakes_apply_only_under_pressure() {
+        let mut c = cfg();
+        c.per_source_rate = 0;
+        let mut a = Admission::new(c);
+        let now = Instant::now();
+        let holding = Attempt {
+            source_in_progress: 2,
+            ..attempt(1, true)
+        };
+        assert_eq!(a.handle_incoming(now, holding, 3), Verdict::Accept);
+        assert_eq!(
+            a.handle_incoming(now, holding, 4),
+            Verdict::Refuse("refused_source_handshakes")
+        );
+        let other = Attempt {
+            source_in_progress: 1,
+            ..attempt(2, true)
+        };
+        assert_eq!(a.handle_incoming(now, other, 4), Verdict::Accept);
     }
 
     #[test]

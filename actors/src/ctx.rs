@@ -94,6 +94,8 @@ pub(crate) struct NodeCtx {
     pub(crate) fed: Fed,
     /// Connections between their first Initial and their hello.
     pub(crate) handshakes: std::sync::atomic::AtomicUsize,
+    /// The same, per source address (entries only while non-zero).
+    pub(crate) source_handshakes: DashMap<std::net::IpAddr, usize>,
     /// Bytes all connections hold in incomplete large frames.
     pub(crate) partial_bytes: std::sync::atomic::AtomicUsize,
     /// Rate-limits the log lines anyone on the network can cause.

@@ -59,10 +59,12 @@ impl Actor for ListenerActor {
                     m::handshake("refused_capacity");
                     Verdict::Refuse("refused_connections")
                 } else {
+                    let source = incoming.remote_address().ip();
                     let attempt = Attempt {
-                        source: incoming.remote_address().ip(),
+                        source,
                         validated: incoming.remote_address_validated(),
                         may_retry: incoming.may_retry(),
+                        source_in_progress: actx.source_handshakes.get(&source).map_or(0, |n| *n),
                     };
                     admission.handle_incoming(now, attempt, in_progress)
                 };
@@ -81,7 +83,7 @@ impl Actor for ListenerActor {
                 }
                 match verdict {
                     Verdict::Accept => {
-                        let guard = HandshakeGuard::new(&actx);
+                        let guard = HandshakeGuard::new(&actx, incoming.remote_address().ip());
                         let c = Arc::clone(&actx);
                         let cell = cell.clone();
                         tokio::spawn(async move {
@@ -150,17 +152,24 @@ fn explain(v: Verdict) -> &'static str {
 
 /// Counts one connection as a handshake in progress from its admission to
 /// its hello (or its failure), however it ends.
-pub(crate) struct HandshakeGuard(Arc<NodeCtx>);
+pub(crate) struct HandshakeGuard(Arc<NodeCtx>, std::net::IpAddr);
 
 impl HandshakeGuard {
-    fn new(ctx: &Arc<NodeCtx>) -> Self {
+    fn new(ctx: &Arc<NodeCtx>, source: std::net::IpAddr) -> Self {
         ctx.handshakes.fetch_add(1, Ordering::Relaxed);
-        HandshakeGuard(Arc::clone(ctx))
+        *ctx.source_handshakes.entry(source).or_insert(0) += 1;
+        HandshakeGuard(Arc::clone(ctx), source)
     }
 }
 
 impl Drop for HandshakeGuard {
     fn drop(&mut self) {
         self.0.handshakes.fetch_sub(1, Ordering::Relaxed);
+        // The entry goes when its count does, so the map holds only
+        // sources with handshakes in progress (at most max_handshakes).
+        self.0.source_handshakes.remove_if_mut(&self.1, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
     }
 }

@@ -109,7 +109,8 @@ pub const ALLOCATOR_BYTES: &str = "slim_allocator_bytes";
 pub const QUIC_JUNK_DATAGRAMS_TOTAL: &str = "slim_quic_junk_datagrams_total";
 /// Connection attempts (QUIC Incomings) by what the node did with them
 /// (`outcome`: `accepted`, `retry`, `refused_capacity`, `refused_rate`,
-/// `ignored_capacity`, `refused_shutdown`).
+/// `refused_source_handshakes`, `refused_connections`,
+/// `ignored_capacity`).
 pub const INCOMING_TOTAL: &str = "slim_incoming_total";
 /// Connections between their first Initial and their hello (TLS + hello).
 pub const HANDSHAKES_IN_PROGRESS: &str = "slim_handshakes_in_progress";

@@ -437,6 +437,7 @@ pub async fn start(
         hook_set: std::sync::atomic::AtomicBool::new(false),
         fed: Fed::new(&cfg.node_id),
         handshakes: std::sync::atomic::AtomicUsize::new(0),
+        source_handshakes: DashMap::new(),
         partial_bytes: std::sync::atomic::AtomicUsize::new(0),
         log: Arc::new(crate::logthrottle::LogThrottle::new()),
         tag: format!(

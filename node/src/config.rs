@@ -316,6 +316,9 @@ pub struct LimitsSection {
     /// node is under pressure; 0 = unlimited.
     pub per_source_rate: u32,
     pub per_source_burst: u32,
+    /// Handshakes in progress one validated source address may hold while
+    /// the node is under pressure; 0 = unlimited.
+    pub per_source_handshakes: usize,
 }
 
 /// `limits.retry`.
@@ -347,6 +350,7 @@ impl Default for LimitsSection {
             },
             per_source_rate: a.per_source_rate,
             per_source_burst: a.per_source_burst,
+            per_source_handshakes: a.per_source_handshakes,
         }
     }
 }
@@ -364,6 +368,7 @@ impl LimitsSection {
             },
             per_source_rate: self.per_source_rate,
             per_source_burst: self.per_source_burst,
+            per_source_handshakes: self.per_source_handshakes,
             ..AdmissionConfig::default()
         }
     }
