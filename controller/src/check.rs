@@ -78,6 +78,9 @@ pub fn check_config(cfg: &FileConfig) -> Result<CheckSummary, ConfigError> {
             }
         }
     }
+    if id.trust_domains.is_none() {
+        idl.push_str("; trust domains of authz not checked (the bundle comes at start)");
+    }
     lines.push(idl);
     lines.push(format!(
         "authz: nodes {}; admins {}",

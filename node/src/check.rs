@@ -251,6 +251,8 @@ pub fn identity_line(id: &slim_auth::IdentityPreflight) -> String {
     }
     if let Some(tds) = &id.trust_domains {
         s.push_str(&format!(", trusts {}", tds.join(", ")));
+    } else {
+        s.push_str("; trust domains of the policy not checked (the bundle comes at start)");
     }
     s
 }

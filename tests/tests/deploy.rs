@@ -1707,6 +1707,26 @@ fn check_rendered_chart(set: &str, docs: &[Value]) {
         policy.grants(Some(&agent)).is_err(),
         "{set}: the default policy lets an agent in"
     );
+    // The rendered configs load and validate with the real loaders.
+    for d in of_kind("ConfigMap") {
+        if let Some(t) = d["data"]["node.toml"].as_str() {
+            let mut c = slim_node::config::FileConfig::parse(t, Path::new("/etc/slim/node.toml"))
+                .unwrap_or_else(|e| panic!("{set}: node.toml: {e}\n{t}"));
+            c.apply_env(|k| (k == "SLIM_NODE_ID").then(|| "slim-node-0".to_owned()))
+                .expect("env");
+            c.validate()
+                .unwrap_or_else(|e| panic!("{set}: node.toml: {e}\n{t}"));
+        }
+        if let Some(t) = d["data"]["controller.toml"].as_str() {
+            let c = slim_controller::config::FileConfig::parse(
+                t,
+                Path::new("/etc/slim/controller.toml"),
+            )
+            .unwrap_or_else(|e| panic!("{set}: controller.toml: {e}\n{t}"));
+            c.validate()
+                .unwrap_or_else(|e| panic!("{set}: controller.toml: {e}\n{t}"));
+        }
+    }
     // Every workload has a PDB and a NetworkPolicy selecting its pods.
     let workloads: Vec<&Value> = docs
         .iter()
