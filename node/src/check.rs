@@ -122,9 +122,9 @@ pub fn check_config(cfg: &FileConfig) -> Result<CheckSummary, ConfigError> {
     if let Some(path) = &cfg.node.reset_key_file {
         reset_key_file(path)?;
     }
-    let peers = cfg.federation.peer_specs()?;
-    for p in &peers {
-        lines.push(format!("federation peer {} at {}", p.node_id, p.addr));
+    // validate() resolved and checked them already.
+    for p in &cfg.federation.peers {
+        lines.push(format!("federation peer {} at {}", p.node_id, p.address));
     }
     if let Some(c) = &cfg.controller {
         host_port("controller.address", &c.address)?;
