@@ -212,6 +212,26 @@ pub fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// A bare quinn client endpoint on 127.0.0.1 with `tls` as its default.
+pub fn quic_endpoint(tls: rustls::ClientConfig) -> quinn::Endpoint {
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(std::sync::Arc::new(tls))
+        .expect("QUIC client config");
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("static"))
+        .expect("client endpoint");
+    ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+    ep
+}
+
+/// The rustls client config of an SVID (accepting any node identity).
+pub fn client_tls(identity: &Identity) -> rustls::ClientConfig {
+    slim_auth::client_config(
+        identity,
+        &[slim_auth::ALPN_SLIM],
+        slim_auth::ServerMatch::Any,
+    )
+    .expect("client TLS config")
+}
+
 /// A hand-driven QUIC connection to a node, for feeding it raw bytes.
 pub struct RawConn {
     pub endpoint: quinn::Endpoint,
@@ -223,22 +243,12 @@ pub struct RawConn {
 impl RawConn {
     /// Handshake with `identity` and open the frame stream; sends nothing.
     pub async fn connect(node: SocketAddr, identity: &Identity) -> RawConn {
-        let tls = slim_auth::client_config(
-            identity,
-            &[slim_auth::ALPN_SLIM],
-            slim_auth::ServerMatch::Any,
-        )
-        .expect("client TLS config");
-        Self::connect_tls(node, tls).await
+        Self::connect_tls(node, client_tls(identity)).await
     }
 
     /// Handshake with a given rustls config (e.g. server-auth only).
     pub async fn connect_tls(node: SocketAddr, tls: rustls::ClientConfig) -> RawConn {
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(std::sync::Arc::new(tls))
-            .expect("QUIC client config");
-        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("static"))
-            .expect("client endpoint");
-        ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+        let ep = quic_endpoint(tls);
         let conn = ep
             .connect(node, "slim-node")
             .expect("connect")

@@ -24,15 +24,7 @@ const CLOSE: Duration = Duration::from_secs(10);
 async fn capture_initials(pki: &Pki, n: usize) -> Vec<Vec<u8>> {
     let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let target = sink.local_addr().unwrap();
-    let tls = slim_auth::client_config(
-        &pki.identity("agent/flood"),
-        &[slim_auth::ALPN_SLIM],
-        slim_auth::ServerMatch::Any,
-    )
-    .unwrap();
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let ep = quic_endpoint(client_tls(&pki.identity("agent/flood")));
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(n);
     let mut pending = Vec::new();

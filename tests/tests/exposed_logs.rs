@@ -61,15 +61,7 @@ async fn refused_handshakes_make_a_bounded_number_of_log_lines() {
     let evil = Pki::new("example.org");
     let mut mallory = evil.identity("agent/mallory");
     mallory.bundles = pki.ca.bundles();
-    let tls = slim_auth::client_config(
-        &mallory,
-        &[slim_auth::ALPN_SLIM],
-        slim_auth::ServerMatch::Any,
-    )
-    .unwrap();
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls)).unwrap();
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    let ep = quic_endpoint(client_tls(&mallory));
     const N: u64 = 300;
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..N {
