@@ -698,3 +698,78 @@ fn table(r: &AttackReport) -> String {
     let _ = writeln!(s, "verdict: {}", if r.pass { "PASS" } else { "FAIL" });
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn cli_parses_attack() {
+        let c = crate::Cli::try_parse_from([
+            "slim-loadtest",
+            "attack",
+            "--kind",
+            "stalled-frames",
+            "--target",
+            "slim://127.0.0.1:4500",
+            "--duration",
+            "10s",
+            "--attack-bind",
+            "127.0.0.2,127.0.0.3",
+        ])
+        .unwrap();
+        let crate::Cmd::Attack(a) = c.cmd else {
+            panic!("wrong subcommand")
+        };
+        assert_eq!(a.kind, Kind::StalledFrames);
+        assert_eq!(
+            (a.duration, a.after),
+            (Duration::from_secs(10), Duration::from_secs(30))
+        );
+        assert_eq!(a.attack_bind.len(), 2);
+        assert_eq!(a.count.unwrap_or(a.kind.default_count()), 200);
+        assert!(crate::Cli::try_parse_from(["slim-loadtest", "attack", "--kind", "nope"]).is_err());
+    }
+
+    #[test]
+    fn goals_follow_the_figures() {
+        let phase = |rate: f64, p99: f64| legit::PhaseStats {
+            phase: "x",
+            secs: 10.0,
+            sent: 5000,
+            replied: (rate * 10.0) as u64,
+            send_errors: 0,
+            rate,
+            p50_ms: Some(p99 / 2.0),
+            p99_ms: Some(p99),
+            max_ms: Some(p99),
+        };
+        let mut l = legit::LegitReport {
+            target_rate: 500.0,
+            phases: vec![phase(500.0, 2.0), phase(460.0, 19.0), phase(500.0, 2.0)],
+            join_ms: Some(900.0),
+            join_error: None,
+            node_errors: 0,
+            first_node_error: None,
+        };
+        let rss = RssSummary {
+            before_kib: 10_000,
+            peak_kib: 50_000,
+            after_kib: 11_900,
+            samples: 9,
+        };
+        let g = goals(&l, Some(&rss));
+        assert!(g.iter().all(|g| g.pass == Some(true)), "{g:?}");
+        l.phases[1] = phase(440.0, 21.0);
+        l.join_ms = None;
+        l.join_error = Some("timed out".into());
+        let rss = RssSummary {
+            after_kib: 12_100,
+            ..rss
+        };
+        let g = goals(&l, Some(&rss));
+        assert!(g.iter().all(|g| g.pass == Some(false)), "{g:?}");
+        assert_eq!(goals(&l, None)[3].pass, None);
+    }
+}

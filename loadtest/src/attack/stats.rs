@@ -66,11 +66,11 @@ impl RssSummary {
         if base.is_empty() {
             return None;
         }
-        let later = samples.iter().filter(|(w, _)| *w != When::Baseline);
+        let mut later = samples.iter().filter(|(w, _)| *w != When::Baseline);
         Some(RssSummary {
             before_kib: base.iter().sum::<u64>() / base.len() as u64,
             peak_kib: later.clone().map(|(_, k)| *k).max()?,
-            after_kib: later.last()?.1,
+            after_kib: later.next_back()?.1,
             samples: samples.len(),
         })
     }
