@@ -142,8 +142,11 @@ pub struct ConnReport {
     pub connected: usize,
     /// Closed (or refused) by the node before the attack ended.
     pub closed_by_node: usize,
-    /// Still open when the attack ended (we closed them).
+    /// Connected and still open when the attack ended (we closed them).
     pub still_open: usize,
+    /// Neither connected nor refused in time (refused-handshakes: within
+    /// [`REFUSAL_WAIT`] of the attempt; otherwise by the attack's end).
+    pub unanswered: usize,
     pub errors: usize,
     pub first_error: Option<String>,
     /// Seconds from the attempt's start (stalled-frames: from the stall) to
@@ -151,7 +154,8 @@ pub struct ConnReport {
     pub close_after_s: Option<Summary>,
     /// Close reasons and how many connections each.
     pub reasons: BTreeMap<String, usize>,
-    /// How long starting all the attempts took, and closes per second over it.
+    /// From the first attempt to the last outcome, and the node's closes
+    /// (refusals) per second over that time.
     pub elapsed_s: f64,
     pub closed_per_s: f64,
 }
@@ -160,7 +164,7 @@ fn report(outcomes: Vec<Outcome>, elapsed: Duration) -> ConnReport {
     let mut reasons = BTreeMap::new();
     let mut times = Vec::new();
     let (mut connected, mut errors, mut first_error) = (0, 0, None);
-    let mut still_open = 0;
+    let (mut still_open, mut unanswered) = (0, 0);
     for o in &outcomes {
         connected += o.connected as usize;
         match (&o.closed, &o.error) {
@@ -172,7 +176,8 @@ fn report(outcomes: Vec<Outcome>, elapsed: Duration) -> ConnReport {
                 errors += 1;
                 first_error.get_or_insert_with(|| e.clone());
             }
-            (None, None) => still_open += 1,
+            (None, None) if o.connected => still_open += 1,
+            (None, None) => unanswered += 1,
         }
     }
     let elapsed_s = elapsed.as_secs_f64();
@@ -181,6 +186,7 @@ fn report(outcomes: Vec<Outcome>, elapsed: Duration) -> ConnReport {
         connected,
         closed_by_node: times.len(),
         still_open,
+        unanswered,
         errors,
         first_error,
         close_after_s: Summary::of(&mut times),
@@ -205,17 +211,22 @@ async fn await_close(conn: &quinn::Connection, since: Instant, deadline: Instant
     }
 }
 
+/// A refused-handshakes attempt started before the attack's end is
+/// followed this long for the node's answer (even past the end): how long
+/// refusals take is what is measured.
+pub const REFUSAL_WAIT: Duration = Duration::from_secs(15);
+
 /// Clients with a certificate the node does not trust: each is refused
 /// (during the handshake, or right after it from the client's view, since
 /// in TLS 1.3 the client's certificate is checked after the server finished).
 pub async fn refused(p: &ConnPlan) -> Result<ConnReport> {
     let server = p.server_name.clone();
     let target = p.target;
-    let deadline = p.deadline;
     let (o, el) = drive(p, move |_, ep, sem| {
         let server = server.clone();
         async move {
             let start = Instant::now();
+            let deadline = start + REFUSAL_WAIT;
             let permit = sem.acquire_owned().await;
             let connecting = match ep.connect(target, &server) {
                 Ok(c) => c,
