@@ -16,11 +16,13 @@
 //! slim-loadtest session     --spawn-node --messages 30000             (reliable p2p, bitset-checked)
 //! slim-loadtest session     --target slim://A --rx-target slim://B --ca-dir DIR --rate 5000
 //! slim-loadtest channel     --spawn-node --members 3 --messages 10000 (MLS group channel)
+//! slim-loadtest attack --kind initial-flood --spawn-node --duration 30s --after 30s
 //! slim-loadtest summarize results.jsonl
 //! slim-loadtest plot results.jsonl --scenario 'rr 1000/s 16B' --out lat.svg
 //! ```
 #![forbid(unsafe_code)]
 
+mod attack;
 mod backend;
 mod connections;
 mod fleet;
@@ -98,6 +100,12 @@ enum Cmd {
     /// moderator publishes, each of --members members must get every
     /// message. SLIM only.
     Channel(Box<SessionArgs>),
+    /// An attack on the node's UDP port (--kind) beside a legit
+    /// request/reply stream, in three phases (baseline, attack, after):
+    /// legit rate and p50/p99 per phase, a new client's join time, node RSS
+    /// (--node-pid), keyword-matched metric deltas (--metrics-url), and
+    /// pass/fail against the exposed-node goals.
+    Attack(Box<attack::AttackArgs>),
     /// SLIM ÷ NATS ratios from a file of `--json` lines.
     Summarize {
         /// File with one JSON report per line.
@@ -1051,6 +1059,7 @@ fn main() -> Result<()> {
         Cmd::Fleet(a) => fleet(*a),
         Cmd::Session(a) => session_or_channel(*a, false),
         Cmd::Channel(a) => session_or_channel(*a, true),
+        Cmd::Attack(a) => attack::run(*a),
         Cmd::Summarize { file } => {
             print!("{}", summary::summarize(&file)?);
             Ok(())
