@@ -686,7 +686,7 @@ fn throughput_once(
                     let mut cfg = cfg;
                     cfg.federation.peers = vec![slim_actors::PeerSpec {
                         node_id: "loadtest-far".into(),
-                        addr: sub_addr,
+                        addr: sub_addr.to_string(),
                         server_name: "slim-node".into(),
                         expect_spiffe_id: None,
                     }];

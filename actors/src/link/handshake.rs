@@ -2,9 +2,11 @@
 //! the control stream) and the acceptor's answer, both under the handshake
 //! deadline.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use metrics::counter;
+use tracing::debug;
 use quinn::SendStream;
 use slim_wire::{ErrorCode, Frame, LINK_PROTOCOL_VERSION, PeerAccept, PeerHello, Ping, Reject};
 use std::time::Duration;
@@ -40,6 +42,66 @@ pub(crate) fn peer_cert_id(conn: &quinn::Connection) -> Option<slim_auth::Spiffe
     slim_auth::peer_spiffe_id(&certs).ok()
 }
 
+/// Resolves `host:port` with the system resolver, at every dial: a peer
+/// that moved is found under its name. Bounded by `timeout`, since a
+/// resolver that never answers must not stall the dial loop.
+pub(crate) async fn resolve(host: &str, timeout: Duration) -> Result<Vec<SocketAddr>, LinkError> {
+    let err = |reason: String| LinkError::Resolve {
+        host: host.to_owned(),
+        reason,
+    };
+    match tokio::time::timeout(timeout, tokio::net::lookup_host(host)).await {
+        Err(_) => Err(err(format!("no answer from the resolver within {timeout:?}"))),
+        Ok(Err(e)) => Err(err(e.to_string())),
+        Ok(Ok(addrs)) => {
+            let v: Vec<SocketAddr> = addrs.collect();
+            if v.is_empty() {
+                Err(err("no address".into()))
+            } else {
+                Ok(v)
+            }
+        }
+    }
+}
+
+/// Resolves the peer's address and tries every address it resolves to in
+/// turn (each under `deadline`), so one dead address of several does not
+/// keep the link down. The error is the last address's.
+async fn connect_any(
+    ctx: &NodeCtx,
+    spec: &PeerSpec,
+    cc: quinn::ClientConfig,
+    deadline: Duration,
+) -> Result<quinn::Connection, LinkError> {
+    let addrs = resolve(&spec.addr, deadline).await?;
+    let mut last = None;
+    for addr in addrs {
+        let connect_err = |reason: String| LinkError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let attempt = match ctx.endpoint.connect_with(cc.clone(), addr, &spec.server_name) {
+            Err(e) => Err(connect_err(e.to_string())),
+            Ok(connecting) => match tokio::time::timeout(deadline, connecting).await {
+                Err(_) => Err(LinkError::Timeout),
+                Ok(Err(e)) => Err(connect_err(e.to_string())),
+                Ok(Ok(c)) => Ok(c),
+            },
+        };
+        match attempt {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                debug!(peer = %spec.node_id, host = %spec.addr, %addr, error = %e, "peer address failed; trying the next");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| LinkError::Resolve {
+        host: spec.addr.clone(),
+        reason: "no address".into(),
+    }))
+}
+
 pub(crate) async fn dial(
     ctx: &NodeCtx,
     shared: &LinkShared,
@@ -59,16 +121,8 @@ pub(crate) async fn dial(
         .map_err(|e| LinkError::Tls(e.to_string()))?;
     let mut cc = quinn::ClientConfig::new(Arc::new(quic));
     cc.transport_config(Arc::new(link_transport(ctx)));
-    let connecting = ctx
-        .endpoint
-        .connect_with(cc, spec.addr, &spec.server_name)
-        .map_err(|e| LinkError::Connect(e.to_string()))?;
     let deadline = ctx.cfg.handshake_timeout;
-    let conn = match tokio::time::timeout(deadline, connecting).await {
-        Err(_) => return Err(LinkError::Timeout),
-        Ok(Err(e)) => return Err(LinkError::Connect(e.to_string())),
-        Ok(Ok(c)) => c,
-    };
+    let conn = connect_any(ctx, spec, cc, deadline).await?;
     // Mutual: the node we dialled must be a peer under *our* policy too.
     let peer_id = peer_cert_id(&conn)
         .ok_or_else(|| LinkError::Unauthorized("peer presented no SPIFFE ID".into()))?;
