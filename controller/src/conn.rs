@@ -172,7 +172,9 @@ pub async fn resolve(host: &str, timeout: Duration) -> Result<Vec<SocketAddr>, C
         reason,
     };
     match tokio::time::timeout(timeout, tokio::net::lookup_host(host)).await {
-        Err(_) => Err(err(format!("no answer from the resolver within {timeout:?}"))),
+        Err(_) => Err(err(format!(
+            "no answer from the resolver within {timeout:?}"
+        ))),
         Ok(Err(e)) => Err(err(e.to_string())),
         Ok(Ok(addrs)) => {
             let v: Vec<SocketAddr> = addrs.collect();

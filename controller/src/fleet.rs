@@ -464,7 +464,8 @@ mod tests {
     fn a_named_endpoint_reaches_the_dialer_as_the_name() {
         let t0 = Instant::now();
         let mut f = Fleet::new(cfg(), t0);
-        f.handle_register(1, "spiffe://x/a", reg("a", None), 0).unwrap();
+        f.handle_register(1, "spiffe://x/a", reg("a", None), 0)
+            .unwrap();
         f.handle_register(2, "spiffe://x/b", reg("b", Some("node-b.example:4500")), 0)
             .unwrap();
         let view = f.nodes().into_iter().find(|n| n.node_id == "b").unwrap();

@@ -57,8 +57,8 @@
 //! 21 of 600 cases). The fleet pushes new dial sets only to the nodes whose
 //! set changed.
 
-use std::collections::BTreeMap;
 use crate::proto::PeerSpec;
+use std::collections::BTreeMap;
 
 /// What planning needs to know about a node.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -327,7 +327,10 @@ impl PeerSpec {
     ) -> PeerSpec {
         let (addr, host) = match endpoint.parse::<SocketAddr>() {
             Ok(a) => (a, None),
-            Err(_) => (SocketAddr::from(([0, 0, 0, 0], 0)), Some(endpoint.to_owned())),
+            Err(_) => (
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                Some(endpoint.to_owned()),
+            ),
         };
         PeerSpec {
             node_id,

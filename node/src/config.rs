@@ -610,15 +610,21 @@ pub fn check_host_port(s: &str) -> Result<(), String> {
         return Err(format!("{s:?}: expected host:port"));
     };
     if !port.parse::<u16>().is_ok_and(|p| p > 0) {
-        return Err(format!("{s:?}: expected host:port with a port from 1 to 65535"));
+        return Err(format!(
+            "{s:?}: expected host:port with a port from 1 to 65535"
+        ));
     }
     let name_ok = !host.is_empty()
         && host.len() <= 253
-        && host
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
     if !name_ok {
-        return Err(format!("{s:?}: {host:?} is neither an IP address nor a host name"));
+        return Err(format!(
+            "{s:?}: {host:?} is neither an IP address nor a host name"
+        ));
     }
     Ok(())
 }
@@ -636,7 +642,9 @@ impl ControllerSection {
         if let Some(e) = &self.external_endpoint {
             check_host_port(e)
                 .map_err(|m| ConfigError::Invalid(format!("controller.external_endpoint: {m}")))?;
-            if e.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_unspecified()) {
+            if e.parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_unspecified())
+            {
                 return Err(ConfigError::Invalid(format!(
                     "controller.external_endpoint {e} cannot be dialled: give the address or \
                      name other nodes reach"
@@ -845,10 +853,22 @@ spiffe_id = "spiffe://acme.example/cluster-b/node"
 
     #[test]
     fn host_port_forms() {
-        for ok in ["10.0.0.1:4500", "[::1]:4500", "localhost:4500", "slim-node.prod.svc:4500"] {
+        for ok in [
+            "10.0.0.1:4500",
+            "[::1]:4500",
+            "localhost:4500",
+            "slim-node.prod.svc:4500",
+        ] {
             check_host_port(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        for bad in ["localhost", "localhost:0", ":4500", "a b:4500", "host:port", "10.0.0.1:0"] {
+        for bad in [
+            "localhost",
+            "localhost:0",
+            ":4500",
+            "a b:4500",
+            "host:port",
+            "10.0.0.1:0",
+        ] {
             assert!(check_host_port(bad).is_err(), "{bad} accepted");
         }
     }

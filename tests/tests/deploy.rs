@@ -1460,10 +1460,7 @@ fn helm_chart_renders_the_fleet_config_keys() {
         }
         if what == "reachable" {
             let c = cfg.controller.as_ref().expect("[controller]");
-            assert_eq!(
-                c.external_endpoint.as_deref(),
-                Some("203.0.113.7:4500")
-            );
+            assert_eq!(c.external_endpoint.as_deref(), Some("203.0.113.7:4500"));
             assert_eq!(cfg.node.id, "eu-west-node");
             // The chart writes at least every key the fleet's node files use.
             let chart_keys = toml_keys(&toml);

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use metrics::counter;
-use tracing::debug;
 use quinn::SendStream;
 use slim_wire::{ErrorCode, Frame, LINK_PROTOCOL_VERSION, PeerAccept, PeerHello, Ping, Reject};
 use std::time::Duration;
+use tracing::debug;
 
 use crate::ctx::{NodeCtx, Reader, close_conn, encode, read_first, transport_config};
 use crate::fed::shared::LinkShared;
@@ -51,7 +51,9 @@ pub(crate) async fn resolve(host: &str, timeout: Duration) -> Result<Vec<SocketA
         reason,
     };
     match tokio::time::timeout(timeout, tokio::net::lookup_host(host)).await {
-        Err(_) => Err(err(format!("no answer from the resolver within {timeout:?}"))),
+        Err(_) => Err(err(format!(
+            "no answer from the resolver within {timeout:?}"
+        ))),
         Ok(Err(e)) => Err(err(e.to_string())),
         Ok(Ok(addrs)) => {
             let v: Vec<SocketAddr> = addrs.collect();
@@ -73,14 +75,22 @@ async fn connect_any(
     cc: quinn::ClientConfig,
     deadline: Duration,
 ) -> Result<quinn::Connection, LinkError> {
-    let addrs = resolve(&spec.addr, deadline).await?;
+    let mut addrs = resolve(&spec.addr, deadline).await?;
+    // Addresses of our socket's family first: the others fail at once on
+    // an IPv4 socket, but may cost a handshake timeout on a dual-stack one.
+    if let Ok(local) = ctx.endpoint.local_addr() {
+        addrs.sort_by_key(|a| a.is_ipv6() != local.is_ipv6());
+    }
     let mut last = None;
     for addr in addrs {
         let connect_err = |reason: String| LinkError::Connect {
             addr: addr.to_string(),
             reason,
         };
-        let attempt = match ctx.endpoint.connect_with(cc.clone(), addr, &spec.server_name) {
+        let attempt = match ctx
+            .endpoint
+            .connect_with(cc.clone(), addr, &spec.server_name)
+        {
             Err(e) => Err(connect_err(e.to_string())),
             Ok(connecting) => match tokio::time::timeout(deadline, connecting).await {
                 Err(_) => Err(LinkError::Timeout),
@@ -272,4 +282,47 @@ pub(crate) struct Accepted {
     pub reader: Reader,
     pub node_id: String,
     pub spiffe_id: slim_auth::SpiffeId,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_a_resolve_error_not_a_connect_error() {
+        // `.invalid` never resolves (RFC 2606).
+        let e = resolve("no-such-host.invalid:4500", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert_eq!(e.label(), "resolve");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot resolve no-such-host.invalid:4500: "),
+            "{text}"
+        );
+        let c = LinkError::Connect {
+            addr: "127.0.0.1:9".into(),
+            reason: "timed out".into(),
+        };
+        assert_eq!(c.label(), "connect");
+        assert_eq!(c.to_string(), "cannot connect to 127.0.0.1:9: timed out");
+    }
+
+    #[tokio::test]
+    async fn localhost_resolves_to_every_address_it_has() {
+        let addrs = resolve("localhost:4500", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 4500),
+            "{addrs:?}"
+        );
+        // An IP is its own (only) address.
+        let one = resolve("192.0.2.7:1", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(one, vec![SocketAddr::from(([192, 0, 2, 7], 1))]);
+    }
 }

@@ -4,7 +4,6 @@
 //! The monitor acts only on events from the event source's SPIFFE ID.
 #![forbid(unsafe_code)]
 
-
 use anyhow::{Context, Result};
 use clap::Parser;
 use slim_auth::{IdentitySource, IdentitySourceConfig};
