@@ -11,7 +11,31 @@ use tracing::info;
 
 use crate::conn::shared::ConnError;
 use crate::ctx::{NodeCtx, Opened, Reader, read_first};
+use crate::listener::HandshakeGuard;
+use crate::logthrottle::Kind;
 use crate::metrics as m;
+
+/// The largest first frame (`Hello`, `PeerHello`): a name and at most a
+/// JWT-SVID, which is a few KiB.
+const MAX_HELLO_FRAME: u32 = 64 << 10;
+
+/// Appended to log lines anyone on the network can cause.
+const THROTTLED: &str = " (first of its kind in this window; the rest are summed up)";
+
+/// A short label for a failed TLS handshake, for the log summary (the
+/// certificate checks count their own reasons in
+/// `slim_handshake_refusals_total`).
+fn tls_reason(e: &quinn::ConnectionError) -> &'static str {
+    use quinn::ConnectionError as E;
+    match e {
+        E::TransportError(_) => "tls_refused",
+        E::ConnectionClosed(_) | E::ApplicationClosed(_) => "closed_by_client",
+        E::TimedOut => "tls_timeout",
+        E::Reset => "reset",
+        E::VersionMismatch => "version_mismatch",
+        E::LocallyClosed | E::CidsExhausted => "local",
+    }
+}
 
 /// Runs the TLS handshake of one incoming connection, reads its first frame
 /// and hands it to the right kind: a client (`Hello`) or a peer node
@@ -20,16 +44,25 @@ pub(crate) async fn accept(
     ctx: Arc<NodeCtx>,
     incoming: quinn::Incoming,
     listener: ractor::ActorCell,
+    in_progress: HandshakeGuard,
 ) -> Result<(), ConnError> {
-    let deadline = ctx.cfg.handshake_timeout;
-    let conn = match tokio::time::timeout(deadline, incoming).await {
+    // One deadline for TLS and hello together, as documented: a client that
+    // stalls both gets `handshake_timeout`, not twice it.
+    let deadline = tokio::time::Instant::now() + ctx.cfg.handshake_timeout;
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout_at(deadline, incoming).await {
         Err(_) => {
             m::handshake("timeout");
+            if ctx.log.note(Kind::Handshake, "tls_timeout") {
+                info!(%remote, timeout = ?ctx.cfg.handshake_timeout, "handshake abandoned: TLS did not complete in time{THROTTLED}");
+            }
             return Err(ConnError::Timeout);
         }
         Ok(Err(e)) => {
             m::handshake("refused");
-            info!(error = %e, "handshake refused");
+            if ctx.log.note(Kind::Handshake, tls_reason(&e)) {
+                info!(%remote, error = %e, "handshake refused{THROTTLED}");
+            }
             return Err(ConnError::Refused(e.to_string()));
         }
         Ok(Ok(c)) => c,
@@ -48,7 +81,9 @@ pub(crate) async fn accept(
             Err(denied) => {
                 m::handshake("unauthorized");
                 m::denied("connect");
-                info!(identity = %id, reason = %denied, "connection refused by policy");
+                if ctx.log.note(Kind::Handshake, "unauthorized") {
+                    info!(%remote, identity = %id, reason = %denied, "connection refused by policy{THROTTLED}");
+                }
                 conn.close(
                     VarInt::from_u32(ErrorCode::UNAUTHORIZED.0 as u32),
                     denied.to_string().as_bytes(),
@@ -62,7 +97,13 @@ pub(crate) async fn accept(
             .accept_bi()
             .await
             .map_err(|e| ConnError::Lost(e.to_string()))?;
-        let mut reader = Reader::new(recv, ctx.cfg.limits);
+        // Before its hello a connection may be anyone (JWT and shared-secret
+        // clients present no certificate): its first frame gets a small
+        // limit, so that a stalled hello holds at most this much.
+        let hello_limits = slim_wire::Limits {
+            max_frame: ctx.cfg.limits.max_frame.min(MAX_HELLO_FRAME),
+        };
+        let mut reader = Reader::new(recv, hello_limits).read_chunk(4096);
         let hello = match read_first(&mut reader).await? {
             Frame::Hello(h) => First::Client(h),
             Frame::PeerHello(h) => First::Peer(h),
@@ -73,11 +114,18 @@ pub(crate) async fn accept(
                 )));
             }
         };
+        let (recv, rest) = reader.into_parts();
+        let reader = Reader::with_buffered(recv, rest, ctx.cfg.limits);
         Ok::<_, ConnError>((send, reader, hello))
     };
-    let (send, reader, first) = match tokio::time::timeout(deadline, setup).await {
+    let setup = tokio::time::timeout_at(deadline, setup).await;
+    drop(in_progress);
+    let (send, reader, first) = match setup {
         Err(_) => {
             m::handshake("timeout");
+            if ctx.log.note(Kind::Handshake, "hello_timeout") {
+                info!(%remote, identity = ?cert_id.as_ref().map(|i| i.to_string()), timeout = ?ctx.cfg.handshake_timeout, "connection closed: no hello within the handshake timeout{THROTTLED}");
+            }
             conn.close(
                 VarInt::from_u32(ErrorCode::PROTOCOL.0 as u32),
                 b"hello timeout",
@@ -87,6 +135,9 @@ pub(crate) async fn accept(
         Ok(Err(e)) => {
             m::handshake("bad_hello");
             m::protocol_error("bad_hello");
+            if ctx.log.note(Kind::Handshake, "bad_hello") {
+                info!(%remote, error = %e, "connection closed: bad hello{THROTTLED}");
+            }
             conn.close(
                 VarInt::from_u32(e.code().0 as u32),
                 e.to_string().as_bytes(),

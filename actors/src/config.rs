@@ -34,8 +34,20 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     pub limits: Limits,
     pub queue: QueueConfig,
-    /// QUIC+TLS handshake plus the hello exchange must finish within this.
+    /// QUIC+TLS handshake plus the hello exchange must finish within this:
+    /// one deadline from the first Initial to the hello.
     pub handshake_timeout: Duration,
+    /// Which connection attempts are taken on: handshake cap, QUIC Retry
+    /// under pressure, per-source rate (see [`crate::admission`]).
+    pub admission: crate::admission::AdmissionConfig,
+    /// A frame that has begun to arrive must be complete within this, else
+    /// the connection is closed (`PARTIAL_FRAME_CLOSES_TOTAL`): a client
+    /// cannot hold a frame buffer by trickling its last bytes.
+    pub frame_read_timeout: Duration,
+    /// Bytes all connections together may hold in incomplete frames larger
+    /// than [`PARTIAL_FRAME_FREE`](crate::conn::PARTIAL_FRAME_FREE); a
+    /// connection whose frame would go beyond it is closed.
+    pub partial_frame_budget: usize,
     /// A connection with no traffic at all for this long is closed (QUIC
     /// uses the smaller of the two ends' values). It bounds how long a
     /// vanished client keeps its names here, and how long a client takes to
@@ -193,6 +205,11 @@ impl Default for NodeConfig {
             limits: Limits::default(),
             queue: QueueConfig::default(),
             handshake_timeout: Duration::from_secs(10),
+            admission: crate::admission::AdmissionConfig::default(),
+            // A full 1 MiB frame in 10 s needs 100 KB/s, well under any
+            // link an agent runs on; a stalled one is gone within 10 s.
+            frame_read_timeout: Duration::from_secs(10),
+            partial_frame_budget: 256 << 20,
             // A node restart is detected through stateless resets (see
             // `reset_key`), which come back only when the client sends: the
             // SDK's 300 ms keep-alive bounds that. The idle timeout is left

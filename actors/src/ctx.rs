@@ -92,6 +92,14 @@ pub(crate) struct NodeCtx {
     pub(crate) hook: RwLock<Option<crate::RouteHook>>,
     pub(crate) hook_set: std::sync::atomic::AtomicBool,
     pub(crate) fed: Fed,
+    /// Connections between their first Initial and their hello.
+    pub(crate) handshakes: std::sync::atomic::AtomicUsize,
+    /// The same, per source address (entries only while non-zero).
+    pub(crate) source_handshakes: DashMap<std::net::IpAddr, usize>,
+    /// Bytes all connections hold in incomplete large frames.
+    pub(crate) partial_bytes: std::sync::atomic::AtomicUsize,
+    /// Rate-limits the log lines anyone on the network can cause.
+    pub(crate) log: Arc<crate::logthrottle::LogThrottle>,
 }
 
 impl NodeCtx {

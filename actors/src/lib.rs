@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod accept;
+pub mod admission;
 pub mod config;
 pub mod conn;
 mod ctx;
@@ -22,12 +23,14 @@ pub mod hook;
 pub mod interest;
 mod link;
 mod listener;
+pub mod logthrottle;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod registry;
 pub mod table;
 pub mod types;
+mod udp;
 
 pub use config::{
     FederationConfig, JwtAuth, JwtKeys, NodeConfig, QueueConfig, ResetKey, TokenAuth,

@@ -103,6 +103,24 @@ pub const RUNTIME_TASKS: &str = "slim_runtime_tasks";
 /// (bytes in live allocations), `resident` (bytes of physical memory the
 /// allocator holds, freed-but-not-yet-returned pages included).
 pub const ALLOCATOR_BYTES: &str = "slim_allocator_bytes";
+/// Datagrams quinn drops unanswered, by `reason` (`malformed`,
+/// `unknown_cid`, `short_initial`, `unsupported_version`): junk, scans and
+/// floods that reach no connection.
+pub const QUIC_JUNK_DATAGRAMS_TOTAL: &str = "slim_quic_junk_datagrams_total";
+/// Connection attempts (QUIC Incomings) by what the node did with them
+/// (`outcome`: `accepted`, `retry`, `refused_capacity`, `refused_rate`,
+/// `refused_source_handshakes`, `refused_connections`,
+/// `ignored_capacity`).
+pub const INCOMING_TOTAL: &str = "slim_incoming_total";
+/// Connections between their first Initial and their hello (TLS + hello).
+pub const HANDSHAKES_IN_PROGRESS: &str = "slim_handshakes_in_progress";
+/// Connections closed over a frame that did not complete, by `reason`
+/// (`timeout`: not within `frame_read_timeout`; `budget`: the node's
+/// budget of bytes in incomplete frames was spent).
+pub const PARTIAL_FRAME_CLOSES_TOTAL: &str = "slim_partial_frame_closes_total";
+/// Bytes held in incomplete large frames across all connections (what the
+/// partial-frame budget bounds).
+pub const PARTIAL_FRAME_BYTES: &str = "slim_partial_frame_bytes";
 
 pub fn denied(action: &'static str) {
     counter!(AUTHZ_DENIED_TOTAL, "action" => action).increment(1);

@@ -251,6 +251,8 @@ async fn sample_gauges(ctx: Arc<NodeCtx>) {
                 .num_alive_tasks() as f64,
         );
         crate::fed::actor::sample_gauges(&ctx);
+        gauge!(m::HANDSHAKES_IN_PROGRESS).set(ctx.handshakes.load(Ordering::Relaxed) as f64);
+        gauge!(m::PARTIAL_FRAME_BYTES).set(ctx.partial_bytes.load(Ordering::Relaxed) as f64);
     }
 }
 
@@ -366,6 +368,9 @@ fn reset_secret(cfg: &NodeConfig, identity: &TlsIdentity) -> slim_auth::ResetSec
     secret
 }
 
+/// Connection attempts quinn may queue for the listener (see `start`).
+const MAX_INCOMING: usize = 4096;
+
 /// Starts a node: binds its QUIC endpoint and its actor tree.
 pub async fn start(
     cfg: NodeConfig,
@@ -381,21 +386,34 @@ pub async fn start(
         QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| NodeError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     server.transport_config(Arc::new(transport_config(&cfg)));
-    let socket = bind_udp(cfg.listen, cfg.udp_buffer_bytes).map_err(|source| NodeError::Bind {
+    // quinn queues attempts the listener has not decided yet (up to 65,536
+    // and 100 MiB of their datagrams by default) and beyond that ignores
+    // new Initials unseen by any metric. The listener decides each attempt
+    // at once, but a burst arrives faster than one task runs: 4,096 queued
+    // attempts ride out bursts of a few thousand datagrams while bounding
+    // what the queue holds to 16 MiB.
+    server
+        .max_incoming(MAX_INCOMING)
+        .incoming_buffer_size(64 << 10)
+        .incoming_buffer_size_total((MAX_INCOMING as u64) * (4 << 10));
+    let bind_err = |source| NodeError::Bind {
         addr: cfg.listen,
         source,
-    })?;
+    };
+    let socket = bind_udp(cfg.listen, cfg.udp_buffer_bytes).map_err(bind_err)?;
     let reset = reset_secret(&cfg, &identity);
-    let endpoint = quinn::Endpoint::new(
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    let socket = crate::udp::CountingSocket::new(
+        runtime.wrap_udp_socket(socket).map_err(bind_err)?,
+        reset.cid_key(),
+    );
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
         endpoint_config(&reset),
         Some(server),
-        socket,
-        Arc::new(quinn::TokioRuntime),
+        Arc::new(socket),
+        runtime,
     )
-    .map_err(|source| NodeError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
+    .map_err(bind_err)?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let ctx = Arc::new(NodeCtx {
         registry: Arc::new(Registry::new()),
@@ -418,6 +436,10 @@ pub async fn start(
         hook: RwLock::new(None),
         hook_set: std::sync::atomic::AtomicBool::new(false),
         fed: Fed::new(&cfg.node_id),
+        handshakes: std::sync::atomic::AtomicUsize::new(0),
+        source_handshakes: DashMap::new(),
+        partial_bytes: std::sync::atomic::AtomicUsize::new(0),
+        log: Arc::new(crate::logthrottle::LogThrottle::new()),
         tag: format!(
             "{}#{}",
             cfg.node_id,
@@ -436,6 +458,7 @@ pub async fn start(
         warn!(node = %ctx.cfg.node_id, "authorization policy: ALLOW ALL (development only; configure [authz] for production)");
     }
     tokio::spawn(sample_gauges(Arc::clone(&ctx)));
+    tokio::spawn(Arc::clone(&ctx.log).run(ctx.shutdown_rx()));
     if let TlsIdentity::Source(src) = &ctx.node_identity {
         tokio::spawn(watch_svid(Arc::clone(&ctx), src.clone()));
     } else if let TlsIdentity::Static(i) = &ctx.node_identity {
@@ -526,6 +549,22 @@ impl NodeHandle {
             .iter()
             .map(|e| (e.key().to_string(), *e.value()))
             .collect()
+    }
+
+    /// Connections between their first Initial and their hello now.
+    pub fn handshakes_in_progress(&self) -> usize {
+        self.ctx.handshakes.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held in incomplete large frames across all connections.
+    pub fn partial_frame_bytes(&self) -> usize {
+        self.ctx.partial_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The QUIC endpoint's own count of handshakes accepted, refused and
+    /// ignored (what the listener decided for each attempt).
+    pub fn endpoint_stats(&self) -> quinn::EndpointStats {
+        self.ctx.endpoint.stats()
     }
 
     /// Connections closed by the disconnect slow-consumer policy.

@@ -81,7 +81,9 @@ pub use id::{InvalidId, SpiffeId, TrustDomain};
 pub use identity::{Identity, TrustBundles};
 pub use jwt::{JwtBundles, JwtError, JwtKey, JwtSigner, validate_jwt_svid};
 pub use reset::{ResetSecret, ResetSecretOrigin};
-pub use section::{IdentitySection, IdentitySourceKind};
+pub use section::{
+    IdentityPreflight, IdentitySection, IdentitySourceKind, foreign_patterns, pattern_trust_domain,
+};
 pub use source::{IdentitySource, IdentitySourceConfig, SourceCertResolver};
 pub use tls::{
     ALPN_SLIM, client_config, client_config_from_source, peer_not_after, peer_spiffe_id,

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod check;
 pub mod config;
 pub mod conn;
 pub mod fleet;

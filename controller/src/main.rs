@@ -16,15 +16,28 @@ use tracing::info;
 #[command(version, about)]
 struct Args {
     /// Config file (TOML); see deploy/config/controller.toml.
-    #[arg(long, short, env = "SLIM_CONTROLLER_CONFIG")]
-    config: PathBuf,
+    #[arg(
+        long,
+        short,
+        env = "SLIM_CONTROLLER_CONFIG",
+        required_unless_present = "check"
+    )]
+    config: Option<PathBuf>,
+    /// Check FILE (and every file it names) without starting anything:
+    /// prints "FILE: ok" and a summary, or the reason and exits with 2.
+    #[arg(long, value_name = "FILE")]
+    check: Option<PathBuf>,
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let mut cfg = FileConfig::load(&args.config)?;
+    if let Some(path) = &args.check {
+        std::process::exit(check(path));
+    }
+    let path = args.config.as_deref().expect("clap: --config or --check");
+    let mut cfg = FileConfig::load(path)?;
     cfg.apply_env(|k| std::env::var(k).ok())?;
     cfg.validate()?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
@@ -39,6 +52,24 @@ fn main() -> Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(run(cfg))
+}
+
+/// `--check FILE`: 0 when the config is sound, 2 (invalid config) with the
+/// reason otherwise.
+fn check(path: &std::path::Path) -> i32 {
+    match slim_controller::check::check_file(path, |k| std::env::var(k).ok()) {
+        Ok(summary) => {
+            println!("{}: ok", path.display());
+            for l in summary.lines {
+                println!("  {l}");
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            2
+        }
+    }
 }
 
 async fn run(cfg: FileConfig) -> Result<()> {

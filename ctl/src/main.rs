@@ -125,7 +125,30 @@ enum DevCaCmd {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
     },
+    /// The development identities the configs in deploy/config use: a CA
+    /// (created once, then reused) and SVIDs for the node, the controller,
+    /// an operator and two agents, under DIR. Run from the repository root;
+    /// run it again to renew them.
+    Setup {
+        #[arg(long, default_value = "target/dev-identity")]
+        dir: PathBuf,
+        #[arg(long, default_value = "acme.example")]
+        trust_domain: String,
+        /// SVID lifetime (nothing rotates these: re-run to renew).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
 }
+
+/// `slimctl dev-ca setup`: sub-directory and SPIFFE ID path of each SVID.
+/// The IDs are the ones deploy/config/policy.toml and controller.toml grant.
+const DEV_IDENTITIES: &[(&str, &str)] = &[
+    ("node", "admin/node"),
+    ("controller", "controller"),
+    ("ops", "ops/dev"),
+    ("eu-monitor", "cluster-a/agent/security-monitor"),
+    ("us-monitor", "cluster-b/agent/security-monitor"),
+];
 
 #[derive(Subcommand, Debug)]
 enum ChannelCmd {
@@ -269,6 +292,60 @@ fn dev_ca(cmd: DevCaCmd, out: Output) -> Result<()> {
                     identity.spiffe_id,
                     out_dir.display()
                 );
+            }
+        }
+        DevCaCmd::Setup {
+            dir,
+            trust_domain,
+            ttl,
+        } => {
+            let ca_dir = dir.join("ca");
+            // Reused when present: a new CA would invalidate every SVID
+            // already handed to a running node or agent.
+            let ca = if ca_dir.join(slim_auth::devca::CA_CERT_FILE).exists() {
+                DevCa::load(&ca_dir)
+                    .with_context(|| format!("cannot load the CA in {}", ca_dir.display()))?
+            } else {
+                DevCa::init(&ca_dir, &trust_domain)
+                    .with_context(|| format!("cannot create a CA in {}", ca_dir.display()))?
+            };
+            if ca.trust_domain() != trust_domain {
+                bail!(
+                    "{} holds a CA for trust domain {}, not {trust_domain}; remove it or pass --trust-domain {}",
+                    ca_dir.display(),
+                    ca.trust_domain(),
+                    ca.trust_domain()
+                );
+            }
+            let mut issued = Vec::new();
+            for (sub, path) in DEV_IDENTITIES {
+                let id = SpiffeId::from_parts(&trust_domain, &format!("/{path}"))?;
+                let out_dir = dir.join(sub);
+                let identity = ca.issue_to_dir(&id, ttl, &out_dir)?;
+                let expires = time::OffsetDateTime::from(identity.not_after)
+                    .format(&time::format_description::well_known::Rfc3339)?;
+                issued.push((identity.spiffe_id.to_string(), out_dir, expires));
+            }
+            if out == Output::Json {
+                let list: Vec<_> = issued
+                    .iter()
+                    .map(
+                        |(id, d, e)| serde_json::json!({"spiffe_id": id, "dir": d, "not_after": e}),
+                    )
+                    .collect();
+                print_json(&serde_json::json!({
+                    "trust_domain": trust_domain,
+                    "ca": ca_dir,
+                    "identities": list,
+                }))?;
+            } else {
+                println!(
+                    "development CA for spiffe://{trust_domain} in {} (not for production)",
+                    ca_dir.display()
+                );
+                for (id, d, e) in &issued {
+                    println!("issued {id} to {} (expires {e})", d.display());
+                }
             }
         }
     }

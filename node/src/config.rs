@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use slim_actors::admission::{AdmissionConfig, RetryMode};
 use slim_actors::{NodeConfig, QueueConfig, ResetKey, SlowConsumerPolicy, TokenAuth};
 use slim_auth::policy::Policy;
 use slim_wire::Limits;
@@ -294,12 +295,75 @@ impl FederationSection {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
     pub max_frame_bytes: u32,
+    /// A frame that has begun to arrive must be complete within this.
+    pub frame_read_timeout_ms: u64,
+    /// Bytes all connections together may hold in incomplete frames
+    /// (beyond the first 64 KiB of each, which is free).
+    pub partial_frame_budget_bytes: usize,
+    /// Connections between their first packet and their hello at once.
+    pub max_handshakes: usize,
+    /// When unvalidated addresses get a QUIC Retry (one extra round trip):
+    /// "auto" (from `retry_threshold` handshakes in progress), "always", "never".
+    pub retry: RetryPolicy,
+    pub retry_threshold: usize,
+    /// New connections per second per (validated) source address while the
+    /// node is under pressure; 0 = unlimited.
+    pub per_source_rate: u32,
+    pub per_source_burst: u32,
+    /// Handshakes in progress one validated source address may hold while
+    /// the node is under pressure; 0 = unlimited.
+    pub per_source_handshakes: usize,
+}
+
+/// `limits.retry`.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryPolicy {
+    Auto,
+    Always,
+    Never,
 }
 
 impl Default for LimitsSection {
     fn default() -> Self {
+        let d = NodeConfig::default();
+        let a = d.admission;
         LimitsSection {
             max_frame_bytes: Limits::default().max_frame,
+            frame_read_timeout_ms: d.frame_read_timeout.as_millis() as u64,
+            partial_frame_budget_bytes: d.partial_frame_budget,
+            max_handshakes: a.max_handshakes,
+            retry: match a.retry {
+                RetryMode::Always => RetryPolicy::Always,
+                RetryMode::Never => RetryPolicy::Never,
+                RetryMode::Auto { .. } => RetryPolicy::Auto,
+            },
+            retry_threshold: match a.retry {
+                RetryMode::Auto { threshold } => threshold,
+                _ => 64,
+            },
+            per_source_rate: a.per_source_rate,
+            per_source_burst: a.per_source_burst,
+            per_source_handshakes: a.per_source_handshakes,
+        }
+    }
+}
+
+impl LimitsSection {
+    fn admission(&self) -> AdmissionConfig {
+        AdmissionConfig {
+            max_handshakes: self.max_handshakes,
+            retry: match self.retry {
+                RetryPolicy::Auto => RetryMode::Auto {
+                    threshold: self.retry_threshold,
+                },
+                RetryPolicy::Always => RetryMode::Always,
+                RetryPolicy::Never => RetryMode::Never,
+            },
+            per_source_rate: self.per_source_rate,
+            per_source_burst: self.per_source_burst,
+            per_source_handshakes: self.per_source_handshakes,
+            ..AdmissionConfig::default()
         }
     }
 }
@@ -483,6 +547,21 @@ impl FileConfig {
                 "limits.max_frame_bytes must be at least 1024".into(),
             ));
         }
+        if self.limits.max_handshakes == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_handshakes must be at least 1".into(),
+            ));
+        }
+        if self.limits.frame_read_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.frame_read_timeout_ms must be positive".into(),
+            ));
+        }
+        if self.limits.per_source_rate > 0 && self.limits.per_source_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.per_source_burst must be at least 1 when per_source_rate is set".into(),
+            ));
+        }
         if self.queue.max_bytes < self.limits.max_frame_bytes as usize {
             return Err(ConfigError::Invalid(
                 "queue.max_bytes must be at least limits.max_frame_bytes".into(),
@@ -581,6 +660,9 @@ impl FileConfig {
                 policy,
             },
             handshake_timeout: Duration::from_millis(self.node.handshake_timeout_ms),
+            admission: self.limits.admission(),
+            frame_read_timeout: Duration::from_millis(self.limits.frame_read_timeout_ms),
+            partial_frame_budget: self.limits.partial_frame_budget_bytes,
             idle_timeout: Duration::from_millis(self.node.idle_timeout_ms),
             keep_alive: Duration::from_millis(self.node.keep_alive_ms),
             max_connections: self.node.max_connections,

@@ -2,6 +2,7 @@
 //! health endpoint, and recorder setup — usable from tests in-process.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod config;
 pub mod controller;
 pub mod http;

@@ -739,6 +739,9 @@ const YAML_FILES: &[&str] = &[
     "deploy/grafana/provisioning/dashboards/slim.yml",
     "deploy/helm/slim/Chart.yaml",
     "deploy/helm/slim/values.yaml",
+    "deploy/helm/slim/ci/default-values.yaml",
+    "deploy/helm/slim/ci/spire-values.yaml",
+    "deploy/helm/slim/ci/controller-values.yaml",
 ];
 
 #[test]
@@ -1514,7 +1517,10 @@ fn helm_chart_renders_the_fleet_config_keys() {
     );
 }
 
-/// With a helm binary (`$HELM` or `helm` on PATH): `helm lint`, and
+/// With a helm binary (`$HELM` or `helm` on PATH): `helm lint` and
+/// `helm template` of the value sets in the chart's ci/ (default, SPIRE,
+/// controller) with the exact kinds each renders, their policy, PDBs,
+/// NetworkPolicies and image; `helm lint`, and
 /// `helm template` for the admin, reachable, NATed/DaemonSet shapes, every
 /// manifest parsed as YAML and every rendered node.toml / controller.toml
 /// loaded and validated by the real loaders. Skipped without helm (it is not
@@ -1544,11 +1550,64 @@ fn helm_lint_and_template_when_helm_is_available() {
     };
     let (ok, out, err) = helm_cmd(&["lint", CHART, "--strict", "--set-file", policy]);
     assert!(ok, "helm lint:\n{out}{err}");
-    let (ok, _, err) = helm_cmd(&["template", "slim", CHART]);
-    assert!(
-        !ok && err.contains("authz.policy is required"),
-        "the policy must be required: {err}"
-    );
+    // The example value sets under ci/: lint, render, and the kinds each
+    // renders (exactly: a kind appearing or vanishing is a change to review).
+    let value_sets: [(&str, &[&str]); 3] = [
+        (
+            "default",
+            &[
+                "ConfigMap",
+                "NetworkPolicy",
+                "PodDisruptionBudget",
+                "Service",
+                "ServiceAccount",
+                "StatefulSet",
+            ],
+        ),
+        (
+            "spire",
+            &[
+                "ClusterSPIFFEID",
+                "ConfigMap",
+                "NetworkPolicy",
+                "PodDisruptionBudget",
+                "Service",
+                "ServiceAccount",
+                "StatefulSet",
+            ],
+        ),
+        (
+            "controller",
+            &[
+                "ConfigMap",
+                "Deployment",
+                "NetworkPolicy",
+                "PersistentVolumeClaim",
+                "PodDisruptionBudget",
+                "Service",
+                "ServiceAccount",
+                "ServiceMonitor",
+                "StatefulSet",
+            ],
+        ),
+    ];
+    for (set, want) in value_sets {
+        let file = format!("{CHART}/ci/{set}-values.yaml");
+        let (ok, out, err) = helm_cmd(&["lint", CHART, "--strict", "-f", &file]);
+        assert!(ok, "{set}: helm lint:\n{out}{err}");
+        let (ok, out, err) = helm_cmd(&["template", "slim", CHART, "-n", "slim", "-f", &file]);
+        assert!(ok, "{set}: helm template:\n{err}");
+        let docs = yaml_stream_to_json(&out);
+        let docs = docs.as_array().expect("manifests");
+        let kinds: BTreeSet<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+        assert_eq!(
+            kinds,
+            want.iter().copied().collect(),
+            "{set}: rendered kinds"
+        );
+        eprintln!("helm template ({set}): {kinds:?}");
+        check_rendered_chart(set, docs);
+    }
     let shapes: [(&str, &[&str]); 4] = [
         ("nat", &[]),
         (
@@ -1623,4 +1682,117 @@ fn helm_lint_and_template_when_helm_is_available() {
             }
         }
     }
+}
+
+/// What every rendered value set must hold: the policy (the chart's
+/// deny-by-default one unless given), PodDisruptionBudgets and
+/// NetworkPolicies that select the workloads and open only their QUIC and
+/// metrics ports, and the configured image.
+fn check_rendered_chart(set: &str, docs: &[Value]) {
+    let of_kind = |k: &'static str| docs.iter().filter(move |d| d["kind"] == k);
+    let values = chart_values();
+    let td = values["trustDomain"].as_str().expect("trustDomain");
+    // The default policy: nodes of the trust domain may link, agents are refused.
+    let policy = of_kind("ConfigMap")
+        .find_map(|d| d["data"]["policy.toml"].as_str())
+        .unwrap_or_else(|| panic!("{set}: no policy.toml"));
+    let policy = Policy::from_toml(policy).unwrap_or_else(|e| panic!("{set}: policy.toml: {e}"));
+    let node_id = SpiffeId::parse(&format!("spiffe://{td}/cluster-a/node/slim-node-0")).unwrap();
+    policy
+        .grants(Some(&node_id))
+        .and_then(|g| g.check_peer())
+        .unwrap_or_else(|e| panic!("{set}: the fleet's nodes may not link: {e:?}"));
+    let agent = SpiffeId::parse(&format!("spiffe://{td}/cluster-a/agent/monitor")).unwrap();
+    assert!(
+        policy.grants(Some(&agent)).is_err(),
+        "{set}: the default policy lets an agent in"
+    );
+    // The rendered configs load and validate with the real loaders.
+    for d in of_kind("ConfigMap") {
+        if let Some(t) = d["data"]["node.toml"].as_str() {
+            let mut c = slim_node::config::FileConfig::parse(t, Path::new("/etc/slim/node.toml"))
+                .unwrap_or_else(|e| panic!("{set}: node.toml: {e}\n{t}"));
+            c.apply_env(|k| (k == "SLIM_NODE_ID").then(|| "slim-node-0".to_owned()))
+                .expect("env");
+            c.validate()
+                .unwrap_or_else(|e| panic!("{set}: node.toml: {e}\n{t}"));
+        }
+        if let Some(t) = d["data"]["controller.toml"].as_str() {
+            let c = slim_controller::config::FileConfig::parse(
+                t,
+                Path::new("/etc/slim/controller.toml"),
+            )
+            .unwrap_or_else(|e| panic!("{set}: controller.toml: {e}\n{t}"));
+            c.validate()
+                .unwrap_or_else(|e| panic!("{set}: controller.toml: {e}\n{t}"));
+        }
+    }
+    // Every workload has a PDB and a NetworkPolicy selecting its pods.
+    let workloads: Vec<&Value> = docs
+        .iter()
+        .filter(|d| {
+            ["StatefulSet", "DaemonSet", "Deployment"].contains(&d["kind"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert!(!workloads.is_empty(), "{set}: no workload");
+    for w in workloads {
+        let labels = &w["spec"]["template"]["metadata"]["labels"];
+        let selects = |d: &Value, path: &[&str]| {
+            let mut sel = d;
+            for p in path {
+                sel = &sel[*p];
+            }
+            let sel = sel.as_object().expect("matchLabels");
+            !sel.is_empty() && sel.iter().all(|(k, v)| &labels[k] == v)
+        };
+        let pdb = of_kind("PodDisruptionBudget")
+            .find(|d| selects(d, &["spec", "selector", "matchLabels"]))
+            .unwrap_or_else(|| panic!("{set}: no PDB for {}", w["metadata"]["name"]));
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1, "{set}: {pdb}");
+        let np = of_kind("NetworkPolicy")
+            .find(|d| selects(d, &["spec", "podSelector", "matchLabels"]))
+            .unwrap_or_else(|| panic!("{set}: no NetworkPolicy for {}", w["metadata"]["name"]));
+        let container = &w["spec"]["template"]["spec"]["containers"][0];
+        let declared: BTreeSet<(String, u64)> = container["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .map(|p| {
+                (
+                    p["protocol"].as_str().unwrap().to_owned(),
+                    p["containerPort"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let opened: BTreeSet<(String, u64)> = np["spec"]["ingress"]
+            .as_array()
+            .expect("ingress rules")
+            .iter()
+            .flat_map(|r| r["ports"].as_array().cloned().unwrap_or_default())
+            .map(|p| {
+                (
+                    p["protocol"].as_str().unwrap().to_owned(),
+                    p["port"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        // Only the QUIC (UDP) and metrics (TCP) ports, and both of them.
+        assert_eq!(opened, declared, "{set}: NetworkPolicy ports");
+        assert_eq!(opened.len(), 2, "{set}: {opened:?}");
+        assert_eq!(np["spec"]["policyTypes"], serde_json::json!(["Ingress"]));
+        let image = container["image"].as_str().expect("image");
+        let want = if set == "default" {
+            format!("slim:{}", chart_app_version())
+        } else {
+            "registry.example.com/slim:0.1.0".to_owned()
+        };
+        assert_eq!(image, want, "{set}");
+    }
+}
+
+fn chart_app_version() -> String {
+    yaml_to_json(&read(&format!("{CHART}/Chart.yaml")))["appVersion"]
+        .as_str()
+        .expect("appVersion")
+        .to_owned()
 }

@@ -72,7 +72,12 @@ pub(crate) async fn admit(
         Ok(id) => Some(id),
         Err(reject) => {
             m::handshake("rejected");
-            info!(name = %hello.name, reason = %reject.reason, "hello rejected");
+            if ctx
+                .log
+                .note(crate::logthrottle::Kind::Handshake, "hello_rejected")
+            {
+                info!(name = %hello.name, reason = %reject.reason, "hello rejected (first in this window; the rest are summed up)");
+            }
             refuse(&ctx, &conn, &mut send, &reject).await;
             return Err(ConnError::Refused(reject.reason));
         }

@@ -10,9 +10,11 @@
 
 pub(crate) mod actor;
 pub(crate) mod admit;
+pub(crate) mod partial;
 pub(crate) mod reader;
 pub mod shared;
 pub(crate) mod writer;
 
 pub use admit::SHARED_SECRET_ID;
+pub use partial::PARTIAL_FRAME_FREE;
 pub use shared::{ConnError, ConnShared};

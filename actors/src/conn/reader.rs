@@ -15,6 +15,7 @@ use slim_wire::{
 };
 use tracing::{debug, info};
 
+use crate::conn::partial::PartialFrame;
 use crate::conn::shared::{ConnError, ConnMsg, ConnShared};
 use crate::ctx::{NodeCtx, Reader, encode};
 use crate::engine::{self, Decision, Env, Refusal, Silent, Tally};
@@ -22,6 +23,15 @@ use crate::metrics as m;
 use crate::outbox::Push;
 use ractor::ActorRef;
 use slim_framed::ReadError;
+use tokio::time::Instant;
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
 
 pub(crate) async fn read_loop(
     ctx: Arc<NodeCtx>,
@@ -32,13 +42,23 @@ pub(crate) async fn read_loop(
     let mut shutdown = ctx.shutdown_rx();
     let mut router = Router::new(&ctx, &sh, actor);
     let bytes_in = counter!(m::BYTES_IN_TOTAL, "kind" => "client");
+    let mut partial = PartialFrame::new(
+        &ctx.partial_bytes,
+        ctx.cfg.partial_frame_budget,
+        ctx.cfg.frame_read_timeout,
+    );
     let result = loop {
         // Frames that arrived with the hello are already buffered.
         let res = router.drain(&mut reader).await;
         router.flush_metrics();
-        if let Err(e) = res {
+        let completed = match res {
+            Ok(n) => n,
+            Err(e) => break Err(e),
+        };
+        if let Err(e) = partial.update(Instant::now(), completed, reader.buffered()) {
             break Err(e);
         }
+        let deadline = partial.deadline();
         tokio::select! {
             biased;
             _ = shutdown.changed() => return Ok(()),
@@ -48,20 +68,28 @@ pub(crate) async fn read_loop(
                 Err(ReadError::Wire(e)) => break Err(e.into()),
                 Err(ReadError::Io(e)) => return Err(ConnError::Lost(e.to_string())),
             },
+            _ = sleep_until_some(deadline) => break Err(partial.timed_out(reader.buffered())),
         }
     };
     if let Err(e) = &result {
-        let label = match e {
-            ConnError::Wire(w) => w.reason_label(),
-            _ => "protocol",
-        };
-        m::protocol_error(label);
-        if let ConnError::Wire(WireError::FrameTooLarge { .. }) = e {
-            m::dropped("too_large", 1);
+        if let ConnError::PartialFrame { reason, .. } = e {
+            counter!(m::PARTIAL_FRAME_CLOSES_TOTAL, "reason" => *reason).increment(1);
+            if ctx.log.note(crate::logthrottle::Kind::PartialFrame, reason) {
+                info!(conn = sh.id, name = %sh.name, identity = sh.identity().unwrap_or("-"), error = %e, "closing connection over an incomplete frame (first in this window; the rest are summed up)");
+            }
         } else {
-            m::dropped("malformed", 1);
+            let label = match e {
+                ConnError::Wire(w) => w.reason_label(),
+                _ => "protocol",
+            };
+            m::protocol_error(label);
+            if let ConnError::Wire(WireError::FrameTooLarge { .. }) = e {
+                m::dropped("too_large", 1);
+            } else {
+                m::dropped("malformed", 1);
+            }
+            info!(conn = sh.id, name = %sh.name, error = %e, "closing connection on bad input");
         }
-        info!(conn = sh.id, name = %sh.name, error = %e, "closing connection on bad input");
         sh.conn.close(
             VarInt::from_u32(e.code().0 as u32),
             e.to_string().as_bytes(),
@@ -157,9 +185,11 @@ impl<'a> Router<'a> {
         refresh_grants(self.ctx, self.sh, &mut self.grants, &mut self.publish_ok)
     }
 
-    /// Handles every whole frame buffered in `reader`.
-    async fn drain(&mut self, reader: &mut Reader) -> Result<(), ConnError> {
+    /// Handles every whole frame buffered in `reader`; how many there were.
+    async fn drain(&mut self, reader: &mut Reader) -> Result<usize, ConnError> {
+        let mut n = 0;
         while let Some(f) = reader.try_next()? {
+            n += 1;
             self.frames_in += 1;
             if f[0] == FrameKind::Publish as u8 {
                 match slim_wire::publish_view(&f[1..])? {
@@ -171,7 +201,7 @@ impl<'a> Router<'a> {
                 self.handle_frame(frame).await?;
             }
         }
-        Ok(())
+        Ok(n)
     }
 
     fn flush_metrics(&mut self) {

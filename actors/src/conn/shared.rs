@@ -22,13 +22,21 @@ pub enum ConnError {
     Timeout,
     #[error("refused: {0}")]
     Refused(String),
+    /// A frame that began to arrive was not completed in time, or would
+    /// have taken the node over its budget of bytes in incomplete frames
+    /// (`reason`: `timeout` or `budget`).
+    #[error("{detail}")]
+    PartialFrame {
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 impl ConnError {
     pub(crate) fn code(&self) -> ErrorCode {
         match self {
             ConnError::Wire(e) => e.code(),
-            ConnError::Protocol(_) => ErrorCode::PROTOCOL,
+            ConnError::Protocol(_) | ConnError::PartialFrame { .. } => ErrorCode::PROTOCOL,
             ConnError::Refused(_) => ErrorCode::UNAUTHORIZED,
             _ => ErrorCode::INTERNAL,
         }

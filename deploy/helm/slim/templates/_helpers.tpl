@@ -175,3 +175,20 @@ listen = {{ printf "0.0.0.0:%d" (int .Values.metrics.controllerPort) | toJson }}
 format = {{ .Values.log.format | toJson }}
 level = {{ .Values.log.level | toJson }}
 {{- end }}
+
+{{/*
+The node's policy when authz.policy is empty (values.yaml explains the
+choice): deny by default. The fleet's nodes (the SPIFFE IDs the chart's
+ClusterSPIFFEID gives them) may open peer links, so clusters federate; no
+agent may register, publish or subscribe until the operator's policy says
+so.
+*/}}
+{{- define "slim.defaultPolicy" -}}
+# The slim chart's default policy (authz.policy was not given): deny by
+# default. Only the fleet's nodes may open peer links; every agent is
+# refused. Give the real policy with
+#   --set-file authz.policy=policy.toml   (format: deploy/fleet/policy.toml)
+[[rule]]
+spiffe_id = "spiffe://{{ .Values.trustDomain }}/*/node/*"
+peer = true
+{{- end }}
