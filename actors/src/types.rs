@@ -15,7 +15,9 @@ use crate::registry::ConnId;
 pub struct PeerSpec {
     /// Checked against the peer's answer; a mismatch is an error.
     pub node_id: String,
-    pub addr: SocketAddr,
+    /// `host:port`: an IP address or a DNS name, resolved with the system
+    /// resolver at every dial (every address it resolves to is tried).
+    pub addr: String,
     /// SNI only: the peer is authenticated by its SPIFFE ID.
     pub server_name: String,
     /// When set, the peer must present exactly this SPIFFE ID; otherwise any

@@ -148,7 +148,12 @@ impl ClientConfig {
             reason: format!("invalid argument: {e}"),
         })?;
         let addrs = addr::resolve(&host, Duration::from_secs(10)).await?;
-        let mut cfg = Self::with_credentials(addrs[0], name, credentials);
+        // The address picks the socket's family (reconnects try only that
+        // family): IPv4 when the name has one, since nodes listen on
+        // 0.0.0.0 by default and names such as `localhost` may list ::1
+        // first, where nothing answers.
+        let node = *addrs.iter().find(|a| a.is_ipv4()).unwrap_or(&addrs[0]);
+        let mut cfg = Self::with_credentials(node, name, credentials);
         cfg.host = Some(host);
         Ok(cfg)
     }

@@ -227,10 +227,13 @@ pub(crate) async fn connect_once(
             // A refusal is the node's answer, not an unreachable address.
             Err(e @ ClientError::Rejected { .. }) => return Err(e),
             Err(ClientError::Connect { reason, .. }) => {
-                last = ClientError::Connect {
-                    addr: a,
-                    reason: format!("{reason} (resolved from {host})"),
+                // Name the host only when it was a name.
+                let reason = if host.parse::<SocketAddr>().is_ok() {
+                    reason
+                } else {
+                    format!("{reason} (resolved from {host})")
                 };
+                last = ClientError::Connect { addr: a, reason };
             }
             Err(e) => last = e,
         }

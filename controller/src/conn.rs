@@ -16,6 +16,9 @@ use crate::proto::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
+    /// The controller's host name did not resolve (distinct from `Connect`).
+    #[error("cannot resolve the controller address {host}: {reason}")]
+    Resolve { host: String, reason: String },
     #[error("cannot connect to the controller at {addr}: {message}")]
     Connect { addr: SocketAddr, message: String },
     #[error("connection: {0}")]
@@ -161,7 +164,59 @@ pub fn endpoint_config(secret: &slim_auth::ResetSecret) -> quinn::EndpointConfig
     c
 }
 
+/// Resolves `host:port` with the system resolver, within `timeout` (a
+/// resolver that never answers must not stall a (re)connect).
+pub async fn resolve(host: &str, timeout: Duration) -> Result<Vec<SocketAddr>, ConnError> {
+    let err = |reason: String| ConnError::Resolve {
+        host: host.to_owned(),
+        reason,
+    };
+    match tokio::time::timeout(timeout, tokio::net::lookup_host(host)).await {
+        Err(_) => Err(err(format!(
+            "no answer from the resolver within {timeout:?}"
+        ))),
+        Ok(Err(e)) => Err(err(e.to_string())),
+        Ok(Ok(addrs)) => {
+            let v: Vec<SocketAddr> = addrs.collect();
+            if v.is_empty() {
+                Err(err("no address".into()))
+            } else {
+                Ok(v)
+            }
+        }
+    }
+}
+
 impl ControllerConn {
+    /// Resolves `host` (`host:port`, a name or an IP) now and connects to
+    /// the first of its addresses that answers, trying each in turn; the
+    /// error is the last one's. An answer from the controller (a refusal)
+    /// ends the attempt at once.
+    pub async fn connect_host(
+        host: &str,
+        server_name: &str,
+        tls: rustls::ClientConfig,
+        limits: Limits,
+        timeout: Duration,
+    ) -> Result<ControllerConn, ConnError> {
+        let addrs = resolve(host, timeout).await?;
+        let mut last = None;
+        for addr in addrs {
+            match Self::connect(addr, server_name, tls.clone(), limits, timeout).await {
+                Ok(c) => return Ok(c),
+                Err(e @ (ConnError::Connect { .. } | ConnError::Timeout(_))) => {
+                    tracing::debug!(controller = %host, %addr, error = %e, "controller address failed; trying the next");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ConnError::Resolve {
+            host: host.to_owned(),
+            reason: "no address".into(),
+        }))
+    }
+
     /// Connects with `tls` (a client config presenting this caller's SVID;
     /// its ALPN is set here) and opens the stream.
     pub async fn connect(

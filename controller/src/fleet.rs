@@ -139,7 +139,7 @@ impl Fleet {
             }
             replaced = old.conn;
             replan = old.hearsay
-                || old.reg.external_endpoint != reg.external_endpoint
+                || old.reg.endpoint() != reg.endpoint()
                 || old.reg.server_name != reg.server_name
                 || old.spiffe_id != spiffe_id;
         }
@@ -164,11 +164,12 @@ impl Fleet {
                     reg: Register {
                         node_id: p.node_id.clone(),
                         cluster: String::new(),
-                        external_endpoint: Some(p.addr),
+                        external_endpoint: p.host.is_none().then_some(p.addr),
                         listen: None,
                         server_name: p.server_name.clone(),
                         epoch: 0,
                         dialing: Vec::new(),
+                        external_host: p.host.clone(),
                     },
                     spiffe_id: sid.clone(),
                     conn: None,
@@ -346,6 +347,7 @@ impl Fleet {
                 cluster: e.reg.cluster.clone(),
                 spiffe_id: e.spiffe_id.clone(),
                 external_endpoint: e.reg.external_endpoint,
+                external_host: e.reg.external_host.clone(),
                 listen: e.reg.listen,
                 connected: e.conn.is_some(),
                 registered_ms: e.registered_ms,
@@ -410,7 +412,7 @@ impl Fleet {
             .values()
             .map(|e| PlanNode {
                 node_id: e.reg.node_id.clone(),
-                external_endpoint: e.reg.external_endpoint,
+                external_endpoint: e.reg.endpoint(),
                 server_name: e.reg.server_name.clone(),
                 spiffe_id: e.spiffe_id.clone(),
             })
@@ -446,12 +448,40 @@ mod tests {
         Register {
             node_id: id.into(),
             cluster: "c".into(),
-            external_endpoint: ext.map(|a| a.parse().unwrap()),
+            external_endpoint: ext.and_then(|a| a.parse().ok()),
             listen: None,
             server_name: "slim-node".into(),
             epoch: 1,
             dialing: Vec::new(),
+            // Not an IP: a name.
+            external_host: ext
+                .filter(|a| a.parse::<std::net::SocketAddr>().is_err())
+                .map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn a_named_endpoint_reaches_the_dialer_as_the_name() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new(cfg(), t0);
+        f.handle_register(1, "spiffe://x/a", reg("a", None), 0)
+            .unwrap();
+        f.handle_register(2, "spiffe://x/b", reg("b", Some("node-b.example:4500")), 0)
+            .unwrap();
+        let view = f.nodes().into_iter().find(|n| n.node_id == "b").unwrap();
+        assert_eq!(view.external_host.as_deref(), Some("node-b.example:4500"));
+        assert_eq!(view.external_endpoint, None);
+        let mut pushed = None;
+        while let Some((conn, set)) = f.poll_push(t0 + Duration::from_secs(10)) {
+            if conn == 1 {
+                pushed = Some(set);
+            }
+        }
+        let set = pushed.expect("a NATed node gets a dial set");
+        assert_eq!(set.len(), 1);
+        assert_eq!(set[0].node_id, "b");
+        assert_eq!(set[0].host.as_deref(), Some("node-b.example:4500"));
+        assert_eq!(set[0].target(), "node-b.example:4500");
     }
 
     fn cfg() -> FleetConfig {
@@ -564,6 +594,7 @@ mod tests {
             addr: "10.0.0.2:1".parse().unwrap(),
             server_name: "slim-node".into(),
             expect_spiffe_id: Some("spiffe://x/b".into()),
+            host: None,
         }];
         f.handle_register(1, "spiffe://x/a", ra, 0).unwrap();
         assert_eq!(drain(&mut f, after_hold), vec![(1, vec!["b".to_string()])]);
@@ -581,6 +612,7 @@ mod tests {
             addr: "10.0.0.9:1".parse().unwrap(),
             server_name: "slim-node".into(),
             expect_spiffe_id: Some("spiffe://x/gone".into()),
+            host: Some("gone.example:4500".into()),
         }];
         f.handle_register(3, "spiffe://x/c", rc, 0).unwrap();
         assert_eq!(

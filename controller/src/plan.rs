@@ -57,16 +57,15 @@
 //! 21 of 600 cases). The fleet pushes new dial sets only to the nodes whose
 //! set changed.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-
 use crate::proto::PeerSpec;
+use std::collections::BTreeMap;
 
 /// What planning needs to know about a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanNode {
     pub node_id: String,
-    pub external_endpoint: Option<SocketAddr>,
+    /// `host:port` (an IP or a name, handed to dialers as it is).
+    pub external_endpoint: Option<String>,
     pub server_name: String,
     /// The SPIFFE ID it presented to the controller; dialers pin it.
     pub spiffe_id: String,
@@ -125,13 +124,13 @@ pub fn plan_with(nodes: &[PlanNode], cfg: &PlanConfig) -> Plan {
     sorted.sort_by(|a, b| {
         (
             &a.node_id,
-            a.external_endpoint,
+            &a.external_endpoint,
             &a.server_name,
             &a.spiffe_id,
         )
             .cmp(&(
                 &b.node_id,
-                b.external_endpoint,
+                &b.external_endpoint,
                 &b.server_name,
                 &b.spiffe_id,
             ))
@@ -152,12 +151,12 @@ pub fn plan_with(nodes: &[PlanNode], cfg: &PlanConfig) -> Plan {
             .filter(|&b| dials_to(&sorted, a, b))
             .filter_map(|b| {
                 let m = sorted[b];
-                Some(PeerSpec {
-                    node_id: m.node_id.clone(),
-                    addr: m.external_endpoint?,
-                    server_name: m.server_name.clone(),
-                    expect_spiffe_id: Some(m.spiffe_id.clone()),
-                })
+                Some(PeerSpec::new(
+                    m.node_id.clone(),
+                    m.external_endpoint.as_deref()?,
+                    m.server_name.clone(),
+                    Some(m.spiffe_id.clone()),
+                ))
             })
             .collect();
         dials.insert(n.node_id.clone(), out);

@@ -131,7 +131,7 @@ impl ErrorCode {
 }
 
 /// A node introduces itself. `[node_id, cluster, external_endpoint, listen,
-/// server_name, epoch, dialing]`.
+/// server_name, epoch, dialing, external_host?]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Register {
     pub node_id: String,
@@ -149,6 +149,21 @@ pub struct Register {
     /// run): lets a restarted controller keep links to peers that have not
     /// re-registered yet.
     pub dialing: Vec<PeerSpec>,
+    /// The external endpoint as a `host:port` name (then
+    /// `external_endpoint` is `None`): handed to dialers as the name, which
+    /// they resolve at each dial. Added after version 2 shipped: left out of
+    /// the frame when `None`, so IP-only nodes send what they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_host: Option<String>,
+}
+
+impl Register {
+    /// Where other nodes dial this node, `host:port` (a name or an IP).
+    pub fn endpoint(&self) -> Option<String> {
+        self.external_host
+            .clone()
+            .or_else(|| self.external_endpoint.map(|a| a.to_string()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -286,14 +301,50 @@ pub enum NodeEvent {
 }
 
 /// A link the controller wants a node to dial. `[node_id, addr, server_name,
-/// expect_spiffe_id]`; `expect_spiffe_id` is the SPIFFE ID the target
+/// expect_spiffe_id, host?]`; `expect_spiffe_id` is the SPIFFE ID the target
 /// presented to the controller, so the dialler pins it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PeerSpec {
     pub node_id: String,
+    /// The target's address; `0.0.0.0:0` (undialable) when `host` is set.
     pub addr: SocketAddr,
     pub server_name: String,
     pub expect_spiffe_id: Option<String>,
+    /// The target's endpoint as a `host:port` name, which the dialer
+    /// resolves at each dial: a name travels as a name. Left out of the
+    /// frame when `None` (see [`Register::external_host`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+impl PeerSpec {
+    /// A spec for dialling `endpoint` (`ip:port`, or `host:port` kept as a name).
+    pub fn new(
+        node_id: String,
+        endpoint: &str,
+        server_name: String,
+        expect_spiffe_id: Option<String>,
+    ) -> PeerSpec {
+        let (addr, host) = match endpoint.parse::<SocketAddr>() {
+            Ok(a) => (a, None),
+            Err(_) => (
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                Some(endpoint.to_owned()),
+            ),
+        };
+        PeerSpec {
+            node_id,
+            addr,
+            server_name,
+            expect_spiffe_id,
+            host,
+        }
+    }
+
+    /// Where to dial: the name if there is one, else the address.
+    pub fn target(&self) -> String {
+        self.host.clone().unwrap_or_else(|| self.addr.to_string())
+    }
 }
 
 /// Caller → controller.
@@ -387,6 +438,10 @@ pub struct NodeView {
     /// controller started); kept in the plan until it registers or the
     /// plan grace runs out.
     pub hearsay: bool,
+    /// The external endpoint when it is a `host:port` name (see
+    /// [`Register::external_host`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_host: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -751,11 +806,14 @@ mod tests {
                                 addr,
                                 server_name: server_name.clone(),
                                 expect_spiffe_id: None,
+                                host: (epoch % 2 == 0).then(|| format!("{node_id}.example:4500")),
                             })
                             .into_iter()
                             .collect(),
                         node_id,
                         cluster,
+                        external_host: (ext.is_none() && epoch % 3 == 0)
+                            .then(|| format!("n{epoch}.example:4500")),
                         external_endpoint: ext,
                         listen,
                         server_name,
@@ -867,6 +925,7 @@ mod tests {
                 addr: "10.0.0.2:4500".parse().unwrap(),
                 server_name: "slim-node".into(),
                 expect_spiffe_id: Some("spiffe://acme/b/node/b".into()),
+                host: None,
             }]),
             ToCaller::EventsAck { epoch: 7, upto: 42 },
             ToCaller::SendReport,
@@ -1075,6 +1134,36 @@ mod tests {
             routes: vec![],
         };
         assert!(routes.merge(other_node).is_err());
+    }
+
+    /// `PeerSpec` as version 2 first shipped it, before `host`.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct PeerSpecV2 {
+        node_id: String,
+        addr: SocketAddr,
+        server_name: String,
+        expect_spiffe_id: Option<String>,
+    }
+
+    #[test]
+    fn peer_spec_without_a_name_is_encoded_as_before_and_old_frames_still_decode() {
+        let by_ip = PeerSpec::new("b".into(), "10.0.0.2:4500", "slim-node".into(), None);
+        assert_eq!(by_ip.host, None);
+        let old = PeerSpecV2 {
+            node_id: "b".into(),
+            addr: "10.0.0.2:4500".parse().unwrap(),
+            server_name: "slim-node".into(),
+            expect_spiffe_id: None,
+        };
+        let new_bytes = rmp_serde::to_vec(&by_ip).unwrap();
+        assert_eq!(new_bytes, rmp_serde::to_vec(&old).unwrap());
+        let back: PeerSpec = rmp_serde::from_slice(&new_bytes).unwrap();
+        assert_eq!(back, by_ip);
+        let by_name = PeerSpec::new("b".into(), "node-b.example:4500", "slim-node".into(), None);
+        assert_eq!(by_name.host.as_deref(), Some("node-b.example:4500"));
+        assert_eq!(by_name.target(), "node-b.example:4500");
+        let back: PeerSpec = rmp_serde::from_slice(&rmp_serde::to_vec(&by_name).unwrap()).unwrap();
+        assert_eq!(back, by_name);
     }
 
     #[test]

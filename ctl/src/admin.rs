@@ -17,7 +17,8 @@ use crate::output::{Output, print_json};
 /// Where the controller is and who we are.
 #[derive(clap::Args, Debug)]
 pub(crate) struct ControllerArgs {
-    /// The controller's QUIC address (host:port).
+    /// The controller's QUIC address: `host:port` (a name or an IP; every
+    /// address the name resolves to is tried).
     #[arg(long, env = "SLIMCTL_CONTROLLER", default_value = "127.0.0.1:4600")]
     controller: String,
     /// TLS server name (SNI) of the controller.
@@ -91,8 +92,11 @@ pub(crate) async fn node(cmd: NodeCmd, out: Output) -> Result<()> {
                 n.node_id.clone(),
                 n.cluster.clone(),
                 n.spiffe_id.clone(),
-                n.external_endpoint
-                    .map_or("- (dials out)".into(), |a| a.to_string()),
+                match (&n.external_host, n.external_endpoint) {
+                    (Some(h), _) => h.clone(),
+                    (None, Some(a)) => a.to_string(),
+                    (None, None) => "- (dials out)".into(),
+                },
                 if n.connected {
                     "yes".into()
                 } else {
@@ -272,16 +276,17 @@ async fn request(ctl: &ControllerArgs, req: AdminRequest) -> Result<AdminRespons
         &[slim_controller::ALPN_CONTROLLER],
         server,
     )?;
-    let addr = tokio::net::lookup_host(&ctl.controller)
-        .await
-        .with_context(|| format!("cannot resolve {}", ctl.controller))?
-        .next()
-        .with_context(|| format!("no address for {}", ctl.controller))?;
     let timeout = Duration::from_secs(10);
+    // The error says "cannot resolve ..." or "cannot connect to ... at ADDR".
     let conn = crate::signal::interruptible(async {
-        ControllerConn::connect(addr, &ctl.controller_name, tls, Limits::default(), timeout)
-            .await
-            .with_context(|| format!("cannot reach the controller at {addr}"))
+        Ok(ControllerConn::connect_host(
+            &ctl.controller,
+            &ctl.controller_name,
+            tls,
+            Limits::default(),
+            timeout,
+        )
+        .await?)
     })
     .await;
     let mut conn = match conn {

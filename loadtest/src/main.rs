@@ -435,11 +435,17 @@ fn parse_target(s: &str) -> Result<Target> {
         .with_context(|| format!("target {s:?} needs a scheme: slim://, nats:// or tls://"))?;
     match scheme {
         "slim" => {
-            let addr = rest
+            // host:port, an IP or a name; a load run resolves it once, at start
+            // (IPv4 first: nodes listen on 0.0.0.0 by default).
+            let addrs: Vec<_> = rest
                 .to_socket_addrs()
-                .with_context(|| format!("resolving {rest}"))?
-                .next()
-                .with_context(|| format!("{rest} resolves to no address"))?;
+                .with_context(|| format!("cannot resolve {rest}"))?
+                .collect();
+            let addr = *addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(addrs.first())
+                .with_context(|| format!("cannot resolve {rest}: no address"))?;
             Ok(Target::Slim(addr))
         }
         "nats" => Ok(Target::Nats {
@@ -694,7 +700,7 @@ fn throughput_once(
                     let mut cfg = cfg;
                     cfg.federation.peers = vec![slim_actors::PeerSpec {
                         node_id: "loadtest-far".into(),
-                        addr: sub_addr,
+                        addr: sub_addr.to_string(),
                         server_name: "slim-node".into(),
                         expect_spiffe_id: None,
                     }];

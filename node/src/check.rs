@@ -122,7 +122,7 @@ pub fn check_config(cfg: &FileConfig) -> Result<CheckSummary, ConfigError> {
     if let Some(path) = &cfg.node.reset_key_file {
         reset_key_file(path)?;
     }
-    // validate() resolved and checked them already.
+    // validate() checked their form; names are resolved when dialled.
     for p in &cfg.federation.peers {
         lines.push(format!("federation peer {} at {}", p.node_id, p.address));
     }
@@ -132,7 +132,7 @@ pub fn check_config(cfg: &FileConfig) -> Result<CheckSummary, ConfigError> {
             "controller {} (cluster {:?}, {})",
             c.address,
             c.cluster,
-            match c.external_endpoint {
+            match &c.external_endpoint {
                 Some(e) => format!("reachable at {e}"),
                 None => "behind NAT: dials out only".into(),
             }

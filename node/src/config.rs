@@ -39,7 +39,8 @@ pub struct FileConfig {
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerSection {
-    /// `host:port` of the controller's QUIC listener.
+    /// `host:port` of the controller's QUIC listener (an IP or a DNS name,
+    /// resolved at every (re)connect; every address is tried).
     pub address: String,
     /// TLS server name (SNI) for the controller.
     #[serde(default = "default_controller_name")]
@@ -49,9 +50,11 @@ pub struct ControllerSection {
     /// Cluster / group name shown in the fleet view.
     #[serde(default)]
     pub cluster: String,
-    /// Where other nodes can dial this node's listener. Absent: this node is
-    /// behind NAT and only dials out.
-    pub external_endpoint: Option<SocketAddr>,
+    /// Where other nodes can dial this node's listener, `host:port`: an IP,
+    /// or a DNS name that the controller hands to dialers as the name (each
+    /// resolves it at every dial). Absent: this node is behind NAT and only
+    /// dials out.
+    pub external_endpoint: Option<String>,
     /// TLS server name other nodes use when dialling this node.
     #[serde(default = "default_advertise_name")]
     pub advertise_server_name: String,
@@ -201,7 +204,8 @@ impl Default for FederationSection {
 pub struct PeerSection {
     /// The peer's node id (checked against its answer).
     pub node_id: String,
-    /// `ip:port` or `host:port` (resolved at start).
+    /// `ip:port` or `host:port`: a name is kept and resolved at every
+    /// (re)dial, and every address it resolves to is tried.
     pub address: String,
     /// TLS server name (SNI); default "slim-node". The peer is authenticated
     /// by SPIFFE ID, not by this name.
@@ -216,7 +220,7 @@ fn default_server_name() -> String {
 }
 
 impl FederationSection {
-    /// The static peers, resolved and checked.
+    /// The static peers, checked (names are resolved at each dial, not here).
     pub fn peer_specs(&self) -> Result<Vec<slim_actors::PeerSpec>, ConfigError> {
         let mut out = Vec::with_capacity(self.peers.len());
         for (i, p) in self.peers.iter().enumerate() {
@@ -226,18 +230,8 @@ impl FederationSection {
                     p.node_id
                 )));
             }
-            use std::net::ToSocketAddrs;
-            let addr = p
-                .address
-                .to_socket_addrs()
-                .map_err(|e| ConfigError::Invalid(format!("federation.peers[{i}].address: {e}")))?
-                .next()
-                .ok_or_else(|| {
-                    ConfigError::Invalid(format!(
-                        "federation.peers[{i}].address {:?} resolves to nothing",
-                        p.address
-                    ))
-                })?;
+            check_host_port(&p.address)
+                .map_err(|e| ConfigError::Invalid(format!("federation.peers[{i}].address: {e}")))?;
             let expect_spiffe_id = p
                 .spiffe_id
                 .as_deref()
@@ -248,7 +242,7 @@ impl FederationSection {
                 })?;
             out.push(slim_actors::PeerSpec {
                 node_id: p.node_id.clone(),
-                addr,
+                addr: p.address.clone(),
                 server_name: p.server_name.clone(),
                 expect_spiffe_id,
             });
@@ -279,7 +273,7 @@ impl FederationSection {
     fn federation_config(&self) -> slim_actors::FederationConfig {
         let d = slim_actors::FederationConfig::default();
         slim_actors::FederationConfig {
-            // Resolved again at start; `validate` reported any error.
+            // `validate` reported any error.
             peers: self.peer_specs().unwrap_or_default(),
             keep_alive: Duration::from_millis(self.keep_alive_ms),
             link_timeout: Duration::from_millis(self.link_timeout_ms),
@@ -535,14 +529,11 @@ impl FileConfig {
         if let Some(v) = get("SLIM_EXTERNAL_ENDPOINT")
             && let Some(c) = &mut self.controller
         {
-            c.external_endpoint =
-                Some(
-                    v.parse()
-                        .map_err(|e: std::net::AddrParseError| ConfigError::Env {
-                            var: "SLIM_EXTERNAL_ENDPOINT",
-                            message: e.to_string(),
-                        })?,
-                );
+            check_host_port(&v).map_err(|message| ConfigError::Env {
+                var: "SLIM_EXTERNAL_ENDPOINT",
+                message,
+            })?;
+            c.external_endpoint = Some(v);
         }
         Ok(())
     }
@@ -686,6 +677,40 @@ impl FileConfig {
     }
 }
 
+/// Checks the form `host:port` (an IPv4 address, `[IPv6]`, or a DNS name,
+/// and a port > 0) without resolving anything: names are resolved when
+/// dialled, so a name that does not resolve yet is not a config error.
+pub fn check_host_port(s: &str) -> Result<(), String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return if a.port() == 0 {
+            Err(format!("{s:?}: port 0 cannot be dialled"))
+        } else {
+            Ok(())
+        };
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?}: expected host:port"));
+    };
+    if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+        return Err(format!(
+            "{s:?}: expected host:port with a port from 1 to 65535"
+        ));
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !name_ok {
+        return Err(format!(
+            "{s:?}: {host:?} is neither an IP address nor a host name"
+        ));
+    }
+    Ok(())
+}
+
 impl ControllerSection {
     /// The node-side controller link settings this section describes.
     pub fn link_config(&self) -> Result<crate::controller::ControllerLinkConfig, ConfigError> {
@@ -694,12 +719,19 @@ impl ControllerSection {
                 "controller.address must not be empty".into(),
             ));
         }
-        if let Some(e) = self.external_endpoint
-            && (e.ip().is_unspecified() || e.port() == 0)
-        {
-            return Err(ConfigError::Invalid(format!(
-                "controller.external_endpoint {e} cannot be dialled: give the address other nodes reach"
-            )));
+        check_host_port(&self.address)
+            .map_err(|e| ConfigError::Invalid(format!("controller.address: {e}")))?;
+        if let Some(e) = &self.external_endpoint {
+            check_host_port(e)
+                .map_err(|m| ConfigError::Invalid(format!("controller.external_endpoint: {m}")))?;
+            if e.parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_unspecified())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "controller.external_endpoint {e} cannot be dialled: give the address or \
+                     name other nodes reach"
+                )));
+            }
         }
         if self.report_interval_ms == 0 || self.delta_interval_ms == 0 {
             return Err(ConfigError::Invalid(
@@ -715,7 +747,7 @@ impl ControllerSection {
             .transpose()
             .map_err(|e| ConfigError::Invalid(format!("controller.expect_spiffe_id: {e}")))?;
         l.cluster = self.cluster.clone();
-        l.external_endpoint = self.external_endpoint;
+        l.external_endpoint = self.external_endpoint.clone();
         l.advertise_server_name = self.advertise_server_name.clone();
         l.report_interval = Duration::from_millis(self.report_interval_ms);
         l.delta_interval = Duration::from_millis(self.delta_interval_ms);
@@ -879,7 +911,15 @@ spiffe_id = "spiffe://acme.example/cluster-b/node"
             .unwrap();
         cfg.validate().unwrap();
         let l = cfg.controller.as_ref().unwrap().link_config().unwrap();
-        assert_eq!(l.external_endpoint, Some("192.0.2.1:4500".parse().unwrap()));
+        assert_eq!(l.external_endpoint.as_deref(), Some("192.0.2.1:4500"));
+        // A DNS name is kept as the name.
+        cfg.apply_env(|k| (k == "SLIM_EXTERNAL_ENDPOINT").then(|| "node-b.example:4500".into()))
+            .unwrap();
+        cfg.validate().unwrap();
+        let l = cfg.controller.as_ref().unwrap().link_config().unwrap();
+        assert_eq!(l.external_endpoint.as_deref(), Some("node-b.example:4500"));
+        let bad = cfg.apply_env(|k| (k == "SLIM_EXTERNAL_ENDPOINT").then(|| "node-b".into()));
+        assert!(bad.unwrap_err().to_string().contains("host:port"));
         assert_eq!(l.server_name, "slim-controller");
         // The env var alone enables the link.
         let mut cfg = FileConfig::parse(
@@ -891,6 +931,42 @@ spiffe_id = "spiffe://acme.example/cluster-b/node"
         cfg.apply_env(|k| (k == "SLIM_CONTROLLER").then(|| "10.0.0.1:4600".into()))
             .unwrap();
         assert_eq!(cfg.controller.unwrap().address, "10.0.0.1:4600");
+    }
+
+    #[test]
+    fn host_port_forms() {
+        for ok in [
+            "10.0.0.1:4500",
+            "[::1]:4500",
+            "localhost:4500",
+            "slim-node.prod.svc:4500",
+        ] {
+            check_host_port(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "localhost",
+            "localhost:0",
+            ":4500",
+            "a b:4500",
+            "host:port",
+            "10.0.0.1:0",
+        ] {
+            assert!(check_host_port(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn peer_names_are_kept_for_the_dial() {
+        let cfg = FileConfig::parse(
+            "[identity]\ndir = \"/id\"\n[authz]\nmode = \"allow_all\"\n\
+             [[federation.peers]]\nnode_id = \"b\"\naddress = \"no-such-host.invalid:4500\"",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        // Not resolved at load: a peer whose name resolves later still links.
+        cfg.validate().unwrap();
+        let specs = cfg.federation.peer_specs().unwrap();
+        assert_eq!(specs[0].addr, "no-such-host.invalid:4500");
     }
 
     #[test]

@@ -56,7 +56,9 @@ pub struct ControllerLinkConfig {
     pub expect_spiffe_id: Option<SpiffeId>,
     pub cluster: String,
     /// Where other nodes can dial this node; `None` behind NAT.
-    pub external_endpoint: Option<SocketAddr>,
+    /// `host:port`; a name goes to the controller as the name
+    /// (`Register::external_host`), for dialers to resolve.
+    pub external_endpoint: Option<String>,
     /// The TLS server name other nodes should use when dialling this node.
     pub advertise_server_name: String,
     /// How often link changes and route changes are looked for; a change
@@ -95,8 +97,6 @@ impl ControllerLinkConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerLinkError {
-    #[error("cannot resolve the controller address {0:?}")]
-    Resolve(String),
     #[error(transparent)]
     Conn(#[from] ConnError),
     #[error("TLS configuration: {0}")]
@@ -399,13 +399,10 @@ async fn session(
         let n = node.upgrade().ok_or(ControllerLinkError::NodeGone)?;
         (n.node_id().to_owned(), n.local_addr())
     };
-    let addr = tokio::net::lookup_host(&cfg.address)
-        .await
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| ControllerLinkError::Resolve(cfg.address.clone()))?;
-    let mut c = ControllerConn::connect(
-        addr,
+    // Resolved at every attempt, every address tried: a controller that
+    // moved is found under its name.
+    let mut c = ControllerConn::connect_host(
+        &cfg.address,
         &cfg.server_name,
         tls(identity, cfg)?,
         Limits::default(),
@@ -439,22 +436,27 @@ async fn registered_session(
     node_id: String,
     listen: SocketAddr,
 ) -> Result<(), ControllerLinkError> {
+    let ext = cfg.external_endpoint.as_deref();
+    let ext_addr = ext.and_then(|e| e.parse::<SocketAddr>().ok());
     c.stream
         .send(&ToController::Register(p::Register {
             node_id,
             cluster: cfg.cluster.clone(),
-            external_endpoint: cfg.external_endpoint,
+            external_endpoint: ext_addr,
+            external_host: ext.filter(|_| ext_addr.is_none()).map(str::to_owned),
             listen: Some(listen),
             server_name: cfg.advertise_server_name.clone(),
             epoch: pending.epoch,
             dialing: applied
                 .iter()
                 .flatten()
-                .map(|ps| p::PeerSpec {
-                    node_id: ps.node_id.clone(),
-                    addr: ps.addr,
-                    server_name: ps.server_name.clone(),
-                    expect_spiffe_id: ps.expect_spiffe_id.as_ref().map(|i| i.to_string()),
+                .map(|ps| {
+                    p::PeerSpec::new(
+                        ps.node_id.clone(),
+                        &ps.addr,
+                        ps.server_name.clone(),
+                        ps.expect_spiffe_id.as_ref().map(|i| i.to_string()),
+                    )
                 })
                 .collect(),
         }))
@@ -552,8 +554,10 @@ fn apply_peers(
                 }
             };
             Some(slim_actors::PeerSpec {
+                // The name, when the target registered one: resolved by the
+                // link at each dial.
+                addr: ps.target(),
                 node_id: ps.node_id,
-                addr: ps.addr,
                 server_name: ps.server_name,
                 expect_spiffe_id: expect,
             })

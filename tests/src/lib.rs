@@ -334,7 +334,7 @@ impl RawConn {
 pub fn peer_spec(node: &NodeHandle) -> slim_actors::PeerSpec {
     slim_actors::PeerSpec {
         node_id: node.node_id().to_owned(),
-        addr: node.local_addr(),
+        addr: node.local_addr().to_string(),
         server_name: "slim-node".into(),
         expect_spiffe_id: None,
     }

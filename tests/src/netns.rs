@@ -93,6 +93,7 @@ fn reap_stale() {
         {
             kill_all_in(name);
             let _ = Command::new("ip").args(["netns", "del", name]).status();
+            let _ = std::fs::remove_dir_all(etc_dir(name));
         }
     }
 }
@@ -105,7 +106,14 @@ fn kill_all_in(ns: &str) {
     }
 }
 
-/// One network namespace; deleted (with every process in it) on drop.
+/// `/etc/netns/NAME`: `ip netns exec` bind-mounts each file in it over the
+/// same file in `/etc` for the process it starts.
+fn etc_dir(ns: &str) -> PathBuf {
+    Path::new("/etc/netns").join(ns)
+}
+
+/// One network namespace; deleted (with every process in it, and its
+/// `/etc/netns/NAME` files) on drop.
 pub struct Netns {
     pub name: String,
 }
@@ -116,6 +124,21 @@ impl Netns {
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// Sets the `/etc/hosts` that processes started in this namespace from
+    /// now on see (`/etc/netns/NAME/hosts`), with `localhost` and `entries`
+    /// (name, address). Processes already running see a rewrite too: the
+    /// file is rewritten in place, so their bind mount still shows it, and
+    /// the resolver reads it at every lookup.
+    pub fn set_hosts(&self, entries: &[(&str, Ipv4Addr)]) {
+        let dir = etc_dir(&self.name);
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/NAME");
+        let mut text = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for (name, ip) in entries {
+            text.push_str(&format!("{ip} {name}\n"));
+        }
+        std::fs::write(dir.join("hosts"), text).expect("write /etc/netns/NAME/hosts");
     }
 
     /// `ip -n <ns> …`
@@ -196,6 +219,7 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        let _ = std::fs::remove_dir_all(etc_dir(&self.name));
     }
 }
 

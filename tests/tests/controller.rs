@@ -83,7 +83,7 @@ fn link_with(
 ) -> ControllerLink {
     let mut cfg = ControllerLinkConfig::new(ctl.to_string());
     cfg.cluster = cluster.into();
-    cfg.external_endpoint = reachable.then(|| node.local_addr());
+    cfg.external_endpoint = reachable.then(|| node.local_addr().to_string());
     cfg.report_interval = Duration::from_millis(200);
     cfg.backoff_initial = Duration::from_millis(50);
     cfg.backoff_max = Duration::from_millis(500);
@@ -542,6 +542,7 @@ async fn unauthorized_identities_are_refused() {
             server_name: "x".into(),
             epoch: 1,
             dialing: vec![],
+            external_host: None,
         }))
         .await
         .unwrap();
@@ -718,6 +719,7 @@ async fn out_of_step_deltas_ask_for_a_full_report_and_large_answers_come_in_page
             server_name: "slim-node".into(),
             epoch: 1,
             dialing: vec![],
+            external_host: None,
         }))
         .await
         .unwrap();

@@ -546,8 +546,11 @@ fn compose_runs_the_shared_config_files() {
                     );
                     // Reachable nodes advertise their own address on a network
                     // they share with the other nodes; NATed ones publish nothing.
-                    match ctl.external_endpoint {
+                    match &ctl.external_endpoint {
                         Some(ext) => {
+                            let ext: std::net::SocketAddr = ext.parse().unwrap_or_else(|e| {
+                                panic!("{name}: external endpoint {ext} is not an address: {e}")
+                            });
                             assert_eq!(
                                 ext.port(),
                                 c.node.listen.port(),
@@ -1460,10 +1463,7 @@ fn helm_chart_renders_the_fleet_config_keys() {
         }
         if what == "reachable" {
             let c = cfg.controller.as_ref().expect("[controller]");
-            assert_eq!(
-                c.external_endpoint.map(|e| e.to_string()).as_deref(),
-                Some("203.0.113.7:4500")
-            );
+            assert_eq!(c.external_endpoint.as_deref(), Some("203.0.113.7:4500"));
             assert_eq!(cfg.node.id, "eu-west-node");
             // The chart writes at least every key the fleet's node files use.
             let chart_keys = toml_keys(&toml);

@@ -157,7 +157,7 @@ async fn triangle_with_links_both_ways_delivers_each_multicast_exactly_once() {
     let ids = ["a", "b", "c"];
     let spec = |i: usize| slim_actors::PeerSpec {
         node_id: ids[i].into(),
-        addr: SocketAddr::from(([127, 0, 0, 1], ports[i])),
+        addr: SocketAddr::from(([127, 0, 0, 1], ports[i])).to_string(),
         server_name: "slim-node".into(),
         expect_spiffe_id: None,
     };
@@ -375,7 +375,7 @@ async fn link_flap_is_detected_and_the_link_reconverges() {
     let b = start_peer_node(&pki, "b", vec![], |_| {}).await;
     let relay = Relay::start(b.local_addr()).await;
     let mut spec = peer_spec(&b);
-    spec.addr = relay.addr;
+    spec.addr = relay.addr.to_string();
     let a = start_peer_node(&pki, "a", vec![spec], |_| {}).await;
     let chan = name("acme/flap/chan");
     let sub = client(&pki, b.local_addr(), "acme/flap/sub").await;
@@ -595,7 +595,7 @@ async fn a_stalled_link_is_isolated_and_its_drops_counted() {
     .await;
     let relay = Relay::start(a.local_addr()).await;
     let mut spec = peer_spec(&a);
-    spec.addr = relay.addr;
+    spec.addr = relay.addr.to_string();
     // b dials a, so a sends on the link under its server-side send window.
     let b = start_peer_node(&pki, "b", vec![spec], |_| {}).await;
     let chan = name("acme/stall/chan");

@@ -147,7 +147,10 @@ struct Fleet {
     topo: NatTopology,
     work: tempfile::TempDir,
     controller: Option<Proc>,
+    /// admin, b, a (the order of `NODES`).
     nodes: Vec<Proc>,
+    /// Clusters address each other by host names (`/etc/netns/NS/hosts`).
+    names: bool,
     // Workload API servers (one socket per workload, as a SPIRE agent would
     // attest each workload separately); dropped after the processes.
     _spire: Vec<slim_tests::slim_devspire::DevSpire>,
@@ -155,6 +158,32 @@ struct Fleet {
 }
 
 const CONTROLLER: &str = "192.168.100.10:4600";
+/// The host names of the named fleet (`Fleet::start_named`).
+const CONTROLLER_HOST: &str = "controller.acme.internal";
+const ADMIN_NODE_HOST: &str = "admin-node.acme.internal";
+const B_NODE_HOST: &str = "us-east-node.acme.internal";
+
+/// The fleet's nodes: namespace, workload, config file, external address.
+const NODES: [(&str, &str, &str, Option<Ipv4>); 3] = [
+    (
+        "admin",
+        "admin/node/admin-node",
+        "node-admin.toml",
+        Some(ADMIN_IP),
+    ),
+    (
+        "b",
+        "cluster-b/node/us-east-node",
+        "node-us-east.toml",
+        Some(B_IP),
+    ),
+    (
+        "a",
+        "cluster-a/node/eu-west-node",
+        "node-eu-west.toml",
+        None,
+    ),
+];
 
 const WORKLOADS: [&str; 8] = [
     "admin/controller/main",
@@ -169,6 +198,66 @@ const WORKLOADS: [&str; 8] = [
 
 impl Fleet {
     fn start() -> Fleet {
+        Self::start_with(false)
+    }
+
+    /// The fleet with every controller, node and external endpoint given
+    /// as a host name, resolved through each namespace's own hosts file.
+    fn start_named() -> Fleet {
+        Self::start_with(true)
+    }
+
+    /// Points the fleet's host names at `b_ip` for B's node, in every
+    /// namespace (before anything starts there, or rewritten in place).
+    fn set_hosts(&self, b_ip: Option<Ipv4>) {
+        let mut entries = vec![(CONTROLLER_HOST, ADMIN_IP), (ADMIN_NODE_HOST, ADMIN_IP)];
+        if let Some(ip) = b_ip {
+            entries.push((B_NODE_HOST, ip));
+        }
+        for ns in [&self.topo.admin, &self.topo.a, &self.topo.b] {
+            ns.set_hosts(&entries);
+        }
+    }
+
+    fn controller_addr(&self) -> String {
+        if self.names {
+            format!("{CONTROLLER_HOST}:4600")
+        } else {
+            CONTROLLER.into()
+        }
+    }
+
+    /// Starts node `i` of `NODES` in its namespace.
+    fn spawn_node(&self, i: usize) -> Proc {
+        let (ns, id, file, external) = NODES[i];
+        let ns = self.ns(ns);
+        let sock = self.socket(id);
+        let ext = external.map(|ip| match (self.names, ip) {
+            (true, ADMIN_IP) => format!("{ADMIN_NODE_HOST}:4500"),
+            (true, _) => format!("{B_NODE_HOST}:4500"),
+            (false, ip) => format!("{ip}:4500"),
+        });
+        let controller = self.controller_addr();
+        let mut envs = vec![
+            ("SPIFFE_ENDPOINT_SOCKET", sock.as_str()),
+            ("SLIM_LISTEN", "0.0.0.0:4500"),
+            ("SLIM_METRICS_LISTEN", "127.0.0.1:9464"),
+            ("SLIM_CONTROLLER", controller.as_str()),
+        ];
+        if let Some(e) = &ext {
+            envs.push(("SLIM_EXTERNAL_ENDPOINT", e.as_str()));
+        }
+        let p = ns.spawn(
+            &netns::bin("slim-node"),
+            &["--config", &repo_file(&format!("deploy/fleet/{file}"))],
+            &envs,
+            &self.work.path().join(format!("{file}.log")),
+        );
+        p.wait_log("listening on", Duration::from_secs(20));
+        p
+    }
+
+    fn start_with(names: bool) -> Fleet {
         use slim_tests::slim_devspire::{DevSpire, DevSpireConfig};
         let topo = NatTopology::build();
         let work = tempfile::tempdir().expect("tempdir");
@@ -194,50 +283,16 @@ impl Fleet {
             work,
             controller: None,
             nodes: Vec::new(),
+            names,
             _spire: spire,
             _rt: rt,
         };
+        if names {
+            fleet.set_hosts(Some(B_IP));
+        }
         fleet.start_controller();
-        let specs: [(&str, &str, &str, Option<Ipv4>); 3] = [
-            (
-                "admin",
-                "admin/node/admin-node",
-                "node-admin.toml",
-                Some(ADMIN_IP),
-            ),
-            (
-                "b",
-                "cluster-b/node/us-east-node",
-                "node-us-east.toml",
-                Some(B_IP),
-            ),
-            (
-                "a",
-                "cluster-a/node/eu-west-node",
-                "node-eu-west.toml",
-                None,
-            ),
-        ];
-        for (ns, id, file, external) in specs {
-            let ns = fleet.ns(ns);
-            let sock = fleet.socket(id);
-            let ext = external.map(|ip| format!("{ip}:4500"));
-            let mut envs = vec![
-                ("SPIFFE_ENDPOINT_SOCKET", sock.as_str()),
-                ("SLIM_LISTEN", "0.0.0.0:4500"),
-                ("SLIM_METRICS_LISTEN", "127.0.0.1:9464"),
-                ("SLIM_CONTROLLER", CONTROLLER),
-            ];
-            if let Some(e) = &ext {
-                envs.push(("SLIM_EXTERNAL_ENDPOINT", e.as_str()));
-            }
-            let p = ns.spawn(
-                &netns::bin("slim-node"),
-                &["--config", &repo_file(&format!("deploy/fleet/{file}"))],
-                &envs,
-                &fleet.work.path().join(format!("{file}.log")),
-            );
-            p.wait_log("listening on", Duration::from_secs(20));
+        for i in 0..NODES.len() {
+            let p = fleet.spawn_node(i);
             fleet.nodes.push(p);
         }
         fleet
@@ -284,10 +339,14 @@ impl Fleet {
 
     /// Starts `slim-test-agent` in cluster `ns` against that cluster's node.
     fn agent(&self, ns: &str, identity: &str, name: &str, args: &[&str], log: &str) -> Proc {
-        let node = match ns {
-            "a" => format!("{A_IP}:4500"),
-            "b" => format!("{B_IP}:4500"),
-            _ => format!("{ADMIN_IP}:4500"),
+        let node = match (self.names, ns) {
+            // In A, its own node by the name every host has.
+            (true, "a") => "localhost:4500".to_string(),
+            (true, "b") => format!("{B_NODE_HOST}:4500"),
+            (true, _) => format!("{ADMIN_NODE_HOST}:4500"),
+            (false, "a") => format!("{A_IP}:4500"),
+            (false, "b") => format!("{B_IP}:4500"),
+            (false, _) => format!("{ADMIN_IP}:4500"),
         };
         let sock = self.socket(identity);
         let mut all = vec!["--node", node.as_str(), "--as", name];
@@ -306,7 +365,13 @@ impl Fleet {
         let bin = netns::bin("slimctl");
         let mut all = vec![bin.to_str().expect("utf8"), "--output", "json"];
         all.extend_from_slice(args);
-        all.extend_from_slice(&["--controller", CONTROLLER, "--spiffe-socket", sock.as_str()]);
+        let controller = self.controller_addr();
+        all.extend_from_slice(&[
+            "--controller",
+            controller.as_str(),
+            "--spiffe-socket",
+            sock.as_str(),
+        ]);
         let out = self.topo.admin.try_exec(&all);
         assert!(
             out.status.success(),
@@ -314,6 +379,26 @@ impl Fleet {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("slimctl json")
+    }
+
+    /// The remote address of each link `node` reports Up to `peer`.
+    fn link_addrs(&self, node: &str, peer: &str) -> Vec<String> {
+        let links = self.admin(&["link", "list"]);
+        links
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|l| {
+                        l["node_id"] == node
+                            && l["link"]["peer_node_id"] == peer
+                            && l["link"]["state"]
+                                .as_str()
+                                .is_some_and(|s| s.eq_ignore_ascii_case("up"))
+                    })
+                    .map(|l| l["link"]["remote_addr"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Links reported Up by `node`, as (peer, direction).
@@ -764,4 +849,106 @@ fn controller_restart_keeps_traffic_and_audit() {
             .contains("spiffe://acme.example/admin/agent/escalation-handler"),
         "the audit names who joined: {audit}"
     );
+}
+
+/// Issue 13: the clusters address each other only by host names (each
+/// namespace's `/etc/hosts`): the controller, and the external endpoints
+/// the controller hands to dialers as names. Then B's node moves to another
+/// address under the same name, and the nodes that dial it resolve the name
+/// again and link to the new address; while the name resolves to nothing,
+/// their dials say "cannot resolve", not "cannot connect".
+#[test]
+fn clusters_dial_by_name_and_follow_a_name_to_its_new_address() {
+    let _one = ONE_FLEET.lock();
+    let mut fleet = Fleet::start_named();
+    let t = fleet.wait_mesh(Duration::from_secs(30));
+    eprintln!("links up {t:?} after the nodes started, every address a name");
+    let nodes = fleet.admin(&["node", "list"]);
+    let b = nodes
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["node_id"] == "us-east-node").cloned())
+        .expect("us-east-node registered");
+    eprintln!("slimctl node list (us-east-node): {b}");
+    let b_host = format!("{B_NODE_HOST}:4500");
+    assert_eq!(b["external_host"], b_host.as_str(), "{b}");
+    let old = format!("{B_IP}:4500");
+    for dialer in ["eu-west-node", "admin-node"] {
+        let addrs = fleet.link_addrs(dialer, "us-east-node");
+        eprintln!("{dialer} -> us-east-node ({b_host}) via {addrs:?}");
+        assert_eq!(addrs, vec![old.clone()], "{dialer}");
+    }
+
+    // B goes away and its name with it: the dials fail to resolve.
+    fleet.nodes[1].kill9();
+    fleet.set_hosts(None);
+    let a_log = fleet.nodes[2].log_text();
+    let before = a_log.matches("cannot resolve").count();
+    fleet.wait_until(
+        "A reports that B's name does not resolve",
+        Duration::from_secs(40),
+        || {
+            fleet.nodes[2]
+                .log_text()
+                .matches(&format!("cannot resolve {b_host}"))
+                .count()
+                > before
+        },
+    );
+    let line = fleet.nodes[2]
+        .log_text()
+        .lines()
+        .rev()
+        .find(|l| l.contains(&format!("cannot resolve {b_host}")))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    eprintln!("eu-west-node while the name is gone: {line}");
+
+    // B comes back on a new address under the same name.
+    let new_ip = Ipv4::new(192, 168, 100, 21);
+    let b_ns = &fleet.topo.b;
+    b_ns.ip(&["addr", "del", &format!("{B_IP}/24"), "dev", "eth0"]);
+    b_ns.ip(&["addr", "add", &format!("{new_ip}/24"), "dev", "eth0"]);
+    fleet.set_hosts(Some(new_ip));
+    let moved = Instant::now();
+    fleet.nodes[1] = fleet.spawn_node(1);
+    let new = format!("{new_ip}:4500");
+    fleet.wait_until(
+        "both dialers link to B's new address",
+        Duration::from_secs(40),
+        || {
+            ["eu-west-node", "admin-node"]
+                .iter()
+                .all(|d| fleet.link_addrs(d, "us-east-node") == vec![new.clone()])
+        },
+    );
+    eprintln!(
+        "{b_host} now {new}: links up again {:?} after B restarted there",
+        moved.elapsed()
+    );
+    for dialer in ["eu-west-node", "admin-node"] {
+        eprintln!(
+            "{dialer} -> us-east-node ({b_host}) via {:?}",
+            fleet.link_addrs(dialer, "us-east-node")
+        );
+    }
+    // Traffic crosses the re-resolved link.
+    let mut sub = fleet.agent(
+        "b",
+        "cluster-b/agent/security-monitor",
+        "acme/us-east/security-monitor",
+        &["recv", CHAN, "--count", "20", "--timeout-secs", "30"],
+        "names-recv.log",
+    );
+    sub.wait_log("subscribed", Duration::from_secs(20));
+    let mut publ = fleet.agent(
+        "a",
+        "cluster-a/agent/security-monitor",
+        "acme/eu-west/security-monitor",
+        &["send", CHAN, "--count", "3000", "--rate", "100"],
+        "names-send.log",
+    );
+    let got = summary(&mut sub, Duration::from_secs(40));
+    eprintln!("A -> B after the move: {got}");
+    assert_eq!(got["duplicates"], 0, "{got}");
+    publ.kill9();
 }

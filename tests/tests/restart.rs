@@ -417,7 +417,7 @@ async fn a_peer_link_comes_back_when_its_peer_restarts() {
         c.federation.link_timeout = Duration::from_secs(30);
         c.federation.peers = vec![PeerSpec {
             node_id: "restart-b".into(),
-            addr: b_addr,
+            addr: b_addr.to_string(),
             server_name: "slim-node".into(),
             expect_spiffe_id: None,
         }];

@@ -3,6 +3,7 @@
 //! announcements and registry routes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -259,7 +260,10 @@ impl FedState {
             let shared = Arc::new(LinkShared::new(
                 LinkDirection::Dialled,
                 &spec.node_id,
-                spec.addr,
+                // Until the first dial resolves it, a name has no address.
+                spec.addr
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             ));
             let args = LinkArgs {
                 ctx: Arc::clone(&self.ctx),

@@ -82,7 +82,9 @@ pub(crate) async fn dial_loop(ctx: Arc<NodeCtx>, shared: Arc<LinkShared>, spec: 
                 if matches!(e, LinkError::Duplicate) {
                     delay = Some(fc.backoff_max);
                 }
-                info!(peer = %spec.node_id, addr = %spec.addr, error = %e, "cannot establish peer link");
+                // The error says which: "cannot resolve HOST: why" or
+                // "cannot connect to ADDR: why" (also the metric's reason).
+                info!(peer = %spec.node_id, addr = %spec.addr, reason = e.label(), error = %e, "cannot establish peer link");
             }
         }
         if ctx.is_shutting_down() {

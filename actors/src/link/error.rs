@@ -7,8 +7,11 @@ use crate::conn::shared::ConnError;
 /// Why a link attempt or a live link ended.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LinkError {
-    #[error("cannot connect: {0}")]
-    Connect(String),
+    /// The peer's host name did not resolve (distinct from `Connect`).
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
     #[error("handshake timed out")]
     Timeout,
     #[error("TLS configuration: {0}")]
@@ -34,7 +37,8 @@ pub(crate) enum LinkError {
 impl LinkError {
     pub(crate) fn label(&self) -> &'static str {
         match self {
-            LinkError::Connect(_) => "connect",
+            LinkError::Resolve { .. } => "resolve",
+            LinkError::Connect { .. } => "connect",
             LinkError::Timeout => "timeout",
             LinkError::Tls(_) => "tls",
             LinkError::Unauthorized(_) => "unauthorized",

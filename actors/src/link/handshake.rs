@@ -2,12 +2,14 @@
 //! the control stream) and the acceptor's answer, both under the handshake
 //! deadline.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use metrics::counter;
 use quinn::SendStream;
 use slim_wire::{ErrorCode, Frame, LINK_PROTOCOL_VERSION, PeerAccept, PeerHello, Ping, Reject};
 use std::time::Duration;
+use tracing::debug;
 
 use crate::ctx::{NodeCtx, Reader, close_conn, encode, read_first, transport_config};
 use crate::fed::shared::LinkShared;
@@ -40,6 +42,76 @@ pub(crate) fn peer_cert_id(conn: &quinn::Connection) -> Option<slim_auth::Spiffe
     slim_auth::peer_spiffe_id(&certs).ok()
 }
 
+/// Resolves `host:port` with the system resolver, at every dial: a peer
+/// that moved is found under its name. Bounded by `timeout`, since a
+/// resolver that never answers must not stall the dial loop.
+pub(crate) async fn resolve(host: &str, timeout: Duration) -> Result<Vec<SocketAddr>, LinkError> {
+    let err = |reason: String| LinkError::Resolve {
+        host: host.to_owned(),
+        reason,
+    };
+    match tokio::time::timeout(timeout, tokio::net::lookup_host(host)).await {
+        Err(_) => Err(err(format!(
+            "no answer from the resolver within {timeout:?}"
+        ))),
+        Ok(Err(e)) => Err(err(e.to_string())),
+        Ok(Ok(addrs)) => {
+            let v: Vec<SocketAddr> = addrs.collect();
+            if v.is_empty() {
+                Err(err("no address".into()))
+            } else {
+                Ok(v)
+            }
+        }
+    }
+}
+
+/// Resolves the peer's address and tries every address it resolves to in
+/// turn (each under `deadline`), so one dead address of several does not
+/// keep the link down. The error is the last address's.
+async fn connect_any(
+    ctx: &NodeCtx,
+    spec: &PeerSpec,
+    cc: quinn::ClientConfig,
+    deadline: Duration,
+) -> Result<quinn::Connection, LinkError> {
+    let mut addrs = resolve(&spec.addr, deadline).await?;
+    // Addresses of our socket's family first: the others fail at once on
+    // an IPv4 socket, but may cost a handshake timeout on a dual-stack one.
+    if let Ok(local) = ctx.endpoint.local_addr() {
+        addrs.sort_by_key(|a| a.is_ipv6() != local.is_ipv6());
+    }
+    let mut last = None;
+    for addr in addrs {
+        let connect_err = |reason: String| LinkError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let attempt = match ctx
+            .endpoint
+            .connect_with(cc.clone(), addr, &spec.server_name)
+        {
+            Err(e) => Err(connect_err(e.to_string())),
+            Ok(connecting) => match tokio::time::timeout(deadline, connecting).await {
+                Err(_) => Err(LinkError::Timeout),
+                Ok(Err(e)) => Err(connect_err(e.to_string())),
+                Ok(Ok(c)) => Ok(c),
+            },
+        };
+        match attempt {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                debug!(peer = %spec.node_id, host = %spec.addr, %addr, error = %e, "peer address failed; trying the next");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| LinkError::Resolve {
+        host: spec.addr.clone(),
+        reason: "no address".into(),
+    }))
+}
+
 pub(crate) async fn dial(
     ctx: &NodeCtx,
     shared: &LinkShared,
@@ -59,16 +131,8 @@ pub(crate) async fn dial(
         .map_err(|e| LinkError::Tls(e.to_string()))?;
     let mut cc = quinn::ClientConfig::new(Arc::new(quic));
     cc.transport_config(Arc::new(link_transport(ctx)));
-    let connecting = ctx
-        .endpoint
-        .connect_with(cc, spec.addr, &spec.server_name)
-        .map_err(|e| LinkError::Connect(e.to_string()))?;
     let deadline = ctx.cfg.handshake_timeout;
-    let conn = match tokio::time::timeout(deadline, connecting).await {
-        Err(_) => return Err(LinkError::Timeout),
-        Ok(Err(e)) => return Err(LinkError::Connect(e.to_string())),
-        Ok(Ok(c)) => c,
-    };
+    let conn = connect_any(ctx, spec, cc, deadline).await?;
     // Mutual: the node we dialled must be a peer under *our* policy too.
     let peer_id = peer_cert_id(&conn)
         .ok_or_else(|| LinkError::Unauthorized("peer presented no SPIFFE ID".into()))?;
@@ -218,4 +282,47 @@ pub(crate) struct Accepted {
     pub reader: Reader,
     pub node_id: String,
     pub spiffe_id: slim_auth::SpiffeId,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_a_resolve_error_not_a_connect_error() {
+        // `.invalid` never resolves (RFC 2606).
+        let e = resolve("no-such-host.invalid:4500", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert_eq!(e.label(), "resolve");
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot resolve no-such-host.invalid:4500: "),
+            "{text}"
+        );
+        let c = LinkError::Connect {
+            addr: "127.0.0.1:9".into(),
+            reason: "timed out".into(),
+        };
+        assert_eq!(c.label(), "connect");
+        assert_eq!(c.to_string(), "cannot connect to 127.0.0.1:9: timed out");
+    }
+
+    #[tokio::test]
+    async fn localhost_resolves_to_every_address_it_has() {
+        let addrs = resolve("localhost:4500", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 4500),
+            "{addrs:?}"
+        );
+        // An IP is its own (only) address.
+        let one = resolve("192.0.2.7:1", Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(one, vec![SocketAddr::from(([192, 0, 2, 7], 1))]);
+    }
 }

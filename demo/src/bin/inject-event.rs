@@ -4,8 +4,6 @@
 //! The monitor acts only on events from the event source's SPIFFE ID.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
-
 use anyhow::{Context, Result};
 use clap::Parser;
 use slim_auth::{IdentitySource, IdentitySourceConfig};
@@ -20,9 +18,10 @@ struct Args {
     severity: String,
     #[arg(long, default_value = "nginx:1.21")]
     image: String,
-    /// Cluster A's SLIM node.
+    /// Cluster A's SLIM node: `host:port` or `slim://host:port` (a name is
+    /// resolved with the system resolver).
     #[arg(long, env = "SLIM_NODE")]
-    node: SocketAddr,
+    node: String,
     /// Who receives the finding.
     #[arg(long, default_value = "acme/eu-west/security-monitor")]
     to: String,
@@ -34,11 +33,12 @@ async fn main() -> Result<()> {
     let source = IdentitySource::start(IdentitySourceConfig::spire(None))
         .await
         .context("SPIFFE Workload API (is SPIFFE_ENDPOINT_SOCKET set?)")?;
-    let cfg = ClientConfig::with_credentials(
-        args.node,
+    let cfg = ClientConfig::for_url(
+        &args.node,
         Name::parse("acme/eu-west/event-source")?,
         Credentials::Source(source),
-    );
+    )
+    .await?;
     let client = Client::connect(cfg).await.context("connect to the node")?;
     let event = serde_json::json!({
         "type": args.kind,

@@ -17,9 +17,10 @@ use slim_wire::{Mode, Name};
 
 #[derive(Parser, Debug)]
 struct Cli {
-    /// The node to dial (UDP address).
+    /// The node to dial: `host:port` or `slim://host:port` (a name is
+    /// resolved at every (re)connect).
     #[arg(long)]
-    node: std::net::SocketAddr,
+    node: String,
     /// spiffe-helper layout directory with this agent's SVID; without it the
     /// SVID comes from the Workload API at $SPIFFE_ENDPOINT_SOCKET.
     #[arg(long)]
@@ -84,7 +85,9 @@ async fn main() -> Result<()> {
     .await
     .context("identity")?;
     let name = Name::parse(&cli.name).context("--as")?;
-    let cfg = ClientConfig::with_credentials(cli.node, name, Credentials::Source(src));
+    let cfg = ClientConfig::for_url(&cli.node, name, Credentials::Source(src))
+        .await
+        .context("--node")?;
     let client = Client::connect(cfg).await.context("connect")?;
     eprintln!("connected as {}", client.name());
     match cli.cmd {
