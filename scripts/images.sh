@@ -73,6 +73,8 @@ for target in runtime:slim:dev dev:slim-dev:dev prometheus:slim-prometheus:dev; 
         exit 1
     fi
 done
+# The trees are in the images now; the images stay (tagged) for the next run.
+rm -rf "$STAGE/tree"
 docker image prune -f >/dev/null
 docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E '^slim(-dev|-prometheus)?:dev ' || true
 echo "== images built in $((SECONDS - t0)) s"

@@ -252,7 +252,12 @@ fn compose_up_runs_the_incident_to_resolved() {
 
     // 2. up, and every node and the controller healthy.
     let o = run(fleet.compose().args(["up", "-d"]));
-    assert!(o.status.success(), "up -d:\n{}", text(&o));
+    assert!(
+        o.status.success(),
+        "up -d ({:?}):\n{}",
+        fleet.env,
+        text(&o)
+    );
     fleet.say("up -d");
     for svc in ["controller"].into_iter().chain(NODES) {
         fleet.wait_for(
@@ -382,7 +387,18 @@ fn compose_up_runs_the_incident_to_resolved() {
         "the probe could not reach cluster B's node {B_WAN} (the control):\n{}",
         text(&b)
     );
-    fleet.say(&format!("probe → cluster B {B_WAN}: connected ({})", b.status));
+    let line = |o: &Output, pat: &str| {
+        text(o)
+            .lines()
+            .find(|l| l.contains(pat))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    fleet.say(&format!(
+        "probe → cluster B {B_WAN}: the node answered: {}",
+        line(&b, "no_route")
+    ));
     let a = probe(A_WAN);
     assert!(
         !a.status.success() && text(&a).contains("cannot connect"),
@@ -391,7 +407,7 @@ fn compose_up_runs_the_incident_to_resolved() {
     );
     fleet.say(&format!(
         "probe → cluster A {A_WAN}: refused: {}",
-        text(&a).trim().lines().last().unwrap_or("")
+        line(&a, "no answer")
     ));
     drop(fleet);
     println!("compose test: {:.1} s in all", t0.elapsed().as_secs_f64());
