@@ -69,7 +69,10 @@ pub(crate) fn health(a: HealthArgs) -> Result<()> {
         .with_context(|| format!("no answer from {authority}"))?;
     let resp = String::from_utf8_lossy(&resp);
     let status = resp.lines().next().unwrap_or_default();
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.trim()).unwrap_or("");
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim())
+        .unwrap_or("");
     if status.split_whitespace().nth(1) != Some("200") {
         bail!("{} answered {status:?}: {body}", a.url);
     }

@@ -123,7 +123,12 @@ impl Fleet {
     /// What to look at when a wait fails: the services' states and log tails.
     fn snapshot(&self) -> String {
         let ps = text(&run(self.compose().arg("ps")));
-        let logs = text(&run(self.compose().args(["logs", "--no-color", "--tail", "15"])));
+        let logs = text(&run(self.compose().args([
+            "logs",
+            "--no-color",
+            "--tail",
+            "15",
+        ])));
         format!("{ps}\n{logs}")
     }
 
@@ -240,7 +245,9 @@ fn compose_up_runs_the_incident_to_resolved() {
         }
     ));
     // A project left by an interrupted run would hold the fixed subnets.
-    let _ = run(fleet.compose().args(["--profile", "tools", "down", "-v", "--remove-orphans"]));
+    let _ = run(fleet
+        .compose()
+        .args(["--profile", "tools", "down", "-v", "--remove-orphans"]));
     let o = run(Command::new(root.join("scripts/images.sh"))
         .arg("--bin-dir")
         .arg(bin_dir()));
@@ -252,24 +259,22 @@ fn compose_up_runs_the_incident_to_resolved() {
 
     // 2. up, and every node and the controller healthy.
     let o = run(fleet.compose().args(["up", "-d"]));
-    assert!(
-        o.status.success(),
-        "up -d ({:?}):\n{}",
-        fleet.env,
-        text(&o)
-    );
+    assert!(o.status.success(), "up -d ({:?}):\n{}", fleet.env, text(&o));
     fleet.say("up -d");
     for svc in ["controller"].into_iter().chain(NODES) {
-        fleet.wait_for(
-            &format!("{svc} healthy"),
-            Duration::from_secs(90),
-            || fleet.inspect(svc, "{{.State.Health.Status}}") == "healthy",
-        );
+        fleet.wait_for(&format!("{svc} healthy"), Duration::from_secs(90), || {
+            fleet.inspect(svc, "{{.State.Health.Status}}") == "healthy"
+        });
     }
     fleet.wait_for(
         "cluster-a-firewall applied (exit 0)",
         Duration::from_secs(60),
-        || fleet.inspect("cluster-a-firewall", "{{.State.Status}} {{.State.ExitCode}}") == "exited 0",
+        || {
+            fleet.inspect(
+                "cluster-a-firewall",
+                "{{.State.Status}} {{.State.ExitCode}}",
+            ) == "exited 0"
+        },
     );
 
     // 3. The incident, with the Python agents.
@@ -343,7 +348,10 @@ fn compose_up_runs_the_incident_to_resolved() {
             let Ok(v) = serde_json::from_str::<Value>(&body) else {
                 return false;
             };
-            let targets = v["data"]["activeTargets"].as_array().cloned().unwrap_or_default();
+            let targets = v["data"]["activeTargets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             let up: BTreeSet<String> = targets
                 .iter()
                 .filter(|t| t["health"] == "up")
@@ -351,13 +359,16 @@ fn compose_up_runs_the_incident_to_resolved() {
                 .collect();
             last = targets
                 .iter()
-                .map(|t| format!("{} {} {}", t["labels"]["instance"], t["health"], t["lastError"]))
+                .map(|t| {
+                    format!(
+                        "{} {} {}",
+                        t["labels"]["instance"], t["health"], t["lastError"]
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("; ");
             up.len() == targets.len()
-                && NODES
-                    .iter()
-                    .all(|n| up.contains(&format!("{n}:9464")))
+                && NODES.iter().all(|n| up.contains(&format!("{n}:9464")))
                 && up.contains("controller:9465")
         },
     );
@@ -409,6 +420,38 @@ fn compose_up_runs_the_incident_to_resolved() {
         "probe → cluster A {A_WAN}: refused: {}",
         line(&a, "no answer")
     ));
+    // It was the firewall: its drop rule counted the probe's packets.
+    let node = fleet.container("eu-west-node");
+    let o = run(Command::new("docker").args([
+        "run",
+        "--rm",
+        "--user",
+        "0:0",
+        "--cap-add",
+        "NET_ADMIN",
+        "--network",
+        &format!("container:{node}"),
+        "slim-dev:dev",
+        "nft",
+        "list",
+        "chain",
+        "inet",
+        "vpn",
+        "inbound",
+    ]));
+    let rule = line(&o, "drop");
+    let dropped: u64 = rule
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        dropped > 0,
+        "cluster A's firewall dropped nothing:\n{}",
+        text(&o)
+    );
+    fleet.say(&format!("cluster A's firewall: {rule}"));
     drop(fleet);
     println!("compose test: {:.1} s in all", t0.elapsed().as_secs_f64());
 }
