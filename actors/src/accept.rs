@@ -59,7 +59,10 @@ pub(crate) async fn accept(
             return Err(ConnError::Timeout);
         }
         Ok(Err(e)) => {
-            m::handshake("refused");
+            // A client that went quiet mid-handshake ends in QUIC's idle
+            // timeout: that is a timeout, not a refusal.
+            let timed_out = matches!(e, quinn::ConnectionError::TimedOut);
+            m::handshake(if timed_out { "timeout" } else { "refused" });
             if ctx.log.note(Kind::Handshake, tls_reason(&e)) {
                 info!(%remote, error = %e, "handshake refused{THROTTLED}");
             }

@@ -1,6 +1,6 @@
 //! The node's UDP socket, seen by quinn through a thin wrapper that counts
 //! datagrams quinn is about to drop without a word: quinn-proto discards
-//! junk (no QUIC header, connection IDs this node never issued, Initials
+//! junk (too short for a header, connection IDs this node never issued, Initials
 //! below the 1200-byte minimum, unknown versions) at debug level only, so
 //! without this a flood of junk shows in no metric.
 //!
@@ -34,7 +34,7 @@ const LOCAL_CID_LEN: usize = 8;
 pub(crate) enum Class {
     /// Worth quinn's time (it may still fail decryption).
     Quic,
-    /// Fixed bit clear, or too short for any QUIC header.
+    /// Too short for any QUIC header.
     Malformed,
     /// A short-header packet whose connection ID this node did not issue.
     UnknownCid,
@@ -64,12 +64,11 @@ fn supported(version: u32) -> bool {
 /// Classifies one datagram; `ours` tells whether a connection ID is one
 /// this node issued.
 pub(crate) fn classify(d: &[u8], ours: impl Fn(&[u8]) -> bool) -> Class {
+    // The fixed bit (0x40) is not checked: quinn negotiates
+    // `grease_quic_bit` (RFC 9287), so peers clear it at random.
     let Some(&first) = d.first() else {
         return Class::Malformed;
     };
-    if first & 0x40 == 0 {
-        return Class::Malformed;
-    }
     if first & 0x80 == 0 {
         // Short header: the destination connection ID follows the first byte.
         return match d.get(1..1 + LOCAL_CID_LEN) {
@@ -210,7 +209,12 @@ mod tests {
     #[test]
     fn classifies_what_quinn_drops() {
         assert_eq!(classify(&[], ours), Class::Malformed);
-        assert_eq!(classify(&[0x00, 1, 2, 3], ours), Class::Malformed);
+        // Fixed bit clear (greased) is still QUIC; a random first byte with a
+        // connection ID the node never issued is not.
+        let mut greased = vec![0x01];
+        greased.extend_from_slice(&[7u8; 8]);
+        assert_eq!(classify(&greased, ours), Class::Quic);
+        assert_eq!(classify(&[0x00, 1, 2, 3, 4, 5, 6, 7, 8], ours), Class::UnknownCid);
         let mut short = vec![0x41];
         short.extend_from_slice(&[7u8; 8]);
         short.extend_from_slice(&[0u8; 30]);
