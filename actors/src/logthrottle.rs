@@ -18,6 +18,9 @@ pub enum Kind {
     Handshake,
     /// Connection attempts turned away before any state (Retry, caps, rate).
     Incoming,
+    /// Client certificates refused by the SVID checks, by check (the same
+    /// connections then count once more under `Handshake`, as TLS refusals).
+    Credentials,
     /// Connections closed for a frame that did not complete in time, or for
     /// the node's budget of incomplete frames.
     PartialFrame,
@@ -28,6 +31,7 @@ impl Kind {
         match self {
             Kind::Handshake => "connection attempts refused or abandoned",
             Kind::Incoming => "connection attempts turned away before the handshake",
+            Kind::Credentials => "client certificates refused",
             Kind::PartialFrame => "connections closed over incomplete frames",
         }
     }

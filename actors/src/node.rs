@@ -278,6 +278,7 @@ fn tls_config(
     cfg: &NodeConfig,
     identity: &TlsIdentity,
     refusals: Arc<DashMap<&'static str, u64>>,
+    log: Arc<crate::logthrottle::LogThrottle>,
 ) -> Result<rustls::ServerConfig, NodeError> {
     let bundles = match identity {
         TlsIdentity::Static(i) => Arc::new(std::sync::RwLock::new(i.bundles.clone())),
@@ -287,6 +288,9 @@ fn tls_config(
         let reason = e.reason_code();
         *refusals.entry(reason).or_insert(0) += 1;
         counter!(m::HANDSHAKE_REFUSALS_TOTAL, "reason" => reason).increment(1);
+        if log.note(crate::logthrottle::Kind::Credentials, reason) {
+            info!(reason, error = %e, "client SVID rejected (first of its kind in this window; the rest are summed up)");
+        }
     });
     let mut verifier = SpiffeClientVerifier::new(bundles).with_reject_hook(hook);
     if cfg.token_auth.enabled() {
@@ -378,7 +382,8 @@ pub async fn start(
 ) -> Result<NodeHandle, NodeError> {
     let identity = identity.into();
     let refusals = Arc::new(DashMap::new());
-    let tls = tls_config(&cfg, &identity, Arc::clone(&refusals))?;
+    let log = Arc::new(crate::logthrottle::LogThrottle::new());
+    let tls = tls_config(&cfg, &identity, Arc::clone(&refusals), Arc::clone(&log))?;
     if cfg.token_auth.shared_secret.is_some() {
         warn!("INSECURE: shared-secret client authentication is enabled (development only)");
     }
@@ -439,7 +444,7 @@ pub async fn start(
         handshakes: std::sync::atomic::AtomicUsize::new(0),
         source_handshakes: DashMap::new(),
         partial_bytes: std::sync::atomic::AtomicUsize::new(0),
-        log: Arc::new(crate::logthrottle::LogThrottle::new()),
+        log,
         tag: format!(
             "{}#{}",
             cfg.node_id,

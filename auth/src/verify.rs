@@ -458,9 +458,15 @@ impl ClientCertVerifier for SpiffeClientVerifier {
                 Ok(ClientCertVerified::assertion())
             }
             Err(e) => {
-                tracing::info!(reason = e.reason_code(), error = %e, "client SVID rejected");
-                if let Some(hook) = &self.on_reject {
-                    hook(&e);
+                // A hook reports the refusal itself (the node rate-limits
+                // its log lines: anyone can cause them); without one, log it.
+                match &self.on_reject {
+                    Some(hook) => hook(&e),
+                    None => tracing::info!(
+                        reason = e.reason_code(),
+                        error = %e,
+                        "client SVID rejected"
+                    ),
                 }
                 Err(to_rustls(e))
             }

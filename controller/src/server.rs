@@ -165,6 +165,7 @@ fn tls_config(identity: &ControllerIdentity) -> Result<rustls::ServerConfig, Con
     };
     let hook: slim_auth::verify::RejectHook = Arc::new(|e: &slim_auth::SvidError| {
         counter!(m::REFUSED_TOTAL, "reason" => e.reason_code()).increment(1);
+        tracing::info!(reason = e.reason_code(), error = %e, "client SVID rejected");
     });
     let verifier = Arc::new(SpiffeClientVerifier::new(bundles).with_reject_hook(hook));
     let alpn: &[&[u8]] = &[ALPN_CONTROLLER];

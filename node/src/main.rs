@@ -60,13 +60,23 @@ const DIRTY_DECAY_MS: isize = 1000;
 fn tune_allocator() {
     use tikv_jemalloc_ctl::{Access, AsName};
     // Arenas created from now on, then the ones that exist already (errors
-    // only mean an arena index not in use).
+    // only mean an arena index not in use). Pages past their dirty decay are
+    // returned at once (muzzy decay 0: MADV_DONTNEED, not a lazy MADV_FREE
+    // that keeps them in RSS until the kernel wants them), and a background
+    // thread purges arenas that see no allocations: without it an arena is
+    // purged only when it is used again, so the memory of a flood of
+    // connections (1 MiB frame buffers, handshake state) stayed resident
+    // while the node was quiet (docs/BENCHMARKS.md, "The exposed node").
     let _ = b"arenas.dirty_decay_ms\0".name().write(DIRTY_DECAY_MS);
+    let _ = b"arenas.muzzy_decay_ms\0".name().write(0isize);
     let n = tikv_jemalloc_ctl::arenas::narenas::read().unwrap_or(0);
     for i in 0..n {
         let key = format!("arena.{i}.dirty_decay_ms\0");
         let _ = key.as_str().name().write(DIRTY_DECAY_MS);
+        let key = format!("arena.{i}.muzzy_decay_ms\0");
+        let _ = key.as_str().name().write(0isize);
     }
+    let _ = tikv_jemalloc_ctl::background_thread::write(true);
 }
 
 #[cfg(target_env = "msvc")]
