@@ -214,7 +214,10 @@ mod tests {
         let mut greased = vec![0x01];
         greased.extend_from_slice(&[7u8; 8]);
         assert_eq!(classify(&greased, ours), Class::Quic);
-        assert_eq!(classify(&[0x00, 1, 2, 3, 4, 5, 6, 7, 8], ours), Class::UnknownCid);
+        assert_eq!(
+            classify(&[0x00, 1, 2, 3, 4, 5, 6, 7, 8], ours),
+            Class::UnknownCid
+        );
         let mut short = vec![0x41];
         short.extend_from_slice(&[7u8; 8]);
         short.extend_from_slice(&[0u8; 30]);

@@ -216,8 +216,8 @@ pub fn rss_kib() -> u64 {
 pub fn quic_endpoint(tls: rustls::ClientConfig) -> quinn::Endpoint {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(std::sync::Arc::new(tls))
         .expect("QUIC client config");
-    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("static"))
-        .expect("client endpoint");
+    let mut ep =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("static")).expect("client endpoint");
     ep.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
     ep
 }
