@@ -10,8 +10,7 @@ use slim_wire::{ErrorCode, Frame, Hello};
 use tracing::info;
 
 use crate::conn::shared::ConnError;
-use crate::ctx::{NodeCtx, Opened, Reader, read_first};
-use crate::listener::HandshakeGuard;
+use crate::ctx::{HandshakeGuard, NodeCtx, Opened, Reader, read_first};
 use crate::logthrottle::Kind;
 use crate::metrics as m;
 

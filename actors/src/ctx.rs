@@ -304,3 +304,27 @@ pub(crate) struct Opened {
     pub expires_at: Option<SystemTime>,
     pub policy: Arc<Policy>,
 }
+
+/// Counts one connection as a handshake in progress from its admission to
+/// its hello (or its failure), however it ends.
+pub(crate) struct HandshakeGuard(Arc<NodeCtx>, std::net::IpAddr);
+
+impl HandshakeGuard {
+    pub(crate) fn new(ctx: &Arc<NodeCtx>, source: std::net::IpAddr) -> Self {
+        ctx.handshakes.fetch_add(1, Ordering::Relaxed);
+        *ctx.source_handshakes.entry(source).or_insert(0) += 1;
+        HandshakeGuard(Arc::clone(ctx), source)
+    }
+}
+
+impl Drop for HandshakeGuard {
+    fn drop(&mut self) {
+        self.0.handshakes.fetch_sub(1, Ordering::Relaxed);
+        // The entry goes when its count does, so the map holds only
+        // sources with handshakes in progress (at most max_handshakes).
+        self.0.source_handshakes.remove_if_mut(&self.1, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+}

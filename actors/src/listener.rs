@@ -83,7 +83,8 @@ impl Actor for ListenerActor {
                 }
                 match verdict {
                     Verdict::Accept => {
-                        let guard = HandshakeGuard::new(&actx, incoming.remote_address().ip());
+                        let guard =
+                            crate::ctx::HandshakeGuard::new(&actx, incoming.remote_address().ip());
                         let c = Arc::clone(&actx);
                         let cell = cell.clone();
                         tokio::spawn(async move {
@@ -147,29 +148,5 @@ fn explain(v: Verdict) -> &'static str {
         Verdict::Refuse(_) => {
             "this source address opened connections faster than per_source_rate while the node was under pressure"
         }
-    }
-}
-
-/// Counts one connection as a handshake in progress from its admission to
-/// its hello (or its failure), however it ends.
-pub(crate) struct HandshakeGuard(Arc<NodeCtx>, std::net::IpAddr);
-
-impl HandshakeGuard {
-    fn new(ctx: &Arc<NodeCtx>, source: std::net::IpAddr) -> Self {
-        ctx.handshakes.fetch_add(1, Ordering::Relaxed);
-        *ctx.source_handshakes.entry(source).or_insert(0) += 1;
-        HandshakeGuard(Arc::clone(ctx), source)
-    }
-}
-
-impl Drop for HandshakeGuard {
-    fn drop(&mut self) {
-        self.0.handshakes.fetch_sub(1, Ordering::Relaxed);
-        // The entry goes when its count does, so the map holds only
-        // sources with handshakes in progress (at most max_handshakes).
-        self.0.source_handshakes.remove_if_mut(&self.1, |_, n| {
-            *n = n.saturating_sub(1);
-            *n == 0
-        });
     }
 }

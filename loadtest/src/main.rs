@@ -37,11 +37,12 @@ mod sessions;
 mod slim;
 mod summary;
 mod svg;
+mod util;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -50,6 +51,7 @@ use serde::Serialize;
 use backend::{Backend, Topic};
 use harness::{Control, CpuSetup, Mode, Plan, ServerStats};
 use procfs::CpuProbe;
+use util::{parse_duration, run_id, runtime};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -407,21 +409,6 @@ struct FleetArgs {
 }
 
 /// `5s`, `250ms`, `1m`, `1.5s`, or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" | "min" => n * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("bad duration {s:?}: {e}"))
-}
 
 #[derive(Debug, Clone)]
 enum Target {
@@ -458,25 +445,6 @@ fn parse_target(s: &str) -> Result<Target> {
         }),
         other => bail!("unknown target scheme {other:?}: use slim://, nats:// or tls://"),
     }
-}
-
-/// A short id so that concurrent runs against one node do not take over each
-/// other's client names.
-fn run_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{:x}", nanos ^ std::process::id().rotate_left(16))
-}
-
-fn runtime(name: &str, threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    b.enable_all().thread_name(name);
-    if let Some(n) = threads {
-        b.worker_threads(n.max(1));
-    }
-    b.build().context("building a tokio runtime")
 }
 
 fn identities(t: &TargetArgs, generate: bool) -> Result<slim::Identities> {

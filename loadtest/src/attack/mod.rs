@@ -115,13 +115,13 @@ pub struct AttackArgs {
     #[arg(long, default_value = "slim-node")]
     pub server_name: String,
     /// Phase before the attack.
-    #[arg(long, default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::util::parse_duration)]
     pub baseline: Duration,
     /// The attack phase.
-    #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::util::parse_duration)]
     pub duration: Duration,
     /// Phase after the attack (RSS "after" is its last sample).
-    #[arg(long, default_value = "30s", value_parser = crate::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = crate::util::parse_duration)]
     pub after: Duration,
     /// Attack rate: datagrams/s (initial-flood 1000, junk 50000) or
     /// connection attempts/s (refused-handshakes 500, silent-clients and
@@ -332,8 +332,8 @@ pub fn run(a: AttackArgs) -> Result<()> {
             )
         }
     };
-    let legit_rt = crate::runtime("legit", Some(a.legit_threads))?;
-    let rt = crate::runtime("attack", a.client_threads)?;
+    let legit_rt = crate::util::runtime("legit", Some(a.legit_threads))?;
+    let rt = crate::util::runtime("attack", a.client_threads)?;
     let r = rt.block_on(orchestrate(
         &a,
         target,
@@ -367,7 +367,7 @@ async fn orchestrate(
     ids: Arc<Identities>,
     legit_rt: tokio::runtime::Handle,
 ) -> Result<AttackReport> {
-    let run_id = crate::run_id();
+    let run_id = crate::util::run_id();
     let backend = Backend::Slim {
         addr: target,
         ids: Arc::clone(&ids),
