@@ -544,24 +544,23 @@ fn compose_runs_the_shared_config_files() {
                         authz.roles(&id).node,
                         "{name}: the controller would refuse {id} as a node"
                     );
-                    // Reachable nodes advertise their own address on a network
-                    // they share with the other nodes; NATed ones publish nothing.
+                    // Reachable nodes advertise their own service name (which
+                    // the other nodes resolve on a network they share) or one
+                    // of their fixed addresses; NATed ones publish nothing.
                     match &ctl.external_endpoint {
                         Some(ext) => {
-                            let ext: std::net::SocketAddr = ext.parse().unwrap_or_else(|e| {
-                                panic!("{name}: external endpoint {ext} is not an address: {e}")
+                            let (host, port) = ext.rsplit_once(':').unwrap_or_else(|| {
+                                panic!("{name}: external endpoint {ext} is not host:port")
                             });
                             assert_eq!(
-                                ext.port(),
-                                c.node.listen.port(),
+                                port.parse::<u16>().ok(),
+                                Some(c.node.listen.port()),
                                 "{name}: external endpoint port"
                             );
                             assert!(
-                                networks(svc)
-                                    .values()
-                                    .flatten()
-                                    .any(|ip| *ip == ext.ip().to_string()),
-                                "{name}: external endpoint {ext} is none of its fixed addresses"
+                                host == name.as_str()
+                                    || networks(svc).values().flatten().any(|ip| ip == host),
+                                "{name}: external endpoint {ext} is neither its service name nor one of its fixed addresses"
                             );
                         }
                         None => {
