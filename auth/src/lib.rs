@@ -50,6 +50,8 @@
 //!   resets (a key file, or HKDF of the TLS key), so a restarted node or
 //!   controller resets its peers' stale connections at once.
 //!
+//! * [`resolve`]: `host:port` to addresses, bounded in time, for every dialler.
+//!
 //! All cryptography goes through `ring`; the crate never pulls in `aws-lc-rs`.
 //!
 //! # Not yet here
@@ -63,6 +65,7 @@ pub mod identity;
 pub mod jwt;
 pub mod policy;
 pub mod reset;
+pub mod resolve;
 pub mod section;
 pub mod source;
 pub mod tls;

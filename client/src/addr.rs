@@ -28,24 +28,12 @@ pub(crate) fn split_url(url: &str) -> Result<String, String> {
     Ok(rest.to_owned())
 }
 
-/// Resolves `host:port` with the system resolver.
+/// Resolves `host:port` with the system resolver ([`slim_auth::resolve`]).
 pub(crate) async fn resolve(host: &str, timeout: Duration) -> Result<Vec<SocketAddr>, ClientError> {
-    let err = |reason: String| ClientError::Resolve {
-        host: host.to_owned(),
-        reason,
-    };
-    match tokio::time::timeout(timeout, tokio::net::lookup_host(host)).await {
-        Err(_) => Err(err(format!(
-            "no answer from the resolver within {timeout:?}"
-        ))),
-        Ok(Err(e)) => Err(err(e.to_string())),
-        Ok(Ok(addrs)) => {
-            let v: Vec<SocketAddr> = addrs.collect();
-            if v.is_empty() {
-                Err(err("no address".into()))
-            } else {
-                Ok(v)
-            }
-        }
-    }
+    slim_auth::resolve::resolve(host, timeout)
+        .await
+        .map_err(|e| ClientError::Resolve {
+            host: e.host,
+            reason: e.reason,
+        })
 }

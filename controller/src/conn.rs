@@ -164,27 +164,14 @@ pub fn endpoint_config(secret: &slim_auth::ResetSecret) -> quinn::EndpointConfig
     c
 }
 
-/// Resolves `host:port` with the system resolver, within `timeout` (a
-/// resolver that never answers must not stall a (re)connect).
+/// Resolves `host:port` with the system resolver ([`slim_auth::resolve`]).
 pub async fn resolve(host: &str, timeout: Duration) -> Result<Vec<SocketAddr>, ConnError> {
-    let err = |reason: String| ConnError::Resolve {
-        host: host.to_owned(),
-        reason,
-    };
-    match tokio::time::timeout(timeout, tokio::net::lookup_host(host)).await {
-        Err(_) => Err(err(format!(
-            "no answer from the resolver within {timeout:?}"
-        ))),
-        Ok(Err(e)) => Err(err(e.to_string())),
-        Ok(Ok(addrs)) => {
-            let v: Vec<SocketAddr> = addrs.collect();
-            if v.is_empty() {
-                Err(err("no address".into()))
-            } else {
-                Ok(v)
-            }
-        }
-    }
+    slim_auth::resolve::resolve(host, timeout)
+        .await
+        .map_err(|e| ConnError::Resolve {
+            host: e.host,
+            reason: e.reason,
+        })
 }
 
 impl ControllerConn {

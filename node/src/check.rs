@@ -190,18 +190,7 @@ fn ranges(cfg: &FileConfig) -> Result<(), ConfigError> {
 /// the check does not resolve it: DNS at check time proves little).
 pub(crate) fn host_port(key: &str, v: &str) -> Result<(), ConfigError> {
     let v = v.strip_prefix("slim://").unwrap_or(v);
-    let bad = |why: &str| ConfigError::Invalid(format!("{key} {v:?}: {why}"));
-    let (host, port) = v
-        .rsplit_once(':')
-        .ok_or_else(|| bad("expected host:port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(bad("no host"));
-    }
-    match port.parse::<u16>() {
-        Ok(0) | Err(_) => Err(bad("the port must be 1-65535")),
-        Ok(_) => Ok(()),
-    }
+    crate::config::check_host_port(v).map_err(|why| ConfigError::Invalid(format!("{key} {why}")))
 }
 
 fn reset_key_file(path: &Path) -> Result<(), ConfigError> {

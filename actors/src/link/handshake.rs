@@ -42,28 +42,15 @@ pub(crate) fn peer_cert_id(conn: &quinn::Connection) -> Option<slim_auth::Spiffe
     slim_auth::peer_spiffe_id(&certs).ok()
 }
 
-/// Resolves `host:port` with the system resolver, at every dial: a peer
-/// that moved is found under its name. Bounded by `timeout`, since a
-/// resolver that never answers must not stall the dial loop.
+/// Resolves `host:port` at every dial ([`slim_auth::resolve`]): a peer
+/// that moved is found under its name.
 pub(crate) async fn resolve(host: &str, timeout: Duration) -> Result<Vec<SocketAddr>, LinkError> {
-    let err = |reason: String| LinkError::Resolve {
-        host: host.to_owned(),
-        reason,
-    };
-    match tokio::time::timeout(timeout, tokio::net::lookup_host(host)).await {
-        Err(_) => Err(err(format!(
-            "no answer from the resolver within {timeout:?}"
-        ))),
-        Ok(Err(e)) => Err(err(e.to_string())),
-        Ok(Ok(addrs)) => {
-            let v: Vec<SocketAddr> = addrs.collect();
-            if v.is_empty() {
-                Err(err("no address".into()))
-            } else {
-                Ok(v)
-            }
-        }
-    }
+    slim_auth::resolve::resolve(host, timeout)
+        .await
+        .map_err(|e| LinkError::Resolve {
+            host: e.host,
+            reason: e.reason,
+        })
 }
 
 /// Resolves the peer's address and tries every address it resolves to in
