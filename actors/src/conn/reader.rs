@@ -25,14 +25,6 @@ use ractor::ActorRef;
 use slim_framed::ReadError;
 use tokio::time::Instant;
 
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 pub(crate) async fn read_loop(
     ctx: Arc<NodeCtx>,
     sh: Arc<ConnShared>,
@@ -47,6 +39,14 @@ pub(crate) async fn read_loop(
         ctx.cfg.partial_frame_budget,
         ctx.cfg.frame_read_timeout,
     );
+    // One timer for the connection's life, armed at a frame's deadline and
+    // re-armed only when it fires early (the frames it watched completed and
+    // a later one began): a busy connection starts a new frame on nearly
+    // every read, and a timer registered per read would cost more than the
+    // read's routing.
+    let timer = tokio::time::sleep(ctx.cfg.frame_read_timeout);
+    tokio::pin!(timer);
+    let mut armed = false;
     let result = loop {
         // Frames that arrived with the hello are already buffered.
         let res = router.drain(&mut reader).await;
@@ -58,7 +58,10 @@ pub(crate) async fn read_loop(
         if let Err(e) = partial.update(Instant::now(), completed, reader.buffered()) {
             break Err(e);
         }
-        let deadline = partial.deadline();
+        if !armed && let Some(d) = partial.deadline() {
+            timer.as_mut().reset(d);
+            armed = true;
+        }
         tokio::select! {
             biased;
             _ = shutdown.changed() => return Ok(()),
@@ -68,7 +71,11 @@ pub(crate) async fn read_loop(
                 Err(ReadError::Wire(e)) => break Err(e.into()),
                 Err(ReadError::Io(e)) => return Err(ConnError::Lost(e.to_string())),
             },
-            _ = sleep_until_some(deadline) => break Err(partial.timed_out(reader.buffered())),
+            _ = &mut timer, if armed => match partial.deadline() {
+                Some(d) if d <= Instant::now() => break Err(partial.timed_out(reader.buffered())),
+                Some(d) => timer.as_mut().reset(d),
+                None => armed = false,
+            },
         }
     };
     if let Err(e) = &result {
