@@ -349,7 +349,7 @@ impl Cluster {
             for node in &self.nodes {
                 let m = serverstats::scrape(node.metrics).await?;
                 ends += m
-                    .get("slim_connections{kind=\"peer\"}")
+                    .get("slim_connections_open{kind=\"peer\"}")
                     .copied()
                     .unwrap_or(0.0) as u64;
             }
