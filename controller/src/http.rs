@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
+pub use hyper::StatusCode;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
-pub use hyper::StatusCode;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;

@@ -78,8 +78,8 @@ async fn run(cfg: FileConfig) -> Result<()> {
         .context("cannot get the controller identity")?;
     info!(spiffe_id = %src.spiffe_id(), "identity loaded");
     if !cfg.metrics.listen.is_empty() {
-        let prom = slim_controller::metrics::install()
-            .context("cannot install the metrics recorder")?;
+        let prom =
+            slim_controller::metrics::install().context("cannot install the metrics recorder")?;
         let addr = cfg.metrics.listen.parse().expect("validated");
         slim_controller::http::serve(addr, prom)
             .await

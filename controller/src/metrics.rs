@@ -35,19 +35,47 @@ pub const BUILD_INFO: &str = "slim_build_info";
 /// dashboards see a series before its first event).
 pub fn describe() {
     use Unit::Count;
-    describe_gauge!(NODES, Count, "Registered nodes by state (connected = live connection; known = still planned, incl. grace).");
+    describe_gauge!(
+        NODES,
+        Count,
+        "Registered nodes by state (connected = live connection; known = still planned, incl. grace)."
+    );
     describe_gauge!(LINKS_PLANNED, Count, "Links in the current plan.");
-    describe_gauge!(LINKS_UP, Count, "Links reported up by nodes (each end counts).");
+    describe_gauge!(
+        LINKS_UP,
+        Count,
+        "Links reported up by nodes (each end counts)."
+    );
     describe_gauge!(AUDIT_RECORDS, Count, "Records in the audit trail.");
-    describe_counter!(AUDIT_RECORDS_TOTAL, Count, "Audit records stored since start.");
+    describe_counter!(
+        AUDIT_RECORDS_TOTAL,
+        Count,
+        "Audit records stored since start."
+    );
     describe_counter!(REFUSED_TOTAL, Count, "Callers refused, by reason.");
-    describe_counter!(MALFORMED_TOTAL, Count, "Connections closed for bad input, by reason.");
+    describe_counter!(
+        MALFORMED_TOTAL,
+        Count,
+        "Connections closed for bad input, by reason."
+    );
     describe_counter!(REGISTRATIONS_TOTAL, Count, "Node registrations.");
     describe_counter!(SET_PEERS_TOTAL, Count, "Dial sets pushed to nodes.");
     describe_counter!(ADMIN_REQUESTS_TOTAL, Count, "Admin requests answered.");
-    describe_counter!(REPORTS_TOTAL, Count, "Node reports received, by kind (full, delta).");
-    describe_counter!(RESYNCS_TOTAL, Count, "Full reports asked of nodes whose delta did not follow on.");
-    describe_gauge!(BUILD_INFO, Count, "Always 1; the labels name the build (version, git_sha).");
+    describe_counter!(
+        REPORTS_TOTAL,
+        Count,
+        "Node reports received, by kind (full, delta)."
+    );
+    describe_counter!(
+        RESYNCS_TOTAL,
+        Count,
+        "Full reports asked of nodes whose delta did not follow on."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        Count,
+        "Always 1; the labels name the build (version, git_sha)."
+    );
     for state in ["connected", "known"] {
         gauge!(NODES, "state" => state).increment(0.0);
     }
@@ -75,7 +103,8 @@ pub fn describe() {
 
 /// Installs the controller process's Prometheus recorder and describes its
 /// metrics.
-pub fn install() -> Result<metrics_exporter_prometheus::PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+pub fn install()
+-> Result<metrics_exporter_prometheus::PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let h = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     describe();
     Ok(h)

@@ -81,7 +81,10 @@ pub async fn read(kind: Kind, addr: SocketAddr) -> Result<BTreeMap<&'static str,
                 "slow_consumer_disconnects",
                 g("slim_slow_consumer_events_total{action=\"disconnect\"}"),
             );
-            out.insert("client_connections", g("slim_connections_open{kind=\"client\"}"));
+            out.insert(
+                "client_connections",
+                g("slim_connections_open{kind=\"client\"}"),
+            );
         }
         Kind::Nats => {
             let v: serde_json::Value =

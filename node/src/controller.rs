@@ -46,10 +46,26 @@ pub const DIAL_SETS_APPLIED_TOTAL: &str = "slim_controller_dial_sets_applied_tot
 /// series appear once the node has a `[controller]` section).
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge};
-    describe_gauge!(CONNECTED, Unit::Count, "1 while registered with the controller, else 0.");
-    describe_counter!(RECONNECTS_TOTAL, Unit::Count, "Registrations with the controller after the first (successful reconnects).");
-    describe_counter!(EVENTS_LOST_TOTAL, Unit::Count, "Node events that will be missing from the controller's audit trail, by reason (overflow, lagged).");
-    describe_counter!(DIAL_SETS_APPLIED_TOTAL, Unit::Count, "Changed dial sets from the controller applied by the node.");
+    describe_gauge!(
+        CONNECTED,
+        Unit::Count,
+        "1 while registered with the controller, else 0."
+    );
+    describe_counter!(
+        RECONNECTS_TOTAL,
+        Unit::Count,
+        "Registrations with the controller after the first (successful reconnects)."
+    );
+    describe_counter!(
+        EVENTS_LOST_TOTAL,
+        Unit::Count,
+        "Node events that will be missing from the controller's audit trail, by reason (overflow, lagged)."
+    );
+    describe_counter!(
+        DIAL_SETS_APPLIED_TOTAL,
+        Unit::Count,
+        "Changed dial sets from the controller applied by the node."
+    );
 }
 
 /// Events per `Events` message.

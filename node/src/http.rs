@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use slim_controller::http::{Reply, serve_routes};
 use slim_controller::http::StatusCode;
+use slim_controller::http::{Reply, serve_routes};
 
 /// `/readyz` answers 200 while `ready` is set (the QUIC listener is up and
 /// the node is not draining), 503 otherwise.

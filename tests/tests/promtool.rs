@@ -46,7 +46,9 @@ async fn node_metrics_pass_promtool() {
     }
 
     // A client that presents no certificate is refused with that reason.
-    let bundles = Arc::new(std::sync::RwLock::new(pki.identity("anyone").bundles.clone()));
+    let bundles = Arc::new(std::sync::RwLock::new(
+        pki.identity("anyone").bundles.clone(),
+    ));
     let tls = slim_auth::tls::client_config_server_auth_only(
         bundles,
         &[slim_auth::ALPN_SLIM],
@@ -70,9 +72,11 @@ async fn node_metrics_pass_promtool() {
         "a client without a certificate got a connection"
     );
     let series = "slim_handshake_refusals_total{reason=\"no_certificate\"}";
-    assert_eventually(Duration::from_secs(10), "no_certificate counted", || async {
-        sample(&http_get(addr, "/metrics").await, series) == Some(1.0)
-    })
+    assert_eventually(
+        Duration::from_secs(10),
+        "no_certificate counted",
+        || async { sample(&http_get(addr, "/metrics").await, series) == Some(1.0) },
+    )
     .await;
 
     let text = http_get(addr, "/metrics").await;
@@ -92,7 +96,10 @@ async fn node_metrics_pass_promtool() {
     ] {
         assert!(text.contains(needed), "/metrics lacks {needed:?}:\n{text}");
     }
-    assert_eq!(sample(&text, "slim_connections_open{kind=\"client\"}"), Some(2.0));
+    assert_eq!(
+        sample(&text, "slim_connections_open{kind=\"client\"}"),
+        Some(2.0)
+    );
     assert!(
         !text.contains("slim_connections{"),
         "the old gauge name is still exported"
@@ -130,6 +137,10 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
             args.join(" "),
             out.status.code()
         );
-        assert!(said.contains("SUCCESS"), "promtool {}: {said}", args.join(" "));
+        assert!(
+            said.contains("SUCCESS"),
+            "promtool {}: {said}",
+            args.join(" ")
+        );
     }
 }

@@ -73,7 +73,11 @@ pub fn check_metrics(what: &str, text: &str) {
 /// The value of one exact series line (`name{labels}`), if present.
 #[allow(dead_code)] // used by promtool.rs only
 pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
-
