@@ -109,6 +109,24 @@ async fn node_metrics_pass_promtool() {
         "ok",
         "/healthz answers"
     );
+    // HTTP/1.0 without keep-alive (slimctl health, the loadtest's and the
+    // churn test's scrapers): the answer ends with the connection.
+    let old_style = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET /readyz HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).map(|_| out)
+    })
+    .await
+    .unwrap()
+    .expect("the endpoint closes after an HTTP/1.0 answer");
+    assert!(
+        old_style.starts_with("HTTP/1.0 200") || old_style.starts_with("HTTP/1.1 200"),
+        "{old_style}"
+    );
+    assert!(old_style.ends_with("ready\n"), "{old_style}");
     node.shutdown(Duration::from_secs(1)).await;
 }
 
