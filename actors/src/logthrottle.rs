@@ -48,7 +48,7 @@ impl Kind {
             Kind::Credentials => "client certificates refused",
             Kind::PartialFrame => "connections closed over incomplete frames",
             Kind::Denied => "refusals by policy",
-            Kind::SlowConsumer => "slow-consumer events",
+            Kind::SlowConsumer => "slow-consumer detections (read batches with drops, disconnects)",
         }
     }
 }
@@ -303,7 +303,7 @@ mod tests {
         );
         assert_eq!(
             s[0].to_string(),
-            "spiffe://td/a: 9 more slow-consumer events in the last 10 s (suppressed)"
+            "spiffe://td/a: 9 more slow-consumer detections (read batches with drops, disconnects) in the last 10 s (suppressed)"
         );
         assert!(t.note_identity(Kind::SlowConsumer, a), "a new window");
     }

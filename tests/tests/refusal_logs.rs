@@ -12,6 +12,8 @@
 //!   as delivered to it.
 //! - Publishes and a subscription the policy refuses: one line naming the
 //!   identity, the name and the action.
+//! - At each 10 s window's end, one line per identity says how many more
+//!   events there were; with the full lines they account for every event.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -238,5 +240,45 @@ async fn slow_consumers_and_refusals_are_logged_per_identity_and_counted_apart()
         publish_lines.len()
     );
     assert_eq!(subscribe_lines.len(), 1, "one subscribe refusal, one line");
+
+    // The end of each window says how many were not logged: with the lines
+    // logged in full, they account for every refused publish.
+    let suppressed = |who: &str, what: &str| -> (usize, u64) {
+        let lines = log.lines_with(&[who, what, "(suppressed)"]);
+        let n = lines
+            .iter()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once(&format!("{who}: "))?;
+                rest.split_whitespace().next()?.parse::<u64>().ok()
+            })
+            .sum();
+        (lines.len(), n)
+    };
+    let publ_id = "spiffe://example.org/agent/pub";
+    assert_eventually(
+        Duration::from_secs(25),
+        "the window's end accounts for every refused publish",
+        || async {
+            let full = log
+                .lines_with(&["publish refused by policy", publ_id])
+                .len() as u64;
+            full + suppressed(publ_id, "more refusals by policy").1 == 50
+        },
+    )
+    .await;
+    let stalled_id = "spiffe://example.org/agent/stalled";
+    assert_eventually(
+        Duration::from_secs(25),
+        "the window's end counts the slow consumer's other events",
+        || async { suppressed(stalled_id, "more slow-consumer detections").1 > 0 },
+    )
+    .await;
+    for l in log
+        .lines_with(&["(suppressed)"])
+        .iter()
+        .filter(|l| l.contains(publ_id) || l.contains(stalled_id))
+    {
+        eprintln!("log: {l}");
+    }
     node.shutdown(Duration::from_secs(1)).await;
 }
