@@ -71,7 +71,14 @@ pub async fn serve_routes(addr: SocketAddr, routes: Routes) -> std::io::Result<S
     Ok(local)
 }
 
+/// Connections served at once; more are closed at once (scrapers and probes
+/// need a handful; this bounds what a flood of idle sockets can hold).
+const MAX_CONNECTIONS: usize = 128;
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 async fn accept_loop(listener: TcpListener, routes: Routes) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let (mut refused, mut last_warn) = (0u64, None);
     loop {
         let sock = match listener.accept().await {
             Ok((sock, _)) => sock,
@@ -83,8 +90,23 @@ async fn accept_loop(listener: TcpListener, routes: Routes) {
                 continue;
             }
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            refused += 1;
+            // At most one line per 10 s, with the count since the last one.
+            if last_warn.is_none_or(|t: tokio::time::Instant| t.elapsed() >= WARN_EVERY) {
+                tracing::warn!(
+                    max = MAX_CONNECTIONS,
+                    refused,
+                    "metrics endpoint: too many connections; closed {refused} new one(s)"
+                );
+                last_warn = Some(tokio::time::Instant::now());
+                refused = 0;
+            }
+            continue;
+        };
         let routes = Arc::clone(&routes);
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| answer(Arc::clone(&routes), req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
