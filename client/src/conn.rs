@@ -148,6 +148,18 @@ fn tls_err(e: &quinn::ConnectionError) -> ClientError {
     ClientError::Tls(failure.to_string())
 }
 
+/// The node's SPIFFE ID and expiry from its (already verified) certificate.
+fn node_identity(conn: &quinn::Connection) -> Option<crate::NodeIdentity> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    Some(crate::NodeIdentity {
+        spiffe_id: slim_auth::tls::peer_spiffe_id(&chain).ok()?.to_string(),
+        not_after: slim_auth::tls::peer_not_after(&chain),
+    })
+}
+
 /// One attempt: QUIC+TLS handshake, hello, accept.
 async fn connect_to(
     shared: &Arc<Shared>,
@@ -170,6 +182,7 @@ async fn connect_to(
                 reason: other.to_string(),
             },
         })?;
+        *shared.node_seen.lock() = node_identity(&conn);
         let (mut send, recv) = conn
             .open_bi()
             .await
@@ -626,6 +639,7 @@ mod tests {
             next_id: AtomicU64::new(1),
             state: tokio::sync::watch::channel(ConnState::Closed).0,
             identity_seen: Mutex::new(None),
+            node_seen: Mutex::new(None),
             recent_errors: Mutex::new(VecDeque::new()),
             confirm: Default::default(),
             connected: Default::default(),
