@@ -148,6 +148,8 @@ fn json_mode_writes_only_json_and_files_get_no_colour() {
         let v: serde_json::Value = serde_json::from_str(l)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}\nwhole log:\n{text}"));
         assert!(v.get("level").is_some(), "{l}");
+        // A clean start and SIGTERM log no error.
+        assert_ne!(v["level"], "ERROR", "{l}");
     }
     let ready = lines
         .iter()
@@ -178,6 +180,10 @@ fn json_mode_writes_only_json_and_files_get_no_colour() {
     assert!(
         !text.contains('\u{1b}'),
         "ANSI escapes in a log file:\n{text:?}"
+    );
+    assert!(
+        !text.contains(" ERROR "),
+        "an error at a clean shutdown:\n{text}"
     );
 }
 
