@@ -11,6 +11,7 @@ mod admin;
 mod args;
 mod channel;
 mod health;
+mod identity;
 mod output;
 mod rpc;
 mod signal;
@@ -26,7 +27,7 @@ use slim_auth::{DevCa, SpiffeId};
 use slim_client::{Client, Delivery, Event};
 use slim_wire::{Mode, Name};
 
-use args::{ConnectArgs, IdentityArgs, parse_duration};
+use args::{ConnectArgs, parse_duration};
 use output::{Output, print_json};
 use signal::then_close;
 
@@ -56,7 +57,7 @@ enum Cmd {
     Respond(rpc::RespondArgs),
     /// This machine's workload identity.
     #[command(subcommand)]
-    Identity(IdentityCmd),
+    Identity(identity::IdentityCmd),
     /// A development SPIFFE Workload API server (stands in for a SPIRE agent).
     #[command(subcommand, name = "dev-spire")]
     DevSpire(DevSpireCmd),
@@ -74,15 +75,6 @@ enum Cmd {
     /// GET a node's (or the controller's) /healthz; exit 0 only on 200 (the
     /// images' HEALTHCHECK: they have no HTTP client).
     Health(health::HealthArgs),
-}
-
-#[derive(Subcommand, Debug)]
-enum IdentityCmd {
-    /// What identity this machine would present: SPIFFE ID, trust domain, expiry.
-    Show {
-        #[command(flatten)]
-        id: IdentityArgs,
-    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -227,6 +219,8 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour only at a terminal (not in captured output or files).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.cmd {
         Cmd::DevCa(c) => dev_ca(c, cli.output),
@@ -241,7 +235,7 @@ fn main() -> Result<()> {
                     Cmd::Channel(c) => channel(c, cli.output).await,
                     Cmd::Request(a) => rpc::request(a, cli.output).await,
                     Cmd::Respond(a) => rpc::respond(a, cli.output).await,
-                    Cmd::Identity(c) => identity(c, cli.output).await,
+                    Cmd::Identity(c) => identity::run(c, cli.output).await,
                     Cmd::DevSpire(c) => dev_spire(c).await,
                     Cmd::Node(c) => admin::node(c, cli.output).await,
                     Cmd::Link(c) => admin::link(c, cli.output).await,
@@ -359,41 +353,6 @@ fn dev_ca(cmd: DevCaCmd, out: Output) -> Result<()> {
 
 async fn connect(c: &ConnectArgs) -> Result<Client> {
     c.client().await
-}
-
-async fn identity(cmd: IdentityCmd, out: Output) -> Result<()> {
-    match cmd {
-        IdentityCmd::Show { id } => {
-            let src = id.source().await?;
-            let cur = src.current();
-            let expires = time::OffsetDateTime::from(cur.not_after)
-                .format(&time::format_description::well_known::Rfc3339)?;
-            let left = cur
-                .not_after
-                .duration_since(SystemTime::now())
-                .map(|d| format!("{}s", d.as_secs()))
-                .unwrap_or_else(|_| "EXPIRED".into());
-            let bundles: Vec<String> = cur.bundles.trust_domains().map(str::to_owned).collect();
-            if out == Output::Json {
-                print_json(&serde_json::json!({
-                    "spiffe_id": cur.spiffe_id.to_string(),
-                    "trust_domain": cur.spiffe_id.trust_domain(),
-                    "not_after": expires,
-                    "expires_in": left,
-                    "source": src.kind(),
-                    "bundles": bundles,
-                }))?;
-            } else {
-                println!("spiffe_id     {}", cur.spiffe_id);
-                println!("trust_domain  {}", cur.spiffe_id.trust_domain());
-                println!("expires       {expires} (in {left})");
-                println!("source        {}", src.kind());
-                println!("bundles       {}", bundles.join(", "));
-            }
-            src.shutdown().await;
-        }
-    }
-    Ok(())
 }
 
 async fn dev_spire(cmd: DevSpireCmd) -> Result<()> {

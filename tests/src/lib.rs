@@ -28,6 +28,15 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Runs a test body under a hard limit, so that a hang fails the test with
+/// its name instead of stalling the suite.
+pub async fn deadline<F: std::future::Future>(limit: Duration, test: &str, body: F) -> F::Output {
+    match tokio::time::timeout(limit, body).await {
+        Ok(v) => v,
+        Err(_) => panic!("{test}: not finished within {limit:?} (a hang?)"),
+    }
+}
+
 /// A development trust domain for one test.
 pub struct Pki {
     pub ca: DevCa,
