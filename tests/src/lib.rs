@@ -24,6 +24,7 @@ pub use slim_wire;
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_ansi(false)
         .with_test_writer()
         .try_init();
 }
