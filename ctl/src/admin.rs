@@ -57,7 +57,9 @@ impl ControllerArgs {
 #[derive(Subcommand, Debug)]
 pub(crate) enum NodeCmd {
     /// Registered nodes: cluster, identity, endpoint, connected, links.
-    #[command(after_help = "Examples:\n  slimctl node list\n  slimctl node list -o json --controller ctl.prod:4600")]
+    #[command(
+        after_help = "Examples:\n  slimctl node list\n  slimctl node list -o json --controller ctl.prod:4600"
+    )]
     List {
         #[command(flatten)]
         ctl: ControllerArgs,
@@ -223,9 +225,10 @@ fn name_kind<'a>(name: &str, all: &std::collections::HashSet<&'a str>) -> &'stat
     match slim_wire::Name::parse(name) {
         Ok(n) if n.has_instance() => "client",
         // A service name some connected client registered under.
-        Ok(_) if all.iter().any(|o| {
-            o.len() > name.len() + 1 && o.starts_with(name) && o.as_bytes()[name.len()] == b'/'
-        }) =>
+        Ok(_)
+            if all.iter().any(|o| {
+                o.len() > name.len() + 1 && o.starts_with(name) && o.as_bytes()[name.len()] == b'/'
+            }) =>
         {
             "service"
         }
@@ -307,7 +310,9 @@ pub(crate) async fn channel_subscribers(
             "nodes": nodes,
         }));
     }
-    println!("{name}: {subscribers} subscriber(s) as the nodes report them (not the MLS roster; --join reads that)");
+    println!(
+        "{name}: {subscribers} subscriber(s) as the nodes report them (not the MLS roster; --join reads that)"
+    );
     table(
         &["NODE", "SUBSCRIBERS"],
         nodes

@@ -156,13 +156,18 @@ pub(crate) enum ContextCmd {
     #[command(visible_alias = "list", after_help = "Example:\n  slimctl context ls")]
     Ls,
     /// Delete a context (unselecting it if it was selected).
-    #[command(visible_alias = "remove", after_help = "Example:\n  slimctl context rm old")]
+    #[command(
+        visible_alias = "remove",
+        after_help = "Example:\n  slimctl context rm old"
+    )]
     Rm {
         /// The context's name.
         name: String,
     },
     /// One context's settings (default: the one in use).
-    #[command(after_help = "Examples:\n  slimctl context show\n  slimctl context show prod -o json")]
+    #[command(
+        after_help = "Examples:\n  slimctl context show\n  slimctl context show prod -o json"
+    )]
     Show {
         /// The context's name (default: --context / SLIM_CONTEXT, else the selected one).
         name: Option<String>,

@@ -33,7 +33,12 @@ use output::{Failure, Output, print_json};
 use signal::then_close;
 
 /// The version and, when built from a git checkout, the commit (build.rs).
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SLIMCTL_GIT_SHA"), ")");
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SLIMCTL_GIT_SHA"),
+    ")"
+);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -167,7 +172,9 @@ enum DevSpireCmd {
 #[derive(Subcommand, Debug)]
 enum DevCaCmd {
     /// Create a CA for a trust domain (writes ca.crt and ca.key).
-    #[command(after_help = "Example:\n  slimctl dev-ca init --trust-domain acme.example --dir dev-ca")]
+    #[command(
+        after_help = "Example:\n  slimctl dev-ca init --trust-domain acme.example --dir dev-ca"
+    )]
     Init {
         /// The trust domain the CA issues for (e.g. acme.example).
         #[arg(long)]
@@ -291,7 +298,9 @@ enum ChannelCmd {
     Members(channel::MembersArgs),
     /// Channels with subscribers anywhere in the fleet (from the
     /// controller); clients' own and service names only with --all.
-    #[command(after_help = "Examples:\n  slimctl channel list\n  slimctl channel list --all -o json")]
+    #[command(
+        after_help = "Examples:\n  slimctl channel list\n  slimctl channel list --all -o json"
+    )]
     List {
         /// Also list clients' own names (their inboxes) and service names.
         #[arg(long)]
@@ -755,7 +764,7 @@ async fn channel(cmd: ChannelCmd, out: Output) -> Result<()> {
                 None => false,
                 Some(e) if e.code == ErrorCode::NO_ROUTE && !require_route => {
                     eprintln!(
-                        "note: nobody subscribes to {name}, so nobody received the message ({}); --require-route makes this an error",
+                        "note: nobody subscribes to {name} (no_route: {}): nobody received the message; --require-route makes this an error",
                         e.reason
                     );
                     true

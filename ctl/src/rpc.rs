@@ -139,7 +139,12 @@ async fn run_command(cmd: &str, input: &[u8], limit: Duration) -> Result<Vec<u8>
     }
     let output = tokio::time::timeout(limit, child.wait_with_output())
         .await
-        .map_err(|_| format!("{cmd:?} ran longer than {}", humantime::format_duration(limit)))?
+        .map_err(|_| {
+            format!(
+                "{cmd:?} ran longer than {}",
+                humantime::format_duration(limit)
+            )
+        })?
         .map_err(|e| format!("{cmd:?}: {e}"))?;
     if !output.status.success() {
         return Err(format!(
