@@ -221,7 +221,7 @@ pub(crate) async fn route(cmd: RouteCmd, out: Output) -> Result<()> {
 /// What a name in the controller's channel list is. Every client's own
 /// name (`org/ns/service/instance`, its inbox for unicast) and its service
 /// name (for anycast) are subscribed too; they are not channels.
-fn name_kind<'a>(name: &str, all: &std::collections::HashSet<&'a str>) -> &'static str {
+fn name_kind(name: &str, all: &std::collections::HashSet<&str>) -> &'static str {
     match slim_wire::Name::parse(name) {
         Ok(n) if n.has_instance() => "client",
         // A service name some connected client registered under.
@@ -437,4 +437,25 @@ fn table(head: &[&str], rows: Vec<Vec<String>>) {
         t.row(r);
     }
     t.print();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_own_and_service_names_are_told_from_channels() {
+        let all: std::collections::HashSet<&str> = [
+            "acme/chat/incident",
+            "ops/slimctl/cli",
+            "ops/slimctl/cli/7f3a",
+            "acme/chat/incidents",
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(name_kind("acme/chat/incident", &all), "channel");
+        assert_eq!(name_kind("acme/chat/incidents", &all), "channel");
+        assert_eq!(name_kind("ops/slimctl/cli", &all), "service");
+        assert_eq!(name_kind("ops/slimctl/cli/7f3a", &all), "client");
+    }
 }

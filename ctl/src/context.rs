@@ -137,6 +137,8 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+// Parsed once per run: the size of the `add` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub(crate) enum ContextCmd {
     /// Create or replace a context: the settings other commands use when
