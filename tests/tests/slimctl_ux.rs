@@ -473,3 +473,119 @@ async fn request_reply_round_trip_from_the_cli() {
     })
     .await;
 }
+
+/// `channel list` shows channels, not clients' own (inbox) and service
+/// names (`--all` shows those too, with their kind); `channel members`
+/// reads the controller's view of a channel's subscribers without joining.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_list_and_members_from_the_controller() {
+    deadline("channel_list", async {
+        init_tracing();
+        let pki = Pki::new("example.org");
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = slim_controller::ControllerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().join("controller"),
+        );
+        cfg.nodes = vec!["spiffe://example.org/node/*".into()];
+        cfg.admins = vec!["spiffe://example.org/ops/**".into()];
+        let ctl = slim_controller::start(cfg, &pki.identity("controller"))
+            .await
+            .expect("start controller");
+        let node_cfg = slim_actors::NodeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            node_id: "a".into(),
+            ..Default::default()
+        };
+        let node = std::sync::Arc::new(
+            slim_actors::start(node_cfg, &pki.identity("node/a"))
+                .await
+                .expect("start node"),
+        );
+        let mut link =
+            slim_node::controller::ControllerLinkConfig::new(ctl.local_addr().to_string());
+        link.report_interval = Duration::from_millis(200);
+        let _link = slim_node::controller::spawn(&node, (&pki.identity("node/a")).into(), link);
+        let ops = slim_auth::SpiffeId::parse("spiffe://example.org/ops/alice").unwrap();
+        pki.ca
+            .issue_to_dir(&ops, Duration::from_secs(3600), &dir.path().join("ops"))
+            .unwrap();
+        let admin = |args: &[&str]| {
+            let mut c = slimctl(dir.path(), args);
+            c.arg("--controller")
+                .arg(ctl.local_addr().to_string())
+                .arg("--identity")
+                .arg(dir.path().join("ops"));
+            c
+        };
+
+        let sub = client(&pki, node.local_addr(), "acme/mon/watcher/0").await;
+        sub.subscribe(&name("acme/monitoring/fleet")).await.unwrap();
+        let list_all = || async {
+            let out = run(admin(&["-o", "json", "channel", "list", "--all"])).await;
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+        };
+        assert_eventually(T, "the channel reaches the controller", || async {
+            let s = list_all().await.to_string();
+            s.contains("acme/monitoring/fleet") && s.contains("acme/mon/watcher/0")
+        })
+        .await;
+        let listed = list_all().await;
+        let kind = |n: &str| {
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == n)
+                .map(|c| c["kind"].as_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            kind("acme/monitoring/fleet").as_deref(),
+            Some("channel"),
+            "{listed}"
+        );
+        assert_eq!(
+            kind("acme/mon/watcher/0").as_deref(),
+            Some("client"),
+            "{listed}"
+        );
+        assert_eq!(
+            kind("acme/mon/watcher").as_deref(),
+            Some("service"),
+            "{listed}"
+        );
+
+        let only = run(admin(&["-o", "json", "channel", "list"])).await;
+        assert!(only.status.success(), "{}", stderr(&only));
+        let v: serde_json::Value = serde_json::from_slice(&only.stdout).unwrap();
+        let names: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["acme/monitoring/fleet"], "{v}");
+        let text = run(admin(&["channel", "list"])).await;
+        assert!(stdout(&text).starts_with("CHANNEL"), "{}", stdout(&text));
+        assert!(
+            !stdout(&text).contains("acme/mon/watcher"),
+            "{}",
+            stdout(&text)
+        );
+
+        let members = run(admin(&[
+            "-o",
+            "json",
+            "channel",
+            "members",
+            "acme/monitoring/fleet",
+        ]))
+        .await;
+        assert!(members.status.success(), "{}", stderr(&members));
+        let v: serde_json::Value = serde_json::from_slice(&members.stdout).unwrap();
+        assert_eq!(v["subscribers"], 1, "{v}");
+        assert_eq!(v["nodes"][0]["node_id"], "a", "{v}");
+        assert_eq!(v["source"], "controller", "{v}");
+    })
+    .await;
+}
