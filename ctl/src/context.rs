@@ -64,7 +64,15 @@ pub(crate) fn active() -> Option<&'static Context> {
 /// one. A name that does not exist is an error (not silently ignored: the
 /// command would reach the wrong node).
 pub(crate) fn activate(flag: Option<&str>) -> Result<()> {
-    let path = store_path()?;
+    let path = match store_path() {
+        Ok(p) => p,
+        // No home (e.g. a container): no contexts, unless one was asked for.
+        Err(e) if flag.is_some() => return Err(e),
+        Err(_) => {
+            let _ = ACTIVE.set(None);
+            return Ok(());
+        }
+    };
     let store = load(&path)?;
     let ctx = match flag.map(str::to_owned).or(store.selected.clone()) {
         None => None,

@@ -396,11 +396,18 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Version => return version(out),
         _ => {}
     }
-    context::activate(cli.context.as_deref())?;
     match cli.cmd {
+        // These take no connection settings: no context file is read (the
+        // images' HEALTHCHECK runs `health` without a home directory).
         Cmd::DevCa(c) => dev_ca(c, out),
         Cmd::Health(a) => health::health(a),
+        Cmd::DevSpire(c) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(dev_spire(c)),
         cmd => {
+            context::activate(cli.context.as_deref())?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -411,13 +418,13 @@ fn run(cli: Cli) -> Result<()> {
                     Cmd::Request(a) => rpc::request(a, out).await,
                     Cmd::Reply(a) => rpc::reply(a, out).await,
                     Cmd::Identity(c) => identity(c, out).await,
-                    Cmd::DevSpire(c) => dev_spire(c).await,
                     Cmd::Node(c) => admin::node(c, out).await,
                     Cmd::Link(c) => admin::link(c, out).await,
                     Cmd::Route(c) => admin::route(c, out).await,
                     Cmd::Audit(a) => admin::audit(a, out).await,
                     Cmd::DevCa(_)
                     | Cmd::Health(_)
+                    | Cmd::DevSpire(_)
                     | Cmd::Context(_)
                     | Cmd::Completion { .. }
                     | Cmd::Version => unreachable!("handled above"),
