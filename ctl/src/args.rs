@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use slim_auth::{IdentitySource, IdentitySourceConfig};
-use slim_client::{Client, ClientConfig, Credentials};
+use slim_client::{Client, ClientConfig, ClientError, Credentials};
 use slim_wire::Name;
 
 use crate::context::active;
@@ -116,7 +116,16 @@ impl ConnectArgs {
         let node = self.node();
         Client::connect(ClientConfig::for_url(&node, name, creds).await?)
             .await
-            .with_context(|| format!("cannot connect to {node}"))
+            .map_err(|e| connect_error(e, &node))
+    }
+}
+
+/// A failed connect, saying which node once: the SDK's connect and resolve
+/// errors name the address already.
+pub(crate) fn connect_error(e: ClientError, node: &str) -> anyhow::Error {
+    match e {
+        ClientError::Connect { .. } | ClientError::Resolve { .. } => e.into(),
+        e => anyhow::Error::new(e).context(format!("cannot connect to {node}")),
     }
 }
 

@@ -101,7 +101,7 @@ async fn connect(c: &ConnectArgs) -> Result<(SessionMux, MlsIdentity, Rotation)>
     let node = c.node();
     let client = Client::connect(ClientConfig::for_url(&node, name, creds).await?)
         .await
-        .with_context(|| format!("cannot connect to {node}"))?;
+        .map_err(|e| crate::args::connect_error(e, &node))?;
     // Non-session deliveries are not ours to print here.
     let (mux, _raw) = SessionMux::new(client);
     Ok((mux, mls, rotation))

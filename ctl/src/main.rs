@@ -771,8 +771,7 @@ async fn channel(cmd: ChannelCmd, out: Output) -> Result<()> {
                 None => false,
                 Some(e) if e.code == ErrorCode::NO_ROUTE && !require_route => {
                     eprintln!(
-                        "note: nobody subscribes to {name} (no_route: {}): nobody received the message; --require-route makes this an error",
-                        e.reason
+                        "note: nobody subscribes to {name} (the node answered no_route), so nobody received the message; --require-route makes this an error"
                     );
                     true
                 }
