@@ -446,7 +446,11 @@ pub async fn join(a: JoinArgs, out: Output) -> Result<()> {
                 }
                 e = next => match e {
                     None => {
-                        result = Err(anyhow!("no message within {:?} ({seen} received)", a.timeout.unwrap_or_default()));
+                        result = Err(crate::output::Failure::Timeout(format!(
+                            "no message within {} ({seen} received)",
+                            humantime::format_duration(a.timeout.unwrap_or_default())
+                        ))
+                        .into());
                         break;
                     }
                     Some(None) => bail!("the channel driver ended"),
