@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use slim_client::channel::{
     Channel, ChannelConfig, ChannelEvent, ChannelMember, ChannelModerator, ChannelOptions,
