@@ -12,6 +12,7 @@ mod args;
 mod channel;
 mod context;
 mod health;
+mod identity;
 mod output;
 mod rpc;
 mod signal;
@@ -28,7 +29,7 @@ use slim_auth::{DevCa, SpiffeId};
 use slim_client::{Client, Delivery, Event};
 use slim_wire::{ErrorCode, Mode, Name};
 
-use args::{ConnectArgs, IdentityArgs, parse_duration};
+use args::{ConnectArgs, parse_duration};
 use output::{Failure, Output, print_json};
 use signal::then_close;
 
@@ -107,7 +108,7 @@ enum Cmd {
     Version,
     /// This machine's workload identity.
     #[command(subcommand)]
-    Identity(IdentityCmd),
+    Identity(identity::IdentityCmd),
     /// A development SPIFFE Workload API server (stands in for a SPIRE agent).
     #[command(subcommand, name = "dev-spire")]
     DevSpire(DevSpireCmd),
@@ -131,18 +132,6 @@ enum Cmd {
   slimctl health
   slimctl health http://127.0.0.1:9465/healthz --timeout 1s")]
     Health(health::HealthArgs),
-}
-
-#[derive(Subcommand, Debug)]
-enum IdentityCmd {
-    /// What identity this machine would present: SPIFFE ID, trust domain, expiry.
-    #[command(after_help = "Examples:
-  slimctl identity show --identity target/dev-identity/ops
-  SPIFFE_ENDPOINT_SOCKET=unix:///run/spire/agent.sock slimctl identity show -o json")]
-    Show {
-        #[command(flatten)]
-        id: IdentityArgs,
-    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -369,6 +358,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour only at a terminal (not in captured output or files).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let out = cli.output;
     match run(cli) {
@@ -417,7 +408,7 @@ fn run(cli: Cli) -> Result<()> {
                     Cmd::Channel(c) => channel(c, out).await,
                     Cmd::Request(a) => rpc::request(a, out).await,
                     Cmd::Reply(a) => rpc::reply(a, out).await,
-                    Cmd::Identity(c) => identity(c, out).await,
+                    Cmd::Identity(c) => identity::run(c, out).await,
                     Cmd::Node(c) => admin::node(c, out).await,
                     Cmd::Link(c) => admin::link(c, out).await,
                     Cmd::Route(c) => admin::route(c, out).await,
@@ -552,41 +543,6 @@ fn dev_ca(cmd: DevCaCmd, out: Output) -> Result<()> {
 
 async fn connect(c: &ConnectArgs) -> Result<Client> {
     c.client().await
-}
-
-async fn identity(cmd: IdentityCmd, out: Output) -> Result<()> {
-    match cmd {
-        IdentityCmd::Show { id } => {
-            let src = id.source().await?;
-            let cur = src.current();
-            let expires = time::OffsetDateTime::from(cur.not_after)
-                .format(&time::format_description::well_known::Rfc3339)?;
-            let left = cur
-                .not_after
-                .duration_since(SystemTime::now())
-                .map(|d| format!("{}s", d.as_secs()))
-                .unwrap_or_else(|_| "EXPIRED".into());
-            let bundles: Vec<String> = cur.bundles.trust_domains().map(str::to_owned).collect();
-            if out == Output::Json {
-                print_json(&serde_json::json!({
-                    "spiffe_id": cur.spiffe_id.to_string(),
-                    "trust_domain": cur.spiffe_id.trust_domain(),
-                    "not_after": expires,
-                    "expires_in": left,
-                    "source": src.kind(),
-                    "bundles": bundles,
-                }))?;
-            } else {
-                println!("spiffe_id     {}", cur.spiffe_id);
-                println!("trust_domain  {}", cur.spiffe_id.trust_domain());
-                println!("expires       {expires} (in {left})");
-                println!("source        {}", src.kind());
-                println!("bundles       {}", bundles.join(", "));
-            }
-            src.shutdown().await;
-        }
-    }
-    Ok(())
 }
 
 async fn dev_spire(cmd: DevSpireCmd) -> Result<()> {

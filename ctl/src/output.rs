@@ -37,6 +37,11 @@ pub(crate) enum Failure {
     Interrupted,
     #[error("{0}")]
     Context(String),
+    /// The command already printed its result, which says what failed
+    /// (e.g. `identity check`'s verdict): under `-o json` the error goes to
+    /// stderr only, so stdout stays one JSON document.
+    #[error("{0}")]
+    Reported(String),
 }
 
 /// A stable, machine-readable name for what went wrong: the first cause in
@@ -51,6 +56,7 @@ pub(crate) fn error_kind(e: &anyhow::Error) -> String {
                 Failure::Timeout(_) => "timeout".into(),
                 Failure::Interrupted => "interrupted".into(),
                 Failure::Context(_) => "context".into(),
+                Failure::Reported(_) => "reported".into(),
             };
         }
         if let Some(c) = cause.downcast_ref::<C>() {
@@ -103,11 +109,15 @@ pub(crate) fn error_kind(e: &anyhow::Error) -> String {
 }
 
 /// Prints a failed command's error: `{"error": {"kind", "message"}}` on
-/// stdout under `-o json` (where a script reads the results), else
-/// `error: ...` on stderr.
+/// stdout under `-o json` (where a script reads the results), else — or
+/// when the command's printed result already tells the failure
+/// ([`Failure::Reported`]) — `error: ...` on stderr.
 pub(crate) fn report_error(e: &anyhow::Error, out: Output) {
     let message = format!("{e:#}");
-    if out == Output::Json {
+    let reported = e
+        .chain()
+        .any(|c| matches!(c.downcast_ref::<Failure>(), Some(Failure::Reported(_))));
+    if out == Output::Json && !reported {
         println!(
             "{}",
             serde_json::json!({"error": {"kind": error_kind(e), "message": message}})
