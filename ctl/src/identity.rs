@@ -10,7 +10,7 @@ use slim_client::{Client, ClientConfig, ClientError};
 use slim_wire::Name;
 
 use crate::args::{ConnectArgs, IdentityArgs};
-use crate::output::{Output, print_json};
+use crate::output::{Failure, Output, print_json};
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum IdentityCmd {
@@ -75,11 +75,12 @@ async fn show(id: IdentityArgs, out: Output) -> Result<()> {
     let spiffe_id = cur.spiffe_id.to_string();
     src.shutdown().await;
     if expired(not_after) {
-        bail!(
+        return Err(Failure::Reported(format!(
             "the SVID of {spiffe_id} expired at {} ({}): renew it (check the SPIFFE agent that rotates it, or issue a new one)",
             rfc3339(not_after),
             relative(not_after)
-        );
+        ))
+        .into());
     }
     Ok(())
 }
@@ -102,11 +103,12 @@ async fn check(conn: ConnectArgs, out: Output) -> Result<()> {
         );
     }
     let creds = conn.id.credentials().await?;
-    let name = Name::parse(&conn.as_name).context("invalid --as name")?;
+    let name = Name::parse(&conn.as_name()).context("invalid --as name")?;
+    let node = conn.node();
     // `connect` makes one attempt: a diagnosis, not a retry loop.
-    let cfg = ClientConfig::for_url(&conn.node, name, creds)
+    let cfg = ClientConfig::for_url(&node, name, creds)
         .await
-        .with_context(|| format!("cannot resolve {}", conn.node))?;
+        .with_context(|| format!("cannot resolve {node}"))?;
     let result = Client::connect(cfg).await;
     let (ok, verdict, node_id, authenticated_as) = match &result {
         Ok(c) => {
@@ -148,7 +150,7 @@ async fn check(conn: ConnectArgs, out: Output) -> Result<()> {
             "not_after": rfc3339(our_expiry),
             "expired": expired(our_expiry),
             "bundles": bundles,
-            "node": conn.node,
+            "node": node,
             "ok": ok,
             "node_spiffe_id": node_id,
             "authenticated_as": authenticated_as,
@@ -162,12 +164,12 @@ async fn check(conn: ConnectArgs, out: Output) -> Result<()> {
             relative(our_expiry)
         );
         println!("bundles   {}", bundles.join(", "));
-        println!("node      {}", conn.node);
+        println!("node      {node}");
         println!("verdict   {verdict}");
     }
     if let Ok(c) = result {
         c.close().await;
         return Ok(());
     }
-    bail!("{} did not accept {ours}", conn.node)
+    Err(Failure::Reported(format!("{node} did not accept {ours}")).into())
 }
