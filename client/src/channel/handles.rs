@@ -87,6 +87,79 @@ impl Channel {
     }
 }
 
+impl Channel {
+    /// The channel's roster read from its moderator without joining (no MLS
+    /// epoch, no audit entry): the moderator answers members and identities
+    /// its admission policy admits. The query goes to `moderator` when known,
+    /// else to the channel's name (members ignore it). Needs publish rights
+    /// on that name, not subscribe rights.
+    pub async fn roster(
+        mux: &SessionMux,
+        channel: &Name,
+        moderator: Option<&Name>,
+        timeout: Duration,
+    ) -> Result<(u64, Vec<MemberInfo>), ChannelError> {
+        use crate::session::channel::{Ctl, control_packet, decode_control, session_id};
+        use crate::session::packet::Kind;
+        let sid = session_id(channel.as_str());
+        // Answers come back on the channel's session id.
+        let mut inbox = mux.register(sid, 16)?;
+        let me = mux.client().name().as_str().to_owned();
+        let query = control_packet(channel.as_str(), &me, &Ctl::RosterQuery)?;
+        match moderator {
+            Some(m) => {
+                let mode = if m.as_str().matches('/').count() >= 3 {
+                    slim_wire::Mode::Unicast
+                } else {
+                    slim_wire::Mode::Anycast
+                };
+                mux.publish(sid, m, mode, &query).await?
+            }
+            None => {
+                mux.publish(sid, channel, slim_wire::Mode::Multicast, &query)
+                    .await?
+            }
+        };
+        let answer = async {
+            while let Some(inc) = inbox.recv().await {
+                let p = &inc.packet;
+                match p.kind {
+                    Kind::Control => match decode_control(p) {
+                        Ok(Ctl::Roster { epoch, members }) => {
+                            let members = members
+                                .into_iter()
+                                .map(|(name, spiffe_id)| MemberInfo { name, spiffe_id })
+                                .collect();
+                            return Ok((epoch, members));
+                        }
+                        Ok(Ctl::Refused { reason }) => {
+                            return Err(ChannelError::Roster { reason });
+                        }
+                        // Someone else's traffic on this session id.
+                        _ => continue,
+                    },
+                    Kind::Unreachable => {
+                        let why = String::from_utf8_lossy(&p.body).into_owned();
+                        let reason = match moderator {
+                            Some(m) => format!("cannot reach the moderator {m}: {why}"),
+                            None => format!("nobody moderates {channel} here: {why}"),
+                        };
+                        return Err(ChannelError::Roster { reason });
+                    }
+                    _ => continue,
+                }
+            }
+            Err(ChannelError::Closed)
+        };
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(r) => r,
+            Err(_) => Err(ChannelError::Roster {
+                reason: format!("no answer from the moderator within {timeout:?}"),
+            }),
+        }
+    }
+}
+
 /// The moderator's handle. Dropping it closes the channel.
 pub struct ChannelModerator {
     channel: Name,

@@ -101,6 +101,16 @@ pub enum Ctl {
         n: u64,
     },
     CloseAck,
+    /// Anyone → moderator: the roster, please, without joining (answered
+    /// with `Roster` to members and to identities the admission policy
+    /// admits, `Refused` otherwise). Appended last: older peers' variant
+    /// numbers are unchanged.
+    RosterQuery,
+    /// Moderator → querier: the members at `epoch` as (name, SPIFFE ID).
+    Roster {
+        epoch: u64,
+        members: Vec<(String, String)>,
+    },
 }
 
 /// Encodes a control packet of `channel` from `me` (tools and tests that

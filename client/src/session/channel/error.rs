@@ -44,6 +44,9 @@ pub enum ChannelError {
     /// The node's authorization policy refused a publish to the channel.
     #[error("refused by the node's policy: {reason}")]
     Denied { reason: String },
+    /// The moderator would not show the roster (or nobody answered).
+    #[error("roster query: {reason}")]
+    Roster { reason: String },
 }
 
 impl ChannelError {
@@ -71,6 +74,7 @@ impl ChannelError {
             ChannelError::JoinRefused { .. } => "join_refused",
             ChannelError::JoinFailed { .. } => "join_failed",
             ChannelError::Denied { .. } => "denied",
+            ChannelError::Roster { .. } => "roster",
         }
     }
 }

@@ -399,6 +399,7 @@ impl Member {
             }
             Ctl::Invite { .. } => Ok(()), // already in (or joining) this channel
             Ctl::Join { .. } => Ok(()),   // another joiner's multicast request
+            Ctl::RosterQuery => Ok(()),   // someone asking the moderator
             _ => {
                 let _ = now;
                 Err(ChannelError::Malformed(

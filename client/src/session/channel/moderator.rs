@@ -302,6 +302,38 @@ impl Moderator {
             .any(|c| matches!(c, Change::Add { name: n, .. } if n == name))
     }
 
+    /// A roster read without joining: for members (by SPIFFE ID, so an
+    /// operator tool running as a member's identity may read it) and for
+    /// identities the admission policy admits — whoever could join anyway.
+    fn on_roster_query(&mut self, from: &str, from_identity: Option<&str>) {
+        let allowed = from_identity.is_some_and(|id| {
+            self.c.roster.values().any(|v| v == id)
+                || match (&self.admission, SpiffeId::parse(id)) {
+                    (Some(policy), Ok(sid)) => policy.grants(Some(&sid)).is_ok(),
+                    _ => false,
+                }
+        });
+        let answer = if allowed {
+            Ctl::Roster {
+                epoch: self.c.epoch,
+                members: self
+                    .c
+                    .roster
+                    .iter()
+                    .map(|(n, id)| (n.clone(), id.clone()))
+                    .collect(),
+            }
+        } else {
+            Ctl::Refused {
+                reason: format!(
+                    "{} may not read the roster: neither a member nor admitted by the channel's admission policy",
+                    from_identity.unwrap_or("an unauthenticated client")
+                ),
+            }
+        };
+        self.c.ctl(Dest::Member(from.to_owned()), &answer);
+    }
+
     fn on_ctl(
         &mut self,
         from: &str,
@@ -359,6 +391,10 @@ impl Moderator {
                 }
                 Ok(())
             }
+            Ctl::RosterQuery => {
+                self.on_roster_query(from, from_identity);
+                Ok(())
+            }
             Ctl::Rebind { epoch, commit } => {
                 if !self.c.roster.contains_key(from) || self.c.group.is_none() {
                     return Err(ChannelError::NotAMember(from.to_owned()));
@@ -393,6 +429,7 @@ impl Moderator {
             | Ctl::Refused { .. }
             | Ctl::Removed { .. }
             | Ctl::RebindRefused { .. }
+            | Ctl::Roster { .. }
             | Ctl::Ping { .. } => Err(ChannelError::Malformed(
                 "moderator-only control message sent to the moderator".into(),
             )),
