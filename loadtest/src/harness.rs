@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::payload::SeqTracker;
-use crate::procfs::{self, CpuProbe};
+use crate::procstat::{self, CpuProbe};
 use crate::serverstats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -220,7 +220,7 @@ fn snap(ctl: &Ctl, cpu: &CpuSetup) -> Snap {
         node_threads_cpu: cpu
             .node_threads
             .as_deref()
-            .and_then(|p| procfs::self_threads_cpu_seconds(p).ok()),
+            .and_then(|p| procstat::self_threads_cpu_seconds(p).ok()),
     }
 }
 
@@ -346,7 +346,7 @@ pub async fn run(
         extra,
     } = running;
 
-    let udp_before = procfs::udp_rcvbuf_errors().ok();
+    let udp_before = procstat::udp_rcvbuf_errors().ok();
     let _ = start.send(true);
     tokio::time::sleep(plan.warmup).await;
     let a = snap(&ctl, cpu);
@@ -426,7 +426,7 @@ pub async fn run(
     }
     let mut counters = extra.map(|f| f()).unwrap_or_default();
     if system == "slim"
-        && let (Some(a), Ok(b)) = (udp_before, procfs::udp_rcvbuf_errors())
+        && let (Some(a), Ok(b)) = (udp_before, procstat::udp_rcvbuf_errors())
     {
         counters.insert("host_udp_rcvbuf_errors".into(), b.saturating_sub(a));
     }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::backend::{Backend, Conn, Incoming, Topic};
 use crate::payload::{HEADER, PayloadWriter};
-use crate::procfs::CpuProbe;
+use crate::procstat::CpuProbe;
 
 #[derive(Debug, Clone)]
 pub struct LatencyPlan {
@@ -336,7 +336,7 @@ pub async fn run(
         Ok((lag, sent))
     });
 
-    let udp_before = crate::procfs::udp_rcvbuf_errors().ok();
+    let udp_before = crate::procstat::udp_rcvbuf_errors().ok();
     let win_start = t0 + Duration::from_nanos((warm as f64 * interval_ns) as u64);
     tokio::time::sleep_until(win_start.into()).await;
     let cpu_a = cpu.as_ref().and_then(|p| p.cpu_seconds().ok());
@@ -361,7 +361,7 @@ pub async fn run(
         backend.counters().into_iter().collect();
     counters.insert("responder_replies".into(), answered);
     if backend.system() == "slim"
-        && let (Some(a), Ok(b)) = (udp_before, crate::procfs::udp_rcvbuf_errors())
+        && let (Some(a), Ok(b)) = (udp_before, crate::procstat::udp_rcvbuf_errors())
     {
         counters.insert("host_udp_rcvbuf_errors".into(), b.saturating_sub(a));
     }

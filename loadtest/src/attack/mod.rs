@@ -29,7 +29,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, Topic};
-use crate::procfs::CpuProbe;
+use crate::procstat::CpuProbe;
 use crate::slim::Identities;
 use stats::{RssSummary, When};
 
