@@ -24,6 +24,7 @@
 
 mod attack;
 mod backend;
+mod chart;
 mod connections;
 mod fleet;
 mod harness;
@@ -36,7 +37,7 @@ mod serverstats;
 mod sessions;
 mod slim;
 mod summary;
-mod svg;
+
 mod util;
 
 use std::net::{SocketAddr, ToSocketAddrs};
