@@ -35,6 +35,7 @@ mod nats;
 mod payload;
 mod plot;
 mod procstat;
+mod reqrep;
 mod serverstats;
 mod sessions;
 mod slim;
