@@ -41,6 +41,7 @@ mod sessions;
 mod slim;
 mod summary;
 mod target;
+mod throughput_report;
 mod util;
 
 use anyhow::Result;

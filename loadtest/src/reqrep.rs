@@ -86,7 +86,7 @@ pub fn spawn_reply_reader<S: ReplySink>(
 }
 
 /// Which sequence numbers below a bound have been seen (one bit each).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SeenSet {
     bits: Vec<u64>,
     len: u64,

@@ -27,6 +27,7 @@ use slim_client::session::p2p::{
 use slim_client::{Client, ClientConfig};
 use slim_wire::Name;
 
+use crate::reqrep::SeenSet;
 use crate::slim::Identities;
 
 /// Bytes of the sequence-number header.
@@ -35,7 +36,7 @@ pub const HEADER: usize = 8;
 /// A bitset of sequence numbers `0..n`; counts duplicates.
 #[derive(Debug, Clone)]
 pub struct SeqBits {
-    bits: Vec<u64>,
+    seen: SeenSet,
     n: u64,
     count: u64,
     dups: u64,
@@ -49,7 +50,7 @@ pub struct SeqBits {
 impl SeqBits {
     pub fn new(n: u64) -> SeqBits {
         SeqBits {
-            bits: vec![0; n.div_ceil(64) as usize],
+            seen: SeenSet::new(n),
             n,
             count: 0,
             dups: 0,
@@ -66,20 +67,18 @@ impl SeqBits {
             return;
         };
         let seq = u64::from_be_bytes(head.try_into().expect("8 bytes"));
-        if seq >= self.n {
+        let Some(first) = self.seen.insert(seq) else {
             self.malformed += 1;
             return;
-        }
+        };
         if seq != self.next {
             self.out_of_order += 1;
         }
         self.next = seq + 1;
-        let (w, b) = ((seq / 64) as usize, seq % 64);
-        if self.bits[w] & (1 << b) != 0 {
-            self.dups += 1;
-        } else {
-            self.bits[w] |= 1 << b;
+        if first {
             self.count += 1;
+        } else {
+            self.dups += 1;
         }
     }
 
