@@ -36,6 +36,16 @@ fn tls_reason(e: &quinn::ConnectionError) -> &'static str {
     }
 }
 
+/// TLS alert `certificate_required` (RFC 8446 §6.2), which rustls sends
+/// when client authentication is mandatory and the client presented none.
+const ALERT_CERTIFICATE_REQUIRED: u8 = 116;
+
+/// Whether the handshake failed because the client presented no certificate.
+fn no_certificate(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::TransportError(te)
+        if te.code == quinn_proto::TransportErrorCode::crypto(ALERT_CERTIFICATE_REQUIRED))
+}
+
 /// Runs the TLS handshake of one incoming connection, reads its first frame
 /// and hands it to the right kind: a client (`Hello`) or a peer node
 /// (`PeerHello`), which then starts its own actor.
@@ -62,6 +72,13 @@ pub(crate) async fn accept(
             // timeout: that is a timeout, not a refusal.
             let timed_out = matches!(e, quinn::ConnectionError::TimedOut);
             m::handshake(if timed_out { "timeout" } else { "refused" });
+            if no_certificate(&e) {
+                // rustls refuses a client without a certificate before any
+                // SVID check runs, so it is counted here under its reason.
+                *ctx.refusals.entry("no_certificate").or_insert(0) += 1;
+                metrics::counter!(m::HANDSHAKE_REFUSALS_TOTAL, "reason" => "no_certificate")
+                    .increment(1);
+            }
             if ctx.log.note(Kind::Handshake, tls_reason(&e)) {
                 info!(%remote, error = %e, "handshake refused{THROTTLED}");
             }

@@ -25,10 +25,18 @@ use tracing::warn;
 use crate::config::NodeConfig;
 use crate::conn::shared::{ConnError, ConnShared};
 use crate::fed::shared::Fed;
+use crate::logthrottle::Kind;
 use crate::metrics as m;
 use crate::registry::{ConnId, Registry};
 use crate::table::TableMsg;
 use crate::types::TlsIdentity;
+
+/// How a connection without a SPIFFE ID (none today) is named in logs.
+const NO_IDENTITY: &str = "(no identity)";
+
+/// Appended to per-identity log lines.
+const THROTTLED_PER_IDENTITY: &str =
+    " (logged once per identity per 10 s; the rest are counted at the window's end)";
 
 /// Counter handles resolved once, so the per-message path never looks up a
 /// metric by name.
@@ -38,6 +46,7 @@ pub(crate) struct HotMetrics {
     pub deliveries: Counter,
     pub no_route: Counter,
     pub slow_consumer: Counter,
+    pub subscriber_gone: Counter,
     pub unauthorized: Counter,
     pub routing_seconds: Histogram,
     pub enqueue_to_write_seconds: Histogram,
@@ -56,6 +65,7 @@ impl HotMetrics {
             deliveries: counter!(m::DELIVERIES_TOTAL),
             no_route: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "no_route"),
             slow_consumer: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "slow_consumer"),
+            subscriber_gone: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "subscriber_gone"),
             unauthorized: counter!(m::MESSAGES_DROPPED_TOTAL, "reason" => "unauthorized"),
             routing_seconds: histogram!(m::ROUTING_SECONDS),
             enqueue_to_write_seconds: histogram!(m::ENQUEUE_TO_WRITE_SECONDS),
@@ -154,10 +164,55 @@ impl NodeCtx {
         }
         if t.slow > 0 {
             hm.slow_consumer.increment(std::mem::take(&mut t.slow));
+            for &conn in &t.slow_conns[..std::mem::take(&mut t.slow_n)] {
+                self.log_slow_consumer(conn);
+            }
+        }
+        if t.gone > 0 {
+            hm.subscriber_gone.increment(std::mem::take(&mut t.gone));
         }
         if t.link_drops > 0 {
             counter!(m::LINK_DROPS_TOTAL, "reason" => "queue_full")
                 .increment(std::mem::take(&mut t.link_drops));
+        }
+    }
+
+    /// Logs that subscriber `conn` drops messages, once per identity per
+    /// log window (the window's end says how many more events there were).
+    fn log_slow_consumer(&self, conn: ConnId) {
+        let Some(c) = self.conns.get(&conn).map(|c| Arc::clone(c.value())) else {
+            return;
+        };
+        let identity = c.identity().unwrap_or(NO_IDENTITY);
+        if self.log.note_identity(Kind::SlowConsumer, identity) {
+            let q = &self.cfg.queue;
+            warn!(
+                identity,
+                name = %c.name,
+                conn,
+                action = "drop",
+                max_frames = q.max_frames,
+                max_bytes = q.max_bytes,
+                "slow consumer detected: {identity} ({}) does not read as fast as messages arrive; its outbound queue is full and messages to it are dropped (slim_messages_dropped_total{{reason=\"slow_consumer\"}}){THROTTLED_PER_IDENTITY}",
+                c.name
+            );
+        }
+    }
+
+    /// Logs a publish or subscribe the authorization policy refused, once
+    /// per identity per log window.
+    pub(crate) fn log_denied(&self, c: &ConnShared, action: &str, name: &str, reason: &str) {
+        let identity = c.identity().unwrap_or(NO_IDENTITY);
+        if self.log.note_identity(Kind::Denied, identity) {
+            warn!(
+                identity,
+                client = %c.name,
+                action,
+                name,
+                reason,
+                "{action} refused by policy: {reason} (client {}){THROTTLED_PER_IDENTITY}",
+                c.name
+            );
         }
     }
 
@@ -167,7 +222,17 @@ impl NodeCtx {
         if let Some(c) = victim {
             self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
             counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "disconnect").increment(1);
-            warn!(conn = c.id, name = %c.name, "slow consumer disconnected");
+            let identity = c.identity().unwrap_or(NO_IDENTITY);
+            if self.log.note_identity(Kind::SlowConsumer, identity) {
+                warn!(
+                    identity,
+                    name = %c.name,
+                    conn = c.id,
+                    action = "disconnect",
+                    "slow consumer detected: {identity} ({}) let its outbound queue stay full past the grace period; disconnecting it{THROTTLED_PER_IDENTITY}",
+                    c.name
+                );
+            }
             c.close(
                 ErrorCode::SLOW_CONSUMER,
                 "slow consumer: outbound queue stayed full",

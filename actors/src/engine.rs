@@ -327,6 +327,9 @@ pub fn route_forward<'f>(
     Decision::Route(plan)
 }
 
+/// Slow subscribers a [`Tally`] remembers per batch.
+pub const SLOW_CONNS: usize = 4;
+
 /// Outcomes of the pushes of one read batch, and the slow-consumer decision
 /// for each: counted here, flushed to metrics once per batch by the driver.
 #[derive(Debug, Default)]
@@ -334,6 +337,14 @@ pub struct Tally {
     pub deliveries: u64,
     /// Local deliveries dropped because the subscriber's queue was full.
     pub slow: u64,
+    /// Local deliveries not made because the subscriber's connection was
+    /// closing (its outbox closed).
+    pub gone: u64,
+    /// The first few slow subscribers of the batch, for the node's
+    /// per-identity "slow consumer" log line (the rest show up in later
+    /// batches; the counters count every drop).
+    pub slow_conns: [ConnId; SLOW_CONNS],
+    pub slow_n: usize,
     /// Link copies dropped because the link's queue was full (a slow peer is
     /// isolated; the link stays up for everyone else).
     pub link_drops: u64,
@@ -346,14 +357,22 @@ impl Tally {
     pub fn push_sub(&mut self, sub: &Sub, frame: Bytes) -> Option<ConnId> {
         match sub.outbox.push(frame) {
             Push::Queued => self.deliveries += 1,
-            Push::Dropped => self.slow += 1,
-            Push::Closed => {}
+            Push::Dropped => self.slow_from(sub.conn),
+            Push::Closed => self.gone += 1,
             Push::Disconnect => {
-                self.slow += 1;
+                self.slow_from(sub.conn);
                 return Some(sub.conn);
             }
         }
         None
+    }
+
+    fn slow_from(&mut self, conn: ConnId) {
+        self.slow += 1;
+        if self.slow_n < SLOW_CONNS && !self.slow_conns[..self.slow_n].contains(&conn) {
+            self.slow_conns[self.slow_n] = conn;
+            self.slow_n += 1;
+        }
     }
 
     /// One peer link: a full link queue drops.

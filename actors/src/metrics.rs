@@ -1,11 +1,13 @@
 //! Metric names and small recording helpers. Labels are bounded enums
 //! (kind, reason, mode), never names, identities or sessions.
 
-use metrics::{counter, gauge};
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge};
 
 use crate::registry::Registry;
 
-pub const CONNECTIONS: &str = "slim_connections";
+/// Open connections by `kind` (a gauge; `_open` keeps it apart from the
+/// `slim_connections_total` counter family).
+pub const CONNECTIONS: &str = "slim_connections_open";
 pub const CONNECTIONS_TOTAL: &str = "slim_connections_total";
 pub const HANDSHAKES_TOTAL: &str = "slim_handshakes_total";
 /// Client certificates refused at the TLS handshake, by SVID check (`reason`).
@@ -146,4 +148,307 @@ pub fn protocol_error(reason: &'static str) {
 
 pub fn handshake(result: &'static str) {
     counter!(HANDSHAKES_TOTAL, "result" => result).increment(1);
+}
+
+/// The build's version (and commit, when the build set `SLIM_GIT_SHA`), as
+/// the value-1 gauge Prometheus joins on.
+pub const BUILD_INFO: &str = "slim_build_info";
+
+/// Registers every node metric's HELP text and unit with the installed
+/// recorder (once, at startup; harmless to repeat).
+pub fn describe() {
+    use Unit::{Bytes, Count, Seconds};
+    let c =
+        |name: &'static str, unit: Unit, help: &'static str| describe_counter!(name, unit, help);
+    let g = |name: &'static str, unit: Unit, help: &'static str| describe_gauge!(name, unit, help);
+    g(
+        CONNECTIONS,
+        Count,
+        "Open connections by kind (client; peer = live peer links).",
+    );
+    c(
+        CONNECTIONS_TOTAL,
+        Count,
+        "Connections accepted after handshake and hello, by kind.",
+    );
+    c(
+        HANDSHAKES_TOTAL,
+        Count,
+        "Incoming connection attempts by outcome (result).",
+    );
+    c(
+        HANDSHAKE_REFUSALS_TOTAL,
+        Count,
+        "Client credentials refused, by the check that failed (reason; no_certificate = none presented).",
+    );
+    c(
+        PEER_CERT_EXPIRED_TOTAL,
+        Count,
+        "Connections closed because the peer's certificate expired.",
+    );
+    c(FRAMES_IN_TOTAL, Count, "Frames read from clients.");
+    c(FRAMES_OUT_TOTAL, Count, "Frames written to clients.");
+    c(BYTES_IN_TOTAL, Bytes, "Stream bytes read, in bytes.");
+    c(BYTES_OUT_TOTAL, Bytes, "Stream bytes written, in bytes.");
+    c(
+        MESSAGES_ROUTED_TOTAL,
+        Count,
+        "Publishes that found at least one destination, by delivery mode (one per message, whatever its fan-out).",
+    );
+    c(
+        DELIVERIES_TOTAL,
+        Count,
+        "Message copies queued to local subscribers' outboxes (one per subscriber per message); routed fan-out = this + dropped{slow_consumer,subscriber_gone}.",
+    );
+    c(
+        MESSAGES_DROPPED_TOTAL,
+        Count,
+        "Messages or copies not delivered, by reason.",
+    );
+    c(
+        SLOW_CONSUMER_EVENTS_TOTAL,
+        Count,
+        "Slow-consumer events by action (disconnect).",
+    );
+    c(
+        PROTOCOL_ERRORS_TOTAL,
+        Count,
+        "Connections closed for bad input, by reason.",
+    );
+    c(
+        AUTHZ_DENIED_TOTAL,
+        Count,
+        "Refusals by the authorization policy, by action.",
+    );
+    c(
+        POLICY_REVOCATIONS_TOTAL,
+        Count,
+        "What policy reloads took from established connections (what = connection, subscription).",
+    );
+    g(
+        SUBSCRIPTIONS,
+        Count,
+        "(connection, name) subscriptions in the registry.",
+    );
+    g(REGISTRY_NAMES, Count, "Distinct names with a subscriber.");
+    g(
+        QUEUE_BYTES,
+        Bytes,
+        "Bytes queued in all client outboxes (sampled every second).",
+    );
+    g(
+        QUEUE_BYTES_MAX,
+        Bytes,
+        "Bytes queued in the fullest client outbox (sampled every second).",
+    );
+    describe_histogram!(
+        ROUTING_SECONDS,
+        Seconds,
+        "Seconds from a complete publish frame to its deliver queued on every chosen outbox; sampled 1 in 64 publishes."
+    );
+    describe_histogram!(
+        ENQUEUE_TO_WRITE_SECONDS,
+        Seconds,
+        "Seconds the oldest frame of a writer batch waited in its outbox before being handed to QUIC."
+    );
+    c(
+        ACTOR_RESTARTS_TOTAL,
+        Count,
+        "Supervised actors that failed and were cleaned up or restarted, by actor.",
+    );
+    g(
+        SVID_EXPIRY_SECONDS,
+        Seconds,
+        "Unix time in seconds at which the node's current X.509-SVID expires.",
+    );
+    c(
+        SVID_ROTATIONS_TOTAL,
+        Count,
+        "Node SVID rotations picked up from its identity source.",
+    );
+    g(
+        LINKS,
+        Count,
+        "Peer links by state (connecting, up, backoff; sampled every second).",
+    );
+    c(
+        LINK_FRAMES_TOTAL,
+        Count,
+        "Forwarded-publish frames over peer links' data streams, by direction.",
+    );
+    c(
+        LINK_BYTES_TOTAL,
+        Bytes,
+        "Bytes over peer links, by direction.",
+    );
+    c(
+        LINK_DROPS_TOTAL,
+        Count,
+        "Forwarded messages a link did not carry, by reason (queue_full, loop).",
+    );
+    c(
+        LINK_RECONNECTS_TOTAL,
+        Count,
+        "Redials of dialled peer links.",
+    );
+    c(
+        LINK_CONNECT_FAILURES_TOTAL,
+        Count,
+        "Failed peer link attempts by this node, by reason.",
+    );
+    c(
+        LINK_REFUSALS_TOTAL,
+        Count,
+        "Peer hellos this node refused, by reason.",
+    );
+    c(
+        LINK_DOWN_TOTAL,
+        Count,
+        "Live peer links that ended on an error, by reason.",
+    );
+    g(
+        INTEREST_ENTRIES,
+        Count,
+        "Interest entries held (link sets and name states of every origin node, tombstones included).",
+    );
+    g(
+        INTEREST_ORIGINS,
+        Count,
+        "Origin nodes whose interest entries this node holds (itself included).",
+    );
+    c(
+        INTEREST_BYTES_TOTAL,
+        Bytes,
+        "Bytes of interest frames sent to peers.",
+    );
+    c(
+        INTEREST_DEFERRED_TOTAL,
+        Count,
+        "Times interest for a peer waited because the link's control queue was full.",
+    );
+    c(
+        INTEREST_REFUSED_TOTAL,
+        Count,
+        "Interest entries refused as invalid, by reason.",
+    );
+    g(
+        TABLE_ENTRIES,
+        Count,
+        "Entries of the node's per-connection tables, by table (sampled every second).",
+    );
+    g(
+        RUNTIME_TASKS,
+        Count,
+        "Tasks alive on the node's async runtime (sampled every second).",
+    );
+    g(
+        ALLOCATOR_BYTES,
+        Bytes,
+        "The heap allocator's bytes by kind (allocated, resident; sampled every second).",
+    );
+    c(
+        QUIC_JUNK_DATAGRAMS_TOTAL,
+        Count,
+        "Datagrams dropped unanswered before any connection, by reason.",
+    );
+    c(
+        INCOMING_TOTAL,
+        Count,
+        "Connection attempts by what the node did with them before any per-connection state (outcome).",
+    );
+    g(
+        HANDSHAKES_IN_PROGRESS,
+        Count,
+        "Connections between their first Initial and their hello.",
+    );
+    c(
+        PARTIAL_FRAME_CLOSES_TOTAL,
+        Count,
+        "Connections closed over a frame that did not complete, by reason (timeout, budget).",
+    );
+    g(
+        PARTIAL_FRAME_BYTES,
+        Bytes,
+        "Bytes held in incomplete frames beyond each connection's free 64 KiB.",
+    );
+    g(
+        BUILD_INFO,
+        Count,
+        "Always 1; the labels name the build (version, git_sha).",
+    );
+}
+
+/// Every known value of the bounded labels a dashboard or alert sums over,
+/// so each series exists (at 0) before its first event: `rate()` and
+/// `increase()` then see the first one, and absent series do not read as
+/// "no data".
+pub fn init_zero() {
+    for kind in ["client", "peer"] {
+        gauge!(CONNECTIONS, "kind" => kind).increment(0.0);
+        counter!(CONNECTIONS_TOTAL, "kind" => kind).increment(0);
+    }
+    for result in [
+        "ok",
+        "refused",
+        "rejected",
+        "unauthorized",
+        "bad_hello",
+        "timeout",
+        "refused_capacity",
+    ] {
+        counter!(HANDSHAKES_TOTAL, "result" => result).increment(0);
+    }
+    for reason in [
+        "no_certificate",
+        "expired",
+        "not_yet_valid",
+        "untrusted_issuer",
+        "unknown_trust_domain",
+        "bad_signature",
+    ] {
+        counter!(HANDSHAKE_REFUSALS_TOTAL, "reason" => reason).increment(0);
+    }
+    for mode in ["anycast", "multicast", "unicast"] {
+        counter!(MESSAGES_ROUTED_TOTAL, "mode" => mode).increment(0);
+    }
+    counter!(DELIVERIES_TOTAL).increment(0);
+    for reason in [
+        "no_route",
+        "slow_consumer",
+        "subscriber_gone",
+        "unauthorized",
+        "too_large",
+        "malformed",
+    ] {
+        counter!(MESSAGES_DROPPED_TOTAL, "reason" => reason).increment(0);
+    }
+    counter!(SLOW_CONSUMER_EVENTS_TOTAL, "action" => "disconnect").increment(0);
+    for action in ["connect", "register", "publish", "subscribe"] {
+        counter!(AUTHZ_DENIED_TOTAL, "action" => action).increment(0);
+    }
+    for what in ["connection", "subscription"] {
+        counter!(POLICY_REVOCATIONS_TOTAL, "what" => what).increment(0);
+    }
+    for state in ["connecting", "up", "backoff"] {
+        gauge!(LINKS, "state" => state).increment(0.0);
+    }
+    for direction in ["in", "out"] {
+        counter!(LINK_FRAMES_TOTAL, "direction" => direction).increment(0);
+        counter!(LINK_BYTES_TOTAL, "direction" => direction).increment(0);
+    }
+    for reason in ["queue_full", "loop"] {
+        counter!(LINK_DROPS_TOTAL, "reason" => reason).increment(0);
+    }
+    for reason in ["liveness", "lost", "wire", "protocol"] {
+        counter!(LINK_DOWN_TOTAL, "reason" => reason).increment(0);
+    }
+    counter!(LINK_RECONNECTS_TOTAL).increment(0);
+    counter!(SVID_ROTATIONS_TOTAL).increment(0);
+    counter!(PEER_CERT_EXPIRED_TOTAL).increment(0);
+    gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "git_sha" => option_env!("SLIM_GIT_SHA").unwrap_or("unknown")
+    )
+    .set(1.0);
 }

@@ -16,7 +16,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use slim_auth::policy::Policy;
 use slim_auth::{IdentitySource, JwtBundles, SpiffeClientVerifier};
 use tokio::sync::{broadcast, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{JwtKeys, NodeConfig, ResetKey};
 use crate::ctx::{HotMetrics, NodeCtx, endpoint_config, transport_config};
@@ -70,6 +70,9 @@ impl ChildKind {
         }
     }
 }
+
+/// The stop reason `NodeHandle::shutdown` gives its actors.
+const SHUTDOWN_REASON: &str = "shutdown";
 
 pub(crate) enum SupMsg {
     /// The current child of each kind.
@@ -160,8 +163,16 @@ impl Actor for NodeSupervisor {
         let Some((kind, _)) = st.children.remove(&cell.get_id()) else {
             return Ok(());
         };
+        let shutting_down = st.ctx.is_shutting_down();
+        // `NodeHandle::shutdown` stops every child with this reason once the
+        // drain is over: the end of a clean shutdown, not a fault to restart
+        // (and log as an error) — the table is restarted during the drain.
+        if shutting_down && why == SHUTDOWN_REASON {
+            debug!(actor = kind.as_str(), "child actor stopped for shutdown");
+            return Ok(());
+        }
         // Children stop on purpose only at shutdown; anything else is a fault.
-        if kind.restart(st.ctx.is_shutting_down()) {
+        if kind.restart(shutting_down) {
             error!(actor = kind.as_str(), reason = %why, "child actor ended; restarting");
             counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => kind.as_str()).increment(1);
             st.start(kind, &myself).await?;
@@ -617,13 +628,13 @@ impl NodeHandle {
         // so nothing is left holding the endpoint.
         for child in self.supervisor.get_children() {
             child
-                .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(2)))
+                .stop_children_and_wait(Some(SHUTDOWN_REASON.into()), Some(Duration::from_secs(2)))
                 .await;
         }
         self.supervisor
-            .stop_children_and_wait(Some("shutdown".into()), Some(Duration::from_secs(2)))
+            .stop_children_and_wait(Some(SHUTDOWN_REASON.into()), Some(Duration::from_secs(2)))
             .await;
-        self.supervisor.stop(Some("shutdown".into()));
+        self.supervisor.stop(Some(SHUTDOWN_REASON.into()));
         let _ = tokio::time::timeout(Duration::from_secs(2), self.join).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.ctx.endpoint.wait_idle()).await;
         info!(node = %self.ctx.cfg.node_id, "node stopped");

@@ -60,6 +60,7 @@
 #![forbid(unsafe_code)]
 
 pub mod devca;
+pub mod explain;
 pub mod id;
 pub mod identity;
 pub mod jwt;

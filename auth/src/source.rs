@@ -145,7 +145,7 @@ impl Shared {
         };
         tracing::info!(
             id = %identity.spiffe_id,
-            not_after = ?identity.not_after,
+            not_after = %crate::explain::rfc3339(identity.not_after),
             bundles_changed,
             "identity rotated"
         );

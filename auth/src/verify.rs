@@ -42,7 +42,11 @@ impl fmt::Display for Usage {
 }
 
 /// Why a certificate is not an acceptable X.509-SVID.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// `Debug` prints the reason code and the message (see the impl below), not
+/// the variant: rustls formats the refusal with `{:?}`, and that text is what
+/// a QUIC peer receives in the close frame and what users read.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SvidError {
     /// The peer sent no certificate at all.
@@ -97,7 +101,7 @@ pub enum SvidError {
         expected: SpiffeId,
     },
     /// Past notAfter.
-    #[error("certificate expired: notAfter is unix time {not_after}, {}s before now ({now})", now.saturating_sub(*not_after))]
+    #[error("certificate expired at {} ({}s before now, {})", crate::explain::rfc3339_secs(*not_after), now.saturating_sub(*not_after), crate::explain::rfc3339_secs(*now))]
     Expired {
         /// notAfter, seconds since the Unix epoch.
         not_after: u64,
@@ -105,7 +109,7 @@ pub enum SvidError {
         now: u64,
     },
     /// Before notBefore.
-    #[error("certificate not yet valid: notBefore is unix time {not_before}, {}s after now ({now})", not_before.saturating_sub(*now))]
+    #[error("certificate not valid before {} ({}s after now, {}: check both clocks)", crate::explain::rfc3339_secs(*not_before), not_before.saturating_sub(*now), crate::explain::rfc3339_secs(*now))]
     NotYetValid {
         /// notBefore, seconds since the Unix epoch.
         not_before: u64,
@@ -113,10 +117,12 @@ pub enum SvidError {
         now: u64,
     },
     /// The chain does not lead to any CA in the trust domain's bundle.
-    #[error("certificate is not issued by any CA in the trust bundle for {td:?}")]
+    #[error("the certificate of {id} is not issued by any CA in the trust bundle for {td:?}")]
     UntrustedIssuer {
         /// The trust domain whose bundle was used.
         td: String,
+        /// The SPIFFE ID the certificate claims (what was presented).
+        id: String,
     },
     /// The issuer is identified as a trusted CA, but the signature does not verify.
     #[error("certificate signature does not verify against its (trusted) issuer's key")]
@@ -130,6 +136,12 @@ pub enum SvidError {
     /// Anything else webpki rejected.
     #[error("certificate rejected: {0}")]
     Other(String),
+}
+
+impl std::fmt::Debug for SvidError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {self}", self.reason_code())
+    }
 }
 
 impl SvidError {
@@ -260,19 +272,23 @@ pub fn verify_svid(
         None,
         None,
     )
-    .map_err(|e| map_webpki_error(e, td, usage, &info, cas, intermediates))?;
+    .map_err(|e| map_webpki_error(e, &id, usage, &info, cas, intermediates))?;
     Ok(id)
 }
 
 fn map_webpki_error(
     err: webpki::Error,
-    td: &str,
+    id: &SpiffeId,
     usage: Usage,
     leaf: &x509::CertInfo,
     cas: &[CertificateDer<'static>],
     intermediates: &[CertificateDer<'_>],
 ) -> SvidError {
     use webpki::Error as E;
+    let untrusted = || SvidError::UntrustedIssuer {
+        td: id.trust_domain().to_string(),
+        id: id.to_string(),
+    };
     #[allow(deprecated)]
     match err {
         E::CertExpired { time, not_after } => SvidError::Expired {
@@ -283,7 +299,7 @@ fn map_webpki_error(
             not_before: not_before.as_secs(),
             now: time.as_secs(),
         },
-        E::UnknownIssuer => SvidError::UntrustedIssuer { td: td.to_string() },
+        E::UnknownIssuer => untrusted(),
         E::InvalidSignatureForPublicKey => {
             // webpki only tries a key whose subject name matches the issuer name, and
             // CAs commonly share names (every SPIRE CA is "O=SPIFFE"). Telling a
@@ -296,7 +312,7 @@ fn map_webpki_error(
                 .collect();
             match &leaf.authority_key_id {
                 Some(aki) if known_keys.contains(aki) => SvidError::BadSignature,
-                _ => SvidError::UntrustedIssuer { td: td.to_string() },
+                _ => untrusted(),
             }
         }
         E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) | E::EmptyEkuExtension => {

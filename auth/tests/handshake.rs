@@ -142,7 +142,8 @@ fn client_from_another_ca_is_refused() {
     assert_eq!(
         server_rejection(&out),
         &SvidError::UntrustedIssuer {
-            td: "example.org".into()
+            td: "example.org".into(),
+            id: "spiffe://example.org/client/mallory".into(),
         }
     );
     assert!(out.server.peer_certificates().is_none());

@@ -53,7 +53,8 @@ fn rejects_other_ca_with_same_trust_domain_name() {
     assert_eq!(
         err,
         SvidError::UntrustedIssuer {
-            td: "example.org".into()
+            td: "example.org".into(),
+            id: f.node.to_string(),
         }
     );
     assert_eq!(err.reason_code(), "untrusted_issuer");
@@ -95,7 +96,7 @@ fn bundle_of_one_trust_domain_cannot_vouch_for_another() {
     let forged = testing::issue_custom(&other, &f.node, &testing::LeafSpec::svid(&f.node)).unwrap();
     let err = verify(&forged, &bundles, Usage::ServerAuth).unwrap_err();
     assert!(
-        matches!(err, SvidError::UntrustedIssuer { ref td } if td == "example.org"),
+        matches!(err, SvidError::UntrustedIssuer { ref td, .. } if td == "example.org"),
         "{err:?}"
     );
 }
@@ -327,7 +328,10 @@ fn every_error_has_a_reason_and_code() {
             not_before: 2,
             now: 1,
         },
-        SvidError::UntrustedIssuer { td: "t".into() },
+        SvidError::UntrustedIssuer {
+            td: "t".into(),
+            id: "spiffe://t/x".into(),
+        },
         SvidError::BadSignature,
         SvidError::WrongUsage {
             usage: Usage::ClientAuth,

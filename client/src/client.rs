@@ -54,6 +54,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             state,
             identity_seen: Mutex::new(None),
+            node_seen: Mutex::new(None),
             recent_errors: Mutex::new(std::collections::VecDeque::new()),
             confirm: Default::default(),
             connected: std::sync::atomic::AtomicBool::new(true),
@@ -88,6 +89,13 @@ impl Client {
     /// The SPIFFE ID the node says it authenticated this client as.
     pub fn authenticated_as(&self) -> Option<String> {
         self.shared.identity_seen.lock().clone()
+    }
+
+    /// The node's SPIFFE ID and certificate expiry, as its certificate
+    /// said at the last handshake (for diagnostics such as
+    /// `slimctl identity check`).
+    pub fn node_identity(&self) -> Option<crate::NodeIdentity> {
+        self.shared.node_seen.lock().clone()
     }
 
     pub fn state(&self) -> watch::Receiver<ConnState> {

@@ -115,10 +115,49 @@ fn close_reason(conn: &quinn::Connection) -> Option<ClientError> {
             code: slim_wire::ErrorCode(c.error_code.into_inner().min(u16::MAX as u64) as u16),
             reason: String::from_utf8_lossy(&c.reason).into_owned(),
         }),
-        quinn::ConnectionError::TransportError(t) => Some(ClientError::Tls(t.to_string())),
-        quinn::ConnectionError::ConnectionClosed(c) => Some(ClientError::Tls(c.to_string())),
+        e @ (quinn::ConnectionError::TransportError(_)
+        | quinn::ConnectionError::ConnectionClosed(_)) => Some(tls_err(&e)),
         other => Some(ClientError::Protocol(other.to_string())),
     }
+}
+
+/// A failed handshake in words: who refused, why, and what to check (see
+/// `slim_auth::explain`), instead of rustls's debug form.
+fn tls_err(e: &quinn::ConnectionError) -> ClientError {
+    use slim_auth::explain::{HandshakeFailure, Refuser};
+    // QUIC carries a TLS alert as a crypto error code: 0x100 + the alert.
+    let alert = |code: quinn::TransportErrorCode| {
+        u64::from(code)
+            .checked_sub(0x100)
+            .and_then(|a| u8::try_from(a).ok())
+    };
+    let failure = match e {
+        quinn::ConnectionError::TransportError(t) if alert(t.code).is_some() => {
+            HandshakeFailure::from_reason(Refuser::Us, &t.reason, alert(t.code))
+        }
+        quinn::ConnectionError::ConnectionClosed(c) if alert(c.error_code).is_some() => {
+            HandshakeFailure::from_reason(
+                Refuser::Peer,
+                &String::from_utf8_lossy(&c.reason),
+                alert(c.error_code),
+            )
+        }
+        // Not a TLS refusal (e.g. a protocol close): say it as QUIC did.
+        other => return ClientError::Protocol(other.to_string()),
+    };
+    ClientError::Tls(failure.to_string())
+}
+
+/// The node's SPIFFE ID and expiry from its (already verified) certificate.
+fn node_identity(conn: &quinn::Connection) -> Option<crate::NodeIdentity> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    Some(crate::NodeIdentity {
+        spiffe_id: slim_auth::tls::peer_spiffe_id(&chain).ok()?.to_string(),
+        not_after: slim_auth::tls::peer_not_after(&chain),
+    })
 }
 
 /// One attempt: QUIC+TLS handshake, hello, accept.
@@ -136,13 +175,14 @@ async fn connect_to(
                 reason: e.to_string(),
             })?;
         let conn = connecting.await.map_err(|e| match e {
-            quinn::ConnectionError::TransportError(t) => ClientError::Tls(t.to_string()),
-            quinn::ConnectionError::ConnectionClosed(c) => ClientError::Tls(c.to_string()),
+            e @ (quinn::ConnectionError::TransportError(_)
+            | quinn::ConnectionError::ConnectionClosed(_)) => tls_err(&e),
             other => ClientError::Connect {
                 addr: node,
                 reason: other.to_string(),
             },
         })?;
+        *shared.node_seen.lock() = node_identity(&conn);
         let (mut send, recv) = conn
             .open_bi()
             .await
@@ -599,6 +639,7 @@ mod tests {
             next_id: AtomicU64::new(1),
             state: tokio::sync::watch::channel(ConnState::Closed).0,
             identity_seen: Mutex::new(None),
+            node_seen: Mutex::new(None),
             recent_errors: Mutex::new(VecDeque::new()),
             confirm: Default::default(),
             connected: Default::default(),

@@ -29,4 +29,13 @@ pub use config::{Backoff, ClientConfig, Credentials};
 pub use confirm::{CONNECTION_LOST, DisconnectPolicy};
 pub use error::ClientError;
 pub use event::{ConnState, Delivery, Event};
+
+/// Who the node proved to be at the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// The SPIFFE ID in the node's X.509-SVID.
+    pub spiffe_id: String,
+    /// When the node's certificate expires.
+    pub not_after: Option<std::time::SystemTime>,
+}
 pub use slim_wire::{Deliver, FLAG_NO_ROUTE_SILENT};

@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub next_id: AtomicU64,
     pub state: watch::Sender<ConnState>,
     pub identity_seen: Mutex<Option<String>>,
+    /// What the node's certificate said at the last handshake.
+    pub node_seen: Mutex<Option<crate::NodeIdentity>>,
     /// The node's most recent error frames, for [`Client::take_errors`](crate::Client::take_errors).
     pub recent_errors: Mutex<std::collections::VecDeque<ErrorFrame>>,
     /// What the node confirmed of what the writer sent.

@@ -40,10 +40,24 @@ fn main() -> Result<()> {
     let mut cfg = FileConfig::load(path)?;
     cfg.apply_env(|k| std::env::var(k).ok())?;
     cfg.validate()?;
+    let format = args.log_format.unwrap_or(cfg.log.format);
+    cfg.log.format = format;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    let sub = tracing_subscriber::fmt().with_env_filter(filter);
-    match args.log_format.unwrap_or(cfg.log.format) {
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level))
+        // The "listening on" line is for scripts waiting on it: never filtered.
+        .add_directive(
+            "slim_controller::ready=info"
+                .parse()
+                .expect("a valid directive"),
+        );
+    // Colour only for a person at a terminal: log files and collectors get
+    // plain text (and NO_COLOR is honoured, https://no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
+    match format {
         LogFormat::Json => sub.json().init(),
         LogFormat::Text => sub.init(),
     }
@@ -78,16 +92,24 @@ async fn run(cfg: FileConfig) -> Result<()> {
         .context("cannot get the controller identity")?;
     info!(spiffe_id = %src.spiffe_id(), "identity loaded");
     if !cfg.metrics.listen.is_empty() {
-        let prom = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .context("cannot install the metrics recorder")?;
+        let prom =
+            slim_controller::metrics::install().context("cannot install the metrics recorder")?;
         let addr = cfg.metrics.listen.parse().expect("validated");
         slim_controller::http::serve(addr, prom)
             .await
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
     }
     let ctl = slim_controller::start(cfg.controller_config(), &src).await?;
-    println!("slim-controller listening on {}", ctl.local_addr());
+    match cfg.log.format {
+        // Every stdout line is JSON in JSON mode.
+        LogFormat::Json => info!(
+            target: "slim_controller::ready",
+            addr = %ctl.local_addr(),
+            "slim-controller listening on {}",
+            ctl.local_addr()
+        ),
+        LogFormat::Text => println!("slim-controller listening on {}", ctl.local_addr()),
+    }
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     tokio::select! {

@@ -12,28 +12,54 @@ use slim_controller::ControllerConn;
 use slim_controller::proto::{AdminRequest, AdminResponse, Limits, unix_ms};
 
 use crate::args::{IdentityArgs, parse_duration};
-use crate::output::{Output, print_json};
+use crate::context::active;
+use crate::output::{Output, Table, print_json};
 
 /// Where the controller is and who we are.
 #[derive(clap::Args, Debug)]
 pub(crate) struct ControllerArgs {
     /// The controller's QUIC address: `host:port` (a name or an IP; every
-    /// address the name resolves to is tried).
-    #[arg(long, env = "SLIMCTL_CONTROLLER", default_value = "127.0.0.1:4600")]
-    controller: String,
-    /// TLS server name (SNI) of the controller.
-    #[arg(long, default_value = "slim-controller")]
-    controller_name: String,
+    /// address the name resolves to is tried) [default: 127.0.0.1:4600].
+    #[arg(long, env = "SLIMCTL_CONTROLLER", value_name = "ADDR")]
+    controller: Option<String>,
+    /// TLS server name (SNI) of the controller [default: slim-controller].
+    #[arg(long, value_name = "NAME")]
+    controller_name: Option<String>,
     /// Pin the controller's SPIFFE ID (default: any SVID of our trust domain).
-    #[arg(long)]
+    #[arg(long, value_name = "SPIFFE-ID")]
     controller_id: Option<String>,
     #[command(flatten)]
-    id: IdentityArgs,
+    pub(crate) id: IdentityArgs,
+}
+
+impl ControllerArgs {
+    fn controller(&self) -> String {
+        self.controller
+            .clone()
+            .or_else(|| active().and_then(|c| c.controller.clone()))
+            .unwrap_or_else(|| "127.0.0.1:4600".into())
+    }
+
+    fn controller_name(&self) -> String {
+        self.controller_name
+            .clone()
+            .or_else(|| active().and_then(|c| c.controller_name.clone()))
+            .unwrap_or_else(|| "slim-controller".into())
+    }
+
+    fn controller_id(&self) -> Option<String> {
+        self.controller_id
+            .clone()
+            .or_else(|| active().and_then(|c| c.controller_id.clone()))
+    }
 }
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum NodeCmd {
     /// Registered nodes: cluster, identity, endpoint, connected, links.
+    #[command(
+        after_help = "Examples:\n  slimctl node list\n  slimctl node list -o json --controller ctl.prod:4600"
+    )]
     List {
         #[command(flatten)]
         ctl: ControllerArgs,
@@ -43,6 +69,7 @@ pub(crate) enum NodeCmd {
 #[derive(Subcommand, Debug)]
 pub(crate) enum LinkCmd {
     /// Peer links as the nodes report them (each side reports its end).
+    #[command(after_help = "Example:\n  slimctl link list")]
     List {
         #[command(flatten)]
         ctl: ControllerArgs,
@@ -52,10 +79,12 @@ pub(crate) enum LinkCmd {
 #[derive(Subcommand, Debug)]
 pub(crate) enum RouteCmd {
     /// One node's routing table: names, local subscribers, remote peers.
+    #[command(after_help = "Example:\n  slimctl route list --node-id eu-west-node")]
     List {
-        /// The node id.
-        #[arg(long)]
-        node: String,
+        /// The node's id, as `node list` shows it (`--node` is always an
+        /// address to connect to).
+        #[arg(long, value_name = "ID")]
+        node_id: String,
         #[command(flatten)]
         ctl: ControllerArgs,
     },
@@ -166,9 +195,9 @@ pub(crate) async fn link(cmd: LinkCmd, out: Output) -> Result<()> {
 }
 
 pub(crate) async fn route(cmd: RouteCmd, out: Output) -> Result<()> {
-    let RouteCmd::List { node, ctl } = cmd;
+    let RouteCmd::List { node_id, ctl } = cmd;
     let AdminResponse::Routes { routes, .. } =
-        request(&ctl, AdminRequest::ListRoutes { node }).await?
+        request(&ctl, AdminRequest::ListRoutes { node: node_id }).await?
     else {
         bail!("unexpected answer from the controller");
     };
@@ -189,17 +218,49 @@ pub(crate) async fn route(cmd: RouteCmd, out: Output) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn channel_list(ctl: ControllerArgs, out: Output) -> Result<()> {
+/// What a name in the controller's channel list is. Every client's own
+/// name (`org/ns/service/instance`, its inbox for unicast) and its service
+/// name (for anycast) are subscribed too; they are not channels.
+fn name_kind(name: &str, all: &std::collections::HashSet<&str>) -> &'static str {
+    match slim_wire::Name::parse(name) {
+        Ok(n) if n.has_instance() => "client",
+        // A service name some connected client registered under.
+        Ok(_)
+            if all.iter().any(|o| {
+                o.len() > name.len() + 1 && o.starts_with(name) && o.as_bytes()[name.len()] == b'/'
+            }) =>
+        {
+            "service"
+        }
+        _ => "channel",
+    }
+}
+
+pub(crate) async fn channel_list(ctl: ControllerArgs, all: bool, out: Output) -> Result<()> {
     let AdminResponse::Channels(chans) = request(&ctl, AdminRequest::ListChannels).await? else {
         bail!("unexpected answer from the controller");
     };
-    if out == Output::Json {
-        return print_json(&chans);
-    }
-    let rows = chans
+    let names: std::collections::HashSet<&str> = chans.iter().map(|c| c.name.as_str()).collect();
+    let kinds: Vec<&str> = chans.iter().map(|c| name_kind(&c.name, &names)).collect();
+    let shown = chans
         .iter()
-        .map(|c| {
-            vec![
+        .zip(&kinds)
+        .filter(|(_, k)| all || **k == "channel");
+    if out == Output::Json {
+        let list: Vec<_> = shown
+            .map(|(c, k)| {
+                let mut v = serde_json::to_value(c).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("kind".into(), (*k).into());
+                }
+                v
+            })
+            .collect();
+        return print_json(&list);
+    }
+    let rows = shown
+        .map(|(c, k)| {
+            let mut r = vec![
                 c.name.clone(),
                 c.subscribers.to_string(),
                 c.nodes
@@ -207,10 +268,58 @@ pub(crate) async fn channel_list(ctl: ControllerArgs, out: Output) -> Result<()>
                     .map(|n| format!("{}({})", n.node_id, n.local_subscribers))
                     .collect::<Vec<_>>()
                     .join(","),
-            ]
+            ];
+            if all {
+                r.insert(1, (*k).to_string());
+            }
+            r
         })
         .collect();
-    table(&["CHANNEL", "SUBSCRIBERS", "NODES"], rows);
+    if all {
+        table(&["NAME", "KIND", "SUBSCRIBERS", "NODES"], rows);
+    } else {
+        table(&["CHANNEL", "SUBSCRIBERS", "NODES"], rows);
+        let hidden = kinds.iter().filter(|k| **k != "channel").count();
+        if hidden > 0 {
+            eprintln!("({hidden} client and service names left out; --all shows them)");
+        }
+    }
+    Ok(())
+}
+
+/// `channel members` without joining: the channel name's subscribers as
+/// the nodes report them to the controller (per node). Not the MLS roster.
+pub(crate) async fn channel_subscribers(
+    ctl: &ControllerArgs,
+    name: &str,
+    out: Output,
+) -> Result<()> {
+    let AdminResponse::Channels(chans) = request(ctl, AdminRequest::ListChannels).await? else {
+        bail!("unexpected answer from the controller");
+    };
+    let found = chans.into_iter().find(|c| c.name == name);
+    let (subscribers, nodes) = match &found {
+        Some(c) => (c.subscribers, c.nodes.clone()),
+        None => (0, Vec::new()),
+    };
+    if out == Output::Json {
+        return print_json(&serde_json::json!({
+            "channel": name,
+            "source": "controller",
+            "subscribers": subscribers,
+            "nodes": nodes,
+        }));
+    }
+    println!(
+        "{name}: {subscribers} subscriber(s) as the nodes report them (not the MLS roster; --join reads that)"
+    );
+    table(
+        &["NODE", "SUBSCRIBERS"],
+        nodes
+            .iter()
+            .map(|n| vec![n.node_id.clone(), n.local_subscribers.to_string()])
+            .collect(),
+    );
     Ok(())
 }
 
@@ -261,11 +370,11 @@ fn parse_since(s: &str) -> Result<u64> {
 }
 
 async fn request(ctl: &ControllerArgs, req: AdminRequest) -> Result<AdminResponse> {
-    if ctl.id.jwt_audience.is_some() {
+    if ctl.id.jwt_audience_given() {
         bail!("the controller authenticates admins by X.509-SVID only (drop --jwt-audience)");
     }
     let src = ctl.id.source().await?;
-    let server = match &ctl.controller_id {
+    let server = match &ctl.controller_id() {
         Some(id) => ServerMatch::Exact(
             SpiffeId::parse(id).with_context(|| format!("invalid --controller-id {id:?}"))?,
         ),
@@ -280,8 +389,8 @@ async fn request(ctl: &ControllerArgs, req: AdminRequest) -> Result<AdminRespons
     // The error says "cannot resolve ..." or "cannot connect to ... at ADDR".
     let conn = crate::signal::interruptible(async {
         Ok(ControllerConn::connect_host(
-            &ctl.controller,
-            &ctl.controller_name,
+            &ctl.controller(),
+            &ctl.controller_name(),
             tls,
             Limits::default(),
             timeout,
@@ -323,22 +432,30 @@ fn ago(ms: u64) -> String {
 }
 
 fn table(head: &[&str], rows: Vec<Vec<String>>) {
-    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
+    let mut t = Table::new(head);
+    for r in rows {
+        t.row(r);
     }
-    let line = |cells: Vec<&str>| {
-        let s: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
-            .collect();
-        println!("{}", s.join("  ").trim_end());
-    };
-    line(head.to_vec());
-    for r in &rows {
-        line(r.iter().map(String::as_str).collect());
+    t.print();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_own_and_service_names_are_told_from_channels() {
+        let all: std::collections::HashSet<&str> = [
+            "acme/chat/incident",
+            "ops/slimctl/cli",
+            "ops/slimctl/cli/7f3a",
+            "acme/chat/incidents",
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(name_kind("acme/chat/incident", &all), "channel");
+        assert_eq!(name_kind("acme/chat/incidents", &all), "channel");
+        assert_eq!(name_kind("ops/slimctl/cli", &all), "service");
+        assert_eq!(name_kind("ops/slimctl/cli/7f3a", &all), "client");
     }
 }

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use slim_client::channel::{
     Channel, ChannelConfig, ChannelEvent, ChannelMember, ChannelModerator, ChannelOptions,
@@ -42,6 +42,7 @@ pub struct CreateArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct JoinArgs {
+    /// The channel (a multicast name, e.g. acme/chat/incident).
     name: String,
     /// The moderator's full name (else the request is multicast to the channel).
     #[arg(long)]
@@ -61,13 +62,27 @@ pub struct JoinArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct MembersArgs {
+    /// The channel (a multicast name, e.g. acme/chat/incident).
     name: String,
+    /// Read the MLS roster instead: join the group by request, print its
+    /// members, leave (a new epoch and audit entries on every member).
     #[arg(long)]
+    join: bool,
+    /// With --join: the moderator's full name (else the request is
+    /// multicast to the channel).
+    #[arg(long, requires = "join")]
     moderator: Option<String>,
-    #[arg(long)]
+    /// With --join: the channel is plaintext (created with --no-mls).
+    #[arg(long, requires = "join")]
     no_mls: bool,
+    /// With --join: the node to connect to [default: 127.0.0.1:4500].
+    #[arg(long, env = "SLIMCTL_NODE", value_name = "ADDR")]
+    node: Option<String>,
+    /// With --join: the name this client registers as [default: ops/slimctl/cli].
+    #[arg(long = "as", env = "SLIMCTL_NAME", value_name = "NAME")]
+    as_name: Option<String>,
     #[command(flatten)]
-    conn: ConnectArgs,
+    ctl: crate::admin::ControllerArgs,
 }
 
 /// Connects with the same SVID the MLS credential is bound to.
@@ -75,17 +90,18 @@ async fn connect(c: &ConnectArgs) -> Result<(SessionMux, MlsIdentity, Rotation)>
     let src = c.id.source().await?;
     let rotation = src.subscribe();
     let mls = MlsIdentity::new(&src.current()).context("cannot bind an MLS credential")?;
-    let creds = match &c.id.jwt_audience {
-        Some(aud) => Credentials::Jwt {
+    let creds = match c.id.jwt_audience() {
+        Some(audience) => Credentials::Jwt {
             source: src,
-            audience: aud.clone(),
+            audience,
         },
         None => Credentials::Source(src),
     };
-    let name = Name::parse(&c.as_name).context("invalid --as name")?;
-    let client = Client::connect(ClientConfig::for_url(&c.node, name, creds).await?)
+    let name = Name::parse(&c.as_name()).context("invalid --as name")?;
+    let node = c.node();
+    let client = Client::connect(ClientConfig::for_url(&node, name, creds).await?)
         .await
-        .with_context(|| format!("cannot connect to {}", c.node))?;
+        .map_err(|e| crate::args::connect_error(e, &node))?;
     // Non-session deliveries are not ours to print here.
     let (mux, _raw) = SessionMux::new(client);
     Ok((mux, mls, rotation))
@@ -430,7 +446,11 @@ pub async fn join(a: JoinArgs, out: Output) -> Result<()> {
                 }
                 e = next => match e {
                     None => {
-                        result = Err(anyhow!("no message within {:?} ({seen} received)", a.timeout.unwrap_or_default()));
+                        result = Err(crate::output::Failure::Timeout(format!(
+                            "no message within {} ({seen} received)",
+                            humantime::format_duration(a.timeout.unwrap_or_default())
+                        ))
+                        .into());
                         break;
                     }
                     Some(None) => bail!("the channel driver ended"),
@@ -456,10 +476,19 @@ pub async fn join(a: JoinArgs, out: Output) -> Result<()> {
     .await
 }
 
-/// `channel members`: joins (by request), prints the roster, leaves.
+/// `channel members`: the controller's view of the channel's subscribers;
+/// with `--join`, joins (by request), prints the MLS roster, leaves.
 pub async fn members(a: MembersArgs, out: Output) -> Result<()> {
     let name = Name::parse(&a.name).context("invalid channel name")?;
-    let (mux, identity, rotation) = connect(&a.conn).await?;
+    if !a.join {
+        return crate::admin::channel_subscribers(&a.ctl, name.as_str(), out).await;
+    }
+    let conn = ConnectArgs {
+        node: a.node.clone(),
+        id: a.ctl.id.clone(),
+        as_name: a.as_name.clone(),
+    };
+    let (mux, identity, rotation) = connect(&conn).await?;
     closing(
         &mux,
         crate::signal::interruptible(async {

@@ -10,32 +10,58 @@
 mod admin;
 mod args;
 mod channel;
+mod context;
 mod health;
+mod identity;
 mod output;
 mod rpc;
 mod signal;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use slim_auth::{DevCa, SpiffeId};
 use slim_client::{Client, Delivery, Event};
-use slim_wire::{Mode, Name};
+use slim_wire::{ErrorCode, Mode, Name};
 
-use args::{ConnectArgs, IdentityArgs, parse_duration};
-use output::{Output, print_json};
+use args::{ConnectArgs, parse_duration};
+use output::{Failure, Output, print_json};
 use signal::then_close;
 
+/// The version and, when built from a git checkout, the commit (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("SLIMCTL_GIT_SHA"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
-#[command(name = "slimctl", version, about = "Operate a SLIM fabric")]
+#[command(
+    name = "slimctl",
+    version = VERSION,
+    about = "Operate a SLIM fabric",
+    after_help = "Examples:
+  slimctl context add dev --node 127.0.0.1:4500 --identity target/dev-identity/ops --select
+  slimctl channel publish acme/news/alerts 'hello'
+  slimctl channel subscribe acme/news/alerts --count 1
+  slimctl request acme/tools/echo 'ping' --timeout 2s
+  slimctl node list -o json
+  source <(slimctl completion bash)"
+)]
 struct Cli {
-    /// Output format for commands that print data.
+    /// Output format for commands that print data (errors too: JSON on stdout).
     #[arg(long, short, global = true, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// Use this context's settings (see `slimctl context`) instead of the
+    /// selected one.
+    #[arg(long, global = true, env = "SLIM_CONTEXT", value_name = "NAME")]
+    context: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -50,13 +76,39 @@ enum Cmd {
     Channel(ChannelCmd),
     /// Send one request to a service (any instance answers) and print the
     /// reply: request/reply over a reliable session (the SDK's RPC).
+    #[command(after_help = "Examples:
+  slimctl request acme/tools/echo 'ping'
+  echo '{\"q\": 1}' | slimctl request acme/tools/lookup - --timeout 2s -o json")]
     Request(rpc::RequestArgs),
-    /// Answer requests sent to this client's service name (--as), echoing
-    /// each request or replying --reply, until stopped or --count.
-    Respond(rpc::RespondArgs),
+    /// Answer requests sent to a service name, echoing each request, replying
+    /// --reply TEXT or the output of --command, until stopped or --count.
+    #[command(
+        visible_alias = "respond",
+        after_help = "Examples:
+  slimctl reply acme/tools/echo
+  slimctl reply acme/tools/date --command date --count 1
+  slimctl reply acme/tools/upper --command 'tr a-z A-Z'"
+    )]
+    Reply(rpc::ReplyArgs),
+    /// Named sets of connection settings (node, controller, identity).
+    #[command(subcommand)]
+    Context(context::ContextCmd),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:
+  source <(slimctl completion bash)
+  slimctl completion zsh > \"${fpath[1]}/_slimctl\"
+  slimctl completion fish > ~/.config/fish/completions/slimctl.fish")]
+    Completion {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// slimctl's version and the commit it was built from.
+    #[command(after_help = "Examples:\n  slimctl version\n  slimctl version -o json")]
+    Version,
     /// This machine's workload identity.
     #[command(subcommand)]
-    Identity(IdentityCmd),
+    Identity(identity::IdentityCmd),
     /// A development SPIFFE Workload API server (stands in for a SPIRE agent).
     #[command(subcommand, name = "dev-spire")]
     DevSpire(DevSpireCmd),
@@ -70,24 +122,23 @@ enum Cmd {
     #[command(subcommand)]
     Route(admin::RouteCmd),
     /// The controller's audit trail of joins and leaves.
+    #[command(after_help = "Examples:
+  slimctl audit --since 1h
+  slimctl audit --channel acme/chat/incident --since 2026-01-02T03:04:05Z -o json")]
     Audit(admin::AuditArgs),
     /// GET a node's (or the controller's) /healthz; exit 0 only on 200 (the
     /// images' HEALTHCHECK: they have no HTTP client).
+    #[command(after_help = "Examples:
+  slimctl health
+  slimctl health http://127.0.0.1:9465/healthz --timeout 1s")]
     Health(health::HealthArgs),
-}
-
-#[derive(Subcommand, Debug)]
-enum IdentityCmd {
-    /// What identity this machine would present: SPIFFE ID, trust domain, expiry.
-    Show {
-        #[command(flatten)]
-        id: IdentityArgs,
-    },
 }
 
 #[derive(Subcommand, Debug)]
 enum DevSpireCmd {
     /// Serve SVIDs issued by a development CA on a Unix socket until stopped.
+    #[command(after_help = "Example:
+  slimctl dev-spire serve --socket /tmp/spire.sock --spiffe-id spiffe://acme.example/ops/dev")]
     Serve {
         /// Unix socket path to listen on.
         #[arg(long)]
@@ -110,7 +161,11 @@ enum DevSpireCmd {
 #[derive(Subcommand, Debug)]
 enum DevCaCmd {
     /// Create a CA for a trust domain (writes ca.crt and ca.key).
+    #[command(
+        after_help = "Example:\n  slimctl dev-ca init --trust-domain acme.example --dir dev-ca"
+    )]
     Init {
+        /// The trust domain the CA issues for (e.g. acme.example).
         #[arg(long)]
         trust_domain: String,
         /// Where to write the CA.
@@ -118,11 +173,15 @@ enum DevCaCmd {
         dir: PathBuf,
     },
     /// Issue an X.509-SVID into the spiffe-helper layout (tls.crt, tls.key, svid_bundle.pem).
+    #[command(after_help = "Example:
+  slimctl dev-ca issue spiffe://acme.example/agent/monitor --ca dev-ca --out ids/monitor --ttl 24h")]
     Issue {
-        /// e.g. spiffe://example.org/agent/monitor
+        /// The SVID's SPIFFE ID, e.g. spiffe://example.org/agent/monitor.
         spiffe_id: String,
+        /// The development CA's directory.
         #[arg(long, default_value = "dev-ca")]
         ca: PathBuf,
+        /// Directory to write the SVID to.
         #[arg(long)]
         out: PathBuf,
         /// Lifetime, e.g. 30m, 1h, 24h.
@@ -133,9 +192,12 @@ enum DevCaCmd {
     /// (created once, then reused) and SVIDs for the node, the controller,
     /// an operator and two agents, under DIR. Run from the repository root;
     /// run it again to renew them.
+    #[command(after_help = "Example:\n  slimctl dev-ca setup --dir target/dev-identity")]
     Setup {
+        /// Where to put the CA and the SVIDs.
         #[arg(long, default_value = "target/dev-identity")]
         dir: PathBuf,
+        /// The trust domain of a CA created here.
         #[arg(long, default_value = "acme.example")]
         trust_domain: String,
         /// SVID lifetime (nothing rotates these: re-run to renew).
@@ -157,25 +219,44 @@ const DEV_IDENTITIES: &[(&str, &str)] = &[
 #[derive(Subcommand, Debug)]
 enum ChannelCmd {
     /// Print each message published to NAME as it arrives.
+    #[command(after_help = "Examples:
+  slimctl channel subscribe acme/news/alerts
+  slimctl channel subscribe acme/news/alerts --count 1 --timeout 30s -o json")]
     Subscribe {
+        /// The name to subscribe to (`org/namespace/service[/instance]`;
+        /// matched exactly: no wildcards).
         name: String,
         #[command(flatten)]
         conn: ConnectArgs,
         /// Exit after this many messages.
         #[arg(long)]
         count: Option<u64>,
-        /// Exit after this long without output.
+        /// Exit (with an error) after this long without a message.
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<Duration>,
     },
-    /// Publish PAYLOAD (or stdin with "-") to NAME.
+    /// Publish PAYLOAD (or stdin with "-") to NAME. Nobody subscribed is a
+    /// success with a note on stderr, unless --require-route.
+    #[command(after_help = "Examples:
+  slimctl channel publish acme/news/alerts 'disk full on db-1'
+  date | slimctl channel publish acme/news/alerts - --require-route
+  slimctl channel publish acme/tools/worker job-1 --mode anycast
+  slimctl channel publish acme/chat/incident 'ack' --session --moderator acme/chat/mod/0")]
     Publish {
+        /// The name to publish to (`org/namespace/service[/instance]`; no wildcards).
         name: String,
+        /// The message: text, or "-" to read it from stdin.
         payload: String,
         #[command(flatten)]
         conn: ConnectArgs,
+        /// Who receives it: multicast (every subscriber), anycast (one
+        /// subscriber of the service), unicast (the one full name given).
         #[arg(long, value_enum, default_value_t = CliMode::Multicast)]
         mode: CliMode,
+        /// Exit non-zero when nobody subscribes to NAME (the node's
+        /// `no_route` answer).
+        #[arg(long, conflicts_with = "session")]
+        require_route: bool,
         /// Publish into the group channel NAME as a member: join (by
         /// request), publish (MLS-encrypted unless --no-mls), leave.
         #[arg(long)]
@@ -189,14 +270,30 @@ enum ChannelCmd {
     },
     /// Create a group channel and run as its moderator until stopped,
     /// printing membership changes.
+    #[command(after_help = "Examples:
+  slimctl channel create acme/chat/incident --allow 'spiffe://acme.example/agent/*'
+  slimctl channel create acme/chat/ops --invite acme/ops/alice --no-mls")]
     Create(channel::CreateArgs),
     /// Join a group channel by request and print its messages with sender
     /// name and SPIFFE ID.
+    #[command(after_help = "Example:
+  slimctl channel join acme/chat/incident --moderator acme/chat/mod/0 --count 10")]
     Join(channel::JoinArgs),
-    /// A group channel's members (joins by request, prints, leaves).
+    /// A channel's subscribers as the nodes report them to the controller
+    /// (does not join); --join reads the MLS roster by joining.
+    #[command(after_help = "Examples:
+  slimctl channel members acme/chat/incident
+  slimctl channel members acme/chat/incident --join --moderator acme/chat/mod/0 -o json")]
     Members(channel::MembersArgs),
-    /// Channels with subscribers anywhere in the fleet (from the controller).
+    /// Channels with subscribers anywhere in the fleet (from the
+    /// controller); clients' own and service names only with --all.
+    #[command(
+        after_help = "Examples:\n  slimctl channel list\n  slimctl channel list --all -o json"
+    )]
     List {
+        /// Also list clients' own names (their inboxes) and service names.
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         ctl: admin::ControllerArgs,
     },
@@ -204,8 +301,11 @@ enum ChannelCmd {
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum CliMode {
+    /// One subscriber of the name's service (load balancing).
     Anycast,
+    /// Every subscriber of the name.
     Multicast,
+    /// The one client whose full name (with instance) is given.
     Unicast,
 }
 
@@ -219,38 +319,122 @@ impl From<CliMode> for Mode {
     }
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+/// Whether the raw arguments ask for JSON output (for errors found before
+/// the arguments could be parsed).
+fn json_requested() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .any(|w| (w[0] == "-o" || w[0] == "--output") && w[1] == "json")
+        || args.iter().any(|a| a == "--output=json" || a == "-ojson")
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind as K;
+            let usage = !matches!(
+                e.kind(),
+                K::DisplayHelp | K::DisplayVersion | K::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if usage && json_requested() {
+                // The error without the usage and "--help" hints, on one line.
+                let msg = e.render().to_string();
+                let msg = msg.split("\n\nUsage:").next().unwrap_or_default();
+                let msg = msg.strip_prefix("error: ").unwrap_or(msg);
+                let msg = msg.split_whitespace().collect::<Vec<_>>().join(" ");
+                println!(
+                    "{}",
+                    serde_json::json!({"error": {"kind": "usage", "message": msg}})
+                );
+                return ExitCode::from(2);
+            }
+            e.exit();
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour only at a terminal (not in captured output or files).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    let out = cli.output;
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            output::report_error(&e, out);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let out = cli.output;
     match cli.cmd {
-        Cmd::DevCa(c) => dev_ca(c, cli.output),
+        Cmd::Context(c) => return context::run(c, cli.context.as_deref(), out),
+        Cmd::Completion { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "slimctl", &mut script);
+            // A reader that stops early (`| head`) is not an error.
+            return match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(()),
+            };
+        }
+        Cmd::Version => return version(out),
+        _ => {}
+    }
+    match cli.cmd {
+        // These take no connection settings: no context file is read (the
+        // images' HEALTHCHECK runs `health` without a home directory).
+        Cmd::DevCa(c) => dev_ca(c, out),
         Cmd::Health(a) => health::health(a),
+        Cmd::DevSpire(c) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(dev_spire(c)),
         cmd => {
+            context::activate(cli.context.as_deref())?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
             rt.block_on(async move {
                 match cmd {
-                    Cmd::Channel(c) => channel(c, cli.output).await,
-                    Cmd::Request(a) => rpc::request(a, cli.output).await,
-                    Cmd::Respond(a) => rpc::respond(a, cli.output).await,
-                    Cmd::Identity(c) => identity(c, cli.output).await,
-                    Cmd::DevSpire(c) => dev_spire(c).await,
-                    Cmd::Node(c) => admin::node(c, cli.output).await,
-                    Cmd::Link(c) => admin::link(c, cli.output).await,
-                    Cmd::Route(c) => admin::route(c, cli.output).await,
-                    Cmd::Audit(a) => admin::audit(a, cli.output).await,
-                    Cmd::DevCa(_) | Cmd::Health(_) => unreachable!("handled above"),
+                    Cmd::Channel(c) => channel(c, out).await,
+                    Cmd::Request(a) => rpc::request(a, out).await,
+                    Cmd::Reply(a) => rpc::reply(a, out).await,
+                    Cmd::Identity(c) => identity::run(c, out).await,
+                    Cmd::Node(c) => admin::node(c, out).await,
+                    Cmd::Link(c) => admin::link(c, out).await,
+                    Cmd::Route(c) => admin::route(c, out).await,
+                    Cmd::Audit(a) => admin::audit(a, out).await,
+                    Cmd::DevCa(_)
+                    | Cmd::Health(_)
+                    | Cmd::DevSpire(_)
+                    | Cmd::Context(_)
+                    | Cmd::Completion { .. }
+                    | Cmd::Version => unreachable!("handled above"),
                 }
             })
         }
+    }
+}
+
+fn version(out: Output) -> Result<()> {
+    if out == Output::Json {
+        print_json(&serde_json::json!({
+            "name": "slimctl",
+            "version": env!("CARGO_PKG_VERSION"),
+            "git_sha": env!("SLIMCTL_GIT_SHA"),
+        }))
+    } else {
+        println!("slimctl {VERSION}");
+        Ok(())
     }
 }
 
@@ -361,41 +545,6 @@ async fn connect(c: &ConnectArgs) -> Result<Client> {
     c.client().await
 }
 
-async fn identity(cmd: IdentityCmd, out: Output) -> Result<()> {
-    match cmd {
-        IdentityCmd::Show { id } => {
-            let src = id.source().await?;
-            let cur = src.current();
-            let expires = time::OffsetDateTime::from(cur.not_after)
-                .format(&time::format_description::well_known::Rfc3339)?;
-            let left = cur
-                .not_after
-                .duration_since(SystemTime::now())
-                .map(|d| format!("{}s", d.as_secs()))
-                .unwrap_or_else(|_| "EXPIRED".into());
-            let bundles: Vec<String> = cur.bundles.trust_domains().map(str::to_owned).collect();
-            if out == Output::Json {
-                print_json(&serde_json::json!({
-                    "spiffe_id": cur.spiffe_id.to_string(),
-                    "trust_domain": cur.spiffe_id.trust_domain(),
-                    "not_after": expires,
-                    "expires_in": left,
-                    "source": src.kind(),
-                    "bundles": bundles,
-                }))?;
-            } else {
-                println!("spiffe_id     {}", cur.spiffe_id);
-                println!("trust_domain  {}", cur.spiffe_id.trust_domain());
-                println!("expires       {expires} (in {left})");
-                println!("source        {}", src.kind());
-                println!("bundles       {}", bundles.join(", "));
-            }
-            src.shutdown().await;
-        }
-    }
-    Ok(())
-}
-
 async fn dev_spire(cmd: DevSpireCmd) -> Result<()> {
     match cmd {
         DevSpireCmd::Serve {
@@ -453,7 +602,13 @@ async fn subscribe(
         let ev = match timeout {
             Some(t) => match tokio::time::timeout(t, client.recv()).await {
                 Ok(ev) => ev,
-                Err(_) => bail!("no message within {t:?} ({seen} received)"),
+                Err(_) => {
+                    return Err(Failure::Timeout(format!(
+                        "no message within {} ({seen} received)",
+                        humantime::format_duration(t)
+                    ))
+                    .into());
+                }
             },
             None => client.recv().await,
         };
@@ -511,7 +666,7 @@ fn print_delivery(d: &Delivery, out: Output) -> Result<()> {
 
 async fn channel(cmd: ChannelCmd, out: Output) -> Result<()> {
     match cmd {
-        ChannelCmd::List { ctl } => return admin::channel_list(ctl, out).await,
+        ChannelCmd::List { all, ctl } => return admin::channel_list(ctl, all, out).await,
         ChannelCmd::Subscribe {
             name,
             conn,
@@ -530,6 +685,7 @@ async fn channel(cmd: ChannelCmd, out: Output) -> Result<()> {
             payload,
             conn,
             mode,
+            require_route,
             session,
             moderator,
             no_mls,
@@ -556,29 +712,104 @@ async fn channel(cmd: ChannelCmd, out: Output) -> Result<()> {
             let client = connect(&conn).await?;
             let sent = then_close(&client, async {
                 let msg_id = client.publish(&name, mode.into(), &payload).await?;
-                client.flush().await;
-                // A "no route" answer comes back quickly; wait briefly so the
-                // operator learns that nobody received the message.
-                let answer = tokio::time::timeout(Duration::from_millis(300), client.recv()).await;
-                Ok(match answer {
-                    Ok(Some(Event::Error(e))) if e.msg_id == Some(msg_id) => Err(e),
-                    _ => Ok(msg_id),
-                })
+                // The node handles a connection's frames in order and answers
+                // a ping only after every frame before it: once the pong is
+                // in, so is any refusal of the publish (no route, policy).
+                client.ping().await?;
+                let refusal = client.take_errors(|id| id == msg_id).into_iter().next();
+                Ok((msg_id, refusal))
             })
             .await?;
-            let msg_id = match sent {
-                None => bail!("interrupted"),
-                Some(Err(e)) => bail!("not delivered ({}): {}", e.code.as_str(), e.reason),
-                Some(Ok(id)) => id,
+            let Some((msg_id, refusal)) = sent else {
+                return Err(Failure::Interrupted.into());
+            };
+            let no_route = match refusal {
+                None => false,
+                Some(e) if e.code == ErrorCode::NO_ROUTE && !require_route => {
+                    eprintln!(
+                        "note: nobody subscribes to {name} (the node answered no_route), so nobody received the message; --require-route makes this an error"
+                    );
+                    true
+                }
+                Some(e) if e.code == ErrorCode::NO_ROUTE => {
+                    return Err(Failure::NoRoute {
+                        name: name.to_string(),
+                        reason: e.reason,
+                    }
+                    .into());
+                }
+                Some(e) => {
+                    return Err(Failure::Refused {
+                        code: e.code.as_str().to_owned(),
+                        reason: e.reason,
+                    }
+                    .into());
+                }
             };
             if out == Output::Json {
-                print_json(
-                    &serde_json::json!({"published": name.as_str(), "bytes": payload.len(), "msg_id": msg_id}),
-                )?;
+                print_json(&serde_json::json!({
+                    "published": name.as_str(),
+                    "bytes": payload.len(),
+                    "msg_id": msg_id,
+                    "no_route": no_route,
+                }))?;
             } else {
                 println!("published {} bytes to {name}", payload.len());
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command says what it does, every leaf command shows examples,
+    /// and every argument has help: fails when one is added without.
+    #[test]
+    fn every_command_and_argument_has_help_and_every_command_examples() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() {
+                missing.push(format!("{path}: no description"));
+            }
+            let leaf = !cmd.has_subcommands();
+            if leaf && cmd.get_after_help().is_none() {
+                missing.push(format!("{path}: no examples (after_help)"));
+            }
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path}: argument {id} has no help"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        // The root has no `about` requirement beyond its own.
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "missing help:\n{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn node_always_means_an_address_and_route_list_filters_by_node_id() {
+        let cli = Cli::try_parse_from(["slimctl", "route", "list", "--node-id", "eu-1"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Route(admin::RouteCmd::List { .. })));
+        assert!(Cli::try_parse_from(["slimctl", "route", "list", "--node", "eu-1"]).is_err());
+    }
 }

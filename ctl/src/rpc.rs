@@ -1,5 +1,6 @@
-//! `slimctl request` and `slimctl respond`: request/reply over the SDK's RPC
-//! (a reliable point-to-point session to the responder's service name).
+//! `slimctl request` and `slimctl reply` (alias `respond`): request/reply
+//! over the SDK's RPC (a reliable point-to-point session to the responder's
+//! service name), like `nats request` / `nats reply`.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use slim_client::session::rpc::{RpcClient, RpcConfig, RpcServer};
 use slim_wire::Name;
 
 use crate::args::{ConnectArgs, parse_duration};
-use crate::output::{Output, print_json};
+use crate::output::{Failure, Output, print_json};
 use crate::signal::then_close;
 
 #[derive(clap::Args, Debug)]
@@ -23,18 +24,33 @@ pub(crate) struct RequestArgs {
     pub(crate) payload: String,
     #[command(flatten)]
     pub(crate) conn: ConnectArgs,
-    /// Give up waiting for the reply after this long.
+    /// Give up waiting for the reply after this long (e.g. 500ms, 2s, 1m).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub(crate) timeout: Duration,
 }
 
 #[derive(clap::Args, Debug)]
-pub(crate) struct RespondArgs {
+pub(crate) struct ReplyArgs {
+    /// The service name to answer on (`org/ns/service`; an instance id is
+    /// added): requests to it reach this process. Same as --as.
+    #[arg(conflicts_with = "as_name")]
+    pub(crate) name: Option<String>,
     #[command(flatten)]
     pub(crate) conn: ConnectArgs,
-    /// Answer every request with this text instead of echoing it back.
-    #[arg(long)]
+    /// Send each request back unchanged (the default).
+    #[arg(long, conflicts_with_all = ["reply", "command"])]
+    pub(crate) echo: bool,
+    /// Answer every request with this text.
+    #[arg(long, value_name = "TEXT", conflicts_with = "command")]
     pub(crate) reply: Option<String>,
+    /// Run this shell command (`sh -c`) for each request: the request on
+    /// its stdin, its stdout the reply. A failing command fails the request
+    /// (the requester sees its stderr).
+    #[arg(long, value_name = "CMD")]
+    pub(crate) command: Option<String>,
+    /// With --command: stop a command that runs longer than this.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, requires = "command")]
+    pub(crate) command_timeout: Duration,
     /// Exit after answering this many requests.
     #[arg(long)]
     pub(crate) count: Option<u64>,
@@ -86,7 +102,9 @@ pub(crate) async fn request(a: RequestArgs, out: Output) -> Result<()> {
             .with_context(|| format!("request to {name}"))
     })
     .await?;
-    let Some(reply) = r else { bail!("interrupted") };
+    let Some(reply) = r else {
+        return Err(Failure::Interrupted.into());
+    };
     let rtt = t0.elapsed();
     let (text, encoding) = show(&reply);
     if out == Output::Json {
@@ -103,9 +121,47 @@ pub(crate) async fn request(a: RequestArgs, out: Output) -> Result<()> {
     Ok(())
 }
 
-/// `respond`: answers requests to our service name until stopped (or
+/// Runs `--command` for one request: stdin the request, stdout the reply.
+async fn run_command(cmd: &str, input: &[u8], limit: Duration) -> Result<Vec<u8>, String> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its input closes the pipe: not an error.
+        let _ = stdin.write_all(input).await;
+    }
+    let output = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .map_err(|_| {
+            format!(
+                "{cmd:?} ran longer than {}",
+                humantime::format_duration(limit)
+            )
+        })?
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(output.stdout)
+}
+
+/// `reply`: answers requests to our service name until stopped (or
 /// `--count`), printing each.
-pub(crate) async fn respond(a: RespondArgs, out: Output) -> Result<()> {
+pub(crate) async fn reply(mut a: ReplyArgs, out: Output) -> Result<()> {
+    if let Some(n) = a.name.take() {
+        a.conn.as_name = Some(n);
+    }
     let (mux, _raw) = SessionMux::new(a.conn.client().await?);
     let mut server = RpcServer::new(&mux, RpcConfig::default())?;
     let me = mux.client().name().clone();
@@ -116,9 +172,21 @@ pub(crate) async fn respond(a: RespondArgs, out: Output) -> Result<()> {
             let Some(req) = server.next().await else {
                 bail!("connection closed");
             };
-            let reply = match &a.reply {
-                Some(r) => r.as_bytes().to_vec(),
-                None => req.payload.to_vec(),
+            let reply = match (&a.reply, &a.command) {
+                (Some(r), _) => Ok(r.as_bytes().to_vec()),
+                (None, Some(cmd)) => run_command(cmd, &req.payload, a.command_timeout).await,
+                (None, None) => Ok(req.payload.to_vec()),
+            };
+            let reply = match reply {
+                Ok(r) => r,
+                Err(reason) => {
+                    eprintln!("request from {} failed: {reason}", req.from);
+                    if let Err(e) = req.responder.fail(&reason).await {
+                        eprintln!("telling {} failed: {e}", req.from);
+                    }
+                    answered += 1;
+                    continue;
+                }
             };
             let (text, encoding) = show(&req.payload);
             if out == Output::Json {

@@ -3,7 +3,7 @@
 //! Properties:
 //! - `parse` accepts exactly the strings a straightforward reference validator
 //!   accepts (3 or 4 '/'-separated components, each 1..=128 bytes, no control
-//!   characters);
+//!   characters, no '*' or '>' (refused until wildcard subscriptions exist));
 //! - for accepted names, `parse(display(x)) == x`, the parts match the input,
 //!   `Name::new` from those parts builds the same name, and the name survives
 //!   the wire inside a frame.
@@ -17,7 +17,9 @@ fn reference_valid(s: &str) -> bool {
     let parts: Vec<&str> = s.split('/').collect();
     (3..=4).contains(&parts.len())
         && parts.iter().all(|c| {
-            !c.is_empty() && c.len() <= MAX_COMPONENT_LEN && !c.chars().any(char::is_control)
+            !c.is_empty()
+                && c.len() <= MAX_COMPONENT_LEN
+                && !c.chars().any(|ch| ch.is_control() || ch == '*' || ch == '>')
         })
 }
 

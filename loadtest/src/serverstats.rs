@@ -111,7 +111,10 @@ pub async fn read(kind: Kind, addr: SocketAddr) -> Result<BTreeMap<&'static str,
                 "slow_consumer_disconnects",
                 g("slim_slow_consumer_events_total{action=\"disconnect\"}"),
             );
-            out.insert("client_connections", g("slim_connections{kind=\"client\"}"));
+            out.insert(
+                "client_connections",
+                g("slim_connections_open{kind=\"client\"}"),
+            );
         }
         Kind::Nats => {
             let v: serde_json::Value =
@@ -192,7 +195,7 @@ mod tests {
             "200 OK",
             "# TYPE slim_deliveries_total counter\nslim_deliveries_total 42\n\
              slim_messages_dropped_total{reason=\"slow_consumer\"} 7\n\
-             slim_connections{kind=\"client\"} 3\n",
+             slim_connections_open{kind=\"client\"} 3\n",
         )
         .await;
         let m = read(Kind::Slim, addr).await.unwrap();

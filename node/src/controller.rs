@@ -42,6 +42,32 @@ pub const EVENTS_LOST_TOTAL: &str = "slim_controller_events_lost_total";
 /// Counter: dial sets applied (changed sets only).
 pub const DIAL_SETS_APPLIED_TOTAL: &str = "slim_controller_dial_sets_applied_total";
 
+/// Registers the HELP text of the node's controller-link metrics (their
+/// series appear once the node has a `[controller]` section).
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(
+        CONNECTED,
+        Unit::Count,
+        "1 while registered with the controller, else 0."
+    );
+    describe_counter!(
+        RECONNECTS_TOTAL,
+        Unit::Count,
+        "Registrations with the controller after the first (successful reconnects)."
+    );
+    describe_counter!(
+        EVENTS_LOST_TOTAL,
+        Unit::Count,
+        "Node events that will be missing from the controller's audit trail, by reason (overflow, lagged)."
+    );
+    describe_counter!(
+        DIAL_SETS_APPLIED_TOTAL,
+        Unit::Count,
+        "Changed dial sets from the controller applied by the node."
+    );
+}
+
 /// Events per `Events` message.
 const BATCH: usize = 512;
 

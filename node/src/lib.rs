@@ -10,12 +10,19 @@ pub mod http;
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Installs the process-wide Prometheus recorder with explicit buckets for
-/// every `_seconds` histogram.
+/// every `_seconds` histogram, and registers every metric's HELP text (the
+/// node's, its controller link's, the process metrics') and the known label
+/// values at 0.
 pub fn install_metrics() -> Result<PrometheusHandle, BuildError> {
-    PrometheusBuilder::new()
+    let h = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
             slim_actors::metrics::SECONDS_BUCKETS,
         )?
-        .install_recorder()
+        .install_recorder()?;
+    slim_actors::metrics::describe();
+    slim_actors::metrics::init_zero();
+    controller::describe();
+    metrics_process::Collector::default().describe();
+    Ok(h)
 }

@@ -116,6 +116,9 @@ fn spawn_allocator_gauges() {
 #[cfg(target_env = "msvc")]
 fn spawn_allocator_gauges() {}
 
+/// Keeps the readiness line (target `slim_node::ready`) at any log level.
+const READY_TARGET_DIRECTIVE: &str = "slim_node::ready=info";
+
 fn main() -> Result<()> {
     tune_allocator();
     let args = Args::parse();
@@ -127,9 +130,18 @@ fn main() -> Result<()> {
     cfg.apply_env(|k| std::env::var(k).ok())?;
     cfg.validate()?;
     let format = args.log_format.unwrap_or(cfg.log.format);
+    cfg.log.format = format;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    let sub = tracing_subscriber::fmt().with_env_filter(filter);
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level))
+        // The "listening on" line is for scripts waiting on it: never filtered.
+        .add_directive(READY_TARGET_DIRECTIVE.parse().expect("a valid directive"));
+    // Colour only for a person at a terminal: log files and collectors get
+    // plain text (and NO_COLOR is honoured, https://no-color.org).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => sub.json().init(),
         LogFormat::Text => sub.init(),
@@ -192,7 +204,7 @@ async fn run(cfg: FileConfig) -> Result<()> {
         TlsIdentity::Static(i) => (i.spiffe_id.clone(), i.not_after),
         TlsIdentity::Source(s) => (s.spiffe_id(), s.current().not_after),
     };
-    info!(spiffe_id = %own_id, expires = ?not_after, "identity loaded");
+    info!(spiffe_id = %own_id, expires = %slim_auth::explain::rfc3339(not_after), "identity loaded");
 
     let ready = Arc::new(AtomicBool::new(false));
     if !cfg.metrics.listen.is_empty() {
@@ -247,11 +259,23 @@ async fn run(cfg: FileConfig) -> Result<()> {
             }
         });
     }
-    println!(
-        "slim-node {} listening on {}",
-        node.node_id(),
-        node.local_addr()
-    );
+    match cfg.log.format {
+        // Every stdout line is JSON in JSON mode: the line goes through the
+        // JSON formatter (its message still reads "… listening on …").
+        LogFormat::Json => info!(
+            target: "slim_node::ready",
+            node_id = %node.node_id(),
+            addr = %node.local_addr(),
+            "slim-node {} listening on {}",
+            node.node_id(),
+            node.local_addr()
+        ),
+        LogFormat::Text => println!(
+            "slim-node {} listening on {}",
+            node.node_id(),
+            node.local_addr()
+        ),
+    }
 
     let reload = cfg
         .authz

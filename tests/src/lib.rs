@@ -24,8 +24,18 @@ pub use slim_wire;
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_ansi(false)
         .with_test_writer()
         .try_init();
+}
+
+/// Runs a test body under a hard limit, so that a hang fails the test with
+/// its name instead of stalling the suite.
+pub async fn deadline<F: std::future::Future>(limit: Duration, test: &str, body: F) -> F::Output {
+    match tokio::time::timeout(limit, body).await {
+        Ok(v) => v,
+        Err(_) => panic!("{test}: not finished within {limit:?} (a hang?)"),
+    }
 }
 
 /// A development trust domain for one test.

@@ -266,6 +266,7 @@ async fn join_refused_by_node_policy_is_permission_denied() {
     };
     match within("join refused by policy", member.join_channel(chan, opts)).await {
         Err(SlimError::PermissionDenied(reason)) => {
+            eprintln!("the member's join_channel error: PermissionDenied({reason:?})");
             assert!(reason.contains("may not publish"), "{reason}");
             assert!(reason.contains(chan), "{reason}");
         }

@@ -27,13 +27,6 @@ const TEST_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Runs a test body under an overall deadline: a hang fails fast, naming the
 /// test, instead of stalling the whole CI run (one once ate 26 minutes).
-async fn deadline<F: std::future::Future>(test: &str, body: F) -> F::Output {
-    match tokio::time::timeout(TEST_DEADLINE, body).await {
-        Ok(v) => v,
-        Err(_) => panic!("{test}: not finished within {TEST_DEADLINE:?} (a hang?)"),
-    }
-}
-
 const T: Duration = Duration::from_secs(20);
 
 struct Agent {
@@ -178,6 +171,7 @@ fn collect(mut m: ChannelMember) -> tokio::task::JoinHandle<Seen> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_every_message_reaches_exactly_the_members_of_its_epoch() {
     deadline(
+        TEST_DEADLINE,
         "churn_every_message_reaches_exactly_the_members_of_its_epoch",
         async {
             init_tracing();
@@ -357,7 +351,7 @@ async fn churn_every_message_reaches_exactly_the_members_of_its_epoch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_member_token_ring_then_close() {
-    deadline("ten_member_token_ring_then_close", async {
+    deadline(TEST_DEADLINE, "ten_member_token_ring_then_close", async {
         init_tracing();
         let pki = Pki::new("example.org");
         let node = start_node(&pki, |_| {}).await;
@@ -524,25 +518,29 @@ async fn canary_exchange(mls: bool) -> (bool, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_knowledge_the_node_never_sees_the_canary() {
-    deadline("zero_knowledge_the_node_never_sees_the_canary", async {
-        init_tracing();
-        let (leaked, frames) = canary_exchange(true).await;
-        assert!(
-            frames >= 10,
-            "the hook saw the channel's traffic ({frames} frames)"
-        );
-        assert!(
-            !leaked,
-            "canary visible in a routed frame of an MLS channel"
-        );
-        // The same exchange without MLS: the hook does see it, so the check above
-        // is able to fail.
-        let (leaked, _) = canary_exchange(false).await;
-        assert!(
-            leaked,
-            "plaintext channel: the recorder should see the canary"
-        );
-    })
+    deadline(
+        TEST_DEADLINE,
+        "zero_knowledge_the_node_never_sees_the_canary",
+        async {
+            init_tracing();
+            let (leaked, frames) = canary_exchange(true).await;
+            assert!(
+                frames >= 10,
+                "the hook saw the channel's traffic ({frames} frames)"
+            );
+            assert!(
+                !leaked,
+                "canary visible in a routed frame of an MLS channel"
+            );
+            // The same exchange without MLS: the hook does see it, so the check above
+            // is able to fail.
+            let (leaked, _) = canary_exchange(false).await;
+            assert!(
+                leaked,
+                "plaintext channel: the recorder should see the canary"
+            );
+        },
+    )
     .await
 }
 
@@ -580,152 +578,157 @@ async fn control_from(c: &Client) -> Ctl {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removed_forged_and_replayed_senders_are_refused() {
-    deadline("removed_forged_and_replayed_senders_are_refused", async {
-        init_tracing();
-        let pki = Pki::new("example.org");
-        let node = start_node(&pki, |_| {}).await;
-        let frames = recorder(&node);
-        let addr = node.local_addr();
-        let chan = name("acme/chat/guarded");
-        let modr = agent(&pki, addr, "acme/g/mod/0").await;
-        let mut moderator = Channel::create(&modr.mux, &chan, opts(&modr, true))
-            .await
-            .unwrap();
-        let a = agent(&pki, addr, "acme/g/a/0").await;
-        let b = agent(&pki, addr, "acme/g/b/0").await;
-        let modname = name(&modr.name);
-        let mut ma = Channel::join(&a.mux, &chan, Some(&modname), opts(&a, true))
-            .await
-            .unwrap();
-        let mut mb = Channel::join(&b.mux, &chan, Some(&modname), opts(&b, true))
-            .await
-            .unwrap();
-        admitted(&mut moderator, 2).await;
-        assert_eventually(T, "a sees b", || async {
-            ma.members().await.unwrap().1.len() == 3
-        })
-        .await;
+    deadline(
+        TEST_DEADLINE,
+        "removed_forged_and_replayed_senders_are_refused",
+        async {
+            init_tracing();
+            let pki = Pki::new("example.org");
+            let node = start_node(&pki, |_| {}).await;
+            let frames = recorder(&node);
+            let addr = node.local_addr();
+            let chan = name("acme/chat/guarded");
+            let modr = agent(&pki, addr, "acme/g/mod/0").await;
+            let mut moderator = Channel::create(&modr.mux, &chan, opts(&modr, true))
+                .await
+                .unwrap();
+            let a = agent(&pki, addr, "acme/g/a/0").await;
+            let b = agent(&pki, addr, "acme/g/b/0").await;
+            let modname = name(&modr.name);
+            let mut ma = Channel::join(&a.mux, &chan, Some(&modname), opts(&a, true))
+                .await
+                .unwrap();
+            let mut mb = Channel::join(&b.mux, &chan, Some(&modname), opts(&b, true))
+                .await
+                .unwrap();
+            admitted(&mut moderator, 2).await;
+            assert_eventually(T, "a sees b", || async {
+                ma.members().await.unwrap().1.len() == 3
+            })
+            .await;
 
-        // 1. Replay: a's ciphertext, re-published by an attacker under its own
-        //    name with a fresh sequence number, reaches MLS, which refuses it.
-        ma.publish(&1u64.to_be_bytes()).await.unwrap();
-        let (_, _, got) = next_message(&mut mb).await;
-        assert_eq!(u64_of(&got), 1);
-        let captured = {
-            let f = frames.lock().unwrap();
-            f.iter()
-                .rev()
-                .filter_map(|b| Packet::decode(b).ok())
-                .find(|p| p.kind == Kind::Data && p.sender == a.name)
-                .expect("a's data packet was routed")
-        };
-        let eve = client(&pki, addr, "acme/g/eve/0").await;
-        let mut replay = captured.clone();
-        replay.sender = eve.name().as_str().to_owned();
-        replay.seq = 0;
-        replay.base = 0;
-        eve.publish(&chan, Mode::Multicast, &replay.encode().unwrap())
-            .await
-            .unwrap();
-        match next(&mut mb).await {
-            ChannelEvent::Rejected { sender, error } => {
-                assert_eq!(sender, eve.name().as_str());
-                assert!(
-                    matches!(error, ChannelError::Mls(MlsError::Replay)),
-                    "{error:?}"
-                );
-            }
-            other => panic!("expected a replay rejection, got {other:?}"),
-        }
-        // 2. Forged packet sender: a packet claiming to be a's, routed from eve.
-        let mut forged = captured.clone();
-        forged.seq = 1;
-        eve.publish(&chan, Mode::Multicast, &forged.encode().unwrap())
-            .await
-            .unwrap();
-        match next(&mut mb).await {
-            ChannelEvent::Rejected { sender, error } => {
-                assert_eq!(sender, eve.name().as_str());
-                assert_eq!(error.reason(), "session", "{error:?}");
-            }
-            other => panic!("expected a sender-mismatch rejection, got {other:?}"),
-        }
-        // 3. Forged MLS key: eve's genuine credential with a key it does not bind.
-        let eve_mls = MlsIdentity::new(&pki.identity("agent/acme-g-eve-0")).unwrap();
-        let kp = key_package_with_unbound_key(&eve_mls);
-        let join = control_packet(
-            chan.as_str(),
-            eve.name().as_str(),
-            &Ctl::Join {
-                key_package: kp,
-                invited: false,
-            },
-        )
-        .unwrap();
-        eve.publish(&modname, Mode::Unicast, &join).await.unwrap();
-        match control_from(&eve).await {
-            Ctl::Refused { reason } => assert!(reason.contains("binding"), "{reason}"),
-            other => panic!("expected a refusal, got {other:?}"),
-        }
-        // (The moderator also saw a's message and refused eve's replay/forgery.)
-        loop {
-            match mod_event(&mut moderator, "refusal").await {
-                ChannelEvent::JoinRequestRefused { name, reason, .. } => {
-                    assert_eq!(name, eve.name().as_str());
-                    assert!(reason.contains("binding"), "{reason}");
-                    break;
-                }
-                ChannelEvent::Message { .. } | ChannelEvent::Rejected { .. } => {}
-                other => panic!("{other:?}"),
-            }
-        }
-        let (_, roster) = moderator.members().await.unwrap();
-        assert_eq!(roster.len(), 3, "eve was not added");
-
-        // 4. Removed member: b stays subscribed, receives the ciphertext, cannot
-        //    decrypt it.
-        moderator.remove(&b.name).await.unwrap();
-        loop {
-            match mod_event(&mut moderator, "removal").await {
-                ChannelEvent::MemberLeft { member, .. } => {
-                    assert_eq!(member.name, b.name);
-                    break;
-                }
-                ChannelEvent::MembersChanged { .. } => {}
-                other => panic!("{other:?}"),
-            }
-        }
-        loop {
+            // 1. Replay: a's ciphertext, re-published by an attacker under its own
+            //    name with a fresh sequence number, reaches MLS, which refuses it.
+            ma.publish(&1u64.to_be_bytes()).await.unwrap();
+            let (_, _, got) = next_message(&mut mb).await;
+            assert_eq!(u64_of(&got), 1);
+            let captured = {
+                let f = frames.lock().unwrap();
+                f.iter()
+                    .rev()
+                    .filter_map(|b| Packet::decode(b).ok())
+                    .find(|p| p.kind == Kind::Data && p.sender == a.name)
+                    .expect("a's data packet was routed")
+            };
+            let eve = client(&pki, addr, "acme/g/eve/0").await;
+            let mut replay = captured.clone();
+            replay.sender = eve.name().as_str().to_owned();
+            replay.seq = 0;
+            replay.base = 0;
+            eve.publish(&chan, Mode::Multicast, &replay.encode().unwrap())
+                .await
+                .unwrap();
             match next(&mut mb).await {
-                ChannelEvent::Removed { .. } => break,
-                ChannelEvent::MembersChanged { .. } => {}
-                other => panic!("b: {other:?}"),
+                ChannelEvent::Rejected { sender, error } => {
+                    assert_eq!(sender, eve.name().as_str());
+                    assert!(
+                        matches!(error, ChannelError::Mls(MlsError::Replay)),
+                        "{error:?}"
+                    );
+                }
+                other => panic!("expected a replay rejection, got {other:?}"),
             }
-        }
-        let secret = 99u64.to_be_bytes();
-        moderator.publish(&secret).await.unwrap();
-        let (_, _, got) = next_message(&mut ma).await;
-        assert_eq!(got, secret, "a still reads");
-        match next(&mut mb).await {
-            ChannelEvent::Rejected { error, .. } => {
-                assert!(
-                    matches!(
-                        error,
-                        ChannelError::Mls(MlsError::Evicted | MlsError::WrongEpoch)
-                    ),
-                    "{error:?}"
-                );
+            // 2. Forged packet sender: a packet claiming to be a's, routed from eve.
+            let mut forged = captured.clone();
+            forged.seq = 1;
+            eve.publish(&chan, Mode::Multicast, &forged.encode().unwrap())
+                .await
+                .unwrap();
+            match next(&mut mb).await {
+                ChannelEvent::Rejected { sender, error } => {
+                    assert_eq!(sender, eve.name().as_str());
+                    assert_eq!(error.reason(), "session", "{error:?}");
+                }
+                other => panic!("expected a sender-mismatch rejection, got {other:?}"),
             }
-            other => panic!("b must not read after removal: {other:?}"),
-        }
-        node.shutdown(Duration::from_secs(1)).await;
-    })
+            // 3. Forged MLS key: eve's genuine credential with a key it does not bind.
+            let eve_mls = MlsIdentity::new(&pki.identity("agent/acme-g-eve-0")).unwrap();
+            let kp = key_package_with_unbound_key(&eve_mls);
+            let join = control_packet(
+                chan.as_str(),
+                eve.name().as_str(),
+                &Ctl::Join {
+                    key_package: kp,
+                    invited: false,
+                },
+            )
+            .unwrap();
+            eve.publish(&modname, Mode::Unicast, &join).await.unwrap();
+            match control_from(&eve).await {
+                Ctl::Refused { reason } => assert!(reason.contains("binding"), "{reason}"),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+            // (The moderator also saw a's message and refused eve's replay/forgery.)
+            loop {
+                match mod_event(&mut moderator, "refusal").await {
+                    ChannelEvent::JoinRequestRefused { name, reason, .. } => {
+                        assert_eq!(name, eve.name().as_str());
+                        assert!(reason.contains("binding"), "{reason}");
+                        break;
+                    }
+                    ChannelEvent::Message { .. } | ChannelEvent::Rejected { .. } => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            let (_, roster) = moderator.members().await.unwrap();
+            assert_eq!(roster.len(), 3, "eve was not added");
+
+            // 4. Removed member: b stays subscribed, receives the ciphertext, cannot
+            //    decrypt it.
+            moderator.remove(&b.name).await.unwrap();
+            loop {
+                match mod_event(&mut moderator, "removal").await {
+                    ChannelEvent::MemberLeft { member, .. } => {
+                        assert_eq!(member.name, b.name);
+                        break;
+                    }
+                    ChannelEvent::MembersChanged { .. } => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            loop {
+                match next(&mut mb).await {
+                    ChannelEvent::Removed { .. } => break,
+                    ChannelEvent::MembersChanged { .. } => {}
+                    other => panic!("b: {other:?}"),
+                }
+            }
+            let secret = 99u64.to_be_bytes();
+            moderator.publish(&secret).await.unwrap();
+            let (_, _, got) = next_message(&mut ma).await;
+            assert_eq!(got, secret, "a still reads");
+            match next(&mut mb).await {
+                ChannelEvent::Rejected { error, .. } => {
+                    assert!(
+                        matches!(
+                            error,
+                            ChannelError::Mls(MlsError::Evicted | MlsError::WrongEpoch)
+                        ),
+                        "{error:?}"
+                    );
+                }
+                other => panic!("b must not read after removal: {other:?}"),
+            }
+            node.shutdown(Duration::from_secs(1)).await;
+        },
+    )
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_request_refused_outside_policy_accepted_inside() {
     deadline(
+        TEST_DEADLINE,
         "join_request_refused_outside_policy_accepted_inside",
         async {
             init_tracing();
@@ -781,60 +784,64 @@ async fn join_request_refused_outside_policy_accepted_inside() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn svid_rotation_rebinds_and_keeps_membership() {
-    deadline("svid_rotation_rebinds_and_keeps_membership", async {
-        init_tracing();
-        let pki = Pki::new("example.org");
-        let node = start_node(&pki, |_| {}).await;
-        let addr = node.local_addr();
-        let chan = name("acme/chat/rotate");
-        let modr = agent(&pki, addr, "acme/r/mod/0").await;
-        let mut moderator = Channel::create(&modr.mux, &chan, opts(&modr, true))
-            .await
-            .unwrap();
-        let modname = name(&modr.name);
-        let a = agent(&pki, addr, "acme/r/a/0").await;
-        let b = agent(&pki, addr, "acme/r/b/0").await;
-        let ma = Channel::join(&a.mux, &chan, Some(&modname), opts(&a, true))
-            .await
-            .unwrap();
-        let mut mb = Channel::join(&b.mux, &chan, Some(&modname), opts(&b, true))
-            .await
-            .unwrap();
-        admitted(&mut moderator, 2).await;
-        let (epoch, _) = ma.members().await.unwrap();
-        // a's SVID rotates (same SPIFFE ID, new key and certificate).
-        let rotated = Arc::new(pki.identity("agent/acme-r-a-0"));
-        ma.rebind(rotated).await.expect("rebind");
-        loop {
-            match next(&mut mb).await {
-                ChannelEvent::CredentialUpdated { member, epoch: e } => {
-                    assert_eq!(member.name, a.name);
-                    assert_eq!(e, epoch + 1);
-                    break;
+    deadline(
+        TEST_DEADLINE,
+        "svid_rotation_rebinds_and_keeps_membership",
+        async {
+            init_tracing();
+            let pki = Pki::new("example.org");
+            let node = start_node(&pki, |_| {}).await;
+            let addr = node.local_addr();
+            let chan = name("acme/chat/rotate");
+            let modr = agent(&pki, addr, "acme/r/mod/0").await;
+            let mut moderator = Channel::create(&modr.mux, &chan, opts(&modr, true))
+                .await
+                .unwrap();
+            let modname = name(&modr.name);
+            let a = agent(&pki, addr, "acme/r/a/0").await;
+            let b = agent(&pki, addr, "acme/r/b/0").await;
+            let ma = Channel::join(&a.mux, &chan, Some(&modname), opts(&a, true))
+                .await
+                .unwrap();
+            let mut mb = Channel::join(&b.mux, &chan, Some(&modname), opts(&b, true))
+                .await
+                .unwrap();
+            admitted(&mut moderator, 2).await;
+            let (epoch, _) = ma.members().await.unwrap();
+            // a's SVID rotates (same SPIFFE ID, new key and certificate).
+            let rotated = Arc::new(pki.identity("agent/acme-r-a-0"));
+            ma.rebind(rotated).await.expect("rebind");
+            loop {
+                match next(&mut mb).await {
+                    ChannelEvent::CredentialUpdated { member, epoch: e } => {
+                        assert_eq!(member.name, a.name);
+                        assert_eq!(e, epoch + 1);
+                        break;
+                    }
+                    ChannelEvent::MembersChanged { .. } => {}
+                    other => panic!("b: {other:?}"),
                 }
-                ChannelEvent::MembersChanged { .. } => {}
-                other => panic!("b: {other:?}"),
             }
-        }
-        loop {
-            match mod_event(&mut moderator, "rebind completion").await {
-                ChannelEvent::CredentialUpdated { member, .. } => {
-                    assert_eq!(member.name, a.name);
-                    break;
+            loop {
+                match mod_event(&mut moderator, "rebind completion").await {
+                    ChannelEvent::CredentialUpdated { member, .. } => {
+                        assert_eq!(member.name, a.name);
+                        break;
+                    }
+                    ChannelEvent::MembersChanged { .. } => {}
+                    other => panic!("moderator: {other:?}"),
                 }
-                ChannelEvent::MembersChanged { .. } => {}
-                other => panic!("moderator: {other:?}"),
             }
-        }
-        ma.publish(&42u64.to_be_bytes())
-            .await
-            .expect("publish after rebind");
-        let (from, id, got) = next_message(&mut mb).await;
-        assert_eq!((from, id), (a.name.clone(), a.spiffe.clone()));
-        assert_eq!(u64_of(&got), 42);
-        assert_eq!(ma.members().await.unwrap().0, epoch + 1);
-        node.shutdown(Duration::from_secs(1)).await;
-    })
+            ma.publish(&42u64.to_be_bytes())
+                .await
+                .expect("publish after rebind");
+            let (from, id, got) = next_message(&mut mb).await;
+            assert_eq!((from, id), (a.name.clone(), a.spiffe.clone()));
+            assert_eq!(u64_of(&got), 42);
+            assert_eq!(ma.members().await.unwrap().0, epoch + 1);
+            node.shutdown(Duration::from_secs(1)).await;
+        },
+    )
     .await
 }
 
@@ -851,205 +858,211 @@ impl Drop for Proc {
 /// `slimctl channel create|join|members|publish --session` as processes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slimctl_create_join_members_publish() {
-    deadline("slimctl_create_join_members_publish", async {
-        use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-        init_tracing();
-        let slimctl = slim_tests::netns::bin("slimctl");
-        let pki = Pki::new("example.org");
-        let node = start_node(&pki, |_| {}).await;
-        let dir = tempfile::tempdir().unwrap();
-        for who in ["mod", "alice", "bob", "outsider"] {
-            let path = if who == "outsider" {
-                "contractors/x".to_string()
-            } else {
-                format!("agent/{who}")
+    deadline(
+        TEST_DEADLINE,
+        "slimctl_create_join_members_publish",
+        async {
+            use std::io::{BufRead, BufReader};
+            use std::process::{Command, Stdio};
+            init_tracing();
+            let slimctl = slim_tests::netns::bin("slimctl");
+            let pki = Pki::new("example.org");
+            let node = start_node(&pki, |_| {}).await;
+            let dir = tempfile::tempdir().unwrap();
+            for who in ["mod", "alice", "bob", "outsider"] {
+                let path = if who == "outsider" {
+                    "contractors/x".to_string()
+                } else {
+                    format!("agent/{who}")
+                };
+                let id =
+                    slim_auth::SpiffeId::parse(&format!("spiffe://example.org/{path}")).unwrap();
+                pki.ca
+                    .issue_to_dir(&id, Duration::from_secs(3600), &dir.path().join(who))
+                    .unwrap();
+            }
+            let cmd = |who: &str, args: &[&str]| {
+                let mut c = Command::new(&slimctl);
+                c.args(args)
+                    .arg("--identity")
+                    .arg(dir.path().join(who))
+                    .args(["--as", &format!("acme/cli/{who}/0")])
+                    .env("SLIMCTL_NODE", node.local_addr().to_string())
+                    .env_remove("SPIFFE_ENDPOINT_SOCKET")
+                    .stdin(Stdio::null());
+                c
             };
-            let id = slim_auth::SpiffeId::parse(&format!("spiffe://example.org/{path}")).unwrap();
-            pki.ca
-                .issue_to_dir(&id, Duration::from_secs(3600), &dir.path().join(who))
-                .unwrap();
-        }
-        let cmd = |who: &str, args: &[&str]| {
-            let mut c = Command::new(&slimctl);
-            c.args(args)
-                .arg("--identity")
-                .arg(dir.path().join(who))
-                .args(["--as", &format!("acme/cli/{who}/0")])
-                .env("SLIMCTL_NODE", node.local_addr().to_string())
-                .env_remove("SPIFFE_ENDPOINT_SOCKET")
-                .stdin(Stdio::null());
-            c
-        };
-        let mut moderator = Proc(
-            cmd(
-                "mod",
-                &[
-                    "channel",
-                    "create",
-                    "acme/cli/room",
-                    "--allow",
-                    "spiffe://example.org/agent/*",
-                ],
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-        );
-        // The moderator announces itself on stderr once the channel exists.
-        let mut err = BufReader::new(moderator.0.stderr.take().unwrap());
-        let mut line = String::new();
-        let announced = tokio::task::spawn_blocking(move || {
-            err.read_line(&mut line).unwrap();
-            (line, err)
-        });
-        let (line, err) = tokio::time::timeout(T, announced).await.unwrap().unwrap();
-        assert!(line.starts_with("moderating acme/cli/room"), "{line}");
-        // Keep draining the moderator's log so it never blocks on a full pipe.
-        let log = tokio::task::spawn_blocking(move || {
-            err.lines().map_while(Result::ok).collect::<Vec<_>>()
-        });
-        let mut join = Proc(
-            cmd(
-                "alice",
+            let mut moderator = Proc(
+                cmd(
+                    "mod",
+                    &[
+                        "channel",
+                        "create",
+                        "acme/cli/room",
+                        "--allow",
+                        "spiffe://example.org/agent/*",
+                    ],
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+            );
+            // The moderator announces itself on stderr once the channel exists.
+            let mut err = BufReader::new(moderator.0.stderr.take().unwrap());
+            let mut line = String::new();
+            let announced = tokio::task::spawn_blocking(move || {
+                err.read_line(&mut line).unwrap();
+                (line, err)
+            });
+            let (line, err) = tokio::time::timeout(T, announced).await.unwrap().unwrap();
+            assert!(line.starts_with("moderating acme/cli/room"), "{line}");
+            // Keep draining the moderator's log so it never blocks on a full pipe.
+            let log = tokio::task::spawn_blocking(move || {
+                err.lines().map_while(Result::ok).collect::<Vec<_>>()
+            });
+            let mut join = Proc(
+                cmd(
+                    "alice",
+                    &[
+                        "-o",
+                        "json",
+                        "channel",
+                        "join",
+                        "acme/cli/room",
+                        "--moderator",
+                        "acme/cli/mod/0",
+                        "--count",
+                        "1",
+                        "--timeout",
+                        "20s",
+                    ],
+                )
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+            );
+            let mut out = BufReader::new(join.0.stdout.take().unwrap());
+            let joined = tokio::task::spawn_blocking(move || {
+                let mut l = String::new();
+                out.read_line(&mut l).unwrap();
+                (l, out)
+            });
+            let (first, out) = tokio::time::timeout(T, joined).await.unwrap().unwrap();
+            let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+            assert_eq!(v["event"], "joined", "{first}");
+            // members --join (joins as bob, prints the MLS roster, leaves)
+            let members = cmd(
+                "bob",
                 &[
                     "-o",
                     "json",
+                    "channel",
+                    "members",
+                    "acme/cli/room",
+                    "--join",
+                    "--moderator",
+                    "acme/cli/mod/0",
+                ],
+            )
+            .output()
+            .unwrap();
+            assert!(
+                members.status.success(),
+                "{}",
+                String::from_utf8_lossy(&members.stderr)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&members.stdout).unwrap();
+            let names: Vec<&str> = v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["name"].as_str().unwrap())
+                .collect();
+            assert!(
+                names.contains(&"acme/cli/alice/0") && names.contains(&"acme/cli/mod/0"),
+                "{v}"
+            );
+            // publish --session (MLS), read by alice with sender name and SPIFFE ID
+            let publ = cmd(
+                "bob",
+                &[
+                    "channel",
+                    "publish",
+                    "acme/cli/room",
+                    "hello over MLS",
+                    "--session",
+                    "--moderator",
+                    "acme/cli/mod/0",
+                ],
+            )
+            .output()
+            .unwrap();
+            assert!(
+                publ.status.success(),
+                "{}",
+                String::from_utf8_lossy(&publ.stderr)
+            );
+            // Read alice's output to the end (she leaves after one message).
+            let msg = tokio::task::spawn_blocking(move || {
+                let lines: Vec<String> = out.lines().map_while(Result::ok).collect();
+                lines
+                    .iter()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .find(|v| v.get("payload").is_some())
+            });
+            let v = tokio::time::timeout(T, msg)
+                .await
+                .unwrap()
+                .unwrap()
+                .expect("a message line");
+            assert_eq!(v["payload"], "hello over MLS");
+            assert_eq!(v["from"], "acme/cli/bob/0");
+            assert_eq!(v["spiffe_id"], "spiffe://example.org/agent/bob");
+            let status = tokio::task::spawn_blocking(move || join.0.wait())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(status.success(), "join exits after --count 1");
+            // A join request outside the policy is refused with the reason.
+            let refused = cmd(
+                "outsider",
+                &[
                     "channel",
                     "join",
                     "acme/cli/room",
                     "--moderator",
                     "acme/cli/mod/0",
-                    "--count",
-                    "1",
-                    "--timeout",
-                    "20s",
                 ],
             )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        );
-        let mut out = BufReader::new(join.0.stdout.take().unwrap());
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut l = String::new();
-            out.read_line(&mut l).unwrap();
-            (l, out)
-        });
-        let (first, out) = tokio::time::timeout(T, joined).await.unwrap().unwrap();
-        let v: serde_json::Value = serde_json::from_str(&first).unwrap();
-        assert_eq!(v["event"], "joined", "{first}");
-        // members (joins as bob, prints, leaves)
-        let members = cmd(
-            "bob",
-            &[
-                "-o",
-                "json",
-                "channel",
-                "members",
-                "acme/cli/room",
-                "--moderator",
-                "acme/cli/mod/0",
-            ],
-        )
-        .output()
-        .unwrap();
-        assert!(
-            members.status.success(),
-            "{}",
-            String::from_utf8_lossy(&members.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&members.stdout).unwrap();
-        let names: Vec<&str> = v["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["name"].as_str().unwrap())
-            .collect();
-        assert!(
-            names.contains(&"acme/cli/alice/0") && names.contains(&"acme/cli/mod/0"),
-            "{v}"
-        );
-        // publish --session (MLS), read by alice with sender name and SPIFFE ID
-        let publ = cmd(
-            "bob",
-            &[
-                "channel",
-                "publish",
-                "acme/cli/room",
-                "hello over MLS",
-                "--session",
-                "--moderator",
-                "acme/cli/mod/0",
-            ],
-        )
-        .output()
-        .unwrap();
-        assert!(
-            publ.status.success(),
-            "{}",
-            String::from_utf8_lossy(&publ.stderr)
-        );
-        // Read alice's output to the end (she leaves after one message).
-        let msg = tokio::task::spawn_blocking(move || {
-            let lines: Vec<String> = out.lines().map_while(Result::ok).collect();
-            lines
-                .iter()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find(|v| v.get("payload").is_some())
-        });
-        let v = tokio::time::timeout(T, msg)
-            .await
-            .unwrap()
-            .unwrap()
-            .expect("a message line");
-        assert_eq!(v["payload"], "hello over MLS");
-        assert_eq!(v["from"], "acme/cli/bob/0");
-        assert_eq!(v["spiffe_id"], "spiffe://example.org/agent/bob");
-        let status = tokio::task::spawn_blocking(move || join.0.wait())
-            .await
-            .unwrap()
+            .output()
             .unwrap();
-        assert!(status.success(), "join exits after --count 1");
-        // A join request outside the policy is refused with the reason.
-        let refused = cmd(
-            "outsider",
-            &[
-                "channel",
-                "join",
-                "acme/cli/room",
-                "--moderator",
-                "acme/cli/mod/0",
-            ],
-        )
-        .output()
-        .unwrap();
-        assert!(!refused.status.success());
-        let e = String::from_utf8_lossy(&refused.stderr);
-        assert!(
-            e.contains("join refused") && e.contains("not allowed"),
-            "{e}"
-        );
-        // SIGTERM: the moderator closes the channel and exits.
-        let pid = moderator.0.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let log = tokio::time::timeout(T, log).await.unwrap().unwrap();
-        assert!(
-            log.iter()
-                .any(|l| l.contains("acme/cli/alice/0") && l.contains("joined")),
-            "{log:?}"
-        );
-        assert!(log.iter().any(|l| l.contains("channel closed")), "{log:?}");
-        node.shutdown(Duration::from_secs(1)).await;
-    })
+            assert!(!refused.status.success());
+            let e = String::from_utf8_lossy(&refused.stderr);
+            assert!(
+                e.contains("join refused") && e.contains("not allowed"),
+                "{e}"
+            );
+            // SIGTERM: the moderator closes the channel and exits.
+            let pid = moderator.0.id().to_string();
+            assert!(
+                Command::new("kill")
+                    .args(["-TERM", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            let log = tokio::time::timeout(T, log).await.unwrap().unwrap();
+            assert!(
+                log.iter()
+                    .any(|l| l.contains("acme/cli/alice/0") && l.contains("joined")),
+                "{log:?}"
+            );
+            assert!(log.iter().any(|l| l.contains("channel closed")), "{log:?}");
+            node.shutdown(Duration::from_secs(1)).await;
+        },
+    )
     .await
 }
 
@@ -1061,6 +1074,7 @@ async fn slimctl_create_join_members_publish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slimctl_subscribe_closes_its_connection_on_timeout_and_on_sigint() {
     deadline(
+        TEST_DEADLINE,
         "slimctl_subscribe_closes_its_connection_on_timeout_and_on_sigint",
         async {
             use std::io::{BufRead, BufReader};

@@ -94,7 +94,7 @@ struct Settled {
 
 /// Gauges that must be back to these values once every client left.
 const IDLE_TABLES: &[(&str, &str, f64)] = &[
-    ("connections", "slim_connections{kind=\"client\"}", 0.0),
+    ("connections", "slim_connections_open{kind=\"client\"}", 0.0),
     (
         "connection table",
         "slim_table_entries{table=\"connections\"}",

@@ -140,6 +140,10 @@ const SHARED_MOUNTS: &[(&str, &str)] = &[
         "compose's scrape addresses only (file_sd), checked against the services below",
     ),
     (
+        "deploy/prometheus/slim-alerts.yml",
+        "the alert rules prometheus.yml loads (checked by tests/tests/promtool.rs)",
+    ),
+    (
         "deploy/grafana/provisioning/datasources",
         "Grafana provisioning",
     ),
@@ -736,6 +740,8 @@ const YAML_FILES: &[&str] = &[
     ".yamllint",
     COMPOSE,
     "deploy/prometheus/prometheus.yml",
+    "deploy/prometheus/slim-alerts.yml",
+    "deploy/prometheus/slim-alerts.test.yml",
     "deploy/grafana/provisioning/datasources/prometheus.yml",
     "deploy/grafana/provisioning/dashboards/slim.yml",
     "deploy/helm/slim/Chart.yaml",
@@ -775,6 +781,11 @@ fn promtool_accepts_the_prometheus_config_with_compose_targets() {
     std::os::unix::fs::symlink(
         root.join("deploy/prometheus/compose-targets"),
         dir.path().join("targets"),
+    )
+    .expect("symlink");
+    std::os::unix::fs::symlink(
+        root.join("deploy/prometheus/slim-alerts.yml"),
+        dir.path().join("slim-alerts.yml"),
     )
     .expect("symlink");
     let out = run(

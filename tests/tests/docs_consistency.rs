@@ -33,7 +33,15 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn every_exported_metric_is_documented_and_the_dashboard_uses_only_real_ones() {
-    let code = std::fs::read_to_string(root().join("actors/src/metrics.rs")).unwrap();
+    // The node's metrics, its controller link's, and the controller's.
+    let code: String = [
+        "actors/src/metrics.rs",
+        "node/src/controller.rs",
+        "controller/src/metrics.rs",
+    ]
+    .iter()
+    .map(|f| std::fs::read_to_string(root().join(f)).unwrap())
+    .collect();
     let exported: BTreeSet<String> = code
         .lines()
         .filter(|l| l.trim_start().starts_with("pub const") && l.contains("\"slim_"))

@@ -14,13 +14,6 @@ const T: Duration = Duration::from_secs(20);
 /// `.invalid` never resolves (RFC 2606).
 const NO_SUCH_HOST: &str = "no-such-host.invalid";
 
-async fn deadline<F: std::future::Future>(test: &str, body: F) -> F::Output {
-    match tokio::time::timeout(TEST_DEADLINE, body).await {
-        Ok(v) => v,
-        Err(_) => panic!("{test}: not finished within {TEST_DEADLINE:?} (a hang?)"),
-    }
-}
-
 /// Kills a child process on drop (a failing test must not leak slimctl).
 struct Proc(std::process::Child);
 
@@ -33,7 +26,7 @@ impl Drop for Proc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_given_as_localhost_links_up_next_to_one_that_does_not_resolve() {
-    deadline("peer_by_name", async {
+    deadline(TEST_DEADLINE, "peer_by_name", async {
         init_tracing();
         let pki = Pki::new("example.org");
         let b = start_peer_node(&pki, "b", vec![], |_| {}).await;
@@ -99,7 +92,7 @@ fn slimctl(dir: &std::path::Path, who: &str, node: &str, args: &[&str]) -> Comma
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slimctl_reaches_a_node_by_name_and_tells_resolve_from_connect_errors() {
-    deadline("slimctl_by_name", async {
+    deadline(TEST_DEADLINE, "slimctl_by_name", async {
         init_tracing();
         let pki = Pki::new("example.org");
         let node = start_node(&pki, |_| {}).await;

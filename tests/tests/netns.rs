@@ -820,15 +820,15 @@ fn controller_restart_keeps_traffic_and_audit() {
     // and the channel list has it.
     fleet.wait_until("B's routes reported", Duration::from_secs(20), || {
         fleet
-            .admin(&["route", "list", "--node", "us-east-node"])
+            .admin(&["route", "list", "--node-id", "us-east-node"])
             .to_string()
             .contains(stay)
     });
-    let routes = fleet.admin(&["route", "list", "--node", "us-east-node"]);
+    let routes = fleet.admin(&["route", "list", "--node-id", "us-east-node"]);
     let row = routes
         .as_array()
         .and_then(|a| a.iter().find(|r| r["name"] == stay).cloned());
-    eprintln!("slimctl route list --node us-east-node ({stay}): {row:?}");
+    eprintln!("slimctl route list --node-id us-east-node ({stay}): {row:?}");
     assert!(
         row.as_ref()
             .is_some_and(|r| r.to_string().contains("eu-west-node")),

@@ -17,13 +17,6 @@ const TEST_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Runs a test body under an overall deadline: a hang fails fast, naming the
 /// test, instead of stalling the whole CI run (one once ate 26 minutes).
-async fn deadline<F: std::future::Future>(test: &str, body: F) -> F::Output {
-    match tokio::time::timeout(TEST_DEADLINE, body).await {
-        Ok(v) => v,
-        Err(_) => panic!("{test}: not finished within {TEST_DEADLINE:?} (a hang?)"),
-    }
-}
-
 const T: Duration = Duration::from_secs(30);
 
 async fn mux(pki: &Pki, node: &NodeHandle, n: &str) -> SessionMux {
@@ -64,6 +57,7 @@ fn spawn_responder(mut server: RpcServer, hung: Arc<std::sync::Mutex<Vec<RpcRequ
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_deadline_no_responder_stream_and_concurrency() {
     deadline(
+        TEST_DEADLINE,
         "unary_deadline_no_responder_stream_and_concurrency",
         async {
             init_tracing();
@@ -181,7 +175,7 @@ async fn unary_deadline_no_responder_stream_and_concurrency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_in_order_over_a_lossy_path() {
-    deadline("stream_in_order_over_a_lossy_path", async {
+    deadline(TEST_DEADLINE, "stream_in_order_over_a_lossy_path", async {
         init_tracing();
         let pki = Pki::new("example.org");
         let node = start_node(&pki, |_| {}).await;
@@ -221,7 +215,7 @@ async fn stream_in_order_over_a_lossy_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_over_mls_sessions() {
-    deadline("rpc_over_mls_sessions", async {
+    deadline(TEST_DEADLINE, "rpc_over_mls_sessions", async {
         use slim_client::session::p2p::{MlsIdentity, P2pConfig};
         init_tracing();
         let pki = Pki::new("example.org");

@@ -20,13 +20,6 @@ const TEST_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Runs a test body under an overall deadline: a hang fails fast, naming the
 /// test, instead of stalling the whole CI run (one once ate 26 minutes).
-async fn deadline<F: std::future::Future>(test: &str, body: F) -> F::Output {
-    match tokio::time::timeout(TEST_DEADLINE, body).await {
-        Ok(v) => v,
-        Err(_) => panic!("{test}: not finished within {TEST_DEADLINE:?} (a hang?)"),
-    }
-}
-
 const T: Duration = Duration::from_secs(30);
 
 async fn mux(pki: &Pki, node: &NodeHandle, n: &str) -> SessionMux {
@@ -79,99 +72,104 @@ fn fast_reliable() -> P2pConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reliable_p2p_10000_messages_over_5_percent_loss() {
-    deadline("reliable_p2p_10000_messages_over_5_percent_loss", async {
-        init_tracing();
-        let pki = Pki::new("example.org");
-        let node = start_node(&pki, |_| {}).await;
-        let a = mux(&pki, &node, "acme/p2p/sender").await;
-        let b = mux(&pki, &node, "acme/p2p/echo").await;
-        let mut listener = P2pListener::new(&b, P2pConfig::default()).unwrap();
-        let dropped = Arc::new(AtomicU64::new(0));
-        lossy(&node, 50, Arc::clone(&dropped));
+    deadline(
+        TEST_DEADLINE,
+        "reliable_p2p_10000_messages_over_5_percent_loss",
+        async {
+            init_tracing();
+            let pki = Pki::new("example.org");
+            let node = start_node(&pki, |_| {}).await;
+            let a = mux(&pki, &node, "acme/p2p/sender").await;
+            let b = mux(&pki, &node, "acme/p2p/echo").await;
+            let mut listener = P2pListener::new(&b, P2pConfig::default()).unwrap();
+            let dropped = Arc::new(AtomicU64::new(0));
+            lossy(&node, 50, Arc::clone(&dropped));
 
-        let accept = tokio::spawn(async move {
-            let s = listener.accept().await.expect("a session");
-            (s, listener)
-        });
-        let service = name("acme/p2p/echo");
-        let mut s = P2pSession::open(&a, &service, P2pConfig::default())
-            .await
-            .expect("open over a lossy path");
-        let (mut r, _listener) = accept.await.unwrap();
-        assert_eq!(s.peer(), b.client().name(), "bound to the instance");
-        assert_eq!(r.peer(), a.client().name());
-        assert_eq!(
-            r.peer_identity(),
-            Some("spiffe://example.org/agent/acme-p2p-sender")
-        );
-
-        const N: u64 = 10_000;
-        let tx = s.sender();
-        let send = tokio::spawn(async move {
-            for i in 0..N {
-                tx.send(seq_payload(i, 32)).await.expect("send");
-            }
-            tx
-        });
-        let mut seen = SeqSet::new(N);
-        let mut expect = 0u64;
-        while expect < N {
-            match next(&mut r).await {
-                P2pEvent::Message { seq, payload } => {
-                    assert_eq!(seq, expect, "session seq in order");
-                    assert_eq!(payload_seq(&payload), expect, "payload in order");
-                    assert!(seen.insert(expect), "no duplicate");
-                    expect += 1;
-                }
-                other => panic!("unexpected event at {expect}: {other:?}"),
-            }
-        }
-        assert_eq!(seen.count(), N);
-        assert_eq!(seen.duplicates(), 0);
-        assert!(seen.missing(N).is_empty());
-        // Every wait below has its own deadline: a liveness hole here once hung
-        // a whole CI run for 26 minutes (no await without a bound).
-        let tx = tokio::time::timeout(T, send)
-            .await
-            .expect("the sends finished")
-            .unwrap();
-        tokio::time::timeout(T, tx.close())
-            .await
-            .expect("close answered within the deadline")
-            .expect("close: everything acknowledged");
-        assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: N });
-        // The loss really happened and was repaired by the session layer.
-        assert!(dropped.load(Ordering::Relaxed) > 0);
-        let st = tokio::time::timeout(T, s.stats())
-            .await
-            .expect("sender stats answered")
-            .unwrap();
-        assert!(st.sender.retransmitted > 0, "{st:?}");
-        assert_eq!(
-            (st.sender.sent, st.sender.acked, st.sender.failed),
-            (N, N, 0)
-        );
-        let rs = tokio::time::timeout(T, r.stats())
-            .await
-            .expect("receiver stats answered")
-            .unwrap();
-        assert_eq!(rs.receiver.delivered, N);
-        // Nothing after the final event.
-        assert!(
-            tokio::time::timeout(Duration::from_secs(5), s.recv())
+            let accept = tokio::spawn(async move {
+                let s = listener.accept().await.expect("a session");
+                (s, listener)
+            });
+            let service = name("acme/p2p/echo");
+            let mut s = P2pSession::open(&a, &service, P2pConfig::default())
                 .await
-                .is_ok_and(|e| e.is_none() || matches!(e, Some(P2pEvent::PeerClosed { .. }))),
-            "the closer's session ends"
-        );
-        node.set_route_hook(None);
-        node.shutdown(Duration::from_secs(1)).await;
-    })
+                .expect("open over a lossy path");
+            let (mut r, _listener) = accept.await.unwrap();
+            assert_eq!(s.peer(), b.client().name(), "bound to the instance");
+            assert_eq!(r.peer(), a.client().name());
+            assert_eq!(
+                r.peer_identity(),
+                Some("spiffe://example.org/agent/acme-p2p-sender")
+            );
+
+            const N: u64 = 10_000;
+            let tx = s.sender();
+            let send = tokio::spawn(async move {
+                for i in 0..N {
+                    tx.send(seq_payload(i, 32)).await.expect("send");
+                }
+                tx
+            });
+            let mut seen = SeqSet::new(N);
+            let mut expect = 0u64;
+            while expect < N {
+                match next(&mut r).await {
+                    P2pEvent::Message { seq, payload } => {
+                        assert_eq!(seq, expect, "session seq in order");
+                        assert_eq!(payload_seq(&payload), expect, "payload in order");
+                        assert!(seen.insert(expect), "no duplicate");
+                        expect += 1;
+                    }
+                    other => panic!("unexpected event at {expect}: {other:?}"),
+                }
+            }
+            assert_eq!(seen.count(), N);
+            assert_eq!(seen.duplicates(), 0);
+            assert!(seen.missing(N).is_empty());
+            // Every wait below has its own deadline: a liveness hole here once hung
+            // a whole CI run for 26 minutes (no await without a bound).
+            let tx = tokio::time::timeout(T, send)
+                .await
+                .expect("the sends finished")
+                .unwrap();
+            tokio::time::timeout(T, tx.close())
+                .await
+                .expect("close answered within the deadline")
+                .expect("close: everything acknowledged");
+            assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: N });
+            // The loss really happened and was repaired by the session layer.
+            assert!(dropped.load(Ordering::Relaxed) > 0);
+            let st = tokio::time::timeout(T, s.stats())
+                .await
+                .expect("sender stats answered")
+                .unwrap();
+            assert!(st.sender.retransmitted > 0, "{st:?}");
+            assert_eq!(
+                (st.sender.sent, st.sender.acked, st.sender.failed),
+                (N, N, 0)
+            );
+            let rs = tokio::time::timeout(T, r.stats())
+                .await
+                .expect("receiver stats answered")
+                .unwrap();
+            assert_eq!(rs.receiver.delivered, N);
+            // Nothing after the final event.
+            assert!(
+                tokio::time::timeout(Duration::from_secs(5), s.recv())
+                    .await
+                    .is_ok_and(|e| e.is_none() || matches!(e, Some(P2pEvent::PeerClosed { .. }))),
+                "the closer's session ends"
+            );
+            node.set_route_hook(None);
+            node.shutdown(Duration::from_secs(1)).await;
+        },
+    )
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_failed_after_n_retries_then_lost_reported() {
     deadline(
+        TEST_DEADLINE,
         "delivery_failed_after_n_retries_then_lost_reported",
         async {
             init_tracing();
@@ -228,6 +226,7 @@ async fn delivery_failed_after_n_retries_then_lost_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_acks_cause_retransmissions_that_are_suppressed() {
     deadline(
+        TEST_DEADLINE,
         "lost_acks_cause_retransmissions_that_are_suppressed",
         async {
             init_tracing();
@@ -290,76 +289,82 @@ async fn lost_acks_cause_retransmissions_that_are_suppressed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_directions_many_sessions_and_anycast_binding() {
-    deadline("both_directions_many_sessions_and_anycast_binding", async {
-        init_tracing();
-        let pki = Pki::new("example.org");
-        let node = start_node(&pki, |_| {}).await;
-        let a = mux(&pki, &node, "acme/p2p/client").await;
-        // Two instances of one service: each session sticks to the one that answered.
-        let b1 = mux(&pki, &node, "acme/p2p/svc").await;
-        let b2 = mux(&pki, &node, "acme/p2p/svc").await;
-        for m in [&b1, &b2] {
-            let mut l = P2pListener::new(m, P2pConfig::default()).unwrap();
-            tokio::spawn(async move {
-                // Echo server: replies to each message with the same bytes.
-                while let Some(mut s) = l.accept().await {
-                    tokio::spawn(async move {
-                        while let Some(ev) = s.recv().await {
-                            match ev {
-                                P2pEvent::Message { payload, .. } => {
-                                    if s.send(payload).await.is_err() {
-                                        return;
+    deadline(
+        TEST_DEADLINE,
+        "both_directions_many_sessions_and_anycast_binding",
+        async {
+            init_tracing();
+            let pki = Pki::new("example.org");
+            let node = start_node(&pki, |_| {}).await;
+            let a = mux(&pki, &node, "acme/p2p/client").await;
+            // Two instances of one service: each session sticks to the one that answered.
+            let b1 = mux(&pki, &node, "acme/p2p/svc").await;
+            let b2 = mux(&pki, &node, "acme/p2p/svc").await;
+            for m in [&b1, &b2] {
+                let mut l = P2pListener::new(m, P2pConfig::default()).unwrap();
+                tokio::spawn(async move {
+                    // Echo server: replies to each message with the same bytes.
+                    while let Some(mut s) = l.accept().await {
+                        tokio::spawn(async move {
+                            while let Some(ev) = s.recv().await {
+                                match ev {
+                                    P2pEvent::Message { payload, .. } => {
+                                        if s.send(payload).await.is_err() {
+                                            return;
+                                        }
                                     }
+                                    _ => return,
                                 }
-                                _ => return,
                             }
-                        }
-                    });
-                }
-            });
-        }
-        let svc = name("acme/p2p/svc");
-        let mut sessions = Vec::new();
-        for _ in 0..6 {
-            sessions.push(
-                P2pSession::open(&a, &svc, P2pConfig::default())
-                    .await
-                    .unwrap(),
-            );
-        }
-        let instances: std::collections::HashSet<_> =
-            sessions.iter().map(|s| s.peer().clone()).collect();
-        assert!(instances.contains(b1.client().name()) && instances.contains(b2.client().name()));
-        // All sessions at once on one client connection, each in its own order.
-        for round in 0..50u64 {
-            for (k, s) in sessions.iter().enumerate() {
-                s.send(seq_payload(round * 100 + k as u64, 16))
-                    .await
-                    .unwrap();
-            }
-        }
-        for (k, s) in sessions.iter_mut().enumerate() {
-            for round in 0..50u64 {
-                match next(s).await {
-                    P2pEvent::Message { seq, payload } => {
-                        assert_eq!(seq, round);
-                        assert_eq!(payload_seq(&payload), round * 100 + k as u64);
+                        });
                     }
-                    other => panic!("unexpected {other:?}"),
+                });
+            }
+            let svc = name("acme/p2p/svc");
+            let mut sessions = Vec::new();
+            for _ in 0..6 {
+                sessions.push(
+                    P2pSession::open(&a, &svc, P2pConfig::default())
+                        .await
+                        .unwrap(),
+                );
+            }
+            let instances: std::collections::HashSet<_> =
+                sessions.iter().map(|s| s.peer().clone()).collect();
+            assert!(
+                instances.contains(b1.client().name()) && instances.contains(b2.client().name())
+            );
+            // All sessions at once on one client connection, each in its own order.
+            for round in 0..50u64 {
+                for (k, s) in sessions.iter().enumerate() {
+                    s.send(seq_payload(round * 100 + k as u64, 16))
+                        .await
+                        .unwrap();
                 }
             }
-        }
-        for s in &sessions {
-            s.close().await.unwrap();
-        }
-        node.shutdown(Duration::from_secs(1)).await;
-    })
+            for (k, s) in sessions.iter_mut().enumerate() {
+                for round in 0..50u64 {
+                    match next(s).await {
+                        P2pEvent::Message { seq, payload } => {
+                            assert_eq!(seq, round);
+                            assert_eq!(payload_seq(&payload), round * 100 + k as u64);
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            for s in &sessions {
+                s.close().await.unwrap();
+            }
+            node.shutdown(Duration::from_secs(1)).await;
+        },
+    )
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreliable_session_best_effort() {
-    deadline("unreliable_session_best_effort", async {
+    deadline(TEST_DEADLINE, "unreliable_session_best_effort", async {
         init_tracing();
         let pki = Pki::new("example.org");
         let node = start_node(&pki, |_| {}).await;
@@ -424,7 +429,7 @@ async fn unreliable_session_best_effort() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_responder_and_gone_peer_fail_fast_with_typed_errors() {
-    deadline("no_responder_and_gone_peer_fail_fast_with_typed_errors", async {
+    deadline(TEST_DEADLINE, "no_responder_and_gone_peer_fail_fast_with_typed_errors", async {
     init_tracing();
     let pki = Pki::new("example.org");
     let node = start_node(&pki, |_| {}).await;
@@ -490,105 +495,111 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mls_p2p_session_encrypts_end_to_end() {
-    deadline("mls_p2p_session_encrypts_end_to_end", async {
-        use slim_client::session::p2p::MlsIdentity;
-        init_tracing();
-        let pki = Pki::new("example.org");
-        let node = start_node(&pki, |_| {}).await;
-        // Every payload the node routes, to prove it never sees plaintext.
-        let seen: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
-        let rec = Arc::clone(&seen);
-        node.set_route_hook(Some(Arc::new(move |f: &RoutedFrame<'_>| {
-            rec.lock().unwrap().push(f.payload.to_vec());
-            HookVerdict::Forward
-        })));
-        let a = mux(&pki, &node, "acme/mls/a").await;
-        let b = mux(&pki, &node, "acme/mls/b").await;
-        let mls = |path: &str| MlsIdentity::new(&pki.identity(path)).unwrap();
-        let with_mls = |id: MlsIdentity| P2pConfig {
-            mls: Some(id),
-            ..P2pConfig::default()
-        };
-        let mut listener = P2pListener::new(&b, with_mls(mls("agent/acme-mls-b"))).unwrap();
-        let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
-        let mut s = P2pSession::open(&a, &name("acme/mls/b"), with_mls(mls("agent/acme-mls-a")))
-            .await
-            .expect("MLS open");
-        let mut r = accept.await.unwrap();
+    deadline(
+        TEST_DEADLINE,
+        "mls_p2p_session_encrypts_end_to_end",
+        async {
+            use slim_client::session::p2p::MlsIdentity;
+            init_tracing();
+            let pki = Pki::new("example.org");
+            let node = start_node(&pki, |_| {}).await;
+            // Every payload the node routes, to prove it never sees plaintext.
+            let seen: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+            let rec = Arc::clone(&seen);
+            node.set_route_hook(Some(Arc::new(move |f: &RoutedFrame<'_>| {
+                rec.lock().unwrap().push(f.payload.to_vec());
+                HookVerdict::Forward
+            })));
+            let a = mux(&pki, &node, "acme/mls/a").await;
+            let b = mux(&pki, &node, "acme/mls/b").await;
+            let mls = |path: &str| MlsIdentity::new(&pki.identity(path)).unwrap();
+            let with_mls = |id: MlsIdentity| P2pConfig {
+                mls: Some(id),
+                ..P2pConfig::default()
+            };
+            let mut listener = P2pListener::new(&b, with_mls(mls("agent/acme-mls-b"))).unwrap();
+            let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
+            let mut s =
+                P2pSession::open(&a, &name("acme/mls/b"), with_mls(mls("agent/acme-mls-a")))
+                    .await
+                    .expect("MLS open");
+            let mut r = accept.await.unwrap();
 
-        let canary: [u8; 32] = rand::random();
-        let back: [u8; 32] = rand::random();
-        s.send(canary.to_vec()).await.unwrap();
-        for i in 0..100u64 {
-            s.send(seq_payload(i, 64)).await.unwrap();
-        }
-        match next(&mut r).await {
-            P2pEvent::Message { seq: 0, payload } => assert_eq!(&payload[..], &canary),
-            other => panic!("unexpected {other:?}"),
-        }
-        for i in 0..100u64 {
+            let canary: [u8; 32] = rand::random();
+            let back: [u8; 32] = rand::random();
+            s.send(canary.to_vec()).await.unwrap();
+            for i in 0..100u64 {
+                s.send(seq_payload(i, 64)).await.unwrap();
+            }
             match next(&mut r).await {
-                P2pEvent::Message { payload, .. } => assert_eq!(payload_seq(&payload), i),
+                P2pEvent::Message { seq: 0, payload } => assert_eq!(&payload[..], &canary),
                 other => panic!("unexpected {other:?}"),
             }
-        }
-        r.send(back.to_vec()).await.unwrap();
-        match next(&mut s).await {
-            P2pEvent::Message { payload, .. } => assert_eq!(&payload[..], &back),
-            other => panic!("unexpected {other:?}"),
-        }
-        s.close().await.unwrap();
-        assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: 101 });
-        {
-            let frames = seen.lock().unwrap();
-            assert!(frames.len() > 100, "the hook saw the traffic");
-            for f in frames.iter() {
-                assert!(
-                    !contains(f, &canary) && !contains(f, &back),
-                    "plaintext on the wire"
-                );
-                assert!(!contains(f, &seq_payload(7, 64)[..16]));
+            for i in 0..100u64 {
+                match next(&mut r).await {
+                    P2pEvent::Message { payload, .. } => assert_eq!(payload_seq(&payload), i),
+                    other => panic!("unexpected {other:?}"),
+                }
             }
-        }
-        node.set_route_hook(None);
+            r.send(back.to_vec()).await.unwrap();
+            match next(&mut s).await {
+                P2pEvent::Message { payload, .. } => assert_eq!(&payload[..], &back),
+                other => panic!("unexpected {other:?}"),
+            }
+            s.close().await.unwrap();
+            assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: 101 });
+            {
+                let frames = seen.lock().unwrap();
+                assert!(frames.len() > 100, "the hook saw the traffic");
+                for f in frames.iter() {
+                    assert!(
+                        !contains(f, &canary) && !contains(f, &back),
+                        "plaintext on the wire"
+                    );
+                    assert!(!contains(f, &seq_payload(7, 64)[..16]));
+                }
+            }
+            node.set_route_hook(None);
 
-        // A responder without MLS refuses an MLS open.
-        let plain = mux(&pki, &node, "acme/mls/plain").await;
-        let mut l = P2pListener::new(&plain, P2pConfig::default()).unwrap();
-        tokio::spawn(async move { while l.accept().await.is_some() {} });
-        let err = P2pSession::open(
-            &a,
-            &name("acme/mls/plain"),
-            with_mls(mls("agent/acme-mls-a")),
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(err, SessionError::Refused(_)), "{err:?}");
+            // A responder without MLS refuses an MLS open.
+            let plain = mux(&pki, &node, "acme/mls/plain").await;
+            let mut l = P2pListener::new(&plain, P2pConfig::default()).unwrap();
+            tokio::spawn(async move { while l.accept().await.is_some() {} });
+            let err = P2pSession::open(
+                &a,
+                &name("acme/mls/plain"),
+                with_mls(mls("agent/acme-mls-a")),
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(err, SessionError::Refused(_)), "{err:?}");
 
-        // A responder whose MLS credential is for another SPIFFE ID than its
-        // authenticated connection is refused by the initiator.
-        let liar = mux(&pki, &node, "acme/mls/liar").await;
-        let mut l = P2pListener::new(&liar, with_mls(mls("agent/someone-else"))).unwrap();
-        tokio::spawn(async move { while l.accept().await.is_some() {} });
-        let err = P2pSession::open(
-            &a,
-            &name("acme/mls/liar"),
-            with_mls(mls("agent/acme-mls-a")),
-        )
-        .await
-        .unwrap_err();
-        assert!(
-            matches!(&err, SessionError::Mls(m) if m.contains("someone-else")),
-            "{err:?}"
-        );
-        node.shutdown(Duration::from_secs(1)).await;
-    })
+            // A responder whose MLS credential is for another SPIFFE ID than its
+            // authenticated connection is refused by the initiator.
+            let liar = mux(&pki, &node, "acme/mls/liar").await;
+            let mut l = P2pListener::new(&liar, with_mls(mls("agent/someone-else"))).unwrap();
+            tokio::spawn(async move { while l.accept().await.is_some() {} });
+            let err = P2pSession::open(
+                &a,
+                &name("acme/mls/liar"),
+                with_mls(mls("agent/acme-mls-a")),
+            )
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(&err, SessionError::Mls(m) if m.contains("someone-else")),
+                "{err:?}"
+            );
+            node.shutdown(Duration::from_secs(1)).await;
+        },
+    )
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mux_passes_raw_traffic_and_counts_bad_session_packets() {
     deadline(
+        TEST_DEADLINE,
         "mux_passes_raw_traffic_and_counts_bad_session_packets",
         async {
             init_tracing();
@@ -656,7 +667,7 @@ async fn mux_passes_raw_traffic_and_counts_bad_session_packets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_pushes_back_without_loss() {
-    deadline("slow_reader_pushes_back_without_loss", async {
+    deadline(TEST_DEADLINE, "slow_reader_pushes_back_without_loss", async {
     init_tracing();
     let pki = Pki::new("example.org");
     let node = start_node(&pki, |_| {}).await;
@@ -725,6 +736,7 @@ async fn slow_reader_pushes_back_without_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_are_answered_while_a_send_waits_for_the_window() {
     deadline(
+        TEST_DEADLINE,
         "stats_are_answered_while_a_send_waits_for_the_window",
         async {
             init_tracing();
@@ -771,6 +783,7 @@ async fn stats_are_answered_while_a_send_waits_for_the_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_that_never_reads_its_events_keeps_sending() {
     deadline(
+        TEST_DEADLINE,
         "a_sender_that_never_reads_its_events_keeps_sending",
         async {
             init_tracing();
@@ -837,61 +850,66 @@ async fn a_sender_that_never_reads_its_events_keeps_sending() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reliable_session_survives_a_node_restart() {
-    deadline("reliable_session_survives_a_node_restart", async {
-        use slim_client::ConnState;
-        init_tracing();
-        let pki = Pki::new("example.org");
-        let port = free_udp_port();
-        let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let node = start_node(&pki, |c| c.listen = listen).await;
-        let a = SessionMux::new(client(&pki, listen, "acme/re/a").await).0;
-        let b = SessionMux::new(client(&pki, listen, "acme/re/b").await).0;
-        let mut listener = P2pListener::new(&b, P2pConfig::default()).unwrap();
-        let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
-        let s = P2pSession::open(&a, &name("acme/re/b"), P2pConfig::default())
-            .await
-            .unwrap();
-        let mut r = accept.await.unwrap();
-        for i in 0..50u64 {
-            s.send(seq_payload(i, 8)).await.unwrap();
-        }
-        for i in 0..50u64 {
-            assert!(matches!(next(&mut r).await, P2pEvent::Message { seq, .. } if seq == i));
-        }
-
-        node.shutdown(Duration::from_secs(1)).await;
-        for m in [&a, &b] {
-            let st = m.client().state();
-            assert_eventually(T, "client notices the node is gone", || {
-                let s = st.borrow().clone();
-                async move { matches!(s, ConnState::Reconnecting { .. }) }
-            })
-            .await;
-        }
-        // Sent while the node is down: queued, lost with the old connection or
-        // refused while the peer has not reconnected yet; retransmission repairs it.
-        for i in 50..100u64 {
-            s.send(seq_payload(i, 8)).await.unwrap();
-        }
-        let node = start_node(&pki, |c| c.listen = listen).await;
-        for i in 50..100u64 {
-            match next(&mut r).await {
-                P2pEvent::Message { seq, payload } => {
-                    assert_eq!((seq, payload_seq(&payload)), (i, i))
-                }
-                other => panic!("unexpected at {i}: {other:?}"),
+    deadline(
+        TEST_DEADLINE,
+        "reliable_session_survives_a_node_restart",
+        async {
+            use slim_client::ConnState;
+            init_tracing();
+            let pki = Pki::new("example.org");
+            let port = free_udp_port();
+            let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let node = start_node(&pki, |c| c.listen = listen).await;
+            let a = SessionMux::new(client(&pki, listen, "acme/re/a").await).0;
+            let b = SessionMux::new(client(&pki, listen, "acme/re/b").await).0;
+            let mut listener = P2pListener::new(&b, P2pConfig::default()).unwrap();
+            let accept = tokio::spawn(async move { listener.accept().await.expect("a session") });
+            let s = P2pSession::open(&a, &name("acme/re/b"), P2pConfig::default())
+                .await
+                .unwrap();
+            let mut r = accept.await.unwrap();
+            for i in 0..50u64 {
+                s.send(seq_payload(i, 8)).await.unwrap();
             }
-        }
-        s.close().await.unwrap();
-        assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: 100 });
-        node.shutdown(Duration::from_secs(1)).await;
-    })
+            for i in 0..50u64 {
+                assert!(matches!(next(&mut r).await, P2pEvent::Message { seq, .. } if seq == i));
+            }
+
+            node.shutdown(Duration::from_secs(1)).await;
+            for m in [&a, &b] {
+                let st = m.client().state();
+                assert_eventually(T, "client notices the node is gone", || {
+                    let s = st.borrow().clone();
+                    async move { matches!(s, ConnState::Reconnecting { .. }) }
+                })
+                .await;
+            }
+            // Sent while the node is down: queued, lost with the old connection or
+            // refused while the peer has not reconnected yet; retransmission repairs it.
+            for i in 50..100u64 {
+                s.send(seq_payload(i, 8)).await.unwrap();
+            }
+            let node = start_node(&pki, |c| c.listen = listen).await;
+            for i in 50..100u64 {
+                match next(&mut r).await {
+                    P2pEvent::Message { seq, payload } => {
+                        assert_eq!((seq, payload_seq(&payload)), (i, i))
+                    }
+                    other => panic!("unexpected at {i}: {other:?}"),
+                }
+            }
+            s.close().await.unwrap();
+            assert_eq!(next(&mut r).await, P2pEvent::PeerClosed { sent: 100 });
+            node.shutdown(Duration::from_secs(1)).await;
+        },
+    )
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_vanishes_fails_the_session_after_the_grace() {
     deadline(
+        TEST_DEADLINE,
         "a_peer_that_vanishes_fails_the_session_after_the_grace",
         async {
             init_tracing();
@@ -958,72 +976,77 @@ async fn a_peer_that_vanishes_fails_the_session_after_the_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run by hand, see docs/BENCHMARKS.md"]
 async fn reliable_session_throughput_under_loss() {
-    deadline("reliable_session_throughput_under_loss", async {
-        init_tracing();
-        let n: u64 = std::env::var("SLIM_BENCH_MSGS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(20_000);
-        let rates: Vec<u32> = std::env::var("SLIM_BENCH_LOSS")
-            .ok()
-            .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-            .unwrap_or_else(|| vec![0, 10, 50]);
-        for per_mille in rates {
-            let pki = Pki::new("example.org");
-            let node = start_node(&pki, |_| {}).await;
-            let a = mux(&pki, &node, "acme/bench/sender").await;
-            let b = mux(&pki, &node, "acme/bench/echo").await;
-            let mut listener = P2pListener::new(&b, P2pConfig::default()).unwrap();
-            let accept = tokio::spawn(async move {
-                let s = listener.accept().await.expect("a session");
-                (s, listener)
-            });
-            let s = P2pSession::open(&a, &name("acme/bench/echo"), P2pConfig::default())
-                .await
-                .expect("open");
-            let (mut r, _listener) = accept.await.unwrap();
-            // Loss starts after the handshake: the figure is the transfer's.
-            let dropped = Arc::new(AtomicU64::new(0));
-            lossy(&node, per_mille, Arc::clone(&dropped));
-            let start = std::time::Instant::now();
-            let tx = s.sender();
-            let send = tokio::spawn(async move {
-                for i in 0..n {
-                    tx.send(seq_payload(i, 32)).await.expect("send");
+    deadline(
+        TEST_DEADLINE,
+        "reliable_session_throughput_under_loss",
+        async {
+            init_tracing();
+            let n: u64 = std::env::var("SLIM_BENCH_MSGS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(20_000);
+            let rates: Vec<u32> = std::env::var("SLIM_BENCH_LOSS")
+                .ok()
+                .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+                .unwrap_or_else(|| vec![0, 10, 50]);
+            for per_mille in rates {
+                let pki = Pki::new("example.org");
+                let node = start_node(&pki, |_| {}).await;
+                let a = mux(&pki, &node, "acme/bench/sender").await;
+                let b = mux(&pki, &node, "acme/bench/echo").await;
+                let mut listener = P2pListener::new(&b, P2pConfig::default()).unwrap();
+                let accept = tokio::spawn(async move {
+                    let s = listener.accept().await.expect("a session");
+                    (s, listener)
+                });
+                let s = P2pSession::open(&a, &name("acme/bench/echo"), P2pConfig::default())
+                    .await
+                    .expect("open");
+                let (mut r, _listener) = accept.await.unwrap();
+                // Loss starts after the handshake: the figure is the transfer's.
+                let dropped = Arc::new(AtomicU64::new(0));
+                lossy(&node, per_mille, Arc::clone(&dropped));
+                let start = std::time::Instant::now();
+                let tx = s.sender();
+                let send = tokio::spawn(async move {
+                    for i in 0..n {
+                        tx.send(seq_payload(i, 32)).await.expect("send");
+                    }
+                });
+                let mut got = 0u64;
+                while got < n {
+                    match next(&mut r).await {
+                        P2pEvent::Message { .. } => got += 1,
+                        other => panic!("unexpected event at {got}: {other:?}"),
+                    }
                 }
-            });
-            let mut got = 0u64;
-            while got < n {
-                match next(&mut r).await {
-                    P2pEvent::Message { .. } => got += 1,
-                    other => panic!("unexpected event at {got}: {other:?}"),
-                }
-            }
-            let secs = start.elapsed().as_secs_f64();
-            send.await.unwrap();
-            let st = s.stats().await.unwrap();
-            println!(
-                "loss {:>4.1} %: {n} msgs in {secs:>7.3} s = {:>8.0} msgs/s, \
+                let secs = start.elapsed().as_secs_f64();
+                send.await.unwrap();
+                let st = s.stats().await.unwrap();
+                println!(
+                    "loss {:>4.1} %: {n} msgs in {secs:>7.3} s = {:>8.0} msgs/s, \
              retransmitted {}, frames dropped {}",
-                f64::from(per_mille) / 10.0,
-                n as f64 / secs,
-                st.sender.retransmitted,
-                dropped.load(Ordering::Relaxed),
-            );
-            if std::env::var_os("SLIM_BENCH_VERBOSE").is_some() {
-                println!("  sender {:?}", st.sender);
+                    f64::from(per_mille) / 10.0,
+                    n as f64 / secs,
+                    st.sender.retransmitted,
+                    dropped.load(Ordering::Relaxed),
+                );
+                if std::env::var_os("SLIM_BENCH_VERBOSE").is_some() {
+                    println!("  sender {:?}", st.sender);
+                }
+                node.set_route_hook(None);
+                s.close().await.ok();
+                node.shutdown(Duration::from_secs(1)).await;
             }
-            node.set_route_hook(None);
-            s.close().await.ok();
-            node.shutdown(Duration::from_secs(1)).await;
-        }
-    })
+        },
+    )
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_responder_whose_initiator_vanishes_ends_with_an_idle_timeout() {
     deadline(
+        TEST_DEADLINE,
         "a_responder_whose_initiator_vanishes_ends_with_an_idle_timeout",
         async {
             init_tracing();

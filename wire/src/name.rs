@@ -26,7 +26,17 @@ pub enum InvalidName {
     ControlCharacter { index: usize },
     #[error("name component {index} contains '/'")]
     SlashInComponent { index: usize },
+    /// `*` and `>` read as wildcards (as in NATS subjects) but would be
+    /// matched literally: refused until wildcard subscriptions exist, so a
+    /// name never changes meaning later.
+    #[error(
+        "wildcards are not supported yet: name component {index} contains '{ch}' (names are matched exactly)"
+    )]
+    Wildcard { index: usize, ch: char },
 }
+
+/// Characters refused in names because they read as wildcards.
+const WILDCARDS: [char; 2] = ['*', '>'];
 
 /// A routable name. `Ord`/`Hash` follow the canonical string.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,6 +63,9 @@ fn check_component(index: usize, c: &str) -> Result<(), InvalidName> {
     }
     if c.contains('/') {
         return Err(InvalidName::SlashInComponent { index });
+    }
+    if let Some(ch) = c.chars().find(|&ch| WILDCARDS.contains(&ch)) {
+        return Err(InvalidName::Wildcard { index, ch });
     }
     Ok(())
 }
@@ -119,7 +132,7 @@ impl Name {
                     service_len = i;
                 }
                 start = i + 1;
-            } else if !(0x20..0x7f).contains(&c) {
+            } else if !(0x20..0x7f).contains(&c) || c == b'*' || c == b'>' {
                 return None;
             }
         }
@@ -285,6 +298,9 @@ mod tests {
             "ä/b/c".into(),
             "".into(),
             "/".into(),
+            "a/b/*".into(),
+            "a/>/c".into(),
+            "a/b/c/x*y".into(),
         ];
         for c in &cases {
             let slow = Name::validate_slow(c);
@@ -325,5 +341,32 @@ mod tests {
             Name::parse(""),
             Err(InvalidName::EmptyComponent { index: 0 })
         );
+    }
+
+    #[test]
+    fn wildcards_refused_everywhere_a_name_is_made() {
+        assert_eq!(
+            Name::parse("acme/news/*"),
+            Err(InvalidName::Wildcard { index: 2, ch: '*' })
+        );
+        assert_eq!(
+            Name::parse("acme/>/x"),
+            Err(InvalidName::Wildcard { index: 1, ch: '>' })
+        );
+        assert_eq!(
+            Name::validate("acme/news/a*b/0"),
+            Err(InvalidName::Wildcard { index: 2, ch: '*' })
+        );
+        assert_eq!(
+            Name::new("acme", "news", "alerts", Some(">")),
+            Err(InvalidName::Wildcard { index: 3, ch: '>' })
+        );
+        let base = Name::parse("acme/news/alerts").unwrap();
+        assert_eq!(
+            base.with_instance("*"),
+            Err(InvalidName::Wildcard { index: 3, ch: '*' })
+        );
+        let e = Name::parse("acme/news/*").unwrap_err().to_string();
+        assert!(e.starts_with("wildcards are not supported yet"), "{e}");
     }
 }

@@ -25,8 +25,9 @@ fn component_char() -> impl Strategy<Value = char> {
         ),
         1 => any::<char>(),
     ]
-    .prop_filter("no '/' or control characters", |c| {
-        *c != '/' && !c.is_control()
+    // '*' and '>' are refused until wildcard subscriptions exist.
+    .prop_filter("no '/', wildcard or control characters", |c| {
+        !matches!(c, '/' | '*' | '>') && !c.is_control()
     })
 }
 

@@ -271,6 +271,11 @@ fn authenticate_token(ctx: &NodeCtx, token: Option<&str>) -> Result<slim_auth::S
     let auth = &ctx.cfg.token_auth;
     let Some(token) = token else {
         m::denied("connect");
+        ctx.refusals
+            .entry("no_certificate")
+            .and_modify(|n| *n += 1)
+            .or_insert(1);
+        counter!(m::HANDSHAKE_REFUSALS_TOTAL, "reason" => "no_certificate").increment(1);
         return Err(unauthorized(
             "no client certificate and no token: present an X.509-SVID or a JWT-SVID".into(),
         ));

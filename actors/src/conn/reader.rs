@@ -254,6 +254,8 @@ impl<'a> Router<'a> {
             Frame::Subscribe(s) => {
                 if let Err(d) = self.grants().check(Action::Subscribe, s.name.as_str()) {
                     m::denied("subscribe");
+                    self.ctx
+                        .log_denied(self.sh, "subscribe", s.name.as_str(), &d.to_string());
                     return self
                         .control(Frame::SubError(SubError {
                             id: s.id,
@@ -405,9 +407,10 @@ impl<'a> Router<'a> {
             }
             Decision::Refuse(r) => {
                 match r {
-                    Refusal::Unauthorized(_) => {
+                    Refusal::Unauthorized(ref why) => {
                         self.unauthorized += 1;
                         m::denied("publish");
+                        self.ctx.log_denied(self.sh, "publish", p.name, why);
                     }
                     Refusal::NoRoute(_) => self.no_route += 1,
                     Refusal::BadName => {}

@@ -434,12 +434,18 @@ fn tally_applies_each_slow_consumer_policy() {
         verdict = verdict.or(t.push_sub(&sub(2, &disconnect), frame.clone()));
     }
     assert_eq!(verdict, Some(2));
-    let before = (t.deliveries, t.slow);
+    // Pushes after the verdict find connection 2's queue closed.
+    let before = (t.deliveries, t.slow, t.gone);
     assert_eq!(t.push_sub(&sub(3, &closed), frame.clone()), None);
     assert_eq!(
-        (t.deliveries, t.slow),
-        before,
-        "a closed queue counts nothing"
+        (t.deliveries, t.slow, t.gone),
+        (before.0, before.1, before.2 + 1),
+        "a closed queue is neither delivered nor slow: the subscriber is gone"
+    );
+    assert_eq!(
+        &t.slow_conns[..t.slow_n],
+        &[1, 2],
+        "each slow subscriber noted once, for the log"
     );
 
     let link = RemoteGroup {

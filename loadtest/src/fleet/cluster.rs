@@ -349,7 +349,7 @@ impl Cluster {
             for node in &self.nodes {
                 let m = serverstats::scrape(node.metrics).await?;
                 ends += m
-                    .get("slim_connections{kind=\"peer\"}")
+                    .get("slim_connections_open{kind=\"peer\"}")
                     .copied()
                     .unwrap_or(0.0) as u64;
             }
@@ -391,7 +391,7 @@ impl Cluster {
             return Ok(None);
         }
         let out = tokio::process::Command::new(ctl)
-            .args(["--output", "json", "route", "list", "--node", node])
+            .args(["--output", "json", "route", "list", "--node-id", node])
             .arg("--controller")
             .arg(self.controller.to_string())
             .arg("--identity")
@@ -405,7 +405,7 @@ impl Cluster {
             .context("running slimctl")?;
         if !out.status.success() {
             bail!(
-                "slimctl route list --node {node}: {}",
+                "slimctl route list --node-id {node}: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }

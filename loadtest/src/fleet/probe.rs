@@ -31,9 +31,9 @@ pub struct NodeReading {
     pub link_queue_full: f64,
     /// `slim_link_reconnects_total`.
     pub link_reconnects: f64,
-    /// `slim_connections{kind="peer"}`: live links.
+    /// `slim_connections_open{kind="peer"}`: live links.
     pub peer_links: f64,
-    /// `slim_connections{kind="client"}`.
+    /// `slim_connections_open{kind="client"}`.
     pub clients: f64,
     /// `slim_interest_entries`: learned (name, origin, peer) routes.
     pub interest_entries: f64,
@@ -81,8 +81,8 @@ pub(crate) fn reading(m: &BTreeMap<String, f64>, cpu_s: f64, rss_kib: u64) -> No
         control_overflow: one(m, "slim_link_drops_total{reason=\"control_overflow\"}"),
         link_queue_full: one(m, "slim_link_drops_total{reason=\"queue_full\"}"),
         link_reconnects: sum_metric(m, "slim_link_reconnects_total"),
-        peer_links: one(m, "slim_connections{kind=\"peer\"}"),
-        clients: one(m, "slim_connections{kind=\"client\"}"),
+        peer_links: one(m, "slim_connections_open{kind=\"peer\"}"),
+        clients: one(m, "slim_connections_open{kind=\"client\"}"),
         interest_entries: one(m, "slim_interest_entries"),
         registry_names: one(m, "slim_registry_names"),
         subscriptions: one(m, "slim_subscriptions"),
