@@ -23,7 +23,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::backend::{Backend, Conn, Topic};
-use crate::procfs::CpuProbe;
+use crate::procstat::CpuProbe;
 use crate::serverstats;
 
 #[derive(Debug, Clone)]
@@ -110,7 +110,7 @@ pub async fn run(
     let prepare_s = t.elapsed().as_secs_f64();
 
     let rss0 = rss(&probe, plan.settle).await;
-    let udp_before = crate::procfs::udp_rcvbuf_errors().ok();
+    let udp_before = crate::procstat::udp_rcvbuf_errors().ok();
     if probe.is_none() {
         notes.push("no --node-pid: server memory not measured".into());
     }
@@ -232,7 +232,7 @@ pub async fn run(
     let close_s = t.elapsed().as_secs_f64();
     let mut counters: BTreeMap<String, u64> = backend.counters().into_iter().collect();
     if backend.system() == "slim"
-        && let (Some(a), Ok(b)) = (udp_before, crate::procfs::udp_rcvbuf_errors())
+        && let (Some(a), Ok(b)) = (udp_before, crate::procstat::udp_rcvbuf_errors())
     {
         counters.insert("host_udp_rcvbuf_errors".into(), b.saturating_sub(a));
     }

@@ -22,9 +22,10 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::backend::{Backend, Conn, Incoming, Topic};
+use crate::backend::{Backend, Conn, Topic};
 use crate::payload::{HEADER, PayloadWriter};
-use crate::procfs::CpuProbe;
+use crate::procstat::CpuProbe;
+use crate::reqrep::{ReplySink, SeenSet, spawn_echo_responder, spawn_reply_reader};
 
 #[derive(Debug, Clone)]
 pub struct LatencyPlan {
@@ -121,10 +122,9 @@ struct Recorder {
     t0: Instant,
     interval_ns: f64,
     warm: u64,
-    total: u64,
     timeout_ns: u64,
     hist: Histogram<u64>,
-    seen: Vec<u64>,
+    seen: SeenSet,
     replies: Arc<AtomicU64>,
     late: u64,
     dup: u64,
@@ -137,23 +137,31 @@ impl Recorder {
     fn scheduled(&self, seq: u64) -> Instant {
         self.t0 + Duration::from_nanos((seq as f64 * self.interval_ns) as u64)
     }
+}
 
-    fn observe(&mut self, payload: &[u8], now: Instant) {
+impl ReplySink for Recorder {
+    fn node_error(&mut self, error: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(error);
+    }
+
+    fn reply(&mut self, payload: &[u8], now: Instant) {
         if payload.len() < HEADER {
             self.malformed += 1;
             return;
         }
         let seq = u64::from_le_bytes(payload[4..12].try_into().expect("8 bytes"));
-        if seq >= self.total {
-            self.malformed += 1;
-            return;
+        match self.seen.insert(seq) {
+            None => {
+                self.malformed += 1;
+                return;
+            }
+            Some(false) => {
+                self.dup += 1;
+                return;
+            }
+            Some(true) => {}
         }
-        let (w, b) = ((seq / 64) as usize, 1u64 << (seq % 64));
-        if self.seen[w] & b != 0 {
-            self.dup += 1;
-            return;
-        }
-        self.seen[w] |= b;
         if seq < self.warm {
             return;
         }
@@ -220,54 +228,24 @@ pub async fn run(
     rsp.subscribe(&plan.topic).await.context("responder")?;
     rsp.sync().await.context("responder")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let responder = {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(256);
-            let (mut answered, mut failed) = (0u64, 0u64);
-            loop {
-                buf.clear();
-                let n = tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|v| *v) => break,
-                    n = rsp.rx.recv_batch(&mut buf, 256) => n,
-                };
-                if n == 0 {
-                    break;
-                }
-                for m in buf.drain(..) {
-                    match m {
-                        Incoming::Msg { payload, reply } => {
-                            match rsp.tx.reply(&reply, payload).await {
-                                Ok(()) => answered += 1,
-                                Err(_) => failed += 1,
-                            }
-                        }
-                        Incoming::Error(_) => failed += 1,
-                    }
-                }
-            }
-            (rsp, answered, failed)
-        })
-    };
+    let responder = spawn_echo_responder(rsp, stop_rx.clone());
 
     // Requester.
     let mut req = backend.connect("req", 0).await.context("requester")?;
     req.make_requester().await.context("requester")?;
     let tx = req.tx.clone();
-    let mut rx = req.rx;
+    let rx = req.rx;
     let req_tx = req.tx;
 
     let replies = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now() + Duration::from_millis(50);
-    let mut rec = Recorder {
+    let rec = Recorder {
         t0,
         interval_ns: plan.interval_ns(),
         warm,
-        total,
         timeout_ns: plan.timeout.as_nanos() as u64,
         hist: histogram()?,
-        seen: vec![0; total.div_ceil(64) as usize],
+        seen: SeenSet::new(total),
         replies: Arc::clone(&replies),
         late: 0,
         dup: 0,
@@ -275,34 +253,7 @@ pub async fn run(
         errors: 0,
         first_error: None,
     };
-    let reader = {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(256);
-            loop {
-                buf.clear();
-                let n = tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|v| *v) => break,
-                    n = rx.recv_batch(&mut buf, 256) => n,
-                };
-                if n == 0 {
-                    break;
-                }
-                let now = Instant::now();
-                for m in buf.drain(..) {
-                    match m {
-                        Incoming::Msg { payload, .. } => rec.observe(&payload, now),
-                        Incoming::Error(e) => {
-                            rec.errors += 1;
-                            rec.first_error.get_or_insert(e);
-                        }
-                    }
-                }
-            }
-            (rec, rx)
-        })
-    };
+    let reader = spawn_reply_reader(rx, rec, stop_rx.clone());
 
     // The sender: its own OS thread, sleeping with nanosleep (and spinning
     // for the last `spin`) rather than on the runtime's millisecond timer
@@ -336,7 +287,7 @@ pub async fn run(
         Ok((lag, sent))
     });
 
-    let udp_before = crate::procfs::udp_rcvbuf_errors().ok();
+    let udp_before = crate::procstat::udp_rcvbuf_errors().ok();
     let win_start = t0 + Duration::from_nanos((warm as f64 * interval_ns) as u64);
     tokio::time::sleep_until(win_start.into()).await;
     let cpu_a = cpu.as_ref().and_then(|p| p.cpu_seconds().ok());
@@ -361,7 +312,7 @@ pub async fn run(
         backend.counters().into_iter().collect();
     counters.insert("responder_replies".into(), answered);
     if backend.system() == "slim"
-        && let (Some(a), Ok(b)) = (udp_before, crate::procfs::udp_rcvbuf_errors())
+        && let (Some(a), Ok(b)) = (udp_before, crate::procstat::udp_rcvbuf_errors())
     {
         counters.insert("host_udp_rcvbuf_errors".into(), b.saturating_sub(a));
     }
@@ -536,10 +487,9 @@ mod tests {
             t0: Instant::now(),
             interval_ns: 1e6,
             warm,
-            total,
             timeout_ns: 5_000_000,
             hist: histogram().unwrap(),
-            seen: vec![0; total.div_ceil(64) as usize],
+            seen: SeenSet::new(total),
             replies: Arc::new(AtomicU64::new(0)),
             late: 0,
             dup: 0,
@@ -554,14 +504,14 @@ mod tests {
         let mut r = rec(2, 10);
         let mut w = PayloadWriter::new(0, 16).unwrap();
         // Request 5 was due at t0 + 5 ms; its reply comes at t0 + 7 ms.
-        r.observe(w.with_seq(5), r.t0 + Duration::from_millis(7));
+        r.reply(w.with_seq(5), r.t0 + Duration::from_millis(7));
         // Warm-up replies are not recorded.
-        r.observe(w.with_seq(1), r.t0 + Duration::from_millis(7));
+        r.reply(w.with_seq(1), r.t0 + Duration::from_millis(7));
         // Duplicates and unknown sequence numbers are counted apart.
-        r.observe(w.with_seq(5), r.t0 + Duration::from_millis(8));
-        r.observe(w.with_seq(99), r.t0);
+        r.reply(w.with_seq(5), r.t0 + Duration::from_millis(8));
+        r.reply(w.with_seq(99), r.t0);
         // Request 6, due at 6 ms, answered at 20 ms: late.
-        r.observe(w.with_seq(6), r.t0 + Duration::from_millis(20));
+        r.reply(w.with_seq(6), r.t0 + Duration::from_millis(20));
         assert_eq!(r.hist.len(), 2);
         let p0 = r.hist.value_at_quantile(0.0) as f64;
         assert!((p0 - 2e6).abs() / 2e6 < 0.01, "{p0}");

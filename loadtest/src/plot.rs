@@ -12,7 +12,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::svg::{self, Axis, Chart, Series};
+use plotters::style::RGBColor;
+
+use crate::chart::{self, Axis, Chart, Series};
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v.get(k).and_then(Value::as_str).unwrap_or("?")
@@ -57,7 +59,7 @@ fn labels(reports: &[Value]) -> Vec<String> {
 }
 
 /// Colours matching [`labels`]: one family per system.
-fn colors(reports: &[Value]) -> Vec<Option<String>> {
+fn colors(reports: &[Value]) -> Vec<Option<RGBColor>> {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     reports
         .iter()
@@ -65,9 +67,26 @@ fn colors(reports: &[Value]) -> Vec<Option<String>> {
             let sys = s(r, "system");
             let n = seen.entry(sys).or_default();
             *n += 1;
-            Some(svg::system_color(sys, *n - 1))
+            Some(chart::system_color(sys, *n - 1))
         })
         .collect()
+}
+
+/// A loss percentage for a legend; NaN (no figure in the report) as "n/a".
+fn pct(p: f64) -> String {
+    if p.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{p:.2}%")
+    }
+}
+
+/// A latency series label with the requests that got no reply in time.
+fn with_timeouts(r: &Value, label: String) -> String {
+    match r.get("timeouts").and_then(Value::as_u64) {
+        Some(t) => format!("{label} ({t} timeouts)"),
+        None => label,
+    }
 }
 
 fn median(xs: &mut [f64]) -> f64 {
@@ -86,7 +105,7 @@ fn percentile_chart(reports: &[Value], title: String, unit: &str, scale: f64) ->
         .iter()
         .zip(labels(reports).into_iter().zip(colors(reports)))
         .map(|(r, (label, color))| {
-            let pts: Vec<(f64, f64)> = svg::percentile_points(
+            let pts: Vec<(f64, f64)> = chart::percentile_points(
                 &pairs(r, "percentiles")
                     .into_iter()
                     .map(|(q, v)| [q, v * scale])
@@ -96,17 +115,18 @@ fn percentile_chart(reports: &[Value], title: String, unit: &str, scale: f64) ->
                 max_x = max_x.max(p.0);
             }
             Series {
-                label,
+                label: with_timeouts(r, label),
                 points: pts,
                 markers: false,
                 color,
+                point_labels: Vec::new(),
             }
         })
         .collect();
     Chart {
         title,
         subtitle: String::new(),
-        x: svg::percentile_axis(max_x),
+        x: chart::percentile_axis(max_x),
         y: Axis::linear(format!("latency ({unit})")),
         series,
     }
@@ -165,30 +185,44 @@ pub fn chart(reports: &[Value]) -> Result<Chart> {
             sizes.sort_unstable();
             sizes.dedup();
             if sizes.len() > 1 {
-                // deliveries/s vs size, one series per system.
-                let mut by: BTreeMap<String, BTreeMap<u64, Vec<f64>>> = BTreeMap::new();
+                // deliveries/s vs size, one series per system; each point
+                // carries its loss (median over runs, like the rate).
+                type Runs = (Vec<f64>, Vec<f64>);
+                let mut by: BTreeMap<String, BTreeMap<u64, Runs>> = BTreeMap::new();
                 for r in reports {
                     if let (Some(size), Some(d)) = (
                         r.get("size_bytes").and_then(Value::as_u64),
                         f(r, "deliveries_per_s"),
                     ) {
-                        by.entry(s(r, "system").to_owned())
+                        let runs = by
+                            .entry(s(r, "system").to_owned())
                             .or_default()
                             .entry(size)
-                            .or_default()
-                            .push(d);
+                            .or_default();
+                        runs.0.push(d);
+                        runs.1.push(f(r, "loss_pct").unwrap_or(f64::NAN));
                     }
                 }
                 let series = by
                     .into_iter()
-                    .map(|(sys, m)| Series {
-                        color: Some(svg::system_color(&sys, 0)),
-                        label: sys,
-                        points: m
-                            .into_iter()
-                            .map(|(size, mut v)| (size as f64, median(&mut v)))
-                            .collect(),
-                        markers: true,
+                    .map(|(sys, m)| {
+                        let mut points = Vec::new();
+                        let mut losses = Vec::new();
+                        for (size, (mut d, mut l)) in m {
+                            points.push((size as f64, median(&mut d)));
+                            losses.push(median(&mut l));
+                        }
+                        let worst = losses.iter().copied().fold(f64::NAN, f64::max);
+                        Series {
+                            color: Some(chart::system_color(&sys, 0)),
+                            label: format!("{sys} (loss ≤ {})", pct(worst)),
+                            points,
+                            markers: true,
+                            point_labels: losses
+                                .iter()
+                                .map(|l| format!("loss {}", pct(*l)))
+                                .collect(),
+                        }
                     })
                     .collect();
                 let shape: Vec<String> = {
@@ -213,7 +247,7 @@ pub fn chart(reports: &[Value]) -> Result<Chart> {
                     x: Axis::log10("payload size (bytes, log scale)").with_ticks(
                         sizes
                             .iter()
-                            .map(|s| (*s as f64, svg::short(*s as f64)))
+                            .map(|s| (*s as f64, chart::short(*s as f64)))
                             .collect(),
                     ),
                     y: Axis::linear("deliveries/s"),
@@ -229,10 +263,14 @@ pub fn chart(reports: &[Value]) -> Result<Chart> {
                         .iter()
                         .zip(labels(reports).into_iter().zip(colors(reports)))
                         .map(|(r, (label, color))| Series {
-                            label,
+                            label: format!(
+                                "{label} (loss {})",
+                                pct(f(r, "loss_pct").unwrap_or(f64::NAN))
+                            ),
                             points: pairs(r, "timeline"),
                             markers: false,
                             color,
+                            point_labels: Vec::new(),
                         })
                         .collect(),
                 }
@@ -245,7 +283,7 @@ pub fn chart(reports: &[Value]) -> Result<Chart> {
 /// Writes the chart of `reports` to `path`.
 pub fn write(path: &Path, reports: &[Value]) -> Result<()> {
     let c = chart(reports)?;
-    std::fs::write(path, svg::render(&c)).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(path, chart::render(&c)?).with_context(|| format!("writing {}", path.display()))
 }
 
 /// `slim-loadtest plot FILE --out SVG [--scenario S]`.
@@ -303,20 +341,69 @@ mod tests {
         assert_eq!(c.series[0].points[1], (2.0, 0.08));
         assert_eq!(c.series[0].points.len(), 3);
 
-        let thr = |sys: &str, size: u64, d: f64| {
+        let thr = |sys: &str, size: u64, d: f64, loss: f64| {
             json!({"kind":"throughput","system":sys,"scenario":format!("1->1 {size}B multicast"),
-                   "size_bytes":size,"deliveries_per_s":d,"pubs":1,"subs":1,"mode":"multicast"})
+                   "size_bytes":size,"deliveries_per_s":d,"loss_pct":loss,
+                   "pubs":1,"subs":1,"mode":"multicast"})
         };
         let c = chart(&[
-            thr("slim", 16, 10.0),
-            thr("slim", 1024, 5.0),
-            thr("nats", 16, 20.0),
-            thr("nats", 1024, 8.0),
+            thr("slim", 16, 10.0, 0.0),
+            thr("slim", 1024, 5.0, 1.5),
+            thr("nats", 16, 20.0, 0.25),
+            thr("nats", 1024, 8.0, 0.0),
         ])
         .unwrap();
         assert_eq!(c.series.len(), 2);
-        assert_eq!(c.series[1].label, "slim");
+        assert_eq!(c.series[1].label, "slim (loss ≤ 1.50%)");
         assert_eq!(c.series[1].points, vec![(16.0, 10.0), (1024.0, 5.0)]);
-        assert!(chart(&[lat("slim"), thr("slim", 16, 1.0)]).is_err());
+        assert_eq!(c.series[1].point_labels, vec!["loss 0.00%", "loss 1.50%"]);
+        assert_eq!(c.series[0].label, "nats (loss ≤ 0.25%)");
+        assert!(chart(&[lat("slim"), thr("slim", 16, 1.0, 0.0)]).is_err());
+    }
+
+    /// A throughput report of one size: the rate over the window, each run's
+    /// loss in its legend entry, written out as SVG.
+    #[test]
+    fn timeline_chart_renders_series_and_loss() {
+        let run = |sys: &str, loss: f64, rate: f64| {
+            json!({"kind":"throughput","system":sys,"scenario":"1->1 16B multicast",
+                   "size_bytes":16,"deliveries_per_s":rate,"loss_pct":loss,
+                   "timeline":[[0.0,rate],[0.1,rate * 0.9],[0.2,rate * 1.1]]})
+        };
+        let reports = [
+            run("slim", 0.0, 1.0e6),
+            run("slim", 2.5, 0.9e6),
+            run("nats", 0.3, 2.0e6),
+        ];
+        let c = chart(&reports).unwrap();
+        let labels: Vec<&str> = c.series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "slim #1 (loss 0.00%)",
+                "slim #2 (loss 2.50%)",
+                "nats (loss 0.30%)"
+            ]
+        );
+        assert_eq!(c.series[1].points[1], (0.1, 0.9e6 * 0.9));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.svg");
+        write(&path, &reports).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"), "{svg}");
+        // One 2-px data line per run (axes and ticks are 1 px, legend keys 3 px).
+        let data_lines = svg
+            .lines()
+            .filter(|l| l.starts_with("<polyline") && l.contains(r#"stroke-width="2""#))
+            .count();
+        assert_eq!(data_lines, 3, "{svg}");
+        for l in labels {
+            assert!(chart::has_text(&svg, l), "{l} missing in {svg}");
+        }
+        assert!(svg.contains("Deliveries/s over the window: 1-&gt;1 16B multicast"));
+        assert!(chart::has_text(&svg, "deliveries/s"));
+        // The slim colour family (first shade) is used for the first run.
+        assert!(svg.to_ascii_lowercase().contains("#1f77b4"), "{svg}");
     }
 }

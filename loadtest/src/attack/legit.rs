@@ -15,7 +15,8 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::backend::{Backend, Incoming, Topic};
+use crate::backend::{Backend, Topic};
+use crate::reqrep::{ReplySink, SeenSet, spawn_echo_responder, spawn_reply_reader};
 
 pub const PHASES: [&str; 3] = ["baseline", "attack", "after"];
 
@@ -88,25 +89,25 @@ struct Recorder {
     t0: std::time::Instant,
     hist: Vec<Histogram<u64>>,
     replied: [u64; 3],
-    seen: Vec<u64>,
-    total: u64,
+    seen: SeenSet,
     errors: u64,
     first_error: Option<String>,
     replies: Arc<AtomicU64>,
 }
 
-impl Recorder {
-    fn observe(&mut self, payload: &[u8], now: std::time::Instant) {
+impl ReplySink for Recorder {
+    fn node_error(&mut self, error: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(error);
+    }
+
+    fn reply(&mut self, payload: &[u8], now: std::time::Instant) {
         let Some(b) = payload.get(..8) else { return };
         let seq = u64::from_le_bytes(b.try_into().expect("8 bytes"));
-        if seq >= self.total {
+        // Out of range or a repeat: only first replies are timed.
+        if self.seen.insert(seq) != Some(true) {
             return;
         }
-        let (w, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
-        if self.seen[w] & bit != 0 {
-            return;
-        }
-        self.seen[w] |= bit;
         let at = self.t0 + Duration::from_secs_f64(seq as f64 / self.plan.rate);
         let p = self.plan.phase_of(seq);
         self.hist[p].saturating_record(now.saturating_duration_since(at).as_nanos() as u64 + 1);
@@ -135,76 +136,25 @@ pub async fn run(
         .await
         .context("legit responder")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let responder = {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(256);
-            loop {
-                buf.clear();
-                let n = tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|v| *v) => break,
-                    n = rsp.rx.recv_batch(&mut buf, 256) => n,
-                };
-                if n == 0 {
-                    break;
-                }
-                for m in buf.drain(..) {
-                    if let Incoming::Msg { payload, reply } = m {
-                        // A failed reply shows up as a missing reply.
-                        let _ = rsp.tx.reply(&reply, payload).await;
-                    }
-                }
-            }
-            rsp
-        })
-    };
+    let responder = spawn_echo_responder(rsp, stop_rx.clone());
     let mut req = backend.connect("req", 0).await.context("legit requester")?;
     req.make_requester().await.context("legit requester")?;
     let tx = req.tx.clone();
-    let mut rx = req.rx;
+    let rx = req.rx;
 
     let t0 = std::time::Instant::now() + Duration::from_millis(100);
     let replies = Arc::new(AtomicU64::new(0));
-    let mut rec = Recorder {
+    let rec = Recorder {
         plan: plan.clone(),
         t0,
         hist: (0..3).map(|_| histogram()).collect::<Result<_>>()?,
         replied: [0; 3],
-        seen: vec![0; total.div_ceil(64) as usize + 1],
-        total,
+        seen: SeenSet::new(total),
         errors: 0,
         first_error: None,
         replies: Arc::clone(&replies),
     };
-    let reader = {
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(256);
-            loop {
-                buf.clear();
-                let n = tokio::select! {
-                    biased;
-                    _ = stop.wait_for(|v| *v) => break,
-                    n = rx.recv_batch(&mut buf, 256) => n,
-                };
-                if n == 0 {
-                    break;
-                }
-                let now = std::time::Instant::now();
-                for m in buf.drain(..) {
-                    match m {
-                        Incoming::Msg { payload, .. } => rec.observe(&payload, now),
-                        Incoming::Error(e) => {
-                            rec.errors += 1;
-                            rec.first_error.get_or_insert(e);
-                        }
-                    }
-                }
-            }
-            rec
-        })
-    };
+    let reader = spawn_reply_reader(rx, rec, stop_rx.clone());
     let _ = ready.send(t0);
 
     // The joiner: midway through the attack phase.
@@ -267,8 +217,8 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stop_tx.send(true);
-    let rec = reader.await.context("the legit reader panicked")?;
-    let rsp = responder.await.context("the legit responder panicked")?;
+    let (rec, _rx) = reader.await.context("the legit reader panicked")?;
+    let (rsp, _, _) = responder.await.context("the legit responder panicked")?;
     let join = join.await.context("the joiner panicked")?;
     rsp.close().await;
 

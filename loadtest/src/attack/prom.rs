@@ -47,16 +47,9 @@ pub fn parse_url(url: &str) -> Result<MetricsUrl> {
     })
 }
 
-/// `name{labels} value` lines into a map (comments and unparsable lines skipped).
+/// `name{labels} value` lines into a map (see [`crate::serverstats`]).
 pub fn parse(body: &str) -> BTreeMap<String, f64> {
-    body.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.trim().to_owned(), v.parse().ok()?))
-        })
-        .collect()
+    crate::serverstats::parse_prometheus(body)
 }
 
 /// Whether a series (`name{labels}`) is one the attack report shows:

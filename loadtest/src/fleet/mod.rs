@@ -126,7 +126,7 @@ async fn one(plan: &FleetPlan, n: usize) -> Result<FleetReport> {
         idle.bytes_per_s / 1e3,
         idle.cpu_per_s
     );
-    let ctl_cpu0 = crate::procfs::CpuProbe::Pid(cluster.controller_pid)
+    let ctl_cpu0 = crate::procstat::CpuProbe::Pid(cluster.controller_pid)
         .cpu_seconds()
         .unwrap_or(0.0);
     let mut report = FleetReport {
@@ -176,11 +176,11 @@ async fn one(plan: &FleetPlan, n: usize) -> Result<FleetReport> {
             report.churn = Some(churn::run(&mut cluster, &cp, ids, churners).await?);
         }
     }
-    report.controller_cpu_s = crate::procfs::CpuProbe::Pid(cluster.controller_pid)
+    report.controller_cpu_s = crate::procstat::CpuProbe::Pid(cluster.controller_pid)
         .cpu_seconds()
         .unwrap_or(0.0)
         - ctl_cpu0;
-    report.controller_rss_kib = crate::procfs::CpuProbe::Pid(cluster.controller_pid)
+    report.controller_rss_kib = crate::procstat::CpuProbe::Pid(cluster.controller_pid)
         .rss_kib()
         .unwrap_or(0);
     cluster.check_alive()?;

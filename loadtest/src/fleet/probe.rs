@@ -11,7 +11,7 @@ use futures::future::try_join_all;
 use serde::Serialize;
 
 use super::cluster::Cluster;
-use crate::procfs::CpuProbe;
+use crate::procstat::CpuProbe;
 use crate::serverstats;
 
 /// One node's reading.
