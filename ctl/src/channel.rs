@@ -64,21 +64,29 @@ pub struct JoinArgs {
 pub struct MembersArgs {
     /// The channel (a multicast name, e.g. acme/chat/incident).
     name: String,
-    /// Read the MLS roster instead: join the group by request, print its
-    /// members, leave (a new epoch and audit entries on every member).
+    /// Show the channel's subscribers per node as the controller sees them
+    /// (counts, not the MLS roster; needs no identity the moderator admits).
+    #[arg(long, conflicts_with = "join")]
+    subscribers: bool,
+    /// Read the roster by joining: join the group, print its members, leave
+    /// (a new epoch and audit entries on every member). Without it the
+    /// moderator is asked and nothing changes.
     #[arg(long)]
     join: bool,
-    /// With --join: the moderator's full name (else the request is
-    /// multicast to the channel).
-    #[arg(long, requires = "join")]
+    /// The moderator's full name (else the query is multicast to the
+    /// channel and the moderator answers).
+    #[arg(long)]
     moderator: Option<String>,
     /// With --join: the channel is plaintext (created with --no-mls).
     #[arg(long, requires = "join")]
     no_mls: bool,
-    /// With --join: the node to connect to [default: 127.0.0.1:4500].
+    /// How long to wait for the moderator's answer.
+    #[arg(long, default_value = "10s", value_parser = crate::args::parse_duration)]
+    timeout: std::time::Duration,
+    /// The node to connect to [default: 127.0.0.1:4500].
     #[arg(long, env = "SLIMCTL_NODE", value_name = "ADDR")]
     node: Option<String>,
-    /// With --join: the name this client registers as [default: ops/slimctl/cli].
+    /// The name this client registers as [default: ops/slimctl/cli].
     #[arg(long = "as", env = "SLIMCTL_NAME", value_name = "NAME")]
     as_name: Option<String>,
     #[command(flatten)]
@@ -480,7 +488,7 @@ pub async fn join(a: JoinArgs, out: Output) -> Result<()> {
 /// with `--join`, joins (by request), prints the MLS roster, leaves.
 pub async fn members(a: MembersArgs, out: Output) -> Result<()> {
     let name = Name::parse(&a.name).context("invalid channel name")?;
-    if !a.join {
+    if a.subscribers {
         return crate::admin::channel_subscribers(&a.ctl, name.as_str(), out).await;
     }
     let conn = ConnectArgs {
@@ -493,10 +501,18 @@ pub async fn members(a: MembersArgs, out: Output) -> Result<()> {
         &mux,
         crate::signal::interruptible(async {
             let moderator = a.moderator.as_deref();
-            let m = join_on(&mux, identity, rotation, &name, moderator, !a.no_mls).await?;
-            let roster = m.members().await;
-            m.leave().await;
-            let (epoch, members) = roster?;
+            let (epoch, members) = if a.join {
+                let m = join_on(&mux, identity, rotation, &name, moderator, !a.no_mls).await?;
+                let roster = m.members().await;
+                m.leave().await;
+                roster?
+            } else {
+                let moderator = moderator
+                    .map(Name::parse)
+                    .transpose()
+                    .context("invalid --moderator name")?;
+                Channel::roster(&mux, &name, moderator.as_ref(), a.timeout).await?
+            };
             if out == Output::Json {
                 print_json(&serde_json::json!({
                     "channel": name.as_str(),

@@ -952,7 +952,8 @@ async fn slimctl_create_join_members_publish() {
             let (first, out) = tokio::time::timeout(T, joined).await.unwrap().unwrap();
             let v: serde_json::Value = serde_json::from_str(&first).unwrap();
             assert_eq!(v["event"], "joined", "{first}");
-            // members --join (joins as bob, prints the MLS roster, leaves)
+            // members: asks the moderator for the roster (bob is admitted by
+            // the channel's policy) without joining
             let members = cmd(
                 "bob",
                 &[
@@ -961,7 +962,6 @@ async fn slimctl_create_join_members_publish() {
                     "channel",
                     "members",
                     "acme/cli/room",
-                    "--join",
                     "--moderator",
                     "acme/cli/mod/0",
                 ],

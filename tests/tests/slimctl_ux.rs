@@ -579,6 +579,7 @@ async fn channel_list_and_members_from_the_controller() {
             "channel",
             "members",
             "acme/monitoring/fleet",
+            "--subscribers",
         ]))
         .await;
         assert!(members.status.success(), "{}", stderr(&members));

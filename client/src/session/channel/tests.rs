@@ -755,3 +755,60 @@ fn a_lost_last_message_is_recovered_by_the_tail_probe() {
         assert_eq!(net.member(m).stats().lost, 0);
     }
 }
+
+/// The moderator's answer to a roster query sent to it by `from` (node-authenticated as `id`).
+fn roster_answer(net: &mut Net, from: &str, id: &str) -> Ctl {
+    let p = decode_packet(&control_packet(CH, from, &Ctl::RosterQuery).unwrap());
+    let now = net.now;
+    net.moderator().handle_packet(from, Some(id), &p, now);
+    loop {
+        let t = net.moderator().poll_transmit().expect("an answer");
+        if t.dest == Dest::Member(from.to_owned()) {
+            let p = decode_packet(&t.packet);
+            return decode_control(&p).unwrap();
+        }
+    }
+}
+
+fn decode_packet(b: &[u8]) -> Packet {
+    Packet::decode(b).unwrap()
+}
+
+#[test]
+fn roster_is_read_without_joining_by_members_and_admitted_identities_only() {
+    let mut c = cfg(true);
+    c.admission = vec!["spiffe://example.org/ok/**".into()];
+    let mut net = Net::new(c);
+    // A member admitted under the policy.
+    let name = "acme/chat/good/0";
+    let sid = SpiffeId::parse("spiffe://example.org/ok/good").unwrap();
+    net.ids.insert(name.into(), sid.as_str().into());
+    let id = MlsIdentity::new(&net.ca.issue(&sid, Duration::from_secs(3600)).unwrap()).unwrap();
+    let m = Member::join(CH, name, Some(id), Some(MOD), net.cfg.clone(), net.now).unwrap();
+    net.nodes.insert(name.into(), Node::Mem(Box::new(m)));
+    net.subscribed.insert(name.into());
+    net.pump();
+    let epoch = net.moderator().epoch();
+
+    // Admitted by the policy, not a member: the roster, and nothing changes.
+    match roster_answer(&mut net, "ops/cli/x/1", "spiffe://example.org/ok/operator") {
+        Ctl::Roster { epoch: e, members } => {
+            assert_eq!(e, epoch);
+            let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, vec![name, MOD]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A member's identity from another client name: also answered.
+    assert!(matches!(
+        roster_answer(&mut net, "ops/cli/y/1", &spiffe(MOD)),
+        Ctl::Roster { .. }
+    ));
+    // Neither: refused with the reason.
+    match roster_answer(&mut net, "ops/cli/z/1", "spiffe://example.org/outsider") {
+        Ctl::Refused { reason } => assert!(reason.contains("may not read the roster"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(net.moderator().epoch(), epoch, "a query changes no epoch");
+    assert_eq!(net.moderator().members().len(), 2);
+}
