@@ -70,6 +70,7 @@ pub mod section;
 pub mod source;
 pub mod tls;
 pub mod verify;
+pub mod watch;
 
 mod bundle;
 mod files;

@@ -289,10 +289,12 @@ fn token_auth(cfg: &FileConfig, identity: &TlsIdentity) -> Result<TokenAuth> {
             TlsIdentity::Source(s) => s.spiffe_id().trust_domain().to_owned(),
         };
         let keys = match (&cfg.authn.jwt_bundle_file, identity) {
-            (Some(path), _) => JwtKeys::Static(
-                JwtBundles::from_json_file(path, &own_td)
+            (Some(path), _) => JwtKeys::File {
+                initial: JwtBundles::from_json_file(path, &own_td)
                     .with_context(|| format!("cannot read the JWT bundle {}", path.display()))?,
-            ),
+                path: path.clone(),
+                default_trust_domain: own_td,
+            },
             (None, TlsIdentity::Source(src)) => JwtKeys::Source(src.clone()),
             (None, TlsIdentity::Static(_)) => {
                 anyhow::bail!(
@@ -308,31 +310,33 @@ fn token_auth(cfg: &FileConfig, identity: &TlsIdentity) -> Result<TokenAuth> {
     Ok(t)
 }
 
-/// Reloads the policy file when it changes or on SIGHUP. A file that fails to
-/// parse leaves the previous policy in force (and says so).
+/// Reloads the policy file when it changes (`notify`, or polling if the OS
+/// watcher cannot start) or on SIGHUP. A file that fails to parse leaves the
+/// previous policy in force (and says so).
 async fn reload_policy(
     node: std::sync::Weak<slim_actors::NodeHandle>,
     cfg: FileConfig,
     path: PathBuf,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot install a SIGHUP handler; policy reload only on file change");
-        return;
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install a SIGHUP handler; policy reload only on file change");
+            None
+        }
     };
-    let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut last = mtime(&path);
+    let mut watch = slim_auth::watch::FileWatch::new(
+        &path,
+        "authorization policy",
+        slim_auth::watch::DEFAULT_DEBOUNCE,
+    );
     loop {
         tokio::select! {
-            _ = hup.recv() => info!("SIGHUP: reloading the authorization policy"),
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                let now = mtime(&path);
-                if now == last {
-                    continue;
-                }
-                last = now;
-                info!(file = %path.display(), "policy file changed; reloading");
+            Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                info!("SIGHUP: reloading the authorization policy")
             }
+            _ = watch.changed() => info!(file = %path.display(), "policy file changed; reloading"),
         }
         let Some(node) = node.upgrade() else { return };
         match cfg.load_policy() {
