@@ -115,8 +115,7 @@ async fn a_hello_over_16_kib_is_refused_before_authentication() {
         name: name("acme/jwt/agent/big"),
         token: Some(format!("jwt:{}", "A".repeat(17 << 10))),
     });
-    let bytes =
-        slim_wire::codec::encode_to_vec(&hello, &slim_wire::Limits::default()).unwrap();
+    let bytes = slim_wire::codec::encode_to_vec(&hello, &slim_wire::Limits::default()).unwrap();
     // The node may close before all of it is written.
     let _ = raw.send.write_all(&bytes).await;
     let (code, reason) = raw.closed_by_node(Duration::from_secs(10)).await;
@@ -173,12 +172,7 @@ async fn the_jwt_bundle_file_is_reloaded_when_it_changes() {
         .unwrap();
     let accepted = |token: String| {
         let pki = &pki;
-        async move {
-            matches!(
-                hello_with_jwt(pki, addr, &token).await.1,
-                Frame::Accept(_)
-            )
-        }
+        async move { matches!(hello_with_jwt(pki, addr, &token).await.1, Frame::Accept(_)) }
     };
     assert!(accepted(by_old.clone()).await);
     match hello_with_jwt(&pki, addr, &by_new).await.1 {
