@@ -253,11 +253,13 @@ async fn run(cfg: FileConfig) -> Result<()> {
         node.local_addr()
     );
 
-    let reload = cfg
-        .authz
-        .policy_file
-        .clone()
-        .map(|path| tokio::spawn(reload_policy(Arc::downgrade(&node), cfg, path)));
+    let reload = cfg.authz.policy_file.clone().map(|path| {
+        tokio::spawn(slim_node::reload::reload_policy(
+            Arc::downgrade(&node),
+            cfg,
+            path,
+        ))
+    });
     wait_for_signal().await;
     if let Some(r) = reload {
         r.abort();
@@ -308,44 +310,6 @@ fn token_auth(cfg: &FileConfig, identity: &TlsIdentity) -> Result<TokenAuth> {
         });
     }
     Ok(t)
-}
-
-/// Reloads the policy file when it changes (`notify`, or polling if the OS
-/// watcher cannot start) or on SIGHUP. A file that fails to parse leaves the
-/// previous policy in force (and says so).
-async fn reload_policy(
-    node: std::sync::Weak<slim_actors::NodeHandle>,
-    cfg: FileConfig,
-    path: PathBuf,
-) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(h) => Some(h),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot install a SIGHUP handler; policy reload only on file change");
-            None
-        }
-    };
-    let mut watch = slim_auth::watch::FileWatch::new(
-        &path,
-        "authorization policy",
-        slim_auth::watch::DEFAULT_DEBOUNCE,
-    );
-    loop {
-        tokio::select! {
-            Some(()) = async { match &mut hup { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                info!("SIGHUP: reloading the authorization policy")
-            }
-            _ = watch.changed() => info!(file = %path.display(), "policy file changed; reloading"),
-        }
-        let Some(node) = node.upgrade() else { return };
-        match cfg.load_policy() {
-            Ok(p) => node.set_policy(p),
-            Err(e) => {
-                tracing::error!(error = %e, "policy reload failed; keeping the previous policy")
-            }
-        }
-    }
 }
 
 async fn wait_for_signal() {
