@@ -71,7 +71,8 @@ pub struct NodeConfig {
     /// set, client certificates become optional at the TLS layer (a presented
     /// one is still fully verified).
     pub token_auth: TokenAuth,
-    /// A connection is closed this long after its peer's certificate expired.
+    /// A connection is closed this long after its peer's certificate (or
+    /// the JWT-SVID a client authenticated with) expired.
     /// Rotation never touches established connections, so this is what ends
     /// a connection whose peer stopped rotating. Default: at expiry.
     pub peer_expiry_grace: Duration,
