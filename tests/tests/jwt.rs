@@ -138,6 +138,78 @@ async fn a_hello_over_16_kib_is_refused_before_authentication() {
     node.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Pushes 1 MiB on a new stream of `conn`, one the node never reads: QUIC
+/// buffers it for the node as far as flow control lets it.
+fn park_a_megabyte(conn: &quinn::Connection) -> tokio::task::JoinHandle<()> {
+    let conn = conn.clone();
+    tokio::spawn(async move {
+        if let Ok((mut extra, _recv)) = conn.open_bi().await {
+            let _ = extra.write_all(&vec![0u8; 1 << 20]).await;
+            // Keep the stream open: the node must not be told it ended.
+            std::future::pending::<()>().await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_connection_can_park_only_a_small_window() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let signer = JwtSigner::generate("example.org").unwrap();
+    let node = start_node(&pki, |c| {
+        c.token_auth.jwt = Some(slim_actors::JwtAuth {
+            audience: AUDIENCE.into(),
+            keys: slim_actors::JwtKeys::Static(signer.bundles()),
+        });
+        c.handshake_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let addr = node.local_addr();
+
+    // Before any hello: the client is held to the pre-hello window (it
+    // was 4 MiB), then closed at the handshake timeout.
+    let stalled = RawConn::connect_tls(addr, server_auth_only(&pki)).await;
+    let pusher = park_a_megabyte(&stalled.conn);
+    let conn = stalled.conn.clone();
+    assert_eventually(
+        Duration::from_secs(10),
+        "the client is blocked by the node's connection window",
+        || {
+            let blocked = conn.stats().frame_tx.data_blocked > 0;
+            async move { blocked }
+        },
+    )
+    .await;
+    let sent = conn.stats().udp_tx.bytes;
+    eprintln!("bytes sent before the hello, when blocked: {sent}");
+    assert!(sent < 256 << 10, "{sent} bytes went out before the hello");
+    let (code, reason) = stalled.closed_by_node(Duration::from_secs(10)).await;
+    assert_eq!(code, u64::from(ErrorCode::PROTOCOL.0));
+    assert_eq!(reason, "hello timeout");
+    pusher.abort();
+
+    // After an accepted hello the window is the normal one: a megabyte on
+    // an unread stream goes out.
+    let token = signer
+        .sign(&agent(), &[AUDIENCE], Duration::from_secs(300))
+        .unwrap();
+    let (admitted, answer) = hello_with_jwt(&pki, addr, &token).await;
+    assert!(matches!(answer, Frame::Accept(_)), "{answer:?}");
+    let pusher = park_a_megabyte(&admitted.conn);
+    let conn = admitted.conn.clone();
+    assert_eventually(
+        Duration::from_secs(10),
+        "a megabyte sent after the hello",
+        || {
+            let n = conn.stats().udp_tx.bytes;
+            async move { n > 1 << 20 }
+        },
+    )
+    .await;
+    pusher.abort();
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
 /// Replaces `path` the way deployment tools do: write aside, then rename.
 fn replace(path: &Path, data: &[u8]) {
     let tmp = path.with_extension("tmp");
