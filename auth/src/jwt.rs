@@ -714,12 +714,15 @@ impl JwtSvid {
         validation.validate_nbf = false;
         validation.validate_aud = false;
         let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
-            .map_err(|e| match e.into_kind() {
-                ErrorKind::InvalidSignature | ErrorKind::Crypto(_) => JwtError::BadSignature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidEcdsaKey => {
-                    key.mismatch(&format!("{alg:?}"))
+            .map_err(|e| {
+                let text = e.to_string();
+                match e.into_kind() {
+                    ErrorKind::InvalidSignature | ErrorKind::Crypto(_) => JwtError::BadSignature,
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidEcdsaKey => {
+                        key.mismatch(&format!("{alg:?}"))
+                    }
+                    _ => malformed(text),
                 }
-                other => malformed(format!("{other:?}")),
             })?
             .claims;
 

@@ -193,3 +193,16 @@ fn validated_token_reports_its_expiry() {
         "exp {exp} not ~120 s after {before}"
     );
 }
+
+#[test]
+fn a_signature_that_is_not_base64url_is_malformed_and_said_plainly() {
+    let (signer, bundles) = setup();
+    let tok = signer
+        .sign_raw(&header(&signer), &payload("spiffe://example.org/good"))
+        .unwrap();
+    let (input, _) = tok.rsplit_once('.').unwrap();
+    let err = check(&format!("{input}.!!notbase64!!"), &bundles).unwrap_err();
+    assert!(matches!(err, JwtError::Malformed(_)), "{err:?}");
+    // The reason is text, not a Rust debug dump.
+    assert!(!err.to_string().contains("Base64("), "{err}");
+}
