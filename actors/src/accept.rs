@@ -15,8 +15,18 @@ use crate::logthrottle::Kind;
 use crate::metrics as m;
 
 /// The largest first frame (`Hello`, `PeerHello`): a name and at most a
-/// JWT-SVID, which is a few KiB.
-const MAX_HELLO_FRAME: u32 = 64 << 10;
+/// JWT-SVID. SPIRE's JWT-SVIDs are 1–2 KiB; 16 KiB leaves room for a token
+/// with many claims while a stalled, unauthenticated hello holds little.
+pub(crate) const MAX_HELLO_FRAME: u32 = 16 << 10;
+
+/// The connection-level flow-control window until the first frame is read:
+/// the most an unauthenticated client can make the node buffer across all
+/// its streams (quinn buffers streams the node has not accepted too).
+pub(crate) const PRE_HELLO_RECEIVE_WINDOW: u32 = 64 << 10;
+
+/// The connection-level window after the first frame: the value of
+/// `transport_config` in `ctx.rs` (keep the two equal).
+const RECEIVE_WINDOW: u32 = 4 << 20;
 
 /// Appended to log lines anyone on the network can cause.
 const THROTTLED: &str = " (first of its kind in this window; the rest are summed up)";
@@ -135,6 +145,9 @@ pub(crate) async fn accept(
         };
         let (recv, rest) = reader.into_parts();
         let reader = Reader::with_buffered(recv, rest, ctx.cfg.limits);
+        // The hello is in: from here the node answers without waiting on
+        // the client (a token is checked at once), so the full window is safe.
+        conn.set_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
         Ok::<_, ConnError>((send, reader, hello))
     };
     let setup = tokio::time::timeout_at(deadline, setup).await;

@@ -71,7 +71,8 @@ pub struct NodeConfig {
     /// set, client certificates become optional at the TLS layer (a presented
     /// one is still fully verified).
     pub token_auth: TokenAuth,
-    /// A connection is closed this long after its peer's certificate expired.
+    /// A connection is closed this long after its peer's certificate (or
+    /// the JWT-SVID a client authenticated with) expired.
     /// Rotation never touches established connections, so this is what ends
     /// a connection whose peer stopped rotating. Default: at expiry.
     pub peer_expiry_grace: Duration,
@@ -159,8 +160,17 @@ impl Default for FederationConfig {
 /// Where JWT-SVID validation keys come from.
 #[derive(Clone)]
 pub enum JwtKeys {
-    /// A fixed JWKS (e.g. from a file).
+    /// A fixed JWKS.
     Static(slim_auth::JwtBundles),
+    /// A JWKS file (see `JwtBundles::from_json_file`), reloaded when it
+    /// changes; a file that fails to parse keeps the previous keys.
+    File {
+        path: std::path::PathBuf,
+        /// The trust domain a bare JWKS in the file is filed under.
+        default_trust_domain: String,
+        /// The keys as first read (the caller reports a bad file at start).
+        initial: slim_auth::JwtBundles,
+    },
     /// The node's Workload API source (refreshed in the background).
     Source(slim_auth::IdentitySource),
 }

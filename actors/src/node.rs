@@ -334,6 +334,32 @@ async fn refresh_jwt_keys(ctx: Arc<NodeCtx>, source: IdentitySource) {
     }
 }
 
+/// Reloads the JWT bundle file when it changes. A file that does not parse
+/// (or is mid-write) keeps the previous keys, and the log says why.
+async fn reload_jwt_bundle_file(
+    ctx: Arc<NodeCtx>,
+    mut watch: slim_auth::watch::FileWatch,
+    default_trust_domain: String,
+) {
+    let mut shutdown = ctx.shutdown_rx();
+    loop {
+        tokio::select! {
+            _ = watch.changed() => {}
+            _ = shutdown.changed() => return,
+        }
+        match JwtBundles::from_json_file(watch.path(), &default_trust_domain) {
+            Ok(b) => {
+                let trust_domains: Vec<String> = b.trust_domains().map(str::to_owned).collect();
+                info!(file = %watch.path().display(), ?trust_domains, "JWT bundle file changed; reloaded");
+                *ctx.jwt_keys.write() = b;
+            }
+            Err(e) => {
+                warn!(file = %watch.path().display(), error = %e, "JWT bundle reload failed; keeping the previous keys")
+            }
+        }
+    }
+}
+
 /// Binds the node's UDP socket with large kernel buffers: with the default
 /// (~208 KiB) a burst of handshakes or of 1 KiB messages overflows the receive
 /// queue and costs retransmissions (QUIC's first handshake retransmit waits 1 s).
@@ -401,7 +427,12 @@ pub async fn start(
     let quic =
         QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| NodeError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    server.transport_config(Arc::new(transport_config(&cfg)));
+    let mut transport = transport_config(&cfg);
+    // Before its hello a client may be anyone: it gets a small connection
+    // flow-control window (raised in `accept` once the hello is read), so
+    // that a stalled connection cannot park megabytes in unread streams.
+    transport.receive_window(crate::accept::PRE_HELLO_RECEIVE_WINDOW.into());
+    server.transport_config(Arc::new(transport));
     // quinn queues attempts the listener has not decided yet (up to 65,536
     // and 100 MiB of their datagrams by default) and beyond that ignores
     // new Initials unseen by any metric. The listener decides each attempt
@@ -444,6 +475,7 @@ pub async fn start(
         refusals,
         jwt_keys: RwLock::new(match cfg.token_auth.jwt.as_ref().map(|j| &j.keys) {
             Some(JwtKeys::Static(b)) => b.clone(),
+            Some(JwtKeys::File { initial, .. }) => initial.clone(),
             _ => JwtBundles::new(),
         }),
         node_identity: identity.clone(),
@@ -480,8 +512,28 @@ pub async fn start(
     } else if let TlsIdentity::Static(i) = &ctx.node_identity {
         gauge!(m::SVID_EXPIRY_SECONDS).set(unix_seconds(i.not_after));
     }
-    if let Some(JwtKeys::Source(src)) = ctx.cfg.token_auth.jwt.as_ref().map(|j| &j.keys) {
-        tokio::spawn(refresh_jwt_keys(Arc::clone(&ctx), src.clone()));
+    match ctx.cfg.token_auth.jwt.as_ref().map(|j| &j.keys) {
+        Some(JwtKeys::Source(src)) => {
+            tokio::spawn(refresh_jwt_keys(Arc::clone(&ctx), src.clone()));
+        }
+        Some(JwtKeys::File {
+            path,
+            default_trust_domain,
+            ..
+        }) => {
+            // Set up before `start` returns, so a change made right after is seen.
+            let watch = slim_auth::watch::FileWatch::new(
+                path,
+                "JWT bundle",
+                slim_auth::watch::DEFAULT_DEBOUNCE,
+            );
+            tokio::spawn(reload_jwt_bundle_file(
+                Arc::clone(&ctx),
+                watch,
+                default_trust_domain.clone(),
+            ));
+        }
+        _ => {}
     }
     info!(node = %ctx.cfg.node_id, addr = %ctx.endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default(), "node listening");
     Ok(NodeHandle {

@@ -1,8 +1,17 @@
 //! SPIFFE IDs and trust domain names, validated per the SPIFFE ID specification.
 //!
-//! Validation is deliberately strict (no normalisation, no percent-decoding):
-//! the string in a certificate's URI SAN is compared byte for byte with
-//! configured IDs, so two spellings of "the same" ID must never both parse.
+//! The `spiffe` crate's parser (`spiffe::SpiffeId`, `spiffe::TrustDomain`)
+//! decides validity; this module adds what the project needs beyond it:
+//!
+//! - **No normalisation.** The crate accepts `SPIFFE://Example.org/x` and
+//!   lowercases it; here an ID is accepted only in the canonical form the
+//!   crate would print. The string in a certificate's URI SAN is compared
+//!   byte for byte with configured IDs, so two spellings of "the same" ID
+//!   must never both parse.
+//! - **Reasons.** The crate says "bad trust domain char"; [`InvalidId`] names
+//!   the character, the port, the userinfo, the query or the dot segment, so
+//!   an operator sees what to fix. Those checks only explain a refusal: an
+//!   ID is valid when the crate accepts it and they find nothing.
 
 use std::fmt;
 use std::str::FromStr;
@@ -82,6 +91,10 @@ pub enum InvalidId {
         /// The offending character.
         ch: char,
     },
+    /// Refused by the `spiffe` crate for a reason the checks here do not
+    /// name (its message).
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn is_td_char(b: u8) -> bool {
@@ -115,6 +128,39 @@ fn validate_trust_domain(td: &str) -> Result<(), InvalidId> {
         return Err(InvalidId::BadTrustDomainChar { ch });
     }
     Ok(())
+}
+
+/// The project's reading of a SPIFFE ID: the byte offset where its trust
+/// domain ends, or the precise reason it is not one.
+fn explain_id(s: &str) -> Result<usize, InvalidId> {
+    if s.is_empty() {
+        return Err(InvalidId::Empty);
+    }
+    if s.len() > MAX_ID_LEN {
+        return Err(InvalidId::TooLong { len: s.len() });
+    }
+    let Some(rest) = s.strip_prefix(SCHEME_PREFIX) else {
+        let found = match s.find("://") {
+            Some(i) => &s[..i],
+            None => s,
+        };
+        return Err(InvalidId::WrongScheme {
+            found: found.to_string(),
+        });
+    };
+    if rest.contains('#') {
+        return Err(InvalidId::HasFragment);
+    }
+    if rest.contains('?') {
+        return Err(InvalidId::HasQuery);
+    }
+    let (td, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    validate_trust_domain(td)?;
+    validate_path(path)?;
+    Ok(SCHEME_PREFIX.len() + td.len())
 }
 
 fn validate_path(path: &str) -> Result<(), InvalidId> {
@@ -174,7 +220,13 @@ impl TrustDomain {
             return Err(InvalidId::HasFragment);
         }
         validate_trust_domain(s)?;
-        Ok(TrustDomain(s.to_string()))
+        match spiffe::TrustDomain::new(s) {
+            Ok(td) if td.as_str() == s => Ok(TrustDomain(s.to_string())),
+            Ok(td) => Err(InvalidId::Refused(format!(
+                "trust domain not in canonical form (expected {td})"
+            ))),
+            Err(e) => Err(InvalidId::Refused(e.to_string())),
+        }
     }
 
     /// The trust domain name.
@@ -227,39 +279,21 @@ pub struct SpiffeId {
 }
 
 impl SpiffeId {
-    /// Parses and validates a SPIFFE ID.
+    /// Parses and validates a SPIFFE ID (canonical form only, see the module docs).
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
-        if s.is_empty() {
-            return Err(InvalidId::Empty);
+        let explained = explain_id(s);
+        match (spiffe::SpiffeId::new(s), explained) {
+            // Both agree, and the crate did not have to normalise anything.
+            (Ok(id), Ok(td_end)) if id.to_string() == s => Ok(SpiffeId {
+                s: s.to_string(),
+                td_end,
+            }),
+            (_, Err(reason)) => Err(reason),
+            (Ok(id), Ok(_)) => Err(InvalidId::Refused(format!(
+                "not in canonical form (expected {id})"
+            ))),
+            (Err(e), Ok(_)) => Err(InvalidId::Refused(e.to_string())),
         }
-        if s.len() > MAX_ID_LEN {
-            return Err(InvalidId::TooLong { len: s.len() });
-        }
-        let Some(rest) = s.strip_prefix(SCHEME_PREFIX) else {
-            let found = match s.find("://") {
-                Some(i) => &s[..i],
-                None => s,
-            };
-            return Err(InvalidId::WrongScheme {
-                found: found.to_string(),
-            });
-        };
-        if rest.contains('#') {
-            return Err(InvalidId::HasFragment);
-        }
-        if rest.contains('?') {
-            return Err(InvalidId::HasQuery);
-        }
-        let (td, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        validate_trust_domain(td)?;
-        validate_path(path)?;
-        Ok(SpiffeId {
-            s: s.to_string(),
-            td_end: SCHEME_PREFIX.len() + td.len(),
-        })
     }
 
     /// Builds an ID from a trust domain name and a path (`""` or starting with `/`).
@@ -320,5 +354,45 @@ impl TryFrom<&str> for SpiffeId {
     type Error = InvalidId;
     fn try_from(s: &str) -> Result<Self, Self::Error> {
         Self::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The explanations here and the `spiffe` crate agree on every single
+    /// character in each position, so neither one silently widens what parses.
+    #[test]
+    fn agrees_with_the_spiffe_crate_on_every_ascii_character() {
+        for b in 0u8..=127 {
+            let c = char::from(b);
+            for s in [
+                format!("spiffe://ex{c}ample.org/a"),
+                format!("spiffe://example.org/a{c}b"),
+                format!("spiffe://example.org/{c}"),
+                format!("{c}piffe://example.org/a"),
+            ] {
+                let crate_canonical = spiffe::SpiffeId::new(&s).is_ok_and(|id| id.to_string() == s);
+                let here = explain_id(&s).is_ok();
+                assert_eq!(here, crate_canonical, "{s:?}");
+                assert_eq!(SpiffeId::parse(&s).is_ok(), here, "{s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn normalised_spellings_are_refused_with_a_reason() {
+        for s in ["SPIFFE://example.org/a", "spiffe://Example.org/a"] {
+            assert!(spiffe::SpiffeId::new(s).is_ok(), "the crate normalises {s}");
+            let err = SpiffeId::parse(s).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    InvalidId::WrongScheme { .. } | InvalidId::BadTrustDomainChar { ch: 'E' }
+                ),
+                "{s}: {err:?}"
+            );
+        }
     }
 }

@@ -7,7 +7,10 @@
 //! bundles (trust domain → JWKS public keys) it got from the Workload API
 //! (`FetchJWTBundles`), from a JWKS file, or from a [`JwtSigner`].
 //!
-//! Signatures are verified with `ring`. Supported algorithms: ES256, ES384,
+//! Signatures are verified by the `jsonwebtoken` crate (9.x, on `ring`); the
+//! checks around it (duplicate JSON keys, `crit`, key selection by trust
+//! domain and `kid`, time claims against the caller's clock) are here.
+//! Supported algorithms: ES256, ES384,
 //! RS256, RS384, RS512, PS256, PS384, PS512. `none`, every `HS*` (a shared secret
 //! is not a SPIFFE trust model) and ES512 (P-521 is not in `ring`) are refused
 //! with [`JwtError::UnsupportedAlg`].
@@ -19,6 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::rand::SystemRandom;
 use ring::signature::{self, EcdsaKeyPair, KeyPair as _};
 use rustls::pki_types::PrivateKeyDer;
@@ -28,7 +33,8 @@ use serde_json::{Value, json};
 use crate::id::{SpiffeId, TrustDomain};
 use crate::{AuthError, files, pem};
 
-/// Clock-skew tolerance applied to `exp` and `nbf`.
+/// Clock-skew tolerance applied to `exp`, `nbf` and `iat` (a token issued up
+/// to this far in the future is still accepted).
 pub const JWT_LEEWAY: Duration = Duration::from_secs(30);
 
 /// JWT signing key file written by [`JwtSigner::load_or_init`] (PKCS#8 PEM, mode 0600).
@@ -44,6 +50,19 @@ pub enum JwtError {
     /// or has the wrong type.
     #[error("malformed JWT-SVID: {0}")]
     Malformed(String),
+    /// The header or the payload repeats a JSON key (parsers disagree on
+    /// which one counts, so neither does).
+    #[error("JWT-SVID {part} repeats the key {key:?}")]
+    DuplicateKey {
+        /// `header` or `payload`.
+        part: &'static str,
+        /// The repeated key.
+        key: String,
+    },
+    /// The header has `crit`: it names extensions this validator does not
+    /// implement (it implements none), so RFC 7515 §4.1.11 requires refusal.
+    #[error("JWT-SVID header marks unsupported extensions as critical: {0:?}")]
+    UnsupportedCritical(Vec<String>),
     /// The `alg` header names an algorithm this crate refuses or does not implement.
     #[error("unsupported JWT algorithm {0:?}")]
     UnsupportedAlg(String),
@@ -94,6 +113,16 @@ pub enum JwtError {
         /// Validation time.
         now: u64,
     },
+    /// `iat` is further in the future than [`JWT_LEEWAY`]: a token cannot
+    /// have been issued after it is checked (a mis-set issuer clock or a
+    /// token minted to outlive its stated lifetime).
+    #[error("JWT-SVID issued in the future: iat is unix time {iat}, now is {now}")]
+    IssuedInFuture {
+        /// The `iat` claim.
+        iat: u64,
+        /// Validation time.
+        now: u64,
+    },
     /// `aud` does not contain the expected audience.
     #[error("JWT-SVID audience {got:?} does not contain {expected:?}")]
     WrongAudience {
@@ -109,6 +138,8 @@ impl JwtError {
     pub fn reason_code(&self) -> &'static str {
         match self {
             JwtError::Malformed(_) => "malformed",
+            JwtError::DuplicateKey { .. } => "duplicate_key",
+            JwtError::UnsupportedCritical(_) => "unsupported_crit",
             JwtError::UnsupportedAlg(_) => "unsupported_alg",
             JwtError::BadSubject { .. } => "bad_subject",
             JwtError::UnknownTrustDomain { .. } => "unknown_trust_domain",
@@ -117,6 +148,7 @@ impl JwtError {
             JwtError::BadSignature => "bad_signature",
             JwtError::Expired { .. } => "expired",
             JwtError::NotYetValid { .. } => "not_yet_valid",
+            JwtError::IssuedInFuture { .. } => "iat_in_future",
             JwtError::WrongAudience { .. } => "wrong_audience",
         }
     }
@@ -156,13 +188,27 @@ enum KeyMaterial {
 }
 
 /// One public key of a JWT bundle.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct JwtKey {
     kid: String,
     alg: Option<String>,
     material: KeyMaterial,
     jwk: Value,
+    /// The same key, as the signature checker takes it.
+    decoding: DecodingKey,
 }
+
+impl PartialEq for JwtKey {
+    fn eq(&self, other: &Self) -> bool {
+        // `decoding` is derived from `material`.
+        self.kid == other.kid
+            && self.alg == other.alg
+            && self.material == other.material
+            && self.jwk == other.jwk
+    }
+}
+
+impl Eq for JwtKey {}
 
 impl fmt::Debug for JwtKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -191,7 +237,7 @@ impl JwtKey {
             return Err("JWK has an empty \"kid\"".into());
         }
         let alg = jwk.get("alg").and_then(Value::as_str).map(str::to_string);
-        let material = match field("kty")? {
+        let (material, decoding) = match field("kty")? {
             "EC" => {
                 let curve = match field("crv")? {
                     "P-256" => EcCurve::P256,
@@ -209,7 +255,11 @@ impl JwtKey {
                 point.push(4);
                 point.extend_from_slice(&x);
                 point.extend_from_slice(&y);
-                KeyMaterial::Ec { curve, point }
+                (
+                    KeyMaterial::Ec { curve, point },
+                    DecodingKey::from_ec_components(field("x")?, field("y")?)
+                        .map_err(|e| format!("unusable EC key: {e}"))?,
+                )
             }
             "RSA" => {
                 let strip = |v: Vec<u8>| -> Vec<u8> {
@@ -224,7 +274,8 @@ impl JwtKey {
                         n.len() * 8
                     ));
                 }
-                KeyMaterial::Rsa { n, e }
+                let decoding = DecodingKey::from_rsa_raw_components(&n, &e);
+                (KeyMaterial::Rsa { n, e }, decoding)
             }
             other => return Err(format!("unsupported key type {other:?}")),
         };
@@ -233,6 +284,7 @@ impl JwtKey {
             alg,
             material,
             jwk: jwk.clone(),
+            decoding,
         })
     }
 
@@ -246,49 +298,31 @@ impl JwtKey {
         &self.jwk
     }
 
-    fn verify(&self, alg: &str, message: &[u8], sig: &[u8]) -> Result<(), JwtError> {
-        if self.alg.as_deref().is_some_and(|a| a != alg) {
-            return Err(self.mismatch(alg));
+    /// Refuses an `alg` this key cannot verify: another family or curve, or
+    /// not the `alg` the JWK pins (algorithm confusion).
+    fn check_alg(&self, alg: Algorithm) -> Result<(), JwtError> {
+        let name = format!("{alg:?}");
+        if self.alg.as_deref().is_some_and(|a| a != name) {
+            return Err(self.mismatch(&name));
         }
-        let ok = match (&self.material, alg) {
+        let fits = match (&self.material, alg) {
+            (KeyMaterial::Ec { curve, .. }, Algorithm::ES256) => *curve == EcCurve::P256,
+            (KeyMaterial::Ec { curve, .. }, Algorithm::ES384) => *curve == EcCurve::P384,
             (
-                KeyMaterial::Ec {
-                    curve: EcCurve::P256,
-                    point,
-                },
-                "ES256",
-            ) => signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
-                .verify(message, sig)
-                .is_ok(),
-            (
-                KeyMaterial::Ec {
-                    curve: EcCurve::P384,
-                    point,
-                },
-                "ES384",
-            ) => signature::UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point)
-                .verify(message, sig)
-                .is_ok(),
-            (KeyMaterial::Rsa { n, e }, _) => {
-                let params: &signature::RsaParameters = match alg {
-                    "RS256" => &signature::RSA_PKCS1_2048_8192_SHA256,
-                    "RS384" => &signature::RSA_PKCS1_2048_8192_SHA384,
-                    "RS512" => &signature::RSA_PKCS1_2048_8192_SHA512,
-                    "PS256" => &signature::RSA_PSS_2048_8192_SHA256,
-                    "PS384" => &signature::RSA_PSS_2048_8192_SHA384,
-                    "PS512" => &signature::RSA_PSS_2048_8192_SHA512,
-                    _ => return Err(self.mismatch(alg)),
-                };
-                signature::RsaPublicKeyComponents { n, e }
-                    .verify(params, message, sig)
-                    .is_ok()
-            }
-            _ => return Err(self.mismatch(alg)),
+                KeyMaterial::Rsa { .. },
+                Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512,
+            ) => true,
+            _ => false,
         };
-        if ok {
+        if fits {
             Ok(())
         } else {
-            Err(JwtError::BadSignature)
+            Err(self.mismatch(&name))
         }
     }
 
@@ -455,118 +489,292 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn numeric_claim(claims: &Value, name: &str) -> Result<Option<u64>, JwtError> {
-    match claims.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => {
-            // NumericDate may be fractional; whole seconds are enough here.
-            let secs = v
-                .as_u64()
-                .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-                .ok_or_else(|| JwtError::Malformed(format!("{name:?} is not a NumericDate")))?;
-            Ok(Some(secs))
+/// Refuses JSON text in which any object, at any depth, repeats a key.
+///
+/// `serde_json::Value` (and any map) keeps the last of duplicate keys, other
+/// JOSE libraries keep the first: a token whose header or claims hold the same
+/// key twice means different things to different parsers, so it is refused
+/// before anything reads it (RFC 7515 §5.2 allows exactly this).
+fn reject_duplicate_keys(part: &'static str, json: &[u8]) -> Result<(), JwtError> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Walks one JSON value; the first repeated key is recorded in `.0` and
+    /// ends the walk.
+    struct Unique<'a>(&'a std::cell::RefCell<Option<String>>);
+
+    impl<'de> DeserializeSeed<'de> for Unique<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Unique<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Unique(self.0))?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key.clone()) {
+                    *self.0.borrow_mut() = Some(key);
+                    return Err(serde::de::Error::custom("duplicate key"));
+                }
+                map.next_value_seed(Unique(self.0))?;
+            }
+            Ok(())
+        }
+    }
+
+    let dup = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let walked = Unique(&dup).deserialize(&mut de).and_then(|()| de.end());
+    match (walked, dup.into_inner()) {
+        (_, Some(key)) => Err(JwtError::DuplicateKey { part, key }),
+        (Ok(()), None) => Ok(()),
+        (Err(e), None) => Err(JwtError::Malformed(format!("{part} is not JSON: {e}"))),
+    }
+}
+
+/// A NumericDate (RFC 7519 §2): seconds since the epoch, possibly fractional;
+/// whole seconds are enough here.
+#[derive(Clone, Copy, Debug)]
+struct NumericDate(u64);
+
+impl<'de> serde::Deserialize<'de> for NumericDate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if v.is_finite() && v >= 0.0 {
+            Ok(NumericDate(v as u64))
+        } else {
+            Err(serde::de::Error::custom(
+                "a NumericDate is a non-negative number",
+            ))
         }
     }
 }
 
-/// Validates a JWT-SVID (JWS compact serialization) for `audience` at time `now`
-/// and returns its SPIFFE ID.
-///
-/// Checks, in order: structure and header (`alg` supported, `typ` absent or
-/// `JWT`/`JOSE`, `kid` present); `sub` is a SPIFFE ID; the bundle of `sub`'s trust
-/// domain holds `kid`; the signature; `exp` (required) and `nbf` (if present),
-/// each with [`JWT_LEEWAY`]; `aud` (string or array) contains `audience`.
+/// `aud`: one string or an array of strings (RFC 7519 §4.1.3).
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The claims a JWT-SVID is checked on. A derived struct (no `flatten`, no
+/// map) so that serde itself also refuses a repeated known claim; unknown
+/// claims are ignored, as the JWT-SVID spec allows.
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: String,
+    aud: Option<Audience>,
+    exp: Option<NumericDate>,
+    nbf: Option<NumericDate>,
+    iat: Option<NumericDate>,
+}
+
+/// A validated JWT-SVID: who it names and until when it vouches for them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JwtSvid {
+    /// The `sub` claim.
+    pub spiffe_id: SpiffeId,
+    /// The `exp` claim: a connection authenticated by this token must not
+    /// outlive it.
+    pub expiry: SystemTime,
+    /// The `aud` claim.
+    pub audience: Vec<String>,
+}
+
+impl JwtSvid {
+    /// Validates a JWT-SVID (JWS compact serialization) for `audience` at
+    /// time `now`.
+    ///
+    /// Checks, in order: structure; header and payload JSON without repeated
+    /// keys; header (`alg` supported, no `crit` — this validator implements
+    /// no JWS extension, so RFC 7515 §4.1.11 requires refusing any —, `typ`
+    /// absent or `JWT`/`JOSE`, `kid` present); `sub` is a SPIFFE ID; the
+    /// bundle of `sub`'s trust domain holds `kid` and the key suits `alg`;
+    /// the signature (by `jsonwebtoken` on `ring`); `exp` (required) and `nbf`
+    /// (if present) with [`JWT_LEEWAY`]; `iat` (if present) not more than
+    /// [`JWT_LEEWAY`] in the future; `aud` (string or array) contains
+    /// `audience`.
+    pub fn validate(
+        token: &str,
+        audience: &str,
+        bundles: &JwtBundles,
+        now: SystemTime,
+    ) -> Result<JwtSvid, JwtError> {
+        let malformed = |s: String| JwtError::Malformed(s);
+        let mut parts = token.split('.');
+        let (Some(h64), Some(p64), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed(
+                "not a JWS compact token (header.payload.signature)".into(),
+            ));
+        };
+        let header_json = unb64("header", h64).map_err(malformed)?;
+        reject_duplicate_keys("header", &header_json)?;
+        let header: Value = serde_json::from_slice(&header_json)
+            .map_err(|e| malformed(format!("header is not JSON: {e}")))?;
+        if !header.is_object() {
+            return Err(malformed("header is not a JSON object".into()));
+        }
+        let alg = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed("header has no \"alg\"".into()))?;
+        let alg = match alg {
+            "ES256" => Algorithm::ES256,
+            "ES384" => Algorithm::ES384,
+            "RS256" => Algorithm::RS256,
+            "RS384" => Algorithm::RS384,
+            "RS512" => Algorithm::RS512,
+            "PS256" => Algorithm::PS256,
+            "PS384" => Algorithm::PS384,
+            "PS512" => Algorithm::PS512,
+            other => return Err(JwtError::UnsupportedAlg(other.to_string())),
+        };
+        if let Some(crit) = header.get("crit") {
+            let names = match crit {
+                Value::Array(items) => items
+                    .iter()
+                    .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                    .collect(),
+                other => vec![other.to_string()],
+            };
+            return Err(JwtError::UnsupportedCritical(names));
+        }
+        match header.get("typ") {
+            None => {}
+            Some(Value::String(t)) if t == "JWT" || t == "JOSE" => {}
+            Some(other) => return Err(malformed(format!("header \"typ\" is {other}"))),
+        }
+        let kid = header
+            .get("kid")
+            .and_then(Value::as_str)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| malformed("header has no \"kid\"".into()))?;
+
+        let payload_json = unb64("payload", p64).map_err(malformed)?;
+        reject_duplicate_keys("payload", &payload_json)?;
+        let claims: Value = serde_json::from_slice(&payload_json)
+            .map_err(|e| malformed(format!("payload is not JSON: {e}")))?;
+        if !claims.is_object() {
+            return Err(malformed("payload is not a JSON object".into()));
+        }
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .ok_or_else(|| malformed("no \"sub\" claim".into()))?;
+        let id = SpiffeId::parse(sub).map_err(|e| JwtError::BadSubject {
+            sub: sub.to_string(),
+            reason: e.to_string(),
+        })?;
+        let td = id.trust_domain();
+        if !bundles.has_trust_domain(td) {
+            return Err(JwtError::UnknownTrustDomain { td: td.to_string() });
+        }
+        let key = bundles.get(td, kid).ok_or_else(|| JwtError::UnknownKey {
+            kid: kid.to_string(),
+        })?;
+        key.check_alg(alg)?;
+
+        // The crate checks the structure again, the algorithm against the
+        // key's family and the signature; the claim checks are done below,
+        // against the caller's `now` rather than the crate's wall clock.
+        let mut validation = Validation::new(alg);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
+            .map_err(|e| {
+                let text = e.to_string();
+                match e.into_kind() {
+                    ErrorKind::InvalidSignature | ErrorKind::Crypto(_) => JwtError::BadSignature,
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidEcdsaKey => {
+                        key.mismatch(&format!("{alg:?}"))
+                    }
+                    _ => malformed(text),
+                }
+            })?
+            .claims;
+
+        // Claims are trustworthy from here on.
+        let now_s = unix_secs(now);
+        let leeway = JWT_LEEWAY.as_secs();
+        let exp = claims
+            .exp
+            .ok_or_else(|| malformed("no \"exp\" claim".into()))?
+            .0;
+        if now_s >= exp.saturating_add(leeway) {
+            return Err(JwtError::Expired { exp, now: now_s });
+        }
+        if let Some(NumericDate(nbf)) = claims.nbf
+            && nbf > now_s.saturating_add(leeway)
+        {
+            return Err(JwtError::NotYetValid { nbf, now: now_s });
+        }
+        if let Some(NumericDate(iat)) = claims.iat
+            && iat > now_s.saturating_add(leeway)
+        {
+            return Err(JwtError::IssuedInFuture { iat, now: now_s });
+        }
+        let aud = match claims.aud {
+            Some(Audience::One(a)) => vec![a],
+            Some(Audience::Many(items)) => items,
+            None => return Err(malformed("no \"aud\" claim".into())),
+        };
+        if !aud.iter().any(|a| a == audience) {
+            return Err(JwtError::WrongAudience {
+                expected: audience.to_string(),
+                got: aud,
+            });
+        }
+        debug_assert_eq!(claims.sub, id.as_str());
+        Ok(JwtSvid {
+            spiffe_id: id,
+            expiry: UNIX_EPOCH + Duration::from_secs(exp),
+            audience: aud,
+        })
+    }
+}
+
+/// Validates a JWT-SVID and returns its SPIFFE ID; see [`JwtSvid::validate`],
+/// which also returns the token's expiry.
 pub fn validate_jwt_svid(
     token: &str,
     audience: &str,
     bundles: &JwtBundles,
     now: SystemTime,
 ) -> Result<SpiffeId, JwtError> {
-    let malformed = |s: String| JwtError::Malformed(s);
-    let mut parts = token.split('.');
-    let (Some(h64), Some(p64), Some(s64), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(malformed(
-            "not a JWS compact token (header.payload.signature)".into(),
-        ));
-    };
-    let header: Value = serde_json::from_slice(&unb64("header", h64).map_err(malformed)?)
-        .map_err(|e| malformed(format!("header is not JSON: {e}")))?;
-    let alg = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .ok_or_else(|| malformed("header has no \"alg\"".into()))?;
-    match alg {
-        "ES256" | "ES384" | "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" => {}
-        other => return Err(JwtError::UnsupportedAlg(other.to_string())),
-    }
-    match header.get("typ") {
-        None => {}
-        Some(Value::String(t)) if t == "JWT" || t == "JOSE" => {}
-        Some(other) => return Err(malformed(format!("header \"typ\" is {other}"))),
-    }
-    let kid = header
-        .get("kid")
-        .and_then(Value::as_str)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| malformed("header has no \"kid\"".into()))?;
-
-    let claims: Value = serde_json::from_slice(&unb64("payload", p64).map_err(malformed)?)
-        .map_err(|e| malformed(format!("payload is not JSON: {e}")))?;
-    if !claims.is_object() {
-        return Err(malformed("payload is not a JSON object".into()));
-    }
-    let sub = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .ok_or_else(|| malformed("no \"sub\" claim".into()))?;
-    let id = SpiffeId::parse(sub).map_err(|e| JwtError::BadSubject {
-        sub: sub.to_string(),
-        reason: e.to_string(),
-    })?;
-    let td = id.trust_domain();
-    if !bundles.has_trust_domain(td) {
-        return Err(JwtError::UnknownTrustDomain { td: td.to_string() });
-    }
-    let key = bundles.get(td, kid).ok_or_else(|| JwtError::UnknownKey {
-        kid: kid.to_string(),
-    })?;
-    let sig = unb64("signature", s64).map_err(malformed)?;
-    let signed = &token[..h64.len() + 1 + p64.len()];
-    key.verify(alg, signed.as_bytes(), &sig)?;
-
-    // Claims are trustworthy from here on.
-    let now_s = unix_secs(now);
-    let leeway = JWT_LEEWAY.as_secs();
-    let exp = numeric_claim(&claims, "exp")?.ok_or_else(|| malformed("no \"exp\" claim".into()))?;
-    if now_s >= exp.saturating_add(leeway) {
-        return Err(JwtError::Expired { exp, now: now_s });
-    }
-    if let Some(nbf) = numeric_claim(&claims, "nbf")?
-        && nbf > now_s.saturating_add(leeway)
-    {
-        return Err(JwtError::NotYetValid { nbf, now: now_s });
-    }
-    let aud: Vec<String> = match claims.get("aud") {
-        Some(Value::String(a)) => vec![a.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| malformed("\"aud\" has a non-string member".into()))
-            })
-            .collect::<Result<_, _>>()?,
-        _ => return Err(malformed("no \"aud\" claim".into())),
-    };
-    if !aud.iter().any(|a| a == audience) {
-        return Err(JwtError::WrongAudience {
-            expected: audience.to_string(),
-            got: aud,
-        });
-    }
-    Ok(id)
+    JwtSvid::validate(token, audience, bundles, now).map(|s| s.spiffe_id)
 }
 
 /// An ES256 JWT-SVID signing key for one trust domain (development and tests;
@@ -577,8 +785,9 @@ pub struct JwtSigner {
     trust_domain: TrustDomain,
     kid: String,
     pkcs8: Vec<u8>,
+    /// Only for the public key (ring generates the key; `jsonwebtoken` signs).
     key: EcdsaKeyPair,
-    rng: SystemRandom,
+    encoding: EncodingKey,
 }
 
 impl fmt::Debug for JwtSigner {
@@ -620,7 +829,7 @@ impl JwtSigner {
             kid,
             pkcs8: pkcs8.to_vec(),
             key,
-            rng,
+            encoding: EncodingKey::from_ec_der(pkcs8),
         })
     }
 
@@ -733,17 +942,23 @@ impl JwtSigner {
 
     /// Signs arbitrary claims as-is (tests: expired or odd tokens).
     pub fn sign_claims(&self, claims: &Value) -> Result<String, AuthError> {
-        let header = json!({ "alg": "ES256", "kid": self.kid, "typ": "JWT" });
-        let signing_input = format!(
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| AuthError::CertGen(format!("JWT signing failed: {e}")))
+    }
+
+    /// Signs header and payload JSON text byte for byte (tests: hostile
+    /// tokens a JSON serializer would not write, such as repeated keys).
+    pub fn sign_raw(&self, header_json: &str, payload_json: &str) -> Result<String, AuthError> {
+        let input = format!(
             "{}.{}",
-            b64(header.to_string().as_bytes()),
-            b64(claims.to_string().as_bytes())
+            b64(header_json.as_bytes()),
+            b64(payload_json.as_bytes())
         );
-        let sig = self
-            .key
-            .sign(&self.rng, signing_input.as_bytes())
-            .map_err(|_| AuthError::CertGen("JWT signing failed".into()))?;
-        Ok(format!("{signing_input}.{}", b64(sig.as_ref())))
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &self.encoding, Algorithm::ES256)
+            .map_err(|e| AuthError::CertGen(format!("JWT signing failed: {e}")))?;
+        Ok(format!("{input}.{sig}"))
     }
 }
 

@@ -71,6 +71,7 @@ pub mod section;
 pub mod source;
 pub mod tls;
 pub mod verify;
+pub mod watch;
 
 mod bundle;
 mod files;
@@ -83,7 +84,7 @@ use std::time::Duration;
 pub use devca::DevCa;
 pub use id::{InvalidId, SpiffeId, TrustDomain};
 pub use identity::{Identity, TrustBundles};
-pub use jwt::{JwtBundles, JwtError, JwtKey, JwtSigner, validate_jwt_svid};
+pub use jwt::{JwtBundles, JwtError, JwtKey, JwtSigner, JwtSvid, validate_jwt_svid};
 pub use reset::{ResetSecret, ResetSecretOrigin};
 pub use section::{
     IdentityPreflight, IdentitySection, IdentitySourceKind, foreign_patterns, pattern_trust_domain,

@@ -1,35 +1,14 @@
-//! Minimal PEM encoder: pki-types only decodes, and pulling a base64 crate in for
-//! a few certificates per process is not worth a dependency.
+//! PEM encoding (RFC 7468): pki-types only decodes.
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn base64(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let sextets = [(n >> 18) & 63, (n >> 12) & 63, (n >> 6) & 63, n & 63];
-        for (i, s) in sextets.iter().enumerate() {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[*s as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
 
 /// Encodes `der` as a PEM block with 64-column lines (RFC 7468).
 pub(crate) fn encode(label: &str, der: &[u8]) -> String {
-    let b64 = base64(der);
+    let b64 = STANDARD.encode(der);
     let mut out = format!("-----BEGIN {label}-----\n");
     for line in b64.as_bytes().chunks(64) {
-        // The alphabet is ASCII, so every chunk boundary is a char boundary.
+        // Base64 is ASCII, so every chunk boundary is a char boundary.
         out.push_str(std::str::from_utf8(line).unwrap_or_default());
         out.push('\n');
     }
@@ -39,16 +18,45 @@ pub(crate) fn encode(label: &str, der: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::base64;
+    use super::encode;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
 
     #[test]
-    fn rfc4648_vectors() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foob"), "Zm9vYg==");
-        assert_eq!(base64(b"fooba"), "Zm9vYmE=");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    fn rfc4648_vectors_in_a_block() {
+        for (data, b64) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg=="),
+            (b"fooba", "Zm9vYmE="),
+            (b"foobar", "Zm9vYmFy"),
+        ] {
+            let body = if b64.is_empty() {
+                String::new()
+            } else {
+                format!("{b64}\n")
+            };
+            assert_eq!(
+                encode("X", data),
+                format!("-----BEGIN X-----\n{body}-----END X-----\n")
+            );
+        }
+    }
+
+    #[test]
+    fn long_input_wraps_at_64_columns_and_round_trips() {
+        let der: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let pem = encode("CERTIFICATE", &der);
+        let body: Vec<&str> = pem
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.starts_with("-----"))
+            .collect();
+        assert!(body[..body.len() - 1].iter().all(|l| l.len() == 64));
+        assert!(body.last().unwrap().len() <= 64);
+        let back = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(back.as_ref(), &der[..]);
     }
 }

@@ -222,7 +222,9 @@ enum Backend {
         dir: PathBuf,
     },
     Dev {
-        signer: JwtSigner,
+        // Boxed: the signer holds its key twice (ring for the public key,
+        // jsonwebtoken for signing), larger than the other variants.
+        signer: Box<JwtSigner>,
     },
 }
 
@@ -750,7 +752,9 @@ async fn start_dev(
     ));
     Ok(IdentitySource::from_parts(
         shared,
-        Backend::Dev { signer },
+        Backend::Dev {
+            signer: Box::new(signer),
+        },
         stop,
     ))
 }

@@ -143,13 +143,14 @@ pub use slim_auth::{IdentitySection, IdentitySourceKind};
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthnSection {
-    /// Close a connection this long after its peer's certificate expired.
+    /// Close a connection this long after its peer's certificate (or its
+    /// JWT-SVID) expired.
     pub peer_expiry_grace_ms: u64,
     /// Accept JWT-SVIDs with this audience in the hello (over
     /// server-authenticated TLS). Usually the node's SPIFFE ID.
     pub jwt_audience: Option<String>,
-    /// JWKS file with the JWT bundle; without it, the Workload API's JWT
-    /// bundles are used (identity.source = "spire" only).
+    /// JWKS file with the JWT bundle, reloaded when it changes; without it,
+    /// the Workload API's JWT bundles are used (identity.source = "spire" only).
     pub jwt_bundle_file: Option<PathBuf>,
     /// INSECURE, development only: accept this shared secret instead of a
     /// workload identity. Clients so authenticated are

@@ -6,6 +6,7 @@ pub mod check;
 pub mod config;
 pub mod controller;
 pub mod http;
+pub mod reload;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 

@@ -277,11 +277,13 @@ async fn run(cfg: FileConfig) -> Result<()> {
         ),
     }
 
-    let reload = cfg
-        .authz
-        .policy_file
-        .clone()
-        .map(|path| tokio::spawn(reload_policy(Arc::downgrade(&node), cfg, path)));
+    let reload = cfg.authz.policy_file.clone().map(|path| {
+        tokio::spawn(slim_node::reload::reload_policy(
+            Arc::downgrade(&node),
+            cfg,
+            path,
+        ))
+    });
     wait_for_signal().await;
     if let Some(r) = reload {
         r.abort();
@@ -313,10 +315,12 @@ fn token_auth(cfg: &FileConfig, identity: &TlsIdentity) -> Result<TokenAuth> {
             TlsIdentity::Source(s) => s.spiffe_id().trust_domain().to_owned(),
         };
         let keys = match (&cfg.authn.jwt_bundle_file, identity) {
-            (Some(path), _) => JwtKeys::Static(
-                JwtBundles::from_json_file(path, &own_td)
+            (Some(path), _) => JwtKeys::File {
+                initial: JwtBundles::from_json_file(path, &own_td)
                     .with_context(|| format!("cannot read the JWT bundle {}", path.display()))?,
-            ),
+                path: path.clone(),
+                default_trust_domain: own_td,
+            },
             (None, TlsIdentity::Source(src)) => JwtKeys::Source(src.clone()),
             (None, TlsIdentity::Static(_)) => {
                 anyhow::bail!(
@@ -330,42 +334,6 @@ fn token_auth(cfg: &FileConfig, identity: &TlsIdentity) -> Result<TokenAuth> {
         });
     }
     Ok(t)
-}
-
-/// Reloads the policy file when it changes or on SIGHUP. A file that fails to
-/// parse leaves the previous policy in force (and says so).
-async fn reload_policy(
-    node: std::sync::Weak<slim_actors::NodeHandle>,
-    cfg: FileConfig,
-    path: PathBuf,
-) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot install a SIGHUP handler; policy reload only on file change");
-        return;
-    };
-    let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut last = mtime(&path);
-    loop {
-        tokio::select! {
-            _ = hup.recv() => info!("SIGHUP: reloading the authorization policy"),
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {
-                let now = mtime(&path);
-                if now == last {
-                    continue;
-                }
-                last = now;
-                info!(file = %path.display(), "policy file changed; reloading");
-            }
-        }
-        let Some(node) = node.upgrade() else { return };
-        match cfg.load_policy() {
-            Ok(p) => node.set_policy(p),
-            Err(e) => {
-                tracing::error!(error = %e, "policy reload failed; keeping the previous policy")
-            }
-        }
-    }
 }
 
 async fn wait_for_signal() {

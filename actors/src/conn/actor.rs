@@ -15,7 +15,7 @@ use slim_wire::{ErrorCode, ErrorFrame, Frame, Name};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::conn::shared::{ConnMsg, ConnShared};
+use crate::conn::shared::{ConnMsg, ConnShared, Credential};
 use crate::ctx::{AbortOnDrop, NodeCtx, Owned, Reader, close_conn, encode};
 use crate::metrics as m;
 use crate::registry::ConnId;
@@ -23,8 +23,8 @@ use crate::table::TableMsg;
 use crate::types::NodeEvent;
 
 pub(crate) struct ConnArgs {
-    /// When the peer's certificate (plus grace) runs out.
-    pub expires_at: Option<std::time::SystemTime>,
+    /// When the client's credential (plus grace) runs out, and which one it is.
+    pub expires_at: Option<(std::time::SystemTime, Credential)>,
     pub ctx: Arc<NodeCtx>,
     pub shared: Arc<ConnShared>,
     pub send: SendStream,
@@ -90,11 +90,11 @@ impl Actor for ConnectionActor {
                 let _ = me.send_message(ConnMsg::WriterEnded(r));
             },
         );
-        let expiry = a.expires_at.map(|at| {
+        let expiry = a.expires_at.map(|(at, credential)| {
             let left = at
                 .duration_since(std::time::SystemTime::now())
                 .unwrap_or(Duration::ZERO);
-            AbortOnDrop(myself.send_after(left, || ConnMsg::CertExpired))
+            AbortOnDrop(myself.send_after(left, move || ConnMsg::CredentialExpired(credential)))
         });
         Ok(ConnState {
             ctx: a.ctx,
@@ -144,13 +144,23 @@ impl Actor for ConnectionActor {
                 close_conn(&st.shared.conn, code, &reason);
             }
             ConnMsg::PolicyChanged => st.policy_changed().await,
-            ConnMsg::CertExpired => {
+            ConnMsg::CredentialExpired(Credential::Certificate) => {
                 counter!(m::PEER_CERT_EXPIRED_TOTAL).increment(1);
                 info!(conn = st.shared.id, name = %st.shared.name, "closing: the peer certificate expired");
                 close_conn(
                     &st.shared.conn,
                     ErrorCode::UNAUTHORIZED,
                     "peer certificate expired",
+                );
+            }
+            ConnMsg::CredentialExpired(Credential::JwtSvid) => {
+                // The token was checked once, at the hello: past its `exp`
+                // nothing vouches for the identity any more.
+                info!(conn = st.shared.id, name = %st.shared.name, identity = ?st.shared.spiffe_id.as_ref().map(|i| i.as_str()), "closing: the client's JWT-SVID expired");
+                close_conn(
+                    &st.shared.conn,
+                    ErrorCode::UNAUTHORIZED,
+                    "JWT-SVID expired: reconnect with a fresh token",
                 );
             }
             ConnMsg::ReaderEnded(r) => {

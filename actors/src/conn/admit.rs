@@ -13,7 +13,7 @@ use slim_wire::{Accept, ErrorCode, Frame, Hello, PROTOCOL_VERSION, Reject};
 use tracing::{info, warn};
 
 use crate::conn::actor::{ConnArgs, ConnectionActor, cleanup};
-use crate::conn::shared::{ConnError, ConnShared};
+use crate::conn::shared::{ConnError, ConnShared, Credential};
 use crate::ctx::{NodeCtx, Opened, encode};
 use crate::metrics as m;
 use crate::outbox::Outbox;
@@ -43,23 +43,37 @@ pub(crate) async fn admit(
                 code: ErrorCode::PROTOCOL,
                 reason: "authenticate with a client certificate or a token, not both".into(),
             }),
-            None => Ok((id.clone(), g)),
+            None => Ok((
+                id.clone(),
+                g,
+                expires_at.map(|t| (t, Credential::Certificate)),
+            )),
         },
         _ => {
-            let id = authenticate_token(&ctx, hello.token.as_deref())?;
-            policy.grants(Some(&id)).map(|g| (id, g)).map_err(|d| {
-                m::denied("connect");
-                Reject {
-                    code: ErrorCode::UNAUTHORIZED,
-                    reason: d.to_string(),
-                }
-            })
+            let (id, token_expiry) = authenticate_token(&ctx, hello.token.as_deref())?;
+            // A certificate that carried no usable identity still bounds the
+            // connection, as it did before tokens were checked.
+            let expiry = match (token_expiry, expires_at) {
+                (Some(t), Some(c)) if c < t => Some((c, Credential::Certificate)),
+                (Some(t), _) => Some((t, Credential::JwtSvid)),
+                (None, c) => c.map(|c| (c, Credential::Certificate)),
+            };
+            policy
+                .grants(Some(&id))
+                .map(|g| (id, g, expiry))
+                .map_err(|d| {
+                    m::denied("connect");
+                    Reject {
+                        code: ErrorCode::UNAUTHORIZED,
+                        reason: d.to_string(),
+                    }
+                })
         }
     });
-    let checked = authenticated.and_then(|(id, grants)| {
+    let checked = authenticated.and_then(|(id, grants, expiry)| {
         grants
             .check(Action::Register, hello.name.as_str())
-            .map(|()| id)
+            .map(|()| (id, expiry))
             .map_err(|d| {
                 m::denied("register");
                 Reject {
@@ -68,8 +82,8 @@ pub(crate) async fn admit(
                 }
             })
     });
-    let spiffe_id = match checked {
-        Ok(id) => Some(id),
+    let (spiffe_id, credential_expiry) = match checked {
+        Ok((id, expiry)) => (Some(id), expiry),
         Err(reject) => {
             m::handshake("rejected");
             if ctx
@@ -139,7 +153,7 @@ pub(crate) async fn admit(
     info!(conn = id, name = %hello.name, identity = identity.unwrap_or("-"), remote = %conn.remote_address(), "client connected");
 
     let args = ConnArgs {
-        expires_at: expires_at.map(|t| t + ctx.cfg.peer_expiry_grace),
+        expires_at: credential_expiry.map(|(t, c)| (t + ctx.cfg.peer_expiry_grace, c)),
         ctx: Arc::clone(&ctx),
         shared: Arc::clone(&shared),
         send,
@@ -262,8 +276,12 @@ fn check_hello(h: &Hello) -> Result<(), Reject> {
 pub const SHARED_SECRET_ID: &str = "spiffe://insecure-shared-secret/client";
 
 /// In-band authentication for a client that presented no certificate:
-/// `jwt:<JWT-SVID>` or, in development, `secret:<shared secret>`.
-fn authenticate_token(ctx: &NodeCtx, token: Option<&str>) -> Result<slim_auth::SpiffeId, Reject> {
+/// `jwt:<JWT-SVID>` or, in development, `secret:<shared secret>`. Returns the
+/// identity and, for a JWT-SVID, its expiry (the connection ends then).
+fn authenticate_token(
+    ctx: &NodeCtx,
+    token: Option<&str>,
+) -> Result<(slim_auth::SpiffeId, Option<std::time::SystemTime>), Reject> {
     let unauthorized = |reason: String| Reject {
         code: ErrorCode::UNAUTHORIZED,
         reason,
@@ -287,12 +305,13 @@ fn authenticate_token(ctx: &NodeCtx, token: Option<&str>) -> Result<slim_auth::S
             ));
         };
         let keys = ctx.jwt_keys.read().clone();
-        return slim_auth::validate_jwt_svid(
+        return slim_auth::JwtSvid::validate(
             jwt,
             &cfg.audience,
             &keys,
             std::time::SystemTime::now(),
         )
+        .map(|svid| (svid.spiffe_id, Some(svid.expiry)))
         .map_err(|e| {
             counter!(m::HANDSHAKE_REFUSALS_TOTAL, "reason" => e.reason_code()).increment(1);
             unauthorized(format!("JWT-SVID refused ({}): {e}", e.reason_code()))
@@ -315,7 +334,10 @@ fn authenticate_token(ctx: &NodeCtx, token: Option<&str>) -> Result<slim_auth::S
             return Err(unauthorized("wrong shared secret".into()));
         }
         warn!("client authenticated with the INSECURE development shared secret");
-        return Ok(slim_auth::SpiffeId::parse(SHARED_SECRET_ID).expect("static SPIFFE ID"));
+        return Ok((
+            slim_auth::SpiffeId::parse(SHARED_SECRET_ID).expect("static SPIFFE ID"),
+            None,
+        ));
     }
     Err(unauthorized(
         "unknown token kind (expected jwt:… or secret:…)".into(),

@@ -79,6 +79,15 @@ impl ConnShared {
     }
 }
 
+/// What authenticated a client: its end decides when the connection ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// Its X.509-SVID (the TLS client certificate).
+    Certificate,
+    /// The JWT-SVID in its hello.
+    JwtSvid,
+}
+
 /// What a connection actor is told. Publishes never come here: they are
 /// routed by the reader task.
 pub enum ConnMsg {
@@ -100,8 +109,8 @@ pub enum ConnMsg {
         code: ErrorCode,
         reason: String,
     },
-    /// The client's certificate (plus grace) ran out.
-    CertExpired,
+    /// The credential the client authenticated with (plus grace) ran out.
+    CredentialExpired(Credential),
     /// The authorization policy was replaced: an identity no longer allowed
     /// its name is disconnected, subscriptions no longer allowed are removed
     /// (the client is told which, with the reason).
