@@ -60,7 +60,7 @@ try:  # mcp >= 1.8: transport metadata the server puts in the request context
 except ImportError:  # pragma: no cover
     _ServerMessageMetadata = None  # type: ignore[assignment,misc]
 
-from . import App, ClosedError, Session, SlimError
+from . import App, ClosedError, Session, SlimError, _framing
 
 __all__ = [
     "Caller",
@@ -78,13 +78,12 @@ log = logging.getLogger("slim_agents.mcp")
 ReadStream = MemoryObjectReceiveStream[Union[SessionMessage, Exception]]
 WriteStream = MemoryObjectSendStream[SessionMessage]
 
-# A session message carries at most 64 KiB (the reliable p2p session's limit,
-# counted after MLS encryption); fragments leave room for MLS's overhead.
-FRAGMENT_SIZE = 48 * 1024
+# Fragmentation (a session message carries at most 64 KiB): see _framing.
+FRAGMENT_SIZE = _framing.FRAGMENT_SIZE
 # The largest JSON-RPC message accepted from the peer (reassembled); a bigger one
 # is dropped and reported on the read stream as an exception.
-MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-_MORE = b"\x1e"
+MAX_MESSAGE_SIZE = _framing.MAX_MESSAGE_SIZE
+_MORE = _framing.MORE
 
 _CLOSE_TIMEOUT = 10.0
 
@@ -129,17 +128,8 @@ def caller_spiffe_id() -> Optional[str]:
 # --------------------------------------------------------------------------- the transport
 
 
-def _frames(data: bytes) -> list[bytes]:
-    if len(data) <= FRAGMENT_SIZE:
-        return [data]
-    step = FRAGMENT_SIZE - 1
-    out = [_MORE + data[i:i + step] for i in range(0, len(data), step)]
-    out[-1] = out[-1][1:]  # the last fragment is unmarked
-    return out
-
-
-class _TooLarge(ValueError):
-    pass
+_frames = _framing.frames
+_TooLarge = _framing.TooLarge
 
 
 @asynccontextmanager
