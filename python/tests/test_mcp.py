@@ -266,3 +266,114 @@ async def test_no_server_is_no_route(slim, slim_mcp, connect, ns):
     with pytest.raises((slim.NoRouteError, slim.TimeoutError)):
         async with slim_mcp.slim_client(client, f"t/{ns}/nobody", timeout=5):
             pass
+
+
+@pytest.mark.federation
+async def test_tool_call_across_two_nodes(slim_mcp, connect, ns, nodes, tool_state):
+    """The server on node B, the client on node A: the session crosses the
+    federation link; identity (MLS-proven) and progress pass through."""
+    server = await connect(f"t/{ns}/remote-tools", ID_SERVER, node="b")
+    task = asyncio.create_task(slim_mcp.serve(server, make_tools(slim_mcp, tool_state)))
+    try:
+        client = await connect(f"t/{ns}/client", ID_CLIENT_A, node="a")
+        async with slim_mcp.slim_client(client, f"t/{ns}/remote-tools", timeout=T) as (read, write):
+            async with ClientSession(read, write) as session:
+                await asyncio.wait_for(session.initialize(), T)
+                who = json.loads(text(await asyncio.wait_for(session.call_tool("whoami", {}), T)))
+                assert who == {"contextvar": ID_CLIENT_A, "request": ID_CLIENT_A, "mls": True}
+                progress = []
+
+                async def on_progress(p, total, message):
+                    progress.append(p)
+
+                r = await asyncio.wait_for(
+                    session.call_tool("count", {"n": 3}, progress_callback=on_progress), T)
+                assert text(r) == "counted to 3" and progress == [1, 2, 3]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_twenty_concurrent_calls_over_one_session(slim_mcp, connect, ns, tool_server):
+    client = await connect(f"t/{ns}/client", ID_CLIENT_A)
+    async with slim_mcp.slim_client(client, tool_server, timeout=T) as (read, write):
+        async with ClientSession(read, write) as session:
+            await asyncio.wait_for(session.initialize(), T)
+            results = await asyncio.wait_for(asyncio.gather(*(
+                session.call_tool("count", {"n": i}) for i in range(1, 21))), T)
+            # each answer matches its own request (responses are matched by id)
+            assert [text(r) for r in results] == [f"counted to {i}" for i in range(1, 21)]
+
+
+async def test_server_that_went_down_is_a_clear_error_within_the_deadline(
+        slim, slim_mcp, connect, ns, tool_state):
+    """The server existed, served a call, then went away while a call was
+    pending: the pending call fails (not hangs), and a new client gets a slim
+    error at once instead of waiting for its deadline."""
+    server = await connect(f"t/{ns}/flaky", ID_SERVER)
+    task = asyncio.create_task(slim_mcp.serve(server, make_tools(slim_mcp, tool_state)))
+    client = await connect(f"t/{ns}/client", ID_CLIENT_A)
+    t0 = None
+    pending = None
+    try:
+        async with slim_mcp.slim_client(client, f"t/{ns}/flaky", timeout=T) as (read, write):
+            async with ClientSession(read, write) as session:
+                await asyncio.wait_for(session.initialize(), T)
+                assert text(await asyncio.wait_for(session.call_tool("only_a", {}), T)) == "welcome, a"
+                pending = asyncio.create_task(session.call_tool("block", {}))
+                await asyncio.wait_for(tool_state["block_started"].wait(), T)
+                t0 = asyncio.get_running_loop().time()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await asyncio.wait_for(server.close(), T)
+                with pytest.raises(McpError):
+                    await asyncio.wait_for(pending, T)
+                assert asyncio.get_running_loop().time() - t0 < T
+    except Exception as e:  # noqa: BLE001
+        # leaving the context managers may report that the peer is gone; the
+        # assertions above must have run
+        print(f"on exit: {type(e).__name__}: {e}")
+        assert t0 is not None and pending.done(), e
+    assert t0 is not None, "the call did not start"
+    t1 = asyncio.get_running_loop().time()
+    with pytest.raises((slim.NoRouteError, slim.TimeoutError)):
+        async with slim_mcp.slim_client(client, f"t/{ns}/flaky", timeout=5):
+            pass
+    assert asyncio.get_running_loop().time() - t1 < 10
+
+
+async def test_instances_sharing_a_name_share_the_clients(slim_mcp, connect, ns):
+    """Two instances serve one name; clients' sessions are spread over both
+    (anycast), and each client stays with the instance that took its session."""
+    served_by: dict[str, list[str]] = {}
+
+    def instance_tools(label: str) -> FastMCP:
+        tools = FastMCP(f"tools-{label}")
+
+        @tools.tool()
+        def where() -> str:
+            served_by.setdefault(label, []).append(slim_mcp.caller().name)
+            return label
+
+        return tools
+
+    tasks = []
+    for label in ("one", "two"):
+        app = await connect(f"t/{ns}/shared", ID_SERVER)
+        tasks.append(asyncio.create_task(slim_mcp.serve(app, instance_tools(label))))
+    try:
+        async def one_client(i: int) -> set[str]:
+            app = await connect(f"t/{ns}/client{i}", ID_CLIENT_A)
+            async with slim_mcp.slim_client(app, f"t/{ns}/shared", timeout=T) as (read, write):
+                async with ClientSession(read, write) as session:
+                    await asyncio.wait_for(session.initialize(), T)
+                    return {text(await asyncio.wait_for(session.call_tool("where", {}), T))
+                            for _ in range(3)}
+
+        seen = await asyncio.wait_for(asyncio.gather(*(one_client(i) for i in range(12))), 3 * T)
+        assert all(len(s) == 1 for s in seen), seen  # a session sticks to one instance
+        assert {next(iter(s)) for s in seen} == {"one", "two"}, seen  # both got clients
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
