@@ -52,7 +52,7 @@ try:
 except ImportError as _e:  # pragma: no cover - depends on the environment
     raise ImportError(
         "slim_agents.mcp needs the MCP Python SDK: pip install 'slim-agents[mcp]' "
-        f"(or pip install 'mcp>=1.10,<2'): {_e}"
+        f"(or pip install 'mcp>=1.10,<3'): {_e}"
     ) from _e
 
 try:  # mcp >= 1.8: transport metadata the server puts in the request context
@@ -129,6 +129,22 @@ def caller_spiffe_id() -> Optional[str]:
 
 
 _frames = _framing.frames
+
+# mcp 2.x: JSONRPCMessage is a plain union, parsed with a TypeAdapter; 1.x: a RootModel.
+_ADAPTER = getattr(_types, "jsonrpc_message_adapter", None)
+
+
+def _parse(data: bytes) -> Any:
+    if _ADAPTER is not None:
+        return _ADAPTER.validate_json(data, by_name=False)
+    return _types.JSONRPCMessage.model_validate_json(data)
+
+
+def _dump(message: Any) -> bytes:
+    # as the SDK's own stdio transports serialize (2.x: exclude_unset, 1.x: exclude_none)
+    if _ADAPTER is not None:
+        return message.model_dump_json(by_alias=True, exclude_unset=True).encode()
+    return message.model_dump_json(by_alias=True, exclude_none=True).encode()
 _TooLarge = _framing.TooLarge
 
 
@@ -187,7 +203,7 @@ async def _transport(
                         data = bytes(buf) + data
                         buf.clear()
                     try:
-                        message = _types.JSONRPCMessage.model_validate_json(data)
+                        message = _parse(data)
                     except Exception as exc:  # noqa: BLE001 - the SDK's transports do the same
                         log.warning("MCP over slim: malformed JSON-RPC message from %s: %s",
                                     session.name, exc)
@@ -201,7 +217,7 @@ async def _transport(
         try:
             async with write_reader:
                 async for sm in write_reader:
-                    data = sm.message.model_dump_json(by_alias=True, exclude_none=True).encode()
+                    data = _dump(sm.message)
                     for frame in _frames(data):
                         await session.publish(frame)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -263,10 +279,12 @@ async def slim_client(
 
 
 def _lowlevel(server: Any) -> Any:
-    low = getattr(server, "_mcp_server", server)  # FastMCP wraps a low-level Server
+    # FastMCP (mcp 1.x) and MCPServer (its 2.x name) wrap a low-level Server.
+    low = getattr(server, "_mcp_server", None) or getattr(server, "_lowlevel_server", server)
     if not callable(getattr(low, "run", None)) or not hasattr(low, "create_initialization_options"):
         raise TypeError(
-            "server must be an mcp.server.fastmcp.FastMCP or an mcp.server.lowlevel.Server, "
+            "server must be an mcp.server.fastmcp.FastMCP (mcp.server.mcpserver.MCPServer in "
+            "mcp 2) or an mcp.server.lowlevel.Server, "
             f"got {type(server).__name__}"
         )
     return low

@@ -15,8 +15,17 @@ from conftest import TD
 mcp = pytest.importorskip("mcp", reason="the MCP SDK is not installed (pip install 'mcp>=1.10,<2')")
 
 from mcp import ClientSession  # noqa: E402
-from mcp.server.fastmcp import Context, FastMCP  # noqa: E402
-from mcp.shared.exceptions import McpError  # noqa: E402
+try:  # mcp 1.x
+    from mcp.server.fastmcp import Context, FastMCP
+    from mcp.server.fastmcp.exceptions import ToolError
+except ImportError:  # mcp 2.x renamed FastMCP to MCPServer
+    from mcp.server.mcpserver import Context  # type: ignore[no-redef]
+    from mcp.server.mcpserver import MCPServer as FastMCP  # type: ignore[no-redef]
+    from mcp.server.mcpserver.exceptions import ToolError  # type: ignore[no-redef]
+try:
+    from mcp.shared.exceptions import McpError
+except ImportError:  # mcp 2.x
+    from mcp.shared.exceptions import MCPError as McpError  # type: ignore[no-redef]
 
 SDK_VERSION = tuple(int(p) for p in importlib.metadata.version("mcp").split(".")[:2])
 
@@ -49,13 +58,14 @@ def make_tools(slim_mcp, state: dict) -> FastMCP:
     @tools.tool()
     def fail(why: str) -> str:
         """Always fails."""
-        raise ValueError(f"refused: {why}")
+        # ToolError: its message reaches the client (mcp 2 hides other exceptions')
+        raise ToolError(f"refused: {why}")
 
     @tools.tool()
     def only_a() -> str:
         """Authorizes its caller by SPIFFE ID."""
         if slim_mcp.caller_spiffe_id() != ID_CLIENT_A:
-            raise PermissionError(f"{slim_mcp.caller_spiffe_id()} may not call only_a")
+            raise ToolError(f"{slim_mcp.caller_spiffe_id()} may not call only_a")
         return "welcome, a"
 
     @tools.tool()
@@ -104,6 +114,16 @@ async def tool_server(slim_mcp, connect, ns, tool_state):
         assert task.done()
 
 
+def is_error(result) -> bool:
+    # mcp 2.x names the fields in snake_case (is_error), 1.x as on the wire (isError)
+    return bool(getattr(result, "is_error", None) if hasattr(result, "is_error")
+                else result.isError)
+
+
+def server_info(init):
+    return init.server_info if hasattr(init, "server_info") else init.serverInfo
+
+
 def text(result) -> str:
     return "".join(c.text for c in result.content if getattr(c, "type", None) == "text")
 
@@ -113,7 +133,7 @@ async def test_initialize_list_call_progress_error(slim_mcp, connect, ns, tool_s
     async with slim_mcp.slim_client(client, tool_server, timeout=T) as (read, write):
         async with ClientSession(read, write) as session:
             init = await asyncio.wait_for(session.initialize(), T)
-            assert init.serverInfo.name == "slim-test-tools"
+            assert server_info(init).name == "slim-test-tools"
 
             listed = await asyncio.wait_for(session.list_tools(), T)
             assert {t.name for t in listed.tools} >= {"whoami", "count", "fail", "only_a"}
@@ -129,11 +149,11 @@ async def test_initialize_list_call_progress_error(slim_mcp, connect, ns, tool_s
 
             r = await asyncio.wait_for(
                 session.call_tool("count", {"n": 3}, progress_callback=on_progress), T)
-            assert not r.isError and text(r) == "counted to 3"
+            assert not is_error(r) and text(r) == "counted to 3"
             assert progress == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
 
             r = await asyncio.wait_for(session.call_tool("fail", {"why": "no such CVE"}), T)
-            assert r.isError
+            assert is_error(r)
             assert "refused: no such CVE" in text(r)
 
             # The server is still fine after a failed tool; a protocol-level error
@@ -154,7 +174,7 @@ async def test_large_messages_are_fragmented(slim_mcp, connect, ns, tool_server)
             assert text(r) == "x" * n
             # a large request too (the argument is echoed into the error)
             r = await asyncio.wait_for(session.call_tool("fail", {"why": "y" * n}), T)
-            assert r.isError and "y" * n in text(r)
+            assert is_error(r) and "y" * n in text(r)
 
 
 async def test_two_concurrent_clients_each_authorized_by_spiffe_id(slim_mcp, connect, ns,
@@ -186,8 +206,8 @@ async def test_two_concurrent_clients_each_authorized_by_spiffe_id(slim_mcp, con
     assert who_a == [{"contextvar": ID_CLIENT_A, "request": ID_CLIENT_A, "mls": True}] * 5
     assert who_b == [{"contextvar": ID_CLIENT_B, "request": ID_CLIENT_B, "mls": False}] * 5
     assert prog_a == prog_b == [1, 2, 3, 4, 5]
-    assert not gate_a.isError and text(gate_a) == "welcome, a"
-    assert gate_b.isError and f"{ID_CLIENT_B} may not call only_a" in text(gate_b)
+    assert not is_error(gate_a) and text(gate_a) == "welcome, a"
+    assert is_error(gate_b) and f"{ID_CLIENT_B} may not call only_a" in text(gate_b)
 
 
 async def test_cancellation_reaches_the_server(slim_mcp, connect, ns, tool_server, tool_state):
@@ -199,15 +219,27 @@ async def test_cancellation_reaches_the_server(slim_mcp, connect, ns, tool_serve
     async with slim_mcp.slim_client(client, tool_server, timeout=T) as (read, write):
         async with ClientSession(read, write) as session:
             await asyncio.wait_for(session.initialize(), T)
-            request_id = session._request_id  # the id the next request gets
-            call = asyncio.create_task(session.call_tool("block", {}))
-            await asyncio.wait_for(tool_state["block_started"].wait(), T)
-            await session.send_notification(types.ClientNotification(types.CancelledNotification(
-                method="notifications/cancelled",
-                params=types.CancelledNotificationParams(requestId=request_id, reason="test"))))
-            await asyncio.wait_for(tool_state["block_ended"].wait(), T)
-            with pytest.raises(McpError):
-                await asyncio.wait_for(call, T)
+            if SDK_VERSION >= (2, 0):
+                # mcp 2: abandoning a request (cancelling the awaiting task) is
+                # what sends notifications/cancelled
+                call = asyncio.create_task(session.call_tool("block", {}))
+                await asyncio.wait_for(tool_state["block_started"].wait(), T)
+                call.cancel()
+                await asyncio.wait_for(tool_state["block_ended"].wait(), T)
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+            else:
+                request_id = session._request_id  # the id the next request gets
+                call = asyncio.create_task(session.call_tool("block", {}))
+                await asyncio.wait_for(tool_state["block_started"].wait(), T)
+                await session.send_notification(types.ClientNotification(
+                    types.CancelledNotification(
+                        method="notifications/cancelled",
+                        params=types.CancelledNotificationParams(requestId=request_id,
+                                                                 reason="test"))))
+                await asyncio.wait_for(tool_state["block_ended"].wait(), T)
+                with pytest.raises(McpError):
+                    await asyncio.wait_for(call, T)
             # The session carries on -- with the SDKs that do: mcp 1.10's server
             # session ends after a cancellation on its own in-memory transport too.
             if SDK_VERSION >= (1, 30):
@@ -233,7 +265,7 @@ async def test_malformed_json_is_an_exception_on_the_read_stream(slim, slim_mcp,
         first = await asyncio.wait_for(read.receive(), T)
         assert isinstance(first, Exception)
         second = await asyncio.wait_for(read.receive(), T)
-        assert second.message.root.method == "notifications/message"
+        assert getattr(second.message, 'root', second.message).method == "notifications/message"
     await asyncio.wait_for(task, T)
 
 
