@@ -30,8 +30,12 @@ IMAGE = "nginx:1.21"
 async def consult_cve_db(agent: Agent, reason: str) -> dict[str, Any]:
     """Calls the MCP tools lookup and runbook of cve-db (cluster B) with the official MCP
     client over slim; returns what the runbook message carries ({} if it failed)."""
-    from mcp import ClientSession  # noqa: PLC0415 - only this flow needs the MCP SDK
-    from slim_agents.mcp import slim_client  # noqa: PLC0415
+    try:  # only this flow needs the MCP SDK (the compose image has none: skip it there)
+        from mcp import ClientSession  # noqa: PLC0415
+        from slim_agents.mcp import slim_client  # noqa: PLC0415
+    except ImportError as e:
+        agent.note(f"no MCP SDK here ({e}): not consulting {CVE_DB}")
+        return {}
 
     async def call() -> dict[str, Any]:
         async with slim_client(agent.app, CVE_DB, timeout=10) as (read, write):

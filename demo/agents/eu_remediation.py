@@ -45,10 +45,14 @@ async def patch(agent: Agent) -> None:
 async def hand_to_patcher(agent: Agent, image: str) -> bool:
     """Hands the rolling update to the patcher agent over A2A (the A2A SDK's own client,
     slim's transport) and follows its streamed status; False if that failed."""
-    from a2a.client import ClientConfig, ClientFactory  # noqa: PLC0415
-    from a2a.helpers.proto_helpers import new_text_message  # noqa: PLC0415
-    from a2a.types.a2a_pb2 import Role, SendMessageRequest, TaskState  # noqa: PLC0415
-    from slim_agents import a2a as slim_a2a  # noqa: PLC0415
+    try:  # only this flow needs the A2A SDK (the compose image has none: skip it there)
+        from a2a.client import ClientConfig, ClientFactory  # noqa: PLC0415
+        from a2a.helpers.proto_helpers import new_text_message  # noqa: PLC0415
+        from a2a.types.a2a_pb2 import Role, SendMessageRequest, TaskState  # noqa: PLC0415
+        from slim_agents import a2a as slim_a2a  # noqa: PLC0415
+    except ImportError as e:
+        agent.note(f"no A2A SDK here ({e}): patching without {PATCHER}")
+        return False
 
     factory = ClientFactory(ClientConfig(supported_protocol_bindings=[slim_a2a.SLIM_BINDING]))
     slim_a2a.register(factory, agent.app, timeout=10)
