@@ -267,7 +267,25 @@ def run_side(side: str, calls: int, seconds: float, tmp: Path) -> dict:
     raise SystemExit(f"unknown side {side}")
 
 
+def table(lines: list[str]) -> str:
+    rows = [json.loads(x) for x in lines if x.startswith("{")]
+    ok = {r["side"]: r for r in rows if "error" not in r}
+    out = ["| side | p50 ms | p99 ms | calls/s (16 callers, one session) | p50 ÷ ours |",
+           "|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['side']} | error: {r['error']} | | | |")
+            continue
+        ratio = (f"{r['p50_ms'] / ok['ours']['p50_ms']:.2f}" if "ours" in ok else "–")
+        out.append(f"| {r['side']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                   f"{r['calls_per_s']:.0f} | {ratio} |")
+    return "\n".join(out)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_table":
+        print(table(sys.stdin.read().splitlines()))
+        return
     if len(sys.argv) > 1 and sys.argv[1].startswith("_serve"):
         cmd, args = sys.argv[1], sys.argv[2:]
         if cmd == "_serve-ours":
