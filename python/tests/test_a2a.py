@@ -227,3 +227,34 @@ async def test_unknown_agent_is_a_clear_error_within_the_deadline(slim, slim_a2a
     assert time.monotonic() - t0 < 10
     assert isinstance(err.value.__cause__, (slim.NoRouteError, slim.TimeoutError))
     assert f"t/{ns}/nobody" in str(err.value)
+
+
+async def test_subscribe_to_a_running_task(slim_a2a, connect, ns, agent, agent_state):
+    """A second caller re-attaches to a running task (SubscribeToTask) and sees it
+    end canceled; leaving the first stream early does not cancel the task."""
+    from a2a.types.a2a_pb2 import SubscribeToTaskRequest  # noqa: PLC0415
+
+    first = await make_client(slim_a2a, await connect(f"t/{ns}/first", ID_CALLER), agent)
+    second = await make_client(slim_a2a, await connect(f"t/{ns}/second", ID_CALLER), agent)
+
+    async def start() -> str:
+        async for ev in first.send_message(message("block")):
+            if ev.HasField("task"):
+                return ev.task.id  # leaves the stream: its session closes
+        raise AssertionError("no task")
+
+    tid = await asyncio.wait_for(start(), T)
+    await asyncio.wait_for(agent_state["block_started"].wait(), T)
+    seen = []
+
+    async def follow():
+        async for ev in second.subscribe(SubscribeToTaskRequest(id=tid)):
+            seen.append(ev)
+            if len(seen) == 1:
+                await second.cancel_task(CancelTaskRequest(id=tid))
+
+    await asyncio.wait_for(follow(), T)  # ends with the stream
+    assert seen[0].HasField("task") and seen[0].task.id == tid
+    assert seen[0].task.status.state == TaskState.TASK_STATE_WORKING
+    assert seen[-1].status_update.status.state == TaskState.TASK_STATE_CANCELED
+    assert agent_state["cancel_seen"] == [tid]
