@@ -12,7 +12,7 @@ import pytest
 
 from conftest import TD
 
-mcp = pytest.importorskip("mcp", reason="the MCP SDK is not installed (pip install 'mcp>=1.10,<2')")
+mcp = pytest.importorskip("mcp", reason="the MCP SDK is not installed (pip install 'mcp>=1.10,<3')")
 
 from mcp import ClientSession  # noqa: E402
 try:  # mcp 1.x
