@@ -49,6 +49,7 @@ need=()
 "$PY" -c 'import pytest' 2>/dev/null || need+=("pytest>=8,<10")
 "$PY" -c 'import pytest_asyncio' 2>/dev/null || need+=("pytest-asyncio>=0.24,<2")
 "$PY" -c 'import mcp' 2>/dev/null || need+=("mcp>=1.10,<2")
+"$PY" -c 'import a2a.client' 2>/dev/null || need+=("a2a-sdk>=1.3,<2")
 if ((${#need[@]})); then
     echo "python-env: installing ${need[*]}" >&2
     "$PY" -m pip install -q "${need[@]}" >&2

@@ -56,7 +56,7 @@ def record(t: str, **fields: Any) -> None:
 
 def emit(t: str, body: Any = _NO_BODY, **fields: Any) -> None:
     """Records, then prints one line for the orchestrator:
-    `{"t": "ready"|"sent"|"recv"|"note", ...}` (`from_=` is written `"from"`); `body`, the
+    `{"t": "ready"|"sent"|"recv"|"note"|"call", ...}` (`from_=` is written `"from"`); `body`, the
     message, goes to the record only."""
     if body is _NO_BODY:
         record(t, **fields)
@@ -115,6 +115,13 @@ class Agent:
     def note(self, text: str) -> None:
         """Something noteworthy: membership, refusals, errors."""
         emit("note", agent=self.label, text=text)
+
+    def called(self, proto: str, target: str, op: str, text: str,
+               steps: list[str] | None = None) -> None:
+        """A call to another agent over an agent protocol (`proto`: "mcp" or "a2a") by
+        its slim name `target`; `steps`: the A2A task's states as streamed, in order."""
+        emit("call", agent=self.label, proto=proto, target=target, op=op, text=text,
+             steps=steps or [])
 
     def ready(self) -> None:
         """Every channel of the role is created or joined."""

@@ -1,6 +1,7 @@
 """acme/eu-west/remediation (cluster A): patches, moderates cve-patch, escalates.
 
-Tries a rolling update when a CVE is reported; it fails (the node is tainted), so it asks
+Tries a rolling update when a CVE is reported (handed to the patcher agent over A2A,
+following its streamed status); it fails (the node is tainted), so it asks
 for a human decision on human-review, and drains the node once an operator approves —
 only an operator's decision (a SPIFFE ID under spiffe://acme.example/ops/, as MLS proved
 it) is acted on.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import uuid
 from typing import Any
 
 import slim_agents as slim
@@ -20,6 +22,8 @@ from _common import (CVE_PATCH, DRAIN_NODE, HUMAN_REVIEW, OPERATORS, SECURITY_IN
                      Agent, field, run, shown, text_field)
 
 SERVICE = "acme/eu-west/remediation"
+PATCHER = "acme/eu-west/patcher"
+"""The A2A agent that rolls out updates (demo/agents/patcher.py), reached by name."""
 ADMISSION = ["spiffe://acme.example/cluster-a/agent/*"]
 
 
@@ -29,12 +33,50 @@ async def patch(agent: Agent) -> None:
     action = {"action": "rolling-update", "target": "nginx:1.25"}
     await agent.send(CVE_PATCH, "patch-attempt", text, **action)
     await agent.send(SECURITY_INCIDENT, "patch-attempt", text, **action)
-    await agent.pause()
+    if not await hand_to_patcher(agent, action["target"]):
+        await agent.pause()
     await agent.send(SECURITY_INCIDENT, "patch-failed",
                      "Node tainted, cannot auto-patch — escalating")
     await agent.send(HUMAN_REVIEW, "escalation",
                      f"Escalation requested: node-drain required on {DRAIN_NODE}",
                      reason="cannot-auto-patch", severity="CRITICAL", node=DRAIN_NODE)
+
+
+async def hand_to_patcher(agent: Agent, image: str) -> bool:
+    """Hands the rolling update to the patcher agent over A2A (the A2A SDK's own client,
+    slim's transport) and follows its streamed status; False if that failed."""
+    try:  # only this flow needs the A2A SDK (the compose image has none: skip it there)
+        from a2a.client import ClientConfig, ClientFactory  # noqa: PLC0415
+        from a2a.helpers.proto_helpers import new_text_message  # noqa: PLC0415
+        from a2a.types.a2a_pb2 import Role, SendMessageRequest, TaskState  # noqa: PLC0415
+        from slim_agents import a2a as slim_a2a  # noqa: PLC0415
+    except ImportError as e:
+        agent.note(f"no A2A SDK here ({e}): patching without {PATCHER}")
+        return False
+
+    factory = ClientFactory(ClientConfig(supported_protocol_bindings=[slim_a2a.SLIM_BINDING]))
+    slim_a2a.register(factory, agent.app, timeout=10)
+    try:
+        client = factory.create(await slim_a2a.get_agent_card(agent.app, PATCHER, timeout=10))
+        msg = new_text_message(image, role=Role.ROLE_USER)
+        msg.message_id = uuid.uuid4().hex
+        task_id, states, last = "", [], ""
+        async for event in client.send_message(SendMessageRequest(message=msg)):
+            if event.HasField("task"):
+                task_id = event.task.id
+                states.append(TaskState.Name(event.task.status.state))
+            elif event.HasField("status_update"):
+                status = event.status_update.status
+                states.append(TaskState.Name(status.state))
+                last = "".join(p.text for p in status.message.parts)
+    except Exception as e:  # noqa: BLE001 - the scenario goes on without the patcher
+        agent.note(f"A2A task to {PATCHER} failed: {type(e).__name__}: {e}")
+        return False
+    shown_states = [s.removeprefix("TASK_STATE_").lower() for s in states]
+    agent.called("a2a", PATCHER, "SendStreamingMessage",
+                 f"A2A task {task_id[:8]} to patcher: {' → '.join(shown_states)} ({last})",
+                 steps=shown_states)
+    return True
 
 
 async def drain(agent: Agent, spiffe_id: str, decision: Any) -> None:

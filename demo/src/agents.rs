@@ -6,7 +6,7 @@ use std::process::Stdio;
 use anyhow::{Context, Result, bail};
 
 use crate::args::Args;
-use crate::scenario::AGENTS;
+use crate::scenario::{AGENTS, PY_AGENTS};
 
 /// What the Python agents need: `slim_agents`, and 3.11 for `asyncio.TaskGroup`.
 const PYTHON_CHECK: &str = "import sys, slim_agents\n\
@@ -64,7 +64,7 @@ impl Agents {
             }
             Ok(_) => {}
         }
-        for (_, role, _) in AGENTS {
+        for (_, role, _) in AGENTS.iter().chain(&PY_AGENTS) {
             let f = dir.join(Agents::python_file(role));
             if !f.exists() {
                 bail!(

@@ -6,7 +6,7 @@ use anyhow::Result;
 use slim_demo::Line;
 
 use crate::demo::Demo;
-use crate::scenario::{CHECKS, SCENARIO_SENDS, short};
+use crate::scenario::{CHECKS, PY_CALLS, SCENARIO_SENDS, short};
 
 /// Every message of the scenario was sent, and every key message received
 /// (and decrypted) where it should be; returns how many checks failed.
@@ -45,6 +45,56 @@ pub(crate) fn check_messages(sent: &[(String, String, String)], recvs: &[(String
                     println!("   FAIL {r:<19} never received {kind} on {channel}");
                 }
             }
+        }
+    }
+    failed
+}
+
+/// The Python agents' calls over MCP and A2A happened (an A2A task streamed
+/// at least 3 `working` states, in order, then `completed`); returns how many
+/// checks failed.
+pub(crate) fn check_calls(lines: &[(String, Line)]) -> usize {
+    let mut failed = 0;
+    for (workload, proto, target, op) in PY_CALLS {
+        let call = lines.iter().find_map(|(who, l)| match l {
+            Line::Call {
+                proto: p,
+                target: t,
+                op: o,
+                text,
+                steps,
+                ..
+            } if who == workload && p == proto && t == target && o == op => Some((text, steps)),
+            _ => None,
+        });
+        let Some((text, steps)) = call else {
+            failed += 1;
+            println!("   FAIL {workload:<19} never called {op} ({proto}) on {target}");
+            continue;
+        };
+        if proto == "a2a" {
+            let working = steps.iter().filter(|s| *s == "working").count();
+            let first_working = steps.iter().position(|s| s == "working");
+            let in_order = first_working.is_some_and(|i| {
+                steps[i..i + working].iter().all(|s| s == "working")
+                    && steps[i + working..] == ["completed".to_string()]
+            });
+            if working < 3 || !in_order {
+                failed += 1;
+                println!(
+                    "   FAIL {workload:<19} A2A task on {target}: states {steps:?} (want ≥3 working in a row, then completed)"
+                );
+                continue;
+            }
+            println!(
+                "   ok   {workload:<19} followed an A2A task on {target}: {working} working updates in order, then completed"
+            );
+        } else if text.is_empty() {
+            failed += 1;
+            println!("   FAIL {workload:<19} MCP tool call {op} on {target}: no answer shown");
+        } else {
+            // The agent's own line on the timeline shows what the tool answered.
+            println!("   ok   {workload:<19} MCP tool call {op} on {target} answered");
         }
     }
     failed

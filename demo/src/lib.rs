@@ -22,7 +22,12 @@
 //! * `{"t":"direct","agent","from","spiffe_id","body"}`: a message sent to
 //!   the agent itself, not on a channel (the event source's finding);
 //! * `{"t":"note","agent","text"}`: membership, and decisions not to act
-//!   (`ignored a decision from …`).
+//!   (`ignored a decision from …`);
+//! * `{"t":"call","agent","proto","target","op","text","steps"}` (Python
+//!   agents): a call to another agent by its slim name over an agent
+//!   protocol, `proto` `"mcp"` (a tool call) or `"a2a"` (a task; `steps`: its
+//!   states as streamed, in order). The Python agents add two workloads that
+//!   serve them: `cve-tools` (MCP, cluster B) and `patcher` (A2A, cluster A).
 //!
 //! The orchestrator appends to `DIR/demo.jsonl` what it did and saw:
 //! `{"t":"agents","kind":"python"|"rust"}`, `{"t":"injected","to","event"}`
@@ -77,6 +82,17 @@ pub enum Line {
     },
     /// Something noteworthy (membership, refusals, errors).
     Note { agent: String, text: String },
+    /// A call to another agent by name over an agent protocol (`proto`:
+    /// `mcp` or `a2a`); `steps`: an A2A task's states as streamed, in order.
+    Call {
+        agent: String,
+        proto: String,
+        target: String,
+        op: String,
+        text: String,
+        #[serde(default)]
+        steps: Vec<String>,
+    },
 }
 
 impl Line {

@@ -11,11 +11,11 @@ use tokio::sync::mpsc;
 
 use crate::agents::Agents;
 use crate::args::Args;
-use crate::checks::{check_links, check_messages};
+use crate::checks::{check_calls, check_links, check_messages};
 use crate::demo::Demo;
 use crate::procs::{Procs, next_line, wait_log};
 use crate::prometheus::{report_prometheus, start_prometheus};
-use crate::scenario::{AGENTS, CHECKS, SCENARIO_SENDS, short};
+use crate::scenario::{AGENTS, CHECKS, PY_AGENTS, PY_CALLS, SCENARIO_SENDS, short};
 
 /// The scenario, once everything is set up: the control plane, the nodes,
 /// the agents, the incident, the timeline, the checks.
@@ -29,18 +29,23 @@ pub(crate) async fn drive(args: &Args, demo: &Demo, procs: &mut Procs, fleet: &P
     }
 
     // The sender stays alive until the end, as the agents' reader tasks come and go.
-    let (_lines_tx, mut lines) = start_agents(args, demo, procs)?;
+    let (_lines_tx, mut lines, n_agents) = start_agents(args, demo, procs)?;
+    let python = matches!(demo.agents, Agents::Python { .. });
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    let mut recvs = wait_ready(demo, procs, &mut lines, deadline).await?;
+    // `recvs` collects every line but `sent` ones: receptions and agent-protocol calls.
+    let mut recvs = wait_ready(demo, procs, &mut lines, n_agents, deadline).await?;
 
     inject_event(demo).await?;
 
     let mut sent = timeline(args, demo, procs, &mut lines, &mut recvs, deadline).await?;
-    settle(&mut lines, &mut sent, &mut recvs).await;
+    settle(&mut lines, &mut sent, &mut recvs, python).await;
 
     println!("\n== checks");
     let mut failed = check_messages(&sent, &recvs);
+    if python {
+        failed += check_calls(&recvs);
+    }
     failed += check_links(demo).await?;
     if let Some(p) = prom {
         failed += report_prometheus(demo, p).await?;
@@ -129,7 +134,8 @@ async fn start_nodes(demo: &Demo, procs: &mut Procs, fleet: &Path) -> Result<()>
     Ok(())
 }
 
-/// Starts the agents; their JSON lines come out of the returned receiver.
+/// Starts the agents; their JSON lines come out of the returned receiver;
+/// also returns how many agents were started.
 #[allow(clippy::type_complexity)]
 fn start_agents(
     args: &Args,
@@ -138,10 +144,15 @@ fn start_agents(
 ) -> Result<(
     mpsc::Sender<(String, Instant, Line)>,
     mpsc::Receiver<(String, Instant, Line)>,
+    usize,
 )> {
-    // Agents.
+    // Agents: the Python ones add the MCP tool server and the A2A agent.
     let (lines_tx, lines) = mpsc::channel::<(String, Instant, Line)>(1024);
-    for (workload, role, node) in AGENTS {
+    let extra: &[(&str, &str, &str)] = match demo.agents {
+        Agents::Python { .. } => &PY_AGENTS,
+        Agents::Rust => &[],
+    };
+    for &(workload, role, node) in AGENTS.iter().chain(extra) {
         let mut cmd = match &demo.agents {
             Agents::Rust => {
                 let mut c = demo.cmd("slim-demo-agent", workload);
@@ -183,19 +194,25 @@ fn start_agents(
         "== agents ({}): eu-west/security-monitor, eu-west/remediation (cluster A), us-east/security-monitor (cluster B), admin/escalation-handler",
         demo.agents.describe()
     );
-    Ok((lines_tx, lines))
+    if !extra.is_empty() {
+        println!(
+            "   and the agents they call by name: us-east/cve-db (MCP tool server, cluster B), eu-west/patcher (A2A agent, cluster A)"
+        );
+    }
+    Ok((lines_tx, lines, AGENTS.len() + extra.len()))
 }
 
-/// Waits until the four agents are ready; returns the receptions seen meanwhile.
+/// Waits until the `n` agents are ready; returns the receptions seen meanwhile.
 async fn wait_ready(
     demo: &Demo,
     procs: &mut Procs,
     lines: &mut mpsc::Receiver<(String, Instant, Line)>,
+    n: usize,
     deadline: Instant,
 ) -> Result<Vec<(String, Line)>> {
     let mut ready = std::collections::BTreeSet::new();
     let mut recvs: Vec<(String, Line)> = Vec::new();
-    while ready.len() < 4 {
+    while ready.len() < n {
         let (who, at, line) = next_line(lines, procs, deadline).await?;
         match &line {
             Line::Ready { agent } => {
@@ -326,6 +343,10 @@ async fn timeline(
                 }
             }
             Line::Note { agent, text } => println!("{}   ({agent}: {text})", demo.stamp_at(at)),
+            Line::Call { agent, text, .. } => {
+                println!("{} {agent:<26} {text}", demo.stamp_at(at));
+                recvs.push((who, line));
+            }
             Line::Recv { .. } => recvs.push((who, line)),
             Line::Ready { .. } => {}
         }
@@ -333,11 +354,13 @@ async fn timeline(
     Ok(sent)
 }
 
-/// After the resolution: waits (bounded) for the last messages.
+/// After the resolution: waits (bounded) for the last messages (and, with
+/// the Python agents, their agent-protocol calls).
 async fn settle(
     lines: &mut mpsc::Receiver<(String, Instant, Line)>,
     sent: &mut Vec<(String, String, String)>,
     recvs: &mut Vec<(String, Line)>,
+    python: bool,
 ) {
     // Let the last messages reach everyone: wait (bounded) until every
     // message of the scenario was sent and every key message received.
@@ -355,12 +378,18 @@ async fn settle(
         let all_received = CHECKS.iter().all(|(kind, channel, receivers)| {
             receivers.iter().all(|r| received(recvs, r, channel, kind))
         });
-        if all_sent && all_received {
+        let all_called = !python
+            || PY_CALLS.iter().all(|(w, proto, _, _)| {
+                recvs.iter().any(
+                    |(who, l)| matches!(l, Line::Call { proto: p, .. } if who == w && p == proto),
+                )
+            });
+        if all_sent && all_received && all_called {
             break;
         }
         match tokio::time::timeout_at(settle.into(), lines.recv()).await {
             Ok(Some((who, _, line))) => match &line {
-                Line::Recv { .. } => recvs.push((who, line)),
+                Line::Recv { .. } | Line::Call { .. } => recvs.push((who, line)),
                 Line::Sent { channel, kind, .. } => {
                     sent.push((who.clone(), channel.clone(), kind.clone()))
                 }

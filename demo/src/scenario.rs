@@ -26,7 +26,7 @@ pub(crate) const FLEET: [(&str, &str); 5] = [
 ];
 
 /// Every workload of the demo and its SPIFFE ID path.
-pub(crate) const WORKLOADS: [(&str, &str); 10] = [
+pub(crate) const WORKLOADS: [(&str, &str); 12] = [
     ("controller", "admin/controller/main"),
     ("admin-node", "admin/node/admin-node"),
     ("eu-west-node", "cluster-a/node/eu-west-node"),
@@ -37,6 +37,8 @@ pub(crate) const WORKLOADS: [(&str, &str); 10] = [
     ("escalation-handler", "admin/agent/escalation-handler"),
     ("event-source", "cluster-a/k8s/event-source"),
     ("operator", "ops/slimctl/operator"),
+    ("cve-tools", "cluster-b/agent/cve-tools"),
+    ("patcher", "cluster-a/agent/patcher"),
 ];
 
 /// The four roles: workload (its Workload API socket), role, node.
@@ -45,6 +47,31 @@ pub(crate) const AGENTS: [(&str, &str, &str); 4] = [
     ("eu-monitor", "eu-monitor", "eu-west-node"),
     ("eu-remediation", "eu-remediation", "eu-west-node"),
     ("us-monitor", "us-monitor", "us-east-node"),
+];
+
+/// The agents only the Python agents add (they serve MCP and A2A, which the
+/// Rust agents do not speak): workload, role, node.
+pub(crate) const PY_AGENTS: [(&str, &str, &str); 2] = [
+    ("cve-tools", "cve-tools", "us-east-node"),
+    ("patcher", "patcher", "eu-west-node"),
+];
+
+/// The agent-protocol calls the Python agents must make: (workload, proto,
+/// target, op). An A2A call must also stream at least 3 `working` states
+/// in order and end `completed`.
+pub(crate) const PY_CALLS: [(&str, &str, &str, &str); 2] = [
+    (
+        "escalation-handler",
+        "mcp",
+        "acme/us-east/cve-db",
+        "cve-db/lookup",
+    ),
+    (
+        "eu-remediation",
+        "a2a",
+        "acme/eu-west/patcher",
+        "SendStreamingMessage",
+    ),
 ];
 
 /// Every message the scenario has an agent send, once each: (workload,

@@ -52,7 +52,7 @@ try:
 except ImportError as _e:  # pragma: no cover - depends on the environment
     raise ImportError(
         "slim_agents.mcp needs the MCP Python SDK: pip install 'slim-agents[mcp]' "
-        f"(or pip install 'mcp>=1.10,<2'): {_e}"
+        f"(or pip install 'mcp>=1.10,<3'): {_e}"
     ) from _e
 
 try:  # mcp >= 1.8: transport metadata the server puts in the request context
@@ -60,7 +60,7 @@ try:  # mcp >= 1.8: transport metadata the server puts in the request context
 except ImportError:  # pragma: no cover
     _ServerMessageMetadata = None  # type: ignore[assignment,misc]
 
-from . import App, ClosedError, Session, SlimError
+from . import App, ClosedError, Session, SlimError, _framing
 
 __all__ = [
     "Caller",
@@ -78,13 +78,12 @@ log = logging.getLogger("slim_agents.mcp")
 ReadStream = MemoryObjectReceiveStream[Union[SessionMessage, Exception]]
 WriteStream = MemoryObjectSendStream[SessionMessage]
 
-# A session message carries at most 64 KiB (the reliable p2p session's limit,
-# counted after MLS encryption); fragments leave room for MLS's overhead.
-FRAGMENT_SIZE = 48 * 1024
+# Fragmentation (a session message carries at most 64 KiB): see _framing.
+FRAGMENT_SIZE = _framing.FRAGMENT_SIZE
 # The largest JSON-RPC message accepted from the peer (reassembled); a bigger one
 # is dropped and reported on the read stream as an exception.
-MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-_MORE = b"\x1e"
+MAX_MESSAGE_SIZE = _framing.MAX_MESSAGE_SIZE
+_MORE = _framing.MORE
 
 _CLOSE_TIMEOUT = 10.0
 
@@ -129,17 +128,24 @@ def caller_spiffe_id() -> Optional[str]:
 # --------------------------------------------------------------------------- the transport
 
 
-def _frames(data: bytes) -> list[bytes]:
-    if len(data) <= FRAGMENT_SIZE:
-        return [data]
-    step = FRAGMENT_SIZE - 1
-    out = [_MORE + data[i:i + step] for i in range(0, len(data), step)]
-    out[-1] = out[-1][1:]  # the last fragment is unmarked
-    return out
+_frames = _framing.frames
+
+# mcp 2.x: JSONRPCMessage is a plain union, parsed with a TypeAdapter; 1.x: a RootModel.
+_ADAPTER = getattr(_types, "jsonrpc_message_adapter", None)
 
 
-class _TooLarge(ValueError):
-    pass
+def _parse(data: bytes) -> Any:
+    if _ADAPTER is not None:
+        return _ADAPTER.validate_json(data, by_name=False)
+    return _types.JSONRPCMessage.model_validate_json(data)
+
+
+def _dump(message: Any) -> bytes:
+    # as the SDK's own stdio transports serialize (2.x: exclude_unset, 1.x: exclude_none)
+    if _ADAPTER is not None:
+        return message.model_dump_json(by_alias=True, exclude_unset=True).encode()
+    return message.model_dump_json(by_alias=True, exclude_none=True).encode()
+_TooLarge = _framing.TooLarge
 
 
 @asynccontextmanager
@@ -197,7 +203,7 @@ async def _transport(
                         data = bytes(buf) + data
                         buf.clear()
                     try:
-                        message = _types.JSONRPCMessage.model_validate_json(data)
+                        message = _parse(data)
                     except Exception as exc:  # noqa: BLE001 - the SDK's transports do the same
                         log.warning("MCP over slim: malformed JSON-RPC message from %s: %s",
                                     session.name, exc)
@@ -211,7 +217,7 @@ async def _transport(
         try:
             async with write_reader:
                 async for sm in write_reader:
-                    data = sm.message.model_dump_json(by_alias=True, exclude_none=True).encode()
+                    data = _dump(sm.message)
                     for frame in _frames(data):
                         await session.publish(frame)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -273,10 +279,12 @@ async def slim_client(
 
 
 def _lowlevel(server: Any) -> Any:
-    low = getattr(server, "_mcp_server", server)  # FastMCP wraps a low-level Server
+    # FastMCP (mcp 1.x) and MCPServer (its 2.x name) wrap a low-level Server.
+    low = getattr(server, "_mcp_server", None) or getattr(server, "_lowlevel_server", server)
     if not callable(getattr(low, "run", None)) or not hasattr(low, "create_initialization_options"):
         raise TypeError(
-            "server must be an mcp.server.fastmcp.FastMCP or an mcp.server.lowlevel.Server, "
+            "server must be an mcp.server.fastmcp.FastMCP (mcp.server.mcpserver.MCPServer in "
+            "mcp 2) or an mcp.server.lowlevel.Server, "
             f"got {type(server).__name__}"
         )
     return low

@@ -19,6 +19,8 @@ import pytest
 from conftest import TD
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PYTHON.md"
+# Other docs whose ```python blocks follow the same convention.
+MORE_DOCS = [Path(__file__).resolve().parents[2] / "docs" / "AGENT-PROTOCOLS.md"]
 MARK = re.compile(r"^#\s*test:\s*run\b(?:.*?\btimeout=(\d+))?")
 BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```", re.M | re.S)
 
@@ -26,15 +28,18 @@ BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```", re.M | re.S)
 def _blocks():
     if not DOC.is_file():
         return []
-    text = DOC.read_text()
     out = []
-    for m in BLOCK.finditer(text):
-        body = m.group(1)
-        first = body.splitlines()[0] if body.strip() else ""
-        mk = MARK.match(first.strip())
-        if mk:
-            line = text.count("\n", 0, m.start()) + 1
-            out.append(pytest.param(body, int(mk.group(1) or 60), id=f"PYTHON.md:{line}"))
+    for doc in [DOC, *MORE_DOCS]:
+        if not doc.is_file():
+            continue
+        text = doc.read_text()
+        for m in BLOCK.finditer(text):
+            body = m.group(1)
+            first = body.splitlines()[0] if body.strip() else ""
+            mk = MARK.match(first.strip())
+            if mk:
+                line = text.count("\n", 0, m.start()) + 1
+                out.append(pytest.param(body, int(mk.group(1) or 60), id=f"{doc.name}:{line}"))
     return out
 
 

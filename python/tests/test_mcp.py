@@ -12,11 +12,20 @@ import pytest
 
 from conftest import TD
 
-mcp = pytest.importorskip("mcp", reason="the MCP SDK is not installed (pip install 'mcp>=1.10,<2')")
+mcp = pytest.importorskip("mcp", reason="the MCP SDK is not installed (pip install 'mcp>=1.10,<3')")
 
 from mcp import ClientSession  # noqa: E402
-from mcp.server.fastmcp import Context, FastMCP  # noqa: E402
-from mcp.shared.exceptions import McpError  # noqa: E402
+try:  # mcp 1.x
+    from mcp.server.fastmcp import Context, FastMCP
+    from mcp.server.fastmcp.exceptions import ToolError
+except ImportError:  # mcp 2.x renamed FastMCP to MCPServer
+    from mcp.server.mcpserver import Context  # type: ignore[no-redef]
+    from mcp.server.mcpserver import MCPServer as FastMCP  # type: ignore[no-redef]
+    from mcp.server.mcpserver.exceptions import ToolError  # type: ignore[no-redef]
+try:
+    from mcp.shared.exceptions import McpError
+except ImportError:  # mcp 2.x
+    from mcp.shared.exceptions import MCPError as McpError  # type: ignore[no-redef]
 
 SDK_VERSION = tuple(int(p) for p in importlib.metadata.version("mcp").split(".")[:2])
 
@@ -49,13 +58,14 @@ def make_tools(slim_mcp, state: dict) -> FastMCP:
     @tools.tool()
     def fail(why: str) -> str:
         """Always fails."""
-        raise ValueError(f"refused: {why}")
+        # ToolError: its message reaches the client (mcp 2 hides other exceptions')
+        raise ToolError(f"refused: {why}")
 
     @tools.tool()
     def only_a() -> str:
         """Authorizes its caller by SPIFFE ID."""
         if slim_mcp.caller_spiffe_id() != ID_CLIENT_A:
-            raise PermissionError(f"{slim_mcp.caller_spiffe_id()} may not call only_a")
+            raise ToolError(f"{slim_mcp.caller_spiffe_id()} may not call only_a")
         return "welcome, a"
 
     @tools.tool()
@@ -104,6 +114,16 @@ async def tool_server(slim_mcp, connect, ns, tool_state):
         assert task.done()
 
 
+def is_error(result) -> bool:
+    # mcp 2.x names the fields in snake_case (is_error), 1.x as on the wire (isError)
+    return bool(getattr(result, "is_error", None) if hasattr(result, "is_error")
+                else result.isError)
+
+
+def server_info(init):
+    return init.server_info if hasattr(init, "server_info") else init.serverInfo
+
+
 def text(result) -> str:
     return "".join(c.text for c in result.content if getattr(c, "type", None) == "text")
 
@@ -113,7 +133,7 @@ async def test_initialize_list_call_progress_error(slim_mcp, connect, ns, tool_s
     async with slim_mcp.slim_client(client, tool_server, timeout=T) as (read, write):
         async with ClientSession(read, write) as session:
             init = await asyncio.wait_for(session.initialize(), T)
-            assert init.serverInfo.name == "slim-test-tools"
+            assert server_info(init).name == "slim-test-tools"
 
             listed = await asyncio.wait_for(session.list_tools(), T)
             assert {t.name for t in listed.tools} >= {"whoami", "count", "fail", "only_a"}
@@ -129,11 +149,11 @@ async def test_initialize_list_call_progress_error(slim_mcp, connect, ns, tool_s
 
             r = await asyncio.wait_for(
                 session.call_tool("count", {"n": 3}, progress_callback=on_progress), T)
-            assert not r.isError and text(r) == "counted to 3"
+            assert not is_error(r) and text(r) == "counted to 3"
             assert progress == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
 
             r = await asyncio.wait_for(session.call_tool("fail", {"why": "no such CVE"}), T)
-            assert r.isError
+            assert is_error(r)
             assert "refused: no such CVE" in text(r)
 
             # The server is still fine after a failed tool; a protocol-level error
@@ -154,7 +174,7 @@ async def test_large_messages_are_fragmented(slim_mcp, connect, ns, tool_server)
             assert text(r) == "x" * n
             # a large request too (the argument is echoed into the error)
             r = await asyncio.wait_for(session.call_tool("fail", {"why": "y" * n}), T)
-            assert r.isError and "y" * n in text(r)
+            assert is_error(r) and "y" * n in text(r)
 
 
 async def test_two_concurrent_clients_each_authorized_by_spiffe_id(slim_mcp, connect, ns,
@@ -186,8 +206,8 @@ async def test_two_concurrent_clients_each_authorized_by_spiffe_id(slim_mcp, con
     assert who_a == [{"contextvar": ID_CLIENT_A, "request": ID_CLIENT_A, "mls": True}] * 5
     assert who_b == [{"contextvar": ID_CLIENT_B, "request": ID_CLIENT_B, "mls": False}] * 5
     assert prog_a == prog_b == [1, 2, 3, 4, 5]
-    assert not gate_a.isError and text(gate_a) == "welcome, a"
-    assert gate_b.isError and f"{ID_CLIENT_B} may not call only_a" in text(gate_b)
+    assert not is_error(gate_a) and text(gate_a) == "welcome, a"
+    assert is_error(gate_b) and f"{ID_CLIENT_B} may not call only_a" in text(gate_b)
 
 
 async def test_cancellation_reaches_the_server(slim_mcp, connect, ns, tool_server, tool_state):
@@ -199,15 +219,27 @@ async def test_cancellation_reaches_the_server(slim_mcp, connect, ns, tool_serve
     async with slim_mcp.slim_client(client, tool_server, timeout=T) as (read, write):
         async with ClientSession(read, write) as session:
             await asyncio.wait_for(session.initialize(), T)
-            request_id = session._request_id  # the id the next request gets
-            call = asyncio.create_task(session.call_tool("block", {}))
-            await asyncio.wait_for(tool_state["block_started"].wait(), T)
-            await session.send_notification(types.ClientNotification(types.CancelledNotification(
-                method="notifications/cancelled",
-                params=types.CancelledNotificationParams(requestId=request_id, reason="test"))))
-            await asyncio.wait_for(tool_state["block_ended"].wait(), T)
-            with pytest.raises(McpError):
-                await asyncio.wait_for(call, T)
+            if SDK_VERSION >= (2, 0):
+                # mcp 2: abandoning a request (cancelling the awaiting task) is
+                # what sends notifications/cancelled
+                call = asyncio.create_task(session.call_tool("block", {}))
+                await asyncio.wait_for(tool_state["block_started"].wait(), T)
+                call.cancel()
+                await asyncio.wait_for(tool_state["block_ended"].wait(), T)
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+            else:
+                request_id = session._request_id  # the id the next request gets
+                call = asyncio.create_task(session.call_tool("block", {}))
+                await asyncio.wait_for(tool_state["block_started"].wait(), T)
+                await session.send_notification(types.ClientNotification(
+                    types.CancelledNotification(
+                        method="notifications/cancelled",
+                        params=types.CancelledNotificationParams(requestId=request_id,
+                                                                 reason="test"))))
+                await asyncio.wait_for(tool_state["block_ended"].wait(), T)
+                with pytest.raises(McpError):
+                    await asyncio.wait_for(call, T)
             # The session carries on -- with the SDKs that do: mcp 1.10's server
             # session ends after a cancellation on its own in-memory transport too.
             if SDK_VERSION >= (1, 30):
@@ -233,7 +265,7 @@ async def test_malformed_json_is_an_exception_on_the_read_stream(slim, slim_mcp,
         first = await asyncio.wait_for(read.receive(), T)
         assert isinstance(first, Exception)
         second = await asyncio.wait_for(read.receive(), T)
-        assert second.message.root.method == "notifications/message"
+        assert getattr(second.message, 'root', second.message).method == "notifications/message"
     await asyncio.wait_for(task, T)
 
 
@@ -266,3 +298,114 @@ async def test_no_server_is_no_route(slim, slim_mcp, connect, ns):
     with pytest.raises((slim.NoRouteError, slim.TimeoutError)):
         async with slim_mcp.slim_client(client, f"t/{ns}/nobody", timeout=5):
             pass
+
+
+@pytest.mark.federation
+async def test_tool_call_across_two_nodes(slim_mcp, connect, ns, nodes, tool_state):
+    """The server on node B, the client on node A: the session crosses the
+    federation link; identity (MLS-proven) and progress pass through."""
+    server = await connect(f"t/{ns}/remote-tools", ID_SERVER, node="b")
+    task = asyncio.create_task(slim_mcp.serve(server, make_tools(slim_mcp, tool_state)))
+    try:
+        client = await connect(f"t/{ns}/client", ID_CLIENT_A, node="a")
+        async with slim_mcp.slim_client(client, f"t/{ns}/remote-tools", timeout=T) as (read, write):
+            async with ClientSession(read, write) as session:
+                await asyncio.wait_for(session.initialize(), T)
+                who = json.loads(text(await asyncio.wait_for(session.call_tool("whoami", {}), T)))
+                assert who == {"contextvar": ID_CLIENT_A, "request": ID_CLIENT_A, "mls": True}
+                progress = []
+
+                async def on_progress(p, total, message):
+                    progress.append(p)
+
+                r = await asyncio.wait_for(
+                    session.call_tool("count", {"n": 3}, progress_callback=on_progress), T)
+                assert text(r) == "counted to 3" and progress == [1, 2, 3]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_twenty_concurrent_calls_over_one_session(slim_mcp, connect, ns, tool_server):
+    client = await connect(f"t/{ns}/client", ID_CLIENT_A)
+    async with slim_mcp.slim_client(client, tool_server, timeout=T) as (read, write):
+        async with ClientSession(read, write) as session:
+            await asyncio.wait_for(session.initialize(), T)
+            results = await asyncio.wait_for(asyncio.gather(*(
+                session.call_tool("count", {"n": i}) for i in range(1, 21))), T)
+            # each answer matches its own request (responses are matched by id)
+            assert [text(r) for r in results] == [f"counted to {i}" for i in range(1, 21)]
+
+
+async def test_server_that_went_down_is_a_clear_error_within_the_deadline(
+        slim, slim_mcp, connect, ns, tool_state):
+    """The server existed, served a call, then went away while a call was
+    pending: the pending call fails (not hangs), and a new client gets a slim
+    error at once instead of waiting for its deadline."""
+    server = await connect(f"t/{ns}/flaky", ID_SERVER)
+    task = asyncio.create_task(slim_mcp.serve(server, make_tools(slim_mcp, tool_state)))
+    client = await connect(f"t/{ns}/client", ID_CLIENT_A)
+    t0 = None
+    pending = None
+    try:
+        async with slim_mcp.slim_client(client, f"t/{ns}/flaky", timeout=T) as (read, write):
+            async with ClientSession(read, write) as session:
+                await asyncio.wait_for(session.initialize(), T)
+                assert text(await asyncio.wait_for(session.call_tool("only_a", {}), T)) == "welcome, a"
+                pending = asyncio.create_task(session.call_tool("block", {}))
+                await asyncio.wait_for(tool_state["block_started"].wait(), T)
+                t0 = asyncio.get_running_loop().time()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await asyncio.wait_for(server.close(), T)
+                with pytest.raises(McpError):
+                    await asyncio.wait_for(pending, T)
+                assert asyncio.get_running_loop().time() - t0 < T
+    except Exception as e:  # noqa: BLE001
+        # leaving the context managers may report that the peer is gone; the
+        # assertions above must have run
+        print(f"on exit: {type(e).__name__}: {e}")
+        assert t0 is not None and pending.done(), e
+    assert t0 is not None, "the call did not start"
+    t1 = asyncio.get_running_loop().time()
+    with pytest.raises((slim.NoRouteError, slim.TimeoutError)):
+        async with slim_mcp.slim_client(client, f"t/{ns}/flaky", timeout=5):
+            pass
+    assert asyncio.get_running_loop().time() - t1 < 10
+
+
+async def test_instances_sharing_a_name_share_the_clients(slim_mcp, connect, ns):
+    """Two instances serve one name; clients' sessions are spread over both
+    (anycast), and each client stays with the instance that took its session."""
+    served_by: dict[str, list[str]] = {}
+
+    def instance_tools(label: str) -> FastMCP:
+        tools = FastMCP(f"tools-{label}")
+
+        @tools.tool()
+        def where() -> str:
+            served_by.setdefault(label, []).append(slim_mcp.caller().name)
+            return label
+
+        return tools
+
+    tasks = []
+    for label in ("one", "two"):
+        app = await connect(f"t/{ns}/shared", ID_SERVER)
+        tasks.append(asyncio.create_task(slim_mcp.serve(app, instance_tools(label))))
+    try:
+        async def one_client(i: int) -> set[str]:
+            app = await connect(f"t/{ns}/client{i}", ID_CLIENT_A)
+            async with slim_mcp.slim_client(app, f"t/{ns}/shared", timeout=T) as (read, write):
+                async with ClientSession(read, write) as session:
+                    await asyncio.wait_for(session.initialize(), T)
+                    return {text(await asyncio.wait_for(session.call_tool("where", {}), T))
+                            for _ in range(3)}
+
+        seen = await asyncio.wait_for(asyncio.gather(*(one_client(i) for i in range(12))), 3 * T)
+        assert all(len(s) == 1 for s in seen), seen  # a session sticks to one instance
+        assert {next(iter(s)) for s in seen} == {"one", "two"}, seen  # both got clients
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
