@@ -29,6 +29,39 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// A log sink for tests that read what the process logged: clone it into
+/// `tracing_subscriber::fmt().with_writer(move || sink.clone())`.
+#[derive(Clone, Default)]
+pub struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    /// The lines containing every one of `needles`.
+    pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        let buf = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        String::from_utf8_lossy(&buf)
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 /// Runs a test body under a hard limit, so that a hang fails the test with
 /// its name instead of stalling the suite.
 pub async fn deadline<F: std::future::Future>(limit: Duration, test: &str, body: F) -> F::Output {

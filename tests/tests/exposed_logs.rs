@@ -3,34 +3,9 @@
 //! counted, and the log holds one line showing the first and a summary of
 //! the rest. (Its own test binary: it captures this process's log.)
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slim_tests::*;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines_with(&self, needle: &str) -> Vec<String> {
-        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
-        text.lines()
-            .filter(|l| l.contains(needle))
-            .map(str::to_owned)
-            .collect()
-    }
-}
 
 /// One attempt with an untrusted certificate; the node refuses it.
 async fn untrusted_attempt(ep: &quinn::Endpoint, node: std::net::SocketAddr) {
@@ -45,7 +20,7 @@ async fn untrusted_attempt(ep: &quinn::Endpoint, node: std::net::SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_handshakes_make_a_bounded_number_of_log_lines() {
-    let log = Captured::default();
+    let log = CapturedLog::default();
     let writer = log.clone();
     tracing_subscriber::fmt()
         .with_env_filter("info")
@@ -86,16 +61,16 @@ async fn refused_handshakes_make_a_bounded_number_of_log_lines() {
     // Every refusal is in the log, as its own line or in a window's
     // summary; the summaries come every 10 s.
     let summary = "connection attempts refused or abandoned in the last 10 s";
-    let accounted = |log: &Captured| {
+    let accounted = |log: &CapturedLog| {
         let total: u64 = log
-            .lines_with(summary)
+            .lines_with(&[summary])
             .iter()
             .filter_map(|l| {
                 l.split(&['"', ' '][..])
                     .find_map(|w| w.strip_prefix("total=")?.parse::<u64>().ok())
             })
             .sum();
-        total + log.lines_with("handshake refused").len() as u64
+        total + log.lines_with(&["handshake refused"]).len() as u64
     };
     assert_eventually(
         Duration::from_secs(25),
@@ -106,8 +81,8 @@ async fn refused_handshakes_make_a_bounded_number_of_log_lines() {
         },
     )
     .await;
-    let refused = log.lines_with("handshake refused");
-    let summaries = log.lines_with(summary);
+    let refused = log.lines_with(&["handshake refused"]);
+    let summaries = log.lines_with(&[summary]);
     for l in refused.iter().chain(&summaries) {
         eprintln!("{l}");
     }
@@ -120,7 +95,7 @@ async fn refused_handshakes_make_a_bounded_number_of_log_lines() {
     assert!(summaries.len() <= 3, "{summaries:?}");
     // Nothing else logs per refusal: every line the process wrote (the
     // node's start and stop included) is far fewer than the refusals.
-    let all = log.lines_with("");
+    let all = log.lines_with(&[""]);
     assert!(
         all.len() < 40,
         "{} log lines for {N} refusals:\n{}",

@@ -15,37 +15,12 @@
 //! - At each 10 s window's end, one line per identity says how many more
 //!   events there were; with the full lines they account for every event.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use slim_auth::policy::Policy;
 use slim_client::{Client, ClientConfig};
 use slim_tests::*;
 use slim_wire::Mode;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines_with(&self, needles: &[&str]) -> Vec<String> {
-        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
-        text.lines()
-            .filter(|l| needles.iter().all(|n| l.contains(n)))
-            .map(str::to_owned)
-            .collect()
-    }
-}
 
 const POLICY: &str = r#"
 [[rule]]
@@ -89,7 +64,7 @@ fn connect_cfg(pki: &Pki, node: std::net::SocketAddr, svid: &str, n: &str) -> Cl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumers_and_refusals_are_logged_per_identity_and_counted_apart() {
-    let log = Captured::default();
+    let log = CapturedLog::default();
     let writer = log.clone();
     tracing_subscriber::fmt()
         .with_env_filter("info")

@@ -11,6 +11,7 @@
 //! 127.0.0.1.
 
 mod conns;
+mod kind;
 mod legit;
 mod prom;
 mod report;
@@ -24,60 +25,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
-use serde::Serialize;
+use clap::Args;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, Topic};
 use crate::procstat::CpuProbe;
 use crate::slim::Identities;
+pub use kind::Kind;
 use report::{AttackReport, goals, table};
 use stats::{RssSummary, When};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    /// Real QUIC Initials (real ClientHellos) at --rate, never continued.
-    InitialFlood,
-    /// --count clients whose certificate the node does not trust.
-    RefusedHandshakes,
-    /// --count valid clients that never send a hello.
-    SilentClients,
-    /// Random datagrams (some shaped like Initials) at --rate.
-    Junk,
-    /// --count valid clients stalling inside a maximal frame.
-    StalledFrames,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::InitialFlood => "initial-flood",
-            Kind::RefusedHandshakes => "refused-handshakes",
-            Kind::SilentClients => "silent-clients",
-            Kind::Junk => "junk",
-            Kind::StalledFrames => "stalled-frames",
-        }
-    }
-
-    fn default_rate(self) -> f64 {
-        match self {
-            Kind::InitialFlood => 1000.0,
-            Kind::RefusedHandshakes => 500.0,
-            Kind::SilentClients | Kind::StalledFrames => 100.0,
-            Kind::Junk => 50_000.0,
-        }
-    }
-
-    fn default_count(self) -> usize {
-        match self {
-            Kind::RefusedHandshakes => 5000,
-            Kind::SilentClients => 300,
-            Kind::StalledFrames => 200,
-            Kind::InitialFlood | Kind::Junk => 0,
-        }
-    }
-}
 
 #[derive(Debug, Args)]
 pub struct AttackArgs {

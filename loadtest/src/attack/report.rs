@@ -5,8 +5,9 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::kind::Kind;
 use super::stats::RssSummary;
-use super::{Kind, legit, prom};
+use super::{legit, prom};
 
 #[derive(Debug, Serialize)]
 pub struct Goal {
