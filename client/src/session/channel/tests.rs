@@ -812,3 +812,34 @@ fn roster_is_read_without_joining_by_members_and_admitted_identities_only() {
     assert_eq!(net.moderator().epoch(), epoch, "a query changes no epoch");
     assert_eq!(net.moderator().members().len(), 2);
 }
+
+#[test]
+fn a_second_client_with_the_moderators_identity_is_refused_once_not_retried() {
+    // The issue's case: a publisher whose identity also moderates the
+    // channel. Its join is refused ("already a member") and it hears so at
+    // once, instead of retrying every `retry` until its join deadline.
+    let mut net = Net::new(cfg(true));
+    let twin = "acme/chat/twin/0";
+    let sid = SpiffeId::parse(&spiffe(MOD)).unwrap();
+    net.ids.insert(twin.into(), sid.as_str().into());
+    let id = MlsIdentity::new(&net.ca.issue(&sid, Duration::from_secs(3600)).unwrap()).unwrap();
+    let m = Member::join(CH, twin, Some(id), None, net.cfg.clone(), net.now).unwrap();
+    net.nodes.insert(twin.into(), Node::Mem(Box::new(m)));
+    net.subscribed.insert(twin.into());
+    net.pump();
+    let evs = net.take_events(twin);
+    assert!(
+        evs.iter().any(|e| matches!(e, ChannelEvent::JoinRefused { reason } if reason.contains("already a member"))),
+        "{evs:?}"
+    );
+    assert!(net.member(twin).is_finished());
+    // Time passes: no more join requests reach the moderator.
+    net.take_events(MOD);
+    net.advance(Duration::from_secs(5));
+    let refusals = net
+        .take_events(MOD)
+        .into_iter()
+        .filter(|e| matches!(e, ChannelEvent::JoinRequestRefused { .. }))
+        .count();
+    assert_eq!(refusals, 0, "the refused twin kept asking");
+}
