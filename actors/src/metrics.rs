@@ -14,6 +14,8 @@ pub const HANDSHAKES_TOTAL: &str = "slim_handshakes_total";
 pub const HANDSHAKE_REFUSALS_TOTAL: &str = "slim_handshake_refusals_total";
 /// Connections closed because the peer's certificate expired.
 pub const PEER_CERT_EXPIRED_TOTAL: &str = "slim_peer_cert_expired_total";
+/// Connections closed because the JWT-SVID they authenticated with expired.
+pub const PEER_JWT_EXPIRED_TOTAL: &str = "slim_peer_jwt_expired_total";
 pub const FRAMES_IN_TOTAL: &str = "slim_frames_in_total";
 pub const BYTES_IN_TOTAL: &str = "slim_bytes_in_total";
 pub const BYTES_OUT_TOTAL: &str = "slim_bytes_out_total";
@@ -185,6 +187,11 @@ pub fn describe() {
         PEER_CERT_EXPIRED_TOTAL,
         Count,
         "Connections closed because the peer's certificate expired.",
+    );
+    c(
+        PEER_JWT_EXPIRED_TOTAL,
+        Count,
+        "Connections closed because the JWT-SVID they authenticated with expired.",
     );
     c(FRAMES_IN_TOTAL, Count, "Frames read from clients.");
     c(FRAMES_OUT_TOTAL, Count, "Frames written to clients.");
@@ -445,6 +452,7 @@ pub fn init_zero() {
     counter!(LINK_RECONNECTS_TOTAL).increment(0);
     counter!(SVID_ROTATIONS_TOTAL).increment(0);
     counter!(PEER_CERT_EXPIRED_TOTAL).increment(0);
+    counter!(PEER_JWT_EXPIRED_TOTAL).increment(0);
     gauge!(
         BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),

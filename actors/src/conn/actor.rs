@@ -156,6 +156,7 @@ impl Actor for ConnectionActor {
             ConnMsg::CredentialExpired(Credential::JwtSvid) => {
                 // The token was checked once, at the hello: past its `exp`
                 // nothing vouches for the identity any more.
+                counter!(m::PEER_JWT_EXPIRED_TOTAL).increment(1);
                 info!(conn = st.shared.id, name = %st.shared.name, identity = ?st.shared.spiffe_id.as_ref().map(|i| i.as_str()), "closing: the client's JWT-SVID expired");
                 close_conn(
                     &st.shared.conn,
