@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-./scripts/install-deps.sh python3 python3-venv nftables prometheus binutils
+./scripts/install-deps.sh python3 python3-venv python3-pip nftables prometheus binutils
 ./scripts/docker-env.sh start >/dev/null
 
 t0=$SECONDS

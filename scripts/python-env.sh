@@ -48,8 +48,11 @@ need=()
 "$PY" -c 'import maturin' 2>/dev/null || need+=("maturin>=1.9.4,<2")
 "$PY" -c 'import pytest' 2>/dev/null || need+=("pytest>=8,<10")
 "$PY" -c 'import pytest_asyncio' 2>/dev/null || need+=("pytest-asyncio>=0.24,<2")
-"$PY" -c 'import mcp' 2>/dev/null || need+=("mcp>=1.10,<2")
-"$PY" -c 'import a2a.client' 2>/dev/null || need+=("a2a-sdk>=1.3,<2")
+# The agent-protocol SDKs' pins live in python/sdk-requirements.txt (shared
+# with the dev image, deploy/docker/rootfs.sh).
+pin() { grep -E "^$1[<>=!~ ]" "$ROOT/python/sdk-requirements.txt"; }
+"$PY" -c 'import mcp' 2>/dev/null || need+=("$(pin mcp)")
+"$PY" -c 'import a2a.client' 2>/dev/null || need+=("$(pin a2a-sdk)")
 if ((${#need[@]})); then
     echo "python-env: installing ${need[*]}" >&2
     "$PY" -m pip install -q "${need[@]}" >&2

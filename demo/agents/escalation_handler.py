@@ -30,7 +30,7 @@ IMAGE = "nginx:1.21"
 async def consult_cve_db(agent: Agent, reason: str) -> dict[str, Any]:
     """Calls the MCP tools lookup and runbook of cve-db (cluster B) with the official MCP
     client over slim; returns what the runbook message carries ({} if it failed)."""
-    try:  # only this flow needs the MCP SDK (the compose image has none: skip it there)
+    try:  # only this flow needs the MCP SDK (without it the escalation goes on, noted)
         from mcp import ClientSession  # noqa: PLC0415
         from slim_agents.mcp import slim_client  # noqa: PLC0415
     except ImportError as e:

@@ -45,7 +45,7 @@ async def patch(agent: Agent) -> None:
 async def hand_to_patcher(agent: Agent, image: str) -> bool:
     """Hands the rolling update to the patcher agent over A2A (the A2A SDK's own client,
     slim's transport) and follows its streamed status; False if that failed."""
-    try:  # only this flow needs the A2A SDK (the compose image has none: skip it there)
+    try:  # only this flow needs the A2A SDK (without it the patch goes on, noted)
         from a2a.client import ClientConfig, ClientFactory  # noqa: PLC0415
         from a2a.helpers.proto_helpers import new_text_message  # noqa: PLC0415
         from a2a.types.a2a_pb2 import Role, SendMessageRequest, TaskState  # noqa: PLC0415

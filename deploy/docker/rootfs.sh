@@ -10,8 +10,9 @@
 # BIN_DIR: slim-node slim-controller slimctl slim-devspire slim-demo-agent
 # inject-event. PY_PACKAGE_DIR: the slim_agents package with its compiled
 # extension (python/slim_agents after scripts/python-env.sh, or an unpacked
-# wheel). Needs: python3.11, nft and prometheus installed on this machine
-# (Debian's packages), strip (binutils).
+# wheel). Needs: python3.11 with pip, nft and prometheus installed on this
+# machine (Debian's packages), strip (binutils), and PyPI or a pip cache
+# holding python/sdk-requirements.txt (PIP_CACHE_DIR, default ~/.cache/pip).
 # Writes OUT/runtime (slim-node, slim-controller, slimctl), OUT/owned (the
 # directories the non-root user writes to), OUT/dev (the development and
 # demo tools: slim-devspire, the demo agents, Python, nft, bash and the few
@@ -19,7 +20,7 @@
 # Binaries are copied with `strip --strip-debug` (function names stay, for
 # backtraces); release binaries have no debug info to begin with.
 set -euo pipefail
-[ $# -eq 3 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
+[ $# -eq 3 ] || { sed -n '2,21p' "$0" >&2; exit 2; }
 BIN="$1" PYPKG="$2" OUT="$3"
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 rm -rf "$OUT"
@@ -34,6 +35,8 @@ copy_file() {
 libs() {
     ldd "$1" 2>/dev/null | awk '/=> \//{print $3} /^[ \t]*\/[^ ]+ \(/{print $1}' |
         while read -r lib; do
+            # A wheel's bundled library (pkg.libs/) is in the tree already.
+            case "$lib" in "$2"/*) continue ;; esac
             [ -e "$2$lib" ] || copy_file "$lib" "$2"
         done
 }
@@ -104,6 +107,23 @@ ls "$PYPKG"/_native*.so >/dev/null 2>&1 ||
 cp -rL "$PYPKG" "$SITE/slim_agents"
 rm -rf "$SITE/slim_agents/__pycache__" "$SITE/slim_agents/.gitignore"
 for so in "$SITE"/slim_agents/*.so; do
+    strip --strip-debug "$so"
+    libs "$so" "$D"
+done
+# The agent-protocol SDKs (mcp, a2a-sdk: pins in python/sdk-requirements.txt)
+# with their dependencies, for the demo's MCP tool server and A2A agent and
+# their callers. Installed by the interpreter the image gets (so the wheels
+# match its ABI), from the persistent pip cache after the first build; no
+# bytecode, console scripts or test suites (the image runs the agents only).
+"$PY" -m pip --version >/dev/null 2>&1 ||
+    { echo "rootfs.sh: no pip for $PY (scripts/install-deps.sh python3-pip)" >&2; exit 1; }
+PIP_CACHE_DIR="${PIP_CACHE_DIR:-$HOME/.cache/pip}" PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    "$PY" -m pip install -q --no-compile --no-warn-script-location --root-user-action=ignore \
+    --target "$SITE" -r "$ROOT/python/sdk-requirements.txt" ||
+    { echo "rootfs.sh: pip could not install python/sdk-requirements.txt into the dev image" >&2; exit 1; }
+rm -rf "$SITE/bin"
+find "$SITE" -depth -type d \( -name __pycache__ -o -name tests \) -exec rm -rf {} +
+find "$SITE" -name '*.so' -type f | while read -r so; do
     strip --strip-debug "$so"
     libs "$so" "$D"
 done

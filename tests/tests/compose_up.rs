@@ -1,7 +1,9 @@
 //! `docker compose up` for real: deploy/compose/docker-compose.yml with the
 //! images scripts/images.sh builds from this repository (no registry), the
-//! seed's incident run to "resolved" by the Python agents, Prometheus
-//! scraping every node, a dial into cluster A refused, and `down -v` always.
+//! seed's incident run to "resolved" by the Python agents (with the
+//! escalation handler's MCP tool call to cluster B and the remediation's A2A
+//! task to the patcher, over the fabric), Prometheus scraping every node, a
+//! dial into cluster A refused, and `down -v` always.
 //!
 //! Needs root (dockerd; `scripts/docker-env.sh` installs Debian's docker.io
 //! and docker-compose and starts dockerd if none runs, and this test stops
@@ -22,12 +24,19 @@ use serde_json::Value;
 
 const PROJECT: &str = "slim-compose-test";
 const NODES: [&str; 3] = ["admin-node", "eu-west-node", "us-east-node"];
-const AGENTS: [&str; 4] = [
+const AGENTS: [&str; 6] = [
     "eu-monitor",
     "eu-remediation",
     "us-monitor",
     "escalation-handler",
+    "cve-tools",
+    "patcher",
 ];
+/// The MCP tool server (cluster B) and the A2A agent (cluster A) by name, and
+/// the advisory only the tool server knows (demo/agents/cve_tools.py).
+const CVE_DB: &str = "acme/us-east/cve-db";
+const PATCHER: &str = "acme/eu-west/patcher";
+const ADVISORY: &str = "CVE-2021-23017";
 const APPROVAL: &str = r#"{"decision":"APPROVE_DRAIN","node":"eu-west-7-node-3"}"#;
 /// Cluster A's node on wan (dials out only) and cluster B's (reachable).
 const A_WAN: &str = "172.28.0.12:4500";
@@ -139,6 +148,14 @@ impl Fleet {
             .filter_map(|l| l.split_once("| ").map(|(_, j)| j))
             .filter_map(|j| serde_json::from_str::<Value>(j).ok())
             .collect()
+    }
+
+    /// The agent-protocol call line (`"t":"call"`) `service` printed for
+    /// `proto` to `target` with `op`, if any.
+    fn call(&self, service: &str, proto: &str, target: &str, op: &str) -> Option<Value> {
+        self.agent_lines(service).into_iter().find(|l| {
+            l["t"] == "call" && l["proto"] == proto && l["target"] == target && l["op"] == op
+        })
     }
 
     fn sent(&self, service: &str, kind: &str) -> bool {
@@ -296,6 +313,7 @@ fn compose_up_runs_the_incident_to_resolved() {
         Duration::from_secs(120),
         || fleet.sent("escalation-handler", "approval-required"),
     );
+    check_agent_protocols(&fleet);
     let o = run(fleet.compose().args([
         "run",
         "--rm",
@@ -454,4 +472,74 @@ fn compose_up_runs_the_incident_to_resolved() {
     fleet.say(&format!("cluster A's firewall: {rule}"));
     drop(fleet);
     println!("compose test: {:.1} s in all", t0.elapsed().as_secs_f64());
+}
+
+/// Before it asked for approval, the escalation handler called cve-db's MCP
+/// tools in cluster B, and before it escalated, the remediation handed its
+/// rolling update to the patcher over A2A and followed the streamed states.
+fn check_agent_protocols(fleet: &Fleet) {
+    let logs = |svc: &str| {
+        fleet
+            .agent_lines(svc)
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // MCP: the handler's line carries the advisory the tool returned, and the
+    // tool server saw the handler's SPIFFE ID (proven by MLS) on the call.
+    let mcp = fleet
+        .call("escalation-handler", "mcp", CVE_DB, "cve-db/lookup")
+        .unwrap_or_else(|| {
+            panic!(
+                "escalation-handler made no MCP call to {CVE_DB}:\n{}",
+                logs("escalation-handler")
+            )
+        });
+    let text = mcp["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(ADVISORY) && text.contains("runbook: 4 steps"),
+        "the MCP call did not return cve-db's advisory and runbook: {mcp}"
+    );
+    let caller = "spiffe://acme.example/admin/agent/escalation-handler";
+    assert!(
+        fleet
+            .agent_lines("cve-tools")
+            .iter()
+            .any(|l| l["t"] == "note"
+                && l["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("lookup(nginx:1.21)") && t.ends_with(caller))),
+        "cve-tools never served lookup to {caller}:\n{}",
+        logs("cve-tools")
+    );
+    fleet.say(&format!("MCP: {text}"));
+    // A2A: the task's states as streamed: at least 3 `working` in a row,
+    // then `completed` last.
+    let a2a = fleet
+        .call("eu-remediation", "a2a", PATCHER, "SendStreamingMessage")
+        .unwrap_or_else(|| {
+            panic!(
+                "eu-remediation handed no A2A task to {PATCHER}:\n{}",
+                logs("eu-remediation")
+            )
+        });
+    let steps: Vec<&str> = a2a["steps"]
+        .as_array()
+        .map(|s| s.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let working = steps.iter().filter(|s| **s == "working").count();
+    let first = steps.iter().position(|s| *s == "working").unwrap_or(0);
+    assert!(
+        working >= 3
+            && steps[first..first + working]
+                .iter()
+                .all(|s| *s == "working")
+            && steps[first + working..] == ["completed"],
+        "the A2A task's states {steps:?}: want at least 3 working in a row, then completed ({a2a})"
+    );
+    fleet.say(&format!(
+        "A2A: {}",
+        a2a["text"].as_str().unwrap_or_default()
+    ));
 }
