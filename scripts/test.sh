@@ -19,6 +19,16 @@ if [ -d "$CARGO_TARGET_DIR/debug/deps" ]; then
     find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -size +20M -mtime +2 \
         ! -name '*.rlib' ! -name '*.rmeta' ! -name '*.so' -delete 2>/dev/null || true
 fi
+# Libraries of superseded dependency versions and old trees are never
+# deleted by cargo: a debug dir past 60 GB (a fresh build is ~25 GB) is
+# mostly dead weight and fills the disk; start it afresh.
+if [ -d "$CARGO_TARGET_DIR/debug" ]; then
+    gb=$(du -s -BG "$CARGO_TARGET_DIR/debug" 2>/dev/null | cut -f1 | tr -d G)
+    if [ "${gb:-0}" -gt 60 ]; then
+        echo "== $CARGO_TARGET_DIR/debug holds ${gb} GB: removing it (a full build follows)"
+        rm -rf "$CARGO_TARGET_DIR/debug"
+    fi
+fi
 
 ./scripts/install-deps.sh prometheus nftables iproute2 docker-compose yamllint curl docker.io binutils
 # helm for the chart checks (not in Debian; see the script).
