@@ -4,7 +4,7 @@
 #   scripts/python-env.sh              # dev profile (fast rebuilds; tests, CI)
 #   scripts/python-env.sh --release    # optimized (benchmarks); or SLIM_PY_PROFILE=release
 #
-# Idempotent: creates the venv if missing, installs maturin/pytest/pytest-asyncio
+# Idempotent: creates the venv if missing, installs maturin/pytest/pytest-asyncio/pytest-timeout
 # only when absent, then `maturin develop` (an editable install: the extension
 # lands in python/slim_agents/, the pure-Python files are used in place).
 # Cargo artifacts go to $CARGO_TARGET_DIR (default ~/.cache/slim-target), shared
@@ -48,6 +48,9 @@ need=()
 "$PY" -c 'import maturin' 2>/dev/null || need+=("maturin>=1.9.4,<2")
 "$PY" -c 'import pytest' 2>/dev/null || need+=("pytest>=8,<10")
 "$PY" -c 'import pytest_asyncio' 2>/dev/null || need+=("pytest-asyncio>=0.24,<2")
+# Enforces python/tests/pytest.ini's per-test `timeout` (without it the
+# setting is inert and a hung test holds CI until its overall limit).
+"$PY" -c 'import pytest_timeout' 2>/dev/null || need+=("pytest-timeout>=2.3,<3")
 # The agent-protocol SDKs' pins live in python/sdk-requirements.txt (shared
 # with the dev image, deploy/docker/rootfs.sh).
 pin() { grep -E "^$1[<>=!~ ]" "$ROOT/python/sdk-requirements.txt"; }
