@@ -69,14 +69,19 @@ impl IdentityArgs {
     }
 
     pub(crate) async fn credentials(&self) -> Result<Credentials> {
-        let src = self.source().await?;
-        Ok(match self.jwt_audience() {
+        Ok(self.credentials_from(self.source().await?))
+    }
+
+    /// The credentials to present from an already started `src`: its
+    /// X.509-SVID, or JWT-SVIDs for `--jwt-audience`.
+    pub(crate) fn credentials_from(&self, src: IdentitySource) -> Credentials {
+        match self.jwt_audience() {
             Some(audience) => Credentials::Jwt {
                 source: src,
                 audience,
             },
             None => Credentials::Source(src),
-        })
+        }
     }
 }
 

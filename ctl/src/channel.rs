@@ -12,7 +12,7 @@ use slim_client::channel::{
     MemberInfo,
 };
 use slim_client::session::SessionMux;
-use slim_client::{Client, ClientConfig, Credentials};
+use slim_client::{Client, ClientConfig};
 use slim_mls::MlsIdentity;
 use slim_wire::Name;
 
@@ -98,13 +98,7 @@ async fn connect(c: &ConnectArgs) -> Result<(SessionMux, MlsIdentity, Rotation)>
     let src = c.id.source().await?;
     let rotation = src.subscribe();
     let mls = MlsIdentity::new(&src.current()).context("cannot bind an MLS credential")?;
-    let creds = match c.id.jwt_audience() {
-        Some(audience) => Credentials::Jwt {
-            source: src,
-            audience,
-        },
-        None => Credentials::Source(src),
-    };
+    let creds = c.id.credentials_from(src);
     let name = Name::parse(&c.as_name()).context("invalid --as name")?;
     let node = c.node();
     let client = Client::connect(ClientConfig::for_url(&node, name, creds).await?)

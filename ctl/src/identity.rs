@@ -92,9 +92,9 @@ async fn check(conn: ConnectArgs, out: Output) -> Result<()> {
     let our_expiry = cur.not_after;
     let bundles: Vec<String> = cur.bundles.trust_domains().map(str::to_owned).collect();
     drop(cur);
-    src.shutdown().await;
 
     if expired(our_expiry) {
+        src.shutdown().await;
         // The node would refuse it; say why without asking it.
         bail!(
             "our SVID ({ours}) expired at {} ({}): renew it before connecting",
@@ -102,7 +102,8 @@ async fn check(conn: ConnectArgs, out: Output) -> Result<()> {
             relative(our_expiry)
         );
     }
-    let creds = conn.id.credentials().await?;
+    // The same source connects: one Workload API session, not two.
+    let creds = conn.id.credentials_from(src);
     let name = Name::parse(&conn.as_name()).context("invalid --as name")?;
     let node = conn.node();
     // `connect` makes one attempt: a diagnosis, not a retry loop.

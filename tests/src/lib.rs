@@ -48,6 +48,19 @@ impl std::io::Write for CapturedLog {
 }
 
 impl CapturedLog {
+    /// Installs the process's tracing subscriber at `filter`, writing
+    /// uncoloured lines here (once per test binary).
+    pub fn install(filter: &str) -> CapturedLog {
+        let log = CapturedLog::default();
+        let writer = log.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        log
+    }
+
     /// The lines containing every one of `needles`.
     pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
         let buf = self

@@ -20,13 +20,7 @@ async fn untrusted_attempt(ep: &quinn::Endpoint, node: std::net::SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_handshakes_make_a_bounded_number_of_log_lines() {
-    let log = CapturedLog::default();
-    let writer = log.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    let log = CapturedLog::install("info");
     let pki = Pki::new("example.org");
     let node = start_node(&pki, |_| {}).await;
     let addr = node.local_addr();

@@ -64,13 +64,7 @@ fn connect_cfg(pki: &Pki, node: std::net::SocketAddr, svid: &str, n: &str) -> Cl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumers_and_refusals_are_logged_per_identity_and_counted_apart() {
-    let log = CapturedLog::default();
-    let writer = log.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("info")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+    let log = CapturedLog::install("info");
     let prom = slim_node::install_metrics().expect("install recorder");
     let started = Instant::now();
 
