@@ -115,19 +115,22 @@ async fn transmit(mux: &SessionMux, sid: u64, channel: &Name, t: Transmit) {
             .await
         }
         Dest::Member(n) => match Name::parse(n) {
-            Ok(name) => {
-                let mode = if n.matches('/').count() >= 3 {
-                    Mode::Unicast
-                } else {
-                    Mode::Anycast
-                };
-                mux.publish(sid, &name, mode, &t.packet).await
-            }
+            Ok(name) => mux.publish(sid, &name, member_mode(&name), &t.packet).await,
             Err(e) => Err(SessionError::Malformed(format!("destination {n:?}: {e}"))),
         },
     };
     if let Err(e) = r {
         tracing::debug!(%channel, error = %e, "channel: publish failed");
+    }
+}
+
+/// How to reach one member (or moderator) by name: its full name is one
+/// connection (unicast), a service name any of its instances (anycast).
+pub(super) fn member_mode(name: &Name) -> Mode {
+    if name.has_instance() {
+        Mode::Unicast
+    } else {
+        Mode::Anycast
     }
 }
 

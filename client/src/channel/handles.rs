@@ -108,12 +108,8 @@ impl Channel {
         let query = control_packet(channel.as_str(), &me, &Ctl::RosterQuery)?;
         match moderator {
             Some(m) => {
-                let mode = if m.as_str().matches('/').count() >= 3 {
-                    slim_wire::Mode::Unicast
-                } else {
-                    slim_wire::Mode::Anycast
-                };
-                mux.publish(sid, m, mode, &query).await?
+                mux.publish(sid, m, super::driver::member_mode(m), &query)
+                    .await?
             }
             None => {
                 mux.publish(sid, channel, slim_wire::Mode::Multicast, &query)
