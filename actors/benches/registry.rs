@@ -25,7 +25,7 @@ fn lookup(c: &mut Criterion) {
     let before = rss_kib();
     let reg = Registry::new();
     let outboxes: Vec<Arc<Outbox>> = (0..CONNS)
-        .map(|_| Arc::new(Outbox::new(16, 1 << 20, SlowConsumerPolicy::DropNewest).0))
+        .map(|_| Arc::new(Outbox::new(16, 1 << 20, SlowConsumerPolicy::drop_newest()).0))
         .collect();
     let keys: Vec<String> = (0..SUBS)
         .map(|i| format!("acme/ns{}/svc{}", i % 1000, i))
@@ -62,7 +62,7 @@ fn fanout(c: &mut Criterion) {
     let reg = Registry::new();
     let mut rxs = Vec::new();
     for conn in 0..N as u64 {
-        let (ob, rx) = Outbox::new(1024, 64 << 20, SlowConsumerPolicy::DropNewest);
+        let (ob, rx) = Outbox::new(1024, 64 << 20, SlowConsumerPolicy::drop_newest());
         reg.add(conn, &Arc::new(ob), "acme/monitoring/fanout");
         rxs.push(rx);
     }

@@ -23,7 +23,7 @@ impl Default for QueueConfig {
         QueueConfig {
             max_frames: 65_536,
             max_bytes: 2 << 20,
-            policy: SlowConsumerPolicy::DropNewest,
+            policy: SlowConsumerPolicy::default(),
         }
     }
 }
@@ -146,7 +146,13 @@ impl Default for FederationConfig {
             link_queue: QueueConfig {
                 max_frames: 65_536,
                 max_bytes: 16 << 20,
-                policy: SlowConsumerPolicy::DropNewest,
+                // Longer than a client's deadline: a subscriber stalling the
+                // far node's link reader is cut there before this link gives
+                // up, so the link loses nothing for the others behind it.
+                policy: SlowConsumerPolicy::wait(
+                    Duration::from_secs(5),
+                    crate::outbox::SlowAction::Drop,
+                ),
             },
             control_queue: 4096,
             backoff_initial: Duration::from_millis(100),

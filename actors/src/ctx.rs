@@ -24,10 +24,11 @@ use tracing::warn;
 
 use crate::config::NodeConfig;
 use crate::conn::shared::{ConnError, ConnShared};
+use crate::engine::Next;
 use crate::fed::shared::Fed;
 use crate::logthrottle::Kind;
 use crate::metrics as m;
-use crate::registry::{ConnId, Registry};
+use crate::registry::{ConnId, Registry, RemoteGroup, Sub};
 use crate::table::TableMsg;
 use crate::types::TlsIdentity;
 
@@ -168,12 +169,58 @@ impl NodeCtx {
                 self.log_slow_consumer(conn);
             }
         }
+        if t.declared > 0 {
+            counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "drop")
+                .increment(std::mem::take(&mut t.declared));
+        }
         if t.gone > 0 {
             hm.subscriber_gone.increment(std::mem::take(&mut t.gone));
         }
         if t.link_drops > 0 {
             counter!(m::LINK_DROPS_TOTAL, "reason" => "queue_full")
                 .increment(std::mem::take(&mut t.link_drops));
+        }
+        if let Some(peer) = t.slow_link.take() {
+            counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "link").increment(1);
+            if self.log.note_identity(Kind::SlowConsumer, &peer) {
+                let deadline = self.cfg.federation.link_queue.policy.write_deadline;
+                warn!(
+                    peer = %peer,
+                    action = "drop",
+                    "slow peer link: the link to {peer} stayed full for its write deadline ({deadline:?}); messages for nodes behind it are dropped until it drains (slim_link_drops_total{{reason=\"queue_full\"}}){THROTTLED_PER_IDENTITY}"
+                );
+            }
+        }
+    }
+
+    /// Pushes one copy to a local subscriber: when its queue is full, waits
+    /// for room up to its write deadline (the caller is a publisher's reader,
+    /// so the publisher is slowed instead of anything being lost), then
+    /// applies its slow-consumer policy.
+    pub(crate) async fn deliver(&self, t: &mut crate::engine::Tally, sub: &Sub, frame: Bytes) {
+        let mut next = t.push_sub(sub, frame);
+        if let Next::Wait(frame) = next {
+            let deadline = sub.outbox.data_deadline();
+            let out = sub.outbox.push_wait(frame, deadline).await;
+            next = t.sub_outcome(sub.conn, out);
+        }
+        if let Next::Disconnect(conn) = next {
+            self.disconnect_slow(conn);
+        }
+    }
+
+    /// Pushes one copy onto a peer link, waiting for room like
+    /// [`NodeCtx::deliver`]; a link past its deadline drops, never closes.
+    pub(crate) async fn forward(
+        &self,
+        t: &mut crate::engine::Tally,
+        g: &RemoteGroup,
+        frame: Bytes,
+    ) {
+        if let Next::Wait(frame) = t.push_link(g, frame) {
+            let deadline = g.outbox.data_deadline();
+            let out = g.outbox.push_wait(frame, deadline).await;
+            let _ = t.link_outcome(g, out);
         }
     }
 
@@ -186,6 +233,12 @@ impl NodeCtx {
         let identity = c.identity().unwrap_or(NO_IDENTITY);
         if self.log.note_identity(Kind::SlowConsumer, identity) {
             let q = &self.cfg.queue;
+            let deadline = q.policy.write_deadline;
+            let why = if deadline.is_zero() {
+                "its outbound queue is full and the policy never waits".to_owned()
+            } else {
+                format!("its outbound queue stayed full for the write deadline ({deadline:?})")
+            };
             warn!(
                 identity,
                 name = %c.name,
@@ -193,7 +246,7 @@ impl NodeCtx {
                 action = "drop",
                 max_frames = q.max_frames,
                 max_bytes = q.max_bytes,
-                "slow consumer detected: {identity} ({}) does not read as fast as messages arrive; its outbound queue is full and messages to it are dropped (slim_messages_dropped_total{{reason=\"slow_consumer\"}}){THROTTLED_PER_IDENTITY}",
+                "slow consumer detected: {identity} ({}) does not read as fast as messages arrive: {why}; messages to it are dropped until it catches up (slim_messages_dropped_total{{reason=\"slow_consumer\"}}){THROTTLED_PER_IDENTITY}",
                 c.name
             );
         }
@@ -229,13 +282,14 @@ impl NodeCtx {
                     name = %c.name,
                     conn = c.id,
                     action = "disconnect",
-                    "slow consumer detected: {identity} ({}) let its outbound queue stay full past the grace period; disconnecting it{THROTTLED_PER_IDENTITY}",
-                    c.name
+                    "slow consumer detected: {identity} ({}) let its outbound queue stay full past the write deadline ({:?}); disconnecting it{THROTTLED_PER_IDENTITY}",
+                    c.name,
+                    self.cfg.queue.policy.write_deadline
                 );
             }
             c.close(
                 ErrorCode::SLOW_CONSUMER,
-                "slow consumer: outbound queue stayed full",
+                "slow consumer: outbound queue stayed full past the write deadline",
             );
         }
     }

@@ -330,6 +330,17 @@ pub fn route_forward<'f>(
 /// Slow subscribers a [`Tally`] remembers per batch.
 pub const SLOW_CONNS: usize = 4;
 
+/// What a driver does after a push: nothing more, wait for room (the queue
+/// is full and the policy says to wait; the frame comes back), or close a
+/// connection the policy has cut.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Next {
+    Done,
+    Wait(Bytes),
+    Disconnect(ConnId),
+}
+
 /// Outcomes of the pushes of one read batch, and the slow-consumer decision
 /// for each: counted here, flushed to metrics once per batch by the driver.
 #[derive(Debug, Default)]
@@ -337,6 +348,9 @@ pub struct Tally {
     pub deliveries: u64,
     /// Local deliveries dropped because the subscriber's queue was full.
     pub slow: u64,
+    /// Subscribers newly declared slow consumers (the write deadline passed
+    /// under the drop policy).
+    pub declared: u64,
     /// Local deliveries not made because the subscriber's connection was
     /// closing (its outbox closed).
     pub gone: u64,
@@ -348,23 +362,34 @@ pub struct Tally {
     /// Link copies dropped because the link's queue was full (a slow peer is
     /// isolated; the link stays up for everyone else).
     pub link_drops: u64,
+    /// The peer of a link newly declared slow in this batch, for the log.
+    pub slow_link: Option<Arc<str>>,
 }
 
 impl Tally {
-    /// One local subscriber, under its slow-consumer policy. Returns the
-    /// connection to close when the policy says so.
-    #[must_use]
-    pub fn push_sub(&mut self, sub: &Sub, frame: Bytes) -> Option<ConnId> {
-        match sub.outbox.push(frame) {
+    /// One local subscriber, under its slow-consumer policy.
+    pub fn push_sub(&mut self, sub: &Sub, frame: Bytes) -> Next {
+        let out = sub.outbox.push(frame);
+        self.sub_outcome(sub.conn, out)
+    }
+
+    /// Counts what became of one copy to subscriber `conn`.
+    pub fn sub_outcome(&mut self, conn: ConnId, out: Push) -> Next {
+        match out {
             Push::Queued => self.deliveries += 1,
-            Push::Dropped => self.slow_from(sub.conn),
+            Push::Full(frame) => return Next::Wait(frame),
+            Push::Dropped => self.slow_from(conn),
+            Push::Slow => {
+                self.declared += 1;
+                self.slow_from(conn);
+            }
             Push::Closed => self.gone += 1,
             Push::Disconnect => {
-                self.slow_from(sub.conn);
-                return Some(sub.conn);
+                self.slow_from(conn);
+                return Next::Disconnect(conn);
             }
         }
-        None
+        Next::Done
     }
 
     fn slow_from(&mut self, conn: ConnId) {
@@ -375,12 +400,25 @@ impl Tally {
         }
     }
 
-    /// One peer link: a full link queue drops.
-    pub fn push_link(&mut self, g: &RemoteGroup, frame: Bytes) {
-        match g.outbox.push(frame) {
+    /// One peer link; a full link queue is waited for like a subscriber's.
+    pub fn push_link(&mut self, g: &RemoteGroup, frame: Bytes) -> Next {
+        let out = g.outbox.push(frame);
+        self.link_outcome(g, out)
+    }
+
+    /// Counts what became of one copy onto link `g`: a link is never cut for
+    /// slowness (everyone behind it would lose their routes), it drops.
+    pub fn link_outcome(&mut self, g: &RemoteGroup, out: Push) -> Next {
+        match out {
             Push::Queued | Push::Closed => {}
+            Push::Full(frame) => return Next::Wait(frame),
+            Push::Slow => {
+                self.link_drops += 1;
+                self.slow_link = Some(Arc::clone(&g.peer));
+            }
             Push::Dropped | Push::Disconnect => self.link_drops += 1,
         }
+        Next::Done
     }
 }
 

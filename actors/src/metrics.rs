@@ -39,6 +39,9 @@ pub const ROUTING_SECONDS: &str = "slim_routing_seconds";
 /// Per writer batch: how long its oldest frame waited in the outbox before
 /// being handed to QUIC.
 pub const ENQUEUE_TO_WRITE_SECONDS: &str = "slim_enqueue_to_write_seconds";
+/// Per wait: how long a publisher's reader (or a link's) waited for room in
+/// a full outbox before its frame went in or the write deadline passed.
+pub const PUBLISHER_WAIT_SECONDS: &str = "slim_publisher_wait_seconds";
 pub const ROUTING_SAMPLE: u64 = 64;
 /// Explicit buckets for every `_seconds` histogram: 1 µs … 2.5 s.
 pub const SECONDS_BUCKETS: &[f64] = &[
@@ -215,7 +218,7 @@ pub fn describe() {
     c(
         SLOW_CONSUMER_EVENTS_TOTAL,
         Count,
-        "Slow-consumer events by action (disconnect).",
+        "Slow-consumer events by action: disconnect (cut after the write deadline), drop (declared slow under the drop policy; its messages are dropped until it drains), link (a peer link stayed full past its deadline).",
     );
     c(
         PROTOCOL_ERRORS_TOTAL,
@@ -257,6 +260,11 @@ pub fn describe() {
         ENQUEUE_TO_WRITE_SECONDS,
         Seconds,
         "Seconds the oldest frame of a writer batch waited in its outbox before being handed to QUIC."
+    );
+    describe_histogram!(
+        PUBLISHER_WAIT_SECONDS,
+        Seconds,
+        "Seconds a publisher's reader waited for room in a full outbox (back-pressure instead of a drop); one sample per wait. A wait that reaches the write deadline makes the outbox's owner a slow consumer."
     );
     c(
         ACTOR_RESTARTS_TOTAL,
@@ -429,7 +437,9 @@ pub fn init_zero() {
     ] {
         counter!(MESSAGES_DROPPED_TOTAL, "reason" => reason).increment(0);
     }
-    counter!(SLOW_CONSUMER_EVENTS_TOTAL, "action" => "disconnect").increment(0);
+    for action in ["disconnect", "drop", "link"] {
+        counter!(SLOW_CONSUMER_EVENTS_TOTAL, "action" => action).increment(0);
+    }
     for action in ["connect", "register", "publish", "subscribe"] {
         counter!(AUTHZ_DENIED_TOTAL, "action" => action).increment(0);
     }
@@ -459,4 +469,9 @@ pub fn init_zero() {
         "git_sha" => option_env!("SLIM_GIT_SHA").unwrap_or("unknown")
     )
     .set(1.0);
+}
+
+/// One back-pressure wait on a full outbox.
+pub fn publisher_waited(d: std::time::Duration) {
+    metrics::histogram!(PUBLISHER_WAIT_SECONDS).record(d.as_secs_f64());
 }

@@ -651,6 +651,8 @@ impl NodeHandle {
                 queued_bytes: c.outbox.queued_bytes(),
                 max_queued_bytes: c.outbox.max_bytes(),
                 dropped: c.outbox.dropped(),
+                waited: c.outbox.waits(),
+                slow: c.outbox.is_slow(),
             })
             .collect()
     }

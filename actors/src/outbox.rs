@@ -4,31 +4,87 @@
 //! one writer task per connection drains it and coalesces frames into large
 //! stream writes. The queue is bounded twice: by frame count (the channel) and
 //! by bytes (`max_bytes`), so a stalled reader costs at most `max_bytes`.
+//!
+//! A full queue first makes the pusher *wait* (the publisher's reader stops
+//! reading, so QUIC flow control slows the publisher) for up to the policy's
+//! write deadline, like NATS's `write_deadline`: nobody loses anything while
+//! every subscriber keeps up on average. A queue still full at the deadline is
+//! a slow consumer, handled by [`SlowAction`]: cut off (disconnected), or
+//! marked and dropped for at once (without waiting) until it has drained, so
+//! it cannot stall its publishers again.
 
-use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
-/// What to do with a connection whose queue is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SlowConsumerPolicy {
-    /// Drop the newest frame and count it; the connection stays up.
-    #[default]
-    DropNewest,
-    /// Drop while full, and close the connection once the queue has stayed
-    /// full for the grace period.
-    Disconnect { grace: Duration },
+/// What happens to a subscriber whose queue stays full past the write deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowAction {
+    /// Drop what does not fit, count it and log the identity; the connection
+    /// stays up, and publishers no longer wait for it until it has drained.
+    Drop,
+    /// Close the connection (NATS's behaviour for a slow consumer).
+    Disconnect,
 }
 
-/// Outcome of [`Outbox::push`].
+/// How a full queue is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlowConsumerPolicy {
+    /// How long a publisher waits for room in a full queue before the queue's
+    /// owner is declared a slow consumer. Zero: never wait (fire-and-forget:
+    /// a full queue drops, or disconnects, at once).
+    pub write_deadline: Duration,
+    pub action: SlowAction,
+}
+
+impl SlowConsumerPolicy {
+    /// The default write deadline (NATS 2.9's default is 2 s as well).
+    pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(2);
+
+    /// Fire-and-forget: never wait; drop the newest frame of a full queue.
+    pub const fn drop_newest() -> Self {
+        SlowConsumerPolicy {
+            write_deadline: Duration::ZERO,
+            action: SlowAction::Drop,
+        }
+    }
+
+    /// Wait up to `write_deadline` for room, then apply `action`.
+    pub const fn wait(write_deadline: Duration, action: SlowAction) -> Self {
+        SlowConsumerPolicy {
+            write_deadline,
+            action,
+        }
+    }
+}
+
+impl Default for SlowConsumerPolicy {
+    /// Lossless while subscribers keep up; a subscriber stuck for 2 s is cut.
+    fn default() -> Self {
+        SlowConsumerPolicy::wait(Self::DEFAULT_WRITE_DEADLINE, SlowAction::Disconnect)
+    }
+}
+
+/// How long a control frame (an ack, an error, a pong) for a connection's
+/// own client may wait when the policy never waits for data: losing an ack
+/// would hang the client's call, so it gets this long before the policy
+/// applies.
+pub const CONTROL_WAIT: Duration = Duration::from_secs(2);
+
+/// Outcome of [`Outbox::push`] and [`Outbox::push_wait`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Push {
     Queued,
-    /// Dropped because the queue is full (slow consumer).
+    /// The queue is full and the policy says to wait for room: the frame is
+    /// handed back for [`Outbox::push_wait`].
+    Full(Bytes),
+    /// Dropped: the queue is full and its owner is a slow consumer.
     Dropped,
+    /// Dropped, and this push is the one that declared the owner a slow
+    /// consumer (the write deadline just passed under [`SlowAction::Drop`]).
+    Slow,
     /// Dropped, and the policy says this connection must now be closed.
     Disconnect,
     /// The connection is gone.
@@ -42,7 +98,16 @@ pub struct Outbox {
     policy: SlowConsumerPolicy,
     dropped: AtomicU64,
     closed: AtomicBool,
-    full_since: Mutex<Option<Instant>>,
+    /// Declared a slow consumer (the write deadline passed under
+    /// [`SlowAction::Drop`]): pushes that find the queue full drop at once
+    /// until the writer has emptied it.
+    slow: AtomicBool,
+    /// Woken by the writer when it has taken frames, for pushers waiting
+    /// for room; `waiters` spares the writer the wake-up when nobody waits.
+    space: Notify,
+    waiters: AtomicUsize,
+    /// Pushers that waited for room, and for how long in total.
+    waits: AtomicU64,
     /// When the oldest frame not yet taken by the writer was queued
     /// (nanoseconds since [`epoch`], 0 = none): one clock read per batch, not
     /// per message, feeds the enqueue-to-write histogram.
@@ -65,6 +130,7 @@ impl std::fmt::Debug for Outbox {
         f.debug_struct("Outbox")
             .field("queued_bytes", &self.queued_bytes())
             .field("dropped", &self.dropped())
+            .field("slow", &self.is_slow())
             .finish()
     }
 }
@@ -85,25 +151,109 @@ impl Outbox {
                 policy,
                 dropped: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
-                full_since: Mutex::new(None),
+                slow: AtomicBool::new(false),
+                space: Notify::new(),
+                waiters: AtomicUsize::new(0),
+                waits: AtomicU64::new(0),
                 oldest: AtomicU64::new(0),
             },
             rx,
         )
     }
 
-    /// Enqueues a frame without waiting. Never blocks the router.
+    /// Enqueues a frame without waiting. A full queue hands the frame back
+    /// as [`Push::Full`] when the policy says to wait (see
+    /// [`Outbox::push_wait`]), else drops it under the policy.
     pub fn push(&self, frame: Bytes) -> Push {
         if self.closed.load(Ordering::Relaxed) {
             return Push::Closed;
         }
+        match self.try_queue(frame) {
+            Ok(()) => Push::Queued,
+            Err(None) => Push::Closed,
+            Err(Some(frame)) => {
+                if self.policy.write_deadline.is_zero() || self.is_slow() {
+                    self.overdue()
+                } else {
+                    Push::Full(frame)
+                }
+            }
+        }
+    }
+
+    /// The deadline a data frame pushed now may wait until.
+    pub fn data_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.policy.write_deadline
+    }
+
+    /// The deadline a control frame pushed now may wait until.
+    pub fn control_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.policy.write_deadline.max(CONTROL_WAIT)
+    }
+
+    /// Enqueues a frame, waiting for room until `deadline`; a queue still
+    /// full then is a slow consumer, handled by the policy.
+    pub async fn push_wait(&self, frame: Bytes, deadline: tokio::time::Instant) -> Push {
+        let started = Instant::now();
+        let mut frame = frame;
+        let out = loop {
+            if self.closed.load(Ordering::Relaxed) {
+                break Push::Closed;
+            }
+            // Registered before the attempt, so room made between the attempt
+            // and the wait still wakes us (the writer checks `waiters` after
+            // freeing room; both are SeqCst).
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            let out = match self.try_queue(frame) {
+                Ok(()) => Push::Queued,
+                Err(None) => Push::Closed,
+                // Someone else declared it slow while we waited: no more waiting.
+                Err(Some(_)) if self.is_slow() => self.overdue(),
+                Err(Some(f)) => {
+                    let woke = tokio::time::timeout_at(deadline, notified).await.is_ok();
+                    self.waiters.fetch_sub(1, Ordering::SeqCst);
+                    if !woke {
+                        break self.overdue();
+                    }
+                    frame = f;
+                    continue;
+                }
+            };
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            break out;
+        };
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::publisher_waited(started.elapsed());
+        out
+    }
+
+    /// Enqueues a control frame (an ack, an error, a pong) for the
+    /// connection's own client: waits for room even under a policy that
+    /// never waits for data (see [`CONTROL_WAIT`]).
+    pub async fn push_control(&self, frame: Bytes) -> Push {
+        if self.closed.load(Ordering::Relaxed) {
+            return Push::Closed;
+        }
+        match self.try_queue(frame) {
+            Ok(()) => Push::Queued,
+            Err(None) => Push::Closed,
+            Err(Some(frame)) => self.push_wait(frame, self.control_deadline()).await,
+        }
+    }
+
+    /// Queues `frame` if both bounds allow; gives it back when full (`None`
+    /// when the connection is gone).
+    fn try_queue(&self, frame: Bytes) -> Result<(), Option<Bytes>> {
         let len = frame.len();
-        let prev = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        let prev = self.queued_bytes.fetch_add(len, Ordering::SeqCst);
         if prev + len > self.max_bytes && prev != 0 {
             // A single frame larger than the cap still goes through on an empty
             // queue, otherwise it could never be delivered.
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-            return self.full();
+            self.queued_bytes.fetch_sub(len, Ordering::SeqCst);
+            return Err(Some(frame));
         }
         match self.tx.try_send(frame) {
             Ok(()) => {
@@ -115,67 +265,50 @@ impl Outbox {
                         Ordering::Relaxed,
                     );
                 }
-                if self.policy != SlowConsumerPolicy::DropNewest {
-                    self.clear_full();
-                }
-                Push::Queued
+                Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                self.full()
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                self.queued_bytes.fetch_sub(len, Ordering::SeqCst);
+                Err(Some(frame))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                self.queued_bytes.fetch_sub(len, Ordering::SeqCst);
                 self.closed.store(true, Ordering::Relaxed);
-                Push::Closed
+                Err(None)
             }
         }
     }
 
-    /// Enqueues a control frame (acks, errors), waiting for room rather than
-    /// dropping it; used only from the connection's own reader.
-    pub async fn push_control(&self, frame: Bytes) -> Push {
-        if self.closed.load(Ordering::Relaxed) {
-            return Push::Closed;
-        }
-        let len = frame.len();
-        self.queued_bytes.fetch_add(len, Ordering::AcqRel);
-        match self.tx.send(frame).await {
-            Ok(()) => Push::Queued,
-            Err(_) => {
-                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                Push::Closed
-            }
-        }
-    }
-
-    fn full(&self) -> Push {
+    /// The queue is full past its deadline (or the policy never waits).
+    fn overdue(&self) -> Push {
         self.dropped.fetch_add(1, Ordering::Relaxed);
-        match self.policy {
-            SlowConsumerPolicy::DropNewest => Push::Dropped,
-            SlowConsumerPolicy::Disconnect { grace } => {
-                let now = Instant::now();
-                let mut since = self.full_since.lock();
-                let start = *since.get_or_insert(now);
-                if now.duration_since(start) >= grace {
-                    self.closed.store(true, Ordering::Relaxed);
-                    Push::Disconnect
-                } else {
+        match self.policy.action {
+            SlowAction::Drop => {
+                if self.slow.swap(true, Ordering::Relaxed) {
                     Push::Dropped
+                } else {
+                    Push::Slow
                 }
             }
-        }
-    }
-
-    fn clear_full(&self) {
-        if let Some(mut s) = self.full_since.try_lock() {
-            *s = None;
+            SlowAction::Disconnect => {
+                self.closed.store(true, Ordering::Relaxed);
+                // Pushers still waiting give up at once.
+                self.space.notify_waiters();
+                Push::Disconnect
+            }
         }
     }
 
     /// Called by the writer after it has handed `n` bytes to the transport.
     pub fn written(&self, n: usize) {
-        self.queued_bytes.fetch_sub(n, Ordering::AcqRel);
+        let left = self.queued_bytes.fetch_sub(n, Ordering::SeqCst) - n;
+        if left == 0 && self.slow.load(Ordering::Relaxed) {
+            // Drained: it kept up after all; publishers wait for it again.
+            self.slow.store(false, Ordering::Relaxed);
+        }
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.space.notify_waiters();
+        }
     }
 
     /// How long the oldest frame the writer is about to write has waited;
@@ -193,13 +326,28 @@ impl Outbox {
         self.max_bytes
     }
 
+    pub fn policy(&self) -> SlowConsumerPolicy {
+        self.policy
+    }
+
     /// Frames dropped because this queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Pushes that had to wait for room (back-pressure on a publisher).
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
+    }
+
+    /// Whether this queue's owner is currently a declared slow consumer.
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
+        self.space.notify_waiters();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -211,11 +359,15 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn waiting(action: SlowAction) -> SlowConsumerPolicy {
+        SlowConsumerPolicy::wait(Duration::from_secs(3600), action)
+    }
+
     #[test]
-    fn byte_cap_drops_newest() {
-        let (q, mut rx) = Outbox::new(100, 10, SlowConsumerPolicy::DropNewest);
+    fn fire_and_forget_drops_newest_at_once() {
+        let (q, mut rx) = Outbox::new(100, 10, SlowConsumerPolicy::drop_newest());
         assert_eq!(q.push(Bytes::from_static(b"123456")), Push::Queued);
-        assert_eq!(q.push(Bytes::from_static(b"123456")), Push::Dropped);
+        assert_eq!(q.push(Bytes::from_static(b"123456")), Push::Slow);
         assert_eq!(q.queued_bytes(), 6);
         assert_eq!(q.dropped(), 1);
         let b = rx.try_recv().unwrap();
@@ -224,24 +376,94 @@ mod tests {
     }
 
     #[test]
-    fn frame_cap_and_disconnect() {
-        let (q, _rx) = Outbox::new(
-            1,
-            1000,
-            SlowConsumerPolicy::Disconnect {
-                grace: Duration::ZERO,
-            },
-        );
+    fn a_full_queue_hands_the_frame_back_to_wait() {
+        let (q, _rx) = Outbox::new(1, 1000, waiting(SlowAction::Drop));
         assert_eq!(q.push(Bytes::from_static(b"a")), Push::Queued);
-        assert_eq!(q.push(Bytes::from_static(b"b")), Push::Disconnect);
-        assert_eq!(q.push(Bytes::from_static(b"c")), Push::Closed);
+        assert_eq!(
+            q.push(Bytes::from_static(b"b")),
+            Push::Full(Bytes::from_static(b"b"))
+        );
+        assert_eq!(q.dropped(), 0, "waiting is not dropping");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_push_goes_through_once_the_writer_makes_room() {
+        let (q, mut rx) = Outbox::new(1, 1000, waiting(SlowAction::Disconnect));
+        let q = std::sync::Arc::new(q);
+        assert_eq!(q.push(Bytes::from_static(b"a")), Push::Queued);
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let d = q.data_deadline();
+                q.push_wait(Bytes::from_static(b"b"), d).await
+            })
+        };
+        // The writer takes "a" only once the pusher is waiting for room.
+        while q.waiters.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let a = rx.recv().await.unwrap();
+        q.written(a.len());
+        assert_eq!(waiter.await.unwrap(), Push::Queued);
+        assert_eq!(rx.recv().await.unwrap(), Bytes::from_static(b"b"));
+        assert_eq!((q.dropped(), q.waits()), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn past_the_deadline_a_disconnect_policy_closes() {
+        let (q, _rx) = Outbox::new(1, 1000, waiting(SlowAction::Disconnect));
+        assert_eq!(q.push(Bytes::from_static(b"a")), Push::Queued);
+        let past = tokio::time::Instant::now();
+        let out = q.push_wait(Bytes::from_static(b"b"), past).await;
+        assert_eq!(out, Push::Disconnect);
         assert!(q.is_closed());
+        assert_eq!(q.push(Bytes::from_static(b"c")), Push::Closed);
+    }
+
+    #[tokio::test]
+    async fn past_the_deadline_a_drop_policy_stops_waiting_until_drained() {
+        let (q, mut rx) = Outbox::new(1, 1000, waiting(SlowAction::Drop));
+        assert_eq!(q.push(Bytes::from_static(b"a")), Push::Queued);
+        let past = tokio::time::Instant::now();
+        assert_eq!(
+            q.push_wait(Bytes::from_static(b"b"), past).await,
+            Push::Slow
+        );
+        assert!(q.is_slow() && !q.is_closed());
+        // Declared slow: the next full push drops without waiting.
+        assert_eq!(q.push(Bytes::from_static(b"c")), Push::Dropped);
+        assert_eq!(q.dropped(), 2);
+        // Once drained it is waited for again.
+        let a = rx.try_recv().unwrap();
+        q.written(a.len());
+        assert!(!q.is_slow());
+        assert_eq!(q.push(Bytes::from_static(b"d")), Push::Queued);
+        assert!(matches!(q.push(Bytes::from_static(b"e")), Push::Full(_)));
+    }
+
+    #[tokio::test]
+    async fn closing_wakes_a_waiting_pusher() {
+        let (q, _rx) = Outbox::new(1, 1000, waiting(SlowAction::Drop));
+        let q = std::sync::Arc::new(q);
+        assert_eq!(q.push(Bytes::from_static(b"a")), Push::Queued);
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let d = q.data_deadline();
+                q.push_wait(Bytes::from_static(b"b"), d).await
+            })
+        };
+        while q.waiters.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        q.close();
+        assert_eq!(waiter.await.unwrap(), Push::Closed);
     }
 
     #[test]
     fn oversized_frame_passes_on_empty_queue() {
-        let (q, _rx) = Outbox::new(10, 4, SlowConsumerPolicy::DropNewest);
+        let (q, _rx) = Outbox::new(10, 4, SlowConsumerPolicy::drop_newest());
         assert_eq!(q.push(Bytes::from_static(b"0123456789")), Push::Queued);
-        assert_eq!(q.push(Bytes::from_static(b"x")), Push::Dropped);
+        assert_eq!(q.push(Bytes::from_static(b"x")), Push::Slow);
     }
 }

@@ -338,7 +338,7 @@ mod tests {
     use crate::outbox::SlowConsumerPolicy;
 
     fn ob() -> Arc<Outbox> {
-        Arc::new(Outbox::new(4, 1024, SlowConsumerPolicy::DropNewest).0)
+        Arc::new(Outbox::new(4, 1024, SlowConsumerPolicy::drop_newest()).0)
     }
 
     #[test]

@@ -118,6 +118,10 @@ pub struct ConnStats {
     pub queued_bytes: usize,
     pub max_queued_bytes: usize,
     pub dropped: u64,
+    /// Times a publisher had to wait for room in this connection's queue.
+    pub waited: u64,
+    /// Whether it is currently a declared slow consumer (drop policy).
+    pub slow: bool,
 }
 
 /// The node's own credentials: a fixed SVID, or a source that rotates.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use slim_actors::admission::{AdmissionConfig, RetryMode};
-use slim_actors::{NodeConfig, QueueConfig, ResetKey, SlowConsumerPolicy, TokenAuth};
+use slim_actors::{NodeConfig, QueueConfig, ResetKey, SlowAction, SlowConsumerPolicy, TokenAuth};
 use slim_auth::policy::Policy;
 use slim_wire::Limits;
 
@@ -167,10 +167,13 @@ pub struct FederationSection {
     pub keep_alive_ms: u64,
     /// A link without a pong for this long is closed (and redialled).
     pub link_timeout_ms: u64,
-    /// A link's outbound queue, in frames and bytes; beyond it forwarded
-    /// messages are dropped and counted (`slim_link_drops_total`).
+    /// A link's outbound queue, in frames and bytes. A full link makes the
+    /// publishers feeding it wait for up to `link_write_deadline_ms`; past
+    /// that, forwarded messages are dropped and counted
+    /// (`slim_link_drops_total`) until the link drains. 0 = never wait.
     pub link_queue_frames: usize,
     pub link_queue_bytes: usize,
+    pub link_write_deadline_ms: u64,
     /// Reconnect backoff of dialled links (doubling, jittered).
     pub backoff_initial_ms: u64,
     pub backoff_max_ms: u64,
@@ -190,6 +193,7 @@ impl Default for FederationSection {
             link_timeout_ms: d.link_timeout.as_millis() as u64,
             link_queue_frames: d.link_queue.max_frames,
             link_queue_bytes: d.link_queue.max_bytes,
+            link_write_deadline_ms: d.link_queue.policy.write_deadline.as_millis() as u64,
             backoff_initial_ms: d.backoff_initial.as_millis() as u64,
             backoff_max_ms: d.backoff_max.as_millis() as u64,
             max_hops: d.max_hops,
@@ -281,7 +285,10 @@ impl FederationSection {
             link_queue: QueueConfig {
                 max_frames: self.link_queue_frames,
                 max_bytes: self.link_queue_bytes,
-                policy: SlowConsumerPolicy::DropNewest,
+                policy: SlowConsumerPolicy::wait(
+                    Duration::from_millis(self.link_write_deadline_ms),
+                    SlowAction::Drop,
+                ),
             },
             backoff_initial: Duration::from_millis(self.backoff_initial_ms),
             backoff_max: Duration::from_millis(self.backoff_max_ms),
@@ -369,20 +376,31 @@ impl LimitsSection {
     }
 }
 
+/// What happens to a subscriber whose queue stays full past the write deadline.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum SlowConsumer {
+    /// Drop what does not fit (counted, logged per identity); publishers
+    /// stop waiting for it until it has drained.
     Drop,
+    /// Close its connection (NATS's behaviour).
     Disconnect,
 }
 
+/// `[queue]`: every client connection's outbound queue.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueSection {
     pub max_frames: usize,
     pub max_bytes: usize,
+    /// How long a publisher waits for room in a subscriber's full queue
+    /// before that subscriber is a slow consumer; 0 = never wait
+    /// (fire-and-forget: a full queue applies `slow_consumer` at once).
+    /// `slow_consumer_grace_ms` is the name this had before it made
+    /// publishers wait.
+    #[serde(alias = "slow_consumer_grace_ms")]
+    pub write_deadline_ms: u64,
     pub slow_consumer: SlowConsumer,
-    pub slow_consumer_grace_ms: u64,
 }
 
 impl Default for QueueSection {
@@ -391,8 +409,11 @@ impl Default for QueueSection {
         QueueSection {
             max_frames: d.max_frames,
             max_bytes: d.max_bytes,
-            slow_consumer: SlowConsumer::Drop,
-            slow_consumer_grace_ms: 1_000,
+            write_deadline_ms: d.policy.write_deadline.as_millis() as u64,
+            slow_consumer: match d.policy.action {
+                SlowAction::Drop => SlowConsumer::Drop,
+                SlowAction::Disconnect => SlowConsumer::Disconnect,
+            },
         }
     }
 }
@@ -643,12 +664,13 @@ impl FileConfig {
     }
 
     pub fn node_config(&self) -> NodeConfig {
-        let policy = match self.queue.slow_consumer {
-            SlowConsumer::Drop => SlowConsumerPolicy::DropNewest,
-            SlowConsumer::Disconnect => SlowConsumerPolicy::Disconnect {
-                grace: Duration::from_millis(self.queue.slow_consumer_grace_ms),
+        let policy = SlowConsumerPolicy::wait(
+            Duration::from_millis(self.queue.write_deadline_ms),
+            match self.queue.slow_consumer {
+                SlowConsumer::Drop => SlowAction::Drop,
+                SlowConsumer::Disconnect => SlowAction::Disconnect,
             },
-        };
+        );
         NodeConfig {
             node_id: self.node.id.clone(),
             listen: self.node.listen,

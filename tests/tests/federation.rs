@@ -581,15 +581,25 @@ async fn a_peer_with_the_wrong_node_id_never_comes_up() {
 }
 
 /// A peer link that cannot drain (its path is cut, so QUIC's send window
-/// fills) drops what its bounded queue cannot hold, counts it, and never slows
-/// local delivery.
+/// fills) makes the publisher wait for up to the link's write deadline, then
+/// drops what its bounded queue cannot hold and counts it; local delivery is
+/// slowed by at most that deadline and loses nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_link_is_isolated_and_its_drops_counted() {
     init_tracing();
     let pki = Pki::new("example.org");
+    // Links outlive the cut path here (no pings get through either), so it
+    // is the write deadline, not the link timeout, that isolates the link.
+    let patient =
+        |c: &mut slim_actors::NodeConfig| c.federation.link_timeout = Duration::from_secs(120);
     let a = start_peer_node(&pki, "a", vec![], |c| {
+        patient(c);
         c.federation.link_queue.max_frames = 64;
         c.federation.link_queue.max_bytes = 256 << 10;
+        c.federation.link_queue.policy = slim_actors::SlowConsumerPolicy::wait(
+            Duration::from_millis(300),
+            slim_actors::SlowAction::Drop,
+        );
         c.queue.max_bytes = 64 << 20;
     })
     .await;
@@ -597,7 +607,7 @@ async fn a_stalled_link_is_isolated_and_its_drops_counted() {
     let mut spec = peer_spec(&a);
     spec.addr = relay.addr.to_string();
     // b dials a, so a sends on the link under its server-side send window.
-    let b = start_peer_node(&pki, "b", vec![spec], |_| {}).await;
+    let b = start_peer_node(&pki, "b", vec![spec], patient).await;
     let chan = name("acme/stall/chan");
     let far = client(&pki, b.local_addr(), "acme/stall/far").await;
     far.subscribe(&chan).await.unwrap();

@@ -17,6 +17,7 @@
 
 use std::time::{Duration, Instant};
 
+use slim_actors::{SlowAction, SlowConsumerPolicy};
 use slim_auth::policy::Policy;
 use slim_client::{Client, ClientConfig};
 use slim_tests::*;
@@ -72,6 +73,9 @@ async fn slow_consumers_and_refusals_are_logged_per_identity_and_counted_apart()
     let node = start_node(&pki, |c| {
         c.policy = Policy::from_toml(POLICY).unwrap();
         c.queue.max_bytes = CAP;
+        // Kept connected (the default cuts it), so every routed copy is
+        // counted against the same two subscribers.
+        c.queue.policy = SlowConsumerPolicy::wait(Duration::from_millis(300), SlowAction::Drop);
     })
     .await;
     let addr = node.local_addr();

@@ -1,24 +1,31 @@
-//! A subscriber that stops reading is isolated by policy; the others keep receiving.
+//! Flow control: a full subscriber queue makes the publisher wait instead of
+//! dropping, so nothing is lost while subscribers keep up on average; a
+//! subscriber that stays full past the write deadline is a slow consumer,
+//! cut (or dropped for) by policy, and the others lose nothing.
 
 use std::time::Duration;
 
-use slim_actors::SlowConsumerPolicy;
+use slim_actors::{SlowAction, SlowConsumerPolicy};
 use slim_tests::*;
 use slim_wire::Mode;
 
 const N: u64 = 3000;
 const SIZE: usize = 2048;
 const CAP: usize = 1024 * 1024;
+/// Short, so the stalled subscriber is declared soon; the healthy readers
+/// never come near it (they read all the time).
+const DEADLINE: Duration = Duration::from_millis(300);
 
-/// The two scenarios each push ~60 MB through loopback; running them at the
-/// same time on a 2-core CI machine could starve a *healthy* reader.
+/// The scenarios each push ~60 MB through loopback; running them at the
+/// same time on a 2-core CI machine could starve a *healthy* reader past the
+/// deadline.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Publishes `N` messages (then an end marker, sequence number `N`) to nine
-/// healthy readers and one stalled subscriber. Returns once every healthy
-/// reader has received the marker, i.e. once the node has routed every
-/// message, with the stalled client still alive (its connection is the
-/// node's to close) and the stalled queue's peak.
+/// Publishes `N` messages as fast as the node lets it (then an end marker,
+/// sequence number `N`) to nine healthy readers and one stalled subscriber.
+/// Returns once every healthy reader has received the marker, i.e. once the
+/// node has routed every message, with the stalled client still alive (its
+/// connection is the node's to close) and the stalled queue's peak.
 async fn run(policy: SlowConsumerPolicy) -> (slim_actors::NodeHandle, slim_client::Client, u64) {
     let pki = Pki::new("example.org");
     let node = start_node(&pki, |c| {
@@ -46,32 +53,31 @@ async fn run(policy: SlowConsumerPolicy) -> (slim_actors::NodeHandle, slim_clien
             // Everything up to the end marker (published after the last
             // message, delivered in order) counts; nothing may repeat.
             loop {
-                let d = next_message(&c, Duration::from_secs(20)).await;
+                let d = next_message(&c, Duration::from_secs(30)).await;
                 let seq = payload_seq(&d.payload);
                 if seq == N {
                     break;
                 }
                 assert!(seen.insert(seq), "duplicate {seq}");
             }
-            seen.count()
+            seen.missing(N)
         }));
     }
     let publ = client(&pki, addr, "acme/slow/pub").await;
     let mut max_queued = 0;
+    // No pacing: the node's back-pressure is what keeps the healthy readers
+    // from losing anything.
     for i in 0..N {
         publ.publish(&chan, Mode::Multicast, &seq_payload(i, SIZE))
             .await
             .unwrap();
-        if i % 10 == 9 {
-            // Pace the publisher so healthy readers never fall behind the cap.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            if let Some(s) = node
+        if i % 100 == 99
+            && let Some(s) = node
                 .connections()
                 .iter()
                 .find(|c| c.name == stalled.name().as_str())
-            {
-                max_queued = max_queued.max(s.queued_bytes);
-            }
+        {
+            max_queued = max_queued.max(s.queued_bytes);
         }
     }
     publ.publish(&chan, Mode::Multicast, &seq_payload(N, SIZE))
@@ -80,7 +86,11 @@ async fn run(policy: SlowConsumerPolicy) -> (slim_actors::NodeHandle, slim_clien
     // Every healthy reader has the marker: the node has routed (and pushed)
     // every message, so the drop counters below are final.
     for r in readers {
-        assert_eq!(r.await.unwrap(), N, "a healthy subscriber lost messages");
+        assert_eq!(
+            r.await.unwrap(),
+            Vec::<u64>::new(),
+            "a healthy subscriber lost messages"
+        );
     }
     for c in node.connections() {
         if !c.name.starts_with("acme/slow/stalled") {
@@ -95,36 +105,11 @@ async fn run(policy: SlowConsumerPolicy) -> (slim_actors::NodeHandle, slim_clien
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drop_policy_counts_and_spares_the_others() {
+async fn a_stalled_subscriber_is_cut_after_the_deadline_and_the_others_lose_nothing() {
     init_tracing();
     let _serial = SERIAL.lock().await;
-    let (node, stalled_client, max_queued) = run(SlowConsumerPolicy::DropNewest).await;
-    // Every push is done (see `run`), and only a push can close a connection
-    // under a policy, so this snapshot is final.
-    let stats = node.connections();
-    let stalled = stats
-        .iter()
-        .find(|c| c.name.starts_with("acme/slow/stalled"))
-        .expect("stalled client still connected under the drop policy");
-    assert!(stalled.dropped > 0, "drops counted: {stalled:?}");
-    assert!(stalled.queued_bytes <= CAP);
-    assert_eq!(node.slow_consumer_disconnects(), 0);
-    eprintln!(
-        "stalled: dropped {} frames, peak queue {max_queued} B (cap {CAP})",
-        stalled.dropped
-    );
-    drop(stalled_client);
-    node.shutdown(Duration::from_secs(1)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disconnect_policy_closes_the_stalled_connection() {
-    init_tracing();
-    let _serial = SERIAL.lock().await;
-    let (node, stalled_client, _) = run(SlowConsumerPolicy::Disconnect {
-        grace: Duration::from_millis(100),
-    })
-    .await;
+    let (node, stalled_client, _) =
+        run(SlowConsumerPolicy::wait(DEADLINE, SlowAction::Disconnect)).await;
     // The decision is taken on a push, and every push is done.
     assert!(node.slow_consumer_disconnects() >= 1);
     // The close itself is asynchronous; the client is still alive, so only
@@ -141,5 +126,113 @@ async fn disconnect_policy_closes_the_stalled_connection() {
     )
     .await;
     drop(stalled_client);
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_policy_stops_waiting_for_the_stalled_one_and_counts_its_drops() {
+    init_tracing();
+    let _serial = SERIAL.lock().await;
+    let (node, stalled_client, max_queued) =
+        run(SlowConsumerPolicy::wait(DEADLINE, SlowAction::Drop)).await;
+    // Every push is done (see `run`), and only a push can close a connection
+    // under a policy, so this snapshot is final.
+    let stats = node.connections();
+    let stalled = stats
+        .iter()
+        .find(|c| c.name.starts_with("acme/slow/stalled"))
+        .expect("stalled client still connected under the drop policy");
+    assert!(stalled.dropped > 0, "drops counted: {stalled:?}");
+    assert!(stalled.slow, "declared a slow consumer: {stalled:?}");
+    assert!(stalled.queued_bytes <= CAP);
+    assert_eq!(node.slow_consumer_disconnects(), 0);
+    eprintln!(
+        "stalled: dropped {} frames, peak queue {max_queued} B (cap {CAP}), publisher waited {} times on it",
+        stalled.dropped, stalled.waited
+    );
+    drop(stalled_client);
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fire_and_forget_policy_drops_without_waiting() {
+    init_tracing();
+    let _serial = SERIAL.lock().await;
+    let (node, stalled_client, _) = run(SlowConsumerPolicy::drop_newest()).await;
+    let stats = node.connections();
+    let stalled = stats
+        .iter()
+        .find(|c| c.name.starts_with("acme/slow/stalled"))
+        .expect("stalled client still connected under the drop policy");
+    assert!(stalled.dropped > 0, "drops counted: {stalled:?}");
+    assert_eq!(stalled.waited, 0, "fire-and-forget never waits");
+    drop(stalled_client);
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+/// One publisher much faster than its 100 subscribers (each pauses now and
+/// then, and every queue holds only 32 frames): the node slows the publisher
+/// down instead of dropping, and every subscriber gets every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_to_100_slower_subscribers_loses_nothing() {
+    init_tracing();
+    let _serial = SERIAL.lock().await;
+    const SUBS: usize = 100;
+    const MSGS: u64 = 1000;
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |c| {
+        c.queue.max_frames = 32;
+        // Long enough that no subscriber of a loaded CI machine is ever
+        // declared slow: this test is about waiting, not about the deadline.
+        c.queue.policy = SlowConsumerPolicy::wait(Duration::from_secs(60), SlowAction::Drop);
+    })
+    .await;
+    let addr = node.local_addr();
+    let chan = name("acme/fan/chan");
+    let mut subs = Vec::with_capacity(SUBS);
+    for i in 0..SUBS {
+        let c = client(&pki, addr, &format!("acme/fan/s{i}")).await;
+        c.subscribe(&chan).await.unwrap();
+        subs.push(c);
+    }
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(async move {
+                let mut seen = SeqSet::new(MSGS);
+                while seen.count() < MSGS {
+                    let d = next_message(&c, Duration::from_secs(60)).await;
+                    let seq = payload_seq(&d.payload);
+                    assert!(seen.insert(seq), "duplicate {seq}");
+                    if seq.is_multiple_of(50) {
+                        // A slow subscriber: the publisher gets ahead.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                seen.count()
+            })
+        })
+        .collect();
+    let publ = client(&pki, addr, "acme/fan/pub").await;
+    for i in 0..MSGS {
+        publ.publish(&chan, Mode::Multicast, &seq_payload(i, 256))
+            .await
+            .unwrap();
+    }
+    for r in readers {
+        assert_eq!(r.await.unwrap(), MSGS, "a subscriber lost messages");
+    }
+    let stats = node.connections();
+    assert_eq!(
+        stats.iter().map(|c| c.dropped).sum::<u64>(),
+        0,
+        "nothing dropped anywhere"
+    );
+    let waited: u64 = stats.iter().map(|c| c.waited).sum();
+    assert!(
+        waited > 0,
+        "the publisher outran its subscribers, so the node must have made it wait"
+    );
+    eprintln!("1→{SUBS}: {MSGS} messages each, none lost; the publisher waited {waited} times");
     node.shutdown(Duration::from_secs(1)).await;
 }

@@ -235,6 +235,13 @@ impl<'a> Router<'a> {
         let b = encode(&f, self.ctx);
         match self.sh.outbox.push_control(b).await {
             Push::Closed => Err(ConnError::Lost("outbox closed".into())),
+            Push::Disconnect => {
+                // This client does not read its own acks: it is the slow consumer.
+                self.ctx.disconnect_slow(self.sh.id);
+                Err(ConnError::Lost(
+                    "slow consumer: outbound queue stayed full past the write deadline".into(),
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -423,16 +430,16 @@ impl<'a> Router<'a> {
         if !subs.is_empty() {
             let frame = self.deliver_frame(&p)?;
             for sub in subs {
-                if let Some(victim) = self.tally.push_sub(sub, frame.clone()) {
-                    self.ctx.disconnect_slow(victim);
-                }
+                self.ctx.deliver(&mut self.tally, sub, frame.clone()).await;
             }
         }
         for hop in &plan.hops {
             let dests = plan.dest_ids(hop);
             let n = dests.len();
             let frame = self.forward_frame(&p, dests, n)?;
-            self.tally.push_link(plan.group(hop), frame);
+            self.ctx
+                .forward(&mut self.tally, plan.group(hop), frame)
+                .await;
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use slim_wire::{FLAG_NO_ROUTE_SILENT, Limits, Mode, NodeIds, PublishView, codec}
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::outbox::{Outbox, SlowConsumerPolicy};
+use crate::outbox::{Outbox, SlowAction, SlowConsumerPolicy};
 
 const SVC: &str = "org/ns/svc";
 const FULL: &str = "org/ns/svc/1";
@@ -37,7 +37,7 @@ impl Fixture {
 
     /// A local subscriber `conn` of `name`.
     fn sub(&mut self, conn: ConnId, name: &str) -> Arc<Outbox> {
-        let o = self.outbox(16, SlowConsumerPolicy::DropNewest);
+        let o = self.outbox(16, SlowConsumerPolicy::drop_newest());
         assert!(self.reg.add(conn, &o, name));
         o
     }
@@ -50,7 +50,7 @@ impl Fixture {
             .map(|(i, (peer, origins))| RemoteGroup {
                 peer: Arc::from(*peer),
                 link: 1000 + i as u64,
-                outbox: self.outbox(16, SlowConsumerPolicy::DropNewest),
+                outbox: self.outbox(16, SlowConsumerPolicy::drop_newest()),
                 origins: origins.iter().map(|o| Arc::from(*o)).collect(),
             })
             .collect();
@@ -409,14 +409,13 @@ fn an_anycast_forward_to_this_node_picks_one_local_subscriber() {
 #[test]
 fn tally_applies_each_slow_consumer_policy() {
     let mut f = Fixture::new();
-    let drop_newest = f.outbox(1, SlowConsumerPolicy::DropNewest);
+    let drop_newest = f.outbox(1, SlowConsumerPolicy::drop_newest());
     let disconnect = f.outbox(
         1,
-        SlowConsumerPolicy::Disconnect {
-            grace: Duration::ZERO,
-        },
+        SlowConsumerPolicy::wait(Duration::ZERO, SlowAction::Disconnect),
     );
-    let closed = f.outbox(1, SlowConsumerPolicy::DropNewest);
+    let waiting = f.outbox(1, SlowConsumerPolicy::default());
+    let closed = f.outbox(1, SlowConsumerPolicy::drop_newest());
     closed.close();
     let sub = |conn, outbox: &Arc<Outbox>| Sub {
         conn,
@@ -424,19 +423,32 @@ fn tally_applies_each_slow_consumer_policy() {
     };
     let mut t = Tally::default();
     let frame = Bytes::from_static(b"x");
-    assert_eq!(t.push_sub(&sub(1, &drop_newest), frame.clone()), None);
-    assert_eq!(t.push_sub(&sub(1, &drop_newest), frame.clone()), None);
-    assert_eq!((t.deliveries, t.slow), (1, 1), "full queue: newest dropped");
-    assert_eq!(t.push_sub(&sub(2, &disconnect), frame.clone()), None);
-    // Full, and the grace period (zero) is over: disconnect connection 2.
-    let mut verdict = None;
-    for _ in 0..3 {
-        verdict = verdict.or(t.push_sub(&sub(2, &disconnect), frame.clone()));
-    }
-    assert_eq!(verdict, Some(2));
+    assert_eq!(t.push_sub(&sub(1, &drop_newest), frame.clone()), Next::Done);
+    assert_eq!(t.push_sub(&sub(1, &drop_newest), frame.clone()), Next::Done);
+    assert_eq!(t.push_sub(&sub(1, &drop_newest), frame.clone()), Next::Done);
+    assert_eq!(
+        (t.deliveries, t.slow, t.declared),
+        (1, 2, 1),
+        "full queue: newest dropped; declared slow once"
+    );
+    assert_eq!(t.push_sub(&sub(2, &disconnect), frame.clone()), Next::Done);
+    // Full, and the deadline (zero) is over: disconnect connection 2.
+    assert_eq!(
+        t.push_sub(&sub(2, &disconnect), frame.clone()),
+        Next::Disconnect(2)
+    );
+    // The default policy waits: the frame comes back to the driver, nothing
+    // is counted as delivered or dropped yet.
+    assert_eq!(t.push_sub(&sub(4, &waiting), frame.clone()), Next::Done);
+    let before = (t.deliveries, t.slow, t.gone);
+    assert_eq!(
+        t.push_sub(&sub(4, &waiting), frame.clone()),
+        Next::Wait(frame.clone())
+    );
+    assert_eq!((t.deliveries, t.slow, t.gone), before);
     // Pushes after the verdict find connection 2's queue closed.
     let before = (t.deliveries, t.slow, t.gone);
-    assert_eq!(t.push_sub(&sub(3, &closed), frame.clone()), None);
+    assert_eq!(t.push_sub(&sub(3, &closed), frame.clone()), Next::Done);
     assert_eq!(
         (t.deliveries, t.slow, t.gone),
         (before.0, before.1, before.2 + 1),
@@ -448,13 +460,21 @@ fn tally_applies_each_slow_consumer_policy() {
         "each slow subscriber noted once, for the log"
     );
 
-    let link = RemoteGroup {
+    let link = |outbox| RemoteGroup {
         peer: Arc::from("b"),
         link: 9,
-        outbox: f.outbox(1, SlowConsumerPolicy::DropNewest),
+        outbox,
         origins: vec![Arc::from("b")],
     };
-    t.push_link(&link, frame.clone());
-    t.push_link(&link, frame);
+    let waiting_link = link(f.outbox(1, SlowConsumerPolicy::default()));
+    assert_eq!(t.push_link(&waiting_link, frame.clone()), Next::Done);
+    assert!(matches!(
+        t.push_link(&waiting_link, frame.clone()),
+        Next::Wait(_)
+    ));
+    let fire_and_forget = link(f.outbox(1, SlowConsumerPolicy::drop_newest()));
+    assert_eq!(t.push_link(&fire_and_forget, frame.clone()), Next::Done);
+    assert_eq!(t.push_link(&fire_and_forget, frame), Next::Done);
     assert_eq!(t.link_drops, 1);
+    assert_eq!(t.slow_link.as_deref(), Some("b"), "the slow peer is named");
 }

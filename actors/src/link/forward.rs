@@ -53,7 +53,7 @@ impl<'a> Forwarder<'a> {
         }
     }
 
-    pub(crate) fn route(&mut self, v: ForwardView<'_>) -> Result<(), LinkError> {
+    pub(crate) async fn route(&mut self, v: ForwardView<'_>) -> Result<(), LinkError> {
         let me = self.ctx.cfg.node_id.as_str();
         let hook = self.ctx.route_hook();
         let env = Env {
@@ -98,9 +98,7 @@ impl<'a> Forwarder<'a> {
             )?;
             let frame = self.scratch.split().freeze();
             for sub in subs {
-                if let Some(victim) = self.tally.push_sub(sub, frame.clone()) {
-                    self.ctx.disconnect_slow(victim);
-                }
+                self.ctx.deliver(&mut self.tally, sub, frame.clone()).await;
             }
         }
         for hop in &plan.hops {
@@ -128,7 +126,9 @@ impl<'a> Forwarder<'a> {
                 &mut self.scratch,
             )?;
             let frame = self.scratch.split().freeze();
-            self.tally.push_link(plan.group(hop), frame);
+            self.ctx
+                .forward(&mut self.tally, plan.group(hop), frame)
+                .await;
         }
         Ok(())
     }

@@ -26,7 +26,7 @@ use crate::fed::shared::{FedMsg, LinkSession, LinkShared};
 use crate::link::error::LinkError;
 use crate::link::forward::Forwarder;
 use crate::metrics as m;
-use crate::outbox::{Outbox, SlowConsumerPolicy};
+use crate::outbox::{Outbox, SlowAction, SlowConsumerPolicy};
 use crate::types::{LinkState, PeerSpec};
 use slim_framed::{FrameWriter, ReadError, WriteHooks, pump};
 
@@ -58,12 +58,16 @@ pub(crate) async fn start_session(
     LinkError,
 > {
     let fc = &ctx.cfg.federation;
-    // A link never disconnects on a full queue: dropping (counted) isolates
-    // a slow peer, and the link stays up for everyone else's traffic.
+    // A full link is waited for like a subscriber, but a link is never
+    // closed for slowness: past its write deadline it drops (counted, logged
+    // naming the peer), and stays up for everyone else's traffic.
     let (outbox, rx) = Outbox::new(
         fc.link_queue.max_frames,
         fc.link_queue.max_bytes,
-        SlowConsumerPolicy::DropNewest,
+        SlowConsumerPolicy {
+            action: SlowAction::Drop,
+            ..fc.link_queue.policy
+        },
     );
     let (ctl, ctl_rx) = mpsc::channel(fc.control_queue.max(1));
     let session = Arc::new(LinkSession {
@@ -400,13 +404,13 @@ pub(crate) async fn data_reader(
             match slim_wire::forward_view(&f[1..])
                 .inspect_err(|e| m::protocol_error(e.reason_label()))?
             {
-                Ok(v) => fwd.route(v)?,
+                Ok(v) => fwd.route(v).await?,
                 Err(Frame::Forward(owned)) => {
                     // Non-canonical encoding (never ours): re-encode and view it.
                     let mut b = BytesMut::new();
                     codec::encode(&Frame::Forward(owned), &ctx.cfg.limits, &mut b)?;
                     match slim_wire::forward_view(&b[5..])? {
-                        Ok(v) => fwd.route(v)?,
+                        Ok(v) => fwd.route(v).await?,
                         Err(_) => return Err(LinkError::Protocol("unreadable forward".into())),
                     }
                 }

@@ -113,7 +113,7 @@ max_frame_bytes = {{ .Values.node.maxFrameBytes | toJson }}
 max_frames = {{ .Values.node.queueMaxFrames | toJson }}
 max_bytes = {{ .Values.node.queueMaxBytes | toJson }}
 slow_consumer = {{ .Values.node.slowConsumer | toJson }}
-slow_consumer_grace_ms = {{ .Values.node.slowConsumerGraceMs | toJson }}
+write_deadline_ms = {{ .Values.node.writeDeadlineMs | toJson }}
 
 [metrics]
 listen = {{ printf "0.0.0.0:%d" (int .Values.metrics.nodePort) | toJson }}
