@@ -114,6 +114,8 @@ struct Inner {
     stats: Mutex<MuxStats>,
     metrics: Metrics,
     replies: mpsc::Sender<(Name, Packet)>,
+    /// When the last overflow was logged, and the drops since.
+    overflow_log: Mutex<(Option<std::time::Instant>, u64)>,
 }
 
 /// Aborts the dispatcher and reply tasks when the last handle goes.
@@ -166,6 +168,7 @@ impl SessionMux {
             tracked: Mutex::new(Tracked::default()),
             stats: Mutex::new(MuxStats::default()),
             replies: reply_tx,
+            overflow_log: Mutex::new((None, 0)),
         });
         let d = tokio::spawn(dispatch(Arc::clone(&inner), app_tx));
         let r = tokio::spawn(reply(Arc::clone(&inner), reply_rx));
@@ -394,15 +397,41 @@ async fn dispatch(inner: Arc<Inner>, app: mpsc::Sender<Event>) {
     }
 }
 
+/// How often an overflow of the dispatcher is logged at most; the log line
+/// carries the count since the last one.
+const OVERFLOW_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Inner {
     fn count(&self, f: impl FnOnce(&mut MuxStats)) {
         f(&mut self.stats.lock());
+    }
+
+    /// Surfaces a drop by the dispatcher (which must not wait on one slow
+    /// session, or every other session would stall behind it): counted in
+    /// [`MuxStats`] and the metrics, and logged once per
+    /// [`OVERFLOW_LOG_EVERY`] with the running total.
+    fn overflowed(&self, what: &'static str) {
+        let mut log = self.overflow_log.lock();
+        log.1 += 1;
+        let now = std::time::Instant::now();
+        if log.0.is_none_or(|t| now.duration_since(t) >= OVERFLOW_LOG_EVERY) {
+            let n = std::mem::take(&mut log.1);
+            log.0 = Some(now);
+            tracing::warn!(
+                client = %self.client.name(),
+                what,
+                dropped = n,
+                "{}: dropped {n} incoming message(s) because {what} was full: the application does not read them as fast as they arrive (reliable sessions retransmit; others lose them). Read faster or raise the capacity.",
+                self.client.name()
+            );
+        }
     }
 
     fn to_app(&self, ev: Event, app: &mpsc::Sender<Event>) {
         if let Err(mpsc::error::TrySendError::Full(_)) = app.try_send(ev) {
             self.metrics.app_dropped.increment(1);
             self.count(|s| s.app_dropped += 1);
+            self.overflowed("the application's receive queue");
         }
     }
 
@@ -469,6 +498,7 @@ impl Inner {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.inbox_full.increment(1);
                 self.count(|s| s.inbox_full += 1);
+                self.overflowed("a session's inbox");
                 None
             }
             // Being dropped: as if unknown.
@@ -490,6 +520,7 @@ impl Inner {
                     // The peer retries its open; refusing would be final.
                     self.metrics.inbox_full.increment(1);
                     self.count(|s| s.inbox_full += 1);
+                    self.overflowed("the queue of sessions waiting to be accepted");
                     return;
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
