@@ -200,8 +200,10 @@ impl NodeCtx {
     pub(crate) async fn deliver(&self, t: &mut crate::engine::Tally, sub: &Sub, frame: Bytes) {
         let mut next = t.push_sub(sub, frame);
         if let Next::Wait(frame) = next {
+            let started = std::time::Instant::now();
             let deadline = sub.outbox.data_deadline();
             let out = sub.outbox.push_wait(frame, deadline).await;
+            m::publisher_waited(started.elapsed());
             next = t.sub_outcome(sub.conn, out);
         }
         if let Next::Disconnect(conn) = next {
@@ -218,8 +220,10 @@ impl NodeCtx {
         frame: Bytes,
     ) {
         if let Next::Wait(frame) = t.push_link(g, frame) {
+            let started = std::time::Instant::now();
             let deadline = g.outbox.data_deadline();
             let out = g.outbox.push_wait(frame, deadline).await;
+            m::publisher_waited(started.elapsed());
             let _ = t.link_outcome(g, out);
         }
     }

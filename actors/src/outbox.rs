@@ -194,7 +194,6 @@ impl Outbox {
     /// Enqueues a frame, waiting for room until `deadline`; a queue still
     /// full then is a slow consumer, handled by the policy.
     pub async fn push_wait(&self, frame: Bytes, deadline: tokio::time::Instant) -> Push {
-        let started = Instant::now();
         let mut frame = frame;
         let out = loop {
             if self.closed.load(Ordering::Relaxed) {
@@ -226,7 +225,6 @@ impl Outbox {
             break out;
         };
         self.waits.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::publisher_waited(started.elapsed());
         out
     }
 

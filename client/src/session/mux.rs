@@ -414,7 +414,10 @@ impl Inner {
         let mut log = self.overflow_log.lock();
         log.1 += 1;
         let now = std::time::Instant::now();
-        if log.0.is_none_or(|t| now.duration_since(t) >= OVERFLOW_LOG_EVERY) {
+        if log
+            .0
+            .is_none_or(|t| now.duration_since(t) >= OVERFLOW_LOG_EVERY)
+        {
             let n = std::mem::take(&mut log.1);
             log.0 = Some(now);
             tracing::warn!(
