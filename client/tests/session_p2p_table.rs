@@ -249,7 +249,7 @@ fn table() -> Vec<(&'static str, bool, Step, Step, Seen)> {
             seen(&["Close"], vec![], None, false),
         ),
         (
-            "closing, peer silent --timer x CLOSE_ATTEMPTS+1--> Timeout, done",
+            "closing, peer silent --timer x CLOSE_ATTEMPTS+1--> CloseIncomplete, done",
             true,
             |p| {
                 p.send(1);
@@ -263,7 +263,13 @@ fn table() -> Vec<(&'static str, bool, Step, Step, Seen)> {
             seen(
                 &[],
                 vec![],
-                Some(Err(SessionError::Timeout(RTO * CLOSE_ATTEMPTS))),
+                Some(Err(SessionError::CloseIncomplete {
+                    unacked: 0,
+                    sent: 1,
+                    // The `Close` every RTO, doubling, capped at max_rto:
+                    // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 5 s.
+                    waited: Duration::from_millis(11_300),
+                })),
                 true,
             ),
         ),

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use slim_auth::{IdentitySource, IdentitySourceConfig};
-use slim_client::session::p2p::{P2pConfig, P2pEvent, P2pListener, P2pSession, Reliability};
+use slim_client::session::p2p::{
+    P2pConfig, P2pEvent, P2pListener, P2pSender, P2pSession, Reliability,
+};
 use slim_client::session::{SessionMux, reliable};
 use slim_client::{Client, ClientConfig, Credentials, Event};
 use slim_tests::{SeqSet, payload_seq, seq_payload};
@@ -205,6 +207,44 @@ fn reliable_cfg(max_retries: u32) -> P2pConfig {
     }
 }
 
+/// Prints the session's counters to stderr every 2 s until the session task
+/// ends: when a run fails, the log shows what the retransmission machinery
+/// was doing (in flight, timeouts, RTO) at each moment of the partition.
+fn watch_stats(tx: P2pSender, who: &'static str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if tx.is_closed() {
+                break;
+            }
+            let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(2), tx.stats()).await else {
+                eprintln!("{who} stats: no answer");
+                continue;
+            };
+            let (s, r) = (&st.sender, &st.receiver);
+            eprintln!(
+                "{who} stats at {:.1}s: sent {} acked {} failed {} rtx {} timeouts {} fast {} probes {} rto {:?} srtt {:?} | delivered {} dups {} acks {} nacks {} lost {}",
+                start.elapsed().as_secs_f64(),
+                s.sent,
+                s.acked,
+                s.failed,
+                s.retransmitted,
+                s.timeouts,
+                s.fast_retransmits,
+                s.probes,
+                s.rto,
+                s.srtt,
+                r.delivered,
+                r.duplicates,
+                r.acks_sent,
+                r.nacks_sent,
+                r.lost,
+            );
+        }
+    })
+}
+
 async fn p2p_serve(client: Client, count: u64, timeout_secs: u64) -> Result<()> {
     let (mux, _raw) = SessionMux::new(client);
     let mut listener = P2pListener::new(&mux, reliable_cfg(14))?;
@@ -215,6 +255,7 @@ async fn p2p_serve(client: Client, count: u64, timeout_secs: u64) -> Result<()> 
         .context("no session opened in time")?
         .context("mux closed")?;
     eprintln!("session from {}", session.peer());
+    let watch = watch_stats(session.sender(), "serve");
     let (mut next, mut dups, mut out_of_order, mut lost) = (0u64, 0u64, 0u64, 0u64);
     // Read until the sender closes: exiting right after the last message
     // would leave it unacknowledged.
@@ -245,6 +286,7 @@ async fn p2p_serve(client: Client, count: u64, timeout_secs: u64) -> Result<()> 
             "lost": lost,
         })
     );
+    watch.abort();
     if next != count || dups != 0 || out_of_order != 0 || lost != 0 {
         bail!("session delivery incomplete");
     }
@@ -265,6 +307,7 @@ async fn p2p_send(
     let session = P2pSession::open(&mux, &service, reliable_cfg(max_retries)).await?;
     eprintln!("session open to {}", session.peer());
     let (tx, mut rx) = session.into_split();
+    let watch = watch_stats(tx.clone(), "send");
     let failures = tokio::spawn(async move {
         let mut failed = 0u64;
         while let Some(ev) = rx.recv().await {
@@ -311,6 +354,7 @@ async fn p2p_send(
             None
         }
     };
+    watch.abort();
     drop(tx);
     // `None`: not known, the session task did not end to report its events.
     let failed = match tokio::time::timeout(bound, failures).await {
