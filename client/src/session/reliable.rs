@@ -739,6 +739,8 @@ pub struct Receiver {
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<SessionEvent>,
     stats: ReceiverStats,
+    /// The `base` of the last close-ack sent, if any.
+    close_acked: Option<u64>,
 }
 
 impl Receiver {
@@ -759,6 +761,7 @@ impl Receiver {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: ReceiverStats::default(),
+            close_acked: None,
         })
     }
 
@@ -818,6 +821,16 @@ impl Receiver {
         match (self.ack_deadline, self.gaps.front().map(|&(t, _)| t)) {
             (Some(a), Some(n)) => Some(a.min(n)),
             (a, n) => a.or(n),
+        }
+    }
+
+    /// The peer's close is complete (everything before it delivered or
+    /// reported lost): tell it now with a close-ack, unless one already
+    /// said as much. Otherwise the closer learns it only from the answer to
+    /// its next retransmitted `Close`, by which time this end may be gone.
+    pub fn confirm_close(&mut self) {
+        if self.close_acked.is_none_or(|b| b < self.next_expected) {
+            self.send_ack_flags(FLAG_CLOSE_ACK);
         }
     }
 
@@ -961,6 +974,9 @@ impl Receiver {
         a.flags = flags;
         a.base = self.next_expected;
         a.seqs = self.buffer.keys().copied().collect();
+        if flags & FLAG_CLOSE_ACK != 0 {
+            self.close_acked = Some(self.next_expected);
+        }
         self.push(&a);
         self.stats.acks_sent += 1;
         self.unacked = 0;

@@ -640,6 +640,11 @@ impl P2pMachine {
         if self.parked.take().is_some() {
             self.parked_outcome = Some(Err(SessionError::Closed));
         }
+        if let Inner::Reliable(_, r) = &mut self.inner {
+            // Published before `PeerClosed` reaches the application, which
+            // may end right after it.
+            r.confirm_close();
+        }
         self.emit(P2pEvent::PeerClosed { sent });
         self.final_sent = true;
         self.ended = true;
@@ -1210,6 +1215,53 @@ mod tests {
             })
             .collect();
         assert_eq!(failed, vec![1, 2]);
+    }
+
+    /// The peer closes while a message of its is still missing: the
+    /// close-ack to its `Close` says so; once the retransmission arrives, a
+    /// second close-ack goes out at once (before `PeerClosed`), without
+    /// waiting for the next `Close`.
+    #[test]
+    fn completing_the_peers_close_confirms_it_at_once() {
+        let mut p = Probe::new();
+        let close_acks = |p: &mut Probe| -> Vec<u64> {
+            std::iter::from_fn(|| p.m.poll_transmit())
+                .map(|t| Packet::decode(&t.bytes).unwrap())
+                .filter(|a| a.kind == Kind::Ack && a.flags & reliable::FLAG_CLOSE_ACK != 0)
+                .map(|a| a.base)
+                .collect()
+        };
+        let data = |p: &mut Probe, seq: u64| {
+            let mut d = Packet::new(SID, Kind::Data, p.peer.as_str());
+            d.seq = seq;
+            d.body = Bytes::from_static(b"x");
+            p.from_peer(d);
+        };
+        data(&mut p, 1);
+        let mut c = Packet::new(SID, Kind::Close, p.peer.as_str());
+        c.base = 2;
+        c.seq = 0;
+        p.from_peer(c.clone());
+        assert_eq!(close_acks(&mut p), vec![0], "0 still missing");
+        assert!(!p.events().contains(&P2pEvent::PeerClosed { sent: 2 }));
+        data(&mut p, 0);
+        assert_eq!(close_acks(&mut p), vec![2]);
+        assert_eq!(p.events().last(), Some(&P2pEvent::PeerClosed { sent: 2 }));
+        // A retransmitted `Close` is still answered (the ack may be lost).
+        p.from_peer(c);
+        assert_eq!(close_acks(&mut p), vec![2]);
+    }
+
+    /// A close complete on arrival is confirmed once, not twice.
+    #[test]
+    fn a_close_complete_on_arrival_is_confirmed_once() {
+        let mut p = Probe::new();
+        let mut c = Packet::new(SID, Kind::Close, p.peer.as_str());
+        c.base = 0;
+        p.from_peer(c);
+        let acks = std::iter::from_fn(|| p.m.poll_transmit()).count();
+        assert_eq!(acks, 1);
+        assert_eq!(p.events(), vec![P2pEvent::PeerClosed { sent: 0 }]);
     }
 
     /// A close begun during a partition keeps waiting while the node says
