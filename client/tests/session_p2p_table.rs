@@ -266,9 +266,9 @@ fn table() -> Vec<(&'static str, bool, Step, Step, Seen)> {
                 Some(Err(SessionError::CloseIncomplete {
                     unacked: 0,
                     sent: 1,
-                    // The `Close` every RTO, doubling, capped at max_rto:
-                    // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 5 s.
-                    waited: Duration::from_millis(11_300),
+                    // The `Close` after an RTO, doubling, at most 32 RTOs:
+                    // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 3.2 s.
+                    waited: Duration::from_millis(9_500),
                 })),
                 true,
             ),
@@ -340,7 +340,7 @@ fn table() -> Vec<(&'static str, bool, Step, Step, Seen)> {
             seen(&["Ack(close)"], vec![], None, false),
         ),
         (
-            "peer closing --its last message--> Message, then PeerClosed",
+            "peer closing --its last message--> close-ack at once, Message, then PeerClosed",
             true,
             |p| {
                 p.data(0);
@@ -348,7 +348,7 @@ fn table() -> Vec<(&'static str, bool, Step, Step, Seen)> {
             },
             |p| p.data(1),
             seen(
-                &[],
+                &["Ack(close)"],
                 vec![msg(1), P2pEvent::PeerClosed { sent: 2 }],
                 None,
                 false,

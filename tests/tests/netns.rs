@@ -726,7 +726,7 @@ fn link_flap_recovers_and_reliable_session_loses_nothing() {
     for l in send
         .log_text()
         .lines()
-        .filter(|l| l.contains("stats at") || l.contains("closed in") || l.contains("failed"))
+        .filter(|l| l.contains("stats at") || l.contains("closed in") || l.contains("delivery of"))
     {
         eprintln!("p2p-send: {l}");
     }

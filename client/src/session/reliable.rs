@@ -459,25 +459,6 @@ impl Sender {
         f.charged > self.cfg.max_retries && !self.unreachable(now)
     }
 
-    /// When the last of the messages in flight would be given up on if no
-    /// ack came: each one's remaining retransmissions at the longest
-    /// backoff, after the current timer. A bound for how long a close may
-    /// wait for them (probes and NACKs only make it sooner).
-    pub fn give_up_bound(&self, now: Instant) -> Option<Instant> {
-        let max = self.cfg.max_rto;
-        let hold = self.unreachable_until.filter(|&t| t > now);
-        self.in_flight
-            .values()
-            .map(|f| {
-                let left = (self.cfg.max_retries + 1).saturating_sub(f.charged);
-                // Held: free retransmissions until the hold ends, then
-                // the first charged one within `max_rto`.
-                let from = hold.map_or(f.deadline, |t| (t + max).max(f.deadline));
-                from + max.saturating_mul(left)
-            })
-            .max()
-    }
-
     /// Sends a `Close` carrying the number of messages sent. Further
     /// `handle_send`s fail with `Closed`; unresolved messages keep their timers.
     pub fn close(&mut self) {

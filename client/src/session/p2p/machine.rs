@@ -1093,7 +1093,8 @@ mod tests {
                 p.fire();
                 let sent = p.data_sent();
                 if !sent.is_empty() {
-                    assert_eq!(sent, vec![0]);
+                    // A probe and the timer may both be due.
+                    assert!(sent.iter().all(|&s| s == 0), "{sent:?}");
                     retransmissions += 1;
                     break;
                 }
@@ -1141,7 +1142,8 @@ mod tests {
         let after = p.m.stats().sender.timeouts - before;
         assert_eq!(after, u64::from(MAX_RETRIES), "{events:?}");
         assert!(
-            matches!(events[..], [P2pEvent::DeliveryFailed { seq: 0, attempts }] if attempts > MAX_RETRIES + 10),
+            // The held retransmissions were made, but not charged.
+            matches!(events[..], [P2pEvent::DeliveryFailed { seq: 0, attempts }] if attempts > MAX_RETRIES + 1),
             "{events:?}"
         );
         assert!(!p.m.is_done(), "a failed message alone does not end it");
