@@ -18,8 +18,8 @@ use bytes::Bytes;
 use session_sim::{Link, earliest, payload};
 use slim_client::session::mux::UNREACHABLE_FROM_NODE;
 use slim_client::session::p2p::{
-    CLOSE_ATTEMPTS, Opener, P2pConfig, P2pEvent, P2pMachine, Reliability, SendStatus, Transmit,
-    accept_open, open_refusal,
+    Opener, P2pConfig, P2pEvent, P2pMachine, Reliability, SendStatus, Transmit, accept_open,
+    open_refusal,
 };
 use slim_client::session::reliable::{self, FLAG_CLOSE_ACK, FLAG_KEEP_ALIVE};
 use slim_client::session::{Incoming, Kind, Packet, SessionError};

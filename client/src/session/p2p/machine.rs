@@ -1025,7 +1025,7 @@ mod tests {
             p
         }
 
-        fn from_peer(&mut self, p: Packet) {
+        fn receive(&mut self, p: Packet) {
             let inc = Incoming {
                 packet: p,
                 from: self.peer.clone(),
@@ -1042,14 +1042,14 @@ mod tests {
             p.flags = UNREACHABLE_FROM_NODE;
             p.seq = u64::from(ErrorCode::NO_ROUTE.0);
             p.body = Bytes::from_static(b"no route");
-            self.from_peer(p);
+            self.receive(p);
         }
 
         fn ack(&mut self, base: u64, flags: u16) {
             let mut p = Packet::new(SID, Kind::Ack, self.peer.as_str());
             p.base = base;
             p.flags = flags;
-            self.from_peer(p);
+            self.receive(p);
         }
 
         /// Advances virtual time to the next deadline and fires it.
@@ -1237,20 +1237,20 @@ mod tests {
             let mut d = Packet::new(SID, Kind::Data, p.peer.as_str());
             d.seq = seq;
             d.body = Bytes::from_static(b"x");
-            p.from_peer(d);
+            p.receive(d);
         };
         data(&mut p, 1);
         let mut c = Packet::new(SID, Kind::Close, p.peer.as_str());
         c.base = 2;
         c.seq = 0;
-        p.from_peer(c.clone());
+        p.receive(c.clone());
         assert_eq!(close_acks(&mut p), vec![0], "0 still missing");
         assert!(!p.events().contains(&P2pEvent::PeerClosed { sent: 2 }));
         data(&mut p, 0);
         assert_eq!(close_acks(&mut p), vec![2]);
         assert_eq!(p.events().last(), Some(&P2pEvent::PeerClosed { sent: 2 }));
         // A retransmitted `Close` is still answered (the ack may be lost).
-        p.from_peer(c);
+        p.receive(c);
         assert_eq!(close_acks(&mut p), vec![2]);
     }
 
@@ -1260,7 +1260,7 @@ mod tests {
         let mut p = Probe::new();
         let mut c = Packet::new(SID, Kind::Close, p.peer.as_str());
         c.base = 0;
-        p.from_peer(c);
+        p.receive(c);
         let acks = std::iter::from_fn(|| p.m.poll_transmit()).count();
         assert_eq!(acks, 1);
         assert_eq!(p.events(), vec![P2pEvent::PeerClosed { sent: 0 }]);
