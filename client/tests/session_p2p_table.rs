@@ -249,7 +249,7 @@ fn table() -> Vec<(&'static str, bool, Step, Step, Seen)> {
             seen(&["Close"], vec![], None, false),
         ),
         (
-            "closing, peer silent --timer x CLOSE_ATTEMPTS+1--> Timeout, done",
+            "closing, peer silent --timer x CLOSE_ATTEMPTS+1--> CloseIncomplete, done",
             true,
             |p| {
                 p.send(1);
@@ -263,7 +263,13 @@ fn table() -> Vec<(&'static str, bool, Step, Step, Seen)> {
             seen(
                 &[],
                 vec![],
-                Some(Err(SessionError::Timeout(RTO * CLOSE_ATTEMPTS))),
+                Some(Err(SessionError::CloseIncomplete {
+                    unacked: 0,
+                    sent: 1,
+                    // The `Close` after an RTO, doubling, at most 32 RTOs:
+                    // 0.1 + 0.2 + 0.4 + 0.8 + 1.6 + 3.2 + 3.2 s.
+                    waited: Duration::from_millis(9_500),
+                })),
                 true,
             ),
         ),
@@ -334,7 +340,7 @@ fn table() -> Vec<(&'static str, bool, Step, Step, Seen)> {
             seen(&["Ack(close)"], vec![], None, false),
         ),
         (
-            "peer closing --its last message--> Message, then PeerClosed",
+            "peer closing --its last message--> close-ack at once, Message, then PeerClosed",
             true,
             |p| {
                 p.data(0);
@@ -342,7 +348,7 @@ fn table() -> Vec<(&'static str, bool, Step, Step, Seen)> {
             },
             |p| p.data(1),
             seen(
-                &[],
+                &["Ack(close)"],
                 vec![msg(1), P2pEvent::PeerClosed { sent: 2 }],
                 None,
                 false,

@@ -135,6 +135,7 @@ impl From<SessionError> for SlimError {
             },
             SessionError::Refused(r) => SlimError::Closed(format!("refused by the peer: {r}")),
             SessionError::Timeout(d) => SlimError::Timeout(format!("no answer within {d:?}")),
+            SessionError::CloseIncomplete { .. } => SlimError::Timeout(e.to_string()),
             SessionError::IdleTimeout(d) => {
                 SlimError::Timeout(format!("nothing heard from the peer for {d:?}"))
             }

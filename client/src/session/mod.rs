@@ -90,6 +90,17 @@ pub enum SessionError {
     Denied(String),
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// A reliable close gave up: the peer did not confirm it. `unacked` of
+    /// the `sent` messages were never acknowledged (each was reported as
+    /// `DeliveryFailed`).
+    #[error(
+        "close not confirmed by the peer after {waited:?}: {unacked} of {sent} messages unacknowledged"
+    )]
+    CloseIncomplete {
+        unacked: u64,
+        sent: u64,
+        waited: std::time::Duration,
+    },
     /// Nothing heard from the peer (data, acks or keep-alives) for this
     /// long: it vanished without a word (crashed, partitioned).
     #[error("nothing heard from the peer for {0:?}")]

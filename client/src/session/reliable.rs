@@ -193,7 +193,12 @@ pub struct SenderStats {
 #[derive(Debug)]
 struct InFlight {
     payload: Bytes,
+    /// Transmissions so far (the first one included): sets the backoff.
     attempts: u32,
+    /// Transmissions counted against `max_retries`: those made while the
+    /// peer is known unreachable ([`Sender::set_peer_unreachable`]) are not,
+    /// since they could not reach it.
+    charged: u32,
     deadline: Instant,
     /// When it was last (re)transmitted.
     sent_at: Instant,
@@ -282,6 +287,10 @@ pub struct Sender {
     probe_at: Option<Instant>,
     /// Probes since the last ack.
     probes: u32,
+    /// Until when the peer is known unreachable (the node answers "no
+    /// route"): retransmissions before then are free, and nothing is given
+    /// up on.
+    unreachable_until: Option<Instant>,
 }
 
 impl Sender {
@@ -307,6 +316,7 @@ impl Sender {
             tx_count: 0,
             probe_at: None,
             probes: 0,
+            unreachable_until: None,
             cfg,
         })
     }
@@ -336,6 +346,7 @@ impl Sender {
             InFlight {
                 payload,
                 attempts: 1,
+                charged: 1,
                 deadline,
                 sent_at: now,
                 tx: 0,
@@ -407,7 +418,7 @@ impl Sender {
             let Some(f) = self.in_flight.get(&seq) else {
                 continue;
             };
-            if f.attempts > self.cfg.max_retries {
+            if self.exhausted(f, now) {
                 let attempts = f.attempts;
                 self.in_flight.remove(&seq);
                 self.stats.failed += 1;
@@ -426,6 +437,26 @@ impl Sender {
                 self.retransmit(seq, now);
             }
         }
+    }
+
+    /// The peer is known unreachable until `until` (`None`: it is not, as
+    /// far as we know): the node answered "no route" to it, so our
+    /// transmissions meanwhile are lost before they reach it. They do not
+    /// count against `max_retries` and nothing is given up on before
+    /// `until`; retransmissions go on with their backoff (up to `max_rto`),
+    /// so a path that comes back within that time is found within `max_rto`.
+    /// A partition must not use up a retry budget meant for losses.
+    pub fn set_peer_unreachable(&mut self, until: Option<Instant>) {
+        self.unreachable_until = until;
+    }
+
+    fn unreachable(&self, now: Instant) -> bool {
+        self.unreachable_until.is_some_and(|t| now < t)
+    }
+
+    /// Out of retries, and not held by a known absence of the peer.
+    fn exhausted(&self, f: &InFlight, now: Instant) -> bool {
+        f.charged > self.cfg.max_retries && !self.unreachable(now)
     }
 
     /// Sends a `Close` carrying the number of messages sent. Further
@@ -483,6 +514,11 @@ impl Sender {
     /// The current retransmission timeout.
     pub fn rto(&self) -> Duration {
         self.rtt.rto
+    }
+
+    /// The cap of the RTO and of each message's backoff.
+    pub fn max_rto(&self) -> Duration {
+        self.cfg.max_rto
     }
 
     fn srtt_or_rto(&self) -> Duration {
@@ -552,7 +588,12 @@ impl Sender {
     fn probe(&mut self, now: Instant) {
         self.probe_at = None;
         let max = self.cfg.max_retries;
-        let Some((&seq, f)) = self.in_flight.iter_mut().find(|(_, f)| f.attempts <= max) else {
+        let held = self.unreachable(now);
+        let Some((&seq, f)) = self
+            .in_flight
+            .iter_mut()
+            .find(|(_, f)| held || f.charged <= max)
+        else {
             return;
         };
         f.sent_at = now;
@@ -576,9 +617,7 @@ impl Sender {
             .in_flight
             .iter()
             .filter(|(_, f)| {
-                f.tx < newest_tx
-                    && f.sent_at + window <= newest_sent
-                    && f.attempts <= self.cfg.max_retries
+                f.tx < newest_tx && f.sent_at + window <= newest_sent && !self.exhausted(f, now)
             })
             .map(|(&s, _)| s)
             .collect();
@@ -597,15 +636,19 @@ impl Sender {
 
     /// Retransmits `seq` now if it is in flight and has retries left.
     fn retransmit(&mut self, seq: u64, now: Instant) {
+        let held = self.unreachable(now);
         let Some(f) = self.in_flight.get_mut(&seq) else {
             return;
         };
-        if f.attempts > self.cfg.max_retries {
+        if f.charged > self.cfg.max_retries && !held {
             // Out of retries: the pending timer reports the failure.
             return;
         }
         self.timers.remove(&(f.deadline, seq));
         f.attempts += 1;
+        if !held {
+            f.charged += 1;
+        }
         // Per message on top of the session's (possibly backed-off) RTO: a
         // message that keeps failing waits longer each time even while other
         // messages' acks keep the RTO low, so its retry budget still spans a
@@ -677,6 +720,8 @@ pub struct Receiver {
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<SessionEvent>,
     stats: ReceiverStats,
+    /// The `base` of the last close-ack sent, if any.
+    close_acked: Option<u64>,
 }
 
 impl Receiver {
@@ -697,6 +742,7 @@ impl Receiver {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             stats: ReceiverStats::default(),
+            close_acked: None,
         })
     }
 
@@ -756,6 +802,16 @@ impl Receiver {
         match (self.ack_deadline, self.gaps.front().map(|&(t, _)| t)) {
             (Some(a), Some(n)) => Some(a.min(n)),
             (a, n) => a.or(n),
+        }
+    }
+
+    /// The peer's close is complete (everything before it delivered or
+    /// reported lost): tell it now with a close-ack, unless one already
+    /// said as much. Otherwise the closer learns it only from the answer to
+    /// its next retransmitted `Close`, by which time this end may be gone.
+    pub fn confirm_close(&mut self) {
+        if self.close_acked.is_none_or(|b| b < self.next_expected) {
+            self.send_ack_flags(FLAG_CLOSE_ACK);
         }
     }
 
@@ -899,6 +955,9 @@ impl Receiver {
         a.flags = flags;
         a.base = self.next_expected;
         a.seqs = self.buffer.keys().copied().collect();
+        if flags & FLAG_CLOSE_ACK != 0 {
+            self.close_acked = Some(self.next_expected);
+        }
         self.push(&a);
         self.stats.acks_sent += 1;
         self.unacked = 0;

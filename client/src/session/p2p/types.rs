@@ -46,9 +46,10 @@ pub struct P2pConfig {
     pub commands: usize,
     /// Mid-session, how long the node may keep reporting "no route" to the
     /// peer (e.g. while one of us reconnects), with nothing heard from it,
-    /// before the session fails with [`SessionError::Unreachable`] (sooner
-    /// if a message runs out of retries meanwhile). A peer whose mux answers
-    /// "no such session" fails the session at once.
+    /// before the session fails with [`SessionError::Unreachable`].
+    /// Meanwhile retransmissions go on with their backoff but cost no
+    /// retries (they cannot reach the peer), and a close keeps waiting. A
+    /// peer whose mux answers "no such session" fails the session at once.
     pub peer_absent_grace: Duration,
     /// Once a close (ours or the peer's) is complete, how long the session
     /// task stays, counted from the last packet heard from the peer: it
