@@ -112,6 +112,8 @@ pub struct NodeSection {
     pub max_connections: usize,
     pub shutdown_drain_ms: u64,
     pub udp_buffer_bytes: usize,
+    /// Ceiling of QUIC's path-MTU discovery (UDP payload bytes, 1200–65527).
+    pub max_udp_payload: u16,
     /// File of the secret behind the node's QUIC stateless resets (32
     /// random bytes; created, mode 0600, when missing). Absent: derived from
     /// the node's TLS private key, which survives a restart only as long as
@@ -131,6 +133,7 @@ impl Default for NodeSection {
             max_connections: d.max_connections,
             shutdown_drain_ms: 5_000,
             udp_buffer_bytes: d.udp_buffer_bytes,
+            max_udp_payload: d.max_udp_payload,
             reset_key_file: None,
         }
     }
@@ -543,6 +546,13 @@ impl FileConfig {
         if self.node.id.is_empty() {
             return Err(ConfigError::Invalid("node.id must not be empty".into()));
         }
+        if !(1200..=65527).contains(&self.node.max_udp_payload) {
+            // QUIC needs 1,200; UDP carries at most 65,527 (over IPv6).
+            return Err(ConfigError::Invalid(format!(
+                "node.max_udp_payload must be 1200..=65527, not {}",
+                self.node.max_udp_payload
+            )));
+        }
         if self.limits.max_frame_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "limits.max_frame_bytes must be at least 1024".into(),
@@ -668,6 +678,7 @@ impl FileConfig {
             keep_alive: Duration::from_millis(self.node.keep_alive_ms),
             max_connections: self.node.max_connections,
             udp_buffer_bytes: self.node.udp_buffer_bytes,
+            max_udp_payload: self.node.max_udp_payload,
             policy: Policy::allow_all(),
             token_auth: TokenAuth::default(),
             peer_expiry_grace: Duration::from_millis(self.authn.peer_expiry_grace_ms),
