@@ -858,6 +858,22 @@ spiffe_id = "spiffe://acme.example/cluster-b/node"
     }
 
     #[test]
+    fn max_udp_payload_is_checked() {
+        let with = |v: u32| {
+            FileConfig::parse(
+                &format!("[node]\nmax_udp_payload = {v}\n[identity]\ndir=\"d\"\n[authz]\nmode=\"allow_all\""),
+                Path::new("x.toml"),
+            )
+            .and_then(|c| c.validate().map(|()| c.node.max_udp_payload))
+        };
+        assert_eq!(with(1452).unwrap(), 1452);
+        let e = with(1199).unwrap_err();
+        assert!(e.to_string().contains("node.max_udp_payload"), "{e}");
+        // Over u16 fails to parse at all.
+        assert!(with(70_000).is_err());
+    }
+
+    #[test]
     fn unknown_key_is_an_error() {
         let e = FileConfig::parse(
             "[node]\nlisten_addr = \"x\"\n[identity]\ndir=\"d\"\n[authz]\nmode=\"allow_all\"",
