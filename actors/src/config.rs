@@ -9,6 +9,14 @@ use slim_wire::Limits;
 
 use crate::outbox::SlowConsumerPolicy;
 
+/// Default ceiling of QUIC's path-MTU discovery: a 9,000-byte jumbo frame
+/// less the IPv6 and UDP headers (48 bytes). quinn's own default, 1,452,
+/// caps every datagram at Ethernet size even where the path (loopback,
+/// data-centre jumbo frames) carries six times more; at 1 KiB and above the
+/// per-packet cost (one AEAD, one header, one ACK per two packets)
+/// dominates, so fewer, larger datagrams are cheaper per message.
+pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 8952;
+
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
     /// Frames a connection's outbound queue holds before the slow-consumer policy applies.
@@ -64,6 +72,12 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// Kernel send/receive buffer asked for the UDP socket (0 = OS default).
     pub udp_buffer_bytes: usize,
+    /// The largest UDP payload QUIC's path-MTU discovery probes for, on
+    /// client connections and peer links (see [`DEFAULT_MAX_UDP_PAYLOAD`]).
+    /// Connections start at 1,200 bytes and grow only by probes the path
+    /// acknowledged, so a bound above the path's MTU costs a few lost probes,
+    /// never lost data. 1,452 keeps every datagram within Ethernet's 1,500.
+    pub max_udp_payload: u16,
     /// Who may register, publish and subscribe to what. Replaceable at run
     /// time with `NodeHandle::set_policy`.
     pub policy: Policy,
@@ -238,6 +252,7 @@ impl Default for NodeConfig {
             keep_alive: Duration::from_secs(1),
             max_connections: 100_000,
             udp_buffer_bytes: 8 << 20,
+            max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
             policy: Policy::allow_all(),
             token_auth: TokenAuth::default(),
             peer_expiry_grace: Duration::ZERO,

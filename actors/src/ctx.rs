@@ -311,11 +311,24 @@ pub(crate) fn transport_config(cfg: &NodeConfig) -> quinn::TransportConfig {
         // SLIM uses one stream per connection and no QUIC datagrams; not
         // negotiating them keeps per-connection state small.
         .datagram_receive_buffer_size(None)
-        .datagram_send_buffer_size(0);
+        .datagram_send_buffer_size(0)
+        .mtu_discovery_config(Some(mtu_discovery(cfg.max_udp_payload)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
         t.max_idle_timeout(Some(idle));
     }
     t
+}
+
+/// Path-MTU discovery up to `max_udp_payload` (client connections and peer
+/// links alike). Datagrams start at quinn's safe 1,200 bytes and grow only
+/// once a probe of the larger size was acknowledged; the socket sets DF
+/// (quinn-udp), so a path that cannot carry a probe drops it rather than
+/// fragmenting it, and a later black hole falls back to 1,200.
+pub(crate) fn mtu_discovery(max_udp_payload: u16) -> quinn::MtuDiscoveryConfig {
+    let mut m = quinn::MtuDiscoveryConfig::default();
+    // Below QUIC's 1,200-byte minimum means "do not grow", not an error.
+    m.upper_bound(max_udp_payload.max(1200));
+    m
 }
 
 /// Stateless resets at most this often (quinn's default is one per 20 ms,
@@ -335,11 +348,20 @@ const MIN_RESET_INTERVAL: Duration = Duration::from_micros(100);
 /// the old process's connections (their IDs validate, their tokens match)
 /// instead of dropping their packets until the far ends' idle timeouts.
 /// Connection IDs stay 8 bytes, so the new process parses the old IDs.
-pub(crate) fn endpoint_config(secret: &slim_auth::ResetSecret) -> quinn::EndpointConfig {
+pub(crate) fn endpoint_config(
+    secret: &slim_auth::ResetSecret,
+    max_udp_payload: u16,
+) -> quinn::EndpointConfig {
     let mut c = quinn::EndpointConfig::new(Arc::new(secret.hmac_key()));
     let cid_key = secret.cid_key();
     c.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)))
         .min_reset_interval(MIN_RESET_INTERVAL);
+    // What peers may send us (quinn's default is 1,472): without it their
+    // discovery stops at Ethernet size whatever either side's ceiling is.
+    // The endpoint's one receive buffer grows with it (×64 GRO segments:
+    // 560 KiB at 8,952), not per connection.
+    // Clamped to what QUIC and UDP allow, so this cannot fail.
+    let _ = c.max_udp_payload_size(max_udp_payload.clamp(1200, 65_527));
     c
 }
 

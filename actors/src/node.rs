@@ -455,7 +455,7 @@ pub async fn start(
         reset.cid_key(),
     );
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        endpoint_config(&reset),
+        endpoint_config(&reset, cfg.max_udp_payload),
         Some(server),
         Arc::new(socket),
         runtime,
@@ -708,6 +708,31 @@ impl NodeHandle {
             }
             None => warn!("federation actor not running; dial peers not applied"),
         }
+    }
+
+    /// The largest UDP payload each live QUIC path currently uses (what
+    /// path-MTU discovery reached so far, up to
+    /// [`NodeConfig::max_udp_payload`]): `("client", name)` per client
+    /// connection and `("link", peer node id)` per live peer link.
+    pub fn path_mtus(&self) -> Vec<(&'static str, String, u16)> {
+        let ctx = self.ctx();
+        let mut v: Vec<_> = ctx
+            .conns
+            .iter()
+            .map(|c| {
+                (
+                    "client",
+                    c.name.to_string(),
+                    c.conn.stats().path.current_mtu,
+                )
+            })
+            .collect();
+        for l in ctx.fed.links.iter() {
+            if let Some(s) = l.value().session() {
+                v.push(("link", s.peer.to_string(), s.conn.stats().path.current_mtu));
+            }
+        }
+        v
     }
 
     /// Every link: dialled ones (also while connecting or backing off) and

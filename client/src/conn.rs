@@ -58,13 +58,15 @@ pub(crate) fn endpoint(cfg: &ClientConfig) -> Result<quinn::Endpoint, ClientErro
     let _ = sock.set_send_buffer_size(4 << 20);
     sock.bind(&bind.into()).map_err(socket_err)?;
     sock.set_nonblocking(true).map_err(socket_err)?;
-    let mut ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        sock.into(),
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(socket_err)?;
+    // What the node may send us (quinn's default is 1,472): the node's
+    // discovery towards us stops there otherwise. The endpoint's one receive
+    // buffer grows with it (×64 GRO segments: 560 KiB at 8,952); its pages
+    // are touched only as large GRO batches arrive.
+    let mut ep_cfg = quinn::EndpointConfig::default();
+    // Clamped to what QUIC and UDP allow, so this cannot fail.
+    let _ = ep_cfg.max_udp_payload_size(cfg.max_udp_payload.clamp(1200, 65_527));
+    let mut ep = quinn::Endpoint::new(ep_cfg, None, sock.into(), Arc::new(quinn::TokioRuntime))
+        .map_err(socket_err)?;
     let alpn: &[&[u8]] = &[slim_auth::ALPN_SLIM];
     let server = cfg.server.clone();
     let tls = match &cfg.credentials {
@@ -91,6 +93,14 @@ pub(crate) fn endpoint(cfg: &ClientConfig) -> Result<quinn::Endpoint, ClientErro
         .stream_receive_window(cfg.stream_window.into())
         .receive_window((cfg.stream_window.saturating_mul(2)).into())
         .send_window(8 << 20);
+    // Larger datagrams where the path carries them (loopback, jumbo
+    // frames): at 1 KiB and above one message per 1,452-byte packet makes
+    // the per-packet work (AEAD, header, ACKs) the cost of a message.
+    // Discovery starts at 1,200 bytes and grows only by acknowledged probes
+    // (the socket sets DF), so a bound above the path's MTU loses nothing.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(cfg.max_udp_payload.max(1200));
+    t.mtu_discovery_config(Some(mtu));
     if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
         t.max_idle_timeout(Some(idle));
     }

@@ -112,6 +112,8 @@ pub struct NodeSection {
     pub max_connections: usize,
     pub shutdown_drain_ms: u64,
     pub udp_buffer_bytes: usize,
+    /// Ceiling of QUIC's path-MTU discovery (UDP payload bytes, 1200–65527).
+    pub max_udp_payload: u16,
     /// File of the secret behind the node's QUIC stateless resets (32
     /// random bytes; created, mode 0600, when missing). Absent: derived from
     /// the node's TLS private key, which survives a restart only as long as
@@ -131,6 +133,7 @@ impl Default for NodeSection {
             max_connections: d.max_connections,
             shutdown_drain_ms: 5_000,
             udp_buffer_bytes: d.udp_buffer_bytes,
+            max_udp_payload: d.max_udp_payload,
             reset_key_file: None,
         }
     }
@@ -564,6 +567,13 @@ impl FileConfig {
         if self.node.id.is_empty() {
             return Err(ConfigError::Invalid("node.id must not be empty".into()));
         }
+        if !(1200..=65527).contains(&self.node.max_udp_payload) {
+            // QUIC needs 1,200; UDP carries at most 65,527 (over IPv6).
+            return Err(ConfigError::Invalid(format!(
+                "node.max_udp_payload must be 1200..=65527, not {}",
+                self.node.max_udp_payload
+            )));
+        }
         if self.limits.max_frame_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "limits.max_frame_bytes must be at least 1024".into(),
@@ -690,6 +700,7 @@ impl FileConfig {
             keep_alive: Duration::from_millis(self.node.keep_alive_ms),
             max_connections: self.node.max_connections,
             udp_buffer_bytes: self.node.udp_buffer_bytes,
+            max_udp_payload: self.node.max_udp_payload,
             policy: Policy::allow_all(),
             token_auth: TokenAuth::default(),
             peer_expiry_grace: Duration::from_millis(self.authn.peer_expiry_grace_ms),
@@ -866,6 +877,22 @@ spiffe_id = "spiffe://acme.example/cluster-b/node"
         )
         .unwrap();
         assert!(matches!(plain.reset_key().unwrap(), ResetKey::FromTlsKey));
+    }
+
+    #[test]
+    fn max_udp_payload_is_checked() {
+        let with = |v: u32| {
+            FileConfig::parse(
+                &format!("[node]\nmax_udp_payload = {v}\n[identity]\ndir=\"d\"\n[authz]\nmode=\"allow_all\""),
+                Path::new("x.toml"),
+            )
+            .and_then(|c| c.validate().map(|()| c.node.max_udp_payload))
+        };
+        assert_eq!(with(1452).unwrap(), 1452);
+        let e = with(1199).unwrap_err();
+        assert!(e.to_string().contains("node.max_udp_payload"), "{e}");
+        // Over u16 fails to parse at all.
+        assert!(with(70_000).is_err());
     }
 
     #[test]

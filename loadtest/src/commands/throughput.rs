@@ -275,6 +275,17 @@ pub(crate) fn throughput_once(
                             out.push(("link_queue_drops".to_owned(), link));
                         }
                         out.push(("node_slow_consumer_drops".to_owned(), dropped));
+                        // The datagram size path-MTU discovery reached, per
+                        // kind of path (largest; clients, and links if any).
+                        let mtus = n.path_mtus().into_iter();
+                        let far_mtus = far.iter().flat_map(|f| f.path_mtus());
+                        for (kind, _, mtu) in mtus.chain(far_mtus) {
+                            let key = format!("path_mtu_{kind}_max");
+                            match out.iter_mut().find(|(k, _)| *k == key) {
+                                Some((_, v)) => *v = (*v).max(u64::from(mtu)),
+                                None => out.push((key, u64::from(mtu))),
+                            }
+                        }
                         out.into_iter().collect()
                     }));
                 }

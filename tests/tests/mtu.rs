@@ -1,0 +1,119 @@
+//! Path-MTU discovery on loopback: client connections and peer links grow
+//! their datagrams past Ethernet size up to `max_udp_payload`, and stay
+//! within it when it is set to Ethernet size. Loopback's MTU is 64 KiB, so
+//! any limit below that is the configured one, not the path's.
+
+use std::time::Duration;
+
+use slim_actors::NodeHandle;
+use slim_client::Client;
+use slim_tests::*;
+use slim_wire::Mode;
+
+const T: Duration = Duration::from_secs(20);
+
+/// Waits until `cond` holds for `node`'s paths (quinn probes right after
+/// the handshake, with or without traffic), or panics after `T`.
+async fn mtus_until(
+    node: &NodeHandle,
+    what: &str,
+    cond: impl Fn(&[(&'static str, String, u16)]) -> bool,
+) {
+    let t0 = tokio::time::Instant::now();
+    loop {
+        let mtus = node.path_mtus();
+        if cond(&mtus) {
+            return;
+        }
+        assert!(
+            t0.elapsed() < T,
+            "{what}: not reached within {T:?}: {mtus:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn max_mtu(mtus: &[(&'static str, String, u16)], kind: &str) -> u16 {
+    mtus.iter()
+        .filter(|(k, _, _)| *k == kind)
+        .map(|m| m.2)
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_and_link_datagrams_grow_past_ethernet_size() {
+    deadline(T * 2, "mtu growth", async {
+        let pki = Pki::new("example.org");
+        let b = start_peer_node(&pki, "b", vec![], |_| {}).await;
+        let a = start_peer_node(&pki, "a", vec![peer_spec(&b)], |_| {}).await;
+        assert_eventually(T, "linked", || async { links_up(&a) == 1 }).await;
+        let chan = name("mtu/grow/chan");
+        let sub = client(&pki, b.local_addr(), "mtu/grow/sub").await;
+        sub.subscribe(&chan).await.unwrap();
+        // Read from the start, so the subscriber is never a slow consumer.
+        let reader = tokio::spawn(async move {
+            let (mut n, mut whole) = (0u64, true);
+            while let Ok(Some(d)) = tokio::time::timeout(T, sub.next_message()).await {
+                n += 1;
+                whole &= d.payload.len() == 16 * 1024;
+                if n >= 16 {
+                    break;
+                }
+            }
+            (n, whole)
+        });
+        assert_eventually(T, "route", || async { routes_to(&a, chan.as_str(), "b") }).await;
+        let publ = client(&pki, a.local_addr(), "mtu/grow/pub").await;
+        // The default ceiling is 8,952; discovery stops within its minimum
+        // step (20 bytes) of it, so anything past 1,452 shows it grew and
+        // past 8,952 would mean the ceiling was ignored.
+        mtus_until(&a, "A's client and link paths > 1452", |m| {
+            max_mtu(m, "client") > 1452 && max_mtu(m, "link") > 1452
+        })
+        .await;
+        mtus_until(&b, "B's client and link paths > 1452", |m| {
+            max_mtu(m, "client") > 1452 && max_mtu(m, "link") > 1452
+        })
+        .await;
+        for n in [&a, &b] {
+            let m = n.path_mtus();
+            println!("{}: {m:?}", n.node_id());
+            assert!(m.iter().all(|p| p.2 <= 8952), "over the ceiling: {m:?}");
+        }
+        // 16 KiB messages cross the link whole, in the larger datagrams.
+        let payload = vec![7u8; 16 * 1024];
+        for _ in 0..16 {
+            publ.publish(&chan, Mode::Multicast, &payload)
+                .await
+                .unwrap();
+        }
+        let (n, whole) = reader.await.unwrap();
+        println!("subscriber read {n} messages");
+        assert!(n >= 16 && whole, "read {n} messages, all 16 KiB: {whole}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ethernet_ceiling_keeps_datagrams_within_it() {
+    deadline(T * 2, "mtu ceiling", async {
+        let pki = Pki::new("example.org");
+        let node = start_node(&pki, |c| c.max_udp_payload = 1452).await;
+        let chan = name("mtu/cap/chan");
+        let sub = client(&pki, node.local_addr(), "mtu/cap/sub").await;
+        sub.subscribe(&chan).await.unwrap();
+        let mut cfg = client_config(&pki, node.local_addr(), "mtu/cap/pub");
+        cfg.max_udp_payload = 1452;
+        let _publ = Client::connect(cfg).await.unwrap();
+        // Discovery from 1,200 towards 1,452 ends within its 20-byte step.
+        mtus_until(&node, "paths > 1400", |m| {
+            m.len() == 2 && m.iter().all(|p| p.2 > 1400)
+        })
+        .await;
+        let m = node.path_mtus();
+        println!("{m:?}");
+        assert!(m.iter().all(|p| p.2 <= 1452), "over 1452: {m:?}");
+    })
+    .await;
+}
