@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::future::try_join_all;
 use slim_auth::{DevCa, Identity, SpiffeId};
-use slim_client::{Client, ClientConfig, Event, FLAG_NO_ROUTE_SILENT};
+use slim_client::{Client, ClientConfig, ConnState, Event, FLAG_NO_ROUTE_SILENT};
 use slim_wire::Name;
 
 use crate::harness::{Closer, Ctl, Mode, Plan, Running};
@@ -90,8 +90,25 @@ pub async fn setup(
             if i < stalled {
                 // A stalled subscriber: subscribed, connection open, never
                 // reads. Its SDK buffers up to `inbound_capacity` deliveries,
-                // then stops reading QUIC, and the node's outbox for it fills.
-                let _ = stop.wait_for(|v| *v).await;
+                // then stops reading QUIC (backpressure, no client-side
+                // drop), and the node's outbox for it fills. If the node
+                // cuts it, its state leaves Connected: that dates the cut.
+                let mut state = client.state();
+                let mut watching = true;
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = stop.wait_for(|v| *v) => break,
+                        ch = state.changed(), if watching => {
+                            if ch.is_err() {
+                                // The driver is gone; nothing more to see.
+                                watching = false;
+                            } else if !matches!(*state.borrow_and_update(), ConnState::Connected { .. }) {
+                                ctl.note_stalled_cut();
+                            }
+                        }
+                    }
+                }
                 return Ok((tr, Box::pin(client.close()) as Closer));
             }
             let mut buf = Vec::with_capacity(RECV_BATCH);
