@@ -16,8 +16,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use async_nats::{ConnectOptions, Event, Subject};
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::try_join_all;
+use futures::{StreamExt, TryStreamExt as _};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -159,6 +159,9 @@ fn close(client: async_nats::Client) -> Closer {
     })
 }
 
+/// Subscriber connections set up at the same time.
+const CONNECT_CONCURRENCY: usize = 64;
+
 /// Batch size when draining a subscriber's channel.
 const RECV_BATCH: usize = 1024;
 
@@ -272,7 +275,7 @@ pub async fn setup(
         }
     }))
     .await?;
-    let subs = try_join_all((plan.stalled..plan.subs).map(|i| {
+    let subs = futures::stream::iter((plan.stalled..plan.subs).map(|i| {
         let events = &events;
         let subject = subject.clone();
         async move {
@@ -289,6 +292,9 @@ pub async fn setup(
             anyhow::Ok((c, s))
         }
     }))
+    // Bounded: a 1 -> 1000 fan-out must not start 1000 handshakes at once.
+    .buffered(CONNECT_CONCURRENCY)
+    .try_collect::<Vec<_>>()
     .await?;
 
     let streams = plan.streams();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::future::try_join_all;
+use futures::{StreamExt as _, TryStreamExt as _};
 use slim_auth::{DevCa, Identity, SpiffeId};
 use slim_client::{Client, ClientConfig, ConnState, Event, FLAG_NO_ROUTE_SILENT};
 use slim_wire::Name;
@@ -36,6 +37,9 @@ impl Identities {
         }
     }
 }
+
+/// Subscriber connections set up at the same time.
+const CONNECT_CONCURRENCY: usize = 64;
 
 /// Batch size for `recv_many`.
 const RECV_BATCH: usize = 1024;
@@ -68,7 +72,7 @@ pub async fn setup(
             ids.get(&format!("loadtest/sub-{i}"))?,
         ));
     }
-    let subs = try_join_all(sub_cfgs.into_iter().enumerate().map(|(i, cfg)| async move {
+    let subs = futures::stream::iter(sub_cfgs.into_iter().enumerate().map(|(i, cfg)| async move {
         let c = Client::connect(cfg)
             .await
             .with_context(|| format!("subscriber {i}: connecting to {sub_node}"))?;
@@ -77,6 +81,9 @@ pub async fn setup(
             .with_context(|| format!("subscriber {i}: subscribing to {topic}"))?;
         anyhow::Ok(c)
     }))
+    // Bounded: a 1 -> 1000 fan-out must not start 1000 handshakes at once.
+    .buffered(CONNECT_CONCURRENCY)
+    .try_collect::<Vec<_>>()
     .await?;
 
     let streams = plan.streams();
