@@ -15,7 +15,6 @@
 //! ratio, never the raw one). Runs with stalled subscribers are compared
 //! with the same shape without them (the `slow consumer` section).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -236,11 +235,15 @@ fn fmt_ratios(rs: &[Ratio]) -> String {
     out
 }
 
+/// Reports by scenario (name, (kind, runs)), scenarios in the order they
+/// first appear in the file: the order `compare.sh` ran them in.
+type Scenarios = Vec<(String, (String, Runs))>;
+
 /// Reads a file of reports, by scenario, in file order.
-fn load(path: &Path) -> Result<BTreeMap<String, (String, Runs)>> {
+fn load(path: &Path) -> Result<Scenarios> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut by: BTreeMap<String, (String, Runs)> = BTreeMap::new();
+    let mut by: Scenarios = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -249,9 +252,14 @@ fn load(path: &Path) -> Result<BTreeMap<String, (String, Runs)>> {
             .with_context(|| format!("{}:{}: not a JSON report", path.display(), i + 1))?;
         let scenario = v["scenario"].as_str().unwrap_or("?").to_owned();
         let kind = kind_of(&v);
-        let entry = by
-            .entry(scenario)
-            .or_insert_with(|| (kind, Runs::default()));
+        let at = match by.iter().position(|(sc, _)| *sc == scenario) {
+            Some(at) => at,
+            None => {
+                by.push((scenario, (kind, Runs::default())));
+                by.len() - 1
+            }
+        };
+        let entry = &mut by[at].1;
         match v["system"].as_str() {
             Some("slim") => entry.1.slim.push(v),
             Some("nats") => entry.1.nats.push(v),
@@ -413,7 +421,7 @@ pub struct HeadlineRow {
 }
 
 /// The headline of every throughput scenario without stalled subscribers.
-fn headline(by: &BTreeMap<String, (String, Runs)>) -> Vec<HeadlineRow> {
+fn headline(by: &Scenarios) -> Vec<HeadlineRow> {
     by.iter()
         .filter(|(_, (kind, runs))| {
             kind == "throughput"
@@ -560,7 +568,7 @@ fn max_of(runs: &[Value], path: &[&str]) -> Option<f64> {
 
 /// Every scenario with stalled subscribers against its baseline (same
 /// publishers, size, mode and readers, nobody stalled), per system.
-fn slow_consumer(by: &BTreeMap<String, (String, Runs)>) -> Vec<SlowRow> {
+fn slow_consumer(by: &Scenarios) -> Vec<SlowRow> {
     let stalled_of = |runs: &Runs| {
         runs.slim
             .iter()
@@ -570,7 +578,7 @@ fn slow_consumer(by: &BTreeMap<String, (String, Runs)>) -> Vec<SlowRow> {
     };
     let first = |runs: &Runs| runs.slim.first().or(runs.nats.first()).cloned();
     let mut out = Vec::new();
-    for (scenario, (kind, runs)) in by {
+    for (scenario, (kind, runs)) in by.iter() {
         if kind != "throughput" || stalled_of(runs) == 0.0 {
             continue;
         }
