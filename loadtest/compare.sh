@@ -45,9 +45,11 @@
 # clean round gets no ratio ("-"), never the raw one. The raw ratios (any
 # loss) stay in the detail table, each with both systems' median loss.
 #
-# Time: one round with the default scenarios takes about 6 minutes on a
-# 2-core machine (connections ~40 s, throughput ~2.5 min, slow-consumer
-# ~1 min, latency ~25 s, plus setup), so the default 3 rounds ~20 minutes.
+# Time: throughput + slow-consumer took 303 s for one round on a 2-core
+# machine at load average 14 (1 -> 1000 is the longest: 1000 connections,
+# then up to DRAIN_MAX (10 s) each for the publisher's flush and the drain);
+# connections and latency add ~1-2 min, so one default round is ~7 min and
+# the default 3 rounds ~20 min.
 #
 # NATS TLS: nats-server gets a server certificate with SAN IP:127.0.0.1 and
 # DNS:localhost, made here with openssl and signed by the dev CA's key, so the
