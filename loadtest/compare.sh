@@ -17,10 +17,39 @@
 #                every round and this runs first, on fresh processes: memory
 #                freed by earlier runs would otherwise be reused without
 #                growing the RSS.
-#   throughput   1 -> 1 16 B, 1 -> 1 1 KiB, 1 -> 100 16 B, multicast (NATS:
-#                plain subscriptions): deliveries/s and server CPU per 1M.
+#   throughput   1 -> 1 at 16 B, 1 KiB, 4 KiB and 16 KiB; 1 -> 100 and
+#                1 -> 1000 at 16 B; multicast (NATS: plain subscriptions):
+#                deliveries/s with their loss, and server CPU per 1M.
+#   slow-consumer  1 -> 10 readers at 16 B, then the same plus 1 subscriber
+#                that subscribes and never reads (SLIM: a client whose events
+#                are never polled, so its SDK stops reading QUIC and the
+#                node's outbox for it fills; NATS: a hand-made client that
+#                stops reading its socket, so nats-server's buffer for it
+#                fills). Reported: the readers' deliveries/s with ÷ without
+#                it (per round), the readers' loss, whether and when the
+#                stalled one was cut (SLIM: its client saw the connection go,
+#                or slim_slow_consumer_events_total{action="disconnect"}
+#                grew; NATS: /varz slow_consumers grew), the node's
+#                slow-consumer drops, and the server's RSS peak sampled
+#                during the run. SC_DURATION (10s) is longer than the other
+#                windows so that a write deadline of a few seconds can pass.
 #   latency      open-loop request/reply at 1000 req/s, 16 B, measured from
 #                each request's scheduled send time: p50, p99, p99.9.
+#
+# Loss: every throughput figure is printed with its loss (percent of the
+# deliveries owed to the subscribers that read). A run that lost more than
+# 0.1 % is marked LOSSY. The summary's HEADLINE is deliveries/s at <=0.1 %
+# loss: the slim/NATS ratio of a round counts only if BOTH runs of that round
+# lost <=0.1 %, since a lossy run has no rate at that loss; lossy rounds are
+# left out and the row says who lost how much, and a scenario without one
+# clean round gets no ratio ("-"), never the raw one. The raw ratios (any
+# loss) stay in the detail table, each with both systems' median loss.
+#
+# Time: throughput + slow-consumer took 303 s for one round on a 2-core
+# machine at load average 14 (1 -> 1000 is the longest: 1000 connections,
+# then up to the loadtest's --drain-max (10 s) each for the publisher's flush and the drain);
+# connections and latency add ~1-2 min, so one default round is ~7 min and
+# the default 3 rounds ~20 min.
 #
 # NATS TLS: nats-server gets a server certificate with SAN IP:127.0.0.1 and
 # DNS:localhost, made here with openssl and signed by the dev CA's key, so the
@@ -30,7 +59,8 @@
 #
 # Environment: ROUNDS, DURATION (5s, throughput window), WARMUP (1s),
 # LAT_RATE (1000), LAT_DURATION (10s), CONNS (1000), CONN_SUBS (10),
-# CONN_CONCURRENCY (32), SCENARIOS (default "connections throughput latency"),
+# CONN_CONCURRENCY (32), SC_DURATION (10s), SC_READERS (10),
+# SCENARIOS (default "connections throughput slow-consumer latency"),
 # SLIM_PORT (4500), NATS_PORT (4222), METRICS_PORT (9464),
 # NATS_MONITOR_PORT (8222), RESULTS (copy the JSON lines here), PLOTS (write
 # SVG charts into this directory), KEEP_TMP=1 (keep the work directory),
@@ -45,7 +75,9 @@ LAT_DURATION="${LAT_DURATION:-10s}"
 CONNS="${CONNS:-1000}"
 CONN_SUBS="${CONN_SUBS:-10}"
 CONN_CONCURRENCY="${CONN_CONCURRENCY:-32}"
-SCENARIOS="${SCENARIOS:-connections throughput latency}"
+SC_DURATION="${SC_DURATION:-10s}"
+SC_READERS="${SC_READERS:-10}"
+SCENARIOS="${SCENARIOS:-connections throughput slow-consumer latency}"
 SLIM_PORT="${SLIM_PORT:-4500}"
 NATS_PORT="${NATS_PORT:-4222}"
 METRICS_PORT="${METRICS_PORT:-9464}"
@@ -200,12 +232,21 @@ for r in $(seq "$ROUNDS"); do
     done
   fi
   if has throughput; then
-    for spec in "1 16" "1 1024" "100 16"; do
+    for spec in "1 16" "1 1024" "1 4096" "1 16384" "100 16" "1000 16"; do
       read -r subs size <<<"$spec"
       for sys in "${order[@]}"; do
         run "$sys" throughput --pubs 1 --subs "$subs" --size "$size" --mode multicast \
           --duration "$DURATION" --warmup "$WARMUP"
       done
+    done
+  fi
+  if has slow-consumer; then
+    # Baseline first (the readers alone), then with the stalled subscriber;
+    # summarize pairs them by shape (same readers, size and mode).
+    for sys in "${order[@]}"; do
+      run "$sys" fanout --subs "$SC_READERS" --size 16 --duration "$SC_DURATION" --warmup "$WARMUP"
+      run "$sys" slow-consumer --subs $((SC_READERS + 1)) --stalled 1 --size 16 \
+        --duration "$SC_DURATION" --warmup "$WARMUP"
     done
   fi
   if has latency; then
@@ -218,11 +259,22 @@ stop_servers
 
 echo
 echo "== results after $((SECONDS - T0)) s; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "   (server CPU from /proc/<pid>/stat; peak RSS is the server's VmHWM since the round's restart)"
+echo "   (server CPU from /proc/<pid>/stat; peak RSS is the server's VmHWM since the round's restart;"
+echo "    loss % is next to every deliveries/s; LOSSY = more than 0.1 % lost; the HEADLINE is last)"
 "$SLIM_LOADTEST" summarize "$RESULTS_FILE"
 if [ -n "${RESULTS:-}" ]; then cp "$RESULTS_FILE" "$RESULTS" && echo "JSON lines copied to $RESULTS"; fi
 if [ -n "${PLOTS:-}" ]; then
   mkdir -p "$PLOTS"
+  if has throughput; then
+    # Sizes 1 -> 1: deliveries/s against payload size, each point with its loss.
+    "$SLIM_LOADTEST" plot "$RESULTS_FILE" --scenario "1->1 " --out "$PLOTS/throughput-sizes.svg"
+    for n in 100 1000; do
+      "$SLIM_LOADTEST" plot "$RESULTS_FILE" --scenario "1->$n 16B multicast" \
+        --out "$PLOTS/throughput-1to$n.svg"
+    done
+  fi
+  has slow-consumer && "$SLIM_LOADTEST" plot "$RESULTS_FILE" \
+    --scenario "1->$((SC_READERS + 1)) 16B multicast, 1 stalled" --out "$PLOTS/slow-consumer.svg"
   has latency && "$SLIM_LOADTEST" plot "$RESULTS_FILE" --scenario "rr $LAT_RATE/s 16B" --out "$PLOTS/latency.svg"
   has connections && "$SLIM_LOADTEST" plot "$RESULTS_FILE" --scenario "connections $CONNS x $CONN_SUBS subs" \
     --out "$PLOTS/connect-latency.svg"

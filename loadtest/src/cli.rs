@@ -70,6 +70,9 @@ pub(crate) enum Cmd {
     Summarize {
         /// File with one JSON report per line.
         file: PathBuf,
+        /// Print the headline, slow-consumer rows and ratios as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// An SVG chart of the reports in a file of `--json` lines.
     Plot {

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::payload::SeqTracker;
 use crate::procstat::{self, CpuProbe};
 use crate::serverstats;
-pub use crate::throughput_report::{CpuReport, Report, fmt_num};
+pub use crate::throughput_report::{CpuReport, LOSS_LIMIT_PCT, Report, fmt_num, is_lossy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -104,6 +104,9 @@ pub struct Ctl {
     pub sent: Arc<[Padded]>,
     /// Messages received, per subscriber.
     pub delivered: Arc<[Padded]>,
+    /// When a stalled subscriber's connection was first seen cut by the
+    /// server (by the subscriber's own client, where it can tell).
+    pub stalled_cut: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl Ctl {
@@ -114,6 +117,15 @@ impl Ctl {
 
     pub fn stopping(&self) -> bool {
         self.stop_pubs.load(Ordering::Relaxed)
+    }
+
+    /// Records that a stalled subscriber was cut (the first time counts).
+    pub fn note_stalled_cut(&self) {
+        let mut g = self
+            .stalled_cut
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        g.get_or_insert_with(Instant::now);
     }
 }
 
@@ -136,6 +148,7 @@ impl Control {
             stop_subs: stop_rx,
             sent: counters(plan.streams()),
             delivered: counters(plan.subs),
+            stalled_cut: Arc::default(),
         };
         Control {
             start,
@@ -262,6 +275,73 @@ fn per_million(cpu: f64, deliveries: u64) -> Option<f64> {
     (deliveries > 0).then(|| cpu / (deliveries as f64 / 1e6))
 }
 
+/// The measured process's resident set, sampled while a run lasts: its
+/// VmHWM covers the process's whole life (earlier runs of the round
+/// included), this covers this run only.
+struct RssPeak {
+    probe: Option<CpuProbe>,
+    peak: Option<u64>,
+}
+
+impl RssPeak {
+    fn new(probe: Option<CpuProbe>) -> Self {
+        RssPeak { probe, peak: None }
+    }
+
+    fn sample(&mut self) {
+        if let Some(k) = self.probe.as_ref().and_then(|p| p.rss_kib().ok()) {
+            self.peak = Some(self.peak.map_or(k, |p| p.max(k)));
+        }
+    }
+}
+
+/// How often the server's slow-consumer counter is read during a run with
+/// stalled subscribers (it dates the cut to within this step).
+const CUT_POLL: Duration = Duration::from_millis(200);
+
+/// The server counter that grows when it cuts a slow consumer.
+fn cut_counter(kind: serverstats::Kind) -> &'static str {
+    match kind {
+        serverstats::Kind::Slim => "slow_consumer_disconnects",
+        serverstats::Kind::Nats => "slow_consumers",
+    }
+}
+
+/// Polls the server's slow-consumer counter until `stop`; returns when it
+/// first grew past its value before the run (`None`: it never did), or
+/// the last read error if no read succeeded.
+fn watch_cut(
+    st: &ServerStats,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<Result<Option<Instant>, String>> {
+    let (kind, addr) = (st.kind, st.addr);
+    let key = cut_counter(kind);
+    let before = st.before.get(key).copied().unwrap_or(0.0);
+    tokio::spawn(async move {
+        let mut ok = false;
+        let mut last_err = None;
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|v| *v) => break,
+                _ = tokio::time::sleep(CUT_POLL) => {}
+            }
+            match serverstats::read(kind, addr).await {
+                Ok(m) => {
+                    ok = true;
+                    if m.get(key).copied().unwrap_or(0.0) > before {
+                        return Ok(Some(Instant::now()));
+                    }
+                }
+                Err(e) => last_err = Some(format!("{e:#}")),
+            }
+        }
+        match (ok, last_err) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(None),
+        }
+    })
+}
+
 /// Runs the measurement over tasks a backend has set up.
 pub async fn run(
     system: &str,
@@ -285,8 +365,18 @@ pub async fn run(
     } = running;
 
     let udp_before = procstat::udp_rcvbuf_errors().ok();
+    let mut rss = RssPeak::new(cpu.probe.clone());
+    let cut_watch = match &server {
+        Some(st) if plan.stalled > 0 => Some(watch_cut(st, ctl.stop_subs.clone())),
+        _ => None,
+    };
+    let t_start = Instant::now();
     let _ = start.send(true);
-    tokio::time::sleep(plan.warmup).await;
+    let warm_end = t_start + plan.warmup;
+    while Instant::now() < warm_end {
+        rss.sample();
+        tokio::time::sleep_until((Instant::now() + TIMELINE_STEP).min(warm_end).into()).await;
+    }
     let a = snap(&ctl, cpu);
     let end = a.at + plan.duration;
     let mut timeline = Vec::new();
@@ -294,6 +384,7 @@ pub async fn run(
     loop {
         let next = (t_prev + TIMELINE_STEP).min(end);
         tokio::time::sleep_until(next.into()).await;
+        rss.sample();
         let now = Instant::now();
         let d = sum(&ctl.delivered);
         let dt = (now - t_prev).as_secs_f64();
@@ -315,15 +406,30 @@ pub async fn run(
     let b = snap(&ctl, cpu);
     stop_pubs.store(true, Ordering::Relaxed);
 
-    // Publishers stop, flush, and hand back their connections.
+    // Publishers stop, flush, and hand back their connections. A publisher
+    // whose client still holds a queue the server is not taking (a 1 -> 1000
+    // fan-out on a busy machine can take minutes to work through 64 k
+    // queued messages) is aborted after --drain-max: what it queued counts
+    // as sent, and as lost unless it arrives during the drain.
     let mut keep = Vec::with_capacity(publishers.len());
-    for (i, p) in publishers.into_iter().enumerate() {
-        let k = tokio::time::timeout(Duration::from_secs(60), p)
-            .await
-            .map_err(|_| anyhow!("publisher {i} did not stop within 60 s"))?
-            .with_context(|| format!("publisher {i} panicked"))?
-            .with_context(|| format!("publisher {i}"))?;
-        keep.push(k);
+    let mut notes = Vec::new();
+    let flush_deadline = tokio::time::Instant::now() + plan.drain_max;
+    for (i, mut p) in publishers.into_iter().enumerate() {
+        match tokio::time::timeout_at(flush_deadline, &mut p).await {
+            Ok(k) => keep.push(
+                k.with_context(|| format!("publisher {i} panicked"))?
+                    .with_context(|| format!("publisher {i}"))?,
+            ),
+            Err(_) => {
+                p.abort();
+                notes.push(format!(
+                    "publisher {i} had not flushed its client's queue {:?} after the window \
+                     (the server did not take its messages as fast as they were queued); \
+                     aborted: what it had queued counts as sent",
+                    plan.drain_max
+                ));
+            }
+        }
     }
     let total_sent = sum(&ctl.sent);
     let expected = plan.expected(total_sent);
@@ -336,6 +442,7 @@ pub async fn run(
     let mut drain_cut = false;
     while last < expected {
         tokio::time::sleep(Duration::from_millis(20)).await;
+        rss.sample();
         let now = Instant::now();
         let d = sum(&ctl.delivered);
         if d != last {
@@ -362,13 +469,39 @@ pub async fn run(
         seq.merge(&t.0);
         keep.push(t.1);
     }
+    rss.sample();
+    let server_cut = match cut_watch {
+        Some(h) => match h.await {
+            Ok(Ok(at)) => at,
+            Ok(Err(e)) => {
+                notes.push(format!("polling the server's slow-consumer counter: {e}"));
+                None
+            }
+            Err(e) => {
+                notes.push(format!("the slow-consumer counter poller failed: {e}"));
+                None
+            }
+        },
+        None => None,
+    };
+    let client_cut = *ctl
+        .stalled_cut
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (stalled_cut_after_s, stalled_cut_seen_by) = match (client_cut, server_cut) {
+        (Some(c), Some(s)) if s < c => (Some(s), Some("server counter")),
+        (Some(c), _) => (Some(c), Some("stalled client")),
+        (None, Some(s)) => (Some(s), Some("server counter")),
+        (None, None) => (None, None),
+    };
+    let stalled_cut_after_s =
+        stalled_cut_after_s.map(|t| t.saturating_duration_since(t_start).as_secs_f64());
     let mut counters = extra.map(|f| f()).unwrap_or_default();
     if system == "slim"
         && let (Some(a), Ok(b)) = (udp_before, procstat::udp_rcvbuf_errors())
     {
         counters.insert("host_udp_rcvbuf_errors".into(), b.saturating_sub(a));
     }
-    let mut notes = Vec::new();
     if drain_cut {
         notes.push(format!(
             "drain stopped at --drain-max ({:?}) while deliveries were still arriving: \
@@ -443,6 +576,11 @@ pub async fn run(
     }
     let total_delivered = seq.received;
     let lost = expected.saturating_sub(total_delivered);
+    let loss_pct = if expected > 0 {
+        100.0 * lost as f64 / expected as f64
+    } else {
+        0.0
+    };
     Ok(Report {
         kind: "throughput",
         system: system.into(),
@@ -471,11 +609,9 @@ pub async fn run(
         total_delivered,
         expected_deliveries: expected,
         lost,
-        loss_pct: if expected > 0 {
-            100.0 * lost as f64 / expected as f64
-        } else {
-            0.0
-        },
+        loss_pct,
+        lossy: is_lossy(loss_pct),
+        loss_limit_pct: LOSS_LIMIT_PCT,
         excess: total_delivered.saturating_sub(expected),
         seq_gaps: (plan.mode == Mode::Multicast).then_some(seq.gaps),
         out_of_order_or_dup: if plan.mode == Mode::Multicast {
@@ -489,6 +625,9 @@ pub async fn run(
         cpu: cpu_report,
         node_threads_cpu,
         peak_rss_kib,
+        server_rss_peak_kib: rss.peak,
+        stalled_cut_after_s,
+        stalled_cut_seen_by: stalled_cut_seen_by.map(str::to_owned),
         counters,
         timeline,
         notes,

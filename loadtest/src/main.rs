@@ -64,8 +64,12 @@ fn main() -> Result<()> {
         Cmd::Session(a) => session_or_channel(*a, false),
         Cmd::Channel(a) => session_or_channel(*a, true),
         Cmd::Attack(a) => attack::run(*a),
-        Cmd::Summarize { file } => {
-            print!("{}", summary::summarize(&file)?);
+        Cmd::Summarize { file, json } => {
+            if json {
+                println!("{}", summary::summarize_json(&file)?);
+            } else {
+                print!("{}", summary::summarize(&file)?);
+            }
             Ok(())
         }
         Cmd::Plot {

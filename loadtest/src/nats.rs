@@ -16,8 +16,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use async_nats::{ConnectOptions, Event, Subject};
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::try_join_all;
+use futures::{StreamExt, TryStreamExt as _};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -159,8 +159,101 @@ fn close(client: async_nats::Client) -> Closer {
     })
 }
 
+/// Subscriber connections set up at the same time.
+const CONNECT_CONCURRENCY: usize = 64;
+
 /// Batch size when draining a subscriber's channel.
 const RECV_BATCH: usize = 1024;
+
+/// The `host:port` of a `nats://` or `tls://` URL.
+fn host_port(url: &str) -> Result<&str> {
+    let hp = url.split_once("://").map_or(url, |(_, r)| r);
+    let hp = hp.split('/').next().unwrap_or(hp);
+    if !hp.contains(':') {
+        bail!("{url}: no port");
+    }
+    Ok(hp)
+}
+
+/// A stalled subscriber speaking the NATS protocol by hand, so that it can
+/// stop reading its *socket*: async-nats always reads the socket and drops
+/// what overflows a subscription's channel client-side, which nats-server
+/// never notices. This one subscribes, waits for the server's PONG (the
+/// subscription is in place), and then never reads again; the server's
+/// pending buffer for it fills until nats-server declares it a slow
+/// consumer (`slow_consumers` in /varz) and closes it.
+pub struct StalledConn {
+    _io: Box<dyn Send + Sync>,
+}
+
+async fn stalled_subscriber(
+    url: &str,
+    tls: Option<&rustls::ClientConfig>,
+    subject: &str,
+    name: &str,
+) -> Result<StalledConn> {
+    use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+    async fn subscribe<S: AsyncRead + AsyncWrite + Unpin>(
+        io: &mut BufReader<S>,
+        connect: &str,
+        subject: &str,
+    ) -> Result<()> {
+        let msg = format!("CONNECT {connect}\r\nSUB {subject} 1\r\nPING\r\n");
+        io.get_mut().write_all(msg.as_bytes()).await?;
+        io.get_mut().flush().await?;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if io.read_line(&mut line).await? == 0 {
+                bail!("the server closed the connection before PONG");
+            }
+            match line.trim_end() {
+                "PONG" => return Ok(()),
+                l if l.starts_with("-ERR") => bail!("server: {l}"),
+                _ => {}
+            }
+        }
+    }
+
+    let hp = host_port(url)?;
+    let tcp = tokio::net::TcpStream::connect(hp)
+        .await
+        .with_context(|| format!("connecting to {hp}"))?;
+    // The server speaks first, in plain text, even when TLS follows.
+    let mut plain = BufReader::new(tcp);
+    let mut info = String::new();
+    plain.read_line(&mut info).await.context("reading INFO")?;
+    if !info.starts_with("INFO ") {
+        bail!("expected INFO from {hp}, got {:?}", info.trim_end());
+    }
+    let connect = serde_json::json!({
+        "verbose": false, "pedantic": false, "tls_required": tls.is_some(),
+        "name": name, "lang": "rust", "version": "0", "protocol": 1,
+    })
+    .to_string();
+    let stalled = match tls {
+        Some(cfg) => {
+            let host = hp.rsplit_once(':').map_or(hp, |(h, _)| h);
+            let server_name = rustls_pki_types::ServerName::try_from(host.to_owned())
+                .with_context(|| format!("{host}: not a TLS server name"))?;
+            let conn = tokio_rustls::TlsConnector::from(Arc::new(cfg.clone()))
+                .connect(server_name, plain.into_inner())
+                .await
+                .with_context(|| format!("TLS handshake with {hp}"))?;
+            let mut io = BufReader::new(conn);
+            subscribe(&mut io, &connect, subject).await?;
+            StalledConn { _io: Box::new(io) }
+        }
+        None => {
+            subscribe(&mut plain, &connect, subject).await?;
+            StalledConn {
+                _io: Box::new(plain),
+            }
+        }
+    };
+    Ok(stalled)
+}
 
 pub async fn setup(
     url: &str,
@@ -173,7 +266,16 @@ pub async fn setup(
     let subject = Subject::from(subject);
     let tls = tls.as_ref();
 
-    let subs = try_join_all((0..plan.subs).map(|i| {
+    let stalled = try_join_all((0..plan.stalled).map(|i| {
+        let subject = subject.to_string();
+        async move {
+            stalled_subscriber(url, tls, &subject, &format!("loadtest-stalled-{i}"))
+                .await
+                .with_context(|| format!("stalled subscriber {i}"))
+        }
+    }))
+    .await?;
+    let subs = futures::stream::iter((plan.stalled..plan.subs).map(|i| {
         let events = &events;
         let subject = subject.clone();
         async move {
@@ -190,24 +292,26 @@ pub async fn setup(
             anyhow::Ok((c, s))
         }
     }))
+    // Bounded: a 1 -> 1000 fan-out must not start 1000 handshakes at once.
+    .buffered(CONNECT_CONCURRENCY)
+    .try_collect::<Vec<_>>()
     .await?;
 
     let streams = plan.streams();
-    let plan_stalled = plan.stalled;
-    let mut subscribers = Vec::with_capacity(subs.len());
-    for (i, (client, sub)) in subs.into_iter().enumerate() {
+    let mut subscribers = Vec::with_capacity(plan.subs);
+    for conn in stalled {
+        let mut stop = ctl.stop_subs.clone();
+        subscribers.push(tokio::spawn(async move {
+            let _ = stop.wait_for(|v| *v).await;
+            let closer: Closer = Box::pin(async move { drop(conn) });
+            Ok((SeqTracker::new(streams), closer))
+        }));
+    }
+    for (i, (client, sub)) in (plan.stalled..).zip(subs) {
         let ctl = ctl.clone();
         subscribers.push(tokio::spawn(async move {
             let mut stop = ctl.stop_subs.clone();
             let mut tr = SeqTracker::new(streams);
-            if i < plan_stalled {
-                // A stalled subscriber: subscribed, connection open, never
-                // reads (async-nats keeps reading the socket and drops
-                // what overflows the subscription's channel, client-side).
-                let _ = stop.wait_for(|v| *v).await;
-                drop(sub);
-                return Ok((tr, close(client)));
-            }
             let mut batches = sub.ready_chunks(RECV_BATCH);
             loop {
                 let batch = tokio::select! {

@@ -81,6 +81,18 @@ fn pct(p: f64) -> String {
     }
 }
 
+/// What goes next to a throughput series or point: "loss 0.02%", or
+/// "LOSSY 2.50%" above the 0.1 % limit (NaN: "loss n/a", not a clean run).
+fn loss_tag(p: f64) -> String {
+    if p.is_nan() {
+        "loss n/a".into()
+    } else if crate::throughput_report::is_lossy(p) {
+        format!("LOSSY {}", pct(p))
+    } else {
+        format!("loss {}", pct(p))
+    }
+}
+
 /// A latency series label with the requests that got no reply in time.
 fn with_timeouts(r: &Value, label: String) -> String {
     match r.get("timeouts").and_then(Value::as_u64) {
@@ -215,13 +227,14 @@ pub fn chart(reports: &[Value]) -> Result<Chart> {
                         let worst = losses.iter().copied().fold(f64::NAN, f64::max);
                         Series {
                             color: Some(chart::system_color(&sys, 0)),
-                            label: format!("{sys} (loss ≤ {})", pct(worst)),
+                            label: if crate::throughput_report::is_lossy(worst) && !worst.is_nan() {
+                                format!("{sys} (LOSSY: up to {} lost)", pct(worst))
+                            } else {
+                                format!("{sys} (loss ≤ {})", pct(worst))
+                            },
                             points,
                             markers: true,
-                            point_labels: losses
-                                .iter()
-                                .map(|l| format!("loss {}", pct(*l)))
-                                .collect(),
+                            point_labels: losses.iter().map(|l| loss_tag(*l)).collect(),
                         }
                     })
                     .collect();
@@ -264,8 +277,8 @@ pub fn chart(reports: &[Value]) -> Result<Chart> {
                         .zip(labels(reports).into_iter().zip(colors(reports)))
                         .map(|(r, (label, color))| Series {
                             label: format!(
-                                "{label} (loss {})",
-                                pct(f(r, "loss_pct").unwrap_or(f64::NAN))
+                                "{label} ({})",
+                                loss_tag(f(r, "loss_pct").unwrap_or(f64::NAN))
                             ),
                             points: pairs(r, "timeline"),
                             markers: false,
@@ -354,10 +367,13 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.series.len(), 2);
-        assert_eq!(c.series[1].label, "slim (loss ≤ 1.50%)");
+        assert_eq!(c.series[1].label, "slim (LOSSY: up to 1.50% lost)");
         assert_eq!(c.series[1].points, vec![(16.0, 10.0), (1024.0, 5.0)]);
-        assert_eq!(c.series[1].point_labels, vec!["loss 0.00%", "loss 1.50%"]);
-        assert_eq!(c.series[0].label, "nats (loss ≤ 0.25%)");
+        assert_eq!(c.series[1].point_labels, vec!["loss 0.00%", "LOSSY 1.50%"]);
+        assert_eq!(c.series[0].label, "nats (LOSSY: up to 0.25% lost)");
+        let c = chart(&[thr("nats", 16, 20.0, 0.1), thr("nats", 1024, 8.0, 0.0)]).unwrap();
+        assert_eq!(c.series[0].label, "nats (loss ≤ 0.10%)");
+        assert_eq!(c.series[0].point_labels, vec!["loss 0.10%", "loss 0.00%"]);
         assert!(chart(&[lat("slim"), thr("slim", 16, 1.0, 0.0)]).is_err());
     }
 
@@ -381,8 +397,8 @@ mod tests {
             labels,
             [
                 "slim #1 (loss 0.00%)",
-                "slim #2 (loss 2.50%)",
-                "nats (loss 0.30%)"
+                "slim #2 (LOSSY 2.50%)",
+                "nats (LOSSY 0.30%)"
             ]
         );
         assert_eq!(c.series[1].points[1], (0.1, 0.9e6 * 0.9));

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::future::try_join_all;
+use futures::{StreamExt as _, TryStreamExt as _};
 use slim_auth::{DevCa, Identity, SpiffeId};
-use slim_client::{Client, ClientConfig, Event, FLAG_NO_ROUTE_SILENT};
+use slim_client::{Client, ClientConfig, ConnState, Event, FLAG_NO_ROUTE_SILENT};
 use slim_wire::Name;
 
 use crate::harness::{Closer, Ctl, Mode, Plan, Running};
@@ -36,6 +37,9 @@ impl Identities {
         }
     }
 }
+
+/// Subscriber connections set up at the same time.
+const CONNECT_CONCURRENCY: usize = 64;
 
 /// Batch size for `recv_many`.
 const RECV_BATCH: usize = 1024;
@@ -68,7 +72,7 @@ pub async fn setup(
             ids.get(&format!("loadtest/sub-{i}"))?,
         ));
     }
-    let subs = try_join_all(sub_cfgs.into_iter().enumerate().map(|(i, cfg)| async move {
+    let subs = futures::stream::iter(sub_cfgs.into_iter().enumerate().map(|(i, cfg)| async move {
         let c = Client::connect(cfg)
             .await
             .with_context(|| format!("subscriber {i}: connecting to {sub_node}"))?;
@@ -77,6 +81,9 @@ pub async fn setup(
             .with_context(|| format!("subscriber {i}: subscribing to {topic}"))?;
         anyhow::Ok(c)
     }))
+    // Bounded: a 1 -> 1000 fan-out must not start 1000 handshakes at once.
+    .buffered(CONNECT_CONCURRENCY)
+    .try_collect::<Vec<_>>()
     .await?;
 
     let streams = plan.streams();
@@ -90,8 +97,25 @@ pub async fn setup(
             if i < stalled {
                 // A stalled subscriber: subscribed, connection open, never
                 // reads. Its SDK buffers up to `inbound_capacity` deliveries,
-                // then stops reading QUIC, and the node's outbox for it fills.
-                let _ = stop.wait_for(|v| *v).await;
+                // then stops reading QUIC (backpressure, no client-side
+                // drop), and the node's outbox for it fills. If the node
+                // cuts it, its state leaves Connected: that dates the cut.
+                let mut state = client.state();
+                let mut watching = true;
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = stop.wait_for(|v| *v) => break,
+                        ch = state.changed(), if watching => {
+                            if ch.is_err() {
+                                // The driver is gone; nothing more to see.
+                                watching = false;
+                            } else if !matches!(*state.borrow_and_update(), ConnState::Connected { .. }) {
+                                ctl.note_stalled_cut();
+                            }
+                        }
+                    }
+                }
                 return Ok((tr, Box::pin(client.close()) as Closer));
             }
             let mut buf = Vec::with_capacity(RECV_BATCH);

@@ -4,12 +4,24 @@
 //! For each scenario the i-th SLIM report is paired with the i-th NATS report
 //! (one pair per round), and the ratios of each pair are summarized by
 //! median, min and max.
+//!
+//! Throughput figures never stand without their loss: the raw rows put
+//! `loss %` right after deliveries/s (and mark a run above
+//! [`LOSS_LIMIT_PCT`] `LOSSY`), the ratio table carries both systems'
+//! median loss, and the headline is deliveries/s **at ≤0.1 % loss**: a
+//! round counts towards the headline ratio only if both of its runs lost
+//! ≤0.1 %; a lossy run has no rate at that loss, so its round is left out
+//! and the row names who was lossy and by how much (no clean round: no
+//! ratio, never the raw one). Runs with stalled subscribers are compared
+//! with the same shape without them (the `slow consumer` section).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use serde::Serialize;
 use serde_json::Value;
+
+use crate::throughput_report::{LOSS_LIMIT_PCT, is_lossy};
 
 #[derive(Debug, Default)]
 struct Runs {
@@ -124,11 +136,22 @@ fn info(kind: &str) -> &'static [(&'static str, &'static [&'static str], usize)]
             ("failed", &["connect_failures"], 0),
             ("p99 ms", &["connect_p99_ms"], 1),
         ],
-        _ => &[
-            ("loss %", &["loss_pct"], 3),
-            ("peak RSS MiB", &["peak_rss_kib"], 0),
-        ],
+        _ => &[("peak RSS MiB", &["peak_rss_kib"], 0)],
     }
+}
+
+/// Columns of a run with stalled subscribers, after the others.
+const STALLED_INFO: &[(&str, &[&str], usize)] = &[
+    ("run RSS MiB", &["server_rss_peak_kib"], 0),
+    ("cut after s", &["stalled_cut_after_s"], 2),
+];
+
+fn is_mib(label: &str) -> bool {
+    label.ends_with("MiB")
+}
+
+fn loss_of(v: &Value) -> f64 {
+    f(v, &["loss_pct"]).unwrap_or(f64::NAN)
 }
 
 fn metrics(kind: &str) -> &'static [Metric] {
@@ -165,6 +188,8 @@ pub struct Ratio {
     pub metric: &'static str,
     pub higher_better: bool,
     pub ratios: Vec<f64>,
+    /// Throughput: median loss % of (slim, nats) over the rounds.
+    pub loss: Option<(f64, f64)>,
 }
 
 fn fmt_ratios(rs: &[Ratio]) -> String {
@@ -175,30 +200,50 @@ fn fmt_ratios(rs: &[Ratio]) -> String {
         .unwrap_or(8)
         .max(8);
     let mut out = format!(
-        "{:<sw$}  {:<14} {:>8} {:>8} {:>8} {:>3}  {}\n",
-        "scenario", "metric", "median", "min", "max", "n", "slim better if"
+        "{:<sw$}  {:<14} {:>8} {:>8} {:>8} {:>3}  {:<14}  {}\n",
+        "scenario", "metric", "median", "min", "max", "n", "slim better if", "loss % slim / nats"
     );
     for r in rs {
         let (m, lo, hi) = stats(&r.ratios).unwrap_or((f64::NAN, f64::NAN, f64::NAN));
-        out.push_str(&format!(
-            "{:<sw$}  {:<14} {:>8.3} {:>8.3} {:>8.3} {:>3}  {}\n",
-            r.scenario,
-            r.metric,
-            m,
-            lo,
-            hi,
-            r.ratios.len(),
-            if r.higher_better { "> 1" } else { "< 1" }
-        ));
+        let loss = r
+            .loss
+            .map(|(a, b)| {
+                let mark = if is_lossy(a) || is_lossy(b) {
+                    "  LOSSY"
+                } else {
+                    ""
+                };
+                format!("{a:.3} / {b:.3}{mark}")
+            })
+            .unwrap_or_default();
+        out.push_str(
+            format!(
+                "{:<sw$}  {:<14} {:>8.3} {:>8.3} {:>8.3} {:>3}  {:<14}  {}",
+                r.scenario,
+                r.metric,
+                m,
+                lo,
+                hi,
+                r.ratios.len(),
+                if r.higher_better { "> 1" } else { "< 1" },
+                loss
+            )
+            .trim_end(),
+        );
+        out.push('\n');
     }
     out
 }
 
+/// Reports by scenario (name, (kind, runs)), scenarios in the order they
+/// first appear in the file: the order `compare.sh` ran them in.
+type Scenarios = Vec<(String, (String, Runs))>;
+
 /// Reads a file of reports, by scenario, in file order.
-fn load(path: &Path) -> Result<BTreeMap<String, (String, Runs)>> {
+fn load(path: &Path) -> Result<Scenarios> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut by: BTreeMap<String, (String, Runs)> = BTreeMap::new();
+    let mut by: Scenarios = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -207,9 +252,14 @@ fn load(path: &Path) -> Result<BTreeMap<String, (String, Runs)>> {
             .with_context(|| format!("{}:{}: not a JSON report", path.display(), i + 1))?;
         let scenario = v["scenario"].as_str().unwrap_or("?").to_owned();
         let kind = kind_of(&v);
-        let entry = by
-            .entry(scenario)
-            .or_insert_with(|| (kind, Runs::default()));
+        let at = match by.iter().position(|(sc, _)| *sc == scenario) {
+            Some(at) => at,
+            None => {
+                by.push((scenario, (kind, Runs::default())));
+                by.len() - 1
+            }
+        };
+        let entry = &mut by[at].1;
         match v["system"].as_str() {
             Some("slim") => entry.1.slim.push(v),
             Some("nats") => entry.1.nats.push(v),
@@ -233,11 +283,19 @@ pub fn ratios(path: &Path) -> Result<Vec<Ratio>> {
                     (b > 0.0 && a.is_finite()).then(|| a / b)
                 })
                 .collect();
+            let loss = (kind == "throughput").then(|| {
+                let med = |runs: &[Value]| {
+                    let ls: Vec<f64> = runs.iter().map(loss_of).collect();
+                    stats(&ls).map_or(f64::NAN, |s| s.0)
+                };
+                (med(&runs.slim), med(&runs.nats))
+            });
             out.push(Ratio {
                 scenario: scenario.clone(),
                 metric: m.label,
                 higher_better: m.higher_better,
                 ratios,
+                loss,
             });
         }
     }
@@ -248,41 +306,435 @@ pub fn summarize(path: &Path) -> Result<String> {
     let mut out = String::new();
     for (scenario, (kind, runs)) in load(path)? {
         out.push_str(&format!("== {scenario}  [{kind}]\n"));
-        let ms = metrics(&kind);
-        let inf = info(&kind);
-        let mut head = format!("  {:<5} {:<5}", "round", "sys");
-        for m in ms {
-            head.push_str(&format!(" {:>14}", m.label));
-        }
-        for (l, _, _) in inf {
-            head.push_str(&format!(" {l:>12}"));
-        }
-        out.push_str(&head);
-        out.push('\n');
-        let rounds = runs.slim.len().max(runs.nats.len());
-        for r in 0..rounds {
-            for (sys, v) in [("slim", runs.slim.get(r)), ("nats", runs.nats.get(r))] {
-                let Some(v) = v else { continue };
-                let mut line = format!("  {:<5} {:<5}", r + 1, sys);
-                for m in ms {
-                    line.push_str(&format!(" {:>14}", opt(f(v, m.path), m.prec)));
-                }
-                for (l, p, prec) in inf {
-                    let x = f(v, p).map(|x| if *l == "peak RSS MiB" { x / 1024.0 } else { x });
-                    line.push_str(&format!(" {:>12}", opt(x, *prec)));
-                }
-                out.push_str(&line);
-                out.push('\n');
-            }
-        }
+        out.push_str(&raw_rows(&kind, &runs));
     }
     let rs = ratios(path)?;
     if rs.iter().any(|r| !r.ratios.is_empty()) {
-        out.push_str("\n== slim ÷ nats, per round (median, min, max over rounds)\n");
+        out.push_str(
+            "\n== slim ÷ nats, per round (median, min, max over rounds; any loss: read the loss column)\n",
+        );
         let with: Vec<Ratio> = rs.into_iter().filter(|r| !r.ratios.is_empty()).collect();
         out.push_str(&fmt_ratios(&with));
     }
+    let by = load(path)?;
+    let slow = slow_consumer(&by);
+    if !slow.is_empty() {
+        out.push_str(&fmt_slow(&slow));
+    }
+    let head = headline(&by);
+    if !head.is_empty() {
+        out.push_str(&fmt_headline(&head));
+    }
     Ok(out)
+}
+
+/// The raw figures of every run of one scenario, loss right after
+/// deliveries/s and `LOSSY` at the end of a run above the limit.
+fn raw_rows(kind: &str, runs: &Runs) -> String {
+    let ms = metrics(kind);
+    let stalled = runs
+        .slim
+        .iter()
+        .chain(&runs.nats)
+        .any(|v| f(v, &["stalled_subs"]).unwrap_or(0.0) > 0.0);
+    let mut inf: Vec<(&str, &[&str], usize)> = info(kind).to_vec();
+    if kind == "throughput" && stalled {
+        inf.extend_from_slice(STALLED_INFO);
+    }
+    let throughput = kind == "throughput";
+    let mut head = format!("  {:<5} {:<5}", "round", "sys");
+    for (i, m) in ms.iter().enumerate() {
+        head.push_str(&format!(" {:>14}", m.label));
+        if throughput && i == 0 {
+            head.push_str(&format!(" {:>9}", "loss %"));
+        }
+    }
+    for (l, _, _) in &inf {
+        head.push_str(&format!(" {l:>12}"));
+    }
+    let mut out = head;
+    out.push('\n');
+    let rounds = runs.slim.len().max(runs.nats.len());
+    for r in 0..rounds {
+        for (sys, v) in [("slim", runs.slim.get(r)), ("nats", runs.nats.get(r))] {
+            let Some(v) = v else { continue };
+            let mut line = format!("  {:<5} {:<5}", r + 1, sys);
+            for (i, m) in ms.iter().enumerate() {
+                line.push_str(&format!(" {:>14}", opt(f(v, m.path), m.prec)));
+                if throughput && i == 0 {
+                    line.push_str(&format!(" {:>9}", opt(f(v, &["loss_pct"]), 3)));
+                }
+            }
+            for (l, p, prec) in &inf {
+                let x = f(v, p).map(|x| if is_mib(l) { x / 1024.0 } else { x });
+                line.push_str(&format!(" {:>12}", opt(x, *prec)));
+            }
+            if throughput && is_lossy(loss_of(v)) {
+                line.push_str("  LOSSY");
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// One system's runs of a scenario, for the headline.
+#[derive(Debug, Clone, Serialize)]
+pub struct SideSummary {
+    pub runs: usize,
+    /// Median deliveries/s over all runs, whatever their loss.
+    pub deliveries_per_s: f64,
+    pub loss_pct_median: f64,
+    pub loss_pct_max: f64,
+    /// Runs that lost more than the limit.
+    pub lossy_runs: usize,
+}
+
+fn side(runs: &[Value]) -> SideSummary {
+    let d: Vec<f64> = runs
+        .iter()
+        .filter_map(|v| f(v, &["deliveries_per_s"]))
+        .collect();
+    let l: Vec<f64> = runs.iter().map(loss_of).collect();
+    SideSummary {
+        runs: runs.len(),
+        deliveries_per_s: stats(&d).map_or(f64::NAN, |s| s.0),
+        loss_pct_median: stats(&l).map_or(f64::NAN, |s| s.0),
+        loss_pct_max: stats(&l).map_or(f64::NAN, |s| s.2),
+        lossy_runs: l.iter().filter(|x| is_lossy(**x)).count(),
+    }
+}
+
+/// One scenario of the headline: deliveries/s at ≤0.1 % loss.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadlineRow {
+    pub scenario: String,
+    pub slim: SideSummary,
+    pub nats: SideSummary,
+    /// Rounds where both runs lost ≤ the limit; only these give a ratio.
+    pub clean_rounds: usize,
+    pub rounds: usize,
+    /// slim ÷ nats deliveries/s over the clean rounds: (median, min, max).
+    pub ratio: Option<(f64, f64, f64)>,
+    pub verdict: String,
+}
+
+/// The headline of every throughput scenario without stalled subscribers.
+fn headline(by: &Scenarios) -> Vec<HeadlineRow> {
+    by.iter()
+        .filter(|(_, (kind, runs))| {
+            kind == "throughput"
+                && !runs
+                    .slim
+                    .iter()
+                    .chain(&runs.nats)
+                    .any(|v| f(v, &["stalled_subs"]).unwrap_or(0.0) > 0.0)
+        })
+        .map(|(scenario, (_, runs))| headline_row(scenario, runs))
+        .collect()
+}
+
+fn headline_row(scenario: &str, runs: &Runs) -> HeadlineRow {
+    let pairs: Vec<(&Value, &Value)> = runs.slim.iter().zip(&runs.nats).collect();
+    let clean: Vec<f64> = pairs
+        .iter()
+        .filter(|(s, n)| !is_lossy(loss_of(s)) && !is_lossy(loss_of(n)))
+        .filter_map(|(s, n)| {
+            let (a, b) = (f(s, &["deliveries_per_s"])?, f(n, &["deliveries_per_s"])?);
+            (b > 0.0 && a.is_finite()).then(|| a / b)
+        })
+        .collect();
+    let (slim, nats) = (side(&runs.slim), side(&runs.nats));
+    let lossy = |name: &str, s: &SideSummary| {
+        (s.lossy_runs > 0).then(|| {
+            format!(
+                "{name} LOSSY in {}/{} runs ({:.3} % lost, median; max {:.3} %)",
+                s.lossy_runs, s.runs, s.loss_pct_median, s.loss_pct_max
+            )
+        })
+    };
+    let mut verdict: Vec<String> = [lossy("slim", &slim), lossy("nats", &nats)]
+        .into_iter()
+        .flatten()
+        .collect();
+    if verdict.is_empty() {
+        verdict.push(format!("both ≤{LOSS_LIMIT_PCT} % loss"));
+    } else if slim.lossy_runs > 0 {
+        verdict.push("slim's rate is not a rate at ≤0.1 % loss".into());
+    }
+    if clean.is_empty() && !pairs.is_empty() {
+        verdict.push("no round without loss: no ratio".into());
+    }
+    HeadlineRow {
+        scenario: scenario.to_owned(),
+        clean_rounds: clean.len(),
+        rounds: pairs.len(),
+        ratio: stats(&clean),
+        slim,
+        nats,
+        verdict: verdict.join("; "),
+    }
+}
+
+fn fmt_headline(rows: &[HeadlineRow]) -> String {
+    let sw = rows
+        .iter()
+        .map(|r| r.scenario.chars().count())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let mut out = format!(
+        "\n== HEADLINE: deliveries/s at ≤{LOSS_LIMIT_PCT} % loss (median over rounds; a round \
+         counts towards slim ÷ nats only if both of its runs lost ≤{LOSS_LIMIT_PCT} %)\n"
+    );
+    out.push_str(&format!(
+        "{:<sw$}  {:>12} {:>9}  {:>12} {:>9}  {:>22} {:>6}  {}\n",
+        "scenario",
+        "slim dlv/s",
+        "loss %",
+        "nats dlv/s",
+        "loss %",
+        "slim÷nats (min–max)",
+        "clean",
+        "verdict"
+    ));
+    for r in rows {
+        let ratio = r.ratio.map_or("-".to_owned(), |(m, lo, hi)| {
+            format!("{m:.3}× ({lo:.2}–{hi:.2})")
+        });
+        out.push_str(&format!(
+            "{:<sw$}  {:>12} {:>9.3}  {:>12} {:>9.3}  {:>22} {:>6}  {}\n",
+            r.scenario,
+            crate::throughput_report::fmt_num(r.slim.deliveries_per_s),
+            r.slim.loss_pct_median,
+            crate::throughput_report::fmt_num(r.nats.deliveries_per_s),
+            r.nats.loss_pct_median,
+            ratio,
+            format!("{}/{}", r.clean_rounds, r.rounds),
+            r.verdict
+        ));
+    }
+    out
+}
+
+/// One system's slow-consumer comparison: the readers' deliveries/s with
+/// the stalled subscriber(s) ÷ the same shape without.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowRow {
+    pub system: String,
+    pub scenario: String,
+    pub baseline: String,
+    /// Readers' deliveries/s with ÷ without, paired by round: (median, min, max).
+    pub ratio: Option<(f64, f64, f64)>,
+    pub with_deliveries_per_s: f64,
+    pub without_deliveries_per_s: f64,
+    /// Loss among the readers (the stalled are excluded), median and max.
+    pub with_loss_pct_median: f64,
+    pub with_loss_pct_max: f64,
+    pub without_loss_pct_median: f64,
+    /// Runs in which a stalled subscriber was seen cut, and the median time.
+    pub cut_runs: usize,
+    pub runs: usize,
+    pub cut_after_s_median: Option<f64>,
+    /// Server-side counters over the run, medians: messages dropped for
+    /// slow consumers (slim) and slow-consumer events (nats: slow_consumers;
+    /// slim: slow-consumer disconnects).
+    pub dropped_slow_consumer: Option<f64>,
+    pub slow_consumer_cuts: Option<f64>,
+    /// Highest server RSS sampled during the runs with / without, MiB.
+    pub with_rss_peak_mib: Option<f64>,
+    pub without_rss_peak_mib: Option<f64>,
+}
+
+fn shape(v: &Value) -> Option<(u64, u64, u64, String)> {
+    Some((
+        f(v, &["pubs"])? as u64,
+        f(v, &["size_bytes"])? as u64,
+        (f(v, &["subs"])? - f(v, &["stalled_subs"]).unwrap_or(0.0)) as u64,
+        v.get("mode")?.as_str()?.to_owned(),
+    ))
+}
+
+fn median_of(runs: &[Value], path: &[&str]) -> Option<f64> {
+    let xs: Vec<f64> = runs.iter().filter_map(|v| f(v, path)).collect();
+    stats(&xs).map(|s| s.0)
+}
+
+fn max_of(runs: &[Value], path: &[&str]) -> Option<f64> {
+    let xs: Vec<f64> = runs.iter().filter_map(|v| f(v, path)).collect();
+    stats(&xs).map(|s| s.2)
+}
+
+/// Every scenario with stalled subscribers against its baseline (same
+/// publishers, size, mode and readers, nobody stalled), per system.
+fn slow_consumer(by: &Scenarios) -> Vec<SlowRow> {
+    let stalled_of = |runs: &Runs| {
+        runs.slim
+            .iter()
+            .chain(&runs.nats)
+            .map(|v| f(v, &["stalled_subs"]).unwrap_or(0.0))
+            .fold(0.0, f64::max)
+    };
+    let first = |runs: &Runs| runs.slim.first().or(runs.nats.first()).cloned();
+    let mut out = Vec::new();
+    for (scenario, (kind, runs)) in by.iter() {
+        if kind != "throughput" || stalled_of(runs) == 0.0 {
+            continue;
+        }
+        let Some(sh) = first(runs).as_ref().and_then(shape) else {
+            continue;
+        };
+        let base = by.iter().find(|(_, (k, r))| {
+            k == "throughput"
+                && stalled_of(r) == 0.0
+                && first(r).as_ref().and_then(shape).as_ref() == Some(&sh)
+        });
+        for sys in ["slim", "nats"] {
+            let pick = |r: &Runs| -> Vec<Value> {
+                if sys == "slim" {
+                    r.slim.clone()
+                } else {
+                    r.nats.clone()
+                }
+            };
+            let with = pick(runs);
+            if with.is_empty() {
+                continue;
+            }
+            let without = base.map(|(_, (_, r))| pick(r)).unwrap_or_default();
+            let ratios: Vec<f64> = with
+                .iter()
+                .zip(&without)
+                .filter_map(|(w, o)| {
+                    let (a, b) = (f(w, &["deliveries_per_s"])?, f(o, &["deliveries_per_s"])?);
+                    (b > 0.0).then(|| a / b)
+                })
+                .collect();
+            let cuts: Vec<f64> = with
+                .iter()
+                .filter_map(|v| f(v, &["stalled_cut_after_s"]))
+                .collect();
+            let wl: Vec<f64> = with.iter().map(loss_of).collect();
+            let ol: Vec<f64> = without.iter().map(loss_of).collect();
+            let cut_key = if sys == "slim" {
+                "server_slow_consumer_disconnects"
+            } else {
+                "server_slow_consumers"
+            };
+            out.push(SlowRow {
+                system: sys.into(),
+                scenario: scenario.clone(),
+                baseline: base.map(|(n, _)| n.clone()).unwrap_or_default(),
+                ratio: stats(&ratios),
+                with_deliveries_per_s: median_of(&with, &["deliveries_per_s"]).unwrap_or(f64::NAN),
+                without_deliveries_per_s: median_of(&without, &["deliveries_per_s"])
+                    .unwrap_or(f64::NAN),
+                with_loss_pct_median: stats(&wl).map_or(f64::NAN, |s| s.0),
+                with_loss_pct_max: stats(&wl).map_or(f64::NAN, |s| s.2),
+                without_loss_pct_median: stats(&ol).map_or(f64::NAN, |s| s.0),
+                cut_runs: cuts.len(),
+                runs: with.len(),
+                cut_after_s_median: stats(&cuts).map(|s| s.0),
+                dropped_slow_consumer: median_of(
+                    &with,
+                    &["counters", "server_dropped_slow_consumer"],
+                ),
+                slow_consumer_cuts: median_of(&with, &["counters", cut_key]),
+                with_rss_peak_mib: max_of(&with, &["server_rss_peak_kib"]).map(|k| k / 1024.0),
+                without_rss_peak_mib: max_of(&without, &["server_rss_peak_kib"])
+                    .map(|k| k / 1024.0),
+            });
+        }
+    }
+    out
+}
+
+fn fmt_slow(rows: &[SlowRow]) -> String {
+    let mut out = String::from(
+        "\n== slow consumer: readers' deliveries/s with the stalled subscriber ÷ without \
+         (paired by round; loss among the readers only)\n",
+    );
+    let mut last = "";
+    for r in rows {
+        if r.scenario != last {
+            let base = if r.baseline.is_empty() {
+                "NO BASELINE RUN (same shape without the stalled subscriber): no ratio".to_owned()
+            } else {
+                format!("vs {}", r.baseline)
+            };
+            out.push_str(&format!("  {}  {base}\n", r.scenario));
+            last = &r.scenario;
+        }
+        let ratio = r.ratio.map_or("-".to_owned(), |(m, lo, hi)| {
+            format!("{m:.3}× ({lo:.2}–{hi:.2})")
+        });
+        let cut = match r.cut_after_s_median {
+            Some(t) => format!(
+                "cut in {}/{} runs, after {t:.2} s (median)",
+                r.cut_runs, r.runs
+            ),
+            None => format!("not cut (0/{} runs)", r.runs),
+        };
+        let mib = |x: Option<f64>| x.map_or("-".to_owned(), |m| format!("{m:.0}"));
+        let mut line = format!(
+            "    {:<5} with÷without {ratio}: {} vs {} dlv/s; readers' loss {:.3} % (max {:.3} %; \
+             without {:.3} %){}; {cut}",
+            r.system,
+            crate::throughput_report::fmt_num(r.with_deliveries_per_s),
+            crate::throughput_report::fmt_num(r.without_deliveries_per_s),
+            r.with_loss_pct_median,
+            r.with_loss_pct_max,
+            r.without_loss_pct_median,
+            if is_lossy(r.with_loss_pct_max) {
+                " LOSSY"
+            } else {
+                ""
+            },
+        );
+        if let Some(c) = r.slow_consumer_cuts {
+            line.push_str(&format!("; server slow-consumer cuts {c:.0}"));
+        }
+        if let Some(d) = r.dropped_slow_consumer {
+            line.push_str(&format!("; dropped for slow consumers {d:.0}"));
+        }
+        line.push_str(&format!(
+            "; server RSS peak {} MiB (without: {})\n",
+            mib(r.with_rss_peak_mib),
+            mib(r.without_rss_peak_mib)
+        ));
+        out.push_str(&line);
+    }
+    out
+}
+
+/// Everything `summarize` prints, as one JSON object (`summarize --json`).
+pub fn summarize_json(path: &Path) -> Result<Value> {
+    let by = load(path)?;
+    let ratios: Vec<Value> = ratios(path)?
+        .into_iter()
+        .filter(|r| !r.ratios.is_empty())
+        .map(|r| {
+            let st = stats(&r.ratios);
+            serde_json::json!({
+                "scenario": r.scenario,
+                "metric": r.metric,
+                "higher_better": r.higher_better,
+                "median": st.map(|s| s.0),
+                "min": st.map(|s| s.1),
+                "max": st.map(|s| s.2),
+                "n": r.ratios.len(),
+                "slim_loss_pct_median": r.loss.map(|l| l.0),
+                "nats_loss_pct_median": r.loss.map(|l| l.1),
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "loss_limit_pct": LOSS_LIMIT_PCT,
+        "headline": headline(&by),
+        "slow_consumer": slow_consumer(&by),
+        "ratios": ratios,
+    }))
 }
 
 #[cfg(test)]
@@ -321,5 +773,174 @@ mod tests {
         assert!(s.contains("deliveries/s"), "{s}");
         assert!(s.contains("   2.500    2.000    3.000"), "{s}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A throughput report as `compare.sh` collects it.
+    fn thr(sys: &str, subs: u64, stalled: u64, dlv: f64, loss: f64) -> Value {
+        let scenario = if stalled > 0 {
+            format!("1->{subs} 16B multicast, {stalled} stalled")
+        } else {
+            format!("1->{subs} 16B multicast")
+        };
+        serde_json::json!({
+            "kind": "throughput", "system": sys, "scenario": scenario,
+            "pubs": 1, "subs": subs, "stalled_subs": stalled, "size_bytes": 16,
+            "mode": "multicast", "deliveries_per_s": dlv, "loss_pct": loss,
+            "lossy": is_lossy(loss),
+            "cpu": {"seconds": 1.0, "seconds_per_million_deliveries": 1.0},
+            "counters": {}
+        })
+    }
+
+    fn file_of(lines: &[Value]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.jsonl");
+        let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+        std::fs::write(&p, text.join("\n")).unwrap();
+        (dir, p)
+    }
+
+    #[test]
+    fn the_loss_limit_is_inclusive_and_nan_is_lossy() {
+        assert!(!is_lossy(0.0));
+        assert!(!is_lossy(LOSS_LIMIT_PCT));
+        assert!(is_lossy(0.1001));
+        assert!(is_lossy(f64::NAN));
+    }
+
+    /// Round 2's slim run lost 5 %: it has no rate at ≤0.1 % loss, so the
+    /// headline ratio comes from rounds 1 and 3 only, while the raw ratio
+    /// table keeps all three and shows the loss next to them.
+    #[test]
+    fn headline_counts_only_rounds_where_both_runs_are_clean() {
+        let (_d, p) = file_of(&[
+            thr("slim", 1, 0, 300.0, 0.0),
+            thr("nats", 1, 0, 100.0, 0.0),
+            thr("nats", 1, 0, 100.0, 0.0),
+            thr("slim", 1, 0, 400.0, 5.0),
+            thr("slim", 1, 0, 200.0, 0.05),
+            thr("nats", 1, 0, 100.0, 0.1),
+        ]);
+        let by = load(&p).unwrap();
+        let h = headline(&by);
+        assert_eq!(h.len(), 1);
+        assert_eq!((h[0].clean_rounds, h[0].rounds), (2, 3));
+        assert_eq!(h[0].ratio, Some((2.5, 2.0, 3.0)));
+        assert_eq!(h[0].slim.lossy_runs, 1);
+        assert_eq!(h[0].nats.lossy_runs, 0);
+        assert!(h[0].verdict.contains("slim LOSSY in 1/3 runs"), "{h:?}");
+
+        let raw = ratios(&p).unwrap();
+        assert_eq!(stats(&raw[0].ratios), Some((3.0, 2.0, 4.0)));
+        assert_eq!(raw[0].loss, Some((0.05, 0.0)));
+
+        let s = summarize(&p).unwrap();
+        assert!(s.contains("HEADLINE"), "{s}");
+        assert!(s.contains("2.500× (2.00–3.00)"), "{s}");
+        // Raw rows: loss right after deliveries/s, the lossy run marked.
+        let lossy_row = s
+            .lines()
+            .find(|l| l.contains("       400 "))
+            .unwrap_or_else(|| panic!("no raw row for the lossy run in {s}"));
+        assert!(lossy_row.contains("     5.000"), "{lossy_row}");
+        assert!(lossy_row.ends_with("LOSSY"), "{lossy_row}");
+        let clean_row = s.lines().find(|l| l.contains("       300 ")).unwrap();
+        assert!(!clean_row.contains("LOSSY"), "{clean_row}");
+        // The ratio table carries both median losses.
+        assert!(s.contains("0.050 / 0.000"), "{s}");
+    }
+
+    #[test]
+    fn a_scenario_where_slim_always_loses_has_no_headline_ratio() {
+        let (_d, p) = file_of(&[
+            thr("slim", 100, 0, 900.0, 30.0),
+            thr("nats", 100, 0, 300.0, 0.0),
+        ]);
+        let h = headline(&load(&p).unwrap());
+        assert_eq!(h[0].ratio, None);
+        assert!(h[0].verdict.contains("slim LOSSY"), "{h:?}");
+        assert!(h[0].verdict.contains("no ratio"), "{h:?}");
+        let s = summarize(&p).unwrap();
+        let row = s
+            .lines()
+            .skip_while(|l| !l.contains("HEADLINE"))
+            .find(|l| l.starts_with("1->100"))
+            .unwrap();
+        assert!(row.contains(" - "), "{row}");
+        assert!(
+            !row.contains("3.000×"),
+            "the raw ratio must not be the headline: {row}"
+        );
+        // The raw ratio (3×) stays in the detail table, flagged.
+        assert!(s.contains("30.000 / 0.000  LOSSY"), "{s}");
+    }
+
+    #[test]
+    fn only_nats_lossy_says_so_and_keeps_no_ratio_from_that_round() {
+        let (_d, p) = file_of(&[thr("slim", 1, 0, 100.0, 0.0), thr("nats", 1, 0, 100.0, 4.0)]);
+        let h = headline(&load(&p).unwrap());
+        assert!(h[0].verdict.starts_with("nats LOSSY in 1/1 runs"), "{h:?}");
+        assert!(!h[0].verdict.contains("slim's rate"), "{h:?}");
+        assert_eq!(h[0].clean_rounds, 0);
+    }
+
+    /// The stalled scenario is compared with its baseline (same readers,
+    /// nobody stalled) per system and kept out of the headline.
+    #[test]
+    fn slow_consumer_rows_pair_with_the_baseline() {
+        let mut slim_with = thr("slim", 11, 1, 900.0, 0.0);
+        slim_with["stalled_cut_after_s"] = 2.5.into();
+        slim_with["server_rss_peak_kib"] = (40.0 * 1024.0).into();
+        slim_with["counters"] = serde_json::json!({
+            "server_slow_consumer_disconnects": 1, "server_dropped_slow_consumer": 700
+        });
+        let mut nats_with = thr("nats", 11, 1, 500.0, 0.5);
+        nats_with["counters"] = serde_json::json!({"server_slow_consumers": 0});
+        let (_d, p) = file_of(&[
+            thr("slim", 10, 0, 1000.0, 0.0),
+            thr("nats", 10, 0, 1000.0, 0.0),
+            slim_with,
+            nats_with,
+        ]);
+        let by = load(&p).unwrap();
+        let rows = slow_consumer(&by);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let (s, n) = (&rows[0], &rows[1]);
+        assert_eq!((s.system.as_str(), n.system.as_str()), ("slim", "nats"));
+        assert_eq!(s.baseline, "1->10 16B multicast");
+        assert_eq!(s.ratio, Some((0.9, 0.9, 0.9)));
+        assert_eq!(n.ratio, Some((0.5, 0.5, 0.5)));
+        assert_eq!((s.cut_runs, s.cut_after_s_median), (1, Some(2.5)));
+        assert_eq!((n.cut_runs, n.cut_after_s_median), (0, None));
+        assert_eq!(s.slow_consumer_cuts, Some(1.0));
+        assert_eq!(s.dropped_slow_consumer, Some(700.0));
+        assert_eq!(s.with_rss_peak_mib, Some(40.0));
+        assert_eq!(n.slow_consumer_cuts, Some(0.0));
+        let h = headline(&by);
+        assert_eq!(
+            h.len(),
+            1,
+            "the stalled scenario is not a headline row: {h:?}"
+        );
+
+        let text = summarize(&p).unwrap();
+        assert!(text.contains("slim  with÷without 0.900×"), "{text}");
+        assert!(text.contains("cut in 1/1 runs, after 2.50 s"), "{text}");
+        assert!(text.contains("nats  with÷without 0.500×"), "{text}");
+        assert!(text.contains("readers' loss 0.500 % (max 0.500 %; without 0.000 %) LOSSY"));
+        assert!(text.contains("not cut (0/1 runs)"), "{text}");
+
+        let j = summarize_json(&p).unwrap();
+        assert_eq!(j["slow_consumer"][0]["ratio"][0], 0.9);
+        assert_eq!(j["headline"][0]["scenario"], "1->10 16B multicast");
+        assert_eq!(j["loss_limit_pct"], LOSS_LIMIT_PCT);
+    }
+
+    #[test]
+    fn a_stalled_run_without_baseline_says_so() {
+        let (_d, p) = file_of(&[thr("slim", 11, 1, 900.0, 0.0)]);
+        let rows = slow_consumer(&load(&p).unwrap());
+        assert_eq!(rows[0].ratio, None);
+        assert!(summarize(&p).unwrap().contains("NO BASELINE RUN"));
     }
 }

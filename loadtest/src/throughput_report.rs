@@ -7,6 +7,17 @@ use serde::Serialize;
 
 use crate::harness::Mode;
 
+/// Loss above this (percent of the expected deliveries) makes a throughput
+/// run "lossy": its deliveries/s is then no rate "at ≤0.1 % loss", and
+/// `summarize` leaves its round out of the headline ratio.
+pub const LOSS_LIMIT_PCT: f64 = 0.1;
+
+/// Whether a run with this loss is over [`LOSS_LIMIT_PCT`] (NaN counts as lossy:
+/// a loss that could not be measured is no proof of none).
+pub fn is_lossy(loss_pct: f64) -> bool {
+    loss_pct.is_nan() || loss_pct > LOSS_LIMIT_PCT
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct CpuReport {
     pub scope: String,
@@ -50,6 +61,10 @@ pub struct Report {
     pub expected_deliveries: u64,
     pub lost: u64,
     pub loss_pct: f64,
+    /// `loss_pct` is above `loss_limit_pct`: `deliveries_per_s` is not a
+    /// rate at that loss.
+    pub lossy: bool,
+    pub loss_limit_pct: f64,
     /// Deliveries beyond the expected count (duplicates), if any.
     pub excess: u64,
     /// Mid-stream sequence gaps summed over subscribers (multicast only).
@@ -63,6 +78,13 @@ pub struct Report {
     pub node_threads_cpu: Option<CpuReport>,
     /// VmHWM of the measured process, KiB (its lifetime peak, not this run's).
     pub peak_rss_kib: Option<u64>,
+    /// Highest VmRSS of the measured process sampled during this run
+    /// (every 100 ms from the start signal to the end of the drain).
+    pub server_rss_peak_kib: Option<u64>,
+    /// Seconds from the start signal until a stalled subscriber was first
+    /// seen cut (`None`: never, or no stalled subscriber), and by whom.
+    pub stalled_cut_after_s: Option<f64>,
+    pub stalled_cut_seen_by: Option<String>,
     pub counters: BTreeMap<String, u64>,
     /// Deliveries per second over the window in 100 ms steps: [seconds
     /// since the window started, rate].
@@ -80,6 +102,16 @@ pub fn fmt_num(x: f64) -> String {
     }
 }
 
+/// "loss 0.000 %", or "LOSSY: 24.100 % lost" above [`LOSS_LIMIT_PCT`]: the
+/// text that goes next to every deliveries/s figure.
+pub fn loss_tag(loss_pct: f64) -> String {
+    if is_lossy(loss_pct) {
+        format!("LOSSY: {loss_pct:.3} % lost")
+    } else {
+        format!("loss {loss_pct:.3} %")
+    }
+}
+
 impl Report {
     /// A one-line summary (printed to stderr next to `--json`).
     pub fn one_line(&self) -> String {
@@ -90,11 +122,11 @@ impl Report {
                 .unwrap_or_else(|| "-".into())
         };
         let mut s = format!(
-            "{} {}: {} deliveries/s, loss {:.3}%, cpu {} s/1M deliveries",
+            "{} {}: {} deliveries/s ({}), cpu {} s/1M deliveries",
             self.system,
             self.scenario,
             fmt_num(self.deliveries_per_s),
-            self.loss_pct,
+            loss_tag(self.loss_pct),
             cpu(&self.cpu)
         );
         if self.node_threads_cpu.is_some() {
@@ -123,7 +155,14 @@ impl Report {
                 ),
             ),
             ("sent/s".into(), fmt_num(self.sent_per_s)),
-            ("deliveries/s".into(), fmt_num(self.deliveries_per_s)),
+            (
+                "deliveries/s".into(),
+                format!(
+                    "{} ({})",
+                    fmt_num(self.deliveries_per_s),
+                    loss_tag(self.loss_pct)
+                ),
+            ),
             (
                 "per subscriber /s".into(),
                 format!(
@@ -191,6 +230,22 @@ impl Report {
             rows.push((
                 "peak RSS (VmHWM)".into(),
                 format!("{:.1} MiB", r as f64 / 1024.0),
+            ));
+        }
+        if let Some(r) = self.server_rss_peak_kib {
+            rows.push((
+                "RSS peak this run".into(),
+                format!("{:.1} MiB (VmRSS sampled every 100 ms)", r as f64 / 1024.0),
+            ));
+        }
+        if self.stalled_subs > 0 {
+            rows.push((
+                "stalled cut".into(),
+                match (self.stalled_cut_after_s, &self.stalled_cut_seen_by) {
+                    (Some(t), Some(by)) => format!("after {t:.2} s (seen by the {by})"),
+                    (Some(t), None) => format!("after {t:.2} s"),
+                    (None, _) => "not seen during the run".into(),
+                },
             ));
         }
         for (k, v) in &self.counters {

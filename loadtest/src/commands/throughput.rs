@@ -11,6 +11,7 @@ use crate::cli::ThroughputArgs;
 use crate::harness::{self, Control, CpuSetup, Mode, Plan, ServerStats};
 use crate::procstat::CpuProbe;
 use crate::target::{Target, identities, nats_tls, parse_target};
+use crate::throughput_report::loss_tag;
 use crate::util::{run_id, runtime};
 use crate::{nats, payload, serverstats, slim};
 
@@ -41,9 +42,11 @@ pub(crate) fn cross_node(mut a: ThroughputArgs) -> Result<()> {
     }
     let ratio = reports[1].deliveries_per_s / reports[0].deliveries_per_s.max(1e-9);
     println!(
-        "cross-node / single-node deliveries/s = {ratio:.3} ({} / {})",
+        "cross-node / single-node deliveries/s = {ratio:.3} ({}, {} / {}, {})",
         harness::fmt_num(reports[1].deliveries_per_s),
-        harness::fmt_num(reports[0].deliveries_per_s)
+        loss_tag(reports[1].loss_pct),
+        harness::fmt_num(reports[0].deliveries_per_s),
+        loss_tag(reports[0].loss_pct)
     );
     write_plot(&a.t.plot, &reports)
 }
@@ -86,14 +89,15 @@ pub(crate) fn throughput(mut a: ThroughputArgs, flavor: Flavor) -> Result<()> {
         reports.push(r);
     }
     if sizes.len() > 1 && !a.t.json {
-        println!("size (B)   deliveries/s   payload MB/s   loss %");
+        println!("size (B)   deliveries/s   loss %   payload MB/s");
         for r in &reports {
             println!(
-                "{:>8} {:>14} {:>14.2} {:>8.3}",
+                "{:>8} {:>14} {:>8.3} {:>14.2}{}",
                 r.size_bytes,
                 harness::fmt_num(r.deliveries_per_s),
+                r.loss_pct,
                 r.payload_mb_per_s,
-                r.loss_pct
+                if r.lossy { "  LOSSY" } else { "" }
             );
         }
     }
