@@ -327,7 +327,10 @@ async fn a_reader_waiting_with_nothing_buffered_holds_no_buffer() {
     assert_eq!(r.next().await.unwrap(), Some(unprefixed(&second)));
     assert!(poll_once(r.fill()).is_pending());
     assert_eq!(r.buffered(), 10);
-    assert!(r.buffer_capacity() >= 10, "a partial frame keeps its buffer");
+    assert!(
+        r.buffer_capacity() >= 10,
+        "a partial frame keeps its buffer"
+    );
     tx.write_all(&third[10..]).await.unwrap();
     assert_eq!(r.next().await.unwrap(), Some(unprefixed(&third)));
     // Everything consumed: waiting for more gives the buffer back.
