@@ -399,25 +399,53 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// A task an actor owns, and the watcher that reports its end (a result or a
-/// panic) to the actor. Dropping it — the actor stopped, failed or was killed
-/// — aborts both, so a dead actor leaves no task running.
+/// A task an actor owns, which reports its end (a result or a panic) to the
+/// actor itself. Dropping it — the actor stopped, failed or was killed —
+/// aborts it, so a dead actor leaves no task running.
+///
+/// The panic is caught inside the task rather than by a second task awaiting
+/// its `JoinHandle`: every client connection owns two of these, and a task per
+/// watcher was memory held by every idle connection.
 pub(crate) struct Owned {
     task: tokio::task::AbortHandle,
-    watcher: tokio::task::AbortHandle,
+}
+
+/// An owned task panicked; the panic's message.
+#[derive(Debug)]
+pub(crate) struct TaskPanicked(String);
+
+impl std::fmt::Display for TaskPanicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "task panicked: {}", self.0)
+    }
+}
+
+impl TaskPanicked {
+    fn from_payload(p: Box<dyn std::any::Any + Send>) -> Self {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(not a string)".to_owned());
+        TaskPanicked(msg)
+    }
 }
 
 impl Owned {
     pub(crate) fn spawn<T: Send + 'static>(
         fut: impl Future<Output = T> + Send + 'static,
-        on_end: impl FnOnce(Result<T, tokio::task::JoinError>) + Send + 'static,
+        on_end: impl FnOnce(Result<T, TaskPanicked>) + Send + 'static,
     ) -> Owned {
-        let task = tokio::spawn(fut);
-        let abort = task.abort_handle();
-        let watcher = tokio::spawn(async move { on_end(task.await) });
+        use futures::FutureExt;
+        let task = tokio::spawn(async move {
+            let r = std::panic::AssertUnwindSafe(fut)
+                .catch_unwind()
+                .await
+                .map_err(TaskPanicked::from_payload);
+            on_end(r);
+        });
         Owned {
-            task: abort,
-            watcher: watcher.abort_handle(),
+            task: task.abort_handle(),
         }
     }
 }
@@ -425,7 +453,6 @@ impl Owned {
 impl Drop for Owned {
     fn drop(&mut self) {
         self.task.abort();
-        self.watcher.abort();
     }
 }
 

@@ -1,8 +1,11 @@
 //! The read side: whole frames out of a byte stream.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::{Buf, Bytes, BytesMut};
 use slim_wire::{Frame, Limits, WireError, codec};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
 /// What [`FrameReader::read_chunk`] defaults to: 16 KiB.
 pub const DEFAULT_READ_CHUNK: usize = 16 * 1024;
@@ -27,8 +30,9 @@ pub enum ReadError {
 ///
 /// Frames come out as `kind byte + body` (the length prefix stripped), split
 /// off the receive buffer without copying, so a payload can be handed on as a
-/// slice of it ([`Bytes::slice_ref`]). The buffer grows on demand only: an idle
-/// connection keeps a small one.
+/// slice of it ([`Bytes::slice_ref`]). The buffer grows on demand only, and a
+/// reader waiting with nothing buffered holds no buffer at all: an idle
+/// connection costs no receive buffer (see [`fill`](Self::fill)).
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
@@ -94,10 +98,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// read again.
     pub async fn fill(&mut self) -> Result<usize, ReadError> {
         if !self.eof {
-            if self.buf.capacity() - self.buf.len() < LOW_WATER.min(self.chunk) {
-                self.buf.reserve(self.chunk);
-            }
-            let n = self.inner.read_buf(&mut self.buf).await?;
+            let n = std::future::poll_fn(|cx| self.poll_read_some(cx)).await?;
             if n > 0 {
                 return Ok(n);
             }
@@ -110,6 +111,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buffered: self.buf.len(),
         }
         .into())
+    }
+
+    /// One read into the buffer, reserving a read chunk first when it runs
+    /// low. A read that has to wait while nothing is buffered gives the
+    /// buffer back: most connections are idle most of the time, and each
+    /// would otherwise keep up to a read chunk allocated between messages.
+    /// The next poll (when data has arrived) reserves a fresh chunk; frames
+    /// split off earlier keep their own part of the old one alive.
+    fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < LOW_WATER.min(self.chunk) {
+            self.buf.reserve(self.chunk);
+        }
+        let r = tokio_util::io::poll_read_buf(Pin::new(&mut self.inner), cx, &mut self.buf);
+        if r.is_pending() && self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        r
     }
 
     /// The next frame (as [`try_next`](Self::try_next)), reading as needed;
@@ -137,6 +155,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Bytes buffered and not yet returned as a frame.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Bytes the receive buffer holds allocated, used or not (0 while the
+    /// reader waits with nothing buffered).
+    pub fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// The limits frames are checked against.

@@ -310,3 +310,37 @@ fn read_futures_are_send(r: &mut FrameReader<quinn::RecvStream>) {
     is_send(&r.read_frame());
     is_send(&r.fill());
 }
+
+#[tokio::test]
+async fn a_reader_waiting_with_nothing_buffered_holds_no_buffer() {
+    let (mut tx, rx) = duplex(1 << 16);
+    let mut r = FrameReader::new(rx, limits()).read_chunk(4096);
+    let first = frame(7, 100, 1);
+    // Two frames and the start of a third: the partial one must stay
+    // buffered (and its buffer held) across the wait for the rest.
+    let second = frame(9, 50, 2);
+    let third = frame(8, 200, 3);
+    tx.write_all(&first).await.unwrap();
+    tx.write_all(&second).await.unwrap();
+    tx.write_all(&third[..10]).await.unwrap();
+    assert_eq!(r.next().await.unwrap(), Some(unprefixed(&first)));
+    assert_eq!(r.next().await.unwrap(), Some(unprefixed(&second)));
+    assert!(poll_once(r.fill()).is_pending());
+    assert_eq!(r.buffered(), 10);
+    assert!(
+        r.buffer_capacity() >= 10,
+        "a partial frame keeps its buffer"
+    );
+    tx.write_all(&third[10..]).await.unwrap();
+    assert_eq!(r.next().await.unwrap(), Some(unprefixed(&third)));
+    // Everything consumed: waiting for more gives the buffer back.
+    assert!(r.buffer_capacity() > 0);
+    assert!(poll_once(r.fill()).is_pending());
+    assert_eq!(r.buffer_capacity(), 0, "an idle reader holds no buffer");
+    // And reading resumes normally once bytes arrive.
+    let fourth = frame(7, 3000, 4);
+    tx.write_all(&fourth).await.unwrap();
+    assert_eq!(r.next().await.unwrap(), Some(unprefixed(&fourth)));
+    drop(tx);
+    assert_eq!(r.next().await.unwrap(), None);
+}

@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use metrics::counter;
@@ -16,15 +15,13 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::conn::shared::{ConnMsg, ConnShared, Credential};
-use crate::ctx::{AbortOnDrop, NodeCtx, Owned, Reader, close_conn, encode};
+use crate::ctx::{NodeCtx, Owned, Reader, close_conn, encode};
 use crate::metrics as m;
 use crate::registry::ConnId;
 use crate::table::TableMsg;
 use crate::types::NodeEvent;
 
 pub(crate) struct ConnArgs {
-    /// When the client's credential (plus grace) runs out, and which one it is.
-    pub expires_at: Option<(std::time::SystemTime, Credential)>,
     pub ctx: Arc<NodeCtx>,
     pub shared: Arc<ConnShared>,
     pub send: SendStream,
@@ -40,7 +37,6 @@ pub(crate) struct ConnState {
     subscriptions: HashSet<String>,
     reader: Option<Owned>,
     writer: Option<Owned>,
-    _expiry: Option<AbortOnDrop<Result<(), ractor::MessagingErr<ConnMsg>>>>,
     reader_done: bool,
 }
 
@@ -90,19 +86,12 @@ impl Actor for ConnectionActor {
                 let _ = me.send_message(ConnMsg::WriterEnded(r));
             },
         );
-        let expiry = a.expires_at.map(|(at, credential)| {
-            let left = at
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or(Duration::ZERO);
-            AbortOnDrop(myself.send_after(left, move || ConnMsg::CredentialExpired(credential)))
-        });
         Ok(ConnState {
             ctx: a.ctx,
             shared: a.shared,
             subscriptions: HashSet::new(),
             reader: Some(reader),
             writer: Some(writer),
-            _expiry: expiry,
             reader_done: false,
         })
     }

@@ -13,7 +13,7 @@ use slim_wire::{Accept, ErrorCode, Frame, Hello, PROTOCOL_VERSION, Reject};
 use tracing::{info, warn};
 
 use crate::conn::actor::{ConnArgs, ConnectionActor, cleanup};
-use crate::conn::shared::{ConnError, ConnShared, Credential};
+use crate::conn::shared::{ConnError, ConnMsg, ConnShared, Credential};
 use crate::ctx::{NodeCtx, Opened, encode};
 use crate::metrics as m;
 use crate::outbox::Outbox;
@@ -152,8 +152,8 @@ pub(crate) async fn admit(
     });
     info!(conn = id, name = %hello.name, identity = identity.unwrap_or("-"), remote = %conn.remote_address(), "client connected");
 
+    let expires_at = credential_expiry.map(|(t, c)| (t + ctx.cfg.peer_expiry_grace, c));
     let args = ConnArgs {
-        expires_at: credential_expiry.map(|(t, c)| (t + ctx.cfg.peer_expiry_grace, c)),
         ctx: Arc::clone(&ctx),
         shared: Arc::clone(&shared),
         send,
@@ -180,10 +180,33 @@ pub(crate) async fn admit(
             }
         };
     // However the actor ends (a kill, or its supervisor's, runs no
-    // post_stop), every trace of the connection goes with it.
+    // post_stop), every trace of the connection goes with it. The same task
+    // tells the actor when the client's credential (plus grace) runs out:
+    // one task per connection for both, not a timer task of its own.
     let watch_ctx = Arc::clone(&ctx);
+    let watched = actor.clone();
     tokio::spawn(async move {
-        let _ = join.await;
+        let mut join = join;
+        let expired = async {
+            match expires_at {
+                Some((at, credential)) => {
+                    let left = at
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or(Duration::ZERO);
+                    tokio::time::sleep(left).await;
+                    credential
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut join => {}
+            credential = expired => {
+                let _ = watched.send_message(ConnMsg::CredentialExpired(credential));
+                let _ = join.await;
+            }
+        }
+        drop(watched);
         cleanup(&watch_ctx, id);
     });
     let _ = shared.actor.set(actor.clone());
