@@ -65,12 +65,18 @@ async fn run(policy: SlowConsumerPolicy) -> (slim_actors::NodeHandle, slim_clien
     }
     let publ = client(&pki, addr, "acme/slow/pub").await;
     let mut max_queued = 0;
-    // No pacing: the node's back-pressure is what keeps the healthy readers
-    // from losing anything.
+    // No pacing when the policy waits: the node's back-pressure is what keeps
+    // the healthy readers from losing anything. Fire-and-forget drops for
+    // anyone who falls behind, healthy or not, so there the publisher is
+    // paced to a rate healthy readers keep up with.
+    let paced = policy.write_deadline.is_zero();
     for i in 0..N {
         publ.publish(&chan, Mode::Multicast, &seq_payload(i, SIZE))
             .await
             .unwrap();
+        if paced && i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         if i % 100 == 99
             && let Some(s) = node
                 .connections()
