@@ -9,13 +9,14 @@ use slim_wire::Limits;
 
 use crate::outbox::SlowConsumerPolicy;
 
-/// Default ceiling of QUIC's path-MTU discovery: a 9,000-byte jumbo frame
-/// less the IPv6 and UDP headers (48 bytes). quinn's own default, 1,452,
-/// caps every datagram at Ethernet size even where the path (loopback,
-/// data-centre jumbo frames) carries six times more; at 1 KiB and above the
-/// per-packet cost (one AEAD, one header, one ACK per two packets)
-/// dominates, so fewer, larger datagrams are cheaper per message.
-pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 8952;
+/// Default ceiling of QUIC's path-MTU discovery: Ethernet's 1,500 less the
+/// IPv6 and UDP headers (quinn's own default). 8,952 (a 9,000-byte jumbo
+/// frame) is allowed and works (`tests/mtu.rs`), but on loopback it saved
+/// no measurable CPU per message (GSO/GRO already batch the syscalls) and
+/// cost ~10 KiB per idle client connection on the node (57 → 67 KiB,
+/// `compare.sh` connections, docs/BENCHMARKS.md), so it is opt-in for
+/// paths with jumbo frames.
+pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
 
 #[derive(Debug, Clone)]
 pub struct QueueConfig {

@@ -110,9 +110,9 @@ pub struct ClientConfig {
     /// may send ahead of what this client has read.
     pub stream_window: u32,
     /// The largest UDP payload QUIC's path-MTU discovery probes for
-    /// (default 8,952: a 9,000-byte jumbo frame less IPv6 and UDP headers).
-    /// Datagrams start at 1,200 bytes and grow only by probes the path
-    /// acknowledged; 1,452 keeps them within Ethernet's 1,500.
+    /// (default 1,452: within Ethernet's 1,500; 8,952 fits a 9,000-byte jumbo
+    /// frame). Datagrams start at 1,200 bytes and grow only by probes the
+    /// path acknowledged.
     pub max_udp_payload: u16,
     /// Record SDK metrics (`slim_client_*`) into the process's `metrics`
     /// recorder. Off by default: an agent that installs no recorder pays nothing.
@@ -188,7 +188,7 @@ impl ClientConfig {
             outbound_capacity: 65_536,
             request_timeout: Duration::from_secs(10),
             stream_window: 4 << 20,
-            max_udp_payload: 8952,
+            max_udp_payload: 1452,
             metrics: false,
             on_disconnect: DisconnectPolicy::default(),
         }

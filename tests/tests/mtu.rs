@@ -45,11 +45,18 @@ fn max_mtu(mtus: &[(&'static str, String, u16)], kind: &str) -> u16 {
 async fn client_and_link_datagrams_grow_past_ethernet_size() {
     deadline(T * 2, "mtu growth", async {
         let pki = Pki::new("example.org");
-        let b = start_peer_node(&pki, "b", vec![], |_| {}).await;
-        let a = start_peer_node(&pki, "a", vec![peer_spec(&b)], |_| {}).await;
+        // Jumbo-frame ceiling (the default stays at Ethernet size).
+        let jumbo = |c: &mut slim_actors::NodeConfig| c.max_udp_payload = 8952;
+        let b = start_peer_node(&pki, "b", vec![], jumbo).await;
+        let a = start_peer_node(&pki, "a", vec![peer_spec(&b)], jumbo).await;
         assert_eventually(T, "linked", || async { links_up(&a) == 1 }).await;
         let chan = name("mtu/grow/chan");
-        let sub = client(&pki, b.local_addr(), "mtu/grow/sub").await;
+        let jumbo_client = |addr, n: &str| {
+            let mut cfg = client_config(&pki, addr, n);
+            cfg.max_udp_payload = 8952;
+            slim_client::Client::connect(cfg)
+        };
+        let sub = jumbo_client(b.local_addr(), "mtu/grow/sub").await.unwrap();
         sub.subscribe(&chan).await.unwrap();
         // Read from the start, so the subscriber is never a slow consumer.
         let reader = tokio::spawn(async move {
@@ -64,8 +71,8 @@ async fn client_and_link_datagrams_grow_past_ethernet_size() {
             (n, whole)
         });
         assert_eventually(T, "route", || async { routes_to(&a, chan.as_str(), "b") }).await;
-        let publ = client(&pki, a.local_addr(), "mtu/grow/pub").await;
-        // The default ceiling is 8,952; discovery stops within its minimum
+        let publ = jumbo_client(a.local_addr(), "mtu/grow/pub").await.unwrap();
+        // The ceiling here is 8,952; discovery stops within its minimum
         // step (20 bytes) of it, so anything past 1,452 shows it grew and
         // past 8,952 would mean the ceiling was ignored.
         mtus_until(&a, "A's client and link paths > 1452", |m| {
