@@ -330,9 +330,10 @@ async fn departed_clients_leave_nothing_behind() {
                 "live heap {a:.0} B after round 2, {b:.0} B after round {ROUNDS}: \
                  {per_client:.1} B per departed client"
             );
-            // Measured on 2 cores: -107 to +216 B per client (-171 to +346 KiB
-            // over 1,600; objects parked in the 8 workers' thread caches count
-            // as allocated),
+            // Measured on 2 cores: -107 to +285 B per client, once 816 B in a
+            // full CI run (-171 KiB to +1.3 MiB over 1,600: one more doubling
+            // of a table, and objects parked in the 8 workers' thread caches
+            // count as allocated),
             // not a record per client but the high-water capacity of tables
             // that grow in steps and never shrink (the interest table's
             // tombstone queue and map double with the burst of withdrawals
@@ -341,7 +342,7 @@ async fn departed_clients_leave_nothing_behind() {
             // outbound queue, tasks), so any of it left behind is far above
             // the bound; the tables' own entries are checked exactly above.
             assert!(
-                per_client < 512.0,
+                per_client < 2048.0,
                 "the node's live heap grew by {per_client:.1} B per departed client \
                  ({a:.0} B -> {b:.0} B over {MEASURED} clients)"
             );
