@@ -13,14 +13,14 @@ if [ -d "$CARGO_TARGET_DIR/debug/incremental" ]; then
     find "$CARGO_TARGET_DIR/debug/incremental" -mindepth 1 -maxdepth 1 -type d -mtime +2 \
         -exec rm -rf {} + 2>/dev/null || true
 fi
-# Test executables of other checkouts, feature sets and earlier builds pile
-# up (~200 MB each, ~30 GB after a day of work); keep only the newest of each
-# name (cargo relinks any other it still needs).
+# Test executables of other checkouts and feature sets pile up (~200 MB each);
+# only those untouched for 2 days go. Not "all but the newest of each name":
+# two crates can have a test of the same name (roundtrip, jwt, handshake), and
+# cargo does not relink an executable deleted behind its back while its
+# fingerprint is fresh ("could not execute process … never executed").
 if [ -d "$CARGO_TARGET_DIR/debug/deps" ]; then
-    find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -size +20M ! -name '*.*' -printf '%T@ %p\n' 2>/dev/null \
-        | sort -rn \
-        | awk '{ n = $2; sub(/-[0-9a-f]+$/, "", n); if (seen[n]++) print $2 }' \
-        | xargs -r rm -f || true
+    find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -size +20M -mtime +2 \
+        ! -name '*.rlib' ! -name '*.rmeta' ! -name '*.so' -delete 2>/dev/null || true
 fi
 # Libraries of superseded dependency versions and old trees are never
 # deleted by cargo: a debug dir past 60 GB (a fresh build is ~25 GB) is
