@@ -116,8 +116,11 @@ const IDLE_TABLES: &[(&str, &str, f64)] = &[
     ("interest entries", "slim_interest_entries", 1.0),
 ];
 
-/// Runtime tasks a quiet node may have beyond its fresh count.
-const TASK_SLACK: f64 = 2.0;
+/// Runtime tasks a quiet node may have beyond its fresh count. The fresh
+/// count can be read before the node's last background tasks have started
+/// (a full CI run on 2 loaded cores read 11, then 14 at rest ever after), so
+/// a few are allowed; a task kept per departed client would show as hundreds.
+const TASK_SLACK: f64 = 4.0;
 
 /// Waits until every table is back to its idle size and the runtime's task
 /// count is back to `tasks` (if given; connection tasks wind down a moment after
