@@ -200,11 +200,7 @@ impl NodeCtx {
     pub(crate) async fn deliver(&self, t: &mut crate::engine::Tally, sub: &Sub, frame: Bytes) {
         let mut next = t.push_sub(sub, frame);
         if let Next::Wait(frame) = next {
-            let started = std::time::Instant::now();
-            let deadline = sub.outbox.data_deadline();
-            let out = sub.outbox.push_wait(frame, deadline).await;
-            m::publisher_waited(started.elapsed());
-            next = t.sub_outcome(sub.conn, out);
+            next = t.sub_outcome(sub.conn, wait_for_room(&sub.outbox, frame).await);
         }
         if let Next::Disconnect(conn) = next {
             self.disconnect_slow(conn);
@@ -220,17 +216,13 @@ impl NodeCtx {
         frame: Bytes,
     ) {
         if let Next::Wait(frame) = t.push_link(g, frame) {
-            let started = std::time::Instant::now();
-            let deadline = g.outbox.data_deadline();
-            let out = g.outbox.push_wait(frame, deadline).await;
-            m::publisher_waited(started.elapsed());
-            let _ = t.link_outcome(g, out);
+            let _ = t.link_outcome(g, wait_for_room(&g.outbox, frame).await);
         }
     }
 
     /// Logs that subscriber `conn` drops messages, once per identity per
     /// log window (the window's end says how many more events there were).
-    fn log_slow_consumer(&self, conn: ConnId) {
+    pub(crate) fn log_slow_consumer(&self, conn: ConnId) {
         let Some(c) = self.conns.get(&conn).map(|c| Arc::clone(c.value())) else {
             return;
         };
@@ -297,6 +289,15 @@ impl NodeCtx {
             );
         }
     }
+}
+
+/// Waits for room in a full outbox up to its write deadline, timing the
+/// wait (`slim_publisher_wait_seconds`); the outcome says what the policy did.
+async fn wait_for_room(outbox: &crate::outbox::Outbox, frame: Bytes) -> crate::outbox::Push {
+    let started = std::time::Instant::now();
+    let out = outbox.push_wait(frame, outbox.data_deadline()).await;
+    m::publisher_waited(started.elapsed());
+    out
 }
 
 /// QUIC transport settings shared by the node's endpoint.

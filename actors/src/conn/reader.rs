@@ -242,7 +242,13 @@ impl<'a> Router<'a> {
                     "slow consumer: outbound queue stayed full past the write deadline".into(),
                 ))
             }
-            _ => Ok(()),
+            Push::Dropped | Push::Slow => {
+                // Not only a counter: the client's call will wait for an
+                // answer that never comes, so say whose queue dropped it.
+                self.ctx.log_slow_consumer(self.sh.id);
+                Ok(())
+            }
+            Push::Queued | Push::Full(_) => Ok(()),
         }
     }
 
