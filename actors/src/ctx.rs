@@ -52,6 +52,7 @@ pub(crate) struct HotMetrics {
     pub routing_seconds: Histogram,
     pub enqueue_to_write_seconds: Histogram,
     pub frames_out: Counter,
+    pub bytes_out: Counter,
 }
 
 impl HotMetrics {
@@ -71,6 +72,7 @@ impl HotMetrics {
             routing_seconds: histogram!(m::ROUTING_SECONDS),
             enqueue_to_write_seconds: histogram!(m::ENQUEUE_TO_WRITE_SECONDS),
             frames_out: counter!(m::FRAMES_OUT_TOTAL, "kind" => "client"),
+            bytes_out: counter!(m::BYTES_OUT_TOTAL, "kind" => "client"),
         }
     }
 }
@@ -176,6 +178,11 @@ impl NodeCtx {
         if t.gone > 0 {
             hm.subscriber_gone.increment(std::mem::take(&mut t.gone));
         }
+        if t.direct_bytes > 0 {
+            hm.frames_out
+                .increment(std::mem::take(&mut t.direct_frames));
+            hm.bytes_out.increment(std::mem::take(&mut t.direct_bytes));
+        }
         if t.link_drops > 0 {
             counter!(m::LINK_DROPS_TOTAL, "reason" => "queue_full")
                 .increment(std::mem::take(&mut t.link_drops));
@@ -197,8 +204,23 @@ impl NodeCtx {
     /// for room up to its write deadline (the caller is a publisher's reader,
     /// so the publisher is slowed instead of anything being lost), then
     /// applies its slow-consumer policy.
-    pub(crate) async fn deliver(&self, t: &mut crate::engine::Tally, sub: &Sub, frame: Bytes) {
-        let mut next = t.push_sub(sub, frame);
+    ///
+    /// `last`: the frame is the last one of its read (nothing more is
+    /// buffered behind it), so it may be written straight onto the
+    /// subscriber's stream when its queue is empty (one task hand-off fewer;
+    /// see `outbox/direct.rs`).
+    pub(crate) async fn deliver(
+        &self,
+        t: &mut crate::engine::Tally,
+        sub: &Sub,
+        frame: Bytes,
+        last: bool,
+    ) {
+        let mut next = if last {
+            t.push_sub_direct(sub, frame)
+        } else {
+            t.push_sub(sub, frame)
+        };
         if let Next::Wait(frame) = next {
             next = t.sub_outcome(sub.conn, wait_for_room(&sub.outbox, frame).await);
         }

@@ -20,7 +20,7 @@ use slim_auth::policy::Denied;
 use slim_wire::{ErrorCode, FLAG_NO_ROUTE_SILENT, ForwardView, Mode, PublishView};
 
 use crate::hook::{HookVerdict, RouteHook, RoutedFrame};
-use crate::outbox::Push;
+use crate::outbox::{Direct, Push};
 use crate::registry::{ConnId, Registry, RemoteGroup, Route, Sub};
 
 /// What the engine reads: the subscription registry and the route hook.
@@ -364,6 +364,11 @@ pub struct Tally {
     pub link_drops: u64,
     /// The peer of a link newly declared slow in this batch, for the log.
     pub slow_link: Option<Arc<str>>,
+    /// Frames written whole around an outbox ([`Tally::push_sub_direct`])
+    /// and the bytes written that way (whole or in part): the writer task
+    /// never sees them, so the driver counts them as written.
+    pub direct_frames: u64,
+    pub direct_bytes: u64,
 }
 
 impl Tally {
@@ -371,6 +376,27 @@ impl Tally {
     pub fn push_sub(&mut self, sub: &Sub, frame: Bytes) -> Next {
         let out = sub.outbox.push(frame);
         self.sub_outcome(sub.conn, out)
+    }
+
+    /// One local subscriber, written straight onto its stream when nothing
+    /// is queued for it ([`crate::outbox::Outbox::try_direct`]), else queued
+    /// as by [`Tally::push_sub`]. For the last frame of a read: a frame with
+    /// more behind it is better queued, so the writer coalesces them.
+    pub fn push_sub_direct(&mut self, sub: &Sub, frame: Bytes) -> Next {
+        let len = frame.len() as u64;
+        match sub.outbox.try_direct(frame) {
+            Direct::Busy(frame) => self.push_sub(sub, frame),
+            done => {
+                // A carried frame is counted as written by the writer, which
+                // writes its rest.
+                if done == Direct::Written {
+                    self.direct_frames += 1;
+                }
+                self.direct_bytes += len;
+                self.deliveries += 1;
+                Next::Done
+            }
+        }
     }
 
     /// Counts what became of one copy to subscriber `conn`.

@@ -653,6 +653,8 @@ impl NodeHandle {
                 dropped: c.outbox.dropped(),
                 waited: c.outbox.waits(),
                 slow: c.outbox.is_slow(),
+                direct: c.outbox.direct_writes(),
+                carried: c.outbox.carried(),
             })
             .collect()
     }

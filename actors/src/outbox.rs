@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 
+mod direct;
+pub use direct::Direct;
+
 /// What happens to a subscriber whose queue stays full past the write deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SlowAction {
@@ -112,6 +115,12 @@ pub struct Outbox {
     /// (nanoseconds since [`epoch`], 0 = none): one clock read per batch, not
     /// per message, feeds the enqueue-to-write histogram.
     oldest: AtomicU64,
+    /// The client connection's stream, for frames written around the queue
+    /// (see [`direct`]); unset for peer links.
+    stream: std::sync::OnceLock<tokio::sync::Mutex<direct::Stream>>,
+    /// Frames written around the queue, and those of them written in part.
+    direct: AtomicU64,
+    carried: AtomicU64,
 }
 
 static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -156,6 +165,9 @@ impl Outbox {
                 waiters: AtomicUsize::new(0),
                 waits: AtomicU64::new(0),
                 oldest: AtomicU64::new(0),
+                stream: std::sync::OnceLock::new(),
+                direct: AtomicU64::new(0),
+                carried: AtomicU64::new(0),
             },
             rx,
         )

@@ -122,6 +122,10 @@ pub struct ConnStats {
     pub waited: u64,
     /// Whether it is currently a declared slow consumer (drop policy).
     pub slow: bool,
+    /// Frames written straight onto its stream, around an empty queue.
+    pub direct: u64,
+    /// Of those, frames QUIC took only in part (the writer wrote the rest).
+    pub carried: u64,
 }
 
 /// The node's own credentials: a fixed SVID, or a source that rotates.

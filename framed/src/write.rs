@@ -25,6 +25,9 @@ impl ChunkSink for quinn::SendStream {
     /// [`quinn::SendStream::write_chunk`]; its error becomes an `io::Error`
     /// that displays the same message.
     async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
         quinn::SendStream::write_chunk(self, chunk)
             .await
             .map_err(io::Error::from)
@@ -38,6 +41,9 @@ pub struct IoSink<W>(pub W);
 
 impl<W: AsyncWrite + Unpin + Send> ChunkSink for IoSink<W> {
     async fn write_chunk(&mut self, chunk: Bytes) -> io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
         self.0.write_all(&chunk).await?;
         self.0.flush().await
     }
@@ -72,12 +78,17 @@ impl<S: ChunkSink> FrameWriter<S> {
     pub async fn write_batch(&mut self, batch: &mut Vec<Bytes>) -> io::Result<usize> {
         let total: usize = batch.iter().map(Bytes::len).sum();
         slim_wire::coalesce(batch, self.max_chunk, &mut self.chunks);
+        if self.chunks.is_empty() {
+            // A batch of empty frames still reaches the sink once: an empty
+            // frame is how a sink with bytes of its own to write first (the
+            // node's direct-write carry) is woken.
+            self.chunks.push(Bytes::new());
+        }
         // Dropping the drain (on error, or if this future is dropped) empties
-        // `chunks`, so nothing stale is written by the next call.
+        // `chunks`, so nothing stale is written by the next call. Sinks skip
+        // empty chunks themselves.
         for chunk in self.chunks.drain(..) {
-            if !chunk.is_empty() {
-                self.sink.write_chunk(chunk).await?;
-            }
+            self.sink.write_chunk(chunk).await?;
         }
         Ok(total)
     }

@@ -109,6 +109,20 @@ async fn a_large_frame_passes_through_uncopied_as_its_own_chunk() {
     assert_eq!(sink.bytes(), concat(&frames));
 }
 
+/// An empty frame is how a sink with bytes of its own (the node's
+/// direct-write carry) is woken: a batch of nothing still reaches the sink,
+/// and an empty frame among others adds no bytes.
+#[tokio::test]
+async fn a_batch_of_empty_frames_still_reaches_the_sink_once() {
+    let mut w = FrameWriter::new(Recording::default());
+    let n = w.write_batch(&mut vec![Bytes::new()]).await.unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(w.get_mut().chunks, vec![Bytes::new()]);
+    let mut batch = vec![Bytes::new(), frame(10, 1)];
+    w.write_batch(&mut batch).await.unwrap();
+    assert_eq!(w.get_mut().bytes(), concat(&[frame(10, 1)]));
+}
+
 #[tokio::test]
 async fn write_frame_passes_the_frame_through() {
     let f = frame(5, 5);

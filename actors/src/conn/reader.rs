@@ -164,6 +164,9 @@ struct Router<'a> {
     grants: Option<(u64, Grants)>,
     /// Names this connection may publish to under the current grants; bounded.
     publish_ok: HashSet<Box<str>>,
+    /// The frame being routed is the last one buffered (nothing read is
+    /// behind it): its copies may be written around empty outboxes.
+    last: bool,
 }
 
 const PUBLISH_CACHE_MAX: usize = 4096;
@@ -183,6 +186,7 @@ impl<'a> Router<'a> {
             publishes: 0,
             grants: None,
             publish_ok: HashSet::new(),
+            last: false,
         }
     }
 
@@ -198,6 +202,7 @@ impl<'a> Router<'a> {
         while let Some(f) = reader.try_next()? {
             n += 1;
             self.frames_in += 1;
+            self.last = reader.buffered() == 0;
             if f[0] == FrameKind::Publish as u8 {
                 match slim_wire::publish_view(&f[1..])? {
                     Ok(v) => self.publish(v).await?,
@@ -436,7 +441,9 @@ impl<'a> Router<'a> {
         if !subs.is_empty() {
             let frame = self.deliver_frame(&p)?;
             for sub in subs {
-                self.ctx.deliver(&mut self.tally, sub, frame.clone()).await;
+                self.ctx
+                    .deliver(&mut self.tally, sub, frame.clone(), self.last)
+                    .await;
             }
         }
         for hop in &plan.hops {

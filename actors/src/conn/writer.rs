@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use metrics::counter;
 use quinn::SendStream;
 use slim_framed::{FrameWriter, PumpEnd, WriteHooks, drain_now, pump};
 use slim_wire::ErrorCode;
@@ -13,13 +12,11 @@ use tokio::sync::mpsc;
 
 use crate::conn::shared::ConnShared;
 use crate::ctx::{NodeCtx, close_conn};
-use crate::metrics as m;
 
 /// Counts written frames and records how long the oldest waited.
 struct Hooks<'a> {
     ctx: &'a NodeCtx,
     sh: &'a ConnShared,
-    bytes_out: metrics::Counter,
     wait: Option<Duration>,
 }
 
@@ -30,7 +27,7 @@ impl WriteHooks for Hooks<'_> {
 
     fn written(&mut self, frames: usize, bytes: usize) {
         self.sh.outbox.written(bytes);
-        self.bytes_out.increment(bytes as u64);
+        self.ctx.hot.bytes_out.increment(bytes as u64);
         self.ctx.hot.frames_out.increment(frames as u64);
         if let Some(w) = self.wait.take() {
             self.ctx
@@ -51,10 +48,12 @@ pub(crate) async fn write_loop(
     let mut hooks = Hooks {
         ctx: &ctx,
         sh: &sh,
-        bytes_out: counter!(m::BYTES_OUT_TOTAL, "kind" => "client"),
         wait: None,
     };
-    let mut w = FrameWriter::new(send);
+    // The stream is shared with the routers that write around an empty
+    // outbox (`Outbox::try_direct`); this task writes through the same lock.
+    sh.outbox.attach(send);
+    let mut w = FrameWriter::new(sh.outbox.writer_sink());
     let stop = async {
         let _ = shutdown.changed().await;
     };
@@ -67,9 +66,7 @@ pub(crate) async fn write_loop(
         drain_now(&mut rx, &mut w, &mut hooks)
             .await
             .map_err(|e| e.to_string())?;
-        let send = w.get_mut();
-        let _ = send.finish();
-        let _ = tokio::time::timeout(ctx.drain_deadline(), send.stopped()).await;
+        w.get_mut().finish(ctx.drain_deadline()).await;
         close_conn(&sh.conn, ErrorCode::SHUTTING_DOWN, "node shutting down");
     }
     Ok(())

@@ -21,6 +21,9 @@ pub(crate) struct Forwarder<'a> {
     tally: Tally,
     no_route: u64,
     loops: u64,
+    /// The frame being routed is the last one buffered (nothing read is
+    /// behind it): local copies may be written around empty outboxes.
+    pub(crate) last: bool,
 }
 
 impl<'a> Forwarder<'a> {
@@ -32,6 +35,7 @@ impl<'a> Forwarder<'a> {
             tally: Tally::default(),
             no_route: 0,
             loops: 0,
+            last: false,
         }
     }
 
@@ -98,7 +102,9 @@ impl<'a> Forwarder<'a> {
             )?;
             let frame = self.scratch.split().freeze();
             for sub in subs {
-                self.ctx.deliver(&mut self.tally, sub, frame.clone()).await;
+                self.ctx
+                    .deliver(&mut self.tally, sub, frame.clone(), self.last)
+                    .await;
             }
         }
         for hop in &plan.hops {

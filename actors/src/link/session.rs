@@ -394,6 +394,7 @@ pub(crate) async fn data_reader(
         let mut n = 0u64;
         while let Some(f) = reader.try_next()? {
             n += 1;
+            fwd.last = reader.buffered() == 0;
             if f[0] != FrameKind::Forward as u8 {
                 let kind = FrameKind::from_u8(f[0]).map_or("unknown", FrameKind::as_str);
                 m::protocol_error("link_data");
