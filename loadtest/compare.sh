@@ -61,6 +61,8 @@
 # LAT_RATE (1000), LAT_DURATION (10s), CONNS (1000), CONN_SUBS (10),
 # CONN_CONCURRENCY (32), SC_DURATION (10s), SC_READERS (10),
 # SCENARIOS (default "connections throughput slow-consumer latency"),
+# THROUGHPUT_ROWS (default "1:16,1:1024,1:4096,1:16384,100:16,1000:16",
+# subscribers:payload bytes per throughput row),
 # SLIM_PORT (4500), NATS_PORT (4222), METRICS_PORT (9464),
 # NATS_MONITOR_PORT (8222), RESULTS (copy the JSON lines here), PLOTS (write
 # SVG charts into this directory), KEEP_TMP=1 (keep the work directory),
@@ -78,6 +80,9 @@ CONN_CONCURRENCY="${CONN_CONCURRENCY:-32}"
 SC_DURATION="${SC_DURATION:-10s}"
 SC_READERS="${SC_READERS:-10}"
 SCENARIOS="${SCENARIOS:-connections throughput slow-consumer latency}"
+# Throughput rows as "SUBS:SIZE" pairs (comma-separated).
+THROUGHPUT_ROWS="${THROUGHPUT_ROWS:-1:16,1:1024,1:4096,1:16384,100:16,1000:16}"
+IFS=, read -r -a SPECS <<<"${THROUGHPUT_ROWS//:/ }"
 SLIM_PORT="${SLIM_PORT:-4500}"
 NATS_PORT="${NATS_PORT:-4222}"
 METRICS_PORT="${METRICS_PORT:-9464}"
@@ -232,7 +237,7 @@ for r in $(seq "$ROUNDS"); do
     done
   fi
   if has throughput; then
-    for spec in "1 16" "1 1024" "1 4096" "1 16384" "100 16" "1000 16"; do
+    for spec in "${SPECS[@]}"; do
       read -r subs size <<<"$spec"
       for sys in "${order[@]}"; do
         run "$sys" throughput --pubs 1 --subs "$subs" --size "$size" --mode multicast \
@@ -267,10 +272,14 @@ if [ -n "${PLOTS:-}" ]; then
   mkdir -p "$PLOTS"
   if has throughput; then
     # Sizes 1 -> 1: deliveries/s against payload size, each point with its loss.
-    "$SLIM_LOADTEST" plot "$RESULTS_FILE" --scenario "1->1 " --out "$PLOTS/throughput-sizes.svg"
+    case ",$THROUGHPUT_ROWS," in *,1:*)
+      "$SLIM_LOADTEST" plot "$RESULTS_FILE" --scenario "1->1 " --out "$PLOTS/throughput-sizes.svg" ;;
+    esac
     for n in 100 1000; do
-      "$SLIM_LOADTEST" plot "$RESULTS_FILE" --scenario "1->$n 16B multicast" \
-        --out "$PLOTS/throughput-1to$n.svg"
+      case ",$THROUGHPUT_ROWS," in *,$n:16,*)
+        "$SLIM_LOADTEST" plot "$RESULTS_FILE" --scenario "1->$n 16B multicast" \
+          --out "$PLOTS/throughput-1to$n.svg" ;;
+      esac
     done
   fi
   has slow-consumer && "$SLIM_LOADTEST" plot "$RESULTS_FILE" \
