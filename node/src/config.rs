@@ -113,6 +113,9 @@ pub struct NodeSection {
     pub shutdown_drain_ms: u64,
     pub udp_buffer_bytes: usize,
     /// Ceiling of QUIC's path-MTU discovery (UDP payload bytes, 1200–65527).
+    /// Above the default it slows connection setup: every new connection
+    /// probes its way up with datagrams of padding that quinn decodes byte
+    /// by byte (8,952 halved the connect rate or worse; BENCHMARKS.md).
     pub max_udp_payload: u16,
     /// File of the secret behind the node's QUIC stateless resets (32
     /// random bytes; created, mode 0600, when missing). Absent: derived from
