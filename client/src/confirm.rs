@@ -517,6 +517,29 @@ mod tests {
         assert_eq!(others, vec![sub]);
     }
 
+    #[tokio::test]
+    async fn the_byte_bound_holds_a_publisher_until_the_writer_gives_bytes_back() {
+        let b = std::sync::Arc::new(OutboundBytes::new(100));
+        assert!(b.try_take(60));
+        assert!(!b.try_take(50), "60 + 50 is over the bound");
+        assert!(b.try_take(40));
+        let waiter = tokio::spawn({
+            let b = std::sync::Arc::clone(&b);
+            async move { b.take(30).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "taken with the queue full");
+        b.give_back(60);
+        waiter.await.unwrap();
+        assert_eq!(b.queued(), 70);
+        // A frame larger than the whole bound goes, alone.
+        b.give_back(70);
+        assert!(b.try_take(500));
+        assert!(!b.try_take(1));
+        b.give_back(500);
+        b.empty().await;
+    }
+
     #[test]
     fn the_buffer_is_bounded() {
         let mut u = Unconfirmed::default();
