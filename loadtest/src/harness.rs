@@ -427,7 +427,8 @@ pub async fn run(
                 notes.push(format!(
                     "publisher {i}: the server had not processed everything it published \
                      {:?} after the window (its client's queue, or the server's backlog, \
-                     was not worked through); aborted: what it had published counts as sent",
+                     was not worked through); aborted, which closes its connection and discards \
+                     what the server had not read: what it had published counts as sent",
                     plan.drain_max
                 ));
             }
