@@ -47,7 +47,7 @@
 #
 # Time: throughput + slow-consumer took 303 s for one round on a 2-core
 # machine at load average 14 (1 -> 1000 is the longest: 1000 connections,
-# then up to the loadtest's --drain-max (10 s) each for the publisher's flush and the drain);
+# then up to the loadtest's --drain-max (60 s) each for the publisher's flush and the drain);
 # connections and latency add ~1-2 min, so one default round is ~7 min and
 # the default 3 rounds ~20 min.
 #

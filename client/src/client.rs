@@ -11,7 +11,7 @@ use slim_wire::{ErrorCode, ErrorFrame, Frame, Mode, Name, Subscribe, Unsubscribe
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ClientConfig;
-use crate::confirm::DisconnectPolicy;
+use crate::confirm::{DisconnectPolicy, OutboundBytes, Taken};
 use crate::conn;
 use crate::error::ClientError;
 use crate::event::{ConnState, Delivery, Event};
@@ -21,6 +21,8 @@ use crate::shared::{SdkMetrics, Shared, encode_frame};
 pub struct Client {
     pub(crate) shared: Arc<Shared>,
     out: mpsc::Sender<Bytes>,
+    /// The bytes in `out` (bounded by `ClientConfig::outbound_bytes`).
+    budget: Arc<OutboundBytes>,
     events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
     driver: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     close: Mutex<Option<oneshot::Sender<()>>>,
@@ -62,6 +64,7 @@ impl Client {
         let endpoint = conn::endpoint(&shared.cfg)?;
         let live = conn::connect_once(&shared, &endpoint).await?;
         let (out_tx, out_rx) = mpsc::channel(shared.cfg.outbound_capacity.max(1));
+        let budget = Arc::new(OutboundBytes::new(shared.cfg.outbound_bytes));
         let (ev_tx, ev_rx) = mpsc::channel(shared.cfg.inbound_capacity.max(1));
         let (close_tx, close_rx) = oneshot::channel();
         let driver = tokio::spawn(conn::drive(
@@ -69,12 +72,14 @@ impl Client {
             endpoint,
             live,
             out_rx,
+            Arc::clone(&budget),
             ev_tx,
             close_rx,
         ));
         Ok(Client {
             shared,
             out: out_tx,
+            budget,
             events: tokio::sync::Mutex::new(ev_rx),
             driver: tokio::sync::Mutex::new(Some(driver)),
             close: Mutex::new(Some(close_tx)),
@@ -107,9 +112,15 @@ impl Client {
         self.shared.pending.lock().insert(id, tx);
         let bytes = encode_frame(&frame, &self.shared.cfg.limits)
             .map_err(|e| (ErrorCode::INTERNAL, e.to_string()))?;
+        self.budget.take(bytes.len()).await;
+        let taken = Taken {
+            budget: &self.budget,
+            n: bytes.len(),
+        };
         if self.out.send(bytes).await.is_err() {
             return Err((ErrorCode::SHUTTING_DOWN, "client is closed".into()));
         }
+        taken.keep();
         let t = self.shared.cfg.request_timeout;
         let res = tokio::time::timeout(t, rx).await;
         self.shared.pending.lock().remove(&id);
@@ -165,7 +176,11 @@ impl Client {
     }
 
     /// Publishes `payload` to `name`. Returns once the frame is queued for
-    /// sending (waiting if the outbound queue is full). A "no route" answer
+    /// sending, waiting while the outbound queue is full: it holds
+    /// [`ClientConfig::outbound_capacity`] frames and
+    /// [`ClientConfig::outbound_bytes`] bytes at most, so a node (or network)
+    /// that takes less than the publisher makes slows the publisher down
+    /// within that much data. A "no route" answer
     /// arrives later as [`Event::Error`] unless `flags` has
     /// [`FLAG_NO_ROUTE_SILENT`](crate::FLAG_NO_ROUTE_SILENT).
     pub async fn publish_with(
@@ -222,28 +237,44 @@ impl Client {
             )
             .map(|()| b.split().freeze())
         })?;
-        let frame = match self.out.try_send(frame) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(f)) => Some(f),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(ClientError::Closed),
+        // Reconnecting with the queue full: wait for room only as long as
+        // the application said (one deadline for both bounds).
+        let deadline = match self.shared.cfg.on_disconnect {
+            DisconnectPolicy::Buffer { max_wait } if !connected => {
+                Some(tokio::time::Instant::now() + max_wait)
+            }
+            _ => None,
         };
-        if let Some(frame) = frame {
-            match self.shared.cfg.on_disconnect {
-                // Reconnecting, with the queue full: wait for room only as
-                // long as the application said.
-                DisconnectPolicy::Buffer { max_wait } if !connected => {
-                    match tokio::time::timeout(max_wait, self.out.send(frame)).await {
-                        Ok(r) => r.map_err(|_| ClientError::Closed)?,
-                        Err(_) => return Err(self.disconnected()),
+        let n = frame.len();
+        if !self.budget.try_take(n) {
+            match deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d, self.budget.take(n))
+                        .await
+                        .is_err()
+                    {
+                        return Err(self.disconnected());
                     }
                 }
-                _ => self
-                    .out
-                    .send(frame)
-                    .await
-                    .map_err(|_| ClientError::Closed)?,
+                None => self.budget.take(n).await,
             }
         }
+        let taken = Taken {
+            budget: &self.budget,
+            n,
+        };
+        match self.out.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(f)) => match deadline {
+                Some(d) => match tokio::time::timeout_at(d, self.out.send(f)).await {
+                    Ok(r) => r.map_err(|_| ClientError::Closed)?,
+                    Err(_) => return Err(self.disconnected()),
+                },
+                None => self.out.send(f).await.map_err(|_| ClientError::Closed)?,
+            },
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(ClientError::Closed),
+        }
+        taken.keep();
         self.shared.metrics.published.increment(1);
         Ok(msg_id)
     }
@@ -291,12 +322,31 @@ impl Client {
         self.events.lock().await.recv_many(buf, max).await
     }
 
-    /// Waits until every queued outbound frame has been handed to QUIC.
+    /// Waits until every queued outbound frame has been handed to QUIC
+    /// (or the connection driver is gone).
     pub async fn flush(&self) {
-        let cap = self.out.max_capacity();
-        while self.out.capacity() < cap && !self.out.is_closed() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::select! {
+            () = self.budget.empty() => {}
+            () = self.out.closed() => {}
         }
+    }
+
+    /// Frames waiting in the outbound queue (a batch the writer has taken
+    /// and is handing to QUIC no longer counts here, but still counts in
+    /// [`Client::queued_bytes`]).
+    pub fn queued_messages(&self) -> usize {
+        self.out.max_capacity() - self.out.capacity()
+    }
+
+    /// Bytes of the frames queued and not yet handed to QUIC (at most
+    /// [`ClientConfig::outbound_bytes`], or one frame larger than it).
+    pub fn queued_bytes(&self) -> usize {
+        self.budget.queued()
+    }
+
+    /// The outbound queue's byte bound ([`ClientConfig::outbound_bytes`]).
+    pub fn outbound_bytes_limit(&self) -> usize {
+        self.budget.limit()
     }
 
     /// Closes the connection after sending what is queued.

@@ -104,6 +104,11 @@ pub struct ClientConfig {
     pub inbound_capacity: usize,
     /// Encoded frames buffered for sending before publishers wait.
     pub outbound_capacity: usize,
+    /// Bytes of encoded frames buffered for sending before publishers wait
+    /// (whichever of this and `outbound_capacity` is reached first). Bytes
+    /// leave the count when the connection driver has handed their frame to
+    /// QUIC. A frame larger than this is still sent, alone. Default 4 MiB.
+    pub outbound_bytes: usize,
     /// How long `subscribe`/`unsubscribe` wait for the node's answer.
     pub request_timeout: Duration,
     /// QUIC flow-control window for the frame stream: how many bytes the node
@@ -185,7 +190,13 @@ impl ClientConfig {
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_millis(300),
             inbound_capacity: 65_536,
-            outbound_capacity: 65_536,
+            // A publish waits once 4,096 frames or 4 MiB wait to be handed
+            // to QUIC, so a publisher slowed by the node is at most that far
+            // ahead of it (65,536 frames let a 1 -> 1000 fan-out publisher
+            // run tens of seconds ahead). 4,096 is eight of the writer's
+            // batches, enough to keep it busy while the publisher runs.
+            outbound_capacity: 4096,
+            outbound_bytes: 4 << 20,
             request_timeout: Duration::from_secs(10),
             stream_window: 4 << 20,
             max_udp_payload: 1452,

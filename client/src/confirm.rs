@@ -22,7 +22,7 @@
 //! session (acknowledged end to end) covers that.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -44,7 +44,8 @@ pub const CONNECTION_LOST: ErrorCode = ErrorCode::CONNECTION_LOST;
 pub enum DisconnectPolicy {
     /// Publishes written but unconfirmed are written again on the next
     /// connection, before anything newer; publishes made while disconnected
-    /// wait in the outbound queue (`ClientConfig::outbound_capacity`). A
+    /// wait in the outbound queue (`ClientConfig::outbound_capacity` frames,
+    /// `ClientConfig::outbound_bytes` bytes). A
     /// publisher that finds the queue full waits at most `max_wait` and then
     /// gets [`ClientError::Disconnected`](crate::ClientError::Disconnected).
     /// Delivery is at least once: a publish the node had already taken when
@@ -108,6 +109,119 @@ impl Confirmations {
             let _ = tokio::time::timeout(Duration::from_millis(5), self.moved.notified()).await;
         }
         true
+    }
+}
+
+/// The bytes of encoded frames in the outbound queue: taken by a publisher
+/// before its frame goes in, given back by the writer once the frame was
+/// handed to QUIC. With [`ClientConfig::outbound_bytes`](crate::ClientConfig::outbound_bytes)
+/// as the bound, `publish` waits while the queue holds that much, so a
+/// publisher that the node (or the network) slows down feels it within a
+/// bounded amount of data instead of running ahead of it by a message count
+/// whatever the message size.
+pub(crate) struct OutboundBytes {
+    limit: usize,
+    queued: AtomicUsize,
+    /// Woken whenever bytes are given back (publishers waiting for room,
+    /// `Client::flush` waiting for an empty queue).
+    freed: Notify,
+}
+
+impl OutboundBytes {
+    pub(crate) fn new(limit: usize) -> Self {
+        OutboundBytes {
+            limit: limit.max(1),
+            queued: AtomicUsize::new(0),
+            freed: Notify::new(),
+        }
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes queued and not yet handed to QUIC.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Takes `n` bytes if they fit. A frame larger than the whole bound
+    /// fits an empty queue (it could never go otherwise).
+    pub(crate) fn try_take(&self, n: usize) -> bool {
+        let mut cur = self.queued.load(Ordering::Acquire);
+        loop {
+            if cur != 0 && cur.saturating_add(n) > self.limit {
+                return false;
+            }
+            match self.queued.compare_exchange_weak(
+                cur,
+                cur + n,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Takes `n` bytes, waiting for the writer to free room.
+    pub(crate) async fn take(&self, n: usize) {
+        loop {
+            // Registered before the check, so a release between the check
+            // and the wait still wakes this one.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.try_take(n) {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    pub(crate) fn give_back(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+        self.freed.notify_waiters();
+    }
+
+    /// Waits until nothing is queued (everything was handed to QUIC).
+    pub(crate) async fn empty(&self) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.queued() == 0 {
+                return;
+            }
+            freed.await;
+        }
+    }
+}
+
+/// Gives bytes back when dropped: the writer's batch holds its bytes until
+/// it was written, or until the write failed (the frames then sit in
+/// [`Unconfirmed`] for the policy to handle, not in the queue); a publisher
+/// holds them until its frame is in the queue ([`Taken::keep`]), so a
+/// publish cancelled or failed in between gives them back.
+pub(crate) struct Taken<'a> {
+    pub(crate) budget: &'a OutboundBytes,
+    pub(crate) n: usize,
+}
+
+impl Taken<'_> {
+    /// The frame is in the queue: its bytes are now the writer's to give back.
+    pub(crate) fn keep(mut self) {
+        self.n = 0;
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.budget.give_back(self.n);
     }
 }
 
@@ -238,6 +352,7 @@ const PING_DELAY: Duration = Duration::from_millis(10);
 /// queue closes (`Ok`) or a write fails.
 pub(crate) async fn pump<S: ChunkSink>(
     rx: &mut mpsc::Receiver<Bytes>,
+    budget: &OutboundBytes,
     w: &mut FrameWriter<S>,
     unconfirmed: &mut Unconfirmed,
     c: &Confirmations,
@@ -273,6 +388,13 @@ pub(crate) async fn pump<S: ChunkSink>(
             },
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
         }
+        // The batch's bytes leave the queue's count once written (or the
+        // write failed), not when taken off the queue: a write that waits
+        // on QUIC flow control keeps them counted, so publishers wait too.
+        let _taken = Taken {
+            budget,
+            n: batch.iter().map(Bytes::len).sum(),
+        };
         // Held as the coalesced chunks that are written (one entry per
         // ~64 KiB, not per frame), which also lets the publishers' scratch
         // buffers be reused at once instead of pinned until confirmation.
@@ -395,6 +517,29 @@ mod tests {
         assert_eq!(others, vec![sub]);
     }
 
+    #[tokio::test]
+    async fn the_byte_bound_holds_a_publisher_until_the_writer_gives_bytes_back() {
+        let b = std::sync::Arc::new(OutboundBytes::new(100));
+        assert!(b.try_take(60));
+        assert!(!b.try_take(50), "60 + 50 is over the bound");
+        assert!(b.try_take(40));
+        let waiter = tokio::spawn({
+            let b = std::sync::Arc::clone(&b);
+            async move { b.take(30).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "taken with the queue full");
+        b.give_back(60);
+        waiter.await.unwrap();
+        assert_eq!(b.queued(), 70);
+        // A frame larger than the whole bound goes, alone.
+        b.give_back(70);
+        assert!(b.try_take(500));
+        assert!(!b.try_take(1));
+        b.give_back(500);
+        b.empty().await;
+    }
+
     #[test]
     fn the_buffer_is_bounded() {
         let mut u = Unconfirmed::default();
@@ -437,15 +582,18 @@ mod tests {
         let size = COALESCE / 4;
         let total = 3 * (Unconfirmed::MAX_BYTES / size) as u64;
         let (tx, mut rx) = mpsc::channel(total as usize);
+        let budget = OutboundBytes::new(usize::MAX);
         for id in 0..total {
-            tx.try_send(publish_sized(id, size)).unwrap();
+            let f = publish_sized(id, size);
+            assert!(budget.try_take(f.len()));
+            tx.try_send(f).unwrap();
         }
         drop(tx);
         let mut w = FrameWriter::new(slim_framed::IoSink(client_end));
         let mut u = Unconfirmed::default();
         let done = tokio::time::timeout(
             Duration::from_secs(60),
-            pump(&mut rx, &mut w, &mut u, &c, &limits),
+            pump(&mut rx, &budget, &mut w, &mut u, &c, &limits),
         )
         .await;
         assert!(
@@ -455,5 +603,10 @@ mod tests {
         );
         drop(w);
         assert_eq!(node.await.unwrap(), total);
+        assert_eq!(
+            budget.queued(),
+            0,
+            "every written frame's bytes were given back"
+        );
     }
 }

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::addr::resolve;
 use crate::config::{ClientConfig, Credentials};
-use crate::confirm::{self, DisconnectPolicy, Unconfirmed};
+use crate::confirm::{self, DisconnectPolicy, OutboundBytes, Unconfirmed};
 use crate::error::ClientError;
 use crate::event::{ConnState, Delivery, Event};
 use crate::shared::{RECENT_ERRORS, Shared, encode_frame};
@@ -297,6 +297,7 @@ pub(crate) async fn drive(
     ep: quinn::Endpoint,
     first: Live,
     mut out: mpsc::Receiver<Bytes>,
+    budget: Arc<OutboundBytes>,
     events: mpsc::Sender<Event>,
     mut close: oneshot::Receiver<()>,
 ) {
@@ -312,7 +313,7 @@ pub(crate) async fn drive(
             let conn = l.conn.clone();
             shared.connected.store(true, Ordering::Release);
             tokio::select! {
-                r = run(&shared, l, &mut out, &events, &mut unconfirmed) => {
+                r = run(&shared, l, &mut out, &budget, &events, &mut unconfirmed) => {
                     shared.connected.store(false, Ordering::Release);
                     let reason = r.err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
                     again = settle_unconfirmed(&shared, &mut unconfirmed, &events, &reason).await;
@@ -453,6 +454,7 @@ async fn run(
     shared: &Arc<Shared>,
     live: Live,
     out: &mut mpsc::Receiver<Bytes>,
+    budget: &OutboundBytes,
     events: &mpsc::Sender<Event>,
     unconfirmed: &mut Unconfirmed,
 ) -> Result<(), ClientError> {
@@ -466,7 +468,7 @@ async fn run(
             Ok(r) => r,
             Err(e) => Err(ClientError::Protocol(format!("reader task failed: {e}"))),
         },
-        r = confirm::pump(out, &mut writer, unconfirmed, &shared.confirm, &shared.cfg.limits) => match r {
+        r = confirm::pump(out, budget, &mut writer, unconfirmed, &shared.confirm, &shared.cfg.limits) => match r {
             Ok(_) => Ok(()),
             // A failed write is reported as itself, not as the connection's
             // close reason.

@@ -167,8 +167,12 @@ pub(crate) struct ThroughputArgs {
     /// After publishing stops, wait until nothing new arrived for this long...
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub(crate) drain_idle: Duration,
-    /// ...or at most this long.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    /// ...or at most this long (also the bound on the publishers' flush,
+    /// which waits until the server processed everything published). Long
+    /// enough for a fan-out's backlog: a 1 -> 1000 run's subscriber queues
+    /// hold tens of seconds of deliveries, and a cut-off counts what is
+    /// still in flight as lost.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub(crate) drain_max: Duration,
     /// Start a node in this process (on its own runtime, threads named
     /// slim-node) instead of connecting to --target.

@@ -406,11 +406,13 @@ pub async fn run(
     let b = snap(&ctl, cpu);
     stop_pubs.store(true, Ordering::Relaxed);
 
-    // Publishers stop, flush, and hand back their connections. A publisher
-    // whose client still holds a queue the server is not taking (a 1 -> 1000
-    // fan-out on a busy machine can take minutes to work through 64 k
-    // queued messages) is aborted after --drain-max: what it queued counts
-    // as sent, and as lost unless it arrives during the drain.
+    // Publishers stop, flush, and hand back their connections; a flush
+    // returns once the server has processed everything published (NATS:
+    // PING/PONG; SLIM: the SDK queue handed to QUIC, then a ping). "Sent"
+    // counts publishes the client library accepted into its bounded queue.
+    // A publisher whose server has not processed its backlog after
+    // --drain-max is aborted: what it published counts as sent, and as lost
+    // unless it arrives during the drain (the note says so).
     let mut keep = Vec::with_capacity(publishers.len());
     let mut notes = Vec::new();
     let flush_deadline = tokio::time::Instant::now() + plan.drain_max;
@@ -423,9 +425,10 @@ pub async fn run(
             Err(_) => {
                 p.abort();
                 notes.push(format!(
-                    "publisher {i} had not flushed its client's queue {:?} after the window \
-                     (the server did not take its messages as fast as they were queued); \
-                     aborted: what it had queued counts as sent",
+                    "publisher {i}: the server had not processed everything it published \
+                     {:?} after the window (its client's queue, or the server's backlog, \
+                     was not worked through); aborted, which closes its connection and discards \
+                     what the server had not read: what it had published counts as sent",
                     plan.drain_max
                 ));
             }

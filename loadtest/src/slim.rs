@@ -189,7 +189,18 @@ pub async fn setup(
             for t in tasks {
                 t.await.context("publisher task panicked")??;
             }
+            // As NATS's flush (a PING the server answers after processing
+            // everything before it): the node has routed every publish once
+            // its pong is back, so what the drain waits for is only what
+            // sits in the subscribers' queues. A ping that times out (a
+            // node still working through a flow-controlled backlog) is
+            // asked again; the harness bounds the whole wait.
             client.flush().await;
+            while let Err(e) = client.ping().await {
+                if matches!(e, slim_client::ClientError::Closed) {
+                    anyhow::bail!("publisher {p}: connection closed before the node confirmed");
+                }
+            }
             let close: Closer = match Arc::try_unwrap(client) {
                 Ok(c) => Box::pin(c.close()),
                 // Unreachable: every task holding a clone has ended.
