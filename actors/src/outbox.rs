@@ -21,6 +21,7 @@ use tokio::sync::{Notify, mpsc};
 
 mod direct;
 pub use direct::Direct;
+use direct::{Attempt, Stream};
 
 /// What happens to a subscriber whose queue stays full past the write deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +118,7 @@ pub struct Outbox {
     oldest: AtomicU64,
     /// The client connection's stream, for frames written around the queue
     /// (see [`direct`]); unset for peer links.
-    stream: std::sync::OnceLock<tokio::sync::Mutex<direct::Stream>>,
+    stream: std::sync::OnceLock<tokio::sync::Mutex<Stream>>,
     /// Frames written around the queue, and those of them written in part.
     direct: AtomicU64,
     carried: AtomicU64,
@@ -362,6 +363,104 @@ impl Outbox {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
+    }
+}
+
+/// Writing around the queue (see [`direct`] for why and how order is kept).
+impl Outbox {
+    /// Attaches the connection's stream: from now on the writer task writes
+    /// through [`Outbox::writer_sink`], and routers may write around the queue
+    /// ([`Outbox::try_direct`]). A second call is ignored (one stream per
+    /// connection).
+    pub(crate) fn attach(&self, send: quinn::SendStream) {
+        let _ = self.stream.set(tokio::sync::Mutex::new(Stream::new(send)));
+    }
+
+    /// The writer task's sink: writes a pending carry first, then the chunk.
+    pub(crate) fn writer_sink(self: &std::sync::Arc<Self>) -> WriterSink {
+        WriterSink(std::sync::Arc::clone(self))
+    }
+
+    /// Writes `frame` onto the stream now, without waking the writer, if
+    /// nothing is queued or being written ahead of it; otherwise hands it back
+    /// ([`Direct::Busy`]) to be queued as usual. Never waits.
+    pub fn try_direct(&self, frame: Bytes) -> Direct {
+        let Some(stream) = self.stream.get() else {
+            return Direct::Busy(frame);
+        };
+        // The writer holds the lock while it writes; it is busy anyway then.
+        let Ok(mut s) = stream.try_lock() else {
+            return Direct::Busy(frame);
+        };
+        if s.has_carry()
+            || self.queued_bytes.load(Ordering::SeqCst) != 0
+            || self.closed.load(Ordering::Relaxed)
+        {
+            return Direct::Busy(frame);
+        }
+        match s.try_write(frame) {
+            Attempt::Whole => {
+                self.direct.fetch_add(1, Ordering::Relaxed);
+                Direct::Written
+            }
+            Attempt::Part(rest) => {
+                // Counted until the writer has written it, so nothing else
+                // goes direct meanwhile and the cap sees it.
+                self.queued_bytes.fetch_add(rest, Ordering::SeqCst);
+                drop(s);
+                self.direct.fetch_add(1, Ordering::Relaxed);
+                self.carried.fetch_add(1, Ordering::Relaxed);
+                // Wake the writer for the carry; an empty frame writes nothing
+                // itself. A full queue means the writer is awake already; a
+                // closed one, that the connection is going.
+                let _ = self.tx.try_send(Bytes::new());
+                Direct::Carried
+            }
+            Attempt::None(frame) => Direct::Busy(frame),
+        }
+    }
+
+    /// Frames written around the queue by [`Outbox::try_direct`].
+    pub fn direct_writes(&self) -> u64 {
+        self.direct.load(Ordering::Relaxed)
+    }
+
+    /// Of those, the frames QUIC took only in part (their rest was carried).
+    pub fn carried(&self) -> u64 {
+        self.carried.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer task's [`ChunkSink`](slim_framed::ChunkSink) for a connection
+/// with an attached stream.
+pub(crate) struct WriterSink(std::sync::Arc<Outbox>);
+
+impl WriterSink {
+    /// Locks the attached stream and writes a pending carry first.
+    async fn stream(&self) -> std::io::Result<tokio::sync::MutexGuard<'_, Stream>> {
+        let Some(stream) = self.0.stream.get() else {
+            return Err(std::io::Error::other("no stream attached to the outbox"));
+        };
+        let mut s = stream.lock().await;
+        let n = s.write_carry().await?;
+        if n > 0 {
+            self.0.written(n);
+        }
+        Ok(s)
+    }
+
+    /// Finishes the stream (no more data) and waits up to `deadline` for the
+    /// peer to have received everything.
+    pub(crate) async fn finish(&self, deadline: Duration) {
+        if let Ok(mut s) = self.stream().await {
+            s.finish(deadline).await;
+        }
+    }
+}
+
+impl slim_framed::ChunkSink for WriterSink {
+    async fn write_chunk(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.stream().await?.write_chunk(chunk).await
     }
 }
 
