@@ -110,7 +110,8 @@ pub struct Outbox {
     /// for room; `waiters` spares the writer the wake-up when nobody waits.
     space: Notify,
     waiters: AtomicUsize,
-    /// Pushers that waited for room, and for how long in total.
+    /// Pushes that waited for room (their wait times go to
+    /// `slim_publisher_wait_seconds`).
     waits: AtomicU64,
     /// When the oldest frame not yet taken by the writer was queued
     /// (nanoseconds since [`epoch`], 0 = none): one clock read per batch, not
@@ -337,10 +338,6 @@ impl Outbox {
         self.max_bytes
     }
 
-    pub fn policy(&self) -> SlowConsumerPolicy {
-        self.policy
-    }
-
     /// Frames dropped because this queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -472,6 +469,24 @@ mod tests {
         SlowConsumerPolicy::wait(Duration::from_secs(3600), action)
     }
 
+    /// A pusher waiting for room for `frame`; returns once it is waiting.
+    async fn spawn_waiter(
+        q: &std::sync::Arc<Outbox>,
+        frame: &'static [u8],
+    ) -> tokio::task::JoinHandle<Push> {
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let d = q.data_deadline();
+                q.push_wait(Bytes::from_static(frame), d).await
+            })
+        };
+        while q.waiters.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        waiter
+    }
+
     #[test]
     fn fire_and_forget_drops_newest_at_once() {
         let (q, mut rx) = Outbox::new(100, 10, SlowConsumerPolicy::drop_newest());
@@ -500,17 +515,8 @@ mod tests {
         let (q, mut rx) = Outbox::new(1, 1000, waiting(SlowAction::Disconnect));
         let q = std::sync::Arc::new(q);
         assert_eq!(q.push(Bytes::from_static(b"a")), Push::Queued);
-        let waiter = {
-            let q = q.clone();
-            tokio::spawn(async move {
-                let d = q.data_deadline();
-                q.push_wait(Bytes::from_static(b"b"), d).await
-            })
-        };
+        let waiter = spawn_waiter(&q, b"b").await;
         // The writer takes "a" only once the pusher is waiting for room.
-        while q.waiters.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
         let a = rx.recv().await.unwrap();
         q.written(a.len());
         assert_eq!(waiter.await.unwrap(), Push::Queued);
@@ -555,16 +561,7 @@ mod tests {
         let (q, _rx) = Outbox::new(1, 1000, waiting(SlowAction::Drop));
         let q = std::sync::Arc::new(q);
         assert_eq!(q.push(Bytes::from_static(b"a")), Push::Queued);
-        let waiter = {
-            let q = q.clone();
-            tokio::spawn(async move {
-                let d = q.data_deadline();
-                q.push_wait(Bytes::from_static(b"b"), d).await
-            })
-        };
-        while q.waiters.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let waiter = spawn_waiter(&q, b"b").await;
         q.close();
         assert_eq!(waiter.await.unwrap(), Push::Closed);
     }

@@ -192,13 +192,13 @@ pub struct Ratio {
     pub loss: Option<(f64, f64)>,
 }
 
+/// The width of a table's scenario column: its longest name, at least 8.
+fn scenario_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(|n| n.chars().count()).max().unwrap_or(0).max(8)
+}
+
 fn fmt_ratios(rs: &[Ratio]) -> String {
-    let sw = rs
-        .iter()
-        .map(|r| r.scenario.chars().count())
-        .max()
-        .unwrap_or(8)
-        .max(8);
+    let sw = scenario_width(rs.iter().map(|r| r.scenario.as_str()));
     let mut out = format!(
         "{:<sw$}  {:<14} {:>8} {:>8} {:>8} {:>3}  {:<14}  {}\n",
         "scenario", "metric", "median", "min", "max", "n", "slim better if", "loss % slim / nats"
@@ -478,12 +478,7 @@ fn headline_row(scenario: &str, runs: &Runs) -> HeadlineRow {
 }
 
 fn fmt_headline(rows: &[HeadlineRow]) -> String {
-    let sw = rows
-        .iter()
-        .map(|r| r.scenario.chars().count())
-        .max()
-        .unwrap_or(8)
-        .max(8);
+    let sw = scenario_width(rows.iter().map(|r| r.scenario.as_str()));
     let mut out = format!(
         "\n== HEADLINE: deliveries/s at ≤{LOSS_LIMIT_PCT} % loss (median over rounds; a round \
          counts towards slim ÷ nats only if both of its runs lost ≤{LOSS_LIMIT_PCT} %)\n"

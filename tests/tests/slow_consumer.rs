@@ -110,6 +110,14 @@ async fn run(policy: SlowConsumerPolicy) -> (slim_actors::NodeHandle, slim_clien
     (node, stalled, max_queued as u64)
 }
 
+/// The stalled client's connection, still there under a drop policy.
+fn stalled_stats(node: &slim_actors::NodeHandle) -> slim_actors::ConnStats {
+    node.connections()
+        .into_iter()
+        .find(|c| c.name.starts_with("acme/slow/stalled"))
+        .expect("stalled client still connected under the drop policy")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_is_cut_after_the_deadline_and_the_others_lose_nothing() {
     init_tracing();
@@ -143,11 +151,7 @@ async fn drop_policy_stops_waiting_for_the_stalled_one_and_counts_its_drops() {
         run(SlowConsumerPolicy::wait(DEADLINE, SlowAction::Drop)).await;
     // Every push is done (see `run`), and only a push can close a connection
     // under a policy, so this snapshot is final.
-    let stats = node.connections();
-    let stalled = stats
-        .iter()
-        .find(|c| c.name.starts_with("acme/slow/stalled"))
-        .expect("stalled client still connected under the drop policy");
+    let stalled = stalled_stats(&node);
     assert!(stalled.dropped > 0, "drops counted: {stalled:?}");
     assert!(stalled.slow, "declared a slow consumer: {stalled:?}");
     assert!(stalled.queued_bytes <= CAP);
@@ -165,11 +169,7 @@ async fn fire_and_forget_policy_drops_without_waiting() {
     init_tracing();
     let _serial = SERIAL.lock().await;
     let (node, stalled_client, _) = run(SlowConsumerPolicy::drop_newest()).await;
-    let stats = node.connections();
-    let stalled = stats
-        .iter()
-        .find(|c| c.name.starts_with("acme/slow/stalled"))
-        .expect("stalled client still connected under the drop policy");
+    let stalled = stalled_stats(&node);
     assert!(stalled.dropped > 0, "drops counted: {stalled:?}");
     assert_eq!(stalled.waited, 0, "fire-and-forget never waits");
     drop(stalled_client);
