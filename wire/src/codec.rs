@@ -356,7 +356,14 @@ pub fn coalesce(frames: &mut Vec<Bytes>, max_chunk: usize, out: &mut Vec<Bytes>)
             out.push(b);
             continue;
         }
-        if buf.capacity() == buf.len() {
+        if buf.capacity() - buf.len() < b.len() {
+            // Never grow a buffer in place: growing reallocates and copies
+            // everything written so far (a second copy of nearly every
+            // byte of a full chunk). A frame that does not fit starts the
+            // next chunk instead.
+            if !buf.is_empty() {
+                out.push(buf.split().freeze());
+            }
             buf = BytesMut::with_capacity(small_left.min(max_chunk));
         }
         small_left -= b.len();
@@ -394,6 +401,25 @@ mod tests {
         assert!(
             out.iter()
                 .all(|c| c.len() <= 16 || c.len() == 40 || c.len() == 100)
+        );
+    }
+
+    #[test]
+    fn coalesced_chunks_never_outgrow_the_limit() {
+        // 10-byte frames into 64-byte chunks: six fill 60 bytes, the seventh
+        // does not fit. Growing the buffer for it would copy the 60 bytes
+        // again (and make a 70-byte chunk); it must start the next chunk.
+        let frames: Vec<Bytes> = (0..20u8).map(|i| Bytes::from(vec![i; 10])).collect();
+        let want: Vec<u8> = frames.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut batch = frames.clone();
+        let mut out = Vec::new();
+        coalesce(&mut batch, 64, &mut out);
+        let got: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(got, want);
+        assert!(out.iter().all(|c| c.len() <= 64), "{out:?}");
+        assert_eq!(
+            out.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [60, 60, 60, 20]
         );
     }
 
