@@ -2,7 +2,7 @@
 //!
 //! The publish path pushes encoded frames here from whichever task routed them;
 //! one writer task per connection drains it and coalesces frames into large
-//! stream writes. The queue is bounded twice: by frame count (the channel) and
+//! stream writes. The queue is bounded twice: by frame count (see [`queue`]) and
 //! by bytes (`max_bytes`), so a stalled reader costs at most `max_bytes`.
 //!
 //! A full queue first makes the pusher *wait* (the publisher's reader stops
@@ -17,11 +17,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 mod direct;
+mod queue;
 pub use direct::Direct;
 use direct::{Attempt, Stream};
+pub use queue::QueueRx;
+use queue::{Queue, Refused};
 
 /// What happens to a subscriber whose queue stays full past the write deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +99,7 @@ pub enum Push {
 }
 
 pub struct Outbox {
-    tx: mpsc::Sender<Bytes>,
+    tx: Queue,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     policy: SlowConsumerPolicy,
@@ -152,8 +155,8 @@ impl Outbox {
         max_frames: usize,
         max_bytes: usize,
         policy: SlowConsumerPolicy,
-    ) -> (Outbox, mpsc::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel(max_frames.max(1));
+    ) -> (Outbox, QueueRx) {
+        let (tx, rx) = queue::queue(max_frames);
         (
             Outbox {
                 tx,
@@ -267,7 +270,7 @@ impl Outbox {
             self.queued_bytes.fetch_sub(len, Ordering::SeqCst);
             return Err(Some(frame));
         }
-        match self.tx.try_send(frame) {
+        match self.tx.push(frame) {
             Ok(()) => {
                 if self.oldest.load(Ordering::Relaxed) == 0 {
                     let _ = self.oldest.compare_exchange(
@@ -279,11 +282,11 @@ impl Outbox {
                 }
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(frame)) => {
+            Err(Refused::Full(frame)) => {
                 self.queued_bytes.fetch_sub(len, Ordering::SeqCst);
                 Err(Some(frame))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(Refused::Closed) => {
                 self.queued_bytes.fetch_sub(len, Ordering::SeqCst);
                 self.closed.store(true, Ordering::Relaxed);
                 Err(None)
@@ -410,7 +413,7 @@ impl Outbox {
                 // Wake the writer for the carry; an empty frame writes nothing
                 // itself. A full queue means the writer is awake already; a
                 // closed one, that the connection is going.
-                let _ = self.tx.try_send(Bytes::new());
+                let _ = self.tx.push(Bytes::new());
                 Direct::Carried
             }
             Attempt::None(frame) => Direct::Busy(frame),

@@ -13,7 +13,8 @@
 //!   ([`FrameReader::try_next`]), the buffer grows on demand only, and **the**
 //!   end-of-stream rule: end of stream with nothing buffered is a clean end,
 //!   end of stream inside a frame is [`WireError::Truncated`].
-//! - [`FrameWriter`] + [`pump`] / [`drain_now`]: the writer loop, with small
+//! - [`FrameWriter`] + [`pump`] / [`drain_now`]: the writer loop (from any
+//!   [`FrameSource`]), with small
 //!   frames coalesced into chunks of at most 64 KiB and large ones passed
 //!   through uncopied; metrics go through a [`WriteHooks`] implementation.
 //!
@@ -28,5 +29,6 @@ mod write;
 
 pub use read::{DEFAULT_READ_CHUNK, FrameReader, ReadError};
 pub use write::{
-    BATCH, COALESCE, ChunkSink, FrameWriter, IoSink, PumpEnd, WriteHooks, drain_now, pump,
+    BATCH, COALESCE, ChunkSink, FrameSource, FrameWriter, IoSink, PumpEnd, WriteHooks, drain_now,
+    pump,
 };

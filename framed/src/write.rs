@@ -130,6 +130,35 @@ impl WriteHooks for () {
     fn written(&mut self, _frames: usize, _bytes: usize) {}
 }
 
+/// Where a writer loop ([`pump`], [`drain_now`]) takes its frames from: a
+/// `tokio::sync::mpsc` channel, or the node's own outbox queue.
+pub trait FrameSource: Send {
+    /// Moves up to `limit` frames into `batch`, waiting until there is at
+    /// least one; 0 once no more can come (every sender is gone).
+    fn recv_many<'a>(
+        &'a mut self,
+        batch: &'a mut Vec<Bytes>,
+        limit: usize,
+    ) -> impl Future<Output = usize> + Send + 'a;
+
+    /// The next frame if one is queued now.
+    fn try_recv(&mut self) -> Option<Bytes>;
+}
+
+impl FrameSource for mpsc::Receiver<Bytes> {
+    fn recv_many<'a>(
+        &'a mut self,
+        batch: &'a mut Vec<Bytes>,
+        limit: usize,
+    ) -> impl Future<Output = usize> + Send + 'a {
+        mpsc::Receiver::recv_many(self, batch, limit)
+    }
+
+    fn try_recv(&mut self) -> Option<Bytes> {
+        mpsc::Receiver::try_recv(self).ok()
+    }
+}
+
 /// How a [`pump`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PumpEnd {
@@ -148,7 +177,7 @@ pub enum PumpEnd {
 /// empty (as the node's client writer did), and never while a batch is being
 /// written. An I/O error ends the loop with that error.
 pub async fn pump<S: ChunkSink>(
-    rx: &mut mpsc::Receiver<Bytes>,
+    rx: &mut impl FrameSource,
     w: &mut FrameWriter<S>,
     hooks: &mut impl WriteHooks,
     stop: impl Future<Output = ()>,
@@ -173,7 +202,7 @@ pub async fn pump<S: ChunkSink>(
 /// [`BATCH`], reporting each to `hooks`; for draining at shutdown. Returns
 /// once the queue is empty (it does not wait for more).
 pub async fn drain_now<S: ChunkSink>(
-    rx: &mut mpsc::Receiver<Bytes>,
+    rx: &mut impl FrameSource,
     w: &mut FrameWriter<S>,
     hooks: &mut impl WriteHooks,
 ) -> io::Result<()> {
@@ -181,8 +210,8 @@ pub async fn drain_now<S: ChunkSink>(
     loop {
         while batch.len() < BATCH {
             match rx.try_recv() {
-                Ok(b) => batch.push(b),
-                Err(_) => break,
+                Some(b) => batch.push(b),
+                None => break,
             }
         }
         if batch.is_empty() {

@@ -5,13 +5,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use metrics::counter;
 use quinn::{SendStream, VarInt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use slim_auth::policy::Action;
 use slim_wire::{ErrorCode, ErrorFrame, Frame, Name};
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::conn::shared::{ConnMsg, ConnShared, Credential};
@@ -26,7 +24,7 @@ pub(crate) struct ConnArgs {
     pub shared: Arc<ConnShared>,
     pub send: SendStream,
     pub reader: Reader,
-    pub rx: mpsc::Receiver<Bytes>,
+    pub rx: crate::outbox::QueueRx,
 }
 
 pub(crate) struct ConnState {

@@ -4,11 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use quinn::SendStream;
 use slim_framed::{FrameWriter, PumpEnd, WriteHooks, drain_now, pump};
 use slim_wire::ErrorCode;
-use tokio::sync::mpsc;
 
 use crate::conn::shared::ConnShared;
 use crate::ctx::{NodeCtx, close_conn};
@@ -42,7 +40,7 @@ pub(crate) async fn write_loop(
     ctx: Arc<NodeCtx>,
     sh: Arc<ConnShared>,
     send: SendStream,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: crate::outbox::QueueRx,
 ) -> Result<(), String> {
     let mut shutdown = ctx.shutdown_rx();
     let mut hooks = Hooks {

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use slim_wire::{FLAG_NO_ROUTE_SILENT, Limits, Mode, NodeIds, PublishView, codec};
-use tokio::sync::mpsc;
 
 use super::*;
 use crate::outbox::{Outbox, SlowAction, SlowConsumerPolicy};
@@ -18,7 +17,7 @@ const FULL: &str = "org/ns/svc/1";
 struct Fixture {
     reg: Registry,
     /// Keeps every queue's receiver alive (a dropped receiver closes it).
-    rxs: Vec<mpsc::Receiver<Bytes>>,
+    rxs: Vec<crate::outbox::QueueRx>,
 }
 
 impl Fixture {

@@ -26,7 +26,7 @@ use crate::fed::shared::{FedMsg, LinkSession, LinkShared};
 use crate::link::error::LinkError;
 use crate::link::forward::Forwarder;
 use crate::metrics as m;
-use crate::outbox::{Outbox, SlowAction, SlowConsumerPolicy};
+use crate::outbox::{Outbox, QueueRx, SlowAction, SlowConsumerPolicy};
 use crate::types::{LinkState, PeerSpec};
 use slim_framed::{FrameWriter, ReadError, WriteHooks, pump};
 
@@ -49,14 +49,7 @@ pub(crate) async fn start_session(
     conn: &quinn::Connection,
     peer: &str,
     dialler: &str,
-) -> Result<
-    (
-        Arc<LinkSession>,
-        mpsc::Receiver<Bytes>,
-        mpsc::Receiver<Bytes>,
-    ),
-    LinkError,
-> {
+) -> Result<(Arc<LinkSession>, QueueRx, mpsc::Receiver<Bytes>), LinkError> {
     let fc = &ctx.cfg.federation;
     // A full link is waited for like a subscriber, but a link is never
     // closed for slowness: past its write deadline it drops (counted, logged
@@ -152,7 +145,7 @@ pub(crate) async fn serve(
     ctx: &Arc<NodeCtx>,
     shared: &Arc<LinkShared>,
     session: Arc<LinkSession>,
-    rx: mpsc::Receiver<Bytes>,
+    rx: QueueRx,
     ctl_rx: mpsc::Receiver<Bytes>,
     st: Streams,
 ) -> Result<(), LinkError> {
@@ -277,7 +270,7 @@ pub(crate) async fn data_writer(
     shared: Arc<LinkShared>,
     outbox: Arc<Outbox>,
     send: SendStream,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: QueueRx,
 ) -> Result<(), LinkError> {
     let mut hooks = DataHooks {
         ctx: &ctx,
