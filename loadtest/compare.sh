@@ -63,6 +63,8 @@
 # SCENARIOS (default "connections throughput slow-consumer latency"),
 # THROUGHPUT_ROWS (default "1:16,1:1024,1:4096,1:16384,100:16,1000:16",
 # subscribers:payload bytes per throughput row),
+# SLIM_NODE_CONFIG_EXTRA (TOML appended to the node's config, e.g.
+# $'[queue]\nmax_frames = 8192' to compare settings),
 # SLIM_PORT (4500), NATS_PORT (4222), METRICS_PORT (9464),
 # NATS_MONITOR_PORT (8222), RESULTS (copy the JSON lines here), PLOTS (write
 # SVG charts into this directory), KEEP_TMP=1 (keep the work directory),
@@ -178,6 +180,7 @@ listen = "127.0.0.1:$METRICS_PORT"
 # comparable work. Never use allow_all outside development.
 [authz]
 mode = "allow_all"
+${SLIM_NODE_CONFIG_EXTRA:-}
 EOF
 cat >"$WORK/nats/nats.conf" <<EOF
 listen: 127.0.0.1:$NATS_PORT
