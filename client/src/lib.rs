@@ -16,6 +16,7 @@ mod client;
 mod config;
 mod confirm;
 mod conn;
+mod direct;
 mod error;
 mod event;
 pub mod session;
