@@ -11,7 +11,7 @@ use slim_wire::{ErrorCode, ErrorFrame, Frame, Mode, Name, Subscribe, Unsubscribe
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ClientConfig;
-use crate::confirm::{DisconnectPolicy, OutboundBytes, Taken};
+use crate::confirm::{DisconnectPolicy, Taken};
 use crate::conn;
 use crate::direct::Outbound;
 use crate::error::ClientError;
@@ -22,9 +22,8 @@ use crate::shared::{SdkMetrics, Shared, encode_frame};
 pub struct Client {
     pub(crate) shared: Arc<Shared>,
     out: mpsc::Sender<Bytes>,
-    /// The bytes in `out` (bounded by `ClientConfig::outbound_bytes`).
-    budget: Arc<OutboundBytes>,
-    /// The stream, for publishes written direct (see [`crate::direct`]).
+    /// The stream, for publishes written direct (see [`crate::direct`]),
+    /// and the bytes in `out` (bounded by `ClientConfig::outbound_bytes`).
     outbound: Arc<Outbound<quinn::SendStream>>,
     events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
     driver: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -67,8 +66,7 @@ impl Client {
         let endpoint = conn::endpoint(&shared.cfg)?;
         let live = conn::connect_once(&shared, &endpoint).await?;
         let (out_tx, out_rx) = mpsc::channel(shared.cfg.outbound_capacity.max(1));
-        let budget = Arc::new(OutboundBytes::new(shared.cfg.outbound_bytes));
-        let outbound = Arc::new(Outbound::default());
+        let outbound = Arc::new(Outbound::new(shared.cfg.outbound_bytes));
         let (ev_tx, ev_rx) = mpsc::channel(shared.cfg.inbound_capacity.max(1));
         let (close_tx, close_rx) = oneshot::channel();
         let driver = tokio::spawn(conn::drive(
@@ -76,7 +74,6 @@ impl Client {
             endpoint,
             live,
             out_rx,
-            Arc::clone(&budget),
             Arc::clone(&outbound),
             ev_tx,
             close_rx,
@@ -84,7 +81,6 @@ impl Client {
         Ok(Client {
             shared,
             out: out_tx,
-            budget,
             outbound,
             events: tokio::sync::Mutex::new(ev_rx),
             driver: tokio::sync::Mutex::new(Some(driver)),
@@ -118,9 +114,9 @@ impl Client {
         self.shared.pending.lock().insert(id, tx);
         let bytes = encode_frame(&frame, &self.shared.cfg.limits)
             .map_err(|e| (ErrorCode::INTERNAL, e.to_string()))?;
-        self.budget.take(bytes.len()).await;
+        self.outbound.budget.take(bytes.len()).await;
         let taken = Taken {
-            budget: &self.budget,
+            budget: &self.outbound.budget,
             n: bytes.len(),
         };
         if self.out.send(bytes).await.is_err() {
@@ -245,11 +241,8 @@ impl Client {
         })?;
         // Nothing queued: straight onto the stream if it takes the frame now
         // (one task hand-off fewer per publish; `crate::direct`).
-        if connected && self.budget.queued() == 0 {
-            match self
-                .outbound
-                .try_direct(frame, &self.budget, &self.shared.confirm)
-            {
+        if connected && self.outbound.budget.queued() == 0 {
+            match self.outbound.try_direct(frame, &self.shared.confirm) {
                 Ok(()) => {
                     self.shared.metrics.published.increment(1);
                     return Ok(msg_id);
@@ -266,21 +259,21 @@ impl Client {
             _ => None,
         };
         let n = frame.len();
-        if !self.budget.try_take(n) {
+        if !self.outbound.budget.try_take(n) {
             match deadline {
                 Some(d) => {
-                    if tokio::time::timeout_at(d, self.budget.take(n))
+                    if tokio::time::timeout_at(d, self.outbound.budget.take(n))
                         .await
                         .is_err()
                     {
                         return Err(self.disconnected());
                     }
                 }
-                None => self.budget.take(n).await,
+                None => self.outbound.budget.take(n).await,
             }
         }
         let taken = Taken {
-            budget: &self.budget,
+            budget: &self.outbound.budget,
             n,
         };
         match self.out.try_send(frame) {
@@ -346,7 +339,7 @@ impl Client {
     /// (or the connection driver is gone).
     pub async fn flush(&self) {
         tokio::select! {
-            () = self.budget.empty() => {}
+            () = self.outbound.budget.empty() => {}
             () = self.out.closed() => {}
         }
     }
@@ -361,7 +354,7 @@ impl Client {
     /// Bytes of the frames queued and not yet handed to QUIC (at most
     /// [`ClientConfig::outbound_bytes`], or one frame larger than it).
     pub fn queued_bytes(&self) -> usize {
-        self.budget.queued()
+        self.outbound.budget.queued()
     }
 
     /// Publishes this client handed to QUIC itself, found the outbound queue
@@ -372,7 +365,7 @@ impl Client {
 
     /// The outbound queue's byte bound ([`ClientConfig::outbound_bytes`]).
     pub fn outbound_bytes_limit(&self) -> usize {
-        self.budget.limit()
+        self.outbound.budget.limit()
     }
 
     /// Closes the connection after sending what is queued.

@@ -611,21 +611,21 @@ mod tests {
         let size = COALESCE / 4;
         let total = 3 * (Unconfirmed::MAX_BYTES / size) as u64;
         let (tx, mut rx) = mpsc::channel(total as usize);
-        let budget = OutboundBytes::new(usize::MAX);
+        let out = Outbound::new(usize::MAX);
+        let budget = &out.budget;
         for id in 0..total {
             let f = publish_sized(id, size);
             assert!(budget.try_take(f.len()));
             tx.try_send(f).unwrap();
         }
         drop(tx);
-        let out = Outbound::default();
         out.wire
             .lock()
             .await
             .attach(slim_framed::IoSink(client_end));
         let done = tokio::time::timeout(
             Duration::from_secs(60),
-            pump(&mut rx, &budget, &out, &c, &limits),
+            pump(&mut rx, budget, &out, &c, &limits),
         )
         .await;
         let mut w = out.wire.lock().await;
@@ -634,7 +634,7 @@ mod tests {
             "the writer stalled with {} frames unconfirmed",
             w.unconfirmed.len()
         );
-        drop(w.detach(&budget));
+        drop(w.detach(budget));
         drop(w);
         assert_eq!(node.await.unwrap(), total);
         assert_eq!(

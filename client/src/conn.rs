@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::addr::resolve;
 use crate::config::{ClientConfig, Credentials};
-use crate::confirm::{self, DisconnectPolicy, OutboundBytes};
+use crate::confirm::{self, DisconnectPolicy};
 use crate::direct::Outbound;
 use crate::error::ClientError;
 use crate::event::{ConnState, Delivery, Event};
@@ -298,11 +298,11 @@ pub(crate) async fn drive(
     ep: quinn::Endpoint,
     first: Live,
     mut out: mpsc::Receiver<Bytes>,
-    budget: Arc<OutboundBytes>,
     outbound: Arc<Outbound<SendStream>>,
     events: mpsc::Sender<Event>,
     mut close: oneshot::Receiver<()>,
 ) {
+    let budget = &outbound.budget;
     let mut live = Some(first);
     let mut attempt: u32 = 0;
     // Frames to write first on the next connection (the policy's choice of
@@ -314,7 +314,7 @@ pub(crate) async fn drive(
             let conn = l.conn.clone();
             shared.connected.store(true, Ordering::Release);
             tokio::select! {
-                r = run(&shared, l, &mut out, &budget, &outbound, &events) => {
+                r = run(&shared, l, &mut out, &outbound, &events) => {
                     shared.connected.store(false, Ordering::Release);
                     let reason = r.err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
                     again = settle_unconfirmed(&shared, &outbound, &events, &reason).await;
@@ -323,7 +323,7 @@ pub(crate) async fn drive(
                 }
                 _ = &mut close => {
                     conn.close(0u32.into(), b"client closed");
-                    outbound.wire.lock().await.detach(&budget);
+                    outbound.wire.lock().await.detach(budget);
                     break;
                 }
             }
@@ -464,10 +464,10 @@ async fn run(
     shared: &Arc<Shared>,
     live: Live,
     out: &mut mpsc::Receiver<Bytes>,
-    budget: &OutboundBytes,
     outbound: &Outbound<SendStream>,
     events: &mpsc::Sender<Event>,
 ) -> Result<(), ClientError> {
+    let budget = &outbound.budget;
     let Live { conn, send, reader } = live;
     let mut reader = tokio::spawn(read_loop(Arc::clone(shared), reader, events.clone()));
     // From here publishers may write on the stream themselves.

@@ -153,6 +153,8 @@ impl<S> Default for Wire<S> {
 /// The connection's write side, shared by the publishers (direct writes) and
 /// the writer task.
 pub(crate) struct Outbound<S> {
+    /// The bytes in the outbound queue (and a carry).
+    pub(crate) budget: OutboundBytes,
     pub(crate) wire: tokio::sync::Mutex<Wire<S>>,
     /// Wakes the writer: a direct write owes a ping, or left a carry.
     pub(crate) wake: Notify,
@@ -160,9 +162,10 @@ pub(crate) struct Outbound<S> {
     pub(crate) direct_writes: AtomicU64,
 }
 
-impl<S> Default for Outbound<S> {
-    fn default() -> Self {
+impl<S> Outbound<S> {
+    pub(crate) fn new(limit: usize) -> Self {
         Outbound {
+            budget: OutboundBytes::new(limit),
             wire: tokio::sync::Mutex::new(Wire::default()),
             wake: Notify::new(),
             direct_writes: AtomicU64::new(0),
@@ -173,12 +176,8 @@ impl<S> Default for Outbound<S> {
 impl<S: TrySink> Outbound<S> {
     /// Hands `frame` to QUIC at once if nothing is ahead of it and QUIC
     /// takes it without waiting; otherwise gives it back, to be queued.
-    pub(crate) fn try_direct(
-        &self,
-        frame: Bytes,
-        budget: &OutboundBytes,
-        c: &Confirmations,
-    ) -> Result<(), Bytes> {
+    pub(crate) fn try_direct(&self, frame: Bytes, c: &Confirmations) -> Result<(), Bytes> {
+        let budget = &self.budget;
         let Ok(mut w) = self.wire.try_lock() else {
             return Err(frame);
         };
