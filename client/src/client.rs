@@ -11,9 +11,8 @@ use slim_wire::{ErrorCode, ErrorFrame, Frame, Mode, Name, Subscribe, Unsubscribe
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::ClientConfig;
-use crate::confirm::{DisconnectPolicy, Taken};
+use crate::confirm::{DisconnectPolicy, OutboundBytes, Taken};
 use crate::conn;
-use crate::direct::Outbound;
 use crate::error::ClientError;
 use crate::event::{ConnState, Delivery, Event};
 use crate::shared::{SdkMetrics, Shared, encode_frame};
@@ -22,9 +21,8 @@ use crate::shared::{SdkMetrics, Shared, encode_frame};
 pub struct Client {
     pub(crate) shared: Arc<Shared>,
     out: mpsc::Sender<Bytes>,
-    /// The stream, for publishes written direct (see [`crate::direct`]),
-    /// and the bytes in `out` (bounded by `ClientConfig::outbound_bytes`).
-    outbound: Arc<Outbound<quinn::SendStream>>,
+    /// The bytes in `out` (bounded by `ClientConfig::outbound_bytes`).
+    budget: Arc<OutboundBytes>,
     events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
     driver: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     close: Mutex<Option<oneshot::Sender<()>>>,
@@ -66,7 +64,7 @@ impl Client {
         let endpoint = conn::endpoint(&shared.cfg)?;
         let live = conn::connect_once(&shared, &endpoint).await?;
         let (out_tx, out_rx) = mpsc::channel(shared.cfg.outbound_capacity.max(1));
-        let outbound = Arc::new(Outbound::new(shared.cfg.outbound_bytes));
+        let budget = Arc::new(OutboundBytes::new(shared.cfg.outbound_bytes));
         let (ev_tx, ev_rx) = mpsc::channel(shared.cfg.inbound_capacity.max(1));
         let (close_tx, close_rx) = oneshot::channel();
         let driver = tokio::spawn(conn::drive(
@@ -74,14 +72,14 @@ impl Client {
             endpoint,
             live,
             out_rx,
-            Arc::clone(&outbound),
+            Arc::clone(&budget),
             ev_tx,
             close_rx,
         ));
         Ok(Client {
             shared,
             out: out_tx,
-            outbound,
+            budget,
             events: tokio::sync::Mutex::new(ev_rx),
             driver: tokio::sync::Mutex::new(Some(driver)),
             close: Mutex::new(Some(close_tx)),
@@ -114,9 +112,9 @@ impl Client {
         self.shared.pending.lock().insert(id, tx);
         let bytes = encode_frame(&frame, &self.shared.cfg.limits)
             .map_err(|e| (ErrorCode::INTERNAL, e.to_string()))?;
-        self.outbound.budget.take(bytes.len()).await;
+        self.budget.take(bytes.len()).await;
         let taken = Taken {
-            budget: &self.outbound.budget,
+            budget: &self.budget,
             n: bytes.len(),
         };
         if self.out.send(bytes).await.is_err() {
@@ -220,7 +218,7 @@ impl Client {
         if !connected && self.shared.cfg.on_disconnect == DisconnectPolicy::Fail {
             return Err(self.disconnected());
         }
-        let mut frame = SCRATCH.with(|cell| {
+        let frame = SCRATCH.with(|cell| {
             // Frames are carved out of a per-thread 64 KiB buffer, so small
             // publishes share allocations instead of each making one.
             let mut b = cell.borrow_mut();
@@ -239,17 +237,6 @@ impl Client {
             )
             .map(|()| b.split().freeze())
         })?;
-        // Nothing queued: straight onto the stream if it takes the frame now
-        // (one task hand-off fewer per publish; `crate::direct`).
-        if connected && self.outbound.budget.queued() == 0 {
-            match self.outbound.try_direct(frame, &self.shared.confirm) {
-                Ok(()) => {
-                    self.shared.metrics.published.increment(1);
-                    return Ok(msg_id);
-                }
-                Err(f) => frame = f,
-            }
-        }
         // Reconnecting with the queue full: wait for room only as long as
         // the application said (one deadline for both bounds).
         let deadline = match self.shared.cfg.on_disconnect {
@@ -259,21 +246,21 @@ impl Client {
             _ => None,
         };
         let n = frame.len();
-        if !self.outbound.budget.try_take(n) {
+        if !self.budget.try_take(n) {
             match deadline {
                 Some(d) => {
-                    if tokio::time::timeout_at(d, self.outbound.budget.take(n))
+                    if tokio::time::timeout_at(d, self.budget.take(n))
                         .await
                         .is_err()
                     {
                         return Err(self.disconnected());
                     }
                 }
-                None => self.outbound.budget.take(n).await,
+                None => self.budget.take(n).await,
             }
         }
         let taken = Taken {
-            budget: &self.outbound.budget,
+            budget: &self.budget,
             n,
         };
         match self.out.try_send(frame) {
@@ -339,7 +326,7 @@ impl Client {
     /// (or the connection driver is gone).
     pub async fn flush(&self) {
         tokio::select! {
-            () = self.outbound.budget.empty() => {}
+            () = self.budget.empty() => {}
             () = self.out.closed() => {}
         }
     }
@@ -354,18 +341,12 @@ impl Client {
     /// Bytes of the frames queued and not yet handed to QUIC (at most
     /// [`ClientConfig::outbound_bytes`], or one frame larger than it).
     pub fn queued_bytes(&self) -> usize {
-        self.outbound.budget.queued()
-    }
-
-    /// Publishes this client handed to QUIC itself, found the outbound queue
-    /// empty (the rest went through the queue and the connection's writer).
-    pub fn direct_writes(&self) -> u64 {
-        self.outbound.direct_writes.load(Ordering::Relaxed)
+        self.budget.queued()
     }
 
     /// The outbound queue's byte bound ([`ClientConfig::outbound_bytes`]).
     pub fn outbound_bytes_limit(&self) -> usize {
-        self.outbound.budget.limit()
+        self.budget.limit()
     }
 
     /// Closes the connection after sending what is queued.

@@ -26,12 +26,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use slim_framed::{BATCH, COALESCE};
+use slim_framed::{BATCH, COALESCE, ChunkSink, FrameWriter};
 use slim_wire::{ErrorCode, ErrorFrame, Frame, FrameKind, HEADER_LEN, Limits, Name, Ping, codec};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
-
-use crate::direct::{Outbound, TrySink};
 
 /// Marks the writer's own pings, so their pongs are not looked up as the
 /// application's requests.
@@ -95,13 +93,8 @@ impl Confirmations {
         true
     }
 
-    pub(crate) fn confirmed(&self) -> u64 {
+    fn confirmed(&self) -> u64 {
         self.confirmed.load(Ordering::Acquire)
-    }
-
-    /// Records `seq` as the last frame written.
-    pub(crate) fn note_written(&self, seq: u64) {
-        self.written.store(seq, Ordering::Release);
     }
 
     /// Waits until the node confirmed everything written so far, for at
@@ -187,12 +180,6 @@ impl OutboundBytes {
         }
     }
 
-    /// Counts `n` bytes whatever the bound (a direct write's carry: already
-    /// on its way, it must hold back what follows and be flushed).
-    pub(crate) fn add(&self, n: usize) {
-        self.queued.fetch_add(n, Ordering::AcqRel);
-    }
-
     pub(crate) fn give_back(&self, n: usize) {
         if n == 0 {
             return;
@@ -256,19 +243,14 @@ impl Unconfirmed {
     const MAX_ENTRIES: usize = 64 * 1024;
     const MAX_BYTES: usize = 16 << 20;
 
-    pub(crate) fn push(&mut self, frame: Bytes) {
+    fn push(&mut self, frame: Bytes) {
         self.seq += 1;
         self.bytes += frame.len();
         self.frames.push_back((self.seq, frame));
     }
 
-    /// The sequence number of the last frame written.
-    pub(crate) fn seq(&self) -> u64 {
-        self.seq
-    }
-
     /// Drops what the node confirmed.
-    pub(crate) fn trim(&mut self, confirmed: u64) {
+    fn trim(&mut self, confirmed: u64) {
         while let Some((seq, f)) = self.frames.front() {
             if *seq > confirmed {
                 break;
@@ -278,7 +260,7 @@ impl Unconfirmed {
         }
     }
 
-    pub(crate) fn full(&self) -> bool {
+    fn full(&self) -> bool {
         self.frames.len() >= Self::MAX_ENTRIES || self.bytes >= Self::MAX_BYTES
     }
 
@@ -366,58 +348,49 @@ const PING_DELAY: Duration = Duration::from_millis(10);
 
 /// The client's writer loop: takes frames from `rx`, remembers them as
 /// unconfirmed, writes them, and asks the node to confirm them
-/// [`PING_DELAY`] later (at once when the buffer is full); also writes the
-/// carry and the ping that direct writes ([`crate::direct`]) leave it. Ends
-/// when the queue closes (`Ok`) or a write fails.
-pub(crate) async fn pump<S: TrySink>(
+/// [`PING_DELAY`] later (at once when the buffer is full). Ends when the
+/// queue closes (`Ok`) or a write fails.
+pub(crate) async fn pump<S: ChunkSink>(
     rx: &mut mpsc::Receiver<Bytes>,
     budget: &OutboundBytes,
-    out: &Outbound<S>,
+    w: &mut FrameWriter<S>,
+    unconfirmed: &mut Unconfirmed,
     c: &Confirmations,
     limits: &Limits,
 ) -> std::io::Result<()> {
     let mut batch: Vec<Bytes> = Vec::new();
     let mut chunks: Vec<Bytes> = Vec::new();
+    // When the oldest frame not yet covered by a ping was written. Frames
+    // replayed after a reconnect come with their own ping.
+    let mut owed_since: Option<Instant> = None;
     loop {
-        // `owed_since` (shared with direct writes): when the oldest frame not
-        // yet covered by a ping was written. Frames replayed after a
-        // reconnect come with their own ping.
-        let due = {
-            let mut w = out.wire.lock().await;
-            w.write_carry(budget).await?;
-            w.unconfirmed.trim(c.confirmed());
-            if w.unconfirmed.full() {
-                // Full: only a pong frees room, so the frames written since
-                // the last ping need theirs now.
-                if w.owed_since.take().is_some() {
-                    let p = ping(w.unconfirmed.seq(), limits);
-                    w.write_chunk(p, budget).await?;
-                }
-                // The lock is held while waiting: direct writes only try it,
-                // and could not go with the buffer full anyway.
-                while w.unconfirmed.full() {
-                    // Re-check on a timer too: the pong that frees room may
-                    // come between `trim` and `notified()`.
-                    let _ =
-                        tokio::time::timeout(Duration::from_millis(10), c.moved.notified()).await;
-                    w.unconfirmed.trim(c.confirmed());
-                }
+        unconfirmed.trim(c.confirmed());
+        if unconfirmed.full() {
+            // Full: only a pong frees room, so the frames written since the
+            // last ping need theirs now.
+            if owed_since.take().is_some() {
+                chunks.push(ping(unconfirmed.seq, limits));
+                w.write_batch(&mut chunks).await?;
+                chunks.clear();
             }
-            w.owed_since.map(|t| t + PING_DELAY)
-        };
+            while unconfirmed.full() {
+                // Re-check on a timer too: the pong that frees room may come
+                // between `trim` and `notified()`.
+                let _ = tokio::time::timeout(Duration::from_millis(10), c.moved.notified()).await;
+                unconfirmed.trim(c.confirmed());
+            }
+        }
+        let due = owed_since.map(|t| t + PING_DELAY);
         tokio::select! {
             biased;
             n = rx.recv_many(&mut batch, BATCH) => if n == 0 {
                 return Ok(());
             },
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
-            // A direct write owes a ping or left a carry: look again.
-            () = out.wake.notified() => continue,
         }
         // The batch's bytes leave the queue's count once written (or the
         // write failed), not when taken off the queue: a write that waits
-        // on QUIC flow control keeps them counted, so publishers wait too
-        // (and none writes direct ahead of them).
+        // on QUIC flow control keeps them counted, so publishers wait too.
         let _taken = Taken {
             budget,
             n: batch.iter().map(Bytes::len).sum(),
@@ -426,22 +399,20 @@ pub(crate) async fn pump<S: TrySink>(
         // ~64 KiB, not per frame), which also lets the publishers' scratch
         // buffers be reused at once instead of pinned until confirmation.
         slim_wire::coalesce(&mut batch, COALESCE, &mut chunks);
-        let mut w = out.wire.lock().await;
         for ch in &chunks {
-            w.unconfirmed.push(ch.clone());
+            unconfirmed.push(ch.clone());
         }
-        c.note_written(w.unconfirmed.seq());
-        if !chunks.is_empty() && w.owed_since.is_none() {
-            w.owed_since = Some(Instant::now());
+        c.written.store(unconfirmed.seq, Ordering::Release);
+        if !chunks.is_empty() && owed_since.is_none() {
+            owed_since = Some(Instant::now());
         }
-        if w.owed_since.is_some_and(|t| t.elapsed() >= PING_DELAY) {
-            chunks.push(ping(w.unconfirmed.seq(), limits));
-            w.owed_since = None;
+        if owed_since.is_some_and(|t| t.elapsed() >= PING_DELAY) {
+            chunks.push(ping(unconfirmed.seq, limits));
+            owed_since = None;
         }
-        // The carry (if any) first, even with nothing else to write.
-        w.write_carry(budget).await?;
-        for ch in chunks.drain(..) {
-            w.write_chunk(ch, budget).await?;
+        if !chunks.is_empty() {
+            w.write_batch(&mut chunks).await?;
+            chunks.clear();
         }
     }
 }
@@ -611,30 +582,25 @@ mod tests {
         let size = COALESCE / 4;
         let total = 3 * (Unconfirmed::MAX_BYTES / size) as u64;
         let (tx, mut rx) = mpsc::channel(total as usize);
-        let out = Outbound::new(usize::MAX);
-        let budget = &out.budget;
+        let budget = OutboundBytes::new(usize::MAX);
         for id in 0..total {
             let f = publish_sized(id, size);
             assert!(budget.try_take(f.len()));
             tx.try_send(f).unwrap();
         }
         drop(tx);
-        out.wire
-            .lock()
-            .await
-            .attach(slim_framed::IoSink(client_end));
+        let mut w = FrameWriter::new(slim_framed::IoSink(client_end));
+        let mut u = Unconfirmed::default();
         let done = tokio::time::timeout(
             Duration::from_secs(60),
-            pump(&mut rx, budget, &out, &c, &limits),
+            pump(&mut rx, &budget, &mut w, &mut u, &c, &limits),
         )
         .await;
-        let mut w = out.wire.lock().await;
         assert!(
             done.is_ok(),
             "the writer stalled with {} frames unconfirmed",
-            w.unconfirmed.len()
+            u.len()
         );
-        drop(w.detach(budget));
         drop(w);
         assert_eq!(node.await.unwrap(), total);
         assert_eq!(

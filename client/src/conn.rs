@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{RecvStream, SendStream};
-use slim_framed::{FrameReader, ReadError};
+use slim_framed::{FrameReader, FrameWriter, ReadError};
 use slim_wire::{
     DeliverView, Frame, FrameKind, Hello, Name, PROTOCOL_VERSION, Subscribe, codec, deliver_view,
 };
@@ -19,8 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::addr::resolve;
 use crate::config::{ClientConfig, Credentials};
-use crate::confirm::{self, DisconnectPolicy};
-use crate::direct::Outbound;
+use crate::confirm::{self, DisconnectPolicy, OutboundBytes, Unconfirmed};
 use crate::error::ClientError;
 use crate::event::{ConnState, Delivery, Event};
 use crate::shared::{RECENT_ERRORS, Shared, encode_frame};
@@ -298,13 +297,13 @@ pub(crate) async fn drive(
     ep: quinn::Endpoint,
     first: Live,
     mut out: mpsc::Receiver<Bytes>,
-    outbound: Arc<Outbound<SendStream>>,
+    budget: Arc<OutboundBytes>,
     events: mpsc::Sender<Event>,
     mut close: oneshot::Receiver<()>,
 ) {
-    let budget = &outbound.budget;
     let mut live = Some(first);
     let mut attempt: u32 = 0;
+    let mut unconfirmed = Unconfirmed::default();
     // Frames to write first on the next connection (the policy's choice of
     // what was unconfirmed when the last one dropped).
     let mut again: Vec<Bytes> = Vec::new();
@@ -314,16 +313,15 @@ pub(crate) async fn drive(
             let conn = l.conn.clone();
             shared.connected.store(true, Ordering::Release);
             tokio::select! {
-                r = run(&shared, l, &mut out, &outbound, &events) => {
+                r = run(&shared, l, &mut out, &budget, &events, &mut unconfirmed) => {
                     shared.connected.store(false, Ordering::Release);
                     let reason = r.err().map(|e| e.to_string()).unwrap_or_else(|| "closed".into());
-                    again = settle_unconfirmed(&shared, &outbound, &events, &reason).await;
+                    again = settle_unconfirmed(&shared, &mut unconfirmed, &events, &reason).await;
                     warn!(name = %shared.cfg.name, reason = %reason, "connection lost; reconnecting");
                     shared.state.send_replace(ConnState::Reconnecting { attempt: 0, last_error: reason });
                 }
                 _ = &mut close => {
                     conn.close(0u32.into(), b"client closed");
-                    outbound.wire.lock().await.detach(budget);
                     break;
                 }
             }
@@ -355,12 +353,7 @@ pub(crate) async fn drive(
     }
     shared.connected.store(false, Ordering::Release);
     // Publishes the node never confirmed will not be sent now: say so.
-    let (ids, _) = outbound
-        .wire
-        .lock()
-        .await
-        .unconfirmed
-        .take_failed(&shared.confirm);
+    let (ids, _) = unconfirmed.take_failed(&shared.confirm);
     report_lost(&shared, &events, ids, "the client closed").await;
     // Fail outstanding requests rather than let them wait for their timeout.
     shared.pending.lock().clear();
@@ -374,12 +367,10 @@ pub(crate) async fn drive(
 /// on the next connection.
 async fn settle_unconfirmed(
     shared: &Arc<Shared>,
-    outbound: &Outbound<SendStream>,
+    unconfirmed: &mut Unconfirmed,
     events: &mpsc::Sender<Event>,
     reason: &str,
 ) -> Vec<Bytes> {
-    let mut w = outbound.wire.lock().await;
-    let unconfirmed = &mut w.unconfirmed;
     match shared.cfg.on_disconnect {
         DisconnectPolicy::Buffer { .. } => {
             let again = unconfirmed.replay(&shared.confirm, &shared.cfg.limits);
@@ -393,7 +384,6 @@ async fn settle_unconfirmed(
         }
         DisconnectPolicy::Fail => {
             let (ids, others) = unconfirmed.take_failed(&shared.confirm);
-            drop(w);
             report_lost(shared, events, ids, reason).await;
             others
         }
@@ -464,32 +454,32 @@ async fn run(
     shared: &Arc<Shared>,
     live: Live,
     out: &mut mpsc::Receiver<Bytes>,
-    outbound: &Outbound<SendStream>,
+    budget: &OutboundBytes,
     events: &mpsc::Sender<Event>,
+    unconfirmed: &mut Unconfirmed,
 ) -> Result<(), ClientError> {
-    let budget = &outbound.budget;
     let Live { conn, send, reader } = live;
     let mut reader = tokio::spawn(read_loop(Arc::clone(shared), reader, events.clone()));
-    // From here publishers may write on the stream themselves.
-    outbound.wire.lock().await.attach(send);
+    let mut writer = FrameWriter::new(send);
     // The writer loop runs until the client's queue closes (the client is
     // dropped) or the reader ends.
-    // A failed write is reported as itself, not as the connection's close
-    // reason.
-    let (res, write_failed) = tokio::select! {
+    let res = tokio::select! {
         r = &mut reader => match r {
-            Ok(r) => (r, false),
-            Err(e) => (Err(ClientError::Protocol(format!("reader task failed: {e}"))), false),
+            Ok(r) => r,
+            Err(e) => Err(ClientError::Protocol(format!("reader task failed: {e}"))),
         },
-        r = confirm::pump(out, budget, outbound, &shared.confirm, &shared.cfg.limits) => match r {
-            Ok(_) => (Ok(()), false),
-            Err(e) => (Err(ClientError::Protocol(e.to_string())), true),
+        r = confirm::pump(out, budget, &mut writer, unconfirmed, &shared.confirm, &shared.cfg.limits) => match r {
+            Ok(_) => Ok(()),
+            // A failed write is reported as itself, not as the connection's
+            // close reason.
+            Err(e) => {
+                reader.abort();
+                return Err(ClientError::Protocol(e.to_string()));
+            }
         },
     };
     reader.abort();
-    // Nothing goes direct on a dead stream (the pump and its lock are gone).
-    outbound.wire.lock().await.detach(budget);
-    if !write_failed && let Some(r) = close_reason(&conn) {
+    if let Some(r) = close_reason(&conn) {
         return Err(r);
     }
     res

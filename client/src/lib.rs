@@ -16,7 +16,6 @@ mod client;
 mod config;
 mod confirm;
 mod conn;
-mod direct;
 mod error;
 mod event;
 pub mod session;
