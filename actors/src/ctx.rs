@@ -300,6 +300,8 @@ impl NodeCtx {
                     name = %c.name,
                     conn = c.id,
                     action = "disconnect",
+                    queued_bytes = c.outbox.queued_bytes(),
+                    writer = c.outbox.writer_state(),
                     "slow consumer detected: {identity} ({}) let its outbound queue stay full past the write deadline ({:?}); disconnecting it{THROTTLED_PER_IDENTITY}",
                     c.name,
                     self.cfg.queue.policy.write_deadline

@@ -420,6 +420,20 @@ impl Outbox {
         }
     }
 
+    /// What the writer is doing, for the slow-consumer log line: inside a
+    /// write (a write that lasts means QUIC flow control: the client is not
+    /// reading), or not (with frames queued: its task has not run, i.e. the
+    /// node is short of CPU).
+    pub fn writer_state(&self) -> &'static str {
+        match self.stream.get() {
+            None => "no stream attached",
+            Some(s) if s.try_lock().is_err() => {
+                "writing, held by QUIC flow control (the client is not reading)"
+            }
+            Some(_) => "not writing (its task has not run: the node may be short of CPU)",
+        }
+    }
+
     /// Frames written around the queue by [`Outbox::try_direct`].
     pub fn direct_writes(&self) -> u64 {
         self.direct.load(Ordering::Relaxed)
