@@ -339,13 +339,21 @@ impl InterestTable {
 
     /// Local subscribers of `name` appeared (`true`) or are all gone.
     pub fn handle_local(&mut self, name: &str, present: bool) {
+        // One allocation of the name, shared by the local set and this
+        // node's own entry (a node holds one per subscribed name).
         let changed = if present {
-            self.local.insert(Arc::from(name))
+            if self.local.contains(name) {
+                None
+            } else {
+                let name: Arc<str> = Arc::from(name);
+                self.local.insert(Arc::clone(&name));
+                Some(name)
+            }
         } else {
-            self.local.remove(name)
+            self.local.take(name)
         };
-        if changed {
-            self.originate_name(Arc::from(name), present);
+        if let Some(name) = changed {
+            self.originate_name(name, present);
         }
     }
 

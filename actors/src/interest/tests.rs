@@ -742,3 +742,19 @@ fn after_a_burst_of_departures_the_tables_give_their_capacity_back() {
         b.origins["a"].names.capacity()
     );
 }
+
+/// A node keeps one allocation of each subscribed name for its interest
+/// state: the local set and its own entry share it.
+#[test]
+fn a_local_name_is_stored_once() {
+    let mut t = InterestTable::new("a", 1, cfg());
+    t.handle_local("x/y/z", true);
+    let local = t.local.get("x/y/z").expect("local name");
+    let (own, _) = t.origins[&t.me]
+        .names
+        .get_key_value("x/y/z")
+        .expect("own entry");
+    assert!(Arc::ptr_eq(local, own));
+    t.handle_local("x/y/z", false);
+    assert!(t.local.is_empty());
+}
