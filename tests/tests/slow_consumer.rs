@@ -13,8 +13,12 @@ const N: u64 = 3000;
 const SIZE: usize = 2048;
 const CAP: usize = 1024 * 1024;
 /// Short, so the stalled subscriber is declared soon; the healthy readers
-/// never come near it (they read all the time).
-const DEADLINE: Duration = Duration::from_millis(300);
+/// never come near it (they read all the time). Not shorter: once, with a
+/// CI run and this test on the same two cores, the 300 ms this used to be
+/// failed the test after ~30 s of a healthy reader waiting for the end
+/// marker; most likely that reader was starved past 300 ms, cut, and
+/// reconnected after the marker had gone by (not reproduced since).
+const DEADLINE: Duration = Duration::from_secs(1);
 
 /// The scenarios each push ~60 MB through loopback; running them at the
 /// same time on a 2-core CI machine could starve a *healthy* reader past the
