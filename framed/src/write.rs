@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 
 /// Most frames taken off a queue for one batch.
 pub const BATCH: usize = 512;
-/// The size at which a chunk of coalesced small frames is closed (64 KiB; the
-/// frame that reaches it is still included, see [`slim_wire::coalesce`]).
+/// The most a chunk of coalesced small frames holds (64 KiB; a frame that
+/// would overflow it starts the next chunk, see [`slim_wire::coalesce`]).
 pub const COALESCE: usize = 64 * 1024;
 
 /// Where coalesced chunks go. quinn's [`SendStream`](quinn::SendStream) takes

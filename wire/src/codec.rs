@@ -334,7 +334,8 @@ pub fn encode_publish(
 /// order, so a writer makes one QUIC write per chunk rather than per frame.
 /// Frames of at least `max_chunk / 4` bytes pass through uncopied; smaller
 /// ones are copied into buffers of at most `max_chunk` bytes sized for what
-/// this batch holds (nothing is kept between batches). A lone frame passes
+/// this batch holds (nothing is kept between batches; a frame that does not
+/// fit the current buffer starts the next one). A lone frame passes
 /// through as is. `frames` is left empty.
 pub fn coalesce(frames: &mut Vec<Bytes>, max_chunk: usize, out: &mut Vec<Bytes>) {
     if frames.len() == 1 {
@@ -368,9 +369,6 @@ pub fn coalesce(frames: &mut Vec<Bytes>, max_chunk: usize, out: &mut Vec<Bytes>)
         }
         small_left -= b.len();
         buf.extend_from_slice(&b);
-        if buf.len() >= max_chunk {
-            out.push(buf.split().freeze());
-        }
     }
     if !buf.is_empty() {
         out.push(buf.freeze());

@@ -105,8 +105,8 @@ impl QueueRx {
     /// least one; 0 once the pushing side is gone and nothing is left.
     pub async fn recv_many(&mut self, batch: &mut Vec<Bytes>, limit: usize) -> usize {
         loop {
-            let n = self.take(batch, limit.max(1));
-            if n > 0 || self.0.state.lock().tx_gone {
+            let (n, tx_gone) = self.take(batch, limit.max(1));
+            if n > 0 || tx_gone {
                 return n;
             }
             self.0.ready.notified().await;
@@ -128,12 +128,14 @@ impl QueueRx {
         (self.recv_many(&mut one, 1).await > 0).then(|| one.remove(0))
     }
 
-    fn take(&mut self, batch: &mut Vec<Bytes>, limit: usize) -> usize {
+    /// Moves up to `limit` frames into `batch`; how many, and whether the
+    /// pushing side is gone (read under the same lock).
+    fn take(&mut self, batch: &mut Vec<Bytes>, limit: usize) -> (usize, bool) {
         let mut s = self.0.state.lock();
         let n = s.frames.len().min(limit);
         batch.extend(s.frames.drain(..n));
         shrink_if_drained(&mut s.frames);
-        n
+        (n, s.tx_gone)
     }
 }
 

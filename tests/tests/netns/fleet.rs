@@ -286,48 +286,43 @@ impl Fleet {
         serde_json::from_slice(&out.stdout).expect("slimctl json")
     }
 
+    /// The links `node` reports Up, as `slimctl link list` entries.
+    fn up_links(&self, node: &str) -> Vec<serde_json::Value> {
+        let links = self.admin(&["link", "list"]);
+        let Some(all) = links.as_array() else {
+            return Vec::new();
+        };
+        all.iter()
+            .filter(|l| {
+                l["node_id"] == node
+                    && l["link"]["state"]
+                        .as_str()
+                        .is_some_and(|s| s.eq_ignore_ascii_case("up"))
+            })
+            .map(|l| l["link"].clone())
+            .collect()
+    }
+
     /// The remote address of each link `node` reports Up to `peer`.
     pub(crate) fn link_addrs(&self, node: &str, peer: &str) -> Vec<String> {
-        let links = self.admin(&["link", "list"]);
-        links
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|l| {
-                        l["node_id"] == node
-                            && l["link"]["peer_node_id"] == peer
-                            && l["link"]["state"]
-                                .as_str()
-                                .is_some_and(|s| s.eq_ignore_ascii_case("up"))
-                    })
-                    .map(|l| l["link"]["remote_addr"].as_str().unwrap_or("").to_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.up_links(node)
+            .iter()
+            .filter(|l| l["peer_node_id"] == peer)
+            .map(|l| l["remote_addr"].as_str().unwrap_or("").to_owned())
+            .collect()
     }
 
     /// Links reported Up by `node`, as (peer, direction).
     pub(crate) fn links_up(&self, node: &str) -> Vec<(String, String)> {
-        let links = self.admin(&["link", "list"]);
-        links
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter(|l| {
-                        l["node_id"] == node
-                            && l["link"]["state"]
-                                .as_str()
-                                .is_some_and(|s| s.eq_ignore_ascii_case("up"))
-                    })
-                    .map(|l| {
-                        (
-                            l["link"]["peer_node_id"].as_str().unwrap_or("").to_owned(),
-                            l["link"]["direction"].as_str().unwrap_or("").to_owned(),
-                        )
-                    })
-                    .collect()
+        self.up_links(node)
+            .iter()
+            .map(|l| {
+                (
+                    l["peer_node_id"].as_str().unwrap_or("").to_owned(),
+                    l["direction"].as_str().unwrap_or("").to_owned(),
+                )
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     pub(crate) fn wait_until(
