@@ -43,6 +43,10 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     pub limits: Limits,
     pub queue: QueueConfig,
+    /// Unacknowledged bytes all client connections together may have in
+    /// QUIC's send buffers: shared by the connections receiving at once
+    /// (see [`crate::sendbudget`]); one receiver alone keeps a 2 MiB window.
+    pub send_budget: u64,
     /// QUIC+TLS handshake plus the hello exchange must finish within this:
     /// one deadline from the first Initial to the hello.
     pub handshake_timeout: Duration,
@@ -235,6 +239,8 @@ impl Default for NodeConfig {
             listen: "127.0.0.1:4500".parse().expect("static address"),
             limits: Limits::default(),
             queue: QueueConfig::default(),
+            // 128 receivers at the full 2 MiB window; 1,000 get 256 KiB each.
+            send_budget: 256 << 20,
             handshake_timeout: Duration::from_secs(10),
             admission: crate::admission::AdmissionConfig::default(),
             // A full 1 MiB frame in 10 s needs 100 KB/s, well under any

@@ -107,6 +107,8 @@ pub(crate) struct NodeCtx {
     pub(crate) fed: Fed,
     /// Connections between their first Initial and their hello.
     pub(crate) handshakes: std::sync::atomic::AtomicUsize,
+    /// The send window the send budget gives each client connection now.
+    pub(crate) send_window: std::sync::atomic::AtomicU64,
     /// The same, per source address (entries only while non-zero).
     pub(crate) source_handshakes: DashMap<std::net::IpAddr, usize>,
     /// Bytes all connections hold in incomplete large frames.
@@ -332,7 +334,9 @@ pub(crate) fn transport_config(cfg: &NodeConfig) -> quinn::TransportConfig {
         .keep_alive_interval(Some(cfg.keep_alive))
         .stream_receive_window((2u32 << 20).into())
         .receive_window((4u32 << 20).into())
-        .send_window(2 << 20)
+        // The window a connection starts with; the send budget lowers it
+        // while many connections receive at once (`sendbudget`).
+        .send_window(crate::sendbudget::MAX_WINDOW)
         // SLIM uses one stream per connection and no QUIC datagrams; not
         // negotiating them keeps per-connection state small.
         .datagram_receive_buffer_size(None)

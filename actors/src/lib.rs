@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod registry;
+pub mod sendbudget;
 pub mod table;
 pub mod types;
 mod udp;

@@ -33,6 +33,11 @@ pub const SVID_ROTATIONS_TOTAL: &str = "slim_svid_rotations_total";
 pub const FRAMES_OUT_TOTAL: &str = "slim_frames_out_total";
 pub const QUEUE_BYTES: &str = "slim_queue_bytes";
 pub const QUEUE_BYTES_MAX: &str = "slim_queue_bytes_max";
+/// The QUIC send window each client connection has now (see `sendbudget`).
+pub const SEND_WINDOW_BYTES: &str = "slim_send_window_bytes";
+/// Client connections that were sent something in the last quarter second
+/// (they share the send budget).
+pub const RECEIVING_CONNECTIONS: &str = "slim_receiving_connections";
 /// Sampled (1 in [`ROUTING_SAMPLE`] publishes): complete publish frame in
 /// hand → deliver queued on every chosen outbox.
 pub const ROUTING_SECONDS: &str = "slim_routing_seconds";
@@ -250,6 +255,16 @@ pub fn describe() {
         QUEUE_BYTES_MAX,
         Bytes,
         "Bytes queued in the fullest client outbox (sampled every second).",
+    );
+    g(
+        SEND_WINDOW_BYTES,
+        Bytes,
+        "QUIC send window of each client connection: the node's send budget ([queue] send_budget_bytes) shared by the receiving connections, 64 KiB to 2 MiB.",
+    );
+    g(
+        RECEIVING_CONNECTIONS,
+        Count,
+        "Client connections sent something in the last 250 ms (they share the send budget).",
     );
     describe_histogram!(
         ROUTING_SECONDS,

@@ -485,6 +485,7 @@ pub async fn start(
         hook_set: std::sync::atomic::AtomicBool::new(false),
         fed: Fed::new(&cfg.node_id),
         handshakes: std::sync::atomic::AtomicUsize::new(0),
+        send_window: std::sync::atomic::AtomicU64::new(crate::sendbudget::MAX_WINDOW),
         source_handshakes: DashMap::new(),
         partial_bytes: std::sync::atomic::AtomicUsize::new(0),
         log,
@@ -506,6 +507,10 @@ pub async fn start(
         warn!(node = %ctx.cfg.node_id, "authorization policy: ALLOW ALL (development only; configure [authz] for production)");
     }
     tokio::spawn(sample_gauges(Arc::clone(&ctx)));
+    tokio::spawn(crate::sendbudget::run(
+        Arc::clone(&ctx),
+        ctx.cfg.send_budget,
+    ));
     tokio::spawn(Arc::clone(&ctx.log).run(ctx.shutdown_rx()));
     if let TlsIdentity::Source(src) = &ctx.node_identity {
         tokio::spawn(watch_svid(Arc::clone(&ctx), src.clone()));
@@ -584,6 +589,13 @@ impl NodeHandle {
         let set = hook.is_some();
         *self.ctx.hook.write() = hook;
         self.ctx.hook_set.store(set, Ordering::Release);
+    }
+
+    /// The QUIC send window each client connection has now: the node's send
+    /// budget shared by the connections receiving at once
+    /// ([`crate::sendbudget`]).
+    pub fn send_window(&self) -> u64 {
+        self.ctx.send_window.load(Ordering::Relaxed)
     }
 
     /// Replaces the authorization policy. Publishes are checked against it

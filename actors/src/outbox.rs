@@ -130,6 +130,9 @@ pub struct Outbox {
     /// Frames written around the queue, and those of them written in part.
     direct: AtomicU64,
     carried: AtomicU64,
+    /// Bytes the writer has handed to the transport so far (the send
+    /// budget tells receiving connections from idle ones by it).
+    written_total: AtomicU64,
 }
 
 static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -177,6 +180,7 @@ impl Outbox {
                 stream: std::sync::OnceLock::new(),
                 direct: AtomicU64::new(0),
                 carried: AtomicU64::new(0),
+                written_total: AtomicU64::new(0),
             },
             rx,
         )
@@ -320,6 +324,7 @@ impl Outbox {
 
     /// Called by the writer after it has handed `n` bytes to the transport.
     pub fn written(&self, n: usize) {
+        self.written_total.fetch_add(n as u64, Ordering::Relaxed);
         let left = self.queued_bytes.fetch_sub(n, Ordering::SeqCst) - n;
         if left == 0 && self.slow.load(Ordering::Relaxed) {
             // Drained: it kept up after all; publishers wait for it again.
@@ -335,6 +340,14 @@ impl Outbox {
     pub fn take_wait(&self) -> Option<Duration> {
         let t = self.oldest.swap(0, Ordering::Relaxed);
         (t != 0).then(|| Duration::from_nanos(now_ns().saturating_sub(t)))
+    }
+
+    /// Grows whenever the connection is sent something: bytes the writer
+    /// handed to the transport plus frames written around the queue.
+    pub fn activity(&self) -> u64 {
+        self.written_total
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.direct.load(Ordering::Relaxed))
     }
 
     pub fn queued_bytes(&self) -> usize {

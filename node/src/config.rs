@@ -407,6 +407,10 @@ pub struct QueueSection {
     #[serde(alias = "slow_consumer_grace_ms")]
     pub write_deadline_ms: u64,
     pub slow_consumer: SlowConsumer,
+    /// Unacknowledged bytes all client connections together may have in
+    /// QUIC's send buffers; the connections receiving at once share it
+    /// (each between 64 KiB and 2 MiB).
+    pub send_budget_bytes: u64,
 }
 
 impl Default for QueueSection {
@@ -416,6 +420,7 @@ impl Default for QueueSection {
             max_frames: d.max_frames,
             max_bytes: d.max_bytes,
             write_deadline_ms: d.policy.write_deadline.as_millis() as u64,
+            send_budget_bytes: NodeConfig::default().send_budget,
             slow_consumer: match d.policy.action {
                 SlowAction::Drop => SlowConsumer::Drop,
                 SlowAction::Disconnect => SlowConsumer::Disconnect,
@@ -597,6 +602,12 @@ impl FileConfig {
                 "limits.per_source_burst must be at least 1 when per_source_rate is set".into(),
             ));
         }
+        if self.queue.send_budget_bytes < slim_actors::sendbudget::MAX_WINDOW {
+            return Err(ConfigError::Invalid(format!(
+                "queue.send_budget_bytes must be at least {} (one connection's full send window)",
+                slim_actors::sendbudget::MAX_WINDOW
+            )));
+        }
         if self.queue.max_bytes < self.limits.max_frame_bytes as usize {
             return Err(ConfigError::Invalid(
                 "queue.max_bytes must be at least limits.max_frame_bytes".into(),
@@ -695,6 +706,7 @@ impl FileConfig {
                 max_bytes: self.queue.max_bytes,
                 policy,
             },
+            send_budget: self.queue.send_budget_bytes,
             handshake_timeout: Duration::from_millis(self.node.handshake_timeout_ms),
             admission: self.limits.admission(),
             frame_read_timeout: Duration::from_millis(self.limits.frame_read_timeout_ms),
