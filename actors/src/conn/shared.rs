@@ -7,7 +7,6 @@ use slim_wire::{ErrorCode, Name, WireError};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::info;
 
-use crate::ctx::close_conn;
 use crate::outbox::Outbox;
 use crate::registry::ConnId;
 
@@ -74,7 +73,10 @@ impl ConnShared {
     /// be lost to) a full channel.
     pub(crate) fn close(&self, code: ErrorCode, reason: &str) {
         info!(conn = self.id, name = %self.name, %reason, "closing connection");
-        close_conn(&self.conn, code, reason);
+        self.conn.close(
+            quinn::VarInt::from_u32(u32::from(code.0)),
+            reason.as_bytes(),
+        );
     }
 
     /// Tells the connection task the authorization policy was replaced.
