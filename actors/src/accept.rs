@@ -62,7 +62,6 @@ fn no_certificate(e: &quinn::ConnectionError) -> bool {
 pub(crate) async fn accept(
     ctx: Arc<NodeCtx>,
     incoming: quinn::Incoming,
-    listener: ractor::ActorCell,
     in_progress: HandshakeGuard,
 ) -> Result<(), ConnError> {
     // One deadline for TLS and hello together, as documented: a client that
@@ -188,7 +187,7 @@ pub(crate) async fn accept(
         policy,
     };
     match first {
-        First::Client(h) => crate::conn::admit::admit(ctx, opened, h, listener).await,
+        First::Client(h) => crate::conn::admit::admit(ctx, opened, h).await,
         First::Peer(h) => crate::link::admit::accept_peer(ctx, opened, h)
             .await
             .map_err(|e| ConnError::Refused(e.to_string())),

@@ -450,7 +450,7 @@ impl std::fmt::Display for TaskPanicked {
 }
 
 impl TaskPanicked {
-    fn from_payload(p: Box<dyn std::any::Any + Send>) -> Self {
+    pub(crate) fn from_payload(p: Box<dyn std::any::Any + Send>) -> Self {
         let msg = p
             .downcast_ref::<&str>()
             .map(|s| (*s).to_owned())

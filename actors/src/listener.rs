@@ -1,23 +1,23 @@
-//! The QUIC listener actor: accepts connections and supervises the actors
-//! they start (one per client connection; peer links are supervised by the
-//! federation actor).
+//! The QUIC listener actor: accepts connections and hands each to its
+//! admission (a client connection then runs as its own task, which cleans up
+//! after itself however it ends; peer links are supervised by the federation
+//! actor).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use metrics::counter;
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::admission::{Admission, Attempt, Verdict};
 use crate::ctx::NodeCtx;
 use crate::logthrottle::Kind;
 use crate::metrics as m;
 
-/// The listener takes no messages: it accepts and supervises. A failed child
-/// is found by its actor id among the node's live connections.
+/// The listener takes no messages: it accepts.
 pub(crate) enum ListenerMsg {}
 
 pub(crate) struct ListenerActor;
@@ -33,11 +33,10 @@ impl Actor for ListenerActor {
 
     async fn pre_start(
         &self,
-        myself: ActorRef<ListenerMsg>,
+        _myself: ActorRef<ListenerMsg>,
         ctx: Arc<NodeCtx>,
     ) -> Result<ListenerState, ActorProcessingErr> {
         let endpoint = ctx.endpoint.clone();
-        let cell = myself.get_cell();
         let actx = ctx;
         let accept = tokio::spawn(async move {
             let mut shutdown = actx.shutdown_rx();
@@ -86,9 +85,8 @@ impl Actor for ListenerActor {
                         let guard =
                             crate::ctx::HandshakeGuard::new(&actx, incoming.remote_address().ip());
                         let c = Arc::clone(&actx);
-                        let cell = cell.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = crate::accept::accept(c, incoming, cell, guard).await {
+                            if let Err(e) = crate::accept::accept(c, incoming, guard).await {
                                 debug!(error = %e, "connection setup failed");
                             }
                         });
@@ -106,22 +104,6 @@ impl Actor for ListenerActor {
             }
         });
         Ok(ListenerState { accept })
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<ListenerMsg>,
-        evt: SupervisionEvent,
-        _st: &mut ListenerState,
-    ) -> Result<(), ActorProcessingErr> {
-        // Cleanup is not done here: the watcher `conn::admit` starts with
-        // each actor removes every trace of it however it ends (a killed
-        // listener takes its children along, and hears of nothing).
-        if let SupervisionEvent::ActorFailed(cell, err) = evt {
-            warn!(actor = %cell.get_id(), error = %err, "connection actor failed");
-            counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "connection").increment(1);
-        }
-        Ok(())
     }
 
     async fn post_stop(

@@ -599,7 +599,7 @@ impl NodeHandle {
     }
 
     /// Replaces the authorization policy. Publishes are checked against it
-    /// from their next one; each connection's actor re-checks what it holds:
+    /// from their next one; each connection's task re-checks what it holds:
     /// a connection whose identity may no longer register its name is
     /// closed, subscriptions no longer allowed are removed and the client
     /// gets an `Error{UNAUTHORIZED}` naming each (counted in
@@ -612,11 +612,9 @@ impl NodeHandle {
         self.ctx.policy_gen.fetch_add(1, Ordering::AcqRel);
         // Publishes pick the new grants up on their own (the reader checks
         // the generation); what connections already hold, each connection's
-        // actor re-checks.
+        // task re-checks (told without waiting: see `ConnShared::policy_changed`).
         for c in self.ctx.conns.iter() {
-            if let Some(a) = c.actor.get() {
-                let _ = a.send_message(crate::conn::shared::ConnMsg::PolicyChanged);
-            }
+            c.policy_changed();
         }
         info!("authorization policy updated");
     }
@@ -797,7 +795,8 @@ impl NodeHandle {
 #[derive(Debug, Clone, Copy)]
 pub enum Victim<'a> {
     Child(ChildKind),
-    /// The connection actor of the client registered under this full name.
+    /// The connection task of the client registered under this full name
+    /// (a task, not an actor: "killed" by a panic in it).
     Connection(&'a str),
     /// The link actor(s) of this peer node.
     Link(&'a str),
@@ -806,21 +805,48 @@ pub enum Victim<'a> {
 /// Fault injection, for tests only (feature `test-util`).
 #[cfg(feature = "test-util")]
 impl NodeHandle {
-    /// Fault injection for supervision tests: makes the actor of the
-    /// connection registered as `name` panic. Returns false if none is found.
+    /// Fault injection for supervision tests: makes the task of the
+    /// connection registered as `name` panic. Returns false if none is found
+    /// (or its control channel is full).
     pub fn inject_connection_panic(&self, name: &str) -> bool {
-        let actor = self
-            .ctx
+        self.conn_named(name).is_some_and(|c| {
+            c.ctl
+                .try_send(crate::conn::shared::Ctl::InjectPanic)
+                .is_ok()
+        })
+    }
+
+    /// For tests of the control channel: makes the task of the connection
+    /// registered as `name` take no request until the returned sender is
+    /// dropped, and fills its control channel behind that hold, so that the
+    /// next request finds it full. None if no such connection is found.
+    pub async fn hold_connection_control(
+        &self,
+        name: &str,
+    ) -> Option<tokio::sync::oneshot::Sender<()>> {
+        use crate::conn::shared::Ctl;
+        let c = self.conn_named(name)?;
+        let (release, until) = tokio::sync::oneshot::channel();
+        let (held_tx, held) = tokio::sync::oneshot::channel();
+        c.ctl
+            .send(Ctl::Hold {
+                held: held_tx,
+                until,
+            })
+            .await
+            .ok()?;
+        // Once the task holds, nothing leaves the channel: fill it.
+        held.await.ok()?;
+        while c.ctl.try_send(Ctl::Nothing).is_ok() {}
+        Some(release)
+    }
+
+    fn conn_named(&self, name: &str) -> Option<Arc<crate::conn::ConnShared>> {
+        self.ctx
             .conns
             .iter()
             .find(|c| c.name.as_str() == name)
-            .and_then(|c| c.actor.get().cloned());
-        match actor {
-            Some(a) => a
-                .send_message(crate::conn::shared::ConnMsg::InjectPanic)
-                .is_ok(),
-            None => false,
-        }
+            .map(|c| Arc::clone(c.value()))
     }
 
     /// Fault injection for link tests: closes the live connection of every
@@ -857,13 +883,26 @@ impl NodeHandle {
                         .collect()
                 })
                 .unwrap_or_default(),
-            Victim::Connection(name) => self
-                .ctx
-                .conns
-                .iter()
-                .filter(|c| c.name.as_str() == name)
-                .filter_map(|c| c.actor.get().map(|a| a.get_cell()))
-                .collect(),
+            Victim::Connection(name) => {
+                let victims: Vec<_> = self
+                    .ctx
+                    .conns
+                    .iter()
+                    .filter(|c| c.name.as_str() == name)
+                    .map(|c| Arc::clone(c.value()))
+                    .collect();
+                let mut n = 0;
+                for c in victims {
+                    if c.ctl
+                        .send(crate::conn::shared::Ctl::InjectPanic)
+                        .await
+                        .is_ok()
+                    {
+                        n += 1;
+                    }
+                }
+                return n;
+            }
             Victim::Link(peer) => self
                 .ctx
                 .fed

@@ -72,8 +72,8 @@ async fn every_actor_kind_killed_the_node_recovers_and_leaks_nothing() {
     .await;
     let (subs0, names0) = (a.registry().subscription_count(), a.registry().name_count());
 
-    // A connection actor: its client reconnects; the dead connection's
-    // entries are gone.
+    // A connection task (a plain task, "killed" by a panic in it): its
+    // client reconnects; the dead connection's entries are gone.
     let victim = client(&pki, a.local_addr(), "acme/cluster-a/victim").await;
     let only = name("acme/ops/victim-only");
     victim.subscribe(&only).await.unwrap();
@@ -92,7 +92,7 @@ async fn every_actor_kind_killed_the_node_recovers_and_leaks_nothing() {
         a.connections().iter().all(|c| c.id != old) && a.registry().names_of(old).is_empty()
     })
     .await;
-    // The SDK reconnects and restores its subscription through a new actor.
+    // The SDK reconnects and restores its subscription through a new connection.
     flows(&publ, &victim, &only, 2).await;
     victim.shutdown().await;
     assert_eventually(T, "registry back to its size before the victim", || async {

@@ -1,32 +1,29 @@
 //! A client's admission: its `Hello` checked and authenticated (certificate,
 //! JWT-SVID or the development shared secret), its name registered, the
-//! `Accept` sent, and its connection actor started.
+//! `Accept` sent, and its connection task started.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::counter;
 use quinn::VarInt;
-use ractor::Actor;
 use slim_auth::policy::Action;
 use slim_wire::{Accept, ErrorCode, Frame, Hello, PROTOCOL_VERSION, Reject};
 use tracing::{info, warn};
 
-use crate::conn::actor::{ConnArgs, ConnectionActor, cleanup};
-use crate::conn::shared::{ConnError, ConnMsg, ConnShared, Credential};
+use crate::conn::shared::{CONTROL_CAPACITY, ConnError, ConnShared, Credential};
+use crate::conn::task::ConnArgs;
 use crate::ctx::{NodeCtx, Opened, encode};
 use crate::metrics as m;
 use crate::outbox::Outbox;
 use crate::table::TableMsg;
 use crate::types::NodeEvent;
 
-/// Admits a client whose first frame was `hello`, and starts its actor
-/// under `listener`.
+/// Admits a client whose first frame was `hello`, and starts its task.
 pub(crate) async fn admit(
     ctx: Arc<NodeCtx>,
     opened: Opened,
     hello: Hello,
-    listener: ractor::ActorCell,
 ) -> Result<(), ConnError> {
     let Opened {
         conn,
@@ -102,13 +99,17 @@ pub(crate) async fn admit(
     let q = &ctx.cfg.queue;
     let (outbox, rx) = Outbox::new(q.max_frames, q.max_bytes, q.policy);
     let outbox = Arc::new(outbox);
+    // Made before the connection is listed in `ctx.conns`: a policy change
+    // from then on waits in the channel for the task to start.
+    let (ctl_tx, ctl) = tokio::sync::mpsc::channel(CONTROL_CAPACITY);
     let shared = Arc::new(ConnShared {
         id,
         name: hello.name.clone(),
         spiffe_id: spiffe_id.clone(),
         outbox: Arc::clone(&outbox),
         conn: conn.clone(),
-        actor: std::sync::OnceLock::new(),
+        ctl: ctl_tx,
+        policy_stale: tokio::sync::Notify::new(),
     });
     ctx.conns.insert(id, Arc::clone(&shared));
     let displaced = match register(&ctx, id, &outbox, &hello).await {
@@ -153,63 +154,15 @@ pub(crate) async fn admit(
     info!(conn = id, name = %hello.name, identity = identity.unwrap_or("-"), remote = %conn.remote_address(), "client connected");
 
     let expires_at = credential_expiry.map(|(t, c)| (t + ctx.cfg.peer_expiry_grace, c));
-    let args = ConnArgs {
+    crate::conn::task::spawn(ConnArgs {
         ctx: Arc::clone(&ctx),
-        shared: Arc::clone(&shared),
+        shared,
         send,
         reader,
         rx,
-    };
-    let (actor, join) =
-        match Actor::spawn_linked(None, ConnectionActor, args, listener.clone()).await {
-            Ok(v) => v,
-            Err(e) => {
-                abandon(&ctx, id);
-                conn.close(
-                    VarInt::from_u32(ErrorCode::INTERNAL.0 as u32),
-                    b"internal error",
-                );
-                ctx.fed.emit(NodeEvent::ClientDisconnected {
-                    client: hello.name.to_string(),
-                    spiffe_id: identity.map(str::to_owned),
-                    at: std::time::SystemTime::now(),
-                });
-                return Err(ConnError::Lost(format!(
-                    "cannot spawn connection actor: {e}"
-                )));
-            }
-        };
-    // However the actor ends (a kill, or its supervisor's, runs no
-    // post_stop), every trace of the connection goes with it. The same task
-    // tells the actor when the client's credential (plus grace) runs out:
-    // one task per connection for both, not a timer task of its own.
-    let watch_ctx = Arc::clone(&ctx);
-    let watched = actor.clone();
-    tokio::spawn(async move {
-        let mut join = join;
-        let expired = async {
-            match expires_at {
-                Some((at, credential)) => {
-                    let left = at
-                        .duration_since(std::time::SystemTime::now())
-                        .unwrap_or(Duration::ZERO);
-                    tokio::time::sleep(left).await;
-                    credential
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = &mut join => {}
-            credential = expired => {
-                let _ = watched.send_message(ConnMsg::CredentialExpired(credential));
-                let _ = join.await;
-            }
-        }
-        drop(watched);
-        cleanup(&watch_ctx, id);
+        ctl,
+        expires_at,
     });
-    let _ = shared.actor.set(actor.clone());
     Ok(())
 }
 

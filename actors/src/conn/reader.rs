@@ -16,23 +16,21 @@ use slim_wire::{
 use tracing::{debug, info};
 
 use crate::conn::partial::PartialFrame;
-use crate::conn::shared::{ConnError, ConnMsg, ConnShared};
+use crate::conn::shared::{ConnError, ConnShared};
 use crate::ctx::{NodeCtx, Reader, encode};
 use crate::engine::{self, Decision, Env, Refusal, Silent, Tally};
 use crate::metrics as m;
 use crate::outbox::Push;
-use ractor::ActorRef;
 use slim_framed::ReadError;
 use tokio::time::Instant;
 
 pub(crate) async fn read_loop(
     ctx: Arc<NodeCtx>,
     sh: Arc<ConnShared>,
-    actor: ActorRef<ConnMsg>,
     mut reader: Reader,
 ) -> Result<(), ConnError> {
     let mut shutdown = ctx.shutdown_rx();
-    let mut router = Router::new(&ctx, &sh, actor);
+    let mut router = Router::new(&ctx, &sh);
     let bytes_in = counter!(m::BYTES_IN_TOTAL, "kind" => "client");
     let mut partial = PartialFrame::new(
         &ctx.partial_bytes,
@@ -152,8 +150,6 @@ fn may_publish(
 struct Router<'a> {
     ctx: &'a NodeCtx,
     sh: &'a ConnShared,
-    /// This connection's actor, which owns its subscriptions.
-    actor: ActorRef<ConnMsg>,
     scratch: BytesMut,
     frames_in: u64,
     routed: [u64; 3],
@@ -172,11 +168,10 @@ struct Router<'a> {
 const PUBLISH_CACHE_MAX: usize = 4096;
 
 impl<'a> Router<'a> {
-    fn new(ctx: &'a NodeCtx, sh: &'a ConnShared, actor: ActorRef<ConnMsg>) -> Self {
+    fn new(ctx: &'a NodeCtx, sh: &'a ConnShared) -> Self {
         Router {
             ctx,
             sh,
-            actor,
             scratch: BytesMut::new(),
             frames_in: 0,
             routed: [0; 3],
@@ -282,10 +277,9 @@ impl<'a> Router<'a> {
                         }))
                         .await;
                 }
-                let name = s.name.as_str().to_owned();
-                let ok = ractor::call!(self.actor, |reply| ConnMsg::Subscribe { name, reply })
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r);
+                // The connection task owns the subscriptions; its answer
+                // comes before this reader reads on.
+                let ok = self.sh.subscription(s.name.as_str(), true).await;
                 match ok {
                     Ok(added) => {
                         if added {
@@ -304,10 +298,7 @@ impl<'a> Router<'a> {
                 }
             }
             Frame::Unsubscribe(s) => {
-                let name = s.name.as_str().to_owned();
-                let ok = ractor::call!(self.actor, |reply| ConnMsg::Unsubscribe { name, reply })
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r);
+                let ok = self.sh.subscription(s.name.as_str(), false).await;
                 match ok {
                     Ok(true) => {
                         self.event_sub(s.name.as_str(), false);

@@ -1,10 +1,11 @@
-//! What a client connection's actor, its reader and writer tasks and the
-//! rest of the node share about it, and the actor's mailbox type.
+//! What a client connection's task, its reader and writer tasks and the
+//! rest of the node share about it, and the task's control messages.
 
 use std::sync::Arc;
 
-use ractor::{ActorRef, RpcReplyPort};
 use slim_wire::{ErrorCode, Name, WireError};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::info;
 
 use crate::outbox::Outbox;
 use crate::registry::ConnId;
@@ -43,6 +44,12 @@ impl ConnError {
     }
 }
 
+/// How many control requests a connection's task holds unanswered. Its one
+/// reader awaits each (un)subscribe's answer before reading on, so it never
+/// has more than one in flight; the rest of the room is for policy-change
+/// wake-ups, which are sent without waiting (see [`ConnShared::policy_changed`]).
+pub(crate) const CONTROL_CAPACITY: usize = 8;
+
 /// What the reader and writer of one connection share.
 pub struct ConnShared {
     pub id: ConnId,
@@ -51,26 +58,59 @@ pub struct ConnShared {
     pub spiffe_id: Option<slim_auth::SpiffeId>,
     pub outbox: Arc<Outbox>,
     pub conn: quinn::Connection,
-    pub actor: std::sync::OnceLock<ActorRef<ConnMsg>>,
+    /// The connection task's control channel (bounded).
+    pub(crate) ctl: mpsc::Sender<Ctl>,
+    /// Wakes the connection task for a policy change that found its control
+    /// channel full.
+    pub(crate) policy_stale: Notify,
 }
 
 impl ConnShared {
-    /// Asks the connection's actor to close it (closes the QUIC connection
-    /// directly if the actor is not running yet or any more).
+    /// Closes the connection, telling the client why. Closing the QUIC
+    /// connection is all the task would do with it: its reader then ends,
+    /// and the task removes every trace of the connection. Done here rather
+    /// than through the control channel so that no close can wait for (or
+    /// be lost to) a full channel.
     pub(crate) fn close(&self, code: ErrorCode, reason: &str) {
-        let sent = self.actor.get().is_some_and(|a| {
-            a.send_message(ConnMsg::Close {
-                code,
-                reason: reason.to_owned(),
-            })
-            .is_ok()
-        });
-        if !sent {
-            self.conn.close(
-                quinn::VarInt::from_u32(u32::from(code.0)),
-                reason.as_bytes(),
-            );
+        info!(conn = self.id, name = %self.name, %reason, "closing connection");
+        self.conn.close(
+            quinn::VarInt::from_u32(u32::from(code.0)),
+            reason.as_bytes(),
+        );
+    }
+
+    /// Tells the connection task the authorization policy was replaced.
+    /// Never waits: the node tells every connection in a loop. A change is
+    /// idempotent (the task re-checks against whatever policy is current
+    /// when it runs), so when the channel is full the `Notify` fallback is
+    /// enough: it keeps one wake-up permit however many changes arrive,
+    /// and the task re-checks once for all of them.
+    pub(crate) fn policy_changed(&self) {
+        match self.ctl.try_send(Ctl::PolicyChanged) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.policy_stale.notify_one(),
+            // The task has ended: there is nothing left to re-check.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+
+    /// Asks the connection task to (un)subscribe and waits for its answer:
+    /// whether the subscription was new (subscribe) or existed (unsubscribe).
+    pub(crate) async fn subscription(&self, name: &str, subscribe: bool) -> Result<bool, String> {
+        let (reply, answer) = oneshot::channel();
+        let name = name.into();
+        let req = if subscribe {
+            Ctl::Subscribe { name, reply }
+        } else {
+            Ctl::Unsubscribe { name, reply }
+        };
+        self.ctl
+            .send(req)
+            .await
+            .map_err(|_| "connection task ended".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "connection task ended before answering".to_owned())?
     }
 
     /// The peer's SPIFFE ID as a string (stamped on every delivery it sends).
@@ -88,36 +128,38 @@ pub enum Credential {
     JwtSvid,
 }
 
-/// What a connection actor is told. Publishes never come here: they are
-/// routed by the reader task.
-pub enum ConnMsg {
+/// What a connection task is told. Publishes never come here: they are
+/// routed by the reader task. Closes neither: [`ConnShared::close`] closes
+/// the QUIC connection directly.
+pub(crate) enum Ctl {
     /// A client subscribe (already authorized by the reader). The reader
     /// awaits the answer before reading on, so a publish after it sees the
     /// subscription. Answers whether the subscription is new.
     Subscribe {
-        name: String,
-        reply: RpcReplyPort<Result<bool, String>>,
+        name: Box<str>,
+        reply: oneshot::Sender<Result<bool, String>>,
     },
     /// Answers whether the connection was subscribed.
     Unsubscribe {
-        name: String,
-        reply: RpcReplyPort<Result<bool, String>>,
+        name: Box<str>,
+        reply: oneshot::Sender<Result<bool, String>>,
     },
-    /// Close the connection (its name was taken over, it is a slow consumer
-    /// under the disconnect policy, …), telling the client why.
-    Close {
-        code: ErrorCode,
-        reason: String,
-    },
-    /// The credential the client authenticated with (plus grace) ran out.
-    CredentialExpired(Credential),
     /// The authorization policy was replaced: an identity no longer allowed
     /// its name is disconnected, subscriptions no longer allowed are removed
     /// (the client is told which, with the reason).
     PolicyChanged,
-    ReaderEnded(Result<(), String>),
-    WriterEnded(Result<(), String>),
-    /// Fault injection for supervision tests: makes the actor's handler panic.
+    /// Fault injection for supervision tests: makes the task panic.
     #[cfg(feature = "test-util")]
     InjectPanic,
+    /// Test only: the task says it holds (`held`), then takes no further
+    /// request until `until` fires or its sender is dropped (to fill its
+    /// control channel on purpose).
+    #[cfg(feature = "test-util")]
+    Hold {
+        held: oneshot::Sender<()>,
+        until: oneshot::Receiver<()>,
+    },
+    /// Test only: does nothing (fills the channel behind a `Hold`).
+    #[cfg(feature = "test-util")]
+    Nothing,
 }
