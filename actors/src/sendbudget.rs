@@ -70,6 +70,8 @@ struct Seen {
 pub struct SendBudget {
     budget: u64,
     seen: HashMap<ConnId, Seen>,
+    /// The next tick's `seen`, kept to reuse its allocation.
+    spare: HashMap<ConnId, Seen>,
     /// The window currently given.
     window: u64,
     /// Consecutive ticks a larger window than `window` was due.
@@ -82,6 +84,7 @@ impl SendBudget {
         SendBudget {
             budget,
             seen: HashMap::new(),
+            spare: HashMap::new(),
             window: MAX_WINDOW,
             grow_due: 0,
             receiving: 0,
@@ -117,7 +120,8 @@ impl SendBudget {
     /// its queue holds some. Connections not sampled are forgotten.
     pub fn handle_tick(&mut self, samples: impl IntoIterator<Item = Sample>) -> Vec<(ConnId, u64)> {
         let mut receiving = 0usize;
-        let mut present: HashMap<ConnId, Seen> = HashMap::with_capacity(self.seen.len());
+        let mut present = std::mem::take(&mut self.spare);
+        present.clear();
         for s in samples {
             let (active, window) = match self.seen.get(&s.conn) {
                 Some(prev) => (s.written != prev.written || s.queued > 0, prev.window),
@@ -134,7 +138,7 @@ impl SendBudget {
                 },
             );
         }
-        self.seen = present;
+        self.spare = std::mem::replace(&mut self.seen, present);
         self.receiving = receiving;
         let due = self.window_for(receiving);
         if due < self.window {
