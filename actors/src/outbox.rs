@@ -20,11 +20,10 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 mod direct;
-mod queue;
 pub use direct::Direct;
 use direct::{Attempt, Stream};
-pub use queue::QueueRx;
-use queue::{Queue, Refused};
+pub use slim_framed::queue::QueueRx;
+use slim_framed::queue::{self, Queue, Refused};
 
 /// What happens to a subscriber whose queue stays full past the write deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
