@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{RecvStream, SendStream};
 use slim_framed::queue::Queue;
@@ -506,7 +506,9 @@ fn intern_name(slot: &mut Option<Name>, s: &str) -> Result<Name, ClientError> {
 }
 
 impl Interned {
-    fn delivery(&mut self, v: &DeliverView<'_>, frame: &Bytes) -> Result<Delivery, ClientError> {
+    /// The delivery `v` describes, its payload still empty (see
+    /// [`cut_to`]).
+    fn delivery(&mut self, v: &DeliverView<'_>) -> Result<Delivery, ClientError> {
         let from_identity = match v.from_identity {
             None => None,
             Some(id) => {
@@ -522,9 +524,29 @@ impl Interned {
             from: intern_name(&mut self.from, v.from)?,
             from_identity,
             msg_id: v.msg_id,
-            payload: frame.slice_ref(v.payload),
+            payload: Bytes::new(),
         })
     }
+}
+
+/// Where `part`, a subslice of `frame`, lies in it.
+fn range_in(frame: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+    assert!(
+        start <= frame.len() && part.len() <= frame.len() - start,
+        "the payload lies inside its frame"
+    );
+    start..start + part.len()
+}
+
+/// `frame` cut down to `range`. The payload is the frame itself, moved, not
+/// sliced: a slice takes a reference on the read buffer and dropping the
+/// frame gives one back, two atomic operations per message on a count that
+/// the application's thread also touches.
+fn cut_to(mut frame: Bytes, range: std::ops::Range<usize>) -> Bytes {
+    frame.truncate(range.end);
+    frame.advance(range.start);
+    frame
 }
 
 fn owned_delivery(d: slim_wire::Deliver) -> Delivery {
@@ -615,7 +637,12 @@ async fn read_frames<R: AsyncRead + Unpin>(
         // `frame` is `kind | body`; payloads are handed out as slices of it.
         if frame[0] == FrameKind::Deliver as u8 {
             let d = match deliver_view(&frame[1..])? {
-                Ok(v) => interned.delivery(&v, &frame)?,
+                Ok(v) => {
+                    let payload = range_in(&frame, v.payload);
+                    let mut d = interned.delivery(&v)?;
+                    d.payload = cut_to(frame, payload);
+                    d
+                }
                 Err(Frame::Deliver(d)) => owned_delivery(d),
                 Err(other) => {
                     return Err(ClientError::Protocol(format!(
