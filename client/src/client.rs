@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use slim_framed::queue::{QueueRx, queue_keeping};
+use slim_framed::queue::{QueueRx, queue};
 use slim_wire::{ErrorCode, ErrorFrame, Frame, Mode, Name, Subscribe, Unsubscribe, codec};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -17,9 +17,6 @@ use crate::conn;
 use crate::error::ClientError;
 use crate::event::{ConnState, Delivery, Event};
 use crate::shared::{SdkMetrics, Shared, encode_frame};
-
-/// Slots the inbound event queue keeps once drained (see `connect`).
-const INBOUND_KEEP: usize = 4096;
 
 /// A connected agent.
 pub struct Client {
@@ -72,10 +69,7 @@ impl Client {
         let live = conn::connect_once(&shared, &endpoint).await?;
         let (out_tx, out_rx) = mpsc::channel(shared.cfg.outbound_capacity.max(1));
         let budget = Arc::new(OutboundBytes::new(shared.cfg.outbound_bytes));
-        // The queue drains and refills all the time under load: it keeps
-        // a buffer of up to INBOUND_KEEP slots (about 0.5 MiB of events)
-        // instead of giving it back and copying everything as it regrows.
-        let (ev_tx, ev_rx) = queue_keeping(shared.cfg.inbound_capacity.max(1), INBOUND_KEEP);
+        let (ev_tx, ev_rx) = queue(shared.cfg.inbound_capacity.max(1));
         let (close_tx, close_rx) = oneshot::channel();
         let driver = tokio::spawn(conn::drive(
             Arc::clone(&shared),

@@ -31,9 +31,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 /// A drained queue whose buffer outgrew this many slots gives it back (an
-/// idle connection should not keep a burst's worth of slots), unless made
-/// with [`queue_keeping`].
-pub const KEEP_SLOTS: usize = 1024;
+/// idle connection should not keep a burst's worth of slots).
+const KEEP_SLOTS: usize = 1024;
 
 /// Why a push was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -64,8 +63,6 @@ struct Inner<T> {
     /// Wakes pushers waiting for room (registered the same way).
     space: Notify,
     max_items: usize,
-    /// Slots a drained buffer may keep (see [`KEEP_SLOTS`]).
-    keep_slots: usize,
 }
 
 /// The pushing side.
@@ -78,14 +75,6 @@ pub struct QueueRx<T = Bytes>(Arc<Inner<T>>);
 
 /// A queue of at most `max_items` items (at least one).
 pub fn queue<T>(max_items: usize) -> (Queue<T>, QueueRx<T>) {
-    queue_keeping(max_items, KEEP_SLOTS)
-}
-
-/// A queue whose drained buffer keeps up to `keep_slots` slots: for a queue
-/// that drains and refills all the time under load (one per process rather
-/// than one per connection), where giving the buffer back and growing it
-/// again costs a copy of every queued item per doubling.
-pub fn queue_keeping<T>(max_items: usize, keep_slots: usize) -> (Queue<T>, QueueRx<T>) {
     let inner = Arc::new(Inner {
         state: Mutex::new(State {
             items: VecDeque::new(),
@@ -95,7 +84,6 @@ pub fn queue_keeping<T>(max_items: usize, keep_slots: usize) -> (Queue<T>, Queue
         ready: Notify::new(),
         space: Notify::new(),
         max_items: max_items.max(1),
-        keep_slots,
     });
     (Queue(Arc::clone(&inner)), QueueRx(inner))
 }
@@ -277,7 +265,7 @@ impl<T> QueueRx<T> {
             let len = s.items.len();
             let n = len.min(limit);
             batch.extend(s.items.drain(..n));
-            shrink_if_drained(&mut s.items, self.0.keep_slots);
+            shrink_if_drained(&mut s.items);
             (n, len >= self.0.max_items, len - n, s.tx_gone)
         };
         if n > 0 {
@@ -292,7 +280,7 @@ impl<T> QueueRx<T> {
             let mut s = self.0.state.lock();
             let was_full = s.items.len() >= self.0.max_items;
             let item = s.items.pop_front();
-            shrink_if_drained(&mut s.items, self.0.keep_slots);
+            shrink_if_drained(&mut s.items);
             (item, was_full, s.items.len(), s.tx_gone)
         };
         if item.is_some() {
@@ -326,8 +314,8 @@ impl<T> Drop for QueueRx<T> {
     }
 }
 
-fn shrink_if_drained<T>(items: &mut VecDeque<T>, keep_slots: usize) {
-    if items.is_empty() && items.capacity() > keep_slots {
+fn shrink_if_drained<T>(items: &mut VecDeque<T>) {
+    if items.is_empty() && items.capacity() > KEEP_SLOTS {
         *items = VecDeque::new();
     }
 }
@@ -624,15 +612,5 @@ mod tests {
             .expect("a taker slept with items queued, or missed the end");
         assert_eq!(all.len() as u64, N);
         assert!((0..N).all(|i| all.contains(&i)));
-    }
-
-    #[test]
-    fn a_queue_made_to_keep_its_buffer_keeps_it() {
-        let (q, rx) = queue_keeping(4 * KEEP_SLOTS, 4 * KEEP_SLOTS);
-        for _ in 0..2 * KEEP_SLOTS {
-            q.push(b("x")).unwrap();
-        }
-        while rx.try_recv().is_some() {}
-        assert!(q.0.state.lock().items.capacity() >= 2 * KEEP_SLOTS);
     }
 }
