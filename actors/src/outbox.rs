@@ -509,7 +509,7 @@ mod tests {
 
     #[test]
     fn fire_and_forget_drops_newest_at_once() {
-        let (q, mut rx) = Outbox::new(100, 10, SlowConsumerPolicy::drop_newest());
+        let (q, rx) = Outbox::new(100, 10, SlowConsumerPolicy::drop_newest());
         assert_eq!(q.push(Bytes::from_static(b"123456")), Push::Queued);
         assert_eq!(q.push(Bytes::from_static(b"123456")), Push::Slow);
         assert_eq!(q.queued_bytes(), 6);
@@ -532,7 +532,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_push_goes_through_once_the_writer_makes_room() {
-        let (q, mut rx) = Outbox::new(1, 1000, waiting(SlowAction::Disconnect));
+        let (q, rx) = Outbox::new(1, 1000, waiting(SlowAction::Disconnect));
         let q = std::sync::Arc::new(q);
         assert_eq!(q.push(Bytes::from_static(b"a")), Push::Queued);
         let waiter = spawn_waiter(&q, b"b").await;
@@ -557,7 +557,7 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_deadline_a_drop_policy_stops_waiting_until_drained() {
-        let (q, mut rx) = Outbox::new(1, 1000, waiting(SlowAction::Drop));
+        let (q, rx) = Outbox::new(1, 1000, waiting(SlowAction::Drop));
         assert_eq!(q.push(Bytes::from_static(b"a")), Push::Queued);
         let past = tokio::time::Instant::now();
         assert_eq!(
