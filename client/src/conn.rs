@@ -600,11 +600,13 @@ impl Held {
             return true;
         }
         let messages = std::mem::take(&mut self.messages);
-        let all = self.events.push_all(&mut self.batch).await;
+        if !self.events.push_all(&mut self.batch).await {
+            // The application is gone: nothing will take what is left.
+            self.batch.clear();
+            return false;
+        }
         shared.metrics.received.increment(messages);
-        // The application is gone: nothing will take what is left.
-        self.batch.clear();
-        all
+        true
     }
 
     /// Hands one event to the application behind the held ones.
