@@ -20,11 +20,10 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 mod direct;
-mod queue;
 pub use direct::Direct;
 use direct::{Attempt, Stream};
-pub use queue::QueueRx;
-use queue::{Queue, Refused};
+pub use slim_framed::queue::QueueRx;
+use slim_framed::queue::{self, Queue, Refused};
 
 /// What happens to a subscriber whose queue stays full past the write deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -523,7 +522,7 @@ mod tests {
 
     #[test]
     fn fire_and_forget_drops_newest_at_once() {
-        let (q, mut rx) = Outbox::new(100, 10, SlowConsumerPolicy::drop_newest());
+        let (q, rx) = Outbox::new(100, 10, SlowConsumerPolicy::drop_newest());
         assert_eq!(q.push(Bytes::from_static(b"123456")), Push::Queued);
         assert_eq!(q.push(Bytes::from_static(b"123456")), Push::Slow);
         assert_eq!(q.queued_bytes(), 6);
@@ -546,7 +545,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_push_goes_through_once_the_writer_makes_room() {
-        let (q, mut rx) = Outbox::new(1, 1000, waiting(SlowAction::Disconnect));
+        let (q, rx) = Outbox::new(1, 1000, waiting(SlowAction::Disconnect));
         let q = std::sync::Arc::new(q);
         assert_eq!(q.push(Bytes::from_static(b"a")), Push::Queued);
         let waiter = spawn_waiter(&q, b"b").await;
@@ -571,7 +570,7 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_deadline_a_drop_policy_stops_waiting_until_drained() {
-        let (q, mut rx) = Outbox::new(1, 1000, waiting(SlowAction::Drop));
+        let (q, rx) = Outbox::new(1, 1000, waiting(SlowAction::Drop));
         assert_eq!(q.push(Bytes::from_static(b"a")), Push::Queued);
         let past = tokio::time::Instant::now();
         assert_eq!(

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use slim_framed::queue::{QueueRx, queue};
 use slim_wire::{ErrorCode, ErrorFrame, Frame, Mode, Name, Subscribe, Unsubscribe, codec};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -23,7 +24,10 @@ pub struct Client {
     out: mpsc::Sender<Bytes>,
     /// The bytes in `out` (bounded by `ClientConfig::outbound_bytes`).
     budget: Arc<OutboundBytes>,
-    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    /// Deliveries and node errors from the connection's reader, in arrival
+    /// order. Taken through `&self` without an async lock: several tasks
+    /// may receive at once, each event going to one of them.
+    events: QueueRx<Event>,
     driver: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     close: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -65,7 +69,7 @@ impl Client {
         let live = conn::connect_once(&shared, &endpoint).await?;
         let (out_tx, out_rx) = mpsc::channel(shared.cfg.outbound_capacity.max(1));
         let budget = Arc::new(OutboundBytes::new(shared.cfg.outbound_bytes));
-        let (ev_tx, ev_rx) = mpsc::channel(shared.cfg.inbound_capacity.max(1));
+        let (ev_tx, ev_rx) = queue(shared.cfg.inbound_capacity.max(1));
         let (close_tx, close_rx) = oneshot::channel();
         let driver = tokio::spawn(conn::drive(
             Arc::clone(&shared),
@@ -73,14 +77,14 @@ impl Client {
             live,
             out_rx,
             Arc::clone(&budget),
-            ev_tx,
+            Arc::new(ev_tx),
             close_rx,
         ));
         Ok(Client {
             shared,
             out: out_tx,
             budget,
-            events: tokio::sync::Mutex::new(ev_rx),
+            events: ev_rx,
             driver: tokio::sync::Mutex::new(Some(driver)),
             close: Mutex::new(Some(close_tx)),
         })
@@ -301,14 +305,13 @@ impl Client {
 
     /// The next delivery or node-reported error; `None` once closed.
     pub async fn recv(&self) -> Option<Event> {
-        self.events.lock().await.recv().await
+        self.events.recv().await
     }
 
     /// The next delivered message, skipping node-reported errors.
     pub async fn next_message(&self) -> Option<Delivery> {
-        let mut rx = self.events.lock().await;
         loop {
-            match rx.recv().await? {
+            match self.events.recv().await? {
                 Event::Message(d) => return Some(d),
                 Event::Error(e) => {
                     tracing::debug!(code = e.code.0, reason = %e.reason, "node reported an error");
@@ -317,9 +320,13 @@ impl Client {
         }
     }
 
-    /// Receives up to `max` events into `buf` in one go (for high-rate consumers).
+    /// Receives up to `max` events into `buf` in one go (for high-rate
+    /// consumers), waiting for at least one; 0 once closed (or `max` is 0).
     pub async fn recv_many(&self, buf: &mut Vec<Event>, max: usize) -> usize {
-        self.events.lock().await.recv_many(buf, max).await
+        if max == 0 {
+            return 0;
+        }
+        self.events.recv_many(buf, max).await
     }
 
     /// Waits until every queued outbound frame has been handed to QUIC

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{RecvStream, SendStream};
+use slim_framed::queue::Queue;
 use slim_framed::{FrameReader, FrameWriter, ReadError};
 use slim_wire::{
     DeliverView, Frame, FrameKind, Hello, Name, PROTOCOL_VERSION, Subscribe, codec, deliver_view,
@@ -298,7 +299,7 @@ pub(crate) async fn drive(
     first: Live,
     mut out: mpsc::Receiver<Bytes>,
     budget: Arc<OutboundBytes>,
-    events: mpsc::Sender<Event>,
+    events: Arc<Queue<Event>>,
     mut close: oneshot::Receiver<()>,
 ) {
     let mut live = Some(first);
@@ -368,7 +369,7 @@ pub(crate) async fn drive(
 async fn settle_unconfirmed(
     shared: &Arc<Shared>,
     unconfirmed: &mut Unconfirmed,
-    events: &mpsc::Sender<Event>,
+    events: &Queue<Event>,
     reason: &str,
 ) -> Vec<Bytes> {
     match shared.cfg.on_disconnect {
@@ -394,7 +395,7 @@ async fn settle_unconfirmed(
 /// [`Event::Error`] (also kept for `take_errors`) and a log line.
 async fn report_lost(
     shared: &Arc<Shared>,
-    events: &mpsc::Sender<Event>,
+    events: &Queue<Event>,
     ids: Vec<(u64, Option<Name>)>,
     reason: &str,
 ) {
@@ -416,7 +417,7 @@ async fn report_lost(
             q.push_back(e.clone());
         }
         // Waits for room: every lost publish is reported, none dropped.
-        if events.send(Event::Error(e)).await.is_err() {
+        if events.push_wait(Event::Error(e)).await.is_err() {
             return;
         }
     }
@@ -455,11 +456,11 @@ async fn run(
     live: Live,
     out: &mut mpsc::Receiver<Bytes>,
     budget: &OutboundBytes,
-    events: &mpsc::Sender<Event>,
+    events: &Arc<Queue<Event>>,
     unconfirmed: &mut Unconfirmed,
 ) -> Result<(), ClientError> {
     let Live { conn, send, reader } = live;
-    let mut reader = tokio::spawn(read_loop(Arc::clone(shared), reader, events.clone()));
+    let mut reader = tokio::spawn(read_loop(Arc::clone(shared), reader, Arc::clone(events)));
     let mut writer = FrameWriter::new(send);
     // The writer loop runs until the client's queue closes (the client is
     // dropped) or the reader ends.
@@ -505,7 +506,9 @@ fn intern_name(slot: &mut Option<Name>, s: &str) -> Result<Name, ClientError> {
 }
 
 impl Interned {
-    fn delivery(&mut self, v: &DeliverView<'_>, frame: &Bytes) -> Result<Delivery, ClientError> {
+    /// The delivery `v` describes, its payload still empty (see
+    /// [`cut_to`]).
+    fn delivery(&mut self, v: &DeliverView<'_>) -> Result<Delivery, ClientError> {
         let from_identity = match v.from_identity {
             None => None,
             Some(id) => {
@@ -521,9 +524,29 @@ impl Interned {
             from: intern_name(&mut self.from, v.from)?,
             from_identity,
             msg_id: v.msg_id,
-            payload: frame.slice_ref(v.payload),
+            payload: Bytes::new(),
         })
     }
+}
+
+/// Where `part`, a subslice of `frame`, lies in it.
+fn range_in(frame: &[u8], part: &[u8]) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(frame.as_ptr() as usize);
+    assert!(
+        start <= frame.len() && part.len() <= frame.len() - start,
+        "the payload lies inside its frame"
+    );
+    start..start + part.len()
+}
+
+/// `frame` cut down to `range`. The payload is the frame itself, moved, not
+/// sliced: a slice takes a reference on the read buffer and dropping the
+/// frame gives one back, two atomic operations per message on a count that
+/// the application's thread also touches.
+fn cut_to(mut frame: Bytes, range: std::ops::Range<usize>) -> Bytes {
+    frame.truncate(range.end);
+    frame.advance(range.start);
+    frame
 }
 
 fn owned_delivery(d: slim_wire::Deliver) -> Delivery {
@@ -537,20 +560,91 @@ fn owned_delivery(d: slim_wire::Deliver) -> Delivery {
     }
 }
 
+/// Deliveries decoded from what one read brought in go to the application
+/// under one lock of its queue, at most this many at a time.
+const PUSH_BATCH: usize = 256;
+
 /// Reads frames until the node ends the stream (`Ok`), the application
 /// drops its event receiver (`Ok`) or the connection fails (`Err`; a stream
-/// that ends inside a frame is `Wire(Truncated)`).
+/// that ends inside a frame is `Wire(Truncated)`). Every event decoded before
+/// the end or the failure reaches the application first.
 async fn read_loop<R: AsyncRead + Unpin>(
     shared: Arc<Shared>,
+    reader: FrameReader<R>,
+    events: Arc<Queue<Event>>,
+) -> Result<(), ClientError> {
+    let mut held = Held {
+        events,
+        batch: Vec::with_capacity(PUSH_BATCH),
+        messages: 0,
+    };
+    let r = read_frames(&shared, reader, &mut held).await;
+    held.flush(&shared).await;
+    r
+}
+
+/// Deliveries decoded and not yet handed to the application.
+struct Held {
+    events: Arc<Queue<Event>>,
+    batch: Vec<Event>,
+    /// How many of `batch` are messages (for the `received` counter).
+    messages: u64,
+}
+
+impl Held {
+    /// Hands the held events to the application, waiting for room while its
+    /// queue is full (backpressure: the reader stops reading, so QUIC slows
+    /// the node; nothing is dropped). `false` once the application is gone.
+    async fn flush(&mut self, shared: &Shared) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let messages = std::mem::take(&mut self.messages);
+        if !self.events.push_all(&mut self.batch).await {
+            // The application is gone: nothing will take what is left.
+            self.batch.clear();
+            return false;
+        }
+        shared.metrics.received.increment(messages);
+        true
+    }
+
+    /// Hands one event to the application behind the held ones.
+    async fn push(&mut self, shared: &Shared, ev: Event) -> bool {
+        self.flush(shared).await && self.events.push_wait(ev).await.is_ok()
+    }
+}
+
+async fn read_frames<R: AsyncRead + Unpin>(
+    shared: &Arc<Shared>,
     mut reader: FrameReader<R>,
-    events: mpsc::Sender<Event>,
+    held: &mut Held,
 ) -> Result<(), ClientError> {
     let mut interned = Interned::default();
-    while let Some(frame) = reader.next().await.map_err(read_err)? {
+    loop {
+        // Frames already buffered are decoded without waiting; before
+        // waiting for more bytes, what is held goes to the application.
+        let frame = match reader.try_next()? {
+            Some(f) => f,
+            None => {
+                if !held.flush(shared).await {
+                    return Ok(());
+                }
+                match reader.next().await.map_err(read_err)? {
+                    Some(f) => f,
+                    None => return Ok(()),
+                }
+            }
+        };
         // `frame` is `kind | body`; payloads are handed out as slices of it.
         if frame[0] == FrameKind::Deliver as u8 {
             let d = match deliver_view(&frame[1..])? {
-                Ok(v) => interned.delivery(&v, &frame)?,
+                Ok(v) => {
+                    let payload = range_in(&frame, v.payload);
+                    let mut d = interned.delivery(&v)?;
+                    d.payload = cut_to(frame, payload);
+                    d
+                }
                 Err(Frame::Deliver(d)) => owned_delivery(d),
                 Err(other) => {
                     return Err(ClientError::Protocol(format!(
@@ -559,29 +653,24 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     )));
                 }
             };
-            // The non-blocking path first: it skips the async semaphore
-            // dance whenever the application keeps up.
-            match events.try_send(Event::Message(d)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(ev)) => {
-                    if events.send(ev).await.is_err() {
-                        return Ok(());
-                    }
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+            held.batch.push(Event::Message(d));
+            held.messages += 1;
+            if held.batch.len() >= PUSH_BATCH && !held.flush(shared).await {
+                return Ok(());
             }
-            shared.metrics.received.increment(1);
             continue;
+        }
+        // Anything else is handled in its place: after the deliveries that
+        // arrived before it have reached the application.
+        if !held.flush(shared).await {
+            return Ok(());
         }
         match codec::decode_body(&frame)? {
             Frame::Deliver(d) => {
-                if events
-                    .send(Event::Message(owned_delivery(d)))
-                    .await
-                    .is_err()
-                {
+                if !held.push(shared, Event::Message(owned_delivery(d))).await {
                     return Ok(());
                 }
+                shared.metrics.received.increment(1);
             }
             // The writer's confirming pings (see `confirm`).
             Frame::Pong(slim_wire::Pong { nonce }) if shared.confirm.handle_pong(nonce) => {}
@@ -606,7 +695,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     }
                     q.push_back(e.clone());
                 }
-                if events.send(Event::Error(e)).await.is_err() {
+                if !held.push(shared, Event::Error(e)).await {
                     return Ok(());
                 }
             }
@@ -619,7 +708,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -676,11 +764,11 @@ mod tests {
         let (mut tx, rx) = tokio::io::duplex(64 * 1024);
         tx.write_all(bytes).await.unwrap();
         drop(tx);
-        let (ev_tx, mut ev_rx) = mpsc::channel(16);
+        let (ev_tx, ev_rx) = slim_framed::queue::queue(16);
         let reader = FrameReader::new(rx, Limits::default());
-        let r = read_loop(shared(), reader, ev_tx).await;
+        let r = read_loop(shared(), reader, Arc::new(ev_tx)).await;
         let mut ids = Vec::new();
-        while let Ok(ev) = ev_rx.try_recv() {
+        while let Some(ev) = ev_rx.try_recv() {
             match ev {
                 Event::Message(d) => {
                     assert_eq!(&d.payload[..], b"hello");
@@ -714,5 +802,35 @@ mod tests {
             Err(ClientError::Wire(WireError::Truncated { buffered: 7 })) => {}
             other => panic!("expected Truncated, got {other:?}"),
         }
+    }
+
+    /// With the application's queue full the reader waits for room (it
+    /// drops nothing and stops reading), and goes on as the application
+    /// takes: every delivery arrives once, in order, then the end.
+    #[tokio::test]
+    async fn a_full_queue_makes_the_reader_wait_without_dropping() {
+        const N: u64 = 1000;
+        let bytes: Vec<u8> = (0..N).flat_map(deliver).collect();
+        let (mut tx, rx) = tokio::io::duplex(bytes.len());
+        tx.write_all(&bytes).await.unwrap();
+        drop(tx);
+        let (ev_tx, ev_rx) = slim_framed::queue::queue(4);
+        let reader = FrameReader::new(rx, Limits::default());
+        let reader = tokio::spawn(read_loop(shared(), reader, Arc::new(ev_tx)));
+        // Every byte is readable: only the full queue can hold the reader.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!reader.is_finished(), "the reader must wait for room");
+        assert_eq!(ev_rx.len(), 4);
+        let mut ids = Vec::new();
+        while let Some(ev) = ev_rx.recv().await {
+            match ev {
+                Event::Message(d) => ids.push(d.msg_id),
+                Event::Error(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert!(reader.await.unwrap().is_ok());
+        assert_eq!(ids, (0..N).collect::<Vec<_>>());
     }
 }

@@ -17,6 +17,8 @@
 //!   [`FrameSource`]), with small
 //!   frames coalesced into chunks of at most 64 KiB and large ones passed
 //!   through uncopied; metrics go through a [`WriteHooks`] implementation.
+//! - [`queue`]: the bounded short-lock FIFO between pushers and takers (a
+//!   node outbox's frames, the SDK's inbound events).
 //!
 //! The frame format itself (and its limits) stays in [`slim_wire::codec`],
 //! which is sans-IO; this crate is the thin async layer over it.
@@ -24,6 +26,7 @@
 //! [`WireError::Truncated`]: slim_wire::WireError::Truncated
 #![forbid(unsafe_code)]
 
+pub mod queue;
 mod read;
 mod write;
 
