@@ -12,7 +12,8 @@ use quinn::{RecvStream, SendStream};
 use slim_framed::queue::Queue;
 use slim_framed::{FrameReader, FrameWriter, ReadError};
 use slim_wire::{
-    DeliverView, Frame, FrameKind, Hello, Name, PROTOCOL_VERSION, Subscribe, codec, deliver_view,
+    DeliverView, Frame, FrameKind, Hello, Name, PROTOCOL_VERSION, RawDeliverView, Subscribe, codec,
+    deliver_view,
 };
 use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, oneshot};
@@ -505,7 +506,41 @@ fn intern_name(slot: &mut Option<Name>, s: &str) -> Result<Name, ClientError> {
     Ok(n)
 }
 
+/// The name `b` spells: the cached one if the bytes are the same (it was
+/// checked when cached), else `b` checked and parsed, and cached.
+fn intern_raw(slot: &mut Option<Name>, b: &[u8]) -> Option<Name> {
+    if let Some(n) = slot.as_ref().filter(|n| n.as_str().as_bytes() == b) {
+        return Some(n.clone());
+    }
+    let n = Name::parse(slim_wire::checked_name(b)?).ok()?;
+    *slot = Some(n.clone());
+    Some(n)
+}
+
 impl Interned {
+    /// The delivery `v` describes (payload still empty), checking only the
+    /// strings that differ from the last delivery's; `None` if one is not
+    /// valid (then [`deliver_view`] says why).
+    fn delivery_raw(&mut self, v: &RawDeliverView<'_>) -> Option<Delivery> {
+        let from_identity = match v.from_identity {
+            None => None,
+            Some(id) => {
+                if self.identity.as_deref().map(str::as_bytes) != Some(id) {
+                    self.identity = Some(Arc::from(slim_wire::checked_str(id)?));
+                }
+                self.identity.clone()
+            }
+        };
+        Some(Delivery {
+            name: intern_raw(&mut self.name, v.name)?,
+            mode: v.mode,
+            from: intern_raw(&mut self.from, v.from)?,
+            from_identity,
+            msg_id: v.msg_id,
+            payload: Bytes::new(),
+        })
+    }
+
     /// The delivery `v` describes, its payload still empty (see
     /// [`cut_to`]).
     fn delivery(&mut self, v: &DeliverView<'_>) -> Result<Delivery, ClientError> {
@@ -638,6 +673,19 @@ async fn read_frames<R: AsyncRead + Unpin>(
         };
         // `frame` is `kind | body`; payloads are handed out as slices of it.
         if frame[0] == FrameKind::Deliver as u8 {
+            // Usually: the canonical layout, with the names and identity of
+            // the previous delivery (compared, not checked again).
+            if let Some((payload, mut d)) = slim_wire::raw_deliver_view(&frame[1..])
+                .and_then(|v| Some((range_in(&frame, v.payload), interned.delivery_raw(&v)?)))
+            {
+                d.payload = cut_to(frame, payload);
+                held.batch.push(Event::Message(d));
+                held.messages += 1;
+                if held.batch.len() >= PUSH_BATCH && !held.flush(shared).await {
+                    return Ok(());
+                }
+                continue;
+            }
             let d = match deliver_view(&frame[1..])? {
                 Ok(v) => {
                     let payload = range_in(&frame, v.payload);
@@ -787,6 +835,32 @@ mod tests {
         let (r, ids) = read_all(&bytes).await;
         assert!(r.is_ok(), "{r:?}");
         assert_eq!(ids, [1, 2]);
+    }
+
+    /// Names are compared with the previous delivery's instead of checked
+    /// again; one that differs is checked, and a bad one is refused as
+    /// before (the connection's error, nothing delivered for it).
+    #[tokio::test]
+    async fn a_delivery_with_a_new_bad_name_after_good_ones_is_refused() {
+        let mut bytes = deliver(1);
+        bytes.extend(deliver(2));
+        let mut bad = bytes::BytesMut::new();
+        codec::encode_deliver_raw(
+            "org/ns",
+            Mode::Anycast,
+            "org/ns/pub/1",
+            Some("spiffe://td/pub"),
+            3,
+            b"hello",
+            &Limits::default(),
+            &mut bad,
+        )
+        .unwrap();
+        bytes.extend_from_slice(&bad);
+        bytes.extend(deliver(4));
+        let (r, ids) = read_all(&bytes).await;
+        assert_eq!(ids, [1, 2]);
+        assert!(matches!(r, Err(ClientError::Wire(_))), "{r:?}");
     }
 
     /// The SDK used to take this for a clean close; it is a lost connection

@@ -18,8 +18,8 @@ pub use codec::{
 pub use frame::*;
 pub use name::{InvalidName, MAX_COMPONENT_LEN, Name};
 pub use view::{
-    DeliverView, ForwardView, NodeIter, NodeList, PublishView, deliver_view, forward_view,
-    publish_view,
+    DeliverView, ForwardView, NodeIter, NodeList, PublishView, RawDeliverView, checked_name,
+    checked_str, deliver_view, forward_view, publish_view, raw_deliver_view,
 };
 
 /// Everything that can go wrong turning bytes into frames or back.

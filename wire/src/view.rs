@@ -30,6 +30,21 @@ pub struct DeliverView<'a> {
     pub payload: &'a [u8],
 }
 
+/// A `Deliver` body's fields located but its strings not yet checked
+/// (UTF-8, name syntax): for a reader that keeps the names it validated last
+/// and checks only a string that differs from them, as consecutive
+/// deliveries share their names. Check a string before using it as one:
+/// [`checked_name`], [`checked_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawDeliverView<'a> {
+    pub name: &'a [u8],
+    pub mode: Mode,
+    pub from: &'a [u8],
+    pub from_identity: Option<&'a [u8]>,
+    pub msg_id: u64,
+    pub payload: &'a [u8],
+}
+
 /// A MessagePack array of node ids inside a [`ForwardView`], already
 /// validated as strings; iterated without allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +132,29 @@ fn str_of<'a>(rd: &mut &'a [u8]) -> Option<&'a str> {
     Some(s)
 }
 
+/// A string's bytes, unchecked.
+fn raw_str<'a>(rd: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = rmp::decode::read_str_len(rd).ok()? as usize;
+    if rd.len() < len {
+        return None;
+    }
+    let (b, rest) = rd.split_at(len);
+    *rd = rest;
+    Some(b)
+}
+
+/// `b` as a name string, if it is valid UTF-8 and a valid name.
+pub fn checked_name(b: &[u8]) -> Option<&str> {
+    let s = std::str::from_utf8(b).ok()?;
+    Name::validate(s).ok()?;
+    Some(s)
+}
+
+/// `b` as a string, if it is valid UTF-8.
+pub fn checked_str(b: &[u8]) -> Option<&str> {
+    std::str::from_utf8(b).ok()
+}
+
 fn name_of<'a>(rd: &mut &'a [u8]) -> Option<&'a str> {
     let s = str_of(rd)?;
     Name::validate(s).ok()?;
@@ -173,6 +211,35 @@ fn fast_deliver(body: &[u8]) -> Option<DeliverView<'_>> {
     let msg_id = int(&mut rd)?;
     let payload = bin(&mut rd)?;
     rd.is_empty().then_some(DeliverView {
+        name,
+        mode,
+        from,
+        from_identity,
+        msg_id,
+        payload,
+    })
+}
+
+/// The fields of a `Deliver` body in the canonical encoding, its strings
+/// unchecked ([`RawDeliverView`]); `None` for anything else (use
+/// [`deliver_view`], which also says what is wrong).
+pub fn raw_deliver_view(body: &[u8]) -> Option<RawDeliverView<'_>> {
+    let mut rd = body;
+    if rmp::decode::read_array_len(&mut rd).ok()? != 6 {
+        return None;
+    }
+    let name = raw_str(&mut rd)?;
+    let mode = mode(u8::try_from(int(&mut rd)?).ok()?)?;
+    let from = raw_str(&mut rd)?;
+    let from_identity = if rd.first() == Some(&0xc0) {
+        rd = &rd[1..];
+        None
+    } else {
+        Some(raw_str(&mut rd)?)
+    };
+    let msg_id = int(&mut rd)?;
+    let payload = bin(&mut rd)?;
+    rd.is_empty().then_some(RawDeliverView {
         name,
         mode,
         from,
@@ -289,6 +356,19 @@ mod tests {
             let bytes =
                 codec::encode_to_vec(&Frame::Deliver(d.clone()), &Limits::default()).unwrap();
             let v = deliver_view(&bytes[5..]).unwrap().unwrap();
+            let raw = raw_deliver_view(&bytes[5..]).unwrap();
+            assert_eq!(
+                (raw.name, raw.mode, raw.from, raw.msg_id, raw.payload),
+                (
+                    v.name.as_bytes(),
+                    v.mode,
+                    v.from.as_bytes(),
+                    v.msg_id,
+                    v.payload
+                )
+            );
+            assert_eq!(raw.from_identity, v.from_identity.map(str::as_bytes));
+            assert_eq!(checked_name(raw.name), Some(v.name));
             assert_eq!(v.from_identity, ident.as_deref());
             assert_eq!(
                 (v.name, v.from, v.msg_id, v.payload),
@@ -340,6 +420,27 @@ mod tests {
         let mut want = f.clone();
         want.path.push("n9".into());
         assert_eq!(codec::decode_body(&out[4..]).unwrap(), Frame::Forward(want));
+    }
+
+    #[test]
+    fn a_raw_view_leaves_the_strings_to_be_checked() {
+        // A canonical Deliver whose name is not a name and whose sender is
+        // not UTF-8: located, not accepted as strings until checked.
+        let mut body = vec![0x96, 0xa3];
+        body.extend_from_slice(b"a/b");
+        body.extend_from_slice(&[1, 0xa2, 0xff, 0xfe, 0xc0, 7, 0xc4, 1, 9]);
+        let raw = raw_deliver_view(&body).unwrap();
+        assert_eq!(
+            (raw.name, raw.from, raw.payload),
+            (&b"a/b"[..], &[0xff, 0xfe][..], &[9][..])
+        );
+        assert_eq!(checked_name(raw.name), None);
+        assert_eq!(checked_str(raw.from), None);
+        assert_eq!(checked_name(b"a/b/c"), Some("a/b/c"));
+        // The checked view refuses the same body.
+        assert!(deliver_view(&body).is_err());
+        // Truncated: no view at all.
+        assert_eq!(raw_deliver_view(&body[..body.len() - 1]), None);
     }
 
     #[test]
