@@ -28,10 +28,9 @@ use crate::ctx::NodeCtx;
 use crate::metrics as m;
 use crate::registry::ConnId;
 
-/// A connection's send window when few connections are receiving (and the
-/// window a connection starts with): what one fast subscriber needs on a
-/// loaded host (smaller windows cost 15–20 % at 4–16 KiB messages).
-pub const MAX_WINDOW: u64 = 2 << 20;
+/// A connection's send window when few connections are receiving, and the
+/// window it starts with (the transport's, `ctx::CLIENT_SEND_WINDOW`).
+pub const MAX_WINDOW: u64 = crate::ctx::CLIENT_SEND_WINDOW;
 
 /// The smallest window the budget gives: enough for a fan-out subscriber's
 /// share of a link; below it per-connection throughput would suffer more
