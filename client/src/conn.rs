@@ -12,8 +12,7 @@ use quinn::{RecvStream, SendStream};
 use slim_framed::queue::Queue;
 use slim_framed::{FrameReader, FrameWriter, ReadError};
 use slim_wire::{
-    DeliverView, Frame, FrameKind, Hello, Name, PROTOCOL_VERSION, RawDeliverView, Subscribe, codec,
-    deliver_view,
+    Frame, FrameKind, Hello, Name, PROTOCOL_VERSION, RawDeliverView, Subscribe, codec, deliver_view,
 };
 use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, oneshot};
@@ -497,15 +496,6 @@ struct Interned {
     identity: Option<Arc<str>>,
 }
 
-fn intern_name(slot: &mut Option<Name>, s: &str) -> Result<Name, ClientError> {
-    if let Some(n) = slot.as_ref().filter(|n| n.as_str() == s) {
-        return Ok(n.clone());
-    }
-    let n = Name::parse(s)?;
-    *slot = Some(n.clone());
-    Ok(n)
-}
-
 /// The name `b` spells: the cached one if the bytes are the same (it was
 /// checked when cached), else `b` checked and parsed, and cached.
 fn intern_raw(slot: &mut Option<Name>, b: &[u8]) -> Option<Name> {
@@ -535,28 +525,6 @@ impl Interned {
             name: intern_raw(&mut self.name, v.name)?,
             mode: v.mode,
             from: intern_raw(&mut self.from, v.from)?,
-            from_identity,
-            msg_id: v.msg_id,
-            payload: Bytes::new(),
-        })
-    }
-
-    /// The delivery `v` describes, its payload still empty (see
-    /// [`cut_to`]).
-    fn delivery(&mut self, v: &DeliverView<'_>) -> Result<Delivery, ClientError> {
-        let from_identity = match v.from_identity {
-            None => None,
-            Some(id) => {
-                if self.identity.as_deref() != Some(id) {
-                    self.identity = Some(Arc::from(id));
-                }
-                self.identity.clone()
-            }
-        };
-        Ok(Delivery {
-            name: intern_name(&mut self.name, v.name)?,
-            mode: v.mode,
-            from: intern_name(&mut self.from, v.from)?,
             from_identity,
             msg_id: v.msg_id,
             payload: Bytes::new(),
@@ -687,9 +655,13 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 continue;
             }
             let d = match deliver_view(&frame[1..])? {
+                // Not reached while the raw view above takes every frame
+                // this does; kept so that the two can never disagree.
                 Ok(v) => {
                     let payload = range_in(&frame, v.payload);
-                    let mut d = interned.delivery(&v)?;
+                    let mut d = interned.delivery_raw(&v.raw()).ok_or_else(|| {
+                        ClientError::Protocol("a checked delivery failed its checks".into())
+                    })?;
                     d.payload = cut_to(frame, payload);
                     d
                 }

@@ -45,6 +45,20 @@ pub struct RawDeliverView<'a> {
     pub payload: &'a [u8],
 }
 
+impl<'a> DeliverView<'a> {
+    /// The same fields as bytes.
+    pub fn raw(&self) -> RawDeliverView<'a> {
+        RawDeliverView {
+            name: self.name.as_bytes(),
+            mode: self.mode,
+            from: self.from.as_bytes(),
+            from_identity: self.from_identity.map(str::as_bytes),
+            msg_id: self.msg_id,
+            payload: self.payload,
+        }
+    }
+}
+
 /// A MessagePack array of node ids inside a [`ForwardView`], already
 /// validated as strings; iterated without allocating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,28 +209,17 @@ fn fast_publish(body: &[u8]) -> Option<PublishView<'_>> {
 }
 
 fn fast_deliver(body: &[u8]) -> Option<DeliverView<'_>> {
-    let mut rd = body;
-    if rmp::decode::read_array_len(&mut rd).ok()? != 6 {
-        return None;
-    }
-    let name = name_of(&mut rd)?;
-    let mode = mode(u8::try_from(int(&mut rd)?).ok()?)?;
-    let from = name_of(&mut rd)?;
-    let from_identity = if rd.first() == Some(&0xc0) {
-        rd = &rd[1..];
-        None
-    } else {
-        Some(str_of(&mut rd)?)
-    };
-    let msg_id = int(&mut rd)?;
-    let payload = bin(&mut rd)?;
-    rd.is_empty().then_some(DeliverView {
-        name,
-        mode,
-        from,
-        from_identity,
-        msg_id,
-        payload,
+    let r = raw_deliver_view(body)?;
+    Some(DeliverView {
+        name: checked_name(r.name)?,
+        mode: r.mode,
+        from: checked_name(r.from)?,
+        from_identity: match r.from_identity {
+            None => None,
+            Some(b) => Some(checked_str(b)?),
+        },
+        msg_id: r.msg_id,
+        payload: r.payload,
     })
 }
 
