@@ -19,6 +19,7 @@ pub mod conn;
 mod ctx;
 pub mod engine;
 mod fed;
+mod gauges;
 pub mod hook;
 pub mod interest;
 mod link;

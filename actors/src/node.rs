@@ -233,40 +233,6 @@ async fn watch_svid(ctx: Arc<NodeCtx>, src: IdentitySource) {
     }
 }
 
-/// Gauges that are cheaper to sample than to maintain per message.
-async fn sample_gauges(ctx: Arc<NodeCtx>) {
-    let mut shutdown = ctx.shutdown_rx();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
-        }
-        let (mut total, mut max) = (0usize, 0usize);
-        for c in ctx.conns.iter() {
-            let q = c.outbox.queued_bytes();
-            total += q;
-            max = max.max(q);
-        }
-        gauge!(m::QUEUE_BYTES).set(total as f64);
-        gauge!(m::QUEUE_BYTES_MAX).set(max as f64);
-        m::registry_gauges(&ctx.registry);
-        gauge!(m::TABLE_ENTRIES, "table" => "connections").set(ctx.conns.len() as f64);
-        gauge!(m::TABLE_ENTRIES, "table" => "registry_connections")
-            .set(ctx.registry.conn_count() as f64);
-        gauge!(m::TABLE_ENTRIES, "table" => "registry_owners")
-            .set(ctx.registry.owner_count() as f64);
-        gauge!(m::RUNTIME_TASKS).set(
-            tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks() as f64,
-        );
-        crate::fed::actor::sample_gauges(&ctx);
-        gauge!(m::HANDSHAKES_IN_PROGRESS).set(ctx.handshakes.load(Ordering::Relaxed) as f64);
-        gauge!(m::PARTIAL_FRAME_BYTES).set(ctx.partial_bytes.load(Ordering::Relaxed) as f64);
-    }
-}
-
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
 
 /// A running node.
@@ -506,7 +472,7 @@ pub async fn start(
     if ctx.cfg.policy.is_allow_all() {
         warn!(node = %ctx.cfg.node_id, "authorization policy: ALLOW ALL (development only; configure [authz] for production)");
     }
-    tokio::spawn(sample_gauges(Arc::clone(&ctx)));
+    tokio::spawn(crate::gauges::sample(Arc::clone(&ctx)));
     tokio::spawn(crate::sendbudget::run(
         Arc::clone(&ctx),
         ctx.cfg.send_budget,
