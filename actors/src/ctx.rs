@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use metrics::{Counter, Histogram, counter, histogram};
-use quinn::{RecvStream, SendStream, VarInt};
+use quinn::{RecvStream, SendStream};
 use ractor::ActorRef;
 use slim_auth::JwtBundles;
 use slim_auth::SpiffeId;
@@ -491,9 +491,7 @@ impl Drop for Owned {
 }
 
 /// Closes a QUIC connection with an application error code and a reason.
-pub(crate) fn close_conn(conn: &quinn::Connection, code: ErrorCode, reason: &str) {
-    conn.close(VarInt::from_u32(u32::from(code.0)), reason.as_bytes());
-}
+pub(crate) use crate::conn::shared::close_conn;
 
 /// An incoming connection after its TLS handshake and first frame, before it
 /// is known to be a client or a peer node.

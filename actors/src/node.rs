@@ -473,10 +473,7 @@ pub async fn start(
         warn!(node = %ctx.cfg.node_id, "authorization policy: ALLOW ALL (development only; configure [authz] for production)");
     }
     tokio::spawn(crate::gauges::sample(Arc::clone(&ctx)));
-    tokio::spawn(crate::sendbudget::run(
-        Arc::clone(&ctx),
-        ctx.cfg.send_budget,
-    ));
+    tokio::spawn(crate::sendbudget::run(Arc::clone(&ctx)));
     tokio::spawn(Arc::clone(&ctx.log).run(ctx.shutdown_rx()));
     if let TlsIdentity::Source(src) = &ctx.node_identity {
         tokio::spawn(watch_svid(Arc::clone(&ctx), src.clone()));

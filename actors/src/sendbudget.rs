@@ -166,7 +166,8 @@ impl SendBudget {
 
 /// Samples the node's client connections every [`TICK`] and applies the
 /// windows [`SendBudget`] decides, until the node shuts down.
-pub(crate) async fn run(ctx: Arc<NodeCtx>, budget: u64) {
+pub(crate) async fn run(ctx: Arc<NodeCtx>) {
+    let budget = ctx.cfg.send_budget;
     let mut state = SendBudget::new(budget);
     let mut shutdown = ctx.shutdown_rx();
     let mut tick = tokio::time::interval(TICK);

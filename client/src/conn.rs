@@ -563,6 +563,28 @@ fn owned_delivery(d: slim_wire::Deliver) -> Delivery {
     }
 }
 
+/// A delivery the raw view did not take: another encoding (decoded in
+/// full), or a bad field (the checked view says what is wrong).
+fn checked_delivery(frame: Bytes, interned: &mut Interned) -> Result<Delivery, ClientError> {
+    match deliver_view(&frame[1..])? {
+        // Not reached while the raw view takes every frame this does; kept
+        // so that the two can never disagree.
+        Ok(v) => {
+            let payload = range_in(&frame, v.payload);
+            let mut d = interned.delivery_raw(&v.raw()).ok_or_else(|| {
+                ClientError::Protocol("a checked delivery failed its checks".into())
+            })?;
+            d.payload = cut_to(frame, payload);
+            Ok(d)
+        }
+        Err(Frame::Deliver(d)) => Ok(owned_delivery(d)),
+        Err(other) => Err(ClientError::Protocol(format!(
+            "unexpected {} frame",
+            other.kind().as_str()
+        ))),
+    }
+}
+
 /// Deliveries decoded from what one read brought in go to the application
 /// under one lock of its queue, at most this many at a time.
 const PUSH_BATCH: usize = 256;
@@ -643,35 +665,14 @@ async fn read_frames<R: AsyncRead + Unpin>(
         if frame[0] == FrameKind::Deliver as u8 {
             // Usually: the canonical layout, with the names and identity of
             // the previous delivery (compared, not checked again).
-            if let Some((payload, mut d)) = slim_wire::raw_deliver_view(&frame[1..])
-                .and_then(|v| Some((range_in(&frame, v.payload), interned.delivery_raw(&v)?)))
-            {
-                d.payload = cut_to(frame, payload);
-                held.batch.push(Event::Message(d));
-                held.messages += 1;
-                if held.batch.len() >= PUSH_BATCH && !held.flush(shared).await {
-                    return Ok(());
-                }
-                continue;
-            }
-            let d = match deliver_view(&frame[1..])? {
-                // Not reached while the raw view above takes every frame
-                // this does; kept so that the two can never disagree.
-                Ok(v) => {
-                    let payload = range_in(&frame, v.payload);
-                    let mut d = interned.delivery_raw(&v.raw()).ok_or_else(|| {
-                        ClientError::Protocol("a checked delivery failed its checks".into())
-                    })?;
+            let fast = slim_wire::raw_deliver_view(&frame[1..])
+                .and_then(|v| Some((range_in(&frame, v.payload), interned.delivery_raw(&v)?)));
+            let d = match fast {
+                Some((payload, mut d)) => {
                     d.payload = cut_to(frame, payload);
                     d
                 }
-                Err(Frame::Deliver(d)) => owned_delivery(d),
-                Err(other) => {
-                    return Err(ClientError::Protocol(format!(
-                        "unexpected {} frame",
-                        other.kind().as_str()
-                    )));
-                }
+                None => checked_delivery(frame, &mut interned)?,
             };
             held.batch.push(Event::Message(d));
             held.messages += 1;

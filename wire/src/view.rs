@@ -149,6 +149,11 @@ fn str_of<'a>(rd: &mut &'a [u8]) -> Option<&'a str> {
 /// A string's bytes, unchecked.
 fn raw_str<'a>(rd: &mut &'a [u8]) -> Option<&'a [u8]> {
     let len = rmp::decode::read_str_len(rd).ok()? as usize;
+    take(rd, len)
+}
+
+/// The next `len` bytes, if there are as many.
+fn take<'a>(rd: &mut &'a [u8], len: usize) -> Option<&'a [u8]> {
     if rd.len() < len {
         return None;
     }
@@ -181,12 +186,7 @@ fn int<T: rmp::decode::RmpRead>(rd: &mut T) -> Option<u64> {
 
 fn bin<'a>(rd: &mut &'a [u8]) -> Option<&'a [u8]> {
     let len = rmp::decode::read_bin_len(rd).ok()? as usize;
-    if rd.len() < len {
-        return None;
-    }
-    let (b, rest) = rd.split_at(len);
-    *rd = rest;
-    Some(b)
+    take(rd, len)
 }
 
 fn fast_publish(body: &[u8]) -> Option<PublishView<'_>> {

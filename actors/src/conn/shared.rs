@@ -44,6 +44,14 @@ impl ConnError {
     }
 }
 
+/// Closes `conn` with `code`, telling the peer `reason`.
+pub(crate) fn close_conn(conn: &quinn::Connection, code: ErrorCode, reason: &str) {
+    conn.close(
+        quinn::VarInt::from_u32(u32::from(code.0)),
+        reason.as_bytes(),
+    );
+}
+
 /// How many control requests a connection's task holds unanswered. Its one
 /// reader awaits each (un)subscribe's answer before reading on, so it never
 /// has more than one in flight; the rest of the room is for policy-change
@@ -73,10 +81,7 @@ impl ConnShared {
     /// be lost to) a full channel.
     pub(crate) fn close(&self, code: ErrorCode, reason: &str) {
         info!(conn = self.id, name = %self.name, %reason, "closing connection");
-        self.conn.close(
-            quinn::VarInt::from_u32(u32::from(code.0)),
-            reason.as_bytes(),
-        );
+        close_conn(&self.conn, code, reason);
     }
 
     /// Tells the connection task the authorization policy was replaced.
