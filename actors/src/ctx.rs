@@ -202,13 +202,14 @@ impl NodeCtx {
         }
     }
 
-    /// Pushes one copy to a local subscriber: when its queue is full, waits
+    /// Pushes one copy of `frames` frames (one frame, or a run of them encoded
+    /// back to back) to a local subscriber: when its queue is full, waits
     /// for room up to its write deadline (the caller is a publisher's reader,
     /// so the publisher is slowed instead of anything being lost), then
     /// applies its slow-consumer policy.
     ///
-    /// `last`: the frame is the last one of its read (nothing more is
-    /// buffered behind it), so it may be written straight onto the
+    /// `last`: the frames are the last ones of their read (nothing more is
+    /// buffered behind them), so they may be written straight onto the
     /// subscriber's stream when its queue is empty (one task hand-off fewer;
     /// see `outbox/direct.rs`).
     pub(crate) async fn deliver(
@@ -216,15 +217,17 @@ impl NodeCtx {
         t: &mut crate::engine::Tally,
         sub: &Sub,
         frame: Bytes,
+        frames: u64,
         last: bool,
     ) {
         let mut next = if last {
-            t.push_sub_direct(sub, frame)
+            t.push_sub_direct(sub, frame, frames)
         } else {
-            t.push_sub(sub, frame)
+            t.push_sub(sub, frame, frames)
         };
         if let Next::Wait(frame) = next {
-            next = t.sub_outcome(sub.conn, wait_for_room(&sub.outbox, frame).await);
+            let out = wait_for_room(&sub.outbox, frame, frames).await;
+            next = t.sub_outcome(sub.conn, out, frames);
         }
         if let Next::Disconnect(conn) = next {
             self.disconnect_slow(conn);
@@ -240,7 +243,7 @@ impl NodeCtx {
         frame: Bytes,
     ) {
         if let Next::Wait(frame) = t.push_link(g, frame) {
-            let _ = t.link_outcome(g, wait_for_room(&g.outbox, frame).await);
+            let _ = t.link_outcome(g, wait_for_room(&g.outbox, frame, 1).await);
         }
     }
 
@@ -319,9 +322,15 @@ impl NodeCtx {
 
 /// Waits for room in a full outbox up to its write deadline, timing the
 /// wait (`slim_publisher_wait_seconds`); the outcome says what the policy did.
-async fn wait_for_room(outbox: &crate::outbox::Outbox, frame: Bytes) -> crate::outbox::Push {
+async fn wait_for_room(
+    outbox: &crate::outbox::Outbox,
+    frame: Bytes,
+    frames: u64,
+) -> crate::outbox::Push {
     let started = std::time::Instant::now();
-    let out = outbox.push_wait(frame, outbox.data_deadline()).await;
+    let out = outbox
+        .push_wait_frames(frame, frames, outbox.data_deadline())
+        .await;
     m::publisher_waited(started.elapsed());
     out
 }

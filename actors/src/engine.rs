@@ -81,6 +81,17 @@ pub enum Local {
     All,
 }
 
+impl Local {
+    /// The subscribers of `route` this selects.
+    pub fn subs(self, route: &Route) -> &[Sub] {
+        match self {
+            Local::None => &[],
+            Local::One(i) => std::slice::from_ref(&route.subs[i]),
+            Local::All => &route.subs,
+        }
+    }
+}
+
 /// The destination nodes one link copy carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dests<'f> {
@@ -142,11 +153,7 @@ pub struct Plan<'f> {
 impl Plan<'_> {
     /// The local subscribers to deliver to.
     pub fn local_subs(&self) -> &[Sub] {
-        match self.local {
-            Local::None => &[],
-            Local::One(i) => std::slice::from_ref(&self.route.subs[i]),
-            Local::All => &self.route.subs,
-        }
+        self.local.subs(&self.route)
     }
 
     pub fn group(&self, hop: &Hop<'_>) -> &RemoteGroup {
@@ -364,62 +371,62 @@ pub struct Tally {
     pub link_drops: u64,
     /// The peer of a link newly declared slow in this batch, for the log.
     pub slow_link: Option<Arc<str>>,
-    /// Frames written whole around an outbox ([`Tally::push_sub_direct`])
-    /// and the bytes written that way (whole or in part): the writer task
-    /// never sees them, so the driver counts them as written.
+    /// Frames written around an outbox ([`Tally::push_sub_direct`]; whole,
+    /// or begun there and finished by the writer) and the bytes written that
+    /// way: the writer task does not count them, so the driver does.
     pub direct_frames: u64,
     pub direct_bytes: u64,
 }
 
 impl Tally {
-    /// One local subscriber, under its slow-consumer policy.
-    pub fn push_sub(&mut self, sub: &Sub, frame: Bytes) -> Next {
-        let out = sub.outbox.push(frame);
-        self.sub_outcome(sub.conn, out)
+    /// `frames` frames to one local subscriber (a run encoded back to back,
+    /// or a single frame), under its slow-consumer policy.
+    pub fn push_sub(&mut self, sub: &Sub, frame: Bytes, frames: u64) -> Next {
+        let out = sub.outbox.push_frames(frame, frames);
+        self.sub_outcome(sub.conn, out, frames)
     }
 
     /// One local subscriber, written straight onto its stream when nothing
     /// is queued for it ([`crate::outbox::Outbox::try_direct`]), else queued
-    /// as by [`Tally::push_sub`]. For the last frame of a read: a frame with
-    /// more behind it is better queued, so the writer coalesces them.
-    pub fn push_sub_direct(&mut self, sub: &Sub, frame: Bytes) -> Next {
+    /// as by [`Tally::push_sub`]. For the last frames of a read: frames with
+    /// more behind them are better queued, so the writer coalesces them.
+    pub fn push_sub_direct(&mut self, sub: &Sub, frame: Bytes, frames: u64) -> Next {
         let len = frame.len() as u64;
         match sub.outbox.try_direct(frame) {
-            Direct::Busy(frame) => self.push_sub(sub, frame),
-            done => {
-                // A carried frame is counted as written by the writer, which
-                // writes its rest.
-                if done == Direct::Written {
-                    self.direct_frames += 1;
-                }
+            Direct::Busy(frame) => self.push_sub(sub, frame, frames),
+            Direct::Written | Direct::Carried => {
+                // A carried write's frames are counted here too: the writer
+                // writes their rest behind an empty wake-up item, which
+                // counts no frame.
+                self.direct_frames += frames;
                 self.direct_bytes += len;
-                self.deliveries += 1;
+                self.deliveries += frames;
                 Next::Done
             }
         }
     }
 
-    /// Counts what became of one copy to subscriber `conn`.
-    pub fn sub_outcome(&mut self, conn: ConnId, out: Push) -> Next {
+    /// Counts what became of `frames` copies to subscriber `conn`.
+    pub fn sub_outcome(&mut self, conn: ConnId, out: Push, frames: u64) -> Next {
         match out {
-            Push::Queued => self.deliveries += 1,
+            Push::Queued => self.deliveries += frames,
             Push::Full(frame) => return Next::Wait(frame),
-            Push::Dropped => self.slow_from(conn),
+            Push::Dropped => self.slow_from(conn, frames),
             Push::Slow => {
                 self.declared += 1;
-                self.slow_from(conn);
+                self.slow_from(conn, frames);
             }
-            Push::Closed => self.gone += 1,
+            Push::Closed => self.gone += frames,
             Push::Disconnect => {
-                self.slow_from(conn);
+                self.slow_from(conn, frames);
                 return Next::Disconnect(conn);
             }
         }
         Next::Done
     }
 
-    fn slow_from(&mut self, conn: ConnId) {
-        self.slow += 1;
+    fn slow_from(&mut self, conn: ConnId, frames: u64) {
+        self.slow += frames;
         if self.slow_n < SLOW_CONNS && !self.slow_conns[..self.slow_n].contains(&conn) {
             self.slow_conns[self.slow_n] = conn;
             self.slow_n += 1;

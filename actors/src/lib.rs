@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod registry;
+mod run;
 pub mod sendbudget;
 pub mod table;
 pub mod types;

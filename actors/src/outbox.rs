@@ -189,6 +189,13 @@ impl Outbox {
     /// as [`Push::Full`] when the policy says to wait (see
     /// [`Outbox::push_wait`]), else drops it under the policy.
     pub fn push(&self, frame: Bytes) -> Push {
+        self.push_frames(frame, 1)
+    }
+
+    /// [`Outbox::push`] for a run of `frames` frames encoded back to back
+    /// (one fan-out read's deliveries to this subscriber): it is queued,
+    /// waited for and dropped as one item, and a drop counts every frame.
+    pub fn push_frames(&self, frame: Bytes, frames: u64) -> Push {
         if self.closed.load(Ordering::Relaxed) {
             return Push::Closed;
         }
@@ -197,7 +204,7 @@ impl Outbox {
             Err(None) => Push::Closed,
             Err(Some(frame)) => {
                 if self.policy.write_deadline.is_zero() || self.is_slow() {
-                    self.overdue()
+                    self.overdue(frames)
                 } else {
                     Push::Full(frame)
                 }
@@ -218,6 +225,17 @@ impl Outbox {
     /// Enqueues a frame, waiting for room until `deadline`; a queue still
     /// full then is a slow consumer, handled by the policy.
     pub async fn push_wait(&self, frame: Bytes, deadline: tokio::time::Instant) -> Push {
+        self.push_wait_frames(frame, 1, deadline).await
+    }
+
+    /// [`Outbox::push_wait`] for a run of `frames` frames (see
+    /// [`Outbox::push_frames`]).
+    pub async fn push_wait_frames(
+        &self,
+        frame: Bytes,
+        frames: u64,
+        deadline: tokio::time::Instant,
+    ) -> Push {
         let mut frame = frame;
         let out = loop {
             if self.closed.load(Ordering::Relaxed) {
@@ -234,12 +252,12 @@ impl Outbox {
                 Ok(()) => Push::Queued,
                 Err(None) => Push::Closed,
                 // Someone else declared it slow while we waited: no more waiting.
-                Err(Some(_)) if self.is_slow() => self.overdue(),
+                Err(Some(_)) if self.is_slow() => self.overdue(frames),
                 Err(Some(f)) => {
                     let woke = tokio::time::timeout_at(deadline, notified).await.is_ok();
                     self.waiters.fetch_sub(1, Ordering::SeqCst);
                     if !woke {
-                        break self.overdue();
+                        break self.overdue(frames);
                     }
                     frame = f;
                     continue;
@@ -301,9 +319,10 @@ impl Outbox {
         }
     }
 
-    /// The queue is full past its deadline (or the policy never waits).
-    fn overdue(&self) -> Push {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
+    /// The queue is full past its deadline (or the policy never waits):
+    /// `frames` frames are dropped.
+    fn overdue(&self, frames: u64) -> Push {
+        self.dropped.fetch_add(frames, Ordering::Relaxed);
         match self.policy.action {
             SlowAction::Drop => {
                 if self.slow.swap(true, Ordering::Relaxed) {

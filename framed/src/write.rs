@@ -114,14 +114,15 @@ impl<S: ChunkSink> FrameWriter<S> {
 
 /// The metrics hook of a writer loop ([`pump`], [`drain_now`]).
 pub trait WriteHooks: Send {
-    /// Called when a batch of `frames` frames has been taken off the queue,
-    /// before it is written (e.g. to measure how long it waited). No-op by
-    /// default.
-    fn taken(&mut self, frames: usize) {
-        let _ = frames;
+    /// Called with a batch taken off the queue, before it is written (e.g.
+    /// to measure how long it waited, or to count the frames inside its
+    /// items). No-op by default.
+    fn taken(&mut self, batch: &[Bytes]) {
+        let _ = batch;
     }
 
-    /// Called after each batch is written: how many frames and bytes.
+    /// Called after each batch is written: how many items (frames, or runs
+    /// of frames the queue holds as one) and bytes.
     fn written(&mut self, frames: usize, bytes: usize);
 }
 
@@ -227,7 +228,7 @@ async fn write_one<S: ChunkSink>(
     hooks: &mut impl WriteHooks,
 ) -> io::Result<()> {
     let frames = batch.len();
-    hooks.taken(frames);
+    hooks.taken(batch);
     let bytes = w.write_batch(batch).await?;
     hooks.written(frames, bytes);
     Ok(())

@@ -55,8 +55,8 @@ struct Hooks {
 }
 
 impl WriteHooks for Hooks {
-    fn taken(&mut self, frames: usize) {
-        self.taken.push(frames);
+    fn taken(&mut self, batch: &[Bytes]) {
+        self.taken.push(batch.len());
     }
     fn written(&mut self, frames: usize, bytes: usize) {
         self.written.push((frames, bytes));

@@ -194,7 +194,9 @@ async fn fan_out_to_100_slower_subscribers_loses_nothing() {
     const MSGS: u64 = 1000;
     let pki = Pki::new("example.org");
     let node = start_node(&pki, |c| {
-        c.queue.max_frames = 32;
+        // Bytes, not frames: a subscriber's queue item may hold many
+        // deliveries (a run, `actors/src/run.rs`).
+        c.queue.max_bytes = 8 * 1024;
         // Long enough that no subscriber of a loaded CI machine is ever
         // declared slow: this test is about waiting, not about the deadline.
         c.queue.policy = SlowConsumerPolicy::wait(Duration::from_secs(60), SlowAction::Drop);

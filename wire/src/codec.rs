@@ -330,6 +330,22 @@ pub fn encode_publish(
     encode_with(FrameKind::Publish, &body, limits, out)
 }
 
+/// How many whole frames (`len | kind | body`, as this codec encodes them)
+/// `buf` holds back to back; a truncated tail is not counted.
+pub fn count_frames(buf: &[u8]) -> usize {
+    let mut n = 0;
+    let mut rest = buf;
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let len = u32::from_be_bytes(*len) as usize;
+        let Some(next) = tail.get(len..) else {
+            break;
+        };
+        n += 1;
+        rest = next;
+    }
+    n
+}
+
 /// Groups encoded frames queued for one stream into few large chunks, in
 /// order, so a writer makes one QUIC write per chunk rather than per frame.
 /// Frames of at least `max_chunk / 4` bytes pass through uncopied; smaller
@@ -378,6 +394,25 @@ pub fn coalesce(frames: &mut Vec<Bytes>, max_chunk: usize, out: &mut Vec<Bytes>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn count_frames_counts_whole_frames_back_to_back() {
+        let limits = Limits::default();
+        let mut buf = BytesMut::new();
+        assert_eq!(count_frames(&buf), 0);
+        for i in 0..3u8 {
+            let f = Frame::Ping(crate::Ping {
+                nonce: u64::from(i),
+            });
+            encode(&f, &limits, &mut buf).unwrap();
+            assert_eq!(count_frames(&buf), usize::from(i) + 1);
+        }
+        // A cut-off frame at the end is not a frame.
+        let whole = buf.len();
+        encode(&Frame::Ping(crate::Ping { nonce: 9 }), &limits, &mut buf).unwrap();
+        assert_eq!(count_frames(&buf[..buf.len() - 1]), 3);
+        assert_eq!(count_frames(&buf[..whole + 2]), 3);
+    }
 
     #[test]
     fn coalesce_keeps_bytes_and_order() {

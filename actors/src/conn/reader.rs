@@ -21,6 +21,7 @@ use crate::ctx::{NodeCtx, Reader, encode};
 use crate::engine::{self, Decision, Env, Refusal, Silent, Tally};
 use crate::metrics as m;
 use crate::outbox::Push;
+use crate::run::Runs;
 use slim_framed::ReadError;
 use tokio::time::Instant;
 
@@ -163,6 +164,8 @@ struct Router<'a> {
     /// The frame being routed is the last one buffered (nothing read is
     /// behind it): its copies may be written around empty outboxes.
     last: bool,
+    /// This read's deliveries to local subscribers, pushed per run.
+    runs: Runs,
 }
 
 const PUBLISH_CACHE_MAX: usize = 4096;
@@ -182,6 +185,7 @@ impl<'a> Router<'a> {
             grants: None,
             publish_ok: HashSet::new(),
             last: false,
+            runs: Runs::default(),
         }
     }
 
@@ -193,6 +197,14 @@ impl<'a> Router<'a> {
 
     /// Handles every whole frame buffered in `reader`; how many there were.
     async fn drain(&mut self, reader: &mut Reader) -> Result<usize, ConnError> {
+        let r = self.drain_frames(reader).await;
+        // What this read's publishes are to deliver goes out now, also when
+        // a bad frame is about to end the connection.
+        self.runs.flush(self.ctx, &mut self.tally, self.last).await;
+        r
+    }
+
+    async fn drain_frames(&mut self, reader: &mut Reader) -> Result<usize, ConnError> {
         let mut n = 0;
         while let Some(f) = reader.try_next()? {
             n += 1;
@@ -253,6 +265,11 @@ impl<'a> Router<'a> {
     }
 
     async fn handle_frame(&mut self, frame: Frame) -> Result<(), ConnError> {
+        if !matches!(frame, Frame::Publish(_)) {
+            // Deliveries of the publishes before this frame go first (e.g.
+            // before the pong that confirms them, or a subscription change).
+            self.runs.flush(self.ctx, &mut self.tally, false).await;
+        }
         match frame {
             Frame::Publish(p) => {
                 self.publish(PublishView {
@@ -372,13 +389,15 @@ impl<'a> Router<'a> {
         self.route(p).await
     }
 
-    /// Tells the publisher why its message went nowhere.
+    /// Tells the publisher why its message went nowhere (after the
+    /// deliveries of its earlier publishes).
     async fn refuse(
-        &self,
+        &mut self,
         p: &PublishView<'_>,
         code: ErrorCode,
         reason: String,
     ) -> Result<(), ConnError> {
+        self.runs.flush(self.ctx, &mut self.tally, false).await;
         self.control(Frame::Error(ErrorFrame {
             code,
             msg_id: Some(p.msg_id),
@@ -428,14 +447,22 @@ impl<'a> Router<'a> {
             }
         };
         self.routed[p.mode as usize] += 1;
-        let subs = plan.local_subs();
-        if !subs.is_empty() {
-            let frame = self.deliver_frame(&p)?;
-            for sub in subs {
-                self.ctx
-                    .deliver(&mut self.tally, sub, frame.clone(), self.last)
-                    .await;
-            }
+        if !plan.local_subs().is_empty() {
+            let (ctx, sh) = (self.ctx, self.sh);
+            self.runs
+                .add(ctx, &mut self.tally, &plan, p.payload.len(), |buf| {
+                    codec::encode_deliver_raw(
+                        p.name,
+                        p.mode,
+                        sh.name.as_str(),
+                        sh.identity(),
+                        p.msg_id,
+                        p.payload,
+                        &ctx.cfg.limits,
+                        buf,
+                    )
+                })
+                .await?;
         }
         for hop in &plan.hops {
             let dests = plan.dest_ids(hop);
@@ -448,26 +475,10 @@ impl<'a> Router<'a> {
         Ok(())
     }
 
-    fn reserve(&mut self, n: usize) {
-        if self.scratch.capacity() - self.scratch.len() < n + 256 {
-            self.scratch.reserve(64 * 1024 + n);
+    fn reserve(buf: &mut BytesMut, n: usize) {
+        if buf.capacity() - buf.len() < n + 256 {
+            buf.reserve(64 * 1024 + n);
         }
-    }
-
-    /// The `Deliver` for local subscribers, encoded once and shared.
-    fn deliver_frame(&mut self, p: &PublishView<'_>) -> Result<Bytes, ConnError> {
-        self.reserve(p.payload.len());
-        codec::encode_deliver_raw(
-            p.name,
-            p.mode,
-            self.sh.name.as_str(),
-            self.sh.identity(),
-            p.msg_id,
-            p.payload,
-            &self.ctx.cfg.limits,
-            &mut self.scratch,
-        )?;
-        Ok(self.scratch.split().freeze())
     }
 
     /// A `Forward` starting at this node, for the nodes `dests`.
@@ -477,7 +488,7 @@ impl<'a> Router<'a> {
         dests: impl Iterator<Item = &'d str> + Clone,
         n: usize,
     ) -> Result<Bytes, ConnError> {
-        self.reserve(p.payload.len() + 64 * n);
+        Self::reserve(&mut self.scratch, p.payload.len() + 64 * n);
         let me = self.ctx.cfg.node_id.as_str();
         codec::encode_forward_raw(
             p.name,

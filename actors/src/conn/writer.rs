@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use quinn::SendStream;
 use slim_framed::{FrameWriter, PumpEnd, WriteHooks, drain_now, pump};
-use slim_wire::ErrorCode;
+use slim_wire::{ErrorCode, codec};
 
 use crate::conn::shared::ConnShared;
 use crate::ctx::{NodeCtx, close_conn};
@@ -16,17 +17,24 @@ struct Hooks<'a> {
     ctx: &'a NodeCtx,
     sh: &'a ConnShared,
     wait: Option<Duration>,
+    /// Frames in the batch being written: an item may be a run of a fan-out
+    /// read's deliveries (`run.rs`), so items are not frames.
+    frames: usize,
 }
 
 impl WriteHooks for Hooks<'_> {
-    fn taken(&mut self, _frames: usize) {
+    fn taken(&mut self, batch: &[Bytes]) {
         self.wait = self.sh.outbox.take_wait();
+        self.frames = batch.iter().map(|b| codec::count_frames(b)).sum();
     }
 
-    fn written(&mut self, frames: usize, bytes: usize) {
+    fn written(&mut self, _items: usize, bytes: usize) {
         self.sh.outbox.written(bytes);
         self.ctx.hot.bytes_out.increment(bytes as u64);
-        self.ctx.hot.frames_out.increment(frames as u64);
+        self.ctx
+            .hot
+            .frames_out
+            .increment(std::mem::take(&mut self.frames) as u64);
         if let Some(w) = self.wait.take() {
             self.ctx
                 .hot
@@ -47,6 +55,7 @@ pub(crate) async fn write_loop(
         ctx: &ctx,
         sh: &sh,
         wait: None,
+        frames: 0,
     };
     // The stream is shared with the routers that write around an empty
     // outbox (`Outbox::try_direct`); this task writes through the same lock.

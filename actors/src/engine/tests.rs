@@ -406,6 +406,41 @@ fn an_anycast_forward_to_this_node_picks_one_local_subscriber() {
 }
 
 #[test]
+fn a_run_of_frames_counts_each_of_them_whatever_becomes_of_it() {
+    let mut f = Fixture::new();
+    let drop_newest = f.outbox(1, SlowConsumerPolicy::drop_newest());
+    let closed = f.outbox(1, SlowConsumerPolicy::drop_newest());
+    closed.close();
+    let sub = |conn, outbox: &Arc<Outbox>| Sub {
+        conn,
+        outbox: Arc::clone(outbox),
+    };
+    let mut t = Tally::default();
+    let run = Bytes::from_static(b"five frames");
+    assert_eq!(
+        t.push_sub(&sub(1, &drop_newest), run.clone(), 5),
+        Next::Done
+    );
+    assert_eq!((t.deliveries, t.slow), (5, 0), "queued: five deliveries");
+    assert_eq!(
+        t.push_sub(&sub(1, &drop_newest), run.clone(), 7),
+        Next::Done
+    );
+    assert_eq!(
+        (t.deliveries, t.slow, t.declared),
+        (5, 7, 1),
+        "a full queue drops the whole run: seven drops, one declaration"
+    );
+    assert_eq!(
+        drop_newest.dropped(),
+        7,
+        "the outbox counts frames, not items"
+    );
+    assert_eq!(t.push_sub(&sub(2, &closed), run.clone(), 3), Next::Done);
+    assert_eq!(t.gone, 3);
+}
+
+#[test]
 fn tally_applies_each_slow_consumer_policy() {
     let mut f = Fixture::new();
     let drop_newest = f.outbox(1, SlowConsumerPolicy::drop_newest());
@@ -422,32 +457,44 @@ fn tally_applies_each_slow_consumer_policy() {
     };
     let mut t = Tally::default();
     let frame = Bytes::from_static(b"x");
-    assert_eq!(t.push_sub(&sub(1, &drop_newest), frame.clone()), Next::Done);
-    assert_eq!(t.push_sub(&sub(1, &drop_newest), frame.clone()), Next::Done);
-    assert_eq!(t.push_sub(&sub(1, &drop_newest), frame.clone()), Next::Done);
+    assert_eq!(
+        t.push_sub(&sub(1, &drop_newest), frame.clone(), 1),
+        Next::Done
+    );
+    assert_eq!(
+        t.push_sub(&sub(1, &drop_newest), frame.clone(), 1),
+        Next::Done
+    );
+    assert_eq!(
+        t.push_sub(&sub(1, &drop_newest), frame.clone(), 1),
+        Next::Done
+    );
     assert_eq!(
         (t.deliveries, t.slow, t.declared),
         (1, 2, 1),
         "full queue: newest dropped; declared slow once"
     );
-    assert_eq!(t.push_sub(&sub(2, &disconnect), frame.clone()), Next::Done);
+    assert_eq!(
+        t.push_sub(&sub(2, &disconnect), frame.clone(), 1),
+        Next::Done
+    );
     // Full, and the deadline (zero) is over: disconnect connection 2.
     assert_eq!(
-        t.push_sub(&sub(2, &disconnect), frame.clone()),
+        t.push_sub(&sub(2, &disconnect), frame.clone(), 1),
         Next::Disconnect(2)
     );
     // The default policy waits: the frame comes back to the driver, nothing
     // is counted as delivered or dropped yet.
-    assert_eq!(t.push_sub(&sub(4, &waiting), frame.clone()), Next::Done);
+    assert_eq!(t.push_sub(&sub(4, &waiting), frame.clone(), 1), Next::Done);
     let before = (t.deliveries, t.slow, t.gone);
     assert_eq!(
-        t.push_sub(&sub(4, &waiting), frame.clone()),
+        t.push_sub(&sub(4, &waiting), frame.clone(), 1),
         Next::Wait(frame.clone())
     );
     assert_eq!((t.deliveries, t.slow, t.gone), before);
     // Pushes after the verdict find connection 2's queue closed.
     let before = (t.deliveries, t.slow, t.gone);
-    assert_eq!(t.push_sub(&sub(3, &closed), frame.clone()), Next::Done);
+    assert_eq!(t.push_sub(&sub(3, &closed), frame.clone(), 1), Next::Done);
     assert_eq!(
         (t.deliveries, t.slow, t.gone),
         (before.0, before.1, before.2 + 1),

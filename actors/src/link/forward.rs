@@ -11,6 +11,7 @@ use crate::engine::{self, Decision, Env, Silent, Tally};
 use crate::fed::shared::LinkSession;
 use crate::link::error::LinkError;
 use crate::metrics as m;
+use crate::run::Runs;
 
 /// Routes forwarded publishes arriving on one link: local delivery when this
 /// node is a destination, onward forwarding for the other destinations.
@@ -21,9 +22,8 @@ pub(crate) struct Forwarder<'a> {
     tally: Tally,
     no_route: u64,
     loops: u64,
-    /// The frame being routed is the last one buffered (nothing read is
-    /// behind it): local copies may be written around empty outboxes.
-    pub(crate) last: bool,
+    /// This read's deliveries to local subscribers, pushed per run.
+    runs: Runs,
 }
 
 impl<'a> Forwarder<'a> {
@@ -35,8 +35,15 @@ impl<'a> Forwarder<'a> {
             tally: Tally::default(),
             no_route: 0,
             loops: 0,
-            last: false,
+            runs: Runs::default(),
         }
+    }
+
+    /// Pushes the read's pending deliveries; `last`: nothing read is behind
+    /// them (they may be written around empty outboxes). Called at the end
+    /// of every read and before anything else the link's reader does.
+    pub(crate) async fn flush_runs(&mut self, last: bool) {
+        self.runs.flush(self.ctx, &mut self.tally, last).await;
     }
 
     pub(crate) fn flush_metrics(&mut self) {
@@ -87,25 +94,22 @@ impl<'a> Forwarder<'a> {
         };
         self.no_route += plan.unreached;
         self.loops += plan.loops;
-        let subs = plan.local_subs();
-        if !subs.is_empty() {
-            self.reserve(v.payload.len());
-            codec::encode_deliver_raw(
-                v.name,
-                v.mode,
-                v.from,
-                v.from_identity,
-                v.msg_id,
-                v.payload,
-                &self.ctx.cfg.limits,
-                &mut self.scratch,
-            )?;
-            let frame = self.scratch.split().freeze();
-            for sub in subs {
-                self.ctx
-                    .deliver(&mut self.tally, sub, frame.clone(), self.last)
-                    .await;
-            }
+        if !plan.local_subs().is_empty() {
+            let limits = &self.ctx.cfg.limits;
+            self.runs
+                .add(self.ctx, &mut self.tally, &plan, v.payload.len(), |buf| {
+                    codec::encode_deliver_raw(
+                        v.name,
+                        v.mode,
+                        v.from,
+                        v.from_identity,
+                        v.msg_id,
+                        v.payload,
+                        limits,
+                        buf,
+                    )
+                })
+                .await?;
         }
         for hop in &plan.hops {
             let dests = plan.dest_ids(hop);

@@ -245,7 +245,7 @@ struct DataHooks<'a> {
 }
 
 impl WriteHooks for DataHooks<'_> {
-    fn taken(&mut self, _frames: usize) {
+    fn taken(&mut self, _batch: &[Bytes]) {
         self.wait = self.outbox.take_wait();
     }
 
@@ -375,6 +375,41 @@ pub(crate) async fn ctl_reader(
     }
 }
 
+/// Routes every whole `Forward` buffered in `reader`, counting them in `n`.
+async fn route_buffered(
+    ctx: &NodeCtx,
+    fwd: &mut Forwarder<'_>,
+    reader: &mut Reader,
+    n: &mut u64,
+) -> Result<(), LinkError> {
+    while let Some(f) = reader.try_next()? {
+        *n += 1;
+        if f[0] != FrameKind::Forward as u8 {
+            let kind = FrameKind::from_u8(f[0]).map_or("unknown", FrameKind::as_str);
+            m::protocol_error("link_data");
+            return Err(LinkError::Protocol(format!(
+                "unexpected {kind} frame on a link's data stream"
+            )));
+        }
+        match slim_wire::forward_view(&f[1..])
+            .inspect_err(|e| m::protocol_error(e.reason_label()))?
+        {
+            Ok(v) => fwd.route(v).await?,
+            Err(Frame::Forward(owned)) => {
+                // Non-canonical encoding (never ours): re-encode and view it.
+                let mut b = BytesMut::new();
+                codec::encode(&Frame::Forward(owned), &ctx.cfg.limits, &mut b)?;
+                match slim_wire::forward_view(&b[5..])? {
+                    Ok(v) => fwd.route(v).await?,
+                    Err(_) => return Err(LinkError::Protocol("unreadable forward".into())),
+                }
+            }
+            Err(_) => return Err(LinkError::Protocol("unreadable forward".into())),
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn data_reader(
     ctx: Arc<NodeCtx>,
     shared: Arc<LinkShared>,
@@ -385,32 +420,10 @@ pub(crate) async fn data_reader(
     let frames_in = counter!(m::LINK_FRAMES_TOTAL, "direction" => "in");
     loop {
         let mut n = 0u64;
-        while let Some(f) = reader.try_next()? {
-            n += 1;
-            fwd.last = reader.buffered() == 0;
-            if f[0] != FrameKind::Forward as u8 {
-                let kind = FrameKind::from_u8(f[0]).map_or("unknown", FrameKind::as_str);
-                m::protocol_error("link_data");
-                return Err(LinkError::Protocol(format!(
-                    "unexpected {kind} frame on a link's data stream"
-                )));
-            }
-            match slim_wire::forward_view(&f[1..])
-                .inspect_err(|e| m::protocol_error(e.reason_label()))?
-            {
-                Ok(v) => fwd.route(v).await?,
-                Err(Frame::Forward(owned)) => {
-                    // Non-canonical encoding (never ours): re-encode and view it.
-                    let mut b = BytesMut::new();
-                    codec::encode(&Frame::Forward(owned), &ctx.cfg.limits, &mut b)?;
-                    match slim_wire::forward_view(&b[5..])? {
-                        Ok(v) => fwd.route(v).await?,
-                        Err(_) => return Err(LinkError::Protocol("unreadable forward".into())),
-                    }
-                }
-                Err(_) => return Err(LinkError::Protocol("unreadable forward".into())),
-            }
-        }
+        let routed = route_buffered(&ctx, &mut fwd, &mut reader, &mut n).await;
+        // The read's deliveries go out also when a bad frame ends the link.
+        fwd.flush_runs(reader.buffered() == 0).await;
+        routed?;
         if n > 0 {
             frames_in.increment(n);
             shared.frames_in.fetch_add(n, Ordering::Relaxed);
