@@ -29,7 +29,7 @@ enum To {
 fn to(i: u64) -> To {
     if i % 997 == 500 {
         To::Nobody
-    } else if (i / 3) % 2 == 0 || i % 11 == 0 {
+    } else if (i / 3).is_multiple_of(2) || i.is_multiple_of(11) {
         To::A
     } else {
         To::B
