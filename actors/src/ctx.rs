@@ -226,7 +226,9 @@ impl NodeCtx {
             t.push_sub(sub, frame, frames)
         };
         if let Next::Wait(frame) = next {
-            let out = wait_for_room(&sub.outbox, frame, frames).await;
+            // Boxed: waiting is the rare path, and its timer would otherwise
+            // sit in every connection reader's future.
+            let out = Box::pin(wait_for_room(&sub.outbox, frame, frames)).await;
             next = t.sub_outcome(sub.conn, out, frames);
         }
         if let Next::Disconnect(conn) = next {
@@ -243,7 +245,8 @@ impl NodeCtx {
         frame: Bytes,
     ) {
         if let Next::Wait(frame) = t.push_link(g, frame) {
-            let _ = t.link_outcome(g, wait_for_room(&g.outbox, frame, 1).await);
+            let out = Box::pin(wait_for_room(&g.outbox, frame, 1)).await;
+            let _ = t.link_outcome(g, out);
         }
     }
 

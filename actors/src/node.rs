@@ -772,11 +772,8 @@ impl NodeHandle {
     /// connection registered as `name` panic. Returns false if none is found
     /// (or its control channel is full).
     pub fn inject_connection_panic(&self, name: &str) -> bool {
-        self.conn_named(name).is_some_and(|c| {
-            c.ctl
-                .try_send(crate::conn::shared::Ctl::InjectPanic)
-                .is_ok()
-        })
+        self.conn_named(name)
+            .is_some_and(|c| c.ctl.push(crate::conn::shared::Ctl::InjectPanic).is_ok())
     }
 
     /// For tests of the control channel: makes the task of the connection
@@ -792,7 +789,7 @@ impl NodeHandle {
         let (release, until) = tokio::sync::oneshot::channel();
         let (held_tx, held) = tokio::sync::oneshot::channel();
         c.ctl
-            .send(Ctl::Hold {
+            .push_wait(Ctl::Hold {
                 held: held_tx,
                 until,
             })
@@ -800,7 +797,7 @@ impl NodeHandle {
             .ok()?;
         // Once the task holds, nothing leaves the channel: fill it.
         held.await.ok()?;
-        while c.ctl.try_send(Ctl::Nothing).is_ok() {}
+        while c.ctl.push(Ctl::Nothing).is_ok() {}
         Some(release)
     }
 
@@ -857,7 +854,7 @@ impl NodeHandle {
                 let mut n = 0;
                 for c in victims {
                     if c.ctl
-                        .send(crate::conn::shared::Ctl::InjectPanic)
+                        .push_wait(crate::conn::shared::Ctl::InjectPanic)
                         .await
                         .is_ok()
                     {

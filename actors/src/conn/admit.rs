@@ -101,7 +101,9 @@ pub(crate) async fn admit(
     let outbox = Arc::new(outbox);
     // Made before the connection is listed in `ctx.conns`: a policy change
     // from then on waits in the channel for the task to start.
-    let (ctl_tx, ctl) = tokio::sync::mpsc::channel(CONTROL_CAPACITY);
+    // `slim_framed::queue`, not a tokio channel: it holds no buffer until a
+    // request comes (the channel allocated a block per connection).
+    let (ctl_tx, ctl) = slim_framed::queue::queue(CONTROL_CAPACITY);
     let shared = Arc::new(ConnShared {
         id,
         name: hello.name.clone(),

@@ -213,11 +213,15 @@ impl<'a> Router<'a> {
             if f[0] == FrameKind::Publish as u8 {
                 match slim_wire::publish_view(&f[1..])? {
                     Ok(v) => self.publish(v).await?,
-                    Err(frame) => self.handle_frame(frame).await?,
+                    Err(frame) => Box::pin(self.handle_frame(frame)).await?,
                 }
             } else {
                 let frame = codec::decode_body(&f)?;
-                self.handle_frame(frame).await?;
+                // Boxed, like every rare path here: its awaits (a
+                // subscription's round trip, a control push) would
+                // otherwise be part of this task's future, i.e. of every
+                // idle connection's memory.
+                Box::pin(self.handle_frame(frame)).await?;
             }
         }
         Ok(n)

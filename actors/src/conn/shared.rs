@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use slim_framed::queue::{Queue, Refused};
 use slim_wire::{ErrorCode, Name, WireError};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tracing::info;
 
 use crate::outbox::Outbox;
@@ -67,7 +68,7 @@ pub struct ConnShared {
     pub outbox: Arc<Outbox>,
     pub conn: quinn::Connection,
     /// The connection task's control channel (bounded).
-    pub(crate) ctl: mpsc::Sender<Ctl>,
+    pub(crate) ctl: Queue<Ctl>,
     /// Wakes the connection task for a policy change that found its control
     /// channel full.
     pub(crate) policy_stale: Notify,
@@ -91,11 +92,11 @@ impl ConnShared {
     /// enough: it keeps one wake-up permit however many changes arrive,
     /// and the task re-checks once for all of them.
     pub(crate) fn policy_changed(&self) {
-        match self.ctl.try_send(Ctl::PolicyChanged) {
+        match self.ctl.push(Ctl::PolicyChanged) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.policy_stale.notify_one(),
+            Err(Refused::Full(_)) => self.policy_stale.notify_one(),
             // The task has ended: there is nothing left to re-check.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(Refused::Closed) => {}
         }
     }
 
@@ -110,7 +111,7 @@ impl ConnShared {
             Ctl::Unsubscribe { name, reply }
         };
         self.ctl
-            .send(req)
+            .push_wait(req)
             .await
             .map_err(|_| "connection task ended".to_owned())?;
         answer

@@ -17,7 +17,6 @@ use metrics::counter;
 use quinn::{SendStream, VarInt};
 use slim_auth::policy::Action;
 use slim_wire::{ErrorCode, ErrorFrame, Frame, Name};
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::conn::shared::{ConnShared, Credential, Ctl};
@@ -33,7 +32,7 @@ pub(crate) struct ConnArgs {
     pub send: SendStream,
     pub reader: Reader,
     pub rx: crate::outbox::QueueRx,
-    pub ctl: mpsc::Receiver<Ctl>,
+    pub ctl: slim_framed::queue::QueueRx<Ctl>,
     /// When the client's credential (plus grace) runs out, and which.
     pub expires_at: Option<(SystemTime, Credential)>,
 }
@@ -80,7 +79,7 @@ async fn run(a: ConnArgs) {
         send,
         reader,
         rx,
-        mut ctl,
+        ctl,
         expires_at,
     } = a;
     let mut reader = AbortOnDrop(tokio::spawn(crate::conn::reader::read_loop(
@@ -134,8 +133,12 @@ async fn run(a: ConnArgs) {
                 }
                 return;
             }
-            Some(msg) = ctl.recv() => st.handle(msg).await,
-            () = st.shared.policy_stale.notified() => st.policy_changed().await,
+            // Boxed: what handling a request awaits (a table call, a
+            // control frame's push) would otherwise be part of this future,
+            // i.e. of every idle connection's task, for the rare moment it
+            // runs.
+            Some(msg) = ctl.recv() => Box::pin(st.handle(msg)).await,
+            () = st.shared.policy_stale.notified() => Box::pin(st.policy_changed()).await,
             () = &mut expired, if credential.is_some() => {
                 st.credential_expired(credential.take().expect("guarded"));
             }
