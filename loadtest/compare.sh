@@ -64,7 +64,9 @@
 # THROUGHPUT_ROWS (default "1:16,1:1024,1:4096,1:16384,100:16,1000:16",
 # subscribers:payload bytes per throughput row),
 # SLIM_NODE_CONFIG_EXTRA (TOML appended to the node's config, e.g.
-# $'[queue]\nmax_frames = 8192' to compare settings),
+# $'[queue]\nmax_bytes = 524288' to compare settings), NODE_LOG (the
+# node's RUST_LOG, default warn; e.g. info to see the send budget's and
+# slow-consumer lines in its log, kept with KEEP_TMP=1),
 # SLIM_PORT (4500), NATS_PORT (4222), METRICS_PORT (9464),
 # NATS_MONITOR_PORT (8222), RESULTS (copy the JSON lines here), PLOTS (write
 # SVG charts into this directory), KEEP_TMP=1 (keep the work directory),
@@ -196,7 +198,7 @@ EOF
 
 NATS_VERSION="$("$NATS_SERVER" --version | awk '{print $2}')"
 start_servers() {
-  RUST_LOG="${RUST_LOG:-warn}" "$SLIM_NODE" --config "$WORK/node.toml" >"$WORK/node.log" 2>&1 &
+  RUST_LOG="${NODE_LOG:-${RUST_LOG:-warn}}" "$SLIM_NODE" --config "$WORK/node.toml" >"$WORK/node.log" 2>&1 &
   NODE_PID=$!
   "$NATS_SERVER" -c "$WORK/nats/nats.conf" >"$WORK/nats.log" 2>&1 &
   NATS_PID=$!
