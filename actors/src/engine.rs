@@ -21,13 +21,24 @@ use slim_wire::{ErrorCode, FLAG_NO_ROUTE_SILENT, ForwardView, Mode, PublishView}
 
 use crate::hook::{HookVerdict, RouteHook, RoutedFrame};
 use crate::outbox::{Direct, Push};
-use crate::registry::{ConnId, Registry, RemoteGroup, Route, Sub};
+use crate::registry::{ConnId, Registry, RemoteGroup, Route, RouteMemo, Sub};
 
 /// What the engine reads: the subscription registry and the route hook.
 pub struct Env<'e> {
     pub registry: &'e Registry,
     /// The test/diagnostic hook, if one is installed.
     pub hook: Option<&'e RouteHook>,
+    /// The reader's memo of its last lookup, if it keeps one.
+    pub memo: Option<&'e mut RouteMemo>,
+}
+
+impl Env<'_> {
+    fn lookup(&mut self, key: &str) -> Option<Arc<Route>> {
+        match &mut self.memo {
+            Some(m) => m.lookup(self.registry, key),
+            None => self.registry.lookup(key),
+        }
+    }
 }
 
 /// Why a publish is refused: the publisher gets an `Error` frame saying so.
@@ -194,7 +205,7 @@ fn hook_drops(env: &Env<'_>, frame: RoutedFrame<'_>) -> bool {
 /// (once, after the name checks) whether this connection may publish to the
 /// name; drivers cache grants behind it.
 pub fn route_publish<'f>(
-    env: &Env<'_>,
+    env: &mut Env<'_>,
     from: &str,
     p: &PublishView<'f>,
     authorize: impl FnOnce(&str) -> Result<(), Denied>,
@@ -214,7 +225,7 @@ pub fn route_publish<'f>(
     if hook_drops(env, frame) {
         return Decision::Silent(Silent::Hook);
     }
-    let Some(route) = env.registry.lookup(p.name).filter(|r| !r.is_empty()) else {
+    let Some(route) = env.lookup(p.name).filter(|r| !r.is_empty()) else {
         if p.flags & FLAG_NO_ROUTE_SILENT != 0 {
             return Decision::Silent(Silent::NoRouteSilent);
         }
@@ -262,7 +273,7 @@ pub fn route_publish<'f>(
 
 /// A `Forward` that arrived on the link to `peer`, at node `me`.
 pub fn route_forward<'f>(
-    env: &Env<'_>,
+    env: &mut Env<'_>,
     me: &str,
     max_hops: usize,
     peer: &str,
@@ -285,7 +296,7 @@ pub fn route_forward<'f>(
     if hook_drops(env, frame) {
         return Decision::Silent(Silent::Hook);
     }
-    let Some(route) = env.registry.lookup(v.name) else {
+    let Some(route) = env.lookup(v.name) else {
         return Decision::Silent(Silent::NoRoute {
             n: v.dests.len() as u64,
         });

@@ -332,6 +332,38 @@ impl Registry {
     }
 }
 
+/// The last route one reader looked up, reused while the registry has not
+/// changed: a publisher streaming to one name then costs one atomic load
+/// per message instead of a sharded map lookup (hash, shard lock, key
+/// compare).
+#[derive(Debug, Default)]
+pub struct RouteMemo {
+    /// The name looked up (its buffer reused from one name to the next).
+    key: String,
+    /// The registry generation read *before* that lookup: a change that
+    /// raced with it then shows as a newer generation next time, so a
+    /// stale route is never kept past it.
+    generation: Option<u64>,
+    route: Option<Arc<Route>>,
+}
+
+impl RouteMemo {
+    /// [`Registry::lookup`], answered from the memo when `key` is the name
+    /// of the last lookup and no route has changed since.
+    pub fn lookup(&mut self, reg: &Registry, key: &str) -> Option<Arc<Route>> {
+        let generation = reg.route_generation();
+        if self.generation == Some(generation) && self.key == key {
+            return self.route.clone();
+        }
+        let route = reg.lookup(key);
+        self.key.clear();
+        self.key.push_str(key);
+        self.generation = Some(generation);
+        self.route.clone_from(&route);
+        route
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +371,25 @@ mod tests {
 
     fn ob() -> Arc<Outbox> {
         Arc::new(Outbox::new(4, 1024, SlowConsumerPolicy::drop_newest()).0)
+    }
+
+    #[test]
+    fn the_route_memo_follows_every_change() {
+        let r = Registry::new();
+        let mut m = RouteMemo::default();
+        assert!(m.lookup(&r, "x/y/z").is_none());
+        let a = ob();
+        assert!(r.add(1, &a, "x/y/z"));
+        let first = m.lookup(&r, "x/y/z").expect("a subscriber now");
+        assert_eq!(first.subs.len(), 1);
+        let again = m.lookup(&r, "x/y/z").unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "unchanged: the memo answers");
+        assert!(r.add(2, &ob(), "x/y/z"));
+        assert_eq!(m.lookup(&r, "x/y/z").unwrap().subs.len(), 2);
+        assert!(m.lookup(&r, "a/b/c").is_none(), "another name is looked up");
+        assert!(r.remove(1, "x/y/z"));
+        assert!(r.remove(2, "x/y/z"));
+        assert!(m.lookup(&r, "x/y/z").is_none_or(|r| r.is_empty()));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::ctx::{NodeCtx, Reader, encode};
 use crate::engine::{self, Decision, Env, Refusal, Silent, Tally};
 use crate::metrics as m;
 use crate::outbox::Push;
+use crate::registry::RouteMemo;
 use crate::run::Runs;
 use slim_framed::ReadError;
 use tokio::time::Instant;
@@ -166,6 +167,8 @@ struct Router<'a> {
     last: bool,
     /// This read's deliveries to local subscribers, pushed per run.
     runs: Runs,
+    /// The last route looked up (`RouteMemo`).
+    routes: RouteMemo,
 }
 
 const PUBLISH_CACHE_MAX: usize = 4096;
@@ -186,6 +189,7 @@ impl<'a> Router<'a> {
             publish_ok: HashSet::new(),
             last: false,
             runs: Runs::default(),
+            routes: RouteMemo::default(),
         }
     }
 
@@ -413,20 +417,23 @@ impl<'a> Router<'a> {
 
     async fn route(&mut self, p: PublishView<'_>) -> Result<(), ConnError> {
         let hook = self.ctx.route_hook();
-        let env = Env {
-            registry: &self.ctx.registry,
-            hook: hook.as_ref(),
-        };
         let from = self.sh.name.as_str();
-        let decision = engine::route_publish(&env, from, &p, |name| {
-            may_publish(
-                self.ctx,
-                self.sh,
-                &mut self.grants,
-                &mut self.publish_ok,
-                name,
-            )
-        });
+        let decision = {
+            let mut env = Env {
+                registry: &self.ctx.registry,
+                hook: hook.as_ref(),
+                memo: Some(&mut self.routes),
+            };
+            engine::route_publish(&mut env, from, &p, |name| {
+                may_publish(
+                    self.ctx,
+                    self.sh,
+                    &mut self.grants,
+                    &mut self.publish_ok,
+                    name,
+                )
+            })
+        };
         let plan = match decision {
             Decision::Route(plan) => plan,
             Decision::Silent(Silent::Hook) => {

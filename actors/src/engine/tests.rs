@@ -60,6 +60,7 @@ impl Fixture {
         Env {
             registry: &self.reg,
             hook: None,
+            memo: None,
         }
     }
 }
@@ -126,7 +127,7 @@ fn multicast_goes_to_every_local_subscriber_and_one_copy_per_link() {
     }
     f.remote(SVC, &[("b", &["b", "d"]), ("c", &["c"])]);
     let p = plan(route_publish(
-        &f.env(),
+        &mut f.env(),
         FULL,
         &publish(SVC, Mode::Multicast),
         allow,
@@ -144,7 +145,7 @@ fn multicast_with_only_remote_interest_delivers_nothing_locally() {
     let mut f = Fixture::new();
     f.remote(SVC, &[("b", &["b"])]);
     let p = plan(route_publish(
-        &f.env(),
+        &mut f.env(),
         FULL,
         &publish(SVC, Mode::Multicast),
         allow,
@@ -164,7 +165,7 @@ fn anycast_round_robins_over_local_subscribers_before_any_link() {
     let picks: Vec<ConnId> = (0..6)
         .map(|_| {
             let p = plan(route_publish(
-                &f.env(),
+                &mut f.env(),
                 FULL,
                 &publish(SVC, Mode::Anycast),
                 allow,
@@ -184,7 +185,7 @@ fn anycast_skips_a_subscriber_whose_queue_is_closed() {
     closed.close();
     for _ in 0..4 {
         let p = plan(route_publish(
-            &f.env(),
+            &mut f.env(),
             FULL,
             &publish(SVC, Mode::Anycast),
             allow,
@@ -200,7 +201,7 @@ fn anycast_without_local_subscriber_picks_one_remote_node_round_robin() {
     let picked: Vec<String> = (0..6)
         .map(|_| {
             let p = plan(route_publish(
-                &f.env(),
+                &mut f.env(),
                 FULL,
                 &publish(SVC, Mode::Anycast),
                 allow,
@@ -218,7 +219,7 @@ fn anycast_without_local_subscriber_picks_one_remote_node_round_robin() {
 #[test]
 fn unicast_needs_an_instance_and_that_check_comes_before_authorization() {
     let f = Fixture::new();
-    let d = route_publish(&f.env(), FULL, &publish(SVC, Mode::Unicast), |_| {
+    let d = route_publish(&mut f.env(), FULL, &publish(SVC, Mode::Unicast), |_| {
         panic!("authorization must not be asked for a malformed unicast")
     });
     match d {
@@ -235,7 +236,7 @@ fn unicast_to_a_full_name_reaches_its_owner() {
     let mut f = Fixture::new();
     f.sub(4, FULL);
     let p = plan(route_publish(
-        &f.env(),
+        &mut f.env(),
         "org/ns/other/1",
         &publish(FULL, Mode::Unicast),
         allow,
@@ -247,7 +248,7 @@ fn unicast_to_a_full_name_reaches_its_owner() {
 fn a_denied_publish_is_refused_with_the_policy_reason() {
     let mut f = Fixture::new();
     f.sub(1, SVC);
-    let d = route_publish(&f.env(), FULL, &publish(SVC, Mode::Multicast), |_| {
+    let d = route_publish(&mut f.env(), FULL, &publish(SVC, Mode::Multicast), |_| {
         Err(Denied::UnknownIdentity {
             id: "spiffe://td/x".into(),
         })
@@ -266,7 +267,7 @@ fn no_subscriber_is_refused_unless_the_publisher_asked_for_silence() {
     let mut f = Fixture::new();
     f.sub(1, "org/ns/elsewhere");
     for mode in [Mode::Anycast, Mode::Multicast] {
-        match route_publish(&f.env(), FULL, &publish(SVC, mode), allow) {
+        match route_publish(&mut f.env(), FULL, &publish(SVC, mode), allow) {
             Decision::Refuse(r) => {
                 assert_eq!(r.code(), ErrorCode::NO_ROUTE);
                 assert_eq!(r.reason(), format!("no subscriber for {SVC}"));
@@ -276,7 +277,7 @@ fn no_subscriber_is_refused_unless_the_publisher_asked_for_silence() {
         let mut p = publish(SVC, mode);
         p.flags = FLAG_NO_ROUTE_SILENT;
         assert!(matches!(
-            route_publish(&f.env(), FULL, &p, allow),
+            route_publish(&mut f.env(), FULL, &p, allow),
             Decision::Silent(Silent::NoRouteSilent)
         ));
     }
@@ -298,18 +299,19 @@ fn the_hook_sees_the_sender_and_can_drop() {
             HookVerdict::Forward
         }
     });
-    let env = Env {
+    let mut env = Env {
         registry: &f.reg,
         hook: Some(&hook),
+        memo: None,
     };
     assert!(matches!(
-        route_publish(&env, FULL, &publish(SVC, Mode::Multicast), allow),
+        route_publish(&mut env, FULL, &publish(SVC, Mode::Multicast), allow),
         Decision::Route(_)
     ));
     let mut p = publish(SVC, Mode::Multicast);
     p.payload = b"drop me";
     assert!(matches!(
-        route_publish(&env, FULL, &p, allow),
+        route_publish(&mut env, FULL, &p, allow),
         Decision::Silent(Silent::Hook)
     ));
     assert_eq!(seen.lock().unwrap().len(), 2);
@@ -328,7 +330,7 @@ fn a_forward_with_a_bad_path_is_dropped_as_a_loop() {
     ];
     for (path, why) in cases {
         let body = forward_body(SVC, Mode::Multicast, path, &["me"]);
-        let d = route_forward(&f.env(), "me", 4, "b", &view(&body));
+        let d = route_forward(&mut f.env(), "me", 4, "b", &view(&body));
         assert!(
             matches!(d, Decision::Silent(Silent::BadPath)),
             "{why}: {d:?}"
@@ -336,7 +338,7 @@ fn a_forward_with_a_bad_path_is_dropped_as_a_loop() {
     }
     let body = forward_body(SVC, Mode::Multicast, &["x", "b"], &["me"]);
     assert!(matches!(
-        route_forward(&f.env(), "me", 4, "b", &view(&body)),
+        route_forward(&mut f.env(), "me", 4, "b", &view(&body)),
         Decision::Route(_)
     ));
 }
@@ -349,7 +351,7 @@ fn a_forward_is_delivered_here_and_carried_on_for_the_other_destinations() {
     // Via link c: nodes c and e; via link d: node d.
     f.remote(SVC, &[("c", &["c", "e"]), ("d", &["d"])]);
     let body = forward_body(SVC, Mode::Multicast, &["a", "b"], &["me", "e", "d"]);
-    let p = plan(route_forward(&f.env(), "me", 8, "b", &view(&body)));
+    let p = plan(route_forward(&mut f.env(), "me", 8, "b", &view(&body)));
     assert_eq!(p.local, Local::All);
     assert_eq!(p.local_subs().len(), 2);
     assert_eq!(p.hops.len(), 2);
@@ -369,7 +371,7 @@ fn a_forward_never_goes_back_through_a_node_on_its_path() {
     // Our route to e goes through a, which the message already crossed.
     f.remote(SVC, &[("a", &["e"]), ("d", &["d"])]);
     let body = forward_body(SVC, Mode::Multicast, &["a", "b"], &["e", "d"]);
-    let p = plan(route_forward(&f.env(), "me", 8, "b", &view(&body)));
+    let p = plan(route_forward(&mut f.env(), "me", 8, "b", &view(&body)));
     assert_eq!(p.loops, 1);
     assert_eq!(p.hops.len(), 1);
     assert_eq!(p.dests(&p.hops[0]), vec!["d"]);
@@ -381,14 +383,14 @@ fn forward_destinations_no_route_reaches_are_counted() {
     f.remote(SVC, &[("d", &["d"])]);
     // "me" has no local subscriber; "z" is unknown.
     let body = forward_body(SVC, Mode::Multicast, &["b"], &["me", "z", "d"]);
-    let p = plan(route_forward(&f.env(), "me", 8, "b", &view(&body)));
+    let p = plan(route_forward(&mut f.env(), "me", 8, "b", &view(&body)));
     assert_eq!(p.local, Local::None);
     assert_eq!(p.unreached, 2);
     assert_eq!(p.hops.len(), 1);
 
     let body = forward_body("org/ns/unknown", Mode::Multicast, &["b"], &["me", "d"]);
     assert!(matches!(
-        route_forward(&f.env(), "me", 8, "b", &view(&body)),
+        route_forward(&mut f.env(), "me", 8, "b", &view(&body)),
         Decision::Silent(Silent::NoRoute { n: 2 })
     ));
 }
@@ -399,8 +401,8 @@ fn an_anycast_forward_to_this_node_picks_one_local_subscriber() {
     f.sub(1, SVC);
     f.sub(2, SVC);
     let body = forward_body(SVC, Mode::Anycast, &["b"], &["me"]);
-    let a = plan(route_forward(&f.env(), "me", 8, "b", &view(&body)));
-    let b = plan(route_forward(&f.env(), "me", 8, "b", &view(&body)));
+    let a = plan(route_forward(&mut f.env(), "me", 8, "b", &view(&body)));
+    let b = plan(route_forward(&mut f.env(), "me", 8, "b", &view(&body)));
     assert_eq!(a.local_subs().len(), 1);
     assert_ne!(a.local_subs()[0].conn, b.local_subs()[0].conn);
 }

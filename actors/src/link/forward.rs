@@ -11,6 +11,7 @@ use crate::engine::{self, Decision, Env, Silent, Tally};
 use crate::fed::shared::LinkSession;
 use crate::link::error::LinkError;
 use crate::metrics as m;
+use crate::registry::RouteMemo;
 use crate::run::Runs;
 
 /// Routes forwarded publishes arriving on one link: local delivery when this
@@ -24,6 +25,8 @@ pub(crate) struct Forwarder<'a> {
     loops: u64,
     /// This read's deliveries to local subscribers, pushed per run.
     runs: Runs,
+    /// The last route looked up (`RouteMemo`).
+    routes: RouteMemo,
 }
 
 impl<'a> Forwarder<'a> {
@@ -36,6 +39,7 @@ impl<'a> Forwarder<'a> {
             no_route: 0,
             loops: 0,
             runs: Runs::default(),
+            routes: RouteMemo::default(),
         }
     }
 
@@ -67,12 +71,16 @@ impl<'a> Forwarder<'a> {
     pub(crate) async fn route(&mut self, v: ForwardView<'_>) -> Result<(), LinkError> {
         let me = self.ctx.cfg.node_id.as_str();
         let hook = self.ctx.route_hook();
-        let env = Env {
-            registry: &self.ctx.registry,
-            hook: hook.as_ref(),
-        };
         let max_hops = self.ctx.cfg.federation.max_hops;
-        let plan = match engine::route_forward(&env, me, max_hops, &self.session.peer, &v) {
+        let decision = {
+            let mut env = Env {
+                registry: &self.ctx.registry,
+                hook: hook.as_ref(),
+                memo: Some(&mut self.routes),
+            };
+            engine::route_forward(&mut env, me, max_hops, &self.session.peer, &v)
+        };
+        let plan = match decision {
             Decision::Route(plan) => plan,
             Decision::Silent(Silent::Hook) => {
                 m::dropped_by_hook();
