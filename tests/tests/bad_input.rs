@@ -104,6 +104,35 @@ async fn bad_input_closes_only_the_offending_connection() {
     let (code, reason) = c.closed_by_node(CLOSE).await;
     assert_eq!(code, ErrorCode::MALFORMED.0 as u64, "{reason}");
 
+    // (f) a publish whose name is not UTF-8, right after valid publishes
+    // to a name of the same length (the node compares a publish's name
+    // with the last one it checked, and checks only one that differs).
+    let mut c = RawConn::connect(addr, &id).await;
+    c.hello("acme/bad/f/1").await;
+    let publish = |name: &str| {
+        let f = slim_wire::Frame::Publish(slim_wire::Publish {
+            name: slim_wire::Name::parse(name).unwrap(),
+            mode: Mode::Multicast,
+            flags: slim_wire::FLAG_NO_ROUTE_SILENT,
+            msg_id: 1,
+            payload: vec![1, 2, 3],
+        });
+        slim_wire::codec::encode_to_vec(&f, &slim_wire::Limits::default()).unwrap()
+    };
+    let good = publish("acme/bad/chan");
+    let mut bad = good.clone();
+    let at = bad
+        .windows(4)
+        .position(|w| w == b"chan")
+        .expect("the name is in the frame");
+    bad[at + 2] = 0xff;
+    for _ in 0..3 {
+        c.send.write_all(&good).await.unwrap();
+    }
+    c.send.write_all(&bad).await.unwrap();
+    let (code, reason) = c.closed_by_node(CLOSE).await;
+    assert_eq!(code, ErrorCode::MALFORMED.0 as u64, "{reason}");
+
     // Declared lengths did not turn into memory: ~4 GiB was declared above.
     let grown = rss_kib().saturating_sub(rss_before);
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");

@@ -45,6 +45,18 @@ pub struct RawDeliverView<'a> {
     pub payload: &'a [u8],
 }
 
+/// A `Publish` body's fields located, its name not yet checked (like
+/// [`RawDeliverView`]): a node's reader checks only a name that differs
+/// from the last one it checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawPublishView<'a> {
+    pub name: &'a [u8],
+    pub mode: Mode,
+    pub flags: u8,
+    pub msg_id: u64,
+    pub payload: &'a [u8],
+}
+
 impl<'a> DeliverView<'a> {
     /// The same fields as bytes.
     pub fn raw(&self) -> RawDeliverView<'a> {
@@ -190,16 +202,30 @@ fn bin<'a>(rd: &mut &'a [u8]) -> Option<&'a [u8]> {
 }
 
 fn fast_publish(body: &[u8]) -> Option<PublishView<'_>> {
+    let r = raw_publish_view(body)?;
+    Some(PublishView {
+        name: checked_name(r.name)?,
+        mode: r.mode,
+        flags: r.flags,
+        msg_id: r.msg_id,
+        payload: r.payload,
+    })
+}
+
+/// The fields of a `Publish` body in the canonical encoding, its name
+/// unchecked ([`RawPublishView`]); `None` for anything else (use
+/// [`publish_view`], which also says what is wrong).
+pub fn raw_publish_view(body: &[u8]) -> Option<RawPublishView<'_>> {
     let mut rd = body;
     if rmp::decode::read_array_len(&mut rd).ok()? != 5 {
         return None;
     }
-    let name = name_of(&mut rd)?;
+    let name = raw_str(&mut rd)?;
     let mode = mode(u8::try_from(int(&mut rd)?).ok()?)?;
     let flags = u8::try_from(int(&mut rd)?).ok()?;
     let msg_id = int(&mut rd)?;
     let payload = bin(&mut rd)?;
-    rd.is_empty().then_some(PublishView {
+    rd.is_empty().then_some(RawPublishView {
         name,
         mode,
         flags,

@@ -169,6 +169,9 @@ struct Router<'a> {
     runs: Runs,
     /// The last route looked up (`RouteMemo`).
     routes: RouteMemo,
+    /// The name of the last publish that passed its checks: a stream of
+    /// publishes to one name checks it once (the next are compared).
+    last_name: String,
 }
 
 const PUBLISH_CACHE_MAX: usize = 4096;
@@ -190,6 +193,7 @@ impl<'a> Router<'a> {
             last: false,
             runs: Runs::default(),
             routes: RouteMemo::default(),
+            last_name: String::new(),
         }
     }
 
@@ -215,6 +219,24 @@ impl<'a> Router<'a> {
             self.frames_in += 1;
             self.last = reader.buffered() == 0;
             if f[0] == FrameKind::Publish as u8 {
+                if let Some(r) = slim_wire::raw_publish_view(&f[1..])
+                    && self.name_checked(r.name)
+                {
+                    // Taken out for the call (the view borrows it), then
+                    // put back: no allocation either way.
+                    let name = std::mem::take(&mut self.last_name);
+                    let v = PublishView {
+                        name: &name,
+                        mode: r.mode,
+                        flags: r.flags,
+                        msg_id: r.msg_id,
+                        payload: r.payload,
+                    };
+                    let routed = self.publish(v).await;
+                    self.last_name = name;
+                    routed?;
+                    continue;
+                }
                 match slim_wire::publish_view(&f[1..])? {
                     Ok(v) => self.publish(v).await?,
                     Err(frame) => Box::pin(self.handle_frame(frame)).await?,
@@ -229,6 +251,23 @@ impl<'a> Router<'a> {
             }
         }
         Ok(n)
+    }
+
+    /// Whether `b` is a valid name, now in `last_name`: the last one if the
+    /// bytes are the same, else checked (UTF-8, name syntax) and kept. An
+    /// invalid one leaves the full parse to say what is wrong.
+    fn name_checked(&mut self, b: &[u8]) -> bool {
+        if !self.last_name.is_empty() && self.last_name.as_bytes() == b {
+            return true;
+        }
+        match slim_wire::checked_name(b) {
+            Some(s) => {
+                self.last_name.clear();
+                self.last_name.push_str(s);
+                true
+            }
+            None => false,
+        }
     }
 
     fn flush_metrics(&mut self) {
