@@ -407,16 +407,20 @@ fn an_anycast_forward_to_this_node_picks_one_local_subscriber() {
     assert_ne!(a.local_subs()[0].conn, b.local_subs()[0].conn);
 }
 
+/// Subscriber `conn` with the queue `outbox`.
+fn sub(conn: ConnId, outbox: &Arc<Outbox>) -> Sub {
+    Sub {
+        conn,
+        outbox: Arc::clone(outbox),
+    }
+}
+
 #[test]
 fn a_run_of_frames_counts_each_of_them_whatever_becomes_of_it() {
     let mut f = Fixture::new();
     let drop_newest = f.outbox(1, SlowConsumerPolicy::drop_newest());
     let closed = f.outbox(1, SlowConsumerPolicy::drop_newest());
     closed.close();
-    let sub = |conn, outbox: &Arc<Outbox>| Sub {
-        conn,
-        outbox: Arc::clone(outbox),
-    };
     let mut t = Tally::default();
     let run = Bytes::from_static(b"five frames");
     assert_eq!(
@@ -453,10 +457,6 @@ fn tally_applies_each_slow_consumer_policy() {
     let waiting = f.outbox(1, SlowConsumerPolicy::default());
     let closed = f.outbox(1, SlowConsumerPolicy::drop_newest());
     closed.close();
-    let sub = |conn, outbox: &Arc<Outbox>| Sub {
-        conn,
-        outbox: Arc::clone(outbox),
-    };
     let mut t = Tally::default();
     let frame = Bytes::from_static(b"x");
     assert_eq!(
