@@ -18,9 +18,9 @@ pub use codec::{
 pub use frame::*;
 pub use name::{InvalidName, MAX_COMPONENT_LEN, Name};
 pub use view::{
-    DeliverView, ForwardView, NodeIter, NodeList, PublishView, RawDeliverView, RawPublishView,
-    checked_name, checked_str, deliver_view, forward_view, publish_view, raw_deliver_view,
-    raw_publish_view,
+    DeliverView, ForwardMemo, ForwardView, NodeIter, NodeList, PublishView, RawDeliverView,
+    RawPublishView, checked_name, checked_str, deliver_view, forward_view, publish_view,
+    raw_deliver_view, raw_publish_view,
 };
 
 /// Everything that can go wrong turning bytes into frames or back.

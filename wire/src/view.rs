@@ -321,6 +321,118 @@ fn fast_forward(body: &[u8]) -> Option<ForwardView<'_>> {
     })
 }
 
+/// A link reader's memo of the strings of the last `Forward` it checked:
+/// consecutive forwards of one stream share their name, sender, identity,
+/// path and destinations, so only a string that differs from the last
+/// one's is checked (UTF-8, name syntax) and kept. Holds no buffer until
+/// the first forward.
+#[derive(Debug, Default)]
+pub struct ForwardMemo {
+    /// Whether the fields below hold a checked forward's strings.
+    checked: bool,
+    name: String,
+    from: String,
+    from_identity: Option<String>,
+    /// The path's and the destinations' MessagePack arrays (their element
+    /// count and bytes), every id in them checked.
+    path: (usize, Vec<u8>),
+    dests: (usize, Vec<u8>),
+}
+
+impl ForwardMemo {
+    /// The `Forward` in `body` (canonical encoding), its strings borrowed
+    /// from this memo; `None` if it is not canonical or a string that
+    /// changed fails its check (then [`forward_view`] says what is wrong).
+    pub fn view<'a>(&'a mut self, body: &'a [u8]) -> Option<ForwardView<'a>> {
+        let mut rd = body;
+        if rmp::decode::read_array_len(&mut rd).ok()? != 8 {
+            return None;
+        }
+        let name = raw_str(&mut rd)?;
+        let mode = mode(u8::try_from(int(&mut rd)?).ok()?)?;
+        let from = raw_str(&mut rd)?;
+        let from_identity = if rd.first() == Some(&0xc0) {
+            rd = &rd[1..];
+            None
+        } else {
+            Some(raw_str(&mut rd)?)
+        };
+        let msg_id = int(&mut rd)?;
+        let path = raw_node_list(&mut rd)?;
+        let dests = raw_node_list(&mut rd)?;
+        let payload = bin(&mut rd)?;
+        if !rd.is_empty() {
+            return None;
+        }
+        // On a failed check `checked` stays false, so nothing half-updated
+        // is ever compared against.
+        let was = std::mem::replace(&mut self.checked, false);
+        keep(&mut self.name, name, was, checked_name)?;
+        keep(&mut self.from, from, was, checked_name)?;
+        match from_identity {
+            None => self.from_identity = None,
+            Some(b) => {
+                let id = self.from_identity.get_or_insert_with(String::new);
+                keep(id, b, was, checked_str)?;
+            }
+        }
+        keep_list(&mut self.path, path, was)?;
+        keep_list(&mut self.dests, dests, was)?;
+        self.checked = true;
+        Some(ForwardView {
+            name: &self.name,
+            mode,
+            from: &self.from,
+            from_identity: self.from_identity.as_deref(),
+            msg_id,
+            path: NodeList {
+                len: self.path.0,
+                raw: &self.path.1,
+            },
+            dests: NodeList {
+                len: self.dests.0,
+                raw: &self.dests.1,
+            },
+            payload,
+        })
+    }
+}
+
+/// Makes `slot` hold `b`: as is if `was` (the slot holds a checked string)
+/// and the bytes are the same, else once `check` accepts them.
+fn keep(slot: &mut String, b: &[u8], was: bool, check: fn(&[u8]) -> Option<&str>) -> Option<()> {
+    if !(was && slot.as_bytes() == b) {
+        let s = check(b)?;
+        slot.clear();
+        slot.push_str(s);
+    }
+    Some(())
+}
+
+/// [`keep`] for a node-id array: every id checked when it changed.
+fn keep_list(slot: &mut (usize, Vec<u8>), (len, raw): (usize, &[u8]), was: bool) -> Option<()> {
+    if !(was && slot.0 == len && slot.1 == raw) {
+        let mut rd = raw;
+        for _ in 0..len {
+            str_of(&mut rd)?;
+        }
+        slot.0 = len;
+        slot.1.clear();
+        slot.1.extend_from_slice(raw);
+    }
+    Some(())
+}
+
+/// A node-id array's element count and bytes, its strings unchecked.
+fn raw_node_list<'a>(rd: &mut &'a [u8]) -> Option<(usize, &'a [u8])> {
+    let len = rmp::decode::read_array_len(rd).ok()? as usize;
+    let start = *rd;
+    for _ in 0..len {
+        raw_str(rd)?;
+    }
+    Some((len, &start[..start.len() - rd.len()]))
+}
+
 /// Parses a `Forward` body like [`publish_view`].
 pub fn forward_view(body: &[u8]) -> Result<Result<ForwardView<'_>, Frame>, WireError> {
     match fast_forward(body) {
@@ -403,6 +515,80 @@ mod tests {
                 (v.name, v.from, v.msg_id, v.payload),
                 ("a/b/c", "a/b/d/1", 7, &d.payload[..])
             );
+        }
+    }
+
+    #[test]
+    fn the_forward_memo_agrees_with_the_view_and_checks_what_changed() {
+        let base = crate::Forward {
+            name: Name::parse("a/b/c").unwrap(),
+            mode: Mode::Multicast,
+            from: Name::parse("a/b/d/1").unwrap(),
+            from_identity: Some("spiffe://x/y".into()),
+            msg_id: 1,
+            path: vec!["n1".into()],
+            dests: vec!["n3".into(), "n4".into()],
+            payload: vec![7; 10],
+        };
+        let variants = [
+            base.clone(),
+            crate::Forward {
+                msg_id: 2,
+                ..base.clone()
+            },
+            crate::Forward {
+                name: Name::parse("a/b/e").unwrap(),
+                ..base.clone()
+            },
+            crate::Forward {
+                from_identity: None,
+                ..base.clone()
+            },
+            crate::Forward {
+                path: vec!["n1".into(), "n2".into()],
+                dests: vec![],
+                ..base.clone()
+            },
+            base.clone(),
+        ];
+        let mut memo = ForwardMemo::default();
+        for f in variants {
+            let bytes = codec::encode_to_vec(&Frame::Forward(f), &Limits::default()).unwrap();
+            let want = forward_view(&bytes[5..]).unwrap().unwrap();
+            let got = memo.view(&bytes[5..]).expect("canonical and valid");
+            assert_eq!(
+                (got.name, got.mode, got.from, got.from_identity, got.msg_id),
+                (
+                    want.name,
+                    want.mode,
+                    want.from,
+                    want.from_identity,
+                    want.msg_id
+                )
+            );
+            assert_eq!(got.payload, want.payload);
+            assert!(got.path.iter().eq(want.path.iter()));
+            assert!(got.dests.iter().eq(want.dests.iter()));
+        }
+        // A string that differs from the last one's only in a byte that
+        // makes it invalid is checked and refused, and the memo forgets.
+        let bytes =
+            codec::encode_to_vec(&Frame::Forward(base.clone()), &Limits::default()).unwrap();
+        assert!(memo.view(&bytes[5..]).is_some());
+        for field in [&b"a/b/c"[..], b"a/b/d/1", b"spiffe://x/y", b"n3"] {
+            let mut bad = bytes[5..].to_vec();
+            let at = bad
+                .windows(field.len())
+                .position(|w| w == field)
+                .expect("the string is in the frame");
+            bad[at + 1] = 0xff;
+            assert!(
+                memo.view(&bad).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(field)
+            );
+            assert!(forward_view(&bad).is_err());
+            assert!(memo.view(&bytes[5..]).is_some(), "and the good one again");
         }
     }
 

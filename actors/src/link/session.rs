@@ -376,9 +376,12 @@ pub(crate) async fn ctl_reader(
 }
 
 /// Routes every whole `Forward` buffered in `reader`, counting them in `n`.
+/// `memo` keeps the strings of the last forward checked, so a stream's
+/// forwards check only what changed ([`slim_wire::ForwardMemo`]).
 async fn route_buffered(
     ctx: &NodeCtx,
     fwd: &mut Forwarder<'_>,
+    memo: &mut slim_wire::ForwardMemo,
     reader: &mut Reader,
     n: &mut u64,
 ) -> Result<(), LinkError> {
@@ -391,6 +394,12 @@ async fn route_buffered(
                 "unexpected {kind} frame on a link's data stream"
             )));
         }
+        if let Some(v) = memo.view(&f[1..]) {
+            fwd.route(v).await?;
+            continue;
+        }
+        // Not canonical, or a string failed its check: the full parse
+        // re-encodes the former and says what is wrong with the latter.
         match slim_wire::forward_view(&f[1..])
             .inspect_err(|e| m::protocol_error(e.reason_label()))?
         {
@@ -417,10 +426,11 @@ pub(crate) async fn data_reader(
     mut reader: Reader,
 ) -> Result<(), LinkError> {
     let mut fwd = Forwarder::new(&ctx, &session);
+    let mut memo = slim_wire::ForwardMemo::default();
     let frames_in = counter!(m::LINK_FRAMES_TOTAL, "direction" => "in");
     loop {
         let mut n = 0u64;
-        let routed = route_buffered(&ctx, &mut fwd, &mut reader, &mut n).await;
+        let routed = route_buffered(&ctx, &mut fwd, &mut memo, &mut reader, &mut n).await;
         // The read's deliveries go out also when a bad frame ends the link.
         fwd.flush_runs(reader.buffered() == 0).await;
         routed?;
