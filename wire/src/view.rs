@@ -186,12 +186,6 @@ pub fn checked_str(b: &[u8]) -> Option<&str> {
     std::str::from_utf8(b).ok()
 }
 
-fn name_of<'a>(rd: &mut &'a [u8]) -> Option<&'a str> {
-    let s = str_of(rd)?;
-    Name::validate(s).ok()?;
-    Some(s)
-}
-
 fn int<T: rmp::decode::RmpRead>(rd: &mut T) -> Option<u64> {
     rmp::decode::read_int::<u64, _>(rd).ok()
 }
@@ -278,38 +272,39 @@ pub fn raw_deliver_view(body: &[u8]) -> Option<RawDeliverView<'_>> {
     })
 }
 
-fn node_list<'a>(rd: &mut &'a [u8]) -> Option<NodeList<'a>> {
-    let len = rmp::decode::read_array_len(rd).ok()? as usize;
-    let start = *rd;
-    for _ in 0..len {
-        str_of(rd)?;
-    }
-    let used = start.len() - rd.len();
-    Some(NodeList {
-        len,
-        raw: &start[..used],
-    })
+/// A `Forward` body's fields located, its strings unchecked (private: the
+/// two ways to check them are [`fast_forward`] and [`ForwardMemo::view`]).
+struct RawForward<'a> {
+    name: &'a [u8],
+    mode: Mode,
+    from: &'a [u8],
+    from_identity: Option<&'a [u8]>,
+    msg_id: u64,
+    /// Node-id arrays: element count and bytes.
+    path: (usize, &'a [u8]),
+    dests: (usize, &'a [u8]),
+    payload: &'a [u8],
 }
 
-fn fast_forward(body: &[u8]) -> Option<ForwardView<'_>> {
+fn raw_forward(body: &[u8]) -> Option<RawForward<'_>> {
     let mut rd = body;
     if rmp::decode::read_array_len(&mut rd).ok()? != 8 {
         return None;
     }
-    let name = name_of(&mut rd)?;
+    let name = raw_str(&mut rd)?;
     let mode = mode(u8::try_from(int(&mut rd)?).ok()?)?;
-    let from = name_of(&mut rd)?;
+    let from = raw_str(&mut rd)?;
     let from_identity = if rd.first() == Some(&0xc0) {
         rd = &rd[1..];
         None
     } else {
-        Some(str_of(&mut rd)?)
+        Some(raw_str(&mut rd)?)
     };
     let msg_id = int(&mut rd)?;
-    let path = node_list(&mut rd)?;
-    let dests = node_list(&mut rd)?;
+    let path = raw_node_list(&mut rd)?;
+    let dests = raw_node_list(&mut rd)?;
     let payload = bin(&mut rd)?;
-    rd.is_empty().then_some(ForwardView {
+    rd.is_empty().then_some(RawForward {
         name,
         mode,
         from,
@@ -318,6 +313,32 @@ fn fast_forward(body: &[u8]) -> Option<ForwardView<'_>> {
         path,
         dests,
         payload,
+    })
+}
+
+/// Checks every id of a node-id array.
+fn checked_list((len, raw): (usize, &[u8])) -> Option<NodeList<'_>> {
+    let mut rd = raw;
+    for _ in 0..len {
+        str_of(&mut rd)?;
+    }
+    Some(NodeList { len, raw })
+}
+
+fn fast_forward(body: &[u8]) -> Option<ForwardView<'_>> {
+    let r = raw_forward(body)?;
+    Some(ForwardView {
+        name: checked_name(r.name)?,
+        mode: r.mode,
+        from: checked_name(r.from)?,
+        from_identity: match r.from_identity {
+            None => None,
+            Some(b) => Some(checked_str(b)?),
+        },
+        msg_id: r.msg_id,
+        path: checked_list(r.path)?,
+        dests: checked_list(r.dests)?,
+        payload: r.payload,
     })
 }
 
@@ -344,26 +365,16 @@ impl ForwardMemo {
     /// from this memo; `None` if it is not canonical or a string that
     /// changed fails its check (then [`forward_view`] says what is wrong).
     pub fn view<'a>(&'a mut self, body: &'a [u8]) -> Option<ForwardView<'a>> {
-        let mut rd = body;
-        if rmp::decode::read_array_len(&mut rd).ok()? != 8 {
-            return None;
-        }
-        let name = raw_str(&mut rd)?;
-        let mode = mode(u8::try_from(int(&mut rd)?).ok()?)?;
-        let from = raw_str(&mut rd)?;
-        let from_identity = if rd.first() == Some(&0xc0) {
-            rd = &rd[1..];
-            None
-        } else {
-            Some(raw_str(&mut rd)?)
-        };
-        let msg_id = int(&mut rd)?;
-        let path = raw_node_list(&mut rd)?;
-        let dests = raw_node_list(&mut rd)?;
-        let payload = bin(&mut rd)?;
-        if !rd.is_empty() {
-            return None;
-        }
+        let RawForward {
+            name,
+            mode,
+            from,
+            from_identity,
+            msg_id,
+            path,
+            dests,
+            payload,
+        } = raw_forward(body)?;
         // On a failed check `checked` stays false, so nothing half-updated
         // is ever compared against.
         let was = std::mem::replace(&mut self.checked, false);
@@ -412,10 +423,7 @@ fn keep(slot: &mut String, b: &[u8], was: bool, check: fn(&[u8]) -> Option<&str>
 /// [`keep`] for a node-id array: every id checked when it changed.
 fn keep_list(slot: &mut (usize, Vec<u8>), (len, raw): (usize, &[u8]), was: bool) -> Option<()> {
     if !(was && slot.0 == len && slot.1 == raw) {
-        let mut rd = raw;
-        for _ in 0..len {
-            str_of(&mut rd)?;
-        }
+        checked_list((len, raw))?;
         slot.0 = len;
         slot.1.clear();
         slot.1.extend_from_slice(raw);
