@@ -39,6 +39,16 @@ fn run_max(ctx: &NodeCtx) -> usize {
     RUN_MAX.min(ctx.cfg.queue.max_bytes / 4)
 }
 
+/// Makes room in an encode buffer for a frame around a payload of
+/// `payload` bytes: grows it by 64 KiB chunks, so consecutive frames share
+/// one allocation and split off it without copying.
+pub(crate) fn reserve_chunk(buf: &mut BytesMut, payload: usize) {
+    // 512: the frame's header, names and node lists around the payload.
+    if buf.capacity() - buf.len() < payload + 512 {
+        buf.reserve(64 * 1024 + payload);
+    }
+}
+
 /// The pending run of one reader (a client connection's or a link's).
 #[derive(Default)]
 pub(crate) struct Runs {
@@ -74,9 +84,7 @@ impl Runs {
         if !same {
             self.flush(ctx, tally, false).await;
         }
-        if self.buf.capacity() - self.buf.len() < payload + 512 {
-            self.buf.reserve(64 * 1024 + payload);
-        }
+        reserve_chunk(&mut self.buf, payload);
         // On error the buffer is left as it was (the codec truncates).
         encode(&mut self.buf)?;
         match &mut self.run {

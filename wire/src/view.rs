@@ -234,10 +234,7 @@ fn fast_deliver(body: &[u8]) -> Option<DeliverView<'_>> {
         name: checked_name(r.name)?,
         mode: r.mode,
         from: checked_name(r.from)?,
-        from_identity: match r.from_identity {
-            None => None,
-            Some(b) => Some(checked_str(b)?),
-        },
+        from_identity: checked_identity(r.from_identity)?,
         msg_id: r.msg_id,
         payload: r.payload,
     })
@@ -248,19 +245,13 @@ fn fast_deliver(body: &[u8]) -> Option<DeliverView<'_>> {
 /// [`deliver_view`], which also says what is wrong).
 pub fn raw_deliver_view(body: &[u8]) -> Option<RawDeliverView<'_>> {
     let mut rd = body;
-    if rmp::decode::read_array_len(&mut rd).ok()? != 6 {
-        return None;
-    }
-    let name = raw_str(&mut rd)?;
-    let mode = mode(u8::try_from(int(&mut rd)?).ok()?)?;
-    let from = raw_str(&mut rd)?;
-    let from_identity = if rd.first() == Some(&0xc0) {
-        rd = &rd[1..];
-        None
-    } else {
-        Some(raw_str(&mut rd)?)
-    };
-    let msg_id = int(&mut rd)?;
+    let Head {
+        name,
+        mode,
+        from,
+        from_identity,
+        msg_id,
+    } = raw_head(&mut rd, 6)?;
     let payload = bin(&mut rd)?;
     rd.is_empty().then_some(RawDeliverView {
         name,
@@ -270,6 +261,47 @@ pub fn raw_deliver_view(body: &[u8]) -> Option<RawDeliverView<'_>> {
         msg_id,
         payload,
     })
+}
+
+/// The fields `Deliver` and `Forward` bodies begin with, unchecked: the
+/// array header (which must announce `fields`), name, mode, sender, its
+/// identity (nil or a string) and message id.
+struct Head<'a> {
+    name: &'a [u8],
+    mode: Mode,
+    from: &'a [u8],
+    from_identity: Option<&'a [u8]>,
+    msg_id: u64,
+}
+
+fn raw_head<'a>(rd: &mut &'a [u8], fields: u32) -> Option<Head<'a>> {
+    if rmp::decode::read_array_len(rd).ok()? != fields {
+        return None;
+    }
+    let name = raw_str(rd)?;
+    let mode = mode(u8::try_from(int(rd)?).ok()?)?;
+    let from = raw_str(rd)?;
+    let from_identity = if rd.first() == Some(&0xc0) {
+        *rd = &rd[1..];
+        None
+    } else {
+        Some(raw_str(rd)?)
+    };
+    Some(Head {
+        name,
+        mode,
+        from,
+        from_identity,
+        msg_id: int(rd)?,
+    })
+}
+
+/// `b`, if present, as a string if it is valid UTF-8 (`None` if it is not).
+fn checked_identity(b: Option<&[u8]>) -> Option<Option<&str>> {
+    match b {
+        None => Some(None),
+        Some(b) => checked_str(b).map(Some),
+    }
 }
 
 /// A `Forward` body's fields located, its strings unchecked (private: the
@@ -288,19 +320,13 @@ struct RawForward<'a> {
 
 fn raw_forward(body: &[u8]) -> Option<RawForward<'_>> {
     let mut rd = body;
-    if rmp::decode::read_array_len(&mut rd).ok()? != 8 {
-        return None;
-    }
-    let name = raw_str(&mut rd)?;
-    let mode = mode(u8::try_from(int(&mut rd)?).ok()?)?;
-    let from = raw_str(&mut rd)?;
-    let from_identity = if rd.first() == Some(&0xc0) {
-        rd = &rd[1..];
-        None
-    } else {
-        Some(raw_str(&mut rd)?)
-    };
-    let msg_id = int(&mut rd)?;
+    let Head {
+        name,
+        mode,
+        from,
+        from_identity,
+        msg_id,
+    } = raw_head(&mut rd, 8)?;
     let path = raw_node_list(&mut rd)?;
     let dests = raw_node_list(&mut rd)?;
     let payload = bin(&mut rd)?;
@@ -331,10 +357,7 @@ fn fast_forward(body: &[u8]) -> Option<ForwardView<'_>> {
         name: checked_name(r.name)?,
         mode: r.mode,
         from: checked_name(r.from)?,
-        from_identity: match r.from_identity {
-            None => None,
-            Some(b) => Some(checked_str(b)?),
-        },
+        from_identity: checked_identity(r.from_identity)?,
         msg_id: r.msg_id,
         path: checked_list(r.path)?,
         dests: checked_list(r.dests)?,

@@ -22,7 +22,7 @@ use crate::engine::{self, Decision, Env, Refusal, Silent, Tally};
 use crate::metrics as m;
 use crate::outbox::Push;
 use crate::registry::RouteMemo;
-use crate::run::Runs;
+use crate::run::{Runs, reserve_chunk};
 use slim_framed::ReadError;
 use tokio::time::Instant;
 
@@ -162,9 +162,6 @@ struct Router<'a> {
     grants: Option<(u64, Grants)>,
     /// Names this connection may publish to under the current grants; bounded.
     publish_ok: HashSet<Box<str>>,
-    /// The frame being routed is the last one buffered (nothing read is
-    /// behind it): its copies may be written around empty outboxes.
-    last: bool,
     /// This read's deliveries to local subscribers, pushed per run.
     runs: Runs,
     /// The last route looked up (`RouteMemo`).
@@ -190,7 +187,6 @@ impl<'a> Router<'a> {
             publishes: 0,
             grants: None,
             publish_ok: HashSet::new(),
-            last: false,
             runs: Runs::default(),
             routes: RouteMemo::default(),
             last_name: String::new(),
@@ -207,8 +203,10 @@ impl<'a> Router<'a> {
     async fn drain(&mut self, reader: &mut Reader) -> Result<usize, ConnError> {
         let r = self.drain_frames(reader).await;
         // What this read's publishes are to deliver goes out now, also when
-        // a bad frame is about to end the connection.
-        self.runs.flush(self.ctx, &mut self.tally, self.last).await;
+        // a bad frame is about to end the connection. Nothing read behind it
+        // means it may be written around empty outboxes.
+        let last = reader.buffered() == 0;
+        self.runs.flush(self.ctx, &mut self.tally, last).await;
         r
     }
 
@@ -217,7 +215,6 @@ impl<'a> Router<'a> {
         while let Some(f) = reader.try_next()? {
             n += 1;
             self.frames_in += 1;
-            self.last = reader.buffered() == 0;
             if f[0] == FrameKind::Publish as u8 {
                 if let Some(r) = slim_wire::raw_publish_view(&f[1..])
                     && self.name_checked(r.name)
@@ -525,12 +522,6 @@ impl<'a> Router<'a> {
         Ok(())
     }
 
-    fn reserve(buf: &mut BytesMut, n: usize) {
-        if buf.capacity() - buf.len() < n + 256 {
-            buf.reserve(64 * 1024 + n);
-        }
-    }
-
     /// A `Forward` starting at this node, for the nodes `dests`.
     fn forward_frame<'d>(
         &mut self,
@@ -538,7 +529,8 @@ impl<'a> Router<'a> {
         dests: impl Iterator<Item = &'d str> + Clone,
         n: usize,
     ) -> Result<Bytes, ConnError> {
-        Self::reserve(&mut self.scratch, p.payload.len() + 64 * n);
+        // Each destination node id adds up to 64 bytes.
+        reserve_chunk(&mut self.scratch, p.payload.len() + 64 * n);
         let me = self.ctx.cfg.node_id.as_str();
         codec::encode_forward_raw(
             p.name,

@@ -12,7 +12,7 @@ use crate::fed::shared::LinkSession;
 use crate::link::error::LinkError;
 use crate::metrics as m;
 use crate::registry::RouteMemo;
-use crate::run::Runs;
+use crate::run::{Runs, reserve_chunk};
 
 /// Routes forwarded publishes arriving on one link: local delivery when this
 /// node is a destination, onward forwarding for the other destinations.
@@ -60,12 +60,6 @@ impl<'a> Forwarder<'a> {
                 .increment(std::mem::take(&mut self.loops));
         }
         self.ctx.flush_tally(&mut self.tally);
-    }
-
-    fn reserve(&mut self, n: usize) {
-        if self.scratch.capacity() - self.scratch.len() < n + 512 {
-            self.scratch.reserve(64 * 1024 + n);
-        }
     }
 
     pub(crate) async fn route(&mut self, v: ForwardView<'_>) -> Result<(), LinkError> {
@@ -122,7 +116,7 @@ impl<'a> Forwarder<'a> {
         for hop in &plan.hops {
             let dests = plan.dest_ids(hop);
             let n = dests.len();
-            self.reserve(v.payload.len());
+            reserve_chunk(&mut self.scratch, v.payload.len());
             codec::encode_forward_raw(
                 v.name,
                 v.mode,
