@@ -125,7 +125,8 @@ pub struct Outbox {
     oldest: AtomicU64,
     /// The client connection's stream, for frames written around the queue
     /// (see [`direct`]); unset for peer links.
-    stream: std::sync::OnceLock<tokio::sync::Mutex<Stream>>,
+    /// `None` again once the connection is over ([`Outbox::detach`]).
+    stream: std::sync::OnceLock<tokio::sync::Mutex<Option<Stream>>>,
     /// Frames written around the queue, and those of them written in part.
     direct: AtomicU64,
     carried: AtomicU64,
@@ -408,7 +409,27 @@ impl Outbox {
     /// ([`Outbox::try_direct`]). A second call is ignored (one stream per
     /// connection).
     pub(crate) fn attach(&self, send: quinn::SendStream) {
-        let _ = self.stream.set(tokio::sync::Mutex::new(Stream::new(send)));
+        let _ = self
+            .stream
+            .set(tokio::sync::Mutex::new(Some(Stream::new(send))));
+    }
+
+    /// Lets go of the stream once the connection is over (its writer has
+    /// ended or is ending). An outbox can outlive its connection for a
+    /// while: routes hold it until the table has removed the connection,
+    /// and a reader busy routing holds its last route. Without this, each
+    /// such holder would keep the closed connection's QUIC state alive, with
+    /// its send buffer (megabytes of unacknowledged data for a cut slow
+    /// consumer). False if the writer holds the stream right now.
+    pub(crate) fn detach(&self) -> bool {
+        match self.stream.get().map(|s| s.try_lock()) {
+            None => true,
+            Some(Ok(mut s)) => {
+                s.take();
+                true
+            }
+            Some(Err(_)) => false,
+        }
     }
 
     /// The writer task's sink: writes a pending carry first, then the chunk.
@@ -424,7 +445,10 @@ impl Outbox {
             return Direct::Busy(frame);
         };
         // The writer holds the lock while it writes; it is busy anyway then.
-        let Ok(mut s) = stream.try_lock() else {
+        let Ok(mut guard) = stream.try_lock() else {
+            return Direct::Busy(frame);
+        };
+        let Some(s) = guard.as_mut() else {
             return Direct::Busy(frame);
         };
         if s.has_carry()
@@ -442,7 +466,7 @@ impl Outbox {
                 // Counted until the writer has written it, so nothing else
                 // goes direct meanwhile and the cap sees it.
                 self.queued_bytes.fetch_add(rest, Ordering::SeqCst);
-                drop(s);
+                drop(guard);
                 self.direct.fetch_add(1, Ordering::Relaxed);
                 self.carried.fetch_add(1, Ordering::Relaxed);
                 // Wake the writer for the carry; an empty frame writes nothing
@@ -462,10 +486,11 @@ impl Outbox {
     pub fn writer_state(&self) -> &'static str {
         match self.stream.get() {
             None => "no stream attached",
-            Some(s) if s.try_lock().is_err() => {
-                "writing, held by QUIC flow control (the client is not reading)"
-            }
-            Some(_) => "not writing (its task has not run: the node may be short of CPU)",
+            Some(s) => match s.try_lock() {
+                Err(_) => "writing, held by QUIC flow control (the client is not reading)",
+                Ok(s) if s.is_none() => "detached (the connection is over)",
+                Ok(_) => "not writing (its task has not run: the node may be short of CPU)",
+            },
         }
     }
 
@@ -486,11 +511,12 @@ pub(crate) struct WriterSink(std::sync::Arc<Outbox>);
 
 impl WriterSink {
     /// Locks the attached stream and writes a pending carry first.
-    async fn stream(&self) -> std::io::Result<tokio::sync::MutexGuard<'_, Stream>> {
+    async fn stream(&self) -> std::io::Result<tokio::sync::MappedMutexGuard<'_, Stream>> {
         let Some(stream) = self.0.stream.get() else {
             return Err(std::io::Error::other("no stream attached to the outbox"));
         };
-        let mut s = stream.lock().await;
+        let mut s = tokio::sync::MutexGuard::try_map(stream.lock().await, Option::as_mut)
+            .map_err(|_| std::io::Error::other("the connection is over (stream detached)"))?;
         let n = s.write_carry().await?;
         if n > 0 {
             self.0.written(n);

@@ -362,6 +362,14 @@ impl RouteMemo {
         self.route.clone_from(&route);
         route
     }
+
+    /// Forgets the memo (when its reader goes idle): a route holds its
+    /// subscribers' outboxes, and a memo kept by an idle publisher would keep
+    /// those of subscribers that have since left.
+    pub fn forget(&mut self) {
+        self.generation = None;
+        self.route = None;
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +397,21 @@ mod tests {
         assert!(m.lookup(&r, "a/b/c").is_none(), "another name is looked up");
         assert!(r.remove(1, "x/y/z"));
         assert!(r.remove(2, "x/y/z"));
+        assert!(m.lookup(&r, "x/y/z").is_none_or(|r| r.is_empty()));
+    }
+
+    #[test]
+    fn a_forgotten_memo_holds_no_outbox() {
+        let r = Registry::new();
+        let mut m = RouteMemo::default();
+        let a = ob();
+        assert!(r.add(1, &a, "x/y/z"));
+        drop(m.lookup(&r, "x/y/z"));
+        // The subscriber leaves; the memo's route still holds its outbox.
+        assert_eq!(r.remove_conn(1), 1);
+        assert!(Arc::strong_count(&a) > 1, "the memo pins the old route");
+        m.forget();
+        assert_eq!(Arc::strong_count(&a), 1, "forgotten: nothing else holds it");
         assert!(m.lookup(&r, "x/y/z").is_none_or(|r| r.is_empty()));
     }
 

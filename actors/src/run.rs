@@ -103,6 +103,17 @@ impl Runs {
         Ok(())
     }
 
+    /// Gives back the encode buffer when the reader goes idle (nothing
+    /// pending: the end of every read flushes). A buffer kept between reads
+    /// would pin the rest of its 64 KiB chunk for as long as the connection
+    /// lives, on every connection that ever published.
+    pub(crate) fn release(&mut self) {
+        debug_assert!(self.run.is_none(), "a run is flushed before the read waits");
+        if self.run.is_none() && self.buf.capacity() != 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
     /// Pushes the pending run to each of its subscribers (one shared item
     /// each). `last`: nothing read is behind it, so it may be written around
     /// an empty outbox (`NodeCtx::deliver`).

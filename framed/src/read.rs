@@ -113,6 +113,26 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         .into())
     }
 
+    /// [`fill`](Self::fill), calling `on_wait` once if the read has to wait
+    /// (the stream has nothing for now). A reader uses it to give back what
+    /// only a busy connection needs (encode buffers, memos) as the
+    /// connection goes idle, without a timer: most connections are idle most
+    /// of the time.
+    pub async fn fill_idle(&mut self, on_wait: impl FnOnce()) -> Result<usize, ReadError> {
+        let mut on_wait = Some(on_wait);
+        let mut fill = std::pin::pin!(self.fill());
+        std::future::poll_fn(|cx| {
+            let p = fill.as_mut().poll(cx);
+            if p.is_pending()
+                && let Some(f) = on_wait.take()
+            {
+                f();
+            }
+            p
+        })
+        .await
+    }
+
     /// One read into the buffer, reserving a read chunk first when it runs
     /// low. A read that has to wait while nothing is buffered gives the
     /// buffer back: most connections are idle most of the time, and each

@@ -344,3 +344,28 @@ async fn a_reader_waiting_with_nothing_buffered_holds_no_buffer() {
     drop(tx);
     assert_eq!(r.next().await.unwrap(), None);
 }
+
+#[tokio::test]
+async fn fill_idle_calls_back_only_when_the_read_has_to_wait() {
+    let (mut tx, rx) = duplex(1024);
+    let mut r = FrameReader::new(rx, limits());
+    let f = frame(7, 3, 1);
+    // Bytes already there: the read does not wait, no callback.
+    tx.write_all(&f).await.unwrap();
+    let mut called = 0;
+    assert_eq!(r.fill_idle(|| called += 1).await.unwrap(), f.len());
+    assert_eq!(called, 0);
+    assert_eq!(r.try_next().unwrap(), Some(unprefixed(&f)));
+    // Nothing there: one callback, however often the read is polled.
+    let mut called = 0;
+    {
+        let mut fill = std::pin::pin!(r.fill_idle(|| called += 1));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fill.as_mut().poll(&mut cx).is_pending());
+        assert!(fill.as_mut().poll(&mut cx).is_pending());
+        tx.write_all(&f).await.unwrap();
+        assert_eq!(fill.as_mut().await.unwrap(), f.len());
+    }
+    assert_eq!(called, 1);
+    assert_eq!(r.try_next().unwrap(), Some(unprefixed(&f)));
+}

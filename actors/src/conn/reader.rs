@@ -65,7 +65,7 @@ pub(crate) async fn read_loop(
         tokio::select! {
             biased;
             _ = shutdown.changed() => return Ok(()),
-            r = reader.fill() => match r {
+            r = reader.fill_idle(|| router.idle()) => match r {
                 Ok(0) => return Ok(()),
                 Ok(n) => bytes_in.increment(n as u64),
                 Err(ReadError::Wire(e)) => break Err(e.into()),
@@ -197,6 +197,19 @@ impl<'a> Router<'a> {
     /// when the policy generation changed.
     fn grants(&mut self) -> &Grants {
         refresh_grants(self.ctx, self.sh, &mut self.grants, &mut self.publish_ok)
+    }
+
+    /// The connection has nothing more to read for now: what only a busy
+    /// publisher needs goes. The encode buffers would each pin the rest of a
+    /// 64 KiB chunk, and the route memo its subscribers' outboxes (with a
+    /// departed subscriber's QUIC state behind its stream), for as long as
+    /// this connection stays idle.
+    fn idle(&mut self) {
+        if self.scratch.capacity() != 0 {
+            self.scratch = BytesMut::new();
+        }
+        self.runs.release();
+        self.routes.forget();
     }
 
     /// Handles every whole frame buffered in `reader`; how many there were.

@@ -50,6 +50,16 @@ impl<'a> Forwarder<'a> {
         self.runs.flush(self.ctx, &mut self.tally, last).await;
     }
 
+    /// The link has nothing more to read for now: the encode buffers and
+    /// the route memo go, as on a client connection (`conn::reader`).
+    pub(crate) fn idle(&mut self) {
+        if self.scratch.capacity() != 0 {
+            self.scratch = BytesMut::new();
+        }
+        self.runs.release();
+        self.routes.forget();
+    }
+
     pub(crate) fn flush_metrics(&mut self) {
         let hm = &self.ctx.hot;
         if self.no_route > 0 {

@@ -309,9 +309,10 @@ pub(crate) async fn ctl_writer(
     }
 }
 
-/// Reads more of a link stream: false at a clean end of stream.
-async fn read_more(reader: &mut Reader) -> Result<bool, LinkError> {
-    match reader.fill().await {
+/// Reads more of a link stream: false at a clean end of stream. `on_wait`
+/// runs if the read has to wait ([`slim_framed::FrameReader::fill_idle`]).
+async fn read_more(reader: &mut Reader, on_wait: impl FnOnce()) -> Result<bool, LinkError> {
+    match reader.fill_idle(on_wait).await {
         Ok(0) => Ok(false),
         Ok(n) => {
             counter!(m::LINK_BYTES_TOTAL, "direction" => "in").increment(n as u64);
@@ -369,7 +370,7 @@ pub(crate) async fn ctl_reader(
                 }
             }
         }
-        if !read_more(&mut reader).await? {
+        if !read_more(&mut reader, || {}).await? {
             return Ok(());
         }
     }
@@ -439,7 +440,7 @@ pub(crate) async fn data_reader(
             shared.frames_in.fetch_add(n, Ordering::Relaxed);
             fwd.flush_metrics();
         }
-        if !read_more(&mut reader).await? {
+        if !read_more(&mut reader, || fwd.idle()).await? {
             return Ok(());
         }
     }
