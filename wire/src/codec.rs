@@ -9,6 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
 use crate::frame::*;
+use crate::mp;
 use crate::{Name, WireError};
 
 /// Bytes before the body: `len: u32` and `kind: u8`.
@@ -172,25 +173,30 @@ pub fn encode_to_vec(frame: &Frame, limits: &Limits) -> Result<Vec<u8>, WireErro
     Ok(b.to_vec())
 }
 
-#[derive(Serialize)]
-struct DeliverRef<'a> {
-    name: &'a str,
-    mode: Mode,
-    from: &'a str,
-    from_identity: Option<&'a str>,
-    msg_id: u64,
-    #[serde(with = "serde_bytes")]
-    payload: &'a [u8],
-}
-
-#[derive(Serialize)]
-struct PublishRef<'a> {
-    name: &'a Name,
-    mode: Mode,
-    flags: u8,
-    msg_id: u64,
-    #[serde(with = "serde_bytes")]
-    payload: &'a [u8],
+/// Appends `len | kind | body` for a body of `body` bytes that `write`
+/// writes: the frame limit is checked first (nothing is written for a frame
+/// over it), and the buffer grows once.
+fn encode_direct(
+    kind: FrameKind,
+    body: usize,
+    limits: &Limits,
+    out: &mut BytesMut,
+    write: impl FnOnce(&mut BytesMut),
+) -> Result<(), WireError> {
+    let len = 1 + body;
+    if len > limits.max_frame as usize {
+        return Err(WireError::FrameTooLarge {
+            declared: len as u64,
+            max: limits.max_frame,
+        });
+    }
+    out.reserve(4 + len);
+    let start = out.len();
+    out.put_u32(len as u32);
+    out.put_u8(kind as u8);
+    write(out);
+    debug_assert_eq!(out.len() - start, 4 + len, "{kind:?}: sized wrong");
+    Ok(())
 }
 
 /// Encodes a [`Deliver`] from borrowed parts; the router's hot path uses this
@@ -231,28 +237,22 @@ pub fn encode_deliver_raw(
     limits: &Limits,
     out: &mut BytesMut,
 ) -> Result<(), WireError> {
-    let body = DeliverRef {
-        name,
-        mode,
-        from,
-        from_identity,
-        msg_id,
-        payload,
-    };
-    encode_with(FrameKind::Deliver, &body, limits, out)
-}
-
-#[derive(Serialize)]
-struct ForwardRef<'a, P: Serialize, D: Serialize> {
-    name: &'a str,
-    mode: Mode,
-    from: &'a str,
-    from_identity: Option<&'a str>,
-    msg_id: u64,
-    path: P,
-    dests: D,
-    #[serde(with = "serde_bytes")]
-    payload: &'a [u8],
+    let body = mp::array_head(6)
+        + mp::str_size(name)
+        + 1
+        + mp::str_size(from)
+        + mp::opt_str_size(from_identity)
+        + mp::uint_size(msg_id)
+        + mp::bin_size(payload);
+    encode_direct(FrameKind::Deliver, body, limits, out, |out| {
+        mp::put_array(out, 6);
+        mp::put_str(out, name);
+        mp::put_uint(out, mode as u64);
+        mp::put_str(out, from);
+        mp::put_opt_str(out, from_identity);
+        mp::put_uint(out, msg_id);
+        mp::put_bin(out, payload);
+    })
 }
 
 /// A list of node ids serialized as a MessagePack array of strings, from
@@ -264,18 +264,25 @@ pub struct NodeIds<'a, I: Iterator<Item = &'a str> + Clone> {
     pub then: Option<&'a str>,
 }
 
-impl<'a, I: Iterator<Item = &'a str> + Clone> Serialize for NodeIds<'a, I> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let n = self.len + usize::from(self.then.is_some());
-        let mut seq = s.serialize_seq(Some(n))?;
-        for id in self.ids.clone().take(self.len) {
-            seq.serialize_element(id)?;
+impl<'a, I: Iterator<Item = &'a str> + Clone> NodeIds<'a, I> {
+    fn all(&self) -> impl Iterator<Item = &'a str> {
+        self.ids.clone().take(self.len).chain(self.then)
+    }
+
+    fn count(&self) -> usize {
+        self.len + usize::from(self.then.is_some())
+    }
+
+    /// Encoded size, as a MessagePack array of strings.
+    fn size(&self) -> usize {
+        mp::array_head(self.count()) + self.all().map(mp::str_size).sum::<usize>()
+    }
+
+    fn put(&self, out: &mut BytesMut) {
+        mp::put_array(out, self.count());
+        for id in self.all() {
+            mp::put_str(out, id);
         }
-        if let Some(t) = self.then {
-            seq.serialize_element(t)?;
-        }
-        seq.end()
     }
 }
 
@@ -297,17 +304,26 @@ where
     P: Iterator<Item = &'p str> + Clone,
     D: Iterator<Item = &'d str> + Clone,
 {
-    let body = ForwardRef {
-        name,
-        mode,
-        from,
-        from_identity,
-        msg_id,
-        path,
-        dests,
-        payload,
-    };
-    encode_with(FrameKind::Forward, &body, limits, out)
+    let body = mp::array_head(8)
+        + mp::str_size(name)
+        + 1
+        + mp::str_size(from)
+        + mp::opt_str_size(from_identity)
+        + mp::uint_size(msg_id)
+        + path.size()
+        + dests.size()
+        + mp::bin_size(payload);
+    encode_direct(FrameKind::Forward, body, limits, out, |out| {
+        mp::put_array(out, 8);
+        mp::put_str(out, name);
+        mp::put_uint(out, mode as u64);
+        mp::put_str(out, from);
+        mp::put_opt_str(out, from_identity);
+        mp::put_uint(out, msg_id);
+        path.put(out);
+        dests.put(out);
+        mp::put_bin(out, payload);
+    })
 }
 
 /// Encodes a [`Publish`] from borrowed parts (the SDK's publish path).
@@ -320,14 +336,21 @@ pub fn encode_publish(
     limits: &Limits,
     out: &mut BytesMut,
 ) -> Result<(), WireError> {
-    let body = PublishRef {
-        name,
-        mode,
-        flags,
-        msg_id,
-        payload,
-    };
-    encode_with(FrameKind::Publish, &body, limits, out)
+    let name = name.as_str();
+    let body = mp::array_head(5)
+        + mp::str_size(name)
+        + 1
+        + mp::uint_size(u64::from(flags))
+        + mp::uint_size(msg_id)
+        + mp::bin_size(payload);
+    encode_direct(FrameKind::Publish, body, limits, out, |out| {
+        mp::put_array(out, 5);
+        mp::put_str(out, name);
+        mp::put_uint(out, mode as u64);
+        mp::put_uint(out, u64::from(flags));
+        mp::put_uint(out, msg_id);
+        mp::put_bin(out, payload);
+    })
 }
 
 /// How many whole frames (`len | kind | body`, as this codec encodes them)
@@ -412,6 +435,152 @@ mod tests {
         encode(&Frame::Ping(crate::Ping { nonce: 9 }), &limits, &mut buf).unwrap();
         assert_eq!(count_frames(&buf[..buf.len() - 1]), 3);
         assert_eq!(count_frames(&buf[..whole + 2]), 3);
+    }
+
+    /// The hand-written encoders (`mp`) against the serde definitions they
+    /// stand in for, at every length and integer boundary.
+    #[test]
+    fn direct_encoders_match_the_serde_encoding() {
+        let limits = Limits::default();
+        let names = [
+            Name::parse("a/b/c").unwrap(),
+            Name::parse(&format!("{}/ns/svc/i1", "o".repeat(40))).unwrap(),
+        ];
+        let strs = ["", "x", &"y".repeat(31), &"z".repeat(32), &"w".repeat(300)];
+        let ids = [
+            0u64,
+            127,
+            128,
+            255,
+            256,
+            65_536,
+            u32::MAX as u64 + 1,
+            u64::MAX,
+        ];
+        let sizes = [0usize, 1, 255, 256, 65_535, 65_536, 70_000];
+        let mut n = 0;
+        for (i, name) in names.iter().enumerate() {
+            for (j, &id) in ids.iter().enumerate() {
+                let size = sizes[(i + j) % sizes.len()];
+                let payload = vec![(j as u8).wrapping_mul(31); size];
+                let identity = strs.get(j % 6).map(|s| s.to_string());
+                let mode = [Mode::Anycast, Mode::Multicast, Mode::Unicast][j % 3];
+                let flags = [0u8, 1, 127, 128, 255][j % 5];
+                let list: Vec<String> = (0..[0usize, 1, 15, 16, 17][j % 5])
+                    .map(|k| strs[k % strs.len()].to_owned())
+                    .collect();
+
+                let mut got = BytesMut::new();
+                encode_publish(name, mode, flags, id, &payload, &limits, &mut got).unwrap();
+                let mut want = BytesMut::new();
+                let f = Frame::Publish(Publish {
+                    name: name.clone(),
+                    mode,
+                    flags,
+                    msg_id: id,
+                    payload: payload.clone(),
+                });
+                encode(&f, &limits, &mut want).unwrap();
+                assert_eq!(got, want, "publish {name} {id} {size}");
+                assert_eq!(decode(&mut got, &limits).unwrap(), Some(f));
+
+                let mut got = BytesMut::new();
+                let (nm, from) = (name.as_str(), names[1 - i].as_str());
+                encode_deliver_raw(
+                    nm,
+                    mode,
+                    from,
+                    identity.as_deref(),
+                    id,
+                    &payload,
+                    &limits,
+                    &mut got,
+                )
+                .unwrap();
+                let mut want = BytesMut::new();
+                let f = Frame::Deliver(Deliver {
+                    name: name.clone(),
+                    mode,
+                    from: names[1 - i].clone(),
+                    from_identity: identity.clone(),
+                    msg_id: id,
+                    payload: payload.clone(),
+                });
+                encode(&f, &limits, &mut want).unwrap();
+                assert_eq!(got, want, "deliver {name} {id} {size}");
+
+                let (path, then) = match list.split_last() {
+                    Some((last, rest)) if j % 2 == 0 => (rest, Some(last.as_str())),
+                    _ => (&list[..], None),
+                };
+                let mut got = BytesMut::new();
+                encode_forward_raw(
+                    nm,
+                    mode,
+                    from,
+                    identity.as_deref(),
+                    id,
+                    NodeIds {
+                        ids: path.iter().map(String::as_str),
+                        len: path.len(),
+                        then,
+                    },
+                    NodeIds {
+                        ids: list.iter().map(String::as_str),
+                        len: list.len(),
+                        then: None,
+                    },
+                    &payload,
+                    &limits,
+                    &mut got,
+                )
+                .unwrap();
+                let mut want = BytesMut::new();
+                let f = Frame::Forward(Forward {
+                    name: name.clone(),
+                    mode,
+                    from: names[1 - i].clone(),
+                    from_identity: identity.clone(),
+                    msg_id: id,
+                    path: list.clone(),
+                    dests: list.clone(),
+                    payload,
+                });
+                encode(&f, &limits, &mut want).unwrap();
+                assert_eq!(got, want, "forward {name} {id} {size}");
+                n += 3;
+            }
+        }
+        assert_eq!(n, 48);
+    }
+
+    #[test]
+    fn a_direct_encoder_refuses_an_oversized_frame_as_serde_did() {
+        let limits = Limits { max_frame: 1000 };
+        let name = Name::parse("a/b/c").unwrap();
+        let payload = vec![0u8; 1000];
+        let mut out = BytesMut::from(&b"kept"[..]);
+        let err =
+            encode_publish(&name, Mode::Multicast, 0, 1, &payload, &limits, &mut out).unwrap_err();
+        let f = Frame::Publish(Publish {
+            name,
+            mode: Mode::Multicast,
+            flags: 0,
+            msg_id: 1,
+            payload,
+        });
+        assert_eq!(encode(&f, &limits, &mut BytesMut::new()).unwrap_err(), err);
+        assert!(
+            matches!(
+                err,
+                WireError::FrameTooLarge {
+                    declared: 1014,
+                    max: 1000
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(&out[..], b"kept", "nothing written");
     }
 
     #[test]

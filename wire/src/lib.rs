@@ -9,6 +9,7 @@
 
 pub mod codec;
 pub mod frame;
+mod mp;
 pub mod name;
 pub mod view;
 

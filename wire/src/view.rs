@@ -6,6 +6,7 @@
 
 use crate::codec::decode_body;
 use crate::frame::{Frame, Mode};
+use crate::mp;
 use crate::{Name, WireError};
 
 /// A `Publish` body borrowed from the receive buffer.
@@ -152,26 +153,16 @@ fn mode(b: u8) -> Option<Mode> {
     }
 }
 
+/// A string, if it is valid UTF-8 (on `None`, `rd` may have moved: the
+/// callers give up on the whole body).
 fn str_of<'a>(rd: &mut &'a [u8]) -> Option<&'a str> {
-    let (s, rest) = rmp::decode::read_str_from_slice(*rd).ok()?;
-    *rd = rest;
-    Some(s)
+    std::str::from_utf8(raw_str(rd)?).ok()
 }
 
 /// A string's bytes, unchecked.
 fn raw_str<'a>(rd: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = rmp::decode::read_str_len(rd).ok()? as usize;
-    take(rd, len)
-}
-
-/// The next `len` bytes, if there are as many.
-fn take<'a>(rd: &mut &'a [u8], len: usize) -> Option<&'a [u8]> {
-    if rd.len() < len {
-        return None;
-    }
-    let (b, rest) = rd.split_at(len);
-    *rd = rest;
-    Some(b)
+    let len = mp::str_len(rd)?;
+    mp::take(rd, len)
 }
 
 /// `b` as a name string, if it is valid UTF-8 and a valid name.
@@ -186,13 +177,13 @@ pub fn checked_str(b: &[u8]) -> Option<&str> {
     std::str::from_utf8(b).ok()
 }
 
-fn int<T: rmp::decode::RmpRead>(rd: &mut T) -> Option<u64> {
-    rmp::decode::read_int::<u64, _>(rd).ok()
+fn int(rd: &mut &[u8]) -> Option<u64> {
+    mp::uint(rd)
 }
 
 fn bin<'a>(rd: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = rmp::decode::read_bin_len(rd).ok()? as usize;
-    take(rd, len)
+    let len = mp::bin_len(rd)?;
+    mp::take(rd, len)
 }
 
 fn fast_publish(body: &[u8]) -> Option<PublishView<'_>> {
@@ -211,7 +202,7 @@ fn fast_publish(body: &[u8]) -> Option<PublishView<'_>> {
 /// [`publish_view`], which also says what is wrong).
 pub fn raw_publish_view(body: &[u8]) -> Option<RawPublishView<'_>> {
     let mut rd = body;
-    if rmp::decode::read_array_len(&mut rd).ok()? != 5 {
+    if mp::array_len(&mut rd)? != 5 {
         return None;
     }
     let name = raw_str(&mut rd)?;
@@ -274,8 +265,8 @@ struct Head<'a> {
     msg_id: u64,
 }
 
-fn raw_head<'a>(rd: &mut &'a [u8], fields: u32) -> Option<Head<'a>> {
-    if rmp::decode::read_array_len(rd).ok()? != fields {
+fn raw_head<'a>(rd: &mut &'a [u8], fields: usize) -> Option<Head<'a>> {
+    if mp::array_len(rd)? != fields {
         return None;
     }
     let name = raw_str(rd)?;
@@ -456,7 +447,7 @@ fn keep_list(slot: &mut (usize, Vec<u8>), (len, raw): (usize, &[u8]), was: bool)
 
 /// A node-id array's element count and bytes, its strings unchecked.
 fn raw_node_list<'a>(rd: &mut &'a [u8]) -> Option<(usize, &'a [u8])> {
-    let len = rmp::decode::read_array_len(rd).ok()? as usize;
+    let len = mp::array_len(rd)?;
     let start = *rd;
     for _ in 0..len {
         raw_str(rd)?;
