@@ -63,23 +63,28 @@ pub(crate) fn str_size(s: &str) -> usize {
     str_head(s.len()) + s.len()
 }
 
-pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
-    let len = s.len();
-    match str_head(len) {
-        1 => out.put_u8(0xa0 | len as u8),
+/// A length header of `size` bytes: `fix | len` in one byte, or the 8-, 16-
+/// or 32-bit form after its marker in `markers`.
+fn put_head(out: &mut BytesMut, size: usize, len: usize, fix: u8, markers: [u8; 3]) {
+    match size {
+        1 => out.put_u8(fix | len as u8),
         2 => {
-            out.put_u8(0xd9);
+            out.put_u8(markers[0]);
             out.put_u8(len as u8);
         }
         3 => {
-            out.put_u8(0xda);
+            out.put_u8(markers[1]);
             out.put_u16(len as u16);
         }
         _ => {
-            out.put_u8(0xdb);
+            out.put_u8(markers[2]);
             out.put_u32(len as u32);
         }
     }
+}
+
+pub(crate) fn put_str(out: &mut BytesMut, s: &str) {
+    put_head(out, str_head(s.len()), s.len(), 0xa0, [0xd9, 0xda, 0xdb]);
     out.put_slice(s.as_bytes());
 }
 
@@ -110,21 +115,8 @@ pub(crate) fn bin_size(b: &[u8]) -> usize {
 }
 
 pub(crate) fn put_bin(out: &mut BytesMut, b: &[u8]) {
-    let len = b.len();
-    match bin_head(len) {
-        2 => {
-            out.put_u8(0xc4);
-            out.put_u8(len as u8);
-        }
-        3 => {
-            out.put_u8(0xc5);
-            out.put_u16(len as u16);
-        }
-        _ => {
-            out.put_u8(0xc6);
-            out.put_u32(len as u32);
-        }
-    }
+    // No one-byte form: `fix` is never used.
+    put_head(out, bin_head(b.len()), b.len(), 0, [0xc4, 0xc5, 0xc6]);
     out.put_slice(b);
 }
 
@@ -138,17 +130,8 @@ pub(crate) fn array_head(len: usize) -> usize {
 }
 
 pub(crate) fn put_array(out: &mut BytesMut, len: usize) {
-    match array_head(len) {
-        1 => out.put_u8(0x90 | len as u8),
-        3 => {
-            out.put_u8(0xdc);
-            out.put_u16(len as u16);
-        }
-        _ => {
-            out.put_u8(0xdd);
-            out.put_u32(len as u32);
-        }
-    }
+    // No 8-bit form: `array_head` never answers 2.
+    put_head(out, array_head(len), len, 0x90, [0, 0xdc, 0xdd]);
 }
 
 /// The next `n` bytes as a big-endian unsigned integer.
