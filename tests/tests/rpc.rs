@@ -265,3 +265,68 @@ async fn rpc_over_mls_sessions() {
     })
     .await
 }
+
+/// A caller keeps one session per destination it called; a session whose
+/// peer has left ends and takes its entry with it. Before, one dead session
+/// stayed per peer ever called (until a later call to the same name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_to_departed_responders_are_dropped() {
+    deadline(
+        TEST_DEADLINE,
+        "sessions_to_departed_responders_are_dropped",
+        async {
+            use slim_client::session::p2p::P2pConfig;
+            init_tracing();
+            let pki = Pki::new("example.org");
+            let node = start_node(&pki, |_| {}).await;
+            // A peer that left is noticed within about a second.
+            let cfg = || RpcConfig {
+                session: P2pConfig {
+                    keep_alive: Some(Duration::from_millis(200)),
+                    idle_timeout: Some(Duration::from_secs(1)),
+                    peer_absent_grace: Duration::from_millis(500),
+                    ..P2pConfig::default()
+                },
+                ..RpcConfig::default()
+            };
+            let a = mux(&pki, &node, "acme/rpc/caller").await;
+            let rpc = RpcClient::new(&a, cfg());
+            const PEERS: usize = 20;
+            let mut servers = Vec::new();
+            for i in 0..PEERS {
+                let n = format!("acme/rpc/peer{i}");
+                let m = mux(&pki, &node, &n).await;
+                spawn_responder(
+                    RpcServer::new(&m, cfg()).unwrap(),
+                    Arc::new(std::sync::Mutex::new(Vec::new())),
+                );
+                let r = rpc.request(&name(&n), "echo:x", T).await.unwrap();
+                assert_eq!(r, format!("x@{}", a.client().name()).as_bytes());
+                servers.push(m);
+            }
+            assert_eq!(rpc.sessions(), PEERS, "one session per destination");
+            // Every responder leaves.
+            for m in servers {
+                m.client().shutdown().await;
+            }
+            // The departed responders' sessions end (idle timeout or the
+            // node's no-route) and leave; a new destination's stays.
+            let last = mux(&pki, &node, "acme/rpc/last").await;
+            spawn_responder(
+                RpcServer::new(&last, cfg()).unwrap(),
+                Arc::new(std::sync::Mutex::new(Vec::new())),
+            );
+            let last_name = name("acme/rpc/last");
+            assert_eventually(
+                T,
+                "the departed responders' sessions are dropped",
+                || async {
+                    rpc.request(&last_name, "echo:y", T).await.unwrap();
+                    rpc.sessions() == 1
+                },
+            )
+            .await;
+        },
+    )
+    .await;
+}

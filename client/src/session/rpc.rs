@@ -228,7 +228,26 @@ impl Conn {
 pub struct RpcClient {
     mux: SessionMux,
     cfg: RpcConfig,
-    conns: Mutex<HashMap<Name, Arc<OnceCell<Arc<Conn>>>>>,
+    conns: Arc<Conns>,
+}
+
+/// An [`RpcClient`]'s sessions, one per destination called. A session that
+/// ends (its peer left, or it failed) takes its own entry out: an agent that
+/// calls many peers that come and go keeps the live sessions only, not one
+/// dead session per peer it ever called.
+type Conns = Mutex<HashMap<Name, Arc<OnceCell<Arc<Conn>>>>>;
+
+/// Takes `name`'s entry out of `conns` if it still holds the session whose
+/// calls are `calls` (not a newer one opened since).
+fn forget_conn(conns: &Conns, name: &Name, calls: &Calls) {
+    let mut m = conns.lock();
+    let ours = m
+        .get(name)
+        .and_then(|c| c.get())
+        .is_some_and(|c| Arc::ptr_eq(&c.calls, calls));
+    if ours {
+        m.remove(name);
+    }
 }
 
 impl std::fmt::Debug for RpcClient {
@@ -319,8 +338,14 @@ impl RpcClient {
         RpcClient {
             mux: mux.clone(),
             cfg,
-            conns: Mutex::new(HashMap::new()),
+            conns: Arc::default(),
         }
+    }
+
+    /// Sessions this client keeps open (one per destination called whose
+    /// session has not ended).
+    pub fn sessions(&self) -> usize {
+        self.conns.lock().len()
     }
 
     /// Sends `payload` to `name` and waits for the response until `timeout`.
@@ -417,7 +442,8 @@ impl RpcClient {
                 .get_or_try_init(|| async {
                     let s =
                         p2p::open(&self.mux, name, self.cfg.session.clone(), Kind::OpenRpc).await?;
-                    Ok::<_, RpcError>(Arc::new(start_conn(s)))
+                    let end = (Arc::downgrade(&self.conns), name.clone());
+                    Ok::<_, RpcError>(Arc::new(start_conn(s, end)))
                 })
                 .await;
             let forget = |this: &Self| {
@@ -439,10 +465,18 @@ impl RpcClient {
     }
 }
 
-fn start_conn(s: P2pSession) -> Conn {
+/// Starts a session's response reader; when the session ends, its entry
+/// (`conns`, `name`) goes too.
+fn start_conn(s: P2pSession, (conns, name): (std::sync::Weak<Conns>, Name)) -> Conn {
     let (tx, rx) = s.into_split();
     let calls: Calls = Arc::default();
-    tokio::spawn(read_responses(rx, Arc::clone(&calls)));
+    let c = Arc::clone(&calls);
+    tokio::spawn(async move {
+        read_responses(rx, Arc::clone(&c)).await;
+        if let Some(conns) = conns.upgrade() {
+            forget_conn(&conns, &name, &c);
+        }
+    });
     Conn {
         tx,
         calls,
