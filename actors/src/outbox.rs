@@ -420,15 +420,11 @@ impl Outbox {
     /// and a reader busy routing holds its last route. Without this, each
     /// such holder would keep the closed connection's QUIC state alive, with
     /// its send buffer (megabytes of unacknowledged data for a cut slow
-    /// consumer). False if the writer holds the stream right now.
-    pub(crate) fn detach(&self) -> bool {
-        match self.stream.get().map(|s| s.try_lock()) {
-            None => true,
-            Some(Ok(mut s)) => {
-                s.take();
-                true
-            }
-            Some(Err(_)) => false,
+    /// consumer). Called by the writer as it ends, when it no longer holds
+    /// the stream's lock.
+    pub(crate) fn detach(&self) {
+        if let Some(Ok(mut s)) = self.stream.get().map(|s| s.try_lock()) {
+            s.take();
         }
     }
 

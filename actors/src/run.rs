@@ -109,7 +109,7 @@ impl Runs {
     /// lives, on every connection that ever published.
     pub(crate) fn release(&mut self) {
         debug_assert!(self.run.is_none(), "a run is flushed before the read waits");
-        if self.run.is_none() && self.buf.capacity() != 0 {
+        if self.run.is_none() {
             self.buf = BytesMut::new();
         }
     }

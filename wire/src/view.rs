@@ -177,10 +177,6 @@ pub fn checked_str(b: &[u8]) -> Option<&str> {
     std::str::from_utf8(b).ok()
 }
 
-fn int(rd: &mut &[u8]) -> Option<u64> {
-    mp::uint(rd)
-}
-
 fn bin<'a>(rd: &mut &'a [u8]) -> Option<&'a [u8]> {
     let len = mp::bin_len(rd)?;
     mp::take(rd, len)
@@ -206,9 +202,9 @@ pub fn raw_publish_view(body: &[u8]) -> Option<RawPublishView<'_>> {
         return None;
     }
     let name = raw_str(&mut rd)?;
-    let mode = mode(u8::try_from(int(&mut rd)?).ok()?)?;
-    let flags = u8::try_from(int(&mut rd)?).ok()?;
-    let msg_id = int(&mut rd)?;
+    let mode = mode(u8::try_from(mp::uint(&mut rd)?).ok()?)?;
+    let flags = u8::try_from(mp::uint(&mut rd)?).ok()?;
+    let msg_id = mp::uint(&mut rd)?;
     let payload = bin(&mut rd)?;
     rd.is_empty().then_some(RawPublishView {
         name,
@@ -270,9 +266,9 @@ fn raw_head<'a>(rd: &mut &'a [u8], fields: usize) -> Option<Head<'a>> {
         return None;
     }
     let name = raw_str(rd)?;
-    let mode = mode(u8::try_from(int(rd)?).ok()?)?;
+    let mode = mode(u8::try_from(mp::uint(rd)?).ok()?)?;
     let from = raw_str(rd)?;
-    let from_identity = if rd.first() == Some(&0xc0) {
+    let from_identity = if rd.first() == Some(&mp::NIL) {
         *rd = &rd[1..];
         None
     } else {
@@ -283,7 +279,7 @@ fn raw_head<'a>(rd: &mut &'a [u8], fields: usize) -> Option<Head<'a>> {
         mode,
         from,
         from_identity,
-        msg_id: int(rd)?,
+        msg_id: mp::uint(rd)?,
     })
 }
 
@@ -298,11 +294,7 @@ fn checked_identity(b: Option<&[u8]>) -> Option<Option<&str>> {
 /// A `Forward` body's fields located, its strings unchecked (private: the
 /// two ways to check them are [`fast_forward`] and [`ForwardMemo::view`]).
 struct RawForward<'a> {
-    name: &'a [u8],
-    mode: Mode,
-    from: &'a [u8],
-    from_identity: Option<&'a [u8]>,
-    msg_id: u64,
+    head: Head<'a>,
     /// Node-id arrays: element count and bytes.
     path: (usize, &'a [u8]),
     dests: (usize, &'a [u8]),
@@ -311,22 +303,12 @@ struct RawForward<'a> {
 
 fn raw_forward(body: &[u8]) -> Option<RawForward<'_>> {
     let mut rd = body;
-    let Head {
-        name,
-        mode,
-        from,
-        from_identity,
-        msg_id,
-    } = raw_head(&mut rd, 8)?;
+    let head = raw_head(&mut rd, 8)?;
     let path = raw_node_list(&mut rd)?;
     let dests = raw_node_list(&mut rd)?;
     let payload = bin(&mut rd)?;
     rd.is_empty().then_some(RawForward {
-        name,
-        mode,
-        from,
-        from_identity,
-        msg_id,
+        head,
         path,
         dests,
         payload,
@@ -344,12 +326,13 @@ fn checked_list((len, raw): (usize, &[u8])) -> Option<NodeList<'_>> {
 
 fn fast_forward(body: &[u8]) -> Option<ForwardView<'_>> {
     let r = raw_forward(body)?;
+    let h = r.head;
     Some(ForwardView {
-        name: checked_name(r.name)?,
-        mode: r.mode,
-        from: checked_name(r.from)?,
-        from_identity: checked_identity(r.from_identity)?,
-        msg_id: r.msg_id,
+        name: checked_name(h.name)?,
+        mode: h.mode,
+        from: checked_name(h.from)?,
+        from_identity: checked_identity(h.from_identity)?,
+        msg_id: h.msg_id,
         path: checked_list(r.path)?,
         dests: checked_list(r.dests)?,
         payload: r.payload,
@@ -380,11 +363,14 @@ impl ForwardMemo {
     /// changed fails its check (then [`forward_view`] says what is wrong).
     pub fn view<'a>(&'a mut self, body: &'a [u8]) -> Option<ForwardView<'a>> {
         let RawForward {
-            name,
-            mode,
-            from,
-            from_identity,
-            msg_id,
+            head:
+                Head {
+                    name,
+                    mode,
+                    from,
+                    from_identity,
+                    msg_id,
+                },
             path,
             dests,
             payload,

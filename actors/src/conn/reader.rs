@@ -205,9 +205,7 @@ impl<'a> Router<'a> {
     /// departed subscriber's QUIC state behind its stream), for as long as
     /// this connection stays idle.
     fn idle(&mut self) {
-        if self.scratch.capacity() != 0 {
-            self.scratch = BytesMut::new();
-        }
+        self.scratch = BytesMut::new();
         self.runs.release();
         self.routes.forget();
     }

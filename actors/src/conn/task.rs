@@ -277,8 +277,6 @@ impl ConnState {
 pub(crate) fn cleanup(ctx: &NodeCtx, id: ConnId) {
     if let Some((_, shared)) = ctx.conns.remove(&id) {
         shared.outbox.close();
-        // Usually done already by the writer as it ended (see `detach`).
-        shared.outbox.detach();
         if shared.conn.close_reason().is_none() {
             shared.conn.close(VarInt::from_u32(0), b"closed");
         }

@@ -53,9 +53,7 @@ impl<'a> Forwarder<'a> {
     /// The link has nothing more to read for now: the encode buffers and
     /// the route memo go, as on a client connection (`conn::reader`).
     pub(crate) fn idle(&mut self) {
-        if self.scratch.capacity() != 0 {
-            self.scratch = BytesMut::new();
-        }
+        self.scratch = BytesMut::new();
         self.runs.release();
         self.routes.forget();
     }

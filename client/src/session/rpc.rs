@@ -235,19 +235,25 @@ pub struct RpcClient {
 /// ends (its peer left, or it failed) takes its own entry out: an agent that
 /// calls many peers that come and go keeps the live sessions only, not one
 /// dead session per peer it ever called.
-type Conns = Mutex<HashMap<Name, Arc<OnceCell<Arc<Conn>>>>>;
+type Conns = Mutex<HashMap<Name, Cell>>;
+type Cell = Arc<OnceCell<Arc<Conn>>>;
 
-/// Takes `name`'s entry out of `conns` if it still holds the session whose
-/// calls are `calls` (not a newer one opened since).
-fn forget_conn(conns: &Conns, name: &Name, calls: &Calls) {
+/// Takes `name`'s entry out of `conns` if it is still `cell` (not a newer
+/// session's, opened since).
+fn forget_conn(conns: &Conns, name: &Name, cell: &Cell) {
     let mut m = conns.lock();
-    let ours = m
-        .get(name)
-        .and_then(|c| c.get())
-        .is_some_and(|c| Arc::ptr_eq(&c.calls, calls));
-    if ours {
+    if m.get(name).is_some_and(|c| Arc::ptr_eq(c, cell)) {
         m.remove(name);
     }
+}
+
+/// Where a session's entry is, for the session to take it out as it ends
+/// (weak: the session must not keep its client's map, or its own entry,
+/// alive).
+struct Entry {
+    conns: std::sync::Weak<Conns>,
+    name: Name,
+    cell: std::sync::Weak<OnceCell<Arc<Conn>>>,
 }
 
 impl std::fmt::Debug for RpcClient {
@@ -442,22 +448,20 @@ impl RpcClient {
                 .get_or_try_init(|| async {
                     let s =
                         p2p::open(&self.mux, name, self.cfg.session.clone(), Kind::OpenRpc).await?;
-                    let end = (Arc::downgrade(&self.conns), name.clone());
-                    Ok::<_, RpcError>(Arc::new(start_conn(s, end)))
+                    let entry = Entry {
+                        conns: Arc::downgrade(&self.conns),
+                        name: name.clone(),
+                        cell: Arc::downgrade(&cell),
+                    };
+                    Ok::<_, RpcError>(Arc::new(start_conn(s, entry)))
                 })
                 .await;
-            let forget = |this: &Self| {
-                let mut m = this.conns.lock();
-                if m.get(name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                    m.remove(name);
-                }
-            };
             match r {
                 Ok(c) if !c.is_dead() => return Ok(Arc::clone(c)),
                 // The session died since: drop it and open a fresh one.
-                Ok(_) => forget(self),
+                Ok(_) => forget_conn(&self.conns, name, &cell),
                 Err(e) => {
-                    forget(self);
+                    forget_conn(&self.conns, name, &cell);
                     return Err(e);
                 }
             }
@@ -466,15 +470,15 @@ impl RpcClient {
 }
 
 /// Starts a session's response reader; when the session ends, its entry
-/// (`conns`, `name`) goes too.
-fn start_conn(s: P2pSession, (conns, name): (std::sync::Weak<Conns>, Name)) -> Conn {
+/// goes too.
+fn start_conn(s: P2pSession, entry: Entry) -> Conn {
     let (tx, rx) = s.into_split();
     let calls: Calls = Arc::default();
     let c = Arc::clone(&calls);
     tokio::spawn(async move {
-        read_responses(rx, Arc::clone(&c)).await;
-        if let Some(conns) = conns.upgrade() {
-            forget_conn(&conns, &name, &c);
+        read_responses(rx, c).await;
+        if let (Some(conns), Some(cell)) = (entry.conns.upgrade(), entry.cell.upgrade()) {
+            forget_conn(&conns, &entry.name, &cell);
         }
     });
     Conn {
