@@ -47,6 +47,11 @@ pub struct NodeConfig {
     /// QUIC's send buffers: shared by the connections receiving at once
     /// (see [`crate::sendbudget`]); one receiver alone keeps a 2 MiB window.
     pub send_budget: u64,
+    /// Bytes client outboxes together may queue beyond their own
+    /// `queue.max_bytes` before a publisher has to wait for one of them
+    /// (`outbox::Overflow`): one subscriber that stops reading then costs
+    /// memory up to this, not its publishers' time. 0: never borrow.
+    pub overflow_bytes: usize,
     /// QUIC+TLS handshake plus the hello exchange must finish within this:
     /// one deadline from the first Initial to the hello.
     pub handshake_timeout: Duration,
@@ -241,6 +246,9 @@ impl Default for NodeConfig {
             queue: QueueConfig::default(),
             // 128 receivers at the full 2 MiB window; 1,000 get 256 KiB each.
             send_budget: 256 << 20,
+            // Two seconds of a stalled subscriber's share of a 1 -> 10 fan-out
+            // at full speed on two cores (~20 MB/s each) fit, twice over.
+            overflow_bytes: 64 << 20,
             handshake_timeout: Duration::from_secs(10),
             admission: crate::admission::AdmissionConfig::default(),
             // A full 1 MiB frame in 10 s needs 100 KB/s, well under any

@@ -28,6 +28,7 @@ use crate::engine::Next;
 use crate::fed::shared::Fed;
 use crate::logthrottle::Kind;
 use crate::metrics as m;
+use crate::outbox::Push;
 use crate::registry::{ConnId, Registry, RemoteGroup, Sub};
 use crate::table::TableMsg;
 use crate::types::TlsIdentity;
@@ -113,6 +114,8 @@ pub(crate) struct NodeCtx {
     pub(crate) source_handshakes: DashMap<std::net::IpAddr, usize>,
     /// Bytes all connections hold in incomplete large frames.
     pub(crate) partial_bytes: std::sync::atomic::AtomicUsize,
+    /// Room beyond their caps that client outboxes share.
+    pub(crate) overflow: Arc<crate::outbox::Overflow>,
     /// Rate-limits the log lines anyone on the network can cause.
     pub(crate) log: Arc<crate::logthrottle::LogThrottle>,
 }
@@ -295,6 +298,29 @@ impl NodeCtx {
         }
     }
 
+    /// Applies the slow-consumer policy to the client connections that hold
+    /// overflow room while their writer has made no progress for the write
+    /// deadline, whether or not anyone still pushes to them (see
+    /// `outbox/overflow.rs`). Run on the send budget's tick.
+    pub(crate) fn expire_stalled(&self) {
+        let mut expired = Vec::new();
+        for c in self.conns.iter() {
+            if let Some(out) = c.outbox.expire_stalled() {
+                expired.push((c.id, out));
+            }
+        }
+        for (conn, out) in expired {
+            match out {
+                Push::Disconnect => self.disconnect_slow(conn),
+                Push::Slow => {
+                    counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "drop").increment(1);
+                    self.log_slow_consumer(conn);
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Closes connection `conn` (slow-consumer policy).
     pub(crate) fn disconnect_slow(&self, conn: ConnId) {
         let victim = self.conns.get(&conn).map(|c| Arc::clone(c.value()));
@@ -309,15 +335,16 @@ impl NodeCtx {
                     conn = c.id,
                     action = "disconnect",
                     queued_bytes = c.outbox.queued_bytes(),
+                    overflow_bytes = c.outbox.borrowed(),
                     writer = c.outbox.writer_state(),
-                    "slow consumer detected: {identity} ({}) let its outbound queue stay full past the write deadline ({:?}); disconnecting it{THROTTLED_PER_IDENTITY}",
+                    "slow consumer detected: {identity} ({}) read nothing for the write deadline ({:?}) while its outbound queue was full; disconnecting it{THROTTLED_PER_IDENTITY}",
                     c.name,
                     self.cfg.queue.policy.write_deadline
                 );
             }
             c.close(
                 ErrorCode::SLOW_CONSUMER,
-                "slow consumer: outbound queue stayed full past the write deadline",
+                "slow consumer: read nothing for the write deadline while its outbound queue was full",
             );
         }
     }
@@ -331,9 +358,7 @@ async fn wait_for_room(
     frames: u64,
 ) -> crate::outbox::Push {
     let started = std::time::Instant::now();
-    let out = outbox
-        .push_wait_frames(frame, frames, outbox.data_deadline())
-        .await;
+    let out = outbox.push_wait_frames(frame, frames).await;
     m::publisher_waited(started.elapsed());
     out
 }

@@ -27,6 +27,7 @@ pub(crate) async fn sample(ctx: Arc<NodeCtx>) {
         }
         gauge!(m::QUEUE_BYTES).set(total as f64);
         gauge!(m::QUEUE_BYTES_MAX).set(max as f64);
+        gauge!(m::QUEUE_OVERFLOW_BYTES).set(ctx.overflow.used() as f64);
         m::registry_gauges(&ctx.registry);
         gauge!(m::TABLE_ENTRIES, "table" => "connections").set(ctx.conns.len() as f64);
         gauge!(m::TABLE_ENTRIES, "table" => "registry_connections")

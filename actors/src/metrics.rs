@@ -33,6 +33,7 @@ pub const SVID_ROTATIONS_TOTAL: &str = "slim_svid_rotations_total";
 pub const FRAMES_OUT_TOTAL: &str = "slim_frames_out_total";
 pub const QUEUE_BYTES: &str = "slim_queue_bytes";
 pub const QUEUE_BYTES_MAX: &str = "slim_queue_bytes_max";
+pub const QUEUE_OVERFLOW_BYTES: &str = "slim_queue_overflow_bytes";
 /// The QUIC send window each client connection has now (see `sendbudget`).
 pub const SEND_WINDOW_BYTES: &str = "slim_send_window_bytes";
 /// Client connections that were sent something in the last quarter second
@@ -255,6 +256,11 @@ pub fn describe() {
         QUEUE_BYTES_MAX,
         Bytes,
         "Bytes queued in the fullest client outbox (sampled every second).",
+    );
+    g(
+        QUEUE_OVERFLOW_BYTES,
+        Bytes,
+        "Bytes full client outboxes hold beyond their own cap, of the node's [queue] overflow_bytes (sampled every second); at the limit, publishers wait for their slowest subscriber.",
     );
     g(
         SEND_WINDOW_BYTES,

@@ -454,6 +454,7 @@ pub async fn start(
         send_window: std::sync::atomic::AtomicU64::new(crate::sendbudget::MAX_WINDOW),
         source_handshakes: DashMap::new(),
         partial_bytes: std::sync::atomic::AtomicUsize::new(0),
+        overflow: Arc::new(crate::outbox::Overflow::new(cfg.overflow_bytes)),
         log,
         tag: format!(
             "{}#{}",
@@ -613,6 +614,12 @@ impl NodeHandle {
         self.ctx.slow_disconnects.load(Ordering::Relaxed)
     }
 
+    /// Bytes client outboxes hold beyond their caps now, of
+    /// `NodeConfig::overflow_bytes`.
+    pub fn overflow_bytes(&self) -> usize {
+        self.ctx.overflow.used()
+    }
+
     pub fn connections(&self) -> Vec<ConnStats> {
         self.ctx
             .conns
@@ -623,6 +630,7 @@ impl NodeHandle {
                 identity: c.identity().map(str::to_owned),
                 queued_bytes: c.outbox.queued_bytes(),
                 max_queued_bytes: c.outbox.max_bytes(),
+                overflow_bytes: c.outbox.borrowed(),
                 dropped: c.outbox.dropped(),
                 waited: c.outbox.waits(),
                 slow: c.outbox.is_slow(),

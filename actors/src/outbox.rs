@@ -6,12 +6,17 @@
 //! by bytes (`max_bytes`), so a stalled reader costs at most `max_bytes`.
 //!
 //! A full queue first makes the pusher *wait* (the publisher's reader stops
-//! reading, so QUIC flow control slows the publisher) for up to the policy's
-//! write deadline, like NATS's `write_deadline`: nobody loses anything while
-//! every subscriber keeps up on average. A queue still full at the deadline is
-//! a slow consumer, handled by [`SlowAction`]: cut off (disconnected), or
+//! reading, so QUIC flow control slows the publisher) while the queue's
+//! writer makes progress: nobody loses anything while every subscriber keeps
+//! up on average. A queue whose writer has made no progress for the policy's
+//! write deadline (like NATS's `write_deadline`, the time a write may block)
+//! is a slow consumer, handled by [`SlowAction`]: cut off (disconnected), or
 //! marked and dropped for at once (without waiting) until it has drained, so
 //! it cannot stall its publishers again.
+//!
+//! Before anyone waits, a client outbox over its cap borrows room from the
+//! node-wide [`Overflow`] pool, and the deadline counts time without progress
+//! by the queue's writer, not time spent full (see [`overflow`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -20,8 +25,11 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 mod direct;
+mod overflow;
 pub use direct::Direct;
 use direct::{Attempt, Stream};
+pub use overflow::Overflow;
+use overflow::StallClock;
 pub use slim_framed::queue::QueueRx;
 use slim_framed::queue::{self, Queue, Refused};
 
@@ -38,19 +46,21 @@ pub enum SlowAction {
 /// How a full queue is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlowConsumerPolicy {
-    /// How long a publisher waits for room in a full queue before the queue's
-    /// owner is declared a slow consumer. Zero: never wait (fire-and-forget:
-    /// a full queue drops, or disconnects, at once).
+    /// How long a full queue's writer may make no progress (its client not
+    /// reading) before the queue's owner is declared a slow consumer. Zero:
+    /// never wait (fire-and-forget: a full queue drops, or disconnects, at
+    /// once).
     pub write_deadline: Duration,
     pub action: SlowAction,
 }
 
 impl SlowConsumerPolicy {
     /// The default write deadline. NATS's is 10 s (compare.sh sees
-    /// nats-server 2.9 cut a stalled subscriber after ~10.7 s), but NATS
-    /// buffers for a slow subscriber (up to 64 MB) while its publishers run
-    /// on; here the publishers wait, so a stalled subscriber holds them up
-    /// for this long (readers' rate 0.84x over a 10 s window at 2 s).
+    /// nats-server 2.9 cut a stalled subscriber after ~10.7 s), buffering
+    /// up to 64 MB for it meanwhile. Here a stalled subscriber borrows from
+    /// the node's overflow room first, and its publishers wait for it only
+    /// once that is used up, so the deadline is kept short: the room a
+    /// stalled subscriber can take is the rate it is sent at times this.
     pub const DEFAULT_WRITE_DEADLINE: Duration = Duration::from_secs(2);
 
     /// Fire-and-forget: never wait; drop the newest frame of a full queue.
@@ -76,6 +86,12 @@ impl Default for SlowConsumerPolicy {
         SlowConsumerPolicy::wait(Self::DEFAULT_WRITE_DEADLINE, SlowAction::Disconnect)
     }
 }
+
+/// How long a full queue's writer must have made no progress before the
+/// queue borrows overflow room: a stall, not a subscriber reading slowly
+/// (whose writer moves every few milliseconds; the clock restarts each
+/// time). Each stall costs its publishers this long instead of the deadline.
+pub const BORROW_AFTER: Duration = Duration::from_millis(100);
 
 /// How long a control frame (an ack, an error, a pong) for a connection's
 /// own client may wait when the policy never waits for data: losing an ack
@@ -133,6 +149,13 @@ pub struct Outbox {
     /// Bytes the writer has handed to the transport so far (the send
     /// budget tells receiving connections from idle ones by it).
     written_total: AtomicU64,
+    /// The pool this outbox may borrow from beyond `max_bytes` (client
+    /// connections; `None` for peer links), and what it holds of it now.
+    overflow: Option<std::sync::Arc<Overflow>>,
+    borrowed: AtomicUsize,
+    /// How long the writer has made no progress while the queue was over
+    /// its cap: the slow-consumer deadline runs on this.
+    stall: StallClock,
 }
 
 static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -144,6 +167,12 @@ pub fn epoch() -> Instant {
 
 fn now_ns() -> u64 {
     (epoch().elapsed().as_nanos() as u64).max(1)
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.repay_over(0);
+    }
 }
 
 impl std::fmt::Debug for Outbox {
@@ -181,9 +210,19 @@ impl Outbox {
                 direct: AtomicU64::new(0),
                 carried: AtomicU64::new(0),
                 written_total: AtomicU64::new(0),
+                overflow: None,
+                borrowed: AtomicUsize::new(0),
+                stall: StallClock::default(),
             },
             rx,
         )
+    }
+
+    /// Lets this outbox borrow from `pool` when it is full (see
+    /// [`overflow`]).
+    pub fn with_overflow(mut self, pool: std::sync::Arc<Overflow>) -> Outbox {
+        self.overflow = Some(pool);
+        self
     }
 
     /// Enqueues a frame without waiting. A full queue hands the frame back
@@ -213,9 +252,41 @@ impl Outbox {
         }
     }
 
-    /// The deadline a data frame pushed now may wait until.
-    pub fn data_deadline(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now() + self.policy.write_deadline
+    /// For a waiting data push: when to look again, and when the writer's
+    /// current stall reaches the write deadline (the push may wait until
+    /// then; the deadline moves on whenever the writer makes progress). It
+    /// looks again before the deadline when the stall will be old enough to
+    /// borrow overflow room, if there is room to borrow.
+    fn stall_deadline(&self) -> (tokio::time::Instant, tokio::time::Instant) {
+        let now = now_ns();
+        let since = self.stall.started(self.activity(), now);
+        let at = |ns: u64| tokio::time::Instant::from_std(epoch() + Duration::from_nanos(ns));
+        let due = at(since) + self.policy.write_deadline;
+        let borrow_at = since + self.borrow_after().as_nanos() as u64;
+        let wake = match &self.overflow {
+            Some(pool) if now < borrow_at && pool.used() < pool.limit() => at(borrow_at),
+            _ => due,
+        };
+        (wake, due)
+    }
+
+    /// How long the writer has made no progress (the clock starts with the
+    /// first look while the queue is full).
+    fn stalled_for(&self) -> Duration {
+        let now = now_ns();
+        Duration::from_nanos(now - self.stall.started(self.activity(), now))
+    }
+
+    /// Whether the writer has made no progress for the write deadline.
+    fn stalled_past_deadline(&self) -> bool {
+        self.stalled_for() >= self.policy.write_deadline
+    }
+
+    /// How long a full queue's writer must have made no progress before the
+    /// queue may borrow overflow room ([`BORROW_AFTER`], or half a shorter
+    /// deadline).
+    fn borrow_after(&self) -> Duration {
+        BORROW_AFTER.min(self.policy.write_deadline / 2)
     }
 
     /// The deadline a control frame pushed now may wait until.
@@ -226,16 +297,26 @@ impl Outbox {
     /// Enqueues a frame, waiting for room until `deadline`; a queue still
     /// full then is a slow consumer, handled by the policy.
     pub async fn push_wait(&self, frame: Bytes, deadline: tokio::time::Instant) -> Push {
-        self.push_wait_frames(frame, 1, deadline).await
+        self.wait_for_room(frame, 1, |_| (deadline, deadline)).await
     }
 
-    /// [`Outbox::push_wait`] for a run of `frames` frames (see
-    /// [`Outbox::push_frames`]).
-    pub async fn push_wait_frames(
+    /// Enqueues a run of `frames` data frames (see [`Outbox::push_frames`]),
+    /// waiting for room as long as the writer makes progress; a queue whose
+    /// writer has made none for the write deadline is a slow consumer,
+    /// handled by the policy.
+    pub async fn push_wait_frames(&self, frame: Bytes, frames: u64) -> Push {
+        self.wait_for_room(frame, frames, Outbox::stall_deadline)
+            .await
+    }
+
+    /// Waits for room until the deadline `until` gives (with the moment to
+    /// look again before it, if any), asked again on every wake-up, so a
+    /// deadline that moves on is followed.
+    async fn wait_for_room(
         &self,
         frame: Bytes,
         frames: u64,
-        deadline: tokio::time::Instant,
+        until: impl Fn(&Outbox) -> (tokio::time::Instant, tokio::time::Instant),
     ) -> Push {
         let mut frame = frame;
         let out = loop {
@@ -255,9 +336,11 @@ impl Outbox {
                 // Someone else declared it slow while we waited: no more waiting.
                 Err(Some(_)) if self.is_slow() => self.overdue(frames),
                 Err(Some(f)) => {
-                    let woke = tokio::time::timeout_at(deadline, notified).await.is_ok();
+                    let woke = tokio::time::timeout_at(until(self).0, notified)
+                        .await
+                        .is_ok();
                     self.waiters.fetch_sub(1, Ordering::SeqCst);
-                    if !woke {
+                    if !woke && until(self).1 <= tokio::time::Instant::now() {
                         break self.overdue(frames);
                     }
                     frame = f;
@@ -290,11 +373,20 @@ impl Outbox {
     fn try_queue(&self, frame: Bytes) -> Result<(), Option<Bytes>> {
         let len = frame.len();
         let prev = self.queued_bytes.fetch_add(len, Ordering::SeqCst);
+        let mut frame = frame;
+        let mut borrowed = 0;
+        // A single frame larger than the cap still goes through on an empty
+        // queue, otherwise it could never be delivered.
         if prev + len > self.max_bytes && prev != 0 {
-            // A single frame larger than the cap still goes through on an empty
-            // queue, otherwise it could never be delivered.
-            self.queued_bytes.fetch_sub(len, Ordering::SeqCst);
-            return Err(Some(frame));
+            if !self.borrow(len) {
+                self.queued_bytes.fetch_sub(len, Ordering::SeqCst);
+                return Err(Some(frame));
+            }
+            borrowed = len;
+            // Its own copy: a fan-out's frames are slices of one encode chunk
+            // shared by all subscribers of a read, which a borrowed frame
+            // would otherwise keep whole.
+            frame = Bytes::copy_from_slice(&frame);
         }
         match self.tx.push(frame) {
             Ok(()) => {
@@ -310,14 +402,92 @@ impl Outbox {
             }
             Err(Refused::Full(frame)) => {
                 self.queued_bytes.fetch_sub(len, Ordering::SeqCst);
+                self.repay(borrowed);
                 Err(Some(frame))
             }
             Err(Refused::Closed) => {
                 self.queued_bytes.fetch_sub(len, Ordering::SeqCst);
+                self.repay(borrowed);
                 self.closed.store(true, Ordering::Relaxed);
                 Err(None)
             }
         }
+    }
+
+    /// Borrows `len` bytes from the pool for a queue over its cap whose
+    /// writer has been stuck for [`Outbox::borrow_after`], not yet for the
+    /// deadline (then it is a slow consumer, and the pool is kept for the
+    /// others), and that was not declared slow. A queue whose writer moves
+    /// (its client reads, if slowly) does not borrow: its publishers wait for
+    /// it, as flow control should, without a backlog growing behind it.
+    fn borrow(&self, len: usize) -> bool {
+        let Some(pool) = &self.overflow else {
+            return false;
+        };
+        if self.policy.write_deadline.is_zero() || self.is_slow() {
+            return false;
+        }
+        let stalled = self.stalled_for();
+        if stalled < self.borrow_after() || stalled >= self.policy.write_deadline {
+            return false;
+        }
+        if !pool.take(len) {
+            return false;
+        }
+        self.borrowed.fetch_add(len, Ordering::SeqCst);
+        true
+    }
+
+    /// Gives back `n` bytes of what this outbox holds of the pool (fewer if
+    /// the writer has given some back already).
+    fn repay(&self, n: usize) {
+        let Some(pool) = &self.overflow else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        if let Ok(held) = self
+            .borrowed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                (b > 0).then(|| b - b.min(n))
+            })
+        {
+            pool.give(held.min(n));
+        }
+    }
+
+    /// Gives back to the pool whatever this outbox holds beyond `keep`
+    /// bytes of it.
+    fn repay_over(&self, keep: usize) {
+        let Some(pool) = &self.overflow else {
+            return;
+        };
+        if let Ok(held) = self
+            .borrowed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                (b > keep).then_some(keep)
+            })
+        {
+            pool.give(held - keep);
+        }
+    }
+
+    /// Bytes this outbox holds of the overflow pool.
+    pub fn borrowed(&self) -> usize {
+        self.borrowed.load(Ordering::Relaxed)
+    }
+
+    /// For the node's periodic sweep: an outbox holding pool bytes whose
+    /// writer has made no progress for the write deadline is a slow
+    /// consumer even if nobody pushes to it any more (otherwise it would
+    /// keep its share of the pool). Applies the policy as a timed-out push
+    /// would and says what it did; `None` if it is not stalled.
+    pub fn expire_stalled(&self) -> Option<Push> {
+        if self.borrowed() == 0 || self.is_closed() || self.is_slow() {
+            return None;
+        }
+        self.stalled_past_deadline().then(|| self.overdue(0))
     }
 
     /// The queue is full past its deadline (or the policy never waits):
@@ -345,6 +515,10 @@ impl Outbox {
     pub fn written(&self, n: usize) {
         self.written_total.fetch_add(n as u64, Ordering::Relaxed);
         let left = self.queued_bytes.fetch_sub(n, Ordering::SeqCst) - n;
+        if self.borrowed.load(Ordering::Relaxed) != 0 {
+            // Only what is still queued beyond the cap stays borrowed.
+            self.repay_over(left.saturating_sub(self.max_bytes));
+        }
         if left == 0 && self.slow.load(Ordering::Relaxed) {
             // Drained: it kept up after all; publishers wait for it again.
             self.slow.store(false, Ordering::Relaxed);
@@ -426,6 +600,8 @@ impl Outbox {
         if let Some(Ok(mut s)) = self.stream.get().map(|s| s.try_lock()) {
             s.take();
         }
+        // The writer is ending, and the queue's frames with it.
+        self.repay_over(0);
     }
 
     /// The writer task's sink: writes a pending carry first, then the chunk.
@@ -538,6 +714,7 @@ impl slim_framed::ChunkSink for WriterSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn waiting(action: SlowAction) -> SlowConsumerPolicy {
         SlowConsumerPolicy::wait(Duration::from_secs(3600), action)
@@ -550,10 +727,7 @@ mod tests {
     ) -> tokio::task::JoinHandle<Push> {
         let waiter = {
             let q = q.clone();
-            tokio::spawn(async move {
-                let d = q.data_deadline();
-                q.push_wait(Bytes::from_static(frame), d).await
-            })
+            tokio::spawn(async move { q.push_wait_frames(Bytes::from_static(frame), 1).await })
         };
         while q.waiters.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
@@ -638,6 +812,168 @@ mod tests {
         let waiter = spawn_waiter(&q, b"b").await;
         q.close();
         assert_eq!(waiter.await.unwrap(), Push::Closed);
+    }
+
+    fn pooled(
+        max_bytes: usize,
+        pool: usize,
+        deadline: Duration,
+    ) -> (Outbox, QueueRx, Arc<Overflow>) {
+        let pool = Arc::new(Overflow::new(pool));
+        let (q, rx) = Outbox::new(
+            100,
+            max_bytes,
+            SlowConsumerPolicy::wait(deadline, SlowAction::Disconnect),
+        );
+        (q.with_overflow(Arc::clone(&pool)), rx, pool)
+    }
+
+    /// `frame` finds the queue full; once the writer has been stuck for
+    /// [`BORROW_AFTER`] it goes into borrowed room.
+    fn push_after_a_stall(q: &Outbox, frame: Bytes) {
+        assert!(
+            matches!(q.push(frame.clone()), Push::Full(_)),
+            "borrows only after a stall"
+        );
+        std::thread::sleep(BORROW_AFTER + BORROW_AFTER / 2);
+        assert_eq!(q.push(frame), Push::Queued);
+    }
+
+    #[test]
+    fn a_stalled_queue_borrows_from_the_pool_and_the_writer_gives_it_back() {
+        let (q, rx, pool) = pooled(10, 20, Duration::from_secs(3600));
+        assert_eq!(q.push(Bytes::from_static(b"aaaaaa")), Push::Queued);
+        let shared = Bytes::from_static(b"bbbbbb");
+        push_after_a_stall(&q, shared.clone());
+        assert_eq!(
+            q.push(Bytes::from_static(b"cccccccccc")),
+            Push::Queued,
+            "still stuck"
+        );
+        assert_eq!((q.borrowed(), pool.used()), (16, 16));
+        assert!(
+            matches!(q.push(Bytes::from_static(b"dddddd")), Push::Full(_)),
+            "the pool is used up: wait"
+        );
+        assert_eq!(
+            (q.borrowed(), pool.used()),
+            (16, 16),
+            "a refused push holds nothing"
+        );
+        assert_eq!(q.dropped(), 0);
+        let a = rx.try_recv().unwrap();
+        q.written(a.len());
+        assert_eq!(
+            (q.borrowed(), pool.used()),
+            (6, 6),
+            "only what is over the cap stays borrowed"
+        );
+        let b = rx.try_recv().unwrap();
+        assert_eq!(b, shared);
+        assert_ne!(
+            b.as_ptr(),
+            shared.as_ptr(),
+            "a borrowed frame is a copy of its own"
+        );
+        q.written(b.len());
+        assert_eq!((q.borrowed(), pool.used()), (0, 0));
+    }
+
+    #[test]
+    fn a_queue_whose_writer_moves_does_not_borrow() {
+        let (q, rx, pool) = pooled(10, 100, Duration::from_secs(3600));
+        assert_eq!(q.push(Bytes::from_static(b"aaaaaaaa")), Push::Queued);
+        assert!(matches!(
+            q.push(Bytes::from_static(b"bbbbbb")),
+            Push::Full(_)
+        ));
+        std::thread::sleep(BORROW_AFTER + BORROW_AFTER / 2);
+        // The writer wrote part of what is queued: its client reads, if
+        // slowly. Its publisher waits for it rather than queueing more.
+        q.queued_bytes.fetch_add(2, Ordering::SeqCst);
+        q.written(2);
+        assert!(matches!(
+            q.push(Bytes::from_static(b"bbbbbb")),
+            Push::Full(_)
+        ));
+        assert_eq!(pool.used(), 0);
+        drop(rx);
+    }
+
+    #[test]
+    fn an_outbox_gives_its_room_back_when_it_goes() {
+        let (q, rx, pool) = pooled(4, 100, Duration::from_secs(3600));
+        assert_eq!(q.push(Bytes::from_static(b"aaaa")), Push::Queued);
+        push_after_a_stall(&q, Bytes::from_static(b"bbbb"));
+        assert_eq!(pool.used(), 4);
+        q.detach();
+        assert_eq!(pool.used(), 0, "its writer has ended");
+        drop(rx);
+        assert_eq!(q.push(Bytes::from_static(b"cccc")), Push::Closed);
+        assert_eq!(pool.used(), 0, "a push to a closed queue holds nothing");
+        let (q, _rx, pool) = pooled(4, 100, Duration::from_secs(3600));
+        assert_eq!(q.push(Bytes::from_static(b"aaaa")), Push::Queued);
+        push_after_a_stall(&q, Bytes::from_static(b"bbbb"));
+        drop(q);
+        assert_eq!(pool.used(), 0, "dropped with room borrowed");
+    }
+
+    #[test]
+    fn a_stalled_queue_holding_room_is_expired_without_a_push() {
+        let (q, rx, pool) = pooled(4, 100, Duration::from_millis(600));
+        assert_eq!(q.push(Bytes::from_static(b"aaaa")), Push::Queued);
+        push_after_a_stall(&q, Bytes::from_static(b"bbbb"));
+        assert_eq!(q.expire_stalled(), None, "not yet");
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(q.expire_stalled(), Some(Push::Disconnect));
+        assert!(q.is_closed());
+        assert_eq!(q.expire_stalled(), None, "expired once");
+        drop((q, rx));
+        assert_eq!(pool.used(), 0);
+    }
+
+    #[test]
+    fn a_queue_whose_writer_makes_progress_is_not_expired() {
+        let (q, rx, _pool) = pooled(4, 100, Duration::from_millis(600));
+        assert_eq!(q.push(Bytes::from_static(b"aaaa")), Push::Queued);
+        push_after_a_stall(&q, Bytes::from_static(b"bbbbbbbb"));
+        std::thread::sleep(Duration::from_millis(600));
+        // The writer wrote something since the clock started: a new stall
+        // begins now, however long the queue has been full.
+        let a = rx.try_recv().unwrap();
+        q.written(a.len());
+        assert_eq!(q.expire_stalled(), None);
+        assert!(!q.is_closed());
+    }
+
+    /// A pusher waits as long as the writer makes progress, even past the
+    /// deadline in total, and gives up once it makes none for the deadline.
+    #[tokio::test]
+    async fn a_data_push_waits_while_the_writer_moves_and_not_longer() {
+        let deadline = Duration::from_secs(2);
+        let (q, rx) = Outbox::new(
+            1,
+            1000,
+            SlowConsumerPolicy::wait(deadline, SlowAction::Disconnect),
+        );
+        let q = Arc::new(q);
+        assert_eq!(q.push(Bytes::from_static(b"a")), Push::Queued);
+        let waiter = spawn_waiter(&q, b"b").await;
+        // Progress without room (the writer wrote part of what is queued),
+        // for three deadlines in all.
+        q.queued_bytes.fetch_add(6, Ordering::SeqCst);
+        for _ in 0..6 {
+            tokio::time::sleep(deadline / 2).await;
+            q.written(1);
+            assert!(!waiter.is_finished(), "gave up while the writer was moving");
+        }
+        // Then no progress at all: the deadline applies.
+        let out = tokio::time::timeout(deadline * 5, waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out, Push::Disconnect);
+        drop(rx);
     }
 
     #[test]

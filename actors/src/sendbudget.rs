@@ -202,6 +202,7 @@ pub(crate) async fn run(ctx: Arc<NodeCtx>) {
             );
         }
         ctx.send_window.store(state.window(), Ordering::Relaxed);
+        ctx.expire_stalled();
         metrics::gauge!(m::SEND_WINDOW_BYTES).set(state.window() as f64);
         metrics::gauge!(m::RECEIVING_CONNECTIONS).set(state.receiving() as f64);
     }

@@ -117,6 +117,9 @@ pub struct ConnStats {
     pub identity: Option<String>,
     pub queued_bytes: usize,
     pub max_queued_bytes: usize,
+    /// Of `queued_bytes`, those beyond `max_queued_bytes`, borrowed from the
+    /// node's overflow room (`[queue] overflow_bytes`).
+    pub overflow_bytes: usize,
     pub dropped: u64,
     /// Times a publisher had to wait for room in this connection's queue.
     pub waited: u64,

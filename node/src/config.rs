@@ -399,9 +399,10 @@ pub enum SlowConsumer {
 pub struct QueueSection {
     pub max_frames: usize,
     pub max_bytes: usize,
-    /// How long a publisher waits for room in a subscriber's full queue
-    /// before that subscriber is a slow consumer; 0 = never wait
-    /// (fire-and-forget: a full queue applies `slow_consumer` at once).
+    /// How long a subscriber's full queue may go without its writer making
+    /// progress (the subscriber reading) before that subscriber is a slow
+    /// consumer; 0 = never wait (fire-and-forget: a full queue applies
+    /// `slow_consumer` at once).
     /// `slow_consumer_grace_ms` is the name this had before it made
     /// publishers wait.
     #[serde(alias = "slow_consumer_grace_ms")]
@@ -411,6 +412,10 @@ pub struct QueueSection {
     /// QUIC's send buffers; the connections receiving at once share it
     /// (each between 64 KiB and 2 MiB).
     pub send_budget_bytes: u64,
+    /// Bytes full queues together may hold beyond their own `max_bytes`
+    /// before publishers wait for them (a stalled subscriber costs memory
+    /// up to this instead of its publishers' time); 0 = never.
+    pub overflow_bytes: usize,
 }
 
 impl Default for QueueSection {
@@ -421,6 +426,7 @@ impl Default for QueueSection {
             max_bytes: d.max_bytes,
             write_deadline_ms: d.policy.write_deadline.as_millis() as u64,
             send_budget_bytes: NodeConfig::default().send_budget,
+            overflow_bytes: NodeConfig::default().overflow_bytes,
             slow_consumer: match d.policy.action {
                 SlowAction::Drop => SlowConsumer::Drop,
                 SlowAction::Disconnect => SlowConsumer::Disconnect,
@@ -707,6 +713,7 @@ impl FileConfig {
                 policy,
             },
             send_budget: self.queue.send_budget_bytes,
+            overflow_bytes: self.queue.overflow_bytes,
             handshake_timeout: Duration::from_millis(self.node.handshake_timeout_ms),
             admission: self.limits.admission(),
             frame_read_timeout: Duration::from_millis(self.limits.frame_read_timeout_ms),

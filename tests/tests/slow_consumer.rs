@@ -1,7 +1,9 @@
 //! Flow control: a full subscriber queue makes the publisher wait instead of
 //! dropping, so nothing is lost while subscribers keep up on average; a
 //! subscriber that stays full past the write deadline is a slow consumer,
-//! cut (or dropped for) by policy, and the others lose nothing.
+//! cut (or dropped for) by policy, and the others lose nothing. With the
+//! node's overflow room, a full queue borrows before anyone waits, so a
+//! stalled subscriber costs memory instead of the others' time.
 
 use std::time::Duration;
 
@@ -30,11 +32,17 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Returns once every healthy reader has received the marker, i.e. once the
 /// node has routed every message, with the stalled client still alive (its
 /// connection is the node's to close) and the stalled queue's peak.
-async fn run(policy: SlowConsumerPolicy) -> (slim_actors::NodeHandle, slim_client::Client, u64) {
+/// `overflow`: the node's overflow room (0: full queues make publishers
+/// wait at once).
+async fn run(
+    policy: SlowConsumerPolicy,
+    overflow: usize,
+) -> (slim_actors::NodeHandle, slim_client::Client, u64) {
     let pki = Pki::new("example.org");
     let node = start_node(&pki, |c| {
         c.queue.max_bytes = CAP;
         c.queue.policy = policy;
+        c.overflow_bytes = overflow;
     })
     .await;
     let addr = node.local_addr();
@@ -108,8 +116,8 @@ async fn run(policy: SlowConsumerPolicy) -> (slim_actors::NodeHandle, slim_clien
         }
     }
     assert!(
-        max_queued <= CAP,
-        "stalled queue {max_queued} over cap {CAP}"
+        max_queued <= CAP + overflow,
+        "stalled queue {max_queued} over cap {CAP} + overflow room {overflow}"
     );
     (node, stalled, max_queued as u64)
 }
@@ -126,8 +134,11 @@ fn stalled_stats(node: &slim_actors::NodeHandle) -> slim_actors::ConnStats {
 async fn a_stalled_subscriber_is_cut_after_the_deadline_and_the_others_lose_nothing() {
     init_tracing();
     let _serial = SERIAL.lock().await;
-    let (node, stalled_client, _) =
-        run(SlowConsumerPolicy::wait(DEADLINE, SlowAction::Disconnect)).await;
+    let (node, stalled_client, _) = run(
+        SlowConsumerPolicy::wait(DEADLINE, SlowAction::Disconnect),
+        0,
+    )
+    .await;
     // The decision is taken on a push, and every push is done.
     assert!(node.slow_consumer_disconnects() >= 1);
     // The close itself is asynchronous; the client is still alive, so only
@@ -152,7 +163,7 @@ async fn drop_policy_stops_waiting_for_the_stalled_one_and_counts_its_drops() {
     init_tracing();
     let _serial = SERIAL.lock().await;
     let (node, stalled_client, max_queued) =
-        run(SlowConsumerPolicy::wait(DEADLINE, SlowAction::Drop)).await;
+        run(SlowConsumerPolicy::wait(DEADLINE, SlowAction::Drop), 0).await;
     // Every push is done (see `run`), and only a push can close a connection
     // under a policy, so this snapshot is final.
     let stalled = stalled_stats(&node);
@@ -172,10 +183,72 @@ async fn drop_policy_stops_waiting_for_the_stalled_one_and_counts_its_drops() {
 async fn fire_and_forget_policy_drops_without_waiting() {
     init_tracing();
     let _serial = SERIAL.lock().await;
-    let (node, stalled_client, _) = run(SlowConsumerPolicy::drop_newest()).await;
+    let (node, stalled_client, _) = run(SlowConsumerPolicy::drop_newest(), 0).await;
     let stalled = stalled_stats(&node);
     assert!(stalled.dropped > 0, "drops counted: {stalled:?}");
     assert_eq!(stalled.waited, 0, "fire-and-forget never waits");
+    drop(stalled_client);
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
+/// The write deadline with overflow room: long enough that all of `run`'s
+/// messages reach the healthy readers well within it on a loaded machine
+/// (they take well under a second on an idle one), so the stalled
+/// subscriber is certainly still connected when they have.
+const OVERFLOW_DEADLINE: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_overflow_room_a_stalled_subscriber_holds_nobody_up_and_is_cut_at_the_deadline() {
+    init_tracing();
+    let _serial = SERIAL.lock().await;
+    // 64 MiB of room: more than `run` publishes (~6 MB).
+    let (node, stalled_client, _) = run(
+        SlowConsumerPolicy::wait(OVERFLOW_DEADLINE, SlowAction::Disconnect),
+        64 << 20,
+    )
+    .await;
+    // Every healthy reader has everything while the stalled one is still
+    // connected: the publisher did not wait the deadline out for it (it
+    // waited only until the stall was `BORROW_AFTER` old); its frames went
+    // into the overflow room. Without the room, the publisher would have
+    // waited for the deadline and the stalled one would be gone by now.
+    let stalled = node
+        .connections()
+        .into_iter()
+        .find(|c| c.name.starts_with("acme/slow/stalled"))
+        .expect("the stalled subscriber is still connected within the deadline");
+    assert_eq!(stalled.dropped, 0, "{stalled:?}");
+    assert!(
+        stalled.queued_bytes > CAP,
+        "it never went past its cap: {stalled:?}"
+    );
+    assert!(stalled.overflow_bytes > 0, "{stalled:?}");
+    assert_eq!(node.overflow_bytes(), stalled.overflow_bytes);
+    assert_eq!(node.slow_consumer_disconnects(), 0);
+    // Nobody publishes any more; the node's sweep still cuts it once its
+    // writer has made no progress for the deadline, and the room comes back.
+    assert_eventually(
+        OVERFLOW_DEADLINE + Duration::from_secs(15),
+        "the node cut the stalled subscriber",
+        || async {
+            !node
+                .connections()
+                .iter()
+                .any(|c| c.name.starts_with("acme/slow/stalled"))
+        },
+    )
+    .await;
+    assert_eq!(node.slow_consumer_disconnects(), 1);
+    assert_eventually(
+        Duration::from_secs(10),
+        "the stalled subscriber's overflow room is given back",
+        || async { node.overflow_bytes() == 0 },
+    )
+    .await;
+    eprintln!(
+        "stalled: {} B queued (cap {CAP}), {} B of it borrowed, publisher waited {} times on it; cut with nobody publishing",
+        stalled.queued_bytes, stalled.overflow_bytes, stalled.waited
+    );
     drop(stalled_client);
     node.shutdown(Duration::from_secs(1)).await;
 }
@@ -200,6 +273,10 @@ async fn fan_out_to_100_slower_subscribers_loses_nothing() {
         // Long enough that no subscriber of a loaded CI machine is ever
         // declared slow: this test is about waiting, not about the deadline.
         c.queue.policy = SlowConsumerPolicy::wait(Duration::from_secs(60), SlowAction::Drop);
+        // Little overflow room (the subscribers' queues need ~25 MB to take
+        // everything), so queues borrow, the room runs out and the publisher
+        // waits too.
+        c.overflow_bytes = 256 * 1024;
     })
     .await;
     let addr = node.local_addr();
@@ -268,6 +345,12 @@ async fn fan_out_to_100_slower_subscribers_loses_nothing() {
         "nothing dropped anywhere"
     );
     let waited: u64 = stats.iter().map(|c| c.waited).sum();
+    assert_eventually(
+        Duration::from_secs(10),
+        "every queue gave its overflow room back",
+        || async { node.overflow_bytes() == 0 },
+    )
+    .await;
     eprintln!("1→{SUBS}: {MSGS} messages each, none lost; the publisher waited {waited} times");
     node.shutdown(Duration::from_secs(1)).await;
 }

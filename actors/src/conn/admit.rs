@@ -98,7 +98,7 @@ pub(crate) async fn admit(
     let id = ctx.next_conn_id();
     let q = &ctx.cfg.queue;
     let (outbox, rx) = Outbox::new(q.max_frames, q.max_bytes, q.policy);
-    let outbox = Arc::new(outbox);
+    let outbox = Arc::new(outbox.with_overflow(Arc::clone(&ctx.overflow)));
     // Made before the connection is listed in `ctx.conns`: a policy change
     // from then on waits in the channel for the task to start.
     // `slim_framed::queue`, not a tokio channel: it holds no buffer until a

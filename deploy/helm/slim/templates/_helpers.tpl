@@ -114,6 +114,7 @@ max_frames = {{ .Values.node.queueMaxFrames | toJson }}
 max_bytes = {{ .Values.node.queueMaxBytes | toJson }}
 slow_consumer = {{ .Values.node.slowConsumer | toJson }}
 write_deadline_ms = {{ .Values.node.writeDeadlineMs | toJson }}
+overflow_bytes = {{ .Values.node.queueOverflowBytes | toJson }}
 
 [metrics]
 listen = {{ printf "0.0.0.0:%d" (int .Values.metrics.nodePort) | toJson }}
