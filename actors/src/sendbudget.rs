@@ -165,7 +165,9 @@ impl SendBudget {
 }
 
 /// Samples the node's client connections every [`TICK`] and applies the
-/// windows [`SendBudget`] decides, until the node shuts down.
+/// windows [`SendBudget`] decides, until the node shuts down. The same tick
+/// expires stalled outboxes that hold overflow room
+/// ([`NodeCtx::expire_stalled`]): it already visits every connection.
 pub(crate) async fn run(ctx: Arc<NodeCtx>) {
     let budget = ctx.cfg.send_budget;
     let mut state = SendBudget::new(budget);
