@@ -122,12 +122,25 @@ async fn run(
     (node, stalled, max_queued as u64)
 }
 
-/// The stalled client's connection, still there under a drop policy.
-fn stalled_stats(node: &slim_actors::NodeHandle) -> slim_actors::ConnStats {
+/// The stalled client's connection, if the node still has it.
+fn find_stalled(node: &slim_actors::NodeHandle) -> Option<slim_actors::ConnStats> {
     node.connections()
         .into_iter()
         .find(|c| c.name.starts_with("acme/slow/stalled"))
-        .expect("stalled client still connected under the drop policy")
+}
+
+/// The stalled client's connection, still there under a drop policy.
+fn stalled_stats(node: &slim_actors::NodeHandle) -> slim_actors::ConnStats {
+    find_stalled(node).expect("stalled client still connected under the drop policy")
+}
+
+/// Waits (up to `within`) for the node to have closed the stalled client's
+/// connection; the client is still alive, so only the node can have.
+async fn stalled_closed_within(node: &slim_actors::NodeHandle, within: Duration) {
+    assert_eventually(within, "the node closed the stalled connection", || async {
+        find_stalled(node).is_none()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,19 +154,8 @@ async fn a_stalled_subscriber_is_cut_after_the_deadline_and_the_others_lose_noth
     .await;
     // The decision is taken on a push, and every push is done.
     assert!(node.slow_consumer_disconnects() >= 1);
-    // The close itself is asynchronous; the client is still alive, so only
-    // the node can have closed it.
-    assert_eventually(
-        Duration::from_secs(10),
-        "the node closed the stalled connection",
-        || async {
-            !node
-                .connections()
-                .iter()
-                .any(|c| c.name.starts_with("acme/slow/stalled"))
-        },
-    )
-    .await;
+    // The close itself is asynchronous.
+    stalled_closed_within(&node, Duration::from_secs(10)).await;
     drop(stalled_client);
     node.shutdown(Duration::from_secs(1)).await;
 }
@@ -212,11 +214,8 @@ async fn with_overflow_room_a_stalled_subscriber_holds_nobody_up_and_is_cut_at_t
     // waited only until the stall was `BORROW_AFTER` old); its frames went
     // into the overflow room. Without the room, the publisher would have
     // waited for the deadline and the stalled one would be gone by now.
-    let stalled = node
-        .connections()
-        .into_iter()
-        .find(|c| c.name.starts_with("acme/slow/stalled"))
-        .expect("the stalled subscriber is still connected within the deadline");
+    let stalled =
+        find_stalled(&node).expect("the stalled subscriber is still connected within the deadline");
     assert_eq!(stalled.dropped, 0, "{stalled:?}");
     assert!(
         stalled.queued_bytes > CAP,
@@ -227,17 +226,7 @@ async fn with_overflow_room_a_stalled_subscriber_holds_nobody_up_and_is_cut_at_t
     assert_eq!(node.slow_consumer_disconnects(), 0);
     // Nobody publishes any more; the node's sweep still cuts it once its
     // writer has made no progress for the deadline, and the room comes back.
-    assert_eventually(
-        OVERFLOW_DEADLINE + Duration::from_secs(15),
-        "the node cut the stalled subscriber",
-        || async {
-            !node
-                .connections()
-                .iter()
-                .any(|c| c.name.starts_with("acme/slow/stalled"))
-        },
-    )
-    .await;
+    stalled_closed_within(&node, OVERFLOW_DEADLINE + Duration::from_secs(15)).await;
     assert_eq!(node.slow_consumer_disconnects(), 1);
     assert_eventually(
         Duration::from_secs(10),
