@@ -49,7 +49,10 @@ pub(crate) async fn read_loop(
     let mut armed = false;
     let result = loop {
         // Frames that arrived with the hello are already buffered.
-        let res = router.drain(&mut reader).await;
+        // Boxed: routing's future (~1.9 KiB, it may wait for room in full
+        // outboxes) would otherwise sit in every connection's task for its
+        // whole life, idle or not; one allocation per read batch instead.
+        let res = Box::pin(router.drain(&mut reader)).await;
         router.flush_metrics();
         let completed = match res {
             Ok(n) => n,
