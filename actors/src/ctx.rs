@@ -28,7 +28,6 @@ use crate::engine::Next;
 use crate::fed::shared::Fed;
 use crate::logthrottle::Kind;
 use crate::metrics as m;
-use crate::outbox::Push;
 use crate::registry::{ConnId, Registry, RemoteGroup, Sub};
 use crate::table::TableMsg;
 use crate::types::TlsIdentity;
@@ -172,9 +171,11 @@ impl NodeCtx {
         }
         if t.slow > 0 {
             hm.slow_consumer.increment(std::mem::take(&mut t.slow));
-            for &conn in &t.slow_conns[..std::mem::take(&mut t.slow_n)] {
-                self.log_slow_consumer(conn);
-            }
+        }
+        // Not only with drops: the periodic sweep declares a subscriber slow
+        // without dropping anything (`NodeCtx::expire_stalled`).
+        for &conn in &t.slow_conns[..std::mem::take(&mut t.slow_n)] {
+            self.log_slow_consumer(conn);
         }
         if t.declared > 0 {
             counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "drop")
@@ -266,7 +267,9 @@ impl NodeCtx {
             let why = if deadline.is_zero() {
                 "its outbound queue is full and the policy never waits".to_owned()
             } else {
-                format!("its outbound queue stayed full for the write deadline ({deadline:?})")
+                format!(
+                    "its outbound queue was full and it read nothing for the write deadline ({deadline:?})"
+                )
             };
             warn!(
                 identity,
@@ -309,15 +312,13 @@ impl NodeCtx {
                 expired.push((c.id, out));
             }
         }
+        // Counted, logged and cut as a timed-out push's outcome is.
         for (conn, out) in expired {
-            match out {
-                Push::Disconnect => self.disconnect_slow(conn),
-                Push::Slow => {
-                    counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "drop").increment(1);
-                    self.log_slow_consumer(conn);
-                }
-                _ => {}
+            let mut t = crate::engine::Tally::default();
+            if let Next::Disconnect(conn) = t.sub_outcome(conn, out, 0) {
+                self.disconnect_slow(conn);
             }
+            self.flush_tally(&mut t);
         }
     }
 

@@ -441,35 +441,29 @@ impl Outbox {
     /// Gives back `n` bytes of what this outbox holds of the pool (fewer if
     /// the writer has given some back already).
     fn repay(&self, n: usize) {
-        let Some(pool) = &self.overflow else {
-            return;
-        };
-        if n == 0 {
-            return;
-        }
-        if let Ok(held) = self
-            .borrowed
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
-                (b > 0).then(|| b - b.min(n))
-            })
-        {
-            pool.give(held.min(n));
-        }
+        self.settle(|held| held.saturating_sub(n));
     }
 
     /// Gives back to the pool whatever this outbox holds beyond `keep`
     /// bytes of it.
     fn repay_over(&self, keep: usize) {
+        self.settle(|held| held.min(keep));
+    }
+
+    /// Lowers what this outbox holds of the pool to `keep(held)` and gives
+    /// the difference back, in one step with the change to `borrowed` (so
+    /// the pool's count stays the sum of the outboxes').
+    fn settle(&self, keep: impl Fn(usize) -> usize) {
         let Some(pool) = &self.overflow else {
             return;
         };
         if let Ok(held) = self
             .borrowed
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
-                (b > keep).then_some(keep)
+                (keep(b) < b).then(|| keep(b))
             })
         {
-            pool.give(held - keep);
+            pool.give(held - keep(held));
         }
     }
 
