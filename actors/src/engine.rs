@@ -423,9 +423,9 @@ impl Tally {
             Push::Queued => self.deliveries += frames,
             Push::Full(frame) => return Next::Wait(frame),
             Push::Dropped => self.slow_from(conn, frames),
-            Push::Slow => {
+            Push::Slow { shed } => {
                 self.declared += 1;
-                self.slow_from(conn, frames);
+                self.slow_from(conn, frames + shed);
             }
             Push::Closed => self.gone += frames,
             Push::Disconnect => {
@@ -456,8 +456,9 @@ impl Tally {
         match out {
             Push::Queued | Push::Closed => {}
             Push::Full(frame) => return Next::Wait(frame),
-            Push::Slow => {
-                self.link_drops += 1;
+            Push::Slow { shed } => {
+                // Links borrow no overflow room, so `shed` is 0 there.
+                self.link_drops += 1 + shed;
                 self.slow_link = Some(Arc::clone(&g.peer));
             }
             Push::Dropped | Push::Disconnect => self.link_drops += 1,

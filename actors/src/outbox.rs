@@ -16,7 +16,9 @@
 //!
 //! Before anyone waits, a client outbox over its cap borrows room from the
 //! node-wide [`Overflow`] pool, and the deadline counts time without progress
-//! by the queue's writer, not time spent full (see [`overflow`]).
+//! by the queue's writer, not time spent full (see [`overflow`]). A queue
+//! declared slow gives the room back: cut, or (drop policy) by dropping what
+//! it held beyond its cap.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -110,7 +112,11 @@ pub enum Push {
     Dropped,
     /// Dropped, and this push is the one that declared the owner a slow
     /// consumer (the write deadline just passed under [`SlowAction::Drop`]).
-    Slow,
+    /// `shed` more frames were dropped from the queue's tail: the ones it
+    /// held in overflow room (`Outbox::shed_overflow`).
+    Slow {
+        shed: u64,
+    },
     /// Dropped, and the policy says this connection must now be closed.
     Disconnect,
     /// The connection is gone.
@@ -493,7 +499,9 @@ impl Outbox {
                 if self.slow.swap(true, Ordering::Relaxed) {
                     Push::Dropped
                 } else {
-                    Push::Slow
+                    Push::Slow {
+                        shed: self.shed_overflow(),
+                    }
                 }
             }
             SlowAction::Disconnect => {
@@ -503,6 +511,37 @@ impl Outbox {
                 Push::Disconnect
             }
         }
+    }
+
+    /// A queue just declared slow under [`SlowAction::Drop`] gives back the
+    /// overflow room it holds at once: its newest frames beyond the cap are
+    /// dropped (counted in [`Outbox::dropped`]); returns how many. Under this
+    /// policy the connection stays up, so what it borrowed would otherwise
+    /// stay out of the other stalled queues' reach for as long as its client
+    /// stays connected without reading. What its writer has already taken
+    /// is not in the queue and stays borrowed until written.
+    fn shed_overflow(&self) -> u64 {
+        if self.borrowed() == 0 {
+            return 0;
+        }
+        let mut over = self
+            .queued_bytes
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.max_bytes);
+        let shed = self.tx.take_newest_while(|b| {
+            let more = over > 0;
+            over = over.saturating_sub(b.len());
+            more
+        });
+        let bytes: usize = shed.iter().map(Bytes::len).sum();
+        let frames: u64 = shed
+            .iter()
+            .map(|b| slim_wire::codec::count_frames(b) as u64)
+            .sum();
+        let left = self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst) - bytes;
+        self.repay_over(left.saturating_sub(self.max_bytes));
+        self.dropped.fetch_add(frames, Ordering::Relaxed);
+        frames
     }
 
     /// Called by the writer after it has handed `n` bytes to the transport.

@@ -168,6 +168,30 @@ impl<T> Queue<T> {
         }
     }
 
+    /// Takes items back from the tail, the newest first, while `more` says
+    /// so of the next one; returns them newest first. For a pusher that
+    /// gives up on what it queued last (a node outbox shedding a slow
+    /// consumer's overflow); pushers waiting for room are woken.
+    pub fn take_newest_while(&self, mut more: impl FnMut(&T) -> bool) -> Vec<T> {
+        let (taken, was_full) = {
+            let mut s = self.0.state.lock();
+            let was_full = s.items.len() >= self.0.max_items;
+            let mut taken = Vec::new();
+            while let Some(item) = s.items.back() {
+                if !more(item) {
+                    break;
+                }
+                taken.extend(s.items.pop_back());
+            }
+            shrink_if_drained(&mut s.items);
+            (taken, was_full)
+        };
+        if was_full && !taken.is_empty() {
+            self.0.space.notify_waiters();
+        }
+        taken
+    }
+
     /// Moves as many of `items` as fit; `None` when the taking side is gone.
     fn push_some(&self, items: &mut Vec<T>) -> Option<()> {
         let was_empty = {
@@ -352,6 +376,29 @@ mod tests {
         assert_eq!(rx.recv_many(&mut batch, 2).await, 2);
         assert_eq!(rx.recv_many(&mut batch, 2).await, 1);
         assert_eq!(batch, [b("a"), b("b"), b("c")]);
+    }
+
+    #[test]
+    fn the_newest_items_are_taken_back_while_asked() {
+        let (q, rx) = queue(4);
+        for s in ["a", "bb", "ccc", "dddd"] {
+            q.push(b(s)).unwrap();
+        }
+        let mut over = 6usize;
+        let back = q.take_newest_while(|i| {
+            let go = over > 0;
+            over = over.saturating_sub(i.len());
+            go
+        });
+        assert_eq!(back, [b("dddd"), b("ccc")]);
+        assert!(q.take_newest_while(|_| false).is_empty());
+        q.push(b("e")).unwrap();
+        let mut batch = Vec::new();
+        while let Some(i) = rx.try_recv() {
+            batch.push(i);
+        }
+        assert_eq!(batch, [b("a"), b("bb"), b("e")], "the rest in order");
+        assert!(q.take_newest_while(|_| true).is_empty(), "nothing left");
     }
 
     #[test]

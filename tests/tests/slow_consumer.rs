@@ -242,6 +242,46 @@ async fn with_overflow_room_a_stalled_subscriber_holds_nobody_up_and_is_cut_at_t
     node.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Under the drop policy a stalled subscriber stays connected; once its
+/// writer has made no progress for the deadline, the node's sweep declares
+/// it slow and drops what it queued in the overflow room, so that room is
+/// the other connections' again (it would otherwise stay borrowed for as
+/// long as the client stays connected without reading).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_overflow_room_a_drop_policy_subscriber_gives_the_room_back_at_the_deadline() {
+    init_tracing();
+    let _serial = SERIAL.lock().await;
+    let (node, stalled_client, _) = run(
+        SlowConsumerPolicy::wait(OVERFLOW_DEADLINE, SlowAction::Drop),
+        64 << 20,
+    )
+    .await;
+    let before = stalled_stats(&node);
+    assert!(before.overflow_bytes > 0, "{before:?}");
+    assert_eq!(before.dropped, 0, "{before:?}");
+    assert_eventually(
+        OVERFLOW_DEADLINE + Duration::from_secs(15),
+        "the stalled subscriber's overflow room is given back",
+        || async { node.overflow_bytes() == 0 },
+    )
+    .await;
+    let after = stalled_stats(&node);
+    assert!(after.slow, "declared a slow consumer: {after:?}");
+    assert_eq!(after.overflow_bytes, 0, "{after:?}");
+    assert!(after.queued_bytes <= CAP, "{after:?}");
+    assert!(
+        after.dropped > 0,
+        "the frames it held in the room are counted as dropped: {after:?}"
+    );
+    assert_eq!(node.slow_consumer_disconnects(), 0);
+    eprintln!(
+        "stalled: {} B queued, {} B of it borrowed; at the deadline {} frames dropped, {} B left queued",
+        before.queued_bytes, before.overflow_bytes, after.dropped, after.queued_bytes
+    );
+    drop(stalled_client);
+    node.shutdown(Duration::from_secs(1)).await;
+}
+
 /// A publisher faster than its 100 subscribers: the node makes it wait
 /// instead of dropping, and every subscriber gets every message once. The
 /// subscribers buffer little (8 deliveries, a 64 KiB QUIC window) and start

@@ -303,7 +303,8 @@ impl<'a> Router<'a> {
 
     async fn control(&self, f: Frame) -> Result<(), ConnError> {
         let b = encode(&f, self.ctx);
-        match self.sh.outbox.push_control(b).await {
+        let out = self.sh.outbox.push_control(b).await;
+        match out {
             Push::Closed => Err(ConnError::Lost("outbox closed".into())),
             Push::Disconnect => {
                 // This client does not read its own acks: it is the slow consumer.
@@ -312,9 +313,12 @@ impl<'a> Router<'a> {
                     "slow consumer: outbound queue stayed full past the write deadline".into(),
                 ))
             }
-            Push::Dropped | Push::Slow => {
+            Push::Dropped | Push::Slow { .. } => {
                 // Not only a counter: the client's call will wait for an
                 // answer that never comes, so say whose queue dropped it.
+                if let Push::Slow { shed } = out {
+                    self.ctx.hot.slow_consumer.increment(shed);
+                }
                 self.ctx.log_slow_consumer(self.sh.id);
                 Ok(())
             }

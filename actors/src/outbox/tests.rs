@@ -26,7 +26,10 @@ async fn spawn_waiter(
 fn fire_and_forget_drops_newest_at_once() {
     let (q, rx) = Outbox::new(100, 10, SlowConsumerPolicy::drop_newest());
     assert_eq!(q.push(Bytes::from_static(b"123456")), Push::Queued);
-    assert_eq!(q.push(Bytes::from_static(b"123456")), Push::Slow);
+    assert_eq!(
+        q.push(Bytes::from_static(b"123456")),
+        Push::Slow { shed: 0 }
+    );
     assert_eq!(q.queued_bytes(), 6);
     assert_eq!(q.dropped(), 1);
     let b = rx.try_recv().unwrap();
@@ -77,7 +80,7 @@ async fn past_the_deadline_a_drop_policy_stops_waiting_until_drained() {
     let past = tokio::time::Instant::now();
     assert_eq!(
         q.push_wait(Bytes::from_static(b"b"), past).await,
-        Push::Slow
+        Push::Slow { shed: 0 }
     );
     assert!(q.is_slow() && !q.is_closed());
     // Declared slow: the next full push drops without waiting.
@@ -215,6 +218,40 @@ fn a_stalled_queue_holding_room_is_expired_without_a_push() {
     assert_eq!(pool.used(), 0);
 }
 
+/// One encoded frame of 5 bytes (length 1, then `c`).
+fn frame(c: u8) -> Bytes {
+    Bytes::from(vec![0, 0, 0, 1, c])
+}
+
+#[test]
+fn a_drop_policy_queue_declared_slow_gives_its_overflow_room_back() {
+    let pool = Arc::new(Overflow::new(100));
+    let policy = SlowConsumerPolicy::wait(Duration::from_millis(600), SlowAction::Drop);
+    let (q, rx) = Outbox::new(100, 5, policy);
+    let q = q.with_overflow(Arc::clone(&pool));
+    assert_eq!(q.push(frame(b'a')), Push::Queued);
+    push_after_a_stall(&q, frame(b'b'));
+    assert_eq!(q.push(frame(b'c')), Push::Queued, "still stuck");
+    assert_eq!((q.borrowed(), pool.used()), (10, 10));
+    std::thread::sleep(Duration::from_millis(600));
+    // Declared slow (by the sweep here; a push past the deadline does the
+    // same): the connection stays up, its borrowed frames go.
+    assert_eq!(q.expire_stalled(), Some(Push::Slow { shed: 2 }));
+    assert_eq!((q.borrowed(), pool.used()), (0, 0));
+    assert_eq!((q.dropped(), q.queued_bytes()), (2, 5));
+    assert!(q.is_slow() && !q.is_closed());
+    assert_eq!(q.push(frame(b'd')), Push::Dropped, "slow: no borrowing");
+    assert_eq!(pool.used(), 0);
+    // What fitted under the cap is still delivered, and once it is written
+    // the queue is waited for (and may borrow) again.
+    let a = rx.try_recv().unwrap();
+    assert_eq!(a, frame(b'a'));
+    assert_eq!(rx.try_recv(), None);
+    q.written(a.len());
+    assert!(!q.is_slow());
+    assert_eq!(q.dropped(), 3);
+}
+
 #[test]
 fn a_queue_whose_writer_makes_progress_is_not_expired() {
     let (q, rx, _pool) = pooled(4, 100, Duration::from_millis(600));
@@ -263,5 +300,5 @@ async fn a_data_push_waits_while_the_writer_moves_and_not_longer() {
 fn oversized_frame_passes_on_empty_queue() {
     let (q, _rx) = Outbox::new(10, 4, SlowConsumerPolicy::drop_newest());
     assert_eq!(q.push(Bytes::from_static(b"0123456789")), Push::Queued);
-    assert_eq!(q.push(Bytes::from_static(b"x")), Push::Slow);
+    assert_eq!(q.push(Bytes::from_static(b"x")), Push::Slow { shed: 0 });
 }
