@@ -28,7 +28,7 @@ use crate::engine::Next;
 use crate::fed::shared::Fed;
 use crate::logthrottle::Kind;
 use crate::metrics as m;
-use crate::registry::{ConnId, Registry, RemoteGroup, Sub};
+use crate::registry::{ConnId, Registry, Sub};
 use crate::table::TableMsg;
 use crate::types::TlsIdentity;
 
@@ -240,17 +240,20 @@ impl NodeCtx {
         }
     }
 
-    /// Pushes one copy onto a peer link, waiting for room like
+    /// Pushes `frames` frames (a run of `Forward`s encoded back to back)
+    /// onto the peer link to `peer`, waiting for room like
     /// [`NodeCtx::deliver`]; a link past its deadline drops, never closes.
     pub(crate) async fn forward(
         &self,
         t: &mut crate::engine::Tally,
-        g: &RemoteGroup,
+        link: &crate::outbox::Outbox,
+        peer: &Arc<str>,
         frame: Bytes,
+        frames: u64,
     ) {
-        if let Next::Wait(frame) = t.push_link(g, frame) {
-            let out = Box::pin(wait_for_room(&g.outbox, frame, 1)).await;
-            let _ = t.link_outcome(g, out);
+        if let Next::Wait(frame) = t.push_link(link, peer, frame, frames) {
+            let out = Box::pin(wait_for_room(link, frame, frames)).await;
+            let _ = t.link_outcome(peer, out, frames);
         }
     }
 

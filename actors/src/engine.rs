@@ -20,7 +20,7 @@ use slim_auth::policy::Denied;
 use slim_wire::{ErrorCode, FLAG_NO_ROUTE_SILENT, ForwardView, Mode, PublishView};
 
 use crate::hook::{HookVerdict, RouteHook, RoutedFrame};
-use crate::outbox::{Direct, Push};
+use crate::outbox::{Direct, Outbox, Push};
 use crate::registry::{ConnId, Registry, RemoteGroup, Route, RouteMemo, Sub};
 
 /// What the engine reads: the subscription registry and the route hook.
@@ -444,24 +444,26 @@ impl Tally {
         }
     }
 
-    /// One peer link; a full link queue is waited for like a subscriber's.
-    pub fn push_link(&mut self, g: &RemoteGroup, frame: Bytes) -> Next {
-        let out = g.outbox.push(frame);
-        self.link_outcome(g, out)
+    /// `frames` frames onto the peer link to `peer` (a run of `Forward`s,
+    /// or one); a full link queue is waited for like a subscriber's.
+    pub fn push_link(&mut self, link: &Outbox, peer: &Arc<str>, frame: Bytes, frames: u64) -> Next {
+        let out = link.push_frames(frame, frames);
+        self.link_outcome(peer, out, frames)
     }
 
-    /// Counts what became of one copy onto link `g`: a link is never cut for
-    /// slowness (everyone behind it would lose their routes), it drops.
-    pub fn link_outcome(&mut self, g: &RemoteGroup, out: Push) -> Next {
+    /// Counts what became of `frames` frames onto the link to `peer`: a
+    /// link is never cut for slowness (everyone behind it would lose their
+    /// routes), it drops.
+    pub fn link_outcome(&mut self, peer: &Arc<str>, out: Push, frames: u64) -> Next {
         match out {
             Push::Queued | Push::Closed => {}
             Push::Full(frame) => return Next::Wait(frame),
             Push::Slow { shed } => {
                 // Links borrow no overflow room, so `shed` is 0 there.
-                self.link_drops += 1 + shed;
-                self.slow_link = Some(Arc::clone(&g.peer));
+                self.link_drops += frames + shed;
+                self.slow_link = Some(Arc::clone(peer));
             }
-            Push::Dropped | Push::Disconnect => self.link_drops += 1,
+            Push::Dropped | Push::Disconnect => self.link_drops += frames,
         }
         Next::Done
     }

@@ -15,6 +15,13 @@
 //! end of the read). The outbox bounds, the write deadline and the
 //! slow-consumer policy apply to a run as to one frame; a dropped run counts
 //! each of its frames.
+//!
+//! Forwards onto peer links run the same way, one pending run per link: the
+//! link's writer then passes 32 KiB runs to QUIC uncopied instead of copying
+//! every `Forward` into its coalescing buffer, and the link's queue takes
+//! one push per run instead of one per message. A link run is pushed at the
+//! same points as the local one (all of a reader's runs go together), so a
+//! confirming pong still follows everything routed before it.
 
 use std::sync::Arc;
 
@@ -23,7 +30,8 @@ use slim_wire::WireError;
 
 use crate::ctx::NodeCtx;
 use crate::engine::{Local, Plan, Tally};
-use crate::registry::Route;
+use crate::outbox::Outbox;
+use crate::registry::{RemoteGroup, Route};
 
 /// A run is pushed once it holds this much: large enough that the
 /// per-subscriber costs are spread over hundreds of small messages and the
@@ -39,21 +47,53 @@ fn run_max(ctx: &NodeCtx) -> usize {
     RUN_MAX.min(ctx.cfg.queue.max_bytes / 4)
 }
 
+/// [`run_max`] for a link's queue.
+fn link_run_max(ctx: &NodeCtx) -> usize {
+    RUN_MAX.min(ctx.cfg.federation.link_queue.max_bytes / 4)
+}
+
+/// Links with a pending run per reader: a forward to one more pushes them
+/// all first. A plan's hops go to different links, and a reader usually
+/// feeds one or two.
+const LINK_RUNS_MAX: usize = 8;
+
 /// Makes room in an encode buffer for a frame around a payload of
 /// `payload` bytes: grows it by 64 KiB chunks, so consecutive frames share
 /// one allocation and split off it without copying.
-pub(crate) fn reserve_chunk(buf: &mut BytesMut, payload: usize) {
+fn reserve_chunk(buf: &mut BytesMut, payload: usize) {
     // 512: the frame's header, names and node lists around the payload.
     if buf.capacity() - buf.len() < payload + 512 {
         buf.reserve(64 * 1024 + payload);
     }
 }
 
-/// The pending run of one reader (a client connection's or a link's).
+/// The pending runs of one reader (a client connection's or a link's): to
+/// local subscribers, and onto each peer link.
 #[derive(Default)]
 pub(crate) struct Runs {
     run: Option<Run>,
     buf: BytesMut,
+    links: Vec<LinkRun>,
+}
+
+/// Forwards encoded back to back for one peer link.
+struct LinkRun {
+    outbox: Arc<Outbox>,
+    peer: Arc<str>,
+    buf: BytesMut,
+    frames: u64,
+}
+
+impl LinkRun {
+    async fn push(&mut self, ctx: &NodeCtx, tally: &mut Tally) {
+        if self.frames == 0 {
+            return;
+        }
+        let frames = std::mem::take(&mut self.frames);
+        let run = self.buf.split().freeze();
+        ctx.forward(tally, &self.outbox, &self.peer, run, frames)
+            .await;
+    }
 }
 
 struct Run {
@@ -82,7 +122,7 @@ impl Runs {
             .as_ref()
             .is_some_and(|r| r.local == plan.local && Arc::ptr_eq(&r.route, &plan.route));
         if !same {
-            self.flush(ctx, tally, false).await;
+            self.flush_local(ctx, tally, false).await;
         }
         reserve_chunk(&mut self.buf, payload);
         // On error the buffer is left as it was (the codec truncates).
@@ -98,26 +138,78 @@ impl Runs {
             }
         }
         if self.buf.len() >= run_max(ctx) {
-            self.flush(ctx, tally, false).await;
+            self.flush_local(ctx, tally, false).await;
         }
         Ok(())
     }
 
-    /// Gives back the encode buffer when the reader goes idle (nothing
+    /// Appends one `Forward` for link `g`, encoded by `encode` onto that
+    /// link's run; `room` is what to reserve for it (payload and node ids).
+    pub(crate) async fn forward(
+        &mut self,
+        ctx: &NodeCtx,
+        tally: &mut Tally,
+        g: &RemoteGroup,
+        room: usize,
+        encode: impl FnOnce(&mut BytesMut) -> Result<(), WireError>,
+    ) -> Result<(), WireError> {
+        let i = match self
+            .links
+            .iter()
+            .position(|r| Arc::ptr_eq(&r.outbox, &g.outbox))
+        {
+            Some(i) => i,
+            None => {
+                if self.links.len() >= LINK_RUNS_MAX {
+                    self.flush_links(ctx, tally).await;
+                    self.links.clear();
+                }
+                self.links.push(LinkRun {
+                    outbox: Arc::clone(&g.outbox),
+                    peer: Arc::clone(&g.peer),
+                    buf: BytesMut::new(),
+                    frames: 0,
+                });
+                self.links.len() - 1
+            }
+        };
+        let r = &mut self.links[i];
+        reserve_chunk(&mut r.buf, room);
+        // On error the buffer is left as it was (the codec truncates).
+        encode(&mut r.buf)?;
+        r.frames += 1;
+        if r.buf.len() >= link_run_max(ctx) {
+            r.push(ctx, tally).await;
+        }
+        Ok(())
+    }
+
+    /// Gives back the encode buffers when the reader goes idle (nothing
     /// pending: the end of every read flushes). A buffer kept between reads
     /// would pin the rest of its 64 KiB chunk for as long as the connection
-    /// lives, on every connection that ever published.
+    /// lives, on every connection that ever published; a link run would also
+    /// keep its link's queue.
     pub(crate) fn release(&mut self) {
-        debug_assert!(self.run.is_none(), "a run is flushed before the read waits");
+        debug_assert!(
+            self.run.is_none() && self.links.iter().all(|r| r.frames == 0),
+            "runs are flushed before the read waits"
+        );
         if self.run.is_none() {
             self.buf = BytesMut::new();
         }
+        self.links.retain(|r| r.frames > 0);
     }
 
-    /// Pushes the pending run to each of its subscribers (one shared item
-    /// each). `last`: nothing read is behind it, so it may be written around
-    /// an empty outbox (`NodeCtx::deliver`).
+    /// Pushes the pending runs: the local one to each of its subscribers
+    /// (one shared item each), then each link's. `last`: nothing read is
+    /// behind them, so a local run may be written around an empty outbox
+    /// (`NodeCtx::deliver`).
     pub(crate) async fn flush(&mut self, ctx: &NodeCtx, tally: &mut Tally, last: bool) {
+        self.flush_local(ctx, tally, last).await;
+        self.flush_links(ctx, tally).await;
+    }
+
+    async fn flush_local(&mut self, ctx: &NodeCtx, tally: &mut Tally, last: bool) {
         let Some(run) = self.run.take() else {
             return;
         };
@@ -125,6 +217,12 @@ impl Runs {
         for sub in run.local.subs(&run.route) {
             ctx.deliver(tally, sub, frames.clone(), run.frames, last)
                 .await;
+        }
+    }
+
+    async fn flush_links(&mut self, ctx: &NodeCtx, tally: &mut Tally) {
+        for r in &mut self.links {
+            r.push(ctx, tally).await;
         }
     }
 }

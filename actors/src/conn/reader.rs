@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
 use metrics::counter;
 use quinn::VarInt;
 use slim_auth::policy::{Action, Denied, Grants};
@@ -22,7 +21,7 @@ use crate::engine::{self, Decision, Env, Refusal, Silent, Tally};
 use crate::metrics as m;
 use crate::outbox::Push;
 use crate::registry::RouteMemo;
-use crate::run::{Runs, reserve_chunk};
+use crate::run::Runs;
 use slim_framed::ReadError;
 use tokio::time::Instant;
 
@@ -155,7 +154,6 @@ fn may_publish(
 struct Router<'a> {
     ctx: &'a NodeCtx,
     sh: &'a ConnShared,
-    scratch: BytesMut,
     frames_in: u64,
     routed: [u64; 3],
     tally: Tally,
@@ -181,7 +179,6 @@ impl<'a> Router<'a> {
         Router {
             ctx,
             sh,
-            scratch: BytesMut::new(),
             frames_in: 0,
             routed: [0; 3],
             tally: Tally::default(),
@@ -208,7 +205,6 @@ impl<'a> Router<'a> {
     /// departed subscriber's QUIC state behind its stream), for as long as
     /// this connection stays idle.
     fn idle(&mut self) {
-        self.scratch = BytesMut::new();
         self.runs.release();
         self.routes.forget();
     }
@@ -529,47 +525,44 @@ impl<'a> Router<'a> {
                 })
                 .await?;
         }
+        let (ctx, sh) = (self.ctx, self.sh);
+        let me = ctx.cfg.node_id.as_str();
         for hop in &plan.hops {
             let dests = plan.dest_ids(hop);
             let n = dests.len();
-            let frame = self.forward_frame(&p, dests, n)?;
-            self.ctx
-                .forward(&mut self.tally, plan.group(hop), frame)
-                .await;
+            // A `Forward` starting at this node, for the nodes `dests`; each
+            // destination node id adds up to 64 bytes.
+            self.runs
+                .forward(
+                    ctx,
+                    &mut self.tally,
+                    plan.group(hop),
+                    p.payload.len() + 64 * n,
+                    |buf| {
+                        codec::encode_forward_raw(
+                            p.name,
+                            p.mode,
+                            sh.name.as_str(),
+                            sh.identity(),
+                            p.msg_id,
+                            NodeIds {
+                                ids: std::iter::empty(),
+                                len: 0,
+                                then: Some(me),
+                            },
+                            NodeIds {
+                                ids: dests,
+                                len: n,
+                                then: None,
+                            },
+                            p.payload,
+                            &ctx.cfg.limits,
+                            buf,
+                        )
+                    },
+                )
+                .await?;
         }
         Ok(())
-    }
-
-    /// A `Forward` starting at this node, for the nodes `dests`.
-    fn forward_frame<'d>(
-        &mut self,
-        p: &PublishView<'_>,
-        dests: impl Iterator<Item = &'d str> + Clone,
-        n: usize,
-    ) -> Result<Bytes, ConnError> {
-        // Each destination node id adds up to 64 bytes.
-        reserve_chunk(&mut self.scratch, p.payload.len() + 64 * n);
-        let me = self.ctx.cfg.node_id.as_str();
-        codec::encode_forward_raw(
-            p.name,
-            p.mode,
-            self.sh.name.as_str(),
-            self.sh.identity(),
-            p.msg_id,
-            NodeIds {
-                ids: std::iter::empty(),
-                len: 0,
-                then: Some(me),
-            },
-            NodeIds {
-                ids: dests,
-                len: n,
-                then: None,
-            },
-            p.payload,
-            &self.ctx.cfg.limits,
-            &mut self.scratch,
-        )?;
-        Ok(self.scratch.split().freeze())
     }
 }

@@ -514,15 +514,28 @@ fn tally_applies_each_slow_consumer_policy() {
         outbox,
         origins: vec![Arc::from("b")],
     };
+    let push_link = |t: &mut Tally, g: &RemoteGroup, frame: Bytes, frames| {
+        t.push_link(&g.outbox, &g.peer, frame, frames)
+    };
     let waiting_link = link(f.outbox(1, SlowConsumerPolicy::default()));
-    assert_eq!(t.push_link(&waiting_link, frame.clone()), Next::Done);
+    assert_eq!(
+        push_link(&mut t, &waiting_link, frame.clone(), 1),
+        Next::Done
+    );
     assert!(matches!(
-        t.push_link(&waiting_link, frame.clone()),
+        push_link(&mut t, &waiting_link, frame.clone(), 1),
         Next::Wait(_)
     ));
     let fire_and_forget = link(f.outbox(1, SlowConsumerPolicy::drop_newest()));
-    assert_eq!(t.push_link(&fire_and_forget, frame.clone()), Next::Done);
-    assert_eq!(t.push_link(&fire_and_forget, frame), Next::Done);
-    assert_eq!(t.link_drops, 1);
+    assert_eq!(
+        push_link(&mut t, &fire_and_forget, frame.clone(), 1),
+        Next::Done
+    );
+    assert_eq!(
+        push_link(&mut t, &fire_and_forget, frame, 3),
+        Next::Done,
+        "a run of 3 forwards"
+    );
+    assert_eq!(t.link_drops, 3, "each frame of a dropped run counts");
     assert_eq!(t.slow_link.as_deref(), Some("b"), "the slow peer is named");
 }

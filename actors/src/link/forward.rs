@@ -2,7 +2,6 @@
 //! link: local delivery when this node is a destination, onward forwarding
 //! for the other destinations.
 
-use bytes::BytesMut;
 use metrics::counter;
 use slim_wire::{ForwardView, NodeIds, codec};
 
@@ -12,14 +11,13 @@ use crate::fed::shared::LinkSession;
 use crate::link::error::LinkError;
 use crate::metrics as m;
 use crate::registry::RouteMemo;
-use crate::run::{Runs, reserve_chunk};
+use crate::run::Runs;
 
 /// Routes forwarded publishes arriving on one link: local delivery when this
 /// node is a destination, onward forwarding for the other destinations.
 pub(crate) struct Forwarder<'a> {
     ctx: &'a NodeCtx,
     session: &'a LinkSession,
-    scratch: BytesMut,
     tally: Tally,
     no_route: u64,
     loops: u64,
@@ -34,7 +32,6 @@ impl<'a> Forwarder<'a> {
         Forwarder {
             ctx,
             session,
-            scratch: BytesMut::new(),
             tally: Tally::default(),
             no_route: 0,
             loops: 0,
@@ -53,7 +50,6 @@ impl<'a> Forwarder<'a> {
     /// The link has nothing more to read for now: the encode buffers and
     /// the route memo go, as on a client connection (`conn::reader`).
     pub(crate) fn idle(&mut self) {
-        self.scratch = BytesMut::new();
         self.runs.release();
         self.routes.forget();
     }
@@ -124,31 +120,37 @@ impl<'a> Forwarder<'a> {
         for hop in &plan.hops {
             let dests = plan.dest_ids(hop);
             let n = dests.len();
-            reserve_chunk(&mut self.scratch, v.payload.len());
-            codec::encode_forward_raw(
-                v.name,
-                v.mode,
-                v.from,
-                v.from_identity,
-                v.msg_id,
-                NodeIds {
-                    ids: v.path.iter(),
-                    len: v.path.len(),
-                    then: Some(me),
-                },
-                NodeIds {
-                    ids: dests,
-                    len: n,
-                    then: None,
-                },
-                v.payload,
-                &self.ctx.cfg.limits,
-                &mut self.scratch,
-            )?;
-            let frame = self.scratch.split().freeze();
-            self.ctx
-                .forward(&mut self.tally, plan.group(hop), frame)
-                .await;
+            let limits = &self.ctx.cfg.limits;
+            self.runs
+                .forward(
+                    self.ctx,
+                    &mut self.tally,
+                    plan.group(hop),
+                    v.payload.len() + 64 * (n + v.path.len() + 1),
+                    |buf| {
+                        codec::encode_forward_raw(
+                            v.name,
+                            v.mode,
+                            v.from,
+                            v.from_identity,
+                            v.msg_id,
+                            NodeIds {
+                                ids: v.path.iter(),
+                                len: v.path.len(),
+                                then: Some(me),
+                            },
+                            NodeIds {
+                                ids: dests,
+                                len: n,
+                                then: None,
+                            },
+                            v.payload,
+                            limits,
+                            buf,
+                        )
+                    },
+                )
+                .await?;
         }
         Ok(())
     }

@@ -242,14 +242,19 @@ struct DataHooks<'a> {
     bytes_out: metrics::Counter,
     frames_out: metrics::Counter,
     wait: Option<Duration>,
+    /// Frames in the batch being written.
+    frames: usize,
 }
 
 impl WriteHooks for DataHooks<'_> {
-    fn taken(&mut self, _batch: &[Bytes]) {
+    fn taken(&mut self, batch: &[Bytes]) {
         self.wait = self.outbox.take_wait();
+        // An item may be a run of forwards (`run.rs`), so items are not frames.
+        self.frames = batch.iter().map(|b| codec::count_frames(b)).sum();
     }
 
-    fn written(&mut self, frames: usize, bytes: usize) {
+    fn written(&mut self, _items: usize, bytes: usize) {
+        let frames = std::mem::take(&mut self.frames);
         self.outbox.written(bytes);
         self.bytes_out.increment(bytes as u64);
         self.frames_out.increment(frames as u64);
@@ -279,6 +284,7 @@ pub(crate) async fn data_writer(
         bytes_out: counter!(m::LINK_BYTES_TOTAL, "direction" => "out"),
         frames_out: counter!(m::LINK_FRAMES_TOTAL, "direction" => "out"),
         wait: None,
+        frames: 0,
     };
     let mut w = FrameWriter::new(send);
     pump(&mut rx, &mut w, &mut hooks, std::future::pending())
