@@ -181,9 +181,11 @@ pub async fn pump<S: ChunkSink>(
     rx: &mut impl FrameSource,
     w: &mut FrameWriter<S>,
     hooks: &mut impl WriteHooks,
-    stop: impl Future<Output = ()>,
+    stop: impl Future<Output = ()> + Unpin,
 ) -> io::Result<PumpEnd> {
-    let mut stop = std::pin::pin!(stop);
+    // `stop` is pinned by the caller: pinned here, it would be held twice
+    // in this future (the argument and the pinned copy).
+    let mut stop = stop;
     // Grows with load (recv_many appends up to BATCH) instead of reserving
     // BATCH slots up front for every idle connection.
     let mut batch: Vec<Bytes> = Vec::new();
@@ -195,7 +197,10 @@ pub async fn pump<S: ChunkSink>(
             },
             () = &mut stop => return Ok(PumpEnd::Stopped),
         }
-        write_one(&mut batch, w, hooks).await?;
+        // Boxed: writing's future (it may wait for the transport) would
+        // otherwise sit in every idle connection's writer task; one
+        // allocation per batch instead.
+        Box::pin(write_one(&mut batch, w, hooks)).await?;
     }
 }
 

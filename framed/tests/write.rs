@@ -174,9 +174,9 @@ async fn pump_returns_stopped_when_stop_fires() {
     let (tx, mut rx) = mpsc::channel::<Bytes>(16);
     let mut w = FrameWriter::new(Recording::default());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let stop = async {
+    let stop = std::pin::pin!(async {
         let _ = stop_rx.await;
-    };
+    });
     let mut hooks = ();
     let (end, ()) = tokio::join!(pump(&mut rx, &mut w, &mut hooks, stop), async {
         tx.send(frame(1, 1)).await.unwrap();

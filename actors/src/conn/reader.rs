@@ -112,17 +112,17 @@ pub(crate) async fn read_loop(
 fn refresh_grants<'g>(
     ctx: &NodeCtx,
     sh: &ConnShared,
-    grants: &'g mut Option<(u64, Grants)>,
+    grants: &'g mut Option<Box<(u64, Grants)>>,
     publish_ok: &mut HashSet<Box<str>>,
 ) -> &'g Grants {
     let generation = ctx.policy_gen();
-    if grants.as_ref().is_none_or(|(g, _)| *g != generation) {
+    if grants.as_ref().is_none_or(|b| b.0 != generation) {
         let (policy, generation) = ctx.policy();
         let g = policy
             .grants(sh.spiffe_id.as_ref())
             .unwrap_or_else(|_| Grants::none(sh.identity().unwrap_or("-")));
         publish_ok.clear();
-        *grants = Some((generation, g));
+        *grants = Some(Box::new((generation, g)));
     }
     &grants.as_ref().expect("set above").1
 }
@@ -132,7 +132,7 @@ fn refresh_grants<'g>(
 fn may_publish(
     ctx: &NodeCtx,
     sh: &ConnShared,
-    grants: &mut Option<(u64, Grants)>,
+    grants: &mut Option<Box<(u64, Grants)>>,
     publish_ok: &mut HashSet<Box<str>>,
     name: &str,
 ) -> Result<(), Denied> {
@@ -154,13 +154,17 @@ fn may_publish(
 struct Router<'a> {
     ctx: &'a NodeCtx,
     sh: &'a ConnShared,
-    frames_in: u64,
-    routed: [u64; 3],
+    // This read's counts (flushed to the metrics after every read), so
+    // u32: the router is part of every idle connection's reader task.
+    frames_in: u32,
+    routed: [u32; 3],
     tally: Tally,
-    no_route: u64,
-    unauthorized: u64,
+    no_route: u32,
+    unauthorized: u32,
     publishes: u64,
-    grants: Option<(u64, Grants)>,
+    /// Boxed: made on the first publish, so a connection that only
+    /// subscribes does not hold it.
+    grants: Option<Box<(u64, Grants)>>,
     /// Names this connection may publish to under the current grants; bounded.
     publish_ok: HashSet<Box<str>>,
     /// This read's deliveries to local subscribers, pushed per run.
@@ -280,20 +284,22 @@ impl<'a> Router<'a> {
     fn flush_metrics(&mut self) {
         let hm = &self.ctx.hot;
         if self.frames_in > 0 {
-            hm.frames_in.increment(std::mem::take(&mut self.frames_in));
+            hm.frames_in
+                .increment(std::mem::take(&mut self.frames_in).into());
         }
         for (i, n) in self.routed.iter_mut().enumerate() {
             if *n > 0 {
-                hm.routed[i].increment(std::mem::take(n));
+                hm.routed[i].increment(std::mem::take(n).into());
             }
         }
         if self.no_route > 0 {
-            hm.no_route.increment(std::mem::take(&mut self.no_route));
+            hm.no_route
+                .increment(std::mem::take(&mut self.no_route).into());
         }
         self.ctx.flush_tally(&mut self.tally);
         if self.unauthorized > 0 {
             hm.unauthorized
-                .increment(std::mem::take(&mut self.unauthorized));
+                .increment(std::mem::take(&mut self.unauthorized).into());
         }
     }
 

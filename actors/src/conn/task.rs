@@ -54,19 +54,23 @@ pub(crate) fn spawn(a: ConnArgs) {
     metrics::gauge!(m::CONNECTIONS, "kind" => "client").increment(1.0);
     counter!(m::CONNECTIONS_TOTAL, "kind" => "client").increment(1);
     let (ctx, id) = (Arc::clone(&a.ctx), a.shared.id);
-    tokio::spawn(async move {
-        // The panic is caught inside the task, not by a second task awaiting
-        // its handle: a watcher task per connection is memory every idle
-        // connection would hold. Unwinding drops the reader and writer
-        // handles, which aborts both tasks.
-        let ended = std::panic::AssertUnwindSafe(run(a)).catch_unwind().await;
-        if let Err(p) = ended {
-            let p = TaskPanicked::from_payload(p);
-            warn!(conn = id, error = %p, "connection task failed; removing the connection");
-            counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "connection").increment(1);
-        }
-        cleanup(&ctx, id);
-    });
+    // The panic is caught inside the task, not by a second task awaiting
+    // its handle: a watcher task per connection is memory every idle
+    // connection would hold. Unwinding drops the reader and writer handles,
+    // which aborts both tasks. A combinator rather than an `async` block
+    // around `run(a)`: the block would hold the arguments (or the body)
+    // twice, captured and awaited, for the connection's whole life.
+    let task = std::panic::AssertUnwindSafe(run(a))
+        .catch_unwind()
+        .map(move |ended| {
+            if let Err(p) = ended {
+                let p = TaskPanicked::from_payload(p);
+                warn!(conn = id, error = %p, "connection task failed; removing the connection");
+                counter!(m::ACTOR_RESTARTS_TOTAL, "actor" => "connection").increment(1);
+            }
+            cleanup(&ctx, id);
+        });
+    tokio::spawn(task);
 }
 
 /// The task's body: a thin driver around [`ConnState`]. Returns when the

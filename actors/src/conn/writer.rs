@@ -74,19 +74,21 @@ pub(crate) async fn write_loop(
     // dropped after it and after any write in progress.
     let _detach = Detach(&sh.outbox);
     let mut w = FrameWriter::new(sh.outbox.writer_sink());
-    let stop = async {
+    let stop = std::pin::pin!(async {
         let _ = shutdown.changed().await;
-    };
+    });
     let end = pump(&mut rx, &mut w, &mut hooks, stop)
         .await
         .map_err(|e| e.to_string())?;
     if end == PumpEnd::Stopped {
         // Shutting down: take no more, write what is queued, then close.
         sh.outbox.close();
-        drain_now(&mut rx, &mut w, &mut hooks)
+        // Boxed, as the shutdown path: inline, these futures would be the
+        // largest part of every connection's writer task.
+        Box::pin(drain_now(&mut rx, &mut w, &mut hooks))
             .await
             .map_err(|e| e.to_string())?;
-        w.get_mut().finish(ctx.drain_deadline()).await;
+        Box::pin(w.get_mut().finish(ctx.drain_deadline())).await;
         close_conn(&sh.conn, ErrorCode::SHUTTING_DOWN, "node shutting down");
     }
     Ok(())
