@@ -184,6 +184,9 @@ impl NodeCtx {
         if t.gone > 0 {
             hm.subscriber_gone.increment(std::mem::take(&mut t.gone));
         }
+        if t.shed > 0 {
+            counter!(m::QUEUE_SHED_TOTAL).increment(std::mem::take(&mut t.shed));
+        }
         if t.direct_bytes > 0 {
             hm.frames_out
                 .increment(std::mem::take(&mut t.direct_frames));

@@ -372,6 +372,9 @@ pub struct Tally {
     /// Local deliveries not made because the subscriber's connection was
     /// closing (its outbox closed).
     pub gone: u64,
+    /// Copies delivered earlier (counted then) and dropped from a slow
+    /// consumer's queue to give back its overflow room (`Push::Slow`).
+    pub shed: u64,
     /// The first few slow subscribers of the batch, for the node's
     /// per-identity "slow consumer" log line (the rest show up in later
     /// batches; the counters count every drop).
@@ -425,7 +428,10 @@ impl Tally {
             Push::Dropped => self.slow_from(conn, frames),
             Push::Slow { shed } => {
                 self.declared += 1;
-                self.slow_from(conn, frames + shed);
+                // Not `slow`: the shed copies were counted as delivered when
+                // they were queued, and each copy ends in one counter.
+                self.shed += shed;
+                self.slow_from(conn, frames);
             }
             Push::Closed => self.gone += frames,
             Push::Disconnect => {

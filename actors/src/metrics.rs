@@ -23,6 +23,7 @@ pub const MESSAGES_ROUTED_TOTAL: &str = "slim_messages_routed_total";
 pub const DELIVERIES_TOTAL: &str = "slim_deliveries_total";
 pub const MESSAGES_DROPPED_TOTAL: &str = "slim_messages_dropped_total";
 pub const SLOW_CONSUMER_EVENTS_TOTAL: &str = "slim_slow_consumer_events_total";
+pub const QUEUE_SHED_TOTAL: &str = "slim_queue_shed_total";
 pub const PROTOCOL_ERRORS_TOTAL: &str = "slim_protocol_errors_total";
 pub const SUBSCRIPTIONS: &str = "slim_subscriptions";
 pub const REGISTRY_NAMES: &str = "slim_registry_names";
@@ -225,6 +226,11 @@ pub fn describe() {
         SLOW_CONSUMER_EVENTS_TOTAL,
         Count,
         "Slow-consumer events by action: disconnect (cut after the write deadline), drop (declared slow under the drop policy; its messages are dropped until it drains), link (a peer link stayed full past its deadline).",
+    );
+    c(
+        QUEUE_SHED_TOTAL,
+        Count,
+        "Message copies already counted in slim_deliveries_total and then dropped from a subscriber's queue: under the drop policy, what a slow consumer held in overflow room, dropped when it was declared slow to give the room back.",
     );
     c(
         PROTOCOL_ERRORS_TOTAL,
@@ -461,6 +467,7 @@ pub fn init_zero() {
     for action in ["disconnect", "drop", "link"] {
         counter!(SLOW_CONSUMER_EVENTS_TOTAL, "action" => action).increment(0);
     }
+    counter!(QUEUE_SHED_TOTAL).increment(0);
     for action in ["connect", "register", "publish", "subscribe"] {
         counter!(AUTHZ_DENIED_TOTAL, "action" => action).increment(0);
     }

@@ -112,8 +112,9 @@ pub enum Push {
     Dropped,
     /// Dropped, and this push is the one that declared the owner a slow
     /// consumer (the write deadline just passed under [`SlowAction::Drop`]).
-    /// `shed` more frames were dropped from the queue's tail: the ones it
-    /// held in overflow room (`Outbox::shed_overflow`).
+    /// `shed` frames queued earlier (and counted as delivered then) were
+    /// dropped from the queue's tail: the ones it held in overflow room
+    /// (`Outbox::shed_overflow`).
     Slow {
         shed: u64,
     },
@@ -584,7 +585,8 @@ impl Outbox {
         self.max_bytes
     }
 
-    /// Frames dropped because this queue was full.
+    /// Frames dropped because this queue was full, and frames dropped from
+    /// it to give back overflow room (`Outbox::shed_overflow`).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

@@ -120,6 +120,9 @@ pub struct ConnStats {
     /// Of `queued_bytes`, those beyond `max_queued_bytes`, borrowed from the
     /// node's overflow room (`[queue] overflow_bytes`).
     pub overflow_bytes: usize,
+    /// Messages this subscriber will not get: dropped because its queue was
+    /// full, or dropped from its queue when it was declared slow under the
+    /// drop policy (what it held in overflow room).
     pub dropped: u64,
     /// Times a publisher had to wait for room in this connection's queue.
     pub waited: u64,

@@ -319,11 +319,10 @@ impl<'a> Router<'a> {
                 // Not only a counter: the client's call will wait for an
                 // answer that never comes, so say whose queue dropped it.
                 if let Push::Slow { shed } = out {
-                    // Declared slow by this push: the event, and the
-                    // messages it shed from its queue (the control frame
-                    // itself is not a message).
+                    // Declared slow by this push: the event, and what it
+                    // shed from its queue (see `Tally::shed`).
                     counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "drop").increment(1);
-                    self.ctx.hot.slow_consumer.increment(shed);
+                    counter!(m::QUEUE_SHED_TOTAL).increment(shed);
                 }
                 self.ctx.log_slow_consumer(self.sh.id);
                 Ok(())
