@@ -318,14 +318,21 @@ impl NodeCtx {
                 expired.push((c.id, out));
             }
         }
-        // Counted, logged and cut as a timed-out push's outcome is.
         for (conn, out) in expired {
-            let mut t = crate::engine::Tally::default();
-            if let Next::Disconnect(conn) = t.sub_outcome(conn, out, 0) {
-                self.disconnect_slow(conn);
-            }
-            self.flush_tally(&mut t);
+            self.settle_slow(conn, out);
         }
+    }
+
+    /// Applies a slow-consumer outcome for client `conn` that carries no
+    /// frame of its own (the sweep's, or a dropped control frame's): counted,
+    /// logged and cut as a timed-out data push's outcome is
+    /// ([`crate::engine::Tally::sub_outcome`], [`NodeCtx::flush_tally`]).
+    pub(crate) fn settle_slow(&self, conn: ConnId, out: crate::outbox::Push) {
+        let mut t = crate::engine::Tally::default();
+        if let Next::Disconnect(conn) = t.sub_outcome(conn, out, 0) {
+            self.disconnect_slow(conn);
+        }
+        self.flush_tally(&mut t);
     }
 
     /// Closes connection `conn` (slow-consumer policy).

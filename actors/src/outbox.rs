@@ -534,25 +534,30 @@ impl Outbox {
             over = over.saturating_sub(b.len());
             more
         });
-        let bytes: usize = shed.iter().map(Bytes::len).sum();
         let frames: u64 = shed
             .iter()
             .map(|b| slim_wire::codec::count_frames(b) as u64)
             .sum();
-        let left = self.queued_bytes.fetch_sub(bytes, Ordering::SeqCst) - bytes;
-        self.repay_over(left.saturating_sub(self.max_bytes));
+        self.unqueue(shed.iter().map(Bytes::len).sum());
         self.dropped.fetch_add(frames, Ordering::Relaxed);
         frames
+    }
+
+    /// `n` queued bytes have left the queue (written, or shed): what is
+    /// still queued beyond the cap is all that stays borrowed. Returns the
+    /// bytes still queued.
+    fn unqueue(&self, n: usize) -> usize {
+        let left = self.queued_bytes.fetch_sub(n, Ordering::SeqCst) - n;
+        if self.borrowed.load(Ordering::Relaxed) != 0 {
+            self.repay_over(left.saturating_sub(self.max_bytes));
+        }
+        left
     }
 
     /// Called by the writer after it has handed `n` bytes to the transport.
     pub fn written(&self, n: usize) {
         self.written_total.fetch_add(n as u64, Ordering::Relaxed);
-        let left = self.queued_bytes.fetch_sub(n, Ordering::SeqCst) - n;
-        if self.borrowed.load(Ordering::Relaxed) != 0 {
-            // Only what is still queued beyond the cap stays borrowed.
-            self.repay_over(left.saturating_sub(self.max_bytes));
-        }
+        let left = self.unqueue(n);
         if left == 0 && self.slow.load(Ordering::Relaxed) {
             // Drained: it kept up after all; publishers wait for it again.
             self.slow.store(false, Ordering::Relaxed);

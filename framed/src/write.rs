@@ -181,11 +181,10 @@ pub async fn pump<S: ChunkSink>(
     rx: &mut impl FrameSource,
     w: &mut FrameWriter<S>,
     hooks: &mut impl WriteHooks,
-    stop: impl Future<Output = ()> + Unpin,
+    // Pinned by the caller: pinned here, it would be held twice in this
+    // future (the argument and the pinned copy).
+    mut stop: impl Future<Output = ()> + Unpin,
 ) -> io::Result<PumpEnd> {
-    // `stop` is pinned by the caller: pinned here, it would be held twice
-    // in this future (the argument and the pinned copy).
-    let mut stop = stop;
     // Grows with load (recv_many appends up to BATCH) instead of reserving
     // BATCH slots up front for every idle connection.
     let mut batch: Vec<Bytes> = Vec::new();

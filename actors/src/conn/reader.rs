@@ -305,8 +305,7 @@ impl<'a> Router<'a> {
 
     async fn control(&self, f: Frame) -> Result<(), ConnError> {
         let b = encode(&f, self.ctx);
-        let out = self.sh.outbox.push_control(b).await;
-        match out {
+        match self.sh.outbox.push_control(b).await {
             Push::Closed => Err(ConnError::Lost("outbox closed".into())),
             Push::Disconnect => {
                 // This client does not read its own acks: it is the slow consumer.
@@ -315,16 +314,11 @@ impl<'a> Router<'a> {
                     "slow consumer: outbound queue stayed full past the write deadline".into(),
                 ))
             }
-            Push::Dropped | Push::Slow { .. } => {
+            out @ (Push::Dropped | Push::Slow { .. }) => {
                 // Not only a counter: the client's call will wait for an
-                // answer that never comes, so say whose queue dropped it.
-                if let Push::Slow { shed } = out {
-                    // Declared slow by this push: the event, and what it
-                    // shed from its queue (see `Tally::shed`).
-                    counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "drop").increment(1);
-                    counter!(m::QUEUE_SHED_TOTAL).increment(shed);
-                }
-                self.ctx.log_slow_consumer(self.sh.id);
+                // answer that never comes, so the slow-consumer line names
+                // whose queue dropped it (counted as a data push's drop is).
+                self.ctx.settle_slow(self.sh.id, out);
                 Ok(())
             }
             Push::Queued | Push::Full(_) => Ok(()),

@@ -105,12 +105,17 @@ async fn closing_wakes_a_waiting_pusher() {
 }
 
 fn pooled(max_bytes: usize, pool: usize, deadline: Duration) -> (Outbox, QueueRx, Arc<Overflow>) {
+    pooled_with(max_bytes, pool, deadline, SlowAction::Disconnect)
+}
+
+fn pooled_with(
+    max_bytes: usize,
+    pool: usize,
+    deadline: Duration,
+    action: SlowAction,
+) -> (Outbox, QueueRx, Arc<Overflow>) {
     let pool = Arc::new(Overflow::new(pool));
-    let (q, rx) = Outbox::new(
-        100,
-        max_bytes,
-        SlowConsumerPolicy::wait(deadline, SlowAction::Disconnect),
-    );
+    let (q, rx) = Outbox::new(100, max_bytes, SlowConsumerPolicy::wait(deadline, action));
     (q.with_overflow(Arc::clone(&pool)), rx, pool)
 }
 
@@ -225,10 +230,7 @@ fn frame(c: u8) -> Bytes {
 
 #[test]
 fn a_drop_policy_queue_declared_slow_gives_its_overflow_room_back() {
-    let pool = Arc::new(Overflow::new(100));
-    let policy = SlowConsumerPolicy::wait(Duration::from_millis(600), SlowAction::Drop);
-    let (q, rx) = Outbox::new(100, 5, policy);
-    let q = q.with_overflow(Arc::clone(&pool));
+    let (q, rx, pool) = pooled_with(5, 100, Duration::from_millis(600), SlowAction::Drop);
     assert_eq!(q.push(frame(b'a')), Push::Queued);
     push_after_a_stall(&q, frame(b'b'));
     assert_eq!(q.push(frame(b'c')), Push::Queued, "still stuck");
