@@ -196,6 +196,10 @@ impl NodeCtx {
             counter!(m::LINK_DROPS_TOTAL, "reason" => "queue_full")
                 .increment(std::mem::take(&mut t.link_drops));
         }
+        if t.link_gone > 0 {
+            counter!(m::LINK_DROPS_TOTAL, "reason" => "link_gone")
+                .increment(std::mem::take(&mut t.link_gone));
+        }
         if let Some(peer) = t.slow_link.take() {
             counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "link").increment(1);
             if self.log.note_identity(Kind::SlowConsumer, &peer) {

@@ -383,6 +383,9 @@ pub struct Tally {
     /// Link copies dropped because the link's queue was full (a slow peer is
     /// isolated; the link stays up for everyone else).
     pub link_drops: u64,
+    /// Link copies not carried because the link was closing (its outbox
+    /// closed: the link went down between the route lookup and the push).
+    pub link_gone: u64,
     /// The peer of a link newly declared slow in this batch, for the log.
     pub slow_link: Option<Arc<str>>,
     /// Frames written around an outbox ([`Tally::push_sub_direct`]; whole,
@@ -462,7 +465,8 @@ impl Tally {
     /// routes), it drops.
     pub fn link_outcome(&mut self, peer: &Arc<str>, out: Push, frames: u64) -> Next {
         match out {
-            Push::Queued | Push::Closed => {}
+            Push::Queued => {}
+            Push::Closed => self.link_gone += frames,
             Push::Full(frame) => return Next::Wait(frame),
             Push::Slow { shed } => {
                 // Links borrow no overflow room, so `shed` is 0 there.

@@ -80,7 +80,7 @@ pub const LINKS: &str = "slim_links";
 pub const LINK_FRAMES_TOTAL: &str = "slim_link_frames_total";
 /// Bytes over peer links (`direction` = `in`/`out`).
 pub const LINK_BYTES_TOTAL: &str = "slim_link_bytes_total";
-/// Messages a link did not carry (`reason` = `queue_full`, `loop`).
+/// Messages a link did not carry (`reason` = `queue_full`, `link_gone`, `loop`).
 pub const LINK_DROPS_TOTAL: &str = "slim_link_drops_total";
 /// Redials of dialled links (after a failure or a link going down).
 pub const LINK_RECONNECTS_TOTAL: &str = "slim_link_reconnects_total";
@@ -326,7 +326,7 @@ pub fn describe() {
     c(
         LINK_DROPS_TOTAL,
         Count,
-        "Forwarded messages a link did not carry, by reason (queue_full, loop).",
+        "Forwarded messages a link did not carry, by reason (queue_full, link_gone, loop).",
     );
     c(
         LINK_RECONNECTS_TOTAL,
@@ -481,7 +481,7 @@ pub fn init_zero() {
         counter!(LINK_FRAMES_TOTAL, "direction" => direction).increment(0);
         counter!(LINK_BYTES_TOTAL, "direction" => direction).increment(0);
     }
-    for reason in ["queue_full", "loop"] {
+    for reason in ["queue_full", "link_gone", "loop"] {
         counter!(LINK_DROPS_TOTAL, "reason" => reason).increment(0);
     }
     for reason in ["liveness", "lost", "wire", "protocol"] {

@@ -538,4 +538,15 @@ fn tally_applies_each_slow_consumer_policy() {
     );
     assert_eq!(t.link_drops, 3, "each frame of a dropped run counts");
     assert_eq!(t.slow_link.as_deref(), Some("b"), "the slow peer is named");
+    let going_down = link(f.outbox(4, SlowConsumerPolicy::default()));
+    going_down.outbox.close();
+    assert_eq!(
+        push_link(&mut t, &going_down, Bytes::from_static(b"run"), 2),
+        Next::Done
+    );
+    assert_eq!(
+        (t.link_gone, t.link_drops),
+        (2, 3),
+        "a closed link's copies are counted as gone, not as queue drops"
+    );
 }
