@@ -70,7 +70,11 @@
 # SLIM_PORT (4500), NATS_PORT (4222), METRICS_PORT (9464),
 # NATS_MONITOR_PORT (8222), RESULTS (copy the JSON lines here), PLOTS (write
 # SVG charts into this directory), KEEP_TMP=1 (keep the work directory),
-# SLIMCTL / SLIM_NODE / SLIM_LOADTEST (use these binaries instead of building).
+# SLIMCTL / SLIM_NODE / SLIM_LOADTEST (use these binaries instead of building),
+# CLIENT_THREADS (the load generator's runtime workers for both systems'
+# clients, --client-threads; default: one per CPU. CLIENT_THREADS=1 shows
+# request/reply as an application on a single-threaded runtime sees it:
+# docs/BENCHMARKS.md, *Request/reply: the responder's fourth hop*).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ROUNDS="${1:-${ROUNDS:-3}}"
@@ -84,6 +88,8 @@ CONN_CONCURRENCY="${CONN_CONCURRENCY:-32}"
 SC_DURATION="${SC_DURATION:-10s}"
 SC_READERS="${SC_READERS:-10}"
 SCENARIOS="${SCENARIOS:-connections throughput slow-consumer latency}"
+CLIENT_ARGS=()
+[ -n "${CLIENT_THREADS:-}" ] && CLIENT_ARGS=(--client-threads "$CLIENT_THREADS")
 # Throughput rows as "SUBS:SIZE" pairs (comma-separated).
 THROUGHPUT_ROWS="${THROUGHPUT_ROWS:-1:16,1:1024,1:4096,1:16384,100:16,1000:16}"
 IFS=, read -r -a SPECS <<<"${THROUGHPUT_ROWS//:/ }"
@@ -151,6 +157,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(uname -r)"
+echo "== load generator: ${CLIENT_THREADS:-one per CPU} runtime worker(s) for both systems' clients"
 echo "== load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== dev CA (spiffe://$TD) and certificates in $WORK"
 "$SLIMCTL" dev-ca init --trust-domain "$TD" --dir "$WORK/ca" >/dev/null
@@ -219,10 +226,10 @@ run() { # system subcommand args...
   local sys=$1
   shift
   if [ "$sys" = slim ]; then
-    "$SLIM_LOADTEST" "$@" --ca-dir "$WORK/ca" --json --target "slim://127.0.0.1:$SLIM_PORT" \
+    "$SLIM_LOADTEST" "$@" "${CLIENT_ARGS[@]}" --ca-dir "$WORK/ca" --json --target "slim://127.0.0.1:$SLIM_PORT" \
       --node-pid "$NODE_PID" --stats-addr "127.0.0.1:$METRICS_PORT" >>"$RESULTS_FILE"
   else
-    "$SLIM_LOADTEST" "$@" --ca-dir "$WORK/ca" --json --target "tls://127.0.0.1:$NATS_PORT" \
+    "$SLIM_LOADTEST" "$@" "${CLIENT_ARGS[@]}" --ca-dir "$WORK/ca" --json --target "tls://127.0.0.1:$NATS_PORT" \
       --node-pid "$NATS_PID" --stats-addr "127.0.0.1:$NATS_MONITOR_PORT" >>"$RESULTS_FILE"
   fi
   sleep 1
