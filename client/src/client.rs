@@ -65,13 +65,22 @@ impl Client {
             confirm: Default::default(),
             connected: std::sync::atomic::AtomicBool::new(true),
         });
-        let endpoint = conn::endpoint(&shared.cfg)?;
-        let live = conn::connect_once(&shared, &endpoint).await?;
+        // quinn's drivers run in the connection task (`crate::host`); during
+        // the first handshake, in this one.
+        // An error or a cancelled connect shuts the host down (its drivers
+        // and the endpoint would otherwise keep each other alive); on
+        // success the connection task's guard takes over.
+        let host = crate::host::Host::default();
+        let guard = crate::host::ShutdownOnDrop(host.clone());
+        let endpoint = conn::endpoint(&shared.cfg, &host)?;
+        let live = host
+            .run_until(conn::connect_once(&shared, &endpoint))
+            .await?;
         let (out_tx, out_rx) = mpsc::channel(shared.cfg.outbound_capacity.max(1));
         let budget = Arc::new(OutboundBytes::new(shared.cfg.outbound_bytes));
         let (ev_tx, ev_rx) = queue(shared.cfg.inbound_capacity.max(1));
         let (close_tx, close_rx) = oneshot::channel();
-        let driver = tokio::spawn(conn::drive(
+        let drive = conn::drive(
             Arc::clone(&shared),
             endpoint,
             live,
@@ -79,7 +88,11 @@ impl Client {
             Arc::clone(&budget),
             Arc::new(ev_tx),
             close_rx,
-        ));
+        );
+        let driver = tokio::spawn(async move {
+            let _shutdown = guard;
+            host.run_until(drive).await;
+        });
         Ok(Client {
             shared,
             out: out_tx,

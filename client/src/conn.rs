@@ -37,7 +37,12 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// A client-only endpoint: it has no server configuration, so it never
 /// accepts a connection.
-pub(crate) fn endpoint(cfg: &ClientConfig) -> Result<quinn::Endpoint, ClientError> {
+///
+/// quinn's drivers for it run in `host` (`crate::host`).
+pub(crate) fn endpoint(
+    cfg: &ClientConfig,
+    host: &crate::host::Host,
+) -> Result<quinn::Endpoint, ClientError> {
     let bind: SocketAddr = if cfg.node.is_ipv6() {
         "[::]:0".parse().expect("static")
     } else {
@@ -66,8 +71,8 @@ pub(crate) fn endpoint(cfg: &ClientConfig) -> Result<quinn::Endpoint, ClientErro
     let mut ep_cfg = quinn::EndpointConfig::default();
     // Clamped to what QUIC and UDP allow, so this cannot fail.
     let _ = ep_cfg.max_udp_payload_size(cfg.max_udp_payload.clamp(1200, 65_527));
-    let mut ep = quinn::Endpoint::new(ep_cfg, None, sock.into(), Arc::new(quinn::TokioRuntime))
-        .map_err(socket_err)?;
+    let mut ep =
+        quinn::Endpoint::new(ep_cfg, None, sock.into(), host.runtime()).map_err(socket_err)?;
     let alpn: &[&[u8]] = &[slim_auth::ALPN_SLIM];
     let server = cfg.server.clone();
     let tls = match &cfg.credentials {

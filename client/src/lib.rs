@@ -18,6 +18,7 @@ mod confirm;
 mod conn;
 mod error;
 mod event;
+mod host;
 pub mod session;
 mod shared;
 

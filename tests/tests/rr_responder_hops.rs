@@ -46,7 +46,11 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
 /// Echoes every delivery back to its sender through the SDK.
 async fn sdk_responder(resp: Client) {
     while let Some(d) = resp.next_message().await {
-        if resp.publish(&d.from, Mode::Unicast, &d.payload).await.is_err() {
+        if resp
+            .publish(&d.from, Mode::Unicast, &d.payload)
+            .await
+            .is_err()
+        {
             return;
         }
     }
