@@ -112,7 +112,9 @@ impl Host {
 
     /// Runs `fut` to completion while polling every hosted future. What is
     /// hosted stays hosted when `fut` completes (a later `run_until` goes on
-    /// polling it); hosted futures that complete are dropped.
+    /// polling it); hosted futures that complete are dropped. One
+    /// `run_until` at a time per host (the SDK's first connect, then its
+    /// connection task): a second would find the hosted futures taken.
     pub(crate) async fn run_until<T>(&self, fut: impl Future<Output = T>) -> T {
         let mut fut = std::pin::pin!(fut);
         let main = self.flag();
@@ -353,21 +355,27 @@ mod tests {
         host.shutdown();
     }
 
-    #[tokio::test]
-    async fn shutdown_drops_what_is_hosted() {
+    /// Hosts a future that never ends; the flag says when it was dropped.
+    fn host_pending(host: &Host) -> Arc<AtomicBool> {
         struct Dropped(Arc<AtomicBool>);
         impl Drop for Dropped {
             fn drop(&mut self) {
                 self.0.store(true, Ordering::SeqCst);
             }
         }
-        let host = Host::default();
         let dropped = Arc::new(AtomicBool::new(false));
         let d = Dropped(Arc::clone(&dropped));
         host.spawn(Box::pin(async move {
             let _d = d;
             std::future::pending::<()>().await;
         }));
+        dropped
+    }
+
+    #[tokio::test]
+    async fn shutdown_drops_what_is_hosted() {
+        let host = Host::default();
+        let dropped = host_pending(&host);
         host.run_until(tokio::task::yield_now()).await;
         assert!(!dropped.load(Ordering::SeqCst), "parked, still alive");
         host.shutdown();
@@ -376,12 +384,7 @@ mod tests {
         // Shut down while a `run_until` holds the children (a cancelled
         // connect, an aborted connection task): they go when it ends.
         let host = Host::default();
-        let dropped = Arc::new(AtomicBool::new(false));
-        let d = Dropped(Arc::clone(&dropped));
-        host.spawn(Box::pin(async move {
-            let _d = d;
-            std::future::pending::<()>().await;
-        }));
+        let dropped = host_pending(&host);
         let h = host.clone();
         let run = host.run_until(async move {
             tokio::task::yield_now().await;
@@ -394,11 +397,7 @@ mod tests {
                 .is_err()
         );
         assert!(dropped.load(Ordering::SeqCst), "dropped when the run ended");
-        let after = Arc::new(AtomicBool::new(false));
-        let d = Dropped(Arc::clone(&after));
-        host.spawn(Box::pin(async move {
-            let _d = d;
-        }));
+        let after = host_pending(&host);
         assert!(
             after.load(Ordering::SeqCst),
             "a spawn after shutdown is dropped"
