@@ -167,7 +167,27 @@ impl Host {
                     if flag.ready.swap(false, Ordering::SeqCst) {
                         any = true;
                         let w = Waker::from(Arc::clone(flag));
-                        if child.as_mut().poll(&mut Context::from_waker(&w)).is_ready() {
+                        // A hosted future that panics is dropped and the
+                        // others go on, as when each was a task of its own.
+                        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            child.as_mut().poll(&mut Context::from_waker(&w))
+                        }));
+                        let done = match polled {
+                            Ok(p) => p.is_ready(),
+                            Err(panic) => {
+                                let what = panic
+                                    .downcast_ref::<&str>()
+                                    .map(|s| s.to_string())
+                                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                                    .unwrap_or_default();
+                                tracing::error!(
+                                    panic = %what,
+                                    "a QUIC driver of this client panicked and was stopped; its connection will fail"
+                                );
+                                true
+                            }
+                        };
+                        if done {
                             drop(guard.children.swap_remove(i));
                             continue;
                         }
@@ -353,6 +373,24 @@ mod tests {
         host.run_until(rx).await.unwrap();
         assert!(spins.load(Ordering::Relaxed) >= 1);
         host.shutdown();
+    }
+
+    #[tokio::test]
+    async fn a_hosted_future_that_panics_is_dropped_and_the_rest_go_on() {
+        let host = Host::default();
+        host.spawn(Box::pin(async {
+            panic!("hosted future fails");
+        }));
+        let (tx, rx) = oneshot::channel::<u32>();
+        host.spawn(Box::pin(async move {
+            tokio::task::yield_now().await;
+            let _ = tx.send(7);
+        }));
+        assert_eq!(host.run_until(rx).await.unwrap(), 7);
+        assert!(
+            host.0.parked.lock().is_empty(),
+            "both hosted futures are gone: one panicked, one finished"
+        );
     }
 
     /// Hosts a future that never ends; the flag says when it was dropped.
