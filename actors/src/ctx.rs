@@ -200,6 +200,14 @@ impl NodeCtx {
             counter!(m::LINK_DROPS_TOTAL, "reason" => "link_gone")
                 .increment(std::mem::take(&mut t.link_gone));
         }
+        if let Some(peer) = t.gone_link.take()
+            && self.log.note_identity(Kind::LinkGone, &peer)
+        {
+            warn!(
+                peer = %peer,
+                "forwards to {peer} not carried: its link was going down; messages for nodes behind it are lost until their routes move to another link (slim_link_drops_total{{reason=\"link_gone\"}}){THROTTLED_PER_IDENTITY}"
+            );
+        }
         if let Some(peer) = t.slow_link.take() {
             counter!(m::SLOW_CONSUMER_EVENTS_TOTAL, "action" => "link").increment(1);
             if self.log.note_identity(Kind::SlowConsumer, &peer) {

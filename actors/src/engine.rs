@@ -386,6 +386,8 @@ pub struct Tally {
     /// Link copies not carried because the link was closing (its outbox
     /// closed: the link went down between the route lookup and the push).
     pub link_gone: u64,
+    /// The peer of such a link, for the log.
+    pub gone_link: Option<Arc<str>>,
     /// The peer of a link newly declared slow in this batch, for the log.
     pub slow_link: Option<Arc<str>>,
     /// Frames written around an outbox ([`Tally::push_sub_direct`]; whole,
@@ -466,7 +468,10 @@ impl Tally {
     pub fn link_outcome(&mut self, peer: &Arc<str>, out: Push, frames: u64) -> Next {
         match out {
             Push::Queued => {}
-            Push::Closed => self.link_gone += frames,
+            Push::Closed => {
+                self.link_gone += frames;
+                self.gone_link = Some(Arc::clone(peer));
+            }
             Push::Full(frame) => return Next::Wait(frame),
             Push::Slow { shed } => {
                 // Links borrow no overflow room, so `shed` is 0 there.

@@ -38,6 +38,9 @@ pub enum Kind {
     /// Messages dropped for, or connections closed of, subscribers that do
     /// not read fast enough (keyed by identity).
     SlowConsumer,
+    /// Forwards not carried because their peer link was going down (keyed
+    /// by peer node).
+    LinkGone,
 }
 
 impl Kind {
@@ -49,6 +52,7 @@ impl Kind {
             Kind::PartialFrame => "connections closed over incomplete frames",
             Kind::Denied => "refusals by policy",
             Kind::SlowConsumer => "slow-consumer detections (read batches with drops, disconnects)",
+            Kind::LinkGone => "read batches with forwards to a link going down",
         }
     }
 }

@@ -65,11 +65,11 @@ impl Client {
             confirm: Default::default(),
             connected: std::sync::atomic::AtomicBool::new(true),
         });
-        // quinn's drivers run in the connection task (`crate::host`); during
-        // the first handshake, in this one.
-        // An error or a cancelled connect shuts the host down (its drivers
-        // and the endpoint would otherwise keep each other alive); on
-        // success the connection task's guard takes over.
+        // quinn's drivers run in the connection task (`crate::host`), and
+        // during the first handshake in this one. An error or a cancelled
+        // connect shuts the host down (its drivers and the endpoint would
+        // otherwise keep each other alive); on success the guard moves into
+        // the connection task.
         let host = crate::host::Host::default();
         let guard = crate::host::ShutdownOnDrop(host.clone());
         let endpoint = conn::endpoint(&shared.cfg, &host)?;

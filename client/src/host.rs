@@ -110,6 +110,17 @@ impl Host {
         })
     }
 
+    /// Drops every hosted future, now or (one being polled) when its
+    /// `run_until` ends, and every one spawned later. quinn's drivers hold
+    /// the endpoint, whose runtime holds this host: without this, a closed
+    /// client's drivers would keep each other alive.
+    pub(crate) fn shutdown(&self) {
+        self.0.shut.store(true, Ordering::SeqCst);
+        let parked = std::mem::take(&mut *self.0.parked.lock());
+        let spawned = std::mem::take(&mut *self.0.spawned.lock());
+        drop((parked, spawned));
+    }
+
     /// Runs `fut` to completion while polling every hosted future. What is
     /// hosted stays hosted when `fut` completes (a later `run_until` goes on
     /// polling it); hosted futures that complete are dropped. One
@@ -156,44 +167,12 @@ impl Host {
                 if !tokio::task::coop::has_budget_remaining() {
                     break;
                 }
-                let mut any = false;
-                let spawned = std::mem::take(&mut *inner.spawned.lock());
-                for f in spawned {
-                    guard.children.push((f, self.flag()));
-                }
-                let mut i = 0;
-                while i < guard.children.len() {
-                    let (child, flag) = &mut guard.children[i];
-                    if flag.ready.swap(false, Ordering::SeqCst) {
-                        any = true;
-                        let w = Waker::from(Arc::clone(flag));
-                        // A hosted future that panics is dropped and the
-                        // others go on, as when each was a task of its own.
-                        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            child.as_mut().poll(&mut Context::from_waker(&w))
-                        }));
-                        let done = match polled {
-                            Ok(p) => p.is_ready(),
-                            Err(panic) => {
-                                let what = panic
-                                    .downcast_ref::<&str>()
-                                    .map(|s| s.to_string())
-                                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                                    .unwrap_or_default();
-                                tracing::error!(
-                                    panic = %what,
-                                    "a QUIC driver of this client panicked and was stopped; its connection will fail"
-                                );
-                                true
-                            }
-                        };
-                        if done {
-                            drop(guard.children.swap_remove(i));
-                            continue;
-                        }
-                    }
-                    i += 1;
-                }
+                guard.children.extend(
+                    std::mem::take(&mut *inner.spawned.lock())
+                        .into_iter()
+                        .map(|f| (f, self.flag())),
+                );
+                let mut any = poll_ready(guard.children);
                 if main.ready.swap(false, Ordering::SeqCst) {
                     any = true;
                     if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(&main_waker))
@@ -227,19 +206,6 @@ impl Host {
     }
 }
 
-impl Host {
-    /// Drops every hosted future, now or (one being polled) when its
-    /// `run_until` ends, and every one spawned later. quinn's drivers hold
-    /// the endpoint, whose runtime holds this host: without this, a closed
-    /// client's drivers would keep each other alive.
-    pub(crate) fn shutdown(&self) {
-        self.0.shut.store(true, Ordering::SeqCst);
-        let parked = std::mem::take(&mut *self.0.parked.lock());
-        let spawned = std::mem::take(&mut *self.0.spawned.lock());
-        drop((parked, spawned));
-    }
-}
-
 /// Shuts its host down when dropped: whatever ends the task or call that
 /// holds it (completion, an error, cancellation, an abort).
 pub(crate) struct ShutdownOnDrop(pub(crate) Host);
@@ -247,6 +213,45 @@ pub(crate) struct ShutdownOnDrop(pub(crate) Host);
 impl Drop for ShutdownOnDrop {
     fn drop(&mut self) {
         self.0.shutdown();
+    }
+}
+
+/// Polls every hosted future whose flag is set, dropping those that
+/// finish; whether any was polled.
+fn poll_ready(children: &mut Vec<(Child, Arc<Flag>)>) -> bool {
+    let mut any = false;
+    children.retain_mut(|(child, flag)| {
+        if !flag.ready.swap(false, Ordering::SeqCst) {
+            return true;
+        }
+        any = true;
+        !poll_child(child, flag)
+    });
+    any
+}
+
+/// Polls one hosted future; `true` once it is done. One that panics is done
+/// too: dropped with a log line while the others go on, as when each was a
+/// task of its own.
+fn poll_child(child: &mut Child, flag: &Arc<Flag>) -> bool {
+    let w = Waker::from(Arc::clone(flag));
+    let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        child.as_mut().poll(&mut Context::from_waker(&w))
+    }));
+    match polled {
+        Ok(p) => p.is_ready(),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(not a string)".to_owned());
+            tracing::error!(
+                panic = %what,
+                "a QUIC driver of this client panicked and was stopped; its connection will fail"
+            );
+            true
+        }
     }
 }
 

@@ -549,4 +549,9 @@ fn tally_applies_each_slow_consumer_policy() {
         (2, 3),
         "a closed link's copies are counted as gone, not as queue drops"
     );
+    assert_eq!(
+        t.gone_link.as_deref(),
+        Some("b"),
+        "the gone link's peer is named"
+    );
 }
