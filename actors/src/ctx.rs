@@ -192,6 +192,12 @@ impl NodeCtx {
                 .increment(std::mem::take(&mut t.direct_frames));
             hm.bytes_out.increment(std::mem::take(&mut t.direct_bytes));
         }
+        if t.link_direct_bytes > 0 {
+            counter!(m::LINK_FRAMES_TOTAL, "direction" => "out")
+                .increment(std::mem::take(&mut t.link_direct_frames));
+            counter!(m::LINK_BYTES_TOTAL, "direction" => "out")
+                .increment(std::mem::take(&mut t.link_direct_bytes));
+        }
         if t.link_drops > 0 {
             counter!(m::LINK_DROPS_TOTAL, "reason" => "queue_full")
                 .increment(std::mem::take(&mut t.link_drops));
@@ -258,6 +264,9 @@ impl NodeCtx {
     /// Pushes `frames` frames (a run of `Forward`s encoded back to back)
     /// onto the peer link to `peer`, waiting for room like
     /// [`NodeCtx::deliver`]; a link past its deadline drops, never closes.
+    /// `last` as for [`NodeCtx::deliver`]: the link's writer task is then
+    /// skipped when its queue is empty (on the 2-node request/reply path it
+    /// was the hop that pushed the reader's chain past tokio's LIFO cap).
     pub(crate) async fn forward(
         &self,
         t: &mut crate::engine::Tally,
@@ -265,8 +274,14 @@ impl NodeCtx {
         peer: &Arc<str>,
         frame: Bytes,
         frames: u64,
+        last: bool,
     ) {
-        if let Next::Wait(frame) = t.push_link(link, peer, frame, frames) {
+        let next = if last {
+            t.push_link_direct(link, peer, frame, frames)
+        } else {
+            t.push_link(link, peer, frame, frames)
+        };
+        if let Next::Wait(frame) = next {
             let out = Box::pin(wait_for_room(link, frame, frames)).await;
             let _ = t.link_outcome(peer, out, frames);
         }

@@ -395,6 +395,9 @@ pub struct Tally {
     /// way: the writer task does not count them, so the driver does.
     pub direct_frames: u64,
     pub direct_bytes: u64,
+    /// The same for peer links ([`Tally::push_link_direct`]).
+    pub link_direct_frames: u64,
+    pub link_direct_bytes: u64,
 }
 
 impl Tally {
@@ -411,7 +414,7 @@ impl Tally {
     /// more behind them are better queued, so the writer coalesces them.
     pub fn push_sub_direct(&mut self, sub: &Sub, frame: Bytes, frames: u64) -> Next {
         let len = frame.len() as u64;
-        match sub.outbox.try_direct(frame) {
+        match sub.outbox.try_direct(frame, frames) {
             Direct::Busy(frame) => self.push_sub(sub, frame, frames),
             Direct::Written | Direct::Carried => {
                 // A carried write's frames are counted here too: the writer
@@ -460,6 +463,27 @@ impl Tally {
     pub fn push_link(&mut self, link: &Outbox, peer: &Arc<str>, frame: Bytes, frames: u64) -> Next {
         let out = link.push_frames(frame, frames);
         self.link_outcome(peer, out, frames)
+    }
+
+    /// [`Tally::push_link`], written straight onto the link's data stream
+    /// when nothing is queued on it, as [`Tally::push_sub_direct`] does for a
+    /// subscriber (and for the last frames of a read, for the same reason).
+    pub fn push_link_direct(
+        &mut self,
+        link: &Outbox,
+        peer: &Arc<str>,
+        frame: Bytes,
+        frames: u64,
+    ) -> Next {
+        let len = frame.len() as u64;
+        match link.try_direct(frame, frames) {
+            Direct::Busy(frame) => self.push_link(link, peer, frame, frames),
+            Direct::Written | Direct::Carried => {
+                self.link_direct_frames += frames;
+                self.link_direct_bytes += len;
+                Next::Done
+            }
+        }
     }
 
     /// Counts what became of `frames` frames onto the link to `peer`: a

@@ -146,13 +146,16 @@ pub struct Outbox {
     /// (nanoseconds since [`epoch`], 0 = none): one clock read per batch, not
     /// per message, feeds the enqueue-to-write histogram.
     oldest: AtomicU64,
-    /// The client connection's stream, for frames written around the queue
-    /// (see [`direct`]); unset for peer links.
-    /// `None` again once the connection is over ([`Outbox::detach`]).
+    /// The connection's stream (a client's, or a peer link's data stream),
+    /// for frames written around the queue (see [`direct`]); unset until its
+    /// writer attaches it, `None` again once the connection is over
+    /// ([`Outbox::detach`]).
     stream: std::sync::OnceLock<tokio::sync::Mutex<Option<Stream>>>,
-    /// Frames written around the queue, and those of them written in part.
+    /// Items written around the queue, those of them written in part, and
+    /// the frames they held (an item may be a run of frames).
     direct: AtomicU64,
     carried: AtomicU64,
+    direct_frames: AtomicU64,
     /// Bytes the writer has handed to the transport so far (the send
     /// budget tells receiving connections from idle ones by it).
     written_total: AtomicU64,
@@ -216,6 +219,7 @@ impl Outbox {
                 stream: std::sync::OnceLock::new(),
                 direct: AtomicU64::new(0),
                 carried: AtomicU64::new(0),
+                direct_frames: AtomicU64::new(0),
                 written_total: AtomicU64::new(0),
                 overflow: None,
                 borrowed: AtomicUsize::new(0),
@@ -649,10 +653,11 @@ impl Outbox {
         WriterSink(std::sync::Arc::clone(self))
     }
 
-    /// Writes `frame` onto the stream now, without waking the writer, if
-    /// nothing is queued or being written ahead of it; otherwise hands it back
-    /// ([`Direct::Busy`]) to be queued as usual. Never waits.
-    pub fn try_direct(&self, frame: Bytes) -> Direct {
+    /// Writes `frame` (holding `frames` frames) onto the stream now, without
+    /// waking the writer, if nothing is queued or being written ahead of it;
+    /// otherwise hands it back ([`Direct::Busy`]) to be queued as usual.
+    /// Never waits.
+    pub fn try_direct(&self, frame: Bytes, frames: u64) -> Direct {
         let Some(stream) = self.stream.get() else {
             return Direct::Busy(frame);
         };
@@ -672,6 +677,7 @@ impl Outbox {
         match s.try_write(frame) {
             Attempt::Whole => {
                 self.direct.fetch_add(1, Ordering::Relaxed);
+                self.direct_frames.fetch_add(frames, Ordering::Relaxed);
                 Direct::Written
             }
             Attempt::Part(rest) => {
@@ -681,6 +687,7 @@ impl Outbox {
                 drop(guard);
                 self.direct.fetch_add(1, Ordering::Relaxed);
                 self.carried.fetch_add(1, Ordering::Relaxed);
+                self.direct_frames.fetch_add(frames, Ordering::Relaxed);
                 // Wake the writer for the carry; an empty frame writes nothing
                 // itself. A full queue means the writer is awake already; a
                 // closed one, that the connection is going.
@@ -714,6 +721,26 @@ impl Outbox {
     /// Of those, the frames QUIC took only in part (their rest was carried).
     pub fn carried(&self) -> u64 {
         self.carried.load(Ordering::Relaxed)
+    }
+
+    /// The frames those direct writes held (a run holds several): the
+    /// writer task does not see them, so whoever counts written frames adds
+    /// these.
+    pub fn direct_frames(&self) -> u64 {
+        self.direct_frames.load(Ordering::Relaxed)
+    }
+}
+
+/// Detaches an outbox's stream when dropped ([`Outbox::detach`]): a writer
+/// task holds one from [`Outbox::attach`] on, so that however it ends
+/// (returns, fails, or is aborted with its connection) the stream goes with
+/// it. Declared before the writer, so dropped after it and after any write
+/// in progress.
+pub(crate) struct Detach<'a>(pub(crate) &'a Outbox);
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        self.0.detach();
     }
 }
 

@@ -85,13 +85,14 @@ struct LinkRun {
 }
 
 impl LinkRun {
-    async fn push(&mut self, ctx: &NodeCtx, tally: &mut Tally) {
+    /// `last`: nothing read is behind the run ([`NodeCtx::forward`]).
+    async fn push(&mut self, ctx: &NodeCtx, tally: &mut Tally, last: bool) {
         if self.frames == 0 {
             return;
         }
         let frames = std::mem::take(&mut self.frames);
         let run = self.buf.split().freeze();
-        ctx.forward(tally, &self.outbox, &self.peer, run, frames)
+        ctx.forward(tally, &self.outbox, &self.peer, run, frames, last)
             .await;
     }
 }
@@ -161,7 +162,7 @@ impl Runs {
             Some(i) => i,
             None => {
                 if self.links.len() >= LINK_RUNS_MAX {
-                    self.flush_links(ctx, tally).await;
+                    self.flush_links(ctx, tally, false).await;
                     self.links.clear();
                 }
                 self.links.push(LinkRun {
@@ -179,7 +180,7 @@ impl Runs {
         encode(&mut r.buf)?;
         r.frames += 1;
         if r.buf.len() >= link_run_max(ctx) {
-            r.push(ctx, tally).await;
+            r.push(ctx, tally, false).await;
         }
         Ok(())
     }
@@ -202,11 +203,11 @@ impl Runs {
 
     /// Pushes the pending runs: the local one to each of its subscribers
     /// (one shared item each), then each link's. `last`: nothing read is
-    /// behind them, so a local run may be written around an empty outbox
-    /// (`NodeCtx::deliver`).
+    /// behind them, so a run may be written around an empty outbox
+    /// (`NodeCtx::deliver`, `NodeCtx::forward`).
     pub(crate) async fn flush(&mut self, ctx: &NodeCtx, tally: &mut Tally, last: bool) {
         self.flush_local(ctx, tally, last).await;
-        self.flush_links(ctx, tally).await;
+        self.flush_links(ctx, tally, last).await;
     }
 
     async fn flush_local(&mut self, ctx: &NodeCtx, tally: &mut Tally, last: bool) {
@@ -220,9 +221,9 @@ impl Runs {
         }
     }
 
-    async fn flush_links(&mut self, ctx: &NodeCtx, tally: &mut Tally) {
+    async fn flush_links(&mut self, ctx: &NodeCtx, tally: &mut Tally, last: bool) {
         for r in &mut self.links {
-            r.push(ctx, tally).await;
+            r.push(ctx, tally, last).await;
         }
     }
 }

@@ -61,6 +61,11 @@ pub struct LinkInfo {
     pub up_since: Option<SystemTime>,
     pub frames_in: u64,
     pub frames_out: u64,
+    /// Of `frames_out`, those a reader wrote straight onto the link's data
+    /// stream because nothing was queued ahead of them (no hop through the
+    /// link's writer task).
+    #[serde(default)]
+    pub direct_frames: u64,
     /// Frames dropped because the link's outbound queue was full.
     pub drops: u64,
 }

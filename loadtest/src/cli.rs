@@ -222,6 +222,11 @@ pub(crate) struct LatencyArgs {
     /// (0: sleep only).
     #[arg(long, default_value_t = 150)]
     pub(crate) spin_us: u64,
+    /// SLIM: the responder connects to this node (slim://HOST:PORT) instead
+    /// of --target, which reaches it over a peer link (request/reply across
+    /// two nodes).
+    #[arg(long)]
+    pub(crate) responder_target: Option<String>,
 }
 
 #[derive(Debug, Args)]

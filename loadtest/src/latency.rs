@@ -207,8 +207,11 @@ pub fn curve(h: &Histogram<u64>) -> Vec<[f64; 2]> {
     out
 }
 
+/// `rsp_backend`: where the responder connects (the requester's node, or
+/// another one linked to it).
 pub async fn run(
     backend: &Backend,
+    rsp_backend: &Backend,
     target: &str,
     plan: &LatencyPlan,
     cpu: Option<CpuProbe>,
@@ -224,7 +227,7 @@ pub async fn run(
     }
 
     // Responder: echoes every request to whoever sent it.
-    let mut rsp = backend.connect("rsp", 0).await.context("responder")?;
+    let mut rsp = rsp_backend.connect("rsp", 0).await.context("responder")?;
     rsp.subscribe(&plan.topic).await.context("responder")?;
     rsp.sync().await.context("responder")?;
     let (stop_tx, stop_rx) = watch::channel(false);

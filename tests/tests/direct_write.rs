@@ -1,9 +1,11 @@
 //! Direct writes: a delivery that finds its subscriber's queue empty is
 //! written onto the subscriber's stream by the publisher's reader (no hop
-//! through the writer task). Order and completeness must not change: a
-//! request/reply exchange goes direct both ways, and a frame QUIC takes only
-//! in part (the subscriber's window is full) is finished before anything
-//! queued behind it.
+//! through the writer task), and so is a forward that finds its peer link's
+//! queue empty. Order and completeness must not change: a request/reply
+//! exchange goes direct both ways, on one node and across a link, bursts
+//! that queue mix with single messages that go direct, and a frame QUIC
+//! takes only in part (the subscriber's window is full) is finished before
+//! anything queued behind it.
 
 use std::time::Duration;
 
@@ -153,4 +155,96 @@ async fn a_partly_written_frame_is_finished_before_what_follows() {
     assert_eq!(s.dropped, 0);
     assert_eq!(s.queued_bytes, 0, "something is left unwritten");
     node.shutdown(Duration::from_secs(1)).await;
+}
+
+fn link_to(node: &slim_actors::NodeHandle, peer: &str) -> slim_actors::LinkInfo {
+    node.links()
+        .into_iter()
+        .find(|l| l.peer_node_id == peer && l.state == slim_actors::LinkState::Up)
+        .expect("link up")
+}
+
+/// Request/reply across a peer link: each request is alone on node A's
+/// link and each reply alone on node B's, so the readers write them onto
+/// the links themselves. Then bursts of 1 to 40 messages: a burst's first
+/// runs queue (more of the read is behind them) while its last may go
+/// direct, so direct and queued writes alternate on one link, and the
+/// subscriber must still get every message once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_are_written_directly_onto_an_idle_link_in_order() {
+    init_tracing();
+    const N: u64 = 200;
+    let pki = Pki::new("example.org");
+    let b = start_peer_node(&pki, "node-b", vec![], |_| {}).await;
+    let a = start_peer_node(&pki, "node-a", vec![peer_spec(&b)], |_| {}).await;
+    let svc = name("acme/xdirect/svc");
+    let responder = client(&pki, b.local_addr(), "acme/xdirect/responder").await;
+    responder.subscribe(&svc).await.unwrap();
+    let requester = client(&pki, a.local_addr(), "acme/xdirect/requester").await;
+    assert_eventually(
+        Duration::from_secs(10),
+        "node-a routes the service to node-b",
+        || async { routes_to(&a, svc.as_str(), "node-b") },
+    )
+    .await;
+    let echo = tokio::spawn(async move {
+        for _ in 0..N {
+            let d = next_message(&responder, Duration::from_secs(10)).await;
+            responder
+                .publish(&d.from, Mode::Unicast, &d.payload)
+                .await
+                .unwrap();
+        }
+        responder
+    });
+    for seq in 0..N {
+        requester
+            .publish(&svc, Mode::Anycast, &seq_payload(seq, 64))
+            .await
+            .unwrap();
+        let reply = next_message(&requester, Duration::from_secs(10)).await;
+        assert_eq!(payload_seq(&reply.payload), seq, "reply out of order");
+    }
+    let responder = echo.await.unwrap();
+    let (ab, ba) = (link_to(&a, "node-b"), link_to(&b, "node-a"));
+    println!(
+        "direct: requests {} of {} frames out on node-a's link, replies {} of {} on node-b's",
+        ab.direct_frames, ab.frames_out, ba.direct_frames, ba.frames_out
+    );
+    // One request at a time: each is alone in its read and finds the link's
+    // queue empty, unless a pong or an interest update was queued then.
+    assert!(
+        ab.direct_frames > N / 2 && ba.direct_frames > N / 2,
+        "forwards did not go direct: {ab:?} {ba:?}"
+    );
+    assert!(ab.frames_out >= N && ba.frames_out >= N, "{ab:?} {ba:?}");
+    assert!(ab.direct_frames <= ab.frames_out && ba.direct_frames <= ba.frames_out);
+
+    // Bursts: responder now just reads, in order.
+    let chan = name("acme/xdirect/chan");
+    responder.subscribe(&chan).await.unwrap();
+    assert_eventually(
+        Duration::from_secs(10),
+        "node-a routes the channel to node-b",
+        || async { routes_to(&a, chan.as_str(), "node-b") },
+    )
+    .await;
+    let mut next = 0;
+    let mut seq = 0;
+    for burst in (1..=40u64).chain((1..=40).rev()) {
+        for _ in 0..burst {
+            requester
+                .publish(&chan, Mode::Multicast, &seq_payload(seq, 200))
+                .await
+                .unwrap();
+            seq += 1;
+        }
+        read_in_order(&responder, &mut next, seq, 200).await;
+    }
+    let ab = link_to(&a, "node-b");
+    println!("after the bursts: {ab:?}");
+    assert_eq!(ab.drops, 0);
+    for node in [a, b] {
+        node.shutdown(Duration::from_secs(1)).await;
+    }
 }

@@ -11,6 +11,7 @@ use slim_wire::{ErrorCode, codec};
 
 use crate::conn::shared::ConnShared;
 use crate::ctx::{NodeCtx, close_conn};
+use crate::outbox::Detach;
 
 /// Counts written frames and records how long the oldest waited.
 struct Hooks<'a> {
@@ -44,15 +45,6 @@ impl WriteHooks for Hooks<'_> {
     }
 }
 
-/// Detaches the outbox's stream when dropped ([`crate::outbox::Outbox::detach`]).
-struct Detach<'a>(&'a crate::outbox::Outbox);
-
-impl Drop for Detach<'_> {
-    fn drop(&mut self) {
-        self.0.detach();
-    }
-}
-
 pub(crate) async fn write_loop(
     ctx: Arc<NodeCtx>,
     sh: Arc<ConnShared>,
@@ -69,9 +61,6 @@ pub(crate) async fn write_loop(
     // The stream is shared with the routers that write around an empty
     // outbox (`Outbox::try_direct`); this task writes through the same lock.
     sh.outbox.attach(send);
-    // However this task ends (it returns, fails, or is aborted with its
-    // connection), the stream goes with it: declared before the writer, so
-    // dropped after it and after any write in progress.
     let _detach = Detach(&sh.outbox);
     let mut w = FrameWriter::new(sh.outbox.writer_sink());
     let stop = std::pin::pin!(async {

@@ -52,6 +52,9 @@ pub(crate) struct LinkShared {
     pub frames_out: AtomicU64,
     /// Drops of sessions that ended.
     pub past_drops: AtomicU64,
+    /// Direct writes of sessions that ended (frames, counted in `frames_out`
+    /// too once the session ends).
+    pub past_direct: AtomicU64,
     pub session: RwLock<Option<Arc<LinkSession>>>,
     /// The link actor, so its supervisor can find this entry if it dies
     /// without running its `post_stop`.
@@ -70,6 +73,7 @@ impl LinkShared {
             frames_in: AtomicU64::new(0),
             frames_out: AtomicU64::new(0),
             past_drops: AtomicU64::new(0),
+            past_direct: AtomicU64::new(0),
             session: RwLock::new(None),
             actor: std::sync::OnceLock::new(),
         }
@@ -102,19 +106,33 @@ impl LinkShared {
     /// Detaches the current session (exactly one caller gets it, so the
     /// federation hears of its end exactly once).
     pub fn take_session(&self) -> Option<Arc<LinkSession>> {
-        let s = self.session.write().take();
+        let mut current = self.session.write();
+        let s = current.take();
         if let Some(s) = &s {
             s.outbox.close();
             self.past_drops
                 .fetch_add(s.outbox.dropped(), Ordering::Relaxed);
+            // Under the lock, so `info` never sees these frames twice or
+            // not at all.
+            let direct = s.outbox.direct_frames();
+            self.frames_out.fetch_add(direct, Ordering::Relaxed);
+            self.past_direct.fetch_add(direct, Ordering::Relaxed);
         }
+        drop(current);
         s
     }
 
     /// `link_id`: this link's key in [`Fed::links`].
     pub fn info(&self, link_id: u64) -> LinkInfo {
+        let session = self.session.read();
         let drops = self.past_drops.load(Ordering::Relaxed)
-            + self.session().map_or(0, |s| s.outbox.dropped());
+            + session.as_ref().map_or(0, |s| s.outbox.dropped());
+        // Frames the readers wrote around the queue are the outbox's count
+        // until the session ends (`take_session` adds them then).
+        let direct = session.as_ref().map_or(0, |s| s.outbox.direct_frames());
+        let frames_out = self.frames_out.load(Ordering::Relaxed) + direct;
+        let direct_frames = self.past_direct.load(Ordering::Relaxed) + direct;
+        drop(session);
         LinkInfo {
             link_id,
             peer_node_id: self.peer_node_id.read().clone(),
@@ -124,7 +142,8 @@ impl LinkShared {
             state: self.state(),
             up_since: *self.up_since.read(),
             frames_in: self.frames_in.load(Ordering::Relaxed),
-            frames_out: self.frames_out.load(Ordering::Relaxed),
+            frames_out,
+            direct_frames,
             drops,
         }
     }

@@ -26,7 +26,7 @@ use crate::fed::shared::{FedMsg, LinkSession, LinkShared};
 use crate::link::error::LinkError;
 use crate::link::forward::Forwarder;
 use crate::metrics as m;
-use crate::outbox::{Outbox, QueueRx, SlowAction, SlowConsumerPolicy};
+use crate::outbox::{Detach, Outbox, QueueRx, SlowAction, SlowConsumerPolicy};
 use crate::types::{LinkState, PeerSpec};
 use slim_framed::{FrameWriter, ReadError, WriteHooks, pump};
 
@@ -286,7 +286,11 @@ pub(crate) async fn data_writer(
         wait: None,
         frames: 0,
     };
-    let mut w = FrameWriter::new(send);
+    // Shared with the readers that write forwards around an empty queue
+    // (`Outbox::try_direct`), as on client connections.
+    outbox.attach(send);
+    let _detach = Detach(&outbox);
+    let mut w = FrameWriter::new(outbox.writer_sink());
     pump(&mut rx, &mut w, &mut hooks, std::future::pending())
         .await
         .map_err(|e| LinkError::Lost(e.to_string()))?;

@@ -1,5 +1,6 @@
-//! Writing a frame straight onto a client connection's stream from the task
-//! that routed it, when nothing is queued ahead of it.
+//! Writing a frame straight onto a client connection's stream (or a peer
+//! link's data stream) from the task that routed it, when nothing is queued
+//! ahead of it.
 //!
 //! Why: at low rates (request/reply) every delivery used to wake the
 //! connection's writer task only for it to hand one frame to QUIC. That

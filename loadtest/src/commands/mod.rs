@@ -4,12 +4,13 @@
 pub(crate) mod throughput;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::backend::Topic;
+use crate::backend::{Backend, Topic};
 use crate::cli::{ConnectionsArgs, FleetArgs, LatencyArgs, SessionArgs};
 use crate::procstat::CpuProbe;
 use crate::target::{Target, backend, identities, parse_target};
@@ -40,7 +41,22 @@ pub(crate) fn write_plot<R: Serialize>(path: &Option<PathBuf>, reports: &[R]) ->
 }
 
 pub(crate) fn latency(a: LatencyArgs) -> Result<()> {
-    let (backend, target, _) = backend(&a.t)?;
+    let (backend, mut target, _) = backend(&a.t)?;
+    let rsp_backend = match (&a.responder_target, &backend) {
+        (None, _) => None,
+        (Some(r), Backend::Slim { ids, run_id, .. }) => {
+            let Target::Slim(addr) = parse_target(r)? else {
+                bail!("--responder-target must be a slim:// node");
+            };
+            target = format!("{target} -> slim://{addr}");
+            Some(Backend::Slim {
+                addr,
+                ids: Arc::clone(ids),
+                run_id: run_id.clone(),
+            })
+        }
+        (Some(_), Backend::Nats { .. }) => bail!("--responder-target is for slim:// targets"),
+    };
     let plan = crate::latency::LatencyPlan {
         rate: a.rate,
         duration: a.duration,
@@ -52,7 +68,8 @@ pub(crate) fn latency(a: LatencyArgs) -> Result<()> {
     };
     let rt = runtime("loadgen", a.t.client_threads)?;
     let cpu = a.t.node_pid.map(CpuProbe::Pid);
-    let r = rt.block_on(crate::latency::run(&backend, &target, &plan, cpu))?;
+    let rsp = rsp_backend.as_ref().unwrap_or(&backend);
+    let r = rt.block_on(crate::latency::run(&backend, rsp, &target, &plan, cpu))?;
     drop(rt);
     emit(a.t.json, &r, r.table(), r.one_line())?;
     write_plot(&a.t.plot, &[r])
