@@ -29,6 +29,36 @@ async fn read_in_order(sub: &slim_client::Client, next: &mut u64, upto: u64, siz
     }
 }
 
+/// `n` requests to `svc`, one at a time, each answered by `responder`
+/// (which echoes it back) before the next; replies checked in order.
+/// Returns the responder once it has answered all of them.
+async fn request_reply(
+    requester: &slim_client::Client,
+    responder: slim_client::Client,
+    svc: &slim_wire::Name,
+    n: u64,
+) -> slim_client::Client {
+    let echo = tokio::spawn(async move {
+        for _ in 0..n {
+            let d = next_message(&responder, Duration::from_secs(10)).await;
+            responder
+                .publish(&d.from, Mode::Unicast, &d.payload)
+                .await
+                .unwrap();
+        }
+        responder
+    });
+    for seq in 0..n {
+        requester
+            .publish(svc, Mode::Anycast, &seq_payload(seq, 64))
+            .await
+            .unwrap();
+        let reply = next_message(requester, Duration::from_secs(10)).await;
+        assert_eq!(payload_seq(&reply.payload), seq, "reply out of order");
+    }
+    echo.await.unwrap()
+}
+
 fn stats(node: &slim_actors::NodeHandle, who: &slim_client::Client) -> ConnStats {
     node.connections()
         .into_iter()
@@ -47,25 +77,7 @@ async fn request_reply_is_written_directly_both_ways() {
     let responder = client(&pki, addr, "acme/rr/responder").await;
     responder.subscribe(&svc).await.unwrap();
     let requester = client(&pki, addr, "acme/rr/requester").await;
-    let echo = tokio::spawn(async move {
-        for _ in 0..N {
-            let d = next_message(&responder, Duration::from_secs(10)).await;
-            responder
-                .publish(&d.from, Mode::Unicast, &d.payload)
-                .await
-                .unwrap();
-        }
-        responder
-    });
-    for seq in 0..N {
-        requester
-            .publish(&svc, Mode::Anycast, &seq_payload(seq, 64))
-            .await
-            .unwrap();
-        let reply = next_message(&requester, Duration::from_secs(10)).await;
-        assert_eq!(payload_seq(&reply.payload), seq, "reply out of order");
-    }
-    let responder = echo.await.unwrap();
+    let responder = request_reply(&requester, responder, &svc, N).await;
     let (req, rsp) = (stats(&node, &requester), stats(&node, &responder));
     println!(
         "direct writes: to the responder {} of {N}, to the requester {} of {N}",
@@ -187,25 +199,7 @@ async fn forwards_are_written_directly_onto_an_idle_link_in_order() {
         || async { routes_to(&a, svc.as_str(), "node-b") },
     )
     .await;
-    let echo = tokio::spawn(async move {
-        for _ in 0..N {
-            let d = next_message(&responder, Duration::from_secs(10)).await;
-            responder
-                .publish(&d.from, Mode::Unicast, &d.payload)
-                .await
-                .unwrap();
-        }
-        responder
-    });
-    for seq in 0..N {
-        requester
-            .publish(&svc, Mode::Anycast, &seq_payload(seq, 64))
-            .await
-            .unwrap();
-        let reply = next_message(&requester, Duration::from_secs(10)).await;
-        assert_eq!(payload_seq(&reply.payload), seq, "reply out of order");
-    }
-    let responder = echo.await.unwrap();
+    let responder = request_reply(&requester, responder, &svc, N).await;
     let (ab, ba) = (link_to(&a, "node-b"), link_to(&b, "node-a"));
     println!(
         "direct: requests {} of {} frames out on node-a's link, replies {} of {} on node-b's",
