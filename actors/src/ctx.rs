@@ -423,24 +423,12 @@ pub(crate) fn transport_config(cfg: &NodeConfig) -> quinn::TransportConfig {
         // SLIM uses one stream per connection and no QUIC datagrams; not
         // negotiating them keeps per-connection state small.
         .datagram_receive_buffer_size(None)
-        .datagram_send_buffer_size(0)
-        .mtu_discovery_config(Some(mtu_discovery(cfg.max_udp_payload)));
+        .datagram_send_buffer_size(0);
+    slim_framed::datagrams::configure(&mut t, cfg.max_udp_payload);
     if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
         t.max_idle_timeout(Some(idle));
     }
     t
-}
-
-/// Path-MTU discovery up to `max_udp_payload` (client connections and peer
-/// links alike). Datagrams start at quinn's safe 1,200 bytes and grow only
-/// once a probe of the larger size was acknowledged; the socket sets DF
-/// (quinn-udp), so a path that cannot carry a probe drops it rather than
-/// fragmenting it, and a later black hole falls back to 1,200.
-pub(crate) fn mtu_discovery(max_udp_payload: u16) -> quinn::MtuDiscoveryConfig {
-    let mut m = quinn::MtuDiscoveryConfig::default();
-    // Below QUIC's 1,200-byte minimum means "do not grow", not an error.
-    m.upper_bound(max_udp_payload.max(1200));
-    m
 }
 
 /// Stateless resets at most this often (quinn's default is one per 20 ms,

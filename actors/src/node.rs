@@ -394,6 +394,14 @@ pub async fn start(
         QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| NodeError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = transport_config(&cfg);
+    if !slim_framed::datagrams::gso_allowed(cfg.max_udp_payload) {
+        info!(
+            max_udp_payload = cfg.max_udp_payload,
+            "UDP segmentation offload is off: datagrams may grow to {} bytes, and quinn's batches of 10 would exceed what one UDP send can carry above {} (the kernel refuses them)",
+            cfg.max_udp_payload,
+            slim_framed::datagrams::MAX_GSO_UDP_PAYLOAD
+        );
+    }
     // Before its hello a client may be anyone: it gets a small connection
     // flow-control window (raised in `accept` once the hello is read), so
     // that a stalled connection cannot park megabytes in unread streams.
@@ -698,21 +706,26 @@ impl NodeHandle {
     /// [`NodeConfig::max_udp_payload`]): `("client", name)` per client
     /// connection and `("link", peer node id)` per live peer link.
     pub fn path_mtus(&self) -> Vec<(&'static str, String, u16)> {
+        self.paths(|s| s.path.current_mtu)
+    }
+
+    /// Packets QUIC declared lost on each live path this node sends on
+    /// (same keys as [`NodeHandle::path_mtus`]). On loopback nothing should
+    /// be lost: a count there means datagrams were dropped on the way out.
+    pub fn path_lost_packets(&self) -> Vec<(&'static str, String, u64)> {
+        self.paths(|s| s.path.lost_packets)
+    }
+
+    fn paths<T>(&self, f: impl Fn(&quinn::ConnectionStats) -> T) -> Vec<(&'static str, String, T)> {
         let ctx = self.ctx();
         let mut v: Vec<_> = ctx
             .conns
             .iter()
-            .map(|c| {
-                (
-                    "client",
-                    c.name.to_string(),
-                    c.conn.stats().path.current_mtu,
-                )
-            })
+            .map(|c| ("client", c.name.to_string(), f(&c.conn.stats())))
             .collect();
         for l in ctx.fed.links.iter() {
             if let Some(s) = l.value().session() {
-                v.push(("link", s.peer.to_string(), s.conn.stats().path.current_mtu));
+                v.push(("link", s.peer.to_string(), f(&s.conn.stats())));
             }
         }
         v

@@ -99,14 +99,9 @@ pub(crate) fn endpoint(
         .stream_receive_window(cfg.stream_window.into())
         .receive_window((cfg.stream_window.saturating_mul(2)).into())
         .send_window(8 << 20);
-    // Larger datagrams where the path carries them (loopback, jumbo
-    // frames): at 1 KiB and above one message per 1,452-byte packet makes
-    // the per-packet work (AEAD, header, ACKs) the cost of a message.
-    // Discovery starts at 1,200 bytes and grows only by acknowledged probes
-    // (the socket sets DF), so a bound above the path's MTU loses nothing.
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(cfg.max_udp_payload.max(1200));
-    t.mtu_discovery_config(Some(mtu));
+    // Larger datagrams where the path carries them (jumbo frames), and GSO
+    // only where quinn's batches fit one UDP datagram.
+    slim_framed::datagrams::configure(&mut t, cfg.max_udp_payload);
     if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
         t.max_idle_timeout(Some(idle));
     }

@@ -19,6 +19,8 @@
 //!   through uncopied; metrics go through a [`WriteHooks`] implementation.
 //! - [`queue`]: the bounded short-lock FIFO between pushers and takers (a
 //!   node outbox's frames, the SDK's inbound events).
+//! - [`datagrams`]: the QUIC datagram size settings every connection kind
+//!   shares (path-MTU discovery, and GSO only where quinn's batches fit).
 //!
 //! The frame format itself (and its limits) stays in [`slim_wire::codec`],
 //! which is sans-IO; this crate is the thin async layer over it.
@@ -26,6 +28,7 @@
 //! [`WireError::Truncated`]: slim_wire::WireError::Truncated
 #![forbid(unsafe_code)]
 
+pub mod datagrams;
 pub mod queue;
 mod read;
 mod write;

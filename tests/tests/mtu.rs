@@ -124,3 +124,52 @@ async fn an_ethernet_ceiling_keeps_datagrams_within_it() {
     })
     .await;
 }
+
+/// Datagrams past 6,550 bytes with the bursts of a full-speed stream: quinn
+/// batches up to 10 datagrams per GSO send, and a batch over 65,507 bytes is
+/// refused by the kernel (`EMSGSIZE`), which quinn-udp drops silently as if
+/// it were a failed MTU probe. With GSO turned off above that size
+/// (`slim_framed::datagrams`), a loopback path loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jumbo_datagrams_at_full_speed_lose_no_packet() {
+    const N: u64 = 20_000;
+    const SIZE: usize = 1024;
+    deadline(T * 3, "jumbo stream", async {
+        let pki = Pki::new("example.org");
+        let node = start_node(&pki, |c| c.max_udp_payload = 8952).await;
+        let chan = name("mtu/burst/chan");
+        let jumbo_client = |n: &str| {
+            let mut cfg = client_config(&pki, node.local_addr(), n);
+            cfg.max_udp_payload = 8952;
+            Client::connect(cfg)
+        };
+        let sub = jumbo_client("mtu/burst/sub").await.unwrap();
+        sub.subscribe(&chan).await.unwrap();
+        let publ = jumbo_client("mtu/burst/pub").await.unwrap();
+        mtus_until(&node, "both paths past the GSO-safe size", |m| {
+            m.len() == 2
+                && m.iter()
+                    .all(|p| p.2 > slim_framed::datagrams::MAX_GSO_UDP_PAYLOAD)
+        })
+        .await;
+        let reader = tokio::spawn(async move {
+            for seq in 0..N {
+                let d = next_message(&sub, T).await;
+                assert_eq!(payload_seq(&d.payload), seq, "out of order");
+            }
+        });
+        for seq in 0..N {
+            publ.publish(&chan, Mode::Multicast, &seq_payload(seq, SIZE))
+                .await
+                .unwrap();
+        }
+        reader.await.unwrap();
+        let lost = node.path_lost_packets();
+        println!("mtus {:?}, lost {lost:?}", node.path_mtus());
+        assert!(
+            lost.iter().all(|p| p.2 == 0),
+            "packets lost on loopback: {lost:?}"
+        );
+    })
+    .await;
+}
