@@ -9,14 +9,22 @@ use slim_wire::Limits;
 
 use crate::outbox::SlowConsumerPolicy;
 
-/// Default ceiling of QUIC's path-MTU discovery: Ethernet's 1,500 less the
-/// IPv6 and UDP headers (quinn's own default). 8,952 (a 9,000-byte jumbo
-/// frame) is allowed and works (`tests/mtu.rs`), but on loopback it saved
-/// no measurable CPU per message (GSO/GRO already batch the syscalls) and
-/// cost ~10 KiB per idle client connection on the node (57 → 67 KiB,
-/// `compare.sh` connections, docs/BENCHMARKS.md), so it is opt-in for
-/// paths with jumbo frames.
+/// Default ceiling of QUIC's path-MTU discovery on client connections:
+/// Ethernet's 1,500 less the IPv6 and UDP headers (quinn's own default).
+/// Larger ceilings carry 1–4 KiB messages 25–50 % faster where the path
+/// allows them (loopback, jumbo frames), but every new connection then
+/// spends its first round trips on larger probes, which halved the connect
+/// rate on loopback and added ~6 KiB per idle connection (`compare.sh`
+/// connections, docs/BENCHMARKS.md): opt-in for nodes whose clients move
+/// bulk data over such paths.
 pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
+
+/// Default ceiling on peer links: the largest at which quinn keeps UDP
+/// segmentation offload ([`slim_framed::datagrams::MAX_GSO_UDP_PAYLOAD`]).
+/// A node has a handful of links, each carrying many clients' traffic, so
+/// the probes' cost is paid a few times, not per client; on an Ethernet path
+/// discovery settles near 1,452 after a few lost probes, never lost data.
+pub const DEFAULT_LINK_MAX_UDP_PAYLOAD: u16 = slim_framed::datagrams::MAX_GSO_UDP_PAYLOAD;
 
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -82,8 +90,9 @@ pub struct NodeConfig {
     pub max_connections: usize,
     /// Kernel send/receive buffer asked for the UDP socket (0 = OS default).
     pub udp_buffer_bytes: usize,
-    /// The largest UDP payload QUIC's path-MTU discovery probes for, on
-    /// client connections and peer links (see [`DEFAULT_MAX_UDP_PAYLOAD`]).
+    /// The largest UDP payload QUIC's path-MTU discovery probes for on
+    /// client connections (see [`DEFAULT_MAX_UDP_PAYLOAD`]; peer links have
+    /// their own, [`FederationConfig::max_udp_payload`]).
     /// Connections start at 1,200 bytes and grow only by probes the path
     /// acknowledged, so a bound above the path's MTU costs a few lost probes,
     /// never lost data. 1,452 keeps every datagram within Ethernet's 1,500.
@@ -155,6 +164,9 @@ pub struct FederationConfig {
     /// live names; it must stay well above the time an announcement takes
     /// to cross the fleet.
     pub tombstone_ttl: Duration,
+    /// The largest UDP payload path-MTU discovery probes for on peer links
+    /// (see [`DEFAULT_LINK_MAX_UDP_PAYLOAD`]).
+    pub max_udp_payload: u16,
 }
 
 impl Default for FederationConfig {
@@ -183,6 +195,7 @@ impl Default for FederationConfig {
             backoff_max: Duration::from_secs(5),
             max_hops: 16,
             tombstone_ttl: crate::interest::InterestConfig::default().tombstone_ttl,
+            max_udp_payload: DEFAULT_LINK_MAX_UDP_PAYLOAD,
         }
     }
 }

@@ -429,7 +429,12 @@ pub async fn start(
         reset.cid_key(),
     );
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        endpoint_config(&reset, cfg.max_udp_payload),
+        // What peers may send us: a client up to the client ceiling, a peer
+        // node up to the link one.
+        endpoint_config(
+            &reset,
+            cfg.max_udp_payload.max(cfg.federation.max_udp_payload),
+        ),
         Some(server),
         Arc::new(socket),
         runtime,

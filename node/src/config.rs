@@ -187,6 +187,9 @@ pub struct FederationSection {
     pub max_hops: usize,
     /// How long a withdrawn name's tombstone is kept (interest protocol).
     pub tombstone_ttl_ms: u64,
+    /// The largest UDP payload path-MTU discovery probes for on peer links
+    /// (default 6,550; `[node] max_udp_payload` is the clients' ceiling).
+    pub max_udp_payload: u16,
     #[serde(rename = "peers")]
     pub peers: Vec<PeerSection>,
 }
@@ -204,6 +207,7 @@ impl Default for FederationSection {
             backoff_max_ms: d.backoff_max.as_millis() as u64,
             max_hops: d.max_hops,
             tombstone_ttl_ms: d.tombstone_ttl.as_millis() as u64,
+            max_udp_payload: d.max_udp_payload,
             peers: Vec::new(),
         }
     }
@@ -267,6 +271,12 @@ impl FederationSection {
                 "federation: keep_alive_ms must be > 0 and link_timeout_ms > keep_alive_ms".into(),
             ));
         }
+        if !(1200..=65527).contains(&self.max_udp_payload) {
+            return Err(ConfigError::Invalid(format!(
+                "federation.max_udp_payload must be 1200..=65527, not {}",
+                self.max_udp_payload
+            )));
+        }
         if self.max_hops == 0
             || self.link_queue_frames == 0
             || self.link_queue_bytes == 0
@@ -300,6 +310,7 @@ impl FederationSection {
             backoff_max: Duration::from_millis(self.backoff_max_ms),
             max_hops: self.max_hops,
             tombstone_ttl: Duration::from_millis(self.tombstone_ttl_ms),
+            max_udp_payload: self.max_udp_payload,
             ..d
         }
     }

@@ -173,3 +173,27 @@ async fn jumbo_datagrams_at_full_speed_lose_no_packet() {
     })
     .await;
 }
+
+/// With the defaults, a dialled peer link's datagrams grow past Ethernet
+/// size (links have their own ceiling, 6,550: few connections, much data)
+/// while client connections stay within 1,452.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_links_grow_and_clients_stay_at_ethernet_size() {
+    deadline(T * 2, "default ceilings", async {
+        let pki = Pki::new("example.org");
+        let b = start_peer_node(&pki, "b", vec![], |_| {}).await;
+        let a = start_peer_node(&pki, "a", vec![peer_spec(&b)], |_| {}).await;
+        assert_eventually(T, "linked", || async { links_up(&a) == 1 }).await;
+        let _c = client(&pki, a.local_addr(), "mtu/default/c").await;
+        mtus_until(&a, "A's dialled link > 1452 and its client > 1400", |m| {
+            max_mtu(m, "link") > 1452 && max_mtu(m, "client") > 1400
+        })
+        .await;
+        let m = a.path_mtus();
+        println!("{m:?}");
+        let link_ceiling = slim_actors::FederationConfig::default().max_udp_payload;
+        assert!(max_mtu(&m, "link") <= link_ceiling, "{m:?}");
+        assert!(max_mtu(&m, "client") <= 1452, "{m:?}");
+    })
+    .await;
+}

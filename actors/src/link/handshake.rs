@@ -28,6 +28,7 @@ pub(crate) fn link_transport(ctx: &NodeCtx) -> quinn::TransportConfig {
         .stream_receive_window((8u32 << 20).into())
         .receive_window((16u32 << 20).into())
         .send_window(16 << 20);
+    slim_framed::datagrams::configure(&mut t, fc.max_udp_payload);
     if let Ok(idle) = quinn::IdleTimeout::try_from(fc.link_timeout) {
         t.max_idle_timeout(Some(idle));
     }

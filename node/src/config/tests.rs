@@ -105,6 +105,28 @@ fn max_udp_payload_is_checked() {
 }
 
 #[test]
+fn the_link_ceiling_is_its_own_and_checked() {
+    let with = |v: u32| {
+        FileConfig::parse(
+            &format!(
+                "[node]\n[identity]\ndir=\"d\"\n[authz]\nmode=\"allow_all\"\n[federation]\nmax_udp_payload = {v}"
+            ),
+            Path::new("x.toml"),
+        )
+        .and_then(|c| c.validate().map(|()| c))
+    };
+    let c = with(8952).unwrap();
+    let cfg = c.federation.federation_config();
+    assert_eq!(cfg.max_udp_payload, 8952);
+    assert_eq!(
+        c.node.max_udp_payload, 1452,
+        "the clients' ceiling is unchanged"
+    );
+    let e = with(1000).unwrap_err();
+    assert!(e.to_string().contains("federation.max_udp_payload"), "{e}");
+}
+
+#[test]
 fn unknown_key_is_an_error() {
     let e = FileConfig::parse(
         "[node]\nlisten_addr = \"x\"\n[identity]\ndir=\"d\"\n[authz]\nmode=\"allow_all\"",
