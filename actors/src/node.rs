@@ -394,13 +394,17 @@ pub async fn start(
         QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| NodeError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
     let mut transport = transport_config(&cfg);
-    if !slim_framed::datagrams::gso_allowed(cfg.max_udp_payload) {
-        info!(
-            max_udp_payload = cfg.max_udp_payload,
-            "UDP segmentation offload is off: datagrams may grow to {} bytes, and quinn's batches of 10 would exceed what one UDP send can carry above {} (the kernel refuses them)",
-            cfg.max_udp_payload,
-            slim_framed::datagrams::MAX_GSO_UDP_PAYLOAD
-        );
+    for (what, ceiling) in [
+        ("client connections", cfg.max_udp_payload),
+        ("peer links", cfg.federation.max_udp_payload),
+    ] {
+        if !slim_framed::datagrams::gso_allowed(ceiling) {
+            info!(
+                max_udp_payload = ceiling,
+                "UDP segmentation offload is off on {what}: their datagrams may grow to {ceiling} bytes, and above {} quinn's batches of 10 would exceed what one UDP send can carry (the kernel refuses them)",
+                slim_framed::datagrams::MAX_GSO_UDP_PAYLOAD
+            );
+        }
     }
     // Before its hello a client may be anyone: it gets a small connection
     // flow-control window (raised in `accept` once the hello is read), so

@@ -4,14 +4,16 @@
 
 /// The largest UDP payload at which quinn may batch datagrams with GSO.
 ///
-/// quinn sends up to 10 datagrams of the current path MTU in one GSO
-/// `sendmsg`, and the kernel refuses a batch over 65,507 bytes (one UDP
-/// datagram's maximum) with `EMSGSIZE`. quinn-udp takes that error for a
-/// failed MTU probe and drops the batch without a word, so every full batch
-/// above this size was lost and recovered only by QUIC's loss detection:
-/// with a ceiling of 8,952, 10–40 batches per second of load, throughput
-/// below the 1,452-byte default and, in one run in seven, a connection that
-/// crawled at ~200 messages/s. 10 × 6,550 = 65,500.
+/// quinn 0.11 sends up to 10 datagrams of the current path MTU in one GSO
+/// `sendmsg` (its `MAX_TRANSMIT_SEGMENTS`), and the kernel refuses a batch
+/// over 65,507 bytes (one UDP datagram's maximum) with `EMSGSIZE`. quinn-udp
+/// takes that error for a failed MTU probe and drops the batch without a
+/// word, so every full batch above this size was lost and recovered only by
+/// QUIC's loss detection, whose black-hole detection then put the path back
+/// to 1,200 bytes: with a ceiling of 8,952, 10–40 refused batches in a 3 s
+/// run at full speed, throughput below the 1,452-byte default and, in one
+/// run in seven, a connection that crawled at ~200 messages/s.
+/// 10 × 6,550 = 65,500.
 pub const MAX_GSO_UDP_PAYLOAD: u16 = 6_550;
 
 /// Sets path-MTU discovery up to `max_udp_payload` on `t`, and turns UDP
