@@ -53,6 +53,9 @@ pub(crate) struct HotMetrics {
     pub enqueue_to_write_seconds: Histogram,
     pub frames_out: Counter,
     pub bytes_out: Counter,
+    /// Peer links' data streams, written by their writers or directly.
+    pub link_frames_out: Counter,
+    pub link_bytes_out: Counter,
 }
 
 impl HotMetrics {
@@ -73,6 +76,8 @@ impl HotMetrics {
             enqueue_to_write_seconds: histogram!(m::ENQUEUE_TO_WRITE_SECONDS),
             frames_out: counter!(m::FRAMES_OUT_TOTAL, "kind" => "client"),
             bytes_out: counter!(m::BYTES_OUT_TOTAL, "kind" => "client"),
+            link_frames_out: counter!(m::LINK_FRAMES_TOTAL, "direction" => "out"),
+            link_bytes_out: counter!(m::LINK_BYTES_TOTAL, "direction" => "out"),
         }
     }
 }
@@ -193,9 +198,9 @@ impl NodeCtx {
             hm.bytes_out.increment(std::mem::take(&mut t.direct_bytes));
         }
         if t.link_direct_bytes > 0 {
-            counter!(m::LINK_FRAMES_TOTAL, "direction" => "out")
+            hm.link_frames_out
                 .increment(std::mem::take(&mut t.link_direct_frames));
-            counter!(m::LINK_BYTES_TOTAL, "direction" => "out")
+            hm.link_bytes_out
                 .increment(std::mem::take(&mut t.link_direct_bytes));
         }
         if t.link_drops > 0 {
@@ -456,12 +461,7 @@ pub(crate) fn endpoint_config(
     let cid_key = secret.cid_key();
     c.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)))
         .min_reset_interval(MIN_RESET_INTERVAL);
-    // What peers may send us (quinn's default is 1,472): without it their
-    // discovery stops at Ethernet size whatever either side's ceiling is.
-    // The endpoint's one receive buffer grows with it (×64 GRO segments:
-    // 560 KiB at 8,952), not per connection.
-    // Clamped to what QUIC and UDP allow, so this cannot fail.
-    let _ = c.max_udp_payload_size(max_udp_payload.clamp(1200, 65_527));
+    slim_framed::datagrams::accept_up_to(&mut c, max_udp_payload);
     c
 }
 
@@ -522,12 +522,8 @@ impl std::fmt::Display for TaskPanicked {
 
 impl TaskPanicked {
     pub(crate) fn from_payload(p: Box<dyn std::any::Any + Send>) -> Self {
-        let msg = p
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(not a string)".to_owned());
-        TaskPanicked(msg)
+        let msg = slim_framed::task::panic_message(&*p).unwrap_or("(not a string)");
+        TaskPanicked(msg.to_owned())
     }
 }
 

@@ -64,13 +64,9 @@ pub(crate) fn endpoint(
     let _ = sock.set_send_buffer_size(4 << 20);
     sock.bind(&bind.into()).map_err(socket_err)?;
     sock.set_nonblocking(true).map_err(socket_err)?;
-    // What the node may send us (quinn's default is 1,472): the node's
-    // discovery towards us stops there otherwise. The endpoint's one receive
-    // buffer grows with it (×64 GRO segments: 560 KiB at 8,952); its pages
-    // are touched only as large GRO batches arrive.
+    // What the node may send us.
     let mut ep_cfg = quinn::EndpointConfig::default();
-    // Clamped to what QUIC and UDP allow, so this cannot fail.
-    let _ = ep_cfg.max_udp_payload_size(cfg.max_udp_payload.clamp(1200, 65_527));
+    slim_framed::datagrams::accept_up_to(&mut ep_cfg, cfg.max_udp_payload);
     let mut ep =
         quinn::Endpoint::new(ep_cfg, None, sock.into(), host.runtime()).map_err(socket_err)?;
     let alpn: &[&[u8]] = &[slim_auth::ALPN_SLIM];

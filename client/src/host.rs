@@ -241,11 +241,7 @@ fn poll_child(child: &mut Child, flag: &Arc<Flag>) -> bool {
     match polled {
         Ok(p) => p.is_ready(),
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "(not a string)".to_owned());
+            let what = slim_framed::task::panic_message(&*panic).unwrap_or("(not a string)");
             tracing::error!(
                 panic = %what,
                 "a QUIC driver of this client panicked and was stopped; its connection will fail"

@@ -2,6 +2,10 @@
 //! links) and the SDK: path-MTU discovery up to a configured ceiling, and
 //! UDP segmentation offload only where quinn's batches fit the kernel.
 
+/// The UDP payloads a ceiling may name: QUIC's 1,200-byte minimum up to the
+/// most one UDP datagram carries over IPv6 (65,527).
+pub const UDP_PAYLOAD_RANGE: std::ops::RangeInclusive<u16> = 1200..=65_527;
+
 /// The largest UDP payload at which quinn may batch datagrams with GSO.
 ///
 /// quinn 0.11 sends up to 10 datagrams of the current path MTU in one GSO
@@ -32,6 +36,17 @@ pub fn configure(t: &mut quinn::TransportConfig, max_udp_payload: u16) -> bool {
     let gso = gso_allowed(max_udp_payload);
     t.enable_segmentation_offload(gso);
     gso
+}
+
+/// Lets the peers of an endpoint send datagrams up to `ceiling` (quinn's
+/// default is 1,472: without it their discovery stops at Ethernet size,
+/// whatever either side's ceiling is). The endpoint's one receive buffer
+/// grows with it (×64 GRO segments), not per connection; its pages are
+/// touched only as large GRO batches arrive. Clamped to
+/// [`UDP_PAYLOAD_RANGE`], so it cannot fail.
+pub fn accept_up_to(ep: &mut quinn::EndpointConfig, ceiling: u16) {
+    let (lo, hi) = (*UDP_PAYLOAD_RANGE.start(), *UDP_PAYLOAD_RANGE.end());
+    let _ = ep.max_udp_payload_size(ceiling.clamp(lo, hi));
 }
 
 /// Whether quinn's GSO batches stay within one UDP datagram's maximum at

@@ -21,6 +21,8 @@
 //!   node outbox's frames, the SDK's inbound events).
 //! - [`datagrams`]: the QUIC datagram size settings every connection kind
 //!   shares (path-MTU discovery, and GSO only where quinn's batches fit).
+//! - [`task`]: what the node's and the SDK's tasks share (a caught panic's
+//!   message).
 //!
 //! The frame format itself (and its limits) stays in [`slim_wire::codec`],
 //! which is sans-IO; this crate is the thin async layer over it.
@@ -31,6 +33,7 @@
 pub mod datagrams;
 pub mod queue;
 mod read;
+pub mod task;
 mod write;
 
 pub use read::{DEFAULT_READ_CHUNK, FrameReader, ReadError};

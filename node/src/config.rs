@@ -213,6 +213,20 @@ impl Default for FederationSection {
     }
 }
 
+/// A datagram ceiling (`key` names it in the error): QUIC needs 1,200 bytes,
+/// and UDP carries at most 65,527 (over IPv6).
+fn check_udp_payload(key: &str, v: u16) -> Result<(), ConfigError> {
+    let r = slim_framed::datagrams::UDP_PAYLOAD_RANGE;
+    if r.contains(&v) {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid(format!(
+        "{key} must be {}..={}, not {v}",
+        r.start(),
+        r.end()
+    )))
+}
+
 /// `[[federation.peers]]`: a node this node dials.
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
@@ -271,12 +285,7 @@ impl FederationSection {
                 "federation: keep_alive_ms must be > 0 and link_timeout_ms > keep_alive_ms".into(),
             ));
         }
-        if !(1200..=65527).contains(&self.max_udp_payload) {
-            return Err(ConfigError::Invalid(format!(
-                "federation.max_udp_payload must be 1200..=65527, not {}",
-                self.max_udp_payload
-            )));
-        }
+        check_udp_payload("federation.max_udp_payload", self.max_udp_payload)?;
         if self.max_hops == 0
             || self.link_queue_frames == 0
             || self.link_queue_bytes == 0
@@ -592,13 +601,7 @@ impl FileConfig {
         if self.node.id.is_empty() {
             return Err(ConfigError::Invalid("node.id must not be empty".into()));
         }
-        if !(1200..=65527).contains(&self.node.max_udp_payload) {
-            // QUIC needs 1,200; UDP carries at most 65,527 (over IPv6).
-            return Err(ConfigError::Invalid(format!(
-                "node.max_udp_payload must be 1200..=65527, not {}",
-                self.node.max_udp_payload
-            )));
-        }
+        check_udp_payload("node.max_udp_payload", self.node.max_udp_payload)?;
         if self.limits.max_frame_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "limits.max_frame_bytes must be at least 1024".into(),

@@ -110,13 +110,9 @@ impl CancelRust {
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_owned()
-    }
+    slim_framed::task::panic_message(p)
+        .unwrap_or("unknown panic")
+        .to_owned()
 }
 
 /// Runs `fut` on the runtime; returns the asyncio future of its result

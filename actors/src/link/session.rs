@@ -239,8 +239,6 @@ struct DataHooks<'a> {
     ctx: &'a NodeCtx,
     shared: &'a LinkShared,
     outbox: &'a Outbox,
-    bytes_out: metrics::Counter,
-    frames_out: metrics::Counter,
     wait: Option<Duration>,
     /// Frames in the batch being written.
     frames: usize,
@@ -256,8 +254,8 @@ impl WriteHooks for DataHooks<'_> {
     fn written(&mut self, _items: usize, bytes: usize) {
         let frames = std::mem::take(&mut self.frames);
         self.outbox.written(bytes);
-        self.bytes_out.increment(bytes as u64);
-        self.frames_out.increment(frames as u64);
+        self.ctx.hot.link_bytes_out.increment(bytes as u64);
+        self.ctx.hot.link_frames_out.increment(frames as u64);
         self.shared
             .frames_out
             .fetch_add(frames as u64, Ordering::Relaxed);
@@ -281,8 +279,6 @@ pub(crate) async fn data_writer(
         ctx: &ctx,
         shared: &shared,
         outbox: &outbox,
-        bytes_out: counter!(m::LINK_BYTES_TOTAL, "direction" => "out"),
-        frames_out: counter!(m::LINK_FRAMES_TOTAL, "direction" => "out"),
         wait: None,
         frames: 0,
     };
