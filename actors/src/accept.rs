@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use quinn::VarInt;
+use slim_framed::datagrams::Path;
 use slim_wire::{ErrorCode, Frame, Hello};
 use tracing::info;
 
@@ -68,7 +69,17 @@ pub(crate) async fn accept(
     // stalls both gets `handshake_timeout`, not twice it.
     let deadline = tokio::time::Instant::now() + ctx.cfg.handshake_timeout;
     let remote = incoming.remote_address();
-    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+    let handshake = async {
+        match Path::to(remote.ip()) {
+            Path::Loopback => {
+                incoming
+                    .accept_with(Arc::clone(&ctx.loopback_server))?
+                    .await
+            }
+            Path::Network => incoming.await,
+        }
+    };
+    let conn = match tokio::time::timeout_at(deadline, handshake).await {
         Err(_) => {
             m::handshake("timeout");
             if ctx.log.note(Kind::Handshake, "tls_timeout") {

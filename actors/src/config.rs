@@ -9,14 +9,15 @@ use slim_wire::Limits;
 
 use crate::outbox::SlowConsumerPolicy;
 
-/// Default ceiling of QUIC's path-MTU discovery on client connections:
-/// Ethernet's 1,500 less the IPv6 and UDP headers (quinn's own default).
-/// Larger ceilings carry 1–4 KiB messages 25–50 % faster where the path
-/// allows them (loopback, jumbo frames), but every new connection then
-/// spends its first round trips on larger probes, which halved the connect
-/// rate on loopback and added ~6 KiB per idle connection (`compare.sh`
-/// connections, docs/BENCHMARKS.md): opt-in for nodes whose clients move
-/// bulk data over such paths.
+/// Default ceiling of QUIC's path-MTU discovery on client connections over
+/// a network: Ethernet's 1,500 less the IPv6 and UDP headers (quinn's own
+/// default). Larger ceilings carry 1–4 KiB messages 25–50 % faster where the
+/// path allows them (jumbo frames), but every new connection then spends its
+/// first round trips on larger probes, which halved the connect rate and
+/// added ~6 KiB per idle connection (`compare.sh` connections,
+/// docs/BENCHMARKS.md): opt-in for nodes whose clients move bulk data over
+/// such paths. Clients on this host need no probes and start at
+/// [`slim_framed::datagrams::LOOPBACK_UDP_PAYLOAD`].
 pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
 
 /// Default ceiling on peer links: the largest at which quinn keeps UDP
@@ -93,9 +94,11 @@ pub struct NodeConfig {
     /// The largest UDP payload QUIC's path-MTU discovery probes for on
     /// client connections (see [`DEFAULT_MAX_UDP_PAYLOAD`]; peer links have
     /// their own, [`FederationConfig::max_udp_payload`]).
-    /// Connections start at 1,200 bytes and grow only by probes the path
-    /// acknowledged, so a bound above the path's MTU costs a few lost probes,
-    /// never lost data. 1,452 keeps every datagram within Ethernet's 1,500.
+    /// Connections over a network start at 1,200 bytes and grow only by
+    /// probes the path acknowledged, so a bound above the path's MTU costs a
+    /// few lost probes, never lost data. 1,452 keeps every datagram within
+    /// Ethernet's 1,500. Clients on this host start at 6,550 or this,
+    /// whichever is larger ([`slim_framed::datagrams::Path`]).
     pub max_udp_payload: u16,
     /// Who may register, publish and subscribe to what. Replaceable at run
     /// time with `NodeHandle::set_policy`.
@@ -165,7 +168,8 @@ pub struct FederationConfig {
     /// to cross the fleet.
     pub tombstone_ttl: Duration,
     /// The largest UDP payload path-MTU discovery probes for on peer links
-    /// (see [`DEFAULT_LINK_MAX_UDP_PAYLOAD`]).
+    /// over a network (see [`DEFAULT_LINK_MAX_UDP_PAYLOAD`]); links to a node
+    /// on this host start at 6,550 or this, whichever is larger.
     pub max_udp_payload: u16,
 }
 

@@ -90,6 +90,10 @@ pub(crate) struct NodeCtx {
     pub(crate) tag: String,
     pub(crate) registry: Arc<Registry>,
     pub(crate) endpoint: quinn::Endpoint,
+    /// The endpoint's server settings for connections from this host
+    /// (datagrams start large: `slim_framed::datagrams::Path::Loopback`);
+    /// the endpoint's own are for everyone else.
+    pub(crate) loopback_server: Arc<quinn::ServerConfig>,
     pub(crate) conns: DashMap<ConnId, Arc<ConnShared>>,
     pub(crate) hot: HotMetrics,
     pub(crate) table: RwLock<Option<ActorRef<TableMsg>>>,
@@ -414,8 +418,11 @@ async fn wait_for_room(
 /// host (smaller windows cost 15–20 % at 4–16 KiB messages).
 pub(crate) const CLIENT_SEND_WINDOW: u64 = 2 << 20;
 
-/// QUIC transport settings shared by the node's endpoint.
-pub(crate) fn transport_config(cfg: &NodeConfig) -> quinn::TransportConfig {
+/// QUIC transport settings of the node's connections over `path`.
+pub(crate) fn transport_config(
+    cfg: &NodeConfig,
+    path: slim_framed::datagrams::Path,
+) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(4u32.into())
         .max_concurrent_uni_streams(0u32.into())
@@ -429,7 +436,7 @@ pub(crate) fn transport_config(cfg: &NodeConfig) -> quinn::TransportConfig {
         // negotiating them keeps per-connection state small.
         .datagram_receive_buffer_size(None)
         .datagram_send_buffer_size(0);
-    slim_framed::datagrams::configure(&mut t, cfg.max_udp_payload);
+    slim_framed::datagrams::configure(&mut t, cfg.max_udp_payload, path);
     if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
         t.max_idle_timeout(Some(idle));
     }

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use slim_auth::policy::Policy;
 use slim_auth::{IdentitySource, JwtBundles, SpiffeClientVerifier};
+use slim_framed::datagrams::Path;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, error, info, warn};
 
@@ -393,7 +394,6 @@ pub async fn start(
     let quic =
         QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| NodeError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    let mut transport = transport_config(&cfg);
     for (what, ceiling) in [
         ("client connections", cfg.max_udp_payload),
         ("peer links", cfg.federation.max_udp_payload),
@@ -406,11 +406,14 @@ pub async fn start(
             );
         }
     }
-    // Before its hello a client may be anyone: it gets a small connection
-    // flow-control window (raised in `accept` once the hello is read), so
-    // that a stalled connection cannot park megabytes in unread streams.
-    transport.receive_window(crate::accept::PRE_HELLO_RECEIVE_WINDOW.into());
-    server.transport_config(Arc::new(transport));
+    let accepted = |path| {
+        let mut t = transport_config(&cfg, path);
+        // Before its hello a client may be anyone: it gets a small connection
+        // flow-control window (raised in `accept` once the hello is read), so
+        // that a stalled connection cannot park megabytes in unread streams.
+        t.receive_window(crate::accept::PRE_HELLO_RECEIVE_WINDOW.into());
+        Arc::new(t)
+    };
     // quinn queues attempts the listener has not decided yet (up to 65,536
     // and 100 MiB of their datagrams by default) and beyond that ignores
     // new Initials unseen by any metric. The listener decides each attempt
@@ -421,6 +424,11 @@ pub async fn start(
         .max_incoming(MAX_INCOMING)
         .incoming_buffer_size(64 << 10)
         .incoming_buffer_size_total((MAX_INCOMING as u64) * (4 << 10));
+    // quinn takes an accepted connection's transport settings from its
+    // server config; the listener picks this one for peers on this host.
+    let mut loopback_server = server.clone();
+    loopback_server.transport_config(accepted(Path::Loopback));
+    server.transport_config(accepted(Path::Network));
     let bind_err = |source| NodeError::Bind {
         addr: cfg.listen,
         source,
@@ -434,10 +442,12 @@ pub async fn start(
     );
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
         // What peers may send us: a client up to the client ceiling, a peer
-        // node up to the link one.
+        // node up to the link one, anyone on this host the loopback size.
         endpoint_config(
             &reset,
-            cfg.max_udp_payload.max(cfg.federation.max_udp_payload),
+            cfg.max_udp_payload
+                .max(cfg.federation.max_udp_payload)
+                .max(slim_framed::datagrams::LOOPBACK_UDP_PAYLOAD),
         ),
         Some(server),
         Arc::new(socket),
@@ -448,6 +458,7 @@ pub async fn start(
     let ctx = Arc::new(NodeCtx {
         registry: Arc::new(Registry::new()),
         endpoint,
+        loopback_server: Arc::new(loopback_server),
         conns: DashMap::new(),
         hot: HotMetrics::new(),
         table: RwLock::new(None),

@@ -117,7 +117,8 @@ pub struct ClientConfig {
     /// The largest UDP payload QUIC's path-MTU discovery probes for
     /// (default 1,452: within Ethernet's 1,500; 8,952 fits a 9,000-byte jumbo
     /// frame). Datagrams start at 1,200 bytes and grow only by probes the
-    /// path acknowledged.
+    /// path acknowledged. To a node on this host (a loopback address) they
+    /// start at 6,550, or at this value if larger, with nothing to probe.
     pub max_udp_payload: u16,
     /// Record SDK metrics (`slim_client_*`) into the process's `metrics`
     /// recorder. Off by default: an agent that installs no recorder pays nothing.

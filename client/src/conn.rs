@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 use quinn::{RecvStream, SendStream};
+use slim_framed::datagrams::Path;
 use slim_framed::queue::Queue;
 use slim_framed::{FrameReader, FrameWriter, ReadError};
 use slim_wire::{
@@ -35,14 +36,36 @@ pub(crate) struct Live {
 /// The receive buffer grows by this much when it runs low.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// A client-only endpoint: it has no server configuration, so it never
-/// accepts a connection.
-///
-/// quinn's drivers for it run in `host` (`crate::host`).
+/// A client-only endpoint (it has no server configuration, so it never
+/// accepts a connection) and its connection settings for either kind of
+/// path: datagrams to a node on this host start large
+/// ([`slim_framed::datagrams::Path`]).
+pub(crate) struct Endpoint {
+    quic: quinn::Endpoint,
+    network: quinn::ClientConfig,
+    loopback: quinn::ClientConfig,
+}
+
+impl Endpoint {
+    fn connect(
+        &self,
+        node: SocketAddr,
+        server_name: &str,
+    ) -> Result<quinn::Connecting, quinn::ConnectError> {
+        let settings = match Path::to(node.ip()) {
+            Path::Loopback => &self.loopback,
+            Path::Network => &self.network,
+        };
+        self.quic.connect_with(settings.clone(), node, server_name)
+    }
+}
+
+/// Opens the client's endpoint. quinn's drivers for it run in `host`
+/// (`crate::host`).
 pub(crate) fn endpoint(
     cfg: &ClientConfig,
     host: &crate::host::Host,
-) -> Result<quinn::Endpoint, ClientError> {
+) -> Result<Endpoint, ClientError> {
     let bind: SocketAddr = if cfg.node.is_ipv6() {
         "[::]:0".parse().expect("static")
     } else {
@@ -64,10 +87,14 @@ pub(crate) fn endpoint(
     let _ = sock.set_send_buffer_size(4 << 20);
     sock.bind(&bind.into()).map_err(socket_err)?;
     sock.set_nonblocking(true).map_err(socket_err)?;
-    // What the node may send us.
+    // What the node may send us: a node on this host starts at the loopback size.
     let mut ep_cfg = quinn::EndpointConfig::default();
-    slim_framed::datagrams::accept_up_to(&mut ep_cfg, cfg.max_udp_payload);
-    let mut ep =
+    slim_framed::datagrams::accept_up_to(
+        &mut ep_cfg,
+        cfg.max_udp_payload
+            .max(slim_framed::datagrams::LOOPBACK_UDP_PAYLOAD),
+    );
+    let quic =
         quinn::Endpoint::new(ep_cfg, None, sock.into(), host.runtime()).map_err(socket_err)?;
     let alpn: &[&[u8]] = &[slim_auth::ALPN_SLIM];
     let server = cfg.server.clone();
@@ -86,24 +113,31 @@ pub(crate) fn endpoint(
         }
     }
     .map_err(|e| ClientError::Tls(e.to_string()))?;
-    let quic =
+    let tls =
         QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| ClientError::Tls(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(quic));
-    let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(cfg.keep_alive))
-        .max_concurrent_uni_streams(0u32.into())
-        .stream_receive_window(cfg.stream_window.into())
-        .receive_window((cfg.stream_window.saturating_mul(2)).into())
-        .send_window(8 << 20);
-    // Larger datagrams where the path carries them (jumbo frames), and GSO
-    // only where quinn's batches fit one UDP datagram.
-    slim_framed::datagrams::configure(&mut t, cfg.max_udp_payload);
-    if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
-        t.max_idle_timeout(Some(idle));
-    }
-    client.transport_config(Arc::new(t));
-    ep.set_default_client_config(client);
-    Ok(ep)
+    let tls = quinn::ClientConfig::new(Arc::new(tls));
+    let settings = |path| {
+        let mut t = quinn::TransportConfig::default();
+        t.keep_alive_interval(Some(cfg.keep_alive))
+            .max_concurrent_uni_streams(0u32.into())
+            .stream_receive_window(cfg.stream_window.into())
+            .receive_window((cfg.stream_window.saturating_mul(2)).into())
+            .send_window(8 << 20);
+        // Larger datagrams where the path carries them (loopback, jumbo
+        // frames), and GSO only where quinn's batches fit one UDP datagram.
+        slim_framed::datagrams::configure(&mut t, cfg.max_udp_payload, path);
+        if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
+            t.max_idle_timeout(Some(idle));
+        }
+        let mut c = tls.clone();
+        c.transport_config(Arc::new(t));
+        c
+    };
+    Ok(Endpoint {
+        network: settings(Path::Network),
+        loopback: settings(Path::Loopback),
+        quic,
+    })
 }
 
 /// A failed read as the SDK reports it: the stream's own error as
@@ -170,7 +204,7 @@ fn node_identity(conn: &quinn::Connection) -> Option<crate::NodeIdentity> {
 /// One attempt: QUIC+TLS handshake, hello, accept.
 async fn connect_to(
     shared: &Arc<Shared>,
-    ep: &quinn::Endpoint,
+    ep: &Endpoint,
     node: SocketAddr,
 ) -> Result<Live, ClientError> {
     let cfg = &shared.cfg;
@@ -250,10 +284,7 @@ async fn connect_to(
 
 /// One attempt: resolve `host` (when set) and try each address in turn,
 /// skipping those of the other address family than the endpoint's socket.
-pub(crate) async fn connect_once(
-    shared: &Arc<Shared>,
-    ep: &quinn::Endpoint,
-) -> Result<Live, ClientError> {
+pub(crate) async fn connect_once(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Live, ClientError> {
     let cfg = &shared.cfg;
     let Some(host) = &cfg.host else {
         return connect_to(shared, ep, cfg.node).await;
@@ -291,7 +322,7 @@ pub(crate) async fn connect_once(
 /// Owns the connection for the client's lifetime.
 pub(crate) async fn drive(
     shared: Arc<Shared>,
-    ep: quinn::Endpoint,
+    ep: Endpoint,
     first: Live,
     mut out: mpsc::Receiver<Bytes>,
     budget: Arc<OutboundBytes>,
@@ -355,8 +386,8 @@ pub(crate) async fn drive(
     // Fail outstanding requests rather than let them wait for their timeout.
     shared.pending.lock().clear();
     shared.state.send_replace(ConnState::Closed);
-    ep.close(0u32.into(), b"client closed");
-    let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+    ep.quic.close(0u32.into(), b"client closed");
+    let _ = tokio::time::timeout(Duration::from_secs(1), ep.quic.wait_idle()).await;
 }
 
 /// Applies the client's [`DisconnectPolicy`] to what the node had not

@@ -112,10 +112,12 @@ pub struct NodeSection {
     pub max_connections: usize,
     pub shutdown_drain_ms: u64,
     pub udp_buffer_bytes: usize,
-    /// Ceiling of QUIC's path-MTU discovery (UDP payload bytes, 1200–65527).
-    /// Above the default it slows connection setup: every new connection
-    /// probes its way up with datagrams of padding that quinn decodes byte
-    /// by byte (8,952 halved the connect rate or worse; BENCHMARKS.md).
+    /// Ceiling of QUIC's path-MTU discovery on client connections over a
+    /// network (UDP payload bytes, 1200–65527). Above the default it slows
+    /// connection setup: every new connection probes its way up with
+    /// datagrams of padding that quinn decodes byte by byte (8,952 halved
+    /// the connect rate or worse; BENCHMARKS.md). Clients on this host start
+    /// at 6,550 or this, whichever is larger, and probe nothing.
     pub max_udp_payload: u16,
     /// File of the secret behind the node's QUIC stateless resets (32
     /// random bytes; created, mode 0600, when missing). Absent: derived from
@@ -188,7 +190,8 @@ pub struct FederationSection {
     /// How long a withdrawn name's tombstone is kept (interest protocol).
     pub tombstone_ttl_ms: u64,
     /// The largest UDP payload path-MTU discovery probes for on peer links
-    /// (default 6,550; `[node] max_udp_payload` is the clients' ceiling).
+    /// over a network (default 6,550; `[node] max_udp_payload` is the
+    /// clients' ceiling). Links to a node on this host start at 6,550.
     pub max_udp_payload: u16,
     #[serde(rename = "peers")]
     pub peers: Vec<PeerSection>,

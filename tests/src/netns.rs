@@ -310,6 +310,72 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The address a test run by [`in_own_netns`] has besides loopback.
+pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+
+/// Set in the test process [`in_own_netns`] starts inside the namespace.
+const CHILD_ENV: &str = "SLIM_TEST_IN_NETNS";
+
+/// Runs the calling test in a network namespace of its own where the host
+/// has an address that is not loopback ([`HOST_IP`], on a veth interface):
+/// what code that treats loopback peers specially sees on a real network,
+/// while the packets still never leave the namespace.
+///
+/// Called first thing in a test named `test` (its name as `cargo test`
+/// lists it). In the test process `cargo test` started, it creates the
+/// namespace, runs this test binary again inside it for that one test,
+/// panics with its output unless it passed, and returns `None`: the test
+/// then returns. In that second process it returns `Some(HOST_IP)`: the test
+/// body runs there.
+pub fn in_own_netns(test: &str) -> Option<Ipv4Addr> {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return Some(HOST_IP);
+    }
+    require();
+    reap_stale();
+    let ns = Netns::create(format!(
+        "{PREFIX}{}-{}-host",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    // A veth pair with both ends inside (no `dummy` module everywhere).
+    ns.ip(&["link", "add", "h0", "type", "veth", "peer", "name", "h1"]);
+    ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", "h0"]);
+    ns.ip(&["link", "set", "h0", "up"]);
+    ns.ip(&["link", "set", "h1", "up"]);
+    let exe = std::env::current_exe().expect("current exe");
+    let exe = exe.to_string_lossy();
+    let env = format!("{CHILD_ENV}=1");
+    // `timeout` bounds the child even if its own deadline never fires.
+    let out = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &ns.name,
+        "timeout",
+        "-s",
+        "KILL",
+        "300",
+        "env",
+        &env,
+        &exe,
+        "--exact",
+        test,
+        "--nocapture",
+        "--test-threads",
+        "1",
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}{stderr}");
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{test} failed in namespace {} ({}):\n{stdout}{stderr}",
+        ns.name,
+        out.status
+    );
+    None
+}
+
 /// Addresses of the standard topology.
 pub const ADMIN_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 10);
 pub const B_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 20);

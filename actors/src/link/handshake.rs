@@ -17,18 +17,20 @@ use crate::link::error::LinkError;
 use crate::link::session::{LINK_READ_CHUNK, Streams, end_session, serve, start_session};
 use crate::metrics as m;
 use crate::types::{PeerSpec, TlsIdentity};
+use slim_framed::datagrams::Path;
 
-/// QUIC settings of a dialled link: keep-alives at the federation's interval
-/// (they keep the NAT mapping of a dialling node open) and larger windows
-/// than a client connection, since one link carries many clients' traffic.
-pub(crate) fn link_transport(ctx: &NodeCtx) -> quinn::TransportConfig {
+/// QUIC settings of a dialled link over `path`: keep-alives at the
+/// federation's interval (they keep the NAT mapping of a dialling node open)
+/// and larger windows than a client connection, since one link carries many
+/// clients' traffic.
+pub(crate) fn link_transport(ctx: &NodeCtx, path: Path) -> quinn::TransportConfig {
     let fc = &ctx.cfg.federation;
-    let mut t = transport_config(&ctx.cfg);
+    let mut t = transport_config(&ctx.cfg, path);
     t.keep_alive_interval(Some(fc.keep_alive))
         .stream_receive_window((8u32 << 20).into())
         .receive_window((16u32 << 20).into())
         .send_window(16 << 20);
-    slim_framed::datagrams::configure(&mut t, fc.max_udp_payload);
+    slim_framed::datagrams::configure(&mut t, fc.max_udp_payload, path);
     if let Ok(idle) = quinn::IdleTimeout::try_from(fc.link_timeout) {
         t.max_idle_timeout(Some(idle));
     }
@@ -75,10 +77,9 @@ async fn connect_any(
             addr: addr.to_string(),
             reason,
         };
-        let attempt = match ctx
-            .endpoint
-            .connect_with(cc.clone(), addr, &spec.server_name)
-        {
+        let mut cc = cc.clone();
+        cc.transport_config(Arc::new(link_transport(ctx, Path::to(addr.ip()))));
+        let attempt = match ctx.endpoint.connect_with(cc, addr, &spec.server_name) {
             Err(e) => Err(connect_err(e.to_string())),
             Ok(connecting) => match tokio::time::timeout(deadline, connecting).await {
                 Err(_) => Err(LinkError::Timeout),
@@ -117,8 +118,8 @@ pub(crate) async fn dial(
     .map_err(|e| LinkError::Tls(e.to_string()))?;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
         .map_err(|e| LinkError::Tls(e.to_string()))?;
-    let mut cc = quinn::ClientConfig::new(Arc::new(quic));
-    cc.transport_config(Arc::new(link_transport(ctx)));
+    // Its transport settings depend on the address it reaches (`connect_any`).
+    let cc = quinn::ClientConfig::new(Arc::new(quic));
     let deadline = ctx.cfg.handshake_timeout;
     let conn = connect_any(ctx, spec, cc, deadline).await?;
     // Mutual: the node we dialled must be a peer under *our* policy too.
