@@ -74,6 +74,10 @@ impl Credentials {
     }
 }
 
+/// [`ClientConfig::max_udp_payload`]'s default: Ethernet's 1,500 less the
+/// IPv6 and UDP headers.
+pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
+
 #[derive(Clone)]
 pub struct ClientConfig {
     /// The node to dial (when `host` is unset).
@@ -200,7 +204,7 @@ impl ClientConfig {
             outbound_bytes: 4 << 20,
             request_timeout: Duration::from_secs(10),
             stream_window: 4 << 20,
-            max_udp_payload: 1452,
+            max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
             metrics: false,
             on_disconnect: DisconnectPolicy::default(),
         }

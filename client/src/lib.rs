@@ -26,7 +26,7 @@ pub use channel::{
     Channel, ChannelEvent, ChannelMember, ChannelModerator, ChannelOptions, Invitation, Invitations,
 };
 pub use client::Client;
-pub use config::{Backoff, ClientConfig, Credentials};
+pub use config::{Backoff, ClientConfig, Credentials, DEFAULT_MAX_UDP_PAYLOAD};
 pub use confirm::{CONNECTION_LOST, DisconnectPolicy};
 pub use error::ClientError;
 pub use event::{ConnState, Delivery, Event};

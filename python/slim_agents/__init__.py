@@ -222,6 +222,7 @@ def connect(
     timeout: float = 10.0,
     request_timeout: float = 10.0,
     on_disconnect: Literal["buffer", "fail"] = "buffer",
+    max_udp_payload: int = 1452,
 ) -> _Connecting:
     """Connects to a SLIM node as ``name`` and returns the :class:`App`.
 
@@ -237,6 +238,12 @@ def connect(
     ``"fail"`` fails those the node had not confirmed (the next
     ``app.flush()`` raises :class:`ConnectError`) and publishes made while
     disconnected raise :class:`ConnectError` at once. Never silently dropped.
+    ``max_udp_payload``: the largest UDP datagram (bytes, 1200–65527) QUIC's
+    path-MTU discovery probes for towards a node across a network. The
+    default, 1452, fits Ethernet's 1500; on jumbo-frame networks 6550 (with
+    the node's ``[node] max_udp_payload`` raised to match) carries messages
+    of a few KiB 25–50 % faster. A node on this host is reached with
+    6550-byte datagrams whatever this is.
 
     Raises :class:`ConnectError` (cannot resolve / connect / TLS),
     :class:`IdentityError`, :class:`PermissionDenied` (the node refused the
@@ -269,12 +276,21 @@ def connect(
             "identity must be slim_agents.WorkloadApi, SvidFiles, JwtSvid or SharedSecret, "
             f"got {type(identity).__name__}"
         )
+    if (
+        isinstance(max_udp_payload, bool)
+        or not isinstance(max_udp_payload, int)
+        or not 1200 <= max_udp_payload <= 65527
+    ):
+        raise InvalidArgumentError(
+            f"max_udp_payload must be an int of 1200..65527 bytes, got {max_udp_payload!r}"
+        )
     kwargs: dict[str, Any] = {
         "url": url,
         "name": name,
         "timeout": float(timeout),
         "request_timeout": float(request_timeout),
         "on_disconnect": on_disconnect,
+        "max_udp_payload": max_udp_payload,
         **native(),
     }
     return _Connecting(kwargs)

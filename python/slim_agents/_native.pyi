@@ -321,5 +321,6 @@ def connect(
     timeout: float = 10.0,
     request_timeout: float = 10.0,
     on_disconnect: Literal["buffer", "fail"] = "buffer",
+    max_udp_payload: int = 1452,
 ) -> Call:
     """Low level; use `slim_agents.connect`."""

@@ -59,7 +59,7 @@ fn identity_config(
 #[pyfunction]
 #[pyo3(signature = (url, name, *, identity="workload_api", socket=None, dir=None, audience=None,
                     secret=None, bundle=None, trust_domain=None, timeout=10.0, request_timeout=10.0,
-                    on_disconnect="buffer"))]
+                    on_disconnect="buffer", max_udp_payload=slim_client::DEFAULT_MAX_UDP_PAYLOAD))]
 #[allow(clippy::too_many_arguments)]
 pub fn connect<'py>(
     py: Python<'py>,
@@ -75,6 +75,7 @@ pub fn connect<'py>(
     timeout: f64,
     request_timeout: f64,
     on_disconnect: &str,
+    max_udp_payload: u16,
 ) -> PyResult<Bound<'py, PyAny>> {
     let mut cfg = app::AppConfig::new(url, name).identity(identity_config(
         identity,
@@ -87,6 +88,7 @@ pub fn connect<'py>(
     )?);
     cfg.connect_timeout = duration_arg("timeout", timeout)?;
     cfg.request_timeout = duration_arg("request_timeout", request_timeout)?;
+    cfg.max_udp_payload = max_udp_payload;
     cfg.on_disconnect = match on_disconnect {
         "buffer" => slim_client::DisconnectPolicy::default(),
         "fail" => slim_client::DisconnectPolicy::Fail,

@@ -173,3 +173,19 @@ async def test_on_disconnect_takes_buffer_or_fail(slim, connect, ns):
     with pytest.raises(ValueError) as ei:
         await connect(f"t/{ns}/policy-bad", on_disconnect="drop")
     assert "on_disconnect" in str(ei.value)
+
+
+async def test_max_udp_payload_is_checked_before_dialling(slim, connect, ns):
+    # In range: connects, and a 16 KiB message crosses (the node is on this
+    # host, so datagrams start at 6,550 bytes or the larger ceiling).
+    sub = await connect(f"t/{ns}/udp-sub", max_udp_payload=1200)
+    await sub.subscribe(f"t/{ns}/udp-chan")
+    pub = await connect(f"t/{ns}/udp-pub", max_udp_payload=8952)
+    await pub.publish(f"t/{ns}/udp-chan", b"u" * 16384)
+    await pub.flush()
+    msg = await asyncio.wait_for(sub.receive(), 10)
+    assert msg.payload == b"u" * 16384
+    for bad in (1199, 65528, -1, True, 1452.0, "1452"):
+        with pytest.raises(slim.InvalidArgumentError) as ei:
+            await connect(f"t/{ns}/udp-bad", max_udp_payload=bad)
+        assert "max_udp_payload" in str(ei.value), bad

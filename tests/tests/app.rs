@@ -124,6 +124,13 @@ async fn connect_by_host_name_and_unresolvable_name() {
         App::connect(cfg).await,
         Err(SlimError::Invalid(_))
     ));
+    // So is a datagram size UDP cannot carry, naming the setting.
+    let mut cfg = AppConfig::new(env.url(), "acme/connect/d");
+    cfg.max_udp_payload = 1199;
+    match App::connect(cfg).await {
+        Err(SlimError::Invalid(why)) => assert!(why.contains("max_udp_payload"), "{why}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
     a.close().await;
 }
 

@@ -76,6 +76,10 @@ pub struct AppConfig {
     /// Raw publishes when the connection drops: held and sent after the
     /// reconnect, or failed (reported by the next `flush`).
     pub on_disconnect: crate::DisconnectPolicy,
+    /// The largest UDP payload path-MTU discovery probes for towards a
+    /// node over a network ([`crate::ClientConfig::max_udp_payload`]; a
+    /// node on this host is reached with 6,550-byte datagrams regardless).
+    pub max_udp_payload: u16,
 }
 
 impl AppConfig {
@@ -88,6 +92,7 @@ impl AppConfig {
             request_timeout: Duration::from_secs(10),
             metrics: false,
             on_disconnect: crate::DisconnectPolicy::default(),
+            max_udp_payload: crate::config::DEFAULT_MAX_UDP_PAYLOAD,
         }
     }
 

@@ -135,6 +135,15 @@ impl App {
     pub async fn connect(cfg: AppConfig) -> Result<App, SlimError> {
         // Checked before the identity starts, so a bad URL is `Invalid`.
         parse_url(&cfg.url)?;
+        let udp = slim_framed::datagrams::UDP_PAYLOAD_RANGE;
+        if !udp.contains(&cfg.max_udp_payload) {
+            return Err(SlimError::Invalid(format!(
+                "max_udp_payload must be {}..={} bytes, got {}",
+                udp.start(),
+                udp.end(),
+                cfg.max_udp_payload
+            )));
+        }
         let name = parse_name(&cfg.name)?;
         let (credentials, source) = start_identity(&cfg.identity).await?;
         let mut ccfg = ClientConfig::for_url(&cfg.url, name, credentials).await?;
@@ -142,6 +151,7 @@ impl App {
         ccfg.request_timeout = cfg.request_timeout;
         ccfg.metrics = cfg.metrics;
         ccfg.on_disconnect = cfg.on_disconnect;
+        ccfg.max_udp_payload = cfg.max_udp_payload;
         let client = Client::connect(ccfg).await?;
         // MLS binds to the SVID the node authenticated us with.
         let mls = match &source {
