@@ -35,6 +35,13 @@
 #                windows so that a write deadline of a few seconds can pass.
 #   latency      open-loop request/reply at 1000 req/s, 16 B, measured from
 #                each request's scheduled send time: p50, p99, p99.9.
+#   federation   SLIM only: a second slim-node (SLIM_PORT_B) dials the first
+#                over a peer link, and the FED_ROWS runs of `throughput` go
+#                again with the subscribers on it ("..., across 2 nodes").
+#                Reported: deliveries/s across two nodes / the same scenario
+#                on one node in the same round (so FED_ROWS must also be in
+#                THROUGHPUT_ROWS), with both losses. Both nodes share the
+#                machine's cores with the load generator.
 #
 # Loss: every throughput figure is printed with its loss (percent of the
 # deliveries owed to the subscribers that read). A run that lost more than
@@ -60,9 +67,11 @@
 # Environment: ROUNDS, DURATION (5s, throughput window), WARMUP (1s),
 # LAT_RATE (1000), LAT_DURATION (10s), CONNS (1000), CONN_SUBS (10),
 # CONN_CONCURRENCY (32), SC_DURATION (10s), SC_READERS (10),
-# SCENARIOS (default "connections throughput slow-consumer latency"),
+# SCENARIOS (default "connections throughput slow-consumer latency federation"),
 # THROUGHPUT_ROWS (default "1:16,1:1024,1:4096,1:16384,100:16,1000:16",
-# subscribers:payload bytes per throughput row),
+# subscribers:payload bytes per throughput row), FED_ROWS (default
+# "1:1024,1:4096", the same for the federation scenario), SLIM_PORT_B and
+# METRICS_PORT_B (the second node's; default SLIM_PORT+1, METRICS_PORT+1),
 # SLIM_NODE_CONFIG_EXTRA (TOML appended to the node's config, e.g.
 # $'[queue]\nmax_bytes = 524288' to compare settings), NODE_LOG (the
 # node's RUST_LOG, default warn; e.g. info to see the send budget's and
@@ -87,15 +96,19 @@ CONN_SUBS="${CONN_SUBS:-10}"
 CONN_CONCURRENCY="${CONN_CONCURRENCY:-32}"
 SC_DURATION="${SC_DURATION:-10s}"
 SC_READERS="${SC_READERS:-10}"
-SCENARIOS="${SCENARIOS:-connections throughput slow-consumer latency}"
+SCENARIOS="${SCENARIOS:-connections throughput slow-consumer latency federation}"
 CLIENT_ARGS=()
 [ -n "${CLIENT_THREADS:-}" ] && CLIENT_ARGS=(--client-threads "$CLIENT_THREADS")
 # Throughput rows as "SUBS:SIZE" pairs (comma-separated).
 THROUGHPUT_ROWS="${THROUGHPUT_ROWS:-1:16,1:1024,1:4096,1:16384,100:16,1000:16}"
 IFS=, read -r -a SPECS <<<"${THROUGHPUT_ROWS//:/ }"
+FED_ROWS="${FED_ROWS:-1:1024,1:4096}"
+IFS=, read -r -a FED_SPECS <<<"${FED_ROWS//:/ }"
 SLIM_PORT="${SLIM_PORT:-4500}"
 NATS_PORT="${NATS_PORT:-4222}"
 METRICS_PORT="${METRICS_PORT:-9464}"
+SLIM_PORT_B="${SLIM_PORT_B:-$((SLIM_PORT + 1))}"
+METRICS_PORT_B="${METRICS_PORT_B:-$((METRICS_PORT + 1))}"
 NATS_MONITOR_PORT="${NATS_MONITOR_PORT:-8222}"
 TD=example.org
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/slim-target}"
@@ -130,11 +143,13 @@ fi
 
 WORK="$(mktemp -d -t slim-compare.XXXXXX)"
 NODE_PID=""
+NODE_B_PID=""
 NATS_PID=""
 stop_servers() {
-  for p in $NODE_PID $NATS_PID; do kill "$p" 2>/dev/null || true; done
-  for p in $NODE_PID $NATS_PID; do wait "$p" 2>/dev/null || true; done
+  for p in $NODE_PID $NODE_B_PID $NATS_PID; do kill "$p" 2>/dev/null || true; done
+  for p in $NODE_PID $NODE_B_PID $NATS_PID; do wait "$p" 2>/dev/null || true; done
   NODE_PID=""
+  NODE_B_PID=""
   NATS_PID=""
 }
 # QUIC lives on UDP: the kernel's default socket buffer cap (~208 KiB) drops
@@ -162,6 +177,7 @@ echo "== load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== dev CA (spiffe://$TD) and certificates in $WORK"
 "$SLIMCTL" dev-ca init --trust-domain "$TD" --dir "$WORK/ca" >/dev/null
 "$SLIMCTL" dev-ca issue "spiffe://$TD/node" --ca "$WORK/ca" --out "$WORK/node" >/dev/null
+"$SLIMCTL" dev-ca issue "spiffe://$TD/node-b" --ca "$WORK/ca" --out "$WORK/node-b" >/dev/null
 mkdir -p "$WORK/nats"
 openssl ecparam -name prime256v1 -genkey -noout -out "$WORK/nats/server.key" 2>/dev/null
 openssl req -new -key "$WORK/nats/server.key" -subj "/O=SLIM loadtest/CN=localhost" \
@@ -191,6 +207,23 @@ listen = "127.0.0.1:$METRICS_PORT"
 mode = "allow_all"
 ${SLIM_NODE_CONFIG_EXTRA:-}
 EOF
+# The second node (federation scenario): dials the first over a peer link.
+cat >"$WORK/node-b.toml" <<EOF
+[node]
+id = "bench-node-b"
+listen = "127.0.0.1:$SLIM_PORT_B"
+[identity]
+dir = "$WORK/node-b"
+[metrics]
+listen = "127.0.0.1:$METRICS_PORT_B"
+[authz]
+mode = "allow_all"
+[[federation.peers]]
+node_id = "bench-node"
+address = "127.0.0.1:$SLIM_PORT"
+server_name = "slim-node"
+${SLIM_NODE_CONFIG_EXTRA:-}
+EOF
 cat >"$WORK/nats/nats.conf" <<EOF
 listen: 127.0.0.1:$NATS_PORT
 http: 127.0.0.1:$NATS_MONITOR_PORT
@@ -217,6 +250,17 @@ start_servers() {
   done
   grep -q "listening on" "$WORK/node.log" || { cat "$WORK/node.log" >&2; echo "slim-node did not start" >&2; exit 1; }
   grep -q "Server is ready" "$WORK/nats.log" || { cat "$WORK/nats.log" >&2; echo "nats-server did not start" >&2; exit 1; }
+  if has federation; then
+    # info: its log says when the link is up.
+    RUST_LOG=info "$SLIM_NODE" --config "$WORK/node-b.toml" >"$WORK/node-b.log" 2>&1 &
+    NODE_B_PID=$!
+    for _ in $(seq 150); do
+      grep -q "peer link up" "$WORK/node-b.log" && break
+      kill -0 "$NODE_B_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    grep -q "peer link up" "$WORK/node-b.log" || { cat "$WORK/node-b.log" >&2; echo "the second slim-node did not link to the first" >&2; exit 1; }
+  fi
 }
 
 RESULTS_FILE="$WORK/results.jsonl"
@@ -255,6 +299,14 @@ for r in $(seq "$ROUNDS"); do
         run "$sys" throughput --pubs 1 --subs "$subs" --size "$size" --mode multicast \
           --duration "$DURATION" --warmup "$WARMUP"
       done
+    done
+  fi
+  if has federation; then
+    # SLIM only: publishers on the first node, subscribers on the second.
+    for spec in "${FED_SPECS[@]}"; do
+      read -r subs size <<<"$spec"
+      run slim throughput --pubs 1 --subs "$subs" --size "$size" --mode multicast \
+        --duration "$DURATION" --warmup "$WARMUP" --sub-target "slim://127.0.0.1:$SLIM_PORT_B"
     done
   fi
   if has slow-consumer; then

@@ -27,6 +27,10 @@ pub enum Mode {
 }
 
 /// What to run.
+/// What a scenario's name ends with when its subscribers are on a second
+/// node (`summarize` pairs it with the same name without it).
+pub const ACROSS_NODES: &str = ", across 2 nodes";
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub pubs: usize,
@@ -43,6 +47,8 @@ pub struct Plan {
     pub drain_idle: Duration,
     /// ...or after this long in any case.
     pub drain_max: Duration,
+    /// Subscribers on a second node, reached over a peer link.
+    pub across_nodes: bool,
 }
 
 impl Plan {
@@ -63,6 +69,9 @@ impl Plan {
         );
         if self.stalled > 0 {
             s.push_str(&format!(", {} stalled", self.stalled));
+        }
+        if self.across_nodes {
+            s.push_str(ACROSS_NODES);
         }
         s
     }
@@ -594,6 +603,7 @@ pub async fn run(
         pub_tasks: plan.pub_tasks,
         subs: plan.subs,
         stalled_subs: plan.stalled,
+        across_nodes: plan.across_nodes,
         size_bytes: plan.size,
         warmup_s: plan.warmup.as_secs_f64(),
         window_s,

@@ -44,6 +44,41 @@ const CONNECT_CONCURRENCY: usize = 64;
 /// Batch size for `recv_many`.
 const RECV_BATCH: usize = 1024;
 
+/// Across two standing nodes: waits until `node` routes `topic` to the
+/// subscribers on the other one, so that no measured message meets a node
+/// without the route. A probe client publishes an empty message and pings;
+/// the node answers a publish nobody receives with "no route" before the
+/// pong, so an answer without one means the subscription has arrived. The
+/// subscribers skip the probes (real payloads are never empty).
+async fn wait_for_route(
+    node: SocketAddr,
+    topic: &Name,
+    ids: &Identities,
+    run_id: &str,
+) -> Result<()> {
+    let name = Name::new(topic.org(), topic.namespace(), "probe", Some(run_id))?;
+    let probe = Client::connect(ClientConfig::new(node, name, ids.get("loadtest/probe")?))
+        .await
+        .with_context(|| format!("route probe: connecting to {node}"))?;
+    let t0 = std::time::Instant::now();
+    loop {
+        let id = probe
+            .publish_with(topic, slim_wire::Mode::Multicast, 0, &[])
+            .await?;
+        probe.ping().await?;
+        if probe.take_errors(|i| i == id).is_empty() {
+            probe.close().await;
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            anyhow::bail!(
+                "{topic}: the subscription did not reach {node} within 10 s (is the link up?)"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Publishers connect to `node`, subscribers to `sub_node` (the same node,
 /// or another one linked to it for cross-node runs).
 pub async fn setup(
@@ -85,6 +120,9 @@ pub async fn setup(
     .buffered(CONNECT_CONCURRENCY)
     .try_collect::<Vec<_>>()
     .await?;
+    if sub_node != node {
+        wait_for_route(node, topic, ids, run_id).await?;
+    }
 
     let streams = plan.streams();
     let stalled = plan.stalled;
@@ -131,6 +169,8 @@ pub async fn setup(
                 }
                 for ev in buf.drain(..) {
                     match ev {
+                        // A route probe (`wait_for_route`): no payload.
+                        Event::Message(d) if d.payload.is_empty() => {}
                         Event::Message(d) => tr.observe(&d.payload),
                         Event::Error(_) => tr.errors += 1,
                     }

@@ -321,6 +321,10 @@ pub fn summarize(path: &Path) -> Result<String> {
     if !slow.is_empty() {
         out.push_str(&fmt_slow(&slow));
     }
+    let two = two_nodes::rows(&by);
+    if !two.is_empty() {
+        out.push_str(&two_nodes::format(&two));
+    }
     let head = headline(&by);
     if !head.is_empty() {
         out.push_str(&fmt_headline(&head));
@@ -420,11 +424,13 @@ pub struct HeadlineRow {
     pub verdict: String,
 }
 
-/// The headline of every throughput scenario without stalled subscribers.
+/// The headline of every throughput scenario without stalled subscribers
+/// (and not across two nodes: those have no NATS runs, see `two_nodes`).
 fn headline(by: &Scenarios) -> Vec<HeadlineRow> {
     by.iter()
         .filter(|(_, (kind, runs))| {
             kind == "throughput"
+                && !two_nodes::is_across(&runs.slim)
                 && !runs
                     .slim
                     .iter()
@@ -728,9 +734,11 @@ pub fn summarize_json(path: &Path) -> Result<Value> {
         "loss_limit_pct": LOSS_LIMIT_PCT,
         "headline": headline(&by),
         "slow_consumer": slow_consumer(&by),
+        "two_nodes": two_nodes::rows(&by),
         "ratios": ratios,
     }))
 }
 
 #[cfg(test)]
 mod tests;
+mod two_nodes;

@@ -41,6 +41,8 @@ pub struct Report {
     pub subs: usize,
     /// Subscribers that never read (not counted in deliveries or loss).
     pub stalled_subs: usize,
+    /// The subscribers were on a second node, reached over a peer link.
+    pub across_nodes: bool,
     pub size_bytes: usize,
     pub warmup_s: f64,
     /// Length of the measured window (measured, not requested).

@@ -128,6 +128,7 @@ pub(crate) fn throughput_once(
         duration: a.duration,
         drain_idle: a.drain_idle,
         drain_max: a.drain_max,
+        across_nodes: a.cross,
     };
     let target = match (&a.t.target, a.spawn_node) {
         (Some(t), false) => parse_target(t)?,

@@ -202,3 +202,56 @@ fn a_stalled_run_without_baseline_says_so() {
     assert_eq!(rows[0].ratio, None);
     assert!(summarize(&p).unwrap().contains("NO BASELINE RUN"));
 }
+
+/// A 1 -> 1 run on one node or across two (SLIM only, as `compare.sh`'s
+/// `federation` scenario makes them).
+fn node_run(across: bool, dlv: f64, loss: f64) -> Value {
+    let mut v = thr("slim", 1, 0, dlv, loss);
+    if across {
+        v["scenario"] = format!("1->1 16B multicast{}", crate::harness::ACROSS_NODES).into();
+    }
+    v["across_nodes"] = across.into();
+    v
+}
+
+/// Across two nodes ÷ one node is paired round by round among SLIM's runs;
+/// a round where either lost over the limit gives no ratio; the across
+/// scenario gets no headline row (NATS has none to compare).
+#[test]
+fn two_nodes_pair_with_the_same_scenario_on_one_node() {
+    let (_d, p) = file_of(&[
+        node_run(false, 400.0, 0.0),
+        thr("nats", 1, 0, 100.0, 0.0),
+        node_run(false, 500.0, 0.0),
+        thr("nats", 1, 0, 100.0, 0.0),
+        node_run(false, 600.0, 0.0),
+        thr("nats", 1, 0, 100.0, 0.0),
+        node_run(true, 300.0, 0.0),
+        node_run(true, 400.0, 0.0),
+        node_run(true, 900.0, 2.0),
+    ]);
+    let by = load(&p).unwrap();
+    let rows = two_nodes::rows(&by);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r.baseline, "1->1 16B multicast");
+    assert_eq!((r.clean_rounds, r.rounds), (2, 3));
+    // 300/400 and 400/500: median of two is their mean.
+    let (m, lo, hi) = r.ratio.unwrap();
+    assert!((m - 0.775).abs() < 1e-9 && lo == 0.75 && hi == 0.8, "{r:?}");
+    let s = summarize(&p).unwrap();
+    assert!(s.contains("== two nodes"), "{s}");
+    assert!(s.contains("0.775× (0.75–0.80), 2/3 rounds clean"), "{s}");
+    assert!(s.contains("LOSSY"), "the 2 % round is flagged: {s}");
+    let head = headline(&by);
+    assert_eq!(head.len(), 1, "only the one-node scenario: {head:?}");
+    assert_eq!(head[0].scenario, "1->1 16B multicast");
+}
+
+/// An across scenario without its one-node run says so instead of a ratio.
+#[test]
+fn two_nodes_without_a_baseline_say_so() {
+    let (_d, p) = file_of(&[node_run(true, 300.0, 0.0)]);
+    let s = summarize(&p).unwrap();
+    assert!(s.contains("NO ONE-NODE RUN"), "{s}");
+}
