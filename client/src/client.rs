@@ -72,7 +72,7 @@ impl Client {
         // the connection task.
         let host = crate::host::Host::default();
         let guard = crate::host::ShutdownOnDrop(host.clone());
-        let endpoint = conn::endpoint(&shared.cfg, &host)?;
+        let endpoint = crate::endpoint::endpoint(&shared.cfg, &host)?;
         let live = host
             .run_until(conn::connect_once(&shared, &endpoint))
             .await?;

@@ -16,6 +16,7 @@ mod client;
 mod config;
 mod confirm;
 mod conn;
+mod endpoint;
 mod error;
 mod event;
 mod host;
