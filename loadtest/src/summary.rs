@@ -22,36 +22,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::throughput_report::{LOSS_LIMIT_PCT, is_lossy};
-
-#[derive(Debug, Default)]
-struct Runs {
-    slim: Vec<Value>,
-    nats: Vec<Value>,
-}
-
-fn f(v: &Value, path: &[&str]) -> Option<f64> {
-    let mut cur = v;
-    for p in path {
-        cur = cur.get(p)?;
-    }
-    cur.as_f64()
-}
-
-/// (median, min, max); `None` for an empty set.
-pub fn stats(xs: &[f64]) -> Option<(f64, f64, f64)> {
-    if xs.is_empty() {
-        return None;
-    }
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let med = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    Some((med, v[0], v[n - 1]))
-}
+pub use runs::stats;
+use runs::{Runs, Scenarios, f, loss_of};
 
 fn opt(x: Option<f64>, prec: usize) -> String {
     x.map(|v| format!("{v:.prec$}"))
@@ -150,10 +122,6 @@ fn is_mib(label: &str) -> bool {
     label.ends_with("MiB")
 }
 
-fn loss_of(v: &Value) -> f64 {
-    f(v, &["loss_pct"]).unwrap_or(f64::NAN)
-}
-
 fn metrics(kind: &str) -> &'static [Metric] {
     match kind {
         "latency" => LATENCY,
@@ -234,10 +202,6 @@ fn fmt_ratios(rs: &[Ratio]) -> String {
     }
     out
 }
-
-/// Reports by scenario (name, (kind, runs)), scenarios in the order they
-/// first appear in the file: the order `compare.sh` ran them in.
-type Scenarios = Vec<(String, (String, Runs))>;
 
 /// Reads a file of reports, by scenario, in file order.
 fn load(path: &Path) -> Result<Scenarios> {
@@ -739,6 +703,7 @@ pub fn summarize_json(path: &Path) -> Result<Value> {
     }))
 }
 
+mod runs;
 #[cfg(test)]
 mod tests;
 mod two_nodes;

@@ -8,7 +8,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Scenarios, f, loss_of, stats};
+use super::runs::{Scenarios, f, loss_of, stats};
 use crate::harness::ACROSS_NODES;
 use crate::throughput_report::{fmt_num, is_lossy};
 
