@@ -10,6 +10,27 @@ use metrics::gauge;
 use crate::ctx::NodeCtx;
 use crate::metrics as m;
 
+/// The smallest and largest datagram size among a kind of connection.
+#[derive(Default)]
+struct Span(Option<(u16, u16)>);
+
+impl Span {
+    fn add(&mut self, mtu: u16) {
+        self.0 = Some(
+            self.0
+                .map_or((mtu, mtu), |(lo, hi)| (lo.min(mtu), hi.max(mtu))),
+        );
+    }
+
+    /// Sets `slim_path_datagram_bytes` for `kind`: 0 when it has no
+    /// connection, so a gauge never shows a departed connection's size.
+    fn set(&self, kind: &'static str) {
+        let (lo, hi) = self.0.unwrap_or((0, 0));
+        gauge!(m::PATH_DATAGRAM_BYTES, "kind" => kind, "stat" => "min").set(f64::from(lo));
+        gauge!(m::PATH_DATAGRAM_BYTES, "kind" => kind, "stat" => "max").set(f64::from(hi));
+    }
+}
+
 /// Gauges that are cheaper to sample than to maintain per message.
 pub(crate) async fn sample(ctx: Arc<NodeCtx>) {
     let mut shutdown = ctx.shutdown_rx();
@@ -20,11 +41,21 @@ pub(crate) async fn sample(ctx: Arc<NodeCtx>) {
             _ = shutdown.changed() => return,
         }
         let (mut total, mut max) = (0usize, 0usize);
+        let mut clients = Span::default();
         for c in ctx.conns.iter() {
             let q = c.outbox.queued_bytes();
             total += q;
             max = max.max(q);
+            clients.add(c.conn.stats().path.current_mtu);
         }
+        clients.set("client");
+        let mut peers = Span::default();
+        for l in ctx.fed.links.iter() {
+            if let Some(s) = l.value().session() {
+                peers.add(s.conn.stats().path.current_mtu);
+            }
+        }
+        peers.set("peer");
         gauge!(m::QUEUE_BYTES).set(total as f64);
         gauge!(m::QUEUE_BYTES_MAX).set(max as f64);
         gauge!(m::QUEUE_OVERFLOW_BYTES).set(ctx.overflow.used() as f64);

@@ -135,6 +135,10 @@ pub const PARTIAL_FRAME_CLOSES_TOTAL: &str = "slim_partial_frame_closes_total";
 /// Bytes held in incomplete large frames across all connections (what the
 /// partial-frame budget bounds).
 pub const PARTIAL_FRAME_BYTES: &str = "slim_partial_frame_bytes";
+/// The smallest and largest UDP payload the live connections of a `kind`
+/// (client, peer) send, by `stat` (min, max): what path-MTU discovery
+/// reached, or the loopback size; 0 while there is none.
+pub const PATH_DATAGRAM_BYTES: &str = "slim_path_datagram_bytes";
 
 pub fn denied(action: &'static str) {
     counter!(AUTHZ_DENIED_TOTAL, "action" => action).increment(1);
@@ -412,6 +416,11 @@ pub fn describe() {
         PARTIAL_FRAME_BYTES,
         Bytes,
         "Bytes held in incomplete frames beyond each connection's free 64 KiB.",
+    );
+    g(
+        PATH_DATAGRAM_BYTES,
+        Bytes,
+        "Smallest and largest UDP payload live connections send, by kind (client, peer) and stat (min, max); 0 while there is none.",
     );
     g(
         BUILD_INFO,

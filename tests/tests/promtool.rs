@@ -79,6 +79,17 @@ async fn node_metrics_pass_promtool() {
     )
     .await;
 
+    // Both clients are on this host: their datagrams started at 6,550
+    // bytes (sampled once a second).
+    for stat in ["min", "max"] {
+        let series = format!("slim_path_datagram_bytes{{kind=\"client\",stat=\"{stat}\"}}");
+        assert_eventually(Duration::from_secs(10), &series, || async {
+            sample(&http_get(addr, "/metrics").await, &series)
+                == Some(f64::from(slim_framed::datagrams::LOOPBACK_UDP_PAYLOAD))
+        })
+        .await;
+    }
+
     let text = http_get(addr, "/metrics").await;
     check_metrics("node", &text);
     for needed in [
