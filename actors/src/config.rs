@@ -18,7 +18,7 @@ use crate::outbox::SlowConsumerPolicy;
 /// docs/BENCHMARKS.md): opt-in for nodes whose clients move bulk data over
 /// such paths. Clients on this host need no probes and start at
 /// [`slim_framed::datagrams::LOOPBACK_UDP_PAYLOAD`].
-pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
+pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = slim_framed::datagrams::ETHERNET_UDP_PAYLOAD;
 
 /// Default ceiling on peer links: the largest at which quinn keeps UDP
 /// segmentation offload ([`slim_framed::datagrams::MAX_GSO_UDP_PAYLOAD`]).

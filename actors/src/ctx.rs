@@ -418,9 +418,11 @@ async fn wait_for_room(
 /// host (smaller windows cost 15–20 % at 4–16 KiB messages).
 pub(crate) const CLIENT_SEND_WINDOW: u64 = 2 << 20;
 
-/// QUIC transport settings of the node's connections over `path`.
+/// QUIC transport settings of the node's connections over `path`, with
+/// datagrams up to `max_udp_payload` (the client or the link ceiling).
 pub(crate) fn transport_config(
     cfg: &NodeConfig,
+    max_udp_payload: u16,
     path: slim_framed::datagrams::Path,
 ) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
@@ -436,11 +438,47 @@ pub(crate) fn transport_config(
         // negotiating them keeps per-connection state small.
         .datagram_receive_buffer_size(None)
         .datagram_send_buffer_size(0);
-    slim_framed::datagrams::configure(&mut t, cfg.max_udp_payload, path);
+    slim_framed::datagrams::configure(&mut t, max_udp_payload, path);
     if let Ok(idle) = quinn::IdleTimeout::try_from(cfg.idle_timeout) {
         t.max_idle_timeout(Some(idle));
     }
     t
+}
+
+/// The two kinds of QUIC path a node sends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PathKind {
+    Client,
+    Link,
+}
+
+impl PathKind {
+    /// As `NodeHandle::path_mtus` names it.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            PathKind::Client => "client",
+            PathKind::Link => "link",
+        }
+    }
+}
+
+impl NodeCtx {
+    /// Calls `f` with every live QUIC path this node sends on: each client
+    /// connection's (named by its client) and each live peer link's (named by
+    /// the peer node), with its connection's statistics.
+    pub(crate) fn for_each_path(
+        &self,
+        mut f: impl FnMut(PathKind, &dyn std::fmt::Display, &quinn::ConnectionStats),
+    ) {
+        for c in self.conns.iter() {
+            f(PathKind::Client, &c.name, &c.conn.stats());
+        }
+        for l in self.fed.links.iter() {
+            if let Some(s) = l.value().session() {
+                f(PathKind::Link, &s.peer, &s.conn.stats());
+            }
+        }
+    }
 }
 
 /// Stateless resets at most this often (quinn's default is one per 20 ms,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use metrics::gauge;
 
-use crate::ctx::NodeCtx;
+use crate::ctx::{NodeCtx, PathKind};
 use crate::metrics as m;
 
 /// The smallest and largest datagram size among a kind of connection.
@@ -41,20 +41,17 @@ pub(crate) async fn sample(ctx: Arc<NodeCtx>) {
             _ = shutdown.changed() => return,
         }
         let (mut total, mut max) = (0usize, 0usize);
-        let mut clients = Span::default();
         for c in ctx.conns.iter() {
             let q = c.outbox.queued_bytes();
             total += q;
             max = max.max(q);
-            clients.add(c.conn.stats().path.current_mtu);
         }
+        let (mut clients, mut peers) = (Span::default(), Span::default());
+        ctx.for_each_path(|kind, _, s| match kind {
+            PathKind::Client => clients.add(s.path.current_mtu),
+            PathKind::Link => peers.add(s.path.current_mtu),
+        });
         clients.set("client");
-        let mut peers = Span::default();
-        for l in ctx.fed.links.iter() {
-            if let Some(s) = l.value().session() {
-                peers.add(s.conn.stats().path.current_mtu);
-            }
-        }
         peers.set("peer");
         gauge!(m::QUEUE_BYTES).set(total as f64);
         gauge!(m::QUEUE_BYTES_MAX).set(max as f64);

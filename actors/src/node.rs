@@ -407,7 +407,7 @@ pub async fn start(
         }
     }
     let accepted = |path| {
-        let mut t = transport_config(&cfg, path);
+        let mut t = transport_config(&cfg, cfg.max_udp_payload, path);
         // Before its hello a client may be anyone: it gets a small connection
         // flow-control window (raised in `accept` once the hello is read), so
         // that a stalled connection cannot park megabytes in unread streams.
@@ -442,12 +442,10 @@ pub async fn start(
     );
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
         // What peers may send us: a client up to the client ceiling, a peer
-        // node up to the link one, anyone on this host the loopback size.
+        // node up to the link one (anyone on this host: `accept_up_to`).
         endpoint_config(
             &reset,
-            cfg.max_udp_payload
-                .max(cfg.federation.max_udp_payload)
-                .max(slim_framed::datagrams::LOOPBACK_UDP_PAYLOAD),
+            cfg.max_udp_payload.max(cfg.federation.max_udp_payload),
         ),
         Some(server),
         Arc::new(socket),
@@ -737,17 +735,9 @@ impl NodeHandle {
     }
 
     fn paths<T>(&self, f: impl Fn(&quinn::ConnectionStats) -> T) -> Vec<(&'static str, String, T)> {
-        let ctx = self.ctx();
-        let mut v: Vec<_> = ctx
-            .conns
-            .iter()
-            .map(|c| ("client", c.name.to_string(), f(&c.conn.stats())))
-            .collect();
-        for l in ctx.fed.links.iter() {
-            if let Some(s) = l.value().session() {
-                v.push(("link", s.peer.to_string(), f(&s.conn.stats())));
-            }
-        }
+        let mut v = Vec::new();
+        self.ctx()
+            .for_each_path(|kind, who, s| v.push((kind.label(), who.to_string(), f(s))));
         v
     }
 

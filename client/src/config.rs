@@ -75,8 +75,8 @@ impl Credentials {
 }
 
 /// [`ClientConfig::max_udp_payload`]'s default: Ethernet's 1,500 less the
-/// IPv6 and UDP headers.
-pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
+/// IPv6 and UDP headers (the node's client default too).
+pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = slim_framed::datagrams::ETHERNET_UDP_PAYLOAD;
 
 #[derive(Clone)]
 pub struct ClientConfig {

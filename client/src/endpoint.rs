@@ -61,13 +61,9 @@ pub(crate) fn endpoint(
     let _ = sock.set_send_buffer_size(4 << 20);
     sock.bind(&bind.into()).map_err(socket_err)?;
     sock.set_nonblocking(true).map_err(socket_err)?;
-    // What the node may send us: a node on this host starts at the loopback size.
+    // What the node may send us.
     let mut ep_cfg = quinn::EndpointConfig::default();
-    slim_framed::datagrams::accept_up_to(
-        &mut ep_cfg,
-        cfg.max_udp_payload
-            .max(slim_framed::datagrams::LOOPBACK_UDP_PAYLOAD),
-    );
+    slim_framed::datagrams::accept_up_to(&mut ep_cfg, cfg.max_udp_payload);
     let quic =
         quinn::Endpoint::new(ep_cfg, None, sock.into(), host.runtime()).map_err(socket_err)?;
     let alpn: &[&[u8]] = &[slim_auth::ALPN_SLIM];

@@ -6,6 +6,26 @@
 /// most one UDP datagram carries over IPv6 (65,527).
 pub const UDP_PAYLOAD_RANGE: std::ops::RangeInclusive<u16> = 1200..=65_527;
 
+/// Ethernet's 1,500 less the IPv6 and UDP headers (quinn's own default):
+/// the default ceiling of client connections over a network, node and SDK
+/// alike.
+pub const ETHERNET_UDP_PAYLOAD: u16 = 1452;
+
+/// Checks a configured ceiling against [`UDP_PAYLOAD_RANGE`]; the error
+/// names the setting (`key`) and the range, for the caller's error type.
+pub fn check_ceiling(key: &str, v: u16) -> Result<(), String> {
+    let r = UDP_PAYLOAD_RANGE;
+    if r.contains(&v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key} must be {}..={} bytes, not {v}",
+            r.start(),
+            r.end()
+        ))
+    }
+}
+
 /// The largest UDP payload at which quinn may batch datagrams with GSO.
 ///
 /// quinn 0.11 sends up to 10 datagrams of the current path MTU in one GSO
@@ -86,15 +106,16 @@ pub fn configure(t: &mut quinn::TransportConfig, max_udp_payload: u16, path: Pat
     gso
 }
 
-/// Lets the peers of an endpoint send datagrams up to `ceiling` (quinn's
-/// default is 1,472: without it their discovery stops at Ethernet size,
-/// whatever either side's ceiling is). The endpoint's one receive buffer
-/// grows with it (×64 GRO segments), not per connection; its pages are
-/// touched only as large GRO batches arrive. Clamped to
+/// Lets the peers of an endpoint send datagrams up to `ceiling`, and at
+/// least [`LOOPBACK_UDP_PAYLOAD`] (a peer on this host starts there,
+/// [`configure`]). quinn's default is 1,472: without it the peers' discovery
+/// stops at Ethernet size, whatever either side's ceiling is. The endpoint's
+/// one receive buffer grows with it (×64 GRO segments), not per connection;
+/// its pages are touched only as large GRO batches arrive. Clamped to
 /// [`UDP_PAYLOAD_RANGE`], so it cannot fail.
 pub fn accept_up_to(ep: &mut quinn::EndpointConfig, ceiling: u16) {
     let (lo, hi) = (*UDP_PAYLOAD_RANGE.start(), *UDP_PAYLOAD_RANGE.end());
-    let _ = ep.max_udp_payload_size(ceiling.clamp(lo, hi));
+    let _ = ep.max_udp_payload_size(ceiling.max(LOOPBACK_UDP_PAYLOAD).clamp(lo, hi));
 }
 
 /// Whether quinn's GSO batches stay within one UDP datagram's maximum at

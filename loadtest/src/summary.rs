@@ -22,8 +22,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::throughput_report::{LOSS_LIMIT_PCT, is_lossy};
-pub use runs::stats;
-use runs::{Runs, Scenarios, f, loss_of};
+use runs::{Runs, Scenarios, clean_ratios, f, loss_of, side};
+pub use runs::{SideSummary, stats};
 
 fn opt(x: Option<f64>, prec: usize) -> String {
     x.map(|v| format!("{v:.prec$}"))
@@ -347,33 +347,6 @@ fn raw_rows(kind: &str, runs: &Runs) -> String {
     out
 }
 
-/// One system's runs of a scenario, for the headline.
-#[derive(Debug, Clone, Serialize)]
-pub struct SideSummary {
-    pub runs: usize,
-    /// Median deliveries/s over all runs, whatever their loss.
-    pub deliveries_per_s: f64,
-    pub loss_pct_median: f64,
-    pub loss_pct_max: f64,
-    /// Runs that lost more than the limit.
-    pub lossy_runs: usize,
-}
-
-fn side(runs: &[Value]) -> SideSummary {
-    let d: Vec<f64> = runs
-        .iter()
-        .filter_map(|v| f(v, &["deliveries_per_s"]))
-        .collect();
-    let l: Vec<f64> = runs.iter().map(loss_of).collect();
-    SideSummary {
-        runs: runs.len(),
-        deliveries_per_s: stats(&d).map_or(f64::NAN, |s| s.0),
-        loss_pct_median: stats(&l).map_or(f64::NAN, |s| s.0),
-        loss_pct_max: stats(&l).map_or(f64::NAN, |s| s.2),
-        lossy_runs: l.iter().filter(|x| is_lossy(**x)).count(),
-    }
-}
-
 /// One scenario of the headline: deliveries/s at ≤0.1 % loss.
 #[derive(Debug, Clone, Serialize)]
 pub struct HeadlineRow {
@@ -407,14 +380,7 @@ fn headline(by: &Scenarios) -> Vec<HeadlineRow> {
 
 fn headline_row(scenario: &str, runs: &Runs) -> HeadlineRow {
     let pairs: Vec<(&Value, &Value)> = runs.slim.iter().zip(&runs.nats).collect();
-    let clean: Vec<f64> = pairs
-        .iter()
-        .filter(|(s, n)| !is_lossy(loss_of(s)) && !is_lossy(loss_of(n)))
-        .filter_map(|(s, n)| {
-            let (a, b) = (f(s, &["deliveries_per_s"])?, f(n, &["deliveries_per_s"])?);
-            (b > 0.0 && a.is_finite()).then(|| a / b)
-        })
-        .collect();
+    let clean = clean_ratios(&pairs);
     let (slim, nats) = (side(&runs.slim), side(&runs.nats));
     let lossy = |name: &str, s: &SideSummary| {
         (s.lossy_runs > 0).then(|| {

@@ -219,15 +219,7 @@ impl Default for FederationSection {
 /// A datagram ceiling (`key` names it in the error): QUIC needs 1,200 bytes,
 /// and UDP carries at most 65,527 (over IPv6).
 fn check_udp_payload(key: &str, v: u16) -> Result<(), ConfigError> {
-    let r = slim_framed::datagrams::UDP_PAYLOAD_RANGE;
-    if r.contains(&v) {
-        return Ok(());
-    }
-    Err(ConfigError::Invalid(format!(
-        "{key} must be {}..={}, not {v}",
-        r.start(),
-        r.end()
-    )))
+    slim_framed::datagrams::check_ceiling(key, v).map_err(ConfigError::Invalid)
 }
 
 /// `[[federation.peers]]`: a node this node dials.

@@ -321,16 +321,21 @@ const CHILD_ENV: &str = "SLIM_TEST_IN_NETNS";
 /// what code that treats loopback peers specially sees on a real network,
 /// while the packets still never leave the namespace.
 ///
-/// Called first thing in a test named `test` (its name as `cargo test`
-/// lists it). In the test process `cargo test` started, it creates the
-/// namespace, runs this test binary again inside it for that one test,
-/// panics with its output unless it passed, and returns `None`: the test
-/// then returns. In that second process it returns `Some(HOST_IP)`: the test
-/// body runs there.
-pub fn in_own_netns(test: &str) -> Option<Ipv4Addr> {
+/// Called first thing in a test, on the thread the test harness runs it on
+/// (whose name is the test's, as `cargo test` lists it). In the test
+/// process `cargo test` started, it creates the namespace, runs this test
+/// binary again inside it for that one test, panics with its output unless
+/// it passed, and returns `None`: the test then returns. In that second
+/// process it returns `Some(HOST_IP)`: the test body runs there.
+pub fn in_own_netns() -> Option<Ipv4Addr> {
     if std::env::var_os(CHILD_ENV).is_some() {
         return Some(HOST_IP);
     }
+    let thread = std::thread::current();
+    let test = match thread.name() {
+        Some(n) if n != "main" => n,
+        _ => panic!("in_own_netns: call it from the test's own thread (named after the test)"),
+    };
     require();
     reap_stale();
     let ns = Netns::create(format!(

@@ -150,9 +150,7 @@ async fn on_loopback_a_jumbo_ceiling_is_used_from_the_start() {
 /// peer links grow past Ethernet size by discovery, never past the ceiling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_a_network_client_and_link_datagrams_grow_past_ethernet_size() {
-    let Some(ip) =
-        netns::in_own_netns("over_a_network_client_and_link_datagrams_grow_past_ethernet_size")
-    else {
+    let Some(ip) = netns::in_own_netns() else {
         return;
     };
     deadline(T * 2, "mtu growth", async {
@@ -187,9 +185,7 @@ async fn over_a_network_client_and_link_datagrams_grow_past_ethernet_size() {
 /// within it (discovery from 1,200 ends within its 20-byte step of it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_a_network_an_ethernet_ceiling_keeps_datagrams_within_it() {
-    let Some(ip) =
-        netns::in_own_netns("over_a_network_an_ethernet_ceiling_keeps_datagrams_within_it")
-    else {
+    let Some(ip) = netns::in_own_netns() else {
         return;
     };
     deadline(T * 2, "mtu ceiling", async {
@@ -265,9 +261,7 @@ async fn jumbo_datagrams_at_full_speed_lose_no_packet() {
 /// connections, much data) while client connections stay within 1,452.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_a_network_by_default_links_grow_and_clients_stay_at_ethernet_size() {
-    let Some(ip) = netns::in_own_netns(
-        "over_a_network_by_default_links_grow_and_clients_stay_at_ethernet_size",
-    ) else {
+    let Some(ip) = netns::in_own_netns() else {
         return;
     };
     deadline(T * 2, "default ceilings", async {

@@ -25,12 +25,11 @@ use slim_framed::datagrams::Path;
 /// clients' traffic.
 pub(crate) fn link_transport(ctx: &NodeCtx, path: Path) -> quinn::TransportConfig {
     let fc = &ctx.cfg.federation;
-    let mut t = transport_config(&ctx.cfg, path);
+    let mut t = transport_config(&ctx.cfg, fc.max_udp_payload, path);
     t.keep_alive_interval(Some(fc.keep_alive))
         .stream_receive_window((8u32 << 20).into())
         .receive_window((16u32 << 20).into())
         .send_window(16 << 20);
-    slim_framed::datagrams::configure(&mut t, fc.max_udp_payload, path);
     if let Ok(idle) = quinn::IdleTimeout::try_from(fc.link_timeout) {
         t.max_idle_timeout(Some(idle));
     }

@@ -135,15 +135,8 @@ impl App {
     pub async fn connect(cfg: AppConfig) -> Result<App, SlimError> {
         // Checked before the identity starts, so a bad URL is `Invalid`.
         parse_url(&cfg.url)?;
-        let udp = slim_framed::datagrams::UDP_PAYLOAD_RANGE;
-        if !udp.contains(&cfg.max_udp_payload) {
-            return Err(SlimError::Invalid(format!(
-                "max_udp_payload must be {}..={} bytes, got {}",
-                udp.start(),
-                udp.end(),
-                cfg.max_udp_payload
-            )));
-        }
+        slim_framed::datagrams::check_ceiling("max_udp_payload", cfg.max_udp_payload)
+            .map_err(SlimError::Invalid)?;
         let name = parse_name(&cfg.name)?;
         let (credentials, source) = start_identity(&cfg.identity).await?;
         let mut ccfg = ClientConfig::for_url(&cfg.url, name, credentials).await?;

@@ -8,9 +8,9 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::runs::{Scenarios, f, loss_of, stats};
+use super::runs::{Scenarios, SideSummary, clean_ratios, side, stats};
 use crate::harness::ACROSS_NODES;
-use crate::throughput_report::{fmt_num, is_lossy};
+use crate::throughput_report::fmt_num;
 
 /// Whether a scenario's runs had their subscribers on a second node.
 pub(super) fn is_across(runs: &[Value]) -> bool {
@@ -29,11 +29,8 @@ pub struct TwoNodeRow {
     /// Rounds where both runs lost ≤ the limit; only these give a ratio.
     pub clean_rounds: usize,
     pub rounds: usize,
-    pub across_deliveries_per_s: f64,
-    pub one_node_deliveries_per_s: f64,
-    pub across_loss_pct_median: f64,
-    pub across_loss_pct_max: f64,
-    pub one_node_loss_pct_median: f64,
+    pub across: SideSummary,
+    pub one_node: SideSummary,
 }
 
 /// Every across-two-nodes scenario with its one-node baseline (SLIM runs).
@@ -49,31 +46,15 @@ pub(super) fn rows(by: &Scenarios) -> Vec<TwoNodeRow> {
             .find(|(name, (k, r))| name == base_name && k == "throughput" && !is_across(&r.slim));
         let one: &[Value] = base.map_or(&[], |(_, (_, r))| &r.slim);
         let pairs: Vec<(&Value, &Value)> = runs.slim.iter().zip(one).collect();
-        let clean: Vec<f64> = pairs
-            .iter()
-            .filter(|(a, o)| !is_lossy(loss_of(a)) && !is_lossy(loss_of(o)))
-            .filter_map(|(a, o)| {
-                let (x, y) = (f(a, &["deliveries_per_s"])?, f(o, &["deliveries_per_s"])?);
-                (y > 0.0).then(|| x / y)
-            })
-            .collect();
-        let median = |rs: &[Value], path: &[&str]| {
-            let xs: Vec<f64> = rs.iter().filter_map(|v| f(v, path)).collect();
-            stats(&xs).map_or(f64::NAN, |s| s.0)
-        };
-        let losses: Vec<f64> = runs.slim.iter().map(loss_of).collect();
-        let one_losses: Vec<f64> = one.iter().map(loss_of).collect();
+        let clean = clean_ratios(&pairs);
         out.push(TwoNodeRow {
             scenario: scenario.clone(),
             baseline: base.map(|(n, _)| n.clone()).unwrap_or_default(),
             ratio: stats(&clean),
             clean_rounds: clean.len(),
             rounds: pairs.len(),
-            across_deliveries_per_s: median(&runs.slim, &["deliveries_per_s"]),
-            one_node_deliveries_per_s: median(one, &["deliveries_per_s"]),
-            across_loss_pct_median: stats(&losses).map_or(f64::NAN, |s| s.0),
-            across_loss_pct_max: stats(&losses).map_or(f64::NAN, |s| s.2),
-            one_node_loss_pct_median: stats(&one_losses).map_or(f64::NAN, |s| s.0),
+            across: side(&runs.slim),
+            one_node: side(one),
         });
     }
     out
@@ -102,16 +83,16 @@ pub(super) fn format(rows: &[TwoNodeRow]) -> String {
             r.baseline,
             r.clean_rounds,
             r.rounds,
-            fmt_num(r.across_deliveries_per_s),
-            fmt_num(r.one_node_deliveries_per_s),
-            r.across_loss_pct_median,
-            r.across_loss_pct_max,
-            if is_lossy(r.across_loss_pct_max) {
+            fmt_num(r.across.deliveries_per_s),
+            fmt_num(r.one_node.deliveries_per_s),
+            r.across.loss_pct_median,
+            r.across.loss_pct_max,
+            if r.across.lossy_runs > 0 {
                 ", LOSSY"
             } else {
                 ""
             },
-            r.one_node_loss_pct_median,
+            r.one_node.loss_pct_median,
         ));
     }
     out

@@ -86,16 +86,20 @@ fn reset_key_file_is_relative_to_the_config_and_created_once() {
     assert!(matches!(plain.reset_key().unwrap(), ResetKey::FromTlsKey));
 }
 
+/// A minimal valid file with `node` and `rest` added to its sections,
+/// parsed and validated.
+fn minimal_with(node: &str, rest: &str) -> Result<FileConfig, ConfigError> {
+    FileConfig::parse(
+        &format!("[node]\n{node}\n[identity]\ndir=\"d\"\n[authz]\nmode=\"allow_all\"\n{rest}"),
+        Path::new("x.toml"),
+    )
+    .and_then(|c| c.validate().map(|()| c))
+}
+
 #[test]
 fn max_udp_payload_is_checked() {
     let with = |v: u32| {
-        FileConfig::parse(
-            &format!(
-                "[node]\nmax_udp_payload = {v}\n[identity]\ndir=\"d\"\n[authz]\nmode=\"allow_all\""
-            ),
-            Path::new("x.toml"),
-        )
-        .and_then(|c| c.validate().map(|()| c.node.max_udp_payload))
+        minimal_with(&format!("max_udp_payload = {v}"), "").map(|c| c.node.max_udp_payload)
     };
     assert_eq!(with(1452).unwrap(), 1452);
     let e = with(1199).unwrap_err();
@@ -106,15 +110,7 @@ fn max_udp_payload_is_checked() {
 
 #[test]
 fn the_link_ceiling_is_its_own_and_checked() {
-    let with = |v: u32| {
-        FileConfig::parse(
-            &format!(
-                "[node]\n[identity]\ndir=\"d\"\n[authz]\nmode=\"allow_all\"\n[federation]\nmax_udp_payload = {v}"
-            ),
-            Path::new("x.toml"),
-        )
-        .and_then(|c| c.validate().map(|()| c))
-    };
+    let with = |v: u32| minimal_with("", &format!("[federation]\nmax_udp_payload = {v}"));
     let c = with(8952).unwrap();
     let cfg = c.federation.federation_config();
     assert_eq!(cfg.max_udp_payload, 8952);
