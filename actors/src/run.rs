@@ -57,12 +57,19 @@ fn link_run_max(ctx: &NodeCtx) -> usize {
 /// feeds one or two.
 const LINK_RUNS_MAX: usize = 8;
 
+/// Whether an encode buffer lacks room for a frame around a payload of
+/// `payload` bytes (512: the frame's header, names and node lists).
+fn short_of_room(buf: &BytesMut, payload: usize) -> bool {
+    buf.capacity() - buf.len() < payload + 512
+}
+
 /// Makes room in an encode buffer for a frame around a payload of
-/// `payload` bytes: grows it by 64 KiB chunks, so consecutive frames share
-/// one allocation and split off it without copying.
+/// `payload` bytes: a new 64 KiB chunk, so consecutive frames share one
+/// allocation and split off it without copying. Callers push a pending
+/// run first: reserving with bytes in the buffer would copy them into the
+/// new chunk.
 fn reserve_chunk(buf: &mut BytesMut, payload: usize) {
-    // 512: the frame's header, names and node lists around the payload.
-    if buf.capacity() - buf.len() < payload + 512 {
+    if short_of_room(buf, payload) {
         buf.reserve(64 * 1024 + payload);
     }
 }
@@ -122,7 +129,7 @@ impl Runs {
             .run
             .as_ref()
             .is_some_and(|r| r.local == plan.local && Arc::ptr_eq(&r.route, &plan.route));
-        if !same {
+        if !same || (!self.buf.is_empty() && short_of_room(&self.buf, payload)) {
             self.flush_local(ctx, tally, false).await;
         }
         reserve_chunk(&mut self.buf, payload);
@@ -175,6 +182,9 @@ impl Runs {
             }
         };
         let r = &mut self.links[i];
+        if !r.buf.is_empty() && short_of_room(&r.buf, room) {
+            r.push(ctx, tally, false).await;
+        }
         reserve_chunk(&mut r.buf, room);
         // On error the buffer is left as it was (the codec truncates).
         encode(&mut r.buf)?;

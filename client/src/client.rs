@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use slim_framed::queue::{QueueRx, queue};
 use slim_wire::{ErrorCode, ErrorFrame, Frame, Mode, Name, Subscribe, Unsubscribe, codec};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -16,12 +16,12 @@ use crate::confirm::{DisconnectPolicy, OutboundBytes, Taken};
 use crate::conn;
 use crate::error::ClientError;
 use crate::event::{ConnState, Delivery, Event};
-use crate::shared::{SdkMetrics, Shared, encode_frame};
+use crate::shared::{SdkMetrics, Shared};
 
 /// A connected agent.
 pub struct Client {
     pub(crate) shared: Arc<Shared>,
-    out: mpsc::Sender<Bytes>,
+    out: mpsc::Sender<BytesMut>,
     /// The bytes in `out` (bounded by `ClientConfig::outbound_bytes`).
     budget: Arc<OutboundBytes>,
     /// Deliveries and node errors from the connection's reader, in arrival
@@ -127,7 +127,8 @@ impl Client {
     async fn request(&self, id: u64, frame: Frame) -> Result<(), (ErrorCode, String)> {
         let (tx, rx) = oneshot::channel();
         self.shared.pending.lock().insert(id, tx);
-        let bytes = encode_frame(&frame, &self.shared.cfg.limits)
+        let mut bytes = BytesMut::new();
+        slim_wire::codec::encode(&frame, &self.shared.cfg.limits, &mut bytes)
             .map_err(|e| (ErrorCode::INTERNAL, e.to_string()))?;
         self.budget.take(bytes.len()).await;
         let taken = Taken {
@@ -252,7 +253,10 @@ impl Client {
                 &self.shared.cfg.limits,
                 &mut b,
             )
-            .map(|()| b.split().freeze())
+            // Not frozen: the writer joins frames that follow each other in
+            // this buffer back into one piece (`slim_wire::merge_adjacent`)
+            // instead of copying them into a coalescing buffer.
+            .map(|()| b.split())
         })?;
         // Reconnecting with the queue full: wait for room only as long as
         // the application said (one deadline for both bounds).

@@ -219,7 +219,7 @@ pub(crate) async fn drive(
     shared: Arc<Shared>,
     ep: Endpoint,
     first: Live,
-    mut out: mpsc::Receiver<Bytes>,
+    mut out: mpsc::Receiver<BytesMut>,
     budget: Arc<OutboundBytes>,
     events: Arc<Queue<Event>>,
     mut close: oneshot::Receiver<()>,
@@ -376,7 +376,7 @@ async fn restore(
 async fn run(
     shared: &Arc<Shared>,
     live: Live,
-    out: &mut mpsc::Receiver<Bytes>,
+    out: &mut mpsc::Receiver<BytesMut>,
     budget: &OutboundBytes,
     events: &Arc<Queue<Event>>,
     unconfirmed: &mut Unconfirmed,

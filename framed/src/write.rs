@@ -93,6 +93,18 @@ impl<S: ChunkSink> FrameWriter<S> {
         Ok(total)
     }
 
+    /// Writes (and drains) chunks the caller already grouped (e.g. with
+    /// [`slim_wire::coalesce_from`]), each as it is: grouping them again
+    /// would copy the smaller ones a second time. Returns the bytes written.
+    pub async fn write_chunks(&mut self, chunks: &mut Vec<Bytes>) -> io::Result<usize> {
+        let mut total = 0;
+        for chunk in chunks.drain(..) {
+            total += chunk.len();
+            self.sink.write_chunk(chunk).await?;
+        }
+        Ok(total)
+    }
+
     /// Writes one encoded frame as its own chunk, uncopied.
     pub async fn write_frame(&mut self, frame: Bytes) -> io::Result<()> {
         if frame.is_empty() {

@@ -377,11 +377,18 @@ pub fn count_frames(buf: &[u8]) -> usize {
 /// fit the current buffer starts the next one). A lone frame passes
 /// through as is. `frames` is left empty.
 pub fn coalesce(frames: &mut Vec<Bytes>, max_chunk: usize, out: &mut Vec<Bytes>) {
+    coalesce_from(frames, max_chunk, max_chunk / 4, out);
+}
+
+/// [`coalesce`] with the size from which a piece passes through uncopied
+/// (`pass`) chosen by the caller, e.g. for pieces that are already runs of
+/// frames ([`merge_adjacent`]).
+pub fn coalesce_from(frames: &mut Vec<Bytes>, max_chunk: usize, pass: usize, out: &mut Vec<Bytes>) {
     if frames.len() == 1 {
         out.extend(frames.pop());
         return;
     }
-    let big = (max_chunk / 4).max(1);
+    let big = pass.max(1);
     let mut small_left: usize = frames
         .iter()
         .filter(|b| b.len() < big)
@@ -412,6 +419,29 @@ pub fn coalesce(frames: &mut Vec<Bytes>, max_chunk: usize, out: &mut Vec<Bytes>)
     if !buf.is_empty() {
         out.push(buf.freeze());
     }
+}
+
+/// Joins frames that were carved one after another out of one buffer
+/// ([`BytesMut::split`] of a scratch buffer) back into one piece per run,
+/// in queue order and without copying (`BytesMut::unsplit` of contiguous
+/// parts of one allocation is O(1)); `frames` is left empty.
+///
+/// A publisher encodes its frames back to back into a scratch buffer and
+/// queues each one; the writer then gets whole runs to hand to QUIC instead
+/// of copying every frame into a coalescing buffer. Frames that merely sit
+/// next to each other in memory but belong to different allocations are
+/// joined by a copy (bytes' fallback), which is correct and rare.
+pub fn merge_adjacent(frames: &mut Vec<BytesMut>, out: &mut Vec<Bytes>) {
+    let mut run: Option<BytesMut> = None;
+    for f in frames.drain(..) {
+        match run.as_mut() {
+            Some(r) if !f.is_empty() && r.as_ptr().wrapping_add(r.len()) == f.as_ptr() => {
+                r.unsplit(f)
+            }
+            _ => out.extend(run.replace(f).map(BytesMut::freeze)),
+        }
+    }
+    out.extend(run.map(BytesMut::freeze));
 }
 
 #[cfg(test)]
@@ -623,6 +653,53 @@ mod tests {
             out.iter().map(Bytes::len).collect::<Vec<_>>(),
             [60, 60, 60, 20]
         );
+    }
+
+    #[test]
+    fn merge_adjacent_joins_runs_of_one_buffer_without_copying() {
+        let mut scratch = BytesMut::with_capacity(1024);
+        let mut frames = Vec::new();
+        for i in 0..3u8 {
+            scratch.extend_from_slice(&[i; 10]);
+            frames.push(scratch.split());
+        }
+        // Another allocation breaks the run; then the scratch goes on.
+        frames.push(BytesMut::from(&[9u8; 5][..]));
+        scratch.extend_from_slice(&[3u8; 10]);
+        frames.push(scratch.split());
+        let base = frames[0].as_ptr();
+        let mut out = Vec::new();
+        merge_adjacent(&mut frames, &mut out);
+        assert!(frames.is_empty());
+        let lens: Vec<usize> = out.iter().map(Bytes::len).collect();
+        assert_eq!(lens, vec![30, 5, 10]);
+        assert_eq!(
+            out[0].as_ptr(),
+            base,
+            "the run is the scratch buffer itself"
+        );
+        let mut want = Vec::new();
+        for i in 0..3u8 {
+            want.extend_from_slice(&[i; 10]);
+        }
+        assert_eq!(&out[0][..], &want[..]);
+        assert_eq!(&out[1][..], &[9u8; 5]);
+        assert_eq!(&out[2][..], &[3u8; 10]);
+    }
+
+    #[test]
+    fn merged_runs_from_the_pass_size_are_not_copied_again() {
+        let mut batch = vec![
+            Bytes::from(vec![1u8; 40]),
+            Bytes::from(vec![2u8; 3]),
+            Bytes::from(vec![3u8; 3]),
+        ];
+        let first = batch[0].as_ptr();
+        let mut out = Vec::new();
+        coalesce_from(&mut batch, 64, 32, &mut out);
+        let lens: Vec<usize> = out.iter().map(Bytes::len).collect();
+        assert_eq!(lens, vec![40, 6]);
+        assert_eq!(out[0].as_ptr(), first);
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub mod name;
 pub mod view;
 
 pub use codec::{
-    DEFAULT_MAX_FRAME, HEADER_LEN, Limits, NodeIds, check, coalesce, decode, decode_body, encode,
+    DEFAULT_MAX_FRAME, HEADER_LEN, Limits, NodeIds, check, coalesce, coalesce_from, decode,
+    decode_body, encode, merge_adjacent,
 };
 pub use frame::*;
 pub use name::{InvalidName, MAX_COMPONENT_LEN, Name};
