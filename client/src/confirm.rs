@@ -378,7 +378,6 @@ pub(crate) async fn pump<S: ChunkSink>(
             if owed_since.take().is_some() {
                 chunks.push(ping(unconfirmed.seq, limits));
                 w.write_chunks(&mut chunks).await?;
-                chunks.clear();
             }
             while unconfirmed.full() {
                 // Re-check on a timer too: the pong that frees room may come
@@ -422,7 +421,6 @@ pub(crate) async fn pump<S: ChunkSink>(
         }
         if !chunks.is_empty() {
             w.write_chunks(&mut chunks).await?;
-            chunks.clear();
         }
     }
 }
