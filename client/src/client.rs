@@ -16,7 +16,7 @@ use crate::confirm::{DisconnectPolicy, OutboundBytes, Taken};
 use crate::conn;
 use crate::error::ClientError;
 use crate::event::{ConnState, Delivery, Event};
-use crate::shared::{SdkMetrics, Shared};
+use crate::shared::{SdkMetrics, Shared, encode_frame};
 
 /// A connected agent.
 pub struct Client {
@@ -127,9 +127,11 @@ impl Client {
     async fn request(&self, id: u64, frame: Frame) -> Result<(), (ErrorCode, String)> {
         let (tx, rx) = oneshot::channel();
         self.shared.pending.lock().insert(id, tx);
-        let mut bytes = BytesMut::new();
-        slim_wire::codec::encode(&frame, &self.shared.cfg.limits, &mut bytes)
-            .map_err(|e| (ErrorCode::INTERNAL, e.to_string()))?;
+        // Unique, so into `BytesMut` (the queue's type) without a copy.
+        let bytes = BytesMut::from(
+            encode_frame(&frame, &self.shared.cfg.limits)
+                .map_err(|e| (ErrorCode::INTERNAL, e.to_string()))?,
+        );
         self.budget.take(bytes.len()).await;
         let taken = Taken {
             budget: &self.budget,

@@ -84,12 +84,12 @@ impl<S: ChunkSink> FrameWriter<S> {
             // node's direct-write carry) is woken.
             self.chunks.push(Bytes::new());
         }
-        // Dropping the drain (on error, or if this future is dropped) empties
-        // `chunks`, so nothing stale is written by the next call. Sinks skip
-        // empty chunks themselves.
-        for chunk in self.chunks.drain(..) {
-            self.sink.write_chunk(chunk).await?;
-        }
+        // Taken out while written (and put back for its allocation): if
+        // the write fails or this future is dropped, nothing stale is
+        // written by the next call. Sinks skip empty chunks themselves.
+        let mut chunks = std::mem::take(&mut self.chunks);
+        self.write_chunks(&mut chunks).await?;
+        self.chunks = chunks;
         Ok(total)
     }
 

@@ -26,11 +26,11 @@ pub enum Mode {
     Anycast,
 }
 
-/// What to run.
 /// What a scenario's name ends with when its subscribers are on a second
 /// node (`summarize` pairs it with the same name without it).
 pub const ACROSS_NODES: &str = ", across 2 nodes";
 
+/// What to run.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub pubs: usize,

@@ -66,13 +66,20 @@ async fn wait_for_route(
             .publish_with(topic, slim_wire::Mode::Multicast, 0, &[])
             .await?;
         probe.ping().await?;
-        if probe.take_errors(|i| i == id).is_empty() {
+        let Some(e) = probe.take_errors(|i| i == id).into_iter().next() else {
             probe.close().await;
             return Ok(());
+        };
+        // Only "no route" means the subscription is still on its way; any
+        // other refusal will not go away by waiting.
+        if e.code != slim_wire::ErrorCode::NO_ROUTE {
+            anyhow::bail!("{topic}: {node} refused the route probe: {}", e.reason);
         }
         if t0.elapsed() > Duration::from_secs(10) {
             anyhow::bail!(
-                "{topic}: the subscription did not reach {node} within 10 s (is the link up?)"
+                "{topic}: the subscription did not reach {node} within 10 s (is the link up?); \
+                 last answer: {}",
+                e.reason
             );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
