@@ -199,6 +199,14 @@ async fn forwards_are_written_directly_onto_an_idle_link_in_order() {
         || async { routes_to(&a, svc.as_str(), "node-b") },
     )
     .await;
+    // Replies go to the requester's own name: node-b must know it too, or
+    // the first reply meets "no route" and the exchange waits out its 10 s.
+    assert_eventually(
+        Duration::from_secs(10),
+        "node-b routes the requester to node-a",
+        || async { routes_to(&b, requester.name().as_str(), "node-a") },
+    )
+    .await;
     let responder = request_reply(&requester, responder, &svc, N).await;
     let (ab, ba) = (link_to(&a, "node-b"), link_to(&b, "node-a"));
     println!(
