@@ -84,12 +84,8 @@ impl<S: ChunkSink> FrameWriter<S> {
             // node's direct-write carry) is woken.
             self.chunks.push(Bytes::new());
         }
-        // Taken out while written (and put back for its allocation): if
-        // the write fails or this future is dropped, nothing stale is
-        // written by the next call. Sinks skip empty chunks themselves.
-        let mut chunks = std::mem::take(&mut self.chunks);
-        self.write_chunks(&mut chunks).await?;
-        self.chunks = chunks;
+        // Sinks skip empty chunks themselves.
+        write_all(&mut self.sink, &mut self.chunks).await?;
         Ok(total)
     }
 
@@ -97,12 +93,7 @@ impl<S: ChunkSink> FrameWriter<S> {
     /// [`slim_wire::coalesce_from`]), each as it is: grouping them again
     /// would copy the smaller ones a second time. Returns the bytes written.
     pub async fn write_chunks(&mut self, chunks: &mut Vec<Bytes>) -> io::Result<usize> {
-        let mut total = 0;
-        for chunk in chunks.drain(..) {
-            total += chunk.len();
-            self.sink.write_chunk(chunk).await?;
-        }
-        Ok(total)
+        write_all(&mut self.sink, chunks).await
     }
 
     /// Writes one encoded frame as its own chunk, uncopied.
@@ -122,6 +113,18 @@ impl<S: ChunkSink> FrameWriter<S> {
     pub fn into_inner(self) -> S {
         self.sink
     }
+}
+
+/// Writes `chunks` to `sink` in order, draining them: if a write fails or
+/// the future is dropped, the drain empties the rest, so a later call
+/// writes nothing stale. Returns the bytes written.
+async fn write_all<S: ChunkSink>(sink: &mut S, chunks: &mut Vec<Bytes>) -> io::Result<usize> {
+    let mut total = 0;
+    for chunk in chunks.drain(..) {
+        total += chunk.len();
+        sink.write_chunk(chunk).await?;
+    }
+    Ok(total)
 }
 
 /// The metrics hook of a writer loop ([`pump`], [`drain_now`]).
