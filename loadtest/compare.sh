@@ -83,7 +83,9 @@
 # CLIENT_THREADS (the load generator's runtime workers for both systems'
 # clients, --client-threads; default: one per CPU. CLIENT_THREADS=1 shows
 # request/reply as an application on a single-threaded runtime sees it:
-# docs/BENCHMARKS.md, *Request/reply: the responder's fourth hop*).
+# docs/BENCHMARKS.md, *Request/reply: the responder's fourth hop*),
+# PUBLISHER_THREAD=1 (throughput rows: the publisher on a runtime thread of
+# its own, --publisher-thread; docs/BENCHMARKS.md, *A publisher of its own*).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ROUNDS="${1:-${ROUNDS:-3}}"
@@ -99,6 +101,8 @@ SC_READERS="${SC_READERS:-10}"
 SCENARIOS="${SCENARIOS:-connections throughput slow-consumer latency federation}"
 CLIENT_ARGS=()
 [ -n "${CLIENT_THREADS:-}" ] && CLIENT_ARGS=(--client-threads "$CLIENT_THREADS")
+TP_ARGS=()
+[ "${PUBLISHER_THREAD:-0}" = 1 ] && TP_ARGS=(--publisher-thread)
 # Throughput rows as "SUBS:SIZE" pairs (comma-separated).
 THROUGHPUT_ROWS="${THROUGHPUT_ROWS:-1:16,1:1024,1:4096,1:16384,100:16,1000:16}"
 IFS=, read -r -a SPECS <<<"${THROUGHPUT_ROWS//:/ }"
@@ -297,7 +301,7 @@ for r in $(seq "$ROUNDS"); do
       read -r subs size <<<"$spec"
       for sys in "${order[@]}"; do
         run "$sys" throughput --pubs 1 --subs "$subs" --size "$size" --mode multicast \
-          --duration "$DURATION" --warmup "$WARMUP"
+          --duration "$DURATION" --warmup "$WARMUP" "${TP_ARGS[@]}"
       done
     done
   fi

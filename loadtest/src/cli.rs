@@ -189,6 +189,11 @@ pub(crate) struct ThroughputArgs {
     /// --target; the publishers' node reaches it over a peer link.
     #[arg(long)]
     pub(crate) sub_target: Option<String>,
+    /// Publishers on a runtime of their own (one thread), as if in another
+    /// process, instead of sharing the load generator's workers with the
+    /// subscribers (whose scheduling then throttles them).
+    #[arg(long)]
+    pub(crate) publisher_thread: bool,
     /// This run puts subscribers on the other node (set by `cross-node`).
     #[arg(skip)]
     pub(crate) cross: bool,

@@ -49,6 +49,8 @@ pub struct Plan {
     pub drain_max: Duration,
     /// Subscribers on a second node, reached over a peer link.
     pub across_nodes: bool,
+    /// Publishers on a runtime of their own ([`spawn_publisher`]).
+    pub publisher_thread: bool,
 }
 
 impl Plan {
@@ -88,6 +90,36 @@ impl Plan {
             Mode::Anycast => sent,
         }
     }
+}
+
+/// Spawns a publisher's connection or task: on the caller's runtime, or with
+/// `plan.publisher_thread` on a one-worker runtime of its own, as if the
+/// publisher were another process. Why: on the shared runtime the publisher
+/// gets a worker only between the subscribers' tasks, so a 1 -> 1000 run's
+/// publisher is throttled by its own subscribers' scheduling, not only by
+/// the server (docs/BENCHMARKS.md, *A publisher of its own*). Connections
+/// must be opened through this too: the client libraries spawn their
+/// connection tasks on the runtime they are opened in.
+pub fn spawn_publisher<F>(plan: &Plan, f: F) -> JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    // Lives as long as the process: a runtime cannot be dropped from
+    // inside another one, and the load generator is a short-lived command.
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if !plan.publisher_thread {
+        return tokio::spawn(f);
+    }
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("loadtest-publisher")
+            .enable_all()
+            .build()
+            .expect("the publishers' runtime (one thread) could not be started")
+    })
+    .spawn(f)
 }
 
 /// A counter on its own cache line: every stream and subscriber writes its own.
@@ -604,6 +636,7 @@ pub async fn run(
         subs: plan.subs,
         stalled_subs: plan.stalled,
         across_nodes: plan.across_nodes,
+        publisher_thread: plan.publisher_thread,
         size_bytes: plan.size,
         warmup_s: plan.warmup.as_secs_f64(),
         window_s,
@@ -645,4 +678,55 @@ pub async fn run(
         timeline,
         notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(publisher_thread: bool) -> Plan {
+        Plan {
+            pubs: 1,
+            pub_tasks: 1,
+            subs: 1,
+            stalled: 0,
+            size: 16,
+            mode: Mode::Multicast,
+            warmup: Duration::ZERO,
+            duration: Duration::ZERO,
+            drain_idle: Duration::ZERO,
+            drain_max: Duration::ZERO,
+            across_nodes: false,
+            publisher_thread,
+        }
+    }
+
+    fn thread() -> Option<String> {
+        std::thread::current().name().map(str::to_owned)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_publisher_thread_runs_publishers_and_what_they_spawn_off_the_callers_runtime() {
+        const OWN: Option<&str> = Some("loadtest-publisher");
+        let shared = spawn_publisher(&plan(false), async { thread() })
+            .await
+            .unwrap();
+        assert_ne!(
+            shared.as_deref(),
+            OWN,
+            "without the flag: the caller's runtime"
+        );
+        let own = spawn_publisher(&plan(true), async { thread() })
+            .await
+            .unwrap();
+        assert_eq!(own.as_deref(), OWN);
+        // A client library opened in a publisher task spawns its connection
+        // task there too: that is why connections go through it as well.
+        let nested = spawn_publisher(&plan(true), async {
+            tokio::spawn(async { thread() }).await.unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(nested.as_deref(), OWN);
+    }
 }

@@ -23,7 +23,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use slim_auth::{DevCa, SpiffeId};
 
-use crate::harness::{Closer, Ctl, ExtraCounters, Mode, Plan, Running};
+use crate::harness::{Closer, Ctl, ExtraCounters, Mode, Plan, Running, spawn_publisher};
 use crate::payload::{PayloadWriter, SeqTracker};
 
 /// TLS material for the NATS client.
@@ -329,9 +329,16 @@ pub async fn setup(
         }));
     }
 
-    let pubs = try_join_all(
-        (0..plan.pubs).map(|p| connect(url, tls, &events, format!("loadtest-pub-{p}"))),
-    )
+    let pubs = try_join_all((0..plan.pubs).map(|p| {
+        let (url, tls, events) = (url.to_owned(), tls.cloned(), Arc::clone(&events));
+        async move {
+            spawn_publisher(plan, async move {
+                connect(&url, tls.as_ref(), &events, format!("loadtest-pub-{p}")).await
+            })
+            .await
+            .context("publisher connect task")?
+        }
+    }))
     .await?;
 
     let mut publishers = Vec::with_capacity(pubs.len());
@@ -343,7 +350,7 @@ pub async fn setup(
             let client = client.clone();
             let subject = subject.clone();
             let mut ctl = ctl.clone();
-            tasks.push(tokio::spawn(async move {
+            tasks.push(spawn_publisher(plan, async move {
                 ctl.started().await;
                 let counter = &ctl.sent[stream].0;
                 let mut seq = 0u64;
@@ -362,7 +369,7 @@ pub async fn setup(
                 anyhow::Ok(())
             }));
         }
-        publishers.push(tokio::spawn(async move {
+        publishers.push(spawn_publisher(plan, async move {
             for t in tasks {
                 t.await.context("publisher task panicked")??;
             }

@@ -13,7 +13,7 @@ use slim_auth::{DevCa, Identity, SpiffeId};
 use slim_client::{Client, ClientConfig, ConnState, Event, FLAG_NO_ROUTE_SILENT};
 use slim_wire::Name;
 
-use crate::harness::{Closer, Ctl, Mode, Plan, Running};
+use crate::harness::{Closer, Ctl, Mode, Plan, Running, spawn_publisher};
 use crate::payload::{PayloadWriter, SeqTracker};
 
 /// Where client identities come from.
@@ -198,8 +198,9 @@ pub async fn setup(
         ));
     }
     let pubs = try_join_all(pub_cfgs.into_iter().enumerate().map(|(p, cfg)| async move {
-        Client::connect(cfg)
+        spawn_publisher(plan, Client::connect(cfg))
             .await
+            .context("publisher connect task")?
             .with_context(|| format!("publisher {p}: connecting to {node}"))
     }))
     .await?;
@@ -214,7 +215,7 @@ pub async fn setup(
             let client = Arc::clone(&client);
             let topic = topic.clone();
             let mut ctl = ctl.clone();
-            tasks.push(tokio::spawn(async move {
+            tasks.push(spawn_publisher(plan, async move {
                 ctl.started().await;
                 let counter = &ctl.sent[stream].0;
                 let mut seq = 0u64;
@@ -232,7 +233,7 @@ pub async fn setup(
                 anyhow::Ok(())
             }));
         }
-        publishers.push(tokio::spawn(async move {
+        publishers.push(spawn_publisher(plan, async move {
             for t in tasks {
                 t.await.context("publisher task panicked")??;
             }

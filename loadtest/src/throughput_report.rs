@@ -43,6 +43,8 @@ pub struct Report {
     pub stalled_subs: usize,
     /// The subscribers were on a second node, reached over a peer link.
     pub across_nodes: bool,
+    /// The publishers ran on a runtime of their own (`--publisher-thread`).
+    pub publisher_thread: bool,
     pub size_bytes: usize,
     pub warmup_s: f64,
     /// Length of the measured window (measured, not requested).

@@ -129,6 +129,7 @@ pub(crate) fn throughput_once(
         drain_idle: a.drain_idle,
         drain_max: a.drain_max,
         across_nodes: a.cross,
+        publisher_thread: a.publisher_thread,
     };
     let target = match (&a.t.target, a.spawn_node) {
         (Some(t), false) => parse_target(t)?,
