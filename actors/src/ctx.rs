@@ -310,7 +310,7 @@ impl NodeCtx {
                 "its outbound queue is full and the policy never waits".to_owned()
             } else {
                 format!(
-                    "its outbound queue was full and it read nothing for the write deadline ({deadline:?})"
+                    "its outbound queue was full and it granted no QUIC flow-control credit for the write deadline ({deadline:?}): it read nothing, or under an eighth of its stream window"
                 )
             };
             warn!(
@@ -387,14 +387,14 @@ impl NodeCtx {
                     queued_bytes = c.outbox.queued_bytes(),
                     overflow_bytes = c.outbox.borrowed(),
                     writer = c.outbox.writer_state(),
-                    "slow consumer detected: {identity} ({}) read nothing for the write deadline ({:?}) while its outbound queue was full; disconnecting it{THROTTLED_PER_IDENTITY}",
+                    "slow consumer detected: {identity} ({}) granted no QUIC flow-control credit for the write deadline ({:?}) while its outbound queue was full (it read nothing, or under an eighth of its stream window); disconnecting it{THROTTLED_PER_IDENTITY}",
                     c.name,
                     self.cfg.queue.policy.write_deadline
                 );
             }
             c.close(
                 ErrorCode::SLOW_CONSUMER,
-                "slow consumer: read nothing for the write deadline while its outbound queue was full",
+                "slow consumer: no read progress (QUIC flow-control credit) for the write deadline while its outbound queue was full",
             );
         }
     }

@@ -1,0 +1,84 @@
+//! A subscriber that reads slowly but steadily should not be a slow
+//! consumer. KNOWN GAP, so the test is ignored: the node sees a client read
+//! only through QUIC stream credit, which quinn grants once the client has
+//! read an eighth of its stream window (512 KiB of the SDK's 4 MiB). A
+//! backlogged subscriber reading under 512 KiB per write deadline (2 s:
+//! 256 KB/s) therefore shows no progress for the whole deadline and is cut,
+//! although it reads all the time. nats-server over TCP sees every window
+//! update. A smaller SDK window lowers the bar but costs throughput (in
+//! docs/BENCHMARKS.md, *A publisher of its own*); the fix meant for this is
+//! a read-progress report from the SDK. Run it with `--ignored` to see the
+//! gap: the reader below is cut within the deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use slim_actors::SlowConsumerPolicy;
+use slim_tests::*;
+use slim_wire::Mode;
+
+const SIZE: usize = 2048;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: a subscriber reading under 1/8 of its QUIC stream window per write deadline is cut (see the module docs)"]
+async fn a_subscriber_reading_slowly_but_steadily_is_not_cut() {
+    init_tracing();
+    let pki = Pki::new("example.org");
+    let node = start_node(&pki, |c| {
+        c.queue.max_bytes = 256 * 1024;
+        c.queue.policy = SlowConsumerPolicy::default();
+        c.overflow_bytes = 0;
+    })
+    .await;
+    let addr = node.local_addr();
+    let chan = name("acme/steady/chan");
+    // The SDK's default stream window; a small inbound queue, so that the
+    // reader's pace reaches QUIC at once.
+    let mut cfg = client_config(&pki, addr, "acme/steady/reader");
+    cfg.inbound_capacity = 16;
+    let reader = slim_client::Client::connect(cfg).await.unwrap();
+    reader.subscribe(&chan).await.unwrap();
+
+    // A publisher faster than the reader: the node holds it back.
+    let publ = client(&pki, addr, "acme/steady/pub").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = Arc::clone(&stop);
+    let publisher = tokio::spawn(async move {
+        let mut i = 0u64;
+        while !st.load(Ordering::Relaxed) {
+            if i.is_multiple_of(64) {
+                tokio::task::yield_now().await;
+            }
+            if publ
+                .publish(&chan, Mode::Multicast, &seq_payload(i, SIZE))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            i += 1;
+        }
+    });
+
+    // ~100 KB/s: one message every 20 ms, for three write deadlines.
+    let t0 = Instant::now();
+    let mut got = 0u64;
+    while t0.elapsed() < 3 * SlowConsumerPolicy::DEFAULT_WRITE_DEADLINE {
+        next_message(&reader, Duration::from_secs(10)).await;
+        got += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cuts = node.slow_consumer_disconnects();
+    stop.store(true, Ordering::Relaxed);
+    // Not awaited: a publish may be held by the node's flow control.
+    publisher.abort();
+    drop(reader);
+    assert_eq!(
+        cuts,
+        0,
+        "a subscriber reading steadily ({got} messages of {SIZE} B in {:?}) was cut as a slow consumer",
+        t0.elapsed()
+    );
+    node.shutdown(Duration::from_secs(1)).await;
+}
