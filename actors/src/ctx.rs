@@ -35,6 +35,11 @@ use crate::types::TlsIdentity;
 /// How a connection without a SPIFFE ID (none today) is named in logs.
 const NO_IDENTITY: &str = "(no identity)";
 
+/// What a slow consumer's missing QUIC credit means, in both policies' log
+/// lines: the node sees a client read only through stream credit, which
+/// quinn grants per eighth of the client's stream window read.
+const NO_CREDIT: &str = "it read nothing, or under an eighth of its stream window";
+
 /// Appended to per-identity log lines.
 const THROTTLED_PER_IDENTITY: &str =
     " (logged once per identity per 10 s; the rest are counted at the window's end)";
@@ -310,7 +315,7 @@ impl NodeCtx {
                 "its outbound queue is full and the policy never waits".to_owned()
             } else {
                 format!(
-                    "its outbound queue was full and it granted no QUIC flow-control credit for the write deadline ({deadline:?}): it read nothing, or under an eighth of its stream window"
+                    "its outbound queue was full and it granted no QUIC flow-control credit for the write deadline ({deadline:?}): {NO_CREDIT}"
                 )
             };
             warn!(
@@ -387,7 +392,7 @@ impl NodeCtx {
                     queued_bytes = c.outbox.queued_bytes(),
                     overflow_bytes = c.outbox.borrowed(),
                     writer = c.outbox.writer_state(),
-                    "slow consumer detected: {identity} ({}) granted no QUIC flow-control credit for the write deadline ({:?}) while its outbound queue was full (it read nothing, or under an eighth of its stream window); disconnecting it{THROTTLED_PER_IDENTITY}",
+                    "slow consumer detected: {identity} ({}) granted no QUIC flow-control credit for the write deadline ({:?}) while its outbound queue was full ({NO_CREDIT}); disconnecting it{THROTTLED_PER_IDENTITY}",
                     c.name,
                     self.cfg.queue.policy.write_deadline
                 );
