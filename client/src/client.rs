@@ -323,6 +323,13 @@ impl Client {
     }
 
     /// The next delivery or node-reported error; `None` once closed.
+    ///
+    /// Take events even if only publishing: each publish the node refuses
+    /// (e.g. `no_route`, unless sent with [`FLAG_NO_ROUTE_SILENT`](crate::FLAG_NO_ROUTE_SILENT))
+    /// comes back as an [`Event::Error`]. Once `inbound_capacity` events wait
+    /// here, the client stops reading from the node (nothing is dropped) and
+    /// says so in a warning after a second; the node then cuts it as a slow
+    /// consumer at its write deadline.
     pub async fn recv(&self) -> Option<Event> {
         self.events.recv().await
     }

@@ -524,6 +524,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         events,
         batch: Vec::with_capacity(PUSH_BATCH),
         messages: 0,
+        stalls: AppStalls::default(),
     };
     let r = read_frames(&shared, reader, &mut held).await;
     held.flush(&shared).await;
@@ -536,6 +537,74 @@ struct Held {
     batch: Vec<Event>,
     /// How many of `batch` are messages (for the `received` counter).
     messages: u64,
+    stalls: AppStalls,
+}
+
+/// How long the application may keep its event queue full before the SDK
+/// says so: under the node's default write deadline (2 s), so the line comes
+/// before the node cuts this client as a slow consumer, and explains it.
+const APP_STALL_WARN: Duration = Duration::from_secs(1);
+
+/// At most one stall line per connection this often; the stalls in between
+/// are counted in the next line (and in `slim_client_inbound_stalls_total`).
+const APP_STALL_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// The application's stalls: times a push into its full event queue waited
+/// longer than [`APP_STALL_WARN`]. Meanwhile the reader reads nothing from
+/// the node, so an application that never takes its events (e.g. one that
+/// only publishes and never looks at the `no_route` errors the node sends
+/// back) stops its own client; this makes that visible.
+#[derive(Default)]
+struct AppStalls {
+    logged: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl AppStalls {
+    fn stalled(&mut self, shared: &Shared, capacity: usize) {
+        shared.metrics.inbound_stalls.increment(1);
+        self.unlogged += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .logged
+            .is_some_and(|t| now.duration_since(t) < APP_STALL_LOG_EVERY)
+        {
+            return;
+        }
+        warn!(
+            name = %shared.cfg.name,
+            capacity,
+            stalls = std::mem::take(&mut self.unlogged),
+            "the application has left its event queue full for over {APP_STALL_WARN:?}: reading from the node is paused until it takes events (Client::recv); a node cuts a client that reads nothing for its write deadline (2 s by default) as a slow consumer"
+        );
+        self.logged = Some(now);
+    }
+}
+
+/// Runs `wait`, a push into the application's event queue; one still
+/// waiting after [`APP_STALL_WARN`] is a stall (see [`AppStalls`]).
+async fn taken<T>(
+    shared: &Shared,
+    stalls: &mut AppStalls,
+    capacity: usize,
+    wait: impl std::future::Future<Output = T>,
+) -> T {
+    use std::task::{Context, Poll, Waker};
+    let mut wait = std::pin::pin!(wait);
+    // Usually there is room: no timer for that. (A queue waited on later
+    // replaces this waker with the real one.)
+    if let Poll::Ready(v) = wait.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        return v;
+    }
+    match tokio::time::timeout(APP_STALL_WARN, wait.as_mut()).await {
+        Ok(v) => v,
+        Err(_) => {
+            stalls.stalled(shared, capacity);
+            let v = wait.await;
+            debug!(name = %shared.cfg.name, "the application took events again; reading from the node resumed");
+            v
+        }
+    }
 }
 
 impl Held {
@@ -547,7 +616,15 @@ impl Held {
             return true;
         }
         let messages = std::mem::take(&mut self.messages);
-        if !self.events.push_all(&mut self.batch).await {
+        let capacity = self.events.capacity();
+        if !taken(
+            shared,
+            &mut self.stalls,
+            capacity,
+            self.events.push_all(&mut self.batch),
+        )
+        .await
+        {
             // The application is gone: nothing will take what is left.
             self.batch.clear();
             return false;
@@ -558,7 +635,15 @@ impl Held {
 
     /// Hands one event to the application behind the held ones.
     async fn push(&mut self, shared: &Shared, ev: Event) -> bool {
-        self.flush(shared).await && self.events.push_wait(ev).await.is_ok()
+        self.flush(shared).await
+            && taken(
+                shared,
+                &mut self.stalls,
+                self.events.capacity(),
+                self.events.push_wait(ev),
+            )
+            .await
+            .is_ok()
     }
 }
 
@@ -772,6 +857,107 @@ mod tests {
             Err(ClientError::Wire(WireError::Truncated { buffered: 7 })) => {}
             other => panic!("expected Truncated, got {other:?}"),
         }
+    }
+
+    /// A log sink for [`an_application_keeping_its_queue_full_is_told_so`].
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Log {
+        fn stall_lines(&self) -> Vec<String> {
+            String::from_utf8_lossy(&self.0.lock())
+                .lines()
+                .filter(|l| l.contains("has left its event queue full"))
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    /// An application that leaves its event queue full for over
+    /// [`APP_STALL_WARN`] is told why its client stopped reading, naming the
+    /// client and the capacity; further stalls within
+    /// [`APP_STALL_LOG_EVERY`] are counted into the next line, not logged
+    /// each; nothing is lost meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn an_application_keeping_its_queue_full_is_told_so() {
+        let log = Log::default();
+        let _guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer({
+                    let log = log.clone();
+                    move || log.clone()
+                })
+                .finish(),
+        );
+        let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+        let (ev_tx, ev_rx) = slim_framed::queue::queue(4);
+        let reader = FrameReader::new(rx, Limits::default());
+        let reader = tokio::spawn(read_loop(shared(), reader, Arc::new(ev_tx)));
+        let mut ids = Vec::new();
+        let mut take = async |n: usize| {
+            for _ in 0..n {
+                match ev_rx.recv().await {
+                    Some(Event::Message(d)) => ids.push(d.msg_id),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        };
+
+        // Under the threshold: no line.
+        tx.write_all(&(0..10).flat_map(deliver).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        tokio::time::sleep(APP_STALL_WARN / 2).await;
+        take(10).await;
+        assert!(log.stall_lines().is_empty(), "{:?}", log.stall_lines());
+
+        // Over it: one line.
+        tx.write_all(&(10..20).flat_map(deliver).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        tokio::time::sleep(APP_STALL_WARN * 3).await;
+        let lines = log.stall_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].contains("org/ns/svc/1") && lines[0].contains("capacity=4"),
+            "{lines:?}"
+        );
+        take(10).await;
+
+        // Again soon after: counted, not logged.
+        tx.write_all(&(20..30).flat_map(deliver).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        tokio::time::sleep(APP_STALL_WARN * 3).await;
+        take(10).await;
+        assert_eq!(log.stall_lines().len(), 1, "{:?}", log.stall_lines());
+
+        // Once the log interval has passed, the next stall is logged with
+        // the count of those since the last line.
+        tokio::time::sleep(APP_STALL_LOG_EVERY).await;
+        tx.write_all(&(30..40).flat_map(deliver).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        tokio::time::sleep(APP_STALL_WARN * 3).await;
+        take(10).await;
+        let lines = log.stall_lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[1].contains("stalls=2"), "{lines:?}");
+
+        drop(tx);
+        reader.await.unwrap().unwrap();
+        assert_eq!(ids, (0..40).collect::<Vec<_>>(), "lost or reordered");
     }
 
     /// With the application's queue full the reader waits for room (it

@@ -21,6 +21,7 @@ pub(crate) struct SdkMetrics {
     pub reconnects: metrics::Counter,
     pub node_errors: metrics::Counter,
     pub publishes_failed: metrics::Counter,
+    pub inbound_stalls: metrics::Counter,
 }
 
 impl SdkMetrics {
@@ -32,6 +33,7 @@ impl SdkMetrics {
                 reconnects: metrics::Counter::noop(),
                 node_errors: metrics::Counter::noop(),
                 publishes_failed: metrics::Counter::noop(),
+                inbound_stalls: metrics::Counter::noop(),
             };
         }
         SdkMetrics {
@@ -40,6 +42,7 @@ impl SdkMetrics {
             reconnects: metrics::counter!("slim_client_reconnects_total"),
             node_errors: metrics::counter!("slim_client_node_errors_total"),
             publishes_failed: metrics::counter!("slim_client_publishes_failed_total"),
+            inbound_stalls: metrics::counter!("slim_client_inbound_stalls_total"),
         }
     }
 }

@@ -95,6 +95,11 @@ enum Back<T> {
 }
 
 impl<T> Queue<T> {
+    /// The most items it holds.
+    pub fn capacity(&self) -> usize {
+        self.0.max_items
+    }
+
     /// Appends `item` unless the queue is full or the taking side is gone.
     pub fn push(&self, item: T) -> Result<(), Refused<T>> {
         match self.try_push(item) {
