@@ -36,9 +36,11 @@ use crate::types::TlsIdentity;
 const NO_IDENTITY: &str = "(no identity)";
 
 /// What a slow consumer's missing QUIC credit means, in both policies' log
-/// lines: the node sees a client read only through stream credit, which
-/// quinn grants per eighth of the client's stream window read.
-const NO_CREDIT: &str = "it read nothing, or under an eighth of its stream window";
+/// lines: the node sees a client read through stream credit, which quinn
+/// grants per eighth of the client's stream window read, and through the
+/// read-progress reports of a protocol-2 SDK, which hold a cut off for at
+/// most `REPORT_STRETCH` deadlines without credit.
+const NO_CREDIT: &str = "it read nothing, or under an eighth of its stream window, and reported no reading since (or reported it for longer than credit can take to come)";
 
 /// Appended to per-identity log lines.
 const THROTTLED_PER_IDENTITY: &str =
@@ -325,6 +327,7 @@ impl NodeCtx {
                 action = "drop",
                 max_frames = q.max_frames,
                 max_bytes = q.max_bytes,
+                read_reported = c.outbox.read_reported(),
                 "slow consumer detected: {identity} ({}) does not read as fast as messages arrive: {why}; messages to it are dropped until it catches up (slim_messages_dropped_total{{reason=\"slow_consumer\"}}){THROTTLED_PER_IDENTITY}",
                 c.name
             );
@@ -392,6 +395,7 @@ impl NodeCtx {
                     queued_bytes = c.outbox.queued_bytes(),
                     overflow_bytes = c.outbox.borrowed(),
                     writer = c.outbox.writer_state(),
+                    read_reported = c.outbox.read_reported(),
                     "slow consumer detected: {identity} ({}) granted no QUIC flow-control credit for the write deadline ({:?}) while its outbound queue was full ({NO_CREDIT}); disconnecting it{THROTTLED_PER_IDENTITY}",
                     c.name,
                     self.cfg.queue.policy.write_deadline

@@ -40,7 +40,7 @@ pub use config::{
 };
 pub use hook::{HookVerdict, RouteHook, RoutedFrame};
 pub use node::{NodeError, NodeHandle, start};
-pub use outbox::{Outbox, Push, SlowAction, SlowConsumerPolicy};
+pub use outbox::{Outbox, Push, REPORT_STRETCH, SlowAction, SlowConsumerPolicy};
 pub use registry::{ConnId, Registry};
 pub use types::{
     ConnStats, LinkDirection, LinkInfo, LinkState, NodeEvent, PeerSpec, RouteInfo, TlsIdentity,

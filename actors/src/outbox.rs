@@ -95,6 +95,13 @@ impl Default for SlowConsumerPolicy {
 /// time). Each stall costs its publishers this long instead of the deadline.
 pub const BORROW_AFTER: Duration = Duration::from_millis(100);
 
+/// How many write deadlines a client's read-progress reports may keep its
+/// stalled queue from being declared slow while its writer does not move (no
+/// QUIC credit). A client reading steadily grants credit once per eighth of
+/// its stream window (512 KiB of the SDK's 4 MiB), so with the default 2 s
+/// deadline a reader of ≥ 52 KB/s is never cut (without reports: 256 KB/s).
+pub const REPORT_STRETCH: u64 = 5;
+
 /// How long a control frame (an ack, an error, a pong) for a connection's
 /// own client may wait when the policy never waits for data: losing an ack
 /// would hang the client's call, so it gets this long before the policy
@@ -166,6 +173,11 @@ pub struct Outbox {
     /// How long the writer has made no progress while the queue was over
     /// its cap: the slow-consumer deadline runs on this.
     stall: StallClock,
+    /// When the client last reported reading (nanoseconds since [`epoch`],
+    /// 0 = never) and how much it had read then (see
+    /// [`Outbox::note_read_progress`]).
+    reported: AtomicU64,
+    read_reported: AtomicU64,
 }
 
 static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -224,6 +236,8 @@ impl Outbox {
                 overflow: None,
                 borrowed: AtomicUsize::new(0),
                 stall: StallClock::default(),
+                reported: AtomicU64::new(0),
+                read_reported: AtomicU64::new(0),
             },
             rx,
         )
@@ -270,27 +284,69 @@ impl Outbox {
     /// borrow overflow room, if there is room to borrow.
     fn stall_deadline(&self) -> (tokio::time::Instant, tokio::time::Instant) {
         let now = now_ns();
-        let since = self.stall.started(self.activity(), now);
+        let (since, due) = self.stall_window(now);
         let at = |ns: u64| tokio::time::Instant::from_std(epoch() + Duration::from_nanos(ns));
-        let due = at(since) + self.policy.write_deadline;
         let borrow_at = since + self.borrow_after().as_nanos() as u64;
         let wake = match &self.overflow {
             Some(pool) if now < borrow_at && pool.used() < pool.limit() => at(borrow_at),
-            _ => due,
+            _ => at(due),
         };
-        (wake, due)
+        (wake, at(due))
+    }
+
+    /// The current stall at `now` (nanoseconds since [`epoch`]): since when
+    /// the writer has made no progress, and when the queue's owner is due to
+    /// be declared a slow consumer.
+    ///
+    /// The writer moves when the client grants QUIC credit, which it does
+    /// only per eighth of its stream window read, so a client reading
+    /// steadily, if slowly, may grant none for a while: its
+    /// [`ReadProgress`](slim_wire::ReadProgress) reports move the deadline
+    /// on too, but only up to [`REPORT_STRETCH`] write deadlines past the
+    /// writer's last move. A client claiming to read while granting no
+    /// credit at all (lying, or stuck behind its reader) is still cut, just
+    /// later. Reports do not restart the stall itself: a queue whose writer
+    /// does not move still borrows overflow room after [`BORROW_AFTER`], as
+    /// before, so its publishers do not wait for a slow reader any sooner.
+    fn stall_window(&self, now: u64) -> (u64, u64) {
+        let writer = self.stall.started(self.activity(), now);
+        let deadline = self.policy.write_deadline.as_nanos() as u64;
+        let progress = writer.max(self.reported.load(Ordering::Relaxed));
+        let due = (progress + deadline).min(writer + deadline * REPORT_STRETCH);
+        (writer, due)
     }
 
     /// How long the writer has made no progress (the clock starts with the
-    /// first look while the queue is full).
-    fn stalled_for(&self) -> Duration {
+    /// first look while the queue is full), and whether the owner is due to
+    /// be declared a slow consumer.
+    fn stalled(&self) -> (Duration, bool) {
         let now = now_ns();
-        Duration::from_nanos(now - self.stall.started(self.activity(), now))
+        let (since, due) = self.stall_window(now);
+        (Duration::from_nanos(now.saturating_sub(since)), now >= due)
     }
 
-    /// Whether the writer has made no progress for the write deadline.
+    /// Whether the queue's owner is due to be declared a slow consumer.
     fn stalled_past_deadline(&self) -> bool {
-        self.stalled_for() >= self.policy.write_deadline
+        self.stalled().1
+    }
+
+    /// The client reported reading `read` bytes of its stream so far
+    /// ([`ReadProgress`](slim_wire::ReadProgress)): progress for the stall
+    /// clock (see [`Outbox::stall_window`]). A report that does not move
+    /// past the last one is refused with the last count (the count only
+    /// grows).
+    pub fn note_read_progress(&self, read: u64) -> Result<(), u64> {
+        let last = self.read_reported.fetch_max(read, Ordering::Relaxed);
+        if read <= last {
+            return Err(last);
+        }
+        self.reported.store(now_ns(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The last byte count the client reported reading (0: none).
+    pub fn read_reported(&self) -> u64 {
+        self.read_reported.load(Ordering::Relaxed)
     }
 
     /// How long a full queue's writer must have made no progress before the
@@ -438,8 +494,8 @@ impl Outbox {
         if self.policy.write_deadline.is_zero() || self.is_slow() {
             return false;
         }
-        let stalled = self.stalled_for();
-        if stalled < self.borrow_after() || stalled >= self.policy.write_deadline {
+        let (stalled, due) = self.stalled();
+        if stalled < self.borrow_after() || due {
             return false;
         }
         if !pool.take(len) {

@@ -313,6 +313,36 @@ impl Unconfirmed {
     }
 }
 
+/// The reader's latest read-progress report (protocol 2), for the writer
+/// to send: the reader stores the byte count and wakes the writer, which
+/// sends the latest count (one frame for any number of wake-ups).
+#[derive(Default)]
+pub(crate) struct ReadReport {
+    read: AtomicU64,
+    wanted: tokio::sync::Notify,
+}
+
+impl ReadReport {
+    /// Asks the writer to report `read` bytes read.
+    pub(crate) fn want(&self, read: u64) {
+        self.read.store(read, Ordering::Relaxed);
+        self.wanted.notify_one();
+    }
+
+    fn frame(&self, limits: &Limits) -> Bytes {
+        let mut b = BytesMut::with_capacity(16);
+        codec::encode(
+            &Frame::ReadProgress(slim_wire::ReadProgress {
+                read: self.read.load(Ordering::Relaxed),
+            }),
+            limits,
+            &mut b,
+        )
+        .expect("a read-progress report always encodes");
+        b.freeze()
+    }
+}
+
 fn ping(seq: u64, limits: &Limits) -> Bytes {
     let mut b = BytesMut::with_capacity(16);
     codec::encode(
@@ -354,14 +384,16 @@ const RUN_PASS: usize = COALESCE / 8;
 
 /// The client's writer loop: takes frames from `rx`, remembers them as
 /// unconfirmed, writes them, and asks the node to confirm them
-/// [`PING_DELAY`] later (at once when the buffer is full). Ends when the
-/// queue closes (`Ok`) or a write fails.
+/// [`PING_DELAY`] later (at once when the buffer is full); also sends the
+/// reader's read-progress reports ([`ReadReport`]). Ends when the queue
+/// closes (`Ok`) or a write fails.
 pub(crate) async fn pump<S: ChunkSink>(
     rx: &mut mpsc::Receiver<BytesMut>,
     budget: &OutboundBytes,
     w: &mut FrameWriter<S>,
     unconfirmed: &mut Unconfirmed,
     c: &Confirmations,
+    report: &ReadReport,
     limits: &Limits,
 ) -> std::io::Result<()> {
     let mut batch: Vec<BytesMut> = Vec::new();
@@ -393,6 +425,12 @@ pub(crate) async fn pump<S: ChunkSink>(
                 return Ok(());
             },
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
+            // Not among the frames kept for a reconnect: a count for this
+            // connection's stream only.
+            () = report.wanted.notified() => {
+                w.write_chunks(&mut vec![report.frame(limits)]).await?;
+                continue;
+            }
         }
         // The batch's bytes leave the queue's count once written (or the
         // write failed), not when taken off the queue: a write that waits
@@ -613,9 +651,17 @@ mod tests {
         let c = Confirmations::default();
         let mut w = FrameWriter::new(slim_framed::IoSink(client_end));
         let mut u = Unconfirmed::default();
-        pump(&mut rx, &budget, &mut w, &mut u, &c, &limits)
-            .await
-            .unwrap();
+        pump(
+            &mut rx,
+            &budget,
+            &mut w,
+            &mut u,
+            &c,
+            &Default::default(),
+            &limits,
+        )
+        .await
+        .unwrap();
         drop(w);
         let ids = reader.await.unwrap();
         assert_eq!(ids, (0..total).collect::<Vec<_>>());
@@ -676,7 +722,15 @@ mod tests {
         let mut u = Unconfirmed::default();
         let done = tokio::time::timeout(
             Duration::from_secs(60),
-            pump(&mut rx, &budget, &mut w, &mut u, &c, &limits),
+            pump(
+                &mut rx,
+                &budget,
+                &mut w,
+                &mut u,
+                &c,
+                &Default::default(),
+                &limits,
+            ),
         )
         .await;
         assert!(

@@ -11,7 +11,8 @@ use quinn::{RecvStream, SendStream};
 use slim_framed::queue::Queue;
 use slim_framed::{FrameReader, FrameWriter, ReadError};
 use slim_wire::{
-    Frame, FrameKind, Hello, Name, PROTOCOL_VERSION, RawDeliverView, Subscribe, codec, deliver_view,
+    ErrorCode, Frame, FrameKind, Hello, MIN_PROTOCOL_VERSION, Name, RawDeliverView, Subscribe,
+    codec, deliver_view,
 };
 use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, oneshot};
@@ -96,11 +97,37 @@ fn node_identity(conn: &quinn::Connection) -> Option<crate::NodeIdentity> {
     })
 }
 
-/// One attempt: QUIC+TLS handshake, hello, accept.
+/// One attempt: QUIC+TLS handshake, hello, accept. A node older than this
+/// SDK refuses its protocol version; the attempt is then made again in
+/// version 1 (no read-progress reports), and the client keeps to it.
 async fn connect_to(
     shared: &Arc<Shared>,
     ep: &Endpoint,
     node: SocketAddr,
+) -> Result<Live, ClientError> {
+    let version = shared.proto.load(Ordering::Relaxed);
+    match hello_at(shared, ep, node, version).await {
+        Err(ClientError::Rejected { code, reason })
+            if code == ErrorCode::VERSION && version > MIN_PROTOCOL_VERSION =>
+        {
+            info!(
+                node = %node,
+                refused = %reason,
+                "the node speaks an older protocol: saying hello in version {MIN_PROTOCOL_VERSION} from now on (the node cannot be told of slow, steady reading, so a slow reader is cut sooner)"
+            );
+            shared.proto.store(MIN_PROTOCOL_VERSION, Ordering::Relaxed);
+            hello_at(shared, ep, node, MIN_PROTOCOL_VERSION).await
+        }
+        r => r,
+    }
+}
+
+/// The handshake, hello (in protocol `version`) and accept.
+async fn hello_at(
+    shared: &Arc<Shared>,
+    ep: &Endpoint,
+    node: SocketAddr,
+    version: u16,
 ) -> Result<Live, ClientError> {
     let cfg = &shared.cfg;
     let attempt = async {
@@ -135,7 +162,7 @@ async fn connect_to(
             _ => None,
         };
         let hello = Frame::Hello(Hello {
-            version: PROTOCOL_VERSION,
+            version,
             name: cfg.name.clone(),
             token,
         });
@@ -391,7 +418,7 @@ async fn run(
             Ok(r) => r,
             Err(e) => Err(ClientError::Protocol(format!("reader task failed: {e}"))),
         },
-        r = confirm::pump(out, budget, &mut writer, unconfirmed, &shared.confirm, &shared.cfg.limits) => match r {
+        r = confirm::pump(out, budget, &mut writer, unconfirmed, &shared.confirm, &shared.read_report, &shared.cfg.limits) => match r {
             Ok(_) => Ok(()),
             // A failed write is reported as itself, not as the connection's
             // close reason.
@@ -525,6 +552,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
         batch: Vec::with_capacity(PUSH_BATCH),
         messages: 0,
         stalls: AppStalls::default(),
+        reported: 0,
+        last_report: None,
+        behind: false,
     };
     let r = read_frames(&shared, reader, &mut held).await;
     held.flush(&shared).await;
@@ -538,7 +568,21 @@ struct Held {
     /// How many of `batch` are messages (for the `received` counter).
     messages: u64,
     stalls: AppStalls,
+    /// The byte count last reported to the node, and when.
+    reported: u64,
+    last_report: Option<tokio::time::Instant>,
+    /// Since the last report, a read found bytes already waiting: the
+    /// reader is behind the node (see [`Held::report_progress`]).
+    behind: bool,
 }
+
+/// How often at most the reader reports its progress to the node while the
+/// application holds it back: well inside the node's write deadline (2 s by
+/// default).
+const REPORT_EVERY: Duration = Duration::from_millis(200);
+
+/// The first protocol version with [`slim_wire::ReadProgress`].
+const READ_PROGRESS_SINCE: u16 = 2;
 
 /// How long the application may keep its event queue full before the SDK
 /// says so: under the node's default write deadline (2 s), so the line comes
@@ -558,6 +602,9 @@ const APP_STALL_LOG_EVERY: Duration = Duration::from_secs(30);
 struct AppStalls {
     logged: Option<tokio::time::Instant>,
     unlogged: u64,
+    /// A push had to wait for the application since the last report to
+    /// the node (see [`Held::report_progress`]).
+    waited: bool,
 }
 
 impl AppStalls {
@@ -596,6 +643,7 @@ async fn taken<T>(
     if let Poll::Ready(v) = wait.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         return v;
     }
+    stalls.waited = true;
     match tokio::time::timeout(APP_STALL_WARN, wait.as_mut()).await {
         Ok(v) => v,
         Err(_) => {
@@ -633,6 +681,32 @@ impl Held {
         true
     }
 
+    /// While the reader is behind (since the last report, a push into the
+    /// application's queue had to wait, or a read found bytes already
+    /// waiting: the application or this task cannot keep up), tells the
+    /// node how far it has read, at most every [`REPORT_EVERY`]. The node
+    /// sees reading otherwise only as QUIC credit, which comes per eighth
+    /// of the stream window (512 KiB by default): a slow but steady reader
+    /// would look stuck and be cut at the node's write deadline. A reader
+    /// that keeps up waits for every read, and reports nothing.
+    fn report_progress(&mut self, shared: &Shared, read: u64) {
+        if !(self.stalls.waited || self.behind)
+            || read <= self.reported
+            || shared.proto.load(Ordering::Relaxed) < READ_PROGRESS_SINCE
+        {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if self.last_report.is_some_and(|t| now - t < REPORT_EVERY) {
+            return;
+        }
+        self.stalls.waited = false;
+        self.behind = false;
+        self.reported = read;
+        self.last_report = Some(now);
+        shared.read_report.want(read);
+    }
+
     /// Hands one event to the application behind the held ones.
     async fn push(&mut self, shared: &Shared, ev: Event) -> bool {
         self.flush(shared).await
@@ -662,7 +736,16 @@ async fn read_frames<R: AsyncRead + Unpin>(
                 if !held.flush(shared).await {
                     return Ok(());
                 }
-                match reader.next().await.map_err(read_err)? {
+                held.report_progress(shared, reader.bytes_read());
+                let mut waited = false;
+                if reader.fill_idle(|| waited = true).await.map_err(read_err)? > 0 {
+                    // Bytes were waiting already: the reader is behind
+                    // what the node has sent.
+                    held.behind |= !waited;
+                    continue;
+                }
+                // The end of the stream, after any whole frames.
+                match reader.try_next()? {
                     Some(f) => f,
                     None => return Ok(()),
                 }
@@ -772,6 +855,8 @@ mod tests {
             recent_errors: Mutex::new(VecDeque::new()),
             confirm: Default::default(),
             connected: Default::default(),
+            proto: slim_wire::PROTOCOL_VERSION.into(),
+            read_report: Default::default(),
         })
     }
 

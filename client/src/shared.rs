@@ -2,7 +2,7 @@
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use slim_wire::{ErrorCode, ErrorFrame, Frame, Limits, Name, codec};
@@ -64,6 +64,11 @@ pub(crate) struct Shared {
     /// Whether a connection is up (the driver's view), for
     /// `DisconnectPolicy::Fail` to refuse publishes while it is not.
     pub connected: AtomicBool,
+    /// The protocol version this client says hello in: `PROTOCOL_VERSION`
+    /// until a node refuses it as too new, then 1 for the client's life.
+    pub proto: AtomicU16,
+    /// The reader's read-progress report for the writer (protocol 2).
+    pub read_report: crate::confirm::ReadReport,
 }
 
 /// Error frames kept for [`Client::take_errors`](crate::Client::take_errors).

@@ -41,6 +41,8 @@ pub struct FrameReader<R> {
     chunk: usize,
     /// `inner` has reported end of stream; it is not read again.
     eof: bool,
+    /// Bytes read from `inner` so far.
+    read_total: u64,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -58,6 +60,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             limits,
             chunk: DEFAULT_READ_CHUNK,
             eof: false,
+            read_total: 0,
         }
     }
 
@@ -100,6 +103,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if !self.eof {
             let n = std::future::poll_fn(|cx| self.poll_read_some(cx)).await?;
             if n > 0 {
+                self.read_total += n as u64;
                 return Ok(n);
             }
             self.eof = true;
@@ -170,6 +174,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             None => Ok(None),
             Some(frame) => Ok(Some(codec::decode_body(&frame)?)),
         }
+    }
+
+    /// Bytes read from the stream so far (not counting those this reader
+    /// was started with).
+    pub fn bytes_read(&self) -> u64 {
+        self.read_total
     }
 
     /// Bytes buffered and not yet returned as a frame.

@@ -334,9 +334,20 @@ impl RawConn {
         name: &str,
         token: Option<String>,
     ) -> slim_wire::Frame {
-        use slim_wire::{Frame, Hello, PROTOCOL_VERSION};
+        self.hello_in(slim_wire::PROTOCOL_VERSION, name, token)
+            .await
+    }
+
+    /// Sends a hello in protocol `version` and returns the node's answer.
+    pub async fn hello_in(
+        &mut self,
+        version: u16,
+        name: &str,
+        token: Option<String>,
+    ) -> slim_wire::Frame {
+        use slim_wire::{Frame, Hello};
         let f = Frame::Hello(Hello {
-            version: PROTOCOL_VERSION,
+            version,
             name: Name::parse(name).expect("valid name"),
             token,
         });
@@ -358,6 +369,13 @@ impl RawConn {
                 .expect("stream open");
             buf.extend_from_slice(&chunk.bytes);
         }
+    }
+
+    /// Sends `frame`.
+    pub async fn send_frame(&mut self, frame: &slim_wire::Frame) {
+        let bytes = slim_wire::codec::encode_to_vec(frame, &slim_wire::Limits::default())
+            .expect("encode frame");
+        self.send.write_all(&bytes).await.expect("send frame");
     }
 
     /// The serial number of the certificate the node presented.

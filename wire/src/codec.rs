@@ -111,6 +111,7 @@ pub fn decode_body(frame: &[u8]) -> Result<Frame, WireError> {
         FrameKind::PeerAccept => Frame::PeerAccept(parse(kind, body)?),
         FrameKind::Interest => Frame::Interest(parse(kind, body)?),
         FrameKind::Forward => Frame::Forward(parse(kind, body)?),
+        FrameKind::ReadProgress => Frame::ReadProgress(parse(kind, body)?),
     })
 }
 
@@ -163,6 +164,7 @@ pub fn encode(frame: &Frame, limits: &Limits, out: &mut BytesMut) -> Result<(), 
         Frame::PeerAccept(f) => encode_with(kind, f, limits, out),
         Frame::Interest(f) => encode_with(kind, f, limits, out),
         Frame::Forward(f) => encode_with(kind, f, limits, out),
+        Frame::ReadProgress(f) => encode_with(kind, f, limits, out),
     }
 }
 

@@ -9,8 +9,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::Name;
 
-/// Protocol version carried in [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The client protocol version an SDK offers in [`Hello`]. 2 adds
+/// [`ReadProgress`] (client → node); nothing else differs from 1.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest client protocol version a node still accepts. A node answers
+/// a hello of any version in `MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION`; an
+/// SDK refused with [`ErrorCode::VERSION`] by an older node says hello again
+/// in version 1 (and then sends no [`ReadProgress`]), so SDK and nodes can
+/// be upgraded in either order.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// Node-to-node protocol version carried in [`PeerHello`]. 2: interest is
 /// flooded per origin (link sets and name states, last writer wins) instead
@@ -191,6 +199,21 @@ pub struct Deliver {
     pub payload: Vec<u8>,
 }
 
+/// Client → node (protocol 2): the client has read `read` bytes of the
+/// node's stream so far (all of it since the connection began).
+///
+/// The node sees a client read only through QUIC flow-control credit, which
+/// a receiver grants in steps of an eighth of its stream window (512 KiB of
+/// the SDK's 4 MiB): a client reading steadily but slower than that per
+/// write deadline would look stalled. The SDK sends this while its
+/// application holds it back (not on the fast path), and the node counts it
+/// as progress for a bounded time (see the node's outbox).
+/// Layout: `[read: u64]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadProgress {
+    pub read: u64,
+}
+
 /// Layout: `[nonce: u64]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ping {
@@ -332,6 +355,7 @@ pub enum FrameKind {
     PeerAccept = 14,
     Interest = 15,
     Forward = 16,
+    ReadProgress = 17,
 }
 
 impl FrameKind {
@@ -354,6 +378,7 @@ impl FrameKind {
             14 => PeerAccept,
             15 => Interest,
             16 => Forward,
+            17 => ReadProgress,
             _ => return None,
         })
     }
@@ -378,6 +403,7 @@ impl FrameKind {
             PeerAccept => "peer_accept",
             Interest => "interest",
             Forward => "forward",
+            ReadProgress => "read_progress",
         }
     }
 }
@@ -401,6 +427,7 @@ pub enum Frame {
     PeerAccept(PeerAccept),
     Interest(Interest),
     Forward(Forward),
+    ReadProgress(ReadProgress),
 }
 
 impl Frame {
@@ -422,6 +449,7 @@ impl Frame {
             Frame::PeerAccept(_) => FrameKind::PeerAccept,
             Frame::Interest(_) => FrameKind::Interest,
             Frame::Forward(_) => FrameKind::Forward,
+            Frame::ReadProgress(_) => FrameKind::ReadProgress,
         }
     }
 }

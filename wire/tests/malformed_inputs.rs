@@ -390,7 +390,7 @@ fn empty_kind_and_body_is_empty_frame() {
 #[test]
 fn unknown_kind_bytes() {
     let body = arr(&[uint(1)]); // a valid Ping body
-    for kind in [0u8, 17, 18, 99, 255] {
+    for kind in [0u8, 18, 19, 99, 255] {
         let bytes = framed(kind, &body);
         assert_eq!(check(&bytes, &Limits::default()), Ok(Some(bytes.len())));
         let mut buf = BytesMut::from(&bytes[..]);

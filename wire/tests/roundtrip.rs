@@ -7,8 +7,8 @@ use slim_wire::codec::{encode_deliver, encode_publish, encode_to_vec};
 use slim_wire::{
     Accept, Deliver, ErrorCode, ErrorFrame, Forward, Frame, FrameKind, HEADER_LEN, Hello, Interest,
     Limits, LinkSet, MAX_COMPONENT_LEN, Mode, Name, NameState, OriginDigest, OriginUpdate,
-    PeerAccept, PeerHello, Ping, Pong, Publish, Reject, SubAck, SubError, Subscribe, Unsubscribe,
-    WireError, check, decode, decode_body, encode,
+    PeerAccept, PeerHello, Ping, Pong, Publish, ReadProgress, Reject, SubAck, SubError, Subscribe,
+    Unsubscribe, WireError, check, decode, decode_body, encode,
 };
 
 // ---------------------------------------------------------------- strategies
@@ -185,6 +185,7 @@ fn frame_with_payload(max_payload: usize) -> BoxedStrategy<Frame> {
             }),
         int_u64().prop_map(|nonce| Frame::Ping(Ping { nonce })),
         int_u64().prop_map(|nonce| Frame::Pong(Pong { nonce })),
+        int_u64().prop_map(|read| Frame::ReadProgress(ReadProgress { read })),
         (
             code(),
             proptest::option::of(int_u64()),

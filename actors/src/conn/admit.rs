@@ -8,7 +8,7 @@ use std::time::Duration;
 use metrics::counter;
 use quinn::VarInt;
 use slim_auth::policy::Action;
-use slim_wire::{Accept, ErrorCode, Frame, Hello, PROTOCOL_VERSION, Reject};
+use slim_wire::{Accept, ErrorCode, Frame, Hello, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Reject};
 use tracing::{info, warn};
 
 use crate::conn::shared::{CONTROL_CAPACITY, ConnError, ConnShared, Credential};
@@ -231,11 +231,11 @@ fn abandon(ctx: &NodeCtx, id: crate::registry::ConnId) {
 }
 
 fn check_hello(h: &Hello) -> Result<(), Reject> {
-    if h.version != PROTOCOL_VERSION {
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&h.version) {
         return Err(Reject {
             code: ErrorCode::VERSION,
             reason: format!(
-                "protocol version {} not supported (node speaks {PROTOCOL_VERSION})",
+                "protocol version {} not supported (node speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})",
                 h.version
             ),
         });

@@ -326,6 +326,15 @@ impl<'a> Router<'a> {
     }
 
     async fn handle_frame(&mut self, frame: Frame) -> Result<(), ConnError> {
+        if let Frame::ReadProgress(p) = frame {
+            // Not ordered with deliveries: nothing to flush first.
+            return self.sh.outbox.note_read_progress(p.read).map_err(|last| {
+                ConnError::Protocol(format!(
+                    "read progress must grow: {} bytes reported after {last}",
+                    p.read
+                ))
+            });
+        }
         if !matches!(frame, Frame::Publish(_)) {
             // Deliveries of the publishes before this frame go first (e.g.
             // before the pong that confirms them, or a subscription change).

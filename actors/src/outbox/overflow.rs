@@ -17,11 +17,11 @@
 //! A subscriber is a slow consumer once its outbox is over its cap and its
 //! writer has made no progress for the write deadline ([`StallClock`]), as
 //! NATS's write deadline is the time a write may block: a subscriber that
-//! reads slowly but steadily slows its publishers instead of being cut, as
-//! long as it reads an eighth of its QUIC stream window per deadline. The
+//! reads slowly but steadily slows its publishers instead of being cut. The
 //! writer moves only when the client grants stream credit, which quinn does
-//! per eighth of the window read (512 KiB of the SDK's 4 MiB), so a slower
-//! reader looks stuck (`tests/tests/steady_reader.rs`, ignored: a known gap).
+//! per eighth of the window read (512 KiB of the SDK's 4 MiB); in between,
+//! the SDK's read-progress reports show the reading (see
+//! `Outbox::stall_window`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 

@@ -304,3 +304,56 @@ fn oversized_frame_passes_on_empty_queue() {
     assert_eq!(q.push(Bytes::from_static(b"0123456789")), Push::Queued);
     assert_eq!(q.push(Bytes::from_static(b"x")), Push::Slow { shed: 0 });
 }
+
+/// A client's read-progress report moves the deadline on as the writer's
+/// progress does, but only up to `REPORT_STRETCH` deadlines past the
+/// writer's last move: without credit, reports alone cannot keep a queue
+/// from being declared slow. The stall itself (what borrowing overflow room
+/// goes by) stays the writer's.
+#[test]
+fn read_reports_hold_the_deadline_off_for_at_most_the_stretch() {
+    let d = Duration::from_secs(2);
+    let dn = d.as_nanos() as u64;
+    let (q, _rx) = Outbox::new(1, 1000, SlowConsumerPolicy::wait(d, SlowAction::Disconnect));
+    let t0 = 1_000_000;
+    assert_eq!(
+        q.stall_window(t0),
+        (t0, t0 + dn),
+        "first look: the writer's stall"
+    );
+
+    q.reported.store(t0 + dn / 2, Ordering::Relaxed);
+    assert_eq!(
+        q.stall_window(t0 + dn),
+        (t0, t0 + dn / 2 + dn),
+        "a report moves the deadline on"
+    );
+
+    let late = t0 + dn * (REPORT_STRETCH - 1) + dn / 2;
+    q.reported.store(late, Ordering::Relaxed);
+    assert_eq!(
+        q.stall_window(late + 1),
+        (t0, t0 + dn * REPORT_STRETCH),
+        "but not past the stretch from the writer's last move"
+    );
+
+    // The writer moves: a new stall, the old report no longer counts.
+    q.written_total.fetch_add(1, Ordering::Relaxed);
+    let t1 = late + dn;
+    assert_eq!(q.stall_window(t1), (t1, t1 + dn));
+}
+
+#[test]
+fn a_read_report_must_grow() {
+    let (q, _rx) = Outbox::new(1, 1000, waiting(SlowAction::Disconnect));
+    assert_eq!(
+        q.note_read_progress(0),
+        Err(0),
+        "nothing read is no progress"
+    );
+    assert_eq!(q.note_read_progress(10), Ok(()));
+    assert_eq!(q.note_read_progress(10), Err(10));
+    assert_eq!(q.note_read_progress(5), Err(10));
+    assert_eq!(q.note_read_progress(11), Ok(()));
+    assert_eq!(q.read_reported(), 11);
+}
