@@ -97,7 +97,7 @@ pub struct NodeConfig {
     /// Connections over a network start at 1,200 bytes and grow only by
     /// probes the path acknowledged, so a bound above the path's MTU costs a
     /// few lost probes, never lost data. 1,452 keeps every datagram within
-    /// Ethernet's 1,500. Clients on this host start at 6,550 or this,
+    /// Ethernet's 1,500. Clients on this host start at 65,000 or this,
     /// whichever is larger ([`slim_framed::datagrams::Path`]).
     pub max_udp_payload: u16,
     /// Who may register, publish and subscribe to what. Replaceable at run
@@ -169,7 +169,7 @@ pub struct FederationConfig {
     pub tombstone_ttl: Duration,
     /// The largest UDP payload path-MTU discovery probes for on peer links
     /// over a network (see [`DEFAULT_LINK_MAX_UDP_PAYLOAD`]); links to a node
-    /// on this host start at 6,550 or this, whichever is larger.
+    /// on this host start at 65,000 or this, whichever is larger.
     pub max_udp_payload: u16,
 }
 

@@ -40,10 +40,25 @@ pub fn check_ceiling(key: &str, v: u16) -> Result<(), String> {
 /// 10 × 6,550 = 65,500.
 pub const MAX_GSO_UDP_PAYLOAD: u16 = 6_550;
 
-/// The datagram size on a loopback path: the largest at which quinn keeps
-/// segmentation offload. The loopback interface carries 64 KiB datagrams,
-/// so there is nothing to discover: connections start at this size.
-pub const LOOPBACK_UDP_PAYLOAD: u16 = MAX_GSO_UDP_PAYLOAD;
+/// The datagram size on a loopback path. The loopback interface carries
+/// 64 KiB datagrams (TCP on loopback sends 64 KiB segments too), so there
+/// is nothing to discover: connections start at this size, just under
+/// IPv4's largest UDP payload (65,507). quinn cannot batch datagrams this
+/// large with segmentation offload, so it is off on loopback: one datagram
+/// per `sendmsg`, but a tenth as many datagrams, AEAD calls and ACKs per
+/// byte as at 6,550 with offload. `compare.sh 3` with it (and the SDK's
+/// read-progress reports): 1 KiB 2.06×, 4 KiB 2.17×, 16 KiB 2.31× NATS,
+/// against 1.56×, 1.46×, 1.86× at 6,550 (docs/BENCHMARKS.md). Memory:
+/// an idle connection 40.8–41.1 KiB (40.0–40.3 at 6,550); the node's peak
+/// RSS in a 1 → 1000 fan-out with the publisher on its own thread 340–376
+/// MiB (277–371 at 6,550), within that row's run-to-run spread.
+pub const LOOPBACK_UDP_PAYLOAD: u16 = 65_000;
+
+/// The congestion window a loopback connection starts with, in datagrams.
+/// quinn's default initial window (14,720 bytes, RFC 9002's ten datagrams
+/// of 1,472) is less than one loopback datagram, so a new connection would
+/// send one datagram per round trip until its window grew.
+const LOOPBACK_INITIAL_WINDOW_DATAGRAMS: u64 = 10;
 
 /// What a connection's datagrams cross, which decides how they are sized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,8 +99,11 @@ impl Path {
 /// probes: with a 6,550 ceiling the loopback connect rate halved
 /// (1,081–1,155 → 551–575 conn/s), while starting at 6,550 raised it to
 /// 1,397–1,446 conn/s (fewer handshake datagrams) and carried 1 KiB
-/// messages ~40 % faster than 1,452 (docs/BENCHMARKS.md). The peer's
-/// `max_udp_payload_size` transport parameter still bounds what is sent.
+/// messages ~40 % faster than 1,452 (docs/BENCHMARKS.md); 65,000 without
+/// segmentation offload is faster again (see [`LOOPBACK_UDP_PAYLOAD`]), and
+/// such a connection starts with a congestion window of ten of them. The
+/// peer's `max_udp_payload_size` transport parameter still bounds what is
+/// sent.
 pub fn configure(t: &mut quinn::TransportConfig, max_udp_payload: u16, path: Path) -> bool {
     let (start, ceiling) = match path {
         Path::Network => (1200, max_udp_payload.max(1200)),
@@ -101,6 +119,11 @@ pub fn configure(t: &mut quinn::TransportConfig, max_udp_payload: u16, path: Pat
     let mut m = quinn::MtuDiscoveryConfig::default();
     m.upper_bound(ceiling);
     t.initial_mtu(start).mtu_discovery_config(Some(m));
+    if path == Path::Loopback {
+        let mut cubic = quinn::congestion::CubicConfig::default();
+        cubic.initial_window(LOOPBACK_INITIAL_WINDOW_DATAGRAMS * u64::from(start));
+        t.congestion_controller_factory(std::sync::Arc::new(cubic));
+    }
     let gso = gso_allowed(ceiling);
     t.enable_segmentation_offload(gso);
     gso
@@ -110,8 +133,10 @@ pub fn configure(t: &mut quinn::TransportConfig, max_udp_payload: u16, path: Pat
 /// least [`LOOPBACK_UDP_PAYLOAD`] (a peer on this host starts there,
 /// [`configure`]). quinn's default is 1,472: without it the peers' discovery
 /// stops at Ethernet size, whatever either side's ceiling is. The endpoint's
-/// one receive buffer grows with it (×64 GRO segments), not per connection;
-/// its pages are touched only as large GRO batches arrive. Clamped to
+/// one receive buffer grows with it (×64 GRO segments ×32 messages per
+/// receive: ~130 MB of address space at 65,000), not per connection; it is
+/// allocated zeroed, so only the pages datagrams are received into count
+/// (a 65,000-byte datagram per message slot: ~2 MiB). Clamped to
 /// [`UDP_PAYLOAD_RANGE`], so it cannot fail.
 pub fn accept_up_to(ep: &mut quinn::EndpointConfig, ceiling: u16) {
     let (lo, hi) = (*UDP_PAYLOAD_RANGE.start(), *UDP_PAYLOAD_RANGE.end());
@@ -142,8 +167,14 @@ mod tests {
         let mut t = quinn::TransportConfig::default();
         assert!(configure(&mut t, 1452, Path::Network));
         assert!(!configure(&mut t, 8952, Path::Network));
-        assert!(configure(&mut t, 1452, Path::Loopback));
+        // Loopback datagrams are too large for quinn's GSO batches.
+        assert!(!configure(&mut t, 1452, Path::Loopback));
         assert!(!configure(&mut t, 8952, Path::Loopback));
+        assert!(UDP_PAYLOAD_RANGE.contains(&LOOPBACK_UDP_PAYLOAD));
+        assert!(
+            u32::from(LOOPBACK_UDP_PAYLOAD) <= 65_507,
+            "fits IPv4's UDP maximum"
+        );
     }
 
     #[test]

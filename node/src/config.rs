@@ -117,7 +117,7 @@ pub struct NodeSection {
     /// connection setup: every new connection probes its way up with
     /// datagrams of padding that quinn decodes byte by byte (8,952 halved
     /// the connect rate or worse; BENCHMARKS.md). Clients on this host start
-    /// at 6,550 or this, whichever is larger, and probe nothing.
+    /// at 65,000 or this, whichever is larger, and probe nothing.
     pub max_udp_payload: u16,
     /// File of the secret behind the node's QUIC stateless resets (32
     /// random bytes; created, mode 0600, when missing). Absent: derived from
@@ -191,7 +191,7 @@ pub struct FederationSection {
     pub tombstone_ttl_ms: u64,
     /// The largest UDP payload path-MTU discovery probes for on peer links
     /// over a network (default 6,550; `[node] max_udp_payload` is the
-    /// clients' ceiling). Links to a node on this host start at 6,550.
+    /// clients' ceiling). Links to a node on this host start at 65,000.
     pub max_udp_payload: u16,
     #[serde(rename = "peers")]
     pub peers: Vec<PeerSection>,

@@ -243,7 +243,7 @@ def connect(
     default, 1452, fits Ethernet's 1500; on jumbo-frame networks 6550 (with
     the node's ``[node] max_udp_payload`` raised to match) carries messages
     of a few KiB 25–50 % faster. A node on this host is reached with
-    6550-byte datagrams whatever this is.
+    65000-byte datagrams whatever this is.
 
     Raises :class:`ConnectError` (cannot resolve / connect / TLS),
     :class:`IdentityError`, :class:`PermissionDenied` (the node refused the

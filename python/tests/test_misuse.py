@@ -177,7 +177,7 @@ async def test_on_disconnect_takes_buffer_or_fail(slim, connect, ns):
 
 async def test_max_udp_payload_is_checked_before_dialling(slim, connect, ns):
     # In range: connects, and a 16 KiB message crosses (the node is on this
-    # host, so datagrams start at 6,550 bytes or the larger ceiling).
+    # host, so datagrams start at 65,000 bytes or the larger ceiling).
     sub = await connect(f"t/{ns}/udp-sub", max_udp_payload=1200)
     await sub.subscribe(f"t/{ns}/udp-chan")
     pub = await connect(f"t/{ns}/udp-pub", max_udp_payload=8952)

@@ -1,5 +1,5 @@
 //! Datagram sizes. On loopback, client connections and peer links start at
-//! 6,550 bytes (or a larger ceiling) with nothing to discover; over a
+//! 65,000 bytes (or a larger ceiling) with nothing to discover; over a
 //! network path they start at 1,200 and path-MTU discovery grows them up to
 //! `max_udp_payload`. The network-path tests run in a namespace of their own
 //! whose host has a non-loopback address (`slim_tests::netns::in_own_netns`;
@@ -132,16 +132,19 @@ async fn on_loopback_clients_and_links_start_at_the_loopback_size() {
 
 /// A ceiling above the loopback size is used from the start on loopback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_loopback_a_jumbo_ceiling_is_used_from_the_start() {
-    deadline(T * 2, "loopback jumbo", async {
+async fn on_loopback_a_larger_ceiling_is_used_from_the_start() {
+    // Above LOOPBACK_UDP_PAYLOAD, within IPv4's largest UDP payload.
+    const CEILING: u16 = 65_500;
+    const { assert!(CEILING > LOOPBACK_UDP_PAYLOAD) };
+    deadline(T * 2, "loopback ceiling", async {
         let pki = Pki::new("example.org");
-        let node = start_node(&pki, |c| c.max_udp_payload = 8952).await;
+        let node = start_node(&pki, |c| c.max_udp_payload = CEILING).await;
         let mut cfg = client_config(&pki, node.local_addr(), "mtu/lo-jumbo/c");
-        cfg.max_udp_payload = 8952;
+        cfg.max_udp_payload = CEILING;
         let _c = Client::connect(cfg).await.unwrap();
         mtus_until(&node, "a client path", |m| m.len() == 1).await;
         let m = node.path_mtus();
-        assert_eq!(m[0].2, 8952, "{m:?}");
+        assert_eq!(m[0].2, CEILING, "{m:?}");
     })
     .await;
 }
