@@ -65,7 +65,6 @@ impl Client {
             confirm: Default::default(),
             connected: std::sync::atomic::AtomicBool::new(true),
             proto: slim_wire::PROTOCOL_VERSION.into(),
-            read_report: Default::default(),
         });
         // quinn's drivers run in the connection task (`crate::host`), and
         // during the first handshake in this one. An error or a cancelled

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::addr::resolve;
 use crate::config::Credentials;
-use crate::confirm::{self, DisconnectPolicy, OutboundBytes, Unconfirmed};
+use crate::confirm::{self, DisconnectPolicy, OutboundBytes, ReadReport, Unconfirmed};
 use crate::endpoint::Endpoint;
 use crate::error::ClientError;
 use crate::event::{ConnState, Delivery, Event};
@@ -409,7 +409,16 @@ async fn run(
     unconfirmed: &mut Unconfirmed,
 ) -> Result<(), ClientError> {
     let Live { conn, send, reader } = live;
-    let mut reader = tokio::spawn(read_loop(Arc::clone(shared), reader, Arc::clone(events)));
+    // The reader's read-progress reports for the writer: this connection's
+    // own (a report's count is of this connection's stream, and the node
+    // refuses one that does not grow).
+    let report = Arc::new(ReadReport::default());
+    let mut reader = tokio::spawn(read_loop(
+        Arc::clone(shared),
+        reader,
+        Arc::clone(events),
+        Arc::clone(&report),
+    ));
     let mut writer = FrameWriter::new(send);
     // The writer loop runs until the client's queue closes (the client is
     // dropped) or the reader ends.
@@ -418,7 +427,7 @@ async fn run(
             Ok(r) => r,
             Err(e) => Err(ClientError::Protocol(format!("reader task failed: {e}"))),
         },
-        r = confirm::pump(out, budget, &mut writer, unconfirmed, &shared.confirm, &shared.read_report, &shared.cfg.limits) => match r {
+        r = confirm::pump(out, budget, &mut writer, unconfirmed, &shared.confirm, &report, &shared.cfg.limits) => match r {
             Ok(_) => Ok(()),
             // A failed write is reported as itself, not as the connection's
             // close reason.
@@ -546,6 +555,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     shared: Arc<Shared>,
     reader: FrameReader<R>,
     events: Arc<Queue<Event>>,
+    report: Arc<ReadReport>,
 ) -> Result<(), ClientError> {
     let mut held = Held {
         events,
@@ -555,6 +565,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         reported: 0,
         last_report: None,
         behind: false,
+        report,
     };
     let r = read_frames(&shared, reader, &mut held).await;
     held.flush(&shared).await;
@@ -574,11 +585,12 @@ struct Held {
     /// Since the last report, a read found bytes already waiting: the
     /// reader is behind the node (see [`Held::report_progress`]).
     behind: bool,
+    /// Where reports go to the connection's writer.
+    report: Arc<ReadReport>,
 }
 
-/// How often at most the reader reports its progress to the node while the
-/// application holds it back: well inside the node's write deadline (2 s by
-/// default).
+/// How often at most the reader reports its progress to the node while it
+/// is behind: well inside the node's write deadline (2 s by default).
 const REPORT_EVERY: Duration = Duration::from_millis(200);
 
 /// The first protocol version with [`slim_wire::ReadProgress`].
@@ -704,7 +716,7 @@ impl Held {
         self.behind = false;
         self.reported = read;
         self.last_report = Some(now);
-        shared.read_report.want(read);
+        self.report.want(read);
     }
 
     /// Hands one event to the application behind the held ones.
@@ -856,7 +868,6 @@ mod tests {
             confirm: Default::default(),
             connected: Default::default(),
             proto: slim_wire::PROTOCOL_VERSION.into(),
-            read_report: Default::default(),
         })
     }
 
@@ -880,7 +891,7 @@ mod tests {
         drop(tx);
         let (ev_tx, ev_rx) = slim_framed::queue::queue(16);
         let reader = FrameReader::new(rx, Limits::default());
-        let r = read_loop(shared(), reader, Arc::new(ev_tx)).await;
+        let r = read_loop(shared(), reader, Arc::new(ev_tx), Default::default()).await;
         let mut ids = Vec::new();
         while let Some(ev) = ev_rx.try_recv() {
             match ev {
@@ -988,7 +999,12 @@ mod tests {
         let (mut tx, rx) = tokio::io::duplex(64 * 1024);
         let (ev_tx, ev_rx) = slim_framed::queue::queue(4);
         let reader = FrameReader::new(rx, Limits::default());
-        let reader = tokio::spawn(read_loop(shared(), reader, Arc::new(ev_tx)));
+        let reader = tokio::spawn(read_loop(
+            shared(),
+            reader,
+            Arc::new(ev_tx),
+            Default::default(),
+        ));
         let mut ids = Vec::new();
         let mut take = async |n: usize| {
             for _ in 0..n {
@@ -1057,7 +1073,12 @@ mod tests {
         drop(tx);
         let (ev_tx, ev_rx) = slim_framed::queue::queue(4);
         let reader = FrameReader::new(rx, Limits::default());
-        let reader = tokio::spawn(read_loop(shared(), reader, Arc::new(ev_tx)));
+        let reader = tokio::spawn(read_loop(
+            shared(),
+            reader,
+            Arc::new(ev_tx),
+            Default::default(),
+        ));
         // Every byte is readable: only the full queue can hold the reader.
         for _ in 0..20 {
             tokio::task::yield_now().await;

@@ -67,8 +67,6 @@ pub(crate) struct Shared {
     /// The protocol version this client says hello in: `PROTOCOL_VERSION`
     /// until a node refuses it as too new, then 1 for the client's life.
     pub proto: AtomicU16,
-    /// The reader's read-progress report for the writer (protocol 2).
-    pub read_report: crate::confirm::ReadReport,
 }
 
 /// Error frames kept for [`Client::take_errors`](crate::Client::take_errors).
