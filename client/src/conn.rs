@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream};
 use slim_framed::queue::Queue;
-use slim_framed::{FrameReader, FrameWriter, ReadError};
+use slim_framed::{FrameReader, FrameWriter};
 use slim_wire::{ErrorCode, Frame, Hello, MIN_PROTOCOL_VERSION, Name, Subscribe, codec};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -23,7 +23,7 @@ use crate::event::{ConnState, Event};
 use crate::shared::{RECENT_ERRORS, Shared, encode_frame};
 
 mod read;
-use read::read_loop;
+use read::{read_err, read_loop};
 
 pub(crate) struct Live {
     conn: quinn::Connection,
@@ -34,16 +34,6 @@ pub(crate) struct Live {
 
 /// The receive buffer grows by this much when it runs low.
 const READ_CHUNK: usize = 64 * 1024;
-
-/// A failed read as the SDK reports it: the stream's own error as
-/// `Protocol`, bad bytes (including a stream that ends inside a frame) as
-/// `Wire`. Either loses the connection.
-pub(super) fn read_err(e: ReadError) -> ClientError {
-    match e {
-        ReadError::Wire(w) => ClientError::Wire(w),
-        ReadError::Io(e) => ClientError::Protocol(e.to_string()),
-    }
-}
 
 fn close_reason(conn: &quinn::Connection) -> Option<ClientError> {
     match conn.close_reason()? {

@@ -10,17 +10,26 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use slim_framed::FrameReader;
 use slim_framed::queue::Queue;
+use slim_framed::{FrameReader, ReadError};
 use slim_wire::{Frame, FrameKind, Name, RawDeliverView, codec, deliver_view};
 use tokio::io::AsyncRead;
 use tracing::{debug, warn};
 
-use super::read_err;
 use crate::confirm::ReadReport;
 use crate::error::ClientError;
 use crate::event::{Delivery, Event};
 use crate::shared::{RECENT_ERRORS, Shared};
+
+/// A failed read as the SDK reports it: the stream's own error as
+/// `Protocol`, bad bytes (including a stream that ends inside a frame) as
+/// `Wire`. Either loses the connection.
+pub(super) fn read_err(e: ReadError) -> ClientError {
+    match e {
+        ReadError::Wire(w) => ClientError::Wire(w),
+        ReadError::Io(e) => ClientError::Protocol(e.to_string()),
+    }
+}
 
 /// Decoded-name cache: consecutive deliveries usually share channel, sender
 /// and identity, so the reader reuses the previous `Name`/`Arc<str>` instead of
